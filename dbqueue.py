@@ -1782,6 +1782,14 @@ def queue_template_email(to, template, variables=None, queue_obj=None, **extra):
 
 
 ###############################################################################
+# Benchmark ###################################################################
+###############################################################################
+
+def _bench(args, config):
+    raise QueueError("bench: not written yet")
+
+
+###############################################################################
 # Command line ################################################################
 ###############################################################################
 
@@ -2020,10 +2028,46 @@ def _cmd_push(args, config):
     return 0
 
 
+def _cmd_stats(args, config):
+    raise QueueError("stats: not written yet")
+
+
+def _cmd_health(args, config):
+    raise QueueError("health: not written yet")
+
+
+def _cmd_failed(args, config):
+    raise QueueError("failed: not written yet")
+
+
+def _cmd_retry(args, config):
+    raise QueueError("retry: not written yet")
+
+
+def _cmd_forget(args, config):
+    raise QueueError("forget: not written yet")
+
+
+def _cmd_flush(args, config):
+    raise QueueError("flush: not written yet")
+
+
+def _cmd_clear(args, config):
+    raise QueueError("clear: not written yet")
+
+
 _COMMANDS = {
     "migrate": _cmd_migrate,
     "work": _cmd_work,
     "push": _cmd_push,
+    "stats": _cmd_stats,
+    "health": _cmd_health,
+    "failed": _cmd_failed,
+    "retry": _cmd_retry,
+    "forget": _cmd_forget,
+    "flush": _cmd_flush,
+    "clear": _cmd_clear,
+    "bench": lambda args, config: _bench(args, config),
 }
 
 
