@@ -510,6 +510,29 @@ class CoreTests:
         self.assertEqual(_BLOCK["runs"], 1)
         self.assertEqual(self.count(), 0)
 
+    def test_heartbeat_reports_only_jobs_taken_from_it(self):
+        clock = Clock()
+        q = self.db.queue(clock=clock, retry_after=10)
+        q.push_many("t_record", [{"i": 1}, {"i": 2}])
+        stream = io.StringIO()
+        w = dbqueue.Worker(q, ["default"], log=dbqueue._Log(stream=stream))
+        conn = q.connect()
+        (done, held), _ = q.reserve(conn, ["default"], 2)
+        # `done` finished and was acknowledged while a heartbeat was on its way;
+        # `held` waits in the worker's batch but another worker took it over.
+        self.assertEqual(q.ack(conn, [done.token]), [])
+        clock.advance(11)
+        (thief,), _ = q.reserve(q.connect(), ["default"], 1, rescue_after=10)
+        w._acks.append(done.token)
+        w._held.append(held)
+        heart = dbqueue._Heartbeat(w)    # not started: one beat by hand
+        heart._touch(w.held_tokens())
+        lines = stream.getvalue().splitlines()
+        self.assertEqual(len(lines), 1, lines)
+        self.assertIn("reservation lost while held", lines[0])
+        self.assertIn("job=%d" % held.id, lines[0])
+        self.assertEqual(self.db.raw("SELECT attempts FROM {jobs}"), [(2,)])
+
     # -- producing ---------------------------------------------------------------
 
     def app_connection(self):
@@ -812,6 +835,10 @@ class CoreProcessTests(_WorkerProcesses):
     # -- timeouts --------------------------------------------------------------
 
     def test_timeout_interrupts_sleep_and_socket_read(self):
+        # SIGALRM is the worker's, not the database's: one backend is enough
+        # (the hard-exit test below covers PostgreSQL's release and fail).
+        if self.db.name != "sqlite":
+            self.skipTest("runs on SQLite only")
         import socket
         clock = Clock()
         q = self.db.queue(clock=clock)
@@ -865,6 +892,23 @@ class CoreProcessTests(_WorkerProcesses):
         self.assertEqual(self.db.raw("SELECT id, attempts, reserved_at FROM {jobs}"),
                          [(job_id, 0, None)])
 
+    def test_second_sigint_stops_a_handler_that_ignores_it(self):
+        if self.db.name != "sqlite":
+            self.skipTest("the hard exit is the worker's; the next test covers PostgreSQL")
+        q = self.db.queue()
+        job_id = q.push("p_stubborn", {}, timeout=0)
+        proc = self.start_worker()
+        wait_for(lambda: self.lines() == ["start"], 30, message="the job to start")
+        proc.send_signal(signal.SIGINT)
+        wait_for(lambda: "stopping after the current job" in self.stderr(proc), 30,
+                 message="the worker to note the first SIGINT")
+        proc.send_signal(signal.SIGINT)
+        self.assertEqual(self.finish(proc), 1, self.stderr(proc))
+        self.assertIn("caught _Abort", self.lines())
+        # Given back as a graceful second SIGINT would: free, the attempt not counted.
+        self.assertEqual(self.db.raw("SELECT id, attempts, reserved_at FROM {jobs}"),
+                         [(job_id, 0, None)])
+
     def test_handler_that_ignores_its_timeout_cannot_stop_the_worker(self):
         # Two workers, two stubborn jobs: one has a try left (released with
         # backoff), one is on its last (failed). Each worker exits 1.
@@ -915,21 +959,35 @@ class CoreLostConnectionTests(_WorkerProcesses, unittest.TestCase):
 
     def test_lost_connection_is_retried(self):
         q = self.db.queue()
-        total = 40
-        q.push_many("p_append", [{"n": i, "sleep": 0.02} for i in range(total)])
+        flag = os.path.join(self.ptmp, "flag")
+        q.push("p_until", {"flag": flag})
+        total = 30
+        q.push_many("p_append", [{"n": i} for i in range(total)])
         app_name = "dbqtest_%s" % self.db.table
-        proc = self.start_worker("--stop-when-empty", PGAPPNAME=app_name)
-        wait_for(lambda: len(self.lines()) >= 5, 30, message="some jobs to run")
-        killed = self.db.raw("SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+        # retry_after=2: the heartbeat opens its own connection within a second.
+        proc = self.start_worker("--stop-when-empty", PGAPPNAME=app_name, QUEUE_RETRY_AFTER=2)
+        pids = "SELECT pid FROM pg_stat_activity WHERE application_name = %s"
+        # Three: the worker's, the heartbeat's, and the one `work` checked the tables on.
+        wait_for(lambda: self.lines() == ["start"] and len(self.db.raw(pids, (app_name,))) >= 3,
+                 30, message="the job to start and the heartbeat to connect")
+        killed = self.db.raw("SELECT pid, pg_terminate_backend(pid) FROM pg_stat_activity"
                              " WHERE application_name = %s", (app_name,))
-        self.assertTrue(killed and all(k for (k,) in killed), killed)
+        self.assertEqual([ok for _, ok in killed], [True, True, True])
+        # The main thread is still in the handler: a new connection is the heartbeat's.
+        old = {pid for pid, _ in killed}
+        wait_for(lambda: {pid for pid, in self.db.raw(pids, (app_name,))} - old, 30,
+                 message="the heartbeat to reconnect")
+        open(flag, "w").close()
         self.assertEqual(self.finish(proc), 0, self.stderr(proc))
         err = self.stderr(proc)
-        self.assertIn("database unavailable; retrying with backoff", err)
+        warnings = [line for line in err.splitlines() if " WARNING " in line or " ERROR " in line]
+        self.assertEqual(len(warnings), 1, err)
+        self.assertIn("database unavailable; retrying with backoff", warnings[0])
         self.assertIn("database available again", err)
         self.assertNotIn("Traceback", err)
-        done = [line.split()[1] for line in self.lines()]
-        self.assertEqual(sorted(done, key=int), [str(i) for i in range(total)])
+        lines = self.lines()
+        self.assertEqual(lines[:2], ["start", "end"])
+        self.assertEqual(sorted(lines[2:]), sorted("done %d" % i for i in range(total)))
         self.assertEqual(self.db.raw("SELECT COUNT(*) FROM {jobs}")[0][0], 0)
 
 
