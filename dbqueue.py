@@ -645,6 +645,13 @@ class Queue:
         self._conns_lock = threading.Lock()
         self._schema_ready = False
         self._returning = self.dialect.has_returning()
+        # Table names go into SQL as quoted identifiers: check them now, not at the
+        # first query. The jobs table's index names add up to 9 characters and
+        # PostgreSQL keeps 63, so the name itself may have 54.
+        _quote(self.config.failed_table)
+        if len(_quote(self.config.table)) - 2 > 54:
+            raise ConfigError("QUEUE_TABLE=%s is too long: at most 54 characters (index names"
+                              " add _reserved to it)" % self.config.table)
 
     @classmethod
     def from_env(cls, environ=None, env_file=None, **kwargs):
@@ -1557,6 +1564,15 @@ class Worker:
             outcome = ("retry", exc)
         finally:
             self._hard_deadline = None
+            if self._running is not None:
+                # The alarm (or a second SIGINT) landed after the handler returned,
+                # inside the cleanup above, and cut it short: finish it here, or
+                # the timer, the heartbeat and current_job() would all see a job
+                # that is over.
+                if timeout and self._main_thread:
+                    signal.setitimer(signal.ITIMER_REAL, 0)
+                self._running = None
+                _current.job = None
         elapsed = time.monotonic() - job.started
         self._avg = elapsed if self._avg is None else self._avg * 0.8 + elapsed * 0.2
         if outcome is None:

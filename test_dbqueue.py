@@ -360,6 +360,34 @@ class CoreTests:
         self.assertEqual([d["i"] for d in RECORD], ["e0", "e1", "e2", "d0", "d1", "d2"])
         self.assertEqual(self.db.raw("SELECT queue FROM {jobs}"), [("other",)])
 
+    def test_current_job_and_stop_from_a_handler(self):
+        q = self.db.queue()
+        ids = q.push_many("t_record", [{"i": i} for i in range(20)])
+        stop_id = q.push("c_stop", {})
+        later = q.push_many("t_record", [{"i": i} for i in range(20, 60)])
+        w = self.worker(q)
+        self.assertEqual(w.run(), 21)      # stops after c_stop, no stop_when_empty needed
+        self.assertEqual([d["i"] for d in RECORD], list(range(20)))
+        seen = _SEEN.pop()
+        self.assertEqual((seen.id, seen.attempts, seen.queue, seen.name),
+                         (stop_id, 1, "default", "c_stop"))
+        self.assertIsNone(dbqueue.current_job())
+        # Jobs the worker had prefetched in its batch are given back untouched.
+        rows = self.db.raw("SELECT id, attempts, reserved_at FROM {jobs} ORDER BY id")
+        self.assertEqual(rows, [(i, 0, None) for i in later])
+        self.assertNotIn(ids[0], [r[0] for r in rows])
+
+    def test_longest_table_name(self):
+        self.db.table = (self.db.table + "_" + "x" * 60)[:54]
+        self.db.failed_table = (self.db.table + "_" + "y" * 60)[:63]
+        q = self.db.queue()
+        q.push("t_record", {"i": 1})
+        q.push_many("t_record", [{"i": 2}])
+        self.assertEqual(self.worker(q).run(stop_when_empty=True), 2)
+        self.assertEqual(self.count(), 0)
+        with self.assertRaises(dbqueue.ConfigError):
+            self.db.queue(migrate=False, table=self.db.table + "z")
+
     # -- failures ------------------------------------------------------------
 
     def test_failure_retries_then_moves_to_failed_jobs(self):
@@ -659,6 +687,16 @@ def _c_block(data):
     _BLOCK["release"].wait(60)
 
 
+_SEEN = []
+
+
+@dbqueue.job("c_stop")
+def _c_stop(data):
+    job = dbqueue.current_job()
+    _SEEN.append(job)
+    job.worker.stop()
+
+
 @dbqueue.job("c_sleep")
 def _c_sleep(data):
     time.sleep(60)
@@ -696,6 +734,8 @@ class CoreConfigTests(unittest.TestCase):
         self.refused({"QUEUE_BACKOFF": "10,x"})
         self.refused({"QUEUE_TABLE": "jobs; DROP TABLE users"})
         self.refused({"QUEUE_FAILED_TABLE": "1failed"})
+        err = self.refused({"QUEUE_TABLE": "j" * 55})
+        self.assertIn("at most 54", err)
         err = self.refused({"QUEUE_DATABASE_URL": "mongodb://u:secret@host/db"})
         self.assertIn("unknown scheme", err)
         self.assertNotIn("secret", err)
@@ -858,6 +898,8 @@ class CoreProcessTests(_WorkerProcesses):
         self.assertEqual(len(failed), 1)
         self.assertIn("c_recv", failed[0]["payload"])
         self.assertIn("JobTimeout", failed[0]["exception"])
+        self.assertIsNone(w._running)
+        self.assertIsNone(dbqueue.current_job())
 
     def test_sigterm_finishes_the_job_then_exits_0(self):
         q = self.db.queue()
