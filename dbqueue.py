@@ -864,6 +864,16 @@ class Queue:
         for payload in payloads:
             params["payload"] = payload
             rows.append([params[n] for n in names])
+        conn = cur.connection
+        if not conn.in_transaction and (conn.isolation_level is None
+                                        or getattr(conn, "autocommit", None) is True):
+            # The caller's connection is in autocommit mode: each row commits on
+            # its own and another writer may take the ids between two, so ask
+            # for each row's id.
+            ids = []
+            for row in rows:
+                ids.append(cur.execute(text, row).lastrowid)
+            return ids
         cur.executemany(text, rows)
         # AUTOINCREMENT ids inside one write transaction are consecutive.
         last = cur.execute("SELECT last_insert_rowid()").fetchone()[0]

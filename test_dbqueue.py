@@ -605,6 +605,24 @@ class CoreTests:
         rows = dict(self.db.raw("SELECT id, payload FROM {jobs} WHERE queue = 'bulk'"))
         self.assertEqual([json.loads(rows[i])["data"]["i"] for i in ids], list(range(50)))
         self.assertEqual(q.push_many("t_record", []), [])
+        if self.db.name == "sqlite":
+            # An app connection in autocommit mode, with another writer between
+            # two of its rows: the ids still name the right rows.
+            import sqlite3
+            app = sqlite3.connect(self.db.url[len("sqlite:///"):], timeout=10,
+                                  isolation_level=None)
+            self.addCleanup(app.close)
+            other = q.connect()
+
+            def between(statement):
+                if statement.startswith("INSERT"):
+                    q.push("t_record", {"i": "between"}, connection=other)
+            app.set_trace_callback(between)
+            ids = q.push_many("t_record", [{"i": i} for i in range(3)], queue="mixed",
+                              connection=app)
+            app.set_trace_callback(None)
+            rows = dict(self.db.raw("SELECT id, payload FROM {jobs} WHERE queue = 'mixed'"))
+            self.assertEqual([json.loads(rows[i])["data"]["i"] for i in ids], [0, 1, 2])
 
     # -- schema ----------------------------------------------------------------
 
