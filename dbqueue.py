@@ -2296,7 +2296,8 @@ def _deliver(fields, config):
         if reuse:
             worker.resources["smtp"] = mailer
     try:
-        refused = mailer.send(sender, recipients, msg.as_bytes())
+        # SMTP lines end in CRLF; smtplib fixes line ends only of str messages.
+        refused = mailer.send(sender, recipients, msg.as_bytes(policy=msg.policy.clone(linesep="\r\n")))
     finally:
         if not reuse:
             mailer.close()

@@ -345,6 +345,540 @@ class CoreTests:
 # Email (issue 3) #############################################################
 ###############################################################################
 
+# Email tests talk to a real SMTP server on loopback (aiosmtpd's Controller in
+# a thread). They run on SQLite; one seed-payload test runs on every backend.
+
+def _aiosmtpd():
+    try:
+        from aiosmtpd.controller import Controller
+        from aiosmtpd.smtp import AuthResult
+    except ImportError:
+        return None
+    import logging
+    logging.getLogger("mail.log").setLevel(logging.CRITICAL)  # its warnings are not ours
+    return Controller, AuthResult
+
+
+def free_port():
+    import socket
+    sock = socket.socket()
+    try:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+    finally:
+        sock.close()
+
+
+def parse_mail(raw):
+    import email
+    import email.policy
+    return email.message_from_bytes(raw, policy=email.policy.default)
+
+
+class SMTPSink:
+    """A real SMTP server on 127.0.0.1 that records what it receives.
+
+    `data_replies` (consumed first) script answers to DATA such as "451 ...";
+    `refuse` maps recipients to RCPT replies; `connections` counts the TCP
+    connections clients opened; `messages` holds (envelope, parsed message,
+    session) for every accepted message.
+    """
+
+    good_login = ("mailer", "right-password")
+
+    def __init__(self, testcase, port=None, **controller_kw):
+        found = _aiosmtpd()
+        need(found is not None, "aiosmtpd is not installed (pip install aiosmtpd)")
+        self.Controller, self.AuthResult = found
+        self.port = port or free_port()
+        self.kw = controller_kw
+        self.messages = []
+        self.attempted = []
+        self.data_replies = []
+        self.refuse = {}
+        self.logins = []
+        self.protocols = []
+        self.connections = 0
+        self.controller = None
+        testcase.addCleanup(self.stop)
+        self.start()
+
+    def authenticate(self, server, session, envelope, mechanism, auth_data):
+        login = (auth_data.login.decode(), auth_data.password.decode())
+        self.logins.append(login)
+        return self.AuthResult(success=login == self.good_login, handled=False)
+
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+        if address in self.refuse:
+            return self.refuse[address]
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server, session, envelope):
+        msg = parse_mail(envelope.content)
+        self.attempted.append(msg)
+        if self.data_replies:
+            return self.data_replies.pop(0)
+        self.messages.append(((envelope.mail_from, list(envelope.rcpt_tos)), msg, session))
+        if server not in self.protocols:
+            self.protocols.append(server)
+        return "250 OK"
+
+    def start(self):
+        sink = self
+
+        class Counting(self.Controller):
+            def factory(self):
+                sink.connections += 1
+                return super().factory()
+
+        self.controller = Counting(self, hostname="127.0.0.1", port=self.port, **self.kw)
+        self.controller.start()
+        self.connections -= 1   # Controller.start() connects once to check the server is up
+
+    def stop(self):
+        if self.controller is not None:
+            self.controller.stop()
+            self.controller = None
+
+    def drop_connections(self):
+        """Close every client connection from the server's side."""
+        loop = self.controller.loop
+        for proto in self.protocols:
+            loop.call_soon_threadsafe(proto.transport.close)
+        wait_for(lambda: all(p.transport is None or p.transport.is_closing()
+                             for p in self.protocols), 10, message="server-side close")
+        del self.protocols[:]
+
+    def subjects(self):
+        return sorted(m["Subject"] for _, m, _ in self.messages)
+
+
+# A job that runs a test's callback between two email jobs, in the worker's
+# own thread: the server can be stopped or restarted at an exact point.
+ACTIONS = {}
+
+
+@dbqueue.job("t_action")
+def _t_action(data):
+    ACTIONS[data["key"]]()
+
+
+def tls_files(tmp):
+    """(certificate, key) for 127.0.0.1, made with openssl."""
+    cert, key = os.path.join(tmp, "cert.pem"), os.path.join(tmp, "key.pem")
+    need(shutil.which("openssl") is not None, "openssl is not installed")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                    "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", key, "-out", cert,
+                    "-days", "2", "-subj", "/CN=localhost",
+                    "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"],
+                   check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return cert, key
+
+
+class EmailTestMixin:
+
+    def mail_queue(self, sink=None, clock=None, **settings):
+        settings.setdefault("mail_host", "127.0.0.1")
+        settings.setdefault("mail_port", sink.port if sink else free_port())
+        settings.setdefault("mail_from_address", "app@example.com")
+        settings.setdefault("mail_from_name", "Äpp Team")
+        settings.setdefault("app_name", "Acme")
+        settings.setdefault("mail_timeout", 10)
+        return self.db.queue(clock=clock, **settings)
+
+    def work(self, q, **kw):
+        kw.setdefault("backoff", "0")
+        log = quiet_log()
+        worker = dbqueue.Worker(q, ["emails"], log=log, **kw)
+        worker.run(stop_when_empty=True)
+        return worker, log.stream.getvalue()
+
+    def jobs_left(self):
+        return self.db.raw("SELECT COUNT(*) FROM {jobs}")[0][0]
+
+    def uuid_of(self, job_id):
+        payload = self.db.raw("SELECT payload FROM {jobs} WHERE id = %d" % job_id)[0][0]
+        return json.loads(payload)["uuid"]
+
+
+class EmailTests(EmailTestMixin, unittest.TestCase):
+
+    def setUp(self):
+        self.db = Backend(self)
+
+    def test_each_builtin_template_is_delivered_with_both_parts_and_escaping(self):
+        sink = SMTPSink(self)
+        q = self.mail_queue(sink)
+        name = '<script>alert("x")</script> Zoë'
+        uuids = {}
+        for template in ("verify_email", "password_reset", "invitation"):
+            job_id = dbqueue.queue_template_email(
+                "Ann Ünlü <ann@example.com>", template,
+                {"name": name, "url": "https://example.com/t/%s?a=1&b=2" % template},
+                bcc="audit@example.com", using=q)
+            uuids[template] = self.uuid_of(job_id)
+        self.work(q)
+        self.assertEqual(len(sink.messages), 3)
+        self.assertEqual(self.jobs_left(), 0)
+        for (envelope, msg, _), template in zip(sink.messages, uuids):
+            url = "https://example.com/t/%s?a=1&b=2" % template
+            self.assertEqual(envelope, ("app@example.com", ["ann@example.com", "audit@example.com"]))
+            self.assertEqual(msg.get_content_type(), "multipart/alternative")
+            self.assertIn("Acme", msg["Subject"])
+            self.assertEqual(msg["From"].addresses[0].display_name, "Äpp Team")
+            self.assertEqual(msg["To"].addresses[0].display_name, "Ann Ünlü")
+            self.assertIsNone(msg["Bcc"])
+            self.assertEqual(msg["Message-ID"], "<%s@example.com>" % uuids[template])
+            self.assertTrue(msg["Date"])
+            text = msg.get_body(("plain",)).get_content()
+            html = msg.get_body(("html",)).get_content()
+            self.assertIn(name, text)
+            self.assertIn(url, text)
+            self.assertIn("ignore this email", text)
+            self.assertNotIn("<script>", html)
+            self.assertIn("&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt; Zoë", html)
+            self.assertIn('href="https://example.com/t/%s?a=1&amp;b=2"' % template, html)
+            self.assertIn("ignore this email", html)
+        # Raw header bytes are encoded words, never bare UTF-8.
+        self.assertNotIn("Ü", sink.messages[0][1].as_string().split("\n\n")[0].replace(
+            "Ann Ünlü", ""))
+
+    def test_send_email_fields_single_part_reply_to_cc_and_extra_headers(self):
+        sink = SMTPSink(self)
+        q = self.mail_queue(sink)
+        dbqueue.queue_email(["a@example.com", "B <b@example.com>"], "Grüße", text="plain only",
+                            cc="c@example.com", reply_to="help@example.com",
+                            sender="Sales <sales@example.com>",
+                            headers={"List-Unsubscribe": "<mailto:u@example.com>"}, using=q)
+        dbqueue.queue_email("a@example.com", "html only", html="<p>Hi</p>", using=q)
+        self.work(q)
+        (env1, m1, _), (env2, m2, _) = sink.messages
+        self.assertEqual(env1, ("sales@example.com",
+                                ["a@example.com", "b@example.com", "c@example.com"]))
+        self.assertEqual(m1.get_content_type(), "text/plain")
+        self.assertEqual(m1["Subject"], "Grüße")
+        self.assertEqual(str(m1["Reply-To"]), "help@example.com")
+        self.assertEqual(str(m1["Cc"]), "c@example.com")
+        self.assertEqual(m1["List-Unsubscribe"], "<mailto:u@example.com>")
+        self.assertEqual(m2.get_content_type(), "text/html")
+
+    def test_template_dir_adds_and_overrides_templates(self):
+        sink = SMTPSink(self)
+        tdir = os.path.join(self.db.tmp, "templates")
+        os.mkdir(tdir)
+        with open(os.path.join(tdir, "welcome.txt"), "w", encoding="utf-8") as fh:
+            fh.write("Subject: Welcome to ${app_name}, $name\n\nHello $name, see $url\n")
+        with open(os.path.join(tdir, "welcome.html"), "w", encoding="utf-8") as fh:
+            fh.write("<p>Hello <b>$name</b></p>")
+        with open(os.path.join(tdir, "verify_email.txt"), "w", encoding="utf-8") as fh:
+            fh.write("Subject: Our own verify\n\nClick $url\n")
+        q = self.mail_queue(sink, mail_template_dir=tdir)
+        for template in ("welcome", "verify_email"):
+            dbqueue.queue_template_email("a@example.com", template,
+                                         {"name": "<Ann>", "url": "https://x.test/1"}, using=q)
+        self.work(q)
+        (_, welcome, _), (_, verify, _) = sink.messages
+        self.assertEqual(welcome["Subject"], "Welcome to Acme, <Ann>")
+        self.assertEqual(welcome.get_body(("plain",)).get_content().strip(),
+                         "Hello <Ann>, see https://x.test/1")
+        self.assertIn("<b>&lt;Ann&gt;</b>", welcome.get_body(("html",)).get_content())
+        self.assertEqual(verify["Subject"], "Our own verify")
+        self.assertEqual(verify.get_content_type(), "text/plain")
+
+    def test_template_errors_fail_at_once_and_name_the_problem(self):
+        sink = SMTPSink(self)
+        tdir = os.path.join(self.db.tmp, "templates")
+        os.mkdir(tdir)
+        with open(os.path.join(tdir, "needs.txt"), "w", encoding="utf-8") as fh:
+            fh.write("Subject: Hi\n\n$greeting $name\n")
+        q = self.mail_queue(sink, mail_template_dir=tdir)
+        q.push("send_template_email", {"to": "a@example.com", "template": "verify_email",
+                                       "vars": {"url": "https://x.test"}}, queue="emails")
+        q.push("send_template_email", {"to": "a@example.com", "template": "needs",
+                                       "vars": {"name": "A"}}, queue="emails")
+        q.push("send_template_email", {"to": "a@example.com", "template": "no_such",
+                                       "vars": {}}, queue="emails")
+        q.push("send_template_email", {"to": "a@example.com", "template": "../needs",
+                                       "vars": {}}, queue="emails")
+        with self.assertRaises(ValueError):
+            dbqueue.queue_template_email("a@example.com", "../../etc/passwd", {}, using=q)
+        self.work(q, tries=3)
+        failed = [f["exception"] for f in q.failed()]
+        self.assertEqual(len(failed), 4)
+        self.assertIn("needs the variable 'name'", failed[0])
+        self.assertIn("needs the variable 'greeting'", failed[1])
+        self.assertIn("unknown email template 'no_such'", failed[2])
+        self.assertIn("must be a plain name", failed[3])
+        self.assertEqual(sink.connections, 0)
+
+    def test_header_injection_in_every_field_is_refused_before_connecting(self):
+        sink = SMTPSink(self)
+        q = self.mail_queue(sink)
+        bad = "x@example.com\r\nBcc: victim@example.com"
+        base = {"to": "a@example.com", "subject": "s", "text": "t"}
+        cases = [dict(base, to=bad), dict(base, to=["ok@example.com", bad]), dict(base, cc=bad),
+                 dict(base, bcc=bad), dict(base, reply_to=bad), dict(base, **{"from": bad}),
+                 dict(base, subject="Hi\nBcc: victim@example.com"),
+                 dict(base, headers={"X-Tag": "a\r\nBcc: victim@example.com"}),
+                 dict(base, headers={"X-Tag\r\nBcc": "v"}),
+                 dict(base, headers={"Bcc": "victim@example.com"})]
+        for data in cases:
+            q.push("send_email", data, queue="emails")
+            kwargs = {k: v for k, v in data.items() if k not in ("to", "subject", "text")}
+            if "from" in kwargs:
+                kwargs["sender"] = kwargs.pop("from")
+            with self.assertRaises(ValueError, msg=repr(data)):
+                dbqueue.queue_email(data["to"], data["subject"], text="t", using=q, **kwargs)
+        q.push("send_template_email", {"to": "a@example.com", "template": "invitation",
+                                       "vars": {"name": "n", "url": "https://x.test",
+                                                "app_name": "Evil\r\nBcc: victim@example.com"}},
+               queue="emails")
+        self.work(q, tries=3)
+        failed = q.failed()
+        self.assertEqual(len(failed), len(cases) + 1)
+        for row in failed:
+            self.assertRegex(row["exception"], r"line break|not a header name|set by dbqueue")
+        self.assertEqual(sink.messages, [])
+        self.assertEqual(sink.connections, 0)
+
+    def test_451_is_retried_with_the_same_message_id_then_sent(self):
+        sink = SMTPSink(self)
+        sink.data_replies = ["451 4.3.0 try again later"]
+        q = self.mail_queue(sink)
+        job_id = dbqueue.queue_email("a@example.com", "s", text="t", using=q)
+        uuid = self.uuid_of(job_id)
+        _, log = self.work(q, tries=3)
+        self.assertEqual(len(sink.messages), 1)
+        self.assertEqual([m["Message-ID"] for m in sink.attempted], ["<%s@example.com>" % uuid] * 2)
+        self.assertIn("outcome=released", log)
+        self.assertIn("451", log)
+        self.assertEqual(q.failed(), [])
+        self.assertEqual(self.jobs_left(), 0)
+
+    def test_5xx_fails_at_once_without_retry(self):
+        sink = SMTPSink(self)
+        sink.data_replies = ["554 5.6.0 message rejected"]
+        sink.refuse = {"nobody@example.com": "550 5.1.1 no such user"}
+        q = self.mail_queue(sink)
+        dbqueue.queue_email("a@example.com", "rejected", text="t", using=q)
+        dbqueue.queue_email("nobody@example.com", "unknown user", text="t", using=q)
+        dbqueue.queue_email(["nobody@example.com", "b@example.com"], "partly", text="t", using=q)
+        self.work(q, tries=3)
+        failed = q.failed()
+        self.assertEqual(len(failed), 2)
+        self.assertIn("554", failed[0]["exception"])
+        self.assertIn("(permanent)", failed[0]["exception"])
+        self.assertIn("550", failed[1]["exception"])
+        self.assertIn("nobody@example.com", failed[1]["exception"])
+        self.assertEqual(len(sink.attempted), 2)   # rejected once, then "partly"; no retries
+        self.assertEqual([e for e, _, _ in sink.messages], [("app@example.com", ["b@example.com"])])
+
+    def test_server_down_is_retried_then_failed_with_the_reason(self):
+        q = self.mail_queue(None)
+        dbqueue.queue_email("a@example.com", "s", text="t", using=q)
+        _, log = self.work(q, tries=3)
+        self.assertEqual(log.count("outcome=released"), 2)
+        failed = q.failed()
+        self.assertEqual(len(failed), 1)
+        self.assertIn("unreachable", failed[0]["exception"])
+        self.assertIn("(will retry)", failed[0]["exception"])
+
+    def test_one_session_is_reused_and_a_dropped_one_reopened(self):
+        sink = SMTPSink(self)
+        q = self.mail_queue(sink)
+        ACTIONS["drop"] = sink.drop_connections
+        self.addCleanup(ACTIONS.pop, "drop", None)
+        for i in range(3):
+            dbqueue.queue_email("a@example.com", "m%d" % i, text="t", using=q)
+        q.push("t_action", {"key": "drop"}, queue="emails")
+        for i in range(3, 5):
+            dbqueue.queue_email("a@example.com", "m%d" % i, text="t", using=q)
+        _, log = self.work(q, tries=1)
+        self.assertEqual(sink.subjects(), ["m0", "m1", "m2", "m3", "m4"])
+        self.assertNotIn("outcome=failed", log)
+        self.assertEqual(sink.connections, 2)
+        sessions = [s for _, _, s in sink.messages]
+        self.assertTrue(all(s is sessions[0] for s in sessions[:3]))
+        self.assertTrue(all(s is sessions[3] for s in sessions[3:]))
+        # Without reuse, one connection per message.
+        for i in range(3):
+            dbqueue.queue_email("a@example.com", "n%d" % i, text="t", using=q)
+        worker = dbqueue.Worker(q, ["emails"], log=quiet_log())
+        worker.reuse_smtp = False
+        worker.run(stop_when_empty=True)
+        self.assertEqual(sink.connections, 5)
+
+    def test_smtp_outage_mid_drain_delivers_every_email_exactly_once(self):
+        sink = SMTPSink(self)
+        clock = Clock()
+        q = self.mail_queue(sink, clock=clock)
+
+        def back():
+            sink.start()
+            clock.advance(10)
+
+        ACTIONS.update(down=sink.stop, up=back)
+        self.addCleanup(ACTIONS.pop, "down", None)
+        self.addCleanup(ACTIONS.pop, "up", None)
+        subjects = ["e%d" % i for i in range(6)]
+        for s in subjects[:3]:
+            dbqueue.queue_email("a@example.com", s, text="t", using=q)
+        q.push("t_action", {"key": "down"}, queue="emails")
+        for s in subjects[3:]:
+            dbqueue.queue_email("a@example.com", s, text="t", using=q)
+        q.push("t_action", {"key": "up"}, queue="emails")
+        _, log = self.work(q, tries=3, backoff="10")
+        self.assertEqual(sink.subjects(), subjects)
+        self.assertEqual(log.count("outcome=released"), 3)
+        self.assertEqual(len({m["Message-ID"] for _, m, _ in sink.messages}), 6)
+        self.assertEqual(q.failed(), [])
+        self.assertEqual(self.jobs_left(), 0)
+
+    def tls_sink(self, implicit):
+        import ssl
+        cert, key = tls_files(self.db.tmp)
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(cert, key)
+        if implicit:
+            sink = SMTPSink(self, ssl_context=context, auth_require_tls=False)
+        else:
+            sink = SMTPSink(self, tls_context=context, require_starttls=True,
+                            auth_require_tls=True)
+        sink.controller.smtpd  # started
+        sink.kw["authenticator"] = sink.authenticate
+        sink.stop()
+        sink.start()
+        return sink, cert
+
+    def test_starttls_and_implicit_tls_with_auth(self):
+        for implicit in (False, True):
+            with self.subTest(implicit=implicit):
+                sink, cert = self.tls_sink(implicit)
+                user, password = SMTPSink.good_login
+                q = self.mail_queue(sink, mail_encryption="ssl" if implicit else "starttls",
+                                    mail_username=user, mail_password=password,
+                                    mail_verify_peer=False)
+                dbqueue.queue_template_email("a@example.com", "verify_email",
+                                             {"name": "A", "url": "https://x.test/v"}, using=q)
+                self.work(q, tries=1)
+                self.assertEqual(len(sink.messages), 1)
+                self.assertEqual(sink.logins, [SMTPSink.good_login])
+                # Verification is on by default: it passes when the CA is trusted...
+                saved = os.environ.get("SSL_CERT_FILE")
+                os.environ["SSL_CERT_FILE"] = cert
+                try:
+                    q.config.mail_verify_peer = True
+                    dbqueue.queue_email("a@example.com", "verified", text="t", using=q)
+                    self.work(q, tries=1)
+                finally:
+                    if saved is None:
+                        os.environ.pop("SSL_CERT_FILE", None)
+                    else:
+                        os.environ["SSL_CERT_FILE"] = saved
+                self.assertEqual(len(sink.messages), 2)
+                # ...and a self-signed certificate that is not trusted is a retried failure.
+                dbqueue.queue_email("a@example.com", "unverified", text="t", using=q)
+                _, log = self.work(q, tries=2)
+                self.assertEqual(len(sink.messages), 2)
+                failed = q.failed()
+                self.assertEqual(len(failed), 1)
+                self.assertIn("TLS failed", failed[0]["exception"])
+                self.assertIn("certificate", failed[0]["exception"])
+                self.assertIn("outcome=released", log)
+                q.forget([failed[0]["id"]])
+                sink.stop()
+
+    def test_password_never_appears_when_auth_fails(self):
+        sink, _ = self.tls_sink(False)
+        env = self.db.env(MAIL_HOST="127.0.0.1", MAIL_PORT=sink.port, MAIL_ENCRYPTION="starttls",
+                          MAIL_VERIFY_PEER="false", MAIL_USERNAME="mailer",
+                          MAIL_PASSWORD="Wr0ng-S3cret-pw", QUEUE_BACKOFF="0")
+        q = self.mail_queue(sink)
+        dbqueue.queue_email("a@example.com", "s", text="t", using=q)
+        code, out, err = run_main(["work", "--queue", "emails", "--stop-when-empty", "-v"], env)
+        self.assertEqual(code, 0)
+        self.assertIn(("mailer", "Wr0ng-S3cret-pw"), sink.logins)   # it really was sent
+        failed = q.failed()
+        self.assertEqual(len(failed), 1)
+        self.assertIn("authentication failed: 535", failed[0]["exception"])
+        import base64
+        everything = out + err + json.dumps(failed)
+        for secret in ("Wr0ng-S3cret-pw", base64.b64encode(b"Wr0ng-S3cret-pw").decode(),
+                       base64.b64encode(b"\0mailer\0Wr0ng-S3cret-pw").decode()):
+            self.assertNotIn(secret, everything)
+        # A server that is down: the error text does not carry it either.
+        sink.stop()
+        q.retry()
+        code, out, err = run_main(["work", "--queue", "emails", "--stop-when-empty"], env)
+        self.assertIn("unreachable", err)
+        self.assertNotIn("Wr0ng-S3cret-pw", out + err + json.dumps(q.failed()))
+
+    def test_log_mailer_prints_the_message_and_sends_nothing(self):
+        q = self.mail_queue(None, mail_mailer="log")
+        dbqueue.queue_template_email("a@example.com", "verify_email",
+                                     {"name": "Ann", "url": "https://example.com/v/1"}, using=q)
+        _, log = self.work(q, tries=1)
+        self.assertIn("Subject: Confirm your email address for Acme", log)
+        self.assertIn("Hi Ann,", log)
+        self.assertIn("https://example.com/v/1", log)
+        self.assertIn("[text/html part]", log)
+        self.assertIn("outcome=done", log)
+
+    def test_readme_quick_start_with_the_log_mailer(self):
+        tmp = self.db.tmp
+        shutil.copy(os.path.join(HERE, "dbqueue.py"), tmp)
+        env = {k: v for k, v in os.environ.items()
+               if not k.startswith(("QUEUE_", "MAIL_", "DATABASE_URL", "APP_"))}
+        env["MAIL_MAILER"] = "log"
+        data = json.dumps({"to": "ann@example.com", "template": "verify_email",
+                           "vars": {"name": "Ann", "url": "https://example.com/verify/abc"}})
+        push = subprocess.run([sys.executable, "dbqueue.py", "push", "send_template_email",
+                               "--queue", "emails", "--data", data], cwd=tmp, env=env,
+                              capture_output=True, text=True, timeout=60)
+        self.assertEqual(push.returncode, 0, push.stderr)
+        work = subprocess.run([sys.executable, "dbqueue.py", "work", "--queue", "emails",
+                               "--stop-when-empty"], cwd=tmp, env=env, capture_output=True,
+                              text=True, timeout=60)
+        self.assertEqual(work.returncode, 0, work.stderr)
+        self.assertIn("To: ann@example.com", work.stderr)
+        self.assertIn("Subject: Confirm your email address", work.stderr)
+        self.assertIn('<a href="https://example.com/verify/abc"', work.stderr)
+        self.assertIn("outcome=done", work.stderr)
+
+
+@on_every_backend
+class EmailSeedTests(EmailTestMixin):
+
+    def test_seed_app_payload_rows_are_delivered(self):
+        sink = SMTPSink(self)
+        q = self.mail_queue(sink)
+        now = int(time.time()) - 1
+        rows = [
+            {"job": "App\\Libraries\\Queue\\Jobs\\SendEmailJob",
+             "data": {"to": "a@example.com", "subject": "Seed mail",
+                      "message": "<p>Hello <b>there</b></p>", "textMessage": "Hello there"}},
+            {"job": "App\\Libraries\\Queue\\Jobs\\SendTemplateEmailJob",
+             "data": {"template": "emails/password_reset", "to": "b@example.com",
+                      "data": {"name": "Bea", "url": "https://example.com/r/1"}}},
+        ]
+        p = self.db.param
+        for payload in rows:
+            self.db.raw("INSERT INTO {jobs} (queue, payload, attempts, reserved_at, available_at,"
+                        " created_at) VALUES (%s, %s, 0, NULL, %s, %s)" % (p, p, p, p),
+                        ("emails", json.dumps(payload), now, now))
+        _, log = self.work(q, tries=1)
+        self.assertEqual(len(sink.messages), 2, log)
+        (_, seed, _), (_, template, _) = sink.messages
+        self.assertEqual(seed["Subject"], "Seed mail")
+        self.assertEqual(seed.get_body(("plain",)).get_content().strip(), "Hello there")
+        self.assertIn("<b>there</b>", seed.get_body(("html",)).get_content())
+        self.assertTrue(seed["Message-ID"].startswith("<dbqueue-job-"))
+        self.assertEqual(template["Subject"], "Reset your Acme password")
+        self.assertIn("https://example.com/r/1", template.get_body(("plain",)).get_content())
+        self.assertEqual(self.jobs_left(), 0)
+
+
 # -- email tests end here --
 
 
