@@ -2297,15 +2297,16 @@ def _deliver(fields, config):
             worker.resources["smtp"] = mailer
     try:
         # SMTP lines end in CRLF; smtplib fixes line ends only of str messages.
-        refused = mailer.send(sender, recipients, msg.as_bytes(policy=msg.policy.clone(linesep="\r\n")))
+        refused = mailer.send(sender, recipients,
+                              msg.as_bytes(policy=msg.policy.clone(linesep="\r\n")))
     finally:
         if not reuse:
             mailer.close()
     if refused:
         # Delivered to the others: retrying would send them a second copy.
+        codes = sorted({str(code) for code, _ in refused.values()})
         log.info("some recipients were refused; the message went to the others",
-                 refused=len(refused), codes=",".join(sorted({str(c) for c, _ in refused.values()})),
-                 message_id=msg["Message-ID"])
+                 refused=len(refused), codes=",".join(codes), message_id=msg["Message-ID"])
 
 
 def _log_message(log, msg, sender, recipients):

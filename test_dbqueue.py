@@ -386,12 +386,14 @@ class SMTPSink:
 
     good_login = ("mailer", "right-password")
 
-    def __init__(self, testcase, port=None, **controller_kw):
+    def __init__(self, testcase, port=None, auth=False, **controller_kw):
         found = _aiosmtpd()
         need(found is not None, "aiosmtpd is not installed (pip install aiosmtpd)")
         self.Controller, self.AuthResult = found
         self.port = port or free_port()
         self.kw = controller_kw
+        if auth:
+            self.kw["authenticator"] = self.authenticate
         self.messages = []
         self.attempted = []
         self.data_replies = []
@@ -523,7 +525,8 @@ class EmailTests(EmailTestMixin, unittest.TestCase):
         self.assertEqual(self.jobs_left(), 0)
         for (envelope, msg, _), template in zip(sink.messages, uuids):
             url = "https://example.com/t/%s?a=1&b=2" % template
-            self.assertEqual(envelope, ("app@example.com", ["ann@example.com", "audit@example.com"]))
+            self.assertEqual(envelope, ("app@example.com",
+                                        ["ann@example.com", "audit@example.com"]))
             self.assertEqual(msg.get_content_type(), "multipart/alternative")
             self.assertIn("Acme", msg["Subject"])
             self.assertEqual(msg["From"].addresses[0].display_name, "Äpp Team")
@@ -741,14 +744,11 @@ class EmailTests(EmailTestMixin, unittest.TestCase):
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         context.load_cert_chain(cert, key)
         if implicit:
-            sink = SMTPSink(self, ssl_context=context, auth_require_tls=False)
+            # aiosmtpd offers AUTH only after STARTTLS unless told that TLS is there already.
+            sink = SMTPSink(self, auth=True, ssl_context=context, auth_require_tls=False)
         else:
-            sink = SMTPSink(self, tls_context=context, require_starttls=True,
+            sink = SMTPSink(self, auth=True, tls_context=context, require_starttls=True,
                             auth_require_tls=True)
-        sink.controller.smtpd  # started
-        sink.kw["authenticator"] = sink.authenticate
-        sink.stop()
-        sink.start()
         return sink, cert
 
     def test_starttls_and_implicit_tls_with_auth(self):
