@@ -1838,9 +1838,15 @@ def _parser():
 
     top = Parser(prog="dbqueue", description="A database-backed job queue and worker.",
                  formatter_class=argparse.RawDescriptionHelpFormatter,
-                 epilog="example:\n  python dbqueue.py work --queue=emails,default"
-                        " --import myapp.jobs\n\n`python dbqueue.py COMMAND --help` shows each"
-                        " command's options.")
+                 epilog="example:\n"
+                        "  python dbqueue.py migrate\n"
+                        "  python dbqueue.py work --queue=emails,default --import myapp.jobs\n"
+                        "  python dbqueue.py push send_email --queue emails --data '{...}'\n"
+                        "  python dbqueue.py stats\n"
+                        "  python dbqueue.py health --max-age 300 --max-failed 0\n\n"
+                        "Every command takes --env-file PATH and --database-url URL;"
+                        " `python dbqueue.py COMMAND --help` shows its options.\n"
+                        "Exit codes: 0 ok, 1 failure or unhealthy, 2 bad flag or setting.")
     top.add_argument("--version", action="version", version="dbqueue " + __version__)
     sub = top.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     sub.required = True
