@@ -2245,8 +2245,10 @@ def _cmd_failed(args, config):
         rows = queue.failed(args.queue)
     finally:
         queue.close()
-    listed = [{"id": r["id"], "uuid": r["uuid"], "queue": r["queue"], "job": _job_name(r["payload"]),
-               "failed_at": re.sub(r"\.\d+", "", r["failed_at"]),
+    # The payload stays out: job data holds addresses and tokens.
+    listed = [{"id": r["id"], "uuid": r["uuid"], "queue": r["queue"],
+               "job": _job_name(r["payload"]),
+               "failed_at": re.sub(r"\.\d+", "", r["failed_at"]),   # no microseconds
                "error": _error_line(r["exception"]), "exception": r["exception"]} for r in rows]
     if args.json:
         print(json.dumps(listed, indent=2))
