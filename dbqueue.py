@@ -1207,7 +1207,7 @@ class _Log:
         self.json = fmt == "json"
         self._second = None
         self._stamp = ""
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # re-entrant: the signal handler logs too, possibly mid-line
 
     def _time(self, now):
         second = int(now)
