@@ -105,8 +105,12 @@ def _read_env_file(path, required):
 
 
 def _mask_url(url):
-    """The URL with its password replaced by ***, for logs and errors."""
-    return re.sub(r"(://[^/:@]*:)[^@/]*@", r"\1***@", url or "")
+    """The URL with its password replaced by ***, for logs and errors.
+
+    libpq also takes the password as a query parameter (?password=...).
+    """
+    masked = re.sub(r"(://[^/:@]*:)[^@/]*@", r"\1***@", url or "")
+    return re.sub(r"([?&]password=)[^&]*", r"\1***", masked, flags=re.IGNORECASE)
 
 
 class Config:
@@ -474,8 +478,18 @@ class _SQLite(_Dialect):
         return sqlite3.sqlite_version_info >= (3, 35, 0)
 
     @staticmethod
-    def connect(target, driver=None, timeout=5.0):
+    def connect(target, driver=None, timeout=5.0, create=True):
         import sqlite3
+        if not create:
+            # `health` looks without touching: a missing file is an answer,
+            # not something to create; mode=rw refuses to create one too.
+            if not os.path.isfile(target):
+                raise DatabaseError("SQLite database %s does not exist" % target)
+            from urllib.parse import quote
+            target = "file:%s?mode=rw" % quote(os.path.abspath(target))
+            conn = sqlite3.connect(target, timeout=timeout, isolation_level=None,
+                                   check_same_thread=False, uri=True)
+            return conn
         if target and not os.path.exists(target):
             # Create the file ourselves so it is private from its first byte;
             # SQLite gives the -wal and -shm files the database file's mode.
@@ -560,7 +574,7 @@ class _Postgres(_Dialect):
                           " pip install %s" % (name or "psycopg", wanted))
 
     @classmethod
-    def connect(cls, target, driver=None, timeout=None):
+    def connect(cls, target, driver=None, timeout=None, create=True):
         module = driver if not isinstance(driver, (str, type(None))) else cls.driver(driver)
         try:
             if module.__name__.startswith("psycopg2"):
@@ -678,16 +692,20 @@ class Queue:
         cur.execute(text, [params[n] for n in names])
         return cur
 
-    def connect(self):
-        """A new connection of the queue's own (the worker holds its own)."""
+    def connect(self, create=True):
+        """A new connection of the queue's own (the worker holds its own).
+
+        `create=False` opens an existing database only and creates no tables
+        (on SQLite, where first use would otherwise create both).
+        """
         try:
-            conn = self.dialect.connect(self._target, self._driver)
+            conn = self.dialect.connect(self._target, self._driver, create=create)
         except self._errors() as exc:
             raise DatabaseError("cannot open %s: %s" % (_mask_url(self.config.database_url),
                                                         _first_line(exc)))
         with self._conns_lock:
             self._conns.append(conn)
-        if not self._schema_ready and self.dialect is _SQLite:
+        if create and not self._schema_ready and self.dialect is _SQLite:
             # SQLite creates its tables on first use; a server database is
             # migrated on purpose (`python dbqueue.py migrate`).
             self._migrate(conn)
@@ -785,9 +803,9 @@ class Queue:
             row = cur.fetchone()
         return row[0] if row else 0
 
-    def check(self):
+    def check(self, conn=None):
         """Raise MissingTableError unless both tables exist; else return True."""
-        with self.transaction() as cur:
+        with _Transaction(self, conn or self._conn(), write=False) as cur:
             for table in (self.config.table, self.config.failed_table):
                 cur.execute("SELECT 1 FROM %s WHERE 1 = 0" % _quote(table))
                 cur.fetchall()
@@ -971,10 +989,11 @@ class Queue:
 
     # -- inspecting and operating -----------------------------------------
 
-    def stats(self):
+    def stats(self, conn=None):
         """Per queue: ready, delayed, reserved, expired, failed, oldest_ready_age (seconds)."""
         out = {}
-        with self.transaction() as cur:
+        # A read transaction: on SQLite it never waits for a worker's write lock.
+        with _Transaction(self, conn or self._conn(), write=False) as cur:
             self.execute(cur, "stats", retry_after=self.config.retry_after)
             for queue, ready, delayed, reserved, expired, age in cur.fetchall():
                 out[queue] = {"queue": queue, "ready": int(ready or 0), "delayed": int(delayed or 0),
@@ -990,7 +1009,7 @@ class Queue:
 
     def failed(self, queue=None):
         """Failed jobs, oldest first, as dicts (payload and exception as text)."""
-        with self.transaction() as cur:
+        with _Transaction(self, self._conn(), write=False) as cur:
             rows = self.execute(cur, "failed_list", queue=queue).fetchall()
         result = []
         for id_, uuid, queue_, payload, exception, failed_at in rows:
@@ -1171,9 +1190,13 @@ class Job:
 
 
 class _Log:
-    """One line per event on stderr: text (`key=value`) or JSON.
+    """One line per event on stderr: text (`key=value`) or JSON (one object a line).
 
-    Job data is never logged: it holds addresses and tokens.
+        2026-05-04T10:00:00.123Z INFO    job id=7 name=send_email queue=emails attempt=1/3 outcome=done ms=41.7
+        {"time": "2026-05-04T10:00:00.123Z", "level": "info", "message": "job", "id": 7, ...}
+
+    Times are UTC. Fields that are None are left out. Job data is never
+    logged: it holds addresses and tokens.
     """
 
     LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40}
@@ -1184,7 +1207,7 @@ class _Log:
         self.json = fmt == "json"
         self._second = None
         self._stamp = ""
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # re-entrant: the signal handler logs too, possibly mid-line
 
     def _time(self, now):
         second = int(now)
@@ -1199,7 +1222,7 @@ class _Log:
         stamp = self._time(time.time())
         if self.json:
             record = {"time": stamp, "level": level, "message": message}
-            record.update(fields)
+            record.update((k, v) for k, v in fields.items() if v is not None)
             line = json.dumps(record, default=str)
         else:
             parts = ["%s %-7s %s" % (stamp, level.upper(), message)]
@@ -1593,7 +1616,7 @@ class Worker:
     def _log_job(self, job, outcome, elapsed, tries, delay=None, reason=None):
         self.log.info("job", id=job.id, name=job.name, queue=job.queue,
                       attempt="%d/%d" % (job.attempts, tries or self.tries), outcome=outcome,
-                      delay=delay, ms="%.1f" % ((elapsed or 0) * 1000), reason=reason)
+                      delay=delay, ms=round((elapsed or 0) * 1000, 1), reason=reason)
 
     # -- the database connection -------------------------------------------
 
@@ -2522,6 +2545,10 @@ def _parser():
     import argparse
 
     class Parser(argparse.ArgumentParser):
+        def __init__(self, *args, **kwargs):
+            kwargs.setdefault("allow_abbrev", False)   # --data must never mean --database-url
+            super().__init__(*args, **kwargs)
+
         def error(self, message):
             raise _UsageError("%s: %s" % (self.prog, message))
 
@@ -2532,9 +2559,15 @@ def _parser():
 
     top = Parser(prog="dbqueue", description="A database-backed job queue and worker.",
                  formatter_class=argparse.RawDescriptionHelpFormatter,
-                 epilog="example:\n  python dbqueue.py work --queue=emails,default"
-                        " --import myapp.jobs\n\n`python dbqueue.py COMMAND --help` shows each"
-                        " command's options.")
+                 epilog="example:\n"
+                        "  python dbqueue.py migrate\n"
+                        "  python dbqueue.py work --queue=emails,default --import myapp.jobs\n"
+                        "  python dbqueue.py push send_email --queue emails --data '{...}'\n"
+                        "  python dbqueue.py stats\n"
+                        "  python dbqueue.py health --max-age 300 --max-failed 0\n\n"
+                        "Every command takes --env-file PATH and --database-url URL;"
+                        " `python dbqueue.py COMMAND --help` shows its options.\n"
+                        "Exit codes: 0 ok, 1 failure or unhealthy, 2 bad flag or setting.")
     top.add_argument("--version", action="version", version="dbqueue " + __version__)
     sub = top.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     sub.required = True
@@ -2576,42 +2609,55 @@ def _parser():
                 "python dbqueue.py push send_email --queue emails --data"
                 " '{\"to\": \"a@example.com\", \"subject\": \"Hi\", \"text\": \"Hello\"}'")
     p.add_argument("job", help="the registered job name")
-    p.add_argument("--data", default="{}", help="the job's data as a JSON object")
-    p.add_argument("--queue", default="default")
-    p.add_argument("--delay", type=_nonneg_int, default=0, metavar="S")
+    p.add_argument("--data", default="{}", metavar="JSON",
+                   help="the job's data as a JSON object (default {})")
+    p.add_argument("--queue", type=_queue_arg, default="default", help="default: default")
+    p.add_argument("--delay", type=_nonneg_int, default=0, metavar="S",
+                   help="seconds before the job may run (default 0)")
 
     p = command("stats", "ready, delayed, reserved, expired and failed jobs per queue",
-                "python dbqueue.py stats --format prometheus > /var/lib/node_exporter/dbqueue.prom")
+                "python dbqueue.py stats\n"
+                "  python dbqueue.py stats --format prometheus > /var/lib/node_exporter/dbqueue.prom.$$"
+                " \\\n    && mv /var/lib/node_exporter/dbqueue.prom.$$"
+                " /var/lib/node_exporter/dbqueue.prom")
     group = p.add_mutually_exclusive_group()
-    group.add_argument("--json", action="store_true")
-    group.add_argument("--format", choices=("table", "json", "prometheus"), default="table")
+    group.add_argument("--json", action="store_true", help="same as --format json")
+    group.add_argument("--format", choices=("table", "json", "prometheus"), default="table",
+                       help="table (default), json, or the Prometheus text format")
 
-    p = command("health", "exit 0 when the queue is healthy, else 1 with the reasons",
+    p = command("health", "exit 0 when the queue is healthy, else 1 with one line per reason",
                 "python dbqueue.py health --max-ready 1000 --max-age 300 --max-failed 0")
-    p.add_argument("--max-ready", type=_nonneg_int, metavar="N")
-    p.add_argument("--max-age", type=_nonneg_int, metavar="S")
-    p.add_argument("--max-failed", type=_nonneg_int, metavar="N")
+    p.add_argument("--max-ready", type=_nonneg_int, metavar="N",
+                   help="unhealthy when a queue has more than N ready jobs")
+    p.add_argument("--max-age", type=_nonneg_int, metavar="S",
+                   help="unhealthy when a queue's oldest ready job has waited more than S seconds")
+    p.add_argument("--max-failed", type=_nonneg_int, metavar="N",
+                   help="unhealthy when a queue has more than N failed jobs")
 
-    p = command("failed", "list failed jobs", "python dbqueue.py failed --queue emails")
-    p.add_argument("--queue")
-    p.add_argument("--json", action="store_true")
+    p = command("failed", "list failed jobs (id, uuid, queue, job, failed at, error)",
+                "python dbqueue.py failed --queue emails")
+    p.add_argument("--queue", type=_queue_arg, help="only this queue")
+    p.add_argument("--json", action="store_true", help="JSON, with each full traceback")
 
     p = command("retry", "move failed jobs back to the queue with attempts reset",
-                "python dbqueue.py retry all --queue emails")
-    p.add_argument("ids", nargs="+", metavar="ID|all")
-    p.add_argument("--queue")
+                "python dbqueue.py retry 12 13\n  python dbqueue.py retry all --queue emails")
+    p.add_argument("ids", nargs="+", type=_retry_id, metavar="ID|all",
+                   help="failed job ids (see `failed`), or all")
+    p.add_argument("--queue", type=_queue_arg, help="with all: only this queue")
 
-    p = command("forget", "delete failed jobs", "python dbqueue.py forget 12 13")
+    p = command("forget", "delete failed jobs by id", "python dbqueue.py forget 12 13")
     p.add_argument("ids", nargs="+", type=_pos_int, metavar="ID")
 
-    p = command("flush", "delete failed jobs (older than H hours)",
+    p = command("flush", "delete every failed job, or those older than H hours",
                 "python dbqueue.py flush --hours 168")
-    p.add_argument("--hours", type=_nonneg_float, metavar="H")
+    p.add_argument("--hours", type=_nonneg_float, metavar="H",
+                   help="only failed jobs older than H hours")
 
-    p = command("clear", "delete the waiting jobs of a queue",
+    p = command("clear", "delete the waiting (ready and delayed) jobs of a queue",
                 "python dbqueue.py clear --queue default --force")
-    p.add_argument("--queue", required=True)
-    p.add_argument("--force", action="store_true", help="do not ask")
+    p.add_argument("--queue", type=_queue_arg, required=True)
+    p.add_argument("--force", action="store_true",
+                   help="do not ask (required when stdin is not a terminal)")
 
     p = command("bench", "measure enqueue, drain and latency on the configured database",
                 "python dbqueue.py bench --jobs 5000 --workers 2")
@@ -2625,7 +2671,8 @@ def _number(kind, minimum, value):
     try:
         number = kind(value)
     except ValueError:
-        raise argparse.ArgumentTypeError("%r is not a number" % value)
+        raise argparse.ArgumentTypeError("%r is not a %s" % (
+            value, "whole number" if kind is int else "number"))
     if not number >= minimum or number in (float("inf"),):
         raise argparse.ArgumentTypeError("%r must be >= %s" % (value, minimum))
     return number
@@ -2643,16 +2690,32 @@ def _nonneg_float(value):
     return _number(float, 0, value)
 
 
+def _queue_arg(value):
+    import argparse
+    try:
+        return _queue_name(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc))
+
+
+def _retry_id(value):
+    return "all" if value == "all" else _pos_int(value)
+
+
 def _err(message, stream=None):
     (stream or sys.stderr).write("dbqueue: %s\n" % message)
 
 
 def main(argv=None):
-    """The command line; returns the exit code (0 ok, 1 failure, 2 usage or configuration)."""
+    """The command line; returns the exit code (0 ok, 1 failure, 2 usage or configuration).
+
+    Flags and settings are all checked before the database is opened, so a
+    typo never half-runs a command.
+    """
     try:
         args = _parser().parse_args(argv)
     except _UsageError as exc:
-        _err(str(exc))
+        sys.stderr.write("%s\n" % exc)
         return 2
     except SystemExit as exc:   # --help and --version
         return exc.code if isinstance(exc.code, int) else 0
@@ -2664,7 +2727,7 @@ def main(argv=None):
         handler = _COMMANDS[args.command]
         return handler(args, config)
     except ConfigError as exc:
-        _err(str(exc))
+        _err(_first_line(exc))
         return 2
     except QueueError as exc:
         _err(_first_line(exc))
@@ -2717,8 +2780,10 @@ def _cmd_work(args, config):
                     sleep=args.sleep, memory=args.memory, log=log)
     log.info("worker starting", database=_mask_url(config.database_url), queues=",".join(queues),
              tries=worker.tries, backoff=",".join(map(str, worker.backoff)),
-             timeout=worker.timeout, retry_after=config.retry_after, pid=os.getpid(),
-             version=__version__)
+             timeout=worker.timeout, retry_after=config.retry_after, sleep=args.sleep,
+             memory_mb=args.memory, max_jobs=args.max_jobs, max_time=args.max_time,
+             pid=os.getpid(), version=__version__)
+    log.debug("handlers registered", jobs=",".join(sorted(_registry)) or "(none)")
     try:
         if queue.dialect is _Postgres:
             queue.check()
@@ -2731,16 +2796,14 @@ def _cmd_work(args, config):
 
 
 def _cmd_push(args, config):
+    if not args.job.strip():
+        raise ConfigError("push: the job name is empty")
     try:
         data = json.loads(args.data)
     except ValueError as exc:
         raise ConfigError("--data is not valid JSON: %s" % exc)
     if not isinstance(data, dict):
-        raise ConfigError("--data must be a JSON object")
-    try:
-        _queue_name(args.queue)
-    except ValueError as exc:
-        raise ConfigError("--queue: %s" % exc)
+        raise ConfigError("--data must be a JSON object, such as '{\"to\": \"a@example.com\"}'")
     queue = Queue(config=config)
     try:
         print(queue.push(args.job, data, queue=args.queue, delay=args.delay))
@@ -2749,32 +2812,268 @@ def _cmd_push(args, config):
     return 0
 
 
+def _table(headers, rows):
+    """Rows as aligned columns; numbers right-aligned, the last column left ragged."""
+    cells = [list(headers)] + [["-" if v is None else str(v) for v in row] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    numeric = [all(isinstance(row[i], int) or row[i] is None for row in rows) and bool(rows)
+               for i in range(len(headers))]
+    lines = []
+    for row in cells:
+        parts = []
+        for i, value in enumerate(row):
+            if i == len(row) - 1 and not numeric[i]:
+                parts.append(value)
+            elif numeric[i]:
+                parts.append(value.rjust(widths[i]))
+            else:
+                parts.append(value.ljust(widths[i]))
+        lines.append("  ".join(parts).rstrip())
+    return "\n".join(lines)
+
+
+def _duration(seconds):
+    """125 -> '2m05s': short enough for a table, exact to the second."""
+    if seconds is None:
+        return None
+    seconds = max(0, int(seconds))
+    if seconds < 60:
+        return "%ds" % seconds
+    if seconds < 3600:
+        return "%dm%02ds" % divmod(seconds, 60)
+    if seconds < 86400:
+        return "%dh%02dm" % (seconds // 3600, seconds % 3600 // 60)
+    return "%dd%02dh" % (seconds // 86400, seconds % 86400 // 3600)
+
+
+def _prom_label(value):
+    # The text format's escapes for label values: backslash, quote, newline.
+    return str(value).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+_PROM_METRICS = (
+    ("dbqueue_jobs", "Jobs in the jobs table by queue and state (ready, delayed, reserved).",
+     lambda s: [("ready", s["ready"]), ("delayed", s["delayed"]), ("reserved", s["reserved"])]),
+    ("dbqueue_expired_reservations", "Reserved jobs whose worker stopped renewing the"
+     " reservation for longer than QUEUE_RETRY_AFTER; a worker takes them back.",
+     lambda s: [(None, s["expired"])]),
+    ("dbqueue_failed_jobs", "Jobs in the failed jobs table by queue.",
+     lambda s: [(None, s["failed"])]),
+    ("dbqueue_oldest_ready_age_seconds", "Seconds the oldest ready job of the queue has waited"
+     " (0 when none is ready).", lambda s: [(None, s["oldest_ready_age"] or 0)]),
+)
+
+
+def _prometheus(stats):
+    lines = []
+    for name, help_text, values in _PROM_METRICS:
+        lines.append("# HELP %s %s" % (name, help_text))
+        lines.append("# TYPE %s gauge" % name)
+        for entry in stats:
+            for state, value in values(entry):
+                labels = 'queue="%s"' % _prom_label(entry["queue"])
+                if state is not None:
+                    labels += ',state="%s"' % state
+                lines.append("%s{%s} %d" % (name, labels, value))
+    return "\n".join(lines) + "\n"
+
+
 def _cmd_stats(args, config):
-    raise QueueError("stats: not written yet")
+    fmt = "json" if args.json else args.format
+    queue = Queue(config=config)
+    try:
+        stats = queue.stats()
+    finally:
+        queue.close()
+    if fmt == "json":
+        print(json.dumps(stats, indent=2))
+    elif fmt == "prometheus":
+        sys.stdout.write(_prometheus(stats))
+    else:
+        rows = [(s["queue"], s["ready"], s["delayed"], s["reserved"], s["expired"], s["failed"],
+                 _duration(s["oldest_ready_age"])) for s in stats]
+        print(_table(("queue", "ready", "delayed", "reserved", "expired", "failed",
+                      "oldest ready"), rows))
+        if not stats:
+            print("(no jobs: %s and %s are empty)" % (config.table, config.failed_table))
+    return 0
 
 
 def _cmd_health(args, config):
-    raise QueueError("health: not written yet")
+    # The seed's HealthChecker: the database answers, both tables exist, and
+    # the counts are within the thresholds. It only reads: on SQLite it opens
+    # an existing file and creates neither the file nor the tables.
+    queue = Queue(config=config)
+    try:
+        conn = queue.connect(create=False)
+        queue.check(conn)
+        stats = queue.stats(conn)
+    except DatabaseError as exc:
+        print("unhealthy: %s" % _first_line(exc))
+        return 1
+    finally:
+        queue.close()
+    problems = []
+    for s in stats:
+        name = s["queue"]
+        if args.max_ready is not None and s["ready"] > args.max_ready:
+            problems.append("queue %s has %d ready jobs (--max-ready %d)"
+                            % (name, s["ready"], args.max_ready))
+        age = s["oldest_ready_age"]
+        if args.max_age is not None and age is not None and age > args.max_age:
+            problems.append("queue %s: the oldest ready job has waited %ds (--max-age %d);"
+                            " is a worker running for it?" % (name, age, args.max_age))
+        if args.max_failed is not None and s["failed"] > args.max_failed:
+            problems.append("queue %s has %d failed jobs (--max-failed %d); see"
+                            " `python dbqueue.py failed --queue %s`"
+                            % (name, s["failed"], args.max_failed, name))
+    for problem in problems:
+        print("unhealthy: %s" % problem)
+    if problems:
+        return 1
+    total = lambda key: sum(s[key] for s in stats)  # noqa: E731
+    print("ok: %s answers; %d ready, %d delayed, %d reserved, %d failed in %d queue(s)"
+          % (_mask_url(config.database_url), total("ready"), total("delayed"),
+             total("reserved"), total("failed"), len(stats)))
+    return 0
+
+
+def _job_name(payload):
+    """The job name a payload carries, without trusting it to be well formed."""
+    try:
+        decoded = json.loads(payload)
+    except ValueError:
+        return "?"
+    if isinstance(decoded, dict):
+        for key in ("job", "displayName"):
+            if isinstance(decoded.get(key), str) and decoded[key]:
+                return decoded[key]
+    return "?"
+
+
+def _error_line(exception):
+    """One line for an exception text: a Python traceback's last line names the
+    error; other texts (such as the seed app's) put the message first."""
+    lines = [line.strip() for line in (exception or "").splitlines() if line.strip()]
+    if not lines:
+        return ""
+    return lines[-1] if lines[0].startswith("Traceback") else lines[0]
 
 
 def _cmd_failed(args, config):
-    raise QueueError("failed: not written yet")
+    queue = Queue(config=config)
+    try:
+        rows = queue.failed(args.queue)
+    finally:
+        queue.close()
+    # The payload stays out: job data holds addresses and tokens.
+    listed = [{"id": r["id"], "uuid": r["uuid"], "queue": r["queue"],
+               "job": _job_name(r["payload"]),
+               "failed_at": re.sub(r"\.\d+", "", r["failed_at"]),   # no microseconds
+               "error": _error_line(r["exception"]), "exception": r["exception"]} for r in rows]
+    if args.json:
+        print(json.dumps(listed, indent=2))
+        return 0
+    if not listed:
+        print("no failed jobs" + (" in queue %s" % args.queue if args.queue else ""))
+        return 0
+    cut = lambda text: text if len(text) <= 120 else text[:119] + "..."  # noqa: E731
+    print(_table(("id", "uuid", "queue", "job", "failed at", "error"),
+                 [(f["id"], f["uuid"], f["queue"], f["job"], f["failed_at"], cut(f["error"]))
+                  for f in listed]))
+    return 0
 
 
 def _cmd_retry(args, config):
-    raise QueueError("retry: not written yet")
+    everything = "all" in args.ids
+    if everything and len(args.ids) > 1:
+        raise ConfigError("retry: give failed job ids or `all`, not both")
+    if args.queue and not everything:
+        raise ConfigError("retry: --queue goes with `all` (ids name their jobs already)")
+    queue = Queue(config=config)
+    missing = []
+    try:
+        if everything:
+            # One transaction per job inside retry(): an interruption leaves
+            # each job either still failed or back in the queue, never both.
+            new_ids = queue.retry(None, queue=args.queue)
+            print("retried %d failed job(s)%s" % (len(new_ids),
+                  " of queue %s" % args.queue if args.queue else ""))
+            return 0
+        for failed_id in args.ids:
+            new_ids = queue.retry([failed_id])
+            if new_ids:
+                print("retried failed job %d as job %d" % (failed_id, new_ids[0]))
+            else:
+                missing.append(str(failed_id))
+    finally:
+        queue.close()
+    if missing:
+        _err("no failed job with id %s" % ", ".join(missing))
+        return 1
+    return 0
 
 
 def _cmd_forget(args, config):
-    raise QueueError("forget: not written yet")
+    queue = Queue(config=config)
+    missing = []
+    try:
+        for failed_id in args.ids:
+            if queue.forget([failed_id]):
+                print("deleted failed job %d" % failed_id)
+            else:
+                missing.append(str(failed_id))
+    finally:
+        queue.close()
+    if missing:
+        _err("no failed job with id %s" % ", ".join(missing))
+        return 1
+    return 0
 
 
 def _cmd_flush(args, config):
-    raise QueueError("flush: not written yet")
+    queue = Queue(config=config)
+    try:
+        count = queue.flush(args.hours)
+    finally:
+        queue.close()
+    print("deleted %d failed job(s)%s" % (count, "" if args.hours is None
+                                          else " older than %g hours" % args.hours))
+    return 0
+
+
+def _isatty(stream):
+    try:
+        return stream is not None and stream.isatty()
+    except (AttributeError, ValueError):
+        return False
 
 
 def _cmd_clear(args, config):
-    raise QueueError("clear: not written yet")
+    ask = not args.force
+    if ask and not _isatty(sys.stdin):
+        raise ConfigError("clear deletes the waiting jobs of queue %s: add --force (stdin is not"
+                          " a terminal, so there is no one to ask)" % args.queue)
+    queue = Queue(config=config)
+    try:
+        if ask:
+            counts = {s["queue"]: s for s in queue.stats()}.get(args.queue)
+            waiting = counts["ready"] + counts["delayed"] if counts else 0
+            if not waiting:
+                print("queue %s has no waiting jobs" % args.queue)
+                return 0
+            sys.stderr.write("Delete the %d waiting job(s) of queue %s? [y/N] "
+                             % (waiting, args.queue))
+            sys.stderr.flush()
+            if sys.stdin.readline().strip().lower() not in ("y", "yes"):
+                print("nothing deleted")
+                return 1
+        count = queue.clear(args.queue)
+    finally:
+        queue.close()
+    # Reserved jobs are running: a worker holds them and finishes them.
+    print("deleted %d waiting job(s) of queue %s" % (count, args.queue))
+    return 0
 
 
 _COMMANDS = {
