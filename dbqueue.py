@@ -105,8 +105,13 @@ def _read_env_file(path, required):
 
 
 def _mask_url(url):
-    """The URL with its password replaced by ***, for logs and errors."""
-    return re.sub(r"(://[^/:@]*:)[^@/]*@", r"\1***@", url or "")
+    """The URL with its password replaced by ***, for logs and errors.
+
+    libpq takes a password in the user part (user:pw@) and in the query
+    (?password=pw, also sslpassword=): both are masked.
+    """
+    url = re.sub(r"(://[^/:@]*:)[^@/]*@", r"\1***@", url or "")
+    return re.sub(r"([?&](?:ssl)?password=)[^&#]*", r"\1***", url, flags=re.IGNORECASE)
 
 
 class Config:
@@ -467,14 +472,17 @@ class _SQLite(_Dialect):
     claim_update = ("UPDATE {jobs} SET reserved_at = :now, attempts = attempts + 1"
                     " WHERE id = :id AND reserved_at IS NULL")
     driver_errors = ()
+    # Seconds a write waits for another connection's write lock before
+    # "database is locked"; the worker then logs once and keeps waiting.
+    busy_timeout = 5.0
 
     @staticmethod
     def has_returning():
         import sqlite3
         return sqlite3.sqlite_version_info >= (3, 35, 0)
 
-    @staticmethod
-    def connect(target, driver=None, timeout=5.0):
+    @classmethod
+    def connect(cls, target, driver=None, timeout=None):
         import sqlite3
         if target and not os.path.exists(target):
             # Create the file ourselves so it is private from its first byte;
@@ -485,7 +493,8 @@ class _SQLite(_Dialect):
                 pass
             except OSError as exc:
                 raise DatabaseError("cannot create SQLite database %s: %s" % (target, exc.strerror))
-        conn = sqlite3.connect(target, timeout=timeout, isolation_level=None,
+        conn = sqlite3.connect(target, timeout=cls.busy_timeout if timeout is None else timeout,
+                               isolation_level=None,
                                check_same_thread=False)
         # WAL lets readers (stats, the web app) run while a worker writes.
         # synchronous stays FULL, SQLite's default: a pushed job survives a
