@@ -470,8 +470,10 @@ def _on_backends(mixin, backends):
             backend.driver or "sqlite"]
         name = mixin.__name__.replace("Tests", "") + suffix + "Tests"
 
-        def setUp(self, _backend=backend):
+        def setUp(self, _backend=backend, _mixin=mixin):
             self.db = _backend(self)
+            if hasattr(_mixin, "setUp"):
+                _mixin.setUp(self)
 
         cls = type(name, (mixin, unittest.TestCase), {"setUp": setUp, "backend": backend})
         cls.__module__ = mixin.__module__
