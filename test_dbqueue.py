@@ -1922,7 +1922,8 @@ class SecretsTests(unittest.TestCase):
                     code, out, err = run_main(argv, env)
                     self.assertIn(code, (1, 2), (argv, out, err))
                     self.assertNotIn(PG_PASSWORD, out + err, (url, argv))
-                    self.assertRegex(err.strip().splitlines()[-1], "^dbqueue: ")
+                    # One clear reason, from main() or from `health`'s report.
+                    self.assertIn("cannot connect to postgresql://app", out + err)
 
 
 class SQLiteLockTests(unittest.TestCase):
@@ -2083,6 +2084,13 @@ class HostileInputTests:
         self.assertEqual(RECORD, [{"i": 1}])
         self.assertEqual(_count_jobs(self.db), 4)       # the hand-written rows, untouched
         self.assertEqual(q.failed(), [])
+        code, out, err = run_main(["stats", "--json"], env)
+        self.assertEqual(code, 0, err)
+        self.assertEqual(sorted(s["queue"] for s in json.loads(out)), sorted(hostile[:4]))
+        code, out, err = run_main(["stats", "--format", "prometheus"], env)
+        self.assertEqual(code, 0, err)
+        for line in out.splitlines():    # escaped: no name can start a line of its own
+            self.assertRegex(line, r"^(# (HELP|TYPE) )?dbqueue_")
 
 
 on_every_backend(HostileInputTests)
@@ -2115,6 +2123,29 @@ class SQLiteHostileBytesTests(unittest.TestCase):
         for row in failed:
             self.assertRegex(row["exception"], "not valid (UTF-8|JSON)")
         self.assertNotIn("Traceback", log.getvalue())
+
+    def test_queue_names_of_raw_bytes_do_not_break_stats_or_the_worker(self):
+        import sqlite3
+        del RECORD[:]
+        db = Backend(self)
+        q = db.queue()
+        db.raw("INSERT INTO {jobs} (queue, payload, attempts, reserved_at, available_at,"
+               " created_at) VALUES (?, '{{}}', 0, NULL, 0, 0)", (sqlite3.Binary(b"\xff\xfe"),))
+        db.raw("INSERT INTO {jobs} (queue, payload, attempts, reserved_at, available_at,"
+               " created_at) VALUES (CAST(x'41ff' AS TEXT), '{{}}', 0, NULL, 0, 0)")
+        db.raw("INSERT INTO {failed} (uuid, connection, queue, payload, exception)"
+               " VALUES ('u1', 'database', CAST(x'42ff' AS TEXT), CAST(x'ff' AS TEXT), 'e')")
+        q.push("t_record", {"i": 1})
+        dbqueue.Worker(q, ["default"], log=quiet_log()).run(stop_when_empty=True)
+        self.assertEqual(RECORD, [{"i": 1}])
+        env = db.env()
+        for argv in (["stats"], ["stats", "--json"], ["stats", "--format", "prometheus"],
+                     ["health"], ["failed"], ["failed", "--json"]):
+            code, out, err = run_main(argv, env)
+            self.assertEqual((code, err), (0, ""), argv)
+        code, out, err = run_main(["stats", "--json"], env)
+        self.assertEqual(sorted(s["queue"] for s in json.loads(out)),
+                         ["A\ufffd", "B\ufffd", "\ufffd\ufffd"])
 
 
 class BadSettingsTests(unittest.TestCase):
