@@ -1850,7 +1850,8 @@ class PrivateClusterTests(unittest.TestCase):
                "QUEUE_FAILED_TABLE": self.table + "_f"}
         results = {}
         for argv in (["migrate"], ["push", "t_record", "--data", '{"a": 1}'], ["work", "--once"],
-                     ["stats"], ["stats", "--json"], ["health"]):
+                     ["stats"], ["stats", "--json"], ["stats", "--format", "prometheus"],
+                     ["health"], ["failed"], ["failed", "--json"]):
             code, out, err = run_main(argv, env)
             results[" ".join(argv)] = (code, out + err)
             self.assertNotIn(PG_PASSWORD, out + err, "%s: %s" % (label, argv))
@@ -1937,7 +1938,7 @@ class SQLiteLockTests(unittest.TestCase):
         procs = _Procs(self, db.tmp, _fault_env(db.env(FAULT_LOG=log,
                                                         FAULT_BUSY_TIMEOUT=busy)))
         q = db.queue()
-        q.push_many("fault_sleep", [{"n": n, "ms": 60} for n in range(20)])
+        q.push_many("fault_sleep", [{"n": n, "ms": 100} for n in range(20)])
         worker = procs.start("--sleep", "0.2")
         wait_for(lambda: _records(log), 30, 0.01, "the first job to start")
         holder = sqlite3.connect(db.url[len("sqlite:///"):], isolation_level=None)
