@@ -2194,6 +2194,16 @@ def _fault_env(extra):
     return env
 
 
+def _die_with_parent():
+    """preexec_fn: the kernel SIGKILLs the worker if the test process dies first
+    (Linux PR_SET_PDEATHSIG), so a test run killed from outside leaves none behind."""
+    try:
+        import ctypes
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL)
+    except Exception:
+        pass
+
+
 class _Procs:
     """Worker subprocesses of one test: stdout and stderr in files, killed in cleanup."""
 
@@ -2210,7 +2220,8 @@ class _Procs:
             proc = subprocess.Popen(
                 [sys.executable, DBQUEUE_PY, "work", "--import", "fault_jobs"] + list(args),
                 cwd=self.tmp, env=dict(self.env, **env), stdout=out, stderr=err,
-                stdin=subprocess.DEVNULL)
+                stdin=subprocess.DEVNULL,
+                preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None)
         proc.log = name + ".err"
         self.procs.append(proc)
         return proc
@@ -2463,6 +2474,7 @@ class PrivateCluster:
                        " -c fsync=off -c max_connections=40" % (self.port, self.dir))
             self._pg("pg_ctl", "-D", self.data, "-l", os.path.join(self.dir, "server.log"),
                      "-o", options, "-w", "-t", "60", "start")
+            self._watch()
             conn = _pg_connect(__import__("psycopg"), self.url(database="postgres"))
             try:
                 cur = conn.cursor()
@@ -2473,6 +2485,30 @@ class PrivateCluster:
         except BaseException:
             self.stop()
             raise
+
+    _WATCHDOG = textwrap.dedent("""
+        import os, shutil, subprocess, sys, time
+        parent, data, tmp, pg_ctl = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
+        while os.path.exists(data):
+            try:
+                os.kill(parent, 0)
+            except ProcessLookupError:
+                subprocess.run(["runuser", "-u", "postgres", "--", pg_ctl, "-D", data, "-m",
+                                "immediate", "-w", "stop"], stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL, timeout=60)
+                shutil.rmtree(tmp, True)
+                break
+            time.sleep(0.5)
+        """)
+
+    def _watch(self):
+        # A test run killed from outside (a CI timeout, ^C twice) runs no
+        # cleanup: this watchdog, in a session of its own, stops the server
+        # and removes its dir once the test process is gone.
+        self.watchdog = subprocess.Popen(
+            [sys.executable, "-c", self._WATCHDOG, str(os.getpid()), self.data, self.dir,
+             os.path.join(PG_BIN, "pg_ctl")], start_new_session=True, stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     def _pg(self, program, *args):
         result = subprocess.run(["runuser", "-u", "postgres", "--", os.path.join(PG_BIN, program)]
@@ -2498,6 +2534,9 @@ class PrivateCluster:
             except Exception:
                 pass
         shutil.rmtree(self.dir, True)
+        watchdog = getattr(self, "watchdog", None)
+        if watchdog is not None:
+            watchdog.wait(10)    # it sees the dir gone within half a second
         if PrivateCluster._instance is self:
             PrivateCluster._instance = None
 
