@@ -2860,6 +2860,16 @@ def _cmd_work(args, config):
     try:
         if queue.dialect is _Postgres:
             queue.check()
+        else:
+            # A path SQLite cannot open (a missing folder, a directory) does not
+            # heal by waiting: fail now, as PostgreSQL's check does. A lock held
+            # by another connection is waited out by the worker instead.
+            try:
+                _SQLite.connect(queue._target).close()
+            except _SQLite.errors() as exc:
+                if not _SQLite.is_locked(exc):
+                    raise DatabaseError("cannot open %s: %s" % (_mask_url(config.database_url),
+                                                                 _first_line(exc)))
         worker.run(once=args.once, max_jobs=args.max_jobs, max_time=args.max_time,
                    stop_when_empty=args.stop_when_empty)
     finally:

@@ -2954,6 +2954,14 @@ class BadSettingsTests(unittest.TestCase):
         self.check(["push", "t_record", "--data", "{not json"], {}, "--data")
         self.check(["stats", "--format", "xml"], {}, "--format")
 
+    def test_a_sqlite_path_that_cannot_be_opened_fails_the_worker_at_once(self):
+        for url in ("sqlite:///" + os.path.join(self.tmp, "missing", "q.db"),
+                    "sqlite:///" + self.tmp):     # a directory
+            code, out, err = run_main(["work", "--once"], {"QUEUE_DATABASE_URL": url})
+            self.assertEqual(code, 1, err)
+            self.assertRegex(err.strip().splitlines()[-1], "^dbqueue: cannot (open|create)")
+            self.assertNotIn("retrying", err)
+
     def test_huge_max_jobs_is_just_a_large_limit(self):
         del RECORD[:]
         q = dbqueue.Queue("sqlite:///" + self.path)
