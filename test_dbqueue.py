@@ -2313,7 +2313,7 @@ class CrashTests:
         try:
             wait_for(drained, 60, 0.1, "the final drain")
         except AssertionError:
-            rows = self.db.raw("SELECT id, attempts, reserved_at, available_at, payload FROM {jobs}")
+            rows = self.db.raw("SELECT id, attempts, reserved_at, available_at FROM {jobs}")
             raise AssertionError("final drain stuck; jobs left: %r\nworker log:\n%s"
                                  % (rows[:10], procs.stderr(final[-1])[-3000:]))
         final = final[-1]
@@ -2350,8 +2350,8 @@ class CrashTests:
             self.assertIn("attempt %d of %d" % (tries + 1, tries), failed[n])
             self.assertIn("worker died", failed[n])
         twice = sum(1 for n, a in ends.items() if len(a) > 1)
-        print("[crash %s] %d rounds of SIGKILL in %.1fs: %d jobs, %d completed (%d completed twice:"
-              " killed between handler and ack), %d failed (%d by worker deaths), 0 lost"
+        print("[crash %s] %d rounds of SIGKILL in %.1fs: %d jobs, %d completed (%d completed"
+              " twice: killed between handler and ack), %d failed (%d by worker deaths), 0 lost"
               % (self.db.name, rounds, elapsed, len(everything), len(set(ends)), twice,
                  len(failed), died), file=sys.stderr)
 
@@ -2409,10 +2409,10 @@ class ContentionTests:
         self.assertEqual([n for n, c in counts.items() if c != 1], [], "jobs run twice")
         self.assertEqual(q.failed(), [])
         print("\n[contention %s] %d workers, %d jobs (%d up front, the rest pushed by a producer"
-              " over %.1fs of the drain): drained in %.1fs (worker start-up included), %.0f jobs/s,"
-              " each run exactly once" % (self.db.name, self.workers, self.total, self.upfront,
-                                          produced[0], elapsed, self.total / elapsed),
-              file=sys.stderr)
+              " over %.1fs of the drain): drained in %.1fs (worker start-up included),"
+              " %.0f jobs/s, each run exactly once"
+              % (self.db.name, self.workers, self.total, self.upfront, produced[0], elapsed,
+                 self.total / elapsed), file=sys.stderr)
 
 
 _on_backends(ContentionTests, [Backend, PsycopgBackend])
@@ -2985,7 +2985,8 @@ class FileModeTests(unittest.TestCase):
             q = dbqueue.Queue("sqlite:///" + path)
             q.push("t_record", {})
             cli = os.path.join(tmp, "cli.db")
-            code, _, err = run_main(["push", "t_record"], {"QUEUE_DATABASE_URL": "sqlite:///" + cli})
+            code, _, err = run_main(["push", "t_record"],
+                                    {"QUEUE_DATABASE_URL": "sqlite:///" + cli})
             self.assertEqual(code, 0, err)
             # The -wal and -shm files exist while a connection is open.
             for db in (path, cli):
@@ -3028,8 +3029,8 @@ class PropertyTests:
     def test_generated_payloads_never_disturb_a_good_job(self):
         from hypothesis import given, strategies as st
         q = self.db.queue()
-        names = st.sampled_from(["t_record", "t_permanent", "t_fail", "os.system",
-                                 "builtins.eval", "subprocess.call", "", "nope"]) | st.text(max_size=20)
+        names = st.sampled_from(["t_record", "t_permanent", "t_fail", "os.system", "builtins.eval",
+                                 "subprocess.call", "", "nope"]) | st.text(max_size=20)
         scalars = (st.none() | st.booleans() | st.integers() | st.text(max_size=20)
                    | st.floats(allow_nan=False, allow_infinity=False))
         values = st.recursive(scalars, lambda kids: st.lists(kids, max_size=3)
