@@ -107,10 +107,11 @@ def _read_env_file(path, required):
 def _mask_url(url):
     """The URL with its password replaced by ***, for logs and errors.
 
-    libpq also takes the password as a query parameter (?password=...).
+    libpq also takes the password as a query parameter (?password=..., and
+    sslpassword=... for a client key): both are masked.
     """
     masked = re.sub(r"(://[^/:@]*:)[^@/]*@", r"\1***@", url or "")
-    return re.sub(r"([?&]password=)[^&]*", r"\1***", masked, flags=re.IGNORECASE)
+    return re.sub(r"([?&](?:ssl)?password=)[^&#]*", r"\1***", masked, flags=re.IGNORECASE)
 
 
 class Config:
@@ -350,7 +351,7 @@ _SQL = {
             " exception = excluded.exception, failed_at = excluded.failed_at",
     "next_due": "SELECT MIN(available_at) - {now} FROM {jobs}"
                 " WHERE queue = :queue AND reserved_at IS NULL",
-    "stats": "SELECT queue,"
+    "stats": "SELECT {queue_text},"
              " SUM(CASE WHEN reserved_at IS NULL AND available_at <= {now} THEN 1 ELSE 0 END),"
              " SUM(CASE WHEN reserved_at IS NULL AND available_at > {now} THEN 1 ELSE 0 END),"
              " SUM(CASE WHEN reserved_at IS NOT NULL THEN 1 ELSE 0 END),"
@@ -359,8 +360,8 @@ _SQL = {
              " {now} - MIN(CASE WHEN reserved_at IS NULL AND available_at <= {now}"
              " THEN available_at END)"
              " FROM {jobs} GROUP BY queue",
-    "failed_counts": "SELECT queue, COUNT(*) FROM {failed} GROUP BY queue",
-    "failed_list": "SELECT id, uuid, queue, {payload_text}, exception, failed_at FROM {failed}"
+    "failed_counts": "SELECT {queue_text}, COUNT(*) FROM {failed} GROUP BY queue",
+    "failed_list": "SELECT id, uuid, {queue_text}, {payload_text}, exception, failed_at FROM {failed}"
                    " WHERE (CAST(:queue AS TEXT) IS NULL OR queue = :queue) ORDER BY id",
     "failed_ids": "SELECT id FROM {failed} WHERE (CAST(:queue AS TEXT) IS NULL OR queue = :queue) ORDER BY id",
     "retry": "INSERT INTO {jobs} (queue, payload, attempts, reserved_at, available_at, created_at)"
@@ -384,6 +385,7 @@ class _Dialect:
     now = ":now"                   # the clock: a parameter, or the server's own
     begin = "BEGIN"
     payload_text = "payload"       # how to read a payload column as text
+    queue_text = "queue"           # how `stats` and `failed` read a queue column
     autoincrement = ""
     bigint = "INTEGER"
     failed_at = ""
@@ -396,7 +398,7 @@ class _Dialect:
     def prepare(cls, template, jobs="jobs", failed="failed_jobs", **extra):
         """(sql, names): the template for this dialect and its parameter order."""
         text = template.format(jobs=_quote(jobs), failed=_quote(failed), now=cls.now,
-                               payload_text=cls.payload_text,
+                               payload_text=cls.payload_text, queue_text=cls.queue_text,
                                failed_cutoff=cls.failed_cutoff, **extra)
         names = _PARAM.findall(text)
         if cls.placeholder == "%s":
@@ -453,6 +455,9 @@ class _SQLite(_Dialect):
     # A payload is read as bytes so that a row holding invalid UTF-8 (written
     # by hand) fails alone instead of breaking every claim that returns it.
     payload_text = "CAST(payload AS BLOB)"
+    # Likewise a queue name written by hand as a BLOB or invalid UTF-8: `stats`
+    # and `failed` show it (decoded with replacement) instead of failing.
+    queue_text = "CAST(queue AS BLOB)"
     # AUTOINCREMENT: ids are never reused, so an (id, attempts) fencing token
     # can never match a later job that happens to get a deleted job's id.
     autoincrement = "INTEGER PRIMARY KEY AUTOINCREMENT"
@@ -471,15 +476,20 @@ class _SQLite(_Dialect):
     claim_update = ("UPDATE {jobs} SET reserved_at = :now, attempts = attempts + 1"
                     " WHERE id = :id AND reserved_at IS NULL")
     driver_errors = ()
+    # Seconds a write waits for another connection's write lock before
+    # "database is locked"; the worker then logs once and keeps waiting.
+    busy_timeout = 5.0
 
     @staticmethod
     def has_returning():
         import sqlite3
         return sqlite3.sqlite_version_info >= (3, 35, 0)
 
-    @staticmethod
-    def connect(target, driver=None, timeout=5.0, create=True):
+    @classmethod
+    def connect(cls, target, driver=None, timeout=None, create=True):
         import sqlite3
+        if timeout is None:
+            timeout = cls.busy_timeout
         if not create:
             # `health` looks without touching: a missing file is an answer,
             # not something to create; mode=rw refuses to create one too.
@@ -620,6 +630,11 @@ def schema_sql(dialect, jobs="jobs", failed="failed_jobs"):
 ###############################################################################
 # The queue ###################################################################
 ###############################################################################
+
+def _text(value):
+    """A column read as bytes (see queue_text, payload_text) as str, bad bytes replaced."""
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+
 
 def _uuid4():
     raw = bytearray(os.urandom(16))
@@ -1013,11 +1028,13 @@ class Queue:
         with _Transaction(self, conn or self._conn(), write=False) as cur:
             self.execute(cur, "stats", retry_after=self.config.retry_after)
             for queue, ready, delayed, reserved, expired, age in cur.fetchall():
+                queue = _text(queue)
                 out[queue] = {"queue": queue, "ready": int(ready or 0), "delayed": int(delayed or 0),
                               "reserved": int(reserved or 0), "expired": int(expired or 0),
                               "failed": 0, "oldest_ready_age": int(age) if age is not None else None}
             self.execute(cur, "failed_counts")
             for queue, failed in cur.fetchall():
+                queue = _text(queue)
                 entry = out.setdefault(queue, {"queue": queue, "ready": 0, "delayed": 0,
                                                "reserved": 0, "expired": 0, "failed": 0,
                                                "oldest_ready_age": None})
@@ -1030,9 +1047,7 @@ class Queue:
             rows = self.execute(cur, "failed_list", queue=queue).fetchall()
         result = []
         for id_, uuid, queue_, payload, exception, failed_at in rows:
-            if isinstance(payload, bytes):
-                payload = payload.decode("utf-8", "replace")
-            result.append({"id": id_, "uuid": uuid, "queue": queue_, "payload": payload,
+            result.append({"id": id_, "uuid": uuid, "queue": _text(queue_), "payload": _text(payload),
                            "exception": exception, "failed_at": str(failed_at)})
         return result
 
@@ -1385,7 +1400,7 @@ class Worker:
         self._heart.start()
         limit = 1 if once else max_jobs
         try:
-            self._connect_with_backoff()
+            self._connect_first()
             while not self._stop:
                 if limit is not None and self.processed >= limit:
                     break
@@ -1653,10 +1668,13 @@ class Worker:
 
     # -- the database connection -------------------------------------------
 
-    def _connect_with_backoff(self):
-        # Waits for a database that is not up yet (a worker started before its
-        # server); missing tables are not waited for: they need `migrate`.
-        self._db(self.queue.check)
+    def _connect_first(self):
+        # The first connection is not retried: a wrong URL, password or missing
+        # table at start is a configuration problem to report (exit 1, and the
+        # supervisor's restart delay retries). Later losses are waited out.
+        if self._conn is None:
+            self._conn = self.queue.connect()
+        self.queue.check(self._conn)
 
     def _db(self, action):
         """Run action(conn), reconnecting with backoff while the database is away.
@@ -2850,6 +2868,16 @@ def _cmd_work(args, config):
              pid=os.getpid(), version=__version__)
     log.debug("handlers registered", jobs=",".join(sorted(_registry)) or "(none)")
     try:
+        if queue.dialect is _SQLite:
+            # A path SQLite cannot open (a missing folder, a directory) does not
+            # heal by waiting: fail now. A lock held by another connection is
+            # waited out by the worker.
+            try:
+                _SQLite.connect(queue._target).close()
+            except _SQLite.errors() as exc:
+                if not _SQLite.is_locked(exc):
+                    raise DatabaseError("cannot open %s: %s" % (_mask_url(config.database_url),
+                                                                 _first_line(exc)))
         worker.run(once=args.once, max_jobs=args.max_jobs, max_time=args.max_time,
                    stop_when_empty=args.stop_when_empty)
     finally:
