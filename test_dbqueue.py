@@ -2067,7 +2067,9 @@ class OpsCommandLineTests(unittest.TestCase):
             self.assertRegex(record["time"], r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
         self.assertNotIn("delay", jobs[0])
         self.assertEqual(jobs[1]["delay"], 10)
-        dbqueue.Queue(self.env["QUEUE_DATABASE_URL"]).push("t_record", {})
+        q = dbqueue.Queue(self.env["QUEUE_DATABASE_URL"])
+        self.addCleanup(q.close)  # 3.13 warns on an unclosed sqlite3 connection, into a later test's stderr
+        q.push("t_record", {})
         code, _, err = run_main(["work", "--stop-when-empty", "-q"], self.env)
         self.assertEqual(code, 0)
         self.assertEqual(err, "")        # -q: warnings and errors only
