@@ -1406,6 +1406,11 @@ class Worker:
                     break
         except _Abort:
             pass
+        except DatabaseError as exc:
+            # Asked to stop while the database is away and nothing is held:
+            # there is nothing to lose, so this is a clean stop, not a failure.
+            if not self._stop or isinstance(exc, MissingTableError):
+                raise
         finally:
             self._shutdown()
             if self._main_thread:
@@ -1649,7 +1654,9 @@ class Worker:
     # -- the database connection -------------------------------------------
 
     def _connect_with_backoff(self):
-        self._db(lambda c: None)
+        # Waits for a database that is not up yet (a worker started before its
+        # server); missing tables are not waited for: they need `migrate`.
+        self._db(self.queue.check)
 
     def _db(self, action):
         """Run action(conn), reconnecting with backoff while the database is away.
@@ -2843,8 +2850,6 @@ def _cmd_work(args, config):
              pid=os.getpid(), version=__version__)
     log.debug("handlers registered", jobs=",".join(sorted(_registry)) or "(none)")
     try:
-        if queue.dialect is _Postgres:
-            queue.check()
         worker.run(once=args.once, max_jobs=args.max_jobs, max_time=args.max_time,
                    stop_when_empty=args.stop_when_empty)
     finally:
