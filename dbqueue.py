@@ -50,9 +50,7 @@ __all__ = [
     "queue_template_email",
 ]
 
-import json
 import os
-import re
 import sys
 import threading
 import time
@@ -62,13 +60,43 @@ import time
 # in a web app costs almost nothing.
 
 
+class _Lazy:
+    """A module imported on its first use. json and re (with the enum,
+    functools and collections they pull in) are 3/4 of what `import dbqueue`
+    would cost a bare interpreter, and a producer may never need them."""
+
+    def __init__(self, name):
+        self.__name = name
+
+    def __getattr__(self, attr):
+        module = __import__(self.__name)
+        globals()[self.__name] = module     # from now on the real module
+        return getattr(module, attr)
+
+
+class _Pattern:
+    """A regular expression compiled on its first use (see _Lazy)."""
+
+    def __init__(self, source):
+        self.source = source
+
+    def __getattr__(self, attr):
+        compiled = re.compile(self.source)
+        self.__dict__.update(match=compiled.match, sub=compiled.sub, findall=compiled.findall)
+        return getattr(compiled, attr)
+
+
+json = _Lazy("json")
+re = _Lazy("re")
+
+
 ###############################################################################
 # Configuration ###############################################################
 ###############################################################################
 
 _DEFAULT_URL = "sqlite:///dbqueue.sqlite3"
-_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
-_QUEUE_NAME = re.compile(r"^[A-Za-z0-9_.:\-]{1,100}$")
+_IDENT = _Pattern(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+_QUEUE_NAME = _Pattern(r"^[A-Za-z0-9_.:\-]{1,100}$")
 
 
 def _read_env_file(path, required):
@@ -369,7 +397,7 @@ _SQL = {
                    " ON CONFLICT (tbl) DO UPDATE SET version = excluded.version",
 }
 
-_PARAM = re.compile(r"(?<![:\w]):([a-z_]+)\b")
+_PARAM = _Pattern(r"(?<![:\w]):([a-z_]+)\b")
 
 
 class _Dialect:
@@ -621,13 +649,11 @@ def _uuid4():
     return "%s-%s-%s-%s-%s" % (h[:8], h[8:12], h[12:16], h[16:20], h[20:])
 
 
-# One encoder for every payload: json.dumps() with options builds a new one per call.
-_encode = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
-
-
-def _dumps(value):
+def _dumps(value, _encoder=[]):
+    if not _encoder:   # one encoder for every payload: json.dumps() with options builds one per call
+        _encoder.append(json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode)
     try:
-        return _encode(value)
+        return _encoder[0](value)
     except ValueError as exc:  # NaN or infinity: JSON has no such numbers
         raise TypeError("job data is not JSON-serialisable: %s" % exc)
 
@@ -1813,8 +1839,320 @@ def queue_template_email(to, template, variables=None, queue_obj=None, **extra):
 # Benchmark ###################################################################
 ###############################################################################
 
+# `bench` measures the configured database the way .bench/ measures dbqueue
+# against other queues: W1 push() one commit each, W2 push_many() 1000 per
+# call, W3/W4 drains by 1 and K real worker processes, and the latency from
+# push() to the handler's start with an idle worker. It works on tables of its
+# own (dbqueue_bench_<pid>), which it drops afterwards.
+
+_BENCH_JOB = "dbqueue_bench"
+
+# A worker process: the real Worker with a no-op handler that reports when a
+# latency probe started. Start-up is not timed: it prints READY, then waits
+# for "G" on stdin; stdin closing (or the bench dying) stops it like SIGTERM.
+_BENCH_CHILD = r"""
+import os, signal, sys, threading, time
+sys.path.insert(0, sys.argv[1])
+import dbqueue
+out = sys.stdout
+
+@dbqueue.job("dbqueue_bench")
+def _bench_job(data):
+    if "probe" in data:
+        out.write("%d %.6f\n" % (data["probe"], time.time()))
+        out.flush()
+
+worker = dbqueue.Worker(dbqueue.Queue.from_env(), ["bench"])
+out.write("READY\n")
+out.flush()
+if sys.stdin.read(1) == "G":
+    def _watch():
+        sys.stdin.read()
+        os.kill(os.getpid(), signal.SIGTERM)
+    threading.Thread(target=_watch, daemon=True).start()
+    worker.run()
+"""
+
+
+def _bench_data(i):
+    """A job body like a verification email's: about 200 bytes of JSON."""
+    return {"i": i, "to": "user%d@example.com" % i, "template": "verify_email",
+            "vars": {"name": "User %d" % i, "url": "https://example.com/verify?token=%040x"
+                     % (i * 2654435761), "locale": "en-US", "expires_h": 24}}
+
+
+def _bench_progress(text, _last=[""]):
+    """One progress line on stderr: rewritten in place on a terminal, else
+    one line per phase (the text before its colon)."""
+    stream = sys.stderr
+    try:
+        if stream.isatty():
+            stream.write("\r\x1b[Kbench: %s" % text)
+        elif text.split(":")[0] != _last[0]:
+            _last[0] = text.split(":")[0]
+            stream.write("bench: %s\n" % _last[0])
+        stream.flush()
+    except (OSError, ValueError):
+        pass
+
+
+class _BenchWorkers:
+    """K worker processes on the bench tables, started together."""
+
+    def __init__(self, env, count, logdir):
+        import subprocess
+        here = os.path.dirname(os.path.abspath(__file__))
+        self.procs = []
+        self.logs = []
+        for k in range(count):
+            log = open(os.path.join(logdir, "worker-%d.log" % len(os.listdir(logdir))), "w+b")
+            self.logs.append(log)
+            self.procs.append(subprocess.Popen(
+                [sys.executable, "-c", _BENCH_CHILD, here], env=env, stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE, stderr=log))
+        deadline = time.monotonic() + 60
+        for proc in self.procs:
+            line = proc.stdout.readline()
+            if line.strip() != b"READY" or time.monotonic() > deadline:
+                self.stop()
+                raise QueueError("bench: a worker process did not start: %s" % self.log_tail())
+
+    def go(self):
+        for proc in self.procs:
+            proc.stdin.write(b"G")
+            proc.stdin.flush()
+
+    def alive(self):
+        return all(proc.poll() is None for proc in self.procs)
+
+    def log_tail(self):
+        tails = []
+        for log in self.logs:
+            log.flush()
+            log.seek(0)
+            text = log.read()[-300:].decode("utf-8", "replace").strip()
+            if text:
+                tails.append(text.splitlines()[-1])
+        return "; ".join(tails) or "no output"
+
+    def stop(self):
+        import subprocess
+        for proc in self.procs:
+            try:
+                proc.stdin.close()        # the worker's watcher turns this into SIGTERM
+            except OSError:
+                pass
+        for proc in self.procs:
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            proc.stdout.close()
+        for log in self.logs:
+            log.close()
+
+
+def _cpu_seconds(pid):
+    """User + system CPU seconds of a process (Linux /proc), None elsewhere."""
+    try:
+        with open("/proc/%d/stat" % pid, "rb") as fh:
+            fields = fh.read().rsplit(b")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / float(os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _percentile(values, p):
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(p / 100.0 * (len(ordered) - 1))))]
+
+
 def _bench(args, config):
-    raise QueueError("bench: not written yet")
+    import copy
+    import random
+    import shutil
+    import tempfile
+    n, k = args.jobs, args.workers
+    config = copy.copy(config)
+    dialect, target, _ = _parse_url(config.database_url)
+    workdir = None
+    if dialect is _SQLite and config.database_url == _DEFAULT_URL:
+        # Never the app's own database: a temporary file, on the same disk as
+        # the default database would be (the working directory) when possible.
+        try:
+            workdir = tempfile.mkdtemp(prefix=".dbqueue-bench-", dir=os.getcwd())
+        except OSError:
+            workdir = tempfile.mkdtemp(prefix="dbqueue-bench-")
+        config.database_url = "sqlite:///" + os.path.join(workdir, "bench.sqlite3")
+        where = "a temporary file %s (not your database; deleted afterwards)" % (
+            os.path.join(workdir, "bench.sqlite3"))
+    else:
+        where = "%s (tables of its own, dropped afterwards)" % _mask_url(config.database_url)
+    logdir = tempfile.mkdtemp(prefix="dbqueue-bench-logs-")
+    config.table = "dbqueue_bench_%d" % os.getpid()
+    config.failed_table = config.table + "_failed"
+    floor_table = config.table + "_floor"
+    env = dict(os.environ, QUEUE_DATABASE_URL=config.database_url, QUEUE_TABLE=config.table,
+               QUEUE_FAILED_TABLE=config.failed_table)
+    queue = Queue(config=config)
+    floor_conn = None
+    rows = []
+    try:
+        _bench_progress("creating tables %s" % config.table)
+        queue.migrate()
+        conn = queue._conn()
+        floor_conn = queue.connect()
+        cur = floor_conn.cursor()
+        for statement in dialect.ddl(floor_table, floor_table + "_failed"):
+            cur.execute(statement)
+        if dialect is _SQLite:
+            import sqlite3
+            sync = cur.execute("PRAGMA synchronous").fetchone()[0]
+            mode = cur.execute("PRAGMA journal_mode").fetchone()[0]
+            settings = "SQLite %s, journal_mode=%s, synchronous=%s" % (
+                sqlite3.sqlite_version, mode, {0: "OFF", 1: "NORMAL", 2: "FULL", 3: "EXTRA"}.get(
+                    sync, sync))
+        else:
+            cur.execute("SELECT current_setting('server_version'),"
+                        " current_setting('synchronous_commit')")
+            version, sync = cur.fetchone()
+            settings = "PostgreSQL %s, synchronous_commit=%s" % (version.split()[0], sync)
+        cur.close()
+        count_sql = "SELECT COUNT(*) FROM %s" % _quote(config.table)
+
+        def count():
+            c = conn.cursor()
+            c.execute(count_sql)
+            value = c.fetchone()[0]
+            c.close()
+            return value
+
+        def empty_table():
+            c = conn.cursor()
+            c.execute("DELETE FROM %s" % _quote(config.table))
+            c.close()
+
+        # floor and W1, interleaved in blocks so that a noisy disk hits both alike
+        datas = [_bench_data(i) for i in range(n)]
+        texts = [queue.payload(_BENCH_JOB, d) for d in datas]
+        floor_sql = dialect.prepare(
+            "INSERT INTO {jobs} (queue, payload, attempts, reserved_at, available_at,"
+            " created_at) VALUES ('bench', :payload, 0, NULL, :now, :now)", floor_table)[0]
+        floor_s = push_s = 0.0
+        stamp = int(time.time())
+        for start in range(0, n, 250):
+            _bench_progress("W1 push, one commit each: %d/%d" % (start, n))
+            fcur = floor_conn.cursor()
+            t0 = time.perf_counter()
+            for text in texts[start:start + 250]:
+                fcur.execute(floor_sql, (text, stamp, stamp))
+            t1 = time.perf_counter()
+            for data in datas[start:start + 250]:
+                queue.push(_BENCH_JOB, data, queue="bench")
+            t2 = time.perf_counter()
+            fcur.close()
+            floor_s += t1 - t0
+            push_s += t2 - t1
+        rows.append(("floor", "bare INSERT + COMMIT loop, same connection settings", n, floor_s, ""))
+        rows.append(("W1", "push(), one commit each", n, push_s,
+                     "%.0f%% of the floor" % (100.0 * floor_s / push_s)))
+        empty_table()
+
+        bulk = 4 * n
+        payload_data = [_bench_data(i) for i in range(min(bulk, 1000))]
+        t0 = time.perf_counter()
+        for start in range(0, bulk, 1000):
+            _bench_progress("W2 push_many, 1000 per call: %d/%d" % (start, bulk))
+            queue.push_many(_BENCH_JOB, payload_data[:min(1000, bulk - start)], queue="bench")
+        rows.append(("W2", "push_many(), 1000 per call", bulk, time.perf_counter() - t0, ""))
+        empty_table()
+
+        for label, workers in (("W3", 1), ("W4", k)):
+            for start in range(0, n, 1000):
+                queue.push_many(_BENCH_JOB, datas[start:start + 1000], queue="bench")
+            _bench_progress("%s drain with %d worker(s): starting" % (label, workers))
+            procs = _BenchWorkers(env, workers, logdir)
+            try:
+                deadline = time.monotonic() + 60 + n / 100.0
+                procs.go()
+                t0 = time.perf_counter()
+                left = n
+                while left:
+                    time.sleep(0.005)
+                    left = count()
+                    if not procs.alive() or time.monotonic() > deadline:
+                        raise QueueError("bench: %s did not finish (%d jobs left): %s"
+                                         % (label, left, procs.log_tail()))
+                elapsed = time.perf_counter() - t0
+            finally:
+                procs.stop()
+            rows.append((label, "drain, %d worker%s" % (workers, "" if workers == 1 else "s"),
+                         n, elapsed, ""))
+
+        samples = max(5, min(100, n // 50))
+        latencies = []
+        idle_cpu = None
+        procs = _BenchWorkers(env, 1, logdir)
+        try:
+            procs.go()
+            reader = procs.procs[0].stdout
+            rng = random.Random(1)
+            time.sleep(0.5)              # let the worker settle into its idle wait
+            for i in range(samples):
+                _bench_progress("latency: %d/%d" % (i, samples))
+                time.sleep(rng.uniform(0.02, 0.06))
+                sent = time.time()
+                queue.push(_BENCH_JOB, {"probe": i}, queue="bench")
+                line = reader.readline()
+                if not line:
+                    raise QueueError("bench: the latency worker stopped: %s" % procs.log_tail())
+                latencies.append(float(line.split()[1]) - sent)
+            _bench_progress("idle worker CPU: 3 s")
+            time.sleep(0.5)
+            before = _cpu_seconds(procs.procs[0].pid)
+            t0 = time.monotonic()
+            time.sleep(3.0)
+            after = _cpu_seconds(procs.procs[0].pid)
+            if before is not None and after is not None:
+                idle_cpu = 100.0 * (after - before) / (time.monotonic() - t0)
+        finally:
+            procs.stop()
+    finally:
+        _bench_progress("cleaning up")
+        try:
+            if floor_conn is not None:
+                cur = floor_conn.cursor()
+                for table in (config.table, config.failed_table, floor_table,
+                              floor_table + "_failed"):
+                    cur.execute("DROP TABLE IF EXISTS %s" % _quote(table))
+                prepared = dialect.prepare("DELETE FROM dbqueue_migrations WHERE tbl = :tbl")[0]
+                cur.execute(prepared, (config.table,))
+                cur.close()
+        except Exception as exc:
+            _err("bench: could not drop its tables %s*: %s" % (config.table, _first_line(exc)))
+        queue.close()
+        shutil.rmtree(logdir, True)
+        if workdir:
+            shutil.rmtree(workdir, True)
+        if sys.stderr.isatty():
+            sys.stderr.write("\r\x1b[K")
+    out = ["dbqueue %s bench on %s" % (__version__, where),
+           "%s; Python %s; %d jobs, %d workers for W4; tables %s"
+           % (settings, sys.version.split()[0], n, k, config.table), "",
+           "%-6s %-52s %7s %9s %9s" % ("", "workload", "jobs", "seconds", "jobs/s")]
+    for label, what, jobs, seconds, note in rows:
+        out.append("%-6s %-52s %7d %9.3f %9.0f  %s" % (label, what, jobs, seconds,
+                                                      jobs / max(seconds, 1e-9), note))
+    ms = [x * 1000 for x in latencies]
+    out.append("")
+    out.append("latency push() -> handler start, idle worker, %d samples: p50 %.1f ms, p95 %.1f ms,"
+               " p99 %.1f ms, max %.1f ms" % (len(ms), _percentile(ms, 50), _percentile(ms, 95),
+                                              _percentile(ms, 99), max(ms)))
+    out.append("idle worker CPU over 3 s: %s" % (
+        "%.1f%% of one core" % idle_cpu if idle_cpu is not None else "n/a (no /proc)"))
+    print("\n".join(out).rstrip())
+    return 0
 
 
 ###############################################################################
