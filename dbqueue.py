@@ -133,8 +133,12 @@ def _read_env_file(path, required):
 
 
 def _mask_url(url):
-    """The URL with its password replaced by ***, for logs and errors."""
-    return re.sub(r"(://[^/:@]*:)[^@/]*@", r"\1***@", url or "")
+    """The URL with its password replaced by ***, for logs and errors.
+
+    libpq also takes the password as a query parameter (?password=...).
+    """
+    masked = re.sub(r"(://[^/:@]*:)[^@/]*@", r"\1***@", url or "")
+    return re.sub(r"([?&]password=)[^&]*", r"\1***", masked, flags=re.IGNORECASE)
 
 
 class Config:
@@ -502,8 +506,18 @@ class _SQLite(_Dialect):
         return sqlite3.sqlite_version_info >= (3, 35, 0)
 
     @staticmethod
-    def connect(target, driver=None, timeout=5.0):
+    def connect(target, driver=None, timeout=5.0, create=True):
         import sqlite3
+        if not create:
+            # `health` looks without touching: a missing file is an answer,
+            # not something to create; mode=rw refuses to create one too.
+            if not os.path.isfile(target):
+                raise DatabaseError("SQLite database %s does not exist" % target)
+            from urllib.parse import quote
+            target = "file:%s?mode=rw" % quote(os.path.abspath(target))
+            conn = sqlite3.connect(target, timeout=timeout, isolation_level=None,
+                                   check_same_thread=False, uri=True)
+            return conn
         if target and not os.path.exists(target):
             # Create the file ourselves so it is private from its first byte;
             # SQLite gives the -wal and -shm files the database file's mode.
@@ -594,7 +608,7 @@ class _Postgres(_Dialect):
                           " pip install %s" % (name or "psycopg", wanted))
 
     @classmethod
-    def connect(cls, target, driver=None, timeout=None):
+    def connect(cls, target, driver=None, timeout=None, create=True):
         module = driver if not isinstance(driver, (str, type(None))) else cls.driver(driver)
         try:
             if module.__name__.startswith("psycopg2"):
@@ -715,16 +729,20 @@ class Queue:
         cur.execute(text, [params[n] for n in names])
         return cur
 
-    def connect(self):
-        """A new connection of the queue's own (the worker holds its own)."""
+    def connect(self, create=True):
+        """A new connection of the queue's own (the worker holds its own).
+
+        `create=False` opens an existing database only and creates no tables
+        (on SQLite, where first use would otherwise create both).
+        """
         try:
-            conn = self.dialect.connect(self._target, self._driver)
+            conn = self.dialect.connect(self._target, self._driver, create=create)
         except self._errors() as exc:
             raise DatabaseError("cannot open %s: %s" % (_mask_url(self.config.database_url),
                                                         _first_line(exc)))
         with self._conns_lock:
             self._conns.append(conn)
-        if not self._schema_ready and self.dialect is _SQLite:
+        if create and not self._schema_ready and self.dialect is _SQLite:
             # SQLite creates its tables on first use; a server database is
             # migrated on purpose (`python dbqueue.py migrate`).
             self._migrate(conn)
@@ -822,9 +840,9 @@ class Queue:
             row = cur.fetchone()
         return row[0] if row else 0
 
-    def check(self):
+    def check(self, conn=None):
         """Raise MissingTableError unless both tables exist; else return True."""
-        with self.transaction() as cur:
+        with _Transaction(self, conn or self._conn(), write=False) as cur:
             for table in (self.config.table, self.config.failed_table):
                 cur.execute("SELECT 1 FROM %s WHERE 1 = 0" % _quote(table))
                 cur.fetchall()
@@ -1025,10 +1043,11 @@ class Queue:
 
     # -- inspecting and operating -----------------------------------------
 
-    def stats(self):
+    def stats(self, conn=None):
         """Per queue: ready, delayed, reserved, expired, failed, oldest_ready_age (seconds)."""
         out = {}
-        with self.transaction() as cur:
+        # A read transaction: on SQLite it never waits for a worker's write lock.
+        with _Transaction(self, conn or self._conn(), write=False) as cur:
             self.execute(cur, "stats", retry_after=self.config.retry_after)
             for queue, ready, delayed, reserved, expired, age in cur.fetchall():
                 out[queue] = {"queue": queue, "ready": int(ready or 0), "delayed": int(delayed or 0),
@@ -1044,7 +1063,7 @@ class Queue:
 
     def failed(self, queue=None):
         """Failed jobs, oldest first, as dicts (payload and exception as text)."""
-        with self.transaction() as cur:
+        with _Transaction(self, self._conn(), write=False) as cur:
             rows = self.execute(cur, "failed_list", queue=queue).fetchall()
         result = []
         for id_, uuid, queue_, payload, exception, failed_at in rows:
@@ -1225,9 +1244,13 @@ class Job:
 
 
 class _Log:
-    """One line per event on stderr: text (`key=value`) or JSON.
+    """One line per event on stderr: text (`key=value`) or JSON (one object a line).
 
-    Job data is never logged: it holds addresses and tokens.
+        2026-05-04T10:00:00.123Z INFO    job id=7 name=send_email queue=emails attempt=1/3 outcome=done ms=41.7
+        {"time": "2026-05-04T10:00:00.123Z", "level": "info", "message": "job", "id": 7, ...}
+
+    Times are UTC. Fields that are None are left out. Job data is never
+    logged: it holds addresses and tokens.
     """
 
     LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40}
@@ -1238,7 +1261,7 @@ class _Log:
         self.json = fmt == "json"
         self._second = None
         self._stamp = ""
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # re-entrant: the signal handler logs too, possibly mid-line
 
     def _time(self, now):
         second = int(now)
@@ -1253,7 +1276,7 @@ class _Log:
         stamp = self._time(time.time())
         if self.json:
             record = {"time": stamp, "level": level, "message": message}
-            record.update(fields)
+            record.update((k, v) for k, v in fields.items() if v is not None)
             line = json.dumps(record, default=str)
         else:
             parts = ["%s %-7s %s" % (stamp, level.upper(), message)]
@@ -1650,7 +1673,7 @@ class Worker:
     def _log_job(self, job, outcome, elapsed, tries, delay=None, reason=None):
         self.log.info("job", id=job.id, name=job.name, queue=job.queue,
                       attempt="%d/%d" % (job.attempts, tries or self.tries), outcome=outcome,
-                      delay=delay, ms="%.1f" % ((elapsed or 0) * 1000), reason=reason)
+                      delay=delay, ms=round((elapsed or 0) * 1000, 1), reason=reason)
 
     # -- the database connection -------------------------------------------
 
@@ -1823,19 +1846,740 @@ class _Heartbeat(threading.Thread):
 # Jobs and email ##############################################################
 ###############################################################################
 
+# Two built-in jobs send email: `send_email` (a ready message) and
+# `send_template_email` (a named template and its variables). queue_email()
+# and queue_template_email() enqueue them on the "emails" queue, as the seed
+# app's EmailService::queue / queueTemplate did. Everything is checked twice:
+# when enqueued (ValueError in the web request) and when sent (PermanentError),
+# since rows can be written by other programs.
+
+_EMAIL_QUEUE = "emails"
+_SEED_NAMESPACE = "App\\Libraries\\Queue\\Jobs\\"
+_TEMPLATE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_-]{0,99}$")
+_HEADER_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9-]{0,75}$")
+_ADDR_SPEC = re.compile(r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@"
+                        r"[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$")
+_HTML_TAG = re.compile(r"<\s*[A-Za-z!/]")
+# Headers dbqueue writes itself, or that would change who receives the mail:
+# `headers` may not set them (use the fields of the same name).
+_OWN_HEADERS = frozenset(h.lower() for h in (
+    "To", "Cc", "Bcc", "From", "Sender", "Reply-To", "Subject", "Date", "Message-ID",
+    "MIME-Version", "Content-Type", "Content-Transfer-Encoding", "Content-Disposition",
+    "Return-Path", "Received", "Resent-To", "Resent-Cc", "Resent-Bcc", "Resent-From",
+    "Resent-Sender", "Resent-Date", "Resent-Message-ID"))
+
+
 def _aliases():
     """Job names the seed app wrote, mapped to the handlers that serve them."""
-    return {}
+    entries = {
+        "SendEmailJob": (_seed_send_email, None, None, None),
+        "SendTemplateEmailJob": (_seed_send_template_email, None, None, None),
+    }
+    names = {}
+    for short, entry in entries.items():
+        names[_SEED_NAMESPACE + short] = entry
+        names["\\" + _SEED_NAMESPACE + short] = entry   # PHP's fully qualified spelling
+    return names
 
 
-def queue_email(to, subject, text=None, html=None, queue_obj=None, **extra):
-    """Enqueue a `send_email` job on the "emails" queue; returns its id."""
-    raise NotImplementedError
+def queue_email(to, subject, text=None, html=None, cc=None, bcc=None, reply_to=None,
+                sender=None, headers=None, delay=0, connection=None, using=None,
+                queue=_EMAIL_QUEUE):
+    """Enqueue a `send_email` job on the "emails" queue; returns its id.
+
+        dbqueue.queue_email("ann@example.com", "Your report", text="...", html="<p>...</p>")
+
+    `to`, `cc`, `bcc` and `reply_to` take one address ("Ann <ann@example.com>")
+    or a list; bcc never appears in the headers. `sender` overrides the From of
+    MAIL_FROM_ADDRESS / MAIL_FROM_NAME; `headers` adds headers such as
+    List-Unsubscribe. `connection=` writes the job inside your open
+    transaction; `using=` is the Queue to use (default: Queue.from_env(),
+    opened and closed for this call). Bad addresses or a CR/LF in any header
+    raise ValueError here, before anything is stored.
+    """
+    data = {"to": to, "subject": subject, "text": text, "html": html, "cc": cc, "bcc": bcc,
+            "reply_to": reply_to, "from": sender, "headers": headers}
+    data = {k: v for k, v in data.items() if v is not None}
+    try:
+        _email_fields(data, None)
+    except PermanentError as exc:
+        raise ValueError(str(exc))
+    return _enqueue("send_email", data, delay, connection, using, queue)
 
 
-def queue_template_email(to, template, variables=None, queue_obj=None, **extra):
-    """Enqueue a `send_template_email` job on the "emails" queue; returns its id."""
-    raise NotImplementedError
+def queue_template_email(to, template, variables=None, cc=None, bcc=None, reply_to=None,
+                         sender=None, headers=None, delay=0, connection=None, using=None,
+                         queue=_EMAIL_QUEUE):
+    """Enqueue a `send_template_email` job on the "emails" queue; returns its id.
+
+        dbqueue.queue_template_email("ann@example.com", "verify_email",
+                                     {"name": "Ann", "url": "https://example.com/verify/abc"})
+
+    The template is rendered by the worker (built-in, or MAIL_TEMPLATE_DIR on
+    the worker's machine), so only its name is checked here. Other options as
+    for queue_email().
+    """
+    data = {"to": to, "template": template, "vars": dict(variables or {}), "cc": cc, "bcc": bcc,
+            "reply_to": reply_to, "from": sender, "headers": headers}
+    data = {k: v for k, v in data.items() if v is not None}
+    try:
+        _template_name(template)
+        _template_values(data["vars"])
+        _email_fields(dict(data, subject="", text="-"), None)
+    except PermanentError as exc:
+        raise ValueError(str(exc))
+    return _enqueue("send_template_email", data, delay, connection, using, queue)
+
+
+def _enqueue(name, data, delay, connection, using, queue_name):
+    if using is not None and not isinstance(using, Queue):
+        raise TypeError("using= must be a dbqueue.Queue (the queue's name is queue=)")
+    target = using if using is not None else Queue.from_env()
+    try:
+        return target.push(name, data, queue=queue_name, delay=delay, connection=connection)
+    finally:
+        if using is None:
+            target.close()
+
+
+# -- the handlers --------------------------------------------------------------
+
+def _send_email(data):
+    """The `send_email` job: to, subject, text and/or html, cc, bcc, reply_to, from, headers."""
+    config = _mail_config()
+    _deliver(_email_fields(data, config), config)
+
+
+def _send_template_email(data):
+    """The `send_template_email` job: to, template, vars (plus the send_email options)."""
+    config = _mail_config()
+    variables = data.get("vars")
+    if variables is None:
+        variables = {}
+    subject, text, html = _render(data.get("template"), variables, config)
+    fields = dict(data, subject=subject, text=text, html=html)
+    fields.pop("template", None)
+    fields.pop("vars", None)
+    _deliver(_email_fields(fields, config), config)
+
+
+def _seed_send_email(data):
+    """The seed app's SendEmailJob: `message` is the HTML body, `textMessage` the text.
+
+    A `message` without any HTML tag is sent as the text part.
+    """
+    fields = {k: v for k, v in data.items() if k not in ("message", "textMessage")}
+    message, text = data.get("message"), data.get("textMessage")
+    if isinstance(message, str) and message and not _HTML_TAG.search(message) and not text:
+        fields["text"] = message
+    else:
+        if message:
+            fields["html"] = message
+        if text:
+            fields["text"] = text
+    _send_email(fields)
+
+
+def _seed_send_template_email(data):
+    """The seed app's SendTemplateEmailJob: `template`, `to` and `data` (the variables).
+
+    A view path such as "emails/verify_email" names the template "verify_email".
+    """
+    template = data.get("template")
+    if isinstance(template, str) and "/" in template:
+        template = template.rstrip("/").rsplit("/", 1)[-1]
+        if template.endswith(".php"):
+            template = template[:-4]
+    fields = {k: v for k, v in data.items() if k not in ("template", "data")}
+    fields["template"] = template
+    fields["vars"] = data.get("data") or {}
+    _send_template_email(fields)
+
+
+job("send_email")(_send_email)
+job("send_template_email")(_send_template_email)
+
+
+def _mail_config():
+    running = current_job()
+    worker = getattr(running, "worker", None)
+    if worker is not None:
+        return worker.queue.config
+    return Config.from_env()
+
+
+# -- checking fields and building the message ----------------------------------
+
+def _one_line(field, value):
+    """A header value as text; CR, LF or NUL in it is a header injection: refuse."""
+    if not isinstance(value, str):
+        raise PermanentError("%s must be a string, not %s" % (field, type(value).__name__))
+    if "\r" in value or "\n" in value or "\x00" in value:
+        raise PermanentError("%s contains a line break (CR/LF): refused as a header injection"
+                             % field)
+    return value
+
+
+def _addresses(field, value, required=False):
+    """[(display name, addr-spec)] from one address string or a list of them."""
+    import email.utils
+    if value is None or value == "" or value == []:
+        if required:
+            raise PermanentError("%s: at least one address is needed" % field)
+        return []
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, (list, tuple)):
+        raise PermanentError("%s must be an address or a list of addresses" % field)
+    result = []
+    for item in items:
+        _one_line(field, item)
+        parsed = email.utils.getaddresses([item])
+        if not parsed or any(not addr for _, addr in parsed):
+            raise PermanentError("%s: %r is not an email address" % (field, item))
+        for name, addr in parsed:
+            local, _, domain = addr.rpartition("@")
+            try:
+                domain = domain.encode("idna").decode("ascii")
+            except UnicodeError:
+                raise PermanentError("%s: %r has an invalid domain" % (field, item))
+            addr = "%s@%s" % (local, domain)
+            if not _ADDR_SPEC.match(addr):
+                raise PermanentError("%s: %r is not an email address dbqueue can send to"
+                                     " (plain ASCII local@domain)" % (field, item))
+            result.append((name, addr))
+    return result
+
+
+def _email_fields(data, config):
+    """Check a send_email data dict; returns the parts of the message.
+
+    Raises PermanentError (naming the field) for anything that cannot be sent,
+    before any connection is made.
+    """
+    if not isinstance(data, dict):
+        raise PermanentError("email data must be a JSON object")
+    subject = data.get("subject")
+    if subject is None:
+        raise PermanentError("subject is missing")
+    fields = {"subject": _one_line("subject", subject)}
+    for key in ("text", "html"):
+        body = data.get(key)
+        if body is not None and not isinstance(body, str):
+            raise PermanentError("%s must be a string" % key)
+        fields[key] = body or None
+    if not (fields["text"] or fields["html"]):
+        raise PermanentError("the message has no body: give text and/or html")
+    fields["to"] = _addresses("to", data.get("to"), required=True)
+    fields["cc"] = _addresses("cc", data.get("cc"))
+    fields["bcc"] = _addresses("bcc", data.get("bcc"))
+    fields["reply_to"] = _addresses("reply_to", data.get("reply_to"))
+    sender = data.get("from")
+    if sender is not None:
+        found = _addresses("from", sender, required=True)
+        if len(found) != 1:
+            raise PermanentError("from: exactly one address, please")
+        fields["from"] = found[0]
+    elif config is not None:
+        name = _one_line("MAIL_FROM_NAME", config.mail_from_name or "")
+        found = _addresses("MAIL_FROM_ADDRESS", config.mail_from_address, required=True)
+        fields["from"] = (name or found[0][0], found[0][1])
+    extra = data.get("headers") or {}
+    if not isinstance(extra, dict):
+        raise PermanentError("headers must be an object of name: value")
+    fields["headers"] = []
+    for name, value in extra.items():
+        if not isinstance(name, str) or not _HEADER_NAME.match(name):
+            raise PermanentError("headers: %r is not a header name (letters, digits and -)"
+                                 % (name,))
+        if name.lower() in _OWN_HEADERS:
+            raise PermanentError("headers: %s is set by dbqueue; use the email's own field"
+                                 % name)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            value = str(value)
+        fields["headers"].append((name, _one_line("headers[%s]" % name, value)))
+    return fields
+
+
+def _message_id(domain):
+    """<uuid@domain> from the running job, so that a retried send keeps its id."""
+    import email.utils
+    running = current_job()
+    if running is not None and running.uuid and re.match(r"^[A-Za-z0-9-]{1,64}$", running.uuid):
+        return "<%s@%s>" % (running.uuid, domain)
+    if running is not None and running.id is not None:
+        # A payload without a uuid (the seed app's): the row id is stable across retries.
+        return "<dbqueue-job-%s-%s@%s>" % (running.id, running.queue, domain)
+    return email.utils.make_msgid(domain=domain)
+
+
+def _build_message(fields):
+    """An EmailMessage from checked fields: multipart/alternative when both parts exist."""
+    import email.utils
+    from email.headerregistry import Address
+    from email.message import EmailMessage
+
+    def address(pair):
+        name, addr = pair
+        local, _, domain = addr.rpartition("@")
+        return Address(display_name=name, username=local, domain=domain)
+
+    msg = EmailMessage()
+    msg["From"] = address(fields["from"])
+    msg["To"] = [address(a) for a in fields["to"]]
+    if fields["cc"]:
+        msg["Cc"] = [address(a) for a in fields["cc"]]
+    if fields["reply_to"]:
+        msg["Reply-To"] = [address(a) for a in fields["reply_to"]]
+    msg["Subject"] = fields["subject"]
+    msg["Date"] = email.utils.formatdate(localtime=True)
+    msg["Message-ID"] = _message_id(fields["from"][1].rpartition("@")[2])
+    for name, value in fields["headers"]:
+        msg[name] = value
+    if fields["text"] is not None or fields["html"] is None:
+        msg.set_content(fields["text"] or "")
+        if fields["html"]:
+            msg.add_alternative(fields["html"], subtype="html")
+    else:
+        msg.set_content(fields["html"], subtype="html")
+    return msg
+
+
+# -- templates -------------------------------------------------------------------
+
+# The built-in templates. Each needs only `name` and `url`; `app_name` defaults
+# to APP_NAME, then MAIL_FROM_NAME, then the link's host; `expires` (such as
+# "24 hours") and, for invitations, `inviter` are optional. The HTML is one
+# shared layout (inline styles: mail clients drop <style> blocks) with the
+# template's own sentences put in.
+_BUILTIN_TEMPLATES = {
+    "verify_email": {
+        "subject": "Confirm your email address for $app_name",
+        "heading": "Confirm your email address",
+        "intro": "Please confirm that this is your email address for $app_name.",
+        "button": "Confirm email address",
+        "unexpected": "If you did not create an account with $app_name, you can ignore this"
+                      " email: nothing will change and no account will be activated.",
+    },
+    "password_reset": {
+        "subject": "Reset your $app_name password",
+        "heading": "Reset your password",
+        "intro": "We received a request to reset the password of your $app_name account.",
+        "button": "Choose a new password",
+        "unexpected": "If you did not ask to reset your password, you can ignore this email:"
+                      " your password stays as it is. If this keeps happening, tell us.",
+    },
+    "invitation": {
+        "subject": "You are invited to join $app_name",
+        "heading": "You are invited to $app_name",
+        "intro": "${invited_by} to join $app_name.",
+        "button": "Accept the invitation",
+        "unexpected": "If you were not expecting this invitation, you can ignore this email:"
+                      " no account is created unless you accept it.",
+    },
+}
+
+_TEXT_LAYOUT = """Hi $name,
+
+@INTRO@
+
+@BUTTON@:
+$url
+
+${expiry_text}
+
+@UNEXPECTED@
+
+-- 
+$app_name
+"""
+
+_HTML_LAYOUT = """<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>@SUBJECT@</title>
+</head>
+<body style="margin:0;padding:0;background:#f3f4f6;">
+<table role="presentation" width="100%" cellpadding="0" cellspacing="0" style="background:#f3f4f6;padding:24px 12px;">
+<tr><td align="center">
+<table role="presentation" width="100%" cellpadding="0" cellspacing="0" style="max-width:560px;background:#ffffff;border-radius:8px;font-family:-apple-system,'Segoe UI',Roboto,Helvetica,Arial,sans-serif;color:#1f2937;">
+<tr><td style="padding:32px 32px 0;font-size:22px;font-weight:600;">@HEADING@</td></tr>
+<tr><td style="padding:16px 32px 8px;font-size:16px;line-height:1.6;">
+<p style="margin:0 0 16px;">Hi $name,</p>
+<p style="margin:0 0 24px;">@INTRO@</p>
+<p style="margin:0 0 24px;text-align:center;"><a href="$url" style="display:inline-block;background:#2563eb;color:#ffffff;text-decoration:none;font-weight:600;padding:12px 24px;border-radius:6px;">@BUTTON@</a></p>
+<p style="margin:0 0 16px;font-size:14px;color:#4b5563;">If the button does not work, copy this link into your browser:<br><a href="$url" style="color:#2563eb;word-break:break-all;">$url</a></p>
+${expiry_html}
+<p style="margin:0 0 16px;font-size:14px;color:#4b5563;">@UNEXPECTED@</p>
+</td></tr>
+<tr><td style="padding:8px 32px 32px;font-size:13px;color:#9ca3af;">$app_name</td></tr>
+</table>
+</td></tr>
+</table>
+</body>
+</html>
+"""
+
+
+def _builtin_template(name):
+    """(subject, text, html) string.Template sources of a built-in template, or None."""
+    parts = _BUILTIN_TEMPLATES.get(name)
+    if parts is None:
+        return None
+    text, html = _TEXT_LAYOUT, _HTML_LAYOUT
+    for key in ("subject", "heading", "intro", "button", "unexpected"):
+        marker = "@%s@" % key.upper()
+        text = text.replace(marker, parts[key])
+        html = html.replace(marker, parts[key])
+    return parts["subject"], text, html
+
+
+def _template_name(name):
+    if not isinstance(name, str) or not _TEMPLATE_NAME.match(name):
+        raise PermanentError("template name %r must be a plain name (letters, digits, _ and -)"
+                             % (name,))
+    return name
+
+
+def _template_values(variables):
+    if not isinstance(variables, dict):
+        raise PermanentError("vars must be an object of name: value")
+    values = {}
+    for key, value in variables.items():
+        if value is None:
+            value = ""
+        if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+            raise PermanentError("template variable %r must be a string or a number" % (key,))
+        values[str(key)] = str(value)
+    return values
+
+
+def _read_template(directory, name):
+    """(subject, text, html or None) from MAIL_TEMPLATE_DIR, or None when it has no NAME.txt."""
+    path = os.path.join(directory, name + ".txt")
+    html_path = os.path.join(directory, name + ".html")
+    try:
+        with open(path, encoding="utf-8") as fh:
+            source = fh.read()
+    except FileNotFoundError:
+        if os.path.exists(html_path):
+            raise PermanentError("template %r: %s.html has no %s.txt (the text part and the"
+                                 " Subject: line live there)" % (name, name, name))
+        return None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise PermanentError("template %r: cannot read %s: %s" % (name, path, exc))
+    first, _, body = source.lstrip("\ufeff").replace("\r\n", "\n").partition("\n")
+    if not first.lower().startswith("subject:"):
+        raise PermanentError("template %r: %s must start with a 'Subject: ...' line"
+                             % (name, path))
+    subject = first[len("subject:"):].strip()
+    if body.startswith("\n"):
+        body = body[1:]   # the blank line after Subject:
+    html = None
+    try:
+        with open(html_path, encoding="utf-8") as fh:
+            html = fh.read()
+    except FileNotFoundError:
+        pass
+    except (OSError, UnicodeDecodeError) as exc:
+        raise PermanentError("template %r: cannot read %s: %s" % (name, html_path, exc))
+    return subject, body, html
+
+
+def _render(name, variables, config):
+    """(subject, text, html or None) of a template filled with `variables`.
+
+    A template in MAIL_TEMPLATE_DIR wins over the built-in one of the same
+    name. Values are HTML-escaped in the HTML part; a placeholder without a
+    value is a PermanentError that names it.
+    """
+    import html as html_module
+    from string import Template
+    _template_name(name)
+    values = _template_values(variables)
+    source = None
+    if config.mail_template_dir:
+        source = _read_template(config.mail_template_dir, name)
+    builtin = source is None
+    if builtin:
+        source = _builtin_template(name)
+    if source is None:
+        known = sorted(set(_BUILTIN_TEMPLATES) | set(_template_dir_names(config)))
+        raise PermanentError("unknown email template %r (known: %s)" % (name, ", ".join(known)))
+    url = values.get("url", "")
+    host = re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://([^/:?#@]+)", url)
+    values.setdefault("app_name", config.app_name or config.mail_from_name
+                      or (host.group(1) if host else "") or "our site")
+    html_extra = {}
+    if builtin:
+        expires = values.get("expires", "")
+        values["expiry_text"] = "This link expires in %s." % expires if expires else ""
+        html_extra["expiry_html"] = (
+            '<p style="margin:0 0 16px;font-size:14px;color:#4b5563;">This link expires in'
+            ' %s.</p>' % html_module.escape(expires) if expires else "")
+        inviter = values.get("inviter", "")
+        values["invited_by"] = ("%s has invited you" % inviter if inviter
+                                else "You have been invited")
+    subject_src, text_src, html_src = source
+
+    def fill(part, src, vals):
+        try:
+            return Template(src).substitute(vals)
+        except KeyError as exc:
+            raise PermanentError("email template %r needs the variable %r in vars (%s)"
+                                 % (name, exc.args[0], part))
+        except ValueError as exc:
+            raise PermanentError("email template %r has a bad placeholder in its %s: %s"
+                                 % (name, part, exc))
+
+    subject = fill("subject", subject_src, values)
+    text = fill("text", text_src, values)
+    if builtin:
+        text = re.sub(r"\n{3,}", "\n\n", text)
+    html = None
+    if html_src is not None:
+        escaped = {k: html_module.escape(v, quote=True) for k, v in values.items()}
+        escaped.update(html_extra)
+        html = fill("html", html_src, escaped)
+    return subject, text, html
+
+
+def _template_dir_names(config):
+    try:
+        return [f[:-4] for f in os.listdir(config.mail_template_dir)
+                if f.endswith(".txt") and _TEMPLATE_NAME.match(f[:-4])]
+    except (OSError, TypeError):
+        return []
+
+
+# -- sending ---------------------------------------------------------------------
+
+def _deliver(fields, config):
+    """Send (or, with MAIL_MAILER=log, log) one checked message."""
+    msg = _build_message(fields)
+    sender = fields["from"][1]
+    recipients = []
+    for _, addr in fields["to"] + fields["cc"] + fields["bcc"]:
+        if addr not in recipients:
+            recipients.append(addr)
+    running = current_job()
+    worker = getattr(running, "worker", None)
+    log = worker.log if worker is not None else _Log()
+    if config.mail_mailer == "log":
+        _log_message(log, msg, sender, recipients)
+        return
+    reuse = worker is not None and getattr(worker, "reuse_smtp", True)
+    mailer = worker.resources.get("smtp") if reuse else None
+    if mailer is None:
+        mailer = _Mailer(config, log)
+        if reuse:
+            worker.resources["smtp"] = mailer
+    try:
+        # SMTP lines end in CRLF; smtplib fixes line ends only of str messages.
+        refused = mailer.send(sender, recipients,
+                              msg.as_bytes(policy=msg.policy.clone(linesep="\r\n")))
+    finally:
+        if not reuse:
+            mailer.close()
+    if refused:
+        # Delivered to the others: retrying would send them a second copy.
+        codes = sorted({str(code) for code, _ in refused.values()})
+        log.info("some recipients were refused; the message went to the others",
+                 refused=len(refused), codes=",".join(codes), message_id=msg["Message-ID"])
+
+
+def _log_message(log, msg, sender, recipients):
+    """MAIL_MAILER=log: the whole message in the worker's log, nothing sent.
+
+    The headers are shown as they would be sent; each part decoded (not
+    quoted-printable), so that a developer can read it and click the link.
+    """
+    head = msg.as_string().split("\n\n", 1)[0]
+    parts = [head, ""]
+    for part in msg.walk():
+        if part.is_multipart():
+            continue
+        parts.append("[%s part]" % part.get_content_type())
+        parts.append(part.get_content().rstrip("\n"))
+        parts.append("")
+    text = "\n".join(parts)
+    fields = {"message_id": msg["Message-ID"], "envelope_from": sender,
+              "envelope_to": ",".join(recipients)}
+    if isinstance(log, _Log) and not log.json:
+        # Text logs get the message as a readable block under the log line.
+        log.info("MAIL_MAILER=log: email not sent, shown here", **fields)
+        stream = log.stream or sys.stderr
+        with log._lock:
+            stream.write("-" * 72 + "\n" + text.rstrip("\n") + "\n" + "-" * 72 + "\n")
+            stream.flush()
+    else:
+        log.info("MAIL_MAILER=log: email not sent, shown here", email=text, **fields)
+
+
+class _Mailer:
+    """One SMTP session, reused for consecutive messages of one worker.
+
+    A reused session is checked with NOOP before each message and reopened when
+    the server has dropped it, so nothing is ever half-sent on a dead line. The
+    worker closes it (QUIT) when it exits.
+    """
+
+    def __init__(self, config, log):
+        self.config = config
+        self.log = log
+        self.smtp = None
+        self.opened = 0      # sessions opened, for logs and the benchmark
+
+    def close(self):
+        smtp, self.smtp = self.smtp, None
+        if smtp is None:
+            return
+        try:
+            smtp.quit()
+        except Exception:
+            try:
+                smtp.close()
+            except Exception:
+                pass
+
+    def _alive(self):
+        import smtplib
+        try:
+            return self.smtp.noop()[0] == 250
+        except (smtplib.SMTPException, OSError):
+            return False
+
+    def _open(self):
+        import smtplib
+        import ssl
+        c = self.config
+        context = None
+        if c.mail_encryption != "none":
+            context = ssl.create_default_context()
+            if not c.mail_verify_peer:
+                context.check_hostname = False
+                context.verify_mode = ssl.CERT_NONE
+        if c.mail_encryption == "ssl":
+            smtp = smtplib.SMTP_SSL(c.mail_host, c.mail_port, timeout=c.mail_timeout,
+                                    context=context)
+        else:
+            smtp = smtplib.SMTP(c.mail_host, c.mail_port, timeout=c.mail_timeout)
+        try:
+            if c.mail_encryption == "starttls":
+                smtp.ehlo()
+                smtp.starttls(context=context)   # never falls back to plain text
+                smtp.ehlo()
+            if c.mail_username:
+                smtp.login(c.mail_username, c.mail_password)
+        except BaseException:
+            smtp.close()
+            raise
+        self.smtp = smtp
+        self.opened += 1
+        debug = getattr(self.log, "debug", None)
+        if debug is not None:
+            debug("smtp session opened", host=c.mail_host, port=c.mail_port,
+                  encryption=c.mail_encryption)
+
+    def send(self, sender, recipients, data):
+        """sendmail() on the open session; returns refused recipients.
+
+        Failures leave as PermanentError (5xx, a server that lacks STARTTLS or
+        AUTH) or QueueError (retried), with any secret removed from the text.
+        """
+        import smtplib
+        try:
+            if self.smtp is not None and not self._alive():
+                self.close()
+            if self.smtp is None:
+                self._open()
+            return self.smtp.sendmail(sender, recipients, data)
+        except BaseException as exc:
+            # After a reply the session is still in step (smtplib sent RSET);
+            # after anything else (timeout, disconnect, TLS) it is not.
+            keep = isinstance(exc, (smtplib.SMTPResponseException, smtplib.SMTPRecipientsRefused))
+            if not keep or _smtp_codes(exc) & {421}:
+                if self.smtp is not None:
+                    try:
+                        self.smtp.close()
+                    except Exception:
+                        pass
+                    self.smtp = None
+            if not isinstance(exc, Exception):
+                raise   # JobTimeout, KeyboardInterrupt: not ours to translate
+            error = _smtp_error(exc, self.config)
+        raise error   # outside the except block: no chained traceback with smtplib's text
+
+
+def _smtp_codes(exc):
+    codes = set()
+    if getattr(exc, "smtp_code", None) is not None:
+        codes.add(exc.smtp_code)
+    for code, _ in (getattr(exc, "recipients", None) or {}).values():
+        codes.add(code)
+    return codes
+
+
+def _smtp_error(exc, config):
+    """The exception a failed send raises: PermanentError for 5xx, else retried."""
+    import smtplib
+    where = "SMTP %s:%s" % (config.mail_host, config.mail_port)
+
+    def reply(value):
+        return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+    detail = ""
+    if isinstance(exc, smtplib.SMTPRecipientsRefused):
+        codes = _smtp_codes(exc)
+        permanent = bool(codes) and all(code >= 500 for code in codes)
+        what = "every recipient was refused (%s)" % ", ".join(str(c) for c in sorted(codes))
+        detail = "\n".join("%s: %s %s" % (addr, code, reply(resp))
+                           for addr, (code, resp) in sorted(exc.recipients.items()))
+    elif isinstance(exc, smtplib.SMTPResponseException):
+        permanent = exc.smtp_code >= 500
+        kind = {smtplib.SMTPAuthenticationError: "authentication failed",
+                smtplib.SMTPSenderRefused: "sender refused",
+                smtplib.SMTPDataError: "message refused",
+                smtplib.SMTPHeloError: "greeting refused"}.get(type(exc), "server refused")
+        what = "%s: %s %s" % (kind, exc.smtp_code, reply(exc.smtp_error))
+    elif isinstance(exc, smtplib.SMTPNotSupportedError):
+        permanent = True   # a configuration problem: retrying cannot help
+        what = "the server does not support this (check MAIL_ENCRYPTION, MAIL_USERNAME): %s" % exc
+    elif isinstance(exc, smtplib.SMTPServerDisconnected):
+        permanent = False
+        what = "the server closed the connection: %s" % (exc or "unexpectedly")
+    elif isinstance(exc, OSError):
+        # Refused, unreachable, timed out, TLS handshake or certificate failure.
+        import ssl
+        permanent = False
+        kind = ("TLS failed" if isinstance(exc, ssl.SSLError)
+                else "timed out" if isinstance(exc, TimeoutError) or "timed out" in str(exc)
+                else "unreachable")
+        what = "%s: %s" % (kind, exc)
+    else:
+        permanent = False
+        what = "%s: %s" % (type(exc).__name__, exc)
+    text = "%s %s%s" % (where, what, " (permanent)" if permanent else " (will retry)")
+    if detail:
+        text += "\n" + detail
+    text = _scrub(text, config)
+    return PermanentError(text) if permanent else QueueError(text)
+
+
+def _scrub(text, config):
+    """Remove the SMTP password (also as sent in AUTH, base64) from a message."""
+    import base64
+    secret = config.mail_password
+    if not secret:
+        return text
+    forms = {secret}
+    user = config.mail_username or ""
+    for raw in (secret, "\0%s\0%s" % (user, secret)):
+        forms.add(base64.b64encode(raw.encode("utf-8")).decode("ascii"))
+    for form in sorted(forms, key=len, reverse=True):
+        text = text.replace(form, "***")
+    return text
 
 
 ###############################################################################
@@ -2171,6 +2915,10 @@ def _parser():
     import argparse
 
     class Parser(argparse.ArgumentParser):
+        def __init__(self, *args, **kwargs):
+            kwargs.setdefault("allow_abbrev", False)   # --data must never mean --database-url
+            super().__init__(*args, **kwargs)
+
         def error(self, message):
             raise _UsageError("%s: %s" % (self.prog, message))
 
@@ -2181,9 +2929,15 @@ def _parser():
 
     top = Parser(prog="dbqueue", description="A database-backed job queue and worker.",
                  formatter_class=argparse.RawDescriptionHelpFormatter,
-                 epilog="example:\n  python dbqueue.py work --queue=emails,default"
-                        " --import myapp.jobs\n\n`python dbqueue.py COMMAND --help` shows each"
-                        " command's options.")
+                 epilog="example:\n"
+                        "  python dbqueue.py migrate\n"
+                        "  python dbqueue.py work --queue=emails,default --import myapp.jobs\n"
+                        "  python dbqueue.py push send_email --queue emails --data '{...}'\n"
+                        "  python dbqueue.py stats\n"
+                        "  python dbqueue.py health --max-age 300 --max-failed 0\n\n"
+                        "Every command takes --env-file PATH and --database-url URL;"
+                        " `python dbqueue.py COMMAND --help` shows its options.\n"
+                        "Exit codes: 0 ok, 1 failure or unhealthy, 2 bad flag or setting.")
     top.add_argument("--version", action="version", version="dbqueue " + __version__)
     sub = top.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     sub.required = True
@@ -2225,42 +2979,55 @@ def _parser():
                 "python dbqueue.py push send_email --queue emails --data"
                 " '{\"to\": \"a@example.com\", \"subject\": \"Hi\", \"text\": \"Hello\"}'")
     p.add_argument("job", help="the registered job name")
-    p.add_argument("--data", default="{}", help="the job's data as a JSON object")
-    p.add_argument("--queue", default="default")
-    p.add_argument("--delay", type=_nonneg_int, default=0, metavar="S")
+    p.add_argument("--data", default="{}", metavar="JSON",
+                   help="the job's data as a JSON object (default {})")
+    p.add_argument("--queue", type=_queue_arg, default="default", help="default: default")
+    p.add_argument("--delay", type=_nonneg_int, default=0, metavar="S",
+                   help="seconds before the job may run (default 0)")
 
     p = command("stats", "ready, delayed, reserved, expired and failed jobs per queue",
-                "python dbqueue.py stats --format prometheus > /var/lib/node_exporter/dbqueue.prom")
+                "python dbqueue.py stats\n"
+                "  python dbqueue.py stats --format prometheus > /var/lib/node_exporter/dbqueue.prom.$$"
+                " \\\n    && mv /var/lib/node_exporter/dbqueue.prom.$$"
+                " /var/lib/node_exporter/dbqueue.prom")
     group = p.add_mutually_exclusive_group()
-    group.add_argument("--json", action="store_true")
-    group.add_argument("--format", choices=("table", "json", "prometheus"), default="table")
+    group.add_argument("--json", action="store_true", help="same as --format json")
+    group.add_argument("--format", choices=("table", "json", "prometheus"), default="table",
+                       help="table (default), json, or the Prometheus text format")
 
-    p = command("health", "exit 0 when the queue is healthy, else 1 with the reasons",
+    p = command("health", "exit 0 when the queue is healthy, else 1 with one line per reason",
                 "python dbqueue.py health --max-ready 1000 --max-age 300 --max-failed 0")
-    p.add_argument("--max-ready", type=_nonneg_int, metavar="N")
-    p.add_argument("--max-age", type=_nonneg_int, metavar="S")
-    p.add_argument("--max-failed", type=_nonneg_int, metavar="N")
+    p.add_argument("--max-ready", type=_nonneg_int, metavar="N",
+                   help="unhealthy when a queue has more than N ready jobs")
+    p.add_argument("--max-age", type=_nonneg_int, metavar="S",
+                   help="unhealthy when a queue's oldest ready job has waited more than S seconds")
+    p.add_argument("--max-failed", type=_nonneg_int, metavar="N",
+                   help="unhealthy when a queue has more than N failed jobs")
 
-    p = command("failed", "list failed jobs", "python dbqueue.py failed --queue emails")
-    p.add_argument("--queue")
-    p.add_argument("--json", action="store_true")
+    p = command("failed", "list failed jobs (id, uuid, queue, job, failed at, error)",
+                "python dbqueue.py failed --queue emails")
+    p.add_argument("--queue", type=_queue_arg, help="only this queue")
+    p.add_argument("--json", action="store_true", help="JSON, with each full traceback")
 
     p = command("retry", "move failed jobs back to the queue with attempts reset",
-                "python dbqueue.py retry all --queue emails")
-    p.add_argument("ids", nargs="+", metavar="ID|all")
-    p.add_argument("--queue")
+                "python dbqueue.py retry 12 13\n  python dbqueue.py retry all --queue emails")
+    p.add_argument("ids", nargs="+", type=_retry_id, metavar="ID|all",
+                   help="failed job ids (see `failed`), or all")
+    p.add_argument("--queue", type=_queue_arg, help="with all: only this queue")
 
-    p = command("forget", "delete failed jobs", "python dbqueue.py forget 12 13")
+    p = command("forget", "delete failed jobs by id", "python dbqueue.py forget 12 13")
     p.add_argument("ids", nargs="+", type=_pos_int, metavar="ID")
 
-    p = command("flush", "delete failed jobs (older than H hours)",
+    p = command("flush", "delete every failed job, or those older than H hours",
                 "python dbqueue.py flush --hours 168")
-    p.add_argument("--hours", type=_nonneg_float, metavar="H")
+    p.add_argument("--hours", type=_nonneg_float, metavar="H",
+                   help="only failed jobs older than H hours")
 
-    p = command("clear", "delete the waiting jobs of a queue",
+    p = command("clear", "delete the waiting (ready and delayed) jobs of a queue",
                 "python dbqueue.py clear --queue default --force")
-    p.add_argument("--queue", required=True)
-    p.add_argument("--force", action="store_true", help="do not ask")
+    p.add_argument("--queue", type=_queue_arg, required=True)
+    p.add_argument("--force", action="store_true",
+                   help="do not ask (required when stdin is not a terminal)")
 
     p = command("bench", "measure enqueue, drain and latency on the configured database",
                 "python dbqueue.py bench --jobs 5000 --workers 2")
@@ -2274,7 +3041,8 @@ def _number(kind, minimum, value):
     try:
         number = kind(value)
     except ValueError:
-        raise argparse.ArgumentTypeError("%r is not a number" % value)
+        raise argparse.ArgumentTypeError("%r is not a %s" % (
+            value, "whole number" if kind is int else "number"))
     if not number >= minimum or number in (float("inf"),):
         raise argparse.ArgumentTypeError("%r must be >= %s" % (value, minimum))
     return number
@@ -2292,16 +3060,32 @@ def _nonneg_float(value):
     return _number(float, 0, value)
 
 
+def _queue_arg(value):
+    import argparse
+    try:
+        return _queue_name(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc))
+
+
+def _retry_id(value):
+    return "all" if value == "all" else _pos_int(value)
+
+
 def _err(message, stream=None):
     (stream or sys.stderr).write("dbqueue: %s\n" % message)
 
 
 def main(argv=None):
-    """The command line; returns the exit code (0 ok, 1 failure, 2 usage or configuration)."""
+    """The command line; returns the exit code (0 ok, 1 failure, 2 usage or configuration).
+
+    Flags and settings are all checked before the database is opened, so a
+    typo never half-runs a command.
+    """
     try:
         args = _parser().parse_args(argv)
     except _UsageError as exc:
-        _err(str(exc))
+        sys.stderr.write("%s\n" % exc)
         return 2
     except SystemExit as exc:   # --help and --version
         return exc.code if isinstance(exc.code, int) else 0
@@ -2313,7 +3097,7 @@ def main(argv=None):
         handler = _COMMANDS[args.command]
         return handler(args, config)
     except ConfigError as exc:
-        _err(str(exc))
+        _err(_first_line(exc))
         return 2
     except QueueError as exc:
         _err(_first_line(exc))
@@ -2366,8 +3150,10 @@ def _cmd_work(args, config):
                     sleep=args.sleep, memory=args.memory, log=log)
     log.info("worker starting", database=_mask_url(config.database_url), queues=",".join(queues),
              tries=worker.tries, backoff=",".join(map(str, worker.backoff)),
-             timeout=worker.timeout, retry_after=config.retry_after, pid=os.getpid(),
-             version=__version__)
+             timeout=worker.timeout, retry_after=config.retry_after, sleep=args.sleep,
+             memory_mb=args.memory, max_jobs=args.max_jobs, max_time=args.max_time,
+             pid=os.getpid(), version=__version__)
+    log.debug("handlers registered", jobs=",".join(sorted(_registry)) or "(none)")
     try:
         if queue.dialect is _Postgres:
             queue.check()
@@ -2380,16 +3166,14 @@ def _cmd_work(args, config):
 
 
 def _cmd_push(args, config):
+    if not args.job.strip():
+        raise ConfigError("push: the job name is empty")
     try:
         data = json.loads(args.data)
     except ValueError as exc:
         raise ConfigError("--data is not valid JSON: %s" % exc)
     if not isinstance(data, dict):
-        raise ConfigError("--data must be a JSON object")
-    try:
-        _queue_name(args.queue)
-    except ValueError as exc:
-        raise ConfigError("--queue: %s" % exc)
+        raise ConfigError("--data must be a JSON object, such as '{\"to\": \"a@example.com\"}'")
     queue = Queue(config=config)
     try:
         print(queue.push(args.job, data, queue=args.queue, delay=args.delay))
@@ -2398,32 +3182,268 @@ def _cmd_push(args, config):
     return 0
 
 
+def _table(headers, rows):
+    """Rows as aligned columns; numbers right-aligned, the last column left ragged."""
+    cells = [list(headers)] + [["-" if v is None else str(v) for v in row] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    numeric = [all(isinstance(row[i], int) or row[i] is None for row in rows) and bool(rows)
+               for i in range(len(headers))]
+    lines = []
+    for row in cells:
+        parts = []
+        for i, value in enumerate(row):
+            if i == len(row) - 1 and not numeric[i]:
+                parts.append(value)
+            elif numeric[i]:
+                parts.append(value.rjust(widths[i]))
+            else:
+                parts.append(value.ljust(widths[i]))
+        lines.append("  ".join(parts).rstrip())
+    return "\n".join(lines)
+
+
+def _duration(seconds):
+    """125 -> '2m05s': short enough for a table, exact to the second."""
+    if seconds is None:
+        return None
+    seconds = max(0, int(seconds))
+    if seconds < 60:
+        return "%ds" % seconds
+    if seconds < 3600:
+        return "%dm%02ds" % divmod(seconds, 60)
+    if seconds < 86400:
+        return "%dh%02dm" % (seconds // 3600, seconds % 3600 // 60)
+    return "%dd%02dh" % (seconds // 86400, seconds % 86400 // 3600)
+
+
+def _prom_label(value):
+    # The text format's escapes for label values: backslash, quote, newline.
+    return str(value).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+_PROM_METRICS = (
+    ("dbqueue_jobs", "Jobs in the jobs table by queue and state (ready, delayed, reserved).",
+     lambda s: [("ready", s["ready"]), ("delayed", s["delayed"]), ("reserved", s["reserved"])]),
+    ("dbqueue_expired_reservations", "Reserved jobs whose worker stopped renewing the"
+     " reservation for longer than QUEUE_RETRY_AFTER; a worker takes them back.",
+     lambda s: [(None, s["expired"])]),
+    ("dbqueue_failed_jobs", "Jobs in the failed jobs table by queue.",
+     lambda s: [(None, s["failed"])]),
+    ("dbqueue_oldest_ready_age_seconds", "Seconds the oldest ready job of the queue has waited"
+     " (0 when none is ready).", lambda s: [(None, s["oldest_ready_age"] or 0)]),
+)
+
+
+def _prometheus(stats):
+    lines = []
+    for name, help_text, values in _PROM_METRICS:
+        lines.append("# HELP %s %s" % (name, help_text))
+        lines.append("# TYPE %s gauge" % name)
+        for entry in stats:
+            for state, value in values(entry):
+                labels = 'queue="%s"' % _prom_label(entry["queue"])
+                if state is not None:
+                    labels += ',state="%s"' % state
+                lines.append("%s{%s} %d" % (name, labels, value))
+    return "\n".join(lines) + "\n"
+
+
 def _cmd_stats(args, config):
-    raise QueueError("stats: not written yet")
+    fmt = "json" if args.json else args.format
+    queue = Queue(config=config)
+    try:
+        stats = queue.stats()
+    finally:
+        queue.close()
+    if fmt == "json":
+        print(json.dumps(stats, indent=2))
+    elif fmt == "prometheus":
+        sys.stdout.write(_prometheus(stats))
+    else:
+        rows = [(s["queue"], s["ready"], s["delayed"], s["reserved"], s["expired"], s["failed"],
+                 _duration(s["oldest_ready_age"])) for s in stats]
+        print(_table(("queue", "ready", "delayed", "reserved", "expired", "failed",
+                      "oldest ready"), rows))
+        if not stats:
+            print("(no jobs: %s and %s are empty)" % (config.table, config.failed_table))
+    return 0
 
 
 def _cmd_health(args, config):
-    raise QueueError("health: not written yet")
+    # The seed's HealthChecker: the database answers, both tables exist, and
+    # the counts are within the thresholds. It only reads: on SQLite it opens
+    # an existing file and creates neither the file nor the tables.
+    queue = Queue(config=config)
+    try:
+        conn = queue.connect(create=False)
+        queue.check(conn)
+        stats = queue.stats(conn)
+    except DatabaseError as exc:
+        print("unhealthy: %s" % _first_line(exc))
+        return 1
+    finally:
+        queue.close()
+    problems = []
+    for s in stats:
+        name = s["queue"]
+        if args.max_ready is not None and s["ready"] > args.max_ready:
+            problems.append("queue %s has %d ready jobs (--max-ready %d)"
+                            % (name, s["ready"], args.max_ready))
+        age = s["oldest_ready_age"]
+        if args.max_age is not None and age is not None and age > args.max_age:
+            problems.append("queue %s: the oldest ready job has waited %ds (--max-age %d);"
+                            " is a worker running for it?" % (name, age, args.max_age))
+        if args.max_failed is not None and s["failed"] > args.max_failed:
+            problems.append("queue %s has %d failed jobs (--max-failed %d); see"
+                            " `python dbqueue.py failed --queue %s`"
+                            % (name, s["failed"], args.max_failed, name))
+    for problem in problems:
+        print("unhealthy: %s" % problem)
+    if problems:
+        return 1
+    total = lambda key: sum(s[key] for s in stats)  # noqa: E731
+    print("ok: %s answers; %d ready, %d delayed, %d reserved, %d failed in %d queue(s)"
+          % (_mask_url(config.database_url), total("ready"), total("delayed"),
+             total("reserved"), total("failed"), len(stats)))
+    return 0
+
+
+def _job_name(payload):
+    """The job name a payload carries, without trusting it to be well formed."""
+    try:
+        decoded = json.loads(payload)
+    except ValueError:
+        return "?"
+    if isinstance(decoded, dict):
+        for key in ("job", "displayName"):
+            if isinstance(decoded.get(key), str) and decoded[key]:
+                return decoded[key]
+    return "?"
+
+
+def _error_line(exception):
+    """One line for an exception text: a Python traceback's last line names the
+    error; other texts (such as the seed app's) put the message first."""
+    lines = [line.strip() for line in (exception or "").splitlines() if line.strip()]
+    if not lines:
+        return ""
+    return lines[-1] if lines[0].startswith("Traceback") else lines[0]
 
 
 def _cmd_failed(args, config):
-    raise QueueError("failed: not written yet")
+    queue = Queue(config=config)
+    try:
+        rows = queue.failed(args.queue)
+    finally:
+        queue.close()
+    # The payload stays out: job data holds addresses and tokens.
+    listed = [{"id": r["id"], "uuid": r["uuid"], "queue": r["queue"],
+               "job": _job_name(r["payload"]),
+               "failed_at": re.sub(r"\.\d+", "", r["failed_at"]),   # no microseconds
+               "error": _error_line(r["exception"]), "exception": r["exception"]} for r in rows]
+    if args.json:
+        print(json.dumps(listed, indent=2))
+        return 0
+    if not listed:
+        print("no failed jobs" + (" in queue %s" % args.queue if args.queue else ""))
+        return 0
+    cut = lambda text: text if len(text) <= 120 else text[:119] + "..."  # noqa: E731
+    print(_table(("id", "uuid", "queue", "job", "failed at", "error"),
+                 [(f["id"], f["uuid"], f["queue"], f["job"], f["failed_at"], cut(f["error"]))
+                  for f in listed]))
+    return 0
 
 
 def _cmd_retry(args, config):
-    raise QueueError("retry: not written yet")
+    everything = "all" in args.ids
+    if everything and len(args.ids) > 1:
+        raise ConfigError("retry: give failed job ids or `all`, not both")
+    if args.queue and not everything:
+        raise ConfigError("retry: --queue goes with `all` (ids name their jobs already)")
+    queue = Queue(config=config)
+    missing = []
+    try:
+        if everything:
+            # One transaction per job inside retry(): an interruption leaves
+            # each job either still failed or back in the queue, never both.
+            new_ids = queue.retry(None, queue=args.queue)
+            print("retried %d failed job(s)%s" % (len(new_ids),
+                  " of queue %s" % args.queue if args.queue else ""))
+            return 0
+        for failed_id in args.ids:
+            new_ids = queue.retry([failed_id])
+            if new_ids:
+                print("retried failed job %d as job %d" % (failed_id, new_ids[0]))
+            else:
+                missing.append(str(failed_id))
+    finally:
+        queue.close()
+    if missing:
+        _err("no failed job with id %s" % ", ".join(missing))
+        return 1
+    return 0
 
 
 def _cmd_forget(args, config):
-    raise QueueError("forget: not written yet")
+    queue = Queue(config=config)
+    missing = []
+    try:
+        for failed_id in args.ids:
+            if queue.forget([failed_id]):
+                print("deleted failed job %d" % failed_id)
+            else:
+                missing.append(str(failed_id))
+    finally:
+        queue.close()
+    if missing:
+        _err("no failed job with id %s" % ", ".join(missing))
+        return 1
+    return 0
 
 
 def _cmd_flush(args, config):
-    raise QueueError("flush: not written yet")
+    queue = Queue(config=config)
+    try:
+        count = queue.flush(args.hours)
+    finally:
+        queue.close()
+    print("deleted %d failed job(s)%s" % (count, "" if args.hours is None
+                                          else " older than %g hours" % args.hours))
+    return 0
+
+
+def _isatty(stream):
+    try:
+        return stream is not None and stream.isatty()
+    except (AttributeError, ValueError):
+        return False
 
 
 def _cmd_clear(args, config):
-    raise QueueError("clear: not written yet")
+    ask = not args.force
+    if ask and not _isatty(sys.stdin):
+        raise ConfigError("clear deletes the waiting jobs of queue %s: add --force (stdin is not"
+                          " a terminal, so there is no one to ask)" % args.queue)
+    queue = Queue(config=config)
+    try:
+        if ask:
+            counts = {s["queue"]: s for s in queue.stats()}.get(args.queue)
+            waiting = counts["ready"] + counts["delayed"] if counts else 0
+            if not waiting:
+                print("queue %s has no waiting jobs" % args.queue)
+                return 0
+            sys.stderr.write("Delete the %d waiting job(s) of queue %s? [y/N] "
+                             % (waiting, args.queue))
+            sys.stderr.flush()
+            if sys.stdin.readline().strip().lower() not in ("y", "yes"):
+                print("nothing deleted")
+                return 1
+        count = queue.clear(args.queue)
+    finally:
+        queue.close()
+    # Reserved jobs are running: a worker holds them and finishes them.
+    print("deleted %d waiting job(s) of queue %s" % (count, args.queue))
+    return 0
 
 
 _COMMANDS = {

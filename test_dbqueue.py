@@ -345,12 +345,1069 @@ class CoreTests:
 # Email (issue 3) #############################################################
 ###############################################################################
 
+# Email tests talk to a real SMTP server on loopback (aiosmtpd's Controller in
+# a thread). They run on SQLite; one seed-payload test runs on every backend.
+
+def _aiosmtpd():
+    try:
+        from aiosmtpd.controller import Controller
+        from aiosmtpd.smtp import AuthResult
+    except ImportError:
+        return None
+    import logging
+    logging.getLogger("mail.log").setLevel(logging.CRITICAL)  # its warnings are not ours
+    return Controller, AuthResult
+
+
+def free_port():
+    import socket
+    sock = socket.socket()
+    try:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+    finally:
+        sock.close()
+
+
+def parse_mail(raw):
+    import email
+    import email.policy
+    return email.message_from_bytes(raw, policy=email.policy.default)
+
+
+class SMTPSink:
+    """A real SMTP server on 127.0.0.1 that records what it receives.
+
+    `data_replies` (consumed first) script answers to DATA such as "451 ...";
+    `refuse` maps recipients to RCPT replies; `connections` counts the TCP
+    connections clients opened; `messages` holds (envelope, parsed message,
+    session) for every accepted message.
+    """
+
+    good_login = ("mailer", "right-password")
+
+    def __init__(self, testcase, port=None, auth=False, **controller_kw):
+        found = _aiosmtpd()
+        need(found is not None, "aiosmtpd is not installed (pip install aiosmtpd)")
+        self.Controller, self.AuthResult = found
+        self.port = port or free_port()
+        self.kw = controller_kw
+        if auth:
+            self.kw["authenticator"] = self.authenticate
+        self.messages = []
+        self.attempted = []
+        self.data_replies = []
+        self.refuse = {}
+        self.logins = []
+        self.protocols = []
+        self.connections = 0
+        self.controller = None
+        testcase.addCleanup(self.stop)
+        self.start()
+
+    def authenticate(self, server, session, envelope, mechanism, auth_data):
+        login = (auth_data.login.decode(), auth_data.password.decode())
+        self.logins.append(login)
+        return self.AuthResult(success=login == self.good_login, handled=False)
+
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+        if address in self.refuse:
+            return self.refuse[address]
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server, session, envelope):
+        msg = parse_mail(envelope.content)
+        self.attempted.append(msg)
+        if self.data_replies:
+            return self.data_replies.pop(0)
+        self.messages.append(((envelope.mail_from, list(envelope.rcpt_tos)), msg, session))
+        if server not in self.protocols:
+            self.protocols.append(server)
+        return "250 OK"
+
+    def start(self):
+        sink = self
+
+        class Counting(self.Controller):
+            def factory(self):
+                sink.connections += 1
+                return super().factory()
+
+        self.controller = Counting(self, hostname="127.0.0.1", port=self.port, **self.kw)
+        self.controller.start()
+        self.connections -= 1   # Controller.start() connects once to check the server is up
+
+    def stop(self):
+        if self.controller is not None:
+            self.controller.stop()
+            self.controller = None
+
+    def drop_connections(self):
+        """Close every client connection from the server's side."""
+        loop = self.controller.loop
+        for proto in self.protocols:
+            loop.call_soon_threadsafe(proto.transport.close)
+        wait_for(lambda: all(p.transport is None or p.transport.is_closing()
+                             for p in self.protocols), 10, message="server-side close")
+        del self.protocols[:]
+
+    def subjects(self):
+        return sorted(m["Subject"] for _, m, _ in self.messages)
+
+
+# A job that runs a test's callback between two email jobs, in the worker's
+# own thread: the server can be stopped or restarted at an exact point.
+ACTIONS = {}
+
+
+@dbqueue.job("t_action")
+def _t_action(data):
+    ACTIONS[data["key"]]()
+
+
+def tls_files(tmp):
+    """(certificate, key) for 127.0.0.1, made with openssl."""
+    cert, key = os.path.join(tmp, "cert.pem"), os.path.join(tmp, "key.pem")
+    need(shutil.which("openssl") is not None, "openssl is not installed")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                    "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", key, "-out", cert,
+                    "-days", "2", "-subj", "/CN=localhost",
+                    "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"],
+                   check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return cert, key
+
+
+class EmailTestMixin:
+
+    def mail_queue(self, sink=None, clock=None, **settings):
+        settings.setdefault("mail_host", "127.0.0.1")
+        settings.setdefault("mail_port", sink.port if sink else free_port())
+        settings.setdefault("mail_from_address", "app@example.com")
+        settings.setdefault("mail_from_name", "Äpp Team")
+        settings.setdefault("app_name", "Acme")
+        settings.setdefault("mail_timeout", 10)
+        return self.db.queue(clock=clock, **settings)
+
+    def work(self, q, **kw):
+        kw.setdefault("backoff", "0")
+        log = quiet_log()
+        worker = dbqueue.Worker(q, ["emails"], log=log, **kw)
+        worker.run(stop_when_empty=True)
+        return worker, log.stream.getvalue()
+
+    def jobs_left(self):
+        return self.db.raw("SELECT COUNT(*) FROM {jobs}")[0][0]
+
+    def uuid_of(self, job_id):
+        payload = self.db.raw("SELECT payload FROM {jobs} WHERE id = %d" % job_id)[0][0]
+        return json.loads(payload)["uuid"]
+
+
+class EmailTests(EmailTestMixin, unittest.TestCase):
+
+    def setUp(self):
+        self.db = Backend(self)
+
+    def test_each_builtin_template_is_delivered_with_both_parts_and_escaping(self):
+        sink = SMTPSink(self)
+        q = self.mail_queue(sink)
+        name = '<script>alert("x")</script> Zoë'
+        uuids = {}
+        for template in ("verify_email", "password_reset", "invitation"):
+            job_id = dbqueue.queue_template_email(
+                "Ann Ünlü <ann@example.com>", template,
+                {"name": name, "url": "https://example.com/t/%s?a=1&b=2" % template},
+                bcc="audit@example.com", using=q)
+            uuids[template] = self.uuid_of(job_id)
+        self.work(q)
+        self.assertEqual(len(sink.messages), 3)
+        self.assertEqual(self.jobs_left(), 0)
+        for (envelope, msg, _), template in zip(sink.messages, uuids):
+            url = "https://example.com/t/%s?a=1&b=2" % template
+            self.assertEqual(envelope, ("app@example.com",
+                                        ["ann@example.com", "audit@example.com"]))
+            self.assertEqual(msg.get_content_type(), "multipart/alternative")
+            self.assertIn("Acme", msg["Subject"])
+            self.assertEqual(msg["From"].addresses[0].display_name, "Äpp Team")
+            self.assertEqual(msg["To"].addresses[0].display_name, "Ann Ünlü")
+            self.assertIsNone(msg["Bcc"])
+            self.assertEqual(msg["Message-ID"], "<%s@example.com>" % uuids[template])
+            self.assertTrue(msg["Date"])
+            text = msg.get_body(("plain",)).get_content()
+            html = msg.get_body(("html",)).get_content()
+            self.assertIn(name, text)
+            self.assertIn(url, text)
+            self.assertIn("ignore this email", text)
+            self.assertNotIn("<script>", html)
+            self.assertIn("&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt; Zoë", html)
+            self.assertIn('href="https://example.com/t/%s?a=1&amp;b=2"' % template, html)
+            self.assertIn("ignore this email", html)
+        # Raw header bytes are encoded words, never bare UTF-8.
+        self.assertNotIn("Ü", sink.messages[0][1].as_string().split("\n\n")[0].replace(
+            "Ann Ünlü", ""))
+
+    def test_send_email_fields_single_part_reply_to_cc_and_extra_headers(self):
+        sink = SMTPSink(self)
+        q = self.mail_queue(sink)
+        dbqueue.queue_email(["a@example.com", "B <b@example.com>"], "Grüße", text="plain only",
+                            cc="c@example.com", reply_to="help@example.com",
+                            sender="Sales <sales@example.com>",
+                            headers={"List-Unsubscribe": "<mailto:u@example.com>"}, using=q)
+        dbqueue.queue_email("a@example.com", "html only", html="<p>Hi</p>", using=q)
+        self.work(q)
+        (env1, m1, _), (env2, m2, _) = sink.messages
+        self.assertEqual(env1, ("sales@example.com",
+                                ["a@example.com", "b@example.com", "c@example.com"]))
+        self.assertEqual(m1.get_content_type(), "text/plain")
+        self.assertEqual(m1["Subject"], "Grüße")
+        self.assertEqual(str(m1["Reply-To"]), "help@example.com")
+        self.assertEqual(str(m1["Cc"]), "c@example.com")
+        self.assertEqual(m1["List-Unsubscribe"], "<mailto:u@example.com>")
+        self.assertEqual(m2.get_content_type(), "text/html")
+
+    def test_template_dir_adds_and_overrides_templates(self):
+        sink = SMTPSink(self)
+        tdir = os.path.join(self.db.tmp, "templates")
+        os.mkdir(tdir)
+        with open(os.path.join(tdir, "welcome.txt"), "w", encoding="utf-8") as fh:
+            fh.write("Subject: Welcome to ${app_name}, $name\n\nHello $name, see $url\n")
+        with open(os.path.join(tdir, "welcome.html"), "w", encoding="utf-8") as fh:
+            fh.write("<p>Hello <b>$name</b></p>")
+        with open(os.path.join(tdir, "verify_email.txt"), "w", encoding="utf-8") as fh:
+            fh.write("Subject: Our own verify\n\nClick $url\n")
+        q = self.mail_queue(sink, mail_template_dir=tdir)
+        for template in ("welcome", "verify_email"):
+            dbqueue.queue_template_email("a@example.com", template,
+                                         {"name": "<Ann>", "url": "https://x.test/1"}, using=q)
+        self.work(q)
+        (_, welcome, _), (_, verify, _) = sink.messages
+        self.assertEqual(welcome["Subject"], "Welcome to Acme, <Ann>")
+        self.assertEqual(welcome.get_body(("plain",)).get_content().strip(),
+                         "Hello <Ann>, see https://x.test/1")
+        self.assertIn("<b>&lt;Ann&gt;</b>", welcome.get_body(("html",)).get_content())
+        self.assertEqual(verify["Subject"], "Our own verify")
+        self.assertEqual(verify.get_content_type(), "text/plain")
+
+    def test_template_errors_fail_at_once_and_name_the_problem(self):
+        sink = SMTPSink(self)
+        tdir = os.path.join(self.db.tmp, "templates")
+        os.mkdir(tdir)
+        with open(os.path.join(tdir, "needs.txt"), "w", encoding="utf-8") as fh:
+            fh.write("Subject: Hi\n\n$greeting $name\n")
+        q = self.mail_queue(sink, mail_template_dir=tdir)
+        q.push("send_template_email", {"to": "a@example.com", "template": "verify_email",
+                                       "vars": {"url": "https://x.test"}}, queue="emails")
+        q.push("send_template_email", {"to": "a@example.com", "template": "needs",
+                                       "vars": {"name": "A"}}, queue="emails")
+        q.push("send_template_email", {"to": "a@example.com", "template": "no_such",
+                                       "vars": {}}, queue="emails")
+        q.push("send_template_email", {"to": "a@example.com", "template": "../needs",
+                                       "vars": {}}, queue="emails")
+        with self.assertRaises(ValueError):
+            dbqueue.queue_template_email("a@example.com", "../../etc/passwd", {}, using=q)
+        self.work(q, tries=3)
+        failed = [f["exception"] for f in q.failed()]
+        self.assertEqual(len(failed), 4)
+        self.assertIn("needs the variable 'name'", failed[0])
+        self.assertIn("needs the variable 'greeting'", failed[1])
+        self.assertIn("unknown email template 'no_such'", failed[2])
+        self.assertIn("must be a plain name", failed[3])
+        self.assertEqual(sink.connections, 0)
+
+    def test_header_injection_in_every_field_is_refused_before_connecting(self):
+        sink = SMTPSink(self)
+        q = self.mail_queue(sink)
+        bad = "x@example.com\r\nBcc: victim@example.com"
+        base = {"to": "a@example.com", "subject": "s", "text": "t"}
+        cases = [dict(base, to=bad), dict(base, to=["ok@example.com", bad]), dict(base, cc=bad),
+                 dict(base, bcc=bad), dict(base, reply_to=bad), dict(base, **{"from": bad}),
+                 dict(base, subject="Hi\nBcc: victim@example.com"),
+                 dict(base, headers={"X-Tag": "a\r\nBcc: victim@example.com"}),
+                 dict(base, headers={"X-Tag\r\nBcc": "v"}),
+                 dict(base, headers={"Bcc": "victim@example.com"})]
+        for data in cases:
+            q.push("send_email", data, queue="emails")
+            kwargs = {k: v for k, v in data.items() if k not in ("to", "subject", "text")}
+            if "from" in kwargs:
+                kwargs["sender"] = kwargs.pop("from")
+            with self.assertRaises(ValueError, msg=repr(data)):
+                dbqueue.queue_email(data["to"], data["subject"], text="t", using=q, **kwargs)
+        q.push("send_template_email", {"to": "a@example.com", "template": "invitation",
+                                       "vars": {"name": "n", "url": "https://x.test",
+                                                "app_name": "Evil\r\nBcc: victim@example.com"}},
+               queue="emails")
+        self.work(q, tries=3)
+        failed = q.failed()
+        self.assertEqual(len(failed), len(cases) + 1)
+        for row in failed:
+            self.assertRegex(row["exception"], r"line break|not a header name|set by dbqueue")
+        self.assertEqual(sink.messages, [])
+        self.assertEqual(sink.connections, 0)
+
+    def test_451_is_retried_with_the_same_message_id_then_sent(self):
+        sink = SMTPSink(self)
+        sink.data_replies = ["451 4.3.0 try again later"]
+        q = self.mail_queue(sink)
+        job_id = dbqueue.queue_email("a@example.com", "s", text="t", using=q)
+        uuid = self.uuid_of(job_id)
+        _, log = self.work(q, tries=3)
+        self.assertEqual(len(sink.messages), 1)
+        self.assertEqual([m["Message-ID"] for m in sink.attempted], ["<%s@example.com>" % uuid] * 2)
+        self.assertIn("outcome=released", log)
+        self.assertIn("451", log)
+        self.assertEqual(q.failed(), [])
+        self.assertEqual(self.jobs_left(), 0)
+
+    def test_5xx_fails_at_once_without_retry(self):
+        sink = SMTPSink(self)
+        sink.data_replies = ["554 5.6.0 message rejected"]
+        sink.refuse = {"nobody@example.com": "550 5.1.1 no such user"}
+        q = self.mail_queue(sink)
+        dbqueue.queue_email("a@example.com", "rejected", text="t", using=q)
+        dbqueue.queue_email("nobody@example.com", "unknown user", text="t", using=q)
+        dbqueue.queue_email(["nobody@example.com", "b@example.com"], "partly", text="t", using=q)
+        self.work(q, tries=3)
+        failed = q.failed()
+        self.assertEqual(len(failed), 2)
+        self.assertIn("554", failed[0]["exception"])
+        self.assertIn("(permanent)", failed[0]["exception"])
+        self.assertIn("550", failed[1]["exception"])
+        self.assertIn("nobody@example.com", failed[1]["exception"])
+        self.assertEqual(len(sink.attempted), 2)   # rejected once, then "partly"; no retries
+        self.assertEqual([e for e, _, _ in sink.messages], [("app@example.com", ["b@example.com"])])
+
+    def test_server_down_is_retried_then_failed_with_the_reason(self):
+        q = self.mail_queue(None)
+        dbqueue.queue_email("a@example.com", "s", text="t", using=q)
+        _, log = self.work(q, tries=3)
+        self.assertEqual(log.count("outcome=released"), 2)
+        failed = q.failed()
+        self.assertEqual(len(failed), 1)
+        self.assertIn("unreachable", failed[0]["exception"])
+        self.assertIn("(will retry)", failed[0]["exception"])
+
+    def test_one_session_is_reused_and_a_dropped_one_reopened(self):
+        sink = SMTPSink(self)
+        q = self.mail_queue(sink)
+        ACTIONS["drop"] = sink.drop_connections
+        self.addCleanup(ACTIONS.pop, "drop", None)
+        for i in range(3):
+            dbqueue.queue_email("a@example.com", "m%d" % i, text="t", using=q)
+        q.push("t_action", {"key": "drop"}, queue="emails")
+        for i in range(3, 5):
+            dbqueue.queue_email("a@example.com", "m%d" % i, text="t", using=q)
+        _, log = self.work(q, tries=1)
+        self.assertEqual(sink.subjects(), ["m0", "m1", "m2", "m3", "m4"])
+        self.assertNotIn("outcome=failed", log)
+        self.assertEqual(sink.connections, 2)
+        sessions = [s for _, _, s in sink.messages]
+        self.assertTrue(all(s is sessions[0] for s in sessions[:3]))
+        self.assertTrue(all(s is sessions[3] for s in sessions[3:]))
+        # Without reuse, one connection per message.
+        for i in range(3):
+            dbqueue.queue_email("a@example.com", "n%d" % i, text="t", using=q)
+        worker = dbqueue.Worker(q, ["emails"], log=quiet_log())
+        worker.reuse_smtp = False
+        worker.run(stop_when_empty=True)
+        self.assertEqual(sink.connections, 5)
+
+    def test_smtp_outage_mid_drain_delivers_every_email_exactly_once(self):
+        sink = SMTPSink(self)
+        clock = Clock()
+        q = self.mail_queue(sink, clock=clock)
+
+        def back():
+            sink.start()
+            clock.advance(10)
+
+        ACTIONS.update(down=sink.stop, up=back)
+        self.addCleanup(ACTIONS.pop, "down", None)
+        self.addCleanup(ACTIONS.pop, "up", None)
+        subjects = ["e%d" % i for i in range(6)]
+        for s in subjects[:3]:
+            dbqueue.queue_email("a@example.com", s, text="t", using=q)
+        q.push("t_action", {"key": "down"}, queue="emails")
+        for s in subjects[3:]:
+            dbqueue.queue_email("a@example.com", s, text="t", using=q)
+        q.push("t_action", {"key": "up"}, queue="emails")
+        _, log = self.work(q, tries=3, backoff="10")
+        self.assertEqual(sink.subjects(), subjects)
+        self.assertEqual(log.count("outcome=released"), 3)
+        self.assertEqual(len({m["Message-ID"] for _, m, _ in sink.messages}), 6)
+        self.assertEqual(q.failed(), [])
+        self.assertEqual(self.jobs_left(), 0)
+
+    def tls_sink(self, implicit):
+        import ssl
+        cert, key = tls_files(self.db.tmp)
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(cert, key)
+        if implicit:
+            # aiosmtpd offers AUTH only after STARTTLS unless told that TLS is there already.
+            sink = SMTPSink(self, auth=True, ssl_context=context, auth_require_tls=False)
+        else:
+            sink = SMTPSink(self, auth=True, tls_context=context, require_starttls=True,
+                            auth_require_tls=True)
+        return sink, cert
+
+    def test_starttls_and_implicit_tls_with_auth(self):
+        for implicit in (False, True):
+            with self.subTest(implicit=implicit):
+                sink, cert = self.tls_sink(implicit)
+                user, password = SMTPSink.good_login
+                q = self.mail_queue(sink, mail_encryption="ssl" if implicit else "starttls",
+                                    mail_username=user, mail_password=password,
+                                    mail_verify_peer=False)
+                dbqueue.queue_template_email("a@example.com", "verify_email",
+                                             {"name": "A", "url": "https://x.test/v"}, using=q)
+                self.work(q, tries=1)
+                self.assertEqual(len(sink.messages), 1)
+                self.assertEqual(sink.logins, [SMTPSink.good_login])
+                # Verification is on by default: it passes when the CA is trusted...
+                saved = os.environ.get("SSL_CERT_FILE")
+                os.environ["SSL_CERT_FILE"] = cert
+                try:
+                    q.config.mail_verify_peer = True
+                    dbqueue.queue_email("a@example.com", "verified", text="t", using=q)
+                    self.work(q, tries=1)
+                finally:
+                    if saved is None:
+                        os.environ.pop("SSL_CERT_FILE", None)
+                    else:
+                        os.environ["SSL_CERT_FILE"] = saved
+                self.assertEqual(len(sink.messages), 2)
+                # ...and a self-signed certificate that is not trusted is a retried failure.
+                dbqueue.queue_email("a@example.com", "unverified", text="t", using=q)
+                _, log = self.work(q, tries=2)
+                self.assertEqual(len(sink.messages), 2)
+                failed = q.failed()
+                self.assertEqual(len(failed), 1)
+                self.assertIn("TLS failed", failed[0]["exception"])
+                self.assertIn("certificate", failed[0]["exception"])
+                self.assertIn("outcome=released", log)
+                q.forget([failed[0]["id"]])
+                sink.stop()
+
+    def test_password_never_appears_when_auth_fails(self):
+        sink, _ = self.tls_sink(False)
+        env = self.db.env(MAIL_HOST="127.0.0.1", MAIL_PORT=sink.port, MAIL_ENCRYPTION="starttls",
+                          MAIL_VERIFY_PEER="false", MAIL_USERNAME="mailer",
+                          MAIL_PASSWORD="Wr0ng-S3cret-pw", QUEUE_BACKOFF="0")
+        q = self.mail_queue(sink)
+        dbqueue.queue_email("a@example.com", "s", text="t", using=q)
+        code, out, err = run_main(["work", "--queue", "emails", "--stop-when-empty", "-v"], env)
+        self.assertEqual(code, 0)
+        self.assertIn(("mailer", "Wr0ng-S3cret-pw"), sink.logins)   # it really was sent
+        failed = q.failed()
+        self.assertEqual(len(failed), 1)
+        self.assertIn("authentication failed: 535", failed[0]["exception"])
+        import base64
+        everything = out + err + json.dumps(failed)
+        for secret in ("Wr0ng-S3cret-pw", base64.b64encode(b"Wr0ng-S3cret-pw").decode(),
+                       base64.b64encode(b"\0mailer\0Wr0ng-S3cret-pw").decode()):
+            self.assertNotIn(secret, everything)
+        # A server that is down: the error text does not carry it either.
+        sink.stop()
+        q.retry()
+        code, out, err = run_main(["work", "--queue", "emails", "--stop-when-empty"], env)
+        self.assertIn("unreachable", err)
+        self.assertNotIn("Wr0ng-S3cret-pw", out + err + json.dumps(q.failed()))
+
+    def test_log_mailer_prints_the_message_and_sends_nothing(self):
+        q = self.mail_queue(None, mail_mailer="log")
+        dbqueue.queue_template_email("a@example.com", "verify_email",
+                                     {"name": "Ann", "url": "https://example.com/v/1"}, using=q)
+        _, log = self.work(q, tries=1)
+        self.assertIn("Subject: Confirm your email address for Acme", log)
+        self.assertIn("Hi Ann,", log)
+        self.assertIn("https://example.com/v/1", log)
+        self.assertIn("[text/html part]", log)
+        self.assertIn("outcome=done", log)
+
+    def test_readme_quick_start_with_the_log_mailer(self):
+        tmp = self.db.tmp
+        shutil.copy(os.path.join(HERE, "dbqueue.py"), tmp)
+        env = {k: v for k, v in os.environ.items()
+               if not k.startswith(("QUEUE_", "MAIL_", "DATABASE_URL", "APP_"))}
+        env["MAIL_MAILER"] = "log"
+        data = json.dumps({"to": "ann@example.com", "template": "verify_email",
+                           "vars": {"name": "Ann", "url": "https://example.com/verify/abc"}})
+        push = subprocess.run([sys.executable, "dbqueue.py", "push", "send_template_email",
+                               "--queue", "emails", "--data", data], cwd=tmp, env=env,
+                              capture_output=True, text=True, timeout=60)
+        self.assertEqual(push.returncode, 0, push.stderr)
+        work = subprocess.run([sys.executable, "dbqueue.py", "work", "--queue", "emails",
+                               "--stop-when-empty"], cwd=tmp, env=env, capture_output=True,
+                              text=True, timeout=60)
+        self.assertEqual(work.returncode, 0, work.stderr)
+        self.assertIn("To: ann@example.com", work.stderr)
+        self.assertIn("Subject: Confirm your email address", work.stderr)
+        self.assertIn('<a href="https://example.com/verify/abc"', work.stderr)
+        self.assertIn("outcome=done", work.stderr)
+
+
+@on_every_backend
+class EmailSeedTests(EmailTestMixin):
+
+    def test_seed_app_payload_rows_are_delivered(self):
+        sink = SMTPSink(self)
+        q = self.mail_queue(sink)
+        now = int(time.time()) - 1
+        rows = [
+            {"job": "App\\Libraries\\Queue\\Jobs\\SendEmailJob",
+             "data": {"to": "a@example.com", "subject": "Seed mail",
+                      "message": "<p>Hello <b>there</b></p>", "textMessage": "Hello there"}},
+            {"job": "App\\Libraries\\Queue\\Jobs\\SendTemplateEmailJob",
+             "data": {"template": "emails/password_reset", "to": "b@example.com",
+                      "data": {"name": "Bea", "url": "https://example.com/r/1"}}},
+        ]
+        p = self.db.param
+        for payload in rows:
+            self.db.raw("INSERT INTO {jobs} (queue, payload, attempts, reserved_at, available_at,"
+                        " created_at) VALUES (%s, %s, 0, NULL, %s, %s)" % (p, p, p, p),
+                        ("emails", json.dumps(payload), now, now))
+        _, log = self.work(q, tries=1)
+        self.assertEqual(len(sink.messages), 2, log)
+        (_, seed, _), (_, template, _) = sink.messages
+        self.assertEqual(seed["Subject"], "Seed mail")
+        self.assertEqual(seed.get_body(("plain",)).get_content().strip(), "Hello there")
+        self.assertIn("<b>there</b>", seed.get_body(("html",)).get_content())
+        self.assertTrue(seed["Message-ID"].startswith("<dbqueue-job-"))
+        self.assertEqual(template["Subject"], "Reset your Acme password")
+        self.assertIn("https://example.com/r/1", template.get_body(("plain",)).get_content())
+        self.assertEqual(self.jobs_left(), 0)
+
+
 # -- email tests end here --
 
 
 ###############################################################################
 # Operating: the command line (issue 4) #######################################
 ###############################################################################
+
+# A handler that fails while FLAKY["fail"] is set: a failed job that a retry
+# can then deliver.
+FLAKY = {"fail": True}
+
+
+@dbqueue.job("t_flaky")
+def _t_flaky(data):
+    if FLAKY["fail"]:
+        raise RuntimeError("flaky is down")
+    RECORD.append(data)
+
+
+def one_line(testcase, text):
+    """Assert `text` is exactly one line with no traceback; return it."""
+    lines = text.splitlines()
+    testcase.assertEqual(len(lines), 1, text)
+    testcase.assertNotIn("Traceback", text)
+    return lines[0]
+
+
+class _NoTerminal:
+    """Runs main() with an stdin that is not a terminal (as under cron or CI)."""
+
+    def __enter__(self):
+        self.saved, sys.stdin = sys.stdin, io.StringIO("")
+
+    def __exit__(self, *exc):
+        sys.stdin = self.saved
+
+
+def free_port():
+    import socket
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()   # nothing listens on it now
+    return port
+
+
+@on_every_backend
+class OpsTests:
+
+    def setUp(self):
+        del RECORD[:]
+        FLAKY["fail"] = True
+
+    def cli(self, *argv, **env):
+        return run_main(list(argv), self.db.env(**env))
+
+    def count(self, sql="SELECT COUNT(*) FROM {jobs}", params=()):
+        return self.db.raw(sql, params)[0][0]
+
+    def add_failed(self, queue="emails", failed_at=None, exception="RuntimeError: x"):
+        p = self.db.param
+        payload = json.dumps({"uuid": unique_table(), "job": "t_record", "data": {}})
+        if failed_at is None:
+            self.db.raw("INSERT INTO {failed} (uuid, connection, queue, payload, exception)"
+                        " VALUES (%s, 'database', %s, %s, %s)" % (p, p, p, p),
+                        (unique_table(), queue, payload, exception))
+        else:
+            self.db.raw("INSERT INTO {failed} (uuid, connection, queue, payload, exception,"
+                        " failed_at) VALUES (%s, 'database', %s, %s, %s, %s)" % (p, p, p, p, p),
+                        (unique_table(), queue, payload, exception, failed_at))
+        return self.count("SELECT MAX(id) FROM {failed}")
+
+    # -- push ------------------------------------------------------------
+
+    def test_push_prints_the_id_and_a_worker_runs_the_job(self):
+        self.db.queue()
+        code, out, err = self.cli("push", "t_record", "--data", '{"n": 7}', "--queue", "q1")
+        self.assertEqual((code, err), (0, ""))
+        job_id = int(out.strip())
+        queue, payload = self.db.raw("SELECT queue, payload FROM {jobs} WHERE id = %s"
+                                     % self.db.param, (job_id,))[0]
+        self.assertEqual(queue, "q1")
+        self.assertEqual(json.loads(payload)["data"], {"n": 7})
+        code, out, _ = self.cli("push", "t_record", "--delay", "3600")
+        self.assertEqual(code, 0)
+        self.assertEqual(self.count("SELECT available_at - created_at FROM {jobs} WHERE id = %s"
+                                    % self.db.param, (int(out),)), 3600)
+        code, _, err = self.cli("work", "--queue", "q1", "--stop-when-empty")
+        self.assertEqual(code, 0, err)
+        self.assertEqual(RECORD, [{"n": 7}])
+        self.assertIn("outcome=done", err)
+
+    def test_push_refuses_bad_input_with_one_line_and_writes_nothing(self):
+        self.db.queue()
+        for argv in (["--data", "{bad json"], ["--data", "[1, 2]"], ["--bogus"],
+                     ["--delay", "-5"], ["--delay", "soon"], ["--queue", "has space"],
+                     ["--data"]):
+            code, out, err = self.cli("push", "t_record", *argv)
+            self.assertEqual(code, 2, argv)
+            self.assertEqual(out, "", argv)
+            one_line(self, err)
+        code, _, err = self.cli("push", " ")
+        self.assertEqual(code, 2)
+        one_line(self, err)
+        self.assertEqual(self.count(), 0)
+
+    # -- stats -----------------------------------------------------------
+
+    def test_stats_as_table_json_and_prometheus(self):
+        q = self.db.queue()
+        p = self.db.param
+        for i in range(3):
+            q.push("t_record", {"i": i}, queue="emails")
+        q.push("t_record", {}, queue="emails", delay=3600)
+        # The ready ones have waited two minutes.
+        self.db.raw("UPDATE {jobs} SET available_at = available_at - 120"
+                    " WHERE queue = %s AND available_at = created_at" % p, ("emails",))
+        q.push("t_record", {}, queue="default")
+        q.push("t_record", {}, queue="slow")
+        conn = q.connect()
+        self.assertEqual(len(q.reserve(conn, ["default", "slow"], 2)[0]), 2)
+        # The worker that holds the "slow" job has stopped renewing it.
+        self.db.raw("UPDATE {jobs} SET reserved_at = reserved_at - 1000 WHERE queue = %s" % p,
+                    ("slow",))
+        self.add_failed("emails")
+
+        code, out, err = self.cli("stats", "--json")
+        self.assertEqual((code, err), (0, ""))
+        stats = {s["queue"]: s for s in json.loads(out)}
+        self.assertEqual(sorted(stats), ["default", "emails", "slow"])
+        emails = stats["emails"]
+        self.assertEqual([emails[k] for k in ("ready", "delayed", "reserved", "expired", "failed")],
+                         [3, 1, 0, 0, 1])
+        self.assertTrue(120 <= emails["oldest_ready_age"] < 180, emails)
+        self.assertEqual(stats["default"], {"queue": "default", "ready": 0, "delayed": 0,
+                                            "reserved": 1, "expired": 0, "failed": 0,
+                                            "oldest_ready_age": None})
+        self.assertEqual((stats["slow"]["reserved"], stats["slow"]["expired"]), (1, 1))
+        self.assertEqual(json.loads(self.cli("stats", "--format", "json")[1]), json.loads(out))
+
+        code, out, _ = self.cli("stats")
+        self.assertEqual(code, 0)
+        lines = out.splitlines()
+        self.assertEqual(lines[0].split(), ["queue", "ready", "delayed", "reserved", "expired",
+                                            "failed", "oldest", "ready"])
+        rows = {line.split()[0]: line for line in lines[1:]}
+        self.assertEqual(rows["emails"].split()[1:6], ["3", "1", "0", "0", "1"])
+        self.assertRegex(rows["emails"].split()[6], r"^2m\d\ds$")
+        self.assertEqual(rows["default"].split()[6], "-")
+        end = lines[0].index("failed") + len("failed")   # numbers are right-aligned
+        for line in lines[1:]:
+            self.assertTrue(line[end - 1].isdigit() and line[end] == " ", lines)
+
+        code, out, _ = self.cli("stats", "--format", "prometheus")
+        self.assertEqual(code, 0)
+        samples = {}
+        declared = set()
+        for line in out.splitlines():
+            if line.startswith("# TYPE "):
+                name, kind = line.split()[2:4]
+                self.assertEqual(kind, "gauge")
+                declared.add(name)
+            elif not line.startswith("# HELP "):
+                self.assertRegex(line, r'^[a-z_]+\{queue="[^"]*"(,state="[a-z]+")?\} \d+$')
+                name, _, value = line.partition(" ")
+                self.assertIn(name.split("{")[0], declared)   # TYPE comes before the samples
+                samples[name] = int(value)
+        self.assertEqual(samples['dbqueue_jobs{queue="emails",state="ready"}'], 3)
+        self.assertEqual(samples['dbqueue_jobs{queue="emails",state="delayed"}'], 1)
+        self.assertEqual(samples['dbqueue_jobs{queue="default",state="reserved"}'], 1)
+        self.assertEqual(samples['dbqueue_expired_reservations{queue="slow"}'], 1)
+        self.assertEqual(samples['dbqueue_failed_jobs{queue="emails"}'], 1)
+        self.assertEqual(samples['dbqueue_oldest_ready_age_seconds{queue="default"}'], 0)
+        self.assertGreaterEqual(samples['dbqueue_oldest_ready_age_seconds{queue="emails"}'], 120)
+        q.discard(conn)
+
+    def test_stats_of_an_empty_queue_and_escaped_prometheus_labels(self):
+        self.db.queue()
+        code, out, _ = self.cli("stats")
+        self.assertEqual(code, 0)
+        self.assertIn("(no jobs", out)
+        self.assertEqual(json.loads(self.cli("stats", "--json")[1]), [])
+        # Another app wrote a queue name no dbqueue producer would accept.
+        self.add_failed('we"ird\\q\nx')
+        out = self.cli("stats", "--format", "prometheus")[1]
+        self.assertIn('dbqueue_failed_jobs{queue="we\\"ird\\\\q\\nx"} 1\n', out)
+
+    # -- health ----------------------------------------------------------
+
+    def test_health_passes_and_fails_on_each_threshold(self):
+        q = self.db.queue()
+        for i in range(3):
+            q.push("t_record", {}, queue="emails")
+        self.db.raw("UPDATE {jobs} SET available_at = available_at - 600")
+        self.add_failed("emails")
+        self.add_failed("emails")
+        code, out, _ = self.cli("health")
+        self.assertEqual(code, 0)
+        self.assertTrue(one_line(self, out).startswith("ok:"))
+        code, out, _ = self.cli("health", "--max-ready", "3", "--max-age", "3600",
+                                "--max-failed", "2")
+        self.assertEqual(code, 0, out)   # equal to a threshold is not over it
+        for flag, value, words in (("--max-ready", "2", "has 3 ready jobs"),
+                                   ("--max-age", "300", "oldest ready job has waited"),
+                                   ("--max-failed", "1", "has 2 failed jobs")):
+            code, out, _ = self.cli("health", flag, value)
+            self.assertEqual(code, 1, flag)
+            line = one_line(self, out)
+            self.assertIn("unhealthy: queue emails", line)
+            self.assertIn(words, line)
+            self.assertIn(flag, line)
+        code, out, _ = self.cli("health", "--max-ready", "0", "--max-age", "0", "--max-failed", "0")
+        self.assertEqual(code, 1)
+        self.assertEqual(len(out.splitlines()), 3, out)
+
+    def test_health_fails_without_tables_and_creates_none(self):
+        if self.db.name == "sqlite":
+            import sqlite3
+            sqlite3.connect(self.db.url[len("sqlite:///"):]).close()   # an empty database file
+        code, out, err = self.cli("health")
+        self.assertEqual(code, 1)
+        self.assertIn("migrate", one_line(self, out))
+        if self.db.name == "sqlite":
+            self.assertEqual(self.db.raw("SELECT name FROM sqlite_master"), [])
+        else:
+            self.assertIsNone(self.db.raw("SELECT to_regclass(%s)", ('"%s"' % self.db.table,))[0][0])
+
+    # -- failed jobs -----------------------------------------------------
+
+    def test_failed_list_then_retry_delivers_the_job(self):
+        self.db.queue()
+        self.cli("push", "t_permanent", "--queue", "emails", "--data", '{"token": "SECRET-DATA"}')
+        self.cli("push", "t_flaky", "--data", '{"n": 2}')
+        code, _, err = self.cli("work", "--queue", "emails,default", "--stop-when-empty",
+                                "--tries", "1")
+        self.assertEqual(code, 0, err)
+        self.assertEqual(self.count(), 0)
+
+        code, out, _ = self.cli("failed")
+        self.assertEqual(code, 0)
+        lines = out.splitlines()
+        self.assertEqual(lines[0].split(), ["id", "uuid", "queue", "job", "failed", "at", "error"])
+        self.assertEqual(len(lines), 3)
+        self.assertIn("t_permanent", lines[1])
+        self.assertIn("PermanentError: this cannot work", lines[1])
+        self.assertIn("RuntimeError: flaky is down", lines[2])
+        self.assertNotIn("SECRET-DATA", out)
+        code, out, _ = self.cli("failed", "--queue", "emails", "--json")
+        listed = json.loads(out)
+        self.assertEqual([(f["queue"], f["job"]) for f in listed], [("emails", "t_permanent")])
+        self.assertEqual(set(listed[0]), {"id", "uuid", "queue", "job", "failed_at", "error",
+                                          "exception"})
+        self.assertIn("Traceback", listed[0]["exception"])
+        self.assertRegex(listed[0]["failed_at"], r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d")
+        flaky_id = json.loads(self.cli("failed", "--queue", "default", "--json")[1])[0]["id"]
+
+        FLAKY["fail"] = False
+        code, out, _ = self.cli("retry", str(flaky_id))
+        self.assertEqual(code, 0)
+        self.assertRegex(out, r"^retried failed job %d as job \d+\n$" % flaky_id)
+        self.assertEqual(self.count("SELECT attempts FROM {jobs}"), 0)
+        code, _, err = self.cli("work", "--stop-when-empty")
+        self.assertEqual(code, 0, err)
+        self.assertEqual(RECORD, [{"n": 2}])
+        self.assertEqual(self.count(), 0)
+
+        code, _, err = self.cli("retry", str(flaky_id))   # already retried
+        self.assertEqual(code, 1)
+        self.assertIn("no failed job with id %d" % flaky_id, one_line(self, err))
+        self.assertEqual(self.count(), 0)
+
+        self.add_failed("other")
+        code, out, _ = self.cli("retry", "all", "--queue", "emails")
+        self.assertEqual((code, out), (0, "retried 1 failed job(s) of queue emails\n"))
+        self.assertEqual(self.db.raw("SELECT queue, attempts FROM {jobs}"), [("emails", 0)])
+        self.assertEqual(self.db.raw("SELECT queue FROM {failed}"), [("other",)])
+        code, out, _ = self.cli("retry", "all")
+        self.assertEqual((code, out), (0, "retried 1 failed job(s)\n"))
+        self.assertEqual(self.count("SELECT COUNT(*) FROM {failed}"), 0)
+        self.assertEqual(self.count(), 2)
+
+    def test_forget_and_flush(self):
+        self.db.queue()
+        old = "2000-01-01 00:00:00" if self.db.name == "sqlite" else "2000-01-01 00:00:00+00"
+        first = self.add_failed()
+        self.add_failed(failed_at=old)
+        self.add_failed()
+        code, out, _ = self.cli("forget", str(first))
+        self.assertEqual((code, out), (0, "deleted failed job %d\n" % first))
+        code, _, err = self.cli("forget", str(first))
+        self.assertEqual(code, 1)
+        self.assertIn("no failed job with id %d" % first, one_line(self, err))
+        code, out, _ = self.cli("flush", "--hours", "168")
+        self.assertEqual((code, out), (0, "deleted 1 failed job(s) older than 168 hours\n"))
+        self.assertEqual(self.count("SELECT COUNT(*) FROM {failed}"), 1)
+        code, out, _ = self.cli("flush")
+        self.assertEqual((code, out), (0, "deleted 1 failed job(s)\n"))
+        self.assertEqual(self.count("SELECT COUNT(*) FROM {failed}"), 0)
+
+    def test_clear_needs_force_without_a_terminal_and_spares_running_jobs(self):
+        q = self.db.queue()
+        q.push("t_record", {}, queue="q")
+        conn = q.connect()
+        self.assertEqual(len(q.reserve(conn, ["q"])[0]), 1)   # running: clear leaves it
+        q.push("t_record", {}, queue="q")
+        q.push("t_record", {}, queue="q", delay=600)
+        q.push("t_record", {}, queue="other")
+        with _NoTerminal():
+            code, out, err = self.cli("clear", "--queue", "q")
+        self.assertEqual((code, out), (2, ""))
+        self.assertIn("--force", one_line(self, err))
+        self.assertEqual(self.count(), 4)
+        with _NoTerminal():
+            code, out, _ = self.cli("clear", "--queue", "q", "--force")
+        self.assertEqual((code, out), (0, "deleted 2 waiting job(s) of queue q\n"))
+        self.assertEqual(sorted(self.db.raw("SELECT queue, reserved_at IS NOT NULL FROM {jobs}")),
+                         [("other", False), ("q", True)])
+        q.discard(conn)
+
+
+class OpsCommandLineTests(unittest.TestCase):
+    """Flags, help, configuration and logs: one database (SQLite) is enough."""
+
+    def setUp(self):
+        del RECORD[:]
+        self.tmp = tempfile.mkdtemp(prefix="dbqueue-ops-")
+        self.addCleanup(shutil.rmtree, self.tmp, True)
+        self.path = os.path.join(self.tmp, "q.db")
+        self.env = {"QUEUE_DATABASE_URL": "sqlite:///" + self.path}
+
+    def test_help_shows_an_example_for_every_command(self):
+        code, out, _ = run_main(["--help"])
+        self.assertEqual(code, 0)
+        self.assertIn("example:", out)
+        for command in sorted(dbqueue._COMMANDS):
+            code, out, _ = run_main([command, "--help"])
+            self.assertEqual(code, 0, command)
+            self.assertIn("example:\n  python dbqueue.py %s" % command, out)
+            self.assertIn("--env-file", out)
+            self.assertIn("--database-url", out)
+
+    def test_bad_flags_exit_2_before_touching_the_database(self):
+        cases = [
+            [], ["nosuch"], ["push"], ["work", "--max-jobs", "-1"], ["work", "--sleep", "x"],
+            ["work", "--timeout", "-3"], ["work", "--tries", "0"], ["work", "--bogus"],
+            ["work", "--queue", "a b"], ["work", "--log-format", "xml"],
+            ["work", "--backoff", "10,x"], ["stats", "--format", "xml"],
+            ["stats", "--json", "--format", "json"], ["health", "--max-age", "-1"],
+            ["health", "--max-ready", "lots"], ["health", "--max-failed", "1.5"],
+            ["failed", "--queue", "a/b"], ["retry"], ["retry", "x"], ["retry", "all", "3"],
+            ["retry", "3", "--queue", "q"], ["forget"], ["forget", "0"],
+            ["flush", "--hours", "-1"], ["flush", "--hours", "nan"], ["flush", "--hours", "inf"],
+            ["clear"], ["clear", "--queue", "bad queue"], ["clear", "--queue", "q"],
+            ["stats", "--database-url", "mysql://u:pw@host/db"],
+            ["stats", "--database-url", "ftp://u:s3cret@host/db"],
+            ["stats", "--env-file", os.path.join(self.tmp, "missing.env")],
+            ["migrate", "--bogus"], ["push", "t_record", "--dat", "{}"],
+        ]
+        for argv in cases:
+            with _NoTerminal():
+                code, out, err = run_main(argv, self.env)
+            self.assertEqual(code, 2, (argv, err))
+            self.assertEqual(out, "", argv)
+            self.assertNotIn("s3cret", err)
+            one_line(self, err)
+        code, _, err = run_main(["stats"], dict(self.env, QUEUE_MAX_ATTEMPTS="many"))
+        self.assertEqual(code, 2)
+        self.assertIn("QUEUE_MAX_ATTEMPTS", one_line(self, err))
+        self.assertFalse(os.path.exists(self.path), "a bad flag opened the database")
+        code, _, err = run_main(["work", "--max-jobs", "9" * 30, "--stop-when-empty"], self.env)
+        self.assertEqual(code, 0, err)
+
+    def test_every_command_takes_env_file_and_database_url(self):
+        argvs = [["migrate"], ["work", "--stop-when-empty"], ["push", "t_record"], ["stats"],
+                 ["health"], ["failed"], ["retry", "all"], ["forget", "1"], ["flush"],
+                 ["clear", "--queue", "q", "--force"], ["bench"]]
+        self.assertEqual(sorted(a[0] for a in argvs), sorted(dbqueue._COMMANDS))
+        missing = os.path.join(self.tmp, "missing.env")
+        for argv in argvs:
+            code, _, err = run_main(argv + ["--env-file", missing])
+            self.assertEqual(code, 2, argv)
+            self.assertIn("missing.env", one_line(self, err))
+            code, _, err = run_main(argv + ["--database-url", "mysql://u@h/d"])
+            self.assertEqual(code, 2, argv)
+            self.assertIn("MySQL", one_line(self, err))
+        env_file = os.path.join(self.tmp, "app.env")
+        with open(env_file, "w") as fh:
+            fh.write("# the app's settings\nQUEUE_DATABASE_URL=sqlite:///%s\n" % self.path)
+        code, out, _ = run_main(["push", "t_record", "--env-file", env_file])
+        self.assertEqual(code, 0)
+        stats = json.loads(run_main(["stats", "--json", "--env-file", env_file])[1])
+        self.assertEqual([(s["queue"], s["ready"]) for s in stats], [("default", 1)])
+        other = "sqlite:///" + os.path.join(self.tmp, "other.db")
+        out = run_main(["stats", "--json", "--env-file", env_file, "--database-url", other])[1]
+        self.assertEqual(json.loads(out), [])
+
+    def test_health_of_a_missing_sqlite_database_creates_nothing(self):
+        for path in (self.path, os.path.join(self.tmp, "no", "such", "dir", "q.db")):
+            code, out, err = run_main(["health", "--database-url", "sqlite:///" + path])
+            self.assertEqual(code, 1)
+            self.assertIn("does not exist", one_line(self, out))
+            self.assertEqual(err, "")
+            self.assertFalse(os.path.exists(path))
+        self.assertEqual(os.listdir(self.tmp), [])
+
+    def test_unreachable_postgresql_is_one_line_without_the_password(self):
+        import importlib.util
+        need(any(importlib.util.find_spec(d) for d in ("psycopg", "psycopg2")),
+             "no PostgreSQL driver is installed (pip install psycopg)")   # no server needed
+        port = free_port()
+        for url in ("postgresql://app:s3cret@127.0.0.1:%d/app?connect_timeout=10" % port,
+                    "postgresql://app@127.0.0.1:%d/app?password=s3cret&connect_timeout=10" % port):
+            code, out, err = run_main(["health", "--database-url", url])
+            self.assertEqual(code, 1)
+            line = one_line(self, out)
+            self.assertTrue(line.startswith("unhealthy: cannot connect"), line)
+            self.assertNotIn("s3cret", out + err)
+            code, out, err = run_main(["stats", "--database-url", url])
+            self.assertEqual((code, out), (1, ""))
+            self.assertNotIn("s3cret", one_line(self, err))
+
+    # -- worker logs -------------------------------------------------------
+
+    def push_three(self):
+        q = dbqueue.Queue(self.env["QUEUE_DATABASE_URL"])
+        self.addCleanup(q.close)
+        q.push("t_record", {"token": "SECRET-DATA"})
+        q.push("t_fail", {"n": 1, "token": "SECRET-DATA"})
+        q.push("t_permanent", {"token": "SECRET-DATA"})
+
+    def test_worker_logs_one_text_line_per_job(self):
+        self.push_three()
+        code, _, err = run_main(["work", "--stop-when-empty", "--tries", "2", "--backoff", "30"],
+                                self.env)
+        self.assertEqual(code, 0, err)
+        self.assertNotIn("SECRET-DATA", err)
+        lines = err.splitlines()
+        self.assertIn("worker starting database=sqlite:///%s queues=default tries=2 backoff=30"
+                      % self.path, lines[0])
+        self.assertEqual(sum("worker starting" in line for line in lines), 1)
+        jobs = [line for line in lines if " job " in line]
+        self.assertEqual(len(jobs), 3, err)
+        stamp = r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z INFO    job id=\d+ "
+        self.assertRegex(jobs[0], stamp + r"name=t_record queue=default attempt=1/2"
+                         r" outcome=done ms=\d+\.\d$")
+        self.assertRegex(jobs[1], stamp + r"name=t_fail queue=default attempt=1/2"
+                         r" outcome=released delay=30 ms=[\d.]+ reason=\"boom 1\"$")
+        self.assertRegex(jobs[2], stamp + r"name=t_permanent queue=default attempt=1/2"
+                         r" outcome=failed ms=[\d.]+ reason=\"this cannot work\"$")
+
+    def test_worker_logs_json_and_levels(self):
+        self.push_three()
+        code, _, err = run_main(["work", "--stop-when-empty", "--log-format", "json", "-v"],
+                                self.env)
+        self.assertEqual(code, 0, err)
+        self.assertNotIn("SECRET-DATA", err)
+        records = [json.loads(line) for line in err.splitlines()]
+        self.assertEqual(records[0]["message"], "worker starting")
+        self.assertEqual(records[0]["database"], "sqlite:///" + self.path)
+        self.assertIn("handlers registered", [r["message"] for r in records])   # -v: debug
+        jobs = [r for r in records if r["message"] == "job"]
+        self.assertEqual([(r["name"], r["outcome"]) for r in jobs],
+                         [("t_record", "done"), ("t_fail", "released"),
+                          ("t_permanent", "failed")])
+        for record in jobs:
+            self.assertEqual(record["level"], "info")
+            self.assertIsInstance(record["ms"], float)
+            self.assertIsInstance(record["id"], int)
+            self.assertRegex(record["time"], r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
+        self.assertNotIn("delay", jobs[0])
+        self.assertEqual(jobs[1]["delay"], 10)
+        dbqueue.Queue(self.env["QUEUE_DATABASE_URL"]).push("t_record", {})
+        code, _, err = run_main(["work", "--stop-when-empty", "-q"], self.env)
+        self.assertEqual(code, 0)
+        self.assertEqual(err, "")        # -q: warnings and errors only
+        self.assertEqual(len(RECORD), 2)
+
+    def test_worker_startup_line_masks_the_password(self):
+        need(pg_available("psycopg") is None, pg_available("psycopg") or "")
+        db = PsycopgBackend(self)
+        url = db.url + ("&" if "?" in db.url else "?") + "password=s3cret"
+        env = db.env(QUEUE_DATABASE_URL=url)
+        self.assertEqual(run_main(["migrate"], env)[0], 0)
+        code, _, err = run_main(["work", "--stop-when-empty"], env)
+        self.assertEqual(code, 0, err)
+        self.assertNotIn("s3cret", err)
+        self.assertIn("password=***", err.splitlines()[0])
+
+    def test_interactive_clear_asks_on_the_terminal(self):
+        import pty
+        q = dbqueue.Queue(self.env["QUEUE_DATABASE_URL"])
+        self.addCleanup(q.close)
+        q.push("t_record", {})
+        q.push("t_record", {})
+        env = dict(os.environ, **self.env)
+        for answer, code, words, left in (("n\n", 1, "nothing deleted", 2),
+                                          ("y\n", 0, "deleted 2 waiting job(s)", 0)):
+            master, slave = pty.openpty()
+            proc = subprocess.Popen([sys.executable, os.path.join(HERE, "dbqueue.py"), "clear",
+                                     "--queue", "default"], stdin=slave, stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, env=env, cwd=self.tmp)
+            self.addCleanup(proc.kill)
+            os.close(slave)
+            os.write(master, answer.encode())
+            try:
+                out, err = proc.communicate(timeout=30)
+            finally:
+                os.close(master)
+            self.assertEqual(proc.returncode, code, err)
+            self.assertIn(b"Delete the 2 waiting job(s) of queue default? [y/N]", err)
+            self.assertIn(words.encode(), out)
+            self.assertEqual(sum(s["ready"] for s in q.stats()), left)
+
+
+class OpsHelperTests(unittest.TestCase):
+
+    def test_error_line_names_the_exception(self):
+        text = 'Traceback (most recent call last):\n  File "x", line 1\nValueError: bad\n'
+        self.assertEqual(dbqueue._error_line(text), "ValueError: bad")
+        self.assertEqual(dbqueue._error_line("SMTP refused\n#0 stack"), "SMTP refused")
+        self.assertEqual(dbqueue._error_line(""), "")
+
+    def test_durations_and_masks(self):
+        self.assertEqual([dbqueue._duration(s) for s in (None, 5, 125, 7260, 190000)],
+                         [None, "5s", "2m05s", "2h01m", "2d04h"])
+        self.assertEqual(dbqueue._mask_url("postgresql://u:pw@h/d?sslmode=require&password=x"),
+                         "postgresql://u:***@h/d?sslmode=require&password=***")
+        self.assertEqual(dbqueue._prom_label('a"b\\c\nd'), 'a\\"b\\\\c\\nd')
+
 
 # -- operations tests end here --
 
