@@ -80,10 +80,11 @@ class _Pattern:
     def __init__(self, source):
         self.source = source
 
-    def __getattr__(self, attr):
-        compiled = re.compile(self.source)
-        self.__dict__.update(match=compiled.match, sub=compiled.sub, findall=compiled.findall)
-        return getattr(compiled, attr)
+    def __getattr__(self, attr):      # called once per method: then it is an attribute
+        compiled = self.__dict__.get("_compiled") or re.compile(self.source)
+        self.__dict__["_compiled"] = compiled
+        value = self.__dict__[attr] = getattr(compiled, attr)
+        return value
 
 
 json = _Lazy("json")
@@ -1855,11 +1856,11 @@ class _Heartbeat(threading.Thread):
 
 _EMAIL_QUEUE = "emails"
 _SEED_NAMESPACE = "App\\Libraries\\Queue\\Jobs\\"
-_TEMPLATE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_-]{0,99}$")
-_HEADER_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9-]{0,75}$")
-_ADDR_SPEC = re.compile(r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@"
-                        r"[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$")
-_HTML_TAG = re.compile(r"<\s*[A-Za-z!/]")
+_TEMPLATE_NAME = _Pattern(r"^[A-Za-z0-9_][A-Za-z0-9_-]{0,99}$")
+_HEADER_NAME = _Pattern(r"^[A-Za-z][A-Za-z0-9-]{0,75}$")
+_ADDR_SPEC = _Pattern(r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@"
+                      r"[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$")
+_HTML_TAG = _Pattern(r"<\s*[A-Za-z!/]")
 # Headers dbqueue writes itself, or that would change who receives the mail:
 # `headers` may not set them (use the fields of the same name).
 _OWN_HEADERS = frozenset(h.lower() for h in (
