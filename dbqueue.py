@@ -499,6 +499,13 @@ class _SQLite(_Dialect):
                     " ORDER BY available_at, id LIMIT :limit")
     claim_update = ("UPDATE {jobs} SET reserved_at = :now, attempts = attempts + 1"
                     " WHERE id = :id AND reserved_at IS NULL")
+    # A batch of (id, attempts) tokens in one statement (3.35+, for RETURNING).
+    # `id IN (...)` is what lets SQLite find the rows by primary key: the row
+    # values alone, `(id, attempts) IN (VALUES ...)`, plan as a table scan.
+    ack_many = ("DELETE FROM {jobs} WHERE id IN ({ids}) AND reserved_at IS NOT NULL"
+                " AND (id, attempts) IN (VALUES {pairs}) RETURNING id")
+    touch_many = ("UPDATE {jobs} SET reserved_at = :now WHERE id IN ({ids})"
+                  " AND reserved_at IS NOT NULL AND (id, attempts) IN (VALUES {pairs}) RETURNING id")
     driver_errors = ()
 
     @staticmethod
@@ -993,12 +1000,37 @@ class Queue:
                          attempts=[t[1] for t in tokens])
             done = {row[0] for row in cur.fetchall()}
             return [t for t in tokens if t[0] not in done]
+        if self._returning and len(tokens) > 1:
+            # One statement per 200 tokens instead of one per job: most of
+            # what acknowledging a batch of fast jobs costs.
+            now = self.now()
+            done = set()
+            for start in range(0, len(tokens), 200):
+                chunk = tokens[start:start + 200]
+                text, names = self._many_sql(key, len(chunk))
+                args = [now] if names else []
+                args += [t[0] for t in chunk]
+                for token in chunk:
+                    args += token
+                cur.execute(text, args)
+                done.update(row[0] for row in cur.fetchall())
+            return [t for t in tokens if t[0] not in done]
         lost = []
         for token in tokens:
             self.execute(cur, key, id=token[0], attempts=token[1])
             if cur.rowcount != 1:
                 lost.append(token)
         return lost
+
+    def _many_sql(self, key, count):
+        """SQLite: the ack_many or touch_many statement for `count` tokens."""
+        prepared = self._sql.get((key, count))
+        if prepared is None:
+            prepared = self._sql[(key, count)] = self.dialect.prepare(
+                getattr(self.dialect, key + "_many"), self.config.table,
+                self.config.failed_table, ids=", ".join(["?"] * count),
+                pairs=", ".join(["(?, ?)"] * count))
+        return prepared
 
     def ack(self, conn, tokens):
         """Delete finished jobs named by (id, attempts) tokens; returns the lost ones."""
@@ -1374,6 +1406,7 @@ class Worker:
         self._heart = None
         self._locked_since = None
         self._last_rescue = 0.0
+        self._settings_cache = {}  # job name -> (registry entry, settings) for plain payloads
         self._main_thread = False
 
     # -- control ---------------------------------------------------------
@@ -1578,6 +1611,20 @@ class Worker:
         """(max tries, backoff list, timeout) for a job: payload over handler over worker."""
         entry = _registry.get(job.name)
         payload = job.payload or {}
+        if (payload.get("maxTries") is None and payload.get("backoff") is None
+                and payload.get("timeout") is None):
+            # The common case: the handler's or the worker's settings, which
+            # are the same for every job of a name (until it is registered anew).
+            cached = self._settings_cache.get(job.name)
+            if cached is not None and cached[0] is entry:
+                return cached[1]
+            settings = self._resolve_settings(entry, payload)
+            if len(self._settings_cache) < 1000:
+                self._settings_cache[job.name] = (entry, settings)
+            return settings
+        return self._resolve_settings(entry, payload)
+
+    def _resolve_settings(self, entry, payload):
         tries = payload.get("maxTries") or (entry and entry[1]) or self.tries
         backoff = payload.get("backoff") or (entry and entry[2])
         timeout = payload.get("timeout")
@@ -1641,7 +1688,11 @@ class Worker:
         if outcome is None:
             with self._lock:
                 self._acks.append(job.token)
-            if elapsed >= self.ack_delay_seconds or not self._held:
+            # A fast job's ack waits for the next claim, also when this was the
+            # batch's last job: that claim's transaction commits it whether or
+            # not it finds more work, and leaving the loop flushes it too
+            # (_shutdown). One commit per batch instead of two.
+            if elapsed >= self.ack_delay_seconds:
                 self._flush_acks()
             self._log_job(job, "done", elapsed, tries)
             return

@@ -1509,6 +1509,25 @@ class SpeedTests:
         self.assertEqual(sorted(started), list(range(20)))
         self.assertEqual(self.db.raw("SELECT COUNT(*) FROM {jobs}")[0][0], 0)
 
+    def test_batched_ack_and_touch_check_every_token(self):
+        clock = Clock()
+        q = self.db.queue(clock=clock)
+        q.push_many("t_record", [{"i": i} for i in range(5)])
+        conn = q.connect()
+        jobs, _ = q.reserve(conn, ["default"], limit=5)
+        tokens = [j.token for j in jobs]
+        self.assertEqual(len(tokens), 5)
+        # job 2 was taken over by another worker (new attempt); job 4 given back
+        self.db.raw("UPDATE {jobs} SET attempts = attempts + 1 WHERE id = %d" % tokens[2][0])
+        self.db.raw("UPDATE {jobs} SET reserved_at = NULL WHERE id = %d" % tokens[4][0])
+        clock.advance(7)
+        self.assertEqual(q.touch(conn, tokens), [tokens[2], tokens[4]])
+        touched = self.db.raw("SELECT id FROM {jobs} WHERE reserved_at = %d ORDER BY id" % clock.now)
+        self.assertEqual([r[0] for r in touched], [t[0] for t in tokens[:2]] + [tokens[3][0]])
+        self.assertEqual(q.ack(conn, tokens), [tokens[2], tokens[4]])
+        left = self.db.raw("SELECT id FROM {jobs} ORDER BY id")
+        self.assertEqual([r[0] for r in left], [tokens[2][0], tokens[4][0]])
+
     def test_once_handles_one_job_when_many_are_ready(self):
         q = self.db.queue()
         q.push_many("t_record", [{"i": i} for i in range(10)])
