@@ -2842,14 +2842,14 @@ def _bench(args, config):
             " created_at) VALUES ('bench', :payload, 0, NULL, :now, :now)", floor_table)[0]
         floor_s = push_s = 0.0
         stamp = int(time.time())
-        for start in range(0, n, 250):
+        for start in range(0, n, 100):
             _bench_progress("W1 push, one commit each: %d/%d" % (start, n))
             fcur = floor_conn.cursor()
             t0 = time.perf_counter()
-            for text in texts[start:start + 250]:
+            for text in texts[start:start + 100]:
                 fcur.execute(floor_sql, (text, stamp, stamp))
             t1 = time.perf_counter()
-            for data in datas[start:start + 250]:
+            for data in datas[start:start + 100]:
                 queue.push(_BENCH_JOB, data, queue="bench")
             t2 = time.perf_counter()
             fcur.close()
