@@ -2770,6 +2770,7 @@ def _percentile(values, p):
 def _bench(args, config):
     import copy
     import random
+    import select
     import shutil
     import tempfile
     n, k = args.jobs, args.workers
@@ -2903,6 +2904,9 @@ def _bench(args, config):
                 time.sleep(rng.uniform(0.02, 0.06))
                 sent = time.time()
                 queue.push(_BENCH_JOB, {"probe": i}, queue="bench")
+                if not select.select([reader], [], [], 30)[0]:
+                    raise QueueError("bench: no job started within 30 s of its push: %s"
+                                     % procs.log_tail())
                 line = reader.readline()
                 if not line:
                     raise QueueError("bench: the latency worker stopped: %s" % procs.log_tail())
