@@ -704,6 +704,13 @@ class Queue:
         self._schema_ready = False
         self._returning = self.dialect.has_returning()
         self._queues_seen = set()     # names push() has validated already
+        # Table names go into SQL as quoted identifiers: check them now, not at the
+        # first query. The jobs table's index names add up to 9 characters and
+        # PostgreSQL keeps 63, so the name itself may have 54.
+        _quote(self.config.failed_table)
+        if len(_quote(self.config.table)) - 2 > 54:
+            raise ConfigError("QUEUE_TABLE=%s is too long: at most 54 characters (index names"
+                              " add _reserved to it)" % self.config.table)
 
     @classmethod
     def from_env(cls, environ=None, env_file=None, **kwargs):
@@ -937,6 +944,16 @@ class Queue:
         for payload in payloads:
             params["payload"] = payload
             rows.append([params[n] for n in names])
+        conn = cur.connection
+        if not conn.in_transaction and (conn.isolation_level is None
+                                        or getattr(conn, "autocommit", None) is True):
+            # The caller's connection is in autocommit mode: each row commits on
+            # its own and another writer may take the ids between two, so ask
+            # for each row's id.
+            ids = []
+            for row in rows:
+                ids.append(cur.execute(text, row).lastrowid)
+            return ids
         cur.executemany(text, rows)
         # AUTOINCREMENT ids inside one write transaction are consecutive.
         last = cur.execute("SELECT last_insert_rowid()").fetchone()[0]
@@ -1402,6 +1419,7 @@ class Worker:
         self._lock = threading.Lock()
         self._avg = None          # moving average of handler seconds
         self._timed_out = False
+        self._aborting = False    # a second SIGINT is stopping the running handler
         self._hard_deadline = None
         self._heart = None
         self._locked_since = None
@@ -1421,6 +1439,7 @@ class Worker:
             self._sigints += 1
         if self._sigints >= 2 and self._running is not None:
             self.log.warning("second interrupt: stopping the job now", job=self._running.id)
+            self._aborting = True
             self._hard_deadline = time.monotonic() + 2.0
             raise _Abort()
         if not self._stop:
@@ -1478,6 +1497,11 @@ class Worker:
                     break
         except _Abort:
             pass
+        except DatabaseError as exc:
+            # Asked to stop while the database is away and nothing is held:
+            # there is nothing to lose, so this is a clean stop, not a failure.
+            if not self._stop or isinstance(exc, MissingTableError):
+                raise
         finally:
             self._shutdown()
             if self._main_thread:
@@ -1683,6 +1707,15 @@ class Worker:
             outcome = ("retry", exc)
         finally:
             self._hard_deadline = None
+            if self._running is not None:
+                # The alarm (or a second SIGINT) landed after the handler returned,
+                # inside the cleanup above, and cut it short: finish it here, or
+                # the timer, the heartbeat and current_job() would all see a job
+                # that is over.
+                if timeout and self._main_thread:
+                    signal.setitimer(signal.ITIMER_REAL, 0)
+                self._running = None
+                _current.job = None
         elapsed = time.monotonic() - job.started
         self._avg = elapsed if self._avg is None else self._avg * 0.8 + elapsed * 0.2
         if outcome is None:
@@ -1730,7 +1763,9 @@ class Worker:
     # -- the database connection -------------------------------------------
 
     def _connect_with_backoff(self):
-        self._db(lambda c: None)
+        # Waits for a database that is not up yet (a worker started before its
+        # server); missing tables are not waited for: they need `migrate`.
+        self._db(self.queue.check)
 
     def _db(self, action):
         """Run action(conn), reconnecting with backoff while the database is away.
@@ -1830,6 +1865,7 @@ class _Heartbeat(threading.Thread):
         self.interval = max(worker.queue.config.retry_after / 3.0, 0.2)
         self._done = threading.Event()
         self._conn = None
+        self._failing = False
 
     def stop(self):
         self._done.set()
@@ -1851,21 +1887,46 @@ class _Heartbeat(threading.Thread):
                 if tokens:
                     self._touch(tokens)
 
+    def _with_conn(self, action):
+        """action(conn) on the heartbeat's connection; a connection that died while
+        idle (killed, restarted server) is replaced and the action tried once more."""
+        for last in (False, True):
+            if self._conn is None:
+                self._conn = self.worker.queue.connect()
+            try:
+                return action(self._conn)
+            except QueueError:
+                self.worker.queue.discard(self._conn)
+                self._conn = None
+                if last:
+                    raise
+
     def _touch(self, tokens):
         worker = self.worker
         try:
-            if self._conn is None:
-                self._conn = worker.queue.connect()
-            lost = worker.queue.touch(self._conn, tokens)
+            lost = self._with_conn(lambda c: worker.queue.touch(c, tokens))
         except QueueError as exc:
-            worker.log.warning("heartbeat failed; retrying", error=_first_line(exc))
-            if self._conn is not None:
-                worker.queue.discard(self._conn)
-                self._conn = None
+            # The main loop reports the outage too; say it once per outage here.
+            if not self._failing:
+                worker.log.warning("heartbeat failed; retrying", error=_first_line(exc))
+            self._failing = True
             return
+        if self._failing:
+            worker.log.info("heartbeat working again")
+        self._failing = False
+        # A job the worker finished while the touch ran (acknowledged, released
+        # or failed) is gone for a good reason, and a refused acknowledgement is
+        # reported where it happens. Only a job still waiting or running here
+        # was taken over by someone else.
+        with worker._lock:
+            still = {j.token for j in worker._held}
+        running = worker._running
+        if running is not None:
+            still.add(running.token)
         for token in lost:
-            worker.log.warning("reservation lost while held (expired and taken over?)",
-                               job=token[0], attempt=token[1])
+            if token in still:
+                worker.log.warning("reservation lost while held (expired and taken over?)",
+                                   job=token[0], attempt=token[1])
 
     def _hard_exit(self):
         """The handler ignored its interruption: record the attempt and end the process."""
@@ -1874,21 +1935,25 @@ class _Heartbeat(threading.Thread):
         worker.log.error("handler did not stop after its timeout or interrupt; recording the"
                          " attempt and exiting so that the supervisor restarts the worker",
                          job=getattr(running, "id", None))
-        try:
-            if self._conn is None:
-                self._conn = worker.queue.connect()
-            if running is not None:
+        def record(conn):
+            if running is not None and worker._aborting:
+                # A second SIGINT: give the job back as the graceful path does.
+                worker.queue.release(conn, running.token, 0, True)
+            elif running is not None:
                 tries, backoff, _ = worker._settings(running)
                 if running.attempts >= tries:
-                    worker.queue.fail(self._conn, running.token, running.uuid or _uuid4(),
+                    worker.queue.fail(conn, running.token, running.uuid or _uuid4(),
                                       "JobTimeout: the handler did not stop after its timeout")
                 else:
                     delay = backoff[min(running.attempts - 1, len(backoff) - 1)]
-                    worker.queue.release(self._conn, running.token, delay)
+                    worker.queue.release(conn, running.token, delay)
             if worker._acks:
-                worker.queue.ack(self._conn, list(worker._acks))
+                worker.queue.ack(conn, list(worker._acks))
             for held in list(worker._held):
-                worker.queue.release(self._conn, held.token, 0, True)
+                worker.queue.release(conn, held.token, 0, True)
+
+        try:
+            self._with_conn(record)
         except Exception as exc:
             worker.log.error("could not record the attempt", error=_first_line(exc))
         os._exit(1)
@@ -3211,8 +3276,6 @@ def _cmd_work(args, config):
              pid=os.getpid(), version=__version__)
     log.debug("handlers registered", jobs=",".join(sorted(_registry)) or "(none)")
     try:
-        if queue.dialect is _Postgres:
-            queue.check()
         worker.run(once=args.once, max_jobs=args.max_jobs, max_time=args.max_time,
                    stop_when_empty=args.stop_when_empty)
     finally:
