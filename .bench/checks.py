@@ -192,6 +192,14 @@ def checks(backend, tmp):
                                                      if backend != "sqlite" else ""))
         say(plans)
         say("  sorts or scans of the backlog: %s" % ("; ".join(bad) if bad else "none"))
+        if backend != "sqlite":
+            cur = b.q._conn().cursor()
+            cur.execute('ANALYZE "%s"' % b.config.table)
+            cur.close()
+            plans, bad = b.explain()
+            say("  the same after ANALYZE: sorts or scans of the backlog: %s"
+                % ("; ".join(bad) if bad else "none"))
+            say("\n".join(line for line in plans.splitlines() if "Scan" in line or ":" in line[:14]))
     finally:
         b.close()
     say()
