@@ -2137,6 +2137,183 @@ class OpsHelperTests(unittest.TestCase):
 
 
 ###############################################################################
+# Speed (issue 5) #############################################################
+###############################################################################
+
+# The batching that makes the worker fast must not weaken a guarantee: a
+# prefetched batch survives a crash, the heartbeat keeps it alive, and --once
+# still means one job. No timings are asserted here; .bench/ measures speed.
+
+_BATCH_WORKER = """
+import os, sys, time
+sys.path.insert(0, sys.argv[1])
+import dbqueue
+
+@dbqueue.job("t_batch")
+def _t_batch(data):
+    if data["i"] >= 5:             # the first five are fast: the next claim is a batch
+        open(sys.argv[2], "w").close()
+        time.sleep(600)
+
+dbqueue.Worker(dbqueue.Queue.from_env(), ["default"], log=dbqueue._Log(stream=sys.stdout)).run()
+"""
+
+
+@dbqueue.job("t_batch")
+def _t_batch_record(data):
+    RECORD.append(data)
+
+
+@on_every_backend
+class SpeedTests:
+
+    def setUp(self):
+        del RECORD[:]
+
+    def reserved(self):
+        return self.db.raw("SELECT id, attempts, reserved_at FROM {jobs}"
+                           " WHERE reserved_at IS NOT NULL ORDER BY id")
+
+    def test_killed_worker_loses_no_prefetched_job(self):
+        q = self.db.queue()
+        q.push_many("t_batch", [{"i": i} for i in range(20)])
+        marker = os.path.join(self.db.tmp, "blocked")
+        env = dict(os.environ, **self.db.env())
+        proc = subprocess.Popen([sys.executable, "-c", _BATCH_WORKER, HERE, marker], env=env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.addCleanup(lambda: proc.poll() is None and (proc.kill(), proc.wait()))
+        wait_for(lambda: os.path.exists(marker), 30, message="the worker to block on job 5")
+        held = self.reserved()
+        self.assertGreater(len(held), 1, "the worker should hold a prefetched batch")
+        # attempts are counted when a job is reserved, prefetched ones included
+        self.assertEqual({row[1] for row in held}, {1})
+        proc.kill()
+        proc.wait()
+        # retry_after later (by the queue's clock) another worker takes them all back
+        clock = Clock(int(time.time()) + q.config.retry_after + 5)
+        q2 = self.db.queue(clock=clock)
+        dbqueue.Worker(q2, ["default"], log=quiet_log()).run(stop_when_empty=True)
+        # 5..19 were held (running or prefetched); jobs before 5 may run again
+        # too when their acknowledgement was still riding with the next claim
+        # (at least once), but none is lost
+        handled = sorted(d["i"] for d in RECORD)
+        self.assertEqual(handled, sorted(set(handled)))
+        self.assertTrue(set(range(5, 20)) <= set(handled), handled)
+        self.assertEqual(self.db.raw("SELECT COUNT(*) FROM {jobs}")[0][0], 0)
+        self.assertEqual(q2.failed(), [])
+
+    def test_heartbeat_covers_prefetched_jobs(self):
+        q = self.db.queue(retry_after=1)   # heartbeat every 1/3 s
+        q.push_many("t_gate", [{"i": i} for i in range(20)])
+        gate = threading.Event()
+        started = []
+
+        @dbqueue.job("t_gate")
+        def _gate(data):
+            started.append(data["i"])
+            if data["i"] >= 5:
+                gate.wait(30)
+
+        self.addCleanup(dbqueue._registry.pop, "t_gate", None)
+        w = dbqueue.Worker(q, ["default"], log=quiet_log())
+        thread = threading.Thread(target=w.run, kwargs={"stop_when_empty": True})
+        thread.start()
+        self.addCleanup(thread.join, 30)
+        self.addCleanup(gate.set)
+        wait_for(lambda: 5 in started, 30, message="job 5 to start")
+        held = self.reserved()
+        self.assertGreater(len(held), 1, "the worker should hold a prefetched batch")
+        first = max(row[2] for row in held)
+        # every held row, not only the running one, gets a newer reserved_at
+        wait_for(lambda: all(row[2] > first for row in self.reserved()), 15,
+                 message="the heartbeat to touch every held job")
+        self.assertEqual(len(self.reserved()), len(held))
+        gate.set()
+        thread.join(30)
+        self.assertEqual(sorted(started), list(range(20)))
+        self.assertEqual(self.db.raw("SELECT COUNT(*) FROM {jobs}")[0][0], 0)
+
+    def test_batched_ack_and_touch_check_every_token(self):
+        clock = Clock()
+        q = self.db.queue(clock=clock)
+        q.push_many("t_record", [{"i": i} for i in range(5)])
+        conn = q.connect()
+        jobs, _ = q.reserve(conn, ["default"], limit=5)
+        tokens = [j.token for j in jobs]
+        self.assertEqual(len(tokens), 5)
+        # job 2 was taken over by another worker (new attempt); job 4 given back
+        self.db.raw("UPDATE {jobs} SET attempts = attempts + 1 WHERE id = %d" % tokens[2][0])
+        self.db.raw("UPDATE {jobs} SET reserved_at = NULL WHERE id = %d" % tokens[4][0])
+        clock.advance(7)
+        self.assertEqual(q.touch(conn, tokens), [tokens[2], tokens[4]])
+        touched = self.db.raw("SELECT id FROM {jobs} WHERE reserved_at = %d ORDER BY id" % clock.now)
+        self.assertEqual([r[0] for r in touched], [t[0] for t in tokens[:2]] + [tokens[3][0]])
+        self.assertEqual(q.ack(conn, tokens), [tokens[2], tokens[4]])
+        left = self.db.raw("SELECT id FROM {jobs} ORDER BY id")
+        self.assertEqual([r[0] for r in left], [tokens[2][0], tokens[4][0]])
+
+    def test_once_handles_one_job_when_many_are_ready(self):
+        q = self.db.queue()
+        q.push_many("t_record", [{"i": i} for i in range(10)])
+        w = dbqueue.Worker(q, ["default"], log=quiet_log())
+        self.assertEqual(w.run(max_jobs=3), 3)          # warm: the worker now batches
+        w.run(once=True)
+        self.assertEqual(w.processed, 4)
+        code, out, err = run_main(["work", "--once", "-q"], self.db.env())
+        self.assertEqual(code, 0, err)
+        self.assertEqual([d["i"] for d in RECORD], [0, 1, 2, 3, 4])
+        rows = self.db.raw("SELECT attempts, reserved_at FROM {jobs}")
+        self.assertEqual(len(rows), 5)
+        # nothing was reserved ahead and left with a used-up attempt
+        self.assertEqual(set(rows), {(0, None)})
+
+    def test_bench_command_on_own_tables(self):
+        q = self.db.queue()
+        q.push("t_record", {"keep": True})
+        code, out, err = run_main(["bench", "--jobs", "20", "--workers", "2"], self.db.env())
+        self.assertEqual(code, 0, err)
+        for label in ("floor", "W1", "W2", "W3", "W4"):
+            self.assertRegex(out, r"(?m)^%s\s+\S.*\s\d+\s+\d+\.\d+\s+\d+" % label)
+        self.assertRegex(out, r"latency push\(\) -> handler start.*p50 [\d.]+ ms, p95 [\d.]+ ms,"
+                              r" p99 [\d.]+ ms")
+        self.assertIn("tables of its own, dropped afterwards", out)
+        self.assertIn("bench: W3", err)           # the progress line
+        # the user's jobs are untouched and no bench table is left behind
+        self.assertEqual(self.db.raw("SELECT COUNT(*) FROM {jobs}")[0][0], 1)
+        if self.db.name == "sqlite":
+            tables = self.db.raw("SELECT name FROM sqlite_master WHERE name LIKE 'dbqueue_bench%'")
+        else:
+            tables = self.db.raw("SELECT tablename FROM pg_tables WHERE tablename LIKE"
+                                 " 'dbqueue_bench%%' AND tablename LIKE %s",
+                                 ("%%_%d%%" % os.getpid(),))
+            tables += self.db.raw("SELECT tbl FROM dbqueue_migrations WHERE tbl LIKE"
+                                  " 'dbqueue_bench_%d'" % os.getpid())
+        self.assertEqual(tables, [])
+
+
+class SpeedDefaultDatabaseTests(unittest.TestCase):
+
+    def test_bench_never_touches_the_default_sqlite_database(self):
+        code, out, err = run_main(["bench", "--jobs", "10", "--workers", "1"], {})
+        self.assertEqual(code, 0, err)
+        self.assertIn("a temporary file", out)
+        self.assertIn("not your database", out)
+        self.assertIn("synchronous=FULL", out)
+
+    def test_import_leaves_json_and_re_for_later(self):
+        # what `import dbqueue` costs a web app at start-up (see .bench/checks.py)
+        code = ("import sys; sys.path.insert(0, %r); import dbqueue;"
+                " print(' '.join(m for m in ('json', 're', 'sqlite3', 'argparse', 'email')"
+                " if m in sys.modules))" % HERE)
+        out = subprocess.run([sys.executable, "-S", "-c", code], stdout=subprocess.PIPE,
+                             universal_newlines=True, check=True).stdout
+        self.assertEqual(out.split(), [])
+
+
+# -- speed tests end here --
+
+
+###############################################################################
 # Faults (issue 6) ############################################################
 ###############################################################################
 
