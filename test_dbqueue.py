@@ -3194,9 +3194,12 @@ class PropertyTests:
     def setUp(self):
         del RECORD[:]
         try:
-            import hypothesis  # noqa: F401
+            from hypothesis import configuration
         except ImportError:
             need(False, "hypothesis is not installed (pip install hypothesis)")
+        # hypothesis caches (a Unicode table, even with database=None) under
+        # ./.hypothesis: keep that out of the repository.
+        configuration.set_hypothesis_home_dir(self.db.tmp)
 
     def insert(self, payload, queue="default"):
         HostileInputTests.insert(self, payload, queue)
