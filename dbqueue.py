@@ -96,8 +96,9 @@ re = _Lazy("re")
 ###############################################################################
 
 _DEFAULT_URL = "sqlite:///dbqueue.sqlite3"
-_IDENT = _Pattern(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
-_QUEUE_NAME = _Pattern(r"^[A-Za-z0-9_.:\-]{1,100}$")
+# \Z, not $: "$" also matches before a final newline ("emails\n" would pass).
+_IDENT = _Pattern(r"^[A-Za-z_][A-Za-z0-9_]{0,62}\Z")
+_QUEUE_NAME = _Pattern(r"^[A-Za-z0-9_.:\-]{1,100}\Z")
 
 
 def _read_env_file(path, required):
@@ -139,8 +140,31 @@ def _mask_url(url):
     libpq also takes the password as a query parameter (?password=..., and
     sslpassword=... for a client key): both are masked.
     """
-    masked = re.sub(r"(://[^/:@]*:)[^@/]*@", r"\1***@", url or "")
-    return re.sub(r"([?&](?:ssl)?password=)[^&#]*", r"\1***", masked, flags=re.IGNORECASE)
+    # Up to the first "@", even across a "/": a password with an unencoded
+    # slash must not leave the whole URL in the clear.
+    masked = re.sub(r"(://[^/:@]*:)[^@]*@", r"\1***@", url or "")
+    masked = re.sub(r"(\b(?:ssl)?password\s*=\s*)[^&#\s]*", r"\1***", masked, flags=re.IGNORECASE)
+    return masked
+
+
+def _without_password(text, url):
+    """`text` (a driver's message) without the password of `url`, raw or decoded.
+
+    libpq quotes parts of a URL it cannot parse, a bad %-escape in the password
+    included, so masking the URL alone is not enough.
+    """
+    match = re.search(r"://[^/:@]*:([^@]*)@", url or "")
+    secrets = []
+    if match and match.group(1):
+        from urllib.parse import unquote
+        secrets = [match.group(1), unquote(match.group(1))]
+    match = re.search(r"\b(?:ssl)?password\s*=\s*([^&#\s]+)", url or "", re.IGNORECASE)
+    if match:
+        secrets.append(match.group(1))
+    for secret in sorted(set(secrets), key=len, reverse=True):
+        if len(secret) >= 1:
+            text = text.replace(secret, "***")
+    return _mask_url(text)
 
 
 class Config:
@@ -204,10 +228,12 @@ class Config:
                 " (set QUEUE_DRIVER=database or remove it)" % driver)
         c.database_url = get("QUEUE_DATABASE_URL") or get("DATABASE_URL") or _DEFAULT_URL
         _parse_url(c.database_url)  # an unknown scheme is a configuration error now
-        c.max_attempts = _int_setting("QUEUE_MAX_ATTEMPTS", get("QUEUE_MAX_ATTEMPTS", "3"), 1)
-        c.retry_after = _int_setting("QUEUE_RETRY_AFTER", get("QUEUE_RETRY_AFTER", "90"), 1)
+        c.max_attempts = _int_setting("QUEUE_MAX_ATTEMPTS", get("QUEUE_MAX_ATTEMPTS", "3"), 1,
+                                      _MAX_TRIES)
+        c.retry_after = _int_setting("QUEUE_RETRY_AFTER", get("QUEUE_RETRY_AFTER", "90"), 1,
+                                     _MAX_SECONDS)
         c.backoff = _backoff_setting("QUEUE_BACKOFF", get("QUEUE_BACKOFF", "10,60,300"))
-        c.timeout = _int_setting("QUEUE_TIMEOUT", get("QUEUE_TIMEOUT", "60"), 0)
+        c.timeout = _int_setting("QUEUE_TIMEOUT", get("QUEUE_TIMEOUT", "60"), 0, _MAX_SECONDS)
         c.table = _ident_setting("QUEUE_TABLE", get("QUEUE_TABLE", "jobs"))
         c.failed_table = _ident_setting("QUEUE_FAILED_TABLE", get("QUEUE_FAILED_TABLE", "failed_jobs"))
         c.mail_mailer = _choice_setting("MAIL_MAILER", get("MAIL_MAILER", "smtp").lower(), ("smtp", "log"))
@@ -248,6 +274,12 @@ def _float_setting(name, value, minimum):
     return number
 
 
+# Upper bounds for seconds and attempts: a value past them is a mistake, and
+# would overflow the database's integers after the job had already run.
+_MAX_SECONDS = 10 * 365 * 24 * 3600
+_MAX_TRIES = 1000000
+
+
 def _backoff_setting(name, value):
     if isinstance(value, int) and not isinstance(value, bool):
         value = str(value)
@@ -260,8 +292,9 @@ def _backoff_setting(name, value):
         delays = [int(p) for p in parts]
     except ValueError:
         raise ConfigError("%s=%s must be seconds separated by commas, such as 10,60,300" % (name, value))
-    if not delays or any(d < 0 for d in delays):
-        raise ConfigError("%s=%s must be seconds >= 0 separated by commas" % (name, value))
+    if not delays or any(d < 0 or d > _MAX_SECONDS for d in delays):
+        raise ConfigError("%s=%s must be seconds from 0 to %d separated by commas"
+                          % (name, value, _MAX_SECONDS))
     return delays
 
 
@@ -297,6 +330,11 @@ def _queue_name(name):
 def _parse_url(url):
     """(dialect class, target, driver name) for a database URL; ConfigError if unknown."""
     if "://" not in url:
+        if "=" in url or url != url.strip() or not url:
+            # A libpq keyword string ("dbname=app password=…") is not a file
+            # name: treating it as one would create a stray SQLite database.
+            raise ConfigError("QUEUE_DATABASE_URL must be a URL (sqlite:///path.db or"
+                              " postgresql://user@host/db), not %r" % _mask_url(url))
         # A bare path is a SQLite file: friendly for scripts and tests.
         return _SQLite, url, None
     scheme, _, rest = url.partition("://")
@@ -635,9 +673,13 @@ class _Postgres(_Dialect):
             else:
                 conn = module.connect(target, autocommit=True)
         except module.Error as exc:
-            raise DatabaseError("cannot connect to %s: %s"
-                                % (_mask_url(target), _first_line(exc)))
-        return conn
+            # Raised outside the except block: the driver's own exception,
+            # which may quote the password, is not chained into tracebacks.
+            error = DatabaseError("cannot connect to %s: %s"
+                                  % (_mask_url(target), _without_password(_first_line(exc), target)))
+        else:
+            return conn
+        raise error
 
     @staticmethod
     def is_missing_table(exc):
@@ -656,8 +698,11 @@ def _quote(identifier):
 
 
 def _first_line(exc):
-    text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0]
+    try:
+        text = str(exc).strip()
+    except Exception:   # an exception whose __str__ fails must not take the worker down
+        text = ""
+    return (text or type(exc).__name__).splitlines()[0]
 
 
 _SCHEMA_VERSION = 1
@@ -888,11 +933,11 @@ class Queue:
             data = {}
         if max_tries is not None or backoff is not None or timeout is not None:
             if max_tries is not None:
-                _int_setting("max_tries", max_tries, 1)
+                _int_setting("max_tries", max_tries, 1, _MAX_TRIES)
             if backoff is not None:
                 backoff = ",".join(str(d) for d in _backoff_setting("backoff", backoff))
             if timeout is not None:
-                _int_setting("timeout", timeout, 0)
+                _int_setting("timeout", timeout, 0, _MAX_SECONDS)
         return _dumps({"uuid": _uuid4(), "job": job, "data": data, "maxTries": max_tries,
                        "backoff": backoff, "timeout": timeout, "createdAt": int(time.time())})
 
@@ -906,7 +951,7 @@ class Queue:
         """
         payload = self.payload(job, data, max_tries, backoff, timeout)
         if delay != 0 or type(delay) is not int:   # the common case skips the checks
-            delay = _int_setting("delay", delay, 0)
+            delay = _int_setting("delay", delay, 0, _MAX_SECONDS)
         if type(queue) is not str or queue not in self._queues_seen:
             _queue_name(queue)
             if len(self._queues_seen) < 1000:
@@ -932,7 +977,7 @@ class Queue:
                   max_tries=None, backoff=None, timeout=None):
         """Enqueue one job per item of `items` (data dicts) in one transaction; returns the ids."""
         payloads = [self.payload(job, data, max_tries, backoff, timeout) for data in items]
-        delay = _int_setting("delay", delay, 0)
+        delay = _int_setting("delay", delay, 0, _MAX_SECONDS)
         _queue_name(queue)
         if not payloads:
             return []
@@ -1284,12 +1329,20 @@ class Job:
         except ValueError as exc:
             self.error = "payload is not valid JSON: %s" % exc
             return
+        except RecursionError:
+            # Built inside the claim transaction: an escaping error would roll
+            # the claim back and stop every worker on this row, again and again.
+            self.error = "payload is JSON nested too deeply to read"
+            return
         if not isinstance(payload, dict):
             self.error = "payload is JSON but not an object"
             return
         self.payload = payload
         uuid = payload.get("uuid")
-        self.uuid = uuid if isinstance(uuid, str) and uuid else None
+        # failed_jobs.uuid is VARCHAR(255) and PostgreSQL text holds no NUL:
+        # a hand-written uuid that fits neither is replaced, not stored.
+        ok = isinstance(uuid, str) and 0 < len(uuid) <= 255 and "\x00" not in uuid
+        self.uuid = uuid if ok else None
         name = payload.get("job")
         if not isinstance(name, str) or not name:
             self.error = "payload names no job"
@@ -1670,9 +1723,9 @@ class Worker:
         if timeout is None:
             timeout = entry[3] if entry and entry[3] is not None else self.timeout
         try:
-            tries = _int_setting("maxTries", tries, 1)
+            tries = _int_setting("maxTries", tries, 1, _MAX_TRIES)
             backoff = _backoff_setting("backoff", backoff) if backoff else self.backoff
-            timeout = _int_setting("timeout", timeout, 0)
+            timeout = _int_setting("timeout", timeout, 0, _MAX_SECONDS)
         except ConfigError:
             return self.tries, self.backoff, self.timeout
         return tries, backoff, timeout
@@ -1865,9 +1918,15 @@ class Worker:
 
 
 def _format_exception(exc):
+    """The traceback as text that any database stores: no NUL (PostgreSQL text
+    refuses it), no lone surrogates (not encodable as UTF-8)."""
     import traceback
-    text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-    return text.strip() or repr(exc)
+    try:
+        text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)).strip()
+    except Exception:   # a broken __str__ inside the traceback
+        text = ""
+    text = text or "%s (no message)" % type(exc).__name__
+    return text.replace("\x00", "\\x00").encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 class _Heartbeat(threading.Thread):
@@ -3101,9 +3160,9 @@ def _parser():
     p.add_argument("--sleep", type=_nonneg_float, default=3.0, metavar="S",
                    help="longest wait between looks at an idle queue (default 3)")
     p.add_argument("--stop-when-empty", action="store_true", help="exit when no job is ready")
-    p.add_argument("--timeout", type=_nonneg_int, metavar="S",
+    p.add_argument("--timeout", type=_seconds, metavar="S",
                    help="seconds one job may run, 0 for no limit (default QUEUE_TIMEOUT)")
-    p.add_argument("--tries", type=_pos_int, metavar="N",
+    p.add_argument("--tries", type=_tries, metavar="N",
                    help="attempts before a job fails (default QUEUE_MAX_ATTEMPTS)")
     p.add_argument("--backoff", metavar="S,S", help="seconds before retries, e.g. 10,60")
     p.add_argument("--memory", type=_pos_int, metavar="MB",
@@ -3121,7 +3180,7 @@ def _parser():
     p.add_argument("--data", default="{}", metavar="JSON",
                    help="the job's data as a JSON object (default {})")
     p.add_argument("--queue", type=_queue_arg, default="default", help="default: default")
-    p.add_argument("--delay", type=_nonneg_int, default=0, metavar="S",
+    p.add_argument("--delay", type=_seconds, default=0, metavar="S",
                    help="seconds before the job may run (default 0)")
 
     p = command("stats", "ready, delayed, reserved, expired and failed jobs per queue",
@@ -3189,6 +3248,22 @@ def _number(kind, minimum, value):
 
 def _nonneg_int(value):
     return _number(int, 0, value)
+
+
+def _seconds(value):
+    import argparse
+    number = _number(int, 0, value)
+    if number > _MAX_SECONDS:
+        raise argparse.ArgumentTypeError("%r must be at most %d seconds" % (value, _MAX_SECONDS))
+    return number
+
+
+def _tries(value):
+    import argparse
+    number = _number(int, 1, value)
+    if number > _MAX_TRIES:
+        raise argparse.ArgumentTypeError("%r must be at most %d" % (value, _MAX_TRIES))
+    return number
 
 
 def _pos_int(value):
