@@ -370,7 +370,15 @@ class ConfigError(QueueError):
 
 
 class DatabaseError(QueueError):
-    """The database failed or went away; the worker retries these with backoff."""
+    """The database failed or went away.
+
+    `transient` is true for a lost connection or a lock (the worker waits those
+    out with backoff) and false for an error that retrying cannot cure.
+    """
+
+    def __init__(self, message, transient=True):
+        super().__init__(message)
+        self.transient = transient
 
 
 class MissingTableError(DatabaseError):
@@ -408,6 +416,8 @@ _SQL = {
     "ack": "DELETE FROM {jobs} WHERE id = :id AND attempts = :attempts AND reserved_at IS NOT NULL",
     "touch": "UPDATE {jobs} SET reserved_at = {now}"
              " WHERE id = :id AND attempts = :attempts AND reserved_at IS NOT NULL",
+    "unclaim": "UPDATE {jobs} SET reserved_at = NULL, attempts = attempts - 1"
+               " WHERE id = :id AND attempts = :attempts AND reserved_at IS NOT NULL",
     "release": "UPDATE {jobs} SET reserved_at = NULL, available_at = {now} + :delay,"
                " attempts = attempts - :uncount"
                " WHERE id = :id AND attempts = :attempts AND reserved_at IS NOT NULL",
@@ -880,7 +890,13 @@ class Queue:
         if self.dialect.is_missing_table(exc):
             return MissingTableError("the queue tables do not exist in %s: run `python dbqueue.py"
                                      " migrate`" % _mask_url(self.config.database_url))
-        return DatabaseError(_first_line(exc))
+        if self.dialect is _SQLite:
+            import sqlite3
+            transient = isinstance(exc, sqlite3.OperationalError)   # locked, busy, I/O
+        else:
+            transient = isinstance(exc, (self._driver.OperationalError,
+                                         self._driver.InterfaceError))
+        return DatabaseError(_first_line(exc), transient=transient)
 
     # -- schema ----------------------------------------------------------
 
@@ -1065,6 +1081,17 @@ class Queue:
                         self.execute(cur, "claim_update", id=row[0], now=now)
                 rows.sort(key=lambda r: (r[4], r[0]))
                 jobs.extend(Job(r[0], r[1], r[2], r[3]) for r in rows)
+            if len(jobs) > 1:
+                # A job on its second or later attempt may be the one that
+                # killed its last worker: it runs in a batch of its own, so
+                # that it can never cost jobs claimed beside it an attempt (or
+                # their acks) again. The rest go back unclaimed, attempt
+                # restored, available_at unchanged.
+                keep = 1 if jobs[0].attempts > 1 else next(
+                    (i for i, j in enumerate(jobs) if j.attempts > 1), len(jobs))
+                for j in jobs[keep:]:
+                    self.execute(cur, "unclaim", id=j.id, attempts=j.attempts)
+                del jobs[keep:]
         return jobs, lost
 
     def _ack(self, cur, tokens):
@@ -1754,6 +1781,10 @@ class Worker:
             try:
                 if timeout and self._main_thread:
                     signal.setitimer(signal.ITIMER_REAL, timeout)
+                    # SIGALRM's handler runs only between bytecodes: a handler
+                    # blocked inside one C call (a socket without a timeout, a
+                    # database lock) is ended by the heartbeat's hard exit.
+                    self._hard_deadline = job.started + timeout + self.timeout_grace
                 entry[0](job.data)
             finally:
                 if timeout and self._main_thread:
@@ -1857,7 +1888,10 @@ class Worker:
             except MissingTableError:
                 raise
             except QueueError as exc:
-                if not isinstance(exc, DatabaseError):
+                if not isinstance(exc, DatabaseError) or not exc.transient:
+                    # Retrying forever would hide it: the worker exits 1 with
+                    # the reason, and the job comes back after retry_after
+                    # with its attempt counted, so it cannot loop forever.
                     raise
                 locked = "locked" in str(exc) or "busy" in str(exc)
                 if not complained:

@@ -819,6 +819,21 @@ def until(data):
     mark("end")
 
 
+@dbqueue.job("p_crash")
+def crash(data):
+    mark("crash")
+    os._exit(9)          # a segfault or the OOM killer, as far as the queue can tell
+
+
+@dbqueue.job("p_blocked_in_c")
+def blocked_in_c(data):
+    import sqlite3
+    mark("start")
+    # Waits inside one C call (SQLite's busy handler) for a lock the test holds:
+    # SIGALRM's Python handler cannot run until it returns.
+    sqlite3.connect(data["lockdb"], timeout=120).execute("BEGIN IMMEDIATE")
+
+
 @dbqueue.job("p_stubborn")
 def stubborn(data):
     mark("start")
@@ -1055,6 +1070,109 @@ class CoreLostConnectionTests(_WorkerProcesses, unittest.TestCase):
 
 class CoreLostConnectionPsycopg2Tests(CoreLostConnectionTests):
     driver = "psycopg2"
+
+
+@on_sqlite_and_postgres
+class CoreIsolationTests(_WorkerProcesses):
+    """A job that kills its worker costs only itself, never the jobs claimed beside it."""
+
+    def setUp(self):
+        self.process_setup()
+
+    def test_a_job_that_kills_its_worker_never_fails_its_batch(self):
+        q = self.db.queue()
+        q.push_many("p_append", [{"n": i} for i in range(5)])
+        q.push("p_crash", {})
+        q.push_many("p_append", [{"n": i} for i in range(5, 10)])
+        deadline = time.monotonic() + 60
+        codes = []
+        while self.db.raw("SELECT COUNT(*) FROM {jobs}")[0][0] and time.monotonic() < deadline:
+            proc = self.start_worker("--stop-when-empty", QUEUE_RETRY_AFTER=1, QUEUE_BACKOFF=0)
+            codes.append(self.finish(proc, 60))
+            time.sleep(0.2)   # a dead worker's jobs come back after retry_after
+        self.assertEqual(self.db.raw("SELECT COUNT(*) FROM {jobs}")[0][0], 0, codes)
+        self.assertEqual(codes.count(9), 3, codes)        # the crasher used its 3 attempts
+        failed = q.failed()
+        self.assertEqual([json.loads(f["payload"])["job"] for f in failed], ["p_crash"])
+        self.assertIn("attempt 4 of 3", failed[0]["exception"])
+        done = [line for line in self.lines() if line.startswith("done")]
+        self.assertEqual(set(done), {"done %d" % i for i in range(10)})
+
+
+class CoreTimeoutInCTests(_WorkerProcesses, unittest.TestCase):
+    """A handler stuck inside one C call past its timeout is ended by the hard exit."""
+
+    def setUp(self):
+        self.db = Backend(self)
+        self.process_setup()
+
+    def test_timeout_ends_a_handler_blocked_in_a_c_call(self):
+        import sqlite3
+        lockdb = os.path.join(self.ptmp, "lock.db")
+        holder = sqlite3.connect(lockdb, isolation_level=None)
+        holder.execute("BEGIN IMMEDIATE")
+        self.addCleanup(holder.close)
+        q = self.db.queue()
+        job_id = q.push("p_blocked_in_c", {"lockdb": lockdb}, timeout=1)
+        started = time.monotonic()
+        proc = self.start_worker(T_GRACE=1, QUEUE_BACKOFF=30)
+        self.assertEqual(self.finish(proc, 60), 1, self.stderr(proc))
+        self.assertLess(time.monotonic() - started, 50)   # not the handler's 120 s
+        self.assertIn("did not stop after its timeout", self.stderr(proc))
+        self.assertEqual(self.lines(), ["start"])
+        # Released with backoff, the attempt counted: it will be tried again.
+        (attempts, reserved_at), = self.db.raw("SELECT attempts, reserved_at FROM {jobs}"
+                                               " WHERE id = %d" % job_id)
+        self.assertEqual((attempts, reserved_at), (1, None))
+
+
+@on_every_backend
+class CoreStorableFailureTests:
+    """What a failure records is storable whatever the handler raised or the row held."""
+
+    def setUp(self):
+        del RECORD[:]
+
+    def test_nul_surrogates_and_broken_str_in_the_error_are_stored(self):
+        class Broken(Exception):
+            def __str__(self):
+                raise RuntimeError("no text")
+
+        @dbqueue.job("t_ugly_error")
+        def ugly(data):
+            if data["kind"] == "broken":
+                raise Broken()
+            raise dbqueue.PermanentError("bad \x00 byte and \udcff surrogate")
+
+        q = self.db.queue()
+        q.push("t_ugly_error", {"kind": "text"})
+        q.push("t_ugly_error", {"kind": "broken"}, max_tries=1)
+        q.push("t_record", {"n": 1})
+        dbqueue.Worker(q, ["default"], log=quiet_log()).run(stop_when_empty=True)
+        failed = sorted(f["exception"] for f in q.failed())
+        self.assertEqual(len(failed), 2)
+        self.assertTrue(any("bad \\x00 byte" in f and "\\udcff" in f for f in failed), failed)
+        self.assertTrue(any("Broken" in f for f in failed), failed)
+        self.assertEqual(RECORD, [{"n": 1}])
+
+    def test_deeply_nested_payload_fails_alone(self):
+        q = self.db.queue()
+        deep = "[" * 100000 + "]" * 100000
+        self.db.raw("INSERT INTO {jobs} (queue, payload, attempts, available_at, created_at)"
+                    " VALUES ('default', %s, 0, 0, 0)" % self.db.param, (deep,))
+        q.push("t_record", {"n": 2})
+        dbqueue.Worker(q, ["default"], log=quiet_log()).run(stop_when_empty=True)
+        self.assertEqual(RECORD, [{"n": 2}])
+        (failed,) = q.failed()
+        self.assertIn("nested too deeply", failed["exception"])
+
+    def test_out_of_range_settings_are_refused_at_push(self):
+        q = self.db.queue()
+        for kwargs in ({"backoff": "99999999999999999999"}, {"timeout": 10 ** 12},
+                       {"delay": 10 ** 12}, {"max_tries": 10 ** 12}):
+            with self.assertRaises(dbqueue.ConfigError, msg=kwargs):
+                q.push("t_record", {}, **kwargs)
+        self.assertEqual(self.db.raw("SELECT COUNT(*) FROM {jobs}")[0][0], 0)
 
 
 # -- core tests end here --
