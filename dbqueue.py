@@ -2242,9 +2242,15 @@ def _one_line(field, value):
     """A header value as text; CR, LF or NUL in it is a header injection: refuse."""
     if not isinstance(value, str):
         raise PermanentError("%s must be a string, not %s" % (field, type(value).__name__))
-    if "\r" in value or "\n" in value or "\x00" in value:
+    # splitlines() knows every line boundary the email package refuses in a
+    # header (\v, \f, \x1c-\x1e, \x85, \u2028, \u2029), not only CR and LF.
+    if "\x00" in value or len((value + "x").splitlines()) > 1:
         raise PermanentError("%s contains a line break (CR/LF): refused as a header injection"
                              % field)
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise PermanentError("%s is not valid Unicode text (a lone surrogate)" % field)
     return value
 
 
@@ -2264,6 +2270,12 @@ def _addresses(field, value, required=False):
         parsed = email.utils.getaddresses([item])
         if not parsed or any(not addr for _, addr in parsed):
             raise PermanentError("%s: %r is not an email address" % (field, item))
+        if len(parsed) != 1:
+            # "evil@attacker.example <ann@example.com>" parses as two
+            # addresses: a display name taken from user input must never add
+            # a recipient. Several recipients are given as a list.
+            raise PermanentError("%s: %r is more than one address (pass a list for several"
+                                 " recipients)" % (field, item))
         for name, addr in parsed:
             local, _, domain = addr.rpartition("@")
             try:
@@ -2585,7 +2597,13 @@ def _template_dir_names(config):
 
 def _deliver(fields, config):
     """Send (or, with MAIL_MAILER=log, log) one checked message."""
-    msg = _build_message(fields)
+    try:
+        msg = _build_message(fields)
+        data = msg.as_bytes(policy=msg.policy.clone(linesep="\r\n"))
+    except (ValueError, UnicodeError) as exc:
+        # The email package refusing the message is about the data, which a
+        # retry cannot change (smtplib's own errors are classified below).
+        raise PermanentError("the message cannot be built: %s" % _first_line(exc))
     sender = fields["from"][1]
     recipients = []
     for _, addr in fields["to"] + fields["cc"] + fields["bcc"]:
@@ -2605,8 +2623,7 @@ def _deliver(fields, config):
             worker.resources["smtp"] = mailer
     try:
         # SMTP lines end in CRLF; smtplib fixes line ends only of str messages.
-        refused = mailer.send(sender, recipients,
-                              msg.as_bytes(policy=msg.policy.clone(linesep="\r\n")))
+        refused = mailer.send(sender, recipients, data)
     finally:
         if not reuse:
             mailer.close()
@@ -3248,7 +3265,7 @@ def _parser():
     p.add_argument("--queue", type=_queue_arg, help="with all: only this queue")
 
     p = command("forget", "delete failed jobs by id", "python dbqueue.py forget 12 13")
-    p.add_argument("ids", nargs="+", type=_pos_int, metavar="ID")
+    p.add_argument("ids", nargs="+", type=_row_id, metavar="ID")
 
     p = command("flush", "delete every failed job, or those older than H hours",
                 "python dbqueue.py flush --hours 168")
@@ -3316,8 +3333,16 @@ def _queue_arg(value):
         raise argparse.ArgumentTypeError(str(exc))
 
 
+def _row_id(value):
+    import argparse
+    number = _number(int, 1, value)
+    if number > 2 ** 63 - 1:   # no database integer is larger: an id that cannot exist
+        raise argparse.ArgumentTypeError("%r is not a job id" % value)
+    return number
+
+
 def _retry_id(value):
-    return "all" if value == "all" else _pos_int(value)
+    return "all" if value == "all" else _row_id(value)
 
 
 def _err(message, stream=None):
@@ -3383,7 +3408,7 @@ def _cmd_work(args, config):
         raise ConfigError("--queue: %s" % exc)
     if not queues:
         raise ConfigError("--queue: name at least one queue")
-    backoff = _backoff_setting("--backoff", args.backoff) if args.backoff else None
+    backoff = _backoff_setting("--backoff", args.backoff) if args.backoff is not None else None
     level = "debug" if args.verbose else "warning" if args.quiet else "info"
     log = _Log(level=level, fmt=args.log_format)
     if os.getcwd() not in sys.path and "" not in sys.path:
@@ -3391,8 +3416,9 @@ def _cmd_work(args, config):
     for module in args.imports:
         try:
             importlib.import_module(module)
-        except ImportError as exc:
-            raise ConfigError("--import %s: %s" % (module, exc))
+        except Exception as exc:   # ImportError, or the module's own SyntaxError or crash
+            raise ConfigError("--import %s: %s: %s" % (module, type(exc).__name__,
+                                                       _first_line(exc)))
     queue = Queue(config=config)
     worker = Worker(queue, queues, tries=args.tries, backoff=backoff, timeout=args.timeout,
                     sleep=args.sleep, memory=args.memory, log=log)
@@ -3424,12 +3450,18 @@ def _cmd_work(args, config):
 def _cmd_push(args, config):
     if not args.job.strip():
         raise ConfigError("push: the job name is empty")
+    def no_constant(name):
+        raise ValueError("%s is not a JSON number" % name)
     try:
-        data = json.loads(args.data)
-    except ValueError as exc:
-        raise ConfigError("--data is not valid JSON: %s" % exc)
+        data = json.loads(args.data, parse_constant=no_constant)
+    except (ValueError, RecursionError) as exc:
+        raise ConfigError("--data is not valid JSON: %s" % _first_line(exc))
     if not isinstance(data, dict):
         raise ConfigError("--data must be a JSON object, such as '{\"to\": \"a@example.com\"}'")
+    try:
+        _dumps(data)   # 1e999 parses as infinity: refuse it here, before any database
+    except (TypeError, RecursionError) as exc:
+        raise ConfigError("--data: %s" % _first_line(exc))
     queue = Queue(config=config)
     try:
         print(queue.push(args.job, data, queue=args.queue, delay=args.delay))

@@ -1716,6 +1716,44 @@ class EmailSeedTests(EmailTestMixin):
         self.assertEqual(self.jobs_left(), 0)
 
 
+class EmailDataTests(unittest.TestCase):
+    """Bad message data fails at once and reaches no one (MAIL_MAILER=log: no server needed)."""
+
+    def setUp(self):
+        self.db = Backend(self)
+
+    def test_a_display_name_never_adds_a_recipient(self):
+        q = self.db.queue(mail_mailer="log")
+        for to in ("evil@attacker.example <ann@example.com>",
+                   "Eve <evil@attacker.example> <ann@example.com>",
+                   "Eve, evil@attacker.example <ann@example.com>"):
+            with self.assertRaises(ValueError, msg=to):
+                dbqueue.queue_email(to, "Hi", text="x", using=q)
+            # Written by another program: the worker refuses it too, at once.
+            q.push("send_email", {"to": to, "subject": "Hi", "text": "x"}, queue="emails")
+        log = io.StringIO()
+        dbqueue.Worker(q, ["emails"], log=dbqueue._Log(stream=log)).run(stop_when_empty=True)
+        failed = q.failed()
+        self.assertEqual(len(failed), 3)
+        for f in failed:
+            self.assertIn("more than one address", f["exception"])
+        self.assertNotIn("evil@attacker.example", "".join(
+            line for line in log.getvalue().splitlines() if "envelope_to" in line))
+        self.assertNotIn("released", log.getvalue())    # no retries: failed at once
+
+    def test_unicode_line_breaks_and_surrogates_fail_at_once(self):
+        q = self.db.queue(mail_mailer="log")
+        for subject in ("a\u2028b", "a\x0bb", "a\x85b", "a\ud800b"):
+            q.push("send_email", {"to": "ann@example.com", "subject": subject, "text": "x"},
+                   queue="emails")
+        q.push("send_email", {"to": "ann@example.com", "subject": "ok", "text": "caf\ud800"},
+               queue="emails")
+        log = io.StringIO()
+        dbqueue.Worker(q, ["emails"], log=dbqueue._Log(stream=log)).run(stop_when_empty=True)
+        self.assertEqual(len(q.failed()), 5)
+        self.assertNotIn("released", log.getvalue())
+
+
 # -- email tests end here --
 
 
@@ -2249,6 +2287,39 @@ class OpsHelperTests(unittest.TestCase):
         self.assertEqual(dbqueue._mask_url("postgresql://u:pw@h/d?sslmode=require&password=x"),
                          "postgresql://u:***@h/d?sslmode=require&password=***")
         self.assertEqual(dbqueue._prom_label('a"b\\c\nd'), 'a\\"b\\\\c\\nd')
+
+
+class OpsOddInputTests(unittest.TestCase):
+    """Odd command-line input: one line on stderr, exit 2, nothing written."""
+
+    def setUp(self):
+        self.db = Backend(self)
+
+    def test_odd_input_is_one_line_and_exit_2(self):
+        env = self.db.env()
+        module_dir = tempfile.mkdtemp(prefix="dbqueue-mod-")
+        self.addCleanup(shutil.rmtree, module_dir, True)
+        with open(os.path.join(module_dir, "dbq_broken_mod.py"), "w") as fh:
+            fh.write("def broken(:\n")
+        sys.path.insert(0, module_dir)
+        self.addCleanup(sys.path.remove, module_dir)
+        cases = [
+            ["push", "t_record", "--data", '{"a": NaN}'],
+            ["push", "t_record", "--data", '{"a": 1e999}'],
+            ["push", "t_record", "--data", "[" * 5000 + "]" * 5000],
+            ["retry", "99999999999999999999999"],
+            ["forget", "99999999999999999999999"],
+            ["work", "--once", "--import", ""],
+            ["work", "--once", "--import", "dbq_broken_mod"],
+            ["work", "--once", "--backoff", ""],
+            ["work", "--once", "--timeout", "99999999999999"],
+        ]
+        for argv in cases:
+            code, out, err = run_main(argv, env)
+            self.assertEqual(code, 2, (argv, err))
+            self.assertEqual(len(err.strip().splitlines()), 1, (argv, err))
+            self.assertNotIn("Traceback", err)
+        self.assertFalse(os.path.exists(os.path.join(self.db.tmp, "queue.db")))
 
 
 # -- operations tests end here --
