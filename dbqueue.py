@@ -3648,37 +3648,42 @@ def _cmd_retry(args, config):
         raise ConfigError("retry: give failed job ids or `all`, not both")
     if args.queue and not everything:
         raise ConfigError("retry: --queue goes with `all` (ids name their jobs already)")
-    queue = Queue(config=config)
-    missing = []
-    try:
-        if everything:
+    if everything:
+        queue = Queue(config=config)
+        try:
             # One transaction per job inside retry(): an interruption leaves
             # each job either still failed or back in the queue, never both.
             new_ids = queue.retry(None, queue=args.queue)
-            print("retried %d failed job(s)%s" % (len(new_ids),
-                  " of queue %s" % args.queue if args.queue else ""))
-            return 0
-        for failed_id in args.ids:
-            new_ids = queue.retry([failed_id])
-            if new_ids:
-                print("retried failed job %d as job %d" % (failed_id, new_ids[0]))
-            else:
-                missing.append(str(failed_id))
-    finally:
-        queue.close()
-    if missing:
-        _err("no failed job with id %s" % ", ".join(missing))
-        return 1
-    return 0
+        finally:
+            queue.close()
+        print("retried %d failed job(s)%s" % (len(new_ids),
+              " of queue %s" % args.queue if args.queue else ""))
+        return 0
+
+    def retry_one(queue, failed_id):
+        new_ids = queue.retry([failed_id])
+        return new_ids and "retried failed job %d as job %d" % (failed_id, new_ids[0])
+    return _each_failed_id(config, args.ids, retry_one)
 
 
 def _cmd_forget(args, config):
+    def forget_one(queue, failed_id):
+        return queue.forget([failed_id]) and "deleted failed job %d" % failed_id
+    return _each_failed_id(config, args.ids, forget_one)
+
+
+def _each_failed_id(config, ids, action):
+    """action(queue, id) -> the line to print, or a false value for an unknown id.
+
+    Every id is tried; unknown ones are named on stderr at the end (exit 1).
+    """
     queue = Queue(config=config)
     missing = []
     try:
-        for failed_id in args.ids:
-            if queue.forget([failed_id]):
-                print("deleted failed job %d" % failed_id)
+        for failed_id in ids:
+            line = action(queue, failed_id)
+            if line:
+                print(line)
             else:
                 missing.append(str(failed_id))
     finally:
