@@ -1736,7 +1736,9 @@ class EmailDataTests(unittest.TestCase):
         failed = q.failed()
         self.assertEqual(len(failed), 3)
         for f in failed:
-            self.assertIn("more than one address", f["exception"])
+            # Python 3.13's stricter email.utils.getaddresses already refuses
+            # some of these as malformed; either way no one gets the mail.
+            self.assertRegex(f["exception"], "more than one address|is not an email address")
         self.assertNotIn("evil@attacker.example", "".join(
             line for line in log.getvalue().splitlines() if "envelope_to" in line))
         self.assertNotIn("released", log.getvalue())    # no retries: failed at once
