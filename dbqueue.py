@@ -470,6 +470,7 @@ class _Dialect:
     claim = ""                     # one statement, or "" when claim_select/claim_update are used
     claim_select = ""
     claim_update = ""
+    migrate_lock = ""              # run first in migrate's transaction: one migration at a time
 
     @classmethod
     def prepare(cls, template, jobs="jobs", failed="failed_jobs", **extra):
@@ -598,9 +599,25 @@ class _SQLite(_Dialect):
         # WAL lets readers (stats, the web app) run while a worker writes.
         # synchronous stays FULL, SQLite's default: a pushed job survives a
         # power cut once push() returns.
-        conn.execute("PRAGMA journal_mode=WAL")
+        cls._journal_wal(conn, timeout)
         conn.execute("PRAGMA synchronous=FULL")
         return conn
+
+    @staticmethod
+    def _journal_wal(conn, timeout):
+        # Turning a new file into WAL needs an exclusive lock, and SQLite
+        # answers "database is locked" at once instead of calling the busy
+        # handler: workers that start together on a fresh file wait here.
+        import sqlite3
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                conn.execute("PRAGMA journal_mode=WAL")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.01)
 
     @staticmethod
     def errors():
@@ -623,6 +640,12 @@ class _Postgres(_Dialect):
     # so workers on machines with skewed clocks agree. Tests pass their own.
     now = "COALESCE(:now, FLOOR(EXTRACT(EPOCH FROM now()))::bigint)"
     begin = "BEGIN"
+    # CREATE TABLE IF NOT EXISTS is not safe against itself on PostgreSQL: two
+    # sessions creating the same table at once both pass the check, and one
+    # fails on pg_type's unique index (two hosts running `migrate` at deploy).
+    # A transaction-scoped advisory lock ("dbqueue" as a number) makes the
+    # second wait for the first and then find everything in place.
+    migrate_lock = "SELECT pg_advisory_xact_lock(28255737111475557)"
     payload_text = "payload"
     autoincrement = "BIGSERIAL PRIMARY KEY"
     bigint = "BIGINT"
@@ -908,6 +931,8 @@ class Queue:
     def _migrate(self, conn):
         tbl = self.config.table
         with _Transaction(self, conn) as cur:
+            if self.dialect.migrate_lock:
+                cur.execute(self.dialect.migrate_lock)
             cur.execute(self.dialect.version_ddl())
             self.execute(cur, "version", tbl=tbl)
             row = cur.fetchone()

@@ -669,6 +669,40 @@ class CoreTests:
         self.assertIn('CREATE TABLE IF NOT EXISTS "%s"' % self.db.table, out)
         self.assertIn("-- %s" % self.db.name, out)
 
+    def test_concurrent_migrations_on_a_fresh_database(self):
+        # Two hosts running `migrate` at deploy time, on a database that has
+        # no dbqueue table yet: every one succeeds and the schema is recorded once.
+        url = self.db.url
+        if self.db.name != "sqlite":
+            schema = "s_" + self.db.table
+            self.db.raw('CREATE SCHEMA "%s"' % schema)
+            self.addCleanup(self.db.raw, 'DROP SCHEMA "%s" CASCADE' % schema)
+            url += "&options=-csearch_path%%3D%s" % schema
+        else:
+            url = "sqlite:///" + os.path.join(self.db.tmp, "fresh.db")
+        errors, barrier = [], threading.Barrier(6)
+
+        def migrate():
+            q = dbqueue.Queue(config=dbqueue.Config(database_url=url))
+            try:
+                barrier.wait(10)
+                q.migrate()
+            except Exception as exc:
+                errors.append(exc)
+            finally:
+                q.close()
+
+        threads = [threading.Thread(target=migrate) for _ in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        self.assertEqual(errors, [])
+        q = dbqueue.Queue(config=dbqueue.Config(database_url=url))
+        self.addCleanup(q.close)
+        self.assertEqual(q.schema_version(), 1)
+        self.assertEqual(q.push("t_record", {"i": 1}), 1)
+
     @sqlite_only   # the fallback exists for SQLite before 3.35 only
     def test_worker_without_returning(self):
         q = self.db.queue()
