@@ -3098,6 +3098,48 @@ class SecretsTests(unittest.TestCase):
 class SQLiteLockTests(unittest.TestCase):
     """Another connection holds SQLite's write lock past the busy timeout."""
 
+    def hold_lock(self, db):
+        import sqlite3
+        holder = sqlite3.connect(db.url[len("sqlite:///"):], isolation_level=None,
+                                 check_same_thread=False)
+        self.addCleanup(holder.close)
+        holder.execute("BEGIN IMMEDIATE")
+        return holder
+
+    def test_write_transaction_waits_for_the_lock_then_restores_the_busy_timeout(self):
+        db = Backend(self)
+        q = db.queue()
+        conn = q.connect()
+        holder = self.hold_lock(db)
+        release = threading.Timer(0.3, holder.execute, ["ROLLBACK"])
+        release.start()
+        self.addCleanup(release.join)
+        started = time.monotonic()
+        with q.transaction(conn) as cur:
+            waited = time.monotonic() - started
+            q.execute(cur, "push", queue="default", payload=q.payload("t_record"), delay=0)
+        self.assertGreaterEqual(waited, 0.25)       # it did wait for the other writer
+        self.assertEqual(_count_jobs(db), 1)
+        # SQLite's own busy handler is back for everything that is not BEGIN IMMEDIATE.
+        self.assertEqual(conn.execute("PRAGMA busy_timeout").fetchone()[0], 5000)
+
+    def test_write_lock_held_past_the_busy_timeout_is_a_transient_error(self):
+        saved = dbqueue._SQLite.busy_timeout
+        dbqueue._SQLite.busy_timeout = 0.2
+        self.addCleanup(setattr, dbqueue._SQLite, "busy_timeout", saved)
+        db = Backend(self)
+        q = db.queue()
+        conn = q.connect()
+        self.hold_lock(db)
+        started = time.monotonic()
+        with self.assertRaises(dbqueue.DatabaseError) as caught:
+            with q.transaction(conn):
+                pass
+        self.assertGreaterEqual(time.monotonic() - started, 0.2)
+        self.assertTrue(caught.exception.transient)
+        self.assertIn("locked", str(caught.exception))
+        self.assertEqual(conn.execute("PRAGMA busy_timeout").fetchone()[0], 200)
+
     def test_worker_waits_out_a_held_write_lock_and_says_so_once(self):
         import sqlite3
         db = Backend(self)
