@@ -427,6 +427,28 @@ class CoreTests:
         self.assertEqual(json.loads(failed[0]["payload"])["data"], {"n": 1})
         self.assertEqual(failed[0]["queue"], "default")
 
+    @sqlite_only   # payload() is the same text whatever the database
+    def test_payload_is_the_laravel_shape_with_and_without_options(self):
+        q = self.db.queue()
+        data = {"to": "ånn@example.com", "n": [1, 2.5, None, True], "nested": {"k": "\u2028"}}
+        plain = q.payload("send_email", data)
+        with_options = q.payload("send_email", data, max_tries=5, backoff="5,30", timeout=7)
+        for text, options in ((plain, (None, None, None)), (with_options, (5, "5,30", 7))):
+            obj = json.loads(text)
+            self.assertEqual(list(obj), ["uuid", "job", "data", "maxTries", "backoff", "timeout",
+                                         "createdAt"])
+            self.assertEqual((obj["job"], obj["data"]), ("send_email", data))
+            self.assertEqual((obj["maxTries"], obj["backoff"], obj["timeout"]), options)
+            self.assertRegex(obj["uuid"], r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}"
+                                          r"-[0-9a-f]{12}$")
+            self.assertLessEqual(abs(obj["createdAt"] - time.time()), 5)
+            # Byte for byte what the general encoder writes (ASCII, no spaces).
+            self.assertEqual(text, json.dumps(obj, separators=(",", ":")))
+        with self.assertRaises(TypeError):
+            q.payload("send_email", {"bad": float("nan")})
+        with self.assertRaises(TypeError):
+            q.payload("send_email", {"bad": object()})
+
     def test_last_backoff_value_repeats_and_payload_overrides(self):
         clock = Clock()
         q = self.db.queue(clock=clock)
