@@ -2787,7 +2787,21 @@ class _Mailer:
                 smtp.starttls(context=context)   # never falls back to plain text
                 smtp.ehlo()
             if c.mail_username:
-                smtp.login(c.mail_username, c.mail_password)
+                try:
+                    smtp.login(c.mail_username, c.mail_password)
+                except UnicodeError:
+                    # smtplib sends AUTH as ASCII: every retry would fail alike.
+                    raise PermanentError("MAIL_USERNAME and MAIL_PASSWORD must be ASCII:"
+                                         " smtplib cannot send other characters in SMTP AUTH")
+                except smtplib.SMTPException as exc:
+                    if type(exc) is not smtplib.SMTPException:
+                        raise   # refused credentials, a dropped line: judged by _smtp_error
+                    # "No suitable authentication method found": the server offers
+                    # only mechanisms smtplib lacks (CRAM-MD5, PLAIN, LOGIN).
+                    raise PermanentError("the server offers no AUTH mechanism that smtplib"
+                                         " has (CRAM-MD5, PLAIN, LOGIN): %s" % (
+                                             smtp.esmtp_features.get("auth", "").strip()
+                                             or "none"))
         except BaseException:
             smtp.close()
             raise
@@ -2841,6 +2855,8 @@ def _smtp_error(exc, config):
     """The exception a failed send raises: PermanentError for 5xx, else retried."""
     import smtplib
     where = "SMTP %s:%s" % (config.mail_host, config.mail_port)
+    if isinstance(exc, PermanentError):   # judged where it was raised (_Mailer._open)
+        return PermanentError(_scrub("%s %s (permanent)" % (where, exc), config))
 
     def reply(value):
         return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
@@ -2876,7 +2892,8 @@ def _smtp_error(exc, config):
     else:
         permanent = False
         what = "%s: %s" % (type(exc).__name__, exc)
-    text = "%s %s%s" % (where, what, " (permanent)" if permanent else " (will retry)")
+    # "temporary", not "will retry": on a job's last attempt it is not retried.
+    text = "%s %s%s" % (where, what, " (permanent)" if permanent else " (temporary)")
     if detail:
         text += "\n" + detail
     text = _scrub(text, config)

@@ -1578,7 +1578,7 @@ class EmailTests(EmailTestMixin, unittest.TestCase):
         failed = q.failed()
         self.assertEqual(len(failed), 1)
         self.assertIn("unreachable", failed[0]["exception"])
-        self.assertIn("(will retry)", failed[0]["exception"])
+        self.assertIn("(temporary)", failed[0]["exception"])
 
     def test_one_session_is_reused_and_a_dropped_one_reopened(self):
         sink = SMTPSink(self)
@@ -1706,6 +1706,32 @@ class EmailTests(EmailTestMixin, unittest.TestCase):
         code, out, err = run_main(["work", "--queue", "emails", "--stop-when-empty"], env)
         self.assertIn("unreachable", err)
         self.assertNotIn("Wr0ng-S3cret-pw", out + err + json.dumps(q.failed()))
+
+    def test_auth_that_no_retry_can_fix_fails_at_once(self):
+        # A password smtplib cannot send (it writes AUTH in ASCII) and a server
+        # whose only AUTH mechanism smtplib lacks: configuration, not weather.
+        class OAuthOnly(SMTPSink):
+            async def auth_XOAUTH2(self, server, args):
+                return self.AuthResult(success=False, handled=False)
+
+        cases = [(SMTPSink(self, auth=True, auth_require_tls=False), "pässwörd-S3cret",
+                  "must be ASCII"),
+                 (OAuthOnly(self, auth=True, auth_require_tls=False,
+                            auth_exclude_mechanism=["LOGIN", "PLAIN"]), "plain-S3cret",
+                  "no AUTH mechanism that smtplib has (CRAM-MD5, PLAIN, LOGIN): XOAUTH2")]
+        for sink, password, reason in cases:
+            with self.subTest(reason=reason):
+                q = self.mail_queue(sink, mail_username="mailer", mail_password=password)
+                dbqueue.queue_email("a@example.com", "s", text="t", using=q)
+                _, log = self.work(q, tries=3)
+                failed = q.failed()
+                self.assertEqual(len(failed), 1)
+                self.assertIn(reason, failed[0]["exception"])
+                self.assertIn("(permanent)", failed[0]["exception"])
+                self.assertNotIn("outcome=released", log)     # one attempt, no retries
+                self.assertEqual(sink.messages, [])
+                self.assertNotIn(password, log + json.dumps(failed, ensure_ascii=False))
+                q.forget([failed[0]["id"]])
 
     def test_log_mailer_prints_the_message_and_sends_nothing(self):
         q = self.mail_queue(None, mail_mailer="log")
