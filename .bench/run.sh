@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every benchmark figure of the README in one go (about 15 minutes):
+# Every benchmark figure of the README in one go (about 8 minutes):
 #   .bench/run.sh                 # peers and dbqueue side by side, W1..W4, plus
 #                                 # the supplementary runs and the extra checks
 #   .bench/run.sh main            # only the main table (peers + dbqueue, W1..W4)
