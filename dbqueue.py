@@ -640,8 +640,8 @@ class _SQLite(_Dialect):
         finally:
             cur.execute("PRAGMA busy_timeout = %d" % (cls.busy_timeout * 1000))
 
-    @staticmethod
-    def _journal_wal(conn, timeout):
+    @classmethod
+    def _journal_wal(cls, conn, timeout):
         # Turning a new file into WAL needs an exclusive lock, and SQLite
         # answers "database is locked" at once instead of calling the busy
         # handler: workers that start together on a fresh file wait here.
@@ -652,7 +652,7 @@ class _SQLite(_Dialect):
                 conn.execute("PRAGMA journal_mode=WAL")
                 return
             except sqlite3.OperationalError as exc:
-                if "locked" not in str(exc) or time.monotonic() > deadline:
+                if not cls.is_locked(exc) or time.monotonic() > deadline:
                     raise
                 time.sleep(0.01)
 
@@ -812,7 +812,7 @@ def _dumps(value, _encoder=[]):
 
 # A payload without per-job options, filled in: half what json.dumps() of
 # the whole object costs, on the hot path of every push(). The same text,
-# key for key, as the general case below.
+# key for key, as the general case in Queue.payload().
 _PAYLOAD = ('{"uuid":"%s","job":%s,"data":%s,"maxTries":null,"backoff":null,"timeout":null,'
             '"createdAt":%d}')
 
@@ -1018,13 +1018,12 @@ class Queue:
             data = {}
         if max_tries is None and backoff is None and timeout is None:
             return _PAYLOAD % (_uuid4(), _dumps(job), _dumps(data), int(time.time()))
-        if max_tries is not None or backoff is not None or timeout is not None:
-            if max_tries is not None:
-                _int_setting("max_tries", max_tries, 1, _MAX_TRIES)
-            if backoff is not None:
-                backoff = ",".join(str(d) for d in _backoff_setting("backoff", backoff))
-            if timeout is not None:
-                _int_setting("timeout", timeout, 0, _MAX_SECONDS)
+        if max_tries is not None:
+            _int_setting("max_tries", max_tries, 1, _MAX_TRIES)
+        if backoff is not None:
+            backoff = ",".join(str(d) for d in _backoff_setting("backoff", backoff))
+        if timeout is not None:
+            _int_setting("timeout", timeout, 0, _MAX_SECONDS)
         return _dumps({"uuid": _uuid4(), "job": job, "data": data, "maxTries": max_tries,
                        "backoff": backoff, "timeout": timeout, "createdAt": int(time.time())})
 
