@@ -620,13 +620,14 @@ class _SQLite(_Dialect):
             cur.execute("BEGIN")
             return
         import sqlite3
-        cur.execute("PRAGMA busy_timeout = 0")
+        restore = "PRAGMA busy_timeout = %d" % (cls.busy_timeout * 1000)
         try:
+            cur.execute("PRAGMA busy_timeout = 0")
             pause, deadline = 0.0001, None
             while True:
                 try:
                     cur.execute("BEGIN IMMEDIATE")
-                    return
+                    break
                 except sqlite3.OperationalError as exc:
                     if not cls.is_locked(exc):
                         raise
@@ -637,8 +638,17 @@ class _SQLite(_Dialect):
                         raise
                     time.sleep(pause)
                     pause = min(pause * 2, 0.002)
-        finally:
-            cur.execute("PRAGMA busy_timeout = %d" % (cls.busy_timeout * 1000))
+            cur.execute(restore)
+        except BaseException:
+            # Also when a signal (a handler's JobTimeout, Ctrl-C) lands between
+            # any two statements above: the handler back, no transaction open.
+            try:
+                cur.execute(restore)
+                if cur.connection.in_transaction:
+                    cur.execute("ROLLBACK")
+            except Exception:
+                pass
+            raise
 
     @classmethod
     def _journal_wal(cls, conn, timeout):
@@ -669,6 +679,10 @@ class _SQLite(_Dialect):
     def is_locked(exc):
         return "locked" in str(exc) or "busy" in str(exc)
 
+    @staticmethod
+    def in_transaction(conn):
+        return conn.in_transaction
+
 
 class _Postgres(_Dialect):
     name = "postgresql"
@@ -676,7 +690,12 @@ class _Postgres(_Dialect):
     # Server databases decide expiry and availability by the database's clock,
     # so workers on machines with skewed clocks agree. Tests pass their own.
     now = "COALESCE(:now, FLOOR(EXTRACT(EPOCH FROM now()))::bigint)"
-    begin = "BEGIN"
+    # What every statement here is written for, whatever the server's
+    # default_transaction_isolation: under REPEATABLE READ or SERIALIZABLE a
+    # claim that meets a row another worker just changed fails with "could not
+    # serialize access" instead of skipping it, and a migration waiting on the
+    # lock below would not see the tables the one before it made.
+    begin = "BEGIN ISOLATION LEVEL READ COMMITTED"
     # CREATE TABLE IF NOT EXISTS is not safe against itself on PostgreSQL: two
     # sessions creating the same table at once both pass the check, and one
     # fails on pg_type's unique index (two hosts running `migrate` at deploy).
@@ -750,6 +769,11 @@ class _Postgres(_Dialect):
         else:
             return conn
         raise error
+
+    @staticmethod
+    def in_transaction(conn):
+        # psycopg 3 and psycopg2 (2.8+) both have info.transaction_status; 0 is idle.
+        return conn.info.transaction_status != 0
 
     @staticmethod
     def is_missing_table(exc):
@@ -1019,11 +1043,11 @@ class Queue:
         if max_tries is None and backoff is None and timeout is None:
             return _PAYLOAD % (_uuid4(), _dumps(job), _dumps(data), int(time.time()))
         if max_tries is not None:
-            _int_setting("max_tries", max_tries, 1, _MAX_TRIES)
+            max_tries = _int_setting("max_tries", max_tries, 1, _MAX_TRIES)
         if backoff is not None:
             backoff = ",".join(str(d) for d in _backoff_setting("backoff", backoff))
         if timeout is not None:
-            _int_setting("timeout", timeout, 0, _MAX_SECONDS)
+            timeout = _int_setting("timeout", timeout, 0, _MAX_SECONDS)
         return _dumps({"uuid": _uuid4(), "job": job, "data": data, "maxTries": max_tries,
                        "backoff": backoff, "timeout": timeout, "createdAt": int(time.time())})
 
@@ -1350,19 +1374,45 @@ class _Transaction:
         try:
             self.cur = self.conn.cursor()
             self.queue.dialect.start(self.cur, self.write)
+            return self.cur
         except self.queue._errors() as exc:
             raise self.queue.translate(exc) from exc
-        return self.cur
+        except BaseException:
+            # A signal that lands after BEGIN and before the with-block: __exit__
+            # will not run, and an open transaction would hold its locks forever.
+            self._rollback()
+            raise
+
+    def _rollback(self):
+        try:
+            self.cur.execute("ROLLBACK")
+        except Exception:
+            pass   # no transaction was open, or the connection is gone
+
+    @staticmethod
+    def end_abandoned(queue):
+        """Roll back a transaction left open on this thread's connection of `queue`.
+
+        A signal (a handler's JobTimeout) that lands just as a `with
+        q.transaction()` in the handler ends can skip its COMMIT and ROLLBACK
+        alike; the worker calls this after a handler fails, so that the open
+        transaction cannot keep its locks (on SQLite: the write lock the
+        worker itself then waits for, forever).
+        """
+        conn = getattr(queue._local, "conn", None)
+        if conn is None or not queue.dialect.in_transaction(conn):
+            return
+        try:
+            conn.cursor().execute("ROLLBACK")
+        except Exception:
+            queue.discard(conn)   # a connection in an unknown state is not reused
 
     def __exit__(self, kind, exc, tb):
         try:
             if kind is None:
                 self.cur.execute("COMMIT")
                 return False
-            try:
-                self.cur.execute("ROLLBACK")
-            except Exception:
-                pass  # the connection may be gone; the error that got us here matters
+            self._rollback()   # the error that got us here is the one that matters
         except self.queue._errors() as error:
             raise self.queue.translate(error) from error
         finally:
@@ -1864,6 +1914,7 @@ class Worker:
             if self._timed_out:
                 raise JobTimeout("job ran longer than its timeout (%ss)" % timeout)
         except _Abort:
+            _Transaction.end_abandoned(self.queue)
             self._finish(job, "released", delay=0, reason="interrupted", uncount=True)
             self.exit_code = 130
             raise
@@ -1887,6 +1938,8 @@ class Worker:
                 _current.job = None
         elapsed = time.monotonic() - job.started
         self._avg = elapsed if self._avg is None else self._avg * 0.8 + elapsed * 0.2
+        if outcome is not None:
+            _Transaction.end_abandoned(self.queue)
         if outcome is None:
             with self._lock:
                 self._acks.append(job.token)
@@ -2786,21 +2839,8 @@ class _Mailer:
                 smtp.starttls(context=context)   # never falls back to plain text
                 smtp.ehlo()
             if c.mail_username:
-                try:
-                    smtp.login(c.mail_username, c.mail_password)
-                except UnicodeError:
-                    # smtplib sends AUTH as ASCII: every retry would fail alike.
-                    raise PermanentError("MAIL_USERNAME and MAIL_PASSWORD must be ASCII:"
-                                         " smtplib cannot send other characters in SMTP AUTH")
-                except smtplib.SMTPException as exc:
-                    if type(exc) is not smtplib.SMTPException:
-                        raise   # refused credentials, a dropped line: judged by _smtp_error
-                    # "No suitable authentication method found": the server offers
-                    # only mechanisms smtplib lacks (CRAM-MD5, PLAIN, LOGIN).
-                    raise PermanentError("the server offers no AUTH mechanism that smtplib"
-                                         " has (CRAM-MD5, PLAIN, LOGIN): %s" % (
-                                             smtp.esmtp_features.get("auth", "").strip()
-                                             or "none"))
+                self._check_auth(smtp)
+                smtp.login(c.mail_username, c.mail_password)
         except BaseException:
             smtp.close()
             raise
@@ -2810,6 +2850,19 @@ class _Mailer:
         if debug is not None:
             debug("smtp session opened", host=c.mail_host, port=c.mail_port,
                   encryption=c.mail_encryption)
+
+    def _check_auth(self, smtp):
+        """Refuse, before trying, AUTH that no retry could make work."""
+        c = self.config
+        if not (c.mail_username.isascii() and c.mail_password.isascii()):
+            # smtplib writes AUTH in ASCII: every attempt would fail alike.
+            raise PermanentError("MAIL_USERNAME and MAIL_PASSWORD must be ASCII: smtplib"
+                                 " cannot send other characters in SMTP AUTH")
+        smtp.ehlo_or_helo_if_needed()
+        offered = smtp.esmtp_features.get("auth", "").split()
+        if smtp.has_extn("auth") and not set(offered) & {"CRAM-MD5", "PLAIN", "LOGIN"}:
+            raise PermanentError("the server offers no AUTH mechanism that smtplib has"
+                                 " (CRAM-MD5, PLAIN, LOGIN): %s" % (" ".join(offered) or "none"))
 
     def send(self, sender, recipients, data):
         """sendmail() on the open session; returns refused recipients.

@@ -444,6 +444,9 @@ class CoreTests:
             self.assertLessEqual(abs(obj["createdAt"] - time.time()), 5)
             # Byte for byte what the general encoder writes (ASCII, no spaces).
             self.assertEqual(text, json.dumps(obj, separators=(",", ":")))
+        # Options given as text (from a form, a CLI) are stored as the numbers they name.
+        obj = json.loads(q.payload("send_email", {}, max_tries="5", timeout=" 7 "))
+        self.assertEqual((obj["maxTries"], obj["timeout"]), (5, 7))
         with self.assertRaises(TypeError):
             q.payload("send_email", {"bad": float("nan")})
         with self.assertRaises(TypeError):
@@ -694,12 +697,22 @@ class CoreTests:
     def test_concurrent_migrations_on_a_fresh_database(self):
         # Two hosts running `migrate` at deploy time, on a database that has
         # no dbqueue table yet: every one succeeds and the schema is recorded once.
+        for isolation in ((None, "serializable") if self.db.name != "sqlite" else (None,)):
+            with self.subTest(isolation=isolation):
+                self.check_concurrent_migrations(isolation)
+
+    def check_concurrent_migrations(self, isolation):
         url = self.db.url
         if self.db.name != "sqlite":
-            schema = "s_" + self.db.table
+            # A fresh schema: no dbqueue table exists there yet. The server's
+            # default isolation must not matter (the waiting migration must see
+            # the tables the first one made).
+            schema = "s_%s_%s" % (self.db.table, isolation or "default")
             self.db.raw('CREATE SCHEMA "%s"' % schema)
             self.addCleanup(self.db.raw, 'DROP SCHEMA "%s" CASCADE' % schema)
             url += "&options=-csearch_path%%3D%s" % schema
+            if isolation:
+                url += "%%20-cdefault_transaction_isolation%%3D%s" % isolation
         else:
             url = "sqlite:///" + os.path.join(self.db.tmp, "fresh.db")
         errors, barrier = [], threading.Barrier(6)
@@ -724,6 +737,74 @@ class CoreTests:
         self.addCleanup(q.close)
         self.assertEqual(q.schema_version(), 1)
         self.assertEqual(q.push("t_record", {"i": 1}), 1)
+
+    def test_two_workers_drain_concurrently_whatever_the_server_isolation(self):
+        # On PostgreSQL the server defaults to SERIALIZABLE here: dbqueue's own
+        # transactions still run as READ COMMITTED, so a claim that meets a row
+        # the other worker just took skips it instead of failing.
+        url = self.db.url
+        if self.db.name != "sqlite":
+            url += "&options=-cdefault_transaction_isolation%3Dserializable"
+        q = dbqueue.Queue(config=self.db.config(database_url=url))
+        self.addCleanup(q.close)
+        q.migrate()
+        if self.db.name != "sqlite":
+            with q.transaction() as cur:
+                cur.execute("SELECT current_setting('default_transaction_isolation'),"
+                            " current_setting('transaction_isolation')")
+                self.assertEqual(cur.fetchone(), ("serializable", "read committed"))
+        q.push_many("t_record", [{"i": i} for i in range(400)])
+        errors = []
+
+        def drain():
+            w = dbqueue.Worker(dbqueue.Queue(config=self.db.config(database_url=url)),
+                               ["default"], log=quiet_log())
+            try:
+                w.run(stop_when_empty=True)
+            except Exception as exc:
+                errors.append(exc)
+            finally:
+                w.queue.close()
+
+        threads = [threading.Thread(target=drain) for _ in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        self.assertEqual(errors, [])
+        self.assertEqual(sorted(d["i"] for d in RECORD), list(range(400)))   # each once
+        self.assertEqual(self.count(), 0)
+
+    def test_a_transaction_a_failed_handler_left_open_is_rolled_back(self):
+        # As when a JobTimeout lands just as the handler's `with q.transaction()`
+        # ends: neither COMMIT nor ROLLBACK ran. On SQLite that transaction held
+        # the write lock the worker then waited for, forever.
+        q = self.db.queue()
+
+        @dbqueue.job("t_open_transaction")
+        def _open(data):
+            cur = q.transaction().__enter__()
+            q.execute(cur, "push", queue="elsewhere", payload=q.payload("t_record"), delay=0)
+            raise RuntimeError("interrupted inside a transaction")
+
+        self.addCleanup(dbqueue._registry.pop, "t_open_transaction", None)
+        q.push("t_open_transaction", {})
+        q.push("t_record", {"i": "after"})
+        done = []
+        w = self.worker(q, tries=1)
+        t = threading.Thread(target=lambda: done.append(w.run(stop_when_empty=True)),
+                             daemon=True)   # a regression hangs here: it must not hang the suite
+        t.start()
+        t.join(30)
+        w.stop()
+        self.assertEqual(done, [2])                     # it finished, and went on
+        self.assertEqual(RECORD, [{"i": "after"}])
+        self.assertEqual(len(q.failed()), 1)
+        self.assertIn("interrupted inside a transaction", q.failed()[0]["exception"])
+        # The handler's half-done write was rolled back, not committed later.
+        p = self.db.param
+        self.assertEqual(self.db.raw("SELECT COUNT(*) FROM {jobs} WHERE queue = %s" % p,
+                                     ("elsewhere",))[0][0], 0)
 
     @sqlite_only   # the fallback exists for SQLite before 3.35 only
     def test_worker_without_returning(self):
@@ -3170,6 +3251,64 @@ class SQLiteLockTests(unittest.TestCase):
         self.assertEqual(_count_jobs(db), 1)
         # SQLite's own busy handler is back for everything that is not BEGIN IMMEDIATE.
         self.assertEqual(conn.execute("PRAGMA busy_timeout").fetchone()[0], 5000)
+
+    def test_an_interruption_anywhere_in_begin_leaves_no_lock_behind(self):
+        # A signal (a handler's JobTimeout, Ctrl-C) may land between any two
+        # statements of _SQLite.start and _Transaction.__enter__. A trace function
+        # raises at each of their lines in turn, as such a signal would.
+        import inspect
+        db = Backend(self)
+        q = db.queue()
+        conn = q.connect()
+        targets = []
+        for func in (dbqueue._SQLite.start, dbqueue._Transaction.__enter__):
+            lines, first = inspect.getsourcelines(func)
+            # Not the `try:` lines: CPython 3.11+ reports a line event there on an
+            # instruction outside the try, where no signal is ever delivered.
+            body = [first + n for n, text in enumerate(lines) if text.strip()
+                    and not text.strip().startswith(("#", "except", "raise", "try:"))]
+            # From the first statement inside the try to its end (the cleanup
+            # itself is not protected against a second signal).
+            start = next(n for n, text in enumerate(lines) if text.strip() == "try:")
+            stop = next(n for n, text in enumerate(lines) if text.strip().startswith("except"))
+            targets += [(func.__code__, line) for line in body
+                        if first + start < line < first + stop]
+        interrupted = []
+
+        class Interrupt(BaseException):
+            pass
+
+        for code, line in targets:
+            fired = []
+
+            def trace(frame, event, arg):
+                if frame.f_code is code:
+                    def local(frame, event, arg):
+                        if event == "line" and frame.f_lineno == line and not fired:
+                            fired.append(line)
+                            raise Interrupt()
+                        return local
+                    return local
+                return None
+
+            sys.settrace(trace)
+            try:
+                with q.transaction(conn):
+                    pass
+            except Interrupt:
+                pass
+            finally:
+                sys.settrace(None)
+            if not fired:
+                continue   # no line event there on this interpreter (3.8: `while True:`)
+            interrupted.append(line)
+            with self.subTest(line=line):
+                self.assertFalse(conn.in_transaction)
+                self.assertEqual(conn.execute("PRAGMA busy_timeout").fetchone()[0], 5000)
+        self.assertGreaterEqual(len(interrupted), 6)
+        # And the write lock is free: another connection can take it at once.
+        other = self.hold_lock(db)
+        other.execute("ROLLBACK")
 
     def test_write_lock_held_past_the_busy_timeout_is_a_transient_error(self):
         saved = dbqueue._SQLite.busy_timeout
