@@ -55,6 +55,24 @@ def wait_for(predicate, timeout=10.0, interval=0.01, message="condition"):
         time.sleep(interval)
 
 
+def in_threads(target, count, timeout=60.0):
+    """Run target() in `count` threads at once; returns the exceptions they raised."""
+    errors = []
+
+    def run():
+        try:
+            target()
+        except Exception as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run) for _ in range(count)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout)
+    return errors
+
+
 _pg_state = {}
 
 
@@ -715,24 +733,17 @@ class CoreTests:
                 url += "%%20-cdefault_transaction_isolation%%3D%s" % isolation
         else:
             url = "sqlite:///" + os.path.join(self.db.tmp, "fresh.db")
-        errors, barrier = [], threading.Barrier(6)
+        barrier = threading.Barrier(6)
 
         def migrate():
             q = dbqueue.Queue(config=dbqueue.Config(database_url=url))
             try:
                 barrier.wait(10)
                 q.migrate()
-            except Exception as exc:
-                errors.append(exc)
             finally:
                 q.close()
 
-        threads = [threading.Thread(target=migrate) for _ in range(6)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(30)
-        self.assertEqual(errors, [])
+        self.assertEqual(in_threads(migrate, 6), [])
         q = dbqueue.Queue(config=dbqueue.Config(database_url=url))
         self.addCleanup(q.close)
         self.assertEqual(q.schema_version(), 1)
@@ -754,24 +765,16 @@ class CoreTests:
                             " current_setting('transaction_isolation')")
                 self.assertEqual(cur.fetchone(), ("serializable", "read committed"))
         q.push_many("t_record", [{"i": i} for i in range(400)])
-        errors = []
 
         def drain():
             w = dbqueue.Worker(dbqueue.Queue(config=self.db.config(database_url=url)),
                                ["default"], log=quiet_log())
             try:
                 w.run(stop_when_empty=True)
-            except Exception as exc:
-                errors.append(exc)
             finally:
                 w.queue.close()
 
-        threads = [threading.Thread(target=drain) for _ in range(2)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(60)
-        self.assertEqual(errors, [])
+        self.assertEqual(in_threads(drain, 2), [])
         self.assertEqual(sorted(d["i"] for d in RECORD), list(range(400)))   # each once
         self.assertEqual(self.count(), 0)
 
