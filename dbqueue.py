@@ -1938,8 +1938,6 @@ class Worker:
                 _current.job = None
         elapsed = time.monotonic() - job.started
         self._avg = elapsed if self._avg is None else self._avg * 0.8 + elapsed * 0.2
-        if outcome is not None:
-            _Transaction.end_abandoned(self.queue)
         if outcome is None:
             with self._lock:
                 self._acks.append(job.token)
@@ -1951,6 +1949,7 @@ class Worker:
                 self._flush_acks()
             self._log_job(job, "done", elapsed, tries)
             return
+        _Transaction.end_abandoned(self.queue)
         kind, exc = outcome
         if kind == "retry" and job.attempts < tries:
             delay = backoff[min(job.attempts - 1, len(backoff) - 1)]
