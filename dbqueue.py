@@ -1922,6 +1922,8 @@ class Worker:
             self._last_rescue = now
         acks = list(self._acks)
         queues = self._active_queues()
+        if self._mail_pause is not None:
+            want = 1    # the next mail is a probe: fetch no batch to hand back
         jobs, lost = self._db(lambda c: self.queue.reserve(c, queues, want, acks, rescue))
         self._acked(acks, lost)
         for j in jobs:
@@ -3522,7 +3524,7 @@ def _smtp_error(exc, config, stage="transaction"):
         what = "%s: %s" % (type(exc).__name__, exc)
     outage = stage == "session" or 421 in codes
     # "temporary", not "will retry": on a job's last attempt it is not retried.
-    text = "%s %s (%s)" % (where, what, "mail server unavailable" if outage
+    text = "%s %s (%s)" % (where, what, "outage" if outage
                            else "permanent" if permanent else "temporary")
     if detail:
         text += "\n" + detail

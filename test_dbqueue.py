@@ -1699,7 +1699,7 @@ class EmailTests(EmailTestMixin, unittest.TestCase):
         worker, log = self.work(q, tries=1)
         self.assertEqual(worker.exit_code, 1)
         self.assertIn("unreachable", log)
-        self.assertIn("(mail server unavailable)", log)
+        self.assertIn("(outage)", log)
         self.assertEqual(q.failed(), [])
         self.assertEqual(self.db.raw("SELECT attempts, reserved_at FROM {jobs}"), [(0, None)])
 
@@ -4114,15 +4114,65 @@ class MailServerTests(EmailTestMixin, unittest.TestCase):
         self.assertEqual(sink.ehlo_names[-1], dbqueue._ehlo_name(q.config))
         self.assertTrue(sink.ehlo_names[-1].isascii())
         self.assertEqual(len(sink.messages), 3)
+
+
+class MailMessageTests(unittest.TestCase):
+    """The parts of issue 10 that need no server (they run on every Python)."""
+
+    def fields(self, **extra):
+        fields = {"from": ("Äpp", "app@example.com"), "to": [("", "a@example.com")], "cc": [],
+                  "reply_to": [], "subject": "s", "headers": [], "text": "t", "html": None}
+        fields.update(extra)
+        return fields
+
+    def test_ehlo_name_is_ascii_whatever_the_host_is_called(self):
         config = dbqueue.Config()
         self.assertEqual(dbqueue._ehlo_name(config, "bücher-pc.example.org"),
                          "xn--bcher-pc-65a.example.org")
         self.assertEqual(dbqueue._ehlo_name(config, "\u0661\u0662.\u00e9 \u2028"), "localhost")
         self.assertEqual(dbqueue._ehlo_name(config, "host.example.org"), "host.example.org")
-        for bad in ("a b", "-x.example", "[nope]"):
-            code, _, err = run_main(["stats"], self.db.env(MAIL_EHLO_DOMAIN=bad))
+        self.assertTrue(dbqueue._ehlo_name(config, "bücher-pc").startswith("["))
+        self.assertTrue(dbqueue._ehlo_name(config).isascii())
+        self.assertEqual(dbqueue._ehlo_name(dbqueue.Config(mail_ehlo_domain="mx.example")),
+                         "mx.example")
+        self.assertEqual(dbqueue.Config.from_env({"MAIL_EHLO_DOMAIN": "[192.0.2.1]"})
+                         .mail_ehlo_domain, "[192.0.2.1]")
+        tmp = tempfile.mkdtemp(prefix="dbqueue-test-")
+        self.addCleanup(shutil.rmtree, tmp, True)
+        for bad in ("a b", "-x.example", "[nope]", "a..b"):
+            code, _, err = run_main(["stats"], {"QUEUE_DATABASE_URL": os.path.join(tmp, "q.db"),
+                                                "MAIL_EHLO_DOMAIN": bad})
             self.assertEqual(code, 2, bad)
-            self.assertIn("MAIL_EHLO_DOMAIN", err)
+            self.assertIn("MAIL_EHLO_DOMAIN=%s" % bad, err)
+        self.assertFalse(os.path.exists(os.path.join(tmp, "q.db")))
+
+    def test_headers_fold_at_spaces_and_unfold_to_the_value(self):
+        value = "<https://example.com/u/" + "x" * 70 + ">,  <mailto:u@example.com?subject=u>"
+        msg = dbqueue._build_message(self.fields(
+            subject="word " * 30 + "end", headers=[("List-Unsubscribe", value),
+                                                   ("X-Token", "T" * 300)]))
+        raw = dbqueue._message_bytes(msg)
+        head = raw.split(b"\r\n\r\n", 1)[0].decode("ascii")
+        self.assertNotIn("=?", head.split("\r\nTo:", 1)[1])
+        parsed = parse_mail(raw)
+        self.assertEqual(parsed["List-Unsubscribe"], value)   # two spaces kept
+        self.assertEqual(parsed["X-Token"], "T" * 300)
+        self.assertEqual(parsed["Subject"], "word " * 30 + "end")
+        self.assertTrue(all(len(line) <= 78 for line in head.split("\r\n")
+                            if "T" * 300 not in line and "x" * 70 not in line))
+        with self.assertRaises(dbqueue.PermanentError):
+            dbqueue._deliver(self.fields(headers=[("X-Token", "T" * 1000)]),
+                             dbqueue.Config(mail_mailer="log"))
+
+    def test_seven_bit_message_and_text_from_html(self):
+        fields = self.fields(text=None, html="<p>Grüße, <a href='https://x.test/a'>hier</a>"
+                                             "<br>Zeile</p><script>x()</script>")
+        raw = dbqueue._message_bytes(dbqueue._build_message(fields, seven_bit=True))
+        self.assertTrue(raw.isascii())
+        parsed = parse_mail(raw)
+        self.assertEqual(parsed.get_body(("plain",)).get_content().replace("\r\n", "\n"),
+                         "Grüße, hier (https://x.test/a)\nZeile\n")
+        self.assertFalse(dbqueue._message_bytes(dbqueue._build_message(fields)).isascii())
 
 
 @on_sqlite_and_postgres
