@@ -1400,7 +1400,7 @@ class Queue:
 
     # -- shared state (dbqueue_state) -------------------------------------
 
-    def mail_outage_key(self):
+    def _mail_outage_key(self):
         return "mail_outage:" + self.config.table
 
     def set_state(self, conn, name, value):
@@ -1436,7 +1436,7 @@ class Queue:
         stale (true when no worker has probed for _OUTAGE_STALE seconds: its
         worker stopped during the outage).
         """
-        found = self.get_state(conn or self._conn(), self.mail_outage_key())
+        found = self.get_state(conn or self._conn(), self._mail_outage_key())
         if found is None:
             return None
         value, age = found
@@ -2182,7 +2182,7 @@ class Worker:
     # queues keep running. The first mail sent from that queue after the
     # probe time is the probe. Other processes see the outage as a
     # dbqueue_state row (stats, health), written here and removed when mail
-    # flows again (mail_flowing, called by the mailer).
+    # flows again (_mail_flowing, called by the mailer).
 
     mail_probe = (1, 2, 5, 10, 30, 60)   # seconds between probes; the last repeats
 
@@ -2229,7 +2229,7 @@ class Worker:
                             "queues": sorted(pause["queues"]),
                             "next_probe": int(time.time() + wait)})
 
-    def mail_flowing(self):
+    def _mail_flowing(self):
         """The mail server took (or answered about) a message: end a pause."""
         if self._mail_pause is None and not self._outage_row:
             return
@@ -2241,15 +2241,16 @@ class Worker:
 
     def _write_outage(self, value):
         """Record (or with None remove) the outage row; never fatal."""
-        key = self.queue.mail_outage_key()
+        key = self.queue._mail_outage_key()
         try:
             if value is None:
                 self._db(lambda c: self.queue.clear_state(c, key))
             else:
                 self._db(lambda c: self.queue.set_state(c, key, value))
         except QueueError as exc:
-            self.log.warning("could not record the mail outage for stats and health (run"
-                             " `python dbqueue.py migrate`)", error=_first_line(exc))
+            self.log.warning("could not update the mail outage record that stats and health"
+                             " read (does dbqueue_state exist? run `python dbqueue.py migrate`)",
+                             error=_first_line(exc))
 
     # -- the database connection -------------------------------------------
 
@@ -3129,13 +3130,13 @@ def _deliver(fields, config):
         except QueueError as exc:
             _keep_mail_state(running, state)      # the same Date on the next attempt
             if worker is not None and not isinstance(exc, _MailOutage):
-                worker.mail_flowing()             # the server answered: it is up
+                worker._mail_flowing()            # the server answered: it is up
             raise
         finally:
             if not reuse:
                 mailer.close()
         if worker is not None:
-            worker.mail_flowing()
+            worker._mail_flowing()
     deferred = {a: _reply_text(*r) for a, r in refused.items() if 400 <= r[0] < 500}
     rejected.update((a, _reply_text(*r)) for a, r in refused.items() if a not in deferred)
     if not (deferred or rejected):

@@ -4098,6 +4098,22 @@ class MailServerTests(EmailTestMixin, unittest.TestCase):
                                "- one\n- two\n")
         self.assertEqual(msg.get_body(("html",)).get_content().rstrip("\r\n"), html)
 
+    def test_a_database_without_the_state_table_still_works(self):
+        # Migrated by an older dbqueue: no dbqueue_state. Nothing breaks; the
+        # worker says what to run.
+        q = self.mail_queue(None)
+        self.db.raw("DROP TABLE dbqueue_state")
+        dbqueue.queue_email("a@example.com", "s", text="t", using=q)
+        worker, log = self.work(q, tries=1)
+        self.assertEqual(worker.exit_code, 1)
+        self.assertIn("python dbqueue.py migrate", log)
+        self.assertEqual(self.db.raw("SELECT attempts FROM {jobs}"), [(0,)])
+        code, out, _ = run_main(["health"], self.db.env())
+        self.assertEqual(code, 0, out)
+        self.assertEqual(run_main(["stats", "--json"], self.db.env())[0], 0)
+        q.migrate()
+        self.assertEqual(self.db.raw("SELECT COUNT(*) FROM dbqueue_state"), [(0,)])
+
     def test_mail_ehlo_domain_and_a_host_name_that_is_not_ascii(self):
         sink = PostfixSink(self)
         for setting, sent in (("mta.example.com", "mta.example.com"),
