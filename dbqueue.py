@@ -1922,8 +1922,8 @@ class Worker:
             self._last_rescue = now
         acks = list(self._acks)
         queues = self._active_queues()
-        if self._mail_pause is not None:
-            want = 1    # the next mail is a probe: fetch no batch to hand back
+        if self._mail_pause is not None and queues == self.queues:
+            want = 1    # a probe is due: fetch no batch that a failed probe hands back
         jobs, lost = self._db(lambda c: self.queue.reserve(c, queues, want, acks, rescue))
         self._acked(acks, lost)
         for j in jobs:
