@@ -3742,3 +3742,108 @@ _on_backends(PropertyTests, [Backend, PsycopgBackend])
 
 if __name__ == "__main__":
     unittest.main()
+
+
+# ---- config: the .env file, settings and their sources, the newcomer's mistakes ----
+
+def env_file(testcase, text, name=".env"):
+    """A .env file with `text` in a temp folder of its own; returns its path."""
+    folder = tempfile.mkdtemp(prefix="dbqueue-env-")
+    testcase.addCleanup(shutil.rmtree, folder, True)
+    path = os.path.join(folder, name)
+    with open(path, "w", encoding="utf-8") as fh:
+        fh.write(textwrap.dedent(text).lstrip("\n"))
+    return path
+
+
+class ConfigEnvFileTests(unittest.TestCase):
+    """The .env file is read as Laravel's and CodeIgniter's readers read it."""
+
+    def read(self, text, environ=None):
+        path = env_file(self, text)
+        return dbqueue.Config.from_env(environ or {}, env_file=path), path
+
+    def test_names_are_expanded_from_the_environment_then_earlier_lines(self):
+        config, _ = self.read('''
+            APP_NAME=Acme
+            MAIL_FROM_NAME="${APP_NAME} Support"
+            MAIL_HOST=${SMTP_RELAY}
+            MAIL_USERNAME=${APP_NAME}-bot
+            ''', environ={"SMTP_RELAY": "relay.internal"})
+        self.assertEqual(config.mail_from_name, "Acme Support")
+        self.assertEqual(config.mail_host, "relay.internal")
+        self.assertEqual(config.mail_username, "Acme-bot")
+        self.assertEqual(config.warnings, [])
+        # The environment wins over an earlier line, as it does for the setting itself.
+        config, _ = self.read('''
+            APP_NAME=FromFile
+            MAIL_FROM_NAME="${APP_NAME}"
+            ''', environ={"APP_NAME": "FromEnv"})
+        self.assertEqual(config.mail_from_name, "FromEnv")
+
+    def test_an_unknown_name_becomes_empty_with_a_warning_naming_the_line(self):
+        config, path = self.read('''
+            # the sender
+            MAIL_FROM_NAME="${APP_NAME} Team"
+            ''')
+        self.assertEqual(config.mail_from_name, "Team")
+        self.assertEqual(len(config.warnings), 1, config.warnings)
+        self.assertIn("%s:2" % path, config.warnings[0])
+        self.assertIn("${APP_NAME}", config.warnings[0])
+
+    def test_single_quotes_are_literal_and_an_escaped_dollar_stays(self):
+        config, _ = self.read(r'''
+            APP_NAME=Acme
+            MAIL_FROM_NAME='${APP_NAME} $x'
+            MAIL_USERNAME="\${APP_NAME}"
+            MAIL_PASSWORD="p\"w\\d"
+            ''')
+        self.assertEqual(config.mail_from_name, "${APP_NAME} $x")
+        self.assertEqual(config.mail_username, "${APP_NAME}")
+        self.assertEqual(config.mail_password, 'p"w\\d')
+        self.assertEqual(config.warnings, [])
+
+    def test_a_comment_after_a_quoted_value_keeps_the_value(self):
+        tmp = tempfile.mkdtemp(prefix="dbqueue-test-")
+        self.addCleanup(shutil.rmtree, tmp, True)
+        db = os.path.join(tmp, "c.db")
+        config, _ = self.read('''
+            QUEUE_DATABASE_URL="sqlite:///%s" # the queue
+            MAIL_FROM_NAME='Acme # Support'   # the sender
+            MAIL_HOST=smtp.example.com # relay
+            MAIL_USERNAME=a#b
+            ''' % db)
+        self.assertEqual(config.database_url, "sqlite:///" + db)
+        self.assertEqual(config.mail_from_name, "Acme # Support")
+        self.assertEqual(config.mail_host, "smtp.example.com")
+        self.assertEqual(config.mail_username, "a#b")
+        self.assertEqual(config.warnings, [])
+
+    def test_a_line_that_is_not_key_value_is_a_warning_naming_it(self):
+        config, path = self.read('''
+            MAIL_HOST=smtp.example.com
+            this is not a setting
+            MAIL_PORT 587
+            MAIL_FROM_NAME="unterminated
+            export MAIL_USERNAME=bot
+            ''')
+        self.assertEqual(config.mail_host, "smtp.example.com")
+        self.assertEqual(config.mail_username, "bot")
+        self.assertEqual(config.mail_from_name, "")
+        lines = [w.split(":")[1] for w in config.warnings if w.startswith(path + ":")]
+        self.assertEqual(lines, ["2", "3", "4"], config.warnings)
+        # The command line prints each one and carries on.
+        code, out, err = run_main(["migrate", "--print", "--env-file", path], {})
+        self.assertEqual(code, 0, err)
+        self.assertIn("%s:2" % path, err)
+        self.assertIn("warning", err)
+
+    def test_codeigniter_style_lines_with_spaces_and_dotted_keys(self):
+        config, path = self.read('''
+            CI_ENVIRONMENT = production
+            QUEUE_MAX_ATTEMPTS = 5
+            database.default.DBPrefix = app_
+            ''')
+        self.assertEqual(config.max_attempts, 5)
+        self.assertEqual(config.table, "app_jobs")
+        self.assertEqual(config.warnings, [])
