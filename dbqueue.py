@@ -696,6 +696,11 @@ _SQL = {
     "version": "SELECT version FROM dbqueue_migrations WHERE tbl = :tbl",
     "set_version": "INSERT INTO dbqueue_migrations (tbl, version) VALUES (:tbl, :version)"
                    " ON CONFLICT (tbl) DO UPDATE SET version = excluded.version",
+    # Writes that match no row: they change nothing but need the rights (and,
+    # on SQLite, the write lock) the worker's own writes need. See check_write().
+    "probe_update": "UPDATE {jobs} SET reserved_at = reserved_at WHERE 1 = 0",
+    "probe_delete": "DELETE FROM {jobs} WHERE 1 = 0",
+    "probe_failed": "DELETE FROM {failed} WHERE 1 = 0",
 }
 
 _PARAM = _Pattern(r"(?<![:\w]):([a-z_]+)\b")
@@ -831,7 +836,10 @@ class _SQLite(_Dialect):
             # `health` looks without touching: a missing file is an answer,
             # not something to create; mode=rw refuses to create one too.
             if not os.path.isfile(target):
-                raise DatabaseError("SQLite database %s does not exist" % target)
+                raise DatabaseError("SQLite database %s does not exist (this command only reads,"
+                                    " so it creates none: check the URL, or run `python dbqueue.py"
+                                    " migrate` to create it)" % os.path.abspath(target),
+                                    transient=False)
             from urllib.parse import quote
             target = "file:%s?mode=rw" % quote(os.path.abspath(target))
             conn = sqlite3.connect(target, timeout=timeout, isolation_level=None,
@@ -925,6 +933,17 @@ class _SQLite(_Dialect):
     @staticmethod
     def is_locked(exc):
         return "locked" in str(exc) or "busy" in str(exc)
+
+    # A database dbqueue may read but not write is a setup problem, not an
+    # outage: waiting does not cure it (see Queue.translate).
+    denied_fix = ("make the file and its folder writable by the user that runs dbqueue"
+                  " (SQLite writes -wal and -shm files beside it)")
+
+    @staticmethod
+    def is_denied(exc):
+        # SQLITE_READONLY (8) and its extended codes; before 3.11 only the text says so.
+        code = getattr(exc, "sqlite_errorcode", None)
+        return (code is not None and code & 0xFF == 8) or "readonly database" in str(exc)
 
     @staticmethod
     def in_transaction(conn):
@@ -1030,6 +1049,14 @@ class _Postgres(_Dialect):
     @staticmethod
     def is_locked(exc):
         return False
+
+    denied_fix = ("grant the role SELECT, INSERT, UPDATE and DELETE on both queue tables, and"
+                  " USAGE on the jobs table's id sequence")
+
+    @staticmethod
+    def is_denied(exc):
+        code = getattr(exc, "sqlstate", None) or getattr(exc, "pgcode", None)
+        return code == "42501"   # insufficient_privilege
 
 
 def _quote(identifier):
@@ -1228,6 +1255,12 @@ class Queue:
         if self.dialect.is_missing_table(exc):
             return MissingTableError("the queue tables do not exist in %s: run `python dbqueue.py"
                                      " migrate`" % _mask_url(self.config.database_url))
+        if self.dialect.is_denied(exc):
+            where = (os.path.abspath(self._target) if self.dialect is _SQLite
+                     else _mask_url(self.config.database_url))
+            return DatabaseError("cannot write to %s (%s): %s" % (
+                where, _without_password(_first_line(exc), self.config.database_url),
+                self.dialect.denied_fix), transient=False)
         if self.dialect is _SQLite:
             import sqlite3
             transient = isinstance(exc, sqlite3.OperationalError)   # locked, busy, I/O
@@ -1256,6 +1289,7 @@ class Queue:
                 for statement in self.dialect.ddl(tbl, self.config.failed_table):
                     cur.execute(statement)
                 self.execute(cur, "set_version", tbl=tbl, version=_SCHEMA_VERSION)
+            self._probe_write(cur)   # up to date is not "migrated" when no job could be written
         self._schema_ready = True
         return _SCHEMA_VERSION
 
@@ -1278,6 +1312,17 @@ class Queue:
                 cur.execute("SELECT 1 FROM %s WHERE 1 = 0" % _quote(table))
                 cur.fetchall()
         return True
+
+    def check_write(self, conn=None):
+        """Raise DatabaseError (not transient) unless the queue may write both
+        tables: a read-only SQLite file, a role without rights. Changes nothing."""
+        with _Transaction(self, conn or self._conn()) as cur:
+            self._probe_write(cur)
+        return True
+
+    def _probe_write(self, cur):
+        for key in ("probe_update", "probe_delete", "probe_failed"):
+            self.execute(cur, key)
 
     # -- producing -------------------------------------------------------
 
@@ -2237,6 +2282,7 @@ class Worker:
         if self._conn is None:
             self._conn = self.queue.connect()
         self.queue.check(self._conn)
+        self.queue.check_write(self._conn)
 
     def _db(self, action):
         """Run action(conn), reconnecting with backoff while the database is away.
@@ -3924,9 +3970,24 @@ def _prometheus(stats):
     return "\n".join(lines) + "\n"
 
 
+def _reader(config):
+    """A Queue for a command that only reads: it opens an existing database and
+    creates neither a SQLite file nor tables (a mistyped path is an error, not
+    an empty queue)."""
+    queue = Queue(config=config)
+    try:
+        queue._local.conn = queue.connect(create=False)
+    except DatabaseError as exc:
+        queue.close()
+        source = config.sources.get("QUEUE_DATABASE_URL", "default")
+        raise DatabaseError("%s; the URL is %s" % (_first_line(exc), "dbqueue's default"
+                            if source == "default" else "from " + source), transient=False)
+    return queue
+
+
 def _cmd_stats(args, config):
     fmt = "json" if args.json else args.format
-    queue = Queue(config=config)
+    queue = _reader(config)
     try:
         stats = queue.stats()
     finally:
@@ -3953,6 +4014,7 @@ def _cmd_health(args, config):
     try:
         conn = queue.connect(create=False)
         queue.check(conn)
+        queue.check_write(conn)     # a worker must be able to write, not only read
         stats = queue.stats(conn)
     except DatabaseError as exc:
         print("unhealthy: %s" % _first_line(exc))
@@ -4007,7 +4069,7 @@ def _error_line(exception):
 
 
 def _cmd_failed(args, config):
-    queue = Queue(config=config)
+    queue = _reader(config)
     try:
         rows = queue.failed(args.queue)
     finally:

@@ -2318,6 +2318,7 @@ class OpsCommandLineTests(unittest.TestCase):
         stats = json.loads(run_main(["stats", "--json", "--env-file", env_file])[1])
         self.assertEqual([(s["queue"], s["ready"]) for s in stats], [("default", 1)])
         other = "sqlite:///" + os.path.join(self.tmp, "other.db")
+        self.assertEqual(run_main(["migrate", "--database-url", other])[0], 0)
         out = run_main(["stats", "--json", "--env-file", env_file, "--database-url", other])[1]
         self.assertEqual(json.loads(out), [])
 
@@ -3847,3 +3848,138 @@ class ConfigEnvFileTests(unittest.TestCase):
         self.assertEqual(config.max_attempts, 5)
         self.assertEqual(config.table, "app_jobs")
         self.assertEqual(config.warnings, [])
+
+
+def url_with(url, param):
+    """`url` with one more query parameter, joined by ? or & as the URL needs."""
+    return url + ("&" if "?" in url else "?") + param
+
+
+def run_main_as_reader(testcase, argv, env, timeout=30.0):
+    """main(argv) in a forked child that cannot write a file of mode 0444: run
+    as `nobody` when the tests run as root (root writes any file), else as the
+    current user. Forked, not exec'd, so the interpreter need not be one that
+    `nobody` may run. Returns (code, stdout, stderr); code None if it hung."""
+    import pwd
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:   # the child: never returns into the test runner
+        result = {"code": 99, "out": "", "err": "child failed"}
+        try:
+            os.close(read_fd)
+            # Imported while still root: nobody may not read root's interpreter's library.
+            for module in ("argparse", "sqlite3", "urllib.parse", "json", "re", "traceback",
+                           "importlib", "signal", "select", "random", "string"):
+                __import__(module)
+            if os.getuid() == 0:
+                nobody = pwd.getpwnam("nobody")
+                os.setgroups([])
+                os.setgid(nobody.pw_gid)
+                os.setuid(nobody.pw_uid)
+            code, out, err = run_main(argv, env)
+            result = {"code": code, "out": out, "err": err}
+        except BaseException as exc:
+            result["err"] = "child failed: %r" % exc
+        finally:
+            try:
+                os.write(write_fd, json.dumps(result).encode())
+            finally:
+                os._exit(0)
+    os.close(write_fd)
+    chunks = []
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            import select
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([read_fd], [], [], left)[0]:
+                os.kill(pid, signal.SIGKILL)
+                return None, "", "timed out after %.0fs: %r" % (timeout, argv)
+            chunk = os.read(read_fd, 65536)
+            if not chunk:
+                break
+            chunks.append(chunk)
+    finally:
+        os.close(read_fd)
+        os.waitpid(pid, 0)
+    result = json.loads(b"".join(chunks).decode())
+    return result["code"], result["out"], result["err"]
+
+
+class ConfigReadOnlyDatabaseTests(unittest.TestCase):
+    """A database dbqueue may read but not write is one line and exit 1, not an outage."""
+
+    def setUp(self):
+        self.tmp = tempfile.mkdtemp(prefix="dbqueue-test-")
+        self.addCleanup(shutil.rmtree, self.tmp, True)
+        # The folder is the user's own (writable: SQLite's -shm goes there); the file is 0444.
+        os.chmod(self.tmp, 0o777)
+        self.path = os.path.join(self.tmp, "q.db")
+        q = dbqueue.Queue("sqlite:///" + self.path)
+        q.push("t_record", {"i": 1})
+        q.close()
+        os.chmod(self.path, 0o444)
+        self.env = {"QUEUE_DATABASE_URL": "sqlite:///" + self.path}
+
+    def test_work_names_the_file_and_the_fix_and_exits_1(self):
+        code, out, err = run_main_as_reader(self, ["work", "--once"], self.env)
+        self.assertEqual(code, 1, err)
+        last = err.strip().splitlines()[-1]
+        self.assertIn(self.path, last)
+        self.assertIn("writable", last)
+        self.assertNotIn("retrying", err)
+
+    def test_health_fails_and_migrate_does_not_say_migrated(self):
+        code, out, err = run_main_as_reader(self, ["health"], self.env)
+        self.assertEqual(code, 1, out + err)
+        self.assertIn("unhealthy: cannot write to %s" % self.path, out)
+        code, out, err = run_main_as_reader(self, ["migrate"], self.env)
+        self.assertEqual(code, 1, out + err)
+        self.assertNotIn("migrated", out)
+        self.assertIn(self.path, err)
+        # Reading still works: stats is what a read-only user may run.
+        code, out, err = run_main_as_reader(self, ["stats"], self.env)
+        self.assertEqual(code, 0, err)
+        self.assertIn("default", out)
+
+
+class ConfigPostgresRightsTests(unittest.TestCase):
+    """A PostgreSQL role without rights (SQLSTATE 42501) is the same kind of error."""
+
+    def setUp(self):
+        self.db = PsycopgBackend(self)
+        self.db.queue().push("t_record", {"i": 1})
+        self.role = "dbq_role_" + self.db.table
+        self.db.raw('CREATE ROLE "%s" NOLOGIN' % self.role)
+        self.addCleanup(self.db.raw, 'DROP ROLE IF EXISTS "%s"' % self.role)
+        self.addCleanup(self.db.raw, 'REVOKE ALL ON "%s", "%s" FROM "%s"'
+                        % (self.db.table, self.db.failed_table, self.role))
+        # libpq's options: the session runs as that role from its first statement.
+        self.env = self.db.env(QUEUE_DATABASE_URL=url_with(
+            self.db.url, "options=-crole%%3D%s" % self.role))
+
+    def test_a_role_without_rights_stops_the_worker_with_the_fix(self):
+        code, out, err = run_main(["work", "--once"], self.env)
+        self.assertEqual(code, 1, err)
+        last = err.strip().splitlines()[-1]
+        self.assertIn("permission denied", last)
+        self.assertIn("grant", last)
+        self.assertNotIn("retrying", err)
+        code, out, err = run_main(["health"], self.env)
+        self.assertEqual(code, 1, out + err)
+        self.assertIn("unhealthy", out)
+
+    def test_a_role_that_may_only_read_is_unhealthy_and_cannot_work(self):
+        self.db.raw('GRANT SELECT ON "%s", "%s" TO "%s"'
+                    % (self.db.table, self.db.failed_table, self.role))
+        code, out, err = run_main(["stats"], self.env)
+        self.assertEqual(code, 0, err)
+        code, out, err = run_main(["health"], self.env)
+        self.assertEqual(code, 1, out + err)
+        self.assertIn("unhealthy: cannot write to", out)
+        self.assertIn("grant", out)
+        code, out, err = run_main(["work", "--once"], self.env)
+        self.assertEqual(code, 1, err)
+        self.assertIn("permission denied", err.strip().splitlines()[-1])
+        self.assertEqual(self.db.raw("SELECT COUNT(*) FROM {jobs} WHERE reserved_at IS NULL"),
+                         [(1,)])
