@@ -236,7 +236,7 @@ _CODEIGNITER_DRIVERS = {"mysqli": "mysql", "postgre": "postgresql", "sqlite3": "
 _CODEIGNITER_DB = tuple("database.default." + k for k in (
     "DBDriver", "hostname", "port", "database", "username", "password", "DBPrefix"))
 # Read by other parts of dbqueue: known names for the typo check.
-_OTHER_NAMES = ("DBQUEUE_DASHBOARD_TOKEN",)
+_OTHER_NAMES = ("DATABASE_URL", "DBQUEUE_DASHBOARD_TOKEN")
 _SECRET_NAME = _Pattern(r"(PASSWORD|PASS|SECRET|TOKEN)\Z")
 
 
@@ -443,9 +443,10 @@ def _database_url(find, env_path, flag):
         url, source, origin = flag, "--database-url", "--database-url"
     else:
         for var in ("QUEUE_DATABASE_URL", "DATABASE_URL"):
-            url, source = find(var)
+            url, where = find(var)
             if url is not None:
-                origin = var if source == "environment" else "%s in %s" % (var, source)
+                origin = var if where == "environment" else "%s in %s" % (var, where)
+                source = where if var == "QUEUE_DATABASE_URL" else "%s (%s)" % (where, var)
                 break
         else:
             derived = _codeigniter_url(find, env_path)
@@ -3710,6 +3711,11 @@ def _parser():
     p.add_argument("--force", action="store_true",
                    help="do not ask (required when stdin is not a terminal)")
 
+    p = command("config", "show every effective setting, its value (secrets masked) and where"
+                " it came from: the first thing to run when jobs never process",
+                "python dbqueue.py config --env-file /srv/app/.env")
+    p.add_argument("--json", action="store_true", help="JSON: settings and warnings")
+
     p = command("bench", "measure enqueue, drain and latency on the configured database",
                 "python dbqueue.py bench --jobs 5000 --workers 2")
     p.add_argument("--jobs", type=_pos_int, default=5000, metavar="N")
@@ -3979,10 +3985,23 @@ def _reader(config):
         queue._local.conn = queue.connect(create=False)
     except DatabaseError as exc:
         queue.close()
-        source = config.sources.get("QUEUE_DATABASE_URL", "default")
-        raise DatabaseError("%s; the URL is %s" % (_first_line(exc), "dbqueue's default"
-                            if source == "default" else "from " + source), transient=False)
+        raise DatabaseError("%s; the URL came from %s" % (_first_line(exc), _url_origin(config)),
+                            transient=False)
     return queue
+
+
+def _url_origin(config):
+    """Where the database URL came from, in words for an error message."""
+    source = config.sources.get("QUEUE_DATABASE_URL", "default")
+    if source == "default":
+        return "dbqueue's default (set QUEUE_DATABASE_URL to choose)"
+    if source.startswith("--"):
+        return source
+    if source.startswith("derived from "):
+        return "the CodeIgniter " + source[len("derived from "):]
+    var = "DATABASE_URL" if source.endswith("(DATABASE_URL)") else "QUEUE_DATABASE_URL"
+    where = source.replace(" (DATABASE_URL)", "")
+    return "%s in the %s" % (var, where) if where == "environment" else "%s in %s" % (var, where)
 
 
 def _cmd_stats(args, config):
@@ -4189,6 +4208,37 @@ def _cmd_clear(args, config):
     return 0
 
 
+def _setting_value(config, setting):
+    """A setting's effective value for `config`, with secrets masked."""
+    attr = setting.lower()
+    attr = attr[len("queue_"):] if attr.startswith("queue_") else attr
+    value = getattr(config, attr, None)
+    if isinstance(value, str) and "://" in value:
+        value = _mask_url(value)
+    if _SECRET_NAME.search(setting) and value:
+        value = "***"
+    return value
+
+
+def _cmd_config(args, config):
+    # Reads no database: it shows what a worker started here would use.
+    settings = [{"name": name, "value": _setting_value(config, name), "source": source}
+                for name, source in config.sources.items()]
+    if args.json:
+        print(json.dumps({"settings": settings, "warnings": config.warnings}, indent=2))
+        return 0
+
+    def shown(value):
+        if isinstance(value, bool):
+            return "true" if value else "false"
+        if isinstance(value, (list, tuple)):
+            return ",".join(str(v) for v in value)
+        return '""' if value in ("", None) else str(value)
+    print(_table(("setting", "value", "source"),
+                 [(s["name"], shown(s["value"]), s["source"]) for s in settings]))
+    return 0
+
+
 _COMMANDS = {
     "migrate": _cmd_migrate,
     "work": _cmd_work,
@@ -4201,6 +4251,7 @@ _COMMANDS = {
     "flush": _cmd_flush,
     "clear": _cmd_clear,
     "bench": lambda args, config: _bench(args, config),
+    "config": _cmd_config,
 }
 
 

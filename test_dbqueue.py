@@ -2300,7 +2300,7 @@ class OpsCommandLineTests(unittest.TestCase):
     def test_every_command_takes_env_file_and_database_url(self):
         argvs = [["migrate"], ["work", "--stop-when-empty"], ["push", "t_record"], ["stats"],
                  ["health"], ["failed"], ["retry", "all"], ["forget", "1"], ["flush"],
-                 ["clear", "--queue", "q", "--force"], ["bench"]]
+                 ["clear", "--queue", "q", "--force"], ["bench"], ["config"]]
         self.assertEqual(sorted(a[0] for a in argvs), sorted(dbqueue._COMMANDS))
         missing = os.path.join(self.tmp, "missing.env")
         for argv in argvs:
@@ -3983,3 +3983,223 @@ class ConfigPostgresRightsTests(unittest.TestCase):
         self.assertIn("permission denied", err.strip().splitlines()[-1])
         self.assertEqual(self.db.raw("SELECT COUNT(*) FROM {jobs} WHERE reserved_at IS NULL"),
                          [(1,)])
+
+
+class ConfigCodeIgniterEnvTests(unittest.TestCase):
+    """The seed CodeIgniter app's .env works as it is; dbqueue's own names win."""
+
+    def read(self, text, environ=None, **kwargs):
+        path = env_file(self, text)
+        return dbqueue.Config.from_env(environ or {}, env_file=path, **kwargs), path
+
+    def test_database_default_builds_the_url_and_dbprefix_both_table_names(self):
+        config, path = self.read('''
+            database.default.hostname = db.internal
+            database.default.database = app_db
+            database.default.username = app user
+            database.default.password = "p@ss:w/rd%"
+            database.default.DBDriver = Postgre
+            database.default.DBPrefix = ci_
+            database.default.port = 5433
+            ''')
+        self.assertEqual(config.database_url,
+                         "postgresql://app%20user:p%40ss%3Aw%2Frd%25@db.internal:5433/app_db")
+        self.assertEqual((config.table, config.failed_table), ("ci_jobs", "ci_failed_jobs"))
+        self.assertEqual(config.sources["QUEUE_DATABASE_URL"],
+                         "derived from database.default.* (%s:5)" % path)
+        # A driver can be asked for it: the URL parses as the libpq URI it is.
+        from urllib.parse import unquote, urlsplit
+        parts = urlsplit(config.database_url)
+        self.assertEqual((unquote(parts.username), unquote(parts.password), parts.port),
+                         ("app user", "p@ss:w/rd%", 5433))
+        # dbqueue's names win over CodeIgniter's.
+        config, _ = self.read('''
+            database.default.DBDriver = Postgre
+            database.default.database = app_db
+            database.default.DBPrefix = ci_
+            QUEUE_TABLE = queue_jobs
+            ''', environ={"QUEUE_DATABASE_URL": "sqlite:///q.db"})
+        self.assertEqual(config.database_url, "sqlite:///q.db")
+        self.assertEqual((config.table, config.failed_table), ("queue_jobs", "ci_failed_jobs"))
+
+    def test_mysqli_builds_a_mysql_url(self):
+        # The MySQL dialect is another part's; the URL built here is what it reads.
+        values = {"database.default.DBDriver": "MySQLi", "database.default.hostname": "::1",
+                  "database.default.database": "app", "database.default.username": "root",
+                  "database.default.password": "a b", "database.default.port": "3306"}
+        url, source = dbqueue._codeigniter_url(lambda n: (values.get(n), ".env:1"), ".env")
+        self.assertEqual(url, "mysql://root:a%20b@[::1]:3306/app")
+        values["database.default.DBDriver"] = "SQLSRV"
+        with self.assertRaises(dbqueue.ConfigError) as caught:
+            dbqueue._codeigniter_url(lambda n: (values.get(n), ".env:1"), ".env")
+        self.assertIn("database.default.DBDriver=SQLSRV", str(caught.exception))
+
+    def test_a_relative_sqlite3_database_is_a_file_under_writable_beside_the_env(self):
+        path = env_file(self, '''
+            database.default.DBDriver = SQLite3
+            database.default.database = app.db
+            ''')
+        writable = os.path.join(os.path.dirname(path), "writable")
+        os.mkdir(writable)
+        code, out, err = run_main(["push", "t_record", "--env-file", path], {})
+        self.assertEqual(code, 0, err)
+        self.assertTrue(os.path.isfile(os.path.join(writable, "app.db")))
+        config, _ = self.read('''
+            database.default.DBDriver = SQLite3
+            database.default.database = /var/lib/app/app.db
+            ''')
+        self.assertEqual(config.database_url, "sqlite:////var/lib/app/app.db")
+
+    def test_email_settings_stand_for_the_mail_ones(self):
+        config, path = self.read('''
+            EMAIL_PROVIDER = smtp
+            EMAIL_FROM_ADDRESS = hello@example.com
+            EMAIL_FROM_NAME = "Acme"
+            EMAIL_SMTP_HOST = smtp.example.com
+            EMAIL_SMTP_PORT = 587
+            EMAIL_SMTP_USER = mailer
+            EMAIL_SMTP_PASS = " secret "
+            EMAIL_SMTP_CRYPTO = tls
+            ''')
+        self.assertEqual((config.mail_mailer, config.mail_from_address, config.mail_from_name,
+                          config.mail_host, config.mail_port, config.mail_username,
+                          config.mail_password, config.mail_encryption),
+                         ("smtp", "hello@example.com", "Acme", "smtp.example.com", 587, "mailer",
+                          " secret ", "starttls"))
+        self.assertEqual(config.sources["MAIL_PORT"], "%s:5 (EMAIL_SMTP_PORT)" % path)
+        for crypto, expected in (("ssl", "ssl"), ("", "none"), ("tls", "starttls")):
+            config, _ = self.read("EMAIL_SMTP_CRYPTO = %s\n" % crypto)
+            self.assertEqual(config.mail_encryption, expected)
+        for provider, expected in (("none", "log"), ("sendmail", "sendmail"), ("smtp", "smtp")):
+            config, _ = self.read("EMAIL_PROVIDER = %s\n" % provider)
+            self.assertEqual(config.mail_mailer, expected)
+        self.assertEqual(config.mail_sendmail_path, "/usr/sbin/sendmail -t -i")
+        config, _ = self.read('''
+            EMAIL_SMTP_HOST = ci.example.com
+            EMAIL_PROVIDER = none
+            ''', environ={"MAIL_HOST": "ours.example.com", "MAIL_MAILER": "smtp"})
+        self.assertEqual((config.mail_host, config.mail_mailer), ("ours.example.com", "smtp"))
+        # A bad value is named by the variable that held it.
+        code, out, err = run_main(["config", "--env-file", env_file(self, "EMAIL_SMTP_PORT = x\n")],
+                                  {})
+        self.assertEqual(code, 2)
+        self.assertIn("EMAIL_SMTP_PORT=x", err)
+
+    def test_config_shows_every_setting_its_source_and_masks_secrets(self):
+        path = env_file(self, '''
+            QUEUE_MAX_ATTEMPTS = 5
+            MAIL_PASSWORD = hunter2
+            database.default.DBPrefix = ci_
+            ''')
+        env = {"QUEUE_TIMEOUT": "120",
+               "QUEUE_DATABASE_URL": "postgresql://app:topsecret@db/app?sslpassword=keypass"}
+        code, out, err = run_main(["config", "--json", "--env-file", path], env)
+        self.assertEqual(code, 0, err)
+        for secret in ("hunter2", "topsecret", "keypass"):
+            self.assertNotIn(secret, out + err)
+        got = {s["name"]: (s["value"], s["source"]) for s in json.loads(out)["settings"]}
+        self.assertEqual(got["QUEUE_TIMEOUT"], (120, "environment"))
+        self.assertEqual(got["QUEUE_MAX_ATTEMPTS"], (5, "%s:1" % path))
+        self.assertEqual(got["MAIL_PASSWORD"], ("***", "%s:2" % path))
+        self.assertEqual(got["QUEUE_TABLE"],
+                         ("ci_jobs", "derived from database.default.DBPrefix (%s:3)" % path))
+        self.assertEqual(got["QUEUE_RETRY_AFTER"], (90, "default"))
+        self.assertEqual(got["QUEUE_DATABASE_URL"][1], "environment")
+        for name in ("QUEUE_DRIVER", "QUEUE_BACKOFF", "QUEUE_FAILED_TABLE", "MAIL_MAILER",
+                     "MAIL_HOST", "MAIL_PORT", "MAIL_USERNAME", "MAIL_ENCRYPTION",
+                     "MAIL_FROM_ADDRESS", "MAIL_FROM_NAME", "MAIL_TIMEOUT", "MAIL_VERIFY_PEER",
+                     "MAIL_TEMPLATE_DIR", "MAIL_SENDMAIL_PATH"):
+            self.assertIn(name, got)
+        code, out, err = run_main(["config", "--env-file", path, "--database-url",
+                                   "sqlite:///x.db"], env)
+        self.assertEqual(code, 0, err)
+        line = [l for l in out.splitlines() if l.startswith("QUEUE_DATABASE_URL")][0]
+        self.assertEqual(line.split(), ["QUEUE_DATABASE_URL", "sqlite:///x.db", "--database-url"])
+        self.assertNotIn("hunter2", out)
+        self.assertFalse(os.path.exists(os.path.join(os.path.dirname(path), "x.db")))
+
+
+class ConfigSilentFallbackTests(unittest.TestCase):
+    """No mistake quietly points dbqueue at another database."""
+
+    def setUp(self):
+        self.tmp = tempfile.mkdtemp(prefix="dbqueue-test-")
+        self.addCleanup(shutil.rmtree, self.tmp, True)
+        self.path = os.path.join(self.tmp, "q.db")
+
+    def one_line_error(self, argv, env, code=2):
+        got, out, err = run_main(argv, env)
+        self.assertEqual(got, code, (argv, env, out, err))
+        self.assertEqual(len(err.strip().splitlines()), 1, err)
+        return err
+
+    def test_a_name_one_edit_from_a_setting_is_a_warning_naming_both(self):
+        path = env_file(self, '''
+            QUEUE_MAX_ATTEMPT=5
+            MAIL_PASWORD=secret
+            ''')
+        config = dbqueue.Config.from_env({"DATABSE_URL": "sqlite:///x.db", "HOME": "/root"},
+                                         env_file=path)
+        text = "\n".join(config.warnings)
+        self.assertEqual(len(config.warnings), 3, text)
+        self.assertIn("DATABSE_URL is set (environment)", text)
+        self.assertIn("DATABASE_URL?", text)
+        self.assertIn("QUEUE_MAX_ATTEMPT is set (%s:1)" % path, text)
+        self.assertIn("QUEUE_MAX_ATTEMPTS?", text)
+        self.assertIn("MAIL_PASWORD is set (%s:2)" % path, text)
+        self.assertNotIn("secret", text)
+        code, out, err = run_main(["push", "t_record"], {"DATABSE_URL": "sqlite:///x.db",
+                                                         "QUEUE_DATABASE_URL": self.path})
+        self.assertEqual(code, 0, err)
+        self.assertIn("warning: DATABSE_URL", err)
+
+    def test_empty_and_garbage_urls_are_errors_naming_their_origin(self):
+        for argv, env, origin in (
+                (["push", "t_record", "--database-url", ""], {}, "--database-url"),
+                (["stats", "--database-url", "garbage"], {"QUEUE_DATABASE_URL": self.path},
+                 "--database-url"),
+                (["push", "t_record"], {"QUEUE_DATABASE_URL": ""}, "QUEUE_DATABASE_URL"),
+                (["push", "t_record"], {"DATABASE_URL": "garbage"}, "DATABASE_URL"),
+                (["work", "--once", "--database-url", "mongodb://u:pw@h/db"], {},
+                 "--database-url")):
+            err = self.one_line_error(argv, env)
+            self.assertIn(origin, err)
+            if argv[-1].startswith("--") or "--database-url" in argv:
+                self.assertNotIn("QUEUE_DATABASE_URL", err)
+            self.assertNotIn(":pw@", err)
+        path = env_file(self, "# db\nQUEUE_DATABASE_URL = oops\n")
+        err = self.one_line_error(["push", "t_record", "--env-file", path], {})
+        self.assertIn("QUEUE_DATABASE_URL in %s:2" % path, err)
+        self.assertFalse(os.path.exists(os.path.join(os.path.dirname(path), "oops")))
+
+    def test_a_bare_value_is_a_sqlite_file_only_when_it_looks_like_one(self):
+        for bare in ("q.db", "data.sqlite", "x.SQLITE3", os.path.join(self.tmp, "plain")):
+            dialect, target, _ = dbqueue._parse_url(bare)
+            self.assertIs(dialect, dbqueue._SQLite)
+            self.assertEqual(target, bare)
+        for bare in ("garbage", "queue", "dbname=app", "localhost:5432"):
+            with self.assertRaises(dbqueue.ConfigError):
+                dbqueue._parse_url(bare)
+
+    def test_read_commands_never_create_a_database(self):
+        missing = os.path.join(self.tmp, "typo.db")
+        env = {"QUEUE_DATABASE_URL": "sqlite:///" + missing}
+        for argv in (["stats"], ["stats", "--json"], ["failed"], ["failed", "--json"]):
+            err = self.one_line_error(argv, env, code=1)
+            self.assertIn(missing, err)
+            self.assertIn("does not exist", err)
+            self.assertIn("QUEUE_DATABASE_URL", err)
+        code, out, err = run_main(["health"], env)
+        self.assertEqual(code, 1)
+        self.assertIn("does not exist", out)
+        code, out, err = run_main(["config"], env)
+        self.assertEqual(code, 0, err)
+        self.assertFalse(os.path.exists(missing))
+        # A file without the tables is a clear answer too, and gains none.
+        open(missing, "w").close()
+        err = self.one_line_error(["stats"], env, code=1)
+        self.assertIn("migrate", err)
+        import sqlite3
+        conn = sqlite3.connect(missing)
+        self.assertEqual(conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone(), (0,))
+        conn.close()
