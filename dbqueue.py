@@ -496,6 +496,12 @@ def _int_setting(name, value, minimum, maximum=None):
     try:
         number = int(str(value).strip())
     except ValueError:
+        try:
+            too_large = maximum is not None and float(str(value).strip()) > maximum
+        except ValueError:
+            too_large = False
+        if too_large:
+            raise ConfigError("%s=%s is too large: at most %d" % (name, value, maximum))
         raise ConfigError("%s=%s is not a whole number" % (name, value))
     if number < minimum or (maximum is not None and number > maximum):
         bound = ">= %d" % minimum if maximum is None else "from %d to %d" % (minimum, maximum)
@@ -2267,7 +2273,8 @@ class Worker:
                 raise JobTimeout("job ran longer than its timeout (%ss)" % timeout)
         except _Abort:
             _Transaction.end_abandoned(self.queue)
-            self._finish(job, "released", delay=0, reason="interrupted", uncount=True)
+            self._finish(job, "released", delay=0, reason="interrupted", uncount=True,
+                         elapsed=time.monotonic() - job.started)
             self.exit_code = 130
             raise
         except PermanentError as exc:
@@ -2856,6 +2863,10 @@ def _build_message(fields):
             msg.add_alternative(fields["html"], subtype="html")
     else:
         msg.set_content(fields["html"], subtype="html")
+    # add_alternative() gives the part it makes its own MIME-Version: the
+    # header belongs to the message only (RFC 2045, section 4).
+    for part in msg.iter_parts():
+        del part["MIME-Version"]
     return msg
 
 
@@ -3296,8 +3307,10 @@ def _smtp_error(exc, config):
     else:
         permanent = False
         what = "%s: %s" % (type(exc).__name__, exc)
-    # "temporary", not "will retry": on a job's last attempt it is not retried.
-    text = "%s %s%s" % (where, what, " (permanent)" if permanent else " (temporary)")
+    # Only "(permanent)" is said: whether a temporary error is retried is the
+    # worker's to decide (the log says released or failed), and a job's last
+    # attempt that failed on one must not read "temporary" in failed_jobs.
+    text = "%s %s%s" % (where, what, " (permanent)" if permanent else "")
     if detail:
         text += "\n" + detail
     text = _scrub(text, config)
@@ -3698,7 +3711,7 @@ def _parser():
     p.add_argument("--queue", default="default", help="queues in priority order, comma separated"
                    " (default: default)")
     p.add_argument("--once", action="store_true", help="handle at most one job, then exit")
-    p.add_argument("--max-jobs", type=_nonneg_int, metavar="N", help="exit after N jobs")
+    p.add_argument("--max-jobs", type=_pos_int, metavar="N", help="exit after N jobs (N >= 1)")
     p.add_argument("--max-time", type=_nonneg_float, metavar="S", help="exit after S seconds")
     p.add_argument("--sleep", type=_nonneg_float, default=3.0, metavar="S",
                    help="longest wait between looks at an idle queue (default 3)")
@@ -3712,7 +3725,8 @@ def _parser():
                    help="exit after the current job when RSS passes MB")
     p.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
                    help="import MODULE to register its handlers (repeatable)")
-    p.add_argument("--log-format", choices=("text", "json"), default="text")
+    p.add_argument("--log-format", choices=("text", "json"), default="text",
+                   help="text (key=value, the default) or json: one object per line")
     p.add_argument("-v", "--verbose", action="store_true", help="also log debug lines")
     p.add_argument("-q", "--quiet", action="store_true", help="log warnings and errors only")
 
@@ -3757,7 +3771,7 @@ def _parser():
     p.add_argument("--queue", type=_queue_arg, help="with all: only this queue")
 
     p = command("forget", "delete failed jobs by id", "python dbqueue.py forget 12 13")
-    p.add_argument("ids", nargs="+", type=_row_id, metavar="ID")
+    p.add_argument("ids", nargs="+", type=_row_id, metavar="ID", help="failed job ids (see `failed`)")
 
     p = command("flush", "delete every failed job, or those older than H hours",
                 "python dbqueue.py flush --hours 168")
@@ -3766,7 +3780,7 @@ def _parser():
 
     p = command("clear", "delete the waiting (ready and delayed) jobs of a queue",
                 "python dbqueue.py clear --queue default --force")
-    p.add_argument("--queue", type=_queue_arg, required=True)
+    p.add_argument("--queue", type=_queue_arg, required=True, help="the queue to empty")
     p.add_argument("--force", action="store_true",
                    help="do not ask (required when stdin is not a terminal)")
 
@@ -3777,20 +3791,31 @@ def _parser():
 
     p = command("bench", "measure enqueue, drain and latency on the configured database",
                 "python dbqueue.py bench --jobs 5000 --workers 2")
-    p.add_argument("--jobs", type=_pos_int, default=5000, metavar="N")
-    p.add_argument("--workers", type=_pos_int, default=2, metavar="K")
+    p.add_argument("--jobs", type=_pos_int, default=5000, metavar="N",
+                   help="jobs to enqueue and drain (default 5000)")
+    p.add_argument("--workers", type=_pos_int, default=2, metavar="K",
+                   help="worker processes that drain them (default 2)")
     return top
 
 
-def _number(kind, minimum, value):
+def _number(kind, minimum, value, maximum=None, unit=""):
     import argparse
     try:
         number = kind(value)
     except ValueError:
+        try:
+            approx = float(value)
+        except ValueError:
+            approx = None
+        if approx is not None and maximum is not None and approx > maximum:
+            # 1e9 is a number, only too large: say that, not "not a whole number".
+            raise argparse.ArgumentTypeError("%r is too large: at most %d%s" % (value, maximum, unit))
         raise argparse.ArgumentTypeError("%r is not a %s" % (
             value, "whole number" if kind is int else "number"))
     if not number >= minimum or number in (float("inf"),):
         raise argparse.ArgumentTypeError("%r must be >= %s" % (value, minimum))
+    if maximum is not None and number > maximum:
+        raise argparse.ArgumentTypeError("%r is too large: at most %d%s" % (value, maximum, unit))
     return number
 
 
@@ -3799,11 +3824,8 @@ def _nonneg_int(value):
 
 
 def _seconds(value):
-    import argparse
-    number = _number(int, 0, value)
-    if number > _MAX_SECONDS:
-        raise argparse.ArgumentTypeError("%r must be at most %d seconds" % (value, _MAX_SECONDS))
-    return number
+    # Whole seconds: the tables store unix seconds.
+    return _number(int, 0, value, _MAX_SECONDS, " seconds (10 years)")
 
 
 def _tries(value):
@@ -3877,6 +3899,9 @@ def main(argv=None):
 
 
 def _cmd_migrate(args, config):
+    if args.all and not args.print:
+        raise ConfigError("migrate: --all goes with --print (it shows the SQL of every database;"
+                          " migrate itself runs on the configured one)")
     if args.print:
         dialects = (_SQLite, _Postgres) if args.all else (_parse_url(config.database_url)[0],)
         out = []

@@ -1699,7 +1699,7 @@ class EmailTests(EmailTestMixin, unittest.TestCase):
         failed = q.failed()
         self.assertEqual(len(failed), 1)
         self.assertIn("unreachable", failed[0]["exception"])
-        self.assertIn("(temporary)", failed[0]["exception"])
+        self.assertNotIn("temporary", failed[0]["exception"])   # it was the last attempt
 
     def test_one_session_is_reused_and_a_dropped_one_reopened(self):
         sink = SMTPSink(self)
@@ -4240,3 +4240,93 @@ class ConfigSilentFallbackTests(unittest.TestCase):
         conn = sqlite3.connect(missing)
         self.assertEqual(conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone(), (0,))
         conn.close()
+
+
+_cfg_started = threading.Event()
+
+
+@dbqueue.job("t_cfg_long")
+def _t_cfg_long(data):
+    _cfg_started.set()
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
+class ConfigSmallFixesTests(EmailTestMixin, unittest.TestCase):
+    """The small things a newcomer trips on (issue 15, item 5)."""
+
+    def setUp(self):
+        self.db = Backend(self)
+        self.env = {"QUEUE_DATABASE_URL": "sqlite:///" + os.path.join(self.db.tmp, "q.db")}
+
+    def test_a_final_failure_does_not_call_its_error_temporary(self):
+        sink = SMTPSink(self)
+        sink.data_replies = ["451 4.3.0 try again later"] * 3
+        q = self.mail_queue(sink)
+        dbqueue.queue_email("a@example.com", "s", text="t", using=q)
+        _, log = self.work(q, tries=3)
+        self.assertEqual(log.count("outcome=released"), 2, log)
+        failed = q.failed()
+        self.assertEqual(len(failed), 1)
+        self.assertIn("451", failed[0]["exception"])
+        self.assertNotIn("temporary", failed[0]["exception"])
+
+    def test_an_interrupted_job_logs_the_time_it_ran(self):
+        need(threading.current_thread() is threading.main_thread(), "signals need the main thread")
+        q = self.db.queue()
+        q.push("t_cfg_long", {})
+        _cfg_started.clear()
+        log = quiet_log()
+        worker = dbqueue.Worker(q, ["default"], log=log, timeout=0)
+
+        def interrupt():
+            _cfg_started.wait(10)
+            time.sleep(0.3)
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.05)
+            os.kill(os.getpid(), signal.SIGINT)
+        threading.Thread(target=interrupt, daemon=True).start()
+        worker.run(once=True)
+        line = [l for l in log.stream.getvalue().splitlines() if "reason=interrupted" in l][0]
+        ms = float(line.split("ms=")[1].split()[0])
+        self.assertGreaterEqual(ms, 250, line)
+
+    def test_bad_flags_found_late_are_usage_errors(self):
+        for argv, culprit in ((["work", "--max-jobs", "0"], "--max-jobs"),
+                              (["migrate", "--all"], "--all"),
+                              (["push", "t_record", "--delay", "1e9"], "too large"),
+                              (["work", "--timeout", "1e12"], "too large")):
+            code, out, err = run_main(argv, self.env)
+            self.assertEqual(code, 2, (argv, out, err))
+            self.assertEqual(len(err.strip().splitlines()), 1, err)
+            self.assertIn(culprit, err)
+            self.assertNotIn("not a whole number", err)
+            self.assertFalse(os.path.exists(self.env["QUEUE_DATABASE_URL"][10:]))
+        code, out, err = run_main(["push", "t_record", "--delay", "1.5"], self.env)
+        self.assertEqual(code, 2)
+        self.assertIn("whole number", err)
+
+    def test_every_flag_has_help_text(self):
+        import argparse
+        top = dbqueue._parser()
+        sub = [a for a in top._actions if isinstance(a, argparse._SubParsersAction)][0]
+        missing = []
+        for name, parser in sorted(sub.choices.items()):
+            for action in parser._actions:
+                if not (action.help or "").strip() or action.help == argparse.SUPPRESS:
+                    missing.append("%s %s" % (name, "/".join(action.option_strings) or action.dest))
+        self.assertEqual(missing, [])
+        self.assertEqual(sorted(sub.choices), sorted(dbqueue._COMMANDS))
+
+    def test_the_html_part_carries_no_mime_version_header(self):
+        config = dbqueue.Config(mail_from_address="app@example.com")
+        fields = dbqueue._email_fields({"to": "a@example.com", "subject": "s", "text": "t",
+                                        "html": "<p>h</p>"}, config)
+        msg = dbqueue._build_message(fields)
+        self.assertEqual(msg.get_all("MIME-Version"), ["1.0"])
+        parts = list(msg.iter_parts())
+        self.assertEqual([p.get_content_type() for p in parts], ["text/plain", "text/html"])
+        for part in parts:
+            self.assertIsNone(part["MIME-Version"], part.get_content_type())
+        self.assertEqual(msg.as_bytes().count(b"MIME-Version"), 1)
