@@ -7,8 +7,10 @@ they are missing; with DBQUEUE_REQUIRE_ALL=1 (set by .ci/run) those skips
 are failures instead.
 
 PostgreSQL: DBQUEUE_TEST_PG names a libpq URL of a database the tests may
-create tables in (default: postgresql:///dbqueue_test?host=/var/run/postgresql,
-created when missing). Each test uses tables of its own.
+create tables in, such as postgresql:///dbqueue_test?host=/var/run/postgresql
+(created when missing; .ci/run sets it). Unset, no server is touched and the
+PostgreSQL tests skip. Each test uses tables of its own. A run ends with one
+line saying what was skipped and how to run it.
 """
 
 import io
@@ -30,8 +32,10 @@ sys.path.insert(0, HERE)
 import dbqueue  # noqa: E402
 
 REQUIRE_ALL = os.environ.get("DBQUEUE_REQUIRE_ALL") == "1"
-PG_URL = os.environ.get("DBQUEUE_TEST_PG",
-                        "postgresql:///dbqueue_test?host=/var/run/postgresql")
+# Only a server the user named: a laptop's own PostgreSQL is not the suite's to use.
+PG_URL = os.environ.get("DBQUEUE_TEST_PG") or None
+PG_HINT = ("PostgreSQL tests: set DBQUEUE_TEST_PG to a database they may create tables in,"
+           " e.g. DBQUEUE_TEST_PG=postgresql:///dbqueue_test?host=/var/run/postgresql")
 
 
 def need(condition, reason):
@@ -82,6 +86,9 @@ def pg_available(driver):
     if key in _pg_state:
         return _pg_state[key]
     reason = None
+    if PG_URL is None:
+        _pg_state[key] = PG_HINT
+        return PG_HINT
     try:
         module = __import__(driver)
     except ImportError:
@@ -765,9 +772,10 @@ class CoreTests:
             schema = "s_%s_%s" % (self.db.table, isolation or "default")
             self.db.raw('CREATE SCHEMA "%s"' % schema)
             self.addCleanup(self.db.raw, 'DROP SCHEMA "%s" CASCADE' % schema)
-            url += "&options=-csearch_path%%3D%s" % schema
+            option = "options=-csearch_path%%3D%s" % schema
             if isolation:
-                url += "%%20-cdefault_transaction_isolation%%3D%s" % isolation
+                option += "%%20-cdefault_transaction_isolation%%3D%s" % isolation
+            url = url_with(url, option)
         else:
             url = "sqlite:///" + os.path.join(self.db.tmp, "fresh.db")
         barrier = threading.Barrier(6)
@@ -792,7 +800,7 @@ class CoreTests:
         # the other worker just took skips it instead of failing.
         url = self.db.url
         if self.db.name != "sqlite":
-            url += "&options=-cdefault_transaction_isolation%3Dserializable"
+            url = url_with(url, "options=-cdefault_transaction_isolation%3Dserializable")
         q = dbqueue.Queue(config=self.db.config(database_url=url))
         self.addCleanup(q.close)
         q.migrate()
@@ -3778,10 +3786,6 @@ _on_backends(PropertyTests, [Backend, PsycopgBackend])
 # -- fault tests end here --
 
 
-if __name__ == "__main__":
-    unittest.main()
-
-
 # ---- config: the .env file, settings and their sources, the newcomer's mistakes ----
 
 def env_file(testcase, text, name=".env"):
@@ -4330,3 +4334,84 @@ class ConfigSmallFixesTests(EmailTestMixin, unittest.TestCase):
         for part in parts:
             self.assertIsNone(part["MIME-Version"], part.get_content_type())
         self.assertEqual(msg.as_bytes().count(b"MIME-Version"), 1)
+
+
+class ConfigSuiteOnALaptopTests(unittest.TestCase):
+    """The suite touches only a server the user named, and says what it skipped."""
+
+    def test_options_are_joined_to_a_url_with_or_without_a_query(self):
+        self.assertEqual(url_with("postgresql://u@h/db", "options=-cx%3D1"),
+                         "postgresql://u@h/db?options=-cx%3D1")
+        self.assertEqual(url_with("postgresql:///db?host=/run/pg", "options=-cx%3D1"),
+                         "postgresql:///db?host=/run/pg&options=-cx%3D1")
+
+    def test_without_dbqueue_test_pg_no_server_is_touched(self):
+        module = sys.modules[__name__]
+        saved = module.PG_URL, dict(_pg_state), module._pg_connect
+        calls = []
+        try:
+            module.PG_URL = None
+            _pg_state.clear()
+            module._pg_connect = lambda *args: calls.append(args)
+            for driver in ("psycopg", "psycopg2"):
+                self.assertEqual(pg_available(driver), PG_HINT)
+        finally:
+            module.PG_URL, module._pg_connect = saved[0], saved[2]
+            _pg_state.clear()
+            _pg_state.update(saved[1])
+        self.assertEqual(calls, [])
+
+    def test_a_run_ends_with_one_line_naming_what_was_skipped(self):
+        self.assertEqual(_skip_summary(10, [(None, "a (do x)"), (None, "b"), (None, "a (do x)")]),
+                         "skipped 3 of 10: 2 a (do x); 1 b")
+        self.assertIsNone(_skip_summary(10, []))
+        code = ("import sys, unittest, test_dbqueue as t\n"
+                "loader = unittest.TestLoader()\n"
+                "tests = loader.loadTestsFromName('test_dbqueue.ConfigPostgresRightsTests')\n"
+                "unittest.TextTestRunner(stream=sys.stdout).run(t.load_tests(loader, tests, None))\n")
+        env = {k: v for k, v in os.environ.items()
+               if k not in ("DBQUEUE_TEST_PG", "DBQUEUE_REQUIRE_ALL")}
+        env["PYTHONDONTWRITEBYTECODE"] = "1"
+        proc = subprocess.run([sys.executable, "-c", code], cwd=HERE, env=env, timeout=60,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              universal_newlines=True)
+        self.assertIn("OK (skipped=2)", proc.stdout)
+        last = proc.stderr.strip().splitlines()[-1]
+        self.assertTrue(last.startswith("skipped 2 of 2: 2 PostgreSQL tests: set DBQUEUE_TEST_PG"),
+                        proc.stderr)
+
+
+# The closing line of a run says what did not run and how to run it.
+
+def _skip_summary(ran, skipped):
+    """One line: how many tests skipped, grouped by reason, each with how to run them."""
+    if not skipped:
+        return None
+    counts = {}
+    for _, reason in skipped:
+        counts[reason] = counts.get(reason, 0) + 1
+    groups = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+    return "skipped %d of %d: %s" % (len(skipped), ran, "; ".join(
+        "%d %s" % (count, reason) for reason, count in groups))
+
+
+class _SummarySuite(unittest.TestSuite):
+    """The whole module's tests; after the runner's own closing lines (atexit,
+    so after "OK (skipped=N)"), one line on stderr names what was skipped."""
+
+    def run(self, result, debug=False):
+        result = super().run(result, debug)
+        line = _skip_summary(result.testsRun, getattr(result, "skipped", []))
+        if line and not getattr(_SummarySuite, "registered", False):
+            _SummarySuite.registered = True
+            atexit.register(lambda: sys.stderr.write(line + "\n"))
+        return result
+
+
+def load_tests(loader, tests, pattern):
+    """unittest's hook when the whole module is loaded (`python -m unittest test_dbqueue`)."""
+    return _SummarySuite([tests])
+
+
+if __name__ == "__main__":
+    unittest.main()
