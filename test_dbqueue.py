@@ -4090,6 +4090,11 @@ class ConfigCodeIgniterEnvTests(unittest.TestCase):
             database.default.database = /var/lib/app/app.db
             ''')
         self.assertEqual(config.database_url, "sqlite:////var/lib/app/app.db")
+        # The underscore spelling a shell can export, as CodeIgniter also reads it.
+        config = dbqueue.Config.from_env({"database_default_DBDriver": "Postgre",
+                                          "database_default_database": "app"},
+                                         env_file=env_file(self, "\n"))
+        self.assertEqual(config.database_url, "postgresql:///app")
 
     def test_email_settings_stand_for_the_mail_ones(self):
         config, path = self.read('''
@@ -4379,6 +4384,133 @@ class ConfigSuiteOnALaptopTests(unittest.TestCase):
         last = proc.stderr.strip().splitlines()[-1]
         self.assertTrue(last.startswith("skipped 2 of 2: 2 PostgreSQL tests: set DBQUEUE_TEST_PG"),
                         proc.stderr)
+
+
+README = os.path.join(HERE, "README.md")
+# A trailing `# needs …` comment marks a README command the SQLite run leaves out.
+_NEEDS = r"\s#\s*needs\b"
+
+
+def readme_blocks(language):
+    """The fenced blocks of README.md in `language`, as lists of lines (continuations joined)."""
+    import re
+    with open(README, encoding="utf-8") as fh:
+        text = fh.read()
+    return [block.replace("\\\n", " ").splitlines()
+            for block in re.findall(r"^```%s\n(.*?)^```" % language, text, re.M | re.S)]
+
+
+class ConfigReadmeTests(unittest.TestCase):
+    """Every shell command in README.md works as written, in a fresh folder with a copy
+    of dbqueue.py and the embedded SQLite default; every transcript's flags parse."""
+
+    def setUp(self):
+        self.tmp = tempfile.mkdtemp(prefix="dbqueue-readme-")
+        self.addCleanup(shutil.rmtree, self.tmp, True)
+        shutil.copy(os.path.join(HERE, "dbqueue.py"), self.tmp)
+        bin_dir = os.path.join(self.tmp, ".bin")
+        os.mkdir(bin_dir)
+        for name in ("python3", "python"):      # the interpreter running these tests
+            # A script, not a symlink: a venv's interpreter must be started by its own path.
+            path = os.path.join(bin_dir, name)
+            with open(path, "w") as fh:
+                fh.write('#!/bin/sh\nexec "%s" "$@"\n' % sys.executable)
+            os.chmod(path, 0o755)
+        self.env = {k: v for k, v in os.environ.items()
+                    if not k.startswith(("QUEUE_", "MAIL_", "DATABASE_URL", "DBQUEUE_"))}
+        self.env["PATH"] = bin_dir + os.pathsep + self.env.get("PATH", "")
+        self.env["PYTHONDONTWRITEBYTECODE"] = "1"
+
+    def run_block(self, lines, env):
+        """Run one block's lines as one bash script (so `export` reaches the next line)."""
+        script = "set -e -o pipefail\n" + "\n".join(lines) + "\n"
+        proc = subprocess.run(["bash", "-c", script], cwd=self.tmp, env=env, timeout=300,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              universal_newlines=True)
+        self.assertEqual(proc.returncode, 0, "a README command failed (mark one that needs a"
+                         " server with a trailing `# needs …` comment):\n%s\n%s"
+                         % ("\n".join(lines), proc.stderr[-3000:]))
+        return proc
+
+    def commands(self, block, keep):
+        import re
+        out = []
+        for line in block:
+            line = line.strip()
+            if not line or line.startswith("#"):
+                continue
+            if "-m unittest" in line and "test_dbqueue" in line and "DBQUEUE_FAULTS" not in line:
+                continue      # the suite running now
+            if keep(re.search(_NEEDS + r"(.*)", line)):
+                out.append(line)
+        return out
+
+    def test_the_shell_commands_work(self):
+        import re
+        ran = 0
+        for block in readme_blocks("sh"):
+            lines = self.commands(block, lambda needs: needs is None)
+            if lines:
+                self.run_block(lines, self.env)
+                ran += len(lines)
+        self.assertGreaterEqual(ran, 10)
+        # What the examples queued, they also sent (MAIL_MAILER=log), and nothing failed.
+        stats = json.loads(self.run_block(["python3 dbqueue.py stats --json"], self.env).stdout)
+        self.assertEqual([s for s in stats if s["queue"] == "emails" and s["ready"]], [])
+        failed = json.loads(self.run_block(["python3 dbqueue.py failed --json"], self.env).stdout)
+        self.assertEqual(failed, [])
+        self.assertTrue(os.path.exists(os.path.join(self.tmp, "dbqueue.sqlite3")))
+        self.assertIsNotNone(re.search(_NEEDS, "x  # needs PostgreSQL"))
+
+    def test_the_postgresql_commands_work_on_the_test_server(self):
+        import re
+        import shlex
+        db = PsycopgBackend(self)
+        env = dict(self.env, QUEUE_TABLE=db.table, QUEUE_FAILED_TABLE=db.failed_table)
+        ran = 0
+        for block in readme_blocks("sh"):
+            lines = self.commands(block, lambda needs: needs is not None
+                                  and needs.group(1).strip().startswith("PostgreSQL"))
+            lines = [re.sub(r"'?postgresql://[^\s']+'?", shlex.quote(PG_URL), l) for l in lines]
+            if lines:
+                self.run_block(lines, env)
+                ran += len(lines)
+        self.assertGreaterEqual(ran, 4)
+        self.assertEqual(db.raw("SELECT COUNT(*) FROM {jobs}"), [(0,)])
+
+    def test_transcripts_use_real_flags_and_env_examples_parse_cleanly(self):
+        import shlex
+        checked = errors = 0
+        for block in readme_blocks("console"):
+            for i, line in enumerate(block):
+                if not line.startswith("$ "):
+                    continue
+                words = shlex.split(line[2:], comments=True)
+                env = {}
+                while words and "=" in words[0] and not words[0].startswith("-"):
+                    name, _, value = words.pop(0).partition("=")    # VAR=value before the command
+                    env[name] = value
+                if words[:2] != ["python3", "dbqueue.py"]:
+                    continue
+                following = block[i + 1] if i + 1 < len(block) else ""
+                if following.startswith("dbqueue: "):
+                    # An error shown with its command is the real one, word for word.
+                    code, out, err = run_main(words[2:], env)
+                    self.assertEqual(err.strip(), following, line)
+                    errors += 1
+                    continue
+                try:
+                    dbqueue._parser().parse_args(words[2:])
+                except dbqueue._UsageError as exc:
+                    self.fail("README: %s: %s" % (line, exc))
+                checked += 1
+        self.assertGreaterEqual(checked, 5)
+        self.assertGreaterEqual(errors, 3)
+        for block in readme_blocks("dotenv"):
+            path = env_file(self, "\n".join(block) + "\n")
+            values, warnings = dbqueue._read_env_file(path, True, environ={})
+            self.assertEqual(warnings, [])
+            self.assertTrue(values)
 
 
 # The closing line of a run says what did not run and how to run it.
