@@ -730,6 +730,7 @@ class _Dialect:
     claim_select = ""
     claim_update = ""
     migrate_lock = ""              # run first in migrate's transaction: one migration at a time
+    denied_fix = ""                # what to do about a database dbqueue may not write (is_denied)
 
     @classmethod
     def prepare(cls, template, jobs="jobs", failed="failed_jobs", **extra):
@@ -746,6 +747,11 @@ class _Dialect:
     def start(cls, cur, write):
         """Open a transaction on cursor `cur` (a write transaction takes the write lock)."""
         cur.execute(cls.begin if write else "BEGIN")
+
+    @staticmethod
+    def is_denied(exc):
+        """True for an error that says dbqueue may not write (not an outage: see translate)."""
+        return False
 
     @classmethod
     def ddl(cls, jobs, failed):
