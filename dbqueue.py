@@ -219,7 +219,7 @@ def _without_password(text, url):
     return _mask_url(text)
 
 
-# The seed app's CodeIgniter .env names, read where dbqueue's own is unset:
+# A CodeIgniter 4 app's .env names, read where dbqueue's own is unset:
 # dbqueue's name -> (CodeIgniter's name, {its value: ours}).
 _CODEIGNITER_NAMES = {
     "MAIL_MAILER": ("EMAIL_PROVIDER", {"none": "log"}),
