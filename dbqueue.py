@@ -1718,12 +1718,18 @@ class Queue:
             self.execute(cur, "state_clear", name=name)
 
     def get_state(self, conn, name):
-        """(value dict, seconds since it was written) or None; None also when the
-        table does not exist (a database migrated by an older dbqueue)."""
+        """(value dict, seconds since it was written) or None.
+
+        None also when the table is missing (a database migrated by an older
+        dbqueue) or may not be read (a role granted only the queue tables):
+        what it holds is extra, never a reason for `stats` or `health` to fail.
+        """
         try:
             with _Transaction(self, conn, write=False) as cur:
                 row = self.execute(cur, "state_get", name=name).fetchone()
-        except MissingTableError:
+        except DatabaseError as exc:
+            if exc.transient and not isinstance(exc, MissingTableError):
+                raise
             return None
         if row is None:
             return None
@@ -2125,6 +2131,7 @@ class Worker:
         self._main_thread = False
         self._mail_pause = None    # a mail outage: see "mail outages" below
         self._outage_row = True    # a dbqueue_state outage row may exist (cleared once mail flows)
+        self._state_warned = False
         self._stop_on_outage = False
 
     # -- control ---------------------------------------------------------
@@ -2554,9 +2561,12 @@ class Worker:
             else:
                 self._db(lambda c: self.queue.set_state(c, key, value))
         except QueueError as exc:
-            self.log.warning("could not update the mail outage record that stats and health"
-                             " read (does dbqueue_state exist? run `python dbqueue.py migrate`)",
-                             error=_first_line(exc))
+            if not self._state_warned:
+                self._state_warned = True
+                self.log.warning("cannot update the mail outage record that stats and health"
+                                 " read: run `python dbqueue.py migrate`, and grant the worker's"
+                                 " role SELECT, INSERT, UPDATE and DELETE on dbqueue_state",
+                                 error=_first_line(exc))
 
     # -- the database connection -------------------------------------------
 

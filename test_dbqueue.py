@@ -5031,5 +5031,35 @@ class MailOutageTests(_WorkerProcesses, EmailTestMixin):
                 self.assertEqual(q.failed(), [])
 
 
+class MailOutageRightsTests(unittest.TestCase):
+    """A PostgreSQL role granted the queue tables only, not dbqueue_state."""
+
+    def setUp(self):
+        self.db = PsycopgBackend(self)
+        q = self.db.queue()
+        dbqueue.queue_email("a@example.com", "s", text="t", using=q)
+        self.role = "dbq_role_" + self.db.table
+        self.db.raw('CREATE ROLE "%s" NOLOGIN' % self.role)
+        self.addCleanup(self.db.raw, 'DROP ROLE IF EXISTS "%s"' % self.role)
+        self.addCleanup(self.db.raw, 'REVOKE ALL ON "%s", "%s", "%s_id_seq" FROM "%s"'
+                        % (self.db.table, self.db.failed_table, self.db.table, self.role))
+        self.db.raw('GRANT SELECT, INSERT, UPDATE, DELETE ON "%s", "%s" TO "%s"'
+                    % (self.db.table, self.db.failed_table, self.role))
+        self.db.raw('GRANT USAGE ON SEQUENCE "%s_id_seq" TO "%s"' % (self.db.table, self.role))
+        self.env = self.db.env(QUEUE_DATABASE_URL=url_with(
+            self.db.url, "options=-crole%%3D%s" % self.role))
+
+    def test_mail_still_pauses_and_the_worker_says_what_to_grant(self):
+        env = dict(self.env, MAIL_HOST="127.0.0.1", MAIL_PORT=str(free_port()))
+        code, _, err = run_main(["work", "--queue", "emails", "--once"], env)
+        self.assertEqual(code, 1, err)
+        self.assertEqual(err.count("on dbqueue_state"), 1, err)
+        self.assertIn("given back unspent", err)
+        self.assertEqual(self.db.raw("SELECT attempts, reserved_at FROM {jobs}"), [(0, None)])
+        code, out, err = run_main(["stats", "--json"], self.env)
+        self.assertEqual(code, 0, err)
+        self.assertNotIn("mail_outage", out)
+
+
 if __name__ == "__main__":
     unittest.main()
