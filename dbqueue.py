@@ -421,8 +421,12 @@ _SQL = {
     "release": "UPDATE {jobs} SET reserved_at = NULL, available_at = {now} + :delay,"
                " attempts = attempts - :uncount"
                " WHERE id = :id AND attempts = :attempts AND reserved_at IS NOT NULL",
-    "fail": "INSERT INTO {failed} (uuid, connection, queue, payload, exception)"
-            " SELECT :uuid, 'database', queue, payload, :exception FROM {jobs}"
+    # failed_at is written, not left to a default: the CodeIgniter app's
+    # failed_jobs.failed_at is a DATETIME NOT NULL without one (its PHP code
+    # writes the time itself). CURRENT_TIMESTAMP is UTC text on SQLite, as
+    # the app writes it with its default appTimezone.
+    "fail": "INSERT INTO {failed} (uuid, connection, queue, payload, exception, failed_at)"
+            " SELECT :uuid, 'database', queue, payload, :exception, CURRENT_TIMESTAMP FROM {jobs}"
             " WHERE id = :id AND attempts = :attempts AND reserved_at IS NOT NULL"
             " ON CONFLICT (uuid) DO UPDATE SET queue = excluded.queue, payload = excluded.payload,"
             " exception = excluded.exception, failed_at = excluded.failed_at",
@@ -537,6 +541,9 @@ class _Dialect:
             ("jobs", "reserved_until", cls.bigint),
             # Version 2. Unique jobs: see the unique index below.
             ("jobs", "unique_key", "VARCHAR(255)"),
+            # Version 2. The CodeIgniter app's failed_jobs has no uuid; its
+            # own rows keep NULL there (see the unique index below).
+            ("failed", "uuid", "VARCHAR(255)"),
         ]
 
     @classmethod
@@ -556,6 +563,15 @@ class _Dialect:
             # database, not a read before the insert, refuses the second.
             "CREATE UNIQUE INDEX IF NOT EXISTS %s ON %s (queue, unique_key)"
             " WHERE unique_key IS NOT NULL" % (_quote(jobs + "_unique"), j),
+            # What `fail`'s ON CONFLICT (uuid) needs on a failed_jobs table
+            # that had no uuid column (the CodeIgniter app's); on our own it
+            # repeats the column's UNIQUE. An index, not a constraint: many
+            # NULLs (the PHP app's own rows) are allowed on every database,
+            # and not partial, so that ON CONFLICT (uuid) can use it.
+            # (A failed table name may have 63 characters: the index's is cut
+            # to fit, since a longer one would be cut to the table's own.)
+            "CREATE UNIQUE INDEX IF NOT EXISTS %s ON %s (uuid)"
+            % (_quote(failed[:58] + "_uuid"), _quote(failed)),
         ]
 
     # The names of a table's columns (lower case), or an empty set when the
@@ -567,6 +583,10 @@ class _Dialect:
     def columns(cls, cur, table):
         cur.execute(cls.columns_sql, (table,))
         return {str(row[0]).lower() for row in cur.fetchall()}
+
+    @staticmethod
+    def is_missing_column(exc):
+        return False
 
     @classmethod
     def add_column_sql(cls, table, column, type_):
@@ -731,6 +751,10 @@ class _SQLite(_Dialect):
         return "no such table" in str(exc)
 
     @staticmethod
+    def is_missing_column(exc):
+        return "no such column" in str(exc) or "has no column named" in str(exc)
+
+    @staticmethod
     def is_locked(exc):
         return "locked" in str(exc) or "busy" in str(exc)
 
@@ -834,6 +858,11 @@ class _Postgres(_Dialect):
     def is_missing_table(exc):
         code = getattr(exc, "sqlstate", None) or getattr(exc, "pgcode", None)
         return code == "42P01"
+
+    @staticmethod
+    def is_missing_column(exc):
+        code = getattr(exc, "sqlstate", None) or getattr(exc, "pgcode", None)
+        return code == "42703"
 
     @staticmethod
     def is_locked(exc):
@@ -1036,6 +1065,11 @@ class Queue:
         if self.dialect.is_missing_table(exc):
             return MissingTableError("the queue tables do not exist in %s: run `python dbqueue.py"
                                      " migrate`" % _mask_url(self.config.database_url))
+        if self.dialect.is_missing_column(exc):
+            # Tables made by an older dbqueue or by the PHP app's migrations.
+            return MissingTableError("the queue tables in %s lack columns of this version (%s):"
+                                     " run `python dbqueue.py migrate`"
+                                     % (_mask_url(self.config.database_url), _first_line(exc)))
         if self.dialect is _SQLite:
             import sqlite3
             transient = isinstance(exc, sqlite3.OperationalError)   # locked, busy, I/O

@@ -3777,5 +3777,178 @@ _on_backends(PropertyTests, [Backend, PsycopgBackend])
 # -- fault tests end here --
 
 
+
+# ---- takeover: the CodeIgniter app's tables, templates and sendmail, taken over in place ----
+
+# The tables as the CodeIgniter app's two migrations make them, per database:
+# what CodeIgniter 4's Forge writes for its addField() arrays (BIGINT unsigned
+# auto_increment id, VARCHAR(255) queue, LONGTEXT payload, TINYINT unsigned
+# attempts, INT unsigned NULL reserved_at, INT unsigned times, an index on
+# (queue, reserved_at); failed_jobs with TEXT columns and failed_at DATETIME
+# NOT NULL, no uuid). %(jobs)s and %(failed)s are the quoted table names,
+# %(index)s the index's.
+CI4_DDL = {
+    "sqlite": [
+        'CREATE TABLE %(jobs)s (\n\t"id" INTEGER PRIMARY KEY AUTOINCREMENT NOT NULL,\n'
+        '\t"queue" VARCHAR(255) NOT NULL,\n\t"payload" LONGTEXT NOT NULL,\n'
+        '\t"attempts" TINYINT NOT NULL DEFAULT 0,\n\t"reserved_at" INT NULL,\n'
+        '\t"available_at" INT NOT NULL,\n\t"created_at" INT NOT NULL\n)',
+        'CREATE INDEX %(index)s ON %(jobs)s ("queue", "reserved_at")',
+        'CREATE TABLE %(failed)s (\n\t"id" INTEGER PRIMARY KEY AUTOINCREMENT NOT NULL,\n'
+        '\t"connection" TEXT NOT NULL,\n\t"queue" TEXT NOT NULL,\n\t"payload" LONGTEXT NOT NULL,\n'
+        '\t"exception" LONGTEXT NOT NULL,\n\t"failed_at" DATETIME NOT NULL\n)',
+    ],
+    "postgresql": [
+        'CREATE TABLE %(jobs)s (\n\t"id" BIGSERIAL NOT NULL,\n\t"queue" VARCHAR(255) NOT NULL,\n'
+        '\t"payload" TEXT NOT NULL,\n\t"attempts" SMALLINT NOT NULL DEFAULT 0,\n'
+        '\t"reserved_at" BIGINT NULL,\n\t"available_at" BIGINT NOT NULL,\n'
+        '\t"created_at" BIGINT NOT NULL,\n\tCONSTRAINT %(pk_jobs)s PRIMARY KEY("id")\n)',
+        'CREATE INDEX %(index)s ON %(jobs)s ("queue", "reserved_at")',
+        'CREATE TABLE %(failed)s (\n\t"id" BIGSERIAL NOT NULL,\n\t"connection" TEXT NOT NULL,\n'
+        '\t"queue" TEXT NOT NULL,\n\t"payload" TEXT NOT NULL,\n\t"exception" TEXT NOT NULL,\n'
+        '\t"failed_at" TIMESTAMP NOT NULL,\n\tCONSTRAINT %(pk_failed)s PRIMARY KEY("id")\n)',
+    ],
+    "mysql": [
+        'CREATE TABLE %(jobs)s (\n\t`id` BIGINT(20) UNSIGNED NOT NULL AUTO_INCREMENT,\n'
+        '\t`queue` VARCHAR(255) NOT NULL,\n\t`payload` LONGTEXT NOT NULL,\n'
+        '\t`attempts` TINYINT(3) UNSIGNED NOT NULL DEFAULT 0,\n'
+        '\t`reserved_at` INT(10) UNSIGNED NULL,\n\t`available_at` INT(10) UNSIGNED NOT NULL,\n'
+        '\t`created_at` INT(10) UNSIGNED NOT NULL,\n\tCONSTRAINT %(pk_jobs)s PRIMARY KEY(`id`),\n'
+        '\tKEY %(index)s (`queue`, `reserved_at`)\n'
+        ') DEFAULT CHARACTER SET = utf8mb4 COLLATE = utf8mb4_general_ci',
+        'CREATE TABLE %(failed)s (\n\t`id` BIGINT(20) UNSIGNED NOT NULL AUTO_INCREMENT,\n'
+        '\t`connection` TEXT NOT NULL,\n\t`queue` TEXT NOT NULL,\n\t`payload` LONGTEXT NOT NULL,\n'
+        '\t`exception` LONGTEXT NOT NULL,\n\t`failed_at` DATETIME NOT NULL,\n'
+        '\tCONSTRAINT %(pk_failed)s PRIMARY KEY(`id`)\n'
+        ') DEFAULT CHARACTER SET = utf8mb4 COLLATE = utf8mb4_general_ci',
+    ],
+}
+
+
+def ci4_tables(db):
+    """Make db's two tables as the CodeIgniter app's migrations do (`php spark migrate`)."""
+    q = "`%s`" if db.name == "mysql" else '"%s"'
+    names = {"jobs": q % db.table, "failed": q % db.failed_table,
+             "index": q % (db.table + "_queue_reserved_at"), "pk_jobs": q % ("pk_" + db.table),
+             "pk_failed": q % ("pk_" + db.failed_table)}
+    for statement in CI4_DDL[db.name]:
+        db.raw((statement % names).replace("{", "{{").replace("}", "}}"))
+
+
+def php_json(value):
+    """JSON text as PHP's json_encode() writes it: \\/ for /, \\u00e9 for é."""
+    return json.dumps(value, separators=(",", ":")).replace("/", "\\/")
+
+
+def php_push(db, payload, queue="emails", available_at=None):
+    """The PHP app's own INSERT into jobs (QueueManager::push): the columns it names."""
+    now = int(time.time()) if available_at is None else available_at
+    p = db.param
+    db.raw("INSERT INTO {jobs} (queue, payload, attempts, reserved_at, available_at, created_at)"
+           " VALUES (%s, %s, %s, NULL, %s, %s)" % (p, p, p, p, p),
+           (queue, payload if isinstance(payload, str) else php_json(payload), 0, now, now))
+
+
+def php_fail(db, payload, failed_at, queue="emails"):
+    """The PHP app's own INSERT into failed_jobs: no uuid, failed_at as DATETIME text."""
+    p = db.param
+    db.raw("INSERT INTO {failed} (connection, queue, payload, exception, failed_at)"
+           " VALUES (%s, %s, %s, %s, %s)" % (p, p, p, p, p),
+           ("database", queue, payload if isinstance(payload, str) else php_json(payload),
+            "RuntimeException: SMTP connect() failed in SendTemplateEmailJob.php:41", failed_at))
+
+
+def utc_datetime(seconds_ago=0):
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(time.time() - seconds_ago))
+
+
+@on_every_backend
+class TakeoverTablesTests:
+    """The CodeIgniter app's own jobs and failed_jobs, used as they are (issue 12)."""
+
+    def work(self, q, queues=("emails",), tries=1):
+        log = quiet_log()
+        dbqueue.Worker(q, list(queues), tries=tries, backoff="0", log=log).run(
+            stop_when_empty=True)
+        return log.stream.getvalue()
+
+    def failed_count(self):
+        return self.db.raw("SELECT COUNT(*) FROM {failed}")[0][0]
+
+    def test_migrate_adds_only_what_it_needs_and_php_inserts_still_work(self):
+        ci4_tables(self.db)
+        php_fail(self.db, {"job": "t_record", "data": {"old": 1}}, "2020-01-01 00:00:00")
+        q = self.db.queue()
+        self.assertEqual(q.migrate(), dbqueue._SCHEMA_VERSION)   # twice: changes nothing
+        # The PHP code's INSERTs, which name only the columns it knows, still
+        # succeed; many of its failed rows (uuid NULL) live beside the unique index.
+        php_push(self.db, {"job": "t_record", "data": {"from": "php"}})
+        php_fail(self.db, {"job": "t_record", "data": {"old": 2}}, "2020-01-02 00:00:00")
+        php_fail(self.db, {"job": "t_record", "data": {"new": 3}}, utc_datetime())
+        self.assertEqual(self.db.raw("SELECT COUNT(*) FROM {failed} WHERE uuid IS NULL")[0][0], 3)
+        self.assertEqual(self.db.raw("SELECT attempts, reserved_until, unique_key FROM {jobs}"),
+                         [(0, None, None)])
+        del RECORD[:]
+        self.work(q)
+        self.assertEqual(RECORD, [{"from": "php"}])
+        self.assertEqual(self.db.raw("SELECT COUNT(*) FROM {jobs}")[0][0], 0)
+
+    def test_fail_failed_retry_forget_and_flush_on_the_apps_tables(self):
+        ci4_tables(self.db)
+        php_fail(self.db, {"job": "t_record", "data": {"old": 1}}, "2020-01-01 00:00:00")
+        q = self.db.queue()
+        php_fail(self.db, {"job": "t_record", "data": {"recent": 1}}, utc_datetime(60))
+        # A job of ours and a row the PHP app wrote (no uuid in it) both fail.
+        q.push("t_fail", {"n": 1}, queue="emails")
+        php_push(self.db, {"job": "t_fail", "data": {"n": 2}})
+        log = self.work(q)
+        self.assertIn("outcome=failed", log)
+        self.assertEqual(self.db.raw("SELECT COUNT(*) FROM {jobs}")[0][0], 0)
+        failed = q.failed()
+        self.assertEqual(len(failed), 4)
+        self.assertEqual([f["uuid"] is None for f in failed], [True, True, False, False])
+        self.assertIn("boom 1", failed[2]["exception"])
+        self.assertIn("boom 2", failed[3]["exception"])
+        self.assertTrue(all(f["failed_at"] for f in failed))
+        # The same job failing again (same uuid) updates its row: ON CONFLICT
+        # (uuid) found the unique index migrate made on the app's table.
+        again = self.db.raw("SELECT payload FROM {failed} WHERE id = %d" % failed[2]["id"])[0][0]
+        php_push(self.db, again)
+        self.work(q)
+        self.assertEqual(self.failed_count(), 4)
+        # The command line lists them, the PHP app's rows included.
+        code, out, err = run_main(["failed"], env=self.db.env())
+        self.assertEqual(code, 0, err)
+        self.assertIn("boom 2", out)
+        self.assertIn("2020-01-01 00:00:00", out)
+        # retry brings a PHP-written failed row back; it runs.
+        new_ids = q.retry([failed[0]["id"]])
+        self.assertEqual(len(new_ids), 1)
+        del RECORD[:]
+        self.work(q, queues=("emails",))
+        self.assertEqual(RECORD, [{"old": 1}])
+        self.assertEqual(q.forget([failed[1]["id"]]), 1)
+        # flush --hours compares the app's DATETIME text with the database's clock.
+        php_fail(self.db, {"job": "t_record", "data": {"old": 3}}, "2020-01-03 00:00:00")
+        self.assertEqual(q.flush(hours=1), 1)
+        self.assertEqual(self.failed_count(), 2)
+        code, out, err = run_main(["flush"], env=self.db.env())
+        self.assertEqual(code, 0, err)
+        self.assertEqual(self.failed_count(), 0)
+
+    def test_before_migrate_a_server_database_says_to_run_it(self):
+        ci4_tables(self.db)
+        php_fail(self.db, {"job": "t_record", "data": {}}, "2020-01-01 00:00:00")
+        code, out, err = run_main(["failed"], env=self.db.env())
+        if self.db.name == "sqlite":
+            # SQLite tables are brought up to date on first use.
+            self.assertEqual(code, 0, err)
+            self.assertIn("2020-01-01", out)
+        else:
+            self.assertEqual(code, 1, out)
+            self.assertIn("run `python dbqueue.py migrate`", err)
+            self.assertEqual(len(err.strip().splitlines()), 1, err)
+
+
 if __name__ == "__main__":
     unittest.main()
