@@ -1004,8 +1004,16 @@ class Queue:
             self._conns.append(conn)
         if create and not self._schema_ready and self.dialect is _SQLite:
             # SQLite creates its tables on first use; a server database is
-            # migrated on purpose (`python dbqueue.py migrate`).
-            self._migrate(conn)
+            # migrated on purpose (`python dbqueue.py migrate`). Tables that
+            # are up to date are only read: no write lock at every start.
+            try:
+                current = self._schema_current(conn.cursor())
+            except self._errors() as exc:
+                raise self.translate(exc) from exc
+            if current:
+                self._schema_ready = True
+            else:
+                self._migrate(conn)
         return conn
 
     def _conn(self):
@@ -1089,21 +1097,45 @@ class Queue:
         # Every step is idempotent and runs every time: a failed table that
         # was dropped, or a new QUEUE_FAILED_TABLE beside an old jobs table,
         # is made again, whatever version the record says.
-        tables = {"jobs": self.config.table, "failed": self.config.failed_table}
         with _Transaction(self, conn) as cur:
             if self.dialect.migrate_lock:
                 cur.execute(self.dialect.migrate_lock)
-            cur.execute(self.dialect.version_ddl())
-            for statement in self.dialect.table_ddl(tables["jobs"], tables["failed"]):
-                cur.execute(statement)
-            for role, column, type_ in self.dialect.added_columns():
-                if column not in self.dialect.columns(cur, tables[role]):
-                    cur.execute(self.dialect.add_column_sql(tables[role], column, type_))
-            for statement in self.dialect.index_ddl(tables["jobs"], tables["failed"]):
-                cur.execute(statement)
-            self.execute(cur, "set_version", tbl=tables["jobs"], version=_SCHEMA_VERSION)
+            self._migrate_steps(cur)
         self._schema_ready = True
         return _SCHEMA_VERSION
+
+    def _migrate_steps(self, cur):
+        """Every step of the migration, on `cur`, inside a transaction already open."""
+        tables = {"jobs": self.config.table, "failed": self.config.failed_table}
+        cur.execute(self.dialect.version_ddl())
+        for statement in self.dialect.table_ddl(tables["jobs"], tables["failed"]):
+            cur.execute(statement)
+        for role, column, type_ in self.dialect.added_columns():
+            if column not in self.dialect.columns(cur, tables[role]):
+                cur.execute(self.dialect.add_column_sql(tables[role], column, type_))
+        for statement in self.dialect.index_ddl(tables["jobs"], tables["failed"]):
+            cur.execute(statement)
+        self.execute(cur, "set_version", tbl=tables["jobs"], version=_SCHEMA_VERSION)
+
+    def _schema_current(self, cur):
+        """True when the tables are at this version: a read, which takes no write lock.
+
+        The version record and each table's columns are looked at (the record
+        alone would miss a failed table dropped, or a new QUEUE_FAILED_TABLE).
+        """
+        tables = {"jobs": self.config.table, "failed": self.config.failed_table}
+        try:
+            self.execute(cur, "version", tbl=tables["jobs"])
+            row = cur.fetchone()
+        except self._errors() as exc:
+            if self.dialect.is_missing_table(exc):
+                return False
+            raise
+        if not row or row[0] < _SCHEMA_VERSION:
+            return False
+        found = {role: self.dialect.columns(cur, table) for role, table in tables.items()}
+        return all(found[role] and column in found[role]
+                   for role, column, _ in self.dialect.added_columns())
 
     def schema_version(self):
         """The schema version recorded in the database (0 when never migrated)."""
@@ -1234,7 +1266,28 @@ class Queue:
             raise TypeError("connection= is a %s connection but this queue is %s"
                             % (module, self.dialect.name))
         if self.dialect is _SQLite and not self._schema_ready:
-            self._conn()  # creates the tables through our own connection first
+            self._ready_through(connection)
+
+    def _ready_through(self, connection):
+        """Make sure the tables exist for a push on the app's own SQLite connection.
+
+        Not through a connection of ours: when the app's transaction already
+        holds the write lock, ours would wait for it on this same thread, and
+        fail after busy_timeout with "database is locked". The schema is read
+        through the app's connection instead, and made there, inside its
+        transaction, when missing (then it is checked again on the next push,
+        since the app may roll it back).
+        """
+        try:
+            cur = connection.cursor()
+            if self._schema_current(cur):
+                self._schema_ready = True
+            elif self.dialect.in_transaction(connection):
+                self._migrate_steps(cur)
+            else:
+                self._conn()   # no lock held by the app: migrate as usual
+        except self._errors() as exc:
+            raise self.translate(exc) from exc
 
     # -- reserving and finishing (the worker's side) ---------------------
 

@@ -3950,5 +3950,85 @@ class TakeoverTablesTests:
             self.assertEqual(len(err.strip().splitlines()), 1, err)
 
 
+
+def app_connection(db):
+    """A connection as a web app holds it: not in autocommit, so writes open a transaction."""
+    conn = db.connect()
+    if db.name == "sqlite":
+        conn.isolation_level = ""      # the sqlite3 default: BEGIN before the first write
+    elif callable(getattr(conn, "autocommit", None)):
+        conn.autocommit(False)         # PyMySQL, MySQLdb
+    else:
+        conn.autocommit = False        # psycopg, psycopg2
+    return conn
+
+
+@on_every_backend
+class TakeoverColdPushTests:
+    """push(connection=app) while the app's transaction holds the write lock, from a
+    Queue that has never connected in that thread (issue 12: a 5 s wait, then
+    "database is locked", on every web server thread's first push)."""
+
+    threads = 4
+
+    def setUp(self):
+        self.app_table = self.db.table + "_app"
+        self.db.raw('CREATE TABLE "%s" (id INTEGER PRIMARY KEY, note VARCHAR(100))'
+                    % self.app_table)
+        self.addCleanup(self.db.raw, 'DROP TABLE IF EXISTS "%s"' % self.app_table)
+
+    def order(self, q, n, commit=True):
+        """One web request: the app writes its row, the job goes in its transaction."""
+        app = app_connection(self.db)
+        try:
+            cur = app.cursor()
+            cur.execute('INSERT INTO "%s" (id, note) VALUES (%s, %s)'
+                        % (self.app_table, self.db.param, self.db.param), (n, "order %d" % n))
+            job_id = q.push("t_record", {"order": n}, connection=app)
+            self.assertIsInstance(job_id, int)
+            if commit:
+                app.commit()
+            else:
+                app.rollback()
+        finally:
+            app.close()
+
+    def run_orders(self, make_queue):
+        counter = iter(range(1, 1000))
+        lock = threading.Lock()
+
+        def request():
+            with lock:
+                n = next(counter)
+            self.order(make_queue(), n)
+        errors = in_threads(request, self.threads)
+        self.assertEqual(errors, [])
+        rows = self.db.raw("SELECT payload FROM {jobs}")
+        self.assertEqual(sorted(json.loads(r[0])["data"]["order"] for r in rows),
+                         list(range(1, self.threads + 1)))
+        self.assertEqual(self.db.raw('SELECT COUNT(*) FROM "%s"' % self.app_table)[0][0],
+                         self.threads)
+
+    def test_each_thread_with_a_queue_of_its_own(self):
+        self.db.queue().close()   # the tables exist; these queues have never connected
+        self.run_orders(lambda: self.db.queue(migrate=False))
+
+    def test_threads_sharing_one_cold_queue(self):
+        self.db.queue().close()
+        shared = self.db.queue(migrate=False)
+        self.run_orders(lambda: shared)
+        # A rolled-back request leaves no job behind.
+        self.order(shared, 99, commit=False)
+        self.assertEqual(self.db.raw("SELECT COUNT(*) FROM {jobs}")[0][0], self.threads)
+
+    @sqlite_only
+    def test_first_push_on_a_fresh_sqlite_file_makes_the_tables_in_the_apps_transaction(self):
+        self.run_orders(lambda: self.db.queue(migrate=False))
+        q = self.db.queue(migrate=False)
+        self.assertEqual(q.schema_version(), dbqueue._SCHEMA_VERSION)
+        self.assertEqual(dbqueue.Worker(q, tries=1, log=quiet_log()).run(stop_when_empty=True),
+                         self.threads)
+
+
 if __name__ == "__main__":
     unittest.main()
