@@ -2351,7 +2351,7 @@ class _Heartbeat(threading.Thread):
 
 _EMAIL_QUEUE = "emails"
 _SEED_NAMESPACE = "App\\Libraries\\Queue\\Jobs\\"
-_TEMPLATE_NAME = _Pattern(r"^[A-Za-z0-9_][A-Za-z0-9_-]{0,99}$")
+_TEMPLATE_NAME = _Pattern(r"^[A-Za-z0-9_][A-Za-z0-9_-]{0,99}\Z")
 _HEADER_NAME = _Pattern(r"^[A-Za-z][A-Za-z0-9-]{0,75}$")
 _ADDR_SPEC = _Pattern(r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@"
                       r"[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$")
@@ -2411,16 +2411,18 @@ def queue_template_email(to, template, variables=None, cc=None, bcc=None, reply_
         dbqueue.queue_template_email("ann@example.com", "verify_email",
                                      {"name": "Ann", "url": "https://example.com/verify/abc"})
 
-    The template is rendered by the worker (built-in, or MAIL_TEMPLATE_DIR on
-    the worker's machine), so only its name is checked here. Other options as
-    for queue_email().
+    The worker renders the template, with the same configuration as the
+    producer (MAIL_TEMPLATE_DIR included), so what can be checked here is:
+    a template that is neither built in nor in MAIL_TEMPLATE_DIR, and a
+    built-in template's missing required variable (its link) raise
+    ValueError, and nothing is stored. Other options as for queue_email().
     """
     data = {"to": to, "template": template, "vars": dict(variables or {}), "cc": cc, "bcc": bcc,
             "reply_to": reply_to, "from": sender, "headers": headers}
     data = {k: v for k, v in data.items() if v is not None}
+    config = using.config if isinstance(using, Queue) else Config.from_env()
     try:
-        _template_name(template)
-        _template_values(data["vars"])
+        _find_template(template, _template_values(data["vars"]), config, warn=False)
         _email_fields(dict(data, subject="", text="-"), None)
     except PermanentError as exc:
         raise ValueError(str(exc))
@@ -2486,9 +2488,18 @@ def _seed_send_template_email(data):
         template = template.rstrip("/").rsplit("/", 1)[-1]
         if template.endswith(".php"):
             template = template[:-4]
-    fields = {k: v for k, v in data.items() if k not in ("template", "data")}
+    moved = ("subject", "textMessage", "locale")
+    fields = {k: v for k, v in data.items() if k not in ("template", "data") + moved}
     fields["template"] = template
-    fields["vars"] = data.get("data") or {}
+    variables = data.get("data") or {}
+    if isinstance(variables, dict):
+        # The app's own variables; `subject`, `textMessage` and `locale` count
+        # there also when the job carries them beside `data`.
+        variables = dict(variables)
+        for key in moved:
+            if data.get(key) is not None and key not in variables:
+                variables[key] = data[key]
+    fields["vars"] = variables
     _send_template_email(fields)
 
 
@@ -2730,6 +2741,170 @@ ${expiry_html}
 """
 
 
+# The CodeIgniter app's own templates, built in with its variable names and
+# the defaults its views used. One table per template: per language its
+# subject and sentences. `link` is the variable holding the button's link (a
+# missing one is a permanent failure that names it); a sentence given as
+# (variable, text) is left out when that variable is empty; `defaults` are
+# per language, so that a Spanish email never says "soon".
+_SEED_TEMPLATES = {
+    "verification": {
+        "link": "verification_link",
+        "defaults": {"en": {"display_name": "User", "expires_at": "soon"},
+                     "es": {"display_name": "usuario", "expires_at": "pronto"}},
+        "en": {
+            "subject": "Confirm your email address for $app_name",
+            "heading": "Confirm your email address",
+            "intro": ["Thanks for signing up for $app_name. Please confirm that this is your"
+                      " email address."],
+            "button": "Confirm email address",
+            "after": [("expires_at", "This link expires $expires_at."),
+                      "If you did not create an account, you can ignore this email."],
+        },
+        "es": {
+            "subject": "Confirma tu correo electrónico en $app_name",
+            "heading": "Confirma tu correo electrónico",
+            "intro": ["Gracias por registrarte en $app_name. Confirma que esta es tu dirección"
+                      " de correo electrónico."],
+            "button": "Confirmar mi correo",
+            "after": [("expires_at", "Este enlace caduca $expires_at."),
+                      "Si no has creado una cuenta, puedes ignorar este mensaje."],
+        },
+    },
+    "password-reset": {
+        "link": "reset_link",
+        "defaults": {"en": {"display_name": "User", "expires_in": "60 minutes"},
+                     "es": {"display_name": "usuario", "expires_in": "60 minutos"}},
+        "en": {
+            "subject": "Reset your $app_name password",
+            "heading": "Reset your password",
+            "intro": ["We received a request to reset the password of your $app_name account."],
+            "button": "Choose a new password",
+            "after": [("expires_in", "This link expires in $expires_in."),
+                      "If you did not ask for this, you can ignore this email: your password"
+                      " stays as it is."],
+        },
+        "es": {
+            "subject": "Restablece tu contraseña de $app_name",
+            "heading": "Restablece tu contraseña",
+            "intro": ["Hemos recibido una solicitud para restablecer la contraseña de tu cuenta"
+                      " de $app_name."],
+            "button": "Elegir una contraseña nueva",
+            "after": [("expires_in", "Este enlace caduca en $expires_in."),
+                      "Si no lo has pedido tú, puedes ignorar este mensaje: tu contraseña"
+                      " no cambiará."],
+        },
+    },
+    "invitation": {
+        "link": "reset_link",
+        "defaults": {"en": {"display_name": "User"}, "es": {"display_name": "usuario"}},
+        "en": {
+            "subject": "You are invited to join $app_name",
+            "heading": "You are invited to $app_name",
+            "intro": ["You have been invited to join $app_name. To accept, choose a password"
+                      " for your account."],
+            "button": "Choose your password",
+            "after": [("expires_in", "This link expires in $expires_in."),
+                      "If you were not expecting this invitation, you can ignore this email:"
+                      " no account is activated unless you accept it."],
+        },
+        "es": {
+            "subject": "Te han invitado a unirte a $app_name",
+            "heading": "Tienes una invitación a $app_name",
+            "intro": ["Te han invitado a unirte a $app_name. Para aceptar, elige una contraseña"
+                      " para tu cuenta."],
+            "button": "Elegir mi contraseña",
+            "after": [("expires_in", "Este enlace caduca en $expires_in."),
+                      "Si no esperabas esta invitación, puedes ignorar este mensaje: la cuenta"
+                      " no se activará a menos que la aceptes."],
+        },
+    },
+    "account-approved": {
+        "link": "login_link",
+        "defaults": {"en": {"display_name": "User"}, "es": {"display_name": "usuario"}},
+        "en": {
+            "subject": "Your $app_name account has been approved",
+            "heading": "Your account has been approved",
+            "intro": ["Good news: your $app_name account has been approved. You can sign in"
+                      " now."],
+            "button": "Sign in",
+            "after": [],
+        },
+        "es": {
+            "subject": "Tu cuenta de $app_name ha sido aprobada",
+            "heading": "Tu cuenta ha sido aprobada",
+            "intro": ["¡Buenas noticias! Hemos aprobado tu cuenta de $app_name. Ya puedes"
+                      " iniciar sesión."],
+            "button": "Iniciar sesión",
+            "after": [],
+        },
+    },
+    "pending-approval-google": {
+        "link": None,
+        "defaults": {"en": {"display_name": "User"}, "es": {"display_name": "usuario"}},
+        "en": {
+            "subject": "Your $app_name account is awaiting approval",
+            "heading": "Your account is awaiting approval",
+            "intro": ["Thanks for signing up for $app_name with your Google account.",
+                      "An administrator needs to approve your account before you can sign in."
+                      " We will email you as soon as it is approved."],
+            "button": None,
+            "after": ["You do not need to do anything else for now."],
+        },
+        "es": {
+            "subject": "Tu cuenta de $app_name está pendiente de aprobación",
+            "heading": "Tu cuenta está pendiente de aprobación",
+            "intro": ["Gracias por registrarte en $app_name con tu cuenta de Google.",
+                      "Un administrador tiene que aprobar tu cuenta antes de que puedas iniciar"
+                      " sesión. Te escribiremos en cuanto esté aprobada."],
+            "button": None,
+            "after": ["Por ahora no tienes que hacer nada más."],
+        },
+    },
+}
+
+# The words every seed template shares, per language.
+_SEED_WORDS = {
+    "en": {"greeting": "Hi $display_name,", "app_name": "our site",
+           "fallback": "If the button does not work, copy this link into your browser:"},
+    "es": {"greeting": "Hola, $display_name:", "app_name": "nuestro sitio",
+           "fallback": "Si el botón no funciona, copia este enlace en tu navegador:"},
+}
+_LOCALES = ("en", "es")
+
+# The seed templates' HTML: the built-ins' look (inline styles, one table
+# column, no images), with the language and the paragraphs put in.
+_SEED_HTML = """<!DOCTYPE html>
+<html lang="@LANG@">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>@SUBJECT@</title>
+</head>
+<body style="margin:0;padding:0;background:#f3f4f6;">
+<table role="presentation" width="100%" cellpadding="0" cellspacing="0" style="background:#f3f4f6;padding:24px 12px;">
+<tr><td align="center">
+<table role="presentation" width="100%" cellpadding="0" cellspacing="0" style="max-width:560px;background:#ffffff;border-radius:8px;font-family:-apple-system,'Segoe UI',Roboto,Helvetica,Arial,sans-serif;color:#1f2937;">
+<tr><td style="padding:32px 32px 0;font-size:22px;font-weight:600;">@HEADING@</td></tr>
+<tr><td style="padding:16px 32px 8px;font-size:16px;line-height:1.6;">
+@BODY@
+</td></tr>
+<tr><td style="padding:8px 32px 32px;font-size:13px;color:#9ca3af;">$app_name</td></tr>
+</table>
+</td></tr>
+</table>
+</body>
+</html>
+"""
+_SEED_P = '<p style="margin:0 0 16px;">%s</p>'
+_SEED_SMALL = '<p style="margin:0 0 16px;font-size:14px;color:#4b5563;">%s</p>'
+_SEED_BUTTON = ('<p style="margin:8px 0 24px;text-align:center;"><a href="$%s" style="display:'
+                'inline-block;background:#2563eb;color:#ffffff;text-decoration:none;'
+                'font-weight:600;padding:12px 24px;border-radius:6px;">%s</a></p>\n'
+                '<p style="margin:0 0 16px;font-size:14px;color:#4b5563;">%s<br><a href="$%s"'
+                ' style="color:#2563eb;word-break:break-all;">$%s</a></p>')
+
+
 def _builtin_template(name):
     """(subject, text, html) string.Template sources of a built-in template, or None."""
     parts = _BUILTIN_TEMPLATES.get(name)
@@ -2763,25 +2938,139 @@ def _template_values(variables):
     return values
 
 
-def _read_template(directory, name):
-    """(subject, text, html or None) from MAIL_TEMPLATE_DIR, or None when it has no NAME.txt."""
-    path = os.path.join(directory, name + ".txt")
-    html_path = os.path.join(directory, name + ".html")
+def _locale(value):
+    """The language tag of a `locale` variable ("es-MX" -> "es"); "en" when empty, None when odd."""
+    if not value:
+        return "en"
+    tag = value.strip().lower().replace("_", "-").split("-")[0]
+    return tag if re.match(r"^[a-z]{2,3}\Z", tag) else None
+
+
+def _seed_form(name, values):
+    """True when `name` with these variables is one of the CodeIgniter app's templates.
+
+    `invitation` is also the original built-in (name and url): a caller that
+    gives `url` and no `reset_link` gets that one, as before.
+    """
+    if name not in _SEED_TEMPLATES:
+        return False
+    return not (name == "invitation" and "url" in values and "reset_link" not in values)
+
+
+def _seed_template(name, locale, values):
+    """(subject, text, html) string.Template sources of a seed template in one language."""
+    import html as html_module
+    table, common = _SEED_TEMPLATES[name], _SEED_WORDS[locale]
+    words, link = table[locale], table["link"]
+    esc = html_module.escape     # our own sentences: their $placeholders pass through
+
+    def keep(lines):
+        return [line[1] if isinstance(line, tuple) else line for line in lines
+                if not isinstance(line, tuple) or values.get(line[0])]
+    intro, after = keep(words["intro"]), keep(words["after"])
+    text = [common["greeting"], ""]
+    for line in intro:
+        text += [line, ""]
+    if words["button"]:
+        text += [words["button"] + ":", "$" + link, ""]
+    for line in after:
+        text += [line, ""]
+    text += ["-- ", "$app_name", ""]
+    body = [_SEED_P % esc(common["greeting"])] + [_SEED_P % esc(line) for line in intro]
+    if words["button"]:
+        body.append(_SEED_BUTTON % (link, esc(words["button"]), esc(common["fallback"]),
+                                    link, link))
+    body += [_SEED_SMALL % esc(line) for line in after]
+    html = (_SEED_HTML.replace("@LANG@", locale).replace("@SUBJECT@", esc(words["subject"]))
+            .replace("@HEADING@", esc(words["heading"])).replace("@BODY@", "\n".join(body)))
+    return words["subject"], "\n".join(text), html
+
+
+def _job_log():
+    """The running worker's log, else one on stderr."""
+    worker = getattr(current_job(), "worker", None)
+    return worker.log if worker is not None else _Log()
+
+
+def _find_template(name, values, config, warn=True):
+    """(kind, locale, (subject, text, html or None) sources) of the template to render;
+    a seed template's defaults for that language are put into `values`.
+
+    kind is "dir" (MAIL_TEMPLATE_DIR, which wins), "seed" (the CodeIgniter
+    app's) or "builtin". Raises PermanentError for an unknown template and
+    for a built-in one's missing required variable: what the producer can
+    check at enqueue as well as the worker at send.
+    """
+    _template_name(name)
+    asked = values.get("locale", "")
+    locale = _locale(asked)
+    if config.mail_template_dir:
+        source = _read_template(config.mail_template_dir, name, locale)
+        if source is not None:
+            return "dir", locale, source
+    if _seed_form(name, values):
+        kind, needs, available = "seed", [_SEED_TEMPLATES[name]["link"]], _LOCALES
+    elif name in _BUILTIN_TEMPLATES:
+        kind, needs, available = "builtin", ["name", "url"], ("en",)
+    else:
+        import difflib
+        known = sorted(set(_BUILTIN_TEMPLATES) | set(_SEED_TEMPLATES)
+                       | set(_template_dir_names(config)))
+        close = difflib.get_close_matches(name, known, 1)
+        raise PermanentError("unknown email template %r%s (known: %s)"
+                             % (name, " - did you mean %r?" % close[0] if close else "",
+                                ", ".join(known)))
+    for variable in needs:
+        # A link must have a value; the original built-ins accept an empty name.
+        if variable is not None and (not values.get(variable) if kind == "seed"
+                                     else variable not in values):
+            raise PermanentError("email template %r needs the variable %r in vars"
+                                 % (name, variable))
+    if locale not in available:
+        if warn:
+            _job_log().warning("email template has no version in this locale; sent in English",
+                               template=name, locale=re.sub(r"[^\w.-]", "?", asked[:40]))
+        locale = "en"
+    if kind == "seed":
+        # The defaults of that language go into `values` first: the sentence
+        # that shows one ("This link expires soon.") is kept only when set.
+        for key, value in _SEED_TEMPLATES[name]["defaults"][locale].items():
+            if not values.get(key):
+                values[key] = value
+        return kind, locale, _seed_template(name, locale, values)
+    return kind, locale, _builtin_template(name)
+
+
+def _read_template(directory, name, locale=None):
+    """(subject, text, html or None) from MAIL_TEMPLATE_DIR, or None when it has no NAME.txt.
+
+    NAME.LOCALE.txt and NAME.LOCALE.html, when there, win over NAME.txt and
+    NAME.html for that locale.
+    """
+    def first(ext):
+        names = ([name + "." + locale + ext] if locale else []) + [name + ext]
+        for candidate in names:
+            path = os.path.join(directory, candidate)
+            if os.path.exists(path):
+                return path
+        return os.path.join(directory, names[-1])
+    path, html_path = first(".txt"), first(".html")
     try:
         with open(path, encoding="utf-8") as fh:
             source = fh.read()
     except FileNotFoundError:
         if os.path.exists(html_path):
-            raise PermanentError("template %r: %s.html has no %s.txt (the text part and the"
-                                 " Subject: line live there)" % (name, name, name))
+            raise PermanentError("template %r: %s has no %s.txt (the text part and the"
+                                 " Subject: line live there)"
+                                 % (name, os.path.basename(html_path), name))
         return None
     except (OSError, UnicodeDecodeError) as exc:
         raise PermanentError("template %r: cannot read %s: %s" % (name, path, exc))
-    first, _, body = source.lstrip("\ufeff").replace("\r\n", "\n").partition("\n")
-    if not first.lower().startswith("subject:"):
+    first_line, _, body = source.lstrip("\ufeff").replace("\r\n", "\n").partition("\n")
+    if not first_line.lower().startswith("subject:"):
         raise PermanentError("template %r: %s must start with a 'Subject: ...' line"
                              % (name, path))
-    subject = first[len("subject:"):].strip()
+    subject = first_line[len("subject:"):].strip()
     if body.startswith("\n"):
         body = body[1:]   # the blank line after Subject:
     html = None
@@ -2800,27 +3089,22 @@ def _render(name, variables, config):
 
     A template in MAIL_TEMPLATE_DIR wins over the built-in one of the same
     name. Values are HTML-escaped in the HTML part; a placeholder without a
-    value is a PermanentError that names it.
+    value is a PermanentError that names it. In the variables, `locale`
+    picks the language, `subject` (when set) is the subject and `textMessage`
+    (a string) the text part, as the CodeIgniter app's EmailService passed them.
     """
     import html as html_module
     from string import Template
-    _template_name(name)
     values = _template_values(variables)
-    source = None
-    if config.mail_template_dir:
-        source = _read_template(config.mail_template_dir, name)
-    builtin = source is None
-    if builtin:
-        source = _builtin_template(name)
-    if source is None:
-        known = sorted(set(_BUILTIN_TEMPLATES) | set(_template_dir_names(config)))
-        raise PermanentError("unknown email template %r (known: %s)" % (name, ", ".join(known)))
-    url = values.get("url", "")
+    kind, locale, source = _find_template(name, values, config)   # seed defaults filled in
+    link = values.get(_SEED_TEMPLATES[name]["link"] or "", "") if kind == "seed" else ""
+    url = values.get("url", "") or link
     host = re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://([^/:?#@]+)", url)
+    fallback = _SEED_WORDS[locale]["app_name"] if locale in _SEED_WORDS else "our site"
     values.setdefault("app_name", config.app_name or config.mail_from_name
-                      or (host.group(1) if host else "") or "our site")
+                      or (host.group(1) if host else "") or fallback)
     html_extra = {}
-    if builtin:
+    if kind == "builtin":
         expires = values.get("expires", "")
         values["expiry_text"] = "This link expires in %s." % expires if expires else ""
         html_extra["expiry_html"] = (
@@ -2843,13 +3127,17 @@ def _render(name, variables, config):
 
     subject = fill("subject", subject_src, values)
     text = fill("text", text_src, values)
-    if builtin:
+    if kind == "builtin":
         text = re.sub(r"\n{3,}", "\n\n", text)
     html = None
     if html_src is not None:
         escaped = {k: html_module.escape(v, quote=True) for k, v in values.items()}
         escaped.update(html_extra)
         html = fill("html", html_src, escaped)
+    if isinstance(variables.get("subject"), str) and variables["subject"].strip():
+        subject = variables["subject"]
+    if isinstance(variables.get("textMessage"), str) and variables["textMessage"].strip():
+        text = variables["textMessage"]
     return subject, text, html
 
 

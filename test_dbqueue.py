@@ -4030,5 +4030,174 @@ class TakeoverColdPushTests:
                          self.threads)
 
 
+
+# Each seed template's variables as the app sends them, and what the message
+# says in each language (subject; a sentence of the text part).
+SEED_CASES = {
+    "verification": ({"display_name": "José <b>", "verification_link": "https://app.test/verify?t=1&u=2",
+                      "expires_at": "in 24 hours"},
+                     {"en": ("Confirm your email address for Acme", "Hi José <b>,"),
+                      "es": ("Confirma tu correo electrónico en Acme", "Hola, José <b>:")}),
+    "password-reset": ({"display_name": "Zoë", "reset_link": "https://app.test/reset?t=1&u=2"},
+                       {"en": ("Reset your Acme password", "This link expires in 60 minutes."),
+                        "es": ("Restablece tu contraseña de Acme",
+                               "Este enlace caduca en 60 minutos.")}),
+    "invitation": ({"display_name": "Ann", "reset_link": "https://app.test/invite?t=1&u=2",
+                    "expires_in": "48 hours"},
+                   {"en": ("You are invited to join Acme", "This link expires in 48 hours."),
+                    "es": ("Te han invitado a unirte a Acme", "Este enlace caduca en 48 horas.")}),
+    "account-approved": ({"display_name": "Ann", "login_link": "https://app.test/login?t=1&u=2"},
+                         {"en": ("Your Acme account has been approved", "Sign in:"),
+                          "es": ("Tu cuenta de Acme ha sido aprobada", "¡Buenas noticias!")}),
+    "pending-approval-google": ({"display_name": "Ann"},
+                                {"en": ("Your Acme account is awaiting approval",
+                                        "with your Google account"),
+                                 "es": ("Tu cuenta de Acme está pendiente de aprobación",
+                                        "con tu cuenta de Google")}),
+}
+# The app passes values in the user's language too.
+IN_SPANISH = {"in 24 hours": "en 24 horas", "48 hours": "48 horas"}
+
+
+def seed_variables(variables, locale):
+    if locale == "es":
+        variables = {k: IN_SPANISH.get(v, v) for k, v in variables.items()}
+    return dict(variables, locale=locale)
+
+
+class TakeoverTemplateTests(EmailTestMixin, unittest.TestCase):
+    """The CodeIgniter app's five templates, built in, in English and Spanish (issue 12)."""
+
+    def setUp(self):
+        self.db = Backend(self)
+
+    def by_subject(self, sink):
+        return {m["Subject"]: m for _, m, _ in sink.messages}
+
+    def test_each_seed_template_in_both_languages_has_text_and_html(self):
+        sink = SMTPSink(self)
+        q = self.mail_queue(sink)
+        for name, (variables, expected) in SEED_CASES.items():
+            for locale in ("en", "es"):
+                dbqueue.queue_template_email("a@example.com", name,
+                                             seed_variables(variables, locale), using=q)
+        _, log = self.work(q, tries=1)
+        self.assertEqual(q.failed(), [])
+        messages = self.by_subject(sink)
+        self.assertEqual(len(messages), 10, log)
+        for name, (variables, expected) in SEED_CASES.items():
+            for locale, (subject, sentence) in expected.items():
+                with self.subTest(template=name, locale=locale):
+                    msg = messages[subject]
+                    self.assertEqual(msg.get_content_type(), "multipart/alternative")
+                    text = msg.get_body(("plain",)).get_content()
+                    html = msg.get_body(("html",)).get_content()
+                    self.assertIn(sentence, text)
+                    self.assertIn('<html lang="%s">' % locale, html)
+                    greeting = {"en": "Hi %s,", "es": "Hola, %s:"}[locale]
+                    self.assertIn(greeting % variables["display_name"], text)
+                    if "<" in variables["display_name"]:
+                        self.assertNotIn(variables["display_name"], html)
+                        self.assertIn(variables["display_name"].replace("<", "&lt;")
+                                      .replace(">", "&gt;"), html)
+                    link = next((v for k, v in variables.items() if k.endswith("_link")), None)
+                    if link:
+                        self.assertIn(link, text)
+                        self.assertIn('href="%s"' % link.replace("&", "&amp;"), html)
+                    # What mail clients keep: inline styles, tables, nothing fetched.
+                    for absent in ("<style", "<img", "<link", "<script", "url("):
+                        self.assertNotIn(absent, html)
+                    self.assertIn('role="presentation"', html)
+                    other = {"en": "es", "es": "en"}[locale]
+                    self.assertNotIn(expected[other][0], text + html)
+
+    def test_defaults_read_naturally_in_each_language(self):
+        sink = SMTPSink(self)
+        q = self.mail_queue(sink)
+        for locale in ("en", "es"):
+            dbqueue.queue_template_email("a@example.com", "verification",
+                                         {"verification_link": "https://app.test/v",
+                                          "locale": locale}, using=q)
+            dbqueue.queue_template_email("a@example.com", "password-reset",
+                                         {"reset_link": "https://app.test/r", "locale": locale},
+                                         using=q)
+        self.work(q, tries=1)
+        texts = [m.get_body(("plain",)).get_content() for _, m, _ in sink.messages]
+        self.assertIn("Hi User,", texts[0])
+        self.assertIn("This link expires soon.", texts[0])
+        self.assertIn("This link expires in 60 minutes.", texts[1])
+        self.assertIn("Hola, usuario:", texts[2])
+        self.assertIn("Este enlace caduca pronto.", texts[2])
+        self.assertIn("Este enlace caduca en 60 minutos.", texts[3])
+
+    def test_locale_subject_and_text_message_from_the_variables(self):
+        sink = SMTPSink(self)
+        q = self.mail_queue(sink)
+        base = {"display_name": "Ann", "login_link": "https://app.test/l"}
+        dbqueue.queue_template_email("a@example.com", "account-approved",
+                                     dict(base, locale="fr"), using=q)
+        dbqueue.queue_template_email("a@example.com", "account-approved",
+                                     dict(base, locale="es_MX", subject="¡Bienvenida, Ann!",
+                                          textMessage="Texto propio de la app."), using=q)
+        _, log = self.work(q, tries=1)
+        (_, french, _), (_, own, _) = sink.messages
+        self.assertEqual(french["Subject"], "Your Acme account has been approved")
+        self.assertIn("sent in English", log)
+        self.assertIn("locale=fr", log)
+        self.assertEqual(log.count("sent in English"), 1)
+        self.assertEqual(own["Subject"], "¡Bienvenida, Ann!")
+        self.assertEqual(own.get_body(("plain",)).get_content().strip(), "Texto propio de la app.")
+        self.assertIn("Iniciar sesión", own.get_body(("html",)).get_content())
+
+    def test_a_missing_link_is_a_permanent_failure_that_names_it(self):
+        sink = SMTPSink(self)
+        q = self.mail_queue(sink)
+        for name, link in (("verification", "verification_link"), ("password-reset", "reset_link"),
+                           ("invitation", "reset_link"), ("account-approved", "login_link")):
+            q.push("send_template_email", {"to": "a@example.com", "template": name,
+                                           "vars": {"display_name": "Ann", link: ""}},
+                   queue="emails")
+            with self.assertRaises(ValueError) as caught:
+                dbqueue.queue_template_email("a@example.com", name, {"display_name": "Ann"},
+                                             using=q)
+            self.assertIn(repr(link), str(caught.exception))
+        _, log = self.work(q, tries=3)
+        failed = q.failed()
+        self.assertEqual(len(failed), 4)
+        for row, link in zip(failed, ("verification_link", "reset_link", "reset_link",
+                                      "login_link")):
+            self.assertIn("needs the variable %r" % link, row["exception"])
+        self.assertNotIn("outcome=released", log)
+        self.assertEqual(sink.connections, 0)
+
+    def test_template_dir_locale_files_win_for_their_locale(self):
+        sink = SMTPSink(self)
+        tdir = os.path.join(self.db.tmp, "templates")
+        os.mkdir(tdir)
+        files = {"verification.es.txt": "Subject: Verifica, $display_name\n\nEnlace: $verification_link\n",
+                 "verification.es.html": "<p>Hola <b>$display_name</b></p>",
+                 "welcome.txt": "Subject: Welcome $name\n\nHello\n",
+                 "welcome.es.txt": "Subject: Bienvenida $name\n\nHola\n"}
+        for fname, body in files.items():
+            with open(os.path.join(tdir, fname), "w", encoding="utf-8") as fh:
+                fh.write(body)
+        q = self.mail_queue(sink, mail_template_dir=tdir)
+        link = {"display_name": "<Ann>", "verification_link": "https://app.test/v"}
+        dbqueue.queue_template_email("a@example.com", "verification", dict(link, locale="es"),
+                                     using=q)
+        dbqueue.queue_template_email("a@example.com", "verification", dict(link, locale="en"),
+                                     using=q)
+        dbqueue.queue_template_email("a@example.com", "welcome", {"name": "A", "locale": "es"},
+                                     using=q)
+        dbqueue.queue_template_email("a@example.com", "welcome", {"name": "A"}, using=q)
+        self.work(q, tries=1)
+        (_, es, _), (_, en, _), (_, w_es, _), (_, w_en, _) = sink.messages
+        self.assertEqual(es["Subject"], "Verifica, <Ann>")
+        self.assertEqual(es.get_body(("plain",)).get_content().strip(), "Enlace: https://app.test/v")
+        self.assertIn("<b>&lt;Ann&gt;</b>", es.get_body(("html",)).get_content())
+        self.assertEqual(en["Subject"], "Confirm your email address for Acme")   # built in
+        self.assertEqual((w_es["Subject"], w_en["Subject"]), ("Bienvenida A", "Welcome A"))
+
+
 if __name__ == "__main__":
     unittest.main()
