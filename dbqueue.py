@@ -193,6 +193,7 @@ class Config:
         self.mail_timeout = 30
         self.mail_verify_peer = True
         self.mail_template_dir = ""
+        self.mail_sendmail_path = "/usr/sbin/sendmail -t -i"
         self.app_name = ""
         for name, value in settings.items():
             if not hasattr(self, name):
@@ -236,7 +237,8 @@ class Config:
         c.timeout = _int_setting("QUEUE_TIMEOUT", get("QUEUE_TIMEOUT", "60"), 0, _MAX_SECONDS)
         c.table = _ident_setting("QUEUE_TABLE", get("QUEUE_TABLE", "jobs"))
         c.failed_table = _ident_setting("QUEUE_FAILED_TABLE", get("QUEUE_FAILED_TABLE", "failed_jobs"))
-        c.mail_mailer = _choice_setting("MAIL_MAILER", get("MAIL_MAILER", "smtp").lower(), ("smtp", "log"))
+        c.mail_mailer = _choice_setting("MAIL_MAILER", get("MAIL_MAILER", "smtp").lower(),
+                                        ("smtp", "log", "sendmail"))
         c.mail_host = get("MAIL_HOST", "localhost")
         c.mail_port = _int_setting("MAIL_PORT", get("MAIL_PORT", "25"), 1, 65535)
         c.mail_username = get("MAIL_USERNAME")
@@ -249,6 +251,13 @@ class Config:
         c.mail_timeout = _int_setting("MAIL_TIMEOUT", get("MAIL_TIMEOUT", "30"), 1)
         c.mail_verify_peer = _bool_setting("MAIL_VERIFY_PEER", get("MAIL_VERIFY_PEER", "true"))
         c.mail_template_dir = get("MAIL_TEMPLATE_DIR")
+        c.mail_sendmail_path = get("MAIL_SENDMAIL_PATH", "/usr/sbin/sendmail -t -i")
+        try:
+            if c.mail_mailer == "sendmail" and not _split_command(c.mail_sendmail_path):
+                raise ValueError("no program")
+        except ValueError as exc:
+            raise ConfigError("MAIL_SENDMAIL_PATH=%s cannot be read as a command: %s"
+                              % (c.mail_sendmail_path, exc))
         c.app_name = get("APP_NAME")
         return c
 
@@ -3171,6 +3180,9 @@ def _deliver(fields, config):
     if config.mail_mailer == "log":
         _log_message(log, msg, sender, recipients)
         return
+    if config.mail_mailer == "sendmail":
+        _Sendmail(config).send(sender, recipients, data)
+        return
     reuse = worker is not None and getattr(worker, "reuse_smtp", True)
     mailer = worker.resources.get("smtp") if reuse else None
     if mailer is None:
@@ -3325,6 +3337,76 @@ class _Mailer:
                 raise   # JobTimeout, KeyboardInterrupt: not ours to translate
             error = _smtp_error(exc, self.config)
         raise error   # outside the except block: no chained traceback with smtplib's text
+
+
+def _split_command(text):
+    """A command line as its words, as a POSIX shell splits them (no shell runs it)."""
+    import shlex
+    return shlex.split(text)
+
+
+class _Sendmail:
+    """MAIL_MAILER=sendmail: each message piped to MAIL_SENDMAIL_PATH, one process each.
+
+    The recipients are given as arguments (after `-f sender`), and a `-t` in
+    the command is dropped: with -t, sendmail would take them from the To,
+    Cc and Bcc headers, and Bcc recipients would have to be written into the
+    message for it to find them, relying on every sendmail to delete that
+    header again (ssmtp, for one, did not). Exit 0 is sent, 75 (EX_TEMPFAIL)
+    is retried, anything else fails the job with sendmail's first stderr line.
+    """
+
+    EX_TEMPFAIL = 75
+
+    def __init__(self, config):
+        self.config = config
+
+    def command(self, sender, recipients):
+        argv = []
+        for arg in _split_command(self.config.mail_sendmail_path):
+            if arg in ("-ti", "-it"):
+                arg = "-i"
+            if arg != "-t":
+                argv.append(arg)
+        for addr in recipients:
+            if addr.startswith("-"):
+                # It would be read as an option: "-oQ/tmp@x.test" is a valid address.
+                raise PermanentError("%r cannot be passed to sendmail (it starts with -)" % addr)
+        if "-f" not in argv and not any(a.startswith("-f") and len(a) > 2 for a in argv):
+            argv += ["-f", sender]
+        return argv + list(recipients)
+
+    def send(self, sender, recipients, data):
+        import subprocess
+        argv = self.command(sender, recipients)
+        where = "sendmail (%s)" % argv[0]
+        try:
+            proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                                    stderr=subprocess.PIPE)
+        except OSError as exc:
+            # A program that is missing here may be installed in a minute:
+            # retried, and the line says which setting names it.
+            raise QueueError("%s cannot be started: %s (check MAIL_SENDMAIL_PATH) (temporary)"
+                             % (where, exc.strerror or exc))
+        try:
+            # A local program reads UNIX line ends; sendmail makes them CRLF.
+            _, err = proc.communicate(data.replace(b"\r\n", b"\n"),
+                                      timeout=self.config.mail_timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+            raise QueueError("%s timed out after %ss (temporary)" % (where, self.config.mail_timeout))
+        except BaseException:
+            proc.kill()
+            proc.wait()
+            raise
+        if proc.returncode == 0:
+            return
+        line = (err or b"").decode("utf-8", "replace").strip().splitlines()
+        detail = _scrub(line[0][:300], self.config) if line else "no message"
+        if proc.returncode == self.EX_TEMPFAIL or proc.returncode < 0:   # 75, or a signal
+            raise QueueError("%s exited %d: %s (temporary)" % (where, proc.returncode, detail))
+        raise PermanentError("%s exited %d: %s (permanent)" % (where, proc.returncode, detail))
 
 
 def _smtp_codes(exc):

@@ -4199,5 +4199,108 @@ class TakeoverTemplateTests(EmailTestMixin, unittest.TestCase):
         self.assertEqual((w_es["Subject"], w_en["Subject"]), ("Bienvenida A", "Welcome A"))
 
 
+
+# A stand-in sendmail: records its arguments and stdin, and exits with the
+# codes listed in codes.txt, one per call (the last one repeats).
+FAKE_SENDMAIL = r"""
+import json, os, sys
+here = os.path.dirname(os.path.abspath(__file__))
+calls = sorted(f for f in os.listdir(here) if f.startswith("call"))
+with open(os.path.join(here, "codes.txt")) as fh:
+    codes = fh.read().split()
+code = int(codes[min(len(calls), len(codes) - 1)])
+data = sys.stdin.buffer.read()
+with open(os.path.join(here, "call%03d.json" % len(calls)), "w") as fh:
+    json.dump({"argv": sys.argv[1:], "stdin": data.decode("utf-8")}, fh)
+if code:
+    sys.stderr.write("sendmail: fatal: <nobody@example.com>: no such user\nsecond line\n")
+sys.exit(code)
+"""
+
+
+class TakeoverSendmailTests(EmailTestMixin, unittest.TestCase):
+    """MAIL_MAILER=sendmail: the message piped to a real program (issue 12)."""
+
+    def setUp(self):
+        self.db = Backend(self)
+        self.bin = os.path.join(self.db.tmp, "bin")
+        os.mkdir(self.bin)
+        self.script = os.path.join(self.bin, "fake sendmail.py")   # a space: shlex quoting
+        with open(self.script, "w") as fh:
+            fh.write(FAKE_SENDMAIL)
+
+    def queue(self, codes, command="-t -i"):
+        with open(os.path.join(self.bin, "codes.txt"), "w") as fh:
+            fh.write(" ".join(str(c) for c in codes))
+        path = "%s '%s' %s" % (sys.executable, self.script, command)
+        return self.mail_queue(None, mail_mailer="sendmail", mail_sendmail_path=path)
+
+    def calls(self):
+        found = []
+        for name in sorted(os.listdir(self.bin)):
+            if name.startswith("call"):
+                with open(os.path.join(self.bin, name)) as fh:
+                    found.append(json.load(fh))
+        return found
+
+    def test_exit_0_is_sent_with_recipients_as_arguments_and_no_bcc_header(self):
+        q = self.queue([0])
+        dbqueue.queue_template_email("Ann <ann@example.com>", "verification",
+                                     {"display_name": "Ann", "locale": "es",
+                                      "verification_link": "https://app.test/v"},
+                                     cc="cc@example.com", bcc="hidden@example.com", using=q)
+        _, log = self.work(q, tries=3)
+        self.assertIn("outcome=done", log)
+        (call,) = self.calls()
+        self.assertEqual(call["argv"], ["-i", "-f", "app@example.com", "ann@example.com",
+                                        "cc@example.com", "hidden@example.com"])
+        self.assertNotIn("\r\n", call["stdin"])
+        msg = parse_mail(call["stdin"].encode("utf-8"))
+        self.assertIsNone(msg["Bcc"])
+        self.assertNotIn("hidden@example.com", call["stdin"])
+        self.assertEqual(msg["Subject"], "Confirma tu correo electrónico en Acme")
+        self.assertIn("Hola, Ann:", msg.get_body(("plain",)).get_content())
+        self.assertEqual(self.jobs_left(), 0)
+
+    def test_exit_75_is_retried_and_other_codes_fail_with_the_first_stderr_line(self):
+        q = self.queue([75, 0])
+        dbqueue.queue_email("a@example.com", "retried", text="t", using=q)
+        _, log = self.work(q, tries=3)
+        self.assertEqual(len(self.calls()), 2)
+        self.assertIn("exited 75", log)
+        self.assertIn("(temporary)", log)
+        self.assertEqual(q.failed(), [])
+        for name in os.listdir(self.bin):
+            if name.startswith("call"):
+                os.remove(os.path.join(self.bin, name))
+        q = self.queue([67], command="-i")
+        dbqueue.queue_email("a@example.com", "refused", text="t", using=q)
+        _, log = self.work(q, tries=3)
+        self.assertEqual(len(self.calls()), 1)          # no second attempt
+        (row,) = q.failed()
+        self.assertIn("exited 67: sendmail: fatal: <nobody@example.com>: no such user (permanent)",
+                      row["exception"])
+        self.assertNotIn("second line", row["exception"])
+
+    def test_a_missing_program_is_retried_and_names_the_setting(self):
+        q = self.mail_queue(None, mail_mailer="sendmail",
+                            mail_sendmail_path=os.path.join(self.bin, "no-such-sendmail") + " -t")
+        dbqueue.queue_email("a@example.com", "s", text="t", using=q)
+        _, log = self.work(q, tries=2)
+        (row,) = q.failed()
+        self.assertIn("MAIL_SENDMAIL_PATH", row["exception"])
+        self.assertIn("(temporary)", row["exception"])
+        self.assertIn("outcome=released", log)
+
+    def test_settings(self):
+        config = dbqueue.Config.from_env({"MAIL_MAILER": "sendmail"})
+        self.assertEqual((config.mail_mailer, config.mail_sendmail_path),
+                         ("sendmail", "/usr/sbin/sendmail -t -i"))
+        code, _, err = run_main(["stats"], {"MAIL_MAILER": "sendmail",
+                                            "MAIL_SENDMAIL_PATH": "/usr/sbin/sendmail 'oops"})
+        self.assertEqual(code, 2)
+        self.assertIn("MAIL_SENDMAIL_PATH", err)
+
+
 if __name__ == "__main__":
     unittest.main()
