@@ -251,6 +251,10 @@ class Config:
         c.mail_timeout = _int_setting("MAIL_TIMEOUT", get("MAIL_TIMEOUT", "30"), 1)
         c.mail_verify_peer = _bool_setting("MAIL_VERIFY_PEER", get("MAIL_VERIFY_PEER", "true"))
         c.mail_template_dir = get("MAIL_TEMPLATE_DIR")
+        if c.mail_template_dir and not os.path.isdir(c.mail_template_dir):
+            # Found late, this would be every templated email failing as unknown.
+            raise ConfigError("MAIL_TEMPLATE_DIR=%s is not a folder (no such directory)"
+                              % c.mail_template_dir)
         c.mail_sendmail_path = get("MAIL_SENDMAIL_PATH", "/usr/sbin/sendmail -t -i")
         try:
             if c.mail_mailer == "sendmail" and not _split_command(c.mail_sendmail_path):
@@ -1796,6 +1800,7 @@ class Worker:
         self._last_rescue = 0.0
         self._settings_cache = {}  # job name -> (registry entry, settings) for plain payloads
         self._main_thread = False
+        self._hinted = False      # the hint about other queues' ready jobs is given once
 
     # -- control ---------------------------------------------------------
 
@@ -1855,6 +1860,8 @@ class Worker:
                 if not self._held:
                     want = self._batch_size(None if limit is None else limit - self.processed)
                     if not self._claim(want):
+                        if not self._hinted:
+                            self._hint_other_queues()
                         if once or stop_when_empty:
                             break
                         self._idle(started, max_time)
@@ -1878,6 +1885,18 @@ class Worker:
                 for sig, handler in previous.items():
                     signal.signal(sig, handler)
         return self.processed
+
+    def _hint_other_queues(self):
+        """Once, when this worker's queues are empty: name the queues that hold
+        ready jobs, since `--queue emial` would otherwise just wait, quietly."""
+        self._hinted = True
+        stats = self._db(lambda c: self.queue.stats(c))
+        others = ["%s (%d)" % (s["queue"], s["ready"]) for s in stats
+                  if s["ready"] and s["queue"] not in self.queues]
+        if others:
+            self.log.warning("no ready jobs in the queues this worker takes, but other queues"
+                             " have some: check --queue", queues=",".join(self.queues),
+                             ready_elsewhere=", ".join(others[:10]))
 
     def _batch_size(self, remaining):
         if self._avg is None:

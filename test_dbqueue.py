@@ -4302,5 +4302,69 @@ class TakeoverSendmailTests(EmailTestMixin, unittest.TestCase):
         self.assertIn("MAIL_SENDMAIL_PATH", err)
 
 
+
+class TakeoverEarlyMistakesTests(unittest.TestCase):
+    """Mistakes a producer or an operator can see are found at once (issue 15, item 4)."""
+
+    def setUp(self):
+        self.db = Backend(self)
+
+    def test_unknown_template_or_missing_variable_is_a_value_error_and_stores_nothing(self):
+        q = self.db.queue()
+        with self.assertRaises(ValueError) as caught:
+            dbqueue.queue_template_email("a@example.com", "verify_emial",
+                                         {"name": "A", "url": "https://x.test"}, using=q)
+        self.assertIn("unknown email template 'verify_emial'", str(caught.exception))
+        self.assertIn("did you mean 'verify_email'?", str(caught.exception))
+        with self.assertRaises(ValueError) as caught:
+            dbqueue.queue_template_email("a@example.com", "verify_email", {"name": "A"}, using=q)
+        self.assertIn("needs the variable 'url'", str(caught.exception))
+        with self.assertRaises(ValueError):
+            dbqueue.queue_template_email("a@example.com", "password-reset",
+                                         {"display_name": "A", "locale": "es"}, using=q)
+        self.assertEqual(self.db.raw("SELECT COUNT(*) FROM {jobs}")[0][0], 0)
+        # What MAIL_TEMPLATE_DIR holds is the producer's to see too: its own
+        # template, and its override of a built-in (whose variables are its own).
+        tdir = os.path.join(self.db.tmp, "templates")
+        os.mkdir(tdir)
+        for name in ("welcome", "verify_email"):
+            with open(os.path.join(tdir, name + ".txt"), "w") as fh:
+                fh.write("Subject: Hi\n\nHello\n")
+        q.config.mail_template_dir = tdir
+        dbqueue.queue_template_email("a@example.com", "welcome", {}, using=q)
+        dbqueue.queue_template_email("a@example.com", "verify_email", {}, using=q)
+        self.assertEqual(self.db.raw("SELECT COUNT(*) FROM {jobs}")[0][0], 2)
+
+    def test_a_template_dir_that_does_not_exist_is_a_configuration_error(self):
+        missing = os.path.join(self.db.tmp, "nonexistent")
+        with self.assertRaises(dbqueue.ConfigError):
+            dbqueue.Config.from_env({"MAIL_TEMPLATE_DIR": missing})
+        code, out, err = run_main(["work", "--once"], self.db.env(MAIL_TEMPLATE_DIR=missing))
+        self.assertEqual(code, 2)
+        self.assertEqual(err.strip(), "dbqueue: MAIL_TEMPLATE_DIR=%s is not a folder"
+                         " (no such directory)" % missing)
+        self.assertFalse(os.path.exists(os.path.join(self.db.tmp, "queue.db")))
+
+    def test_an_empty_queue_while_others_hold_ready_jobs_gives_a_hint_once(self):
+        q = self.db.queue()
+        for _ in range(3):
+            q.push("t_record", {}, queue="emails")
+        q.push("t_record", {}, queue="reports", delay=3600)   # not ready: not named
+        log = quiet_log()
+        worker = dbqueue.Worker(q, ["emial"], sleep=0.02, log=log)
+        worker.run(max_time=0.3)
+        text = log.stream.getvalue()
+        self.assertEqual(text.count("other queues have some"), 1, text)
+        self.assertIn('ready_elsewhere="emails (3)"', text)
+        self.assertIn("queues=emial", text)
+        # No hint when the worker's own queue had work.
+        log = quiet_log()
+        dbqueue.Worker(q, ["emails"], log=log).run(stop_when_empty=True)
+        self.assertNotIn("other queues", log.stream.getvalue())
+        code, out, err = run_main(["work", "--queue", "reprots", "--once"], self.db.env())
+        self.assertEqual(code, 0, err)
+        self.assertNotIn("other queues", err)    # reports' job is delayed: nothing to point at
+
+
 if __name__ == "__main__":
     unittest.main()
