@@ -4366,5 +4366,86 @@ class TakeoverEarlyMistakesTests(unittest.TestCase):
         self.assertNotIn("other queues", err)    # reports' job is delayed: nothing to point at
 
 
+
+class TakeoverEndToEndTests:
+    """The CodeIgniter app taken over in place: its tables, rows its PHP code wrote,
+    a real `python dbqueue.py work` in place of `php spark queue:work`, and the
+    real SMTP test server receiving every template in both languages (issue 12)."""
+
+    def dbqueue(self, *args, **env_extra):
+        env = {k: v for k, v in os.environ.items()
+               if not k.startswith(("QUEUE_", "MAIL_", "DATABASE_URL", "APP_"))}
+        env.update(self.db.env(MAIL_HOST="127.0.0.1", MAIL_PORT=self.sink.port,
+                               MAIL_FROM_ADDRESS="no-reply@app.test", MAIL_FROM_NAME="Acme",
+                               APP_NAME="Acme", QUEUE_BACKOFF="0", **env_extra))
+        return subprocess.run([sys.executable, os.path.join(HERE, "dbqueue.py")] + list(args),
+                              cwd=self.db.tmp, env=env, capture_output=True, text=True,
+                              timeout=120)
+
+    def test_the_apps_rows_are_sent_failed_and_retried_by_a_real_worker(self):
+        self.sink = SMTPSink(self)
+        ci4_tables(self.db)
+        done = self.dbqueue("migrate")
+        self.assertEqual(done.returncode, 0, done.stderr)
+        job_class = "App\\Libraries\\Queue\\Jobs\\SendTemplateEmailJob"
+        expected = {}
+        for n, (name, (variables, subjects)) in enumerate(sorted(SEED_CASES.items())):
+            for locale in ("en", "es"):
+                data = seed_variables(dict(variables, display_name="José"), locale)
+                php_push(self.db, {"job": ("\\" if n % 2 else "") + job_class,
+                                   "data": {"template": name, "to": "ann@example.com",
+                                            "data": data}})
+                expected[subjects[locale][0]] = data
+        payload = php_json({"job": job_class, "data": {
+            "template": "account-approved", "to": "bounce@example.com",
+            "data": {"display_name": "Bea", "login_link": "https://app.test/login"}}})
+        self.assertIn("https:\\/\\/app.test\\/login", payload)
+        self.assertIn("\\\\Libraries\\\\", payload)
+        php_push(self.db, payload)
+        self.assertIn("Jos\\u00e9", self.db.raw("SELECT payload FROM {jobs} ORDER BY id")[0][0])
+        self.sink.refuse["bounce@example.com"] = "550 5.1.1 no such mailbox"
+
+        work = self.dbqueue("work", "--queue=emails", "--stop-when-empty")
+        self.assertEqual(work.returncode, 0, work.stderr)
+        received = {m["Subject"]: m for _, m, _ in self.sink.messages}
+        self.assertEqual(sorted(received), sorted(expected), work.stderr)
+        for subject, data in expected.items():
+            msg = received[subject]
+            self.assertEqual(msg.get_content_type(), "multipart/alternative")
+            text = msg.get_body(("plain",)).get_content()
+            self.assertIn("José", text)
+            html = msg.get_body(("html",)).get_content()
+            self.assertIn('<html lang="%s">' % data["locale"], html)
+            for key, value in data.items():
+                if key.endswith("_link"):
+                    self.assertIn(value, text)
+        # The refused one is in the app's own failed_jobs, one attempt spent.
+        rows = self.db.raw("SELECT uuid, connection, queue, payload, exception FROM {failed}")
+        self.assertEqual(len(rows), 1)
+        uuid, connection, queue_name, stored, exception = rows[0]
+        self.assertTrue(uuid)
+        self.assertEqual((connection, queue_name, stored), ("database", "emails", payload))
+        self.assertIn("550", exception)
+        self.assertEqual(self.db.raw("SELECT COUNT(*) FROM {jobs}")[0][0], 0)
+        listed = self.dbqueue("failed")
+        self.assertEqual(listed.returncode, 0, listed.stderr)
+        self.assertIn("SendTemplateEmailJob", listed.stdout)
+
+        # The mailbox exists now: retry brings the row back and it is sent.
+        del self.sink.refuse["bounce@example.com"]
+        retried = self.dbqueue("retry", "all")
+        self.assertEqual(retried.returncode, 0, retried.stderr)
+        self.assertEqual(self.db.raw("SELECT COUNT(*) FROM {failed}")[0][0], 0)
+        self.assertEqual(self.db.raw("SELECT COUNT(*) FROM {jobs}")[0][0], 1)
+        work = self.dbqueue("work", "--queue=emails", "--stop-when-empty")
+        self.assertEqual(work.returncode, 0, work.stderr)
+        self.assertEqual(self.sink.messages[-1][0], ("no-reply@app.test", ["bounce@example.com"]))
+        self.assertEqual(self.sink.messages[-1][1]["Subject"], "Your Acme account has been approved")
+        self.assertEqual(self.db.raw("SELECT COUNT(*) FROM {jobs}")[0][0], 0)
+
+
+on_every_backend(TakeoverEndToEndTests, [b for b in BACKENDS if b is not Psycopg2Backend])
+
+
 if __name__ == "__main__":
     unittest.main()
