@@ -1859,9 +1859,14 @@ class Worker:
                     break
                 if not self._held:
                     want = self._batch_size(None if limit is None else limit - self.processed)
-                    if not self._claim(want):
-                        if not self._hinted:
+                    claimed = self._claim(want)
+                    if not self._hinted:
+                        # Only the first claim: later, other queues holding
+                        # ready jobs while this one drained is normal.
+                        self._hinted = True
+                        if not claimed:
                             self._hint_other_queues()
+                    if not claimed:
                         if once or stop_when_empty:
                             break
                         self._idle(started, max_time)
@@ -1889,13 +1894,12 @@ class Worker:
     def _hint_other_queues(self):
         """Once, when this worker's queues are empty: name the queues that hold
         ready jobs, since `--queue emial` would otherwise just wait, quietly."""
-        self._hinted = True
         stats = self._db(lambda c: self.queue.stats(c))
         others = ["%s (%d)" % (s["queue"], s["ready"]) for s in stats
                   if s["ready"] and s["queue"] not in self.queues]
         if others:
-            self.log.warning("no ready jobs in the queues this worker takes, but other queues"
-                             " have some: check --queue", queues=",".join(self.queues),
+            self.log.warning("this worker's queues are empty, but other queues have ready jobs:"
+                             " is --queue right?", queues=",".join(self.queues),
                              ready_elsewhere=", ".join(others[:10]))
 
     def _batch_size(self, remaining):

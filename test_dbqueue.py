@@ -4354,16 +4354,21 @@ class TakeoverEarlyMistakesTests(unittest.TestCase):
         worker = dbqueue.Worker(q, ["emial"], sleep=0.02, log=log)
         worker.run(max_time=0.3)
         text = log.stream.getvalue()
-        self.assertEqual(text.count("other queues have some"), 1, text)
+        self.assertEqual(text.count("other queues have ready jobs"), 1, text)
         self.assertIn('ready_elsewhere="emails (3)"', text)
         self.assertIn("queues=emial", text)
-        # No hint when the worker's own queue had work.
+        # No hint when the worker's own queue had work, also once it is drained
+        # while another queue's jobs wait for their own workers.
+        q.push("t_record", {}, queue="default")
         log = quiet_log()
         dbqueue.Worker(q, ["emails"], log=log).run(stop_when_empty=True)
+        self.assertIn("outcome=done", log.stream.getvalue())
         self.assertNotIn("other queues", log.stream.getvalue())
         code, out, err = run_main(["work", "--queue", "reprots", "--once"], self.db.env())
         self.assertEqual(code, 0, err)
-        self.assertNotIn("other queues", err)    # reports' job is delayed: nothing to point at
+        # The command line says it too; reports' job is delayed: not named.
+        self.assertIn('ready_elsewhere="default (1)"', err)
+        self.assertNotIn("reports (", err)
 
 
 
