@@ -3825,12 +3825,16 @@ CI4_DDL = {
 }
 
 
+def qi(db, name):
+    """A table name quoted for SQL written by hand in a test (MySQL's backticks elsewhere)."""
+    return ("`%s`" if db.name == "mysql" else '"%s"') % name
+
+
 def ci4_tables(db):
     """Make db's two tables as the CodeIgniter app's migrations do (`php spark migrate`)."""
-    q = "`%s`" if db.name == "mysql" else '"%s"'
-    names = {"jobs": q % db.table, "failed": q % db.failed_table,
-             "index": q % (db.table + "_queue_reserved_at"), "pk_jobs": q % ("pk_" + db.table),
-             "pk_failed": q % ("pk_" + db.failed_table)}
+    names = {"jobs": qi(db, db.table), "failed": qi(db, db.failed_table),
+             "index": qi(db, db.table + "_queue_reserved_at"), "pk_jobs": qi(db, "pk_" + db.table),
+             "pk_failed": qi(db, "pk_" + db.failed_table)}
     for statement in CI4_DDL[db.name]:
         db.raw((statement % names).replace("{", "{{").replace("}", "}}"))
 
@@ -3972,17 +3976,17 @@ class TakeoverColdPushTests:
     threads = 4
 
     def setUp(self):
-        self.app_table = self.db.table + "_app"
-        self.db.raw('CREATE TABLE "%s" (id INTEGER PRIMARY KEY, note VARCHAR(100))'
+        self.app_table = qi(self.db, self.db.table + "_app")
+        self.db.raw("CREATE TABLE %s (id INTEGER PRIMARY KEY, note VARCHAR(100))"
                     % self.app_table)
-        self.addCleanup(self.db.raw, 'DROP TABLE IF EXISTS "%s"' % self.app_table)
+        self.addCleanup(self.db.raw, "DROP TABLE IF EXISTS %s" % self.app_table)
 
     def order(self, q, n, commit=True):
         """One web request: the app writes its row, the job goes in its transaction."""
         app = app_connection(self.db)
         try:
             cur = app.cursor()
-            cur.execute('INSERT INTO "%s" (id, note) VALUES (%s, %s)'
+            cur.execute("INSERT INTO %s (id, note) VALUES (%s, %s)"
                         % (self.app_table, self.db.param, self.db.param), (n, "order %d" % n))
             job_id = q.push("t_record", {"order": n}, connection=app)
             self.assertIsInstance(job_id, int)
@@ -4006,7 +4010,7 @@ class TakeoverColdPushTests:
         rows = self.db.raw("SELECT payload FROM {jobs}")
         self.assertEqual(sorted(json.loads(r[0])["data"]["order"] for r in rows),
                          list(range(1, self.threads + 1)))
-        self.assertEqual(self.db.raw('SELECT COUNT(*) FROM "%s"' % self.app_table)[0][0],
+        self.assertEqual(self.db.raw("SELECT COUNT(*) FROM %s" % self.app_table)[0][0],
                          self.threads)
 
     def test_each_thread_with_a_queue_of_its_own(self):
