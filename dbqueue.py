@@ -3321,7 +3321,8 @@ def _seed_template(name, locale, values):
         body.append(_SEED_BUTTON % (link, esc(words["button"]), esc(common["fallback"]),
                                     link, link))
     body += [_SEED_SMALL % esc(line) for line in after]
-    html = (_SEED_HTML.replace("@LANG@", locale).replace("@SUBJECT@", esc(words["subject"]))
+    # The title is the subject as sent (the app's own `subject` may replace it).
+    html = (_SEED_HTML.replace("@LANG@", locale).replace("@SUBJECT@", "${_subject}")
             .replace("@HEADING@", esc(words["heading"])).replace("@BODY@", "\n".join(body)))
     return words["subject"], "\n".join(text), html
 
@@ -3466,18 +3467,19 @@ def _render(name, variables, config):
                                  % (name, part, exc))
 
     subject = fill("subject", subject_src, values)
+    if isinstance(variables.get("subject"), str) and variables["subject"].strip():
+        subject = variables["subject"]
     text = fill("text", text_src, values)
     if kind == "builtin":
         text = re.sub(r"\n{3,}", "\n\n", text)
+    if isinstance(variables.get("textMessage"), str) and variables["textMessage"].strip():
+        text = variables["textMessage"]
     html = None
     if html_src is not None:
         escaped = {k: html_module.escape(v, quote=True) for k, v in values.items()}
         escaped.update(html_extra)
+        escaped["_subject"] = html_module.escape(subject, quote=True)
         html = fill("html", html_src, escaped)
-    if isinstance(variables.get("subject"), str) and variables["subject"].strip():
-        subject = variables["subject"]
-    if isinstance(variables.get("textMessage"), str) and variables["textMessage"].strip():
-        text = variables["textMessage"]
     return subject, text, html
 
 

@@ -4921,6 +4921,7 @@ class TakeoverTemplateTests(EmailTestMixin, unittest.TestCase):
         self.assertEqual(own["Subject"], "¡Bienvenida, Ann!")
         self.assertEqual(own.get_body(("plain",)).get_content().strip(), "Texto propio de la app.")
         self.assertIn("Iniciar sesión", own.get_body(("html",)).get_content())
+        self.assertIn("<title>¡Bienvenida, Ann!</title>", own.get_body(("html",)).get_content())
 
     def test_a_missing_link_is_a_permanent_failure_that_names_it(self):
         sink = SMTPSink(self)
