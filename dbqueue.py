@@ -3150,7 +3150,7 @@ _SEED_TEMPLATES = {
         },
         "es": {
             "subject": "Te han invitado a unirte a $app_name",
-            "heading": "Tienes una invitación a $app_name",
+            "heading": "Invitación a $app_name",
             "intro": ["Te han invitado a unirte a $app_name. Para aceptar, elige una contraseña"
                       " para tu cuenta."],
             "button": "Elegir mi contraseña",
@@ -3171,9 +3171,9 @@ _SEED_TEMPLATES = {
             "after": [],
         },
         "es": {
-            "subject": "Tu cuenta de $app_name ha sido aprobada",
-            "heading": "Tu cuenta ha sido aprobada",
-            "intro": ["¡Buenas noticias! Hemos aprobado tu cuenta de $app_name. Ya puedes"
+            "subject": "Hemos aprobado tu cuenta de $app_name",
+            "heading": "Tu cuenta está aprobada",
+            "intro": ["¡Buenas noticias! Hemos aprobado tu cuenta de $app_name y ya puedes"
                       " iniciar sesión."],
             "button": "Iniciar sesión",
             "after": [],
