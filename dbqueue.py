@@ -3212,8 +3212,11 @@ _SEED_WORDS = {
 }
 _LOCALES = ("en", "es")
 
-# The seed templates' HTML: the built-ins' look (inline styles, one table
-# column, no images), with the language and the paragraphs put in.
+# The seed templates' HTML: the built-ins' look, written for what mail
+# clients keep: inline styles only (Gmail drops <style>), tables for layout,
+# bgcolor beside background (Outlook), no images or fonts to fetch, and a
+# button that is a table cell, so that Outlook's Word engine, which ignores
+# padding on links, still shows a button.
 _SEED_HTML = """<!DOCTYPE html>
 <html lang="@LANG@">
 <head>
@@ -3222,14 +3225,14 @@ _SEED_HTML = """<!DOCTYPE html>
 <title>@SUBJECT@</title>
 </head>
 <body style="margin:0;padding:0;background:#f3f4f6;">
-<table role="presentation" width="100%" cellpadding="0" cellspacing="0" style="background:#f3f4f6;padding:24px 12px;">
+<table role="presentation" width="100%" cellpadding="0" cellspacing="0" bgcolor="#f3f4f6" style="background:#f3f4f6;padding:24px 12px;">
 <tr><td align="center">
-<table role="presentation" width="100%" cellpadding="0" cellspacing="0" style="max-width:560px;background:#ffffff;border-radius:8px;font-family:-apple-system,'Segoe UI',Roboto,Helvetica,Arial,sans-serif;color:#1f2937;">
-<tr><td style="padding:32px 32px 0;font-size:22px;font-weight:600;">@HEADING@</td></tr>
-<tr><td style="padding:16px 32px 8px;font-size:16px;line-height:1.6;">
+<table role="presentation" width="100%" cellpadding="0" cellspacing="0" bgcolor="#ffffff" style="max-width:560px;background:#ffffff;border-radius:8px;font-family:-apple-system,'Segoe UI',Roboto,Helvetica,Arial,sans-serif;color:#1f2937;">
+<tr><td style="padding:32px 32px 0;font-family:-apple-system,'Segoe UI',Roboto,Helvetica,Arial,sans-serif;font-size:22px;font-weight:600;color:#1f2937;">@HEADING@</td></tr>
+<tr><td style="padding:16px 32px 8px;font-family:-apple-system,'Segoe UI',Roboto,Helvetica,Arial,sans-serif;font-size:16px;line-height:1.6;color:#1f2937;">
 @BODY@
 </td></tr>
-<tr><td style="padding:8px 32px 32px;font-size:13px;color:#9ca3af;">$app_name</td></tr>
+<tr><td style="padding:8px 32px 32px;font-family:-apple-system,'Segoe UI',Roboto,Helvetica,Arial,sans-serif;font-size:13px;color:#6b7280;">$app_name</td></tr>
 </table>
 </td></tr>
 </table>
@@ -3238,9 +3241,11 @@ _SEED_HTML = """<!DOCTYPE html>
 """
 _SEED_P = '<p style="margin:0 0 16px;">%s</p>'
 _SEED_SMALL = '<p style="margin:0 0 16px;font-size:14px;color:#4b5563;">%s</p>'
-_SEED_BUTTON = ('<p style="margin:8px 0 24px;text-align:center;"><a href="$%s" style="display:'
-                'inline-block;background:#2563eb;color:#ffffff;text-decoration:none;'
-                'font-weight:600;padding:12px 24px;border-radius:6px;">%s</a></p>\n'
+_SEED_BUTTON = ('<table role="presentation" cellpadding="0" cellspacing="0" align="center"'
+                ' style="margin:8px auto 24px;"><tr><td bgcolor="#2563eb" style="background:'
+                '#2563eb;border-radius:6px;"><a href="$%s" style="display:inline-block;'
+                'padding:12px 24px;color:#ffffff;text-decoration:none;font-weight:600;">%s</a>'
+                '</td></tr></table>\n'
                 '<p style="margin:0 0 16px;font-size:14px;color:#4b5563;">%s<br><a href="$%s"'
                 ' style="color:#2563eb;word-break:break-all;">$%s</a></p>')
 

@@ -4892,6 +4892,8 @@ class TakeoverTemplateTests(EmailTestMixin, unittest.TestCase):
                     if link:
                         self.assertIn(link, text)
                         self.assertIn('href="%s"' % link.replace("&", "&amp;"), html)
+                        # The button is a table cell (Outlook ignores padding on links).
+                        self.assertIn('<td bgcolor="#2563eb"', html)
                     # What mail clients keep: inline styles, tables, nothing fetched.
                     for absent in ("<style", "<img", "<link", "<script", "url("):
                         self.assertNotIn(absent, html)
