@@ -5540,6 +5540,40 @@ class MailServerTests(EmailTestMixin, unittest.TestCase):
                          [(0,)])
         self.assertEqual(q.failed(), [])
 
+    def test_421_anywhere_is_an_outage_and_a_stall_mid_message_a_spent_attempt(self):
+        sink = PostfixSink(self)
+        q = self.mail_queue(sink, mail_timeout=1)
+        job_id = dbqueue.queue_email("a@example.com", "s", text="t", using=q)
+        for script in ({"rcpt_script": {"a@example.com": ["421 4.3.2 Service shutting down"]}},
+                       {"data_replies": ["421 4.4.2 Error: timeout exceeded"]}):
+            for name, value in script.items():
+                setattr(sink, name, value)
+            worker, log = self.work(q, tries=3)
+            self.assertEqual(worker.exit_code, 1, log)
+            self.assertIn("(outage)", log)
+            self.assertEqual(self.db.raw("SELECT attempts FROM {jobs}"), [(0,)])
+        self.assertEqual(sink.messages, [])
+        # The server takes the data and then says nothing: the message may have
+        # gone, so the attempt counts (a message that stalls the server cannot
+        # loop unspent), and the error says timeout.
+        import asyncio
+        stalls = [3.0]
+
+        async def slow_data(server, session, envelope):
+            if stalls:
+                await asyncio.sleep(stalls.pop())
+                return "451 4.3.0 too late"
+            return await PostfixSink.handle_DATA(sink, server, session, envelope)
+
+        sink.handle_DATA = slow_data
+        worker, log = self.work(q, tries=3)
+        self.assertEqual(worker.exit_code, 0, log)
+        self.assertIn("outcome=released", log)
+        self.assertIn("timed out: no answer from the server within MAIL_TIMEOUT=1s", log)
+        self.assertEqual(len(sink.messages), 1)
+        self.assertEqual(self.jobs_left(), 0)
+        del job_id
+
     def test_the_same_date_on_every_attempt(self):
         sink = PostfixSink(self)
         sink.data_replies = ["451 4.3.0 Error: queue file write error"]
