@@ -327,6 +327,34 @@ def _queue_name(name):
     return name
 
 
+# A unique key is any text the app builds ("verify:ann@example.com") that
+# jobs.unique_key (VARCHAR(255)) holds, without control characters: keys
+# are shown in logs and on the dashboard.
+_UNIQUE_KEY = _Pattern(r"^[^\x00-\x1f\x7f-\x9f]{1,255}\Z")
+
+
+def _unique_key(key):
+    if not isinstance(key, str) or not _UNIQUE_KEY.match(key):
+        shown = "a string of %d characters" % len(key) if isinstance(key, str) and len(
+            key) > 255 else repr(key)
+        raise ValueError("unique_key must be a non-empty string of at most 255 characters"
+                         " without control characters, not %s" % shown)
+    try:
+        key.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("unique_key %r is not valid text (a lone surrogate)" % (key,))
+    return key
+
+
+def _payload_unique_key(payload):
+    """The unique key a payload (JSON text) was pushed with, or None."""
+    try:
+        key = json.loads(payload).get("uniqueKey")
+        return _unique_key(key) if key is not None else None
+    except (ValueError, TypeError, AttributeError, RecursionError):
+        return None   # a payload dbqueue did not write: retried without a key
+
+
 def _parse_url(url):
     """(dialect class, target, driver name) for a database URL; ConfigError if unknown."""
     if "://" not in url:
@@ -411,6 +439,18 @@ class _Abort(BaseException):
 _SQL = {
     "push": "INSERT INTO {jobs} (queue, payload, attempts, reserved_at, available_at, created_at)"
             " VALUES (:queue, :payload, 0, NULL, {now} + :delay, {now})",
+    # Unique jobs: the unique index "<jobs>_unique" decides, never a read
+    # before the insert, so two producers racing with one key insert one row.
+    # DO NOTHING, not a caught unique violation: inside the caller's own
+    # transaction (connection=) a violation would abort it on PostgreSQL.
+    # Inserted nothing (rowcount 0, or no row RETURNING): read the holder's id
+    # with unique_holder. MySQL has neither the partial index nor ON CONFLICT:
+    # its dialect writes these two as INSERT IGNORE over a plain unique index.
+    "push_unique": "INSERT INTO {jobs} (queue, payload, attempts, reserved_at, available_at,"
+                   " created_at, unique_key) VALUES (:queue, :payload, 0, NULL, {now} + :delay,"
+                   " {now}, :unique_key)"
+                   " ON CONFLICT (queue, unique_key) WHERE unique_key IS NOT NULL DO NOTHING",
+    "unique_holder": "SELECT id FROM {jobs} WHERE queue = :queue AND unique_key = :unique_key",
     "rescue": "UPDATE {jobs} SET reserved_at = NULL"
               " WHERE reserved_at IS NOT NULL AND reserved_at < {now} - :retry_after",
     "ack": "DELETE FROM {jobs} WHERE id = :id AND attempts = :attempts AND reserved_at IS NOT NULL",
@@ -443,6 +483,12 @@ _SQL = {
     "failed_ids": "SELECT id FROM {failed} WHERE (CAST(:queue AS TEXT) IS NULL OR queue = :queue) ORDER BY id",
     "retry": "INSERT INTO {jobs} (queue, payload, attempts, reserved_at, available_at, created_at)"
              " SELECT queue, payload, 0, NULL, {now}, {now} FROM {failed} WHERE id = :id",
+    # A failed unique job gets its key back from its payload ("uniqueKey").
+    "retry_source": "SELECT {queue_text}, {payload_text} FROM {failed} WHERE id = :id",
+    "retry_unique": "INSERT INTO {jobs} (queue, payload, attempts, reserved_at, available_at,"
+                    " created_at, unique_key) SELECT queue, payload, 0, NULL, {now}, {now},"
+                    " :unique_key FROM {failed} WHERE id = :id"
+                    " ON CONFLICT (queue, unique_key) WHERE unique_key IS NOT NULL DO NOTHING",
     "forget": "DELETE FROM {failed} WHERE id = :id",
     "flush": "DELETE FROM {failed} WHERE failed_at < {failed_cutoff}",
     "clear": "DELETE FROM {jobs} WHERE queue = :queue AND reserved_at IS NULL",
@@ -772,6 +818,12 @@ class _Postgres(_Dialect):
     push_notify = ("WITH j AS (INSERT INTO {jobs} (queue, payload, attempts, reserved_at,"
                    " available_at, created_at) VALUES (:queue, :payload, 0, NULL, {now} + :delay,"
                    " {now}) RETURNING id) SELECT id, pg_notify(:channel, :queue) FROM j")
+    push_unique = ("WITH j AS (INSERT INTO {jobs} (queue, payload, attempts, reserved_at,"
+                   " available_at, created_at, unique_key) VALUES (:queue, :payload, 0, NULL,"
+                   " {now} + :delay, {now}, :unique_key) ON CONFLICT (queue, unique_key)"
+                   " WHERE unique_key IS NOT NULL DO NOTHING RETURNING id)"
+                   " SELECT id, pg_notify(:channel, :queue) FROM j")
+    retry_unique = _SQL["retry_unique"] + " RETURNING id"
     # The payloads travel as one JSON array of the payload objects, joined
     # as text: `json` (unlike jsonb) hands each element back as the exact text
     # it was given, and one string parameter costs the driver nothing, where a
@@ -1093,13 +1145,14 @@ class Queue:
 
     # -- producing -------------------------------------------------------
 
-    def payload(self, job, data=None, max_tries=None, backoff=None, timeout=None):
+    def payload(self, job, data=None, max_tries=None, backoff=None, timeout=None,
+                unique_key=None):
         """The JSON text stored for one job (raises TypeError for non-JSON data)."""
         if not isinstance(job, str) or not job:
             raise TypeError("job name must be a non-empty string, not %r" % (job,))
         if data is None:
             data = {}
-        if max_tries is None and backoff is None and timeout is None:
+        if max_tries is None and backoff is None and timeout is None and unique_key is None:
             return _PAYLOAD % (_uuid4(), _dumps(job), _dumps(data), int(time.time()))
         if max_tries is not None:
             max_tries = _int_setting("max_tries", max_tries, 1, _MAX_TRIES)
@@ -1107,17 +1160,31 @@ class Queue:
             backoff = ",".join(str(d) for d in _backoff_setting("backoff", backoff))
         if timeout is not None:
             timeout = _int_setting("timeout", timeout, 0, _MAX_SECONDS)
-        return _dumps({"uuid": _uuid4(), "job": job, "data": data, "maxTries": max_tries,
-                       "backoff": backoff, "timeout": timeout, "createdAt": int(time.time())})
+        payload = {"uuid": _uuid4(), "job": job, "data": data, "maxTries": max_tries,
+                   "backoff": backoff, "timeout": timeout, "createdAt": int(time.time())}
+        if unique_key is not None:
+            # Also in the payload, which failed_jobs keeps: `retry` gives the
+            # job its key back.
+            payload["uniqueKey"] = unique_key
+        return _dumps(payload)
 
     def push(self, job, data=None, queue="default", delay=0, connection=None,
-             max_tries=None, backoff=None, timeout=None):
+             max_tries=None, backoff=None, timeout=None, unique_key=None):
         """Enqueue one job; returns its id.
 
         With `connection=` (your app's sqlite3, psycopg or psycopg2 connection)
         the row is written inside your open transaction and is not committed:
         the job exists exactly when your own change commits.
+
+        With `unique_key=` (a string), while a job with that key waits, is
+        delayed or runs on `queue`, pushing again inserts nothing and returns
+        that job's id; once it is done (or has failed) the key is free. The
+        database's unique index decides, so this holds for any number of
+        producers at once.
         """
+        if unique_key is not None:
+            return self._push_unique(job, data, queue, delay, connection, max_tries, backoff,
+                                     timeout, unique_key)
         payload = self.payload(job, data, max_tries, backoff, timeout)
         if delay != 0 or type(delay) is not int:   # the common case skips the checks
             delay = _int_setting("delay", delay, 0, _MAX_SECONDS)
@@ -1142,9 +1209,54 @@ class Queue:
         except self._errors() as exc:
             raise self.translate(exc) from exc
 
+    def _push_unique(self, job, data, queue, delay, connection, max_tries, backoff, timeout,
+                     key):
+        _unique_key(key)
+        payload = self.payload(job, data, max_tries, backoff, timeout, unique_key=key)
+        delay = _int_setting("delay", delay, 0, _MAX_SECONDS)
+        _queue_name(queue)
+        params = dict(queue=queue, payload=payload, delay=delay, channel=self.channel,
+                      unique_key=key)
+        if connection is not None:
+            self._check_foreign(connection)
+            return self._insert_unique(connection.cursor(), "push_unique", params)[0]
+        try:
+            return self._insert_unique(self._conn().cursor(), "push_unique", params)[0]
+        except self._errors() as exc:
+            raise self.translate(exc) from exc
+
+    def _insert_unique(self, cur, key, params):
+        """(id, True) for a row inserted by statement `key`, or (holder's id, False)."""
+        # The holder can finish (its ack deletes the row) between the insert
+        # that met its key and the read of its id: the key is free again, so
+        # the insert is tried again. Each turn needs another job to take and
+        # free the key in between: a few turns at most.
+        for _ in range(100):
+            self.execute(cur, key, **params)
+            new_id = self._inserted_id(cur)
+            if new_id is not None:
+                return new_id, True
+            row = self.execute(cur, "unique_holder", queue=params["queue"],
+                               unique_key=params["unique_key"]).fetchone()
+            if row is not None:
+                return row[0], False
+        raise DatabaseError("unique key %r: its holder kept finishing while this push ran"
+                            % params["unique_key"])
+
+    def _inserted_id(self, cur):
+        """The id of the row an INSERT ... ON CONFLICT DO NOTHING wrote, or None."""
+        if self.dialect is _Postgres:
+            row = cur.fetchone()   # RETURNING id: no row when nothing was inserted
+            return row[0] if row else None
+        return cur.lastrowid if cur.rowcount == 1 else None
+
     def push_many(self, job, items, queue="default", delay=0, connection=None,
-                  max_tries=None, backoff=None, timeout=None):
+                  max_tries=None, backoff=None, timeout=None, unique_key=None):
         """Enqueue one job per item of `items` (data dicts) in one transaction; returns the ids."""
+        if unique_key is not None:
+            # One key for many jobs would keep all but the first: say so
+            # rather than guess what was meant.
+            raise TypeError("push_many() takes no unique_key: push each unique job with push()")
         payloads = [self.payload(job, data, max_tries, backoff, timeout) for data in items]
         delay = _int_setting("delay", delay, 0, _MAX_SECONDS)
         _queue_name(queue)
@@ -1374,10 +1486,21 @@ class Queue:
         new_ids = []
         for failed_id in ids:
             with self.transaction() as cur:
-                self.execute(cur, "retry", id=failed_id)
-                if cur.rowcount != 1:
+                row = self.execute(cur, "retry_source", id=failed_id).fetchone()
+                if row is None:
                     continue
-                new_ids.append(self._retried_id(cur))
+                key = _payload_unique_key(_text(row[1]))
+                if key is None:
+                    self.execute(cur, "retry", id=failed_id)
+                    new_ids.append(self._retried_id(cur))
+                else:
+                    # The job gets its unique key back. When a live job holds
+                    # it meanwhile (pushed again after this one failed), the
+                    # retry is that push again: nothing is inserted, and the
+                    # failed job is answered by the live one.
+                    new_ids.append(self._insert_unique(
+                        cur, "retry_unique",
+                        dict(id=failed_id, queue=_text(row[0]), unique_key=key))[0])
                 self.execute(cur, "forget", id=failed_id)
             if self.dialect is _Postgres:
                 with self.transaction() as cur:
@@ -2293,7 +2416,7 @@ def _aliases():
 
 def queue_email(to, subject, text=None, html=None, cc=None, bcc=None, reply_to=None,
                 sender=None, headers=None, delay=0, connection=None, using=None,
-                queue=_EMAIL_QUEUE):
+                queue=_EMAIL_QUEUE, unique_key=None):
     """Enqueue a `send_email` job on the "emails" queue; returns its id.
 
         dbqueue.queue_email("ann@example.com", "Your report", text="...", html="<p>...</p>")
@@ -2303,8 +2426,11 @@ def queue_email(to, subject, text=None, html=None, cc=None, bcc=None, reply_to=N
     MAIL_FROM_ADDRESS / MAIL_FROM_NAME; `headers` adds headers such as
     List-Unsubscribe. `connection=` writes the job inside your open
     transaction; `using=` is the Queue to use (default: Queue.from_env(),
-    opened and closed for this call). Bad addresses or a CR/LF in any header
-    raise ValueError here, before anything is stored.
+    opened and closed for this call). `unique_key=` as for Queue.push(): while
+    a message with that key waits or is being sent, another is not queued
+    ("verify:ann@example.com" for a "resend" button clicked twice). Bad
+    addresses or a CR/LF in any header raise ValueError here, before
+    anything is stored.
     """
     data = {"to": to, "subject": subject, "text": text, "html": html, "cc": cc, "bcc": bcc,
             "reply_to": reply_to, "from": sender, "headers": headers}
@@ -2313,12 +2439,12 @@ def queue_email(to, subject, text=None, html=None, cc=None, bcc=None, reply_to=N
         _email_fields(data, None)
     except PermanentError as exc:
         raise ValueError(str(exc))
-    return _enqueue("send_email", data, delay, connection, using, queue)
+    return _enqueue("send_email", data, delay, connection, using, queue, unique_key)
 
 
 def queue_template_email(to, template, variables=None, cc=None, bcc=None, reply_to=None,
                          sender=None, headers=None, delay=0, connection=None, using=None,
-                         queue=_EMAIL_QUEUE):
+                         queue=_EMAIL_QUEUE, unique_key=None):
     """Enqueue a `send_template_email` job on the "emails" queue; returns its id.
 
         dbqueue.queue_template_email("ann@example.com", "verify_email",
@@ -2337,15 +2463,18 @@ def queue_template_email(to, template, variables=None, cc=None, bcc=None, reply_
         _email_fields(dict(data, subject="", text="-"), None)
     except PermanentError as exc:
         raise ValueError(str(exc))
-    return _enqueue("send_template_email", data, delay, connection, using, queue)
+    return _enqueue("send_template_email", data, delay, connection, using, queue, unique_key)
 
 
-def _enqueue(name, data, delay, connection, using, queue_name):
+def _enqueue(name, data, delay, connection, using, queue_name, unique_key):
     if using is not None and not isinstance(using, Queue):
         raise TypeError("using= must be a dbqueue.Queue (the queue's name is queue=)")
+    if unique_key is not None:
+        _unique_key(unique_key)   # a ValueError before Queue.from_env() opens anything
     target = using if using is not None else Queue.from_env()
     try:
-        return target.push(name, data, queue=queue_name, delay=delay, connection=connection)
+        return target.push(name, data, queue=queue_name, delay=delay, connection=connection,
+                           unique_key=unique_key)
     finally:
         if using is None:
             target.close()
@@ -3431,6 +3560,9 @@ def _parser():
     p.add_argument("--queue", type=_queue_arg, default="default", help="default: default")
     p.add_argument("--delay", type=_seconds, default=0, metavar="S",
                    help="seconds before the job may run (default 0)")
+    p.add_argument("--unique-key", type=_unique_arg, metavar="KEY",
+                   help="while a job with this key waits or runs on the queue, add nothing"
+                        " and print that job's id")
 
     p = command("stats", "ready, delayed, reserved, expired and failed jobs per queue",
                 "python dbqueue.py stats\n"
@@ -3529,6 +3661,14 @@ def _queue_arg(value):
         return _queue_name(value)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc))
+
+
+def _unique_arg(value):
+    import argparse
+    try:
+        return _unique_key(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc).replace("unique_key", "the key"))
 
 
 def _row_id(value):
@@ -3662,7 +3802,8 @@ def _cmd_push(args, config):
         raise ConfigError("--data: %s" % _first_line(exc))
     queue = Queue(config=config)
     try:
-        print(queue.push(args.job, data, queue=args.queue, delay=args.delay))
+        print(queue.push(args.job, data, queue=args.queue, delay=args.delay,
+                         unique_key=args.unique_key))
     finally:
         queue.close()
     return 0

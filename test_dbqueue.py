@@ -3777,5 +3777,246 @@ _on_backends(PropertyTests, [Backend, PsycopgBackend])
 # -- fault tests end here --
 
 
+# ---- limits: unique jobs, MAIL_RATE_LIMIT, SQLite producer latency (issue 13) ----
+
+@on_every_backend
+class UniqueTests:
+
+    def setUp(self):
+        del RECORD[:]
+
+    def work(self, q, queues=("default",)):
+        dbqueue.Worker(q, list(queues), log=quiet_log(), backoff="0").run(stop_when_empty=True)
+
+    def rows(self):
+        return self.db.raw("SELECT id, queue, unique_key FROM {jobs} ORDER BY id")
+
+    def test_a_second_push_with_the_key_inserts_nothing_and_returns_the_first_id(self):
+        q = self.db.queue()
+        first = q.push("t_record", {"n": 1}, unique_key="verify:ann@example.com")
+        again = q.push("t_record", {"n": 2}, unique_key="verify:ann@example.com")
+        self.assertEqual(again, first)
+        other_queue = q.push("t_record", {"n": 3}, queue="other", unique_key="verify:ann@example.com")
+        other_key = q.push("t_record", {"n": 4}, unique_key="verify:bob@example.com")
+        plain = [q.push("t_record", {"n": 5}), q.push("t_record", {"n": 6})]
+        self.assertEqual(len({first, other_queue, other_key} | set(plain)), 5)
+        self.assertEqual(self.rows(), [(first, "default", "verify:ann@example.com"),
+                                       (other_queue, "other", "verify:ann@example.com"),
+                                       (other_key, "default", "verify:bob@example.com"),
+                                       (plain[0], "default", None), (plain[1], "default", None)])
+        payload = json.loads(self.db.raw("SELECT payload FROM {jobs} WHERE id = %d" % first)[0][0])
+        self.assertEqual(payload["uniqueKey"], "verify:ann@example.com")
+        self.assertEqual(payload["data"], {"n": 1})    # the first push's data is the one kept
+        self.work(q)
+        self.assertEqual(sorted(d["n"] for d in RECORD), [1, 4, 5, 6])
+
+    def test_the_key_is_held_while_delayed_or_running_and_free_once_done(self):
+        clock = Clock()
+        q = self.db.queue(clock=clock)
+        first = q.push("t_record", {"n": 1}, delay=60, unique_key="k")
+        self.assertEqual(q.push("t_record", {"n": 2}, unique_key="k"), first)    # delayed
+        clock.advance(60)
+        conn = q.connect()
+        jobs, _ = q.reserve(conn, ["default"])
+        self.assertEqual([j.id for j in jobs], [first])
+        self.assertEqual(q.push("t_record", {"n": 3}, unique_key="k"), first)    # running
+        q.release(conn, jobs[0].token, delay=30)
+        self.assertEqual(q.push("t_record", {"n": 4}, unique_key="k"), first)    # backing off
+        clock.advance(30)
+        jobs, _ = q.reserve(conn, ["default"])
+        q.ack(conn, [jobs[0].token])
+        second = q.push("t_record", {"n": 5}, unique_key="k")                    # done: free
+        self.assertGreater(second, first)
+        self.assertEqual(self.rows(), [(second, "default", "k")])
+        q.clear("default")
+        self.assertNotIn(q.push("t_record", {"n": 6}, unique_key="k"), (first, second))
+
+    def test_a_failed_job_frees_its_key_and_retry_gives_it_back(self):
+        q = self.db.queue()
+        failed_job = q.push("t_permanent", {}, unique_key="report:7")
+        self.work(q)
+        self.assertEqual(self.rows(), [])
+        [failed] = q.failed()
+        self.assertEqual(json.loads(failed["payload"])["uniqueKey"], "report:7")
+        [retried] = q.retry([failed["id"]])
+        self.assertNotEqual(retried, failed_job)
+        self.assertEqual(self.rows(), [(retried, "default", "report:7")])
+        self.assertEqual(q.push("t_permanent", {}, unique_key="report:7"), retried)
+
+    def test_retry_while_a_live_job_holds_the_key_is_that_push_again(self):
+        q = self.db.queue()
+        q.push("t_permanent", {}, unique_key="report:7")
+        self.work(q)
+        live = q.push("t_record", {"n": 1}, unique_key="report:7")
+        plain = q.push("t_permanent", {})
+        self.work(q)   # fails `plain`; the live one with the key is done, so push it again
+        live = q.push("t_record", {"n": 2}, unique_key="report:7")
+        ids = q.retry()
+        self.assertEqual(len(ids), 2)
+        self.assertIn(live, ids)              # the failed unique job: answered by the live one
+        self.assertEqual(q.failed(), [])      # and no longer failed
+        self.assertEqual([(r[1], r[2]) for r in self.rows()],
+                         [("default", "report:7"), ("default", None)])
+
+    def test_bad_keys_are_refused_before_anything_is_stored(self):
+        q = self.db.queue()
+        for bad in ("", "a\nb", "tab\there", "nul\x00", "\x7f", "\x85", "x" * 256, 7, b"k",
+                    "\ud800"):
+            with self.assertRaises(ValueError, msg=repr(bad)) as caught:
+                q.push("t_record", {}, unique_key=bad)
+            self.assertNotIn("\n", str(caught.exception))
+            self.assertLess(len(str(caught.exception)), 200)
+        q.push("t_record", {}, unique_key="ü" * 255)     # 255 characters, not bytes
+        q.push("t_record", {}, unique_key=" spaced key ")
+        self.assertEqual(len(self.rows()), 2)
+        with self.assertRaises(TypeError) as caught:
+            q.push_many("t_record", [{}, {}], unique_key="k")
+        self.assertIn("push()", str(caught.exception))
+        self.assertEqual(len(self.rows()), 2)
+
+    def test_inside_the_callers_transaction(self):
+        q = self.db.queue()
+        app = self.db.connect()
+        self.addCleanup(app.close)
+        cur = app.cursor()
+        if self.db.name == "sqlite":
+            cur.execute("BEGIN IMMEDIATE")     # the app holds the write lock
+        else:
+            app.autocommit = False
+        cur.execute("SELECT 1")
+        first = q.push("t_record", {"n": 1}, connection=app, unique_key="k")
+        self.assertEqual(q.push("t_record", {"n": 2}, connection=app, unique_key="k"), first)
+        # On PostgreSQL a caught unique violation would have aborted the
+        # transaction: the app's next statement and its commit still work.
+        cur.execute("SELECT 2")
+        self.assertEqual(cur.fetchone()[0], 2)
+        app.rollback()
+        self.assertEqual(self.rows(), [])      # nothing outside the app's transaction
+        if self.db.name == "sqlite":
+            cur.execute("BEGIN IMMEDIATE")
+        kept = q.push("t_record", {"n": 3}, connection=app, unique_key="k")
+        app.commit()
+        self.assertEqual(self.rows(), [(kept, "default", "k")])
+        self.assertEqual(q.push("t_record", {"n": 4}, unique_key="k"), kept)
+
+    def test_queue_email_and_queue_template_email_take_a_key(self):
+        q = self.db.queue()
+        a = dbqueue.queue_email("ann@example.com", "Hi", text="x", using=q, unique_key="hi:ann")
+        self.assertEqual(dbqueue.queue_email("ann@example.com", "Hi", text="y", using=q,
+                                             unique_key="hi:ann"), a)
+        vars_ = {"name": "Ann", "url": "https://example.com/v/1"}
+        b = dbqueue.queue_template_email("ann@example.com", "verify_email", vars_, using=q,
+                                         unique_key="verify:ann")
+        self.assertEqual(dbqueue.queue_template_email("ann@example.com", "verify_email", vars_,
+                                                      using=q, unique_key="verify:ann"), b)
+        with self.assertRaises(ValueError):
+            dbqueue.queue_email("ann@example.com", "Hi", text="x", using=q, unique_key="")
+        self.assertEqual(self.rows(), [(a, "emails", "hi:ann"), (b, "emails", "verify:ann")])
+
+    def test_push_command_takes_unique_key(self):
+        self.db.queue()
+        env = self.db.env()
+        code, out, err = run_main(["push", "t_record", "--unique-key", "nightly:2026-12-01"], env)
+        self.assertEqual((code, err), (0, ""))
+        code, again, err = run_main(["push", "t_record", "--data", '{"n": 2}', "--unique-key",
+                                     "nightly:2026-12-01"], env)
+        self.assertEqual((code, again, err), (0, out, ""))
+        for bad in ("", "x" * 300, "two\nlines"):
+            code, out, err = run_main(["push", "t_record", "--unique-key", bad], env)
+            self.assertEqual(code, 2)
+            one_line(self, err)
+            self.assertIn("--unique-key", err)
+        self.assertEqual(len(self.rows()), 1)
+
+
+_UNIQUE_PRODUCER = r"""
+import os, sys
+sys.path.insert(0, sys.argv[1])
+import dbqueue
+q = dbqueue.Queue.from_env()
+out = []
+for i in range(int(sys.argv[2])):
+    key = "k%d" % (i % int(sys.argv[3]))
+    out.append("%s %d" % (key, q.push("u_record", {"key": key}, unique_key=key)))
+with open(sys.argv[4], "w") as fh:
+    fh.write("\n".join(out) + "\n")
+"""
+
+_UNIQUE_HANDLERS = r"""
+import os, dbqueue
+
+@dbqueue.job("u_record")
+def u_record(data):
+    fd = os.open(os.environ["T_OUT"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    os.write(fd, ("%s %d\n" % (data["key"], dbqueue.current_job().id)).encode())
+    os.close(fd)
+"""
+
+
+@on_sqlite_and_postgres
+class UniqueProcessTests(_WorkerProcesses):
+
+    def setUp(self):
+        self.process_setup()
+        with open(os.path.join(self.ptmp, "dbq_unique_handlers.py"), "w") as fh:
+            fh.write(_UNIQUE_HANDLERS)
+
+    def test_concurrent_pushers_in_processes_while_workers_drain(self):
+        # 4 producer processes push 10 keys over and over while two workers
+        # finish and free them: the holder often finishes between a producer's
+        # insert that met its key and the read of its id. Every id a push
+        # returns must be a job that existed with that key, and each existing
+        # job runs once.
+        q = self.db.queue()
+        workers = [self.start_worker("--import", "dbq_unique_handlers", "-q") for _ in range(2)]
+        env = {k: v for k, v in os.environ.items()
+               if not k.startswith(("QUEUE_", "MAIL_", "DATABASE_URL"))}
+        env.update(self.db.env())
+        producers = []
+        for n in range(4):
+            path = os.path.join(self.ptmp, "pushed%d.txt" % n)
+            producers.append((path, subprocess.Popen(
+                [sys.executable, "-c", _UNIQUE_PRODUCER, HERE, "300", "10", path],
+                env=env, cwd=self.ptmp, stderr=subprocess.PIPE)))
+        pushed = []
+        for path, proc in producers:
+            _, err = proc.communicate(timeout=120)
+            self.assertEqual(proc.returncode, 0, err.decode()[-2000:])
+            with open(path) as fh:
+                pushed += [tuple(line.split()) for line in fh.read().splitlines()]
+        self.assertEqual(len(pushed), 1200)
+        wait_for(lambda: self.db.raw("SELECT COUNT(*) FROM {jobs}")[0][0] == 0, 60,
+                 message="the drain")
+        for proc in workers:
+            proc.terminate()
+            self.assertEqual(self.finish(proc), 0, self.stderr(proc)[-2000:])
+        ran = [tuple(line.split()) for line in self.lines()]
+        self.assertEqual(len(ran), len(set(ran)), "a job ran twice")
+        self.assertEqual(set(pushed), set(ran), "an id a push returned is not a job of that key")
+        self.assertLess(len(ran), 1200)        # pushes did meet live keys
+        self.assertEqual(q.failed(), [])
+
+    def test_concurrent_pushers_without_a_worker_make_one_job_per_key(self):
+        self.db.queue()
+        env = {k: v for k, v in os.environ.items()
+               if not k.startswith(("QUEUE_", "MAIL_", "DATABASE_URL"))}
+        env.update(self.db.env())
+        procs = []
+        for n in range(4):
+            path = os.path.join(self.ptmp, "pushed%d.txt" % n)
+            procs.append((path, subprocess.Popen(
+                [sys.executable, "-c", _UNIQUE_PRODUCER, HERE, "200", "20", path],
+                env=env, cwd=self.ptmp, stderr=subprocess.PIPE)))
+        pushed = set()
+        for path, proc in procs:
+            _, err = proc.communicate(timeout=120)
+            self.assertEqual(proc.returncode, 0, err.decode()[-2000:])
+            with open(path) as fh:
+                pushed |= {tuple(line.split()) for line in fh.read().splitlines()}
+        rows = self.db.raw("SELECT unique_key, id FROM {jobs}")
+        self.assertEqual(len(rows), 20)
+        self.assertEqual(pushed, {(k, str(i)) for k, i in rows})
+
+
 if __name__ == "__main__":
     unittest.main()
