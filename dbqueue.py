@@ -193,6 +193,7 @@ class Config:
         self.mail_timeout = 30
         self.mail_verify_peer = True
         self.mail_template_dir = ""
+        self.mail_rate_limit = ""     # "14/s", "600/m", "10000/h", "50000/d"; "" for none
         self.app_name = ""
         for name, value in settings.items():
             if not hasattr(self, name):
@@ -249,6 +250,7 @@ class Config:
         c.mail_timeout = _int_setting("MAIL_TIMEOUT", get("MAIL_TIMEOUT", "30"), 1)
         c.mail_verify_peer = _bool_setting("MAIL_VERIFY_PEER", get("MAIL_VERIFY_PEER", "true"))
         c.mail_template_dir = get("MAIL_TEMPLATE_DIR")
+        c.mail_rate_limit = _rate_setting("MAIL_RATE_LIMIT", get("MAIL_RATE_LIMIT"))
         c.app_name = get("APP_NAME")
         return c
 
@@ -296,6 +298,31 @@ def _backoff_setting(name, value):
         raise ConfigError("%s=%s must be seconds from 0 to %d separated by commas"
                           % (name, value, _MAX_SECONDS))
     return delays
+
+
+_RATE = _Pattern(r"^[ \t]*([0-9]{1,7})[ \t]*/[ \t]*([smhd])[ \t]*\Z")
+_RATE_WINDOWS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _rate_setting(name, value):
+    """A rate limit such as "14/s" as written (normalised), or "" for none."""
+    if value is None or not str(value).strip():
+        return ""
+    match = _RATE.match(str(value))
+    if not match or int(match.group(1)) < 1:
+        raise ConfigError("%s=%s must be a number of messages per second, minute, hour or day,"
+                          " such as 14/s, 600/m, 10000/h or 50000/d (empty for no limit)"
+                          % (name, value))
+    return "%d/%s" % (int(match.group(1)), match.group(2))
+
+
+def _rate_limit(text):
+    """(messages, window in seconds) of a MAIL_RATE_LIMIT value, or None for none."""
+    text = _rate_setting("MAIL_RATE_LIMIT", text)
+    if not text:
+        return None
+    count, unit = text.split("/")
+    return int(count), _RATE_WINDOWS[unit]
 
 
 def _ident_setting(name, value):
@@ -492,6 +519,23 @@ _SQL = {
     "forget": "DELETE FROM {failed} WHERE id = :id",
     "flush": "DELETE FROM {failed} WHERE failed_at < {failed_cutoff}",
     "clear": "DELETE FROM {jobs} WHERE queue = :queue AND reserved_at IS NULL",
+    # MAIL_RATE_LIMIT: a ring of at most N send slots per limit in {rate},
+    # each holding when its last message left (ms, the database's clock).
+    # A message may leave only by taking a slot that is at least one window
+    # old, so no window of that length ever holds more than N (see
+    # Queue.rate_take). One row: the clock, the oldest slot, the last slot made.
+    "rate_oldest": "SELECT {now_ms}, r.slot, r.sent_at,"
+                   " (SELECT MAX(slot) FROM {rate} WHERE name = :name)"
+                   " FROM (SELECT 1 AS one) AS o LEFT JOIN"
+                   " (SELECT slot, sent_at FROM {rate} WHERE name = :name"
+                   " ORDER BY sent_at, slot LIMIT 1) AS r ON 1 = 1",
+    "rate_take": "UPDATE {rate} SET sent_at = :until WHERE name = :name AND slot = :slot",
+    "rate_add": "INSERT INTO {rate} (name, slot, sent_at) VALUES (:name, :slot, :until)",
+    # After the send: the slot holds the moment it ended (rounded up), unless
+    # it was taken over meanwhile (a send that outlived its hold).
+    "rate_sent": "UPDATE {rate} SET sent_at = {now_ms} + 1"
+                 " WHERE name = :name AND slot = :slot AND sent_at = :until",
+    "rate_use": "SELECT COUNT(*) FROM {rate} WHERE name = :name AND sent_at > {now_ms} - :window_ms",
     "version": "SELECT version FROM dbqueue_migrations WHERE tbl = :tbl",
     "set_version": "INSERT INTO dbqueue_migrations (tbl, version) VALUES (:tbl, :version)"
                    " ON CONFLICT (tbl) DO UPDATE SET version = excluded.version",
@@ -517,11 +561,15 @@ class _Dialect:
     claim_select = ""
     claim_update = ""
     migrate_lock = ""              # run first in migrate's transaction: one migration at a time
+    now_ms = ":now_ms"             # the clock in milliseconds (MAIL_RATE_LIMIT)
+    rate_table = "dbqueue_rate"
+    rate_lock = ""                 # run first when a send slot is taken: one taker at a time
 
     @classmethod
     def prepare(cls, template, jobs="jobs", failed="failed_jobs", **extra):
         """(sql, names): the template for this dialect and its parameter order."""
         text = template.format(jobs=_quote(jobs), failed=_quote(failed), now=cls.now,
+                               now_ms=cls.now_ms, rate=_quote(cls.rate_table),
                                payload_text=cls.payload_text, queue_text=cls.queue_text,
                                failed_cutoff=cls.failed_cutoff, **extra)
         names = _PARAM.findall(text)
@@ -617,6 +665,19 @@ class _Dialect:
     @classmethod
     def add_column_sql(cls, table, column, type_):
         return "ALTER TABLE %s ADD COLUMN %s %s" % (_quote(table), column, type_)
+
+    @classmethod
+    def rate_ddl(cls):
+        """MAIL_RATE_LIMIT's table: one row per send slot, a ring of them per
+        jobs table and limit (see _rate_name)."""
+        return ["CREATE TABLE IF NOT EXISTS %s (\n"
+                "    name VARCHAR(100) NOT NULL,\n"
+                "    slot INTEGER NOT NULL,\n"
+                "    sent_at %s NOT NULL,\n"
+                "    PRIMARY KEY (name, slot)\n"
+                ")" % (_quote(cls.rate_table), cls.bigint),
+                "CREATE INDEX IF NOT EXISTS %s ON %s (name, sent_at)"
+                % (_quote(cls.rate_table + "_sent"), _quote(cls.rate_table))]
 
     @classmethod
     def version_ddl(cls):
@@ -803,6 +864,13 @@ class _Postgres(_Dialect):
     # A transaction-scoped advisory lock ("dbqueue" as a number) makes the
     # second wait for the first and then find everything in place.
     migrate_lock = "SELECT pg_advisory_xact_lock(28255737111475557)"
+    # The database's clock, which every worker on every host shares; and
+    # clock_timestamp(), not now(): the moment of the statement, not of the
+    # transaction's start.
+    now_ms = ("COALESCE(:now_ms, FLOOR(EXTRACT(EPOCH FROM clock_timestamp()) * 1000)::bigint)")
+    # Takers of one limit's slots queue here, for the few statements of a
+    # take (a number made from the limit's name: Queue._rate_lock_key).
+    rate_lock = "SELECT pg_advisory_xact_lock(:lock_key)"
     payload_text = "payload"
     autoincrement = "BIGSERIAL PRIMARY KEY"
     bigint = "BIGINT"
@@ -911,7 +979,7 @@ _SCHEMA_VERSION = 2
 
 def schema_sql(dialect, jobs="jobs", failed="failed_jobs"):
     """The DDL `migrate` runs, as one SQL script."""
-    statements = [dialect.version_ddl()] + dialect.ddl(jobs, failed)
+    statements = [dialect.version_ddl()] + dialect.ddl(jobs, failed) + dialect.rate_ddl()
     return "".join(s + ";\n" for s in statements)
 
 
@@ -1119,6 +1187,8 @@ class Queue:
                     cur.execute(self.dialect.add_column_sql(tables[role], column, type_))
             for statement in self.dialect.index_ddl(tables["jobs"], tables["failed"]):
                 cur.execute(statement)
+            for statement in self.dialect.rate_ddl():
+                cur.execute(statement)
             self.execute(cur, "set_version", tbl=tables["jobs"], version=_SCHEMA_VERSION)
         self._schema_ready = True
         return _SCHEMA_VERSION
@@ -1136,9 +1206,13 @@ class Queue:
         return row[0] if row else 0
 
     def check(self, conn=None):
-        """Raise MissingTableError unless both tables exist; else return True."""
+        """Raise MissingTableError unless both tables exist (and, with
+        MAIL_RATE_LIMIT, the slots' table); else return True."""
+        tables = [self.config.table, self.config.failed_table]
+        if self.config.mail_rate_limit:
+            tables.append(self.dialect.rate_table)
         with _Transaction(self, conn or self._conn(), write=False) as cur:
-            for table in (self.config.table, self.config.failed_table):
+            for table in tables:
                 cur.execute("SELECT 1 FROM %s WHERE 1 = 0" % _quote(table))
                 cur.fetchall()
         return True
@@ -1537,6 +1611,73 @@ class Queue:
         with self.transaction() as cur:
             self.execute(cur, "clear", queue=queue)
             return cur.rowcount
+
+    # -- MAIL_RATE_LIMIT ---------------------------------------------------
+
+    def _now_ms(self):
+        if self._clock is not None:
+            return int(self._clock() * 1000)
+        return int(time.time() * 1000) if self.dialect is _SQLite else None
+
+    @staticmethod
+    def _rate_lock_key(name):
+        import hashlib
+        digest = hashlib.blake2b(name.encode("utf-8"), digest_size=8).digest()
+        return int.from_bytes(digest, "big", signed=True)
+
+    def rate_take(self, name, count, window_ms, hold_ms):
+        """Take a send slot of limit `name` (`count` messages per `window_ms`).
+
+        Returns (slot, until, 0) when taken; the caller sends, then calls
+        rate_sent(name, slot, until). Returns (None, None, ms) when all
+        `count` slots were used within the last window: the oldest frees in
+        `ms`. A taken slot is held `hold_ms` ahead (a worker that dies while
+        sending blocks it no longer than that).
+
+        Why this holds for any window: a message takes a slot only when the
+        slot's previous message finished a whole window earlier, so two
+        messages inside one window never share a slot, and there are `count`.
+        """
+        with self.transaction() as cur:
+            if self.dialect.rate_lock:
+                self.execute(cur, "rate_lock", lock_key=self._rate_lock_key(name))
+            now, slot, sent_at, last = self.execute(cur, "rate_oldest", name=name,
+                                                    now_ms=self._now_ms()).fetchone()
+            if slot is not None and sent_at + window_ms <= now:
+                until = now + hold_ms
+                self.execute(cur, "rate_take", name=name, slot=slot, until=until)
+            elif last is None or last + 1 < count:
+                # The ring grows one slot at a time up to `count`: a limit of
+                # 50000/d costs no rows before it is used.
+                slot, until = (0 if last is None else last + 1), now + hold_ms
+                self.execute(cur, "rate_add", name=name, slot=slot, until=until)
+            else:
+                return None, None, max(1, sent_at + window_ms - now)
+        return slot, until, 0
+
+    def rate_sent(self, name, slot, until):
+        """The message of a slot rate_take() gave has left (or failed): stamp it now."""
+        self.statement("rate_sent", name=name, slot=slot, until=until, now_ms=self._now_ms())
+
+    def rate_use(self, conn=None):
+        """MAIL_RATE_LIMIT's use now, as a dict (None when no limit is set):
+        limit ("14/s"), messages, window_seconds, used (slots taken within
+        the last window, sends under way included)."""
+        limit = _rate_limit(self.config.mail_rate_limit)
+        if limit is None:
+            return None
+        count, window = limit
+        with _Transaction(self, conn or self._conn(), write=False) as cur:
+            try:
+                self.execute(cur, "rate_use", name=_rate_name(self.config), window_ms=window * 1000,
+                             now_ms=self._now_ms())
+                used = int(cur.fetchone()[0])
+            except self._errors() as exc:
+                if not self.dialect.is_missing_table(exc):
+                    raise
+                used = 0    # not migrated since: no worker has sent under the limit
+        return {"limit": self.config.mail_rate_limit, "messages": count,
+                "window_seconds": window, "used": used}
 
 
 class _Transaction:
@@ -2100,6 +2241,8 @@ class Worker:
             self._finish(job, "released", delay=0, reason="interrupted", uncount=True)
             self.exit_code = 130
             raise
+        except _RateWait as exc:
+            outcome = ("wait", exc)
         except PermanentError as exc:
             outcome = ("failed", exc)
         except JobTimeout as exc:
@@ -2133,7 +2276,11 @@ class Worker:
             return
         _Transaction.end_abandoned(self.queue)
         kind, exc = outcome
-        if kind == "retry" and job.attempts < tries:
+        if kind == "wait":
+            # MAIL_RATE_LIMIT: back until the next free slot, attempt unspent.
+            self._finish(job, "released", delay=exc.delay, reason=_first_line(exc), uncount=True,
+                         tries=tries, elapsed=elapsed)
+        elif kind == "retry" and job.attempts < tries:
             delay = backoff[min(job.attempts - 1, len(backoff) - 1)]
             self._finish(job, "released", delay=delay, reason=_first_line(exc), tries=tries,
                          elapsed=elapsed)
@@ -2932,8 +3079,9 @@ def _deliver(fields, config):
         if reuse:
             worker.resources["smtp"] = mailer
     try:
-        # SMTP lines end in CRLF; smtplib fixes line ends only of str messages.
-        refused = mailer.send(sender, recipients, data)
+        with _RateSlot(config, worker):
+            # SMTP lines end in CRLF; smtplib fixes line ends only of str messages.
+            refused = mailer.send(sender, recipients, data)
     finally:
         if not reuse:
             mailer.close()
@@ -2942,6 +3090,91 @@ def _deliver(fields, config):
         codes = sorted({str(code) for code, _ in refused.values()})
         log.info("some recipients were refused; the message went to the others",
                  refused=len(refused), codes=",".join(codes), message_id=msg["Message-ID"])
+
+
+class _RateWait(QueueError):
+    """MAIL_RATE_LIMIT's next free slot is further off than a handler should
+    wait: the worker gives the job back, its attempt unspent, until then."""
+
+    def __init__(self, message, delay):
+        super().__init__(message)
+        self.delay = delay
+
+
+def _rate_name(config):
+    # Shared by every worker of this jobs table, on any host. The name holds
+    # the limit itself: workers that disagree on it (during a deploy that
+    # changes it) each keep their own ring, never a mix.
+    return "%s mail %s" % (config.table, config.mail_rate_limit)
+
+
+class _RateSlot:
+    """`with _RateSlot(config, worker):` around one send, under MAIL_RATE_LIMIT.
+
+    Takes a send slot in the database before the block, waiting in the
+    handler for up to `wait_inline` seconds (the next slot of 14/s is at most a
+    second away); a longer wait raises _RateWait. After the block the slot
+    holds the moment the send ended, so a slot's next message starts a whole
+    window after its last one arrived: the limit holds for what the server
+    receives, not only for when the workers started sending.
+    """
+
+    wait_inline = 5.0
+
+    def __init__(self, config, worker):
+        self.config, self.worker = config, worker
+        self.queue = self.slot = None
+
+    def __enter__(self):
+        limit = _rate_limit(self.config.mail_rate_limit)
+        if limit is None:
+            return self
+        count, window = limit
+        own = self.worker is None     # _deliver() outside a worker: a queue for this send
+        self.queue = Queue(config=self.config) if own else self.worker.queue
+        name = _rate_name(self.config)
+        # A job's timeout keeps running while it waits here: wait less than what is left.
+        inline = self.wait_inline
+        deadline = getattr(self.worker, "_hard_deadline", None)
+        if deadline is not None:
+            inline = min(inline, deadline - self.worker.timeout_grace - time.monotonic() - 1.0)
+        waited = 0.0
+        try:
+            while True:
+                try:
+                    slot, until, wait_ms = self.queue.rate_take(
+                        name, count, window * 1000, max(60, 4 * self.config.mail_timeout) * 1000)
+                except DatabaseError as exc:
+                    if isinstance(exc, MissingTableError) or not exc.transient:
+                        raise
+                    # The database is away: not this message's fault.
+                    raise _RateWait("MAIL_RATE_LIMIT: the database did not answer: %s"
+                                    % _first_line(exc), 1)
+                if slot is not None:
+                    self.slot = (name, slot, until)
+                    return self
+                if waited + wait_ms / 1000.0 > inline:
+                    raise _RateWait("MAIL_RATE_LIMIT %s: the next message may leave in %.1fs"
+                                    % (self.config.mail_rate_limit, wait_ms / 1000.0),
+                                    int(wait_ms // 1000))
+                time.sleep(wait_ms / 1000.0)
+                waited += wait_ms / 1000.0
+        finally:
+            if own and self.slot is None:
+                self.queue.close()
+
+    def __exit__(self, kind, exc, tb):
+        if self.slot is None:
+            return False
+        try:
+            # Also after a failed send: it may have reached the server.
+            self.queue.rate_sent(*self.slot)
+        except QueueError:
+            pass   # the slot stays held until its hold lapses: later, never sooner
+        finally:
+            if self.worker is None:
+                self.queue.close()
+        return False
 
 
 def _log_message(log, msg, sender, recipients):
@@ -3861,7 +4094,10 @@ _PROM_METRICS = (
 )
 
 
-def _prometheus(stats):
+_WINDOW_WORDS = {1: "second", 60: "minute", 3600: "hour", 86400: "day"}
+
+
+def _prometheus(stats, rate=None):
     lines = []
     for name, help_text, values in _PROM_METRICS:
         lines.append("# HELP %s %s" % (name, help_text))
@@ -3872,6 +4108,15 @@ def _prometheus(stats):
                 if state is not None:
                     labels += ',state="%s"' % state
                 lines.append("%s{%s} %d" % (name, labels, value))
+    if rate is not None:
+        labels = 'limit="%s"' % _prom_label(rate["limit"])
+        for name, help_text, key in (
+                ("dbqueue_mail_rate_used", "Messages sent (or being sent) within the last"
+                 " MAIL_RATE_LIMIT window, by every worker on the database.", "used"),
+                ("dbqueue_mail_rate_limit", "Messages MAIL_RATE_LIMIT lets leave in one window.",
+                 "messages")):
+            lines += ["# HELP %s %s" % (name, help_text), "# TYPE %s gauge" % name,
+                      "%s{%s} %d" % (name, labels, rate[key])]
     return "\n".join(lines) + "\n"
 
 
@@ -3880,12 +4125,18 @@ def _cmd_stats(args, config):
     queue = Queue(config=config)
     try:
         stats = queue.stats()
+        rate = queue.rate_use()
     finally:
         queue.close()
     if fmt == "json":
+        if rate is not None:
+            # The list stays a list of queues, as scripts read it; the limit
+            # is shared by all of them, so each carries the same figures.
+            for entry in stats:
+                entry["mail_rate"] = rate
         print(json.dumps(stats, indent=2))
     elif fmt == "prometheus":
-        sys.stdout.write(_prometheus(stats))
+        sys.stdout.write(_prometheus(stats, rate))
     else:
         rows = [(s["queue"], s["ready"], s["delayed"], s["reserved"], s["expired"], s["failed"],
                  _duration(s["oldest_ready_age"])) for s in stats]
@@ -3893,6 +4144,10 @@ def _cmd_stats(args, config):
                       "oldest ready"), rows))
         if not stats:
             print("(no jobs: %s and %s are empty)" % (config.table, config.failed_table))
+        if rate is not None:
+            print("MAIL_RATE_LIMIT %s: %d of %d messages used in the last %s"
+                  % (rate["limit"], rate["used"], rate["messages"],
+                     _WINDOW_WORDS[rate["window_seconds"]]))
     return 0
 
 

@@ -4018,5 +4018,161 @@ class UniqueProcessTests(_WorkerProcesses):
         self.assertEqual(pushed, {(k, str(i)) for k, i in rows})
 
 
+class TimedSink(SMTPSink):
+    """An SMTPSink that also notes when (time.time()) each message arrived."""
+
+    def __init__(self, testcase, **kw):
+        self.times = []
+        super().__init__(testcase, **kw)
+
+    async def handle_DATA(self, server, session, envelope):
+        self.times.append(time.time())
+        return await super().handle_DATA(server, session, envelope)
+
+
+def busiest_window(times, seconds):
+    """The most messages that arrived within any `seconds`-long window."""
+    times = sorted(times)
+    most, start = 0, 0
+    for end in range(len(times)):
+        while times[end] - times[start] >= seconds:
+            start += 1
+        most = max(most, end - start + 1)
+    return most
+
+
+@on_every_backend
+class RateLimitTests(EmailTestMixin):
+
+    def test_waiting_in_the_handler_keeps_every_window_within_the_limit(self):
+        sink = TimedSink(self)
+        q = self.mail_queue(sink, mail_rate_limit="3/s")
+        for n in range(9):
+            dbqueue.queue_email("ann@example.com", "n%d" % n, text="x", using=q)
+        started = time.monotonic()
+        _, log = self.work(q)
+        self.assertEqual(len(sink.times), 9)
+        self.assertEqual(busiest_window(sink.times, 1.0), 3)
+        self.assertGreaterEqual(time.monotonic() - started, 2.0)
+        # Each waited for its slot inside its first attempt: none given back, none retried.
+        self.assertEqual(log.count("attempt=1/3 outcome=done"), 9, log)
+        self.assertNotIn("released", log)
+        self.assertEqual(q.rate_use()["used"], 3)
+        self.assertEqual(self.slots(), 3)
+
+    def test_a_long_wait_gives_the_job_back_with_its_attempt_unspent(self):
+        sink = SMTPSink(self)
+        clock = Clock()
+        q = self.mail_queue(sink, clock=clock, mail_rate_limit="1/h")
+        for n in range(3):
+            dbqueue.queue_email("ann@example.com", "n%d" % n, text="x", using=q)
+        _, log = self.work(q)
+        self.assertEqual(len(sink.messages), 1)
+        self.assertIn("MAIL_RATE_LIMIT 1/h: the next message may leave in 3600.0s", log)
+        self.assertEqual(log.count("outcome=released"), 2, log)
+        rows = self.db.raw("SELECT attempts, available_at FROM {jobs} ORDER BY id")
+        # With no attempt spent, and back in whole seconds no later than the
+        # slot frees: a window after the send ended (stamped 1 ms after `now`).
+        self.assertEqual(rows, [(0, clock.now + 3600), (0, clock.now + 3600)])
+        self.assertEqual(q.rate_use(), {"limit": "1/h", "messages": 1, "window_seconds": 3600,
+                                        "used": 1})
+        clock.advance(3601)
+        self.assertEqual(q.rate_use()["used"], 0)
+        self.work(q)
+        self.assertEqual(len(sink.messages), 2)
+        self.assertEqual(self.db.raw("SELECT attempts FROM {jobs}"), [(0,)])
+        self.assertEqual(q.failed(), [])
+
+    def setUp(self):
+        self.addCleanup(self.slots, "DELETE FROM")
+
+    def slots(self, verb="SELECT COUNT(*) FROM"):
+        # One ring per jobs table: the tests' tables are their own.
+        rows = self.db.raw("%s dbqueue_rate WHERE name LIKE %s" % (verb, self.db.param),
+                           (self.db.table + " %",))
+        return rows[0][0] if rows else None
+
+    def test_no_limit_takes_no_slots(self):
+        sink = SMTPSink(self)
+        q = self.mail_queue(sink)
+        dbqueue.queue_email("ann@example.com", "n", text="x", using=q)
+        self.work(q)
+        self.assertEqual(len(sink.messages), 1)
+        self.assertEqual(self.slots(), 0)
+        self.assertIsNone(q.rate_use())
+
+    def test_stats_shows_the_current_use(self):
+        sink = SMTPSink(self)
+        clock = Clock()
+        q = self.mail_queue(sink, clock=clock, mail_rate_limit="2/d")
+        dbqueue.queue_email("ann@example.com", "n", text="x", using=q)
+        self.work(q)
+        q.push("t_record", {})
+        env = self.db.env(MAIL_RATE_LIMIT="2/d")
+        code, out, err = run_main(["stats"], env)
+        self.assertEqual((code, err), (0, ""))
+        self.assertIn("MAIL_RATE_LIMIT 2/d: 1 of 2 messages used in the last day", out)
+        stats = json.loads(run_main(["stats", "--json"], env)[1])
+        self.assertEqual([s["queue"] for s in stats], ["default"])
+        self.assertEqual(stats[0]["mail_rate"], {"limit": "2/d", "messages": 2,
+                                                 "window_seconds": 86400, "used": 1})
+        prom = run_main(["stats", "--format", "prometheus"], env)[1]
+        self.assertIn('dbqueue_mail_rate_used{limit="2/d"} 1\n', prom)
+        self.assertIn('dbqueue_mail_rate_limit{limit="2/d"} 2\n', prom)
+        code, out, _ = run_main(["stats"], self.db.env())     # no limit: no line
+        self.assertNotIn("MAIL_RATE_LIMIT", out)
+
+
+class RateLimitSettingTests(unittest.TestCase):
+
+    def test_values(self):
+        for value, expected in (("14/s", (14, 1)), ("600/m", (600, 60)), (" 10000 / h ", (10000, 3600)),
+                                ("50000/d", (50000, 86400)), ("", None)):
+            config = dbqueue.Config.from_env({"MAIL_RATE_LIMIT": value}, os.devnull)
+            self.assertEqual(dbqueue._rate_limit(config.mail_rate_limit), expected, value)
+
+    def test_a_bad_value_is_one_line_naming_the_variable_and_exit_2(self):
+        tmp = tempfile.mkdtemp(prefix="dbqueue-rate-")
+        self.addCleanup(shutil.rmtree, tmp, True)
+        db = os.path.join(tmp, "q.db")
+        for bad in ("14", "14/x", "0/s", "-1/s", "abc", "14/s/2", "1.5/s", "14/S", "14/sec",
+                    "14\n/s"):
+            for argv in (["work", "--once"], ["stats"], ["push", "t_record"]):
+                code, out, err = run_main(argv, {"QUEUE_DATABASE_URL": "sqlite:///" + db,
+                                                 "MAIL_RATE_LIMIT": bad})
+                self.assertEqual(code, 2, (bad, argv, err))
+                one_line(self, err)
+                self.assertIn("MAIL_RATE_LIMIT", err)
+        self.assertFalse(os.path.exists(db))
+
+
+@on_sqlite_and_postgres
+class RateLimitProcessTests(_WorkerProcesses):
+
+    def setUp(self):
+        self.process_setup()
+        self.addCleanup(RateLimitTests.slots, self, "DELETE FROM")
+
+    def test_the_limit_holds_across_two_worker_processes(self):
+        sink = TimedSink(self)
+        q = self.db.queue()
+        for n in range(16):
+            dbqueue.queue_email("ann@example.com", "n%d" % n, text="x", using=q)
+        mail = dict(MAIL_HOST="127.0.0.1", MAIL_PORT=sink.port, MAIL_RATE_LIMIT="4/s",
+                    MAIL_FROM_ADDRESS="app@example.com")
+        workers = [self.start_worker("--queue", "emails", "--stop-when-empty", **mail)
+                   for _ in range(2)]
+        for proc in workers:
+            self.assertEqual(self.finish(proc, 60), 0, self.stderr(proc)[-2000:])
+        self.assertEqual(len(sink.times), 16)
+        self.assertEqual(busiest_window(sink.times, 1.0), 4)
+        self.assertGreaterEqual(max(sink.times) - min(sink.times), 3.0)
+        logs = [self.stderr(proc) for proc in workers]
+        for log in logs:
+            self.assertGreater(log.count("outcome=done"), 0, "one worker sent nothing")
+            self.assertNotIn("released", log)
+        self.assertEqual(sum(log.count("attempt=1/3 outcome=done") for log in logs), 16)
+
+
 if __name__ == "__main__":
     unittest.main()
