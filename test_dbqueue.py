@@ -4174,5 +4174,92 @@ class RateLimitProcessTests(_WorkerProcesses):
         self.assertEqual(sum(log.count("attempt=1/3 outcome=done") for log in logs), 16)
 
 
+_LOCK_HOLDER = r"""
+import fcntl, os, sys
+fd = os.open(sys.argv[1], os.O_RDONLY)
+fcntl.flock(fd, fcntl.LOCK_EX)
+sys.stdout.write("held\n")
+sys.stdout.flush()
+sys.stdin.readline()          # hold it until the test says
+"""
+
+_PLAIN_PRODUCER = r"""
+import sys
+sys.path.insert(0, sys.argv[1])
+import dbqueue
+q = dbqueue.Queue.from_env()
+ids = [q.push("t_record", {"p": sys.argv[3], "n": n}) for n in range(int(sys.argv[2]))]
+print(" ".join(map(str, ids)))
+"""
+
+
+class SQLitePushLockTests(unittest.TestCase):
+    """push() on SQLite queues behind other producers on a file lock (see _SQLite.push_lock)."""
+
+    def setUp(self):
+        self.db = Backend(self)
+        self.path = self.db.url[len("sqlite:///"):]
+
+    def test_the_lock_file_sits_beside_the_database_with_its_mode(self):
+        q = self.db.queue()
+        lock = self.path + "-dbqueue.lock"
+        self.assertEqual(os.stat(lock).st_mode & 0o777, 0o600)    # as dbqueue made the database
+        q.close()
+        os.remove(lock)
+        os.chmod(self.path, 0o640)                                 # as the app's deploy set it
+        q.push("t_record", {})
+        self.assertTrue(os.path.isfile(lock))
+        self.assertEqual(os.stat(lock).st_mode & 0o777, 0o640)
+        q.close()                      # closes the lock's file too
+        self.assertEqual([f for f in os.listdir("/proc/self/fd")
+                          if os.path.realpath("/proc/self/fd/" + f) == os.path.realpath(lock)], [])
+
+    def test_a_push_waits_while_another_process_holds_the_lock(self):
+        q = self.db.queue()
+        q.push("t_record", {"n": 0})       # makes the lock file
+        holder = subprocess.Popen([sys.executable, "-c", _LOCK_HOLDER, self.path + "-dbqueue.lock"],
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self.addCleanup(lambda: holder.poll() is None and holder.kill())
+        self.assertEqual(holder.stdout.readline(), "held\n")
+        pushed = []
+        thread = threading.Thread(target=lambda: pushed.append(q.push("t_record", {"n": 1})))
+        thread.start()
+        thread.join(0.5)
+        self.assertTrue(thread.is_alive(), "push did not wait for the lock")
+        self.assertEqual(self.db.raw("SELECT COUNT(*) FROM {jobs}")[0][0], 1)
+        holder.stdin.write("go\n")
+        holder.stdin.flush()
+        thread.join(10)
+        self.assertEqual(len(pushed), 1)
+        self.assertEqual(holder.wait(10), 0)
+        self.assertEqual(self.db.raw("SELECT COUNT(*) FROM {jobs}")[0][0], 2)
+
+    def test_without_a_lock_file_pushes_still_work(self):
+        os.symlink(os.path.join(self.db.tmp, "no", "such", "dir"), self.path + "-dbqueue.lock")
+        q = self.db.queue()
+        ids = [q.push("t_record", {"n": n}) for n in range(3)]
+        q.push("t_record", {}, unique_key="k")
+        self.assertIsNone(q._local.push_lock)
+        self.assertEqual(len(set(ids)), 3)
+        self.assertEqual(self.db.raw("SELECT COUNT(*) FROM {jobs}")[0][0], 4)
+
+    def test_eight_producer_processes_push_every_job_once(self):
+        self.db.queue()
+        env = {k: v for k, v in os.environ.items()
+               if not k.startswith(("QUEUE_", "MAIL_", "DATABASE_URL"))}
+        env.update(self.db.env())
+        procs = [subprocess.Popen([sys.executable, "-c", _PLAIN_PRODUCER, HERE, "250", str(p)],
+                                  env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                  text=True) for p in range(8)]
+        ids = []
+        for proc in procs:
+            out, err = proc.communicate(timeout=120)
+            self.assertEqual(proc.returncode, 0, err[-2000:])
+            ids += [int(i) for i in out.split()]
+        rows = self.db.raw("SELECT id FROM {jobs}")
+        self.assertEqual(len(ids), 2000)
+        self.assertEqual(sorted(ids), sorted(r[0] for r in rows))
+
+
 if __name__ == "__main__":
     unittest.main()
