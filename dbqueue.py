@@ -1164,12 +1164,18 @@ class Queue:
             conn = None
         if conn is None:
             conn = self._local.conn = self.connect()
-            if getattr(self._local, "push_lock", None) is None:
-                lock = self._local.push_lock = self.dialect.push_lock(self._target)
-                if lock is not None:
-                    with self._conns_lock:
-                        self._push_locks.append(lock)
         return conn
+
+    def _push_lock(self):
+        """This thread's push lock (see _SQLite.push_lock), made at its first push, or None."""
+        try:
+            return self._local.push_lock
+        except AttributeError:
+            lock = self._local.push_lock = self.dialect.push_lock(self._target)
+            if lock is not None:
+                with self._conns_lock:
+                    self._push_locks.append(lock)
+            return lock
 
     def close(self):
         """Close every connection this queue opened."""
@@ -1344,7 +1350,7 @@ class Queue:
         params["now"] = self.now()
         try:
             cur = self._conn().cursor()
-            lock = self._local.push_lock
+            lock = self._push_lock()
             if lock is None:
                 cur.execute(text, [params[n] for n in names])
             else:
@@ -1367,7 +1373,7 @@ class Queue:
             return self._insert_unique(connection.cursor(), "push_unique", params)[0]
         try:
             cur = self._conn().cursor()
-            lock = self._local.push_lock
+            lock = self._push_lock()
             if lock is None:
                 return self._insert_unique(cur, "push_unique", params)[0]
             with lock:

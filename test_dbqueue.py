@@ -4203,6 +4203,9 @@ class SQLitePushLockTests(unittest.TestCase):
     def test_the_lock_file_sits_beside_the_database_with_its_mode(self):
         q = self.db.queue()
         lock = self.path + "-dbqueue.lock"
+        q.stats()
+        self.assertFalse(os.path.exists(lock))     # made by the first push, not by reading
+        q.push("t_record", {})
         self.assertEqual(os.stat(lock).st_mode & 0o777, 0o600)    # as dbqueue made the database
         q.close()
         os.remove(lock)
