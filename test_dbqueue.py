@@ -4084,13 +4084,19 @@ class RateLimitTests(EmailTestMixin):
         self.assertEqual(q.failed(), [])
 
     def setUp(self):
-        self.addCleanup(self.slots, "DELETE FROM")
+        self.addCleanup(self.forget_slots)
 
     def slots(self, verb="SELECT COUNT(*) FROM"):
         # One ring per jobs table: the tests' tables are their own.
         rows = self.db.raw("%s dbqueue_rate WHERE name LIKE %s" % (verb, self.db.param),
                            (self.db.table + " %",))
         return rows[0][0] if rows else None
+
+    def forget_slots(self):
+        try:
+            self.slots("DELETE FROM")
+        except Exception:
+            pass    # skipped before the tables were made
 
     def test_no_limit_takes_no_slots(self):
         sink = SMTPSink(self)
@@ -4151,7 +4157,7 @@ class RateLimitProcessTests(_WorkerProcesses):
 
     def setUp(self):
         self.process_setup()
-        self.addCleanup(RateLimitTests.slots, self, "DELETE FROM")
+        self.addCleanup(RateLimitTests.forget_slots, self)
 
     def test_the_limit_holds_across_two_worker_processes(self):
         sink = TimedSink(self)
