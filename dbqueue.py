@@ -3879,7 +3879,8 @@ def _deliver(fields, config):
         _log_message(log, msg, sender, recipients)
         return
     if config.mail_mailer == "sendmail":
-        _Sendmail(config).send(sender, recipients, data)
+        with _RateSlot(config, worker):
+            _Sendmail(config).send(sender, recipients, data)
         return
     reuse = worker is not None and getattr(worker, "reuse_smtp", True)
     mailer = worker.resources.get("smtp") if reuse else None

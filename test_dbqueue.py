@@ -5619,6 +5619,53 @@ class RateLimitTests(EmailTestMixin):
         self.assertNotIn("MAIL_RATE_LIMIT", out)
 
 
+class RateLimitSendmailTests(EmailTestMixin, unittest.TestCase):
+
+    def setUp(self):
+        self.db = Backend(self)
+
+    def test_sendmail_is_limited_too(self):
+        stamps = os.path.join(self.db.tmp, "stamps")
+        script = os.path.join(self.db.tmp, "fake-sendmail")
+        with open(script, "w") as fh:
+            fh.write("#!%s\nimport sys, time\nsys.stdin.read()\n"
+                     "open(%r, 'a').write('%%f\\n' %% time.time())\n" % (sys.executable, stamps))
+        os.chmod(script, 0o700)
+        q = self.db.queue(mail_mailer="sendmail", mail_sendmail_path=script,
+                          mail_rate_limit="2/s", mail_from_address="app@example.com")
+        for n in range(5):
+            dbqueue.queue_email("ann@example.com", "n%d" % n, text="x", using=q)
+        _, log = self.work(q)
+        with open(stamps) as fh:
+            times = [float(line) for line in fh.read().split()]
+        self.assertEqual(len(times), 5, log)
+        self.assertEqual(busiest_window(times, 1.0), 2)
+
+
+class RateLimitSchemaTests(unittest.TestCase):
+
+    def test_a_version_2_sqlite_database_without_the_slots_table_gets_it(self):
+        db = Backend(self)
+        db.queue().close()
+        db.raw("DROP TABLE dbqueue_rate")       # as made before MAIL_RATE_LIMIT existed
+        db.queue(migrate=False).push("t_record", {})
+        self.assertEqual(db.raw("SELECT COUNT(*) FROM dbqueue_rate"), [(0,)])
+
+    def test_a_worker_with_a_limit_names_migrate_when_the_table_is_missing(self):
+        db = Backend(self)
+        db.queue().close()
+        db.raw("DROP TABLE dbqueue_rate")
+        q = dbqueue.Queue(config=db.config(mail_rate_limit="14/s"))
+        self.addCleanup(q.close)
+        conn = q.dialect.connect(q._target)     # a connection that does not migrate
+        self.addCleanup(conn.close)
+        with self.assertRaises(dbqueue.MissingTableError) as caught:
+            q.check(conn)
+        self.assertIn("migrate", str(caught.exception))
+        q.config.mail_rate_limit = ""
+        self.assertTrue(q.check(conn))
+
+
 class RateLimitSettingTests(unittest.TestCase):
 
     def test_values(self):
