@@ -792,10 +792,11 @@ _SQL = {
     # A message may leave only by taking a slot that is at least one window
     # old, so no window of that length ever holds more than N (see
     # Queue.rate_take). One row: the clock, the oldest slot, the last slot made.
+    # Slots are 0..N-1; a negative slot is free for a dialect's lock row.
     "rate_oldest": "SELECT {now_ms}, r.slot, r.sent_at,"
                    " (SELECT MAX(slot) FROM {rate} WHERE name = :name)"
                    " FROM (SELECT 1 AS one) AS o LEFT JOIN"
-                   " (SELECT slot, sent_at FROM {rate} WHERE name = :name"
+                   " (SELECT slot, sent_at FROM {rate} WHERE name = :name AND slot >= 0"
                    " ORDER BY sent_at, slot LIMIT 1) AS r ON 1 = 1",
     "rate_take": "UPDATE {rate} SET sent_at = :until WHERE name = :name AND slot = :slot",
     "rate_add": "INSERT INTO {rate} (name, slot, sent_at) VALUES (:name, :slot, :until)",
@@ -1120,7 +1121,7 @@ class _SQLite(_Dialect):
         # processes), some hit the 5 s busy timeout. An flock() on a file
         # beside the database queues the producers in the kernel instead,
         # which hands the lock to a waiter as it is released: the worst wait
-        # is a few pushes long. Its cost is two system calls (about 0.5 us),
+        # is a few pushes long. Its cost is two system calls (1-2 us a push),
         # no SQL. Workers do not take it (their claims wait in start()).
         return _PushLock.open(target + "-dbqueue.lock", target)
 
