@@ -863,6 +863,12 @@ class _Dialect:
         return None
 
     @staticmethod
+    def inserted_id(cur):
+        """The id of the row a push_unique (or retry_unique) just wrote, or None
+        when the key was taken and it wrote nothing (INSERT IGNORE alike)."""
+        return cur.lastrowid if cur.rowcount == 1 else None
+
+    @staticmethod
     def is_denied(exc):
         """True for an error that says dbqueue may not write (not an outage: see translate)."""
         return False
@@ -1263,6 +1269,12 @@ class _Postgres(_Dialect):
                    " WHERE unique_key IS NOT NULL DO NOTHING RETURNING id)"
                    " SELECT id, pg_notify(:channel, :queue) FROM j")
     retry_unique = _SQL["retry_unique"] + " RETURNING id"
+
+    @staticmethod
+    def inserted_id(cur):
+        row = cur.fetchone()   # RETURNING id: no row when nothing was inserted
+        return row[0] if row else None
+
     # The payloads travel as one JSON array of the payload objects, joined
     # as text: `json` (unlike jsonb) hands each element back as the exact text
     # it was given, and one string parameter costs the driver nothing, where a
@@ -1773,7 +1785,7 @@ class Queue:
         # free the key in between: a few turns at most.
         for _ in range(100):
             self.execute(cur, key, **params)
-            new_id = self._inserted_id(cur)
+            new_id = self.dialect.inserted_id(cur)
             if new_id is not None:
                 return new_id, True
             row = self.execute(cur, "unique_holder", queue=params["queue"],
@@ -1782,13 +1794,6 @@ class Queue:
                 return row[0], False
         raise DatabaseError("unique key %r: its holder kept finishing while this push ran"
                             % params["unique_key"])
-
-    def _inserted_id(self, cur):
-        """The id of the row an INSERT ... ON CONFLICT DO NOTHING wrote, or None."""
-        if self.dialect is _Postgres:
-            row = cur.fetchone()   # RETURNING id: no row when nothing was inserted
-            return row[0] if row else None
-        return cur.lastrowid if cur.rowcount == 1 else None
 
     def push_many(self, job, items, queue="default", delay=0, connection=None,
                   max_tries=None, backoff=None, timeout=None, unique_key=None):
