@@ -1270,11 +1270,6 @@ class _Postgres(_Dialect):
                    " SELECT id, pg_notify(:channel, :queue) FROM j")
     retry_unique = _SQL["retry_unique"] + " RETURNING id"
 
-    @staticmethod
-    def inserted_id(cur):
-        row = cur.fetchone()   # RETURNING id: no row when nothing was inserted
-        return row[0] if row else None
-
     # The payloads travel as one JSON array of the payload objects, joined
     # as text: `json` (unlike jsonb) hands each element back as the exact text
     # it was given, and one string parameter costs the driver nothing, where a
@@ -1295,6 +1290,11 @@ class _Postgres(_Dialect):
     @staticmethod
     def has_returning():
         return True
+
+    @staticmethod
+    def inserted_id(cur):
+        row = cur.fetchone()   # RETURNING id: no row when nothing was inserted
+        return row[0] if row else None
 
     @staticmethod
     def driver(name=None):
