@@ -3031,7 +3031,7 @@ _DASHBOARD_SESSION_COOKIE = "dbqueue_session"
 _SECRET_KEY = _Pattern(r"(?i)pass(word|wd|phrase)?|pwd|secret|token|api[-_]?key|access[-_]?key"
                        r"|private[-_]?key|auth(?!or)|credential|cookie|session|signature|otp")
 _SECRET_PAIR = _Pattern(r"(?i)\b((?:pass(?:word|wd)?|pwd|secret|token|api[-_]?key|access[-_]?key"
-                        r"|auth|signature|sig|key|code)\s*[=:]\s*)([^\s&\"'<>,;]+)")
+                        r"|auth|signature|sig|key|code)\s*[=:]\s*)([^\s&\"'<>,;()]+)")
 # A URL: scheme, optional user:password@, host[:port], then the rest.
 _LINK = _Pattern(r"\b([A-Za-z][A-Za-z0-9+.-]{1,15}://)([^/\s?#\"'<>@]*@)?([^/\s?#\"'<>]*)"
                  r"([^\s\"'<>]*)")
@@ -3207,8 +3207,8 @@ footer{max-width:1200px;margin:0 auto;padding:0 20px 24px;color:var(--muted);fon
 .cards tr{background:var(--card);border:1px solid var(--line);border-radius:10px;margin:0 0 10px;
 padding:6px 0}
 .cards td{border:0;padding:3px 14px;display:flex;gap:12px;justify-content:space-between;text-align:right}
-.cards td::before{content:attr(data-label);color:var(--muted);font-size:13px;text-align:left;
-flex:0 0 auto}
+.cards td::before{content:attr(data-label);color:var(--muted);font:13px/1.6 system-ui,sans-serif;
+text-align:left;flex:0 0 auto}
 .cards td.err{max-width:none;display:block;text-align:left}.cards td.err::before{display:block}
 .cards td.acts{justify-content:flex-end;padding-top:8px}.cards td.acts::before{content:none}
 dl{grid-template-columns:1fr}dt{margin-top:6px}
@@ -3280,13 +3280,13 @@ class _Dashboard:
         if self.token is None and not self._loopback_host(headers.get("Host", "")):
             return self._error(403, "Wrong address", "This dashboard answers only at 127.0.0.1"
                                " or localhost (set DBQUEUE_DASHBOARD_TOKEN to serve it on a"
-                               " network).", out)
+                               " network).", out, anonymous=True)
         if self.token is not None:
             given = query.get("token")
             if given is not None and method in ("GET", "HEAD"):
                 if not self._same(given, self.token):
                     return self._error(401, "Wrong token", "That token is not this dashboard's.",
-                                       out, auth=True)
+                                       out, anonymous=True)
                 # The token leaves the address bar: a cookie carries the session.
                 query.pop("token")
                 out.append(("Set-Cookie", "%s=%s; Path=/; HttpOnly; SameSite=Strict"
@@ -3296,7 +3296,7 @@ class _Dashboard:
             if not self._authorised(headers, cookies):
                 return self._error(401, "Sign in", "This dashboard needs its token: open it once"
                                    " as /?token=… (DBQUEUE_DASHBOARD_TOKEN), or send the header"
-                                   " Authorization: Bearer ….", out, auth=True)
+                                   " Authorization: Bearer ….", out, anonymous=True)
         session = cookies.get(_DASHBOARD_SESSION_COOKIE, "")
         if not re.match(r"^[0-9a-f]{32}\Z", session):
             session = os.urandom(16).hex()
@@ -3460,7 +3460,8 @@ class _Dashboard:
                 '<tr data-id="{id}"><td data-label="ID" class="num"><a href="/failed/{id}">{id}</a>'
                 '</td><td data-label="Failed at" class="mono">{when}</td>'
                 '<td data-label="Queue" class="mono">{queue}</td>'
-                '<td data-label="Job">{job}{template}</td><td data-label="Recipient">{to}</td>'
+                '<td data-label="Job"><span>{job}{template}</span></td>'
+                '<td data-label="Recipient">{to}</td>'
                 '<td data-label="Error" class="err"><a href="/failed/{id}">{error}</a></td>'
                 '<td data-label="" class="acts">{buttons}</td></tr>',
                 id=row["id"], when=info["failed_at"], queue=row["queue"], job=info["job"],
@@ -3631,7 +3632,8 @@ class _Dashboard:
 
     # -- page frame ------------------------------------------------------
 
-    def _page(self, status, title, body, session, out, nav=None, stats=None, refresh=False):
+    def _page(self, status, title, body, session, out, nav=None, stats=None, refresh=False,
+              anonymous=False):
         with self.flash_lock:
             message = self.flash.pop(session, None)
         notes = []
@@ -3648,29 +3650,33 @@ class _Dashboard:
                 badge = _fill(' <span class="pill bad">{n}</span>', n="{:,}".format(failed))
             links.append(_fill('<a href="{href}"{cur}>{label}{badge}</a>', href=href,
                                label=label, badge=badge,
-                               cur=' aria-current="page"' if key == nav else ""))
+                               cur=_HTML(' aria-current="page"') if key == nav else ""))
         page = _fill(
             '<!doctype html><html lang="en"><head><meta charset="utf-8">'
             '<meta name="viewport" content="width=device-width, initial-scale=1">{refresh}'
             '<title>{title} · dbqueue</title><link rel="icon" href="data:,">'
             '<style>{css}</style></head><body><header><div class="bar">'
-            '<a class="brand" href="/">dbqueue</a><nav>{links}</nav>'
-            '<span class="where">{where}{ro}</span></div></header>'
+            '<a class="brand" href="/">dbqueue</a>{links}{where}</div></header>'
             '<main><h1>{title}</h1>{notes}{body}</main>'
             '<footer>dbqueue {version}</footer><script>{js}</script></body></html>',
             refresh=_fill('<meta http-equiv="refresh" content="{n}">', n=_DASHBOARD_REFRESH)
-            if refresh else "", title=title, css=_HTML(_DASHBOARD_CSS), links=_join(links),
-            where="%s · %s, %s" % (_mask_url(self.config.database_url), self.config.table,
-                                    self.config.failed_table),
-            ro=_HTML(' <span class="pill">read-only</span>') if self.read_only else "",
+            if refresh else "", title=title, css=_HTML(_DASHBOARD_CSS),
+            links="" if anonymous else _fill("<nav>{links}</nav>", links=_join(links)),
+            where="" if anonymous else _fill(
+                '<span class="where">{url} · {jobs}, {failed}{ro}</span>',
+                url=_mask_url(self.config.database_url), jobs=self.config.table,
+                failed=self.config.failed_table,
+                ro=_HTML(' <span class="pill">read-only</span>') if self.read_only else ""),
             notes=_join(notes), body=body, version=__version__, js=_HTML(_DASHBOARD_JS))
         return status, out + [("Content-Type", "text/html; charset=utf-8")], page.encode("utf-8")
 
-    def _error(self, status, title, text, out, auth=False, refresh=False):
-        if auth:
+    def _error(self, status, title, text, out, anonymous=False, refresh=False):
+        """An error page; `anonymous` for one that a stranger sees: it names nothing."""
+        if status == 401:
             out.append(("WWW-Authenticate", 'Bearer realm="dbqueue"'))
-        body = _fill('<p class="note bad">{text}</p><p><a href="/">Overview</a></p>', text=text)
-        return self._page(status, title, body, "", out, refresh=refresh)
+        body = _fill('<p class="note bad">{text}</p>{back}', text=text,
+                     back="" if anonymous else _HTML('<p><a href="/">Overview</a></p>'))
+        return self._page(status, title, body, "", out, refresh=refresh, anonymous=anonymous)
 
 
 def _dashboard_server(dashboard, host, port):
