@@ -3088,9 +3088,12 @@ _DASHBOARD_AUTH_COOKIE = "dbqueue_auth"
 _DASHBOARD_SESSION_COOKIE = "dbqueue_session"
 # Keys whose values are hidden in a payload; and key=value pairs in free text.
 _SECRET_KEY = _Pattern(r"(?i)pass(word|wd|phrase)?|pwd|secret|token|api[-_]?key|access[-_]?key"
-                       r"|private[-_]?key|auth(?!or)|credential|cookie|session|signature|otp")
-_SECRET_PAIR = _Pattern(r"(?i)\b((?:pass(?:word|wd)?|pwd|secret|token|api[-_]?key|access[-_]?key"
-                        r"|auth|signature|sig|key|code)\s*[=:]\s*)([^\s&\"'<>,;()]+)")
+                       r"|private[-_]?key|auth(?!or)|credential|cookie|session|signature|otp"
+                       r"|code\Z")
+# "password=x", "api_key: x", '"token": "x"' in an exception or a payload that is not JSON.
+_SECRET_PAIR = _Pattern(r"(?i)\b([\w.-]*?(?:pass(?:word|wd)?|pwd|secret|token|api[-_]?key"
+                        r"|access[-_]?key|auth|signature|key)[\"']?\s*[=:]\s*[\"']?)"
+                        r"([^\s&\"'<>,;()]+)")
 # A URL: scheme, optional user:password@, host[:port], then the rest.
 _LINK = _Pattern(r"\b([A-Za-z][A-Za-z0-9+.-]{1,15}://)([^/\s?#\"'<>@]*@)?([^/\s?#\"'<>]*)"
                  r"([^\s\"'<>]*)")
@@ -3191,9 +3194,9 @@ def _dashboard_alerts(queue, stats):
     alerts = []
     for s in stats:
         if s["expired"]:
-            alerts.append(("warn", "Queue %s: %d reservation(s) expired. Their worker stopped"
-                           " without finishing them; the next worker takes them back."
-                           % (s["queue"], s["expired"])))
+            alerts.append(("warn", "Queue %s: %d job(s) held by a worker that stopped renewing"
+                           " them (QUEUE_RETRY_AFTER passed). The next worker to look takes them"
+                           " back." % (s["queue"], s["expired"])))
     return alerts
 
 
@@ -3798,6 +3801,11 @@ def _dashboard_server(dashboard, host, port):
     class Server(http.server.ThreadingHTTPServer):
         daemon_threads = True
         address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
+
+        def handle_error(self, request, client_address):
+            # A browser that closes the connection mid-answer is no error.
+            if not isinstance(sys.exc_info()[1], (ConnectionError, socket.timeout)):
+                super().handle_error(request, client_address)
 
     return Server((host, port), Handler)
 

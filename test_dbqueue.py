@@ -3842,8 +3842,9 @@ class _PageParser:
 
 
 class _Response:
-    def __init__(self, status, headers, text):
+    def __init__(self, status, headers, text, set_cookies=()):
         self.status, self.headers, self.text = status, headers, text
+        self.set_cookies = list(set_cookies)
 
     def header(self, name):
         return self.headers.get(name.lower())
@@ -3876,15 +3877,16 @@ class DashboardClient:
             conn.request(method, path, body=body, headers=sent)
             resp = conn.getresponse()
             text = resp.read().decode("utf-8")
-            found = {}
+            found, set_cookies = {}, []
             for name, value in resp.getheaders():
-                found.setdefault(name.lower(), value) if name.lower() != "set-cookie" else None
                 if name.lower() == "set-cookie":
-                    found.setdefault("set-cookie", value)
+                    set_cookies.append(value)
                     if cookies:
                         key, _, rest = value.partition("=")
                         self.cookies[key] = rest.partition(";")[0]
-            return _Response(resp.status, found, text)
+                else:
+                    found.setdefault(name.lower(), value)
+            return _Response(resp.status, found, text, set_cookies)
         finally:
             conn.close()
 
@@ -4184,8 +4186,8 @@ class DashboardTests:
         resp = client.get("/failed?queue=emails&token=" + token)
         self.assertEqual(resp.status, 303)
         self.assertEqual(resp.header("Location"), "/failed?queue=emails")
-        cookie = [c for c in resp.headers.values() if "dbqueue_auth=" in str(c)]
-        self.assertTrue(cookie)
+        cookie = [c for c in resp.set_cookies if c.startswith("dbqueue_auth=")]
+        self.assertEqual(len(cookie), 1, resp.set_cookies)
         self.assertIn("HttpOnly", cookie[0])
         self.assertIn("SameSite=Strict", cookie[0])
         self.assertNotIn(token, cookie[0])
