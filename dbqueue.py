@@ -3123,12 +3123,12 @@ def _join(parts, sep=""):
     return _HTML(_esc(sep).join(_esc(p) for p in parts))
 
 
-def _url(path, **query):
+def _url(_path, **query):
     """A link to one of the dashboard's own pages; empty parameters are left out."""
     from urllib.parse import urlencode
     query = [(k, v) for k, v in query.items()
              if v is not None and v != "" and not (k == "page" and v == 1)]
-    return path + ("?" + urlencode(query) if query else "")
+    return _path + ("?" + urlencode(query) if query else "")
 
 
 def _mask_links(text):
@@ -3164,9 +3164,9 @@ def _mask_payload(value, config, key=""):
 
 def _failed_summary(row, config):
     """What the failed list shows of one row: job, recipient, error line, when."""
-    job, template, recipient = _job_name(row["payload"]), "", ""
+    job, template, recipient = _job_name(row["payload"] or ""), "", ""
     try:
-        payload = json.loads(row["payload"])
+        payload = json.loads(row["payload"] or "")
     except (ValueError, RecursionError):
         payload = None
     data = payload.get("data") if isinstance(payload, dict) else None
@@ -3183,15 +3183,15 @@ def _failed_summary(row, config):
 
 
 def _dashboard_alerts(queue, stats):
-    """Banners for the top of every page: a list of (kind, text), kind "warn" or "info".
-
-    >>> MAIL OUTAGE AND RATE-LIMIT STATE GO HERE (issues 10 and 13). Once the
-    >>> worker records them (a `dbqueue_state` table, or a Queue method that
-    >>> reads it), add one banner each: "The mail server has been unreachable
-    >>> since 10:02; sending is paused and no mail is failing because of it",
-    >>> "Sending at the rate limit (600/m): 1,240 emails wait their turn".
-    """
+    """Banners for the top of the overview and the failed list: [(kind, text)],
+    kind "warn" or "info"."""
     alerts = []
+    # ---- PLACE FOR THE MAIL OUTAGE AND RATE-LIMIT STATE (issues 10 and 13) ----
+    # Once the worker records them (a `dbqueue_state` table, or a Queue method
+    # that reads it), add one banner each here, such as ("warn", "The mail
+    # server has been unreachable since 10:02 UTC: sending is paused, and no
+    # email fails because of it") or ("info", "Sending at the rate limit
+    # (600/m): 1,240 emails wait their turn").
     for s in stats:
         if s["expired"]:
             alerts.append(("warn", "Queue %s: %d job(s) held by a worker that stopped renewing"
@@ -3372,7 +3372,7 @@ class _Dashboard:
                 return self._error(405, "Not allowed", "Use GET or POST.", out)
             return self._get(path, query, session, out)
         except DatabaseError as exc:
-            self.log.warning("dashboard: database error", error=_first_line(exc))
+            self.log.warning("dashboard: database error", error=_mask_url(_first_line(exc)))
             return self._error(503, "The database did not answer", _mask_url(_first_line(exc)),
                                out, refresh=True)
         finally:
@@ -3583,7 +3583,7 @@ class _Dashboard:
                                " deleted." % failed_id, out)
         info = _failed_summary(row, self.config)
         try:
-            decoded = json.loads(row["payload"])
+            decoded = json.loads(row["payload"] or "")
         except (ValueError, RecursionError):
             payload = _mask_text(row["payload"], self.config, links=True)
         else:

@@ -2337,7 +2337,7 @@ class OpsCommandLineTests(unittest.TestCase):
     def test_every_command_takes_env_file_and_database_url(self):
         argvs = [["migrate"], ["work", "--stop-when-empty"], ["push", "t_record"], ["stats"],
                  ["health"], ["failed"], ["retry", "all"], ["forget", "1"], ["flush"],
-                 ["clear", "--queue", "q", "--force"], ["bench"]]
+                 ["clear", "--queue", "q", "--force"], ["bench"], ["dashboard", "--port", "0"]]
         self.assertEqual(sorted(a[0] for a in argvs), sorted(dbqueue._COMMANDS))
         missing = os.path.join(self.tmp, "missing.env")
         for argv in argvs:
