@@ -3131,6 +3131,11 @@ def _url(_path, **query):
     return _path + ("?" + urlencode(query) if query else "")
 
 
+def _jobs(count, what="job"):
+    """'1 failed job', '1,204 failed jobs': counts as a page says them."""
+    return "{:,} {}{}".format(count, what, "" if count == 1 else "s")
+
+
 def _mask_links(text):
     """Each URL in `text` as scheme://host/***: in a mail queue a link's path is the
     secret (a verification or password reset link opens an account)."""
@@ -3194,18 +3199,20 @@ def _dashboard_alerts(queue, stats):
     # (600/m): 1,240 emails wait their turn").
     for s in stats:
         if s["expired"]:
-            alerts.append(("warn", "Queue %s: %d job(s) held by a worker that stopped renewing"
-                           " them (QUEUE_RETRY_AFTER passed). The next worker to look takes them"
-                           " back." % (s["queue"], s["expired"])))
+            alerts.append(("warn", "Queue %s: %s held by a worker that stopped renewing %s"
+                           " reservation (QUEUE_RETRY_AFTER has passed). The next worker to look"
+                           " takes %s back." % (s["queue"], _jobs(s["expired"]),
+                                                "its" if s["expired"] == 1 else "their",
+                                                "it" if s["expired"] == 1 else "them")))
     return alerts
 
 
 _DASHBOARD_CSS = """
 :root{--bg:#f6f7f9;--card:#fff;--text:#1d2430;--muted:#5d6778;--line:#e2e5eb;--accent:#2457c5;
---ok:#1f7a4d;--warn-bg:#fff6e0;--warn:#8a5a00;--bad:#b3261e;--bad-bg:#fdecea;--info-bg:#e8f0fe;
+--ok:#1f6e46;--ok-bg:#e6f4ec;--warn-bg:#fff6e0;--warn:#8a5a00;--bad:#b3261e;--bad-bg:#fdecea;--info-bg:#e8f0fe;
 --mono:ui-monospace,SFMono-Regular,Menlo,Consolas,"Liberation Mono",monospace}
 @media (prefers-color-scheme:dark){:root{--bg:#14171c;--card:#1c2027;--text:#e4e7ec;--muted:#9aa3b2;
---line:#2d333d;--accent:#7aa2f7;--ok:#5cc98b;--warn-bg:#3a2f14;--warn:#f0c060;--bad:#ff8a80;
+--line:#2d333d;--accent:#7aa2f7;--ok:#5cc98b;--ok-bg:#17301f;--warn-bg:#3a2f14;--warn:#f0c060;--bad:#ff8a80;
 --bad-bg:#3b1f1f;--info-bg:#1d2a44}}
 *{box-sizing:border-box}
 body{margin:0;background:var(--bg);color:var(--text);font:15px/1.5 system-ui,-apple-system,
@@ -3226,6 +3233,7 @@ main{max-width:1200px;margin:0 auto;padding:20px}
 h1{font-size:22px;margin:4px 0 16px}h2{font-size:17px;margin:26px 0 10px}
 .note{padding:10px 14px;border-radius:8px;margin:0 0 14px;background:var(--info-bg)}
 .note.warn{background:var(--warn-bg);color:var(--warn)}
+.note.ok{background:var(--ok-bg);color:var(--ok)}
 .note.bad{background:var(--bad-bg);color:var(--bad)}
 .tiles{display:grid;grid-template-columns:repeat(auto-fit,minmax(150px,1fr));gap:12px;margin:0 0 20px}
 .tile{background:var(--card);border:1px solid var(--line);border-radius:10px;padding:12px 16px}
@@ -3263,6 +3271,7 @@ pre{margin:0;padding:14px 16px;font:13px/1.5 var(--mono);white-space:pre-wrap;ov
 footer{max-width:1200px;margin:0 auto;padding:0 20px 24px;color:var(--muted);font-size:13px}
 @media (max-width:720px){
 .bar{padding:8px 14px}.where{margin-left:0;width:100%}main{padding:14px}footer{padding:0 14px 20px}
+.tiles{grid-template-columns:1fr 1fr;gap:10px}.tiles .tile:last-child{grid-column:1/-1}
 .panel.cards{background:none;border:0;overflow:visible}
 .cards table,.cards tbody,.cards tr,.cards td{display:block;width:100%}
 .cards thead{display:none}
@@ -3536,8 +3545,12 @@ class _Dashboard:
                           '<th>Failed at</th><th>Queue</th><th>Job</th><th>Recipient</th>'
                           '<th>Error</th><th></th></tr></thead><tbody>{rows}</tbody></table>'
                           '</div>', rows=_join(lines))
-        elif search or queue_name or page > 1:
-            table = _fill('<p class="note">No failed jobs match.</p>')
+        elif search:
+            table = _fill('<p class="note">No failed jobs{inq} match “{q}”.</p>', q=search,
+                          inq=" in queue %s" % queue_name if queue_name else "")
+        elif queue_name or page > 1:
+            table = _fill('<p class="note">No failed jobs{inq} here.</p>',
+                          inq=" of queue %s" % queue_name if queue_name else "")
         else:
             table = _fill('<p class="note">No failed jobs. Everything that ran has succeeded'
                           ' or is still being retried.</p>')
@@ -3624,11 +3637,11 @@ class _Dashboard:
             '<form class="actions" method="post" action="/retry-all">'
             '<input type="hidden" name="csrf" value="{csrf}">'
             '<input type="hidden" name="queue" value="{queue}">'
-            '<button type="submit" class="primary">Retry {n} job(s)</button>'
+            '<button type="submit" class="primary">Retry {jobs}</button>'
             '<a class="button" href="{back}">Cancel</a></form>',
-            queue=queue_name, n="{:,}".format(count), csrf=self.csrf(session),
+            queue=queue_name, n="{:,}".format(count), jobs=_jobs(count), csrf=self.csrf(session),
             back=_url("/failed", queue=queue_name))
-        return self._page(200, "Retry all failed jobs of %s?" % queue_name, body, session, out,
+        return self._page(200, "Retry every failed job of queue %s?" % queue_name, body, session, out,
                           nav="failed")
 
     # -- POST ------------------------------------------------------------
@@ -3672,8 +3685,9 @@ class _Dashboard:
             new_ids = self.queue.retry(None, queue=name) if name else []
             self.log.info("dashboard", action="retry all", queue=name, retried=len(new_ids))
             return self._redirect(_url("/failed", queue=name), session,
-                                  "%d failed job(s) of queue %s are back in the queue."
-                                  % (len(new_ids), name), out)
+                                  "%s of queue %s %s back in the queue."
+                                  % (_jobs(len(new_ids), "failed job"), name,
+                                     "is" if len(new_ids) == 1 else "are"), out)
         return self._error(404, "Not found", "There is no such action.", out)
 
     @staticmethod
@@ -3700,7 +3714,7 @@ class _Dashboard:
             message = self.flash.pop(session, None)
         notes = []
         if message:
-            notes.append(_fill('<p class="note" role="status">{m}</p>', m=message))
+            notes.append(_fill('<p class="note ok" role="status">{m}</p>', m=message))
         if stats is not None:
             for kind, text in _dashboard_alerts(self.queue, stats):
                 notes.append(_fill('<p class="note {kind}">{text}</p>', kind=kind, text=text))

@@ -3948,6 +3948,9 @@ class DashboardTests:
         self.assertEqual(len(q.reserve(q.connect(), ["default"])[0]), 1)
         self.add_failed("emails")
         self.add_failed("reports")
+        self.assertNotIn("stopped renewing", client.get("/").text)
+        # The worker holding the "default" job has stopped renewing its reservation.
+        self.db.raw("UPDATE {jobs} SET reserved_at = reserved_at - 1000 WHERE queue = 'default'")
         resp = client.get("/")
         self.assertEqual(resp.status, 200, resp.text)
         page = resp.page
@@ -3957,7 +3960,9 @@ class DashboardTests:
         self.assertRegex(emails["Oldest ready"].strip(), r"^2m0[5-9]s\Z")
         default = page.row(Queue="default")
         self.assertEqual([default[k].strip() for k in ("Ready", "Running", "Failed")],
-                         ["0", "1", "0"])
+                         ["0", "1 (1 expired)", "0"])
+        self.assertIn("Queue default: 1 job held by a worker that stopped renewing its",
+                      resp.text)
         self.assertEqual(page.row(Queue="reports")["Failed"].strip(), "1")
         self.assertEqual(page.tiles, {"ready": "3", "delayed": "1", "reserved": "1", "failed": "2"})
         # It reloads by itself, and the database is named (masked) on the page.
@@ -4018,7 +4023,8 @@ class DashboardTests:
         found = client.get("/failed?q=50%25+of+a_r").page
         self.assertEqual([r["ID"].strip() for r in found.rows], [str(other)])
         self.assertEqual(client.get("/failed?q=50%25+of+abr").page.rows, [])
-        self.assertIn("No failed jobs match.", client.get("/failed?q=nothing-like-it").text)
+        self.assertIn("No failed jobs match “nothing-like-it”.",
+                      client.get("/failed?q=nothing-like-it").text)
 
     def test_retry_and_forget_change_the_tables(self):
         client = self.serve()
@@ -4064,7 +4070,7 @@ class DashboardTests:
         other = self.add_failed("reports")
         confirm = client.get("/retry-all?queue=emails")
         self.assertEqual(confirm.status, 200)
-        self.assertIn("Retry 3 job(s)", confirm.page.buttons)
+        self.assertIn("Retry 3 jobs", confirm.page.buttons)
         self.assertEqual(self.count(), 0)       # asking changes nothing
         form = confirm.page.forms["/retry-all"][0]
         self.assertEqual(form["queue"], "emails")
@@ -4073,7 +4079,7 @@ class DashboardTests:
         self.assertEqual(self.db.raw("SELECT id FROM {failed}"), [(other,)])
         self.assertEqual(self.db.raw("SELECT queue, COUNT(*) FROM {jobs} GROUP BY queue"),
                          [("emails", 3)])
-        self.assertIn("3 failed job(s) of queue emails are back in the queue.",
+        self.assertIn("3 failed jobs of queue emails are back in the queue.",
                       client.get("/failed?queue=emails").text)
         self.assertEqual(client.get("/retry-all?queue=emails").status, 404)
 
