@@ -3563,7 +3563,7 @@ td.zero{color:var(--muted)}
 td.bad{color:var(--bad);font-weight:600}
 td.err{max-width:460px;overflow-wrap:anywhere}td.err a{color:var(--text)}
 .sub{display:block;color:var(--muted);font-size:13px}
-td.acts{white-space:nowrap;text-align:right}
+td.acts,td.when{white-space:nowrap}td.acts{text-align:right}
 .mono{font-family:var(--mono);font-size:13px}
 .muted{color:var(--muted)}
 form.inline{display:inline}
@@ -3842,7 +3842,7 @@ class _Dashboard:
             info = _failed_summary(row, self.config)
             lines.append(_fill(
                 '<tr data-id="{id}"><td data-label="ID" class="num"><a href="/failed/{id}">{id}</a>'
-                '</td><td data-label="Failed at" class="mono">{when}</td>'
+                '</td><td data-label="Failed at" class="mono when">{when}</td>'
                 '<td data-label="Queue" class="mono">{queue}</td>'
                 '<td data-label="Job"><span>{job}{template}</span></td>'
                 '<td data-label="Recipient">{to}</td>'
