@@ -4479,6 +4479,8 @@ class _Dashboard:
             return self._redirect(self._next(form.get("next")), session, message, out)
         if path == "/retry-all":
             name = form.get("queue", "")
+            if len(name) > 255 or re.search(r"[\x00-\x1f\x7f]", name):
+                return self._error(400, "Bad request", "That is not a queue name.", out)
             new_ids = self.queue.retry(None, queue=name) if name else []
             self.log.info("dashboard", action="retry all", queue=name, retried=len(new_ids))
             return self._redirect(_url("/failed", queue=name), session,
@@ -4492,7 +4494,9 @@ class _Dashboard:
         """Where a form returns to: only this dashboard's own list pages."""
         from urllib.parse import urlsplit
         parts = urlsplit(value or "")
-        if parts.scheme or parts.netloc or parts.path not in ("/", "/failed"):
+        # No control character either: the value ends up in a Location header.
+        if (parts.scheme or parts.netloc or parts.path not in ("/", "/failed")
+                or re.search(r"[\x00-\x1f\x7f]", value)):
             return "/failed"
         return parts.path + ("?" + parts.query if parts.query else "")
 

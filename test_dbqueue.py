@@ -5545,6 +5545,15 @@ class DashboardTests:
         client.post("/failed/%d/forget" % forget, form)
         self.assertIn("There is no failed job %d" % forget, client.get("/failed").text)
         self.assertEqual(self.db.raw("SELECT id FROM {failed}"), [(keep,)])
+        # A form can only send the browser back to the dashboard's own lists.
+        for target in ("https://evil.example/", "//evil.example/failed", "/failed\r\nX-Evil: 1",
+                       "/nowhere"):
+            again = self.add_failed()
+            fields = dict(client.get("/failed").page.forms["/failed/%d/forget" % again][0],
+                          next=target)
+            resp = client.post("/failed/%d/forget" % again, fields)
+            self.assertEqual((resp.status, resp.header("Location")), (303, "/failed"), target)
+            self.assertIsNone(resp.header("X-Evil"))
         # From a job's own page, back to the list.
         job_page = client.get("/failed/%d" % keep).page
         resp = client.post("/failed/%d/retry" % keep, job_page.forms["/failed/%d/retry" % keep][0])
@@ -5572,6 +5581,9 @@ class DashboardTests:
         self.assertIn("3 failed jobs of queue emails are back in the queue.",
                       client.get("/failed?queue=emails").text)
         self.assertEqual(client.get("/retry-all?queue=emails").status, 404)
+        form = client.get("/retry-all?queue=reports").page.forms["/retry-all"][0]
+        self.assertEqual(client.post("/retry-all", dict(form, queue="reports\nx=1")).status, 400)
+        self.assertEqual(self.db.raw("SELECT id FROM {failed}"), [(other,)])
 
     def test_a_post_without_the_right_csrf_token_is_refused(self):
         client = self.serve()
