@@ -4153,7 +4153,7 @@ class _Dashboard:
             given = query.get("token")
             if given is not None and method in ("GET", "HEAD"):
                 if not self._same(given, self.token):
-                    return self._error(401, "Wrong token", "That token is not this dashboard's.",
+                    return self._error(401, "Wrong token", "That is not this dashboard's token.",
                                        out, anonymous=True)
                 # The token leaves the address bar: a cookie carries the session.
                 query.pop("token")
@@ -4162,9 +4162,9 @@ class _Dashboard:
                 path = parts.path if re.match(r"^(/[A-Za-z0-9_-]+)*/?\Z", parts.path) else "/"
                 return 303, out + [("Location", _url(path or "/", **query))], b""
             if not self._authorised(headers, cookies):
-                return self._error(401, "Sign in", "This dashboard needs its token: open it once"
-                                   " as /?token=… (DBQUEUE_DASHBOARD_TOKEN), or send the header"
-                                   " Authorization: Bearer ….", out, anonymous=True)
+                return self._error(401, "Token needed", "This dashboard needs its token: open"
+                                   " it once as /?token=… (DBQUEUE_DASHBOARD_TOKEN), or send the"
+                                   " header Authorization: Bearer ….", out, anonymous=True)
         session = cookies.get(_DASHBOARD_SESSION_COOKIE, "")
         if not re.match(r"^[0-9a-f]{32}\Z", session):
             session = os.urandom(16).hex()
@@ -4246,8 +4246,9 @@ class _Dashboard:
                                '<span>{label}</span></div>',
                                bad=" bad" if key == "failed" and total[key] else "", key=key,
                                n="{:,}".format(total[key]), label=label))
-        tiles.append(_fill('<div class="tile"><b>{age}</b><span>oldest ready job waiting</span>'
-                           '</div>', age=_duration(max(ages)) if ages else "–"))
+        tiles.append(_fill('<div class="tile"><b>{age}</b><span>{label}</span></div>',
+                           age=_duration(max(ages)) if ages else "–",
+                           label="oldest ready job's wait"))
         rows = []
         for s in stats:
             failed_link = _fill('<a href="{href}">{n}</a>', href=_url("/failed", queue=s["queue"]),
@@ -4294,8 +4295,8 @@ class _Dashboard:
         search = (query.get("q") or "").strip() or None
         for value in (queue_name, search):
             if value is not None and ("\x00" in value or len(value) > 255):
-                return self._error(400, "Bad request", "That filter is not one this page can"
-                                   " use.", out)
+                return self._error(400, "Bad request", "That filter is too long or holds a"
+                                   " control character.", out)
         try:
             page = max(1, min(int(query.get("page") or 1), 10 ** 6))
         except ValueError:
@@ -4389,8 +4390,8 @@ class _Dashboard:
     def _failed_job(self, failed_id, session, out):
         row = self.queue.failed_job(failed_id)
         if row is None:
-            return self._error(404, "Not found", "There is no failed job %d: it was retried or"
-                               " deleted." % failed_id, out)
+            return self._error(404, "Not found", "There is no failed job %d: it has been retried"
+                               " or deleted." % failed_id, out)
         info = _failed_summary(row, self.config)
         try:
             decoded = json.loads(row["payload"] or "")
@@ -4438,8 +4439,8 @@ class _Dashboard:
             '<a class="button" href="{back}">Cancel</a></form>',
             queue=queue_name, n="{:,}".format(count), jobs=_jobs(count), csrf=self.csrf(session),
             back=_url("/failed", queue=queue_name))
-        return self._page(200, "Retry every failed job of queue %s?" % queue_name, body, session, out,
-                          nav="failed")
+        return self._page(200, "Retry every failed job of queue %s?" % queue_name, body, session,
+                          out, nav="failed")
 
     # -- POST ------------------------------------------------------------
 
@@ -4471,11 +4472,12 @@ class _Dashboard:
                 message = "Failed job %d is back in its queue as job %s." % (failed_id, new_id)
             else:
                 done = bool(self.queue.forget([failed_id]))
-                message = "Failed job %d is deleted." % failed_id
+                message = "Failed job %d has been deleted." % failed_id
             if done:
                 self.log.info("dashboard", action=action, failed_id=failed_id, job=new_id)
             else:
-                message = "There is no failed job %d: it was retried or deleted already." % failed_id
+                message = ("There is no failed job %d: it has already been retried or deleted."
+                           % failed_id)
             return self._redirect(self._next(form.get("next")), session, message, out)
         if path == "/retry-all":
             name = form.get("queue", "")
@@ -4521,7 +4523,8 @@ class _Dashboard:
                 notes.append(_fill('<p class="note {kind}">{text}</p>', kind=kind, text=text))
         failed = sum(s["failed"] for s in stats) if stats is not None else None
         links = []
-        for key, href, label in (("overview", "/", "Overview"), ("failed", "/failed", "Failed jobs")):
+        for key, href, label in (("overview", "/", "Overview"),
+                                 ("failed", "/failed", "Failed jobs")):
             badge = ""
             if key == "failed" and failed:
                 badge = _fill(' <span class="pill bad">{n}</span>', n="{:,}".format(failed))
@@ -5111,7 +5114,7 @@ def _parser():
     p.add_argument("--port", type=_port_arg, default=8765, metavar="PORT",
                    help="default 8765; 0 picks a free one")
     p.add_argument("--read-only", action="store_true",
-                   help="show, change nothing: no buttons, and every POST refused")
+                   help="show everything, change nothing: no buttons, and every POST is refused")
     return top
 
 

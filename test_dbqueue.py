@@ -5540,7 +5540,7 @@ class DashboardTests:
         self.assertEqual(resp.status, 303)
         self.assertEqual(self.db.raw("SELECT id FROM {failed}"), [(keep,)])
         self.assertEqual(self.count(), 1)
-        self.assertIn("Failed job %d is deleted." % forget, client.get("/").text)
+        self.assertIn("Failed job %d has been deleted." % forget, client.get("/").text)
         # Again: nothing left to do, and it says so.
         client.post("/failed/%d/forget" % forget, form)
         self.assertIn("There is no failed job %d" % forget, client.get("/failed").text)
