@@ -3988,12 +3988,40 @@ def _dashboard_alerts(queue, stats):
     """Banners for the top of the overview and the failed list: [(kind, text)],
     kind "warn" or "info"."""
     alerts = []
-    # ---- PLACE FOR THE MAIL OUTAGE AND RATE-LIMIT STATE (issues 10 and 13) ----
-    # Once the worker records them (a `dbqueue_state` table, or a Queue method
-    # that reads it), add one banner each here, such as ("warn", "The mail
-    # server has been unreachable since 10:02 UTC: sending is paused, and no
-    # email fails because of it") or ("info", "Sending at the rate limit
-    # (600/m): 1,240 emails wait their turn").
+    # ---- THE MAIL OUTAGE AND RATE-LIMIT STATE (issues 10 and 13) ----
+    # Queue.mail_outage() (what a worker recorded in dbqueue_state) and
+    # Queue.rate_use() (MAIL_RATE_LIMIT's use) come from the mail and limits
+    # work; looked up by name so that this page shows them once they exist
+    # and never fails for them: they are extra, like in `stats`.
+    try:
+        outage = getattr(queue, "mail_outage", lambda: None)()
+        rate = getattr(queue, "rate_use", lambda: None)()
+    except QueueError:
+        outage = rate = None
+    if isinstance(outage, dict):
+        since = outage.get("since")
+        text = "The mail server has been unreachable for %s%s" % (
+            _duration(outage.get("seconds", 0)),
+            " (since %s UTC)" % time.strftime("%H:%M", time.gmtime(since))
+            if isinstance(since, int) else "")
+        if outage.get("error"):
+            text += ": %s" % _mask_text(str(outage["error"]), queue.config)
+        queues = outage.get("queues") or []
+        text += (". Sending is paused%s and no email fails because of it; workers keep trying."
+                 % (" on %s" % ", ".join(str(q) for q in queues) if queues else ""))
+        if outage.get("stale"):
+            text += (" No worker has tried for %s: is one running?"
+                     % _duration(outage.get("checked_ago", 0)))
+        alerts.append(("warn", text))
+    if isinstance(rate, dict) and rate.get("limit"):
+        used, most = rate.get("used", 0), rate.get("messages", 0)
+        window = rate.get("window_seconds", 0)
+        window = {1: "second", 60: "minute", 3600: "hour", 86400: "day"}.get(window) or \
+            _duration(window)
+        alerts.append(("warn" if most and used >= most else "info",
+                       "MAIL_RATE_LIMIT=%s: %s of %s sent in the last %s%s." % (
+                           rate["limit"], "{:,}".format(used), "{:,}".format(most), window,
+                           "; the next emails wait their turn" if most and used >= most else "")))
     for s in stats:
         if s["expired"]:
             alerts.append(("warn", "Queue %s: %s held by a worker that stopped renewing %s"

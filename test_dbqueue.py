@@ -5757,6 +5757,41 @@ class DashboardTests:
         self.assertNotIn("https://", html_text)
 
     @sqlite_only
+    def test_the_mail_outage_and_the_rate_limit_are_shown_when_the_queue_knows_them(self):
+        # What Queue.mail_outage() and Queue.rate_use() (issues 10 and 13) return.
+        class StateQueue(dbqueue.Queue):
+            outage = rate = None
+
+            def mail_outage(self, conn=None):
+                return self.outage
+
+            def rate_use(self, conn=None):
+                return self.rate
+        queue = StateQueue(config=self.db.config())
+        self.addCleanup(queue.close)
+        queue.migrate()
+        client = DashboardClient(start_dashboard(self, queue))
+        self.assertNotIn('class="note warn', client.get("/").text)
+        queue.outage = {"since": 1800000000, "seconds": 725, "queues": ["emails"],
+                        "error": "SMTP smtp.example.net:587 %s unreachable" % HOSTILE,
+                        "checked_ago": 400, "stale": True}
+        queue.rate = {"limit": "600/m", "messages": 600, "window_seconds": 60, "used": 600}
+        for path in ("/", "/failed"):
+            text = client.get(path).text
+            self.assertIn("The mail server has been unreachable for 12m05s (since %s UTC): SMTP"
+                          " smtp.example.net:587 &lt;script&gt;"
+                          % time.strftime("%H:%M", time.gmtime(1800000000)), text)
+            self.assertIn("Sending is paused on emails and no email fails because of it", text)
+            self.assertIn("No worker has tried for 6m40s: is one running?", text)
+            self.assertIn("MAIL_RATE_LIMIT=600/m: 600 of 600 sent in the last minute; the next"
+                          " emails wait their turn.", text)
+        queue.outage, queue.rate = None, dict(queue.rate, used=12)
+        text = client.get("/").text
+        self.assertNotIn("unreachable", text)
+        self.assertIn('<p class="note info">MAIL_RATE_LIMIT=600/m: 12 of 600 sent in the last'
+                      ' minute.</p>', text)
+
+    @sqlite_only
     def test_a_database_that_stops_answering_is_an_error_page_then_recovers(self):
         client = self.serve()
         self.add_failed()
