@@ -762,6 +762,10 @@ class _MailOutage(QueueError):
 # Dialects and SQL ############################################################
 ###############################################################################
 
+_FAILED_COLUMNS = "id, uuid, {queue_text}, {payload_text}, exception, failed_at"
+# LIMIT takes no "all" that every database reads alike: this stands for it.
+_NO_LIMIT = 2 ** 62
+
 # SQL is written once with :name parameters; each dialect turns it into its
 # driver's placeholder style. {jobs} and {failed} are the validated table names,
 # {now} is the clock expression (see _Dialect.now).
@@ -814,8 +818,14 @@ _SQL = {
              " THEN available_at END)"
              " FROM {jobs} GROUP BY queue",
     "failed_counts": "SELECT {queue_text}, COUNT(*) FROM {failed} GROUP BY queue",
-    "failed_list": "SELECT id, uuid, {queue_text}, {payload_text}, exception, failed_at FROM {failed}"
-                   " WHERE (CAST(:queue AS TEXT) IS NULL OR queue = :queue) ORDER BY id",
+    # {order} is ASC (the CLI: oldest first) or DESC (the dashboard: newest
+    # first); :search is a LIKE pattern over the payload and the exception.
+    "failed_list": "SELECT " + _FAILED_COLUMNS + " FROM {failed}"
+                   " WHERE (CAST(:queue AS TEXT) IS NULL OR queue = :queue)"
+                   " AND (CAST(:search AS TEXT) IS NULL OR LOWER(payload) LIKE :search ESCAPE '!'"
+                   " OR LOWER(exception) LIKE :search ESCAPE '!')"
+                   " ORDER BY id {order} LIMIT :limit OFFSET :offset",
+    "failed_one": "SELECT " + _FAILED_COLUMNS + " FROM {failed} WHERE id = :id",
     "failed_ids": "SELECT id FROM {failed} WHERE (CAST(:queue AS TEXT) IS NULL OR queue = :queue) ORDER BY id",
     "retry": "INSERT INTO {jobs} (queue, payload, attempts, reserved_at, available_at, created_at)"
              " SELECT queue, payload, 0, NULL, {now}, {now} FROM {failed} WHERE id = :id",
@@ -2154,15 +2164,41 @@ class Queue:
                 entry["failed"] = int(failed)
         return [out[q] for q in sorted(out)]
 
-    def failed(self, queue=None):
-        """Failed jobs, oldest first, as dicts (payload and exception as text)."""
+    def failed(self, queue=None, search=None, limit=None, offset=0, newest_first=False):
+        """Failed jobs, oldest first, as dicts (payload and exception as text).
+
+        `search` keeps those whose payload or exception contains it, in any
+        case (ASCII letters on SQLite); `limit` and `offset` take one page.
+        """
+        pattern = None
+        if search:
+            pattern = "%" + re.sub(r"([!%_])", r"!\1", search.lower()) + "%"
+        key = ("failed_list", newest_first)
+        prepared = self._sql.get(key)
+        if prepared is None:
+            prepared = self._sql[key] = self.dialect.prepare(
+                getattr(self.dialect, "failed_list", None) or _SQL["failed_list"],
+                self.config.table, self.config.failed_table,
+                order="DESC" if newest_first else "ASC")
+        text, names = prepared
+        params = dict(queue=queue, search=pattern, offset=int(offset),
+                      limit=_NO_LIMIT if limit is None else int(limit))
         with _Transaction(self, self._conn(), write=False) as cur:
-            rows = self.execute(cur, "failed_list", queue=queue).fetchall()
-        result = []
-        for id_, uuid, queue_, payload, exception, failed_at in rows:
-            result.append({"id": id_, "uuid": uuid, "queue": _text(queue_), "payload": _text(payload),
-                           "exception": exception, "failed_at": str(failed_at)})
-        return result
+            cur.execute(text, [params[n] for n in names])
+            rows = cur.fetchall()
+        return [self._failed_row(row) for row in rows]
+
+    def failed_job(self, failed_id):
+        """One failed job as a dict (as in failed()), or None when there is no such id."""
+        with _Transaction(self, self._conn(), write=False) as cur:
+            row = self.execute(cur, "failed_one", id=failed_id).fetchone()
+        return self._failed_row(row) if row else None
+
+    @staticmethod
+    def _failed_row(row):
+        id_, uuid, queue, payload, exception, failed_at = row
+        return {"id": id_, "uuid": uuid, "queue": _text(queue), "payload": _text(payload),
+                "exception": exception, "failed_at": str(failed_at)}
 
     def retry(self, ids=None, queue=None):
         """Move failed jobs back to the queue with attempts reset; one transaction per job.
@@ -4833,6 +4869,816 @@ def _scrub(text, config):
 
 
 ###############################################################################
+# Dashboard ###################################################################
+###############################################################################
+
+# `python dbqueue.py dashboard`: a small admin page in the manner of Sidekiq's
+# web UI. Plain server-rendered HTML, one view per task, every action a POST
+# form with a CSRF token; it reads and changes the tables only through the
+# Queue methods the CLI uses (stats, failed, retry, forget).
+#
+# Rules, as for any admin page:
+# - Every value reaches the HTML through _esc() (directly or through _fill()),
+#   the one escaping helper; markup built from escaped parts is _HTML.
+# - Nothing secret leaves: the database URL is masked, payloads and exceptions
+#   are masked as below, the token is never shown or logged.
+# - It binds 127.0.0.1 unless DBQUEUE_DASHBOARD_TOKEN is set; with no token
+#   it answers only requests addressed to a loopback name, so that a web page
+#   cannot reach it through DNS rebinding either.
+# - The Content-Security-Policy allows nothing but the page's own inline CSS
+#   and script (by hash), its own forms and images from data: URLs.
+
+_DASHBOARD_PAGE = 50            # failed jobs per page
+_DASHBOARD_REFRESH = 5          # seconds between reloads of the overview
+_DASHBOARD_TOKEN_MIN = 16       # characters: a token on a network is a password
+_DASHBOARD_AUTH_COOKIE = "dbqueue_auth"
+_DASHBOARD_SESSION_COOKIE = "dbqueue_session"
+# Keys whose values are hidden in a payload; and key=value pairs in free text.
+_SECRET_KEY = _Pattern(r"(?i)pass(word|wd|phrase)?|pwd|secret|token|api[-_]?key|access[-_]?key"
+                       r"|private[-_]?key|auth(?!or)|credential|cookie|session|signature|otp"
+                       r"|code\Z")
+# "password=x", "api_key: x", '"token": "x"' in an exception or a payload that is not JSON.
+_SECRET_PAIR = _Pattern(r"(?i)\b([\w.-]*?(?:pass(?:word|wd)?|pwd|secret|token|api[-_]?key"
+                        r"|access[-_]?key|auth|signature|key)[\"']?\s*[=:]\s*[\"']?)"
+                        r"([^\s&\"'<>,;()]+)")
+# A URL: scheme, optional user:password@, host[:port], then the rest.
+_LINK = _Pattern(r"\b([A-Za-z][A-Za-z0-9+.-]{1,15}://)([^/\s?#\"'<>@]*@)?([^/\s?#\"'<>]*)"
+                 r"([^\s\"'<>]*)")
+_LOOPBACK_NAMES = ("localhost", "localhost.", "ip6-localhost")
+
+
+class _HTML(str):
+    """Text that is HTML already: _esc() passes it through unchanged."""
+
+    __slots__ = ()
+
+
+def _esc(value):
+    """The one escaping helper: any value as HTML text (quotes too, for attributes)."""
+    if isinstance(value, _HTML):
+        return value
+    import html
+    return _HTML(html.escape("" if value is None else str(value), quote=True))
+
+
+def _fill(_template, **values):
+    """`_template` (a constant) with each {name} replaced by its escaped value."""
+    return _HTML(_template.format(**{k: _esc(v) for k, v in values.items()}))
+
+
+def _join(parts, sep=""):
+    return _HTML(_esc(sep).join(_esc(p) for p in parts))
+
+
+def _url(_path, **query):
+    """A link to one of the dashboard's own pages; empty parameters are left out."""
+    from urllib.parse import urlencode
+    query = [(k, v) for k, v in query.items()
+             if v is not None and v != "" and not (k == "page" and v == 1)]
+    return _path + ("?" + urlencode(query) if query else "")
+
+
+def _jobs(count, what="job"):
+    """'1 failed job', '1,204 failed jobs': counts as a page says them."""
+    return "{:,} {}{}".format(count, what, "" if count == 1 else "s")
+
+
+def _mask_links(text):
+    """Each URL in `text` as scheme://host/***: in a mail queue a link's path is the
+    secret (a verification or password reset link opens an account)."""
+    def repl(match):
+        scheme, userinfo, host, rest = match.groups()
+        shown = scheme + ("***@" if userinfo else "") + host
+        return shown + ("/***" if rest.strip("/") else rest)
+    return _LINK.sub(repl, text)
+
+
+def _mask_text(text, config, links=False):
+    """Free text for a page: passwords of URLs, key=value secrets and the SMTP
+    password hidden; with `links`, every link's path too."""
+    text = _scrub(text or "", config)
+    text = _mask_links(text) if links else _mask_url(text)
+    return _SECRET_PAIR.sub(lambda m: m.group(1) + "***", text)
+
+
+def _mask_payload(value, config, key=""):
+    """A decoded payload with secrets replaced by "***", as shown on the job's page."""
+    if key and value not in (None, "", [], {}) and _SECRET_KEY.search(key):
+        return "***"
+    if isinstance(value, dict):
+        return {k: _mask_payload(v, config, str(k)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_mask_payload(v, config, key) for v in value]
+    if isinstance(value, str):
+        return _mask_text(value, config, links=True)
+    return value
+
+
+def _failed_summary(row, config):
+    """What the failed list shows of one row: job, recipient, error line, when."""
+    job, template, recipient = _job_name(row["payload"] or ""), "", ""
+    try:
+        payload = json.loads(row["payload"] or "")
+    except (ValueError, RecursionError):
+        payload = None
+    data = payload.get("data") if isinstance(payload, dict) else None
+    if isinstance(data, dict):
+        to = data.get("to")
+        if isinstance(to, list):
+            to = ", ".join(str(t) for t in to)
+        recipient = to if isinstance(to, str) else ""
+        if isinstance(data.get("template"), str):
+            template = data["template"].rstrip("/").rsplit("/", 1)[-1]
+    return {"job": job, "template": template, "recipient": _mask_text(recipient, config),
+            "error": _mask_text(_error_line(row["exception"]), config),
+            "failed_at": re.sub(r"\.\d+", "", row["failed_at"])}
+
+
+def _dashboard_alerts(queue, stats):
+    """Banners for the top of the overview and the failed list: [(kind, text)],
+    kind "warn" or "info"."""
+    alerts = []
+    # ---- THE MAIL OUTAGE AND RATE-LIMIT STATE (issues 10 and 13) ----
+    # The outage is what a worker recorded in dbqueue_state, the rate what
+    # the workers' send slots hold. Both are extra, as in `stats`: never a
+    # failed page.
+    try:
+        outage = queue.mail_outage()
+    except QueueError:
+        outage = None
+    try:
+        rate = queue.rate_use()
+    except QueueError:
+        rate = None
+    if isinstance(outage, dict):
+        since = outage.get("since")
+        text = "The mail server has been unreachable for %s%s" % (
+            _duration(outage.get("seconds", 0)),
+            " (since %s UTC)" % time.strftime("%H:%M", time.gmtime(since))
+            if isinstance(since, int) else "")
+        if outage.get("error"):
+            text += ": %s" % _mask_text(str(outage["error"]), queue.config)
+        queues = outage.get("queues") or []
+        text += (". Sending is paused%s and no email fails because of it; workers keep trying."
+                 % (" on %s" % ", ".join(str(q) for q in queues) if queues else ""))
+        if outage.get("stale"):
+            text += (" No worker has tried for %s: is one running?"
+                     % _duration(outage.get("checked_ago", 0)))
+        alerts.append(("warn", text))
+    if isinstance(rate, dict) and rate.get("limit"):
+        used, most = rate.get("used", 0), rate.get("messages", 0)
+        window = rate.get("window_seconds", 0)
+        window = {1: "second", 60: "minute", 3600: "hour", 86400: "day"}.get(window) or \
+            _duration(window)
+        alerts.append(("warn" if most and used >= most else "info",
+                       "MAIL_RATE_LIMIT=%s: %s of %s sent in the last %s%s." % (
+                           rate["limit"], "{:,}".format(used), "{:,}".format(most), window,
+                           "; the next emails wait their turn" if most and used >= most else "")))
+    for s in stats:
+        if s["expired"]:
+            alerts.append(("warn", "Queue %s: %s held by a worker that stopped renewing %s"
+                           " reservation (QUEUE_RETRY_AFTER has passed). The next worker to look"
+                           " takes %s back." % (s["queue"], _jobs(s["expired"]),
+                                                "its" if s["expired"] == 1 else "their",
+                                                "it" if s["expired"] == 1 else "them")))
+    return alerts
+
+
+_DASHBOARD_CSS = """
+:root{--bg:#f6f7f9;--card:#fff;--text:#1d2430;--muted:#5d6778;--line:#e2e5eb;--accent:#2457c5;
+--ok:#1f6e46;--ok-bg:#e6f4ec;--warn-bg:#fff6e0;--warn:#8a5a00;--bad:#b3261e;--bad-bg:#fdecea;--info-bg:#e8f0fe;
+--mono:ui-monospace,SFMono-Regular,Menlo,Consolas,"Liberation Mono",monospace}
+@media (prefers-color-scheme:dark){:root{--bg:#14171c;--card:#1c2027;--text:#e4e7ec;--muted:#9aa3b2;
+--line:#2d333d;--accent:#7aa2f7;--ok:#5cc98b;--ok-bg:#17301f;--warn-bg:#3a2f14;--warn:#f0c060;--bad:#ff8a80;
+--bad-bg:#3b1f1f;--info-bg:#1d2a44}}
+*{box-sizing:border-box}
+body{margin:0;background:var(--bg);color:var(--text);font:15px/1.5 system-ui,-apple-system,
+"Segoe UI",Roboto,"Helvetica Neue",Arial,sans-serif}
+a{color:var(--accent);text-decoration:none}a:hover{text-decoration:underline}
+header{background:var(--card);border-bottom:1px solid var(--line)}
+.bar{max-width:1200px;margin:0 auto;padding:10px 20px;display:flex;flex-wrap:wrap;
+align-items:center;gap:6px 22px}
+.brand{font-weight:700;font-size:17px;color:var(--text)}
+nav{display:flex;gap:4px}
+nav a{padding:6px 10px;border-radius:6px;color:var(--muted)}
+nav a[aria-current]{background:var(--info-bg);color:var(--accent);font-weight:600}
+.where{margin-left:auto;color:var(--muted);font:12px/1.4 var(--mono);overflow-wrap:anywhere}
+.pill{display:inline-block;padding:1px 8px;border-radius:99px;font:600 12px/1.6 system-ui,sans-serif;
+background:var(--line);color:var(--muted)}
+.pill.bad{background:var(--bad-bg);color:var(--bad)}
+main{max-width:1200px;margin:0 auto;padding:20px}
+h1{font-size:22px;margin:4px 0 16px}h2{font-size:17px;margin:26px 0 10px}
+.note{padding:10px 14px;border-radius:8px;margin:0 0 14px;background:var(--info-bg)}
+.note.warn{background:var(--warn-bg);color:var(--warn)}
+.note.ok{background:var(--ok-bg);color:var(--ok)}
+.note.bad{background:var(--bad-bg);color:var(--bad)}
+.tiles{display:grid;grid-template-columns:repeat(auto-fit,minmax(150px,1fr));gap:12px;margin:0 0 20px}
+.tile{background:var(--card);border:1px solid var(--line);border-radius:10px;padding:12px 16px}
+.tile b{display:block;font-size:26px;line-height:1.2;font-variant-numeric:tabular-nums}
+.tile span{color:var(--muted);font-size:13px}
+.tile.bad b{color:var(--bad)}
+.panel{background:var(--card);border:1px solid var(--line);border-radius:10px;overflow-x:auto}
+table{width:100%;border-collapse:collapse}
+th,td{padding:9px 12px;text-align:left;border-bottom:1px solid var(--line);vertical-align:top}
+th{font-size:12px;text-transform:uppercase;letter-spacing:.04em;color:var(--muted);font-weight:600}
+tr:last-child td{border-bottom:0}
+td.num,th.num{text-align:right;font-variant-numeric:tabular-nums}
+td.zero{color:var(--muted)}
+td.bad{color:var(--bad);font-weight:600}
+td.err{max-width:460px;overflow-wrap:anywhere}td.err a{color:var(--text)}
+.sub{display:block;color:var(--muted);font-size:13px}
+td.acts,td.when{white-space:nowrap}td.acts{text-align:right}
+.mono{font-family:var(--mono);font-size:13px}
+.muted{color:var(--muted)}
+form.inline{display:inline}
+button,.button{font:inherit;font-size:13px;padding:5px 12px;border-radius:6px;cursor:pointer;
+border:1px solid var(--line);background:var(--card);color:var(--text)}
+button.primary,.button.primary{background:var(--accent);border-color:var(--accent);color:#fff}
+button.danger{color:var(--bad)}
+button:hover,.button:hover{filter:brightness(.96);text-decoration:none}
+.filters{display:flex;flex-wrap:wrap;gap:8px;margin:0 0 14px;align-items:center}
+.filters input,.filters select{font:inherit;padding:5px 9px;border:1px solid var(--line);
+border-radius:6px;background:var(--card);color:var(--text)}
+.filters input[type=search]{flex:1 1 260px}
+.pager{display:flex;gap:12px;align-items:center;margin:14px 0;color:var(--muted)}
+dl{display:grid;grid-template-columns:max-content 1fr;gap:6px 18px;margin:0;padding:14px 16px}
+dt{color:var(--muted)}dd{margin:0;overflow-wrap:anywhere}
+pre{margin:0;padding:14px 16px;font:13px/1.5 var(--mono);white-space:pre-wrap;overflow-wrap:anywhere}
+.actions{display:flex;gap:8px;margin:14px 0}
+footer{max-width:1200px;margin:0 auto;padding:0 20px 24px;color:var(--muted);font-size:13px}
+@media (max-width:720px){
+.bar{padding:8px 14px}.where{margin-left:0;width:100%}main{padding:14px}footer{padding:0 14px 20px}
+.tiles{grid-template-columns:1fr 1fr;gap:10px}.tiles .tile:last-child{grid-column:1/-1}
+.panel.cards{background:none;border:0;overflow:visible}
+.cards table,.cards tbody,.cards tr,.cards td{display:block;width:100%}
+.cards thead{display:none}
+.cards tr{background:var(--card);border:1px solid var(--line);border-radius:10px;margin:0 0 10px;
+padding:6px 0}
+.cards td{border:0;padding:3px 14px;display:flex;gap:12px;justify-content:space-between;text-align:right}
+.cards td::before{content:attr(data-label);color:var(--muted);font:13px/1.6 system-ui,sans-serif;
+text-align:left;flex:0 0 auto}
+.cards td.err{max-width:none;display:block;text-align:left}.cards td.err::before{display:block}
+.cards td.acts{justify-content:flex-end;padding-top:8px}.cards td.acts::before{content:none}
+dl{grid-template-columns:1fr}dt{margin-top:6px}
+}
+"""
+
+# Forms with data-confirm ask first (Forget). Without JavaScript they simply submit.
+_DASHBOARD_JS = ('document.addEventListener("submit",function(e){'
+                 'var m=e.target.getAttribute("data-confirm");'
+                 'if(m&&!window.confirm(m))e.preventDefault();});')
+
+
+def _csp_hash(text):
+    import base64
+    import hashlib
+    return "'sha256-%s'" % base64.b64encode(hashlib.sha256(text.encode("utf-8")).digest()).decode()
+
+
+class _Dashboard:
+    """The dashboard's pages: handle() turns one request into (status, headers, body).
+
+    Knows nothing of sockets (the server is _dashboard_server()); every
+    request runs on a connection of its own, closed when it is answered.
+    """
+
+    def __init__(self, queue, read_only=False, token=None, log=None, page_size=_DASHBOARD_PAGE):
+        self.queue = queue
+        self.config = queue.config
+        self.read_only = read_only
+        self.token = token or None
+        self.log = log or _Log()
+        self.page_size = page_size
+        # Per process: forms rendered before a restart are refused (403).
+        self.secret = os.urandom(32)
+        self.flash = {}                 # session -> the message for its next page
+        self.flash_lock = threading.Lock()
+        self.csp = ("default-src 'none'; style-src %s; script-src %s; img-src 'self' data:;"
+                    " form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+                    % (_csp_hash(_DASHBOARD_CSS), _csp_hash(_DASHBOARD_JS)))
+
+    # -- secrets ---------------------------------------------------------
+
+    def _mac(self, key, message):
+        import hashlib
+        import hmac
+        return hmac.new(key, message.encode("utf-8"), hashlib.sha256).hexdigest()
+
+    def auth_cookie(self):
+        """The cookie ?token= sets: derived from the token, never the token itself."""
+        return self._mac(self.token.encode("utf-8"), "dbqueue dashboard session")
+
+    def csrf(self, session):
+        return self._mac(self.secret, "csrf " + session)
+
+    @staticmethod
+    def _same(a, b):
+        import hmac
+        return hmac.compare_digest(a.encode("utf-8"), b.encode("utf-8"))
+
+    # -- one request -----------------------------------------------------
+
+    def handle(self, method, target, headers, body=b""):
+        """(status, [(header, value)], body bytes) for one request."""
+        from urllib.parse import parse_qs, urlsplit
+        parts = urlsplit(target)
+        query = {k: v[-1] for k, v in parse_qs(parts.query, keep_blank_values=True).items()}
+        cookies = self._cookies(headers.get("Cookie", ""))
+        out = []
+        if self.token is None and not self._loopback_host(headers.get("Host", "")):
+            return self._error(403, "Wrong address", "This dashboard answers only at 127.0.0.1"
+                               " or localhost (set DBQUEUE_DASHBOARD_TOKEN to serve it on a"
+                               " network).", out, anonymous=True)
+        if self.token is not None:
+            given = query.get("token")
+            if given is not None and method in ("GET", "HEAD"):
+                if not self._same(given, self.token):
+                    return self._error(401, "Wrong token", "That is not this dashboard's token.",
+                                       out, anonymous=True)
+                # The token leaves the address bar: a cookie carries the session.
+                query.pop("token")
+                out.append(("Set-Cookie", "%s=%s; Path=/; HttpOnly; SameSite=Strict"
+                            % (_DASHBOARD_AUTH_COOKIE, self.auth_cookie())))
+                path = parts.path if re.match(r"^(/[A-Za-z0-9_-]+)*/?\Z", parts.path) else "/"
+                return 303, out + [("Location", _url(path or "/", **query))], b""
+            if not self._authorised(headers, cookies):
+                return self._error(401, "Token needed", "This dashboard needs its token: open"
+                                   " it once as /?token=… (DBQUEUE_DASHBOARD_TOKEN), or send the"
+                                   " header Authorization: Bearer ….", out, anonymous=True)
+        session = cookies.get(_DASHBOARD_SESSION_COOKIE, "")
+        if not re.match(r"^[0-9a-f]{32}\Z", session):
+            session = os.urandom(16).hex()
+            out.append(("Set-Cookie", "%s=%s; Path=/; HttpOnly; SameSite=Strict"
+                        % (_DASHBOARD_SESSION_COOKIE, session)))
+        path = parts.path or "/"
+        try:
+            if method == "POST":
+                return self._post(path, body, session, cookies, out)
+            if method not in ("GET", "HEAD"):
+                return self._error(405, "Not allowed", "Use GET or POST.", out)
+            return self._get(path, query, session, out)
+        except DatabaseError as exc:
+            self.log.warning("dashboard: database error", error=_mask_url(_first_line(exc)))
+            return self._error(503, "The database did not answer", _mask_url(_first_line(exc)),
+                               out, refresh=True)
+        finally:
+            self._release_connection()
+
+    def _release_connection(self):
+        conn = getattr(self.queue._local, "conn", None)
+        if conn is not None:
+            self.queue.discard(conn)
+
+    def _connect(self):
+        # Opens, never creates: the dashboard is no reason to make a database.
+        if getattr(self.queue._local, "conn", None) is None:
+            self.queue._local.conn = self.queue.connect(create=False)
+
+    @staticmethod
+    def _cookies(header):
+        cookies = {}
+        for part in header.split(";"):
+            name, _, value = part.strip().partition("=")
+            if name:
+                cookies.setdefault(name, value)
+        return cookies
+
+    @staticmethod
+    def _loopback_host(host):
+        """Whether a Host header names this machine's loopback (any port: a tunnel's)."""
+        host = host.strip()
+        if host.startswith("["):
+            host = host[1:].partition("]")[0]
+        elif host.count(":") == 1:
+            host = host.partition(":")[0]
+        return _is_loopback(host)
+
+    def _authorised(self, headers, cookies):
+        auth = headers.get("Authorization", "")
+        if auth[:7].lower() == "bearer ":
+            return self._same(auth[7:].strip(), self.token)
+        cookie = cookies.get(_DASHBOARD_AUTH_COOKIE)
+        return cookie is not None and self._same(cookie, self.auth_cookie())
+
+    # -- GET -------------------------------------------------------------
+
+    def _get(self, path, query, session, out):
+        self._connect()
+        if path == "/":
+            return self._overview(session, out)
+        if path == "/failed":
+            return self._failed_list(query, session, out)
+        match = re.match(r"^/failed/([0-9]{1,18})\Z", path)
+        if match:
+            return self._failed_job(int(match.group(1)), session, out)
+        if path == "/retry-all" and not self.read_only:
+            return self._retry_all_page(query.get("queue", ""), session, out)
+        return self._error(404, "Not found", "There is no such page.", out)
+
+    def _overview(self, session, out):
+        stats = self.queue.stats()
+        total = {k: sum(s[k] for s in stats) for k in ("ready", "delayed", "reserved", "failed")}
+        ages = [s["oldest_ready_age"] for s in stats if s["oldest_ready_age"] is not None]
+        tiles = []
+        for key, label in (("ready", "ready"), ("delayed", "delayed"), ("reserved", "running"),
+                           ("failed", "failed")):
+            tiles.append(_fill('<div class="tile{bad}" data-total="{key}"><b>{n}</b>'
+                               '<span>{label}</span></div>',
+                               bad=" bad" if key == "failed" and total[key] else "", key=key,
+                               n="{:,}".format(total[key]), label=label))
+        tiles.append(_fill('<div class="tile"><b>{age}</b><span>{label}</span></div>',
+                           age=_duration(max(ages)) if ages else "–",
+                           label="oldest ready job's wait"))
+        rows = []
+        for s in stats:
+            failed_link = _fill('<a href="{href}">{n}</a>', href=_url("/failed", queue=s["queue"]),
+                                n="{:,}".format(s["failed"])) if s["failed"] else "0"
+            actions = ""
+            if s["failed"] and not self.read_only:
+                actions = _fill('<a class="button" href="{href}">Retry all</a>',
+                                href=_url("/retry-all", queue=s["queue"]))
+            reserved = "{:,}".format(s["reserved"])
+            if s["expired"]:
+                reserved += " (%d expired)" % s["expired"]
+            rows.append(_fill(
+                '<tr data-queue="{queue}"><td data-label="Queue" class="mono">{queue}</td>'
+                '<td data-label="Ready" class="num{z1}">{ready}</td>'
+                '<td data-label="Delayed" class="num{z2}">{delayed}</td>'
+                '<td data-label="Running" class="num{z3}">{reserved}</td>'
+                '<td data-label="Failed" class="num{bad}">{failed}</td>'
+                '<td data-label="Oldest ready" class="num">{age}</td>'
+                '<td data-label="" class="acts">{actions}</td></tr>',
+                queue=s["queue"], ready="{:,}".format(s["ready"]),
+                delayed="{:,}".format(s["delayed"]), reserved=reserved, failed=failed_link,
+                age=_duration(s["oldest_ready_age"]) or "–", actions=actions,
+                z1="" if s["ready"] else " zero", z2="" if s["delayed"] else " zero",
+                z3="" if s["reserved"] else " zero", bad=" bad" if s["failed"] else " zero"))
+        if rows:
+            table = _fill('<div class="panel cards"><table><thead><tr><th>Queue</th>'
+                          '<th class="num">Ready</th><th class="num">Delayed</th>'
+                          '<th class="num">Running</th><th class="num">Failed</th>'
+                          '<th class="num">Oldest ready</th><th></th></tr></thead>'
+                          '<tbody>{rows}</tbody></table></div>', rows=_join(rows))
+        else:
+            table = _fill('<p class="note">No jobs yet: {jobs} and {failed} are empty.</p>',
+                          jobs=self.config.table, failed=self.config.failed_table)
+        body = _join([_HTML('<div class="tiles">'), _join(tiles), _HTML("</div>"),
+                      _HTML("<h2>Queues</h2>"), table,
+                      _fill('<p class="muted">Updated {time} UTC; this page reloads every {n}'
+                            ' seconds.</p>', time=time.strftime("%H:%M:%S", time.gmtime()),
+                            n=_DASHBOARD_REFRESH)])
+        return self._page(200, "Overview", body, session, out, nav="overview", stats=stats,
+                          refresh=True)
+
+    def _failed_list(self, query, session, out):
+        queue_name = query.get("queue") or None
+        search = (query.get("q") or "").strip() or None
+        for value in (queue_name, search):
+            if value is not None and ("\x00" in value or len(value) > 255):
+                return self._error(400, "Bad request", "That filter is too long or holds a"
+                                   " control character.", out)
+        try:
+            page = max(1, min(int(query.get("page") or 1), 10 ** 6))
+        except ValueError:
+            page = 1
+        size = self.page_size
+        rows = self.queue.failed(queue_name, search=search, limit=size + 1,
+                                 offset=(page - 1) * size, newest_first=True)
+        more, rows = len(rows) > size, rows[:size]
+        stats = self.queue.stats()   # after the page: a total never smaller than the rows shown
+        queues = [s["queue"] for s in stats if s["failed"]]
+        if queue_name and queue_name not in queues:
+            queues.append(queue_name)
+        options = [_fill('<option value="">All queues</option>')]
+        for name in queues:
+            options.append(_fill('<option value="{v}"{sel}>{v}</option>', v=name,
+                                 sel=" selected" if name == queue_name else ""))
+        filters = _fill(
+            '<form class="filters" method="get" action="/failed" role="search">'
+            '<select name="queue" aria-label="Queue">{options}</select>'
+            '<input type="search" name="q" value="{q}" placeholder="Recipient or error text"'
+            ' aria-label="Search by recipient or error text">'
+            '<button type="submit">Filter</button>{clear}</form>',
+            options=_join(options), q=search or "",
+            clear=_fill('<a href="/failed">Clear</a>') if queue_name or search else "")
+        here = _url("/failed", queue=queue_name, q=search, page=page)
+        lines = []
+        for row in rows:
+            info = _failed_summary(row, self.config)
+            lines.append(_fill(
+                '<tr data-id="{id}"><td data-label="ID" class="num"><a href="/failed/{id}">{id}</a>'
+                '</td><td data-label="Failed at" class="mono when">{when}</td>'
+                '<td data-label="Queue" class="mono">{queue}</td>'
+                '<td data-label="Job"><span>{job}{template}</span></td>'
+                '<td data-label="Recipient">{to}</td>'
+                '<td data-label="Error" class="err"><a href="/failed/{id}">{error}</a></td>'
+                '<td data-label="" class="acts">{buttons}</td></tr>',
+                id=row["id"], when=info["failed_at"], queue=row["queue"], job=info["job"],
+                template=_fill('<span class="sub">{t}</span>', t=info["template"])
+                if info["template"] else "",
+                to=info["recipient"] or "–", error=info["error"] or "(no message)",
+                buttons=self._buttons(row["id"], session, here)))
+        if lines:
+            table = _fill('<div class="panel cards"><table><thead><tr><th class="num">ID</th>'
+                          '<th>Failed at</th><th>Queue</th><th>Job</th><th>Recipient</th>'
+                          '<th>Error</th><th></th></tr></thead><tbody>{rows}</tbody></table>'
+                          '</div>', rows=_join(lines))
+        elif search:
+            table = _fill('<p class="note">No failed jobs{inq} match “{q}”.</p>', q=search,
+                          inq=" in queue %s" % queue_name if queue_name else "")
+        elif queue_name or page > 1:
+            table = _fill('<p class="note">No failed jobs{inq} here.</p>',
+                          inq=" of queue %s" % queue_name if queue_name else "")
+        else:
+            table = _fill('<p class="note">No failed jobs. Everything that ran has succeeded'
+                          ' or is still being retried.</p>')
+        first = (page - 1) * size + 1
+        pager = []
+        if page > 1:
+            pager.append(_fill('<a href="{href}">‹ Newer</a>',
+                               href=_url("/failed", queue=queue_name, q=search, page=page - 1)))
+        if rows:
+            total = sum(s["failed"] for s in stats if queue_name in (None, s["queue"]))
+            pager.append(_fill("<span>{a}–{b}{of}</span>", a=first, b=first + len(rows) - 1,
+                               of="" if search else " of {:,}".format(total)))
+        if more:
+            pager.append(_fill('<a href="{href}">Older ›</a>',
+                               href=_url("/failed", queue=queue_name, q=search, page=page + 1)))
+        retry_all = ""
+        if queue_name and rows and not self.read_only:
+            retry_all = _fill('<a class="button" href="{href}">Retry all of {q}</a>',
+                              href=_url("/retry-all", queue=queue_name), q=queue_name)
+        body = _join([filters, table,
+                      _fill('<div class="pager">{p}{r}</div>', p=_join(pager, " "), r=retry_all)])
+        return self._page(200, "Failed jobs", body, session, out, nav="failed", stats=stats)
+
+    def _buttons(self, failed_id, session, back):
+        if self.read_only:
+            return ""
+        form = ('<form class="inline" method="post" action="/failed/{id}/{action}"{confirm}>'
+                '<input type="hidden" name="csrf" value="{csrf}">'
+                '<input type="hidden" name="next" value="{back}">'
+                '<button type="submit" class="{cls}">{label}</button></form>')
+        csrf = self.csrf(session)
+        return _join([
+            _fill(form, id=failed_id, action="retry", confirm="", csrf=csrf, back=back,
+                  cls="primary", label="Retry"),
+            _fill(form, id=failed_id, action="forget", csrf=csrf, back=back, cls="danger",
+                  label="Forget", confirm=_fill(' data-confirm="{m}"', m="Delete failed job %d"
+                                                " for good?" % failed_id))], " ")
+
+    def _failed_job(self, failed_id, session, out):
+        row = self.queue.failed_job(failed_id)
+        if row is None:
+            return self._error(404, "Not found", "There is no failed job %d: it has been retried"
+                               " or deleted." % failed_id, out)
+        info = _failed_summary(row, self.config)
+        try:
+            decoded = json.loads(row["payload"] or "")
+        except (ValueError, RecursionError):
+            payload = _mask_text(row["payload"], self.config, links=True)
+        else:
+            payload = json.dumps(_mask_payload(decoded, self.config), indent=2, ensure_ascii=False)
+        facts = _fill(
+            '<p><a href="/failed">‹ Failed jobs</a></p><p class="note bad">{error}</p>'
+            '<div class="panel"><dl><dt>Queue</dt><dd class="mono">{queue}</dd>'
+            '<dt>Job</dt><dd>{job}</dd><dt>Template</dt><dd>{template}</dd>'
+            '<dt>Recipient</dt><dd>{to}</dd><dt>Failed at</dt><dd class="mono">{when}</dd>'
+            '<dt>UUID</dt><dd class="mono">{uuid}</dd></dl></div>',
+            queue=row["queue"], job=info["job"], template=info["template"] or "–",
+            to=info["recipient"] or "–", when=info["failed_at"], uuid=row["uuid"] or "–",
+            error=info["error"] or "(no message)")
+        buttons = ""
+        if not self.read_only:
+            buttons = _fill('<div class="actions">{b}</div>',
+                            b=self._buttons(failed_id, session, "/failed"))
+        body = _join([
+            facts, buttons,
+            _fill('<h2>Exception</h2><div class="panel"><pre>{exc}</pre></div>',
+                  exc=_mask_text(row["exception"], self.config) or "(empty)"),
+            _fill('<h2>Payload</h2><p class="muted">Secrets are masked: values of keys such as'
+                  ' password or token, and the path of every link.</p>'
+                  '<div class="panel"><pre>{payload}</pre></div>', payload=payload)])
+        return self._page(200, "Failed job %d" % failed_id, body, session, out, nav="failed",
+                          stats=self.queue.stats())
+
+    def _retry_all_page(self, queue_name, session, out):
+        count = sum(s["failed"] for s in self.queue.stats() if s["queue"] == queue_name)
+        if not count:
+            return self._error(404, "Nothing to retry", "Queue %s has no failed jobs."
+                               % queue_name, out)
+        body = _fill(
+            '<div class="panel"><dl><dt>Queue</dt><dd class="mono">{queue}</dd>'
+            '<dt>Failed jobs</dt><dd>{n}</dd></dl></div>'
+            '<p>Each goes back to its queue with its attempts reset, and a worker runs it again'
+            ' (an email is sent again).</p>'
+            '<form class="actions" method="post" action="/retry-all">'
+            '<input type="hidden" name="csrf" value="{csrf}">'
+            '<input type="hidden" name="queue" value="{queue}">'
+            '<button type="submit" class="primary">Retry {jobs}</button>'
+            '<a class="button" href="{back}">Cancel</a></form>',
+            queue=queue_name, n="{:,}".format(count), jobs=_jobs(count), csrf=self.csrf(session),
+            back=_url("/failed", queue=queue_name))
+        return self._page(200, "Retry every failed job of queue %s?" % queue_name, body, session,
+                          out, nav="failed")
+
+    # -- POST ------------------------------------------------------------
+
+    def _post(self, path, body, session, cookies, out):
+        from urllib.parse import parse_qs
+        if self.read_only:
+            out.append(("Allow", "GET, HEAD"))
+            return self._error(405, "Read-only", "This dashboard was started with --read-only:"
+                               " it changes nothing.", out)
+        try:
+            form = {k: v[-1] for k, v in parse_qs(body.decode("utf-8"), strict_parsing=False,
+                                                  keep_blank_values=True).items()}
+        except UnicodeDecodeError:
+            form = {}
+        given = form.get("csrf", "")
+        if _DASHBOARD_SESSION_COOKIE not in cookies or not self._same(given, self.csrf(session)):
+            return self._error(403, "Form expired", "This form did not come from this page of"
+                               " the dashboard, or the dashboard has restarted since. Reload the"
+                               " page and try again.", out)
+        self._connect()
+        match = re.match(r"^/failed/([0-9]{1,18})/(retry|forget)\Z", path)
+        if match:
+            failed_id, action = int(match.group(1)), match.group(2)
+            new_id = None
+            if action == "retry":
+                new_ids = self.queue.retry([failed_id])
+                done = bool(new_ids)
+                new_id = new_ids[0] if new_ids else None
+                message = "Failed job %d is back in its queue as job %s." % (failed_id, new_id)
+            else:
+                done = bool(self.queue.forget([failed_id]))
+                message = "Failed job %d has been deleted." % failed_id
+            if done:
+                self.log.info("dashboard", action=action, failed_id=failed_id, job=new_id)
+            else:
+                message = ("There is no failed job %d: it has already been retried or deleted."
+                           % failed_id)
+            return self._redirect(self._next(form.get("next")), session, message, out)
+        if path == "/retry-all":
+            name = form.get("queue", "")
+            if len(name) > 255 or re.search(r"[\x00-\x1f\x7f]", name):
+                return self._error(400, "Bad request", "That is not a queue name.", out)
+            new_ids = self.queue.retry(None, queue=name) if name else []
+            self.log.info("dashboard", action="retry all", queue=name, retried=len(new_ids))
+            return self._redirect(_url("/failed", queue=name), session,
+                                  "%s of queue %s %s back in the queue."
+                                  % (_jobs(len(new_ids), "failed job"), name,
+                                     "is" if len(new_ids) == 1 else "are"), out)
+        return self._error(404, "Not found", "There is no such action.", out)
+
+    @staticmethod
+    def _next(value):
+        """Where a form returns to: only this dashboard's own list pages."""
+        from urllib.parse import urlsplit
+        parts = urlsplit(value or "")
+        # No control character either: the value ends up in a Location header.
+        if (parts.scheme or parts.netloc or parts.path not in ("/", "/failed")
+                or re.search(r"[\x00-\x1f\x7f]", value)):
+            return "/failed"
+        return parts.path + ("?" + parts.query if parts.query else "")
+
+    def _redirect(self, location, session, message, out):
+        with self.flash_lock:
+            if len(self.flash) > 1000:   # sessions that never came back
+                self.flash.clear()
+            self.flash[session] = message
+        return 303, out + [("Location", location)], b""
+
+    # -- page frame ------------------------------------------------------
+
+    def _page(self, status, title, body, session, out, nav=None, stats=None, refresh=False,
+              anonymous=False):
+        with self.flash_lock:
+            message = self.flash.pop(session, None)
+        notes = []
+        if message:
+            notes.append(_fill('<p class="note ok" role="status">{m}</p>', m=message))
+        if stats is not None:
+            for kind, text in _dashboard_alerts(self.queue, stats):
+                notes.append(_fill('<p class="note {kind}">{text}</p>', kind=kind, text=text))
+        failed = sum(s["failed"] for s in stats) if stats is not None else None
+        links = []
+        for key, href, label in (("overview", "/", "Overview"),
+                                 ("failed", "/failed", "Failed jobs")):
+            badge = ""
+            if key == "failed" and failed:
+                badge = _fill(' <span class="pill bad">{n}</span>', n="{:,}".format(failed))
+            links.append(_fill('<a href="{href}"{cur}>{label}{badge}</a>', href=href,
+                               label=label, badge=badge,
+                               cur=_HTML(' aria-current="page"') if key == nav else ""))
+        page = _fill(
+            '<!doctype html><html lang="en"><head><meta charset="utf-8">'
+            '<meta name="viewport" content="width=device-width, initial-scale=1">{refresh}'
+            '<title>{title} · dbqueue</title><link rel="icon" href="data:,">'
+            '<style>{css}</style></head><body><header><div class="bar">'
+            '<a class="brand" href="/">dbqueue</a>{links}{where}</div></header>'
+            '<main><h1>{title}</h1>{notes}{body}</main>'
+            '<footer>dbqueue {version}</footer><script>{js}</script></body></html>',
+            refresh=_fill('<meta http-equiv="refresh" content="{n}">', n=_DASHBOARD_REFRESH)
+            if refresh else "", title=title, css=_HTML(_DASHBOARD_CSS),
+            links="" if anonymous else _fill("<nav>{links}</nav>", links=_join(links)),
+            where="" if anonymous else _fill(
+                '<span class="where">{url} · {jobs}, {failed}{ro}</span>',
+                url=_mask_url(self.config.database_url), jobs=self.config.table,
+                failed=self.config.failed_table,
+                ro=_HTML(' <span class="pill">read-only</span>') if self.read_only else ""),
+            notes=_join(notes), body=body, version=__version__, js=_HTML(_DASHBOARD_JS))
+        return status, out + [("Content-Type", "text/html; charset=utf-8")], page.encode("utf-8")
+
+    def _error(self, status, title, text, out, anonymous=False, refresh=False):
+        """An error page; `anonymous` for one that a stranger sees: it names nothing."""
+        if status == 401:
+            out.append(("WWW-Authenticate", 'Bearer realm="dbqueue"'))
+        body = _fill('<p class="note bad">{text}</p>{back}', text=text,
+                     back="" if anonymous else _HTML('<p><a href="/">Overview</a></p>'))
+        return self._page(status, title, body, "", out, refresh=refresh, anonymous=anonymous)
+
+
+def _dashboard_server(dashboard, host, port):
+    """A ThreadingHTTPServer for `dashboard` on host:port (port 0: any free port)."""
+    import http.server
+    import socket
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def version_string(self):
+            return "dbqueue"   # no Python version for a scanner to look up
+        timeout = 30                    # a client that stops sending frees its thread
+
+        def do_GET(self):
+            self._serve("GET")
+
+        def do_HEAD(self):
+            self._serve("HEAD")
+
+        def do_POST(self):
+            self._serve("POST")
+
+        def _serve(self, method):
+            body = b""
+            if method == "POST":
+                try:
+                    length = int(self.headers.get("Content-Length") or 0)
+                except ValueError:
+                    length = -1
+                if not 0 <= length <= 65536:
+                    self.send_error(413 if length > 0 else 400)
+                    return
+                body = self.rfile.read(length)
+            try:
+                status, headers, content = dashboard.handle(method, self.path, self.headers, body)
+            except Exception as exc:   # a bug must cost one page, not the server
+                dashboard.log.error("dashboard: internal error", error="%s: %s" % (
+                    type(exc).__name__, _mask_text(_first_line(exc), dashboard.config)))
+                status, headers, content = 500, [("Content-Type", "text/plain; charset=utf-8")], \
+                    b"Internal error: see the dashboard's log.\n"
+            self.send_response(status)
+            for name, value in headers:
+                self.send_header(name, value)
+            self.send_header("Content-Length", str(len(content)))
+            self.end_headers()
+            if method != "HEAD":
+                self.wfile.write(content)
+
+        def end_headers(self):
+            # On every response, the errors http.server writes itself included.
+            self.send_header("Content-Security-Policy", dashboard.csp)
+            self.send_header("X-Content-Type-Options", "nosniff")
+            self.send_header("X-Frame-Options", "DENY")
+            self.send_header("Referrer-Policy", "no-referrer")
+            self.send_header("Cache-Control", "no-store")
+            super().end_headers()
+
+        def log_message(self, format, *args):
+            pass   # actions are logged by the dashboard; a ?token= must not be
+
+    class Server(http.server.ThreadingHTTPServer):
+        daemon_threads = True
+        address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
+
+        def handle_error(self, request, client_address):
+            # A browser that closes the connection mid-answer is no error.
+            if not isinstance(sys.exc_info()[1], (ConnectionError, socket.timeout)):
+                super().handle_error(request, client_address)
+
+    return Server((host, port), Handler)
+
+
+def _is_loopback(host):
+    import ipaddress
+    if host.lower() in _LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+###############################################################################
 # Benchmark ###################################################################
 ###############################################################################
 
@@ -5298,6 +6144,20 @@ def _parser():
                    help="jobs to enqueue and drain (default 5000)")
     p.add_argument("--workers", type=_pos_int, default=2, metavar="K",
                    help="worker processes that drain them (default 2)")
+
+    p = command("dashboard", "a web page of the queue: counts, failed jobs, Retry and Forget",
+                "python dbqueue.py dashboard --port 8765\n"
+                "  ssh -L 8765:127.0.0.1:8765 server   # from your laptop; then open"
+                " http://127.0.0.1:8765/\n"
+                "  DBQUEUE_DASHBOARD_TOKEN=... python dbqueue.py dashboard --host 0.0.0.0"
+                " --read-only")
+    p.add_argument("--host", type=_host_arg, default="127.0.0.1",
+                   help="address to listen on (default 127.0.0.1); any address but a loopback"
+                   " one needs DBQUEUE_DASHBOARD_TOKEN")
+    p.add_argument("--port", type=_port_arg, default=8765, metavar="PORT",
+                   help="default 8765; 0 picks a free one")
+    p.add_argument("--read-only", action="store_true",
+                   help="show everything, change nothing: no buttons, and every POST is refused")
     return top
 
 
@@ -5373,6 +6233,22 @@ def _row_id(value):
 
 def _retry_id(value):
     return "all" if value == "all" else _row_id(value)
+
+
+def _host_arg(value):
+    import argparse
+    host = value[1:-1] if value.startswith("[") and value.endswith("]") else value
+    if not re.match(r"^[A-Za-z0-9.:%-]{1,253}\Z", host):
+        raise argparse.ArgumentTypeError("%r is not a host name or IP address" % value)
+    return host
+
+
+def _port_arg(value):
+    import argparse
+    number = _number(int, 0, value)
+    if number > 65535:
+        raise argparse.ArgumentTypeError("%r is not a port (0 to 65535)" % value)
+    return number
 
 
 def _err(message, stream=None):
@@ -5886,6 +6762,65 @@ def _cmd_config(args, config):
     return 0
 
 
+def _dashboard_token(args):
+    """DBQUEUE_DASHBOARD_TOKEN from the environment, else from the .env file; None if unset."""
+    token = os.environ.get("DBQUEUE_DASHBOARD_TOKEN", "").strip()
+    if not token:
+        values, _ = _read_env_file(args.env_file or ".env", required=bool(args.env_file))
+        token = values.get("DBQUEUE_DASHBOARD_TOKEN", ("", 0))[0].strip()
+    if token and (len(token) < _DASHBOARD_TOKEN_MIN or not re.match(r"^[\x21-\x7e]+\Z", token)):
+        raise ConfigError("DBQUEUE_DASHBOARD_TOKEN must be at least %d characters, with no spaces"
+                          " or non-ASCII ones (python -c 'import secrets;"
+                          " print(secrets.token_urlsafe())' makes one)" % _DASHBOARD_TOKEN_MIN)
+    return token or None
+
+
+def _cmd_dashboard(args, config):
+    import signal
+    import socket
+    token = _dashboard_token(args)
+    if token is None and not _is_loopback(args.host):
+        raise ConfigError("dashboard --host %s: an address other than 127.0.0.1 needs"
+                          " DBQUEUE_DASHBOARD_TOKEN set (or reach 127.0.0.1 through an SSH tunnel)"
+                          % args.host)
+    # Opened once now, so that a wrong URL or a missing table is one line at
+    # the start rather than an error page later; never created.
+    queue = _reader(config)
+    try:
+        queue.check(queue._local.conn)
+        queue.discard(queue._local.conn)
+        try:
+            server = _dashboard_server(_Dashboard(queue, read_only=args.read_only, token=token),
+                                       args.host, args.port)
+        except socket.gaierror as exc:
+            raise ConfigError("dashboard --host %s: %s" % (args.host, exc.strerror or exc))
+        except OSError as exc:
+            raise QueueError("dashboard: cannot listen on %s port %d: %s"
+                             % (args.host, args.port, exc.strerror or exc))
+        try:
+            host, port = server.server_address[:2]
+            shown = "[%s]" % host if ":" in host else host
+            print("dbqueue dashboard on http://%s:%d/ for %s%s%s; Ctrl-C stops it"
+                  % (shown, port, _mask_url(config.database_url),
+                     " (read-only)" if args.read_only else "",
+                     "; open it once with ?token=<DBQUEUE_DASHBOARD_TOKEN>" if token else ""),
+                  flush=True)
+
+            def stop(signum, frame):
+                raise KeyboardInterrupt
+            signal.signal(signal.SIGTERM, stop)
+            try:
+                server.serve_forever()
+            except KeyboardInterrupt:
+                pass
+        finally:
+            server.server_close()
+    finally:
+        queue.close()
+    print("dbqueue dashboard stopped", flush=True)
+    return 0
+
+
 _COMMANDS = {
     "migrate": _cmd_migrate,
     "work": _cmd_work,
@@ -5899,6 +6834,7 @@ _COMMANDS = {
     "clear": _cmd_clear,
     "bench": lambda args, config: _bench(args, config),
     "config": _cmd_config,
+    "dashboard": _cmd_dashboard,
 }
 
 

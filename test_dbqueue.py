@@ -2352,7 +2352,8 @@ class OpsCommandLineTests(unittest.TestCase):
     def test_every_command_takes_env_file_and_database_url(self):
         argvs = [["migrate"], ["work", "--stop-when-empty"], ["push", "t_record"], ["stats"],
                  ["health"], ["failed"], ["retry", "all"], ["forget", "1"], ["flush"],
-                 ["clear", "--queue", "q", "--force"], ["bench"], ["config"]]
+                 ["clear", "--queue", "q", "--force"], ["bench"], ["config"],
+                 ["dashboard", "--port", "0"]]
         self.assertEqual(sorted(a[0] for a in argvs), sorted(dbqueue._COMMANDS))
         missing = os.path.join(self.tmp, "missing.env")
         for argv in argvs:
@@ -6355,6 +6356,725 @@ class SQLitePushLockTests(unittest.TestCase):
         rows = self.db.raw("SELECT id FROM {jobs}")
         self.assertEqual(len(ids), 2000)
         self.assertEqual(sorted(ids), sorted(r[0] for r in rows))
+
+
+# ---- dashboard: the web page (issue 14) ----
+
+class _PageParser:
+    """What a test reads off a dashboard page: table rows (data-label -> text),
+    forms (action -> hidden fields), tiles (data-total -> number) and links."""
+
+    def __init__(self, text):
+        from html.parser import HTMLParser
+        self.rows, self.forms, self.tiles, self.links, self.buttons = [], {}, {}, [], []
+        page = self
+        state = {"row": None, "cell": None, "form": None, "tile": None, "button": None}
+
+        class Parser(HTMLParser):
+            def handle_starttag(self, tag, attrs):
+                a = dict(attrs)
+                if tag == "tr" and state["row"] is None:
+                    state["row"] = {"_attrs": a}
+                elif tag == "td" and state["row"] is not None:
+                    state["cell"] = a.get("data-label", "")
+                    state["row"][state["cell"]] = ""
+                elif tag == "form":
+                    state["form"] = {"_method": a.get("method", "get")}
+                    page.forms.setdefault(a.get("action"), []).append(state["form"])
+                elif tag == "input" and state["form"] is not None and a.get("type") == "hidden":
+                    state["form"][a["name"]] = a.get("value", "")
+                elif tag == "div" and "data-total" in a:
+                    state["tile"] = a["data-total"]
+                elif tag == "a":
+                    page.links.append(a.get("href"))
+                elif tag == "button":
+                    state["button"] = ""
+
+            def handle_endtag(self, tag):
+                if tag == "tr" and state["row"] is not None:
+                    if len(state["row"]) > 1:
+                        page.rows.append(state["row"])
+                    state["row"] = None
+                elif tag == "td":
+                    state["cell"] = None
+                elif tag == "form":
+                    state["form"] = None
+                elif tag == "div":
+                    state["tile"] = None
+                elif tag == "button" and state["button"] is not None:
+                    page.buttons.append(state["button"].strip())
+                    state["button"] = None
+
+            def handle_data(self, data):
+                if state["cell"] is not None:
+                    state["row"][state["cell"]] += data
+                if state["tile"] is not None and data.strip():
+                    page.tiles.setdefault(state["tile"], data.strip())
+                if state["button"] is not None:
+                    state["button"] += data
+
+        Parser().feed(text)
+
+    def row(self, **match):
+        found = [r for r in self.rows if all(r.get(k, "").strip() == v for k, v in match.items())]
+        assert len(found) == 1, (match, self.rows)
+        return found[0]
+
+
+class _Response:
+    def __init__(self, status, headers, text, set_cookies=()):
+        self.status, self.headers, self.text = status, headers, text
+        self.set_cookies = list(set_cookies)
+
+    def header(self, name):
+        return self.headers.get(name.lower())
+
+    @property
+    def page(self):
+        return _PageParser(self.text)
+
+
+class DashboardClient:
+    """HTTP to a dashboard on a loopback port, keeping its cookies as a browser would."""
+
+    def __init__(self, port, host="127.0.0.1"):
+        self.port, self.host = port, host
+        self.cookies = {}
+
+    def request(self, method, path, form=None, headers=None, cookies=True):
+        import http.client
+        from urllib.parse import urlencode
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=15)
+        try:
+            sent = {"Host": "%s:%d" % (self.host, self.port)}
+            if cookies and self.cookies:
+                sent["Cookie"] = "; ".join("%s=%s" % kv for kv in self.cookies.items())
+            body = None
+            if form is not None:
+                body = urlencode(form)
+                sent["Content-Type"] = "application/x-www-form-urlencoded"
+            sent.update(headers or {})
+            conn.request(method, path, body=body, headers=sent)
+            resp = conn.getresponse()
+            text = resp.read().decode("utf-8")
+            found, set_cookies = {}, []
+            for name, value in resp.getheaders():
+                if name.lower() == "set-cookie":
+                    set_cookies.append(value)
+                    if cookies:
+                        key, _, rest = value.partition("=")
+                        self.cookies[key] = rest.partition(";")[0]
+                else:
+                    found.setdefault(name.lower(), value)
+            return _Response(resp.status, found, text, set_cookies)
+        finally:
+            conn.close()
+
+    def get(self, path, **kwargs):
+        return self.request("GET", path, **kwargs)
+
+    def post(self, path, form, **kwargs):
+        return self.request("POST", path, form=form, **kwargs)
+
+
+def start_dashboard(testcase, queue, **options):
+    """A real dashboard server on a free loopback port, in a thread; returns its port."""
+    dashboard = dbqueue._Dashboard(queue, log=quiet_log(), **options)
+    server = dbqueue._dashboard_server(dashboard, "127.0.0.1", 0)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+
+    def stop():
+        server.shutdown()
+        server.server_close()
+        thread.join(10)
+    testcase.addCleanup(stop)
+    return server.server_address[1]
+
+
+HOSTILE = "<script>alert(1)</script>"
+
+
+@on_every_backend
+class DashboardTests:
+
+    def add_failed(self, queue="emails", to="ann@example.com", exception="RuntimeError: x",
+                   data=None, job="send_email"):
+        p = self.db.param
+        payload = json.dumps({"uuid": dbqueue._uuid4(), "job": job,
+                              "data": data if data is not None else {"to": to, "subject": "Hi"}})
+        self.db.raw("INSERT INTO {failed} (uuid, connection, queue, payload, exception)"
+                    " VALUES (%s, 'database', %s, %s, %s)" % (p, p, p, p),
+                    (dbqueue._uuid4(), queue, payload, exception))
+        return self.db.raw("SELECT MAX(id) FROM {failed}")[0][0]
+
+    def serve(self, **options):
+        self.q = self.db.queue()
+        port = start_dashboard(self, self.db.queue(), **options)
+        return DashboardClient(port)
+
+    def count(self, table="{jobs}"):
+        return self.db.raw("SELECT COUNT(*) FROM %s" % table)[0][0]
+
+    def test_overview_shows_each_queues_counts(self):
+        client = self.serve()
+        q = self.q
+        for i in range(3):
+            q.push("t_record", {"i": i}, queue="emails")
+        q.push("t_record", {}, queue="emails", delay=3600)
+        self.db.raw("UPDATE {jobs} SET available_at = available_at - 125 WHERE queue = %s"
+                    " AND available_at = created_at" % self.db.param, ("emails",))
+        q.push("t_record", {}, queue="default")
+        self.assertEqual(len(q.reserve(q.connect(), ["default"])[0]), 1)
+        self.add_failed("emails")
+        self.add_failed("reports")
+        self.assertNotIn("stopped renewing", client.get("/").text)
+        # The worker holding the "default" job has stopped renewing its reservation.
+        self.db.raw("UPDATE {jobs} SET reserved_at = reserved_at - 1000 WHERE queue = 'default'")
+        resp = client.get("/")
+        self.assertEqual(resp.status, 200, resp.text)
+        page = resp.page
+        emails = page.row(Queue="emails")
+        self.assertEqual([emails[k].strip() for k in ("Ready", "Delayed", "Running", "Failed")],
+                         ["3", "1", "0", "1"])
+        self.assertRegex(emails["Oldest ready"].strip(), r"^2m0[5-9]s\Z")
+        default = page.row(Queue="default")
+        self.assertEqual([default[k].strip() for k in ("Ready", "Running", "Failed")],
+                         ["0", "1 (1 expired)", "0"])
+        self.assertIn("Queue default: 1 job held by a worker that stopped renewing its",
+                      resp.text)
+        self.assertEqual(page.row(Queue="reports")["Failed"].strip(), "1")
+        self.assertEqual(page.tiles, {"ready": "3", "delayed": "1", "reserved": "1", "failed": "2"})
+        # It reloads by itself, and the database is named (masked) on the page.
+        self.assertIn('<meta http-equiv="refresh" content="5">', resp.text)
+        self.assertIn(self.db.table, resp.text)
+        self.assertIn("/retry-all?queue=emails", page.links)
+
+    def test_hostile_queue_names_and_texts_are_escaped_on_every_page(self):
+        client = self.serve()
+        p = self.db.param
+        self.db.raw("INSERT INTO {jobs} (queue, payload, attempts, reserved_at, available_at,"
+                    " created_at) VALUES (%s, %s, 0, NULL, 0, 0)" % (p, p), (HOSTILE, "{}"))
+        failed_id = self.add_failed(queue=HOSTILE, to='"><img src=x onerror=alert(2)>',
+                                    exception="RuntimeError: %s & <b>bold</b>" % HOSTILE,
+                                    data={"to": "x@example.com", "subject": HOSTILE,
+                                          "template": "</pre><script>alert(3)</script>"})
+        pages = ["/", "/failed", "/failed/%d" % failed_id,
+                 "/failed?" + "queue=%3Cscript%3Ealert(1)%3C%2Fscript%3E&q=%3Cscript%3E",
+                 "/retry-all?queue=%3Cscript%3Ealert(1)%3C%2Fscript%3E"]
+        for path in pages:
+            resp = client.get(path)
+            self.assertEqual(resp.status, 200, (path, resp.text))
+            self.assertNotIn("<script>alert", resp.text, path)
+            self.assertNotIn("<img", resp.text, path)
+            self.assertNotIn("<b>bold", resp.text, path)
+            self.assertIn("&lt;script&gt;alert(", resp.text, path)
+        self.add_failed(to="x", data={"to": "x"})
+        resp = client.get("/failed/%d" % failed_id)
+        self.assertIn("RuntimeError: &lt;script&gt;alert(1)&lt;/script&gt; &amp; &lt;b&gt;",
+                      resp.text)
+        # The queue filter works with that name too.
+        resp = client.get("/failed?queue=%3Cscript%3Ealert(1)%3C%2Fscript%3E")
+        self.assertEqual([r["ID"].strip() for r in resp.page.rows], [str(failed_id)])
+
+    def test_failed_list_is_newest_first_paged_filtered_and_searched(self):
+        client = self.serve(page_size=3)
+        ids = [self.add_failed("emails", to="user%d@example.com" % i,
+                               exception="Traceback (most recent call last):\n  ...\n"
+                                         "RuntimeError: error %d" % i) for i in range(7)]
+        other = self.add_failed("reports", to="", data={"month": "2026-11"},
+                                exception="ValueError: 50% of a_report")
+        first = client.get("/failed").page
+        self.assertEqual([r["ID"].strip() for r in first.rows], [str(other), str(ids[6]),
+                                                                 str(ids[5])])
+        self.assertEqual(first.row(ID=str(ids[6]))["Recipient"], "user6@example.com")
+        self.assertEqual(first.row(ID=str(ids[6]))["Error"], "RuntimeError: error 6")
+        self.assertIn("/failed?page=2", first.links)
+        last = client.get("/failed?page=3").page
+        self.assertEqual([r["ID"].strip() for r in last.rows], [str(ids[1]), str(ids[0])])
+        self.assertNotIn("/failed?page=4", last.links)
+        only = client.get("/failed?queue=emails&page=3").page
+        self.assertEqual([r["ID"].strip() for r in only.rows], [str(ids[0])])
+        found = client.get("/failed?q=USER3%40example").page
+        self.assertEqual([r["ID"].strip() for r in found.rows], [str(ids[3])])
+        found = client.get("/failed?q=error+5").page
+        self.assertEqual([r["ID"].strip() for r in found.rows], [str(ids[5])])
+        # % and _ in a search are letters, not wildcards.
+        found = client.get("/failed?q=50%25+of+a_r").page
+        self.assertEqual([r["ID"].strip() for r in found.rows], [str(other)])
+        self.assertEqual(client.get("/failed?q=50%25+of+abr").page.rows, [])
+        self.assertIn("No failed jobs match “nothing-like-it”.",
+                      client.get("/failed?q=nothing-like-it").text)
+
+    def test_retry_and_forget_change_the_tables(self):
+        client = self.serve()
+        keep = self.add_failed(to="keep@example.com")
+        retry = self.add_failed(to="retry@example.com")
+        forget = self.add_failed(to="forget@example.com")
+        page = client.get("/failed").page
+        form = page.forms["/failed/%d/retry" % retry][0]
+        self.assertEqual(form["_method"], "post")
+        resp = client.post("/failed/%d/retry" % retry, form)
+        self.assertEqual(resp.status, 303, resp.text)
+        self.assertEqual(resp.header("Location"), "/failed")
+        self.assertEqual(self.db.raw("SELECT id FROM {failed} ORDER BY id"), [(keep,), (forget,)])
+        (payload, attempts, reserved), = self.db.raw(
+            "SELECT payload, attempts, reserved_at FROM {jobs}")
+        self.assertEqual((json.loads(payload)["data"]["to"], attempts, reserved),
+                         ("retry@example.com", 0, None))
+        after = client.get("/failed")
+        self.assertIn("Failed job %d is back in its queue as job " % retry, after.text)
+        self.assertNotIn("retry@example.com", after.text)
+        resp = client.post("/failed/%d/forget" % forget,
+                           after.page.forms["/failed/%d/forget" % forget][0])
+        self.assertEqual(resp.status, 303)
+        self.assertEqual(self.db.raw("SELECT id FROM {failed}"), [(keep,)])
+        self.assertEqual(self.count(), 1)
+        self.assertIn("Failed job %d has been deleted." % forget, client.get("/").text)
+        # Again: nothing left to do, and it says so.
+        client.post("/failed/%d/forget" % forget, form)
+        self.assertIn("There is no failed job %d" % forget, client.get("/failed").text)
+        self.assertEqual(self.db.raw("SELECT id FROM {failed}"), [(keep,)])
+        # A form can only send the browser back to the dashboard's own lists.
+        for target in ("https://evil.example/", "//evil.example/failed", "/failed\r\nX-Evil: 1",
+                       "/nowhere"):
+            again = self.add_failed()
+            fields = dict(client.get("/failed").page.forms["/failed/%d/forget" % again][0],
+                          next=target)
+            resp = client.post("/failed/%d/forget" % again, fields)
+            self.assertEqual((resp.status, resp.header("Location")), (303, "/failed"), target)
+            self.assertIsNone(resp.header("X-Evil"))
+        # From a job's own page, back to the list.
+        job_page = client.get("/failed/%d" % keep).page
+        resp = client.post("/failed/%d/retry" % keep, job_page.forms["/failed/%d/retry" % keep][0])
+        self.assertEqual((resp.status, resp.header("Location")), (303, "/failed"))
+        self.assertEqual(self.count("{failed}"), 0)
+        self.assertEqual(self.count(), 2)
+        self.assertEqual(client.get("/failed/%d" % keep).status, 404)
+
+    def test_retry_all_asks_first_then_retries_that_queue_only(self):
+        client = self.serve()
+        for i in range(3):
+            self.add_failed("emails", to="u%d@example.com" % i)
+        other = self.add_failed("reports")
+        confirm = client.get("/retry-all?queue=emails")
+        self.assertEqual(confirm.status, 200)
+        self.assertIn("Retry 3 jobs", confirm.page.buttons)
+        self.assertEqual(self.count(), 0)       # asking changes nothing
+        form = confirm.page.forms["/retry-all"][0]
+        self.assertEqual(form["queue"], "emails")
+        resp = client.post("/retry-all", form)
+        self.assertEqual((resp.status, resp.header("Location")), (303, "/failed?queue=emails"))
+        self.assertEqual(self.db.raw("SELECT id FROM {failed}"), [(other,)])
+        self.assertEqual(self.db.raw("SELECT queue, COUNT(*) FROM {jobs} GROUP BY queue"),
+                         [("emails", 3)])
+        self.assertIn("3 failed jobs of queue emails are back in the queue.",
+                      client.get("/failed?queue=emails").text)
+        self.assertEqual(client.get("/retry-all?queue=emails").status, 404)
+        form = client.get("/retry-all?queue=reports").page.forms["/retry-all"][0]
+        self.assertEqual(client.post("/retry-all", dict(form, queue="reports\nx=1")).status, 400)
+        self.assertEqual(self.db.raw("SELECT id FROM {failed}"), [(other,)])
+
+    def test_a_post_without_the_right_csrf_token_is_refused(self):
+        client = self.serve()
+        failed_id = self.add_failed()
+        form = client.get("/failed").page.forms["/failed/%d/forget" % failed_id][0]
+        attempts = [
+            ({}, True),                                        # no token
+            (dict(form, csrf="0" * 64), True),                 # a made-up one
+            (dict(form, csrf=form["csrf"][:-1]), True),        # nearly right
+            (form, False),                                     # right token, no session cookie
+        ]
+        for fields, with_cookies in attempts:
+            resp = client.post("/failed/%d/forget" % failed_id, fields, cookies=with_cookies)
+            self.assertEqual(resp.status, 403, fields)
+            self.assertIn("Reload the page and try again", resp.text)
+        # Another browser's session has another token.
+        stranger = DashboardClient(client.port)
+        stranger.get("/failed")
+        self.assertEqual(stranger.post("/failed/%d/forget" % failed_id, form).status, 403)
+        self.assertEqual(stranger.post("/retry-all", {"queue": "emails",
+                                                       "csrf": form["csrf"]}).status, 403)
+        self.assertEqual(self.count("{failed}"), 1)
+        self.assertEqual(client.post("/failed/%d/forget" % failed_id, form).status, 303)
+        self.assertEqual(self.count("{failed}"), 0)
+
+    def test_read_only_shows_no_buttons_and_refuses_every_post(self):
+        writable = DashboardClient(start_dashboard(self, self.db.queue()))
+        client = self.serve(read_only=True)
+        failed_id = self.add_failed()
+        form = writable.get("/failed").page.forms["/failed/%d/retry" % failed_id][0]
+        for path in ("/", "/failed", "/failed/%d" % failed_id):
+            resp = client.get(path)
+            self.assertEqual(resp.status, 200)
+            self.assertNotIn('method="post"', resp.text, path)
+            self.assertEqual([b for b in resp.page.buttons if b != "Filter"], [], path)
+            self.assertNotIn("/retry-all", resp.text, path)
+            self.assertIn("read-only", resp.text)
+        client.get("/")
+        for path in ("/failed/%d/retry" % failed_id, "/failed/%d/forget" % failed_id,
+                     "/retry-all"):
+            resp = client.post(path, dict(form, queue="emails"))
+            self.assertEqual(resp.status, 405, path)
+            self.assertEqual(resp.header("Allow"), "GET, HEAD")
+        self.assertEqual(client.get("/retry-all?queue=emails").status, 404)
+        self.assertEqual((self.count("{failed}"), self.count()), (1, 0))
+
+    def test_the_job_page_masks_secrets_and_shows_the_whole_exception(self):
+        client = self.serve()
+        trace = ("Traceback (most recent call last):\n  File \"app.py\", line 3, in send\n"
+                 "    smtp.login(user, password)\nRuntimeError: login to"
+                 " smtp://mailer:Sm7p-pa55@mail.example.com failed (api_key=AK-123-secret)")
+        failed_id = self.add_failed(exception=trace, job="send_template_email", data={
+            "to": "ann@example.com", "template": "password_reset",
+            "vars": {"name": "Ann", "url": "https://app.example.com/reset/Rst-8f3k2",
+                     "password": "Hunter2-pw", "apiToken": "tok-5566"},
+            "text": "Reset it at https://app.example.com/reset?token=Tk-998877 today"})
+        resp = client.get("/failed/%d" % failed_id)
+        self.assertEqual(resp.status, 200)
+        for secret in ("Sm7p-pa55", "AK-123-secret", "Rst-8f3k2", "Hunter2-pw", "tok-5566",
+                       "Tk-998877"):
+            self.assertNotIn(secret, resp.text)
+        self.assertIn("  File &quot;app.py&quot;, line 3, in send\n    smtp.login(user,"
+                      " password)\nRuntimeError: login to smtp://mailer:***@mail.example.com failed"
+                      " (api_key=***)", resp.text)
+        self.assertIn("https://app.example.com/***", resp.text)
+        self.assertIn("ann@example.com", resp.text)
+        self.assertIn("password_reset", resp.text)
+        self.assertIn("&quot;password&quot;: &quot;***&quot;", resp.text)
+        self.assertEqual(client.get("/failed/%d" % (failed_id + 1000)).status, 404)
+
+    def test_the_database_url_is_shown_without_its_password(self):
+        if self.db.name == "sqlite":
+            url = self.db.url     # SQLite has no password: the page names the file
+        else:
+            # The socket connection is trusted (peer): the password is sent and unused.
+            url = self.db.url + "&password=Pg-Secret-42"
+        queue = dbqueue.Queue(config=self.db.config(database_url=url))
+        self.addCleanup(queue.close)
+        queue.migrate()
+        client = DashboardClient(start_dashboard(self, queue))
+        self.add_failed()
+        for path in ("/", "/failed", "/failed/1", "/nowhere"):
+            text = client.get(path).text
+            self.assertNotIn("Pg-Secret-42", text)
+            self.assertIn(dbqueue._mask_url(url), text.replace("&amp;", "&"))
+
+    @sqlite_only
+    def test_a_token_is_needed_as_bearer_or_cookie(self):
+        token = "Dash-Token-0123456789abcdef"
+        client = self.serve(token=token)
+        self.add_failed()
+        resp = client.get("/")
+        self.assertEqual(resp.status, 401)
+        self.assertIn("Bearer", resp.header("WWW-Authenticate"))
+        self.assertNotIn(token, resp.text)
+        for header in ("Bearer wrong-token-0123456789", "Bearer " + token[:-1], "Basic " + token,
+                       token):
+            self.assertEqual(client.get("/", headers={"Authorization": header}).status, 401,
+                             header)
+        ok = client.get("/failed", headers={"Authorization": "Bearer " + token})
+        self.assertEqual(ok.status, 200)
+        self.assertEqual(client.get("/?token=nope").status, 401)
+        self.assertEqual(client.get("/failed?token=" + token[:-1]).status, 401)
+        self.assertNotIn("dbqueue_auth", client.cookies)
+        client.cookies["dbqueue_auth"] = "f" * 64
+        self.assertEqual(client.get("/").status, 401)
+        # ?token= once: a cookie (not the token itself), then the address without it.
+        resp = client.get("/failed?queue=emails&token=" + token)
+        self.assertEqual(resp.status, 303)
+        self.assertEqual(resp.header("Location"), "/failed?queue=emails")
+        cookie = [c for c in resp.set_cookies if c.startswith("dbqueue_auth=")]
+        self.assertEqual(len(cookie), 1, resp.set_cookies)
+        self.assertIn("HttpOnly", cookie[0])
+        self.assertIn("SameSite=Strict", cookie[0])
+        self.assertNotIn(token, cookie[0])
+        page = client.get("/failed?queue=emails")
+        self.assertEqual(page.status, 200)
+        form = page.page.forms["/failed/1/forget"][0]
+        self.assertEqual(client.post("/failed/1/forget", form).status, 303)
+        self.assertEqual(self.count("{failed}"), 0)
+        # A POST with the bearer token still needs the form's CSRF token.
+        self.add_failed()
+        self.assertEqual(client.post("/failed/2/forget", {}, cookies=False,
+                                     headers={"Authorization": "Bearer " + token}).status, 403)
+        self.assertEqual(self.count("{failed}"), 1)
+
+    @sqlite_only
+    def test_without_a_token_only_loopback_host_names_are_answered(self):
+        client = self.serve()
+        for host in ("127.0.0.1", "localhost", "[::1]", "127.0.0.2"):
+            self.assertEqual(DashboardClient(client.port, host).get("/").status, 200, host)
+        # DNS rebinding: a web page's own name pointing at 127.0.0.1.
+        for host in ("evil.example", "10.0.0.1", "localhost.evil.example"):
+            resp = DashboardClient(client.port, host).get("/")
+            self.assertEqual(resp.status, 403, host)
+            self.assertNotIn(self.db.table, resp.text)
+
+    @sqlite_only
+    def test_every_response_carries_the_security_headers(self):
+        client = self.serve()
+        failed_id = self.add_failed()
+        responses = [client.get("/"), client.get("/failed"), client.get("/failed/%d" % failed_id),
+                     client.get("/nowhere"), client.post("/failed/1/retry", {}),
+                     client.request("PUT", "/"), client.request("HEAD", "/")]
+        for resp in responses:
+            csp = resp.header("Content-Security-Policy")
+            self.assertIsNotNone(csp, resp.status)
+            for rule in ("default-src 'none'", "form-action 'self'", "frame-ancestors 'none'",
+                         "img-src 'self' data:"):
+                self.assertIn(rule, csp)
+            self.assertRegex(csp, r"script-src 'sha256-[A-Za-z0-9+/=]+'")
+            self.assertNotIn("unsafe", csp.replace("style-src 'unsafe-inline'", ""))
+            self.assertEqual(resp.header("X-Content-Type-Options"), "nosniff")
+            self.assertEqual(resp.header("Referrer-Policy"), "no-referrer")
+            self.assertEqual(resp.header("Server"), "dbqueue")
+        self.assertEqual([r.status for r in responses], [200, 200, 200, 404, 403, 501, 200])
+        self.assertEqual(responses[-1].text, "")
+        # The page's one script and stylesheet are the ones the policy allows.
+        import base64
+        import hashlib
+        import re
+        html_text = responses[0].text
+        for tag, rule in (("script", "script-src"), ("style", "style-src")):
+            body = re.search(r"<%s>(.*?)</%s>" % (tag, tag), html_text, re.S).group(1)
+            digest = base64.b64encode(hashlib.sha256(body.encode()).digest()).decode()
+            self.assertIn("%s 'sha256-%s'" % (rule, digest), responses[0].header(
+                "Content-Security-Policy"))
+        self.assertNotIn(" style=", html_text)
+        self.assertNotIn(" onclick=", html_text)
+        self.assertNotIn("http://", html_text.replace("http-equiv", ""))
+        self.assertNotIn("https://", html_text)
+
+    def test_a_mail_outage_a_worker_recorded_is_a_banner_until_it_ends(self):
+        client = self.serve()
+        q = self.q
+        self.assertNotIn('class="note warn', client.get("/").text)
+        since = int(time.time()) - 725
+        # The row a worker writes when the mail server stops answering (issue 10).
+        q.set_state(q.connect(), q._mail_outage_key(), {
+            "since": since, "queues": ["emails"],
+            "error": "SMTP smtp.example.net:587 %s unreachable" % HOSTILE})
+        for path in ("/", "/failed"):
+            text = client.get(path).text
+            self.assertRegex(text, r"The mail server has been unreachable for 12m0[5-9]s \(since"
+                             r" %s UTC\): SMTP smtp.example.net:587 &lt;script&gt;"
+                             % time.strftime("%H:%M", time.gmtime(since)))
+            self.assertIn("Sending is paused on emails and no email fails because of it", text)
+            self.assertNotIn("<script>alert", text)
+        q.clear_state(q.connect(), q._mail_outage_key())
+        self.assertNotIn("unreachable", client.get("/").text)
+
+    @sqlite_only
+    def test_the_rate_limit_in_use_is_a_banner(self):
+        queue = self.db.queue(mail_rate_limit="2/m")
+        client = DashboardClient(start_dashboard(self, queue))
+        name = dbqueue._rate_name(queue.config)
+        slot, until, _ = queue.rate_take(name, 2, 60000, 60000)
+        queue.rate_sent(name, slot, until)
+        self.assertIn('<p class="note info">MAIL_RATE_LIMIT=2/m: 1 of 2 sent in the last'
+                      ' minute.</p>', client.get("/").text)
+        slot, until, _ = queue.rate_take(name, 2, 60000, 60000)
+        queue.rate_sent(name, slot, until)
+        self.assertIn('<p class="note warn">MAIL_RATE_LIMIT=2/m: 2 of 2 sent in the last'
+                      ' minute; the next emails wait their turn.</p>', client.get("/failed").text)
+
+    @sqlite_only
+    def test_a_database_that_stops_answering_is_an_error_page_then_recovers(self):
+        client = self.serve()
+        self.add_failed()
+        path = self.db.url[len("sqlite:///"):]
+        os.rename(path, path + ".away")
+        resp = client.get("/")
+        self.assertEqual(resp.status, 503)
+        self.assertIn("does not exist", resp.text)
+        self.assertIn('http-equiv="refresh"', resp.text)
+        self.assertFalse(os.path.exists(path))     # never created by the dashboard
+        os.rename(path + ".away", path)
+        self.assertEqual(client.get("/").status, 200)
+
+
+class DashboardCommandTests(unittest.TestCase):
+    """`python dbqueue.py dashboard`: flags, exit codes, and a real server process."""
+
+    def setUp(self):
+        self.tmp = tempfile.mkdtemp(prefix="dbqueue-dash-")
+        self.addCleanup(shutil.rmtree, self.tmp, True)
+        self.path = os.path.join(self.tmp, "app.db")
+        self.env = {"QUEUE_DATABASE_URL": "sqlite:///" + self.path}
+
+    def test_bad_flags_and_unsafe_binds_exit_2_without_touching_the_database(self):
+        cases = [
+            (["--port", "70000"], {}), (["--port", "x"], {}), (["--port", "-1"], {}),
+            (["--host", "a b"], {}), (["--host", ""], {}), (["--bogus"], {}),
+            (["--host", "0.0.0.0"], {}), (["--host", "192.0.2.10"], {}),
+            (["--host", "::"], {}), (["--host", "example.com"], {}),
+            (["--host", "0.0.0.0"], {"DBQUEUE_DASHBOARD_TOKEN": "short"}),
+            (["--host", "0.0.0.0"], {"DBQUEUE_DASHBOARD_TOKEN": "has a space in it, 16+"}),
+        ]
+        for argv, extra in cases:
+            env = dict(self.env, **extra)
+            saved = os.environ.get("DBQUEUE_DASHBOARD_TOKEN")
+            os.environ.pop("DBQUEUE_DASHBOARD_TOKEN", None)
+            try:
+                if extra:
+                    os.environ.update(extra)
+                code, out, err = run_main(["dashboard"] + argv, env)
+            finally:
+                os.environ.pop("DBQUEUE_DASHBOARD_TOKEN", None)
+                if saved is not None:
+                    os.environ["DBQUEUE_DASHBOARD_TOKEN"] = saved
+            self.assertEqual(code, 2, (argv, out, err))
+            self.assertEqual(out, "")
+            line = one_line(self, err)
+            self.assertFalse(os.path.exists(self.path), argv)
+            for secret in extra.values():
+                self.assertNotIn(secret, line)
+        self.assertIn("DBQUEUE_DASHBOARD_TOKEN", run_main(["dashboard", "--host", "0.0.0.0"],
+                                                          self.env)[2])
+
+    def test_a_missing_database_is_one_line_and_exit_1(self):
+        code, out, err = run_main(["dashboard", "--port", "0"], self.env)
+        self.assertEqual(code, 1, err)
+        self.assertIn("does not exist", one_line(self, err))
+        self.assertFalse(os.path.exists(self.path))
+
+    def test_the_command_serves_until_sigterm_and_refuses_an_unsafe_bind(self):
+        q = dbqueue.Queue("sqlite:///" + self.path)
+        self.addCleanup(q.close)
+        q.push("t_record", {}, queue="emails")
+        env = dict(os.environ, **self.env)
+        env.pop("DBQUEUE_DASHBOARD_TOKEN", None)
+        script = os.path.join(HERE, "dbqueue.py")
+        unsafe = subprocess.run([sys.executable, script, "dashboard", "--host", "0.0.0.0"],
+                                env=env, cwd=self.tmp, capture_output=True, text=True, timeout=60)
+        self.assertEqual(unsafe.returncode, 2)
+        self.assertIn("needs DBQUEUE_DASHBOARD_TOKEN", one_line(self, unsafe.stderr))
+        proc = subprocess.Popen([sys.executable, script, "dashboard", "--port", "0",
+                                 "--read-only"], env=env, cwd=self.tmp, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        self.addCleanup(lambda: proc.poll() is None and proc.kill())
+        line = proc.stdout.readline()
+        import re
+        match = re.search(r"http://127\.0\.0\.1:(\d+)/ .*\(read-only\)", line)
+        self.assertTrue(match, line)
+        client = DashboardClient(int(match.group(1)))
+        resp = client.get("/")
+        self.assertEqual(resp.status, 200)
+        self.assertEqual(resp.page.row(Queue="emails")["Ready"].strip(), "1")
+        self.assertEqual(client.post("/retry-all", {"queue": "emails"}).status, 405)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=30)
+        self.assertEqual(proc.returncode, 0, err)
+        self.assertIn("dashboard stopped", out)
+        self.assertEqual(err, "")
+
+
+def _browser():
+    """(playwright's sync_playwright, chromium path), or skip/fail with the reason."""
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        sync_playwright = None
+    need(sync_playwright is not None, "the browser driver is not installed (pip install playwright)")
+    path = shutil.which("chromium") or "/usr/bin/chromium"
+    need(os.path.exists(path), "the browser is not installed (apt-get install chromium)")
+    return sync_playwright, path
+
+
+@dbqueue.job("t_monthly_report")
+def _t_monthly_report(data):
+    raise ValueError("no sales figures for %s yet: the import has not run" % data["month"])
+
+
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync"]
+
+
+class DashboardBrowserTests(unittest.TestCase):
+    """A real Chromium: sees a failed job, clicks Retry, sees it back in the counts.
+
+    Screenshots go to a temporary folder, or to DBQUEUE_SCREENSHOT_DIR when set
+    (that is how the README's picture is made)."""
+
+    def setUp(self):
+        self.sync_playwright, self.chromium = _browser()
+        self.db = Backend(self)
+        # The file is this test's own: the tables can have their usual names.
+        self.db.table, self.db.failed_table = "jobs", "failed_jobs"
+        self.shots = os.environ.get("DBQUEUE_SCREENSHOT_DIR") or self.db.tmp
+
+    def scene(self, q):
+        """A queue as an operator finds it: mail waiting, one job that failed for real."""
+        for i in range(12):
+            q.push("send_email", {"to": "user%d@example.com" % i, "subject": "Welcome"},
+                   queue="emails")
+        q.push("send_email", {"to": "later@example.com"}, queue="emails", delay=600)
+        for i in range(3):
+            q.push("t_record", {"n": i}, queue="default")
+        q.push("t_record", {}, queue="reports", delay=3600)
+        self.db.raw("UPDATE {jobs} SET available_at = available_at - 190 WHERE queue = 'emails'")
+        trace = ("Traceback (most recent call last):\n  File \"dbqueue.py\", line 1890, in _run\n"
+                 "    handler(job.data)\n"
+                 "dbqueue.PermanentError: SMTP smtp.example.net:587 refused RCPT TO <%s>:"
+                 " 550 5.1.1 User unknown (permanent)")
+        for to in ("ann@example.org", "carla@example.es"):
+            self.db.raw("INSERT INTO {failed} (uuid, connection, queue, payload, exception)"
+                        " VALUES (?, 'database', 'emails', ?, ?)",
+                        (dbqueue._uuid4(), json.dumps({
+                            "uuid": dbqueue._uuid4(), "job": "send_template_email",
+                            "data": {"to": to, "template": "verify_email",
+                                     "vars": {"name": "Ann", "url": "https://example.com/v/1"}}}),
+                         trace % to))
+        # This one failed in a real worker.
+        q.push("t_monthly_report", {"month": "2026-11", "to": "bob@example.com"}, queue="reports")
+        dbqueue.Worker(q, ["reports"], tries=1, log=quiet_log()).run(stop_when_empty=True)
+
+    def test_a_browser_retries_a_failed_job(self):
+        q = self.db.queue()
+        self.scene(q)
+        port = start_dashboard(self, self.db.queue())
+        base = "http://127.0.0.1:%d" % port
+        with self.sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=self.chromium, args=CHROMIUM_ARGS)
+            try:
+                page = browser.new_page(viewport={"width": 1280, "height": 640})
+                errors = []
+                page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+                page.goto(base + "/")
+                self.assertEqual(page.inner_text('[data-queue="reports"] [data-label="Failed"]'),
+                                 "1")
+                page.screenshot(path=os.path.join(self.shots, "dashboard.png"))
+                page.click('a[href="/failed"]')
+                row = page.locator("tr", has_text="no sales figures for 2026-11")
+                self.assertEqual(row.count(), 1)
+                self.assertIn("bob@example.com", row.inner_text())
+                page.screenshot(path=os.path.join(self.shots, "dashboard-failed.png"))
+                row.locator("button", has_text="Retry").click()
+                page.wait_for_selector("text=is back in its queue as job")
+                self.assertEqual(page.locator("tr", has_text="2026-11").count(), 0)
+                self.assertEqual(page.locator("tbody tr").count(), 2)
+                page.click('a[href="/"]')
+                self.assertEqual(page.inner_text('[data-queue="reports"] [data-label="Ready"]'),
+                                 "1")
+                self.assertEqual(page.inner_text('[data-queue="reports"] [data-label="Failed"]'),
+                                 "0")
+                self.assertEqual(errors, [])    # nothing refused by the CSP, no script error
+                # A phone: the tables become cards, nothing wider than the screen.
+                phone = browser.new_page(viewport={"width": 390, "height": 844},
+                                         device_scale_factor=2, is_mobile=True, has_touch=True)
+                phone.goto(base + "/failed")
+                width = phone.evaluate("document.documentElement.scrollWidth")
+                self.assertLessEqual(width, 390)
+                self.assertEqual(phone.locator("thead").first.is_visible(), False)
+                phone.screenshot(path=os.path.join(self.shots, "dashboard-phone.png"))
+            finally:
+                browser.close()
+        self.assertEqual(self.db.raw("SELECT COUNT(*) FROM {failed}")[0][0], 2)
+        for name in ("dashboard.png", "dashboard-failed.png", "dashboard-phone.png"):
+            with open(os.path.join(self.shots, name), "rb") as fh:
+                self.assertEqual(fh.read(8), b"\x89PNG\r\n\x1a\n")
 
 
 if __name__ == "__main__":
