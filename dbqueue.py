@@ -411,15 +411,21 @@ class _Abort(BaseException):
 _SQL = {
     "push": "INSERT INTO {jobs} (queue, payload, attempts, reserved_at, available_at, created_at)"
             " VALUES (:queue, :payload, 0, NULL, {now} + :delay, {now})",
-    "rescue": "UPDATE {jobs} SET reserved_at = NULL"
-              " WHERE reserved_at IS NOT NULL AND reserved_at < {now} - :retry_after",
+    # A reservation lapses at reserved_until, which its holder sets from its
+    # own retry_after (the lease) at the claim and at every heartbeat: no
+    # other worker's setting can shorten it. A row without one was reserved
+    # by the PHP app's worker, which knows only reserved_at: it lapses after
+    # the rescuer's retry_after. One queue at a time: a worker takes back
+    # only what it would run itself.
+    "rescue": "UPDATE {jobs} SET reserved_at = NULL, reserved_until = NULL"
+              " WHERE queue = :queue AND reserved_at IS NOT NULL AND {expired}",
     "ack": "DELETE FROM {jobs} WHERE id = :id AND attempts = :attempts AND reserved_at IS NOT NULL",
-    "touch": "UPDATE {jobs} SET reserved_at = {now}"
+    "touch": "UPDATE {jobs} SET reserved_at = {now}, reserved_until = {now} + :lease"
              " WHERE id = :id AND attempts = :attempts AND reserved_at IS NOT NULL",
-    "unclaim": "UPDATE {jobs} SET reserved_at = NULL, attempts = attempts - 1"
+    "unclaim": "UPDATE {jobs} SET reserved_at = NULL, reserved_until = NULL, attempts = attempts - 1"
                " WHERE id = :id AND attempts = :attempts AND reserved_at IS NOT NULL",
-    "release": "UPDATE {jobs} SET reserved_at = NULL, available_at = {now} + :delay,"
-               " attempts = attempts - :uncount"
+    "release": "UPDATE {jobs} SET reserved_at = NULL, reserved_until = NULL,"
+               " available_at = {now} + :delay, attempts = attempts - :uncount"
                " WHERE id = :id AND attempts = :attempts AND reserved_at IS NOT NULL",
     "fail": "INSERT INTO {failed} (uuid, connection, queue, payload, exception)"
             " SELECT :uuid, 'database', queue, payload, :exception FROM {jobs}"
@@ -432,8 +438,7 @@ _SQL = {
              " SUM(CASE WHEN reserved_at IS NULL AND available_at <= {now} THEN 1 ELSE 0 END),"
              " SUM(CASE WHEN reserved_at IS NULL AND available_at > {now} THEN 1 ELSE 0 END),"
              " SUM(CASE WHEN reserved_at IS NOT NULL THEN 1 ELSE 0 END),"
-             " SUM(CASE WHEN reserved_at IS NOT NULL AND reserved_at < {now} - :retry_after"
-             " THEN 1 ELSE 0 END),"
+             " SUM(CASE WHEN reserved_at IS NOT NULL AND {expired} THEN 1 ELSE 0 END),"
              " {now} - MIN(CASE WHEN reserved_at IS NULL AND available_at <= {now}"
              " THEN available_at END)"
              " FROM {jobs} GROUP BY queue",
@@ -450,6 +455,10 @@ _SQL = {
     "set_version": "INSERT INTO dbqueue_migrations (tbl, version) VALUES (:tbl, :version)"
                    " ON CONFLICT (tbl) DO UPDATE SET version = excluded.version",
 }
+
+# When a reservation has lapsed (see "rescue"), for rows with reserved_at set.
+_EXPIRED = ("(reserved_until < {now} OR (reserved_until IS NULL"
+            " AND reserved_at < {now} - :retry_after))")
 
 _PARAM = _Pattern(r"(?<![:\w]):([a-z_]+)\b")
 
@@ -475,6 +484,8 @@ class _Dialect:
     @classmethod
     def prepare(cls, template, jobs="jobs", failed="failed_jobs", **extra):
         """(sql, names): the template for this dialect and its parameter order."""
+        if "{expired}" in template:
+            template = template.replace("{expired}", _EXPIRED)
         text = template.format(jobs=_quote(jobs), failed=_quote(failed), now=cls.now,
                                payload_text=cls.payload_text, queue_text=cls.queue_text,
                                failed_cutoff=cls.failed_cutoff, **extra)
@@ -597,7 +608,8 @@ class _SQLite(_Dialect):
     bigint = "INTEGER"
     failed_at = "TEXT NOT NULL DEFAULT CURRENT_TIMESTAMP"
     failed_cutoff = "datetime('now', :age)"
-    claim = ("UPDATE {jobs} SET reserved_at = :now, attempts = attempts + 1"
+    claim = ("UPDATE {jobs} SET reserved_at = :now, reserved_until = :now + :lease,"
+             " attempts = attempts + 1"
              " WHERE id IN (SELECT id FROM {jobs} WHERE queue = :queue AND reserved_at IS NULL"
              " AND available_at <= :now ORDER BY available_at, id LIMIT :limit)"
              " RETURNING id, queue, CAST(payload AS BLOB), attempts, available_at")
@@ -606,14 +618,16 @@ class _SQLite(_Dialect):
     claim_select = ("SELECT id, queue, CAST(payload AS BLOB), attempts + 1, available_at FROM {jobs}"
                     " WHERE queue = :queue AND reserved_at IS NULL AND available_at <= :now"
                     " ORDER BY available_at, id LIMIT :limit")
-    claim_update = ("UPDATE {jobs} SET reserved_at = :now, attempts = attempts + 1"
+    claim_update = ("UPDATE {jobs} SET reserved_at = :now, reserved_until = :now + :lease,"
+                    " attempts = attempts + 1"
                     " WHERE id = :id AND reserved_at IS NULL")
     # A batch of (id, attempts) tokens in one statement (3.35+, for RETURNING).
     # `id IN (...)` is what lets SQLite find the rows by primary key: the row
     # values alone, `(id, attempts) IN (VALUES ...)`, plan as a table scan.
     ack_many = ("DELETE FROM {jobs} WHERE id IN ({ids}) AND reserved_at IS NOT NULL"
                 " AND (id, attempts) IN (VALUES {pairs}) RETURNING id")
-    touch_many = ("UPDATE {jobs} SET reserved_at = :now WHERE id IN ({ids})"
+    touch_many = ("UPDATE {jobs} SET reserved_at = :now, reserved_until = :now + :lease"
+                  " WHERE id IN ({ids})"
                   " AND reserved_at IS NOT NULL AND (id, attempts) IN (VALUES {pairs}) RETURNING id")
     driver_errors = ()
     # Seconds a write waits for another connection's write lock before
@@ -767,7 +781,8 @@ class _Postgres(_Dialect):
     claim = ("WITH c AS (SELECT id FROM {jobs} WHERE queue = :queue AND reserved_at IS NULL"
              " AND available_at <= {now} ORDER BY available_at, id LIMIT :limit"
              " FOR UPDATE SKIP LOCKED)"
-             " UPDATE {jobs} j SET reserved_at = {now}, attempts = j.attempts + 1 FROM c"
+             " UPDATE {jobs} j SET reserved_at = {now}, reserved_until = {now} + :lease,"
+             " attempts = j.attempts + 1 FROM c"
              " WHERE j.id = c.id RETURNING j.id, j.queue, j.payload, j.attempts, j.available_at")
     push_notify = ("WITH j AS (INSERT INTO {jobs} (queue, payload, attempts, reserved_at,"
                    " available_at, created_at) VALUES (:queue, :payload, 0, NULL, {now} + :delay,"
@@ -785,7 +800,8 @@ class _Postgres(_Dialect):
     # Batches of tokens travel as two arrays: one round trip for any number.
     ack_many = ("DELETE FROM {jobs} WHERE reserved_at IS NOT NULL AND (id, attempts) IN"
                 " (SELECT * FROM unnest(:ids::bigint[], :attempts::int[])) RETURNING id")
-    touch_many = ("UPDATE {jobs} SET reserved_at = {now} WHERE reserved_at IS NOT NULL"
+    touch_many = ("UPDATE {jobs} SET reserved_at = {now}, reserved_until = {now} + :lease"
+                  " WHERE reserved_at IS NOT NULL"
                   " AND (id, attempts) IN (SELECT * FROM unnest(:ids::bigint[], :attempts::int[]))"
                   " RETURNING id")
 
@@ -1204,34 +1220,41 @@ class Queue:
 
     # -- reserving and finishing (the worker's side) ---------------------
 
-    def reserve(self, conn, queues, limit=1, acks=(), rescue_after=None):
+    def reserve(self, conn, queues, limit=1, acks=(), rescue_after=None, lease=None):
         """Reserve up to `limit` ready jobs in one transaction, in queue priority order.
 
         Each reserved job's attempts is incremented here, before its handler
         runs, so a job that kills its worker still uses up its attempts. `acks`
         ((id, attempts) tokens of finished jobs) are deleted in the same
         transaction: one commit acknowledges a batch and claims the next.
-        `rescue_after` (seconds) first gives back reservations older than that.
-        Returns (jobs, tokens of acks that were refused because the
+        `rescue_after` (seconds) first takes back the lapsed reservations of
+        `queues`: those whose holder's lease (reserved_until) has passed, and
+        those without a lease (reserved by the PHP app) older than that.
+        `lease` (default: QUEUE_RETRY_AFTER) is how long the new reservations
+        last unless touched. Returns (jobs, tokens of acks that were refused because the
         reservation had been lost).
         """
         jobs = []
         with _Transaction(self, conn) as cur:
             lost = self._ack(cur, acks) if acks else []
-            if rescue_after is not None:
-                self.execute(cur, "rescue", retry_after=rescue_after)
             now = self.now()
+            if lease is None:
+                lease = self.config.retry_after
+            if rescue_after is not None:
+                for queue in queues:
+                    self.execute(cur, "rescue", queue=queue, retry_after=rescue_after, now=now)
             for queue in queues:
                 want = limit - len(jobs)
                 if want <= 0:
                     break
                 if self._returning:
-                    rows = self.execute(cur, "claim", queue=queue, limit=want, now=now).fetchall()
+                    rows = self.execute(cur, "claim", queue=queue, limit=want, now=now,
+                                        lease=lease).fetchall()
                 else:
                     rows = self.execute(cur, "claim_select", queue=queue, limit=want,
                                         now=now).fetchall()
                     for row in rows:
-                        self.execute(cur, "claim_update", id=row[0], now=now)
+                        self.execute(cur, "claim_update", id=row[0], now=now, lease=lease)
                 rows.sort(key=lambda r: (r[4], r[0]))
                 jobs.extend(Job(r[0], r[1], r[2], r[3]) for r in rows)
             if len(jobs) > 1:
@@ -1251,21 +1274,22 @@ class Queue:
         """Delete finished jobs; returns the tokens whose reservation was lost."""
         return self._by_token(cur, "ack", tokens)
 
-    def _by_token(self, cur, key, tokens):
+    def _by_token(self, cur, key, tokens, **params):
         if self.dialect is _Postgres:
             self.execute(cur, key + "_many", ids=[t[0] for t in tokens],
-                         attempts=[t[1] for t in tokens])
+                         attempts=[t[1] for t in tokens], **params)
             done = {row[0] for row in cur.fetchall()}
             return [t for t in tokens if t[0] not in done]
         if self._returning and len(tokens) > 1:
             # One statement per 200 tokens instead of one per job: most of
             # what acknowledging a batch of fast jobs costs.
-            now = self.now()
+            params["now"] = self.now()
             done = set()
             for start in range(0, len(tokens), 200):
                 chunk = tokens[start:start + 200]
                 text, names = self._many_sql(key, len(chunk))
-                args = [now] if names else []
+                # The named parameters (SET ...) all come before the ids.
+                args = [params[n] for n in names]
                 args += [t[0] for t in chunk]
                 for token in chunk:
                     args += token
@@ -1274,7 +1298,7 @@ class Queue:
             return [t for t in tokens if t[0] not in done]
         lost = []
         for token in tokens:
-            self.execute(cur, key, id=token[0], attempts=token[1])
+            self.execute(cur, key, id=token[0], attempts=token[1], **params)
             if cur.rowcount != 1:
                 lost.append(token)
         return lost
@@ -1294,10 +1318,13 @@ class Queue:
         with _Transaction(self, conn) as cur:
             return self._ack(cur, tokens)
 
-    def touch(self, conn, tokens):
-        """Heartbeat: move reserved_at forward for held jobs; returns the lost ones."""
+    def touch(self, conn, tokens, lease=None):
+        """Heartbeat: renew held jobs' reservations for `lease` seconds (default:
+        QUEUE_RETRY_AFTER) from now; returns the tokens that were lost."""
+        if lease is None:
+            lease = self.config.retry_after
         with _Transaction(self, conn) as cur:
-            return self._by_token(cur, "touch", tokens)
+            return self._by_token(cur, "touch", tokens, lease=lease)
 
     def release(self, conn, token, delay=0, uncount=False, acks=()):
         """Make a held job available again after `delay` seconds. False if it was lost.
@@ -1667,6 +1694,13 @@ class Worker:
     # worker records the attempt and exits so that its supervisor restarts it.
     timeout_grace = 10.0
     poll_interval = 0.01
+    # A held job starts only while its reservation is known to be ours: when
+    # the last confirmation of the batch (its claim, or a heartbeat) is older
+    # than this (or a quarter of the lease, if less), one touch of the batch
+    # confirms it first, and jobs it finds lost are dropped, never started.
+    # Well under the lease, so a pause of the process (SIGSTOP, a frozen VM)
+    # is noticed before anything it held is started.
+    confirm_seconds = 1.0
 
     def __init__(self, queue, queues=("default",), tries=None, backoff=None, timeout=None,
                  sleep=3.0, memory=None, log=None):
@@ -1698,6 +1732,7 @@ class Worker:
         self._heart = None
         self._locked_since = None
         self._last_rescue = 0.0
+        self._confirmed = (0.0, 0.0)   # (monotonic, wall) time the held batch was last confirmed
         self._settings_cache = {}  # job name -> (registry entry, settings) for plain payloads
         self._main_thread = False
 
@@ -1764,7 +1799,12 @@ class Worker:
                         self._idle(started, max_time)
                         continue
                 with self._lock:
-                    current = self._held.pop(0)
+                    # Its age is read with the pop: a heartbeat that confirms
+                    # the batch from now on no longer covers this job.
+                    current = self._held.pop(0) if self._held else None
+                    age = self._unconfirmed_for()
+                if current is None or not self._confirm(current, age):
+                    continue
                 self._process(current)
                 self.processed += 1
                 if self.memory and self._over_memory():
@@ -1799,13 +1839,53 @@ class Worker:
             rescue = self.queue.config.retry_after
             self._last_rescue = now
         acks = list(self._acks)
+        confirmed = (time.monotonic(), time.time())
         jobs, lost = self._db(lambda c: self.queue.reserve(c, self.queues, want, acks, rescue))
         self._acked(acks, lost)
         for j in jobs:
             j.worker = self
         with self._lock:
             self._held.extend(jobs)
+            self._confirmed = confirmed
         return bool(jobs)
+
+    def _unconfirmed_for(self):
+        """Seconds since the held batch's reservations were last known to be ours.
+        Both clocks: a frozen VM may stop the monotonic one, not the wall clock."""
+        mono, wall = self._confirmed
+        return max(time.monotonic() - mono, abs(time.time() - wall))
+
+    def _confirm(self, job, age):
+        """True if `job` (just taken from the held batch) may start: its
+        reservation is recent enough, or a touch of it and of the rest of the
+        batch finds it still ours. Lost ones are dropped, never started."""
+        limit = min(self.confirm_seconds, self.queue.config.retry_after / 4.0)
+        if age < limit:
+            return True
+        with self._lock:
+            tokens = [job.token] + [j.token for j in self._held]
+        confirmed = (time.monotonic(), time.time())
+        lost = set(self._db(lambda c: self.queue.touch(c, tokens)))
+        with self._lock:
+            self._confirmed = confirmed
+        self.drop_lost(lost)
+        if job.token in lost:
+            self._log_lost_held(job)
+            return False
+        return True
+
+    def drop_lost(self, lost):
+        """Take jobs whose reservation was lost out of the held batch (logged once each)."""
+        with self._lock:
+            gone = [j for j in self._held if j.token in lost]
+            self._held = [j for j in self._held if j.token not in lost]
+        for j in gone:
+            self._log_lost_held(j)
+
+    def _log_lost_held(self, job):
+        self.log.warning("reservation lost while held (expired and taken over by another"
+                         " worker?); the job is not started here", job=job.id, name=job.name,
+                         attempt=job.attempts)
 
     def _acked(self, sent, lost):
         with self._lock:
@@ -2158,6 +2238,7 @@ class _Heartbeat(threading.Thread):
         self._done = threading.Event()
         self._conn = None
         self._failing = False
+        self._reported = set()    # running jobs whose loss was logged
 
     def stop(self):
         self._done.set()
@@ -2175,9 +2256,10 @@ class _Heartbeat(threading.Thread):
                 self._hard_exit()
             if time.monotonic() - last >= self.interval:
                 last = time.monotonic()
+                stamp = (last, time.time())
                 tokens = worker.held_tokens()
                 if tokens:
-                    self._touch(tokens)
+                    self._touch(tokens, stamp)
 
     def _with_conn(self, action):
         """action(conn) on the heartbeat's connection; a connection that died while
@@ -2193,8 +2275,11 @@ class _Heartbeat(threading.Thread):
                 if last:
                     raise
 
-    def _touch(self, tokens):
+    def _touch(self, tokens, confirmed=None):
+        """Renew `tokens` (taken from the worker at time `confirmed`)."""
         worker = self.worker
+        if confirmed is None:
+            confirmed = (time.monotonic(), time.time())
         try:
             lost = self._with_conn(lambda c: worker.queue.touch(c, tokens))
         except QueueError as exc:
@@ -2208,17 +2293,20 @@ class _Heartbeat(threading.Thread):
         self._failing = False
         # A job the worker finished while the touch ran (acknowledged, released
         # or failed) is gone for a good reason, and a refused acknowledgement is
-        # reported where it happens. Only a job still waiting or running here
-        # was taken over by someone else.
-        with worker._lock:
-            still = {j.token for j in worker._held}
+        # reported where it happens. A job still waiting here was taken over
+        # by someone else: it leaves the batch and never starts here.
+        lost = set(lost)
+        worker.drop_lost(lost)
         running = worker._running
-        if running is not None:
-            still.add(running.token)
-        for token in lost:
-            if token in still:
-                worker.log.warning("reservation lost while held (expired and taken over?)",
-                                   job=token[0], attempt=token[1])
+        if running is not None and running.token in lost and running.token not in self._reported:
+            self._reported.add(running.token)
+            worker.log.warning("reservation lost while the job runs (expired and taken over by"
+                               " another worker?); it may run there too, and its outcome here"
+                               " will not be recorded", job=running.id, name=running.name,
+                               attempt=running.attempts)
+        # Every job still held was in this touch or claimed after it began.
+        with worker._lock:
+            worker._confirmed = max(worker._confirmed, confirmed)
 
     def _hard_exit(self):
         """The handler ignored its interruption: record the attempt and end the process."""

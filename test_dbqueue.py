@@ -2081,8 +2081,8 @@ class OpsTests:
         conn = q.connect()
         self.assertEqual(len(q.reserve(conn, ["default", "slow"], 2)[0]), 2)
         # The worker that holds the "slow" job has stopped renewing it.
-        self.db.raw("UPDATE {jobs} SET reserved_at = reserved_at - 1000 WHERE queue = %s" % p,
-                    ("slow",))
+        self.db.raw("UPDATE {jobs} SET reserved_at = reserved_at - 1000,"
+                    " reserved_until = reserved_until - 1000 WHERE queue = %s" % p, ("slow",))
         self.add_failed("emails")
 
         code, out, err = self.cli("stats", "--json")
@@ -3775,6 +3775,178 @@ _on_backends(PropertyTests, [Backend, PsycopgBackend])
 
 
 # -- fault tests end here --
+
+
+# ---- core: issue 16, the core's promises under stress ----------------------
+#
+# Each finding of #16 as a test: real worker processes paused with SIGSTOP,
+# workers with different settings side by side, a second database session
+# holding a row lock, rows written by hand. The double-run loops run with
+# DBQUEUE_FAULTS=1 (see Core16FaultTests).
+
+# A handler module for worker subprocesses (`work --import c16_jobs`): every
+# start and end of a job is one O_APPEND line "start|end N ATTEMPT PID", so
+# the lines of several processes come in one order, the order they happened.
+C16_JOBS = """
+import os, time
+import dbqueue
+
+if os.environ.get("C16_HOLD"):
+    dbqueue.Worker.hold_seconds = float(os.environ["C16_HOLD"])
+_fd = os.open(os.environ["C16_LOG"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+
+
+def _record(what, data):
+    line = "%s %d %d %d\\n" % (what, data["n"], dbqueue.current_job().attempts, os.getpid())
+    os.write(_fd, line.encode())
+
+
+@dbqueue.job("c16_sleep")
+def c16_sleep(data):
+    _record("start", data)
+    time.sleep(data.get("s", 0))
+    _record("end", data)
+"""
+
+
+def _double_starts(starts):
+    """Starts of an attempt no later than one already started for that job:
+    a job started again by the same attempt, or by a worker whose
+    reservation had been taken over. [(n, attempt, pid)]."""
+    latest, bad = {}, []
+    for n, attempt, pid in starts:
+        if attempt <= latest.get(n, 0):
+            bad.append((n, attempt, pid))
+        latest[n] = max(latest.get(n, 0), attempt)
+    return bad
+
+
+class _Core16Processes:
+    """Worker subprocesses running c16_jobs, all logging into one file."""
+
+    def c16_setup(self):
+        self.log = os.path.join(self.db.tmp, "c16.log")
+        with open(os.path.join(self.db.tmp, "c16_jobs.py"), "w") as fh:
+            fh.write(C16_JOBS)
+        self.procs = _Procs(self, self.db.tmp, _fault_env(self.db.env(
+            FAULT_LOG=self.log, C16_LOG=self.log, QUEUE_BACKOFF=0, QUEUE_MAX_ATTEMPTS=50)))
+
+    def worker(self, *args, **env):
+        return self.procs.start("--import", "c16_jobs", "--sleep", "0.2", *args,
+                                **{k: str(v) for k, v in env.items()})
+
+    def records(self, kind="start"):
+        return [(int(f[1]), int(f[2]), int(f[3])) for f in _records(self.log) if f[0] == kind]
+
+    def stop_all(self, procs):
+        for proc in procs:
+            os.kill(proc.pid, signal.SIGCONT)
+            proc.terminate()
+        for proc in procs:
+            self.assertEqual(proc.wait(30), 0, self.procs.stderr(proc)[-3000:])
+            self.assertNotIn("Traceback", self.procs.stderr(proc))
+
+
+# The backends the double-run cases run on: one per database (psycopg2 adds
+# nothing here that psycopg does not show), so a new backend in BACKENDS
+# gets them too.
+_C16_BACKENDS = [b for b in BACKENDS if b.driver != "psycopg2"]
+
+
+class Core16LeaseTests:
+    """(#16.2) A reservation lasts for its holder's lease, in its own queue."""
+
+    def test_rescue_keeps_the_holders_lease_and_stays_in_its_queues(self):
+        clock = Clock()
+        holder = self.db.queue(clock=clock, retry_after=600)
+        rescuer = self.db.queue(clock=clock, retry_after=1, migrate=False)
+        long_id = holder.push("t_record", {"i": 1}, queue="reports")
+        (held,), _ = holder.reserve(holder.connect(), ["reports"], 1)
+        p = self.db.param
+        insert = ("INSERT INTO {jobs} (queue, payload, attempts, reserved_at, available_at,"
+                  " created_at) VALUES (%s, %s, 1, %s, 0, 0)" % (p, p, p))
+        # Reserved by the PHP app's worker: no reserved_until, only reserved_at.
+        payload = json.dumps({"uuid": "u-php", "job": "t_record", "data": {"i": 2}})
+        self.db.raw(insert, ("reports", payload, clock.now - 100))
+        self.db.raw(insert, ("elsewhere", payload, clock.now - 100))
+        self.assertEqual(self.db.raw("SELECT reserved_until FROM {jobs} WHERE id = %s" % p,
+                                     (long_id,)), [(clock.now + 600,)])
+        clock.advance(5)
+        by_queue = {s["queue"]: s for s in rescuer.stats()}
+        self.assertEqual(by_queue["reports"]["reserved"], 2)
+        self.assertEqual(by_queue["reports"]["expired"], 1)       # the PHP row only
+        conn = rescuer.connect()
+        jobs, _ = rescuer.reserve(conn, ["reports"], 10, rescue_after=1)
+        self.assertEqual([(j.data, j.attempts) for j in jobs], [({"i": 2}, 2)])
+        self.assertEqual(rescuer.ack(conn, [jobs[0].token]), [])
+        # The other queue's lapsed reservation is not this worker's to take back.
+        self.assertEqual(self.db.raw("SELECT reserved_at FROM {jobs} WHERE queue = 'elsewhere'"),
+                         [(clock.now - 105,)])
+        # The holder's heartbeat renews its own lease, whoever else runs.
+        clock.advance(590)
+        self.assertEqual(holder.touch(holder.connect(), [held.token]), [])
+        clock.advance(599)
+        self.assertEqual(rescuer.reserve(conn, ["reports"], 10, rescue_after=1)[0], [])
+        clock.advance(2)
+        (again,), _ = rescuer.reserve(conn, ["reports"], 10, rescue_after=1)
+        self.assertEqual(again.token, (long_id, 2))
+        self.assertEqual(holder.ack(holder.connect(), [held.token]), [held.token])
+
+
+_on_backends(Core16LeaseTests, _C16_BACKENDS)
+
+
+class Core16ProcessTests(_Core16Processes):
+    """The two double runs of #16, one round each, with real processes."""
+
+    def setUp(self):
+        self.c16_setup()
+
+    def test_a_paused_worker_never_starts_a_held_job_that_was_taken_over(self):
+        # (#16.1) Worker A holds a batch and is stopped (SIGSTOP) past its
+        # lease; B takes the jobs over and runs them. A, continued, finishes
+        # the job it was in, and starts none of those it held.
+        q = self.db.queue()
+        a = self.worker(QUEUE_RETRY_AFTER=1, C16_HOLD=1000)
+        q.push("c16_sleep", {"n": 0})
+        wait_for(lambda: self.records("end"), 30, message="the warm-up job")
+        q.push_many("c16_sleep", [{"n": 1, "s": 0.5}] + [{"n": n} for n in range(2, 7)])
+        wait_for(lambda: self.records()[1:], 30, message="job 1 to start")
+        os.kill(a.pid, signal.SIGSTOP)
+        held = self.db.raw("SELECT attempts FROM {jobs} WHERE reserved_at IS NOT NULL")
+        self.assertEqual(held, [(1,)] * 6, "A holds the whole batch")
+        b = self.worker(QUEUE_RETRY_AFTER=1)
+        wait_for(lambda: {n for n, _, pid in self.records() if pid == b.pid} >= set(range(1, 7)),
+                 30, message="B to take over the batch")
+        os.kill(a.pid, signal.SIGCONT)
+        wait_for(lambda: self.procs.stderr(a).count("not started here") == 5, 30,
+                 message="A to drop the five held jobs")
+        wait_for(lambda: _count_jobs(self.db) == 0, 30, message="the drain")
+        self.stop_all([a, b])
+        self.assertEqual([s for s in self.records() if s[2] == a.pid], [(0, 1, a.pid),
+                                                                        (1, 1, a.pid)])
+        self.assertEqual(_double_starts(self.records()), [])
+        self.assertEqual(q.failed(), [])
+
+    def test_workers_with_other_settings_never_take_a_running_job(self):
+        # (#16.2) The issue's setup: two `reports` workers with a long
+        # retry_after, an `emails` worker with a short one, plus a `reports`
+        # worker with a short one. A 3 s report runs once.
+        q = self.db.queue()
+        first = self.worker("--queue", "reports", QUEUE_RETRY_AFTER=600)
+        q.push("c16_sleep", {"n": 1, "s": 3}, queue="reports")
+        wait_for(self.records, 30, message="the report to start")
+        others = [self.worker("--queue", "reports", QUEUE_RETRY_AFTER=600),
+                  self.worker("--queue", "emails", QUEUE_RETRY_AFTER=1),
+                  self.worker("--queue", "reports", QUEUE_RETRY_AFTER=1)]
+        wait_for(lambda: _count_jobs(self.db) == 0, 30, message="the report to finish")
+        self.stop_all([first] + others)
+        self.assertEqual(self.records(), [(1, 1, first.pid)])
+        self.assertEqual(self.records("end"), [(1, 1, first.pid)])
+        self.assertEqual(q.failed(), [])
+
+
+_on_backends(Core16ProcessTests, _C16_BACKENDS)
 
 
 if __name__ == "__main__":
