@@ -480,6 +480,7 @@ class _Dialect:
     claim_select = ""
     claim_update = ""
     migrate_lock = ""              # run first in migrate's transaction: one migration at a time
+    notify = ""                    # wakes waiting workers of :queue ("" where there is no LISTEN)
 
     @classmethod
     def prepare(cls, template, jobs="jobs", failed="failed_jobs", **extra):
@@ -784,6 +785,7 @@ class _Postgres(_Dialect):
              " UPDATE {jobs} j SET reserved_at = {now}, reserved_until = {now} + :lease,"
              " attempts = j.attempts + 1 FROM c"
              " WHERE j.id = c.id RETURNING j.id, j.queue, j.payload, j.attempts, j.available_at")
+    notify = "SELECT pg_notify(:channel, :queue)"
     push_notify = ("WITH j AS (INSERT INTO {jobs} (queue, payload, attempts, reserved_at,"
                    " available_at, created_at) VALUES (:queue, :payload, 0, NULL, {now} + :delay,"
                    " {now}) RETURNING id) SELECT id, pg_notify(:channel, :queue) FROM j")
@@ -1326,6 +1328,19 @@ class Queue:
         with _Transaction(self, conn) as cur:
             return self._by_token(cur, "touch", tokens, lease=lease)
 
+    def unclaim(self, conn, jobs):
+        """Give back held jobs that never started: attempt restored, available_at
+        unchanged, so they are the next to be claimed. Returns how many were still ours."""
+        count = 0
+        with _Transaction(self, conn) as cur:
+            for j in jobs:
+                self.execute(cur, "unclaim", id=j.id, attempts=j.attempts)
+                count += cur.rowcount
+            if self.dialect.notify:
+                for queue in sorted({j.queue for j in jobs}):
+                    self.execute(cur, "notify", channel=self.channel, queue=queue)
+        return count
+
     def release(self, conn, token, delay=0, uncount=False, acks=()):
         """Make a held job available again after `delay` seconds. False if it was lost.
 
@@ -1687,6 +1702,10 @@ class Worker:
     # that a second worker is never left idle behind a long prefetched batch.
     batch_seconds = 0.05
     batch_max = 100
+    # The batch is sized by how long recent jobs took; when jobs turn slow,
+    # a job that has run this long gives the rest of its batch back (attempts
+    # restored), for an idle worker to take, instead of holding it.
+    hold_seconds = 0.2
     # Acks of jobs shorter than this ride along with the next claim (one
     # commit per batch); slower jobs are acknowledged as soon as they finish.
     ack_delay_seconds = 0.005
@@ -2239,6 +2258,7 @@ class _Heartbeat(threading.Thread):
         self._conn = None
         self._failing = False
         self._reported = set()    # running jobs whose loss was logged
+        self._give_back_after = 0.0
 
     def stop(self):
         self._done.set()
@@ -2249,17 +2269,45 @@ class _Heartbeat(threading.Thread):
 
     def run(self):
         last = time.monotonic()
-        while not self._done.wait(min(self.interval, 0.5)):
+        while not self._done.wait(self._pause()):
             worker = self.worker
             deadline = worker._hard_deadline
             if deadline is not None and time.monotonic() > deadline and worker._main_thread:
                 self._hard_exit()
+            self._give_back()
             if time.monotonic() - last >= self.interval:
                 last = time.monotonic()
                 stamp = (last, time.time())
                 tokens = worker.held_tokens()
                 if tokens:
                     self._touch(tokens, stamp)
+
+    def _pause(self):
+        # Often while a job runs with others held behind it (see _give_back).
+        worker = self.worker
+        if worker._held and worker._running is not None:
+            return min(self.interval, 0.05)
+        return min(self.interval, 0.5)
+
+    def _give_back(self):
+        """The running job has run past hold_seconds: unclaim the held batch."""
+        worker = self.worker
+        running = worker._running
+        now = time.monotonic()
+        if (running is None or not worker._held or now < self._give_back_after
+                or now - running.started < worker.hold_seconds):
+            return
+        with worker._lock:
+            jobs, worker._held = worker._held, []
+        try:
+            count = self._with_conn(lambda c: worker.queue.unclaim(c, jobs))
+        except QueueError:
+            with worker._lock:
+                worker._held[:0] = jobs     # still held: the heartbeat keeps them, tries again
+            self._give_back_after = now + 1.0
+            return
+        worker.log.debug("job runs long: gave back the jobs held behind it", job=running.id,
+                         count=count)
 
     def _with_conn(self, action):
         """action(conn) on the heartbeat's connection; a connection that died while

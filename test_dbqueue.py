@@ -2549,6 +2549,7 @@ def _t_batch(data):
         open(sys.argv[2], "w").close()
         time.sleep(600)
 
+dbqueue.Worker.hold_seconds = 600    # the batch stays held behind the blocked job
 dbqueue.Worker(dbqueue.Queue.from_env(), ["default"], log=dbqueue._Log(stream=sys.stdout)).run()
 """
 
@@ -2610,6 +2611,7 @@ class SpeedTests:
 
         self.addCleanup(dbqueue._registry.pop, "t_gate", None)
         w = dbqueue.Worker(q, ["default"], log=quiet_log())
+        w.hold_seconds = 600    # the batch stays held behind the blocked job
         thread = threading.Thread(target=w.run, kwargs={"stop_when_empty": True})
         thread.start()
         self.addCleanup(thread.join, 30)
@@ -3944,6 +3946,27 @@ class Core16ProcessTests(_Core16Processes):
         self.assertEqual(self.records(), [(1, 1, first.pid)])
         self.assertEqual(self.records("end"), [(1, 1, first.pid)])
         self.assertEqual(q.failed(), [])
+
+    def test_jobs_that_turn_slow_are_shared_by_two_workers(self):
+        # (#16.6) After fast jobs warm the workers up (a large batch each),
+        # 20 jobs of 0.5 s arrive: the worker that claims them gives back
+        # what it holds once its job runs long, and the other takes them.
+        q = self.db.queue()
+        workers = [self.worker(), self.worker()]
+        q.push_many("c16_sleep", [{"n": n} for n in range(300)])
+        wait_for(lambda: _count_jobs(self.db) == 0, 60, message="the warm-up")
+        started = time.monotonic()
+        q.push_many("c16_sleep", [{"n": n, "s": 0.5} for n in range(1000, 1020)])
+        wait_for(lambda: _count_jobs(self.db) == 0, 60, message="the slow jobs")
+        elapsed = time.monotonic() - started
+        self.stop_all(workers)
+        slow = [s for s in self.records("end") if s[0] >= 1000]
+        self.assertEqual(sorted(n for n, _, _ in slow), list(range(1000, 1020)))
+        shares = [sum(1 for s in slow if s[2] == w.pid) for w in workers]
+        self.assertGreaterEqual(min(shares), 5, shares)
+        self.assertEqual(_double_starts(self.records()), [])
+        print("\n[core16 %s] 20 jobs of 0.5 s after a warm-up, two workers: drained in %.1fs"
+              " (%d + %d jobs)" % (self.db.name, elapsed, shares[0], shares[1]), file=sys.stderr)
 
 
 _on_backends(Core16ProcessTests, _C16_BACKENDS)
