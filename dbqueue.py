@@ -1752,6 +1752,7 @@ class Worker:
         self._locked_since = None
         self._last_rescue = 0.0
         self._confirmed = (0.0, 0.0)   # (monotonic, wall) time the held batch was last confirmed
+        self._missed_ready = False     # the last claim found nothing though a job was ready
         self._settings_cache = {}  # job name -> (registry entry, settings) for plain payloads
         self._main_thread = False
 
@@ -1866,6 +1867,8 @@ class Worker:
         with self._lock:
             self._held.extend(jobs)
             self._confirmed = confirmed
+        if jobs:
+            self._missed_ready = False
         return bool(jobs)
 
     def _unconfirmed_for(self):
@@ -1923,6 +1926,18 @@ class Worker:
         """Wait until a job may be ready: a commit by someone else, a delayed job's
         time, the next rescue, `sleep` seconds, or a stop."""
         due = self._db(lambda c: self.queue.next_due(c, self.queues))
+        if due is not None and due <= 0:
+            # A job is ready, yet the claim just found none: it came in since
+            # (claim again at once), or, the second time in a row, another
+            # session holds its row lock (PostgreSQL's claim skips locked
+            # rows): a worker in mid-claim, or a lost client's transaction,
+            # which can last until TCP keepalive ends it. Waiting 0 again
+            # would spin; wait as idle workers do: a NOTIFY, a commit, `sleep`.
+            if self._missed_ready:
+                due = None
+            self._missed_ready = True
+        else:
+            self._missed_ready = False
         wait = self.sleep if due is None else max(0.0, min(self.sleep, due))
         deadline = time.monotonic() + wait
         if max_time is not None:

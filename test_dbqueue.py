@@ -3972,5 +3972,41 @@ class Core16ProcessTests(_Core16Processes):
 _on_backends(Core16ProcessTests, _C16_BACKENDS)
 
 
+class Core16IdleTests:
+    """(#16.5) A ready row that another session has locked leaves a worker idle."""
+
+    def test_a_row_locked_by_another_session_does_not_make_the_worker_spin(self):
+        q = self.db.queue()
+        q.push("t_record", {"i": 1})
+        # A second session (a worker cut off mid-claim, or any client) holds
+        # the row lock: the claim skips the row, which is still ready.
+        locker = self.db.connect()
+        self.addCleanup(locker.close)
+        cur = locker.cursor()
+        cur.execute("BEGIN")
+        cur.execute('SELECT id FROM "%s" FOR UPDATE' % self.db.table)
+        claims = []
+
+        class CountingQueue(dbqueue.Queue):
+            def reserve(self, *args, **kwargs):
+                claims.append(time.monotonic())
+                return super().reserve(*args, **kwargs)
+
+        counted = CountingQueue(config=self.db.config())
+        self.addCleanup(counted.close)
+        w = dbqueue.Worker(counted, ["default"], sleep=0.5, log=quiet_log())
+        self.assertEqual(w.run(max_time=2.0), 0)
+        # One claim per idle wait (at most 0.5 s), plus the one retried at
+        # once: a spinning worker makes thousands.
+        self.assertLessEqual(len(claims), 10, "claims in 2 s: %d" % len(claims))
+        cur.execute("ROLLBACK")
+        del RECORD[:]
+        self.assertEqual(dbqueue.Worker(q, ["default"], log=quiet_log()).run(once=True), 1)
+        self.assertEqual(RECORD, [{"i": 1}])
+
+
+_on_backends(Core16IdleTests, [b for b in _C16_BACKENDS if b.name != "sqlite"])
+
+
 if __name__ == "__main__":
     unittest.main()
