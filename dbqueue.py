@@ -609,18 +609,22 @@ class _SQLite(_Dialect):
     bigint = "INTEGER"
     failed_at = "TEXT NOT NULL DEFAULT CURRENT_TIMESTAMP"
     failed_cutoff = "datetime('now', :age)"
+    # attempts + 1 is capped at the largest INTEGER, so that a row written by
+    # hand with that many attempts is claimed (and fails alone, over its
+    # tries) instead of failing the claim of its whole batch.
     claim = ("UPDATE {jobs} SET reserved_at = :now, reserved_until = :now + :lease,"
-             " attempts = attempts + 1"
+             " attempts = MIN(attempts, 2147483646) + 1"
              " WHERE id IN (SELECT id FROM {jobs} WHERE queue = :queue AND reserved_at IS NULL"
              " AND available_at <= :now ORDER BY available_at, id LIMIT :limit)"
              " RETURNING id, queue, CAST(payload AS BLOB), attempts, available_at")
     # SQLite before 3.35 has no RETURNING: select, then update, in one
     # BEGIN IMMEDIATE transaction, which no other writer can interleave.
-    claim_select = ("SELECT id, queue, CAST(payload AS BLOB), attempts + 1, available_at FROM {jobs}"
+    claim_select = ("SELECT id, queue, CAST(payload AS BLOB), MIN(attempts, 2147483646) + 1,"
+                    " available_at FROM {jobs}"
                     " WHERE queue = :queue AND reserved_at IS NULL AND available_at <= :now"
                     " ORDER BY available_at, id LIMIT :limit")
     claim_update = ("UPDATE {jobs} SET reserved_at = :now, reserved_until = :now + :lease,"
-                    " attempts = attempts + 1"
+                    " attempts = MIN(attempts, 2147483646) + 1"
                     " WHERE id = :id AND reserved_at IS NULL")
     # A batch of (id, attempts) tokens in one statement (3.35+, for RETURNING).
     # `id IN (...)` is what lets SQLite find the rows by primary key: the row
@@ -779,11 +783,13 @@ class _Postgres(_Dialect):
     failed_cutoff = "now() - :hours * INTERVAL '1 hour'"
     # One statement: lock n ready rows, skipping those another worker has
     # locked, and mark them reserved. No two workers can return the same row.
+    # attempts + 1 is capped: `integer out of range` for one row written by
+    # hand would fail the whole batch, on every worker, on every restart.
     claim = ("WITH c AS (SELECT id FROM {jobs} WHERE queue = :queue AND reserved_at IS NULL"
              " AND available_at <= {now} ORDER BY available_at, id LIMIT :limit"
              " FOR UPDATE SKIP LOCKED)"
              " UPDATE {jobs} j SET reserved_at = {now}, reserved_until = {now} + :lease,"
-             " attempts = j.attempts + 1 FROM c"
+             " attempts = LEAST(j.attempts, 2147483646) + 1 FROM c"
              " WHERE j.id = c.id RETURNING j.id, j.queue, j.payload, j.attempts, j.available_at")
     notify = "SELECT pg_notify(:channel, :queue)"
     push_notify = ("WITH j AS (INSERT INTO {jobs} (queue, payload, attempts, reserved_at,"

@@ -3898,6 +3898,39 @@ class Core16LeaseTests:
 _on_backends(Core16LeaseTests, _C16_BACKENDS)
 
 
+@on_every_backend
+class Core16HandWrittenTests:
+
+    def setUp(self):
+        del RECORD[:]
+
+    def test_a_row_with_the_largest_attempts_fails_alone(self):
+        # (#16.3) On PostgreSQL the claim's attempts + 1 overflowed INTEGER
+        # for the whole batch, and every worker exited 1 on every restart.
+        for returning in ((True, False) if self.db.name == "sqlite" else (True,)):
+            with self.subTest(returning=returning):
+                del RECORD[:]
+                self.check_largest_attempts(returning)
+                self.db.raw("DELETE FROM {failed}")
+
+    def check_largest_attempts(self, returning):
+        q = self.db.queue()
+        q._returning = returning          # False: SQLite before 3.35 (select, then update)
+        q.push("t_record", {"i": 1})
+        p = self.db.param
+        payload = json.dumps({"uuid": "u-max", "job": "t_record", "data": {"i": "max"}})
+        self.db.raw("INSERT INTO {jobs} (queue, payload, attempts, reserved_at, available_at,"
+                    " created_at) VALUES ('default', %s, 2147483647, NULL, 0, 0)" % p, (payload,))
+        q.push_many("t_record", [{"i": 2}, {"i": 3}])
+        w = dbqueue.Worker(q, ["default"], log=quiet_log())
+        self.assertEqual(w.run(stop_when_empty=True), 4)
+        self.assertEqual(sorted(d["i"] for d in RECORD), [1, 2, 3])
+        failed = q.failed()
+        self.assertEqual([f["uuid"] for f in failed], ["u-max"])
+        self.assertIn("attempt 2147483647 of 3", failed[0]["exception"])
+        self.assertEqual(self.db.raw("SELECT COUNT(*) FROM {jobs}"), [(0,)])
+
+
 class Core16ProcessTests(_Core16Processes):
     """The two double runs of #16, one round each, with real processes."""
 
