@@ -2421,10 +2421,14 @@ class _Heartbeat(threading.Thread):
 
 _EMAIL_QUEUE = "emails"
 _SEED_NAMESPACE = "App\\Libraries\\Queue\\Jobs\\"
-_TEMPLATE_NAME = _Pattern(r"^[A-Za-z0-9_][A-Za-z0-9_-]{0,99}$")
-_HEADER_NAME = _Pattern(r"^[A-Za-z][A-Za-z0-9-]{0,75}$")
+# \Z, not $, here too: "X-Campaign\n" would pass as a header name, and go
+# out with a bare LF that ends the message's headers early.
+_TEMPLATE_NAME = _Pattern(r"^[A-Za-z0-9_][A-Za-z0-9_-]{0,99}\Z")
+_HEADER_NAME = _Pattern(r"^[A-Za-z][A-Za-z0-9-]{0,75}\Z")
 _ADDR_SPEC = _Pattern(r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@"
-                      r"[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$")
+                      r"[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?\Z")
+# A payload's uuid that can go into a Message-ID as it is.
+_MESSAGE_ID_UUID = _Pattern(r"^[A-Za-z0-9-]{1,64}\Z")
 _HTML_TAG = _Pattern(r"<\s*[A-Za-z!/]")
 # Headers dbqueue writes itself, or that would change who receives the mail:
 # `headers` may not set them (use the fields of the same name).
@@ -2682,7 +2686,7 @@ def _message_id(domain):
     """<uuid@domain> from the running job, so that a retried send keeps its id."""
     import email.utils
     running = current_job()
-    if running is not None and running.uuid and re.match(r"^[A-Za-z0-9-]{1,64}$", running.uuid):
+    if running is not None and running.uuid and _MESSAGE_ID_UUID.match(running.uuid):
         return "<%s@%s>" % (running.uuid, domain)
     if running is not None and running.id is not None:
         # A payload without a uuid (the seed app's): the row id is stable across retries.

@@ -4041,5 +4041,57 @@ class Core16IdleTests:
 _on_backends(Core16IdleTests, [b for b in _C16_BACKENDS if b.name != "sqlite"])
 
 
+
+class Core16ValidatorTests(unittest.TestCase):
+    """(#16.7) Every pattern that validates ends in \Z: "$" matches before a final newline."""
+
+    def test_every_validating_pattern_refuses_a_trailing_newline(self):
+        patterns = {name: value for name, value in vars(dbqueue).items()
+                    if isinstance(value, dbqueue._Pattern) and value.source.startswith("^")}
+        good = {"_IDENT": "jobs", "_QUEUE_NAME": "emails", "_TEMPLATE_NAME": "verify_email",
+                "_HEADER_NAME": "X-Campaign", "_ADDR_SPEC": "ann@example.com",
+                "_MESSAGE_ID_UUID": dbqueue._uuid4()}
+        self.assertLessEqual(set(good), set(patterns))
+        for name, pattern in patterns.items():
+            with self.subTest(pattern=name):
+                self.assertTrue(pattern.source.endswith(r"\Z"), pattern.source)
+                if name in good:
+                    self.assertTrue(pattern.match(good[name]))
+                    self.assertIsNone(pattern.match(good[name] + "\n"))
+        # And where each one is used.
+        with self.assertRaises(dbqueue.ConfigError):
+            dbqueue._quote("jobs\n")
+        with self.assertRaises(ValueError):
+            dbqueue._queue_name("emails\n")
+        with self.assertRaises(dbqueue.PermanentError):
+            dbqueue._template_name("verify_email\n")
+        base = {"to": "a@example.com", "subject": "s", "text": "t"}
+        with self.assertRaisesRegex(dbqueue.PermanentError, "not a header name"):
+            dbqueue._email_fields(dict(base, headers={"X-Campaign\n": "spring"}), None)
+        self.assertEqual(dbqueue._email_fields(dict(base, headers={"X-Campaign": "spring"}),
+                                               None)["headers"], [("X-Campaign", "spring")])
+
+
+class Core16EmailTests(EmailTestMixin, unittest.TestCase):
+    """Findings of #16 about email, with the real SMTP test server."""
+
+    def setUp(self):
+        self.db = Backend(self)
+
+    def test_a_header_name_ending_in_a_newline_fails_and_nothing_is_sent(self):
+        sink = SMTPSink(self)
+        q = self.mail_queue(sink)
+        base = {"to": "a@example.com", "subject": "s", "text": "t"}
+        q.push("send_email", dict(base, headers={"X-Campaign\n": "spring"}), queue="emails")
+        q.push("send_email", dict(base, subject="fine", headers={"X-Campaign": "spring"}),
+               queue="emails")
+        self.work(q, tries=3)
+        (failed,) = q.failed()
+        self.assertIn("is not a header name", failed["exception"])
+        ((_, msg, _),) = sink.messages
+        self.assertEqual((msg["Subject"], msg["X-Campaign"]), ("fine", "spring"))
+        self.assertEqual(msg.get_content().strip(), "t")
+
+
 if __name__ == "__main__":
     unittest.main()
