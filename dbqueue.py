@@ -2937,15 +2937,25 @@ def _template_dir_names(config):
 
 # -- sending ---------------------------------------------------------------------
 
-def _deliver(fields, config):
-    """Send (or, with MAIL_MAILER=log, log) one checked message."""
+def _message_bytes(fields):
+    """(message, its bytes with CRLF line ends) for checked fields."""
     try:
         msg = _build_message(fields)
-        data = msg.as_bytes(policy=msg.policy.clone(linesep="\r\n"))
-    except (ValueError, UnicodeError) as exc:
-        # The email package refusing the message is about the data, which a
-        # retry cannot change (smtplib's own errors are classified below).
-        raise PermanentError("the message cannot be built: %s" % _first_line(exc))
+        return msg, msg.as_bytes(policy=msg.policy.clone(linesep="\r\n"))
+    except (QueueError, MemoryError):
+        raise
+    except Exception as exc:
+        # The email package refusing the message, or tripping over it (Python
+        # 3.8 raises TypeError for a blank Orig-Date), is about the data,
+        # which a retry cannot change (smtplib's own errors are classified in
+        # _smtp_error).
+        raise PermanentError("the message cannot be built: %s: %s"
+                             % (type(exc).__name__, _first_line(exc)))
+
+
+def _deliver(fields, config):
+    """Send (or, with MAIL_MAILER=log, log) one checked message."""
+    msg, data = _message_bytes(fields)
     sender = fields["from"][1]
     recipients = []
     for _, addr in fields["to"] + fields["cc"] + fields["bcc"]:

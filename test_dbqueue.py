@@ -4093,5 +4093,84 @@ class Core16EmailTests(EmailTestMixin, unittest.TestCase):
         self.assertEqual(msg.get_content().strip(), "t")
 
 
+
+class Core16MessageFuzzTests(unittest.TestCase):
+    """(#16.9) Whatever a payload holds, building its message either works or
+    is a PermanentError: never another exception, which would be retried."""
+
+    # Pieces the generator combines: header names the email package parses
+    # in its own way (dates, addresses, ids, MIME), and values that trip it.
+    names = ["X-Campaign", "Orig-Date", "Keywords", "Comments", "In-Reply-To", "References",
+             "List-Unsubscribe", "List-Id", "Importance", "Expires", "Auto-Submitted",
+             "Content-Language", "Content-Base", "Content-ID", "Content-Description",
+             "Disposition-Notification-To", "Errors-To", "Precedence", "X-Priority"]
+    values = [" ", "", "\t", "  \t ", "<>", "<", ">", "()", "(", '"', '""', "@", ",", ";", ":",
+              "a, b", "<a@b>", "<a@b> <c@d>", "=?utf-8?q?x?=", "=?", "?=", "=?x?b?###?=",
+              "Mon, 32 Foo 2020 99:99:99", "Tue, 1 Dec 2026 21:00:00 +0000", "0", "-1",
+              "Zoë", "日本語", "\u00a0", "x" * 200, "a " * 60, "<mailto:u@example.com>",
+              "(comment (nested)) value", "\\", "\\\\", "%", "{}", "[a]", "a\\tb"]
+    texts = ["", " ", "plain", "Zoë ümlaut", "日本語", "x" * 1000, "line\nline", "\r\n",
+             "<p>Hi</p>", "<b>unclosed", "=?utf-8?q?x?=", ". \n.\n", "\u2028"]
+    addresses = ["a@example.com", "Ann <ann@example.com>", '"Ann, B" <ann@example.com>',
+                 "Zoë <zoe@example.com>", "ann@bücher.example", "(c) a@example.com",
+                 '"" <a@example.com>', "=?utf-8?q?x?= <a@example.com>", "a@[127.0.0.1]",
+                 "a.@example.com", "<a@example.com>", "a@example.com (comment)", "@", ""]
+
+    def one(self, rng):
+        pick = rng.choice
+        data = {"to": pick(self.addresses) if rng.random() < 0.8 else
+                [pick(self.addresses) for _ in range(rng.randint(0, 3))],
+                "subject": pick(self.values + self.texts)}
+        for key in ("text", "html"):
+            if rng.random() < 0.7:
+                data[key] = pick(self.texts)
+        for key in ("cc", "bcc", "reply_to", "from"):
+            if rng.random() < 0.2:
+                data[key] = pick(self.addresses)
+        if rng.random() < 0.8:
+            data["headers"] = {pick(self.names): pick(self.values)
+                               for _ in range(rng.randint(1, 4))}
+        return data
+
+    def test_generated_messages_build_or_fail_permanently(self):
+        count = 20000 if FAULTS else 1000
+        seed = int(os.environ.get("FAULT_SEED") or random.randrange(1 << 30))
+        rng = random.Random(seed)
+        config = dbqueue.Config(mail_from_address="app@example.com", mail_from_name="Äpp")
+        built = refused = 0
+        for _ in range(count):
+            data = self.one(rng)
+            try:
+                fields = dbqueue._email_fields(data, config)
+                msg, raw = dbqueue._message_bytes(fields)
+            except dbqueue.PermanentError:
+                refused += 1
+                continue
+            except Exception as exc:
+                self.fail("seed %d: %r escaped as %s: %s" % (seed, data, type(exc).__name__, exc))
+            built += 1
+            self.assertIn(b"\r\n\r\n", raw)
+            self.assertNotIn(b"\n", raw.replace(b"\r\n", b""), (seed, data))
+        self.assertGreater(built, count // 10)
+        self.assertGreater(refused, count // 10)
+
+    def test_a_blank_orig_date_is_sent_or_fails_at_once(self):
+        # Python 3.8's email package raises TypeError on it: that was
+        # retried, as if the mail server had failed. Later ones build it.
+        db = Backend(self)
+        q = db.queue(mail_mailer="log", mail_from_address="app@example.com")
+        q.push("send_email", {"to": "a@example.com", "subject": "s", "text": "t",
+                              "headers": {"Orig-Date": " "}}, queue="emails")
+        w = dbqueue.Worker(q, ["emails"], tries=3, backoff="0", log=quiet_log())
+        self.assertEqual(w.run(once=True), 1)
+        self.assertEqual(db.raw("SELECT COUNT(*) FROM {jobs}"), [(0,)])
+        failed = q.failed()
+        if sys.version_info < (3, 9):
+            self.assertEqual(len(failed), 1)
+            self.assertIn("cannot be built: TypeError", failed[0]["exception"])
+        else:
+            self.assertEqual(failed, [])
+
+
 if __name__ == "__main__":
     unittest.main()
