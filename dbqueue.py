@@ -584,6 +584,12 @@ class _Dialect:
     def add_column_sql(cls, table, column, type_):
         return "ALTER TABLE %s ADD COLUMN %s %s" % (_quote(table), column, type_)
 
+    @staticmethod
+    def plain_cursor(conn):
+        """A cursor on an app's connection (push(connection=...)) that returns
+        tuples, whatever row factory the app gave the connection."""
+        return conn.cursor()
+
     @classmethod
     def version_ddl(cls):
         return ("CREATE TABLE IF NOT EXISTS dbqueue_migrations (\n"
@@ -757,6 +763,12 @@ class _SQLite(_Dialect):
     def in_transaction(conn):
         return conn.in_transaction
 
+    @staticmethod
+    def plain_cursor(conn):
+        cur = conn.cursor()
+        cur.row_factory = None      # tuples, whatever conn.row_factory says
+        return cur
+
 
 class _Postgres(_Dialect):
     name = "postgresql"
@@ -853,6 +865,15 @@ class _Postgres(_Dialect):
     def in_transaction(conn):
         # psycopg 3 and psycopg2 (2.8+) both have info.transaction_status; 0 is idle.
         return conn.info.transaction_status != 0
+
+    @staticmethod
+    def plain_cursor(conn):
+        """A cursor returning tuples, whatever row or cursor factory `conn` has."""
+        if type(conn).__module__.split(".")[0] == "psycopg2":
+            import psycopg2.extensions
+            return conn.cursor(cursor_factory=psycopg2.extensions.cursor)
+        from psycopg.rows import tuple_row
+        return conn.cursor(row_factory=tuple_row)
 
     @staticmethod
     def is_missing_table(exc):
@@ -1152,8 +1173,7 @@ class Queue:
         key = "push_notify" if self.dialect is _Postgres else "push"
         params = dict(queue=queue, payload=payload, delay=delay, channel=self.channel)
         if connection is not None:
-            self._check_foreign(connection)
-            cur = connection.cursor()
+            cur = self._foreign_cursor(connection)
             self.execute(cur, key, **params)
             return self._new_id(cur)
         # The hot path of a web app: one autocommit statement, no kwargs copies.
@@ -1175,8 +1195,7 @@ class Queue:
         if not payloads:
             return []
         if connection is not None:
-            self._check_foreign(connection)
-            return self._insert_many(connection.cursor(), queue, payloads, delay)
+            return self._insert_many(self._foreign_cursor(connection), queue, payloads, delay)
         if self.dialect is _Postgres:
             try:
                 return self._insert_many(self._conn().cursor(), queue, payloads, delay)
@@ -1216,6 +1235,12 @@ class Queue:
         if self.dialect is _Postgres:
             return cur.fetchone()[0]
         return cur.lastrowid
+
+    def _foreign_cursor(self, connection):
+        """A cursor on the app's connection that returns plain tuples, whatever
+        row factory the app chose (psycopg's dict_row, sqlite3.Row, ...)."""
+        self._check_foreign(connection)
+        return self.dialect.plain_cursor(connection)
 
     def _check_foreign(self, connection):
         module = type(connection).__module__.split(".")[0]

@@ -3904,6 +3904,36 @@ class Core16HandWrittenTests:
     def setUp(self):
         del RECORD[:]
 
+    def test_push_with_a_connection_of_any_row_factory(self):
+        # (#16.8) An app's connection that returns dicts (psycopg's dict_row,
+        # psycopg2's RealDictCursor, a sqlite3 row_factory) got KeyError: 0.
+        q = self.db.queue()
+        if self.db.name == "sqlite":
+            import sqlite3
+            app = sqlite3.connect(self.db.url[len("sqlite:///"):], timeout=10)
+            app.row_factory = lambda cur, row: {d[0]: v for d, v in zip(cur.description, row)}
+        elif self.db.driver == "psycopg":
+            import psycopg
+            from psycopg.rows import dict_row
+            app = psycopg.connect(PG_URL, row_factory=dict_row)
+        else:
+            import psycopg2
+            import psycopg2.extras
+            app = psycopg2.connect(PG_URL, cursor_factory=psycopg2.extras.RealDictCursor)
+        self.addCleanup(app.close)
+        first = q.push("t_record", {"i": 1}, connection=app)
+        more = q.push_many("t_record", [{"i": 2}, {"i": 3}], connection=app)
+        app.commit()
+        ids = [row[0] for row in self.db.raw("SELECT id FROM {jobs} ORDER BY id")]
+        self.assertEqual([first] + more, ids)
+        self.assertIsInstance(first, int)
+        # The app's own cursors still return what it asked for.
+        cur = app.cursor()
+        cur.execute("SELECT 1 AS one")
+        self.assertEqual(cur.fetchone(), {"one": 1})
+        dbqueue.Worker(q, ["default"], log=quiet_log()).run(stop_when_empty=True)
+        self.assertEqual(sorted(d["i"] for d in RECORD), [1, 2, 3])
+
     def test_a_row_with_the_largest_attempts_fails_alone(self):
         # (#16.3) On PostgreSQL the claim's attempts + 1 overflowed INTEGER
         # for the whole batch, and every worker exited 1 on every restart.
