@@ -1774,6 +1774,7 @@ class Worker:
         self._held = []           # reserved, not started
         self._running = None      # the Job whose handler runs
         self._acks = []           # tokens of finished jobs not yet deleted
+        self._done_lines = {}     # their log lines, written once the ack is known
         self._lock = threading.Lock()
         self._avg = None          # moving average of handler seconds
         self._timed_out = False
@@ -1941,11 +1942,24 @@ class Worker:
                          attempt=job.attempts)
 
     def _acked(self, sent, lost):
+        """After an ack of `sent` tokens: each finished job's line, now that
+        its outcome is known (done, or lost when the ack was refused)."""
+        lost = set(lost)
         with self._lock:
             del self._acks[:len(sent)]
-        for token in lost:
-            self.log.warning("reservation lost before the job was acknowledged; it will run again",
-                             job=token[0], attempt=token[1])
+            lines = [self._done_lines.pop(t, None) for t in sent]
+        for token, line in zip(sent, lines):
+            if line is None:
+                continue
+            job, elapsed, tries = line
+            if token in lost:
+                # The handler finished, but the reservation had lapsed and
+                # another worker took the job: its run there decides.
+                self._log_job(job, "lost", elapsed, tries, level="warning",
+                              reason="finished after its reservation passed to another worker;"
+                                     " not acknowledged here")
+            else:
+                self._log_job(job, "done", elapsed, tries)
 
     def _flush_acks(self):
         if self._acks:
@@ -2145,13 +2159,14 @@ class Worker:
         if outcome is None:
             with self._lock:
                 self._acks.append(job.token)
+                self._done_lines[job.token] = (job, elapsed, tries)
             # A fast job's ack waits for the next claim, also when this was the
             # batch's last job: that claim's transaction commits it whether or
             # not it finds more work, and leaving the loop flushes it too
-            # (_shutdown). One commit per batch instead of two.
+            # (_shutdown). One commit per batch instead of two. Its log line
+            # waits for the ack too (_acked).
             if elapsed >= self.ack_delay_seconds:
                 self._flush_acks()
-            self._log_job(job, "done", elapsed, tries)
             return
         _Transaction.end_abandoned(self.queue)
         kind, exc = outcome
@@ -2174,16 +2189,17 @@ class Worker:
             ok, lost = self._db(lambda c: self.queue.release(c, job.token, delay, uncount, acks))
         self._acked(acks, lost)
         if not ok:
-            self.log.warning("reservation lost: another worker took the job over; outcome not"
-                             " recorded", job=job.id, name=job.name, attempt=job.attempts)
+            self._log_job(job, "lost", elapsed, tries, level="warning",
+                          reason="reservation lost: another worker took the job over; this"
+                                 " attempt's outcome (%s) is not recorded" % outcome)
             return
         self._log_job(job, outcome, elapsed, tries, delay=delay if outcome == "released" else None,
                       reason=reason)
 
-    def _log_job(self, job, outcome, elapsed, tries, delay=None, reason=None):
-        self.log.info("job", id=job.id, name=job.name, queue=job.queue,
-                      attempt="%d/%d" % (job.attempts, tries or self.tries), outcome=outcome,
-                      delay=delay, ms=round((elapsed or 0) * 1000, 1), reason=reason)
+    def _log_job(self, job, outcome, elapsed, tries, delay=None, reason=None, level="info"):
+        self.log.log(level, "job", id=job.id, name=job.name, queue=job.queue,
+                     attempt="%d/%d" % (job.attempts, tries or self.tries), outcome=outcome,
+                     delay=delay, ms=round((elapsed or 0) * 1000, 1), reason=reason)
 
     # -- the database connection -------------------------------------------
 
@@ -2422,7 +2438,8 @@ class _Heartbeat(threading.Thread):
                     delay = backoff[min(running.attempts - 1, len(backoff) - 1)]
                     worker.queue.release(conn, running.token, delay)
             if worker._acks:
-                worker.queue.ack(conn, list(worker._acks))
+                acks = list(worker._acks)
+                worker._acked(acks, worker.queue.ack(conn, acks))
             for held in list(worker._held):
                 worker.queue.release(conn, held.token, 0, True)
 

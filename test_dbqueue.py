@@ -3898,6 +3898,21 @@ class Core16LeaseTests:
 _on_backends(Core16LeaseTests, _C16_BACKENDS)
 
 
+# A handler during which another worker takes its job over (the test's
+# clock jumps past the lease), as after a pause longer than retry_after.
+_C16_THIEF = {}
+
+
+@dbqueue.job("c16_stolen")
+def _c16_stolen(data):
+    thief = _C16_THIEF
+    thief["clock"].advance(1000)
+    jobs, _ = thief["queue"].reserve(thief["conn"], ["default"], 1, rescue_after=1)
+    thief["jobs"].extend(jobs)
+    if data.get("slow"):
+        time.sleep(0.02)     # past ack_delay_seconds: acknowledged at once, not with the next claim
+
+
 @on_every_backend
 class Core16HandWrittenTests:
 
@@ -3933,6 +3948,29 @@ class Core16HandWrittenTests:
         self.assertEqual(cur.fetchone(), {"one": 1})
         dbqueue.Worker(q, ["default"], log=quiet_log()).run(stop_when_empty=True)
         self.assertEqual(sorted(d["i"] for d in RECORD), [1, 2, 3])
+
+    def test_an_ack_refused_after_a_takeover_is_logged_as_lost(self):
+        # (#16.10) It said outcome=done, then "it will run again".
+        for slow in (False, True):
+            with self.subTest(slow=slow):
+                clock = Clock()
+                q = self.db.queue(clock=clock, retry_after=10)
+                thief = self.db.queue(clock=clock, retry_after=10, migrate=False)
+                _C16_THIEF.update(clock=clock, queue=thief, conn=thief.connect(), jobs=[])
+                job_id = q.push("c16_stolen", {"slow": slow})
+                stream = io.StringIO()
+                w = dbqueue.Worker(q, ["default"], log=dbqueue._Log(stream=stream))
+                self.assertEqual(w.run(once=True), 1)
+                self.assertEqual([j.token for j in _C16_THIEF["jobs"]], [(job_id, 2)])
+                lines = [line for line in stream.getvalue().splitlines() if " job " in line]
+                self.assertEqual(len(lines), 1, stream.getvalue())
+                self.assertIn("outcome=lost", lines[0])
+                self.assertIn("WARNING", lines[0])
+                self.assertIn("passed to another worker", lines[0])
+                self.assertNotIn("run again", stream.getvalue())
+                # The new holder's reservation is untouched.
+                self.assertEqual(self.db.raw("SELECT attempts FROM {jobs}"), [(2,)])
+                self.assertEqual(thief.ack(_C16_THIEF["conn"], [(job_id, 2)]), [])
 
     def test_a_row_with_the_largest_attempts_fails_alone(self):
         # (#16.3) On PostgreSQL the claim's attempts + 1 overflowed INTEGER
@@ -4121,6 +4159,22 @@ class Core16EmailTests(EmailTestMixin, unittest.TestCase):
         ((_, msg, _),) = sink.messages
         self.assertEqual((msg["Subject"], msg["X-Campaign"]), ("fine", "spring"))
         self.assertEqual(msg.get_content().strip(), "t")
+
+    def test_a_hand_written_uuid_ending_in_a_newline_gets_the_fallback_message_id(self):
+        # (#16.10) "$" let "…\n" into the Message-ID, and the job failed.
+        sink = SMTPSink(self)
+        q = self.mail_queue(sink)
+        payload = json.dumps({"uuid": "0c3e8b7a-1d2f-4e5a-9b6c-7d8e9f0a1b2c\n",
+                              "job": "send_email",
+                              "data": {"to": "a@example.com", "subject": "s", "text": "t"}})
+        self.db.raw("INSERT INTO {jobs} (queue, payload, attempts, reserved_at, available_at,"
+                    " created_at) VALUES ('emails', ?, 0, NULL, 0, 0)", (payload,))
+        job_id = self.db.raw("SELECT id FROM {jobs}")[0][0]
+        self.work(q, tries=3)
+        self.assertEqual(q.failed(), [])
+        ((_, msg, _),) = sink.messages
+        self.assertTrue(msg["Message-ID"].startswith("<dbqueue-job-%d-emails@" % job_id),
+                        msg["Message-ID"])
 
 
 
