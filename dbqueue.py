@@ -3923,8 +3923,8 @@ def _prom_label(value):
 _PROM_METRICS = (
     ("dbqueue_jobs", "Jobs in the jobs table by queue and state (ready, delayed, reserved).",
      lambda s: [("ready", s["ready"]), ("delayed", s["delayed"]), ("reserved", s["reserved"])]),
-    ("dbqueue_expired_reservations", "Reserved jobs whose worker stopped renewing the"
-     " reservation for longer than QUEUE_RETRY_AFTER; a worker takes them back.",
+    ("dbqueue_expired_reservations", "Reserved jobs whose lease ran out: their worker stopped"
+     " renewing the reservation for longer than its QUEUE_RETRY_AFTER; a worker takes them back.",
      lambda s: [(None, s["expired"])]),
     ("dbqueue_failed_jobs", "Jobs in the failed jobs table by queue.",
      lambda s: [(None, s["failed"])]),
