@@ -101,37 +101,89 @@ _IDENT = _Pattern(r"^[A-Za-z_][A-Za-z0-9_]{0,62}\Z")
 _QUEUE_NAME = _Pattern(r"^[A-Za-z0-9_.:\-]{1,100}\Z")
 
 
-def _read_env_file(path, required):
-    """Parse a .env file: KEY=VALUE lines, # comments, optional quotes and `export`.
+_ENV_KEY = _Pattern(r"^[A-Za-z_][A-Za-z0-9_.\-]*\Z")
+_ENV_REF = _Pattern(r"\$\{([A-Za-z0-9_.]+)\}")
 
-    Values are never evaluated or interpolated. A missing file is an error only
-    when the user named it (`--env-file`).
+
+def _read_env_file(path, required, environ=None):
+    """Parse a .env file as Laravel's and CodeIgniter's readers do.
+
+    Returns ({key: (value, line number)}, [warnings]). KEY=VALUE lines (spaces
+    around = allowed, dotted CodeIgniter keys too), # comments, `export`,
+    quotes. In unquoted and double-quoted values ${NAME} is NAME's value: the
+    environment's (`environ`) if set, else an earlier line's; an unknown NAME
+    becomes empty, with a warning. Single-quoted values are literal. Nothing
+    else is evaluated. A line that is not KEY=VALUE is a warning naming it. A
+    missing file is an error only when the user named it (`--env-file`).
     """
+    environ = os.environ if environ is None else environ
     try:
-        with open(path, encoding="utf-8") as fh:
+        with open(path, encoding="utf-8-sig") as fh:   # -sig: an editor's BOM is not part of a key
             lines = fh.read().splitlines()
     except FileNotFoundError:
         if required:
             raise ConfigError("--env-file %s: no such file" % path)
-        return {}
+        return {}, []
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError("cannot read env file %s: %s" % (path, exc))
-    values = {}
-    for line in lines:
+    values, warnings = {}, []
+
+    def expand(text, where):
+        def replace(match):
+            name = match.group(1)
+            if name in environ:
+                return environ[name]
+            if name in values:
+                return values[name][0]
+            warnings.append("%s: ${%s} is not set; it was replaced by nothing" % (where, name))
+            return ""
+        return _ENV_REF.sub(replace, text)
+
+    for number, line in enumerate(lines, 1):
+        where = "%s:%d" % (path, number)
         line = line.strip()
-        if not line or line.startswith("#") or "=" not in line:
+        if not line or line.startswith("#"):
             continue
-        key, _, value = line.partition("=")
-        key = key.strip()
-        if key.startswith("export "):
-            key = key[7:].strip()
-        value = value.strip()
-        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
-            value = value[1:-1]
-        elif " #" in value:
-            value = value.split(" #", 1)[0].rstrip()
-        values[key] = value
-    return values
+        if line.startswith("export ") or line.startswith("export\t"):
+            line = line[7:].lstrip()
+        key, equals, rest = line.partition("=")
+        key, rest = key.strip(), rest.strip()
+        if not equals or not _ENV_KEY.match(key):
+            warnings.append("%s: not a KEY=VALUE line; ignored" % where)
+            continue
+        if rest[:1] in ("'", '"'):
+            # Pieces of the value: (text, expand?). In double quotes \" and \\
+            # stand for themselves and \$ is a literal $ that starts no ${NAME}.
+            quote, pieces, chunk, i, closed = rest[0], [], [], 1, False
+            while i < len(rest):
+                ch = rest[i]
+                if ch == quote:
+                    closed = True
+                    break
+                if quote == '"' and ch == "\\" and rest[i + 1:i + 2] in ('"', "\\", "$"):
+                    if rest[i + 1] == "$":
+                        pieces += [("".join(chunk), True), ("$", False)]
+                        chunk = []
+                    else:
+                        chunk.append(rest[i + 1])
+                    i += 2
+                    continue
+                chunk.append(ch)
+                i += 1
+            pieces.append(("".join(chunk), quote == '"'))
+            after = rest[i + 1:].strip()
+            if not closed:
+                warnings.append("%s: %s has no closing %s quote; ignored" % (where, key, quote))
+                continue
+            if after and not after.startswith("#"):
+                warnings.append("%s: text after the closing quote of %s is ignored" % (where, key))
+            value = "".join(expand(text, where) if live else text for text, live in pieces)
+        else:
+            # A comment starts at a # after whitespace: a#b is a value.
+            value = re.split(r"\s#", rest, maxsplit=1)[0].rstrip()
+            value = expand(value, where)
+        values[key] = (value, number)
+    return values, warnings
 
 
 def _mask_url(url):
@@ -167,10 +219,89 @@ def _without_password(text, url):
     return _mask_url(text)
 
 
+# A CodeIgniter 4 app's .env names, read where dbqueue's own is unset:
+# dbqueue's name -> (CodeIgniter's name, {its value: ours}).
+_CODEIGNITER_NAMES = {
+    "MAIL_MAILER": ("EMAIL_PROVIDER", {"none": "log"}),
+    "MAIL_HOST": ("EMAIL_SMTP_HOST", {}),
+    "MAIL_PORT": ("EMAIL_SMTP_PORT", {}),
+    "MAIL_USERNAME": ("EMAIL_SMTP_USER", {}),
+    "MAIL_PASSWORD": ("EMAIL_SMTP_PASS", {}),
+    "MAIL_ENCRYPTION": ("EMAIL_SMTP_CRYPTO", {}),
+    "MAIL_FROM_ADDRESS": ("EMAIL_FROM_ADDRESS", {}),
+    "MAIL_FROM_NAME": ("EMAIL_FROM_NAME", {}),
+}
+# database.default.DBDriver -> URL scheme. CodeIgniter's own default is MySQLi.
+_CODEIGNITER_DRIVERS = {"mysqli": "mysql", "postgre": "postgresql", "sqlite3": "sqlite"}
+_CODEIGNITER_DB = tuple("database.default." + k for k in (
+    "DBDriver", "hostname", "port", "database", "username", "password", "DBPrefix"))
+# Read by other parts of dbqueue: known names for the typo check.
+_OTHER_NAMES = ("DATABASE_URL", "DBQUEUE_DASHBOARD_TOKEN")
+_SECRET_NAME = _Pattern(r"(PASSWORD|PASS|SECRET|TOKEN)\Z")
+
+
+def _one_edit_apart(a, b):
+    """True when b is a with one letter added, dropped, changed or two swapped."""
+    if a == b or abs(len(a) - len(b)) > 1:
+        return False
+    i = 0
+    while i < min(len(a), len(b)) and a[i] == b[i]:
+        i += 1
+    if len(a) == len(b):
+        return a[i + 1:] == b[i + 1:] or (a[i:i + 2] == b[i:i + 2][::-1] and a[i + 2:] == b[i + 2:])
+    longer, shorter = (a, b) if len(a) > len(b) else (b, a)
+    return longer[i + 1:] == shorter[i:]
+
+
+def _codeigniter_url(find, env_path):
+    """(url, source) from the CodeIgniter database.default.* settings, or None."""
+    from urllib.parse import quote
+    value = {}
+    where = None
+    for name in _CODEIGNITER_DB:
+        raw, source = find(name)
+        value[name.rpartition(".")[2]] = raw if raw is not None else ""
+        if raw is not None and where is None and name.endswith(("DBDriver", "database")):
+            where = source
+    driver, database = value["DBDriver"].strip(), value["database"].strip()
+    if not driver and not database:
+        return None
+    source = "derived from database.default.* (%s)" % where
+    scheme = _CODEIGNITER_DRIVERS.get((driver or "MySQLi").lower())
+    if scheme is None:
+        raise ConfigError("database.default.DBDriver=%s (%s) is not one dbqueue supports (MySQLi,"
+                          " Postgre or SQLite3): set QUEUE_DATABASE_URL" % (driver, where))
+    if not database:
+        raise ConfigError("database.default.database is empty (%s): name the database, or set"
+                          " QUEUE_DATABASE_URL" % where)
+    if scheme == "sqlite":
+        # As CodeIgniter resolves it: a relative file lives in writable/.
+        if not os.path.isabs(database):
+            database = os.path.join(os.path.dirname(os.path.abspath(env_path)), "writable",
+                                    database)
+        return "sqlite:///" + database, source
+    host, port, user = value["hostname"].strip(), value["port"].strip(), value["username"].strip()
+    if port and not port.isdigit():
+        raise ConfigError("database.default.port=%s is not a port number" % port)
+    if ":" in host and not host.startswith("["):
+        host = "[%s]" % host     # an IPv6 address
+    auth = ""
+    if user or value["password"]:
+        auth = quote(user, safe="")
+        if value["password"]:
+            auth += ":" + quote(value["password"], safe="")
+        auth += "@"
+    return ("%s://%s%s%s/%s" % (scheme, auth, host, ":" + port if port else "",
+                                quote(database, safe="")), source)
+
+
 class Config:
     """Validated settings. `Config.from_env()` reads them; every field has a default.
 
     Bad values raise `ConfigError` with one line that names the variable.
+    After from_env(), `sources` maps each setting's name (QUEUE_TIMEOUT) to
+    where its value came from (environment, FILE:LINE, derived, default) and
+    `warnings` lists what looked wrong but was not fatal (a likely typo).
     """
 
     def __init__(self, **settings):
@@ -193,7 +324,10 @@ class Config:
         self.mail_timeout = 30
         self.mail_verify_peer = True
         self.mail_template_dir = ""
+        self.mail_sendmail_path = "/usr/sbin/sendmail -t -i"
         self.app_name = ""
+        self.sources = {}
+        self.warnings = []
         for name, value in settings.items():
             if not hasattr(self, name):
                 raise TypeError("Config has no setting %r" % name)
@@ -201,62 +335,173 @@ class Config:
 
     def __repr__(self):
         shown = dict(vars(self))
+        del shown["sources"], shown["warnings"]
         shown["database_url"] = _mask_url(self.database_url)
         if shown["mail_password"]:
             shown["mail_password"] = "***"
         return "Config(%s)" % ", ".join("%s=%r" % kv for kv in sorted(shown.items()))
 
     @classmethod
-    def from_env(cls, environ=None, env_file=None):
+    def from_env(cls, environ=None, env_file=None, database_url=None):
         """Settings from `environ` (default os.environ) over a .env file.
 
         The .env file in the working directory is read unless `env_file` names
-        another; it never overrides a variable that is already set.
+        another; it never overrides a variable that is already set. Where
+        dbqueue's own name is unset, the CodeIgniter app's is read (see the
+        README). `database_url` (the --database-url flag) wins over both.
         """
-        env = dict(_read_env_file(env_file or ".env", required=bool(env_file)))
-        env.update(os.environ if environ is None else environ)
-
-        def get(name, default=""):
-            value = env.get(name)
-            return default if value is None or value.strip() == "" else value.strip()
-
+        environ = os.environ if environ is None else environ
+        path = env_file or ".env"
+        file_values, warnings = _read_env_file(path, required=bool(env_file), environ=environ)
         c = cls()
+        c.warnings = warnings
+
+        def find(name):
+            """(value, source) of one variable as set, or (None, None)."""
+            # A shell cannot export a dotted name: CodeIgniter also reads
+            # database_default_hostname for database.default.hostname.
+            for key in (name, name.replace(".", "_")) if "." in name else (name,):
+                if key in environ:
+                    return environ[key], "environment" if key == name else "environment (%s)" % key
+                if key in file_values:
+                    value, line = file_values[key]
+                    return value, "%s:%d" % (path, line)
+            return None, None
+
+        def lookup(name):
+            """(value, source, variable): dbqueue's name, else CodeIgniter's."""
+            ours = [(name, {})]
+            if name in _CODEIGNITER_NAMES:
+                ours.append(_CODEIGNITER_NAMES[name])
+            for key, meaning in ours:
+                value, source = find(key)
+                if value is not None and value.strip():
+                    if key != name:
+                        value = meaning.get(value.strip().lower(), value)
+                        source = "%s (%s)" % (source, key)
+                    return value, source, key
+            return None, "default", name
+
+        def name(setting):
+            """The variable a setting's value came from, for error messages."""
+            return lookup(setting)[2]
+
+        def get(setting, default=""):
+            value, source, _ = lookup(setting)
+            c.sources[setting] = source
+            return default if value is None else value.strip()
+
         driver = get("QUEUE_DRIVER", "database").lower()
         if driver != "database":
             raise ConfigError(
                 "QUEUE_DRIVER=%s is not supported: dbqueue only has the 'database' driver"
                 " (set QUEUE_DRIVER=database or remove it)" % driver)
-        c.database_url = get("QUEUE_DATABASE_URL") or get("DATABASE_URL") or _DEFAULT_URL
-        _parse_url(c.database_url)  # an unknown scheme is a configuration error now
+        c.database_url, c.sources["QUEUE_DATABASE_URL"] = _database_url(find, path, database_url)
         c.max_attempts = _int_setting("QUEUE_MAX_ATTEMPTS", get("QUEUE_MAX_ATTEMPTS", "3"), 1,
                                       _MAX_TRIES)
         c.retry_after = _int_setting("QUEUE_RETRY_AFTER", get("QUEUE_RETRY_AFTER", "90"), 1,
                                      _MAX_SECONDS)
         c.backoff = _backoff_setting("QUEUE_BACKOFF", get("QUEUE_BACKOFF", "10,60,300"))
         c.timeout = _int_setting("QUEUE_TIMEOUT", get("QUEUE_TIMEOUT", "60"), 0, _MAX_SECONDS)
-        c.table = _ident_setting("QUEUE_TABLE", get("QUEUE_TABLE", "jobs"))
-        c.failed_table = _ident_setting("QUEUE_FAILED_TABLE", get("QUEUE_FAILED_TABLE", "failed_jobs"))
-        c.mail_mailer = _choice_setting("MAIL_MAILER", get("MAIL_MAILER", "smtp").lower(), ("smtp", "log"))
+        prefix, prefix_source = find("database.default.DBPrefix")
+        prefix = (prefix or "").strip()
+        for setting, table in (("QUEUE_TABLE", "jobs"), ("QUEUE_FAILED_TABLE", "failed_jobs")):
+            value = get(setting, table)
+            label = setting
+            if prefix and c.sources[setting] == "default":
+                # CodeIgniter puts DBPrefix before every table name.
+                value, label = prefix + table, "database.default.DBPrefix"
+                c.sources[setting] = "derived from database.default.DBPrefix (%s)" % prefix_source
+            setattr(c, "table" if table == "jobs" else "failed_table", _ident_setting(label, value))
+        c.mail_mailer = _choice_setting(name("MAIL_MAILER"), get("MAIL_MAILER", "smtp").lower(),
+                                        ("smtp", "sendmail", "log"))
         c.mail_host = get("MAIL_HOST", "localhost")
-        c.mail_port = _int_setting("MAIL_PORT", get("MAIL_PORT", "25"), 1, 65535)
+        c.mail_port = _int_setting(name("MAIL_PORT"), get("MAIL_PORT", "25"), 1, 65535)
         c.mail_username = get("MAIL_USERNAME")
-        c.mail_password = env.get("MAIL_PASSWORD", "")
+        password, c.sources["MAIL_PASSWORD"], _ = lookup("MAIL_PASSWORD")
+        c.mail_password = password or ""      # as written: a password may end in a space
         encryption = get("MAIL_ENCRYPTION", "none").lower()
         encryption = {"tls": "starttls", "": "none", "null": "none"}.get(encryption, encryption)
-        c.mail_encryption = _choice_setting("MAIL_ENCRYPTION", encryption, ("none", "starttls", "ssl"))
+        c.mail_encryption = _choice_setting(name("MAIL_ENCRYPTION"), encryption,
+                                            ("none", "starttls", "ssl"))
         c.mail_from_address = get("MAIL_FROM_ADDRESS", "no-reply@localhost")
         c.mail_from_name = get("MAIL_FROM_NAME")
         c.mail_timeout = _int_setting("MAIL_TIMEOUT", get("MAIL_TIMEOUT", "30"), 1)
         c.mail_verify_peer = _bool_setting("MAIL_VERIFY_PEER", get("MAIL_VERIFY_PEER", "true"))
         c.mail_template_dir = get("MAIL_TEMPLATE_DIR")
+        c.mail_sendmail_path = get("MAIL_SENDMAIL_PATH", "/usr/sbin/sendmail -t -i")
         c.app_name = get("APP_NAME")
+        c.warnings += _typo_warnings(environ, file_values, path, c.sources)
         return c
+
+
+def _database_url(find, env_path, flag):
+    """(url, source) of the database: --database-url, QUEUE_DATABASE_URL,
+    DATABASE_URL, the CodeIgniter database.default.*, the default. Checked
+    here, and an error names where the URL came from."""
+    if flag is not None:
+        url, source, origin = flag, "--database-url", "--database-url"
+    else:
+        for var in ("QUEUE_DATABASE_URL", "DATABASE_URL"):
+            url, where = find(var)
+            if url is not None:
+                origin = var if where == "environment" else "%s in %s" % (var, where)
+                source = where if var == "QUEUE_DATABASE_URL" else "%s (%s)" % (where, var)
+                break
+        else:
+            derived = _codeigniter_url(find, env_path)
+            if derived is None:
+                return _DEFAULT_URL, "default"
+            url, source = derived
+            origin = "the URL " + source
+    url = url.strip()
+    if not url:
+        raise ConfigError("%s is empty: give a database URL (sqlite:///dbqueue.sqlite3,"
+                          " postgresql://user@host/db), or remove it" % origin)
+    _parse_url(url, origin)
+    return url, source
+
+
+def _typo_warnings(environ, file_values, env_path, sources):
+    """One line per set variable whose name is one edit away from a setting's."""
+    known = set(sources) | set(_CODEIGNITER_DB) | set(_OTHER_NAMES)
+    known.update(alias for alias, _ in _CODEIGNITER_NAMES.values())
+    known.update(n.replace(".", "_") for n in _CODEIGNITER_DB)
+    by_upper = {}
+    for k in known:
+        by_upper.setdefault(k.upper(), k)
+    warnings = []
+    seen = set()
+    given = [(k, "environment") for k in environ]
+    given += [(k, "%s:%d" % (env_path, line)) for k, (_, line) in file_values.items()]
+    candidates = sorted(by_upper)
+    for var, where in given:
+        if var in known or var in seen:
+            continue
+        upper = var.upper()
+        match = by_upper.get(upper)      # the right name in the wrong case
+        if match is None:
+            for candidate in candidates:
+                if _one_edit_apart(upper, candidate):
+                    match = by_upper[candidate]
+                    break
+        if match is not None:
+            seen.add(var)
+            warnings.append("%s is set (%s) but dbqueue does not read it: did you mean %s?"
+                            % (var, where, match))
+    return warnings
 
 
 def _int_setting(name, value, minimum, maximum=None):
     try:
         number = int(str(value).strip())
     except ValueError:
+        try:
+            too_large = maximum is not None and float(str(value).strip()) > maximum
+        except ValueError:
+            too_large = False
+        if too_large:
+            raise ConfigError("%s=%s is too large: at most %d" % (name, value, maximum))
         raise ConfigError("%s=%s is not a whole number" % (name, value))
     if number < minimum or (maximum is not None and number > maximum):
         bound = ">= %d" % minimum if maximum is None else "from %d to %d" % (minimum, maximum)
@@ -327,14 +572,21 @@ def _queue_name(name):
     return name
 
 
-def _parse_url(url):
-    """(dialect class, target, driver name) for a database URL; ConfigError if unknown."""
+def _parse_url(url, origin="QUEUE_DATABASE_URL"):
+    """(dialect class, target, driver name) for a database URL; ConfigError if unknown.
+
+    `origin` says where the URL came from (--database-url, QUEUE_DATABASE_URL
+    in .env:3, ...): every error names it.
+    """
     if "://" not in url:
-        if "=" in url or url != url.strip() or not url:
-            # A libpq keyword string ("dbname=app password=…") is not a file
-            # name: treating it as one would create a stray SQLite database.
-            raise ConfigError("QUEUE_DATABASE_URL must be a URL (sqlite:///path.db or"
-                              " postgresql://user@host/db), not %r" % _mask_url(url))
+        looks_like_file = "/" in url or url.lower().endswith((".db", ".sqlite", ".sqlite3"))
+        if not looks_like_file or "=" in url or url != url.strip():
+            # A typo, a libpq keyword string ("dbname=app password=…"): not a
+            # file name. Treating it as one would create a stray SQLite database.
+            raise ConfigError("%s: %r is not a database URL (sqlite:///path.db,"
+                              " postgresql://user@host/db); a value without a scheme is a SQLite"
+                              " file only when it holds a / or ends in .db, .sqlite or .sqlite3"
+                              % (origin, _mask_url(url)))
         # A bare path is a SQLite file: friendly for scripts and tests.
         return _SQLite, url, None
     scheme, _, rest = url.partition("://")
@@ -342,19 +594,21 @@ def _parse_url(url):
     if scheme == "sqlite":
         path = rest[1:] if rest.startswith("/") else rest
         if not path or path == ":memory:":
-            raise ConfigError("QUEUE_DATABASE_URL=%s: SQLite needs a file (sqlite:///path.db);"
-                              " an in-memory database cannot be shared with the worker" % url)
+            raise ConfigError("%s: %s: SQLite needs a file (sqlite:///path.db);"
+                              " an in-memory database cannot be shared with the worker"
+                              % (origin, url))
         return _SQLite, path, None
     base, _, driver = scheme.partition("+")
     if base in ("postgresql", "postgres"):
         if driver not in ("", "psycopg", "psycopg2"):
-            raise ConfigError("QUEUE_DATABASE_URL: unknown PostgreSQL driver %r (psycopg or psycopg2)"
-                              % driver)
+            raise ConfigError("%s: unknown PostgreSQL driver %r (psycopg or psycopg2)"
+                              % (origin, driver))
         return _Postgres, "postgresql://" + rest, driver or None
     if base in ("mysql", "mariadb"):
-        raise ConfigError("QUEUE_DATABASE_URL: MySQL is not supported yet; use sqlite:/// or postgresql://")
-    raise ConfigError("QUEUE_DATABASE_URL=%s: unknown scheme %r (use sqlite:///path.db or"
-                      " postgresql://user@host/db)" % (_mask_url(url), scheme))
+        raise ConfigError("%s: MySQL is not supported yet; use sqlite:/// or postgresql://"
+                          % origin)
+    raise ConfigError("%s: unknown scheme %r in %s (use sqlite:///path.db or"
+                      " postgresql://user@host/db)" % (origin, scheme, _mask_url(url)))
 
 
 ###############################################################################
@@ -454,6 +708,11 @@ _SQL = {
     "version": "SELECT version FROM dbqueue_migrations WHERE tbl = :tbl",
     "set_version": "INSERT INTO dbqueue_migrations (tbl, version) VALUES (:tbl, :version)"
                    " ON CONFLICT (tbl) DO UPDATE SET version = excluded.version",
+    # Writes that match no row: they change nothing but need the rights (and,
+    # on SQLite, the write lock) the worker's own writes need. See check_write().
+    "probe_update": "UPDATE {jobs} SET reserved_at = reserved_at WHERE 1 = 0",
+    "probe_delete": "DELETE FROM {jobs} WHERE 1 = 0",
+    "probe_failed": "DELETE FROM {failed} WHERE 1 = 0",
 }
 
 # When a reservation has lapsed (see "rescue"), for rows with reserved_at set.
@@ -481,6 +740,7 @@ class _Dialect:
     claim_update = ""
     migrate_lock = ""              # run first in migrate's transaction: one migration at a time
     notify = ""                    # wakes waiting workers of :queue ("" where there is no LISTEN)
+    denied_fix = ""                # what to do about a database dbqueue may not write (is_denied)
 
     @classmethod
     def prepare(cls, template, jobs="jobs", failed="failed_jobs", **extra):
@@ -499,6 +759,11 @@ class _Dialect:
     def start(cls, cur, write):
         """Open a transaction on cursor `cur` (a write transaction takes the write lock)."""
         cur.execute(cls.begin if write else "BEGIN")
+
+    @staticmethod
+    def is_denied(exc):
+        """True for an error that says dbqueue may not write (not an outage: see translate)."""
+        return False
 
     @classmethod
     def ddl(cls, jobs, failed):
@@ -659,7 +924,10 @@ class _SQLite(_Dialect):
             # `health` looks without touching: a missing file is an answer,
             # not something to create; mode=rw refuses to create one too.
             if not os.path.isfile(target):
-                raise DatabaseError("SQLite database %s does not exist" % target)
+                raise DatabaseError("SQLite database %s does not exist (this command only reads,"
+                                    " so it creates none: check the URL, or run `python dbqueue.py"
+                                    " migrate` to create it)" % os.path.abspath(target),
+                                    transient=False)
             from urllib.parse import quote
             target = "file:%s?mode=rw" % quote(os.path.abspath(target))
             conn = sqlite3.connect(target, timeout=timeout, isolation_level=None,
@@ -758,6 +1026,17 @@ class _SQLite(_Dialect):
     @staticmethod
     def is_locked(exc):
         return "locked" in str(exc) or "busy" in str(exc)
+
+    # A database dbqueue may read but not write is a setup problem, not an
+    # outage: waiting does not cure it (see Queue.translate).
+    denied_fix = ("make the file and its folder writable by the user that runs dbqueue"
+                  " (SQLite writes -wal and -shm files beside it)")
+
+    @staticmethod
+    def is_denied(exc):
+        # SQLITE_READONLY (8) and its extended codes; before 3.11 only the text says so.
+        code = getattr(exc, "sqlite_errorcode", None)
+        return (code is not None and code & 0xFF == 8) or "readonly database" in str(exc)
 
     @staticmethod
     def in_transaction(conn):
@@ -883,6 +1162,14 @@ class _Postgres(_Dialect):
     @staticmethod
     def is_locked(exc):
         return False
+
+    denied_fix = ("grant the role SELECT, INSERT, UPDATE and DELETE on both queue tables, and"
+                  " USAGE on the jobs table's id sequence")
+
+    @staticmethod
+    def is_denied(exc):
+        code = getattr(exc, "sqlstate", None) or getattr(exc, "pgcode", None)
+        return code == "42501"   # insufficient_privilege
 
 
 def _quote(identifier):
@@ -1081,6 +1368,12 @@ class Queue:
         if self.dialect.is_missing_table(exc):
             return MissingTableError("the queue tables do not exist in %s: run `python dbqueue.py"
                                      " migrate`" % _mask_url(self.config.database_url))
+        if self.dialect.is_denied(exc):
+            where = (os.path.abspath(self._target) if self.dialect is _SQLite
+                     else _mask_url(self.config.database_url))
+            return DatabaseError("cannot write to %s (%s): %s" % (
+                where, _without_password(_first_line(exc), self.config.database_url),
+                self.dialect.denied_fix), transient=False)
         if self.dialect is _SQLite:
             import sqlite3
             transient = isinstance(exc, sqlite3.OperationalError)   # locked, busy, I/O
@@ -1113,6 +1406,7 @@ class Queue:
             for statement in self.dialect.index_ddl(tables["jobs"], tables["failed"]):
                 cur.execute(statement)
             self.execute(cur, "set_version", tbl=tables["jobs"], version=_SCHEMA_VERSION)
+            self._probe_write(cur)   # up to date is not "migrated" when no job could be written
         self._schema_ready = True
         return _SCHEMA_VERSION
 
@@ -1135,6 +1429,17 @@ class Queue:
                 cur.execute("SELECT 1 FROM %s WHERE 1 = 0" % _quote(table))
                 cur.fetchall()
         return True
+
+    def check_write(self, conn=None):
+        """Raise DatabaseError (not transient) unless the queue may write both
+        tables: a read-only SQLite file, a role without rights. Changes nothing."""
+        with _Transaction(self, conn or self._conn()) as cur:
+            self._probe_write(cur)
+        return True
+
+    def _probe_write(self, cur):
+        for key in ("probe_update", "probe_delete", "probe_failed"):
+            self.execute(cur, key)
 
     # -- producing -------------------------------------------------------
 
@@ -2133,7 +2438,8 @@ class Worker:
                 raise JobTimeout("job ran longer than its timeout (%ss)" % timeout)
         except _Abort:
             _Transaction.end_abandoned(self.queue)
-            self._finish(job, "released", delay=0, reason="interrupted", uncount=True)
+            self._finish(job, "released", delay=0, reason="interrupted", uncount=True,
+                         elapsed=time.monotonic() - job.started)
             self.exit_code = 130
             raise
         except PermanentError as exc:
@@ -2210,6 +2516,7 @@ class Worker:
         if self._conn is None:
             self._conn = self.queue.connect()
         self.queue.check(self._conn)
+        self.queue.check_write(self._conn)
 
     def _db(self, action):
         """Run action(conn), reconnecting with backoff while the database is away.
@@ -2765,6 +3072,10 @@ def _build_message(fields):
             msg.add_alternative(fields["html"], subtype="html")
     else:
         msg.set_content(fields["html"], subtype="html")
+    # add_alternative() gives the part it makes its own MIME-Version: the
+    # header belongs to the message only (RFC 2045, section 4).
+    for part in msg.iter_parts():
+        del part["MIME-Version"]
     return msg
 
 
@@ -3215,8 +3526,10 @@ def _smtp_error(exc, config):
     else:
         permanent = False
         what = "%s: %s" % (type(exc).__name__, exc)
-    # "temporary", not "will retry": on a job's last attempt it is not retried.
-    text = "%s %s%s" % (where, what, " (permanent)" if permanent else " (temporary)")
+    # Only "(permanent)" is said: whether a temporary error is retried is the
+    # worker's to decide (the log says released or failed), and a job's last
+    # attempt that failed on one must not read "temporary" in failed_jobs.
+    text = "%s %s%s" % (where, what, " (permanent)" if permanent else "")
     if detail:
         text += "\n" + detail
     text = _scrub(text, config)
@@ -3617,7 +3930,7 @@ def _parser():
     p.add_argument("--queue", default="default", help="queues in priority order, comma separated"
                    " (default: default)")
     p.add_argument("--once", action="store_true", help="handle at most one job, then exit")
-    p.add_argument("--max-jobs", type=_nonneg_int, metavar="N", help="exit after N jobs")
+    p.add_argument("--max-jobs", type=_pos_int, metavar="N", help="exit after N jobs (N >= 1)")
     p.add_argument("--max-time", type=_nonneg_float, metavar="S", help="exit after S seconds")
     p.add_argument("--sleep", type=_nonneg_float, default=3.0, metavar="S",
                    help="longest wait between looks at an idle queue (default 3)")
@@ -3631,7 +3944,8 @@ def _parser():
                    help="exit after the current job when RSS passes MB")
     p.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
                    help="import MODULE to register its handlers (repeatable)")
-    p.add_argument("--log-format", choices=("text", "json"), default="text")
+    p.add_argument("--log-format", choices=("text", "json"), default="text",
+                   help="text (key=value, the default) or json: one object per line")
     p.add_argument("-v", "--verbose", action="store_true", help="also log debug lines")
     p.add_argument("-q", "--quiet", action="store_true", help="log warnings and errors only")
 
@@ -3676,7 +3990,7 @@ def _parser():
     p.add_argument("--queue", type=_queue_arg, help="with all: only this queue")
 
     p = command("forget", "delete failed jobs by id", "python dbqueue.py forget 12 13")
-    p.add_argument("ids", nargs="+", type=_row_id, metavar="ID")
+    p.add_argument("ids", nargs="+", type=_row_id, metavar="ID", help="failed job ids (see `failed`)")
 
     p = command("flush", "delete every failed job, or those older than H hours",
                 "python dbqueue.py flush --hours 168")
@@ -3685,26 +3999,42 @@ def _parser():
 
     p = command("clear", "delete the waiting (ready and delayed) jobs of a queue",
                 "python dbqueue.py clear --queue default --force")
-    p.add_argument("--queue", type=_queue_arg, required=True)
+    p.add_argument("--queue", type=_queue_arg, required=True, help="the queue to empty")
     p.add_argument("--force", action="store_true",
                    help="do not ask (required when stdin is not a terminal)")
 
+    p = command("config", "show every effective setting, its value (secrets masked) and where"
+                " it came from: the first thing to run when jobs never process",
+                "python dbqueue.py config --env-file /srv/app/.env")
+    p.add_argument("--json", action="store_true", help="JSON: settings and warnings")
+
     p = command("bench", "measure enqueue, drain and latency on the configured database",
                 "python dbqueue.py bench --jobs 5000 --workers 2")
-    p.add_argument("--jobs", type=_pos_int, default=5000, metavar="N")
-    p.add_argument("--workers", type=_pos_int, default=2, metavar="K")
+    p.add_argument("--jobs", type=_pos_int, default=5000, metavar="N",
+                   help="jobs to enqueue and drain (default 5000)")
+    p.add_argument("--workers", type=_pos_int, default=2, metavar="K",
+                   help="worker processes that drain them (default 2)")
     return top
 
 
-def _number(kind, minimum, value):
+def _number(kind, minimum, value, maximum=None, unit=""):
     import argparse
     try:
         number = kind(value)
     except ValueError:
+        try:
+            approx = float(value)
+        except ValueError:
+            approx = None
+        if approx is not None and maximum is not None and approx > maximum:
+            # 1e9 is a number, only too large: say that, not "not a whole number".
+            raise argparse.ArgumentTypeError("%r is too large: at most %d%s" % (value, maximum, unit))
         raise argparse.ArgumentTypeError("%r is not a %s" % (
             value, "whole number" if kind is int else "number"))
     if not number >= minimum or number in (float("inf"),):
         raise argparse.ArgumentTypeError("%r must be >= %s" % (value, minimum))
+    if maximum is not None and number > maximum:
+        raise argparse.ArgumentTypeError("%r is too large: at most %d%s" % (value, maximum, unit))
     return number
 
 
@@ -3713,11 +4043,8 @@ def _nonneg_int(value):
 
 
 def _seconds(value):
-    import argparse
-    number = _number(int, 0, value)
-    if number > _MAX_SECONDS:
-        raise argparse.ArgumentTypeError("%r must be at most %d seconds" % (value, _MAX_SECONDS))
-    return number
+    # Whole seconds: the tables store unix seconds.
+    return _number(int, 0, value, _MAX_SECONDS, " seconds (10 years)")
 
 
 def _tries(value):
@@ -3774,10 +4101,10 @@ def main(argv=None):
     except SystemExit as exc:   # --help and --version
         return exc.code if isinstance(exc.code, int) else 0
     try:
-        config = Config.from_env(env_file=args.env_file)
-        if args.database_url:
-            _parse_url(args.database_url)
-            config.database_url = args.database_url
+        config = Config.from_env(env_file=args.env_file, database_url=args.database_url)
+        if args.command != "work":     # the worker logs them, in its log's format
+            for warning in config.warnings:
+                _err("warning: " + warning)
         handler = _COMMANDS[args.command]
         return handler(args, config)
     except ConfigError as exc:
@@ -3791,6 +4118,9 @@ def main(argv=None):
 
 
 def _cmd_migrate(args, config):
+    if args.all and not args.print:
+        raise ConfigError("migrate: --all goes with --print (it shows the SQL of every database;"
+                          " migrate itself runs on the configured one)")
     if args.print:
         dialects = (_SQLite, _Postgres) if args.all else (_parse_url(config.database_url)[0],)
         out = []
@@ -3833,6 +4163,8 @@ def _cmd_work(args, config):
     queue = Queue(config=config)
     worker = Worker(queue, queues, tries=args.tries, backoff=backoff, timeout=args.timeout,
                     sleep=args.sleep, memory=args.memory, log=log)
+    for warning in config.warnings:
+        log.warning(warning)
     log.info("worker starting", database=_mask_url(config.database_url), queues=",".join(queues),
              tries=worker.tries, backoff=",".join(map(str, worker.backoff)),
              timeout=worker.timeout, retry_after=config.retry_after, sleep=args.sleep,
@@ -3947,9 +4279,37 @@ def _prometheus(stats):
     return "\n".join(lines) + "\n"
 
 
+def _reader(config):
+    """A Queue for a command that only reads: it opens an existing database and
+    creates neither a SQLite file nor tables (a mistyped path is an error, not
+    an empty queue)."""
+    queue = Queue(config=config)
+    try:
+        queue._local.conn = queue.connect(create=False)
+    except DatabaseError as exc:
+        queue.close()
+        raise DatabaseError("%s; the URL came from %s" % (_first_line(exc), _url_origin(config)),
+                            transient=False)
+    return queue
+
+
+def _url_origin(config):
+    """Where the database URL came from, in words for an error message."""
+    source = config.sources.get("QUEUE_DATABASE_URL", "default")
+    if source == "default":
+        return "dbqueue's default (set QUEUE_DATABASE_URL to choose)"
+    if source.startswith("--"):
+        return source
+    if source.startswith("derived from "):
+        return "the CodeIgniter " + source[len("derived from "):]
+    var = "DATABASE_URL" if source.endswith("(DATABASE_URL)") else "QUEUE_DATABASE_URL"
+    where = source.replace(" (DATABASE_URL)", "")
+    return "%s in the %s" % (var, where) if where == "environment" else "%s in %s" % (var, where)
+
+
 def _cmd_stats(args, config):
     fmt = "json" if args.json else args.format
-    queue = Queue(config=config)
+    queue = _reader(config)
     try:
         stats = queue.stats()
     finally:
@@ -3976,6 +4336,7 @@ def _cmd_health(args, config):
     try:
         conn = queue.connect(create=False)
         queue.check(conn)
+        queue.check_write(conn)     # a worker must be able to write, not only read
         stats = queue.stats(conn)
     except DatabaseError as exc:
         print("unhealthy: %s" % _first_line(exc))
@@ -4030,7 +4391,7 @@ def _error_line(exception):
 
 
 def _cmd_failed(args, config):
-    queue = Queue(config=config)
+    queue = _reader(config)
     try:
         rows = queue.failed(args.queue)
     finally:
@@ -4150,6 +4511,37 @@ def _cmd_clear(args, config):
     return 0
 
 
+def _setting_value(config, setting):
+    """A setting's effective value for `config`, with secrets masked."""
+    attr = setting.lower()
+    attr = attr[len("queue_"):] if attr.startswith("queue_") else attr
+    value = getattr(config, attr, None)
+    if isinstance(value, str) and "://" in value:
+        value = _mask_url(value)
+    if _SECRET_NAME.search(setting) and value:
+        value = "***"
+    return value
+
+
+def _cmd_config(args, config):
+    # Reads no database: it shows what a worker started here would use.
+    settings = [{"name": name, "value": _setting_value(config, name), "source": source}
+                for name, source in config.sources.items()]
+    if args.json:
+        print(json.dumps({"settings": settings, "warnings": config.warnings}, indent=2))
+        return 0
+
+    def shown(value):
+        if isinstance(value, bool):
+            return "true" if value else "false"
+        if isinstance(value, (list, tuple)):
+            return ",".join(str(v) for v in value)
+        return '""' if value in ("", None) else str(value)
+    print(_table(("setting", "value", "source"),
+                 [(s["name"], shown(s["value"]), s["source"]) for s in settings]))
+    return 0
+
+
 _COMMANDS = {
     "migrate": _cmd_migrate,
     "work": _cmd_work,
@@ -4162,6 +4554,7 @@ _COMMANDS = {
     "flush": _cmd_flush,
     "clear": _cmd_clear,
     "bench": lambda args, config: _bench(args, config),
+    "config": _cmd_config,
 }
 
 
