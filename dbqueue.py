@@ -429,7 +429,17 @@ class Config:
         c.mail_timeout = _int_setting("MAIL_TIMEOUT", get("MAIL_TIMEOUT", "30"), 1)
         c.mail_verify_peer = _bool_setting("MAIL_VERIFY_PEER", get("MAIL_VERIFY_PEER", "true"))
         c.mail_template_dir = get("MAIL_TEMPLATE_DIR")
+        if c.mail_template_dir and not os.path.isdir(c.mail_template_dir):
+            # Found late, this would be every templated email failing as unknown.
+            raise ConfigError("%s=%s is not a folder (no such directory)"
+                              % (name("MAIL_TEMPLATE_DIR"), c.mail_template_dir))
         c.mail_sendmail_path = get("MAIL_SENDMAIL_PATH", "/usr/sbin/sendmail -t -i")
+        try:
+            if c.mail_mailer == "sendmail" and not _split_command(c.mail_sendmail_path):
+                raise ValueError("no program")
+        except ValueError as exc:
+            raise ConfigError("%s=%s cannot be read as a command: %s"
+                              % (name("MAIL_SENDMAIL_PATH"), c.mail_sendmail_path, exc))
         c.app_name = get("APP_NAME")
         c.warnings += _typo_warnings(environ, file_values, path, c.sources)
         return c
@@ -681,8 +691,12 @@ _SQL = {
     "release": "UPDATE {jobs} SET reserved_at = NULL, reserved_until = NULL,"
                " available_at = {now} + :delay, attempts = attempts - :uncount"
                " WHERE id = :id AND attempts = :attempts AND reserved_at IS NOT NULL",
-    "fail": "INSERT INTO {failed} (uuid, connection, queue, payload, exception)"
-            " SELECT :uuid, 'database', queue, payload, :exception FROM {jobs}"
+    # failed_at is written, not left to a default: the CodeIgniter app's
+    # failed_jobs.failed_at is a DATETIME NOT NULL without one (its PHP code
+    # writes the time itself). CURRENT_TIMESTAMP is UTC text on SQLite, as
+    # the app writes it with its default appTimezone.
+    "fail": "INSERT INTO {failed} (uuid, connection, queue, payload, exception, failed_at)"
+            " SELECT :uuid, 'database', queue, payload, :exception, CURRENT_TIMESTAMP FROM {jobs}"
             " WHERE id = :id AND attempts = :attempts AND reserved_at IS NOT NULL"
             " ON CONFLICT (uuid) DO UPDATE SET queue = excluded.queue, payload = excluded.payload,"
             " exception = excluded.exception, failed_at = excluded.failed_at",
@@ -814,6 +828,9 @@ class _Dialect:
             ("jobs", "reserved_until", cls.bigint),
             # Version 2. Unique jobs: see the unique index below.
             ("jobs", "unique_key", "VARCHAR(255)"),
+            # Version 2. The CodeIgniter app's failed_jobs has no uuid; its
+            # own rows keep NULL there (see the unique index below).
+            ("failed", "uuid", "VARCHAR(255)"),
         ]
 
     @classmethod
@@ -833,6 +850,15 @@ class _Dialect:
             # database, not a read before the insert, refuses the second.
             "CREATE UNIQUE INDEX IF NOT EXISTS %s ON %s (queue, unique_key)"
             " WHERE unique_key IS NOT NULL" % (_quote(jobs + "_unique"), j),
+            # What `fail`'s ON CONFLICT (uuid) needs on a failed_jobs table
+            # that had no uuid column (the CodeIgniter app's); on our own it
+            # repeats the column's UNIQUE. An index, not a constraint: many
+            # NULLs (the PHP app's own rows) are allowed on every database,
+            # and not partial, so that ON CONFLICT (uuid) can use it.
+            # (A failed table name may have 63 characters: the index's is cut
+            # to fit, since a longer one would be cut to the table's own.)
+            "CREATE UNIQUE INDEX IF NOT EXISTS %s ON %s (uuid)"
+            % (_quote(failed[:58] + "_uuid"), _quote(failed)),
         ]
 
     # The names of a table's columns (lower case), or an empty set when the
@@ -844,6 +870,10 @@ class _Dialect:
     def columns(cls, cur, table):
         cur.execute(cls.columns_sql, (table,))
         return {str(row[0]).lower() for row in cur.fetchall()}
+
+    @staticmethod
+    def is_missing_column(exc):
+        return False
 
     @classmethod
     def add_column_sql(cls, table, column, type_):
@@ -1024,6 +1054,10 @@ class _SQLite(_Dialect):
         return "no such table" in str(exc)
 
     @staticmethod
+    def is_missing_column(exc):
+        return "no such column" in str(exc) or "has no column named" in str(exc)
+
+    @staticmethod
     def is_locked(exc):
         return "locked" in str(exc) or "busy" in str(exc)
 
@@ -1158,6 +1192,11 @@ class _Postgres(_Dialect):
     def is_missing_table(exc):
         code = getattr(exc, "sqlstate", None) or getattr(exc, "pgcode", None)
         return code == "42P01"
+
+    @staticmethod
+    def is_missing_column(exc):
+        code = getattr(exc, "sqlstate", None) or getattr(exc, "pgcode", None)
+        return code == "42703"
 
     @staticmethod
     def is_locked(exc):
@@ -1307,8 +1346,16 @@ class Queue:
             self._conns.append(conn)
         if create and not self._schema_ready and self.dialect is _SQLite:
             # SQLite creates its tables on first use; a server database is
-            # migrated on purpose (`python dbqueue.py migrate`).
-            self._migrate(conn)
+            # migrated on purpose (`python dbqueue.py migrate`). Tables that
+            # are up to date are only read: no write lock at every start.
+            try:
+                current = self._schema_current(conn.cursor())
+            except self._errors() as exc:
+                raise self.translate(exc) from exc
+            if current:
+                self._schema_ready = True
+            else:
+                self._migrate(conn)
         return conn
 
     def _conn(self):
@@ -1368,6 +1415,11 @@ class Queue:
         if self.dialect.is_missing_table(exc):
             return MissingTableError("the queue tables do not exist in %s: run `python dbqueue.py"
                                      " migrate`" % _mask_url(self.config.database_url))
+        if self.dialect.is_missing_column(exc):
+            # Tables made by an older dbqueue or by the PHP app's migrations.
+            return MissingTableError("the queue tables in %s lack columns of this version (%s):"
+                                     " run `python dbqueue.py migrate`"
+                                     % (_mask_url(self.config.database_url), _first_line(exc)))
         if self.dialect.is_denied(exc):
             where = (os.path.abspath(self._target) if self.dialect is _SQLite
                      else _mask_url(self.config.database_url))
@@ -1393,22 +1445,46 @@ class Queue:
         # Every step is idempotent and runs every time: a failed table that
         # was dropped, or a new QUEUE_FAILED_TABLE beside an old jobs table,
         # is made again, whatever version the record says.
-        tables = {"jobs": self.config.table, "failed": self.config.failed_table}
         with _Transaction(self, conn) as cur:
             if self.dialect.migrate_lock:
                 cur.execute(self.dialect.migrate_lock)
-            cur.execute(self.dialect.version_ddl())
-            for statement in self.dialect.table_ddl(tables["jobs"], tables["failed"]):
-                cur.execute(statement)
-            for role, column, type_ in self.dialect.added_columns():
-                if column not in self.dialect.columns(cur, tables[role]):
-                    cur.execute(self.dialect.add_column_sql(tables[role], column, type_))
-            for statement in self.dialect.index_ddl(tables["jobs"], tables["failed"]):
-                cur.execute(statement)
-            self.execute(cur, "set_version", tbl=tables["jobs"], version=_SCHEMA_VERSION)
+            self._migrate_steps(cur)
             self._probe_write(cur)   # up to date is not "migrated" when no job could be written
         self._schema_ready = True
         return _SCHEMA_VERSION
+
+    def _migrate_steps(self, cur):
+        """Every step of the migration, on `cur`, inside a transaction already open."""
+        tables = {"jobs": self.config.table, "failed": self.config.failed_table}
+        cur.execute(self.dialect.version_ddl())
+        for statement in self.dialect.table_ddl(tables["jobs"], tables["failed"]):
+            cur.execute(statement)
+        for role, column, type_ in self.dialect.added_columns():
+            if column not in self.dialect.columns(cur, tables[role]):
+                cur.execute(self.dialect.add_column_sql(tables[role], column, type_))
+        for statement in self.dialect.index_ddl(tables["jobs"], tables["failed"]):
+            cur.execute(statement)
+        self.execute(cur, "set_version", tbl=tables["jobs"], version=_SCHEMA_VERSION)
+
+    def _schema_current(self, cur):
+        """True when the tables are at this version: a read, which takes no write lock.
+
+        The version record and each table's columns are looked at (the record
+        alone would miss a failed table dropped, or a new QUEUE_FAILED_TABLE).
+        """
+        tables = {"jobs": self.config.table, "failed": self.config.failed_table}
+        try:
+            self.execute(cur, "version", tbl=tables["jobs"])
+            row = cur.fetchone()
+        except self._errors() as exc:
+            if self.dialect.is_missing_table(exc):
+                return False
+            raise
+        if not row or row[0] < _SCHEMA_VERSION:
+            return False
+        found = {role: self.dialect.columns(cur, table) for role, table in tables.items()}
+        return all(found[role] and column in found[role]
+                   for role, column, _ in self.dialect.added_columns())
 
     def schema_version(self):
         """The schema version recorded in the database (0 when never migrated)."""
@@ -1554,7 +1630,28 @@ class Queue:
             raise TypeError("connection= is a %s connection but this queue is %s"
                             % (module, self.dialect.name))
         if self.dialect is _SQLite and not self._schema_ready:
-            self._conn()  # creates the tables through our own connection first
+            self._ready_through(connection)
+
+    def _ready_through(self, connection):
+        """Make sure the tables exist for a push on the app's own SQLite connection.
+
+        Not through a connection of ours: when the app's transaction already
+        holds the write lock, ours would wait for it on this same thread, and
+        fail after busy_timeout with "database is locked". The schema is read
+        through the app's connection instead, and made there, inside its
+        transaction, when missing (then it is checked again on the next push,
+        since the app may roll it back).
+        """
+        try:
+            cur = connection.cursor()
+            if self._schema_current(cur):
+                self._schema_ready = True
+            elif self.dialect.in_transaction(connection):
+                self._migrate_steps(cur)
+            else:
+                self._conn()   # no lock held by the app: migrate as usual
+        except self._errors() as exc:
+            raise self.translate(exc) from exc
 
     # -- reserving and finishing (the worker's side) ---------------------
 
@@ -2092,6 +2189,7 @@ class Worker:
         self._missed_ready = False     # the last claim found nothing though a job was ready
         self._settings_cache = {}  # job name -> (registry entry, settings) for plain payloads
         self._main_thread = False
+        self._hinted = False      # the hint about other queues' ready jobs is given once
 
     # -- control ---------------------------------------------------------
 
@@ -2150,7 +2248,14 @@ class Worker:
                     break
                 if not self._held:
                     want = self._batch_size(None if limit is None else limit - self.processed)
-                    if not self._claim(want):
+                    claimed = self._claim(want)
+                    if not self._hinted:
+                        # Only the first claim: later, other queues holding
+                        # ready jobs while this one drained is normal.
+                        self._hinted = True
+                        if not claimed:
+                            self._hint_other_queues()
+                    if not claimed:
                         if once or stop_when_empty:
                             break
                         self._idle(started, max_time)
@@ -2179,6 +2284,17 @@ class Worker:
                 for sig, handler in previous.items():
                     signal.signal(sig, handler)
         return self.processed
+
+    def _hint_other_queues(self):
+        """Once, when this worker's queues are empty: name the queues that hold
+        ready jobs, since `--queue emial` would otherwise just wait, quietly."""
+        stats = self._db(lambda c: self.queue.stats(c))
+        others = ["%s (%d)" % (s["queue"], s["ready"]) for s in stats
+                  if s["ready"] and s["queue"] not in self.queues]
+        if others:
+            self.log.warning("this worker's queues are empty, but other queues have ready jobs:"
+                             " is --queue right?", queues=",".join(self.queues),
+                             ready_elsewhere=", ".join(others[:10]))
 
     def _batch_size(self, remaining):
         if self._avg is None:
@@ -2834,16 +2950,18 @@ def queue_template_email(to, template, variables=None, cc=None, bcc=None, reply_
         dbqueue.queue_template_email("ann@example.com", "verify_email",
                                      {"name": "Ann", "url": "https://example.com/verify/abc"})
 
-    The template is rendered by the worker (built-in, or MAIL_TEMPLATE_DIR on
-    the worker's machine), so only its name is checked here. Other options as
-    for queue_email().
+    The worker renders the template, with the same configuration as the
+    producer (MAIL_TEMPLATE_DIR included), so what can be checked here is:
+    a template that is neither built in nor in MAIL_TEMPLATE_DIR, and a
+    built-in template's missing required variable (its link) raise
+    ValueError, and nothing is stored. Other options as for queue_email().
     """
     data = {"to": to, "template": template, "vars": dict(variables or {}), "cc": cc, "bcc": bcc,
             "reply_to": reply_to, "from": sender, "headers": headers}
     data = {k: v for k, v in data.items() if v is not None}
+    config = using.config if isinstance(using, Queue) else Config.from_env()
     try:
-        _template_name(template)
-        _template_values(data["vars"])
+        _find_template(template, _template_values(data["vars"]), config, warn=False)
         _email_fields(dict(data, subject="", text="-"), None)
     except PermanentError as exc:
         raise ValueError(str(exc))
@@ -2909,9 +3027,18 @@ def _seed_send_template_email(data):
         template = template.rstrip("/").rsplit("/", 1)[-1]
         if template.endswith(".php"):
             template = template[:-4]
-    fields = {k: v for k, v in data.items() if k not in ("template", "data")}
+    moved = ("subject", "textMessage", "locale")
+    fields = {k: v for k, v in data.items() if k not in ("template", "data") + moved}
     fields["template"] = template
-    fields["vars"] = data.get("data") or {}
+    variables = data.get("data") or {}
+    if isinstance(variables, dict):
+        # The app's own variables; `subject`, `textMessage` and `locale` count
+        # there also when the job carries them beside `data`.
+        variables = dict(variables)
+        for key in moved:
+            if data.get(key) is not None and key not in variables:
+                variables[key] = data[key]
+    fields["vars"] = variables
     _send_template_email(fields)
 
 
@@ -3157,6 +3284,175 @@ ${expiry_html}
 """
 
 
+# The CodeIgniter app's own templates, built in with its variable names and
+# the defaults its views used. One table per template: per language its
+# subject and sentences. `link` is the variable holding the button's link (a
+# missing one is a permanent failure that names it); a sentence given as
+# (variable, text) is left out when that variable is empty; `defaults` are
+# per language, so that a Spanish email never says "soon".
+_SEED_TEMPLATES = {
+    "verification": {
+        "link": "verification_link",
+        "defaults": {"en": {"display_name": "User", "expires_at": "soon"},
+                     "es": {"display_name": "usuario", "expires_at": "pronto"}},
+        "en": {
+            "subject": "Confirm your email address for $app_name",
+            "heading": "Confirm your email address",
+            "intro": ["Thanks for signing up for $app_name. Please confirm that this is your"
+                      " email address."],
+            "button": "Confirm email address",
+            "after": [("expires_at", "This link expires $expires_at."),
+                      "If you did not create an account, you can ignore this email."],
+        },
+        "es": {
+            "subject": "Confirma tu correo electrónico en $app_name",
+            "heading": "Confirma tu correo electrónico",
+            "intro": ["Gracias por registrarte en $app_name. Confirma que esta es tu dirección"
+                      " de correo electrónico."],
+            "button": "Confirmar mi correo",
+            "after": [("expires_at", "Este enlace caduca $expires_at."),
+                      "Si no has creado una cuenta, puedes ignorar este mensaje."],
+        },
+    },
+    "password-reset": {
+        "link": "reset_link",
+        "defaults": {"en": {"display_name": "User", "expires_in": "60 minutes"},
+                     "es": {"display_name": "usuario", "expires_in": "60 minutos"}},
+        "en": {
+            "subject": "Reset your $app_name password",
+            "heading": "Reset your password",
+            "intro": ["We received a request to reset the password of your $app_name account."],
+            "button": "Choose a new password",
+            "after": [("expires_in", "This link expires in $expires_in."),
+                      "If you did not ask for this, you can ignore this email: your password"
+                      " stays as it is."],
+        },
+        "es": {
+            "subject": "Restablece tu contraseña de $app_name",
+            "heading": "Restablece tu contraseña",
+            "intro": ["Hemos recibido una solicitud para restablecer la contraseña de tu cuenta"
+                      " de $app_name."],
+            "button": "Elegir una contraseña nueva",
+            "after": [("expires_in", "Este enlace caduca en $expires_in."),
+                      "Si no lo has pedido tú, puedes ignorar este mensaje: tu contraseña"
+                      " no cambiará."],
+        },
+    },
+    "invitation": {
+        "link": "reset_link",
+        "defaults": {"en": {"display_name": "User"}, "es": {"display_name": "usuario"}},
+        "en": {
+            "subject": "You are invited to join $app_name",
+            "heading": "You are invited to $app_name",
+            "intro": ["You have been invited to join $app_name. To accept, choose a password"
+                      " for your account."],
+            "button": "Choose your password",
+            "after": [("expires_in", "This link expires in $expires_in."),
+                      "If you were not expecting this invitation, you can ignore this email:"
+                      " no account is activated unless you accept it."],
+        },
+        "es": {
+            "subject": "Te han invitado a unirte a $app_name",
+            "heading": "Invitación a $app_name",
+            "intro": ["Te han invitado a unirte a $app_name. Para aceptar, elige una contraseña"
+                      " para tu cuenta."],
+            "button": "Elegir mi contraseña",
+            "after": [("expires_in", "Este enlace caduca en $expires_in."),
+                      "Si no esperabas esta invitación, puedes ignorar este mensaje: la cuenta"
+                      " no se activará a menos que la aceptes."],
+        },
+    },
+    "account-approved": {
+        "link": "login_link",
+        "defaults": {"en": {"display_name": "User"}, "es": {"display_name": "usuario"}},
+        "en": {
+            "subject": "Your $app_name account has been approved",
+            "heading": "Your account has been approved",
+            "intro": ["Good news: your $app_name account has been approved. You can sign in"
+                      " now."],
+            "button": "Sign in",
+            "after": [],
+        },
+        "es": {
+            "subject": "Hemos aprobado tu cuenta de $app_name",
+            "heading": "Tu cuenta está aprobada",
+            "intro": ["¡Buenas noticias! Hemos aprobado tu cuenta de $app_name y ya puedes"
+                      " iniciar sesión."],
+            "button": "Iniciar sesión",
+            "after": [],
+        },
+    },
+    "pending-approval-google": {
+        "link": None,
+        "defaults": {"en": {"display_name": "User"}, "es": {"display_name": "usuario"}},
+        "en": {
+            "subject": "Your $app_name account is awaiting approval",
+            "heading": "Your account is awaiting approval",
+            "intro": ["Thanks for signing up for $app_name with your Google account.",
+                      "An administrator needs to approve your account before you can sign in."
+                      " We will email you as soon as it is approved."],
+            "button": None,
+            "after": ["You do not need to do anything else for now."],
+        },
+        "es": {
+            "subject": "Tu cuenta de $app_name está pendiente de aprobación",
+            "heading": "Tu cuenta está pendiente de aprobación",
+            "intro": ["Gracias por registrarte en $app_name con tu cuenta de Google.",
+                      "Un administrador tiene que aprobar tu cuenta antes de que puedas iniciar"
+                      " sesión. Te escribiremos en cuanto esté aprobada."],
+            "button": None,
+            "after": ["Por ahora no tienes que hacer nada más."],
+        },
+    },
+}
+
+# The words every seed template shares, per language.
+_SEED_WORDS = {
+    "en": {"greeting": "Hi $display_name,", "app_name": "our site",
+           "fallback": "If the button does not work, copy this link into your browser:"},
+    "es": {"greeting": "Hola, $display_name:", "app_name": "nuestro sitio",
+           "fallback": "Si el botón no funciona, copia este enlace en tu navegador:"},
+}
+_LOCALES = ("en", "es")
+
+# The seed templates' HTML: the built-ins' look, written for what mail
+# clients keep: inline styles only (Gmail drops <style>), tables for layout,
+# bgcolor beside background (Outlook), no images or fonts to fetch, and a
+# button that is a table cell, so that Outlook's Word engine, which ignores
+# padding on links, still shows a button.
+_SEED_HTML = """<!DOCTYPE html>
+<html lang="@LANG@">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>@SUBJECT@</title>
+</head>
+<body style="margin:0;padding:0;background:#f3f4f6;">
+<table role="presentation" width="100%" cellpadding="0" cellspacing="0" bgcolor="#f3f4f6" style="background:#f3f4f6;padding:24px 12px;">
+<tr><td align="center">
+<table role="presentation" width="100%" cellpadding="0" cellspacing="0" bgcolor="#ffffff" style="max-width:560px;background:#ffffff;border-radius:8px;font-family:-apple-system,'Segoe UI',Roboto,Helvetica,Arial,sans-serif;color:#1f2937;">
+<tr><td style="padding:32px 32px 0;font-family:-apple-system,'Segoe UI',Roboto,Helvetica,Arial,sans-serif;font-size:22px;font-weight:600;color:#1f2937;">@HEADING@</td></tr>
+<tr><td style="padding:16px 32px 8px;font-family:-apple-system,'Segoe UI',Roboto,Helvetica,Arial,sans-serif;font-size:16px;line-height:1.6;color:#1f2937;">
+@BODY@
+</td></tr>
+<tr><td style="padding:8px 32px 32px;font-family:-apple-system,'Segoe UI',Roboto,Helvetica,Arial,sans-serif;font-size:13px;color:#6b7280;">$app_name</td></tr>
+</table>
+</td></tr>
+</table>
+</body>
+</html>
+"""
+_SEED_P = '<p style="margin:0 0 16px;">%s</p>'
+_SEED_SMALL = '<p style="margin:0 0 16px;font-size:14px;color:#4b5563;">%s</p>'
+_SEED_BUTTON = ('<table role="presentation" cellpadding="0" cellspacing="0" align="center"'
+                ' style="margin:8px auto 24px;"><tr><td bgcolor="#2563eb" style="background:'
+                '#2563eb;border-radius:6px;"><a href="$%s" style="display:inline-block;'
+                'padding:12px 24px;color:#ffffff;text-decoration:none;font-weight:600;">%s</a>'
+                '</td></tr></table>\n'
+                '<p style="margin:0 0 16px;font-size:14px;color:#4b5563;">%s<br><a href="$%s"'
+                ' style="color:#2563eb;word-break:break-all;">$%s</a></p>')
+
+
 def _builtin_template(name):
     """(subject, text, html) string.Template sources of a built-in template, or None."""
     parts = _BUILTIN_TEMPLATES.get(name)
@@ -3190,25 +3486,140 @@ def _template_values(variables):
     return values
 
 
-def _read_template(directory, name):
-    """(subject, text, html or None) from MAIL_TEMPLATE_DIR, or None when it has no NAME.txt."""
-    path = os.path.join(directory, name + ".txt")
-    html_path = os.path.join(directory, name + ".html")
+def _locale(value):
+    """The language tag of a `locale` variable ("es-MX" -> "es"); "en" when empty, None when odd."""
+    if not value:
+        return "en"
+    tag = value.strip().lower().replace("_", "-").split("-")[0]
+    return tag if re.match(r"^[a-z]{2,3}\Z", tag) else None
+
+
+def _seed_form(name, values):
+    """True when `name` with these variables is one of the CodeIgniter app's templates.
+
+    `invitation` is also the original built-in (name and url): a caller that
+    gives `url` and no `reset_link` gets that one, as before.
+    """
+    if name not in _SEED_TEMPLATES:
+        return False
+    return not (name == "invitation" and "url" in values and "reset_link" not in values)
+
+
+def _seed_template(name, locale, values):
+    """(subject, text, html) string.Template sources of a seed template in one language."""
+    import html as html_module
+    table, common = _SEED_TEMPLATES[name], _SEED_WORDS[locale]
+    words, link = table[locale], table["link"]
+    esc = html_module.escape     # our own sentences: their $placeholders pass through
+
+    def keep(lines):
+        return [line[1] if isinstance(line, tuple) else line for line in lines
+                if not isinstance(line, tuple) or values.get(line[0])]
+    intro, after = keep(words["intro"]), keep(words["after"])
+    text = [common["greeting"], ""]
+    for line in intro:
+        text += [line, ""]
+    if words["button"]:
+        text += [words["button"] + ":", "$" + link, ""]
+    for line in after:
+        text += [line, ""]
+    text += ["-- ", "$app_name", ""]
+    body = [_SEED_P % esc(common["greeting"])] + [_SEED_P % esc(line) for line in intro]
+    if words["button"]:
+        body.append(_SEED_BUTTON % (link, esc(words["button"]), esc(common["fallback"]),
+                                    link, link))
+    body += [_SEED_SMALL % esc(line) for line in after]
+    # The title is the subject as sent (the app's own `subject` may replace it).
+    html = (_SEED_HTML.replace("@LANG@", locale).replace("@SUBJECT@", "${_subject}")
+            .replace("@HEADING@", esc(words["heading"])).replace("@BODY@", "\n".join(body)))
+    return words["subject"], "\n".join(text), html
+
+
+def _job_log():
+    """The running worker's log, else one on stderr."""
+    worker = getattr(current_job(), "worker", None)
+    return worker.log if worker is not None else _Log()
+
+
+def _find_template(name, values, config, warn=True):
+    """(kind, locale, (subject, text, html or None) sources) of the template to render;
+    a seed template's defaults for that language are put into `values`.
+
+    kind is "dir" (MAIL_TEMPLATE_DIR, which wins), "seed" (the CodeIgniter
+    app's) or "builtin". Raises PermanentError for an unknown template and
+    for a built-in one's missing required variable: what the producer can
+    check at enqueue as well as the worker at send.
+    """
+    _template_name(name)
+    asked = values.get("locale", "")
+    locale = _locale(asked)
+    if config.mail_template_dir:
+        source = _read_template(config.mail_template_dir, name, locale)
+        if source is not None:
+            return "dir", locale, source
+    if _seed_form(name, values):
+        kind, needs, available = "seed", [_SEED_TEMPLATES[name]["link"]], _LOCALES
+    elif name in _BUILTIN_TEMPLATES:
+        kind, needs, available = "builtin", ["name", "url"], ("en",)
+    else:
+        import difflib
+        known = sorted(set(_BUILTIN_TEMPLATES) | set(_SEED_TEMPLATES)
+                       | set(_template_dir_names(config)))
+        close = difflib.get_close_matches(name, known, 1)
+        raise PermanentError("unknown email template %r%s (known: %s)"
+                             % (name, " - did you mean %r?" % close[0] if close else "",
+                                ", ".join(known)))
+    for variable in needs:
+        # A link must have a value; the original built-ins accept an empty name.
+        if variable is not None and (not values.get(variable) if kind == "seed"
+                                     else variable not in values):
+            raise PermanentError("email template %r needs the variable %r in vars"
+                                 % (name, variable))
+    if locale not in available:
+        if warn:
+            _job_log().warning("email template has no version in this locale; sent in English",
+                               template=name, locale=re.sub(r"[^\w.-]", "?", asked[:40]))
+        locale = "en"
+    if kind == "seed":
+        # The defaults of that language go into `values` first: the sentence
+        # that shows one ("This link expires soon.") is kept only when set.
+        for key, value in _SEED_TEMPLATES[name]["defaults"][locale].items():
+            if not values.get(key):
+                values[key] = value
+        return kind, locale, _seed_template(name, locale, values)
+    return kind, locale, _builtin_template(name)
+
+
+def _read_template(directory, name, locale=None):
+    """(subject, text, html or None) from MAIL_TEMPLATE_DIR, or None when it has no NAME.txt.
+
+    NAME.LOCALE.txt and NAME.LOCALE.html, when there, win over NAME.txt and
+    NAME.html for that locale.
+    """
+    def first(ext):
+        names = ([name + "." + locale + ext] if locale else []) + [name + ext]
+        for candidate in names:
+            path = os.path.join(directory, candidate)
+            if os.path.exists(path):
+                return path
+        return os.path.join(directory, names[-1])
+    path, html_path = first(".txt"), first(".html")
     try:
         with open(path, encoding="utf-8") as fh:
             source = fh.read()
     except FileNotFoundError:
         if os.path.exists(html_path):
-            raise PermanentError("template %r: %s.html has no %s.txt (the text part and the"
-                                 " Subject: line live there)" % (name, name, name))
+            raise PermanentError("template %r: %s has no %s.txt (the text part and the"
+                                 " Subject: line live there)"
+                                 % (name, os.path.basename(html_path), name))
         return None
     except (OSError, UnicodeDecodeError) as exc:
         raise PermanentError("template %r: cannot read %s: %s" % (name, path, exc))
-    first, _, body = source.lstrip("\ufeff").replace("\r\n", "\n").partition("\n")
-    if not first.lower().startswith("subject:"):
+    first_line, _, body = source.lstrip("\ufeff").replace("\r\n", "\n").partition("\n")
+    if not first_line.lower().startswith("subject:"):
         raise PermanentError("template %r: %s must start with a 'Subject: ...' line"
                              % (name, path))
-    subject = first[len("subject:"):].strip()
+    subject = first_line[len("subject:"):].strip()
     if body.startswith("\n"):
         body = body[1:]   # the blank line after Subject:
     html = None
@@ -3227,27 +3638,22 @@ def _render(name, variables, config):
 
     A template in MAIL_TEMPLATE_DIR wins over the built-in one of the same
     name. Values are HTML-escaped in the HTML part; a placeholder without a
-    value is a PermanentError that names it.
+    value is a PermanentError that names it. In the variables, `locale`
+    picks the language, `subject` (when set) is the subject and `textMessage`
+    (a string) the text part, as the CodeIgniter app's EmailService passed them.
     """
     import html as html_module
     from string import Template
-    _template_name(name)
     values = _template_values(variables)
-    source = None
-    if config.mail_template_dir:
-        source = _read_template(config.mail_template_dir, name)
-    builtin = source is None
-    if builtin:
-        source = _builtin_template(name)
-    if source is None:
-        known = sorted(set(_BUILTIN_TEMPLATES) | set(_template_dir_names(config)))
-        raise PermanentError("unknown email template %r (known: %s)" % (name, ", ".join(known)))
-    url = values.get("url", "")
+    kind, locale, source = _find_template(name, values, config)   # seed defaults filled in
+    link = values.get(_SEED_TEMPLATES[name]["link"] or "", "") if kind == "seed" else ""
+    url = values.get("url", "") or link
     host = re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://([^/:?#@]+)", url)
+    fallback = _SEED_WORDS[locale]["app_name"] if locale in _SEED_WORDS else "our site"
     values.setdefault("app_name", config.app_name or config.mail_from_name
-                      or (host.group(1) if host else "") or "our site")
+                      or (host.group(1) if host else "") or fallback)
     html_extra = {}
-    if builtin:
+    if kind == "builtin":
         expires = values.get("expires", "")
         values["expiry_text"] = "This link expires in %s." % expires if expires else ""
         html_extra["expiry_html"] = (
@@ -3269,13 +3675,18 @@ def _render(name, variables, config):
                                  % (name, part, exc))
 
     subject = fill("subject", subject_src, values)
+    if isinstance(variables.get("subject"), str) and variables["subject"].strip():
+        subject = variables["subject"]
     text = fill("text", text_src, values)
-    if builtin:
+    if kind == "builtin":
         text = re.sub(r"\n{3,}", "\n\n", text)
+    if isinstance(variables.get("textMessage"), str) and variables["textMessage"].strip():
+        text = variables["textMessage"]
     html = None
     if html_src is not None:
         escaped = {k: html_module.escape(v, quote=True) for k, v in values.items()}
         escaped.update(html_extra)
+        escaped["_subject"] = html_module.escape(subject, quote=True)
         html = fill("html", html_src, escaped)
     return subject, text, html
 
@@ -3319,6 +3730,9 @@ def _deliver(fields, config):
     log = worker.log if worker is not None else _Log()
     if config.mail_mailer == "log":
         _log_message(log, msg, sender, recipients)
+        return
+    if config.mail_mailer == "sendmail":
+        _Sendmail(config).send(sender, recipients, data)
         return
     reuse = worker is not None and getattr(worker, "reuse_smtp", True)
     mailer = worker.resources.get("smtp") if reuse else None
@@ -3474,6 +3888,76 @@ class _Mailer:
                 raise   # JobTimeout, KeyboardInterrupt: not ours to translate
             error = _smtp_error(exc, self.config)
         raise error   # outside the except block: no chained traceback with smtplib's text
+
+
+def _split_command(text):
+    """A command line as its words, as a POSIX shell splits them (no shell runs it)."""
+    import shlex
+    return shlex.split(text)
+
+
+class _Sendmail:
+    """MAIL_MAILER=sendmail: each message piped to MAIL_SENDMAIL_PATH, one process each.
+
+    The recipients are given as arguments (after `-f sender`), and a `-t` in
+    the command is dropped: with -t, sendmail would take them from the To,
+    Cc and Bcc headers, and Bcc recipients would have to be written into the
+    message for it to find them, relying on every sendmail to delete that
+    header again (ssmtp, for one, did not). Exit 0 is sent, 75 (EX_TEMPFAIL)
+    is retried, anything else fails the job with sendmail's first stderr line.
+    """
+
+    EX_TEMPFAIL = 75
+
+    def __init__(self, config):
+        self.config = config
+
+    def command(self, sender, recipients):
+        argv = []
+        for arg in _split_command(self.config.mail_sendmail_path):
+            if arg in ("-ti", "-it"):
+                arg = "-i"
+            if arg != "-t":
+                argv.append(arg)
+        for addr in recipients:
+            if addr.startswith("-"):
+                # It would be read as an option: "-oQ/tmp@x.test" is a valid address.
+                raise PermanentError("%r cannot be passed to sendmail (it starts with -)" % addr)
+        if "-f" not in argv and not any(a.startswith("-f") and len(a) > 2 for a in argv):
+            argv += ["-f", sender]
+        return argv + list(recipients)
+
+    def send(self, sender, recipients, data):
+        import subprocess
+        argv = self.command(sender, recipients)
+        where = "sendmail (%s)" % argv[0]
+        try:
+            proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                                    stderr=subprocess.PIPE)
+        except OSError as exc:
+            # A program that is missing here may be installed in a minute:
+            # retried, and the line says which setting names it.
+            raise QueueError("%s cannot be started: %s (check MAIL_SENDMAIL_PATH) (temporary)"
+                             % (where, exc.strerror or exc))
+        try:
+            # A local program reads UNIX line ends; sendmail makes them CRLF.
+            _, err = proc.communicate(data.replace(b"\r\n", b"\n"),
+                                      timeout=self.config.mail_timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+            raise QueueError("%s timed out after %ss (temporary)" % (where, self.config.mail_timeout))
+        except BaseException:
+            proc.kill()
+            proc.wait()
+            raise
+        if proc.returncode == 0:
+            return
+        line = (err or b"").decode("utf-8", "replace").strip().splitlines()
+        detail = _scrub(line[0][:300], self.config) if line else "no message"
+        if proc.returncode == self.EX_TEMPFAIL or proc.returncode < 0:   # 75, or a signal
+            raise QueueError("%s exited %d: %s (temporary)" % (where, proc.returncode, detail))
+        raise PermanentError("%s exited %d: %s (permanent)" % (where, proc.returncode, detail))
 
 
 def _smtp_codes(exc):

@@ -5105,5 +5105,727 @@ def load_tests(loader, tests, pattern):
     return _SummarySuite([tests])
 
 
+# ---- takeover: the CodeIgniter app's tables, templates and sendmail, taken over in place ----
+
+# The tables as the CodeIgniter app's two migrations make them, per database:
+# what CodeIgniter 4's Forge writes for its addField() arrays (BIGINT unsigned
+# auto_increment id, VARCHAR(255) queue, LONGTEXT payload, TINYINT unsigned
+# attempts, INT unsigned NULL reserved_at, INT unsigned times, an index on
+# (queue, reserved_at); failed_jobs with TEXT columns and failed_at DATETIME
+# NOT NULL, no uuid). %(jobs)s and %(failed)s are the quoted table names,
+# %(index)s the index's.
+CI4_DDL = {
+    "sqlite": [
+        'CREATE TABLE %(jobs)s (\n\t"id" INTEGER PRIMARY KEY AUTOINCREMENT NOT NULL,\n'
+        '\t"queue" VARCHAR(255) NOT NULL,\n\t"payload" LONGTEXT NOT NULL,\n'
+        '\t"attempts" TINYINT NOT NULL DEFAULT 0,\n\t"reserved_at" INT NULL,\n'
+        '\t"available_at" INT NOT NULL,\n\t"created_at" INT NOT NULL\n)',
+        'CREATE INDEX %(index)s ON %(jobs)s ("queue", "reserved_at")',
+        'CREATE TABLE %(failed)s (\n\t"id" INTEGER PRIMARY KEY AUTOINCREMENT NOT NULL,\n'
+        '\t"connection" TEXT NOT NULL,\n\t"queue" TEXT NOT NULL,\n\t"payload" LONGTEXT NOT NULL,\n'
+        '\t"exception" LONGTEXT NOT NULL,\n\t"failed_at" DATETIME NOT NULL\n)',
+    ],
+    "postgresql": [
+        'CREATE TABLE %(jobs)s (\n\t"id" BIGSERIAL NOT NULL,\n\t"queue" VARCHAR(255) NOT NULL,\n'
+        '\t"payload" TEXT NOT NULL,\n\t"attempts" SMALLINT NOT NULL DEFAULT 0,\n'
+        '\t"reserved_at" BIGINT NULL,\n\t"available_at" BIGINT NOT NULL,\n'
+        '\t"created_at" BIGINT NOT NULL,\n\tCONSTRAINT %(pk_jobs)s PRIMARY KEY("id")\n)',
+        'CREATE INDEX %(index)s ON %(jobs)s ("queue", "reserved_at")',
+        'CREATE TABLE %(failed)s (\n\t"id" BIGSERIAL NOT NULL,\n\t"connection" TEXT NOT NULL,\n'
+        '\t"queue" TEXT NOT NULL,\n\t"payload" TEXT NOT NULL,\n\t"exception" TEXT NOT NULL,\n'
+        '\t"failed_at" TIMESTAMP NOT NULL,\n\tCONSTRAINT %(pk_failed)s PRIMARY KEY("id")\n)',
+    ],
+    "mysql": [
+        'CREATE TABLE %(jobs)s (\n\t`id` BIGINT(20) UNSIGNED NOT NULL AUTO_INCREMENT,\n'
+        '\t`queue` VARCHAR(255) NOT NULL,\n\t`payload` LONGTEXT NOT NULL,\n'
+        '\t`attempts` TINYINT(3) UNSIGNED NOT NULL DEFAULT 0,\n'
+        '\t`reserved_at` INT(10) UNSIGNED NULL,\n\t`available_at` INT(10) UNSIGNED NOT NULL,\n'
+        '\t`created_at` INT(10) UNSIGNED NOT NULL,\n\tCONSTRAINT %(pk_jobs)s PRIMARY KEY(`id`),\n'
+        '\tKEY %(index)s (`queue`, `reserved_at`)\n'
+        ') DEFAULT CHARACTER SET = utf8mb4 COLLATE = utf8mb4_general_ci',
+        'CREATE TABLE %(failed)s (\n\t`id` BIGINT(20) UNSIGNED NOT NULL AUTO_INCREMENT,\n'
+        '\t`connection` TEXT NOT NULL,\n\t`queue` TEXT NOT NULL,\n\t`payload` LONGTEXT NOT NULL,\n'
+        '\t`exception` LONGTEXT NOT NULL,\n\t`failed_at` DATETIME NOT NULL,\n'
+        '\tCONSTRAINT %(pk_failed)s PRIMARY KEY(`id`)\n'
+        ') DEFAULT CHARACTER SET = utf8mb4 COLLATE = utf8mb4_general_ci',
+    ],
+}
+
+
+def qi(db, name):
+    """A table name quoted for SQL written by hand in a test (MySQL's backticks elsewhere)."""
+    return ("`%s`" if db.name == "mysql" else '"%s"') % name
+
+
+def ci4_tables(db):
+    """Make db's two tables as the CodeIgniter app's migrations do (`php spark migrate`)."""
+    names = {"jobs": qi(db, db.table), "failed": qi(db, db.failed_table),
+             "index": qi(db, db.table + "_queue_reserved_at"), "pk_jobs": qi(db, "pk_" + db.table),
+             "pk_failed": qi(db, "pk_" + db.failed_table)}
+    for statement in CI4_DDL[db.name]:
+        db.raw((statement % names).replace("{", "{{").replace("}", "}}"))
+
+
+def php_json(value):
+    """JSON text as PHP's json_encode() writes it: \\/ for /, \\u00e9 for é."""
+    return json.dumps(value, separators=(",", ":")).replace("/", "\\/")
+
+
+def php_push(db, payload, queue="emails", available_at=None):
+    """The PHP app's own INSERT into jobs (QueueManager::push): the columns it names."""
+    now = int(time.time()) if available_at is None else available_at
+    p = db.param
+    db.raw("INSERT INTO {jobs} (queue, payload, attempts, reserved_at, available_at, created_at)"
+           " VALUES (%s, %s, %s, NULL, %s, %s)" % (p, p, p, p, p),
+           (queue, payload if isinstance(payload, str) else php_json(payload), 0, now, now))
+
+
+def php_fail(db, payload, failed_at, queue="emails"):
+    """The PHP app's own INSERT into failed_jobs: no uuid, failed_at as DATETIME text."""
+    p = db.param
+    db.raw("INSERT INTO {failed} (connection, queue, payload, exception, failed_at)"
+           " VALUES (%s, %s, %s, %s, %s)" % (p, p, p, p, p),
+           ("database", queue, payload if isinstance(payload, str) else php_json(payload),
+            "RuntimeException: SMTP connect() failed in SendTemplateEmailJob.php:41", failed_at))
+
+
+def utc_datetime(seconds_ago=0):
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(time.time() - seconds_ago))
+
+
+@on_every_backend
+class TakeoverTablesTests:
+    """The CodeIgniter app's own jobs and failed_jobs, used as they are (issue 12)."""
+
+    def work(self, q, queues=("emails",), tries=1):
+        log = quiet_log()
+        dbqueue.Worker(q, list(queues), tries=tries, backoff="0", log=log).run(
+            stop_when_empty=True)
+        return log.stream.getvalue()
+
+    def failed_count(self):
+        return self.db.raw("SELECT COUNT(*) FROM {failed}")[0][0]
+
+    def test_migrate_adds_only_what_it_needs_and_php_inserts_still_work(self):
+        ci4_tables(self.db)
+        php_fail(self.db, {"job": "t_record", "data": {"old": 1}}, "2020-01-01 00:00:00")
+        q = self.db.queue()
+        self.assertEqual(q.migrate(), dbqueue._SCHEMA_VERSION)   # twice: changes nothing
+        # The PHP code's INSERTs, which name only the columns it knows, still
+        # succeed; many of its failed rows (uuid NULL) live beside the unique index.
+        php_push(self.db, {"job": "t_record", "data": {"from": "php"}})
+        php_fail(self.db, {"job": "t_record", "data": {"old": 2}}, "2020-01-02 00:00:00")
+        php_fail(self.db, {"job": "t_record", "data": {"new": 3}}, utc_datetime())
+        self.assertEqual(self.db.raw("SELECT COUNT(*) FROM {failed} WHERE uuid IS NULL")[0][0], 3)
+        self.assertEqual(self.db.raw("SELECT attempts, reserved_until, unique_key FROM {jobs}"),
+                         [(0, None, None)])
+        del RECORD[:]
+        self.work(q)
+        self.assertEqual(RECORD, [{"from": "php"}])
+        self.assertEqual(self.db.raw("SELECT COUNT(*) FROM {jobs}")[0][0], 0)
+
+    def test_fail_failed_retry_forget_and_flush_on_the_apps_tables(self):
+        ci4_tables(self.db)
+        php_fail(self.db, {"job": "t_record", "data": {"old": 1}}, "2020-01-01 00:00:00")
+        q = self.db.queue()
+        php_fail(self.db, {"job": "t_record", "data": {"recent": 1}}, utc_datetime(60))
+        # A job of ours and a row the PHP app wrote (no uuid in it) both fail.
+        q.push("t_fail", {"n": 1}, queue="emails")
+        php_push(self.db, {"job": "t_fail", "data": {"n": 2}})
+        log = self.work(q)
+        self.assertIn("outcome=failed", log)
+        self.assertEqual(self.db.raw("SELECT COUNT(*) FROM {jobs}")[0][0], 0)
+        failed = q.failed()
+        self.assertEqual(len(failed), 4)
+        self.assertEqual([f["uuid"] is None for f in failed], [True, True, False, False])
+        self.assertIn("boom 1", failed[2]["exception"])
+        self.assertIn("boom 2", failed[3]["exception"])
+        self.assertTrue(all(f["failed_at"] for f in failed))
+        # The same job failing again (same uuid) updates its row: ON CONFLICT
+        # (uuid) found the unique index migrate made on the app's table.
+        again = self.db.raw("SELECT payload FROM {failed} WHERE id = %d" % failed[2]["id"])[0][0]
+        php_push(self.db, again)
+        self.work(q)
+        self.assertEqual(self.failed_count(), 4)
+        # The command line lists them, the PHP app's rows included.
+        code, out, err = run_main(["failed"], env=self.db.env())
+        self.assertEqual(code, 0, err)
+        self.assertIn("boom 2", out)
+        self.assertIn("2020-01-01 00:00:00", out)
+        # retry brings a PHP-written failed row back; it runs.
+        new_ids = q.retry([failed[0]["id"]])
+        self.assertEqual(len(new_ids), 1)
+        del RECORD[:]
+        self.work(q, queues=("emails",))
+        self.assertEqual(RECORD, [{"old": 1}])
+        self.assertEqual(q.forget([failed[1]["id"]]), 1)
+        # flush --hours compares the app's DATETIME text with the database's clock.
+        php_fail(self.db, {"job": "t_record", "data": {"old": 3}}, "2020-01-03 00:00:00")
+        self.assertEqual(q.flush(hours=1), 1)
+        self.assertEqual(self.failed_count(), 2)
+        code, out, err = run_main(["flush"], env=self.db.env())
+        self.assertEqual(code, 0, err)
+        self.assertEqual(self.failed_count(), 0)
+
+    def test_a_worker_on_the_apps_tables_before_migrate_never_loops(self):
+        ci4_tables(self.db)
+        q = self.db.queue(migrate=False)
+        php_push(self.db, {"job": "t_fail", "data": {"n": 1}})
+        worker = dbqueue.Worker(q, ["emails"], tries=1, log=quiet_log())
+        if self.db.name == "sqlite":
+            worker.run(stop_when_empty=True)     # SQLite's tables are brought up to date
+            self.assertEqual(len(q.failed()), 1)
+            return
+        # A server database is migrated on purpose: the worker stops with the
+        # one line that says so (issue 12: it retried "no column named uuid" forever).
+        with self.assertRaises(dbqueue.MissingTableError) as caught:
+            worker.run(stop_when_empty=True)
+        self.assertIn("run `python dbqueue.py migrate`", str(caught.exception))
+
+    def test_before_migrate_a_server_database_says_to_run_it(self):
+        ci4_tables(self.db)
+        php_fail(self.db, {"job": "t_record", "data": {}}, "2020-01-01 00:00:00")
+        # `failed` only reads (it never creates or changes tables, SQLite's either).
+        code, out, err = run_main(["failed"], env=self.db.env())
+        self.assertEqual(code, 1, out)
+        self.assertIn("lack columns of this version", err)
+        self.assertIn("run `python dbqueue.py migrate`", err)
+        self.assertEqual(len(err.strip().splitlines()), 1, err)
+        code, out, err = run_main(["migrate"], env=self.db.env())
+        self.assertEqual(code, 0, err)
+        code, out, err = run_main(["failed"], env=self.db.env())
+        self.assertEqual(code, 0, err)
+        self.assertIn("2020-01-01", out)
+
+
+
+def app_connection(db):
+    """A connection as a web app holds it: not in autocommit, so writes open a transaction."""
+    conn = db.connect()
+    if db.name == "sqlite":
+        conn.isolation_level = ""      # the sqlite3 default: BEGIN before the first write
+    elif callable(getattr(conn, "autocommit", None)):
+        conn.autocommit(False)         # PyMySQL, MySQLdb
+    else:
+        conn.autocommit = False        # psycopg, psycopg2
+    return conn
+
+
+@on_every_backend
+class TakeoverColdPushTests:
+    """push(connection=app) while the app's transaction holds the write lock, from a
+    Queue that has never connected in that thread (issue 12: a 5 s wait, then
+    "database is locked", on every web server thread's first push)."""
+
+    threads = 4
+
+    def setUp(self):
+        self.app_table = qi(self.db, self.db.table + "_app")
+        self.db.raw("CREATE TABLE %s (id INTEGER PRIMARY KEY, note VARCHAR(100))"
+                    % self.app_table)
+        self.addCleanup(self.db.raw, "DROP TABLE IF EXISTS %s" % self.app_table)
+
+    def order(self, q, n, commit=True):
+        """One web request: the app writes its row, the job goes in its transaction."""
+        app = app_connection(self.db)
+        try:
+            cur = app.cursor()
+            cur.execute("INSERT INTO %s (id, note) VALUES (%s, %s)"
+                        % (self.app_table, self.db.param, self.db.param), (n, "order %d" % n))
+            job_id = q.push("t_record", {"order": n}, connection=app)
+            self.assertIsInstance(job_id, int)
+            if commit:
+                app.commit()
+            else:
+                app.rollback()
+        finally:
+            app.close()
+
+    def run_orders(self, make_queue):
+        counter = iter(range(1, 1000))
+        lock = threading.Lock()
+
+        def request():
+            with lock:
+                n = next(counter)
+            self.order(make_queue(), n)
+        errors = in_threads(request, self.threads)
+        self.assertEqual(errors, [])
+        rows = self.db.raw("SELECT payload FROM {jobs}")
+        self.assertEqual(sorted(json.loads(r[0])["data"]["order"] for r in rows),
+                         list(range(1, self.threads + 1)))
+        self.assertEqual(self.db.raw("SELECT COUNT(*) FROM %s" % self.app_table)[0][0],
+                         self.threads)
+
+    def test_each_thread_with_a_queue_of_its_own(self):
+        self.db.queue().close()   # the tables exist; these queues have never connected
+        self.run_orders(lambda: self.db.queue(migrate=False))
+
+    def test_threads_sharing_one_cold_queue(self):
+        self.db.queue().close()
+        shared = self.db.queue(migrate=False)
+        self.run_orders(lambda: shared)
+        # A rolled-back request leaves no job behind.
+        self.order(shared, 99, commit=False)
+        self.assertEqual(self.db.raw("SELECT COUNT(*) FROM {jobs}")[0][0], self.threads)
+
+    @sqlite_only
+    def test_first_push_on_a_fresh_sqlite_file_makes_the_tables_in_the_apps_transaction(self):
+        self.run_orders(lambda: self.db.queue(migrate=False))
+        q = self.db.queue(migrate=False)
+        self.assertEqual(q.schema_version(), dbqueue._SCHEMA_VERSION)
+        self.assertEqual(dbqueue.Worker(q, tries=1, log=quiet_log()).run(stop_when_empty=True),
+                         self.threads)
+
+
+
+# Each seed template's variables as the app sends them, and what the message
+# says in each language (subject; a sentence of the text part).
+SEED_CASES = {
+    "verification": ({"display_name": "José <b>", "verification_link": "https://app.test/verify?t=1&u=2",
+                      "expires_at": "in 24 hours"},
+                     {"en": ("Confirm your email address for Acme", "Hi José <b>,"),
+                      "es": ("Confirma tu correo electrónico en Acme", "Hola, José <b>:")}),
+    "password-reset": ({"display_name": "Zoë", "reset_link": "https://app.test/reset?t=1&u=2"},
+                       {"en": ("Reset your Acme password", "This link expires in 60 minutes."),
+                        "es": ("Restablece tu contraseña de Acme",
+                               "Este enlace caduca en 60 minutos.")}),
+    "invitation": ({"display_name": "Ann", "reset_link": "https://app.test/invite?t=1&u=2",
+                    "expires_in": "48 hours"},
+                   {"en": ("You are invited to join Acme", "This link expires in 48 hours."),
+                    "es": ("Te han invitado a unirte a Acme", "Este enlace caduca en 48 horas.")}),
+    "account-approved": ({"display_name": "Ann", "login_link": "https://app.test/login?t=1&u=2"},
+                         {"en": ("Your Acme account has been approved", "Sign in:"),
+                          "es": ("Hemos aprobado tu cuenta de Acme", "¡Buenas noticias!")}),
+    "pending-approval-google": ({"display_name": "Ann"},
+                                {"en": ("Your Acme account is awaiting approval",
+                                        "with your Google account"),
+                                 "es": ("Tu cuenta de Acme está pendiente de aprobación",
+                                        "con tu cuenta de Google")}),
+}
+# The app passes values in the user's language too.
+IN_SPANISH = {"in 24 hours": "en 24 horas", "48 hours": "48 horas"}
+
+
+def seed_variables(variables, locale):
+    if locale == "es":
+        variables = {k: IN_SPANISH.get(v, v) for k, v in variables.items()}
+    return dict(variables, locale=locale)
+
+
+class TakeoverTemplateTests(EmailTestMixin, unittest.TestCase):
+    """The CodeIgniter app's five templates, built in, in English and Spanish (issue 12)."""
+
+    def setUp(self):
+        self.db = Backend(self)
+
+    def by_subject(self, sink):
+        return {m["Subject"]: m for _, m, _ in sink.messages}
+
+    def test_each_seed_template_in_both_languages_has_text_and_html(self):
+        sink = SMTPSink(self)
+        q = self.mail_queue(sink)
+        for name, (variables, expected) in SEED_CASES.items():
+            for locale in ("en", "es"):
+                dbqueue.queue_template_email("a@example.com", name,
+                                             seed_variables(variables, locale), using=q)
+        _, log = self.work(q, tries=1)
+        self.assertEqual(q.failed(), [])
+        messages = self.by_subject(sink)
+        self.assertEqual(len(messages), 10, log)
+        for name, (variables, expected) in SEED_CASES.items():
+            for locale, (subject, sentence) in expected.items():
+                with self.subTest(template=name, locale=locale):
+                    msg = messages[subject]
+                    self.assertEqual(msg.get_content_type(), "multipart/alternative")
+                    text = msg.get_body(("plain",)).get_content()
+                    html = msg.get_body(("html",)).get_content()
+                    self.assertIn(sentence, text)
+                    self.assertIn('<html lang="%s">' % locale, html)
+                    greeting = {"en": "Hi %s,", "es": "Hola, %s:"}[locale]
+                    self.assertIn(greeting % variables["display_name"], text)
+                    if "<" in variables["display_name"]:
+                        self.assertNotIn(variables["display_name"], html)
+                        self.assertIn(variables["display_name"].replace("<", "&lt;")
+                                      .replace(">", "&gt;"), html)
+                    link = next((v for k, v in variables.items() if k.endswith("_link")), None)
+                    if link:
+                        self.assertIn(link, text)
+                        self.assertIn('href="%s"' % link.replace("&", "&amp;"), html)
+                        # The button is a table cell (Outlook ignores padding on links).
+                        self.assertIn('<td bgcolor="#2563eb"', html)
+                    # What mail clients keep: inline styles, tables, nothing fetched.
+                    for absent in ("<style", "<img", "<link", "<script", "url("):
+                        self.assertNotIn(absent, html)
+                    self.assertIn('role="presentation"', html)
+                    other = {"en": "es", "es": "en"}[locale]
+                    self.assertNotIn(expected[other][0], text + html)
+
+    def test_defaults_read_naturally_in_each_language(self):
+        sink = SMTPSink(self)
+        q = self.mail_queue(sink)
+        for locale in ("en", "es"):
+            dbqueue.queue_template_email("a@example.com", "verification",
+                                         {"verification_link": "https://app.test/v",
+                                          "locale": locale}, using=q)
+            dbqueue.queue_template_email("a@example.com", "password-reset",
+                                         {"reset_link": "https://app.test/r", "locale": locale},
+                                         using=q)
+        self.work(q, tries=1)
+        texts = [m.get_body(("plain",)).get_content() for _, m, _ in sink.messages]
+        self.assertIn("Hi User,", texts[0])
+        self.assertIn("This link expires soon.", texts[0])
+        self.assertIn("This link expires in 60 minutes.", texts[1])
+        self.assertIn("Hola, usuario:", texts[2])
+        self.assertIn("Este enlace caduca pronto.", texts[2])
+        self.assertIn("Este enlace caduca en 60 minutos.", texts[3])
+
+    def test_locale_subject_and_text_message_from_the_variables(self):
+        sink = SMTPSink(self)
+        q = self.mail_queue(sink)
+        base = {"display_name": "Ann", "login_link": "https://app.test/l"}
+        dbqueue.queue_template_email("a@example.com", "account-approved",
+                                     dict(base, locale="fr"), using=q)
+        dbqueue.queue_template_email("a@example.com", "account-approved",
+                                     dict(base, locale="es_MX", subject="¡Bienvenida, Ann!",
+                                          textMessage="Texto propio de la app."), using=q)
+        _, log = self.work(q, tries=1)
+        (_, french, _), (_, own, _) = sink.messages
+        self.assertEqual(french["Subject"], "Your Acme account has been approved")
+        self.assertIn("sent in English", log)
+        self.assertIn("locale=fr", log)
+        self.assertEqual(log.count("sent in English"), 1)
+        self.assertEqual(own["Subject"], "¡Bienvenida, Ann!")
+        self.assertEqual(own.get_body(("plain",)).get_content().strip(), "Texto propio de la app.")
+        self.assertIn("Iniciar sesión", own.get_body(("html",)).get_content())
+        self.assertIn("<title>¡Bienvenida, Ann!</title>", own.get_body(("html",)).get_content())
+
+    def test_a_missing_link_is_a_permanent_failure_that_names_it(self):
+        sink = SMTPSink(self)
+        q = self.mail_queue(sink)
+        for name, link in (("verification", "verification_link"), ("password-reset", "reset_link"),
+                           ("invitation", "reset_link"), ("account-approved", "login_link")):
+            q.push("send_template_email", {"to": "a@example.com", "template": name,
+                                           "vars": {"display_name": "Ann", link: ""}},
+                   queue="emails")
+            with self.assertRaises(ValueError) as caught:
+                dbqueue.queue_template_email("a@example.com", name, {"display_name": "Ann"},
+                                             using=q)
+            self.assertIn(repr(link), str(caught.exception))
+        _, log = self.work(q, tries=3)
+        failed = q.failed()
+        self.assertEqual(len(failed), 4)
+        for row, link in zip(failed, ("verification_link", "reset_link", "reset_link",
+                                      "login_link")):
+            self.assertIn("needs the variable %r" % link, row["exception"])
+        self.assertNotIn("outcome=released", log)
+        self.assertEqual(sink.connections, 0)
+
+    def test_template_dir_locale_files_win_for_their_locale(self):
+        sink = SMTPSink(self)
+        tdir = os.path.join(self.db.tmp, "templates")
+        os.mkdir(tdir)
+        files = {"verification.es.txt": "Subject: Verifica, $display_name\n\nEnlace: $verification_link\n",
+                 "verification.es.html": "<p>Hola <b>$display_name</b></p>",
+                 "welcome.txt": "Subject: Welcome $name\n\nHello\n",
+                 "welcome.es.txt": "Subject: Bienvenida $name\n\nHola\n"}
+        for fname, body in files.items():
+            with open(os.path.join(tdir, fname), "w", encoding="utf-8") as fh:
+                fh.write(body)
+        q = self.mail_queue(sink, mail_template_dir=tdir)
+        link = {"display_name": "<Ann>", "verification_link": "https://app.test/v"}
+        dbqueue.queue_template_email("a@example.com", "verification", dict(link, locale="es"),
+                                     using=q)
+        dbqueue.queue_template_email("a@example.com", "verification", dict(link, locale="en"),
+                                     using=q)
+        dbqueue.queue_template_email("a@example.com", "welcome", {"name": "A", "locale": "es"},
+                                     using=q)
+        dbqueue.queue_template_email("a@example.com", "welcome", {"name": "A"}, using=q)
+        self.work(q, tries=1)
+        (_, es, _), (_, en, _), (_, w_es, _), (_, w_en, _) = sink.messages
+        self.assertEqual(es["Subject"], "Verifica, <Ann>")
+        self.assertEqual(es.get_body(("plain",)).get_content().strip(), "Enlace: https://app.test/v")
+        self.assertIn("<b>&lt;Ann&gt;</b>", es.get_body(("html",)).get_content())
+        self.assertEqual(en["Subject"], "Confirm your email address for Acme")   # built in
+        self.assertEqual((w_es["Subject"], w_en["Subject"]), ("Bienvenida A", "Welcome A"))
+
+
+
+# A stand-in sendmail: records its arguments and stdin, and exits with the
+# codes listed in codes.txt, one per call (the last one repeats).
+FAKE_SENDMAIL = r"""
+import json, os, sys
+here = os.path.dirname(os.path.abspath(__file__))
+calls = sorted(f for f in os.listdir(here) if f.startswith("call"))
+with open(os.path.join(here, "codes.txt")) as fh:
+    codes = fh.read().split()
+code = int(codes[min(len(calls), len(codes) - 1)])
+data = sys.stdin.buffer.read()
+with open(os.path.join(here, "call%03d.json" % len(calls)), "w") as fh:
+    json.dump({"argv": sys.argv[1:], "stdin": data.decode("utf-8")}, fh)
+if code:
+    sys.stderr.write("sendmail: fatal: <nobody@example.com>: no such user\nsecond line\n")
+sys.exit(code)
+"""
+
+
+class TakeoverSendmailTests(EmailTestMixin, unittest.TestCase):
+    """MAIL_MAILER=sendmail: the message piped to a real program (issue 12)."""
+
+    def setUp(self):
+        self.db = Backend(self)
+        self.bin = os.path.join(self.db.tmp, "bin")
+        os.mkdir(self.bin)
+        self.script = os.path.join(self.bin, "fake sendmail.py")   # a space: shlex quoting
+        with open(self.script, "w") as fh:
+            fh.write(FAKE_SENDMAIL)
+
+    def queue(self, codes, command="-t -i"):
+        with open(os.path.join(self.bin, "codes.txt"), "w") as fh:
+            fh.write(" ".join(str(c) for c in codes))
+        path = "%s '%s' %s" % (sys.executable, self.script, command)
+        return self.mail_queue(None, mail_mailer="sendmail", mail_sendmail_path=path)
+
+    def calls(self):
+        found = []
+        for name in sorted(os.listdir(self.bin)):
+            if name.startswith("call"):
+                with open(os.path.join(self.bin, name)) as fh:
+                    found.append(json.load(fh))
+        return found
+
+    def test_exit_0_is_sent_with_recipients_as_arguments_and_no_bcc_header(self):
+        q = self.queue([0])
+        dbqueue.queue_template_email("Ann <ann@example.com>", "verification",
+                                     {"display_name": "Ann", "locale": "es",
+                                      "verification_link": "https://app.test/v"},
+                                     cc="cc@example.com", bcc="hidden@example.com", using=q)
+        _, log = self.work(q, tries=3)
+        self.assertIn("outcome=done", log)
+        (call,) = self.calls()
+        self.assertEqual(call["argv"], ["-i", "-f", "app@example.com", "ann@example.com",
+                                        "cc@example.com", "hidden@example.com"])
+        self.assertNotIn("\r\n", call["stdin"])
+        msg = parse_mail(call["stdin"].encode("utf-8"))
+        self.assertIsNone(msg["Bcc"])
+        self.assertNotIn("hidden@example.com", call["stdin"])
+        self.assertEqual(msg["Subject"], "Confirma tu correo electrónico en Acme")
+        self.assertIn("Hola, Ann:", msg.get_body(("plain",)).get_content())
+        self.assertEqual(self.jobs_left(), 0)
+
+    def test_exit_75_is_retried_and_other_codes_fail_with_the_first_stderr_line(self):
+        q = self.queue([75, 0])
+        dbqueue.queue_email("a@example.com", "retried", text="t", using=q)
+        _, log = self.work(q, tries=3)
+        self.assertEqual(len(self.calls()), 2)
+        self.assertIn("exited 75", log)
+        self.assertIn("(temporary)", log)
+        self.assertEqual(q.failed(), [])
+        for name in os.listdir(self.bin):
+            if name.startswith("call"):
+                os.remove(os.path.join(self.bin, name))
+        q = self.queue([67], command="-i")
+        dbqueue.queue_email("a@example.com", "refused", text="t", using=q)
+        _, log = self.work(q, tries=3)
+        self.assertEqual(len(self.calls()), 1)          # no second attempt
+        (row,) = q.failed()
+        self.assertIn("exited 67: sendmail: fatal: <nobody@example.com>: no such user (permanent)",
+                      row["exception"])
+        self.assertNotIn("second line", row["exception"])
+
+    def test_a_missing_program_is_retried_and_names_the_setting(self):
+        q = self.mail_queue(None, mail_mailer="sendmail",
+                            mail_sendmail_path=os.path.join(self.bin, "no-such-sendmail") + " -t")
+        dbqueue.queue_email("a@example.com", "s", text="t", using=q)
+        _, log = self.work(q, tries=2)
+        (row,) = q.failed()
+        self.assertIn("MAIL_SENDMAIL_PATH", row["exception"])
+        self.assertIn("(temporary)", row["exception"])
+        self.assertIn("outcome=released", log)
+
+    def test_settings(self):
+        config = dbqueue.Config.from_env({"MAIL_MAILER": "sendmail"})
+        self.assertEqual((config.mail_mailer, config.mail_sendmail_path),
+                         ("sendmail", "/usr/sbin/sendmail -t -i"))
+        code, _, err = run_main(["stats"], {"MAIL_MAILER": "sendmail",
+                                            "MAIL_SENDMAIL_PATH": "/usr/sbin/sendmail 'oops"})
+        self.assertEqual(code, 2)
+        self.assertIn("MAIL_SENDMAIL_PATH", err)
+
+
+
+class TakeoverEarlyMistakesTests(unittest.TestCase):
+    """Mistakes a producer or an operator can see are found at once (issue 15, item 4)."""
+
+    def setUp(self):
+        self.db = Backend(self)
+
+    def test_unknown_template_or_missing_variable_is_a_value_error_and_stores_nothing(self):
+        q = self.db.queue()
+        with self.assertRaises(ValueError) as caught:
+            dbqueue.queue_template_email("a@example.com", "verify_emial",
+                                         {"name": "A", "url": "https://x.test"}, using=q)
+        self.assertIn("unknown email template 'verify_emial'", str(caught.exception))
+        self.assertIn("did you mean 'verify_email'?", str(caught.exception))
+        with self.assertRaises(ValueError) as caught:
+            dbqueue.queue_template_email("a@example.com", "verify_email", {"name": "A"}, using=q)
+        self.assertIn("needs the variable 'url'", str(caught.exception))
+        with self.assertRaises(ValueError):
+            dbqueue.queue_template_email("a@example.com", "password-reset",
+                                         {"display_name": "A", "locale": "es"}, using=q)
+        self.assertEqual(self.db.raw("SELECT COUNT(*) FROM {jobs}")[0][0], 0)
+        # What MAIL_TEMPLATE_DIR holds is the producer's to see too: its own
+        # template, and its override of a built-in (whose variables are its own).
+        tdir = os.path.join(self.db.tmp, "templates")
+        os.mkdir(tdir)
+        for name in ("welcome", "verify_email"):
+            with open(os.path.join(tdir, name + ".txt"), "w") as fh:
+                fh.write("Subject: Hi\n\nHello\n")
+        q.config.mail_template_dir = tdir
+        dbqueue.queue_template_email("a@example.com", "welcome", {}, using=q)
+        dbqueue.queue_template_email("a@example.com", "verify_email", {}, using=q)
+        self.assertEqual(self.db.raw("SELECT COUNT(*) FROM {jobs}")[0][0], 2)
+
+    def test_a_template_dir_that_does_not_exist_is_a_configuration_error(self):
+        missing = os.path.join(self.db.tmp, "nonexistent")
+        with self.assertRaises(dbqueue.ConfigError):
+            dbqueue.Config.from_env({"MAIL_TEMPLATE_DIR": missing})
+        code, out, err = run_main(["work", "--once"], self.db.env(MAIL_TEMPLATE_DIR=missing))
+        self.assertEqual(code, 2)
+        self.assertEqual(err.strip(), "dbqueue: MAIL_TEMPLATE_DIR=%s is not a folder"
+                         " (no such directory)" % missing)
+        self.assertFalse(os.path.exists(os.path.join(self.db.tmp, "queue.db")))
+
+    def test_an_empty_queue_while_others_hold_ready_jobs_gives_a_hint_once(self):
+        q = self.db.queue()
+        for _ in range(3):
+            q.push("t_record", {}, queue="emails")
+        q.push("t_record", {}, queue="reports", delay=3600)   # not ready: not named
+        log = quiet_log()
+        worker = dbqueue.Worker(q, ["emial"], sleep=0.02, log=log)
+        worker.run(max_time=0.3)
+        text = log.stream.getvalue()
+        self.assertEqual(text.count("other queues have ready jobs"), 1, text)
+        self.assertIn('ready_elsewhere="emails (3)"', text)
+        self.assertIn("queues=emial", text)
+        # No hint when the worker's own queue had work, also once it is drained
+        # while another queue's jobs wait for their own workers.
+        q.push("t_record", {}, queue="default")
+        log = quiet_log()
+        dbqueue.Worker(q, ["emails"], log=log).run(stop_when_empty=True)
+        self.assertIn("outcome=done", log.stream.getvalue())
+        self.assertNotIn("other queues", log.stream.getvalue())
+        code, out, err = run_main(["work", "--queue", "reprots", "--once"], self.db.env())
+        self.assertEqual(code, 0, err)
+        # The command line says it too; reports' job is delayed: not named.
+        self.assertIn('ready_elsewhere="default (1)"', err)
+        self.assertNotIn("reports (", err)
+
+
+
+class TakeoverEndToEndTests:
+    """The CodeIgniter app taken over in place: its .env, its tables, rows its PHP code
+    wrote, a real `python dbqueue.py work` in place of `php spark queue:work`, and the
+    real SMTP test server receiving every template in both languages (issue 12)."""
+
+    def setUp(self):
+        # The tables are named as CodeIgniter names them: DBPrefix + jobs.
+        prefix = unique_table() + "_"
+        self.db.table, self.db.failed_table = prefix + "jobs", prefix + "failed_jobs"
+        lines = ["CI_ENVIRONMENT = production", "app.baseURL = 'https://app.test/'"]
+        if self.db.name == "sqlite":
+            # A relative SQLite3 database lives in writable/, as CodeIgniter resolves it.
+            os.mkdir(os.path.join(self.db.tmp, "writable"))
+            self.db.url = "sqlite:///" + os.path.join(self.db.tmp, "writable", "app.db")
+            lines += ["database.default.DBDriver = SQLite3", "database.default.database = app.db"]
+        self.sink = SMTPSink(self)
+        lines += ["database.default.DBPrefix = " + prefix,
+                  "QUEUE_DRIVER = database", "QUEUE_MAX_ATTEMPTS = 3", "QUEUE_RETRY_AFTER = 90",
+                  "EMAIL_PROVIDER = smtp", "EMAIL_FROM_ADDRESS = no-reply@app.test",
+                  'EMAIL_FROM_NAME = "Acme"', "EMAIL_SMTP_HOST = 127.0.0.1",
+                  "EMAIL_SMTP_PORT = %d" % self.sink.port, "EMAIL_SMTP_CRYPTO ="]
+        with open(os.path.join(self.db.tmp, ".env"), "w") as fh:
+            fh.write("\n".join(lines) + "\n")
+
+    def dbqueue(self, *args):
+        env = {k: v for k, v in os.environ.items()
+               if not k.startswith(("QUEUE_", "MAIL_", "DATABASE_URL", "APP_", "EMAIL_",
+                                    "database"))}
+        if self.db.name != "sqlite":
+            # The server's URL (a socket directory, the test's own database);
+            # everything else comes from the app's .env.
+            env["QUEUE_DATABASE_URL"] = self.db.url
+        return subprocess.run([sys.executable, os.path.join(HERE, "dbqueue.py")] + list(args),
+                              cwd=self.db.tmp, env=env, capture_output=True, text=True,
+                              timeout=120)
+
+    def test_the_apps_rows_are_sent_failed_and_retried_by_a_real_worker(self):
+        ci4_tables(self.db)
+        config = self.dbqueue("config")
+        self.assertEqual(config.returncode, 0, config.stderr)
+        self.assertIn(self.db.table, config.stdout)
+        self.assertIn("(EMAIL_SMTP_HOST)", config.stdout)
+        done = self.dbqueue("migrate")
+        self.assertEqual(done.returncode, 0, done.stderr)
+        job_class = "App\\Libraries\\Queue\\Jobs\\SendTemplateEmailJob"
+        expected = {}
+        for n, (name, (variables, subjects)) in enumerate(sorted(SEED_CASES.items())):
+            for locale in ("en", "es"):
+                data = seed_variables(dict(variables, display_name="José"), locale)
+                php_push(self.db, {"job": ("\\" if n % 2 else "") + job_class,
+                                   "data": {"template": name, "to": "ann@example.com",
+                                            "data": data}})
+                expected[subjects[locale][0]] = data
+        payload = php_json({"job": job_class, "data": {
+            "template": "account-approved", "to": "bounce@example.com",
+            "data": {"display_name": "Bea", "login_link": "https://app.test/login"}}})
+        self.assertIn("https:\\/\\/app.test\\/login", payload)
+        self.assertIn("\\\\Libraries\\\\", payload)
+        php_push(self.db, payload)
+        self.assertIn("Jos\\u00e9", self.db.raw("SELECT payload FROM {jobs} ORDER BY id")[0][0])
+        self.sink.refuse["bounce@example.com"] = "550 5.1.1 no such mailbox"
+
+        work = self.dbqueue("work", "--queue=emails", "--stop-when-empty")
+        self.assertEqual(work.returncode, 0, work.stderr)
+        received = {m["Subject"]: m for _, m, _ in self.sink.messages}
+        self.assertEqual(sorted(received), sorted(expected), work.stderr)
+        for subject, data in expected.items():
+            msg = received[subject]
+            self.assertEqual(msg.get_content_type(), "multipart/alternative")
+            text = msg.get_body(("plain",)).get_content()
+            self.assertIn("José", text)
+            html = msg.get_body(("html",)).get_content()
+            self.assertIn('<html lang="%s">' % data["locale"], html)
+            for key, value in data.items():
+                if key.endswith("_link"):
+                    self.assertIn(value, text)
+        # The refused one is in the app's own failed_jobs, one attempt spent.
+        rows = self.db.raw("SELECT uuid, connection, queue, payload, exception FROM {failed}")
+        self.assertEqual(len(rows), 1)
+        uuid, connection, queue_name, stored, exception = rows[0]
+        self.assertTrue(uuid)
+        self.assertEqual((connection, queue_name, stored), ("database", "emails", payload))
+        self.assertIn("550", exception)
+        self.assertEqual(self.db.raw("SELECT COUNT(*) FROM {jobs}")[0][0], 0)
+        listed = self.dbqueue("failed")
+        self.assertEqual(listed.returncode, 0, listed.stderr)
+        self.assertIn("SendTemplateEmailJob", listed.stdout)
+
+        # The mailbox exists now: retry brings the row back and it is sent.
+        del self.sink.refuse["bounce@example.com"]
+        retried = self.dbqueue("retry", "all")
+        self.assertEqual(retried.returncode, 0, retried.stderr)
+        self.assertEqual(self.db.raw("SELECT COUNT(*) FROM {failed}")[0][0], 0)
+        self.assertEqual(self.db.raw("SELECT COUNT(*) FROM {jobs}")[0][0], 1)
+        work = self.dbqueue("work", "--queue=emails", "--stop-when-empty")
+        self.assertEqual(work.returncode, 0, work.stderr)
+        self.assertEqual(self.sink.messages[-1][0], ("no-reply@app.test", ["bounce@example.com"]))
+        self.assertEqual(self.sink.messages[-1][1]["Subject"], "Your Acme account has been approved")
+        self.assertEqual(self.db.raw("SELECT COUNT(*) FROM {jobs}")[0][0], 0)
+
+
+on_every_backend(TakeoverEndToEndTests, [b for b in BACKENDS if b is not Psycopg2Backend])
+
+
 if __name__ == "__main__":
     unittest.main()
