@@ -686,7 +686,8 @@ _SQL = {
     "ack": "DELETE FROM {jobs} WHERE id = :id AND attempts = :attempts AND reserved_at IS NOT NULL",
     "touch": "UPDATE {jobs} SET reserved_at = {now}, reserved_until = {now} + :lease"
              " WHERE id = :id AND attempts = :attempts AND reserved_at IS NOT NULL",
-    "unclaim": "UPDATE {jobs} SET reserved_at = NULL, reserved_until = NULL, attempts = attempts - 1"
+    "unclaim": "UPDATE {jobs} SET reserved_at = NULL, reserved_until = NULL,"
+               " attempts = attempts - 1"
                " WHERE id = :id AND attempts = :attempts AND reserved_at IS NOT NULL",
     "release": "UPDATE {jobs} SET reserved_at = NULL, reserved_until = NULL,"
                " available_at = {now} + :delay, attempts = attempts - :uncount"

@@ -4022,7 +4022,7 @@ class Core16ProcessTests(_Core16Processes):
         a = self.worker(QUEUE_RETRY_AFTER=1, C16_HOLD=1000)
         q.push("c16_sleep", {"n": 0})
         wait_for(lambda: self.records("end"), 30, message="the warm-up job")
-        q.push_many("c16_sleep", [{"n": 1, "s": 0.5}] + [{"n": n} for n in range(2, 7)])
+        q.push_many("c16_sleep", [{"n": 1, "s": 1.5}] + [{"n": n} for n in range(2, 7)])
         wait_for(lambda: self.records()[1:], 30, message="job 1 to start")
         os.kill(a.pid, signal.SIGSTOP)
         held = self.db.raw("SELECT attempts FROM {jobs} WHERE reserved_at IS NOT NULL")
