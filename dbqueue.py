@@ -2344,13 +2344,13 @@ class Worker:
         lost = set(self._db(lambda c: self.queue.touch(c, tokens)))
         with self._lock:
             self._confirmed = confirmed
-        self.drop_lost(lost)
+        self._drop_lost(lost)
         if job.token in lost:
             self._log_lost_held(job)
             return False
         return True
 
-    def drop_lost(self, lost):
+    def _drop_lost(self, lost):
         """Take jobs whose reservation was lost out of the held batch (logged once each)."""
         with self._lock:
             gone = [j for j in self._held if j.token in lost]
@@ -2830,7 +2830,7 @@ class _Heartbeat(threading.Thread):
         # reported where it happens. A job still waiting here was taken over
         # by someone else: it leaves the batch and never starts here.
         lost = set(lost)
-        worker.drop_lost(lost)
+        worker._drop_lost(lost)
         running = worker._running
         if running is not None and running.token in lost and running.token not in self._reported:
             self._reported.add(running.token)
