@@ -3981,6 +3981,32 @@ class Core16HandWrittenTests:
                 self.assertEqual(self.db.raw("SELECT attempts FROM {jobs}"), [(2,)])
                 self.assertEqual(thief.ack(_C16_THIEF["conn"], [(job_id, 2)]), [])
 
+    def test_held_jobs_are_confirmed_after_a_wall_clock_jump(self):
+        # (#16.1) A VM resumed after a freeze: the monotonic clock may not
+        # have moved, the wall clock has. A held batch is confirmed before
+        # its next job starts; jobs taken over meanwhile are dropped.
+        clock = Clock()
+        q = self.db.queue(clock=clock, retry_after=10)
+        q.push_many("t_record", [{"i": i} for i in range(3)])
+        stream = io.StringIO()
+        w = dbqueue.Worker(q, ["default"], log=dbqueue._Log(stream=stream))
+        self.addCleanup(w._shutdown)
+        self.assertTrue(w._claim(3))
+        self.assertEqual(len(w._held), 3)
+        clock.advance(11)
+        thief = self.db.queue(clock=clock, retry_after=10, migrate=False)
+        taken, _ = thief.reserve(thief.connect(), ["default"], 3, rescue_after=10)
+        self.assertEqual(len(taken), 1)          # a taken-over job is claimed alone
+        mono, wall = w._confirmed
+        w._confirmed = (time.monotonic(), wall - 3600)
+        # All three leases ran out: none of the held jobs starts; the two
+        # the thief left are claimed again (attempt 2) and run.
+        self.assertEqual(w.run(stop_when_empty=True), 2)
+        self.assertEqual(sorted(d["i"] for d in RECORD), [1, 2])
+        self.assertEqual(stream.getvalue().count("not started here"), 3, stream.getvalue())
+        self.assertEqual(stream.getvalue().count("attempt=2/3 outcome=done"), 2)
+        self.assertEqual(self.db.raw("SELECT attempts FROM {jobs}"), [(2,)])
+
     def test_a_row_with_the_largest_attempts_fails_alone(self):
         # (#16.3) On PostgreSQL the claim's attempts + 1 overflowed INTEGER
         # for the whole batch, and every worker exited 1 on every restart.
