@@ -4,6 +4,11 @@ CREATE TABLE IF NOT EXISTS dbqueue_migrations (
     tbl VARCHAR(63) PRIMARY KEY,
     version INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS dbqueue_state (
+    name VARCHAR(190) PRIMARY KEY,
+    value TEXT NOT NULL,
+    updated_at BIGINT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS "jobs" (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     queue VARCHAR(255) NOT NULL,
@@ -34,6 +39,11 @@ CREATE UNIQUE INDEX IF NOT EXISTS "failed_jobs_uuid" ON "failed_jobs" (uuid);
 CREATE TABLE IF NOT EXISTS dbqueue_migrations (
     tbl VARCHAR(63) PRIMARY KEY,
     version INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS dbqueue_state (
+    name VARCHAR(190) PRIMARY KEY,
+    value TEXT NOT NULL,
+    updated_at BIGINT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS "jobs" (
     id BIGSERIAL PRIMARY KEY,
