@@ -715,10 +715,10 @@ _SQL = {
             " VALUES (:queue, :payload, 0, NULL, {now} + :delay, {now})",
     # A reservation lapses at reserved_until, which its holder sets from its
     # own retry_after (the lease) at the claim and at every heartbeat: no
-    # other worker's setting can shorten it. A row without one was reserved
-    # by the PHP app's worker, which knows only reserved_at: it lapses after
-    # the rescuer's retry_after. One queue at a time: a worker takes back
-    # only what it would run itself.
+    # other worker's setting can shorten it. A row without one (or with a
+    # stale one, see _EXPIRED) was reserved by the PHP app's worker, which
+    # knows only reserved_at: it lapses after the rescuer's retry_after. One
+    # queue at a time: a worker takes back only what it would run itself.
     "rescue": "UPDATE {jobs} SET reserved_at = NULL, reserved_until = NULL"
               " WHERE queue = :queue AND reserved_at IS NOT NULL AND {expired}",
     "ack": "DELETE FROM {jobs} WHERE id = :id AND attempts = :attempts AND reserved_at IS NOT NULL",
@@ -779,7 +779,13 @@ _SQL = {
 }
 
 # When a reservation has lapsed (see "rescue"), for rows with reserved_at set.
-_EXPIRED = ("(reserved_until < {now} OR (reserved_until IS NULL"
+# dbqueue writes reserved_until with reserved_at, always later than it. A
+# reserved_until not later than reserved_at is stale: the PHP app's worker
+# took the row over (Laravel's pop re-reserves an expired row by setting
+# reserved_at and attempts only), so that reservation is judged as the PHP
+# app's are, by reserved_at.
+_EXPIRED = ("((reserved_until > reserved_at AND reserved_until < {now})"
+            " OR ((reserved_until IS NULL OR reserved_until <= reserved_at)"
             " AND reserved_at < {now} - :retry_after))")
 
 _PARAM = _Pattern(r"(?<![:\w]):([a-z_]+)\b")

@@ -3887,21 +3887,37 @@ class Core16LeaseTests:
         payload = json.dumps({"uuid": "u-php", "job": "t_record", "data": {"i": 2}})
         self.db.raw(insert, ("reports", payload, clock.now - 100))
         self.db.raw(insert, ("elsewhere", payload, clock.now - 100))
+        # A row the PHP worker took over from a dead dbqueue worker 10 s ago:
+        # Laravel sets reserved_at (and attempts) only, so the dead worker's
+        # reserved_until is left behind, older than reserved_at.
+        taken = json.dumps({"uuid": "u-taken", "job": "t_record", "data": {"i": 3}})
+        self.db.raw(insert, ("reports", taken, clock.now - 10))
+        self.db.raw("UPDATE {jobs} SET reserved_until = %s WHERE payload = %s" % (p, p),
+                    (clock.now - 50, taken))
         self.assertEqual(self.db.raw("SELECT reserved_until FROM {jobs} WHERE id = %s" % p,
                                      (long_id,)), [(clock.now + 600,)])
         clock.advance(5)
-        by_queue = {s["queue"]: s for s in rescuer.stats()}
-        self.assertEqual(by_queue["reports"]["reserved"], 2)
-        self.assertEqual(by_queue["reports"]["expired"], 1)       # the PHP row only
+        # Seen with QUEUE_RETRY_AFTER=90, only the old PHP row has expired.
+        watcher = self.db.queue(clock=clock, retry_after=90, migrate=False)
+        by_queue = {s["queue"]: s for s in watcher.stats()}
+        self.assertEqual(by_queue["reports"]["reserved"], 3)
+        self.assertEqual(by_queue["reports"]["expired"], 1)
         conn = rescuer.connect()
-        jobs, _ = rescuer.reserve(conn, ["reports"], 10, rescue_after=1)
+        jobs, _ = rescuer.reserve(conn, ["reports"], 10, rescue_after=90)
         self.assertEqual([(j.data, j.attempts) for j in jobs], [({"i": 2}, 2)])
         self.assertEqual(rescuer.ack(conn, [jobs[0].token]), [])
         # The other queue's lapsed reservation is not this worker's to take back.
         self.assertEqual(self.db.raw("SELECT reserved_at FROM {jobs} WHERE queue = 'elsewhere'"),
                          [(clock.now - 105,)])
+        # The row the PHP worker took over lapses by its reserved_at.
+        self.assertEqual(self.db.raw("SELECT reserved_at FROM {jobs} WHERE payload = %s" % p,
+                                     (taken,)), [(clock.now - 15,)])
+        clock.advance(90)
+        (php,), _ = rescuer.reserve(conn, ["reports"], 10, rescue_after=100)
+        self.assertEqual(php.data, {"i": 3})
+        self.assertEqual(rescuer.ack(conn, [php.token]), [])
         # The holder's heartbeat renews its own lease, whoever else runs.
-        clock.advance(590)
+        clock.advance(500)
         self.assertEqual(holder.touch(holder.connect(), [held.token]), [])
         clock.advance(599)
         self.assertEqual(rescuer.reserve(conn, ["reports"], 10, rescue_after=1)[0], [])
