@@ -4381,8 +4381,10 @@ class Core16MessageFuzzTests(unittest.TestCase):
         self.assertGreater(refused, count // 10)
 
     def test_a_blank_orig_date_is_sent_or_fails_at_once(self):
-        # Python 3.8's email package raises TypeError on it: that was
-        # retried, as if the mail server had failed. Later ones build it.
+        # Python 3.8's email package raised TypeError on it (when dbqueue
+        # still let the email package parse extra headers): that was
+        # retried, as if the mail server had failed. Either it is sent, or
+        # it fails at once; it is never given back for another attempt.
         db = Backend(self)
         q = db.queue(mail_mailer="log", mail_from_address="app@example.com")
         q.push("send_email", {"to": "a@example.com", "subject": "s", "text": "t",
@@ -4390,12 +4392,8 @@ class Core16MessageFuzzTests(unittest.TestCase):
         w = dbqueue.Worker(q, ["emails"], tries=3, backoff="0", log=quiet_log())
         self.assertEqual(w.run(once=True), 1)
         self.assertEqual(db.raw("SELECT COUNT(*) FROM {jobs}"), [(0,)])
-        failed = q.failed()
-        if sys.version_info < (3, 9):
-            self.assertEqual(len(failed), 1)
-            self.assertIn("cannot be built: TypeError", failed[0]["exception"])
-        else:
-            self.assertEqual(failed, [])
+        for row in q.failed():
+            self.assertIn("cannot be built", row["exception"])
 
 
 # ---- config: the .env file, settings and their sources, the newcomer's mistakes ----
