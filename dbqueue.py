@@ -325,6 +325,7 @@ class Config:
         self.mail_verify_peer = True
         self.mail_template_dir = ""
         self.mail_ehlo_domain = ""     # empty: the host's name, made ASCII (_ehlo_name)
+        self.mail_rate_limit = ""     # "14/s", "600/m", "10000/h", "50000/d"; "" for none
         self.mail_sendmail_path = "/usr/sbin/sendmail -t -i"
         self.app_name = ""
         self.sources = {}
@@ -442,6 +443,7 @@ class Config:
         except ValueError as exc:
             raise ConfigError("%s=%s cannot be read as a command: %s"
                               % (name("MAIL_SENDMAIL_PATH"), c.mail_sendmail_path, exc))
+        c.mail_rate_limit = _rate_setting("MAIL_RATE_LIMIT", get("MAIL_RATE_LIMIT"))
         c.app_name = get("APP_NAME")
         c.warnings += _typo_warnings(environ, file_values, path, c.sources)
         return c
@@ -555,6 +557,31 @@ def _backoff_setting(name, value):
     return delays
 
 
+_RATE = _Pattern(r"^[ \t]*([0-9]{1,7})[ \t]*/[ \t]*([smhd])[ \t]*\Z")
+_RATE_WINDOWS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _rate_setting(name, value):
+    """A rate limit such as "14/s" as written (normalised), or "" for none."""
+    if value is None or not str(value).strip():
+        return ""
+    match = _RATE.match(str(value))
+    if not match or int(match.group(1)) < 1:
+        raise ConfigError("%s=%s must be a number of messages per second, minute, hour or day,"
+                          " such as 14/s, 600/m, 10000/h or 50000/d (empty for no limit)"
+                          % (name, value))
+    return "%d/%s" % (int(match.group(1)), match.group(2))
+
+
+def _rate_limit(text):
+    """(messages, window in seconds) of a MAIL_RATE_LIMIT value, or None for none."""
+    text = _rate_setting("MAIL_RATE_LIMIT", text)
+    if not text:
+        return None
+    count, unit = text.split("/")
+    return int(count), _RATE_WINDOWS[unit]
+
+
 def _ident_setting(name, value):
     if not _IDENT.match(value):
         raise ConfigError("%s=%s is not a plain identifier (letters, digits and _, not starting"
@@ -612,6 +639,34 @@ def _queue_name(name):
         raise ValueError("queue name %r must be 1-100 letters, digits, '_', '-', '.' or ':'"
                          % (name,))
     return name
+
+
+# A unique key is any text the app builds ("verify:ann@example.com") that
+# jobs.unique_key (VARCHAR(255)) holds, without control characters: keys
+# are shown in logs and on the dashboard.
+_UNIQUE_KEY = _Pattern(r"^[^\x00-\x1f\x7f-\x9f]{1,255}\Z")
+
+
+def _unique_key(key):
+    if not isinstance(key, str) or not _UNIQUE_KEY.match(key):
+        shown = "a string of %d characters" % len(key) if isinstance(key, str) and len(
+            key) > 255 else repr(key)
+        raise ValueError("unique_key must be a non-empty string of at most 255 characters"
+                         " without control characters, not %s" % shown)
+    try:
+        key.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("unique_key %r is not valid text (a lone surrogate)" % (key,))
+    return key
+
+
+def _payload_unique_key(payload):
+    """The unique key a payload (JSON text) was pushed with, or None."""
+    try:
+        key = json.loads(payload).get("uniqueKey")
+        return _unique_key(key) if key is not None else None
+    except (ValueError, TypeError, AttributeError, RecursionError):
+        return None   # a payload dbqueue did not write: retried without a key
 
 
 def _parse_url(url, origin="QUEUE_DATABASE_URL"):
@@ -713,6 +768,18 @@ class _MailOutage(QueueError):
 _SQL = {
     "push": "INSERT INTO {jobs} (queue, payload, attempts, reserved_at, available_at, created_at)"
             " VALUES (:queue, :payload, 0, NULL, {now} + :delay, {now})",
+    # Unique jobs: the unique index "<jobs>_unique" decides, never a read
+    # before the insert, so two producers racing with one key insert one row.
+    # DO NOTHING, not a caught unique violation: inside the caller's own
+    # transaction (connection=) a violation would abort it on PostgreSQL.
+    # Inserted nothing (rowcount 0, or no row RETURNING): read the holder's id
+    # with unique_holder. MySQL has neither the partial index nor ON CONFLICT:
+    # its dialect writes these two as INSERT IGNORE over a plain unique index.
+    "push_unique": "INSERT INTO {jobs} (queue, payload, attempts, reserved_at, available_at,"
+                   " created_at, unique_key) VALUES (:queue, :payload, 0, NULL, {now} + :delay,"
+                   " {now}, :unique_key)"
+                   " ON CONFLICT (queue, unique_key) WHERE unique_key IS NOT NULL DO NOTHING",
+    "unique_holder": "SELECT id FROM {jobs} WHERE queue = :queue AND unique_key = :unique_key",
     # A reservation lapses at reserved_until, which its holder sets from its
     # own retry_after (the lease) at the claim and at every heartbeat: no
     # other worker's setting can shorten it. A row without one (or with a
@@ -759,9 +826,33 @@ _SQL = {
     "failed_ids": "SELECT id FROM {failed} WHERE (CAST(:queue AS TEXT) IS NULL OR queue = :queue) ORDER BY id",
     "retry": "INSERT INTO {jobs} (queue, payload, attempts, reserved_at, available_at, created_at)"
              " SELECT queue, payload, 0, NULL, {now}, {now} FROM {failed} WHERE id = :id",
+    # A failed unique job gets its key back from its payload ("uniqueKey").
+    "retry_source": "SELECT {queue_text}, {payload_text} FROM {failed} WHERE id = :id",
+    "retry_unique": "INSERT INTO {jobs} (queue, payload, attempts, reserved_at, available_at,"
+                    " created_at, unique_key) SELECT queue, payload, 0, NULL, {now}, {now},"
+                    " :unique_key FROM {failed} WHERE id = :id"
+                    " ON CONFLICT (queue, unique_key) WHERE unique_key IS NOT NULL DO NOTHING",
     "forget": "DELETE FROM {failed} WHERE id = :id",
     "flush": "DELETE FROM {failed} WHERE failed_at < {failed_cutoff}",
     "clear": "DELETE FROM {jobs} WHERE queue = :queue AND reserved_at IS NULL",
+    # MAIL_RATE_LIMIT: a ring of at most N send slots per limit in {rate},
+    # each holding when its last message left (ms, the database's clock).
+    # A message may leave only by taking a slot that is at least one window
+    # old, so no window of that length ever holds more than N (see
+    # Queue.rate_take). One row: the clock, the oldest slot, the last slot made.
+    # Slots are 0..N-1; a negative slot is free for a dialect's lock row.
+    "rate_oldest": "SELECT {now_ms}, r.slot, r.sent_at,"
+                   " (SELECT MAX(slot) FROM {rate} WHERE name = :name)"
+                   " FROM (SELECT 1 AS one) AS o LEFT JOIN"
+                   " (SELECT slot, sent_at FROM {rate} WHERE name = :name AND slot >= 0"
+                   " ORDER BY sent_at, slot LIMIT 1) AS r ON 1 = 1",
+    "rate_take": "UPDATE {rate} SET sent_at = :until WHERE name = :name AND slot = :slot",
+    "rate_add": "INSERT INTO {rate} (name, slot, sent_at) VALUES (:name, :slot, :until)",
+    # After the send: the slot holds the moment it ended (rounded up), unless
+    # it was taken over meanwhile (a send that outlived its hold).
+    "rate_sent": "UPDATE {rate} SET sent_at = {now_ms} + 1"
+                 " WHERE name = :name AND slot = :slot AND sent_at = :until",
+    "rate_use": "SELECT COUNT(*) FROM {rate} WHERE name = :name AND sent_at > {now_ms} - :window_ms",
     "version": "SELECT version FROM dbqueue_migrations WHERE tbl = :tbl",
     "set_version": "INSERT INTO dbqueue_migrations (tbl, version) VALUES (:tbl, :version)"
                    " ON CONFLICT (tbl) DO UPDATE SET version = excluded.version",
@@ -809,6 +900,9 @@ class _Dialect:
     claim_update = ""
     migrate_lock = ""              # run first in migrate's transaction: one migration at a time
     notify = ""                    # wakes waiting workers of :queue ("" where there is no LISTEN)
+    now_ms = ":now_ms"             # the clock in milliseconds (MAIL_RATE_LIMIT)
+    rate_table = "dbqueue_rate"
+    rate_lock = ""                 # run first when a send slot is taken: one taker at a time
     denied_fix = ""                # what to do about a database dbqueue may not write (is_denied)
 
     @classmethod
@@ -817,6 +911,7 @@ class _Dialect:
         if "{expired}" in template:
             template = template.replace("{expired}", _EXPIRED)
         text = template.format(jobs=_quote(jobs), failed=_quote(failed), now=cls.now,
+                               now_ms=cls.now_ms, rate=_quote(cls.rate_table),
                                payload_text=cls.payload_text, queue_text=cls.queue_text,
                                failed_cutoff=cls.failed_cutoff, **extra)
         names = _PARAM.findall(text)
@@ -828,6 +923,17 @@ class _Dialect:
     def start(cls, cur, write):
         """Open a transaction on cursor `cur` (a write transaction takes the write lock)."""
         cur.execute(cls.begin if write else "BEGIN")
+
+    @staticmethod
+    def push_lock(target):
+        """A lock push() holds around its INSERT, one per thread, or None."""
+        return None
+
+    @staticmethod
+    def inserted_id(cur):
+        """The id of the row a push_unique (or retry_unique) just wrote, or None
+        when the key was taken and it wrote nothing (INSERT IGNORE alike)."""
+        return cur.lastrowid if cur.rowcount == 1 else None
 
     @staticmethod
     def is_denied(exc):
@@ -939,6 +1045,19 @@ class _Dialect:
         """A cursor on an app's connection (push(connection=...)) that returns
         tuples, whatever row factory the app gave the connection."""
         return conn.cursor()
+
+    @classmethod
+    def rate_ddl(cls):
+        """MAIL_RATE_LIMIT's table: one row per send slot, a ring of them per
+        jobs table and limit (see _rate_name)."""
+        return ["CREATE TABLE IF NOT EXISTS %s (\n"
+                "    name VARCHAR(100) NOT NULL,\n"
+                "    slot INTEGER NOT NULL,\n"
+                "    sent_at %s NOT NULL,\n"
+                "    PRIMARY KEY (name, slot)\n"
+                ")" % (_quote(cls.rate_table), cls.bigint),
+                "CREATE INDEX IF NOT EXISTS %s ON %s (name, sent_at)"
+                % (_quote(cls.rate_table + "_sent"), _quote(cls.rate_table))]
 
     @classmethod
     def version_ddl(cls):
@@ -1089,6 +1208,20 @@ class _SQLite(_Dialect):
                 pass
             raise
 
+    @staticmethod
+    def push_lock(target):
+        # Producers in several processes: SQLite's busy handler polls for the
+        # write lock, sleeping 1, 2, 5, 10 ... 100 ms between tries, while a
+        # push holds it for about 0.2 ms. Under a steady stream of pushes the
+        # lock is nearly always taken when a sleeper wakes, and a process that
+        # has just pushed takes it again at once: one push waited 4 s (8
+        # processes), some hit the 5 s busy timeout. An flock() on a file
+        # beside the database queues the producers in the kernel instead,
+        # which hands the lock to a waiter as it is released: the worst wait
+        # is a few pushes long. Its cost is two system calls (1-2 us a push),
+        # no SQL. Workers do not take it (their claims wait in start()).
+        return _PushLock.open(target + "-dbqueue.lock", target)
+
     @classmethod
     def _journal_wal(cls, conn, timeout):
         # Turning a new file into WAL needs an exclusive lock, and SQLite
@@ -1149,6 +1282,44 @@ class _SQLite(_Dialect):
         return cur
 
 
+class _PushLock:
+    """`with lock:` an exclusive flock() on one open file (see _SQLite.push_lock).
+
+    One per thread: flock() locks belong to an open file, so two threads
+    sharing one would not exclude each other. A holder's wait inside is
+    bounded by SQLite's busy timeout, and a process that dies releases it.
+    """
+
+    __slots__ = ("fd", "_flock", "_ex", "_un")
+
+    def __init__(self, fd, fcntl):
+        self.fd, self._flock, self._ex, self._un = fd, fcntl.flock, fcntl.LOCK_EX, fcntl.LOCK_UN
+
+    @classmethod
+    def open(cls, path, beside):
+        """The lock on file `path` (made with the mode of file `beside`), or None
+        where there is none to have: no flock() (Windows), or a file that
+        cannot be made or opened. Pushes then wait in the busy handler alone."""
+        try:
+            import fcntl
+            mode = os.stat(beside).st_mode & 0o666
+            return cls(os.open(path, os.O_RDONLY | os.O_CREAT, mode), fcntl)
+        except (ImportError, OSError):
+            return None
+
+    def __enter__(self):
+        self._flock(self.fd, self._ex)
+
+    def __exit__(self, kind, exc, tb):
+        self._flock(self.fd, self._un)
+
+    def close(self):
+        try:
+            os.close(self.fd)
+        except OSError:
+            pass
+
+
 class _Postgres(_Dialect):
     name = "postgresql"
     placeholder = "%s"
@@ -1167,6 +1338,13 @@ class _Postgres(_Dialect):
     # A transaction-scoped advisory lock ("dbqueue" as a number) makes the
     # second wait for the first and then find everything in place.
     migrate_lock = "SELECT pg_advisory_xact_lock(28255737111475557)"
+    # The database's clock, which every worker on every host shares; and
+    # clock_timestamp(), not now(): the moment of the statement, not of the
+    # transaction's start.
+    now_ms = ("COALESCE(:now_ms, FLOOR(EXTRACT(EPOCH FROM clock_timestamp()) * 1000)::bigint)")
+    # Takers of one limit's slots queue here, for the few statements of a
+    # take (a number made from the limit's name: Queue._rate_lock_key).
+    rate_lock = "SELECT pg_advisory_xact_lock(:lock_key)"
     payload_text = "payload"
     autoincrement = "BIGSERIAL PRIMARY KEY"
     bigint = "BIGINT"
@@ -1186,6 +1364,13 @@ class _Postgres(_Dialect):
     push_notify = ("WITH j AS (INSERT INTO {jobs} (queue, payload, attempts, reserved_at,"
                    " available_at, created_at) VALUES (:queue, :payload, 0, NULL, {now} + :delay,"
                    " {now}) RETURNING id) SELECT id, pg_notify(:channel, :queue) FROM j")
+    push_unique = ("WITH j AS (INSERT INTO {jobs} (queue, payload, attempts, reserved_at,"
+                   " available_at, created_at, unique_key) VALUES (:queue, :payload, 0, NULL,"
+                   " {now} + :delay, {now}, :unique_key) ON CONFLICT (queue, unique_key)"
+                   " WHERE unique_key IS NOT NULL DO NOTHING RETURNING id)"
+                   " SELECT id, pg_notify(:channel, :queue) FROM j")
+    retry_unique = _SQL["retry_unique"] + " RETURNING id"
+
     # The payloads travel as one JSON array of the payload objects, joined
     # as text: `json` (unlike jsonb) hands each element back as the exact text
     # it was given, and one string parameter costs the driver nothing, where a
@@ -1207,6 +1392,11 @@ class _Postgres(_Dialect):
     @staticmethod
     def has_returning():
         return True
+
+    @staticmethod
+    def inserted_id(cur):
+        row = cur.fetchone()   # RETURNING id: no row when nothing was inserted
+        return row[0] if row else None
 
     @staticmethod
     def driver(name=None):
@@ -1296,7 +1486,8 @@ _SCHEMA_VERSION = 2
 
 def schema_sql(dialect, jobs="jobs", failed="failed_jobs"):
     """The DDL `migrate` runs, as one SQL script."""
-    statements = [dialect.version_ddl(), dialect.state_ddl()] + dialect.ddl(jobs, failed)
+    statements = ([dialect.version_ddl(), dialect.state_ddl()] + dialect.ddl(jobs, failed)
+                  + dialect.rate_ddl())
     return "".join(s + ";\n" for s in statements)
 
 
@@ -1358,6 +1549,7 @@ class Queue:
         self._sql = {}
         self._local = threading.local()
         self._conns = []
+        self._push_locks = []
         self._conns_lock = threading.Lock()
         self._schema_ready = False
         self._returning = self.dialect.has_returning()
@@ -1438,15 +1630,29 @@ class Queue:
             conn = self._local.conn = self.connect()
         return conn
 
+    def _push_lock(self):
+        """This thread's push lock (see _SQLite.push_lock), made at its first push, or None."""
+        try:
+            return self._local.push_lock
+        except AttributeError:
+            lock = self._local.push_lock = self.dialect.push_lock(self._target)
+            if lock is not None:
+                with self._conns_lock:
+                    self._push_locks.append(lock)
+            return lock
+
     def close(self):
         """Close every connection this queue opened."""
         with self._conns_lock:
             conns, self._conns = self._conns, []
+            locks, self._push_locks = self._push_locks, []
         for conn in conns:
             try:
                 conn.close()
             except Exception:
                 pass
+        for lock in locks:
+            lock.close()
         self._local = threading.local()
 
     def discard(self, conn):
@@ -1536,6 +1742,8 @@ class Queue:
                 cur.execute(self.dialect.add_column_sql(tables[role], column, type_))
         for statement in self.dialect.index_ddl(tables["jobs"], tables["failed"]):
             cur.execute(statement)
+        for statement in self.dialect.rate_ddl():
+            cur.execute(statement)
         self.execute(cur, "set_version", tbl=tables["jobs"], version=_SCHEMA_VERSION)
 
     def _schema_current(self, cur):
@@ -1555,6 +1763,8 @@ class Queue:
         if not row or row[0] < _SCHEMA_VERSION:
             return False
         found = {role: self.dialect.columns(cur, table) for role, table in tables.items()}
+        if not self.dialect.columns(cur, self.dialect.rate_table):
+            return False      # MAIL_RATE_LIMIT's table, new beside a version-2 schema
         return all(found[role] and column in found[role]
                    for role, column, _ in self.dialect.added_columns())
 
@@ -1571,9 +1781,13 @@ class Queue:
         return row[0] if row else 0
 
     def check(self, conn=None):
-        """Raise MissingTableError unless both tables exist; else return True."""
+        """Raise MissingTableError unless both tables exist (and, with
+        MAIL_RATE_LIMIT, the slots' table); else return True."""
+        tables = [self.config.table, self.config.failed_table]
+        if self.config.mail_rate_limit:
+            tables.append(self.dialect.rate_table)
         with _Transaction(self, conn or self._conn(), write=False) as cur:
-            for table in (self.config.table, self.config.failed_table):
+            for table in tables:
                 cur.execute("SELECT 1 FROM %s WHERE 1 = 0" % _quote(table))
                 cur.fetchall()
         return True
@@ -1591,13 +1805,14 @@ class Queue:
 
     # -- producing -------------------------------------------------------
 
-    def payload(self, job, data=None, max_tries=None, backoff=None, timeout=None):
+    def payload(self, job, data=None, max_tries=None, backoff=None, timeout=None,
+                unique_key=None):
         """The JSON text stored for one job (raises TypeError for non-JSON data)."""
         if not isinstance(job, str) or not job:
             raise TypeError("job name must be a non-empty string, not %r" % (job,))
         if data is None:
             data = {}
-        if max_tries is None and backoff is None and timeout is None:
+        if max_tries is None and backoff is None and timeout is None and unique_key is None:
             return _PAYLOAD % (_uuid4(), _dumps(job), _dumps(data), int(time.time()))
         if max_tries is not None:
             max_tries = _int_setting("max_tries", max_tries, 1, _MAX_TRIES)
@@ -1605,17 +1820,31 @@ class Queue:
             backoff = ",".join(str(d) for d in _backoff_setting("backoff", backoff))
         if timeout is not None:
             timeout = _int_setting("timeout", timeout, 0, _MAX_SECONDS)
-        return _dumps({"uuid": _uuid4(), "job": job, "data": data, "maxTries": max_tries,
-                       "backoff": backoff, "timeout": timeout, "createdAt": int(time.time())})
+        payload = {"uuid": _uuid4(), "job": job, "data": data, "maxTries": max_tries,
+                   "backoff": backoff, "timeout": timeout, "createdAt": int(time.time())}
+        if unique_key is not None:
+            # Also in the payload, which failed_jobs keeps: `retry` gives the
+            # job its key back.
+            payload["uniqueKey"] = unique_key
+        return _dumps(payload)
 
     def push(self, job, data=None, queue="default", delay=0, connection=None,
-             max_tries=None, backoff=None, timeout=None):
+             max_tries=None, backoff=None, timeout=None, unique_key=None):
         """Enqueue one job; returns its id.
 
         With `connection=` (your app's sqlite3, psycopg or psycopg2 connection)
         the row is written inside your open transaction and is not committed:
         the job exists exactly when your own change commits.
+
+        With `unique_key=` (a string), while a job with that key waits, is
+        delayed or runs on `queue`, pushing again inserts nothing and returns
+        that job's id; once it is done (or has failed) the key is free. The
+        database's unique index decides, so this holds for any number of
+        producers at once.
         """
+        if unique_key is not None:
+            return self._push_unique(job, data, queue, delay, connection, max_tries, backoff,
+                                     timeout, unique_key)
         payload = self.payload(job, data, max_tries, backoff, timeout)
         if delay != 0 or type(delay) is not int:   # the common case skips the checks
             delay = _int_setting("delay", delay, 0, _MAX_SECONDS)
@@ -1634,14 +1863,61 @@ class Queue:
         params["now"] = self.now()
         try:
             cur = self._conn().cursor()
-            cur.execute(text, [params[n] for n in names])
+            lock = self._push_lock()
+            if lock is None:
+                cur.execute(text, [params[n] for n in names])
+            else:
+                with lock:
+                    cur.execute(text, [params[n] for n in names])
             return self._new_id(cur)
         except self._errors() as exc:
             raise self.translate(exc) from exc
 
+    def _push_unique(self, job, data, queue, delay, connection, max_tries, backoff, timeout,
+                     key):
+        _unique_key(key)
+        payload = self.payload(job, data, max_tries, backoff, timeout, unique_key=key)
+        delay = _int_setting("delay", delay, 0, _MAX_SECONDS)
+        _queue_name(queue)
+        params = dict(queue=queue, payload=payload, delay=delay, channel=self.channel,
+                      unique_key=key)
+        if connection is not None:
+            return self._insert_unique(self._foreign_cursor(connection), "push_unique", params)[0]
+        try:
+            cur = self._conn().cursor()
+            lock = self._push_lock()
+            if lock is None:
+                return self._insert_unique(cur, "push_unique", params)[0]
+            with lock:
+                return self._insert_unique(cur, "push_unique", params)[0]
+        except self._errors() as exc:
+            raise self.translate(exc) from exc
+
+    def _insert_unique(self, cur, key, params):
+        """(id, True) for a row inserted by statement `key`, or (holder's id, False)."""
+        # The holder can finish (its ack deletes the row) between the insert
+        # that met its key and the read of its id: the key is free again, so
+        # the insert is tried again. Each turn needs another job to take and
+        # free the key in between: a few turns at most.
+        for _ in range(100):
+            self.execute(cur, key, **params)
+            new_id = self.dialect.inserted_id(cur)
+            if new_id is not None:
+                return new_id, True
+            row = self.execute(cur, "unique_holder", queue=params["queue"],
+                               unique_key=params["unique_key"]).fetchone()
+            if row is not None:
+                return row[0], False
+        raise DatabaseError("unique key %r: its holder kept finishing while this push ran"
+                            % params["unique_key"])
+
     def push_many(self, job, items, queue="default", delay=0, connection=None,
-                  max_tries=None, backoff=None, timeout=None):
+                  max_tries=None, backoff=None, timeout=None, unique_key=None):
         """Enqueue one job per item of `items` (data dicts) in one transaction; returns the ids."""
+        if unique_key is not None:
+            # One key for many jobs would keep all but the first: say so
+            # rather than guess what was meant.
+            raise TypeError("push_many() takes no unique_key: push each unique job with push()")
         payloads = [self.payload(job, data, max_tries, backoff, timeout) for data in items]
         delay = _int_setting("delay", delay, 0, _MAX_SECONDS)
         _queue_name(queue)
@@ -1715,7 +1991,7 @@ class Queue:
         since the app may roll it back).
         """
         try:
-            cur = connection.cursor()
+            cur = self.dialect.plain_cursor(connection)
             if self._schema_current(cur):
                 self._schema_ready = True
             elif self.dialect.in_transaction(connection):
@@ -1979,10 +2255,21 @@ class Queue:
         new_ids = []
         for failed_id in ids:
             with self.transaction() as cur:
-                self.execute(cur, "retry", id=failed_id)
-                if cur.rowcount != 1:
+                row = self.execute(cur, "retry_source", id=failed_id).fetchone()
+                if row is None:
                     continue
-                new_ids.append(self._retried_id(cur))
+                key = _payload_unique_key(_text(row[1]))
+                if key is None:
+                    self.execute(cur, "retry", id=failed_id)
+                    new_ids.append(self._retried_id(cur))
+                else:
+                    # The job gets its unique key back. When a live job holds
+                    # it meanwhile (pushed again after this one failed), the
+                    # retry is that push again: nothing is inserted, and the
+                    # failed job is answered by the live one.
+                    new_ids.append(self._insert_unique(
+                        cur, "retry_unique",
+                        dict(id=failed_id, queue=_text(row[0]), unique_key=key))[0])
                 self.execute(cur, "forget", id=failed_id)
             if self.dialect is _Postgres:
                 with self.transaction() as cur:
@@ -2019,6 +2306,73 @@ class Queue:
         with self.transaction() as cur:
             self.execute(cur, "clear", queue=queue)
             return cur.rowcount
+
+    # -- MAIL_RATE_LIMIT ---------------------------------------------------
+
+    def _now_ms(self):
+        if self._clock is not None:
+            return int(self._clock() * 1000)
+        return int(time.time() * 1000) if self.dialect is _SQLite else None
+
+    @staticmethod
+    def _rate_lock_key(name):
+        import hashlib
+        digest = hashlib.blake2b(name.encode("utf-8"), digest_size=8).digest()
+        return int.from_bytes(digest, "big", signed=True)
+
+    def rate_take(self, name, count, window_ms, hold_ms):
+        """Take a send slot of limit `name` (`count` messages per `window_ms`).
+
+        Returns (slot, until, 0) when taken; the caller sends, then calls
+        rate_sent(name, slot, until). Returns (None, None, ms) when all
+        `count` slots were used within the last window: the oldest frees in
+        `ms`. A taken slot is held `hold_ms` ahead (a worker that dies while
+        sending blocks it no longer than that).
+
+        Why this holds for any window: a message takes a slot only when the
+        slot's previous message finished a whole window earlier, so two
+        messages inside one window never share a slot, and there are `count`.
+        """
+        with self.transaction() as cur:
+            if self.dialect.rate_lock:
+                self.execute(cur, "rate_lock", lock_key=self._rate_lock_key(name))
+            now, slot, sent_at, last = self.execute(cur, "rate_oldest", name=name,
+                                                    now_ms=self._now_ms()).fetchone()
+            if slot is not None and sent_at + window_ms <= now:
+                until = now + hold_ms
+                self.execute(cur, "rate_take", name=name, slot=slot, until=until)
+            elif last is None or last + 1 < count:
+                # The ring grows one slot at a time up to `count`: a limit of
+                # 50000/d costs no rows before it is used.
+                slot, until = (0 if last is None else last + 1), now + hold_ms
+                self.execute(cur, "rate_add", name=name, slot=slot, until=until)
+            else:
+                return None, None, max(1, sent_at + window_ms - now)
+        return slot, until, 0
+
+    def rate_sent(self, name, slot, until):
+        """The message of a slot rate_take() gave has left (or failed): stamp it now."""
+        self.statement("rate_sent", name=name, slot=slot, until=until, now_ms=self._now_ms())
+
+    def rate_use(self, conn=None):
+        """MAIL_RATE_LIMIT's use now, as a dict (None when no limit is set):
+        limit ("14/s"), messages, window_seconds, used (slots taken within
+        the last window, sends under way included)."""
+        limit = _rate_limit(self.config.mail_rate_limit)
+        if limit is None:
+            return None
+        count, window = limit
+        with _Transaction(self, conn or self._conn(), write=False) as cur:
+            try:
+                self.execute(cur, "rate_use", name=_rate_name(self.config), window_ms=window * 1000,
+                             now_ms=self._now_ms())
+                used = int(cur.fetchone()[0])
+            except self._errors() as exc:
+                if not self.dialect.is_missing_table(exc):
+                    raise
+                used = 0    # not migrated since: no worker has sent under the limit
+        return {"limit": self.config.mail_rate_limit, "messages": count,
+                "window_seconds": window, "used": used}
 
 
 class _Transaction:
@@ -2702,6 +3056,8 @@ class Worker:
                          elapsed=time.monotonic() - job.started)
             self.exit_code = 130
             raise
+        except _RateWait as exc:
+            outcome = ("wait", exc)
         except PermanentError as exc:
             outcome = ("failed", exc)
         except _MailOutage as exc:
@@ -2741,7 +3097,11 @@ class Worker:
         if kind == "outage":
             self._mail_outage(job, exc)
             return False
-        if kind == "retry" and job.attempts < tries:
+        if kind == "wait":
+            # MAIL_RATE_LIMIT: back until the next free slot, attempt unspent.
+            self._finish(job, "released", delay=exc.delay, reason=_first_line(exc), uncount=True,
+                         tries=tries, elapsed=elapsed)
+        elif kind == "retry" and job.attempts < tries:
             delay = backoff[min(job.attempts - 1, len(backoff) - 1)]
             self._finish(job, "released", delay=delay, reason=_first_line(exc), tries=tries,
                          elapsed=elapsed)
@@ -3150,7 +3510,7 @@ def _aliases():
 
 def queue_email(to, subject, text=None, html=None, cc=None, bcc=None, reply_to=None,
                 sender=None, headers=None, delay=0, connection=None, using=None,
-                queue=_EMAIL_QUEUE):
+                queue=_EMAIL_QUEUE, unique_key=None):
     """Enqueue a `send_email` job on the "emails" queue; returns its id.
 
         dbqueue.queue_email("ann@example.com", "Your report", text="...", html="<p>...</p>")
@@ -3160,8 +3520,11 @@ def queue_email(to, subject, text=None, html=None, cc=None, bcc=None, reply_to=N
     MAIL_FROM_ADDRESS / MAIL_FROM_NAME; `headers` adds headers such as
     List-Unsubscribe. `connection=` writes the job inside your open
     transaction; `using=` is the Queue to use (default: Queue.from_env(),
-    opened and closed for this call). Bad addresses or a CR/LF in any header
-    raise ValueError here, before anything is stored.
+    opened and closed for this call). `unique_key=` as for Queue.push(): while
+    a message with that key waits or is being sent, another is not queued
+    ("verify:ann@example.com" for a "resend" button clicked twice). Bad
+    addresses or a CR/LF in any header raise ValueError here, before
+    anything is stored.
     """
     data = {"to": to, "subject": subject, "text": text, "html": html, "cc": cc, "bcc": bcc,
             "reply_to": reply_to, "from": sender, "headers": headers}
@@ -3170,12 +3533,12 @@ def queue_email(to, subject, text=None, html=None, cc=None, bcc=None, reply_to=N
         _email_fields(data, None)
     except PermanentError as exc:
         raise ValueError(str(exc))
-    return _enqueue("send_email", data, delay, connection, using, queue)
+    return _enqueue("send_email", data, delay, connection, using, queue, unique_key)
 
 
 def queue_template_email(to, template, variables=None, cc=None, bcc=None, reply_to=None,
                          sender=None, headers=None, delay=0, connection=None, using=None,
-                         queue=_EMAIL_QUEUE):
+                         queue=_EMAIL_QUEUE, unique_key=None):
     """Enqueue a `send_template_email` job on the "emails" queue; returns its id.
 
         dbqueue.queue_template_email("ann@example.com", "verify_email",
@@ -3196,15 +3559,18 @@ def queue_template_email(to, template, variables=None, cc=None, bcc=None, reply_
         _email_fields(dict(data, subject="", text="-"), None)
     except PermanentError as exc:
         raise ValueError(str(exc))
-    return _enqueue("send_template_email", data, delay, connection, using, queue)
+    return _enqueue("send_template_email", data, delay, connection, using, queue, unique_key)
 
 
-def _enqueue(name, data, delay, connection, using, queue_name):
+def _enqueue(name, data, delay, connection, using, queue_name, unique_key):
     if using is not None and not isinstance(using, Queue):
         raise TypeError("using= must be a dbqueue.Queue (the queue's name is queue=)")
+    if unique_key is not None:
+        _unique_key(unique_key)   # a ValueError before Queue.from_env() opens anything
     target = using if using is not None else Queue.from_env()
     try:
-        return target.push(name, data, queue=queue_name, delay=delay, connection=connection)
+        return target.push(name, data, queue=queue_name, delay=delay, connection=connection,
+                           unique_key=unique_key)
     finally:
         if using is None:
             target.close()
@@ -4072,7 +4438,10 @@ def _deliver(fields, config):
     last = running is None or running.attempts >= tries
     if config.mail_mailer == "sendmail":
         try:
-            _Sendmail(config).send(sender, everyone, data)
+            with _RateSlot(config, worker):
+                _Sendmail(config).send(sender, everyone, data)
+        except _RateWait:
+            raise
         except QueueError as exc:
             _keep_mail_state(running, state, failing=isinstance(exc, PermanentError) or last)
             raise
@@ -4090,8 +4459,11 @@ def _deliver(fields, config):
             if reuse:
                 worker.resources["smtp"] = mailer
         try:
-            # SMTP lines end in CRLF; smtplib fixes line ends only of str messages.
-            refused = mailer.send(sender, recipients, data, data_7bit)
+            with _RateSlot(config, worker):
+                # SMTP lines end in CRLF; smtplib fixes line ends only of str messages.
+                refused = mailer.send(sender, recipients, data, data_7bit)
+        except _RateWait:
+            raise      # nothing was sent: not a word about the server
         except QueueError as exc:
             outage = isinstance(exc, _MailOutage)
             # The same Date on the next attempt (an outage gives the job back).
@@ -4192,6 +4564,91 @@ def _keep_mail_state(running, state, failing=False):
         running.next_payload = None
         return
     running.next_payload = _dumps(dict(running.payload, mail=state))
+
+
+class _RateWait(QueueError):
+    """MAIL_RATE_LIMIT's next free slot is further off than a handler should
+    wait: the worker gives the job back, its attempt unspent, until then."""
+
+    def __init__(self, message, delay):
+        super().__init__(message)
+        self.delay = delay
+
+
+def _rate_name(config):
+    # Shared by every worker of this jobs table, on any host. The name holds
+    # the limit itself: workers that disagree on it (during a deploy that
+    # changes it) each keep their own ring, never a mix.
+    return "%s mail %s" % (config.table, config.mail_rate_limit)
+
+
+class _RateSlot:
+    """`with _RateSlot(config, worker):` around one send, under MAIL_RATE_LIMIT.
+
+    Takes a send slot in the database before the block, waiting in the
+    handler for up to `wait_inline` seconds (the next slot of 14/s is at most a
+    second away); a longer wait raises _RateWait. After the block the slot
+    holds the moment the send ended, so a slot's next message starts a whole
+    window after its last one arrived: the limit holds for what the server
+    receives, not only for when the workers started sending.
+    """
+
+    wait_inline = 5.0
+
+    def __init__(self, config, worker):
+        self.config, self.worker = config, worker
+        self.queue = self.slot = None
+
+    def __enter__(self):
+        limit = _rate_limit(self.config.mail_rate_limit)
+        if limit is None:
+            return self
+        count, window = limit
+        own = self.worker is None     # _deliver() outside a worker: a queue for this send
+        self.queue = Queue(config=self.config) if own else self.worker.queue
+        name = _rate_name(self.config)
+        # A job's timeout keeps running while it waits here: wait less than what is left.
+        inline = self.wait_inline
+        deadline = getattr(self.worker, "_hard_deadline", None)
+        if deadline is not None:
+            inline = min(inline, deadline - self.worker.timeout_grace - time.monotonic() - 1.0)
+        waited = 0.0
+        try:
+            while True:
+                try:
+                    slot, until, wait_ms = self.queue.rate_take(
+                        name, count, window * 1000, max(60, 4 * self.config.mail_timeout) * 1000)
+                except DatabaseError as exc:
+                    if isinstance(exc, MissingTableError) or not exc.transient:
+                        raise
+                    # The database is away: not this message's fault.
+                    raise _RateWait("MAIL_RATE_LIMIT: the database did not answer: %s"
+                                    % _first_line(exc), 1)
+                if slot is not None:
+                    self.slot = (name, slot, until)
+                    return self
+                if waited + wait_ms / 1000.0 > inline:
+                    raise _RateWait("MAIL_RATE_LIMIT %s: the next message may leave in %.1fs"
+                                    % (self.config.mail_rate_limit, wait_ms / 1000.0),
+                                    int(wait_ms // 1000))
+                time.sleep(wait_ms / 1000.0)
+                waited += wait_ms / 1000.0
+        finally:
+            if own and self.slot is None:
+                self.queue.close()
+
+    def __exit__(self, kind, exc, tb):
+        if self.slot is None:
+            return False
+        try:
+            # Also after a failed send: it may have reached the server.
+            self.queue.rate_sent(*self.slot)
+        except QueueError:
+            pass   # the slot stays held until its hold lapses: later, never sooner
+        finally:
+            if self.worker is None:
+                self.queue.close()
+        return False
 
 
 def _log_message(log, msg, sender, recipients):
@@ -5004,6 +5461,9 @@ def _parser():
     p.add_argument("--queue", type=_queue_arg, default="default", help="default: default")
     p.add_argument("--delay", type=_seconds, default=0, metavar="S",
                    help="seconds before the job may run (default 0)")
+    p.add_argument("--unique-key", type=_unique_arg, metavar="KEY",
+                   help="while a job with this key waits or runs on the queue, add nothing"
+                        " and print that job's id")
 
     p = command("stats", "ready, delayed, reserved, expired and failed jobs per queue",
                 "python dbqueue.py stats\n"
@@ -5115,6 +5575,14 @@ def _queue_arg(value):
         return _queue_name(value)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc))
+
+
+def _unique_arg(value):
+    import argparse
+    try:
+        return _unique_key(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc).replace("unique_key", "the key"))
 
 
 def _row_id(value):
@@ -5253,7 +5721,8 @@ def _cmd_push(args, config):
         raise ConfigError("--data: %s" % _first_line(exc))
     queue = Queue(config=config)
     try:
-        print(queue.push(args.job, data, queue=args.queue, delay=args.delay))
+        print(queue.push(args.job, data, queue=args.queue, delay=args.delay,
+                         unique_key=args.unique_key))
     finally:
         queue.close()
     return 0
@@ -5333,7 +5802,10 @@ def _outage_line(outage):
                outage["error"]))
 
 
-def _prometheus(stats):
+_WINDOW_WORDS = {1: "second", 60: "minute", 3600: "hour", 86400: "day"}
+
+
+def _prometheus(stats, rate=None):
     lines = []
     for name, help_text, values in _PROM_METRICS:
         lines.append("# HELP %s %s" % (name, help_text))
@@ -5344,6 +5816,15 @@ def _prometheus(stats):
                 if state is not None:
                     labels += ',state="%s"' % state
                 lines.append("%s{%s} %d" % (name, labels, value))
+    if rate is not None:
+        labels = 'limit="%s"' % _prom_label(rate["limit"])
+        for name, help_text, key in (
+                ("dbqueue_mail_rate_used", "Messages sent (or being sent) within the last"
+                 " MAIL_RATE_LIMIT window, by every worker on the database.", "used"),
+                ("dbqueue_mail_rate_limit", "Messages MAIL_RATE_LIMIT lets leave in one window.",
+                 "messages")):
+            lines += ["# HELP %s %s" % (name, help_text), "# TYPE %s gauge" % name,
+                      "%s{%s} %d" % (name, labels, rate[key])]
     return "\n".join(lines) + "\n"
 
 
@@ -5381,13 +5862,19 @@ def _cmd_stats(args, config):
     try:
         stats = queue.stats()
         outage = queue.mail_outage()
+        rate = queue.rate_use()
     finally:
         queue.close()
     _with_mail_outage(stats, outage)
     if fmt == "json":
+        if rate is not None:
+            # The list stays a list of queues, as scripts read it; the limit
+            # is shared by all of them, so each carries the same figures.
+            for entry in stats:
+                entry["mail_rate"] = rate
         print(json.dumps(stats, indent=2))
     elif fmt == "prometheus":
-        sys.stdout.write(_prometheus(stats))
+        sys.stdout.write(_prometheus(stats, rate))
     else:
         rows = [(s["queue"], s["ready"], s["delayed"], s["reserved"], s["expired"], s["failed"],
                  _duration(s["oldest_ready_age"])) for s in stats]
@@ -5397,6 +5884,10 @@ def _cmd_stats(args, config):
             print("(no jobs: %s and %s are empty)" % (config.table, config.failed_table))
         if outage is not None:
             print(_outage_line(outage))
+        if rate is not None:
+            print("MAIL_RATE_LIMIT %s: %d of %d messages used in the last %s"
+                  % (rate["limit"], rate["used"], rate["messages"],
+                     _WINDOW_WORDS[rate["window_seconds"]]))
     return 0
 
 

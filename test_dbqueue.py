@@ -3970,16 +3970,18 @@ class Core16HandWrittenTests:
         self.addCleanup(app.close)
         first = q.push("t_record", {"i": 1}, connection=app)
         more = q.push_many("t_record", [{"i": 2}, {"i": 3}], connection=app)
+        unique = q.push("t_record", {"i": 4}, connection=app, unique_key="k")
+        self.assertEqual(q.push("t_record", {"i": 5}, connection=app, unique_key="k"), unique)
         app.commit()
         ids = [row[0] for row in self.db.raw("SELECT id FROM {jobs} ORDER BY id")]
-        self.assertEqual([first] + more, ids)
+        self.assertEqual([first] + more + [unique], ids)
         self.assertIsInstance(first, int)
         # The app's own cursors still return what it asked for.
         cur = app.cursor()
         cur.execute("SELECT 1 AS one")
         self.assertEqual(cur.fetchone(), {"one": 1})
         dbqueue.Worker(q, ["default"], log=quiet_log()).run(stop_when_empty=True)
-        self.assertEqual(sorted(d["i"] for d in RECORD), [1, 2, 3])
+        self.assertEqual(sorted(d["i"] for d in RECORD), [1, 2, 3, 4])
 
     def test_an_ack_refused_after_a_takeover_is_logged_as_lost(self):
         # (#16.10) It said outcome=done, then "it will run again".
@@ -6418,6 +6420,546 @@ class MailOutageRightsTests(unittest.TestCase):
         code, out, err = run_main(["stats", "--json"], self.env)
         self.assertEqual(code, 0, err)
         self.assertNotIn("mail_outage", out)
+
+
+# ---- limits: unique jobs, MAIL_RATE_LIMIT, SQLite producer latency (issue 13) ----
+
+@on_every_backend
+class UniqueTests:
+
+    def setUp(self):
+        del RECORD[:]
+
+    def work(self, q, queues=("default",)):
+        dbqueue.Worker(q, list(queues), log=quiet_log(), backoff="0").run(stop_when_empty=True)
+
+    def rows(self):
+        return self.db.raw("SELECT id, queue, unique_key FROM {jobs} ORDER BY id")
+
+    def test_a_second_push_with_the_key_inserts_nothing_and_returns_the_first_id(self):
+        q = self.db.queue()
+        first = q.push("t_record", {"n": 1}, unique_key="verify:ann@example.com")
+        again = q.push("t_record", {"n": 2}, unique_key="verify:ann@example.com")
+        self.assertEqual(again, first)
+        other_queue = q.push("t_record", {"n": 3}, queue="other", unique_key="verify:ann@example.com")
+        other_key = q.push("t_record", {"n": 4}, unique_key="verify:bob@example.com")
+        plain = [q.push("t_record", {"n": 5}), q.push("t_record", {"n": 6})]
+        self.assertEqual(len({first, other_queue, other_key} | set(plain)), 5)
+        self.assertEqual(self.rows(), [(first, "default", "verify:ann@example.com"),
+                                       (other_queue, "other", "verify:ann@example.com"),
+                                       (other_key, "default", "verify:bob@example.com"),
+                                       (plain[0], "default", None), (plain[1], "default", None)])
+        payload = json.loads(self.db.raw("SELECT payload FROM {jobs} WHERE id = %d" % first)[0][0])
+        self.assertEqual(payload["uniqueKey"], "verify:ann@example.com")
+        self.assertEqual(payload["data"], {"n": 1})    # the first push's data is the one kept
+        self.work(q)
+        self.assertEqual(sorted(d["n"] for d in RECORD), [1, 4, 5, 6])
+
+    def test_the_key_is_held_while_delayed_or_running_and_free_once_done(self):
+        clock = Clock()
+        q = self.db.queue(clock=clock)
+        first = q.push("t_record", {"n": 1}, delay=60, unique_key="k")
+        self.assertEqual(q.push("t_record", {"n": 2}, unique_key="k"), first)    # delayed
+        clock.advance(60)
+        conn = q.connect()
+        jobs, _ = q.reserve(conn, ["default"])
+        self.assertEqual([j.id for j in jobs], [first])
+        self.assertEqual(q.push("t_record", {"n": 3}, unique_key="k"), first)    # running
+        q.release(conn, jobs[0].token, delay=30)
+        self.assertEqual(q.push("t_record", {"n": 4}, unique_key="k"), first)    # backing off
+        clock.advance(30)
+        jobs, _ = q.reserve(conn, ["default"])
+        q.ack(conn, [jobs[0].token])
+        second = q.push("t_record", {"n": 5}, unique_key="k")                    # done: free
+        self.assertGreater(second, first)
+        self.assertEqual(self.rows(), [(second, "default", "k")])
+        q.clear("default")
+        self.assertNotIn(q.push("t_record", {"n": 6}, unique_key="k"), (first, second))
+
+    def test_a_failed_job_frees_its_key_and_retry_gives_it_back(self):
+        q = self.db.queue()
+        failed_job = q.push("t_permanent", {}, unique_key="report:7")
+        self.work(q)
+        self.assertEqual(self.rows(), [])
+        [failed] = q.failed()
+        self.assertEqual(json.loads(failed["payload"])["uniqueKey"], "report:7")
+        [retried] = q.retry([failed["id"]])
+        self.assertNotEqual(retried, failed_job)
+        self.assertEqual(self.rows(), [(retried, "default", "report:7")])
+        self.assertEqual(q.push("t_permanent", {}, unique_key="report:7"), retried)
+
+    def test_retry_while_a_live_job_holds_the_key_is_that_push_again(self):
+        q = self.db.queue()
+        q.push("t_permanent", {}, unique_key="report:7")
+        self.work(q)
+        live = q.push("t_record", {"n": 1}, unique_key="report:7")
+        plain = q.push("t_permanent", {})
+        self.work(q)   # fails `plain`; the live one with the key is done, so push it again
+        live = q.push("t_record", {"n": 2}, unique_key="report:7")
+        ids = q.retry()
+        self.assertEqual(len(ids), 2)
+        self.assertIn(live, ids)              # the failed unique job: answered by the live one
+        self.assertEqual(q.failed(), [])      # and no longer failed
+        self.assertEqual([(r[1], r[2]) for r in self.rows()],
+                         [("default", "report:7"), ("default", None)])
+
+    def test_bad_keys_are_refused_before_anything_is_stored(self):
+        q = self.db.queue()
+        for bad in ("", "a\nb", "tab\there", "nul\x00", "\x7f", "\x85", "x" * 256, 7, b"k",
+                    "\ud800"):
+            with self.assertRaises(ValueError, msg=repr(bad)) as caught:
+                q.push("t_record", {}, unique_key=bad)
+            self.assertNotIn("\n", str(caught.exception))
+            self.assertLess(len(str(caught.exception)), 200)
+        q.push("t_record", {}, unique_key="ü" * 255)     # 255 characters, not bytes
+        q.push("t_record", {}, unique_key=" spaced key ")
+        self.assertEqual(len(self.rows()), 2)
+        with self.assertRaises(TypeError) as caught:
+            q.push_many("t_record", [{}, {}], unique_key="k")
+        self.assertIn("push()", str(caught.exception))
+        self.assertEqual(len(self.rows()), 2)
+
+    def test_inside_the_callers_transaction(self):
+        q = self.db.queue()
+        app = self.db.connect()
+        self.addCleanup(app.close)
+        cur = app.cursor()
+        if self.db.name == "sqlite":
+            cur.execute("BEGIN IMMEDIATE")     # the app holds the write lock
+        else:
+            app.autocommit = False
+        cur.execute("SELECT 1")
+        first = q.push("t_record", {"n": 1}, connection=app, unique_key="k")
+        self.assertEqual(q.push("t_record", {"n": 2}, connection=app, unique_key="k"), first)
+        # On PostgreSQL a caught unique violation would have aborted the
+        # transaction: the app's next statement and its commit still work.
+        cur.execute("SELECT 2")
+        self.assertEqual(cur.fetchone()[0], 2)
+        app.rollback()
+        self.assertEqual(self.rows(), [])      # nothing outside the app's transaction
+        if self.db.name == "sqlite":
+            cur.execute("BEGIN IMMEDIATE")
+        kept = q.push("t_record", {"n": 3}, connection=app, unique_key="k")
+        app.commit()
+        self.assertEqual(self.rows(), [(kept, "default", "k")])
+        self.assertEqual(q.push("t_record", {"n": 4}, unique_key="k"), kept)
+
+    def test_queue_email_and_queue_template_email_take_a_key(self):
+        q = self.db.queue()
+        a = dbqueue.queue_email("ann@example.com", "Hi", text="x", using=q, unique_key="hi:ann")
+        self.assertEqual(dbqueue.queue_email("ann@example.com", "Hi", text="y", using=q,
+                                             unique_key="hi:ann"), a)
+        vars_ = {"name": "Ann", "url": "https://example.com/v/1"}
+        b = dbqueue.queue_template_email("ann@example.com", "verify_email", vars_, using=q,
+                                         unique_key="verify:ann")
+        self.assertEqual(dbqueue.queue_template_email("ann@example.com", "verify_email", vars_,
+                                                      using=q, unique_key="verify:ann"), b)
+        with self.assertRaises(ValueError):
+            dbqueue.queue_email("ann@example.com", "Hi", text="x", using=q, unique_key="")
+        self.assertEqual(self.rows(), [(a, "emails", "hi:ann"), (b, "emails", "verify:ann")])
+
+    def test_push_command_takes_unique_key(self):
+        self.db.queue()
+        env = self.db.env()
+        code, out, err = run_main(["push", "t_record", "--unique-key", "nightly:2026-12-01"], env)
+        self.assertEqual((code, err), (0, ""))
+        code, again, err = run_main(["push", "t_record", "--data", '{"n": 2}', "--unique-key",
+                                     "nightly:2026-12-01"], env)
+        self.assertEqual((code, again, err), (0, out, ""))
+        for bad in ("", "x" * 300, "two\nlines"):
+            code, out, err = run_main(["push", "t_record", "--unique-key", bad], env)
+            self.assertEqual(code, 2)
+            one_line(self, err)
+            self.assertIn("--unique-key", err)
+        self.assertEqual(len(self.rows()), 1)
+
+
+_UNIQUE_PRODUCER = r"""
+import os, sys
+sys.path.insert(0, sys.argv[1])
+import dbqueue
+q = dbqueue.Queue.from_env()
+out = []
+for i in range(int(sys.argv[2])):
+    key = "k%d" % (i % int(sys.argv[3]))
+    out.append("%s %d" % (key, q.push("u_record", {"key": key}, unique_key=key)))
+with open(sys.argv[4], "w") as fh:
+    fh.write("\n".join(out) + "\n")
+"""
+
+_UNIQUE_HANDLERS = r"""
+import os, dbqueue
+
+@dbqueue.job("u_record")
+def u_record(data):
+    fd = os.open(os.environ["T_OUT"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    os.write(fd, ("%s %d\n" % (data["key"], dbqueue.current_job().id)).encode())
+    os.close(fd)
+"""
+
+
+@on_sqlite_and_postgres
+class UniqueProcessTests(_WorkerProcesses):
+
+    def setUp(self):
+        self.process_setup()
+        with open(os.path.join(self.ptmp, "dbq_unique_handlers.py"), "w") as fh:
+            fh.write(_UNIQUE_HANDLERS)
+
+    def test_concurrent_pushers_in_processes_while_workers_drain(self):
+        # 4 producer processes push 10 keys over and over while two workers
+        # finish and free them: the holder often finishes between a producer's
+        # insert that met its key and the read of its id. Every id a push
+        # returns must be a job that existed with that key, and each existing
+        # job runs once.
+        q = self.db.queue()
+        workers = [self.start_worker("--import", "dbq_unique_handlers", "-q") for _ in range(2)]
+        env = {k: v for k, v in os.environ.items()
+               if not k.startswith(("QUEUE_", "MAIL_", "DATABASE_URL"))}
+        env.update(self.db.env())
+        producers = []
+        for n in range(4):
+            path = os.path.join(self.ptmp, "pushed%d.txt" % n)
+            producers.append((path, subprocess.Popen(
+                [sys.executable, "-c", _UNIQUE_PRODUCER, HERE, "300", "10", path],
+                env=env, cwd=self.ptmp, stderr=subprocess.PIPE)))
+        pushed = []
+        for path, proc in producers:
+            _, err = proc.communicate(timeout=120)
+            self.assertEqual(proc.returncode, 0, err.decode()[-2000:])
+            with open(path) as fh:
+                pushed += [tuple(line.split()) for line in fh.read().splitlines()]
+        self.assertEqual(len(pushed), 1200)
+        wait_for(lambda: self.db.raw("SELECT COUNT(*) FROM {jobs}")[0][0] == 0, 60,
+                 message="the drain")
+        for proc in workers:
+            proc.terminate()
+            self.assertEqual(self.finish(proc), 0, self.stderr(proc)[-2000:])
+        ran = [tuple(line.split()) for line in self.lines()]
+        self.assertEqual(len(ran), len(set(ran)), "a job ran twice")
+        self.assertEqual(set(pushed), set(ran), "an id a push returned is not a job of that key")
+        self.assertLess(len(ran), 1200)        # pushes did meet live keys
+        self.assertEqual(q.failed(), [])
+
+    def test_concurrent_pushers_without_a_worker_make_one_job_per_key(self):
+        self.db.queue()
+        env = {k: v for k, v in os.environ.items()
+               if not k.startswith(("QUEUE_", "MAIL_", "DATABASE_URL"))}
+        env.update(self.db.env())
+        procs = []
+        for n in range(4):
+            path = os.path.join(self.ptmp, "pushed%d.txt" % n)
+            procs.append((path, subprocess.Popen(
+                [sys.executable, "-c", _UNIQUE_PRODUCER, HERE, "200", "20", path],
+                env=env, cwd=self.ptmp, stderr=subprocess.PIPE)))
+        pushed = set()
+        for path, proc in procs:
+            _, err = proc.communicate(timeout=120)
+            self.assertEqual(proc.returncode, 0, err.decode()[-2000:])
+            with open(path) as fh:
+                pushed |= {tuple(line.split()) for line in fh.read().splitlines()}
+        rows = self.db.raw("SELECT unique_key, id FROM {jobs}")
+        self.assertEqual(len(rows), 20)
+        self.assertEqual(pushed, {(k, str(i)) for k, i in rows})
+
+
+class TimedSink(SMTPSink):
+    """An SMTPSink that also notes when (time.time()) each message arrived."""
+
+    def __init__(self, testcase, **kw):
+        self.times = []
+        super().__init__(testcase, **kw)
+
+    async def handle_DATA(self, server, session, envelope):
+        self.times.append(time.time())
+        return await super().handle_DATA(server, session, envelope)
+
+
+def busiest_window(times, seconds):
+    """The most messages that arrived within any `seconds`-long window."""
+    times = sorted(times)
+    most, start = 0, 0
+    for end in range(len(times)):
+        while times[end] - times[start] >= seconds:
+            start += 1
+        most = max(most, end - start + 1)
+    return most
+
+
+@on_every_backend
+class RateLimitTests(EmailTestMixin):
+
+    def test_waiting_in_the_handler_keeps_every_window_within_the_limit(self):
+        sink = TimedSink(self)
+        q = self.mail_queue(sink, mail_rate_limit="3/s")
+        for n in range(9):
+            dbqueue.queue_email("ann@example.com", "n%d" % n, text="x", using=q)
+        started = time.monotonic()
+        _, log = self.work(q)
+        self.assertEqual(len(sink.times), 9)
+        self.assertEqual(busiest_window(sink.times, 1.0), 3)
+        self.assertGreaterEqual(time.monotonic() - started, 2.0)
+        # Each waited for its slot inside its first attempt: none given back, none retried.
+        self.assertEqual(log.count("attempt=1/3 outcome=done"), 9, log)
+        self.assertNotIn("released", log)
+        self.assertEqual(q.rate_use()["used"], 3)
+        self.assertEqual(self.slots(), 3)
+
+    def test_a_long_wait_gives_the_job_back_with_its_attempt_unspent(self):
+        sink = SMTPSink(self)
+        clock = Clock()
+        q = self.mail_queue(sink, clock=clock, mail_rate_limit="1/h")
+        for n in range(3):
+            dbqueue.queue_email("ann@example.com", "n%d" % n, text="x", using=q)
+        _, log = self.work(q)
+        self.assertEqual(len(sink.messages), 1)
+        self.assertIn("MAIL_RATE_LIMIT 1/h: the next message may leave in 3600.0s", log)
+        self.assertEqual(log.count("outcome=released"), 2, log)
+        rows = self.db.raw("SELECT attempts, available_at FROM {jobs} ORDER BY id")
+        # With no attempt spent, and back in whole seconds no later than the
+        # slot frees: a window after the send ended (stamped 1 ms after `now`).
+        self.assertEqual(rows, [(0, clock.now + 3600), (0, clock.now + 3600)])
+        self.assertEqual(q.rate_use(), {"limit": "1/h", "messages": 1, "window_seconds": 3600,
+                                        "used": 1})
+        clock.advance(3601)
+        self.assertEqual(q.rate_use()["used"], 0)
+        self.work(q)
+        self.assertEqual(len(sink.messages), 2)
+        self.assertEqual(self.db.raw("SELECT attempts FROM {jobs}"), [(0,)])
+        self.assertEqual(q.failed(), [])
+
+    def setUp(self):
+        self.addCleanup(self.forget_slots)
+
+    def slots(self, verb="SELECT COUNT(*) FROM"):
+        # One ring per jobs table: the tests' tables are their own.
+        rows = self.db.raw("%s dbqueue_rate WHERE name LIKE %s" % (verb, self.db.param),
+                           (self.db.table + " %",))
+        return rows[0][0] if rows else None
+
+    def forget_slots(self):
+        try:
+            self.slots("DELETE FROM")
+        except Exception:
+            pass    # skipped before the tables were made
+
+    def test_no_limit_takes_no_slots(self):
+        sink = SMTPSink(self)
+        q = self.mail_queue(sink)
+        dbqueue.queue_email("ann@example.com", "n", text="x", using=q)
+        self.work(q)
+        self.assertEqual(len(sink.messages), 1)
+        self.assertEqual(self.slots(), 0)
+        self.assertIsNone(q.rate_use())
+
+    def test_stats_shows_the_current_use(self):
+        sink = SMTPSink(self)
+        clock = Clock()
+        q = self.mail_queue(sink, clock=clock, mail_rate_limit="2/d")
+        dbqueue.queue_email("ann@example.com", "n", text="x", using=q)
+        self.work(q)
+        q.push("t_record", {})
+        env = self.db.env(MAIL_RATE_LIMIT="2/d")
+        code, out, err = run_main(["stats"], env)
+        self.assertEqual((code, err), (0, ""))
+        self.assertIn("MAIL_RATE_LIMIT 2/d: 1 of 2 messages used in the last day", out)
+        stats = json.loads(run_main(["stats", "--json"], env)[1])
+        self.assertEqual([s["queue"] for s in stats], ["default"])
+        self.assertEqual(stats[0]["mail_rate"], {"limit": "2/d", "messages": 2,
+                                                 "window_seconds": 86400, "used": 1})
+        prom = run_main(["stats", "--format", "prometheus"], env)[1]
+        self.assertIn('dbqueue_mail_rate_used{limit="2/d"} 1\n', prom)
+        self.assertIn('dbqueue_mail_rate_limit{limit="2/d"} 2\n', prom)
+        code, out, _ = run_main(["stats"], self.db.env())     # no limit: no line
+        self.assertNotIn("MAIL_RATE_LIMIT", out)
+
+
+class RateLimitSendmailTests(EmailTestMixin, unittest.TestCase):
+
+    def setUp(self):
+        self.db = Backend(self)
+
+    def test_sendmail_is_limited_too(self):
+        stamps = os.path.join(self.db.tmp, "stamps")
+        script = os.path.join(self.db.tmp, "fake-sendmail")
+        with open(script, "w") as fh:
+            fh.write("#!%s\nimport sys, time\nsys.stdin.read()\n"
+                     "open(%r, 'a').write('%%f\\n' %% time.time())\n" % (sys.executable, stamps))
+        os.chmod(script, 0o700)
+        q = self.db.queue(mail_mailer="sendmail", mail_sendmail_path=script,
+                          mail_rate_limit="2/s", mail_from_address="app@example.com")
+        for n in range(5):
+            dbqueue.queue_email("ann@example.com", "n%d" % n, text="x", using=q)
+        _, log = self.work(q)
+        with open(stamps) as fh:
+            times = [float(line) for line in fh.read().split()]
+        self.assertEqual(len(times), 5, log)
+        self.assertEqual(busiest_window(times, 1.0), 2)
+
+
+class RateLimitSchemaTests(unittest.TestCase):
+
+    def test_a_version_2_sqlite_database_without_the_slots_table_gets_it(self):
+        db = Backend(self)
+        db.queue().close()
+        db.raw("DROP TABLE dbqueue_rate")       # as made before MAIL_RATE_LIMIT existed
+        db.queue(migrate=False).push("t_record", {})
+        self.assertEqual(db.raw("SELECT COUNT(*) FROM dbqueue_rate"), [(0,)])
+
+    def test_a_worker_with_a_limit_names_migrate_when_the_table_is_missing(self):
+        db = Backend(self)
+        db.queue().close()
+        db.raw("DROP TABLE dbqueue_rate")
+        q = dbqueue.Queue(config=db.config(mail_rate_limit="14/s"))
+        self.addCleanup(q.close)
+        conn = q.dialect.connect(q._target)     # a connection that does not migrate
+        self.addCleanup(conn.close)
+        with self.assertRaises(dbqueue.MissingTableError) as caught:
+            q.check(conn)
+        self.assertIn("migrate", str(caught.exception))
+        q.config.mail_rate_limit = ""
+        self.assertTrue(q.check(conn))
+
+
+class RateLimitSettingTests(unittest.TestCase):
+
+    def test_values(self):
+        for value, expected in (("14/s", (14, 1)), ("600/m", (600, 60)), (" 10000 / h ", (10000, 3600)),
+                                ("50000/d", (50000, 86400)), ("", None)):
+            config = dbqueue.Config.from_env({"MAIL_RATE_LIMIT": value}, os.devnull)
+            self.assertEqual(dbqueue._rate_limit(config.mail_rate_limit), expected, value)
+
+    def test_a_bad_value_is_one_line_naming_the_variable_and_exit_2(self):
+        tmp = tempfile.mkdtemp(prefix="dbqueue-rate-")
+        self.addCleanup(shutil.rmtree, tmp, True)
+        db = os.path.join(tmp, "q.db")
+        for bad in ("14", "14/x", "0/s", "-1/s", "abc", "14/s/2", "1.5/s", "14/S", "14/sec",
+                    "14\n/s"):
+            for argv in (["work", "--once"], ["stats"], ["push", "t_record"]):
+                code, out, err = run_main(argv, {"QUEUE_DATABASE_URL": "sqlite:///" + db,
+                                                 "MAIL_RATE_LIMIT": bad})
+                self.assertEqual(code, 2, (bad, argv, err))
+                one_line(self, err)
+                self.assertIn("MAIL_RATE_LIMIT", err)
+        self.assertFalse(os.path.exists(db))
+
+
+@on_sqlite_and_postgres
+class RateLimitProcessTests(_WorkerProcesses):
+
+    def setUp(self):
+        self.process_setup()
+        self.addCleanup(RateLimitTests.forget_slots, self)
+
+    def test_the_limit_holds_across_two_worker_processes(self):
+        sink = TimedSink(self)
+        q = self.db.queue()
+        for n in range(16):
+            dbqueue.queue_email("ann@example.com", "n%d" % n, text="x", using=q)
+        mail = dict(MAIL_HOST="127.0.0.1", MAIL_PORT=sink.port, MAIL_RATE_LIMIT="4/s",
+                    MAIL_FROM_ADDRESS="app@example.com")
+        workers = [self.start_worker("--queue", "emails", "--stop-when-empty", **mail)
+                   for _ in range(2)]
+        for proc in workers:
+            self.assertEqual(self.finish(proc, 60), 0, self.stderr(proc)[-2000:])
+        self.assertEqual(len(sink.times), 16)
+        self.assertEqual(busiest_window(sink.times, 1.0), 4)
+        self.assertGreaterEqual(max(sink.times) - min(sink.times), 3.0)
+        logs = [self.stderr(proc) for proc in workers]
+        for log in logs:
+            self.assertGreater(log.count("outcome=done"), 0, "one worker sent nothing")
+            self.assertNotIn("released", log)
+        self.assertEqual(sum(log.count("attempt=1/3 outcome=done") for log in logs), 16)
+
+
+_LOCK_HOLDER = r"""
+import fcntl, os, sys
+fd = os.open(sys.argv[1], os.O_RDONLY)
+fcntl.flock(fd, fcntl.LOCK_EX)
+sys.stdout.write("held\n")
+sys.stdout.flush()
+sys.stdin.readline()          # hold it until the test says
+"""
+
+_PLAIN_PRODUCER = r"""
+import sys
+sys.path.insert(0, sys.argv[1])
+import dbqueue
+q = dbqueue.Queue.from_env()
+ids = [q.push("t_record", {"p": sys.argv[3], "n": n}) for n in range(int(sys.argv[2]))]
+print(" ".join(map(str, ids)))
+"""
+
+
+class SQLitePushLockTests(unittest.TestCase):
+    """push() on SQLite queues behind other producers on a file lock (see _SQLite.push_lock)."""
+
+    def setUp(self):
+        self.db = Backend(self)
+        self.path = self.db.url[len("sqlite:///"):]
+
+    def test_the_lock_file_sits_beside_the_database_with_its_mode(self):
+        q = self.db.queue()
+        lock = self.path + "-dbqueue.lock"
+        q.stats()
+        self.assertFalse(os.path.exists(lock))     # made by the first push, not by reading
+        q.push("t_record", {})
+        self.assertEqual(os.stat(lock).st_mode & 0o777, 0o600)    # as dbqueue made the database
+        q.close()
+        os.remove(lock)
+        os.chmod(self.path, 0o640)                                 # as the app's deploy set it
+        q.push("t_record", {})
+        self.assertTrue(os.path.isfile(lock))
+        self.assertEqual(os.stat(lock).st_mode & 0o777, 0o640)
+        q.close()                      # closes the lock's file too
+        self.assertEqual([f for f in os.listdir("/proc/self/fd")
+                          if os.path.realpath("/proc/self/fd/" + f) == os.path.realpath(lock)], [])
+
+    def test_a_push_waits_while_another_process_holds_the_lock(self):
+        q = self.db.queue()
+        q.push("t_record", {"n": 0})       # makes the lock file
+        holder = subprocess.Popen([sys.executable, "-c", _LOCK_HOLDER, self.path + "-dbqueue.lock"],
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self.addCleanup(lambda: holder.poll() is None and holder.kill())
+        self.assertEqual(holder.stdout.readline(), "held\n")
+        pushed = []
+        thread = threading.Thread(target=lambda: pushed.append(q.push("t_record", {"n": 1})))
+        thread.start()
+        thread.join(0.5)
+        self.assertTrue(thread.is_alive(), "push did not wait for the lock")
+        self.assertEqual(self.db.raw("SELECT COUNT(*) FROM {jobs}")[0][0], 1)
+        holder.stdin.write("go\n")
+        holder.stdin.flush()
+        thread.join(10)
+        self.assertEqual(len(pushed), 1)
+        self.assertEqual(holder.wait(10), 0)
+        self.assertEqual(self.db.raw("SELECT COUNT(*) FROM {jobs}")[0][0], 2)
+
+    def test_without_a_lock_file_pushes_still_work(self):
+        os.symlink(os.path.join(self.db.tmp, "no", "such", "dir"), self.path + "-dbqueue.lock")
+        q = self.db.queue()
+        ids = [q.push("t_record", {"n": n}) for n in range(3)]
+        q.push("t_record", {}, unique_key="k")
+        self.assertIsNone(q._local.push_lock)
+        self.assertEqual(len(set(ids)), 3)
+        self.assertEqual(self.db.raw("SELECT COUNT(*) FROM {jobs}")[0][0], 4)
+
+    def test_eight_producer_processes_push_every_job_once(self):
+        self.db.queue()
+        env = {k: v for k, v in os.environ.items()
+               if not k.startswith(("QUEUE_", "MAIL_", "DATABASE_URL"))}
+        env.update(self.db.env())
+        procs = [subprocess.Popen([sys.executable, "-c", _PLAIN_PRODUCER, HERE, "250", str(p)],
+                                  env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                  text=True) for p in range(8)]
+        ids = []
+        for proc in procs:
+            out, err = proc.communicate(timeout=120)
+            self.assertEqual(proc.returncode, 0, err[-2000:])
+            ids += [int(i) for i in out.split()]
+        rows = self.db.raw("SELECT id FROM {jobs}")
+        self.assertEqual(len(ids), 2000)
+        self.assertEqual(sorted(ids), sorted(r[0] for r in rows))
 
 
 if __name__ == "__main__":
