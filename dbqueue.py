@@ -784,17 +784,25 @@ _SQL = {
                    " {now}, :unique_key)"
                    " ON CONFLICT (queue, unique_key) WHERE unique_key IS NOT NULL DO NOTHING",
     "unique_holder": "SELECT id FROM {jobs} WHERE queue = :queue AND unique_key = :unique_key",
-    "rescue": "UPDATE {jobs} SET reserved_at = NULL"
-              " WHERE reserved_at IS NOT NULL AND reserved_at < {now} - :retry_after",
+    # A reservation lapses at reserved_until, which its holder sets from its
+    # own retry_after (the lease) at the claim and at every heartbeat: no
+    # other worker's setting can shorten it. A row without one (or with a
+    # stale one, see _EXPIRED) was reserved by the PHP app's worker, which
+    # knows only reserved_at: it lapses after the rescuer's retry_after. One
+    # queue at a time: a worker takes back only what it would run itself.
+    "rescue": "UPDATE {jobs} SET reserved_at = NULL, reserved_until = NULL"
+              " WHERE queue = :queue AND reserved_at IS NOT NULL AND {expired}",
     "ack": "DELETE FROM {jobs} WHERE id = :id AND attempts = :attempts AND reserved_at IS NOT NULL",
-    "touch": "UPDATE {jobs} SET reserved_at = {now}"
+    "touch": "UPDATE {jobs} SET reserved_at = {now}, reserved_until = {now} + :lease"
              " WHERE id = :id AND attempts = :attempts AND reserved_at IS NOT NULL",
-    "unclaim": "UPDATE {jobs} SET reserved_at = NULL, attempts = attempts - 1"
+    "unclaim": "UPDATE {jobs} SET reserved_at = NULL, reserved_until = NULL,"
+               " attempts = attempts - 1"
                " WHERE id = :id AND attempts = :attempts AND reserved_at IS NOT NULL",
     # :payload is NULL except for a handler that did part of its work and
     # left what remains in the payload (an email's recipients still to serve).
-    "release": "UPDATE {jobs} SET reserved_at = NULL, available_at = {now} + :delay,"
-               " attempts = attempts - :uncount, payload = COALESCE(:payload, payload)"
+    "release": "UPDATE {jobs} SET reserved_at = NULL, reserved_until = NULL,"
+               " available_at = {now} + :delay, attempts = attempts - :uncount,"
+               " payload = COALESCE(:payload, payload)"
                " WHERE id = :id AND attempts = :attempts AND reserved_at IS NOT NULL",
     # failed_at is written, not left to a default: the CodeIgniter app's
     # failed_jobs.failed_at is a DATETIME NOT NULL without one (its PHP code
@@ -812,8 +820,7 @@ _SQL = {
              " SUM(CASE WHEN reserved_at IS NULL AND available_at <= {now} THEN 1 ELSE 0 END),"
              " SUM(CASE WHEN reserved_at IS NULL AND available_at > {now} THEN 1 ELSE 0 END),"
              " SUM(CASE WHEN reserved_at IS NOT NULL THEN 1 ELSE 0 END),"
-             " SUM(CASE WHEN reserved_at IS NOT NULL AND reserved_at < {now} - :retry_after"
-             " THEN 1 ELSE 0 END),"
+             " SUM(CASE WHEN reserved_at IS NOT NULL AND {expired} THEN 1 ELSE 0 END),"
              " {now} - MIN(CASE WHEN reserved_at IS NULL AND available_at <= {now}"
              " THEN available_at END)"
              " FROM {jobs} GROUP BY queue",
@@ -872,6 +879,16 @@ _SQL = {
     "state_clear": "DELETE FROM dbqueue_state WHERE name = :name",
 }
 
+# When a reservation has lapsed (see "rescue"), for rows with reserved_at set.
+# dbqueue writes reserved_until with reserved_at, always later than it. A
+# reserved_until not later than reserved_at is stale: the PHP app's worker
+# took the row over (Laravel's pop re-reserves an expired row by setting
+# reserved_at and attempts only), so that reservation is judged as the PHP
+# app's are, by reserved_at.
+_EXPIRED = ("((reserved_until > reserved_at AND reserved_until < {now})"
+            " OR ((reserved_until IS NULL OR reserved_until <= reserved_at)"
+            " AND reserved_at < {now} - :retry_after))")
+
 _PARAM = _Pattern(r"(?<![:\w]):([a-z_]+)\b")
 
 
@@ -892,6 +909,7 @@ class _Dialect:
     claim_select = ""
     claim_update = ""
     migrate_lock = ""              # run first in migrate's transaction: one migration at a time
+    notify = ""                    # wakes waiting workers of :queue ("" where there is no LISTEN)
     now_ms = ":now_ms"             # the clock in milliseconds (MAIL_RATE_LIMIT)
     rate_table = "dbqueue_rate"
     rate_lock = ""                 # run first when a send slot is taken: one taker at a time
@@ -900,6 +918,8 @@ class _Dialect:
     @classmethod
     def prepare(cls, template, jobs="jobs", failed="failed_jobs", **extra):
         """(sql, names): the template for this dialect and its parameter order."""
+        if "{expired}" in template:
+            template = template.replace("{expired}", _EXPIRED)
         text = template.format(jobs=_quote(jobs), failed=_quote(failed), now=cls.now,
                                now_ms=cls.now_ms, rate=_quote(cls.rate_table),
                                payload_text=cls.payload_text, queue_text=cls.queue_text,
@@ -1030,6 +1050,12 @@ class _Dialect:
     def add_column_sql(cls, table, column, type_):
         return "ALTER TABLE %s ADD COLUMN %s %s" % (_quote(table), column, type_)
 
+    @staticmethod
+    def plain_cursor(conn):
+        """A cursor on an app's connection (push(connection=...)) that returns
+        tuples, whatever row factory the app gave the connection."""
+        return conn.cursor()
+
     @classmethod
     def rate_ddl(cls):
         """MAIL_RATE_LIMIT's table: one row per send slot, a ring of them per
@@ -1079,23 +1105,30 @@ class _SQLite(_Dialect):
     bigint = "INTEGER"
     failed_at = "TEXT NOT NULL DEFAULT CURRENT_TIMESTAMP"
     failed_cutoff = "datetime('now', :age)"
-    claim = ("UPDATE {jobs} SET reserved_at = :now, attempts = attempts + 1"
+    # attempts + 1 is capped at the largest INTEGER, so that a row written by
+    # hand with that many attempts is claimed (and fails alone, over its
+    # tries) instead of failing the claim of its whole batch.
+    claim = ("UPDATE {jobs} SET reserved_at = :now, reserved_until = :now + :lease,"
+             " attempts = MIN(attempts, 2147483646) + 1"
              " WHERE id IN (SELECT id FROM {jobs} WHERE queue = :queue AND reserved_at IS NULL"
              " AND available_at <= :now ORDER BY available_at, id LIMIT :limit)"
              " RETURNING id, queue, CAST(payload AS BLOB), attempts, available_at")
     # SQLite before 3.35 has no RETURNING: select, then update, in one
     # BEGIN IMMEDIATE transaction, which no other writer can interleave.
-    claim_select = ("SELECT id, queue, CAST(payload AS BLOB), attempts + 1, available_at FROM {jobs}"
+    claim_select = ("SELECT id, queue, CAST(payload AS BLOB), MIN(attempts, 2147483646) + 1,"
+                    " available_at FROM {jobs}"
                     " WHERE queue = :queue AND reserved_at IS NULL AND available_at <= :now"
                     " ORDER BY available_at, id LIMIT :limit")
-    claim_update = ("UPDATE {jobs} SET reserved_at = :now, attempts = attempts + 1"
+    claim_update = ("UPDATE {jobs} SET reserved_at = :now, reserved_until = :now + :lease,"
+                    " attempts = MIN(attempts, 2147483646) + 1"
                     " WHERE id = :id AND reserved_at IS NULL")
     # A batch of (id, attempts) tokens in one statement (3.35+, for RETURNING).
     # `id IN (...)` is what lets SQLite find the rows by primary key: the row
     # values alone, `(id, attempts) IN (VALUES ...)`, plan as a table scan.
     ack_many = ("DELETE FROM {jobs} WHERE id IN ({ids}) AND reserved_at IS NOT NULL"
                 " AND (id, attempts) IN (VALUES {pairs}) RETURNING id")
-    touch_many = ("UPDATE {jobs} SET reserved_at = :now WHERE id IN ({ids})"
+    touch_many = ("UPDATE {jobs} SET reserved_at = :now, reserved_until = :now + :lease"
+                  " WHERE id IN ({ids})"
                   " AND reserved_at IS NOT NULL AND (id, attempts) IN (VALUES {pairs}) RETURNING id")
     driver_errors = ()
     # Seconds a write waits for another connection's write lock before
@@ -1252,6 +1285,12 @@ class _SQLite(_Dialect):
     def in_transaction(conn):
         return conn.in_transaction
 
+    @staticmethod
+    def plain_cursor(conn):
+        cur = conn.cursor()
+        cur.row_factory = None      # tuples, whatever conn.row_factory says
+        return cur
+
 
 class _PushLock:
     """`with lock:` an exclusive flock() on one open file (see _SQLite.push_lock).
@@ -1323,11 +1362,15 @@ class _Postgres(_Dialect):
     failed_cutoff = "now() - :hours * INTERVAL '1 hour'"
     # One statement: lock n ready rows, skipping those another worker has
     # locked, and mark them reserved. No two workers can return the same row.
+    # attempts + 1 is capped: `integer out of range` for one row written by
+    # hand would fail the whole batch, on every worker, on every restart.
     claim = ("WITH c AS (SELECT id FROM {jobs} WHERE queue = :queue AND reserved_at IS NULL"
              " AND available_at <= {now} ORDER BY available_at, id LIMIT :limit"
              " FOR UPDATE SKIP LOCKED)"
-             " UPDATE {jobs} j SET reserved_at = {now}, attempts = j.attempts + 1 FROM c"
+             " UPDATE {jobs} j SET reserved_at = {now}, reserved_until = {now} + :lease,"
+             " attempts = LEAST(j.attempts, 2147483646) + 1 FROM c"
              " WHERE j.id = c.id RETURNING j.id, j.queue, j.payload, j.attempts, j.available_at")
+    notify = "SELECT pg_notify(:channel, :queue)"
     push_notify = ("WITH j AS (INSERT INTO {jobs} (queue, payload, attempts, reserved_at,"
                    " available_at, created_at) VALUES (:queue, :payload, 0, NULL, {now} + :delay,"
                    " {now}) RETURNING id) SELECT id, pg_notify(:channel, :queue) FROM j")
@@ -1351,7 +1394,8 @@ class _Postgres(_Dialect):
     # Batches of tokens travel as two arrays: one round trip for any number.
     ack_many = ("DELETE FROM {jobs} WHERE reserved_at IS NOT NULL AND (id, attempts) IN"
                 " (SELECT * FROM unnest(:ids::bigint[], :attempts::int[])) RETURNING id")
-    touch_many = ("UPDATE {jobs} SET reserved_at = {now} WHERE reserved_at IS NOT NULL"
+    touch_many = ("UPDATE {jobs} SET reserved_at = {now}, reserved_until = {now} + :lease"
+                  " WHERE reserved_at IS NOT NULL"
                   " AND (id, attempts) IN (SELECT * FROM unnest(:ids::bigint[], :attempts::int[]))"
                   " RETURNING id")
 
@@ -1400,6 +1444,15 @@ class _Postgres(_Dialect):
     def in_transaction(conn):
         # psycopg 3 and psycopg2 (2.8+) both have info.transaction_status; 0 is idle.
         return conn.info.transaction_status != 0
+
+    @staticmethod
+    def plain_cursor(conn):
+        """A cursor returning tuples, whatever row or cursor factory `conn` has."""
+        if type(conn).__module__.split(".")[0] == "psycopg2":
+            import psycopg2.extensions
+            return conn.cursor(cursor_factory=psycopg2.extensions.cursor)
+        from psycopg.rows import tuple_row
+        return conn.cursor(row_factory=tuple_row)
 
     @staticmethod
     def is_missing_table(exc):
@@ -1812,8 +1865,7 @@ class Queue:
         key = "push_notify" if self.dialect is _Postgres else "push"
         params = dict(queue=queue, payload=payload, delay=delay, channel=self.channel)
         if connection is not None:
-            self._check_foreign(connection)
-            cur = connection.cursor()
+            cur = self._foreign_cursor(connection)
             self.execute(cur, key, **params)
             return self._new_id(cur)
         # The hot path of a web app: one autocommit statement, no kwargs copies.
@@ -1840,8 +1892,7 @@ class Queue:
         params = dict(queue=queue, payload=payload, delay=delay, channel=self.channel,
                       unique_key=key)
         if connection is not None:
-            self._check_foreign(connection)
-            return self._insert_unique(connection.cursor(), "push_unique", params)[0]
+            return self._insert_unique(self._foreign_cursor(connection), "push_unique", params)[0]
         try:
             cur = self._conn().cursor()
             lock = self._push_lock()
@@ -1883,8 +1934,7 @@ class Queue:
         if not payloads:
             return []
         if connection is not None:
-            self._check_foreign(connection)
-            return self._insert_many(connection.cursor(), queue, payloads, delay)
+            return self._insert_many(self._foreign_cursor(connection), queue, payloads, delay)
         if self.dialect is _Postgres:
             try:
                 return self._insert_many(self._conn().cursor(), queue, payloads, delay)
@@ -1925,6 +1975,12 @@ class Queue:
             return cur.fetchone()[0]
         return cur.lastrowid
 
+    def _foreign_cursor(self, connection):
+        """A cursor on the app's connection that returns plain tuples, whatever
+        row factory the app chose (psycopg's dict_row, sqlite3.Row, ...)."""
+        self._check_foreign(connection)
+        return self.dialect.plain_cursor(connection)
+
     def _check_foreign(self, connection):
         module = type(connection).__module__.split(".")[0]
         kind = {"sqlite3": _SQLite, "psycopg": _Postgres, "psycopg2": _Postgres}.get(module)
@@ -1945,7 +2001,7 @@ class Queue:
         since the app may roll it back).
         """
         try:
-            cur = connection.cursor()
+            cur = self.dialect.plain_cursor(connection)
             if self._schema_current(cur):
                 self._schema_ready = True
             elif self.dialect.in_transaction(connection):
@@ -1957,34 +2013,41 @@ class Queue:
 
     # -- reserving and finishing (the worker's side) ---------------------
 
-    def reserve(self, conn, queues, limit=1, acks=(), rescue_after=None):
+    def reserve(self, conn, queues, limit=1, acks=(), rescue_after=None, lease=None):
         """Reserve up to `limit` ready jobs in one transaction, in queue priority order.
 
         Each reserved job's attempts is incremented here, before its handler
         runs, so a job that kills its worker still uses up its attempts. `acks`
         ((id, attempts) tokens of finished jobs) are deleted in the same
         transaction: one commit acknowledges a batch and claims the next.
-        `rescue_after` (seconds) first gives back reservations older than that.
-        Returns (jobs, tokens of acks that were refused because the
+        `rescue_after` (seconds) first takes back the lapsed reservations of
+        `queues`: those whose holder's lease (reserved_until) has passed, and
+        those without a lease (reserved by the PHP app) older than that.
+        `lease` (default: QUEUE_RETRY_AFTER) is how long the new reservations
+        last unless touched. Returns (jobs, tokens of acks that were refused because the
         reservation had been lost).
         """
         jobs = []
         with _Transaction(self, conn) as cur:
             lost = self._ack(cur, acks) if acks else []
-            if rescue_after is not None:
-                self.execute(cur, "rescue", retry_after=rescue_after)
             now = self.now()
+            if lease is None:
+                lease = self.config.retry_after
+            if rescue_after is not None:
+                for queue in queues:
+                    self.execute(cur, "rescue", queue=queue, retry_after=rescue_after, now=now)
             for queue in queues:
                 want = limit - len(jobs)
                 if want <= 0:
                     break
                 if self._returning:
-                    rows = self.execute(cur, "claim", queue=queue, limit=want, now=now).fetchall()
+                    rows = self.execute(cur, "claim", queue=queue, limit=want, now=now,
+                                        lease=lease).fetchall()
                 else:
                     rows = self.execute(cur, "claim_select", queue=queue, limit=want,
                                         now=now).fetchall()
                     for row in rows:
-                        self.execute(cur, "claim_update", id=row[0], now=now)
+                        self.execute(cur, "claim_update", id=row[0], now=now, lease=lease)
                 rows.sort(key=lambda r: (r[4], r[0]))
                 jobs.extend(Job(r[0], r[1], r[2], r[3]) for r in rows)
             if len(jobs) > 1:
@@ -2004,21 +2067,22 @@ class Queue:
         """Delete finished jobs; returns the tokens whose reservation was lost."""
         return self._by_token(cur, "ack", tokens)
 
-    def _by_token(self, cur, key, tokens):
+    def _by_token(self, cur, key, tokens, **params):
         if self.dialect is _Postgres:
             self.execute(cur, key + "_many", ids=[t[0] for t in tokens],
-                         attempts=[t[1] for t in tokens])
+                         attempts=[t[1] for t in tokens], **params)
             done = {row[0] for row in cur.fetchall()}
             return [t for t in tokens if t[0] not in done]
         if self._returning and len(tokens) > 1:
             # One statement per 200 tokens instead of one per job: most of
             # what acknowledging a batch of fast jobs costs.
-            now = self.now()
+            params["now"] = self.now()
             done = set()
             for start in range(0, len(tokens), 200):
                 chunk = tokens[start:start + 200]
                 text, names = self._many_sql(key, len(chunk))
-                args = [now] if names else []
+                # The named parameters (SET ...) all come before the ids.
+                args = [params[n] for n in names]
                 args += [t[0] for t in chunk]
                 for token in chunk:
                     args += token
@@ -2027,7 +2091,7 @@ class Queue:
             return [t for t in tokens if t[0] not in done]
         lost = []
         for token in tokens:
-            self.execute(cur, key, id=token[0], attempts=token[1])
+            self.execute(cur, key, id=token[0], attempts=token[1], **params)
             if cur.rowcount != 1:
                 lost.append(token)
         return lost
@@ -2047,10 +2111,26 @@ class Queue:
         with _Transaction(self, conn) as cur:
             return self._ack(cur, tokens)
 
-    def touch(self, conn, tokens):
-        """Heartbeat: move reserved_at forward for held jobs; returns the lost ones."""
+    def touch(self, conn, tokens, lease=None):
+        """Heartbeat: renew held jobs' reservations for `lease` seconds (default:
+        QUEUE_RETRY_AFTER) from now; returns the tokens that were lost."""
+        if lease is None:
+            lease = self.config.retry_after
         with _Transaction(self, conn) as cur:
-            return self._by_token(cur, "touch", tokens)
+            return self._by_token(cur, "touch", tokens, lease=lease)
+
+    def unclaim(self, conn, jobs):
+        """Give back held jobs that never started: attempt restored, available_at
+        unchanged, so they are the next to be claimed. Returns how many were still ours."""
+        count = 0
+        with _Transaction(self, conn) as cur:
+            for j in jobs:
+                self.execute(cur, "unclaim", id=j.id, attempts=j.attempts)
+                count += cur.rowcount
+            if self.dialect.notify:
+                for queue in sorted({j.queue for j in jobs}):
+                    self.execute(cur, "notify", channel=self.channel, queue=queue)
+        return count
 
     def release(self, conn, token, delay=0, uncount=False, acks=(), payload=None):
         """Make a held job available again after `delay` seconds. False if it was lost.
@@ -2578,6 +2658,10 @@ class Worker:
     # that a second worker is never left idle behind a long prefetched batch.
     batch_seconds = 0.05
     batch_max = 100
+    # The batch is sized by how long recent jobs took; when jobs turn slow,
+    # a job that has run this long gives the rest of its batch back (attempts
+    # restored), for an idle worker to take, instead of holding it.
+    hold_seconds = 0.2
     # Acks of jobs shorter than this ride along with the next claim (one
     # commit per batch); slower jobs are acknowledged as soon as they finish.
     ack_delay_seconds = 0.005
@@ -2585,6 +2669,13 @@ class Worker:
     # worker records the attempt and exits so that its supervisor restarts it.
     timeout_grace = 10.0
     poll_interval = 0.01
+    # A held job starts only while its reservation is known to be ours: when
+    # the last confirmation of the batch (its claim, or a heartbeat) is older
+    # than this (or a quarter of the lease, if less), one touch of the batch
+    # confirms it first, and jobs it finds lost are dropped, never started.
+    # Well under the lease, so a pause of the process (SIGSTOP, a frozen VM)
+    # is noticed before anything it held is started.
+    confirm_seconds = 1.0
 
     def __init__(self, queue, queues=("default",), tries=None, backoff=None, timeout=None,
                  sleep=3.0, memory=None, log=None):
@@ -2608,6 +2699,7 @@ class Worker:
         self._held = []           # reserved, not started
         self._running = None      # the Job whose handler runs
         self._acks = []           # tokens of finished jobs not yet deleted
+        self._done_lines = {}     # their log lines, written once the ack is known
         self._lock = threading.Lock()
         self._avg = None          # moving average of handler seconds
         self._timed_out = False
@@ -2616,6 +2708,8 @@ class Worker:
         self._heart = None
         self._locked_since = None
         self._last_rescue = 0.0
+        self._confirmed = (0.0, 0.0)   # (monotonic, wall) time the held batch was last confirmed
+        self._missed_ready = False     # the last claim found nothing though a job was ready
         self._settings_cache = {}  # job name -> (registry entry, settings) for plain payloads
         self._main_thread = False
         self._mail_pause = None    # a mail outage: see "mail outages" below
@@ -2695,7 +2789,12 @@ class Worker:
                         self._idle(started, max_time)
                         continue
                 with self._lock:
-                    current = self._held.pop(0)
+                    # Its age is read with the pop: a heartbeat that confirms
+                    # the batch from now on no longer covers this job.
+                    current = self._held.pop(0) if self._held else None
+                    age = self._unconfirmed_for()
+                if current is None or not self._confirm(current, age):
+                    continue
                 if self._process(current) is not False:   # False: given back by a mail outage
                     self.processed += 1
                 if self.memory and self._over_memory():
@@ -2744,20 +2843,75 @@ class Worker:
         queues = self._active_queues()
         if self._mail_pause is not None and queues == self.queues:
             want = 1    # a probe is due: fetch no batch that a failed probe hands back
+        confirmed = (time.monotonic(), time.time())
         jobs, lost = self._db(lambda c: self.queue.reserve(c, queues, want, acks, rescue))
         self._acked(acks, lost)
         for j in jobs:
             j.worker = self
         with self._lock:
             self._held.extend(jobs)
+            self._confirmed = confirmed
+        if jobs:
+            self._missed_ready = False
         return bool(jobs)
 
+    def _unconfirmed_for(self):
+        """Seconds since the held batch's reservations were last known to be ours.
+        Both clocks: a frozen VM may stop the monotonic one, not the wall clock."""
+        mono, wall = self._confirmed
+        return max(time.monotonic() - mono, abs(time.time() - wall))
+
+    def _confirm(self, job, age):
+        """True if `job` (just taken from the held batch) may start: its
+        reservation is recent enough, or a touch of it and of the rest of the
+        batch finds it still ours. Lost ones are dropped, never started."""
+        limit = min(self.confirm_seconds, self.queue.config.retry_after / 4.0)
+        if age < limit:
+            return True
+        with self._lock:
+            tokens = [job.token] + [j.token for j in self._held]
+        confirmed = (time.monotonic(), time.time())
+        lost = set(self._db(lambda c: self.queue.touch(c, tokens)))
+        with self._lock:
+            self._confirmed = confirmed
+        self._drop_lost(lost)
+        if job.token in lost:
+            self._log_lost_held(job)
+            return False
+        return True
+
+    def _drop_lost(self, lost):
+        """Take jobs whose reservation was lost out of the held batch (logged once each)."""
+        with self._lock:
+            gone = [j for j in self._held if j.token in lost]
+            self._held = [j for j in self._held if j.token not in lost]
+        for j in gone:
+            self._log_lost_held(j)
+
+    def _log_lost_held(self, job):
+        self.log.warning("reservation lost while held (expired and taken over by another"
+                         " worker?); the job is not started here", job=job.id, name=job.name,
+                         attempt=job.attempts)
+
     def _acked(self, sent, lost):
+        """After an ack of `sent` tokens: each finished job's line, now that
+        its outcome is known (done, or lost when the ack was refused)."""
+        lost = set(lost)
         with self._lock:
             del self._acks[:len(sent)]
-        for token in lost:
-            self.log.warning("reservation lost before the job was acknowledged; it will run again",
-                             job=token[0], attempt=token[1])
+            lines = [self._done_lines.pop(t, None) for t in sent]
+        for token, line in zip(sent, lines):
+            if line is None:
+                continue
+            job, elapsed, tries = line
+            if token in lost:
+                # The handler finished, but the reservation had lapsed and
+                # another worker took the job: its run there decides.
+                self._log_job(job, "lost", elapsed, tries, level="warning",
+                              reason="finished after its reservation passed to another worker;"
+                                     " not acknowledged here")
+            else:
+                self._log_job(job, "done", elapsed, tries)
 
     def _flush_acks(self):
         if self._acks:
@@ -2770,6 +2924,18 @@ class Worker:
         time, the next rescue, `sleep` seconds, or a stop."""
         queues = self._active_queues()
         due = self._db(lambda c: self.queue.next_due(c, queues)) if queues else None
+        if due is not None and due <= 0:
+            # A job is ready, yet the claim just found none: it came in since
+            # (claim again at once), or, the second time in a row, another
+            # session holds its row lock (PostgreSQL's claim skips locked
+            # rows): a worker in mid-claim, or a lost client's transaction,
+            # which can last until TCP keepalive ends it. Waiting 0 again
+            # would spin; wait as idle workers do: a NOTIFY, a commit, `sleep`.
+            if self._missed_ready:
+                due = None
+            self._missed_ready = True
+        else:
+            self._missed_ready = False
         wait = self.sleep if due is None else max(0.0, min(self.sleep, due))
         if self._mail_pause is not None:    # wake for the next probe of the mail server
             wait = min(wait, max(0.0, self._mail_pause["until"] - time.monotonic()))
@@ -2953,13 +3119,14 @@ class Worker:
         if outcome is None:
             with self._lock:
                 self._acks.append(job.token)
+                self._done_lines[job.token] = (job, elapsed, tries)
             # A fast job's ack waits for the next claim, also when this was the
             # batch's last job: that claim's transaction commits it whether or
             # not it finds more work, and leaving the loop flushes it too
-            # (_shutdown). One commit per batch instead of two.
+            # (_shutdown). One commit per batch instead of two. Its log line
+            # waits for the ack too (_acked).
             if elapsed >= self.ack_delay_seconds:
                 self._flush_acks()
-            self._log_job(job, "done", elapsed, tries)
             return
         _Transaction.end_abandoned(self.queue)
         kind, exc = outcome
@@ -2991,16 +3158,17 @@ class Worker:
                                                              job.next_payload))
         self._acked(acks, lost)
         if not ok:
-            self.log.warning("reservation lost: another worker took the job over; outcome not"
-                             " recorded", job=job.id, name=job.name, attempt=job.attempts)
+            self._log_job(job, "lost", elapsed, tries, level="warning",
+                          reason="reservation lost: another worker took the job over; this"
+                                 " attempt's outcome (%s) is not recorded" % outcome)
             return
         self._log_job(job, outcome, elapsed, tries, delay=delay if outcome == "released" else None,
                       reason=reason)
 
-    def _log_job(self, job, outcome, elapsed, tries, delay=None, reason=None):
-        self.log.info("job", id=job.id, name=job.name, queue=job.queue,
-                      attempt="%d/%d" % (job.attempts, tries or self.tries), outcome=outcome,
-                      delay=delay, ms=round((elapsed or 0) * 1000, 1), reason=reason)
+    def _log_job(self, job, outcome, elapsed, tries, delay=None, reason=None, level="info"):
+        self.log.log(level, "job", id=job.id, name=job.name, queue=job.queue,
+                     attempt="%d/%d" % (job.attempts, tries or self.tries), outcome=outcome,
+                     delay=delay, ms=round((elapsed or 0) * 1000, 1), reason=reason)
 
     # -- mail outages --------------------------------------------------------
     # A mail server that is down, or refuses our login, is not the fault of the
@@ -3201,6 +3369,8 @@ class _Heartbeat(threading.Thread):
         self._done = threading.Event()
         self._conn = None
         self._failing = False
+        self._reported = set()    # running jobs whose loss was logged
+        self._give_back_after = 0.0
 
     def stop(self):
         self._done.set()
@@ -3211,16 +3381,45 @@ class _Heartbeat(threading.Thread):
 
     def run(self):
         last = time.monotonic()
-        while not self._done.wait(min(self.interval, 0.5)):
+        while not self._done.wait(self._pause()):
             worker = self.worker
             deadline = worker._hard_deadline
             if deadline is not None and time.monotonic() > deadline and worker._main_thread:
                 self._hard_exit()
+            self._give_back()
             if time.monotonic() - last >= self.interval:
                 last = time.monotonic()
+                stamp = (last, time.time())
                 tokens = worker.held_tokens()
                 if tokens:
-                    self._touch(tokens)
+                    self._touch(tokens, stamp)
+
+    def _pause(self):
+        # Often while a job runs with others held behind it (see _give_back).
+        worker = self.worker
+        if worker._held and worker._running is not None:
+            return min(self.interval, 0.05)
+        return min(self.interval, 0.5)
+
+    def _give_back(self):
+        """The running job has run past hold_seconds: unclaim the held batch."""
+        worker = self.worker
+        running = worker._running
+        now = time.monotonic()
+        if (running is None or not worker._held or now < self._give_back_after
+                or now - running.started < worker.hold_seconds):
+            return
+        with worker._lock:
+            jobs, worker._held = worker._held, []
+        try:
+            count = self._with_conn(lambda c: worker.queue.unclaim(c, jobs))
+        except QueueError:
+            with worker._lock:
+                worker._held[:0] = jobs     # still held: the heartbeat keeps them, tries again
+            self._give_back_after = now + 1.0
+            return
+        worker.log.debug("job runs long: gave back the jobs held behind it", job=running.id,
+                         count=count)
 
     def _with_conn(self, action):
         """action(conn) on the heartbeat's connection; a connection that died while
@@ -3236,8 +3435,11 @@ class _Heartbeat(threading.Thread):
                 if last:
                     raise
 
-    def _touch(self, tokens):
+    def _touch(self, tokens, confirmed=None):
+        """Renew `tokens` (taken from the worker at time `confirmed`)."""
         worker = self.worker
+        if confirmed is None:
+            confirmed = (time.monotonic(), time.time())
         try:
             lost = self._with_conn(lambda c: worker.queue.touch(c, tokens))
         except QueueError as exc:
@@ -3251,17 +3453,20 @@ class _Heartbeat(threading.Thread):
         self._failing = False
         # A job the worker finished while the touch ran (acknowledged, released
         # or failed) is gone for a good reason, and a refused acknowledgement is
-        # reported where it happens. Only a job still waiting or running here
-        # was taken over by someone else.
-        with worker._lock:
-            still = {j.token for j in worker._held}
+        # reported where it happens. A job still waiting here was taken over
+        # by someone else: it leaves the batch and never starts here.
+        lost = set(lost)
+        worker._drop_lost(lost)
         running = worker._running
-        if running is not None:
-            still.add(running.token)
-        for token in lost:
-            if token in still:
-                worker.log.warning("reservation lost while held (expired and taken over?)",
-                                   job=token[0], attempt=token[1])
+        if running is not None and running.token in lost and running.token not in self._reported:
+            self._reported.add(running.token)
+            worker.log.warning("reservation lost while the job runs (expired and taken over by"
+                               " another worker?); it may run there too, and its outcome here"
+                               " will not be recorded", job=running.id, name=running.name,
+                               attempt=running.attempts)
+        # Every job still held was in this touch or claimed after it began.
+        with worker._lock:
+            worker._confirmed = max(worker._confirmed, confirmed)
 
     def _hard_exit(self):
         """The handler ignored its interruption: record the attempt and end the process."""
@@ -3283,7 +3488,8 @@ class _Heartbeat(threading.Thread):
                     delay = backoff[min(running.attempts - 1, len(backoff) - 1)]
                     worker.queue.release(conn, running.token, delay)
             if worker._acks:
-                worker.queue.ack(conn, list(worker._acks))
+                acks = list(worker._acks)
+                worker._acked(acks, worker.queue.ack(conn, acks))
             for held in list(worker._held):
                 worker.queue.release(conn, held.token, 0, True)
 
@@ -3307,10 +3513,14 @@ class _Heartbeat(threading.Thread):
 
 _EMAIL_QUEUE = "emails"
 _SEED_NAMESPACE = "App\\Libraries\\Queue\\Jobs\\"
+# \Z, not $, here too: "X-Campaign\n" would pass as a header name, and go
+# out with a bare LF that ends the message's headers early.
 _TEMPLATE_NAME = _Pattern(r"^[A-Za-z0-9_][A-Za-z0-9_-]{0,99}\Z")
-_HEADER_NAME = _Pattern(r"^[A-Za-z][A-Za-z0-9-]{0,75}$")
+_HEADER_NAME = _Pattern(r"^[A-Za-z][A-Za-z0-9-]{0,75}\Z")
 _ADDR_SPEC = _Pattern(r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@"
-                      r"[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$")
+                      r"[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?\Z")
+# A payload's uuid that can go into a Message-ID as it is.
+_MESSAGE_ID_UUID = _Pattern(r"^[A-Za-z0-9-]{1,64}\Z")
 _HTML_TAG = _Pattern(r"<\s*[A-Za-z!/]")
 # Headers dbqueue writes itself, or that would change who receives the mail:
 # `headers` may not set them (use the fields of the same name).
@@ -3585,7 +3795,7 @@ def _message_id(domain):
     """<uuid@domain> from the running job, so that a retried send keeps its id."""
     import email.utils
     running = current_job()
-    if running is not None and running.uuid and re.match(r"^[A-Za-z0-9-]{1,64}$", running.uuid):
+    if running is not None and running.uuid and _MESSAGE_ID_UUID.match(running.uuid):
         return "<%s@%s>" % (running.uuid, domain)
     if running is not None and running.id is not None:
         # A payload without a uuid (the seed app's): the row id is stable across retries.
@@ -4215,6 +4425,26 @@ def _template_dir_names(config):
 
 # -- sending ---------------------------------------------------------------------
 
+def _message_parts(fields):
+    """(message, its bytes, its bytes for a server without 8BITMIME or None)
+    for checked fields."""
+    try:
+        msg = _build_message(fields)
+        data = _message_bytes(msg)
+        # For a server that does not offer 8BITMIME: the body as QP or base64.
+        data_7bit = None if data.isascii() else _message_bytes(_build_message(fields, True))
+        return msg, data, data_7bit
+    except (QueueError, MemoryError):
+        raise
+    except Exception as exc:
+        # The email package refusing the message, or tripping over it (Python
+        # 3.8 raises TypeError for a blank Orig-Date), is about the data,
+        # which a retry cannot change (smtplib's own errors are classified in
+        # _smtp_error).
+        raise PermanentError("the message cannot be built: %s: %s"
+                             % (type(exc).__name__, _first_line(exc)))
+
+
 def _deliver(fields, config):
     """Send (or, with MAIL_MAILER=log, log) one checked message.
 
@@ -4231,15 +4461,7 @@ def _deliver(fields, config):
     state = _mail_state(running)
     state.setdefault("date", email.utils.formatdate(localtime=True))
     fields = dict(fields, date=state["date"])
-    try:
-        msg = _build_message(fields)
-        data = _message_bytes(msg)
-        # For a server that does not offer 8BITMIME: the body as QP or base64.
-        data_7bit = None if data.isascii() else _message_bytes(_build_message(fields, True))
-    except (ValueError, UnicodeError) as exc:
-        # The email package refusing the message is about the data, which a
-        # retry cannot change (smtplib's own errors are classified below).
-        raise PermanentError("the message cannot be built: %s" % _first_line(exc))
+    msg, data, data_7bit = _message_parts(fields)
     sender = fields["from"][1]
     everyone = []
     for _, addr in fields["to"] + fields["cc"] + fields["bcc"]:
@@ -6424,8 +6646,8 @@ def _prom_label(value):
 _PROM_METRICS = (
     ("dbqueue_jobs", "Jobs in the jobs table by queue and state (ready, delayed, reserved).",
      lambda s: [("ready", s["ready"]), ("delayed", s["delayed"]), ("reserved", s["reserved"])]),
-    ("dbqueue_expired_reservations", "Reserved jobs whose worker stopped renewing the"
-     " reservation for longer than QUEUE_RETRY_AFTER; a worker takes them back.",
+    ("dbqueue_expired_reservations", "Reserved jobs whose lease ran out: their worker stopped"
+     " renewing the reservation for longer than its QUEUE_RETRY_AFTER; a worker takes them back.",
      lambda s: [(None, s["expired"])]),
     ("dbqueue_failed_jobs", "Jobs in the failed jobs table by queue.",
      lambda s: [(None, s["failed"])]),

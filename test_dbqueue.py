@@ -2096,8 +2096,8 @@ class OpsTests:
         conn = q.connect()
         self.assertEqual(len(q.reserve(conn, ["default", "slow"], 2)[0]), 2)
         # The worker that holds the "slow" job has stopped renewing it.
-        self.db.raw("UPDATE {jobs} SET reserved_at = reserved_at - 1000 WHERE queue = %s" % p,
-                    ("slow",))
+        self.db.raw("UPDATE {jobs} SET reserved_at = reserved_at - 1000,"
+                    " reserved_until = reserved_until - 1000 WHERE queue = %s" % p, ("slow",))
         self.add_failed("emails")
 
         code, out, err = self.cli("stats", "--json")
@@ -2566,6 +2566,7 @@ def _t_batch(data):
         open(sys.argv[2], "w").close()
         time.sleep(600)
 
+dbqueue.Worker.hold_seconds = 600    # the batch stays held behind the blocked job
 dbqueue.Worker(dbqueue.Queue.from_env(), ["default"], log=dbqueue._Log(stream=sys.stdout)).run()
 """
 
@@ -2627,6 +2628,7 @@ class SpeedTests:
 
         self.addCleanup(dbqueue._registry.pop, "t_gate", None)
         w = dbqueue.Worker(q, ["default"], log=quiet_log())
+        w.hold_seconds = 600    # the batch stays held behind the blocked job
         thread = threading.Thread(target=w.run, kwargs={"stop_when_empty": True})
         thread.start()
         self.addCleanup(thread.join, 30)
@@ -3792,6 +3794,609 @@ _on_backends(PropertyTests, [Backend, PsycopgBackend])
 
 
 # -- fault tests end here --
+
+
+# ---- core: issue 16, the core's promises under stress ----------------------
+#
+# Each finding of #16 as a test: real worker processes paused with SIGSTOP,
+# workers with different settings side by side, a second database session
+# holding a row lock, rows written by hand. The double-run loops run with
+# DBQUEUE_FAULTS=1 (see Core16FaultTests).
+
+# A handler module for worker subprocesses (`work --import c16_jobs`): every
+# start and end of a job is one O_APPEND line "start|end N ATTEMPT PID", so
+# the lines of several processes come in one order, the order they happened.
+C16_JOBS = """
+import os, time
+import dbqueue
+
+if os.environ.get("C16_HOLD"):
+    dbqueue.Worker.hold_seconds = float(os.environ["C16_HOLD"])
+_fd = os.open(os.environ["C16_LOG"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+
+
+def _record(what, data):
+    line = "%s %d %d %d\\n" % (what, data["n"], dbqueue.current_job().attempts, os.getpid())
+    os.write(_fd, line.encode())
+
+
+@dbqueue.job("c16_sleep")
+def c16_sleep(data):
+    _record("start", data)
+    time.sleep(data.get("s", 0))
+    _record("end", data)
+"""
+
+
+def _double_starts(starts):
+    """Starts of an attempt no later than one already started for that job:
+    a job started again by the same attempt, or by a worker whose
+    reservation had been taken over. [(n, attempt, pid)]."""
+    latest, bad = {}, []
+    for n, attempt, pid in starts:
+        if attempt <= latest.get(n, 0):
+            bad.append((n, attempt, pid))
+        latest[n] = max(latest.get(n, 0), attempt)
+    return bad
+
+
+class _Core16Processes:
+    """Worker subprocesses running c16_jobs, all logging into one file."""
+
+    def c16_setup(self):
+        self.log = os.path.join(self.db.tmp, "c16.log")
+        with open(os.path.join(self.db.tmp, "c16_jobs.py"), "w") as fh:
+            fh.write(C16_JOBS)
+        self.procs = _Procs(self, self.db.tmp, _fault_env(self.db.env(
+            FAULT_LOG=self.log, C16_LOG=self.log, QUEUE_BACKOFF=0, QUEUE_MAX_ATTEMPTS=50)))
+
+    def worker(self, *args, **env):
+        return self.procs.start("--import", "c16_jobs", "--sleep", "0.2", *args,
+                                **{k: str(v) for k, v in env.items()})
+
+    def records(self, kind="start"):
+        return [(int(f[1]), int(f[2]), int(f[3])) for f in _records(self.log) if f[0] == kind]
+
+    def stop_all(self, procs):
+        for proc in procs:
+            os.kill(proc.pid, signal.SIGCONT)
+            proc.terminate()
+        for proc in procs:
+            self.assertEqual(proc.wait(30), 0, self.procs.stderr(proc)[-3000:])
+            self.assertNotIn("Traceback", self.procs.stderr(proc))
+
+
+# The backends the double-run cases run on: one per database (psycopg2 adds
+# nothing here that psycopg does not show), so a new backend in BACKENDS
+# gets them too.
+_C16_BACKENDS = [b for b in BACKENDS if b.driver != "psycopg2"]
+
+
+class Core16LeaseTests:
+    """(#16.2) A reservation lasts for its holder's lease, in its own queue."""
+
+    def test_rescue_keeps_the_holders_lease_and_stays_in_its_queues(self):
+        clock = Clock()
+        holder = self.db.queue(clock=clock, retry_after=600)
+        rescuer = self.db.queue(clock=clock, retry_after=1, migrate=False)
+        long_id = holder.push("t_record", {"i": 1}, queue="reports")
+        (held,), _ = holder.reserve(holder.connect(), ["reports"], 1)
+        p = self.db.param
+        insert = ("INSERT INTO {jobs} (queue, payload, attempts, reserved_at, available_at,"
+                  " created_at) VALUES (%s, %s, 1, %s, 0, 0)" % (p, p, p))
+        # Reserved by the PHP app's worker: no reserved_until, only reserved_at.
+        payload = json.dumps({"uuid": "u-php", "job": "t_record", "data": {"i": 2}})
+        self.db.raw(insert, ("reports", payload, clock.now - 100))
+        self.db.raw(insert, ("elsewhere", payload, clock.now - 100))
+        # A row the PHP worker took over from a dead dbqueue worker 10 s ago:
+        # Laravel sets reserved_at (and attempts) only, so the dead worker's
+        # reserved_until is left behind, older than reserved_at.
+        taken = json.dumps({"uuid": "u-taken", "job": "t_record", "data": {"i": 3}})
+        self.db.raw(insert, ("reports", taken, clock.now - 10))
+        self.db.raw("UPDATE {jobs} SET reserved_until = %s WHERE payload = %s" % (p, p),
+                    (clock.now - 50, taken))
+        self.assertEqual(self.db.raw("SELECT reserved_until FROM {jobs} WHERE id = %s" % p,
+                                     (long_id,)), [(clock.now + 600,)])
+        clock.advance(5)
+        # Seen with QUEUE_RETRY_AFTER=90, only the old PHP row has expired.
+        watcher = self.db.queue(clock=clock, retry_after=90, migrate=False)
+        by_queue = {s["queue"]: s for s in watcher.stats()}
+        self.assertEqual(by_queue["reports"]["reserved"], 3)
+        self.assertEqual(by_queue["reports"]["expired"], 1)
+        conn = rescuer.connect()
+        jobs, _ = rescuer.reserve(conn, ["reports"], 10, rescue_after=90)
+        self.assertEqual([(j.data, j.attempts) for j in jobs], [({"i": 2}, 2)])
+        self.assertEqual(rescuer.ack(conn, [jobs[0].token]), [])
+        # The other queue's lapsed reservation is not this worker's to take back.
+        self.assertEqual(self.db.raw("SELECT reserved_at FROM {jobs} WHERE queue = 'elsewhere'"),
+                         [(clock.now - 105,)])
+        # The row the PHP worker took over lapses by its reserved_at.
+        self.assertEqual(self.db.raw("SELECT reserved_at FROM {jobs} WHERE payload = %s" % p,
+                                     (taken,)), [(clock.now - 15,)])
+        clock.advance(90)
+        (php,), _ = rescuer.reserve(conn, ["reports"], 10, rescue_after=100)
+        self.assertEqual(php.data, {"i": 3})
+        self.assertEqual(rescuer.ack(conn, [php.token]), [])
+        # The holder's heartbeat renews its own lease, whoever else runs.
+        clock.advance(500)
+        self.assertEqual(holder.touch(holder.connect(), [held.token]), [])
+        clock.advance(599)
+        self.assertEqual(rescuer.reserve(conn, ["reports"], 10, rescue_after=1)[0], [])
+        clock.advance(2)
+        (again,), _ = rescuer.reserve(conn, ["reports"], 10, rescue_after=1)
+        self.assertEqual(again.token, (long_id, 2))
+        self.assertEqual(holder.ack(holder.connect(), [held.token]), [held.token])
+
+
+_on_backends(Core16LeaseTests, _C16_BACKENDS)
+
+
+# A handler during which another worker takes its job over (the test's
+# clock jumps past the lease), as after a pause longer than retry_after.
+_C16_THIEF = {}
+
+
+@dbqueue.job("c16_stolen")
+def _c16_stolen(data):
+    thief = _C16_THIEF
+    thief["clock"].advance(1000)
+    jobs, _ = thief["queue"].reserve(thief["conn"], ["default"], 1, rescue_after=1)
+    thief["jobs"].extend(jobs)
+    if data.get("slow"):
+        time.sleep(0.02)     # past ack_delay_seconds: acknowledged at once, not with the next claim
+
+
+@on_every_backend
+class Core16HandWrittenTests:
+
+    def setUp(self):
+        del RECORD[:]
+
+    def test_push_with_a_connection_of_any_row_factory(self):
+        # (#16.8) An app's connection that returns dicts (psycopg's dict_row,
+        # psycopg2's RealDictCursor, a sqlite3 row_factory) got KeyError: 0.
+        q = self.db.queue()
+        if self.db.name == "sqlite":
+            import sqlite3
+            app = sqlite3.connect(self.db.url[len("sqlite:///"):], timeout=10)
+            app.row_factory = lambda cur, row: {d[0]: v for d, v in zip(cur.description, row)}
+        elif self.db.driver == "psycopg":
+            import psycopg
+            from psycopg.rows import dict_row
+            app = psycopg.connect(PG_URL, row_factory=dict_row)
+        else:
+            import psycopg2
+            import psycopg2.extras
+            app = psycopg2.connect(PG_URL, cursor_factory=psycopg2.extras.RealDictCursor)
+        self.addCleanup(app.close)
+        first = q.push("t_record", {"i": 1}, connection=app)
+        more = q.push_many("t_record", [{"i": 2}, {"i": 3}], connection=app)
+        unique = q.push("t_record", {"i": 4}, connection=app, unique_key="k")
+        self.assertEqual(q.push("t_record", {"i": 5}, connection=app, unique_key="k"), unique)
+        app.commit()
+        ids = [row[0] for row in self.db.raw("SELECT id FROM {jobs} ORDER BY id")]
+        self.assertEqual([first] + more + [unique], ids)
+        self.assertIsInstance(first, int)
+        # The app's own cursors still return what it asked for.
+        cur = app.cursor()
+        cur.execute("SELECT 1 AS one")
+        self.assertEqual(cur.fetchone(), {"one": 1})
+        dbqueue.Worker(q, ["default"], log=quiet_log()).run(stop_when_empty=True)
+        self.assertEqual(sorted(d["i"] for d in RECORD), [1, 2, 3, 4])
+
+    def test_an_ack_refused_after_a_takeover_is_logged_as_lost(self):
+        # (#16.10) It said outcome=done, then "it will run again".
+        for slow in (False, True):
+            with self.subTest(slow=slow):
+                clock = Clock()
+                q = self.db.queue(clock=clock, retry_after=10)
+                thief = self.db.queue(clock=clock, retry_after=10, migrate=False)
+                _C16_THIEF.update(clock=clock, queue=thief, conn=thief.connect(), jobs=[])
+                job_id = q.push("c16_stolen", {"slow": slow})
+                stream = io.StringIO()
+                w = dbqueue.Worker(q, ["default"], log=dbqueue._Log(stream=stream))
+                self.assertEqual(w.run(once=True), 1)
+                self.assertEqual([j.token for j in _C16_THIEF["jobs"]], [(job_id, 2)])
+                lines = [line for line in stream.getvalue().splitlines() if " job " in line]
+                self.assertEqual(len(lines), 1, stream.getvalue())
+                self.assertIn("outcome=lost", lines[0])
+                self.assertIn("WARNING", lines[0])
+                self.assertIn("passed to another worker", lines[0])
+                self.assertNotIn("run again", stream.getvalue())
+                # The new holder's reservation is untouched.
+                self.assertEqual(self.db.raw("SELECT attempts FROM {jobs}"), [(2,)])
+                self.assertEqual(thief.ack(_C16_THIEF["conn"], [(job_id, 2)]), [])
+
+    def test_held_jobs_are_confirmed_after_a_wall_clock_jump(self):
+        # (#16.1) A VM resumed after a freeze: the monotonic clock may not
+        # have moved, the wall clock has. A held batch is confirmed before
+        # its next job starts; jobs taken over meanwhile are dropped.
+        clock = Clock()
+        q = self.db.queue(clock=clock, retry_after=10)
+        q.push_many("t_record", [{"i": i} for i in range(3)])
+        stream = io.StringIO()
+        w = dbqueue.Worker(q, ["default"], log=dbqueue._Log(stream=stream))
+        self.addCleanup(w._shutdown)
+        self.assertTrue(w._claim(3))
+        self.assertEqual(len(w._held), 3)
+        clock.advance(11)
+        thief = self.db.queue(clock=clock, retry_after=10, migrate=False)
+        taken, _ = thief.reserve(thief.connect(), ["default"], 3, rescue_after=10)
+        self.assertEqual(len(taken), 1)          # a taken-over job is claimed alone
+        mono, wall = w._confirmed
+        w._confirmed = (time.monotonic(), wall - 3600)
+        # All three leases ran out: none of the held jobs starts; the two
+        # the thief left are claimed again (attempt 2) and run.
+        self.assertEqual(w.run(stop_when_empty=True), 2)
+        self.assertEqual(sorted(d["i"] for d in RECORD), [1, 2])
+        self.assertEqual(stream.getvalue().count("not started here"), 3, stream.getvalue())
+        self.assertEqual(stream.getvalue().count("attempt=2/3 outcome=done"), 2)
+        self.assertEqual(self.db.raw("SELECT attempts FROM {jobs}"), [(2,)])
+
+    def test_a_row_with_the_largest_attempts_fails_alone(self):
+        # (#16.3) On PostgreSQL the claim's attempts + 1 overflowed INTEGER
+        # for the whole batch, and every worker exited 1 on every restart.
+        for returning in ((True, False) if self.db.name == "sqlite" else (True,)):
+            with self.subTest(returning=returning):
+                del RECORD[:]
+                self.check_largest_attempts(returning)
+                self.db.raw("DELETE FROM {failed}")
+
+    def check_largest_attempts(self, returning):
+        q = self.db.queue()
+        q._returning = returning          # False: SQLite before 3.35 (select, then update)
+        q.push("t_record", {"i": 1})
+        p = self.db.param
+        payload = json.dumps({"uuid": "u-max", "job": "t_record", "data": {"i": "max"}})
+        self.db.raw("INSERT INTO {jobs} (queue, payload, attempts, reserved_at, available_at,"
+                    " created_at) VALUES ('default', %s, 2147483647, NULL, 0, 0)" % p, (payload,))
+        q.push_many("t_record", [{"i": 2}, {"i": 3}])
+        w = dbqueue.Worker(q, ["default"], log=quiet_log())
+        self.assertEqual(w.run(stop_when_empty=True), 4)
+        self.assertEqual(sorted(d["i"] for d in RECORD), [1, 2, 3])
+        failed = q.failed()
+        self.assertEqual([f["uuid"] for f in failed], ["u-max"])
+        self.assertIn("attempt 2147483647 of 3", failed[0]["exception"])
+        self.assertEqual(self.db.raw("SELECT COUNT(*) FROM {jobs}"), [(0,)])
+
+
+class Core16ProcessTests(_Core16Processes):
+    """The two double runs of #16, one round each, with real processes."""
+
+    def setUp(self):
+        self.c16_setup()
+
+    def test_a_paused_worker_never_starts_a_held_job_that_was_taken_over(self):
+        # (#16.1) Worker A holds a batch and is stopped (SIGSTOP) past its
+        # lease; B takes the jobs over and runs them. A, continued, finishes
+        # the job it was in, and starts none of those it held.
+        q = self.db.queue()
+        a = self.worker(QUEUE_RETRY_AFTER=1, C16_HOLD=1000)
+        q.push("c16_sleep", {"n": 0})
+        wait_for(lambda: self.records("end"), 30, message="the warm-up job")
+        q.push_many("c16_sleep", [{"n": 1, "s": 1.5}] + [{"n": n} for n in range(2, 7)])
+        wait_for(lambda: self.records()[1:], 30, message="job 1 to start")
+        os.kill(a.pid, signal.SIGSTOP)
+        held = self.db.raw("SELECT attempts FROM {jobs} WHERE reserved_at IS NOT NULL")
+        self.assertEqual(held, [(1,)] * 6, "A holds the whole batch")
+        b = self.worker(QUEUE_RETRY_AFTER=1)
+        wait_for(lambda: {n for n, _, pid in self.records() if pid == b.pid} >= set(range(1, 7)),
+                 30, message="B to take over the batch")
+        os.kill(a.pid, signal.SIGCONT)
+        wait_for(lambda: self.procs.stderr(a).count("not started here") == 5, 30,
+                 message="A to drop the five held jobs")
+        wait_for(lambda: _count_jobs(self.db) == 0, 30, message="the drain")
+        self.stop_all([a, b])
+        self.assertEqual([s for s in self.records() if s[2] == a.pid], [(0, 1, a.pid),
+                                                                        (1, 1, a.pid)])
+        self.assertEqual(_double_starts(self.records()), [])
+        self.assertEqual(q.failed(), [])
+
+    def test_workers_with_other_settings_never_take_a_running_job(self):
+        # (#16.2) The issue's setup: two `reports` workers with a long
+        # retry_after, an `emails` worker with a short one, plus a `reports`
+        # worker with a short one. A 3 s report runs once.
+        q = self.db.queue()
+        first = self.worker("--queue", "reports", QUEUE_RETRY_AFTER=600)
+        q.push("c16_sleep", {"n": 1, "s": 3}, queue="reports")
+        wait_for(self.records, 30, message="the report to start")
+        others = [self.worker("--queue", "reports", QUEUE_RETRY_AFTER=600),
+                  self.worker("--queue", "emails", QUEUE_RETRY_AFTER=1),
+                  self.worker("--queue", "reports", QUEUE_RETRY_AFTER=1)]
+        wait_for(lambda: _count_jobs(self.db) == 0, 30, message="the report to finish")
+        self.stop_all([first] + others)
+        self.assertEqual(self.records(), [(1, 1, first.pid)])
+        self.assertEqual(self.records("end"), [(1, 1, first.pid)])
+        self.assertEqual(q.failed(), [])
+
+    def test_jobs_that_turn_slow_are_shared_by_two_workers(self):
+        # (#16.6) After fast jobs warm the workers up (a large batch each),
+        # 20 jobs of 0.5 s arrive: the worker that claims them gives back
+        # what it holds once its job runs long, and the other takes them.
+        q = self.db.queue()
+        workers = [self.worker(), self.worker()]
+        q.push_many("c16_sleep", [{"n": n} for n in range(300)])
+        wait_for(lambda: _count_jobs(self.db) == 0, 60, message="the warm-up")
+        started = time.monotonic()
+        q.push_many("c16_sleep", [{"n": n, "s": 0.5} for n in range(1000, 1020)])
+        wait_for(lambda: _count_jobs(self.db) == 0, 60, message="the slow jobs")
+        elapsed = time.monotonic() - started
+        self.stop_all(workers)
+        slow = [s for s in self.records("end") if s[0] >= 1000]
+        self.assertEqual(sorted(n for n, _, _ in slow), list(range(1000, 1020)))
+        shares = [sum(1 for s in slow if s[2] == w.pid) for w in workers]
+        self.assertGreaterEqual(min(shares), 5, shares)
+        self.assertEqual(_double_starts(self.records()), [])
+        print("\n[core16 %s] 20 jobs of 0.5 s after a warm-up, two workers: drained in %.1fs"
+              " (%d + %d jobs)" % (self.db.name, elapsed, shares[0], shares[1]), file=sys.stderr)
+
+
+_on_backends(Core16ProcessTests, _C16_BACKENDS)
+
+
+class Core16FaultTests(_Core16Processes):
+    """The double-run cases of #16 in loops of 20 rounds (heavy: DBQUEUE_FAULTS=1)."""
+
+    def setUp(self):
+        self.c16_setup()
+
+    @heavy
+    def test_workers_paused_past_their_lease_never_start_a_job_taken_over(self):
+        # Five workers drain short jobs; 20 times one of them is stopped
+        # (SIGSTOP) for 1.5-3.5 s, longer than its 1 s lease, while the
+        # others take over what it held, then continued (SIGCONT).
+        seed = int(os.environ.get("FAULT_SEED") or random.randrange(1 << 30))
+        rng = random.Random(seed)
+        q = self.db.queue()
+        workers = [self.worker("-q", QUEUE_RETRY_AFTER=1) for _ in range(5)]
+        stopped, timers, n = set(), [], 0
+        started = time.monotonic()
+
+        def resume(w):
+            if w.poll() is None:
+                os.kill(w.pid, signal.SIGCONT)
+            stopped.discard(w)
+
+        # SIGCONT comes from a timer, not from this loop: on SQLite a worker
+        # stopped inside a transaction holds the write lock, and the push
+        # below waits for it.
+        while len(timers) < 20:
+            q.push_many("c16_sleep", [{"n": i, "s": rng.uniform(0, 0.02)}
+                                      for i in range(n, n + 120)])
+            n += 120      # more than the running workers finish meanwhile: none is idle
+            running = [w for w in workers if w not in stopped]
+            if len(running) > 2:
+                victim = rng.choice(running)
+                stopped.add(victim)
+                os.kill(victim.pid, signal.SIGSTOP)
+                timers.append(threading.Timer(rng.uniform(1.5, 3.5), resume, (victim,)))
+                timers[-1].start()
+            time.sleep(rng.uniform(0.3, 0.7))
+        for timer in timers:
+            timer.join()
+        pauses = len(timers)
+        wait_for(lambda: _count_jobs(self.db) == 0, 60, 0.1, "the drain")
+        elapsed = time.monotonic() - started
+        self.stop_all(workers)
+        starts = self.records()
+        self.assertEqual({e[0] for e in self.records("end")}, set(range(n)), "lost jobs")
+        self.assertEqual(_double_starts(starts), [], "seed %d" % seed)
+        self.assertEqual(q.failed(), [])
+        taken = len({s[0] for s in starts if s[1] > 1})
+        dropped = sum(self.procs.stderr(w).count("not started here") for w in workers)
+        self.assertGreater(taken, 0, "no reservation was taken over: the pauses were too short")
+        print("\n[core16 pause %s] seed %d: %d pauses of 1.5-3.5 s past a 1 s lease, %d jobs in"
+              " %.1fs: %d taken over, %d held jobs dropped unstarted, 0 double starts"
+              % (self.db.name, seed, pauses, n, elapsed, taken, dropped), file=sys.stderr)
+
+    @heavy
+    def test_workers_with_other_retry_after_never_run_a_job_twice(self):
+        # 20 reports of 2.2 s, run by two workers with retry_after 600 and one
+        # with 1, beside an `emails` worker with 1: every report runs once.
+        q = self.db.queue()
+        workers = [self.worker("-q", "--queue", "reports", QUEUE_RETRY_AFTER=600),
+                   self.worker("-q", "--queue", "reports", QUEUE_RETRY_AFTER=600),
+                   self.worker("-q", "--queue", "reports", QUEUE_RETRY_AFTER=1),
+                   self.worker("-q", "--queue", "emails", QUEUE_RETRY_AFTER=1)]
+        started = time.monotonic()
+        q.push_many("c16_sleep", [{"n": i, "s": 2.2} for i in range(20)], queue="reports")
+        q.push_many("c16_sleep", [{"n": i} for i in range(100, 150)], queue="emails")
+        wait_for(lambda: _count_jobs(self.db) == 0, 60, 0.1, "the drain")
+        elapsed = time.monotonic() - started
+        self.stop_all(workers)
+        starts = self.records()
+        self.assertEqual(sorted(s[0] for s in starts), list(range(20)) + list(range(100, 150)))
+        self.assertEqual(_double_starts(starts), [])
+        self.assertEqual(q.failed(), [])
+        print("\n[core16 settings %s] 20 reports of 2.2 s beside retry_after 1 s workers:"
+              " drained in %.1fs, each started once" % (self.db.name, elapsed), file=sys.stderr)
+
+
+_on_backends(Core16FaultTests, _C16_BACKENDS)
+
+
+class Core16IdleTests:
+    """(#16.5) A ready row that another session has locked leaves a worker idle."""
+
+    def test_a_row_locked_by_another_session_does_not_make_the_worker_spin(self):
+        q = self.db.queue()
+        q.push("t_record", {"i": 1})
+        # A second session (a worker cut off mid-claim, or any client) holds
+        # the row lock: the claim skips the row, which is still ready.
+        locker = self.db.connect()
+        self.addCleanup(locker.close)
+        cur = locker.cursor()
+        cur.execute("BEGIN")
+        cur.execute('SELECT id FROM "%s" FOR UPDATE' % self.db.table)
+        claims = []
+
+        class CountingQueue(dbqueue.Queue):
+            def reserve(self, *args, **kwargs):
+                claims.append(time.monotonic())
+                return super().reserve(*args, **kwargs)
+
+        counted = CountingQueue(config=self.db.config())
+        self.addCleanup(counted.close)
+        w = dbqueue.Worker(counted, ["default"], sleep=0.5, log=quiet_log())
+        self.assertEqual(w.run(max_time=2.0), 0)
+        # One claim per idle wait (at most 0.5 s), plus the one retried at
+        # once: a spinning worker makes thousands.
+        self.assertLessEqual(len(claims), 10, "claims in 2 s: %d" % len(claims))
+        cur.execute("ROLLBACK")
+        del RECORD[:]
+        self.assertEqual(dbqueue.Worker(q, ["default"], log=quiet_log()).run(once=True), 1)
+        self.assertEqual(RECORD, [{"i": 1}])
+
+
+_on_backends(Core16IdleTests, [b for b in _C16_BACKENDS if b.name != "sqlite"])
+
+
+
+class Core16ValidatorTests(unittest.TestCase):
+    """(#16.7) Every pattern that validates ends in \Z: "$" matches before a final newline."""
+
+    def test_every_validating_pattern_refuses_a_trailing_newline(self):
+        patterns = {name: value for name, value in vars(dbqueue).items()
+                    if isinstance(value, dbqueue._Pattern) and value.source.startswith("^")}
+        good = {"_IDENT": "jobs", "_QUEUE_NAME": "emails", "_TEMPLATE_NAME": "verify_email",
+                "_HEADER_NAME": "X-Campaign", "_ADDR_SPEC": "ann@example.com",
+                "_MESSAGE_ID_UUID": dbqueue._uuid4()}
+        self.assertLessEqual(set(good), set(patterns))
+        for name, pattern in patterns.items():
+            with self.subTest(pattern=name):
+                self.assertTrue(pattern.source.endswith(r"\Z"), pattern.source)
+                if name in good:
+                    self.assertTrue(pattern.match(good[name]))
+                    self.assertIsNone(pattern.match(good[name] + "\n"))
+        # And where each one is used.
+        with self.assertRaises(dbqueue.ConfigError):
+            dbqueue._quote("jobs\n")
+        with self.assertRaises(ValueError):
+            dbqueue._queue_name("emails\n")
+        with self.assertRaises(dbqueue.PermanentError):
+            dbqueue._template_name("verify_email\n")
+        base = {"to": "a@example.com", "subject": "s", "text": "t"}
+        with self.assertRaisesRegex(dbqueue.PermanentError, "not a header name"):
+            dbqueue._email_fields(dict(base, headers={"X-Campaign\n": "spring"}), None)
+        self.assertEqual(dbqueue._email_fields(dict(base, headers={"X-Campaign": "spring"}),
+                                               None)["headers"], [("X-Campaign", "spring")])
+
+
+class Core16EmailTests(EmailTestMixin, unittest.TestCase):
+    """Findings of #16 about email, with the real SMTP test server."""
+
+    def setUp(self):
+        self.db = Backend(self)
+
+    def test_a_header_name_ending_in_a_newline_fails_and_nothing_is_sent(self):
+        sink = SMTPSink(self)
+        q = self.mail_queue(sink)
+        base = {"to": "a@example.com", "subject": "s", "text": "t"}
+        q.push("send_email", dict(base, headers={"X-Campaign\n": "spring"}), queue="emails")
+        q.push("send_email", dict(base, subject="fine", headers={"X-Campaign": "spring"}),
+               queue="emails")
+        self.work(q, tries=3)
+        (failed,) = q.failed()
+        self.assertIn("is not a header name", failed["exception"])
+        ((_, msg, _),) = sink.messages
+        self.assertEqual((msg["Subject"], msg["X-Campaign"]), ("fine", "spring"))
+        self.assertEqual(msg.get_content().strip(), "t")
+
+    def test_a_hand_written_uuid_ending_in_a_newline_gets_the_fallback_message_id(self):
+        # (#16.10) "$" let "…\n" into the Message-ID, and the job failed.
+        sink = SMTPSink(self)
+        q = self.mail_queue(sink)
+        payload = json.dumps({"uuid": "0c3e8b7a-1d2f-4e5a-9b6c-7d8e9f0a1b2c\n",
+                              "job": "send_email",
+                              "data": {"to": "a@example.com", "subject": "s", "text": "t"}})
+        self.db.raw("INSERT INTO {jobs} (queue, payload, attempts, reserved_at, available_at,"
+                    " created_at) VALUES ('emails', ?, 0, NULL, 0, 0)", (payload,))
+        job_id = self.db.raw("SELECT id FROM {jobs}")[0][0]
+        self.work(q, tries=3)
+        self.assertEqual(q.failed(), [])
+        ((_, msg, _),) = sink.messages
+        self.assertTrue(msg["Message-ID"].startswith("<dbqueue-job-%d-emails@" % job_id),
+                        msg["Message-ID"])
+
+
+
+class Core16MessageFuzzTests(unittest.TestCase):
+    """(#16.9) Whatever a payload holds, building its message either works or
+    is a PermanentError: never another exception, which would be retried."""
+
+    # Pieces the generator combines: header names the email package parses
+    # in its own way (dates, addresses, ids, MIME), and values that trip it.
+    names = ["X-Campaign", "Orig-Date", "Keywords", "Comments", "In-Reply-To", "References",
+             "List-Unsubscribe", "List-Id", "Importance", "Expires", "Auto-Submitted",
+             "Content-Language", "Content-Base", "Content-ID", "Content-Description",
+             "Disposition-Notification-To", "Errors-To", "Precedence", "X-Priority"]
+    values = [" ", "", "\t", "  \t ", "<>", "<", ">", "()", "(", '"', '""', "@", ",", ";", ":",
+              "a, b", "<a@b>", "<a@b> <c@d>", "=?utf-8?q?x?=", "=?", "?=", "=?x?b?###?=",
+              "Mon, 32 Foo 2020 99:99:99", "Tue, 1 Dec 2026 21:00:00 +0000", "0", "-1",
+              "Zoë", "日本語", "\u00a0", "x" * 200, "a " * 60, "<mailto:u@example.com>",
+              "(comment (nested)) value", "\\", "\\\\", "%", "{}", "[a]", "a\\tb"]
+    texts = ["", " ", "plain", "Zoë ümlaut", "日本語", "x" * 1000, "line\nline", "\r\n",
+             "<p>Hi</p>", "<b>unclosed", "=?utf-8?q?x?=", ". \n.\n", "\u2028"]
+    addresses = ["a@example.com", "Ann <ann@example.com>", '"Ann, B" <ann@example.com>',
+                 "Zoë <zoe@example.com>", "ann@bücher.example", "(c) a@example.com",
+                 '"" <a@example.com>', "=?utf-8?q?x?= <a@example.com>", "a@[127.0.0.1]",
+                 "a.@example.com", "<a@example.com>", "a@example.com (comment)", "@", ""]
+
+    def one(self, rng):
+        pick = rng.choice
+        data = {"to": pick(self.addresses) if rng.random() < 0.8 else
+                [pick(self.addresses) for _ in range(rng.randint(0, 3))],
+                "subject": pick(self.values + self.texts)}
+        for key in ("text", "html"):
+            if rng.random() < 0.7:
+                data[key] = pick(self.texts)
+        for key in ("cc", "bcc", "reply_to", "from"):
+            if rng.random() < 0.2:
+                data[key] = pick(self.addresses)
+        if rng.random() < 0.8:
+            data["headers"] = {pick(self.names): pick(self.values)
+                               for _ in range(rng.randint(1, 4))}
+        return data
+
+    def test_generated_messages_build_or_fail_permanently(self):
+        count = 20000 if FAULTS else 1000
+        seed = int(os.environ.get("FAULT_SEED") or random.randrange(1 << 30))
+        rng = random.Random(seed)
+        config = dbqueue.Config(mail_from_address="app@example.com", mail_from_name="Äpp")
+        built = refused = 0
+        for _ in range(count):
+            data = self.one(rng)
+            try:
+                fields = dbqueue._email_fields(data, config)
+                msg, raw, raw_7bit = dbqueue._message_parts(fields)
+            except dbqueue.PermanentError:
+                refused += 1
+                continue
+            except Exception as exc:
+                self.fail("seed %d: %r escaped as %s: %s" % (seed, data, type(exc).__name__, exc))
+            built += 1
+            for text in (raw, raw_7bit or raw):
+                self.assertIn(b"\r\n\r\n", text)
+                self.assertNotIn(b"\n", text.replace(b"\r\n", b""), (seed, data))
+            if raw_7bit is not None:
+                self.assertTrue(raw_7bit.isascii(), (seed, data))
+        self.assertGreater(built, count // 10)
+        self.assertGreater(refused, count // 10)
+
+    def test_a_blank_orig_date_is_sent_or_fails_at_once(self):
+        # Python 3.8's email package raised TypeError on it (when dbqueue
+        # still let the email package parse extra headers): that was
+        # retried, as if the mail server had failed. Either it is sent, or
+        # it fails at once; it is never given back for another attempt.
+        db = Backend(self)
+        q = db.queue(mail_mailer="log", mail_from_address="app@example.com")
+        q.push("send_email", {"to": "a@example.com", "subject": "s", "text": "t",
+                              "headers": {"Orig-Date": " "}}, queue="emails")
+        w = dbqueue.Worker(q, ["emails"], tries=3, backoff="0", log=quiet_log())
+        self.assertEqual(w.run(once=True), 1)
+        self.assertEqual(db.raw("SELECT COUNT(*) FROM {jobs}"), [(0,)])
+        for row in q.failed():
+            self.assertIn("cannot be built", row["exception"])
 
 
 # ---- config: the .env file, settings and their sources, the newcomer's mistakes ----
