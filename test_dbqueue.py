@@ -7135,7 +7135,8 @@ class DashboardTests:
         self.add_failed("reports")
         self.assertNotIn("stopped renewing", client.get("/").text)
         # The worker holding the "default" job has stopped renewing its reservation.
-        self.db.raw("UPDATE {jobs} SET reserved_at = reserved_at - 1000 WHERE queue = 'default'")
+        self.db.raw("UPDATE {jobs} SET reserved_at = reserved_at - 1000,"
+                    " reserved_until = reserved_until - 1000 WHERE queue = 'default'")
         resp = client.get("/")
         self.assertEqual(resp.status, 200, resp.text)
         page = resp.page
