@@ -7683,5 +7683,207 @@ class DashboardBrowserTests(unittest.TestCase):
                 self.assertEqual(fh.read(8), b"\x89PNG\r\n\x1a\n")
 
 
+# ---- conc: work --concurrency N ----
+
+_CONC_HANDLERS = """
+import os, time
+import dbqueue
+
+OUT = os.environ["T_OUT"]
+
+
+def mark(*parts):
+    line = " ".join(str(p) for p in parts) + "\\n"
+    fd = os.open(OUT, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    try:
+        os.write(fd, line.encode())
+    finally:
+        os.close(fd)
+
+
+def nap(seconds):
+    # Sleeps in Python, a hundredth at a time: a slot's JobTimeout can land.
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        time.sleep(0.01)
+
+
+@dbqueue.job("c_nap")
+def c_nap(data):
+    mark("start", data["n"], time.time())
+    nap(data.get("s", 0.1))
+    mark("end", data["n"], time.time())
+
+
+@dbqueue.job("c_hang_once")
+def c_hang_once(data):
+    job = dbqueue.current_job()
+    mark("hang", job.attempts, time.time())
+    if job.attempts == 1:
+        nap(3600)
+    mark("hang-done", job.attempts, time.time())
+
+
+@dbqueue.job("c_stubborn")
+def c_stubborn(data):
+    mark("stubborn", time.time())
+    while True:
+        try:
+            nap(3600)
+        except dbqueue.JobTimeout:
+            mark("ignored")
+"""
+
+
+class _SlowSink(SMTPSink):
+    """The SMTP test server, taking `delay` seconds per message."""
+
+    delay = 0.02
+
+    async def handle_DATA(self, server, session, envelope):
+        import asyncio
+        await asyncio.sleep(self.delay)
+        return await SMTPSink.handle_DATA(self, server, session, envelope)
+
+    def message_ids(self):
+        return [m["Message-ID"] for _, m, _ in self.messages]
+
+
+def _max_overlap(spans):
+    events = sorted([(a, 1) for a, _ in spans] + [(b, -1) for _, b in spans])
+    now = most = 0
+    for _, step in events:
+        now += step
+        most = max(most, now)
+    return most
+
+
+@on_sqlite_and_postgres
+class ConcTests(_WorkerProcesses, EmailTestMixin):
+    """work --concurrency N: real worker processes, threads inside, a real SMTP server."""
+
+    def setUp(self):
+        self.process_setup()
+        with open(os.path.join(self.ptmp, "dbq_conc_handlers.py"), "w") as fh:
+            fh.write(_CONC_HANDLERS)
+
+    def start_conc(self, *args, **env):
+        return self.start_worker("--import", "dbq_conc_handlers", *args, **env)
+
+    def spans(self):
+        starts, ends = {}, {}
+        for line in self.lines():
+            word, rest = line.split(" ", 1)
+            if word in ("start", "end"):
+                n, stamp = rest.split()
+                (starts if word == "start" else ends)[n] = float(stamp)
+        return starts, ends
+
+    def reserved(self):
+        return self.db.raw("SELECT COUNT(*) FROM {jobs} WHERE reserved_at IS NOT NULL")[0][0]
+
+    def test_each_mail_once_and_sigterm_drains_the_jobs_in_hand(self):
+        sink = _SlowSink(self)
+        q = self.mail_queue(sink)
+        count = 200
+        for i in range(count):
+            dbqueue.queue_email("r%d@example.com" % i, "m%d" % i, text="t", using=q)
+        env = dict(MAIL_HOST="127.0.0.1", MAIL_PORT=sink.port, MAIL_FROM_ADDRESS="a@example.com")
+        proc = self.start_conc("--queue", "emails", "--concurrency", "8", **env)
+        wait_for(lambda: len(sink.messages) >= 30, 60, message="30 mails")
+        proc.send_signal(signal.SIGTERM)
+        self.assertEqual(self.finish(proc), 0, self.stderr(proc))
+        self.assertEqual(self.reserved(), 0)          # every job in hand finished or went back
+        sent = len(sink.messages)
+        self.assertLess(sent, count)                  # stopped in the middle
+        self.assertEqual(self.jobs_left(), count - sent)
+        self.assertIn("stopping after the jobs in hand", self.stderr(proc))
+        proc = self.start_conc("--queue", "emails", "--concurrency", "8", "--stop-when-empty",
+                               **env)
+        self.assertEqual(self.finish(proc, 120), 0, self.stderr(proc))
+        ids = sink.message_ids()
+        self.assertEqual(len(ids), count)
+        self.assertEqual(len(set(ids)), count)        # each message exactly once
+        self.assertEqual(sink.subjects(), sorted("m%d" % i for i in range(count)))
+        self.assertEqual(self.jobs_left(), 0)
+        self.assertEqual(q.failed(), [])
+        # Sessions are per slot and reused: far fewer than one per message.
+        self.assertLessEqual(sink.connections, 2 * 8 + 4)
+
+    def test_max_jobs_counts_across_slots_and_jobs_overlap(self):
+        q = self.db.queue()
+        q.push_many("c_nap", [{"n": n, "s": 0.3} for n in range(20)])
+        proc = self.start_conc("--concurrency", "4", "--max-jobs", "10")
+        self.assertEqual(self.finish(proc, 60), 0, self.stderr(proc))
+        starts, ends = self.spans()
+        self.assertEqual(len(ends), 10, self.lines())
+        self.assertEqual(sorted(starts), sorted(ends))
+        self.assertEqual(self.jobs_left(), 10)
+        self.assertEqual(self.reserved(), 0)
+        most = _max_overlap([(starts[n], ends[n]) for n in ends])
+        self.assertGreaterEqual(most, 2)              # really at once
+        self.assertLessEqual(most, 4)                 # never more than N
+
+    def test_timeout_in_a_slot_is_a_retried_attempt_while_other_slots_run(self):
+        q = self.db.queue()
+        hang = q.push("c_hang_once", {}, timeout=1)
+        q.push_many("c_nap", [{"n": n, "s": 0.2} for n in range(6)])
+        proc = self.start_conc("--concurrency", "3", "--stop-when-empty", QUEUE_BACKOFF=0)
+        self.assertEqual(self.finish(proc, 60), 0, self.stderr(proc))
+        lines = self.lines()
+        hangs = [line.split() for line in lines if line.startswith("hang")]
+        self.assertEqual([h[:2] for h in hangs], [["hang", "1"], ["hang", "2"],
+                                                  ["hang-done", "2"]], lines)
+        first = float(hangs[0][2])
+        starts, ends = self.spans()
+        self.assertEqual(len(ends), 6)
+        # The other slots ran their jobs while the first attempt hung.
+        self.assertLess(max(ends.values()), float(hangs[1][2]))
+        self.assertGreaterEqual(float(hangs[1][2]) - first, 0.9)    # its timeout, not sooner
+        err = self.stderr(proc)
+        self.assertRegex(err, r"id=%d .*outcome=released .*timeout" % hang)
+        self.assertEqual(self.jobs_left(), 0)
+        self.assertEqual(q.failed(), [])
+
+    def test_a_handler_that_ignores_its_timeout_ends_the_process_with_1(self):
+        q = self.db.queue()
+        stuck = q.push("c_stubborn", {}, timeout=1)
+        others = q.push_many("c_nap", [{"n": n, "s": 3600} for n in range(2)], timeout=0)
+        started = time.monotonic()
+        proc = self.start_conc("--concurrency", "3", T_GRACE=1, QUEUE_BACKOFF=30)
+        self.assertEqual(self.finish(proc, 60), 1, self.stderr(proc))
+        self.assertLess(time.monotonic() - started, 30)
+        err = self.stderr(proc)
+        self.assertIn("did not stop after its timeout", err)
+        self.assertIn("ignored", self.lines())
+        # Its attempt is recorded (released with backoff, counted) ...
+        self.assertEqual(self.db.raw("SELECT attempts, reserved_at FROM {jobs} WHERE id = %d"
+                                     % stuck), [(1, None)])
+        # ... and the jobs still running in the other slots went back unspent, ready now.
+        rows = self.db.raw("SELECT attempts, reserved_at FROM {jobs} WHERE id IN (%d, %d)"
+                           % tuple(others))
+        self.assertEqual(rows, [(0, None), (0, None)])
+        self.assertEqual(err.count("given back unspent"), 2, err)
+
+    def test_a_second_sigint_gives_every_job_in_hand_back_and_exits_130(self):
+        q = self.db.queue()
+        q.push_many("c_nap", [{"n": n, "s": 3600} for n in range(3)])
+        proc = self.start_conc("--concurrency", "3")
+        wait_for(lambda: len(self.spans()[0]) == 3, 30, message="three jobs running")
+        proc.send_signal(signal.SIGINT)
+        wait_for(lambda: "stopping after the jobs in hand" in self.stderr(proc), 10,
+                 message="the first interrupt")
+        proc.send_signal(signal.SIGINT)
+        self.assertEqual(self.finish(proc), 130, self.stderr(proc))
+        self.assertEqual(self.db.raw("SELECT attempts, reserved_at FROM {jobs}"),
+                         [(0, None)] * 3)
+
+    def test_bad_concurrency_exits_2(self):
+        for value in ("0", "x", "100000"):
+            code, _, err = run_main(["work", "--concurrency", value], self.db.env())
+            self.assertEqual(code, 2, err)
+            self.assertIn("--concurrency", err)
+
+
 if __name__ == "__main__":
     unittest.main()
