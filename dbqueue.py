@@ -2726,6 +2726,8 @@ class Worker:
     def stop(self):
         """Ask the worker to exit after the current job (what SIGTERM does)."""
         self._stop = True
+        if getattr(self, "_idle_cond", None) is not None:   # concurrency N: wake idle slots
+            self._wake_idle()
 
     def _on_signal(self, signum, frame):
         import signal
@@ -3061,9 +3063,11 @@ class Worker:
             self._heart.start()
             for slot in self._slots:
                 slot.thread.start()
-            while any(s.thread.is_alive() for s in self._slots):
-                for slot in self._slots:
-                    slot.thread.join(0.1)
+            while True:
+                alive = [s for s in self._slots if s.thread.is_alive()]
+                if not alive:
+                    break
+                alive[0].thread.join(0.1)   # signals run here, between the waits
                 if (max_time is not None and not self._stop
                         and time.monotonic() - self._started >= max_time):
                     self.stop()     # stop claiming; the jobs in hand finish
@@ -3751,9 +3755,11 @@ class _Slot(Worker):
             if pool._idle_leader:
                 gen = pool._idle_gen
                 end = time.monotonic() + self.sleep
-                while (pool._idle_gen == gen and not self._stop
-                       and time.monotonic() < end):
-                    pool._idle_cond.wait(0.2)
+                while pool._idle_gen == gen and not self._stop:
+                    left = end - time.monotonic()
+                    if left <= 0:
+                        break
+                    pool._idle_cond.wait(left)   # stop() wakes it too
                 return
             pool._idle_leader = True
         try:
