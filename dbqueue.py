@@ -906,6 +906,10 @@ class _Dialect:
     bigint = "INTEGER"
     failed_at = ""
     failed_cutoff = ""
+    # One writer at a time (SQLite's write lock): work --concurrency's slots
+    # queue for it on a lock in the process, not in SQLite's busy handler,
+    # which sleeps up to 100 ms between looks.
+    one_writer = False
     claim = ""                     # one statement, or "" when claim_select/claim_update are used
     claim_select = ""
     claim_update = ""
@@ -1094,6 +1098,7 @@ class _SQLite(_Dialect):
     placeholder = "?"
     now = ":now"
     begin = "BEGIN IMMEDIATE"
+    one_writer = True
     # A payload is read as bytes so that a row holding invalid UTF-8 (written
     # by hand) fails alone instead of breaking every claim that returns it.
     payload_text = "CAST(payload AS BLOB)"
@@ -3043,6 +3048,7 @@ class Worker:
         self._limit = None if max_jobs is None else self.processed + max_jobs
         self._taken = self.processed   # finished + running: a slot claims only under the limit
         self._pool_lock = threading.RLock()
+        self._write_lock = threading.Lock()     # see _Dialect.one_writer
         self._idle_cond = threading.Condition(self._pool_lock)
         self._idle_gen = 0
         self._idle_leader = False
@@ -3768,6 +3774,12 @@ class _Slot(Worker):
             with pool._idle_cond:
                 pool._idle_leader = False
             pool._wake_idle()
+
+    def _db(self, action):
+        if not self.queue.dialect.one_writer:
+            return Worker._db(self, action)
+        with self.pool._write_lock:
+            return Worker._db(self, action)
 
     # The mail pause is one for all slots: read and changed under the pool's lock.
 
