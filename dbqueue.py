@@ -3785,11 +3785,20 @@ class _Slot(Worker):
 
     def _active_queues(self):
         with self.pool._pool_lock:
-            return Worker._active_queues(self)
+            pause = self._mail_pause
+            if pause is None or time.monotonic() < pause["until"]:
+                return Worker._active_queues(self)
+            # A probe is due: one slot probes (the first to ask, until the
+            # probe ends the pause or extends it); the rest keep waiting.
+            if pause.setdefault("prober", self) is self:
+                return self.queues
+            return [q for q in self.queues if q not in pause["queues"]]
 
     def _mail_outage(self, job, exc):
         with self.pool._pool_lock:
             Worker._mail_outage(self, job, exc)
+            if self._mail_pause is not None:
+                self._mail_pause.pop("prober", None)
 
     def _mail_flowing(self):
         if self._mail_pause is None and not self._outage_row:

@@ -7824,6 +7824,14 @@ class ConcTests(_WorkerProcesses, EmailTestMixin):
         self.assertGreaterEqual(most, 2)              # really at once
         self.assertLessEqual(most, 4)                 # never more than N
 
+    def test_once_still_means_one_job(self):
+        q = self.db.queue()
+        q.push_many("c_nap", [{"n": n, "s": 0.05} for n in range(5)])
+        proc = self.start_conc("--concurrency", "4", "--once")
+        self.assertEqual(self.finish(proc, 60), 0, self.stderr(proc))
+        self.assertEqual(len(self.spans()[1]), 1)
+        self.assertEqual(self.jobs_left(), 4)
+
     def test_timeout_in_a_slot_is_a_retried_attempt_while_other_slots_run(self):
         q = self.db.queue()
         hang = q.push("c_hang_once", {}, timeout=1)
@@ -7877,6 +7885,28 @@ class ConcTests(_WorkerProcesses, EmailTestMixin):
         self.assertEqual(self.finish(proc), 130, self.stderr(proc))
         self.assertEqual(self.db.raw("SELECT attempts, reserved_at FROM {jobs}"),
                          [(0, None)] * 3)
+
+    def test_a_mail_outage_pauses_every_slot_once_and_nothing_is_spent(self):
+        need(_aiosmtpd() is not None, "aiosmtpd is not installed (pip install aiosmtpd)")
+        port = free_port()
+        q = self.mail_queue(None, mail_port=port)
+        for i in range(12):
+            dbqueue.queue_email("r%d@example.com" % i, "m%d" % i, text="t", using=q)
+        proc = self.start_conc("--queue", "emails", "--concurrency", "4", "-v",
+                               MAIL_HOST="127.0.0.1", MAIL_PORT=port, QUEUE_MAX_ATTEMPTS=1,
+                               MAIL_FROM_ADDRESS="a@example.com")
+        wait_for(lambda: "mail server still unavailable" in self.stderr(proc), 30,
+                 message="a failed probe")
+        sink = _SlowSink(self, port=port)
+        wait_for(lambda: len(sink.messages) == 12, 60, message="every mail")
+        wait_for(lambda: self.jobs_left() == 0, 30, message="the jobs to be deleted")
+        self.assertEqual(sorted(set(sink.message_ids())), sorted(sink.message_ids()))
+        self.assertEqual(q.failed(), [])             # one attempt allowed, none spent
+        proc.send_signal(signal.SIGTERM)
+        self.assertEqual(self.finish(proc), 0)
+        err = self.stderr(proc)
+        self.assertEqual(err.count("pausing mail"), 1, err)
+        self.assertEqual(err.count("mail server available again"), 1, err)
 
     def test_bad_concurrency_exits_2(self):
         for value in ("0", "x", "100000"):
