@@ -3663,7 +3663,10 @@ class _Slot(Worker):
 
     # The job being run is set and cleared under _alarm_lock, so that the
     # heartbeat interrupts only a handler that runs, never the bookkeeping
-    # after it (see _interrupt).
+    # after it (see _interrupt): an interruption asked for just as the
+    # handler ended, not yet delivered, is taken here, while Worker._process
+    # still reads _timed_out for it, instead of in the middle of recording
+    # the outcome.
     @property
     def _running(self):
         return self.__dict__.get("_running_job")
@@ -3672,8 +3675,15 @@ class _Slot(Worker):
     def _running(self, job):
         with self._alarm_lock:
             self.__dict__["_running_job"] = job
+            raised = job is None and self.__dict__.pop("_raised", False)
             if job is None:
                 self._soft_deadline = None
+        if raised:
+            try:
+                for _ in range(1000):
+                    pass        # a backward jump: Python delivers a pending one here
+            except (JobTimeout, _Abort):
+                pass
 
     @property
     def _alarm_lock(self):
@@ -3696,6 +3706,7 @@ class _Slot(Worker):
             else:
                 self._timed_out = True
             self._hard_deadline = time.monotonic() + grace
+            self.__dict__["_raised"] = True
             ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(self.thread.ident),
                                                        ctypes.py_object(exc_class))
             return True
