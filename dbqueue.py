@@ -3052,7 +3052,7 @@ class Worker:
         self._idle_cond = threading.Condition(self._pool_lock)
         self._idle_gen = 0
         self._idle_leader = False
-        self._errors = []
+        self._slot_errors = []
         self._main_thread = threading.current_thread() is threading.main_thread()
         previous = {}
         try:
@@ -3082,8 +3082,8 @@ class Worker:
                 for sig, handler in previous.items():
                     signal.signal(sig, handler)
             self._shutdown()
-        if self._errors:
-            raise self._errors[0]
+        if self._slot_errors:
+            raise self._slot_errors[0]
         return self.processed
 
     def _on_slot_signal(self, signum, frame):
@@ -3750,10 +3750,10 @@ class _Slot(Worker):
             pass
         except DatabaseError as exc:
             if not self._stop or isinstance(exc, MissingTableError):
-                pool._errors.append(exc)
+                pool._slot_errors.append(exc)
                 pool.stop()
         except BaseException as exc:   # noqa: B036 -- handed to the main thread, raised there
-            pool._errors.append(exc)
+            pool._slot_errors.append(exc)
             pool.stop()
         finally:
             pool._wake_idle()
