@@ -3096,9 +3096,8 @@ class Worker:
                 self.log.warning("second interrupt: stopping the jobs now",
                                  jobs=",".join(str(s._running.id) for s in running
                                                if s._running is not None))
-            self.exit_code = 130
             self.stop()
-            for slot in self._slots:
+            for slot in self._slots:     # each aborted job sets exit_code 130 (Worker._process)
                 slot._interrupt(_Abort, 2.0)
             return
         if not self._stop:
@@ -3652,6 +3651,7 @@ class _Slot(Worker):
     _last_rescue = _Shared("_last_rescue")
 
     def __init__(self, pool, index):
+        self._alarm_lock = threading.Lock()     # before Worker.__init__ sets _running
         super().__init__(pool.queue, pool.queues, tries=pool.tries, backoff=pool.backoff,
                          timeout=pool.timeout, sleep=pool.sleep, memory=pool.memory, log=pool.log)
         self.pool = pool
@@ -3684,10 +3684,6 @@ class _Slot(Worker):
                     pass        # a backward jump: Python delivers a pending one here
             except (JobTimeout, _Abort):
                 pass
-
-    @property
-    def _alarm_lock(self):
-        return self.__dict__.setdefault("_alarm_lock_", threading.Lock())
 
     def _interrupt(self, exc_class, grace):
         """Raise exc_class in this slot's thread if its handler runs; True if raised.
