@@ -7908,6 +7908,21 @@ class ConcTests(_WorkerProcesses, EmailTestMixin):
         self.assertEqual(err.count("pausing mail"), 1, err)
         self.assertEqual(err.count("mail server available again"), 1, err)
 
+    def test_the_heartbeat_keeps_every_slot_s_job_while_another_worker_claims(self):
+        # Leases of 1 s, jobs of 3 s: without the heartbeat renewing each
+        # slot's job, the second worker would take them over and run them twice.
+        q = self.db.queue()
+        q.push_many("c_nap", [{"n": n, "s": 3} for n in range(6)])
+        procs = [self.start_conc("--concurrency", "3", "--stop-when-empty", QUEUE_RETRY_AFTER=1)
+                 for _ in range(2)]
+        for proc in procs:
+            self.assertEqual(self.finish(proc, 60), 0, self.stderr(proc))
+        starts = [line.split()[1] for line in self.lines() if line.startswith("start")]
+        self.assertEqual(sorted(starts), [str(n) for n in range(6)])    # each once
+        self.assertEqual(self.jobs_left(), 0)
+        for proc in procs:
+            self.assertNotIn("lost", self.stderr(proc))
+
     def test_bad_concurrency_exits_2(self):
         for value in ("0", "x", "100000"):
             code, _, err = run_main(["work", "--concurrency", value], self.db.env())
