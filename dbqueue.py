@@ -837,7 +837,10 @@ _SQL = {
     "retry": "INSERT INTO {jobs} (queue, payload, attempts, reserved_at, available_at, created_at)"
              " SELECT queue, payload, 0, NULL, {now}, {now} FROM {failed} WHERE id = :id",
     # A failed unique job gets its key back from its payload ("uniqueKey").
-    "retry_source": "SELECT {queue_text}, {payload_text} FROM {failed} WHERE id = :id",
+    # {for_update} locks the row until the retry commits: a second retry of
+    # the same job at once (a double click on Retry) waits, then finds it
+    # gone, instead of copying it too under READ COMMITTED.
+    "retry_source": "SELECT {queue_text}, {payload_text} FROM {failed} WHERE id = :id{for_update}",
     "retry_unique": "INSERT INTO {jobs} (queue, payload, attempts, reserved_at, available_at,"
                     " created_at, unique_key) SELECT queue, payload, 0, NULL, {now}, {now},"
                     " :unique_key FROM {failed} WHERE id = :id"
@@ -914,6 +917,7 @@ class _Dialect:
     rate_table = "dbqueue_rate"
     rate_lock = ""                 # run first when a send slot is taken: one taker at a time
     denied_fix = ""                # what to do about a database dbqueue may not write (is_denied)
+    for_update = " FOR UPDATE"     # locks a row read before it is changed ("" where BEGIN locks all)
 
     @classmethod
     def prepare(cls, template, jobs="jobs", failed="failed_jobs", **extra):
@@ -923,7 +927,8 @@ class _Dialect:
         text = template.format(jobs=_quote(jobs), failed=_quote(failed), now=cls.now,
                                now_ms=cls.now_ms, rate=_quote(cls.rate_table),
                                payload_text=cls.payload_text, queue_text=cls.queue_text,
-                               failed_cutoff=cls.failed_cutoff, **extra)
+                               failed_cutoff=cls.failed_cutoff, for_update=cls.for_update,
+                               **extra)
         names = _PARAM.findall(text)
         if cls.placeholder == "%s":
             text = text.replace("%", "%%")
@@ -1093,6 +1098,8 @@ class _SQLite(_Dialect):
     placeholder = "?"
     now = ":now"
     begin = "BEGIN IMMEDIATE"
+    # No SELECT ... FOR UPDATE: BEGIN IMMEDIATE already holds the write lock.
+    for_update = ""
     # A payload is read as bytes so that a row holding invalid UTF-8 (written
     # by hand) fails alone instead of breaking every claim that returns it.
     payload_text = "CAST(payload AS BLOB)"
@@ -2290,23 +2297,31 @@ class Queue:
                 ids = [r[0] for r in self.execute(cur, "failed_ids", queue=queue).fetchall()]
         new_ids = []
         for failed_id in ids:
-            with self.transaction() as cur:
-                row = self.execute(cur, "retry_source", id=failed_id).fetchone()
-                if row is None:
-                    continue
-                key = _payload_unique_key(_text(row[1]))
-                if key is None:
-                    self.execute(cur, "retry", id=failed_id)
-                    new_ids.append(self._retried_id(cur))
-                else:
-                    # The job gets its unique key back. When a live job holds
-                    # it meanwhile (pushed again after this one failed), the
-                    # retry is that push again: nothing is inserted, and the
-                    # failed job is answered by the live one.
-                    new_ids.append(self._insert_unique(
-                        cur, "retry_unique",
-                        dict(id=failed_id, queue=_text(row[0]), unique_key=key))[0])
-                self.execute(cur, "forget", id=failed_id)
+            try:
+                with self.transaction() as cur:
+                    row = self.execute(cur, "retry_source", id=failed_id).fetchone()
+                    if row is None:
+                        continue
+                    key = _payload_unique_key(_text(row[1]))
+                    if key is None:
+                        self.execute(cur, "retry", id=failed_id)
+                        new_id = self._retried_id(cur)
+                    else:
+                        # The job gets its unique key back. When a live job holds
+                        # it meanwhile (pushed again after this one failed), the
+                        # retry is that push again: nothing is inserted, and the
+                        # failed job is answered by the live one.
+                        new_id = self._insert_unique(
+                            cur, "retry_unique",
+                            dict(id=failed_id, queue=_text(row[0]), unique_key=key))[0]
+                    # The row read above is locked, so this deletes it; should a
+                    # dialect's lock not hold, a copy whose original another
+                    # retry took is rolled back rather than made twice.
+                    if self.execute(cur, "forget", id=failed_id).rowcount != 1:
+                        raise _RetryLost()
+            except _RetryLost:
+                continue
+            new_ids.append(new_id)
             if self.dialect is _Postgres:
                 with self.transaction() as cur:
                     cur.execute("SELECT pg_notify(%s, '')", (self.channel,))
@@ -2409,6 +2424,10 @@ class Queue:
                 used = 0    # not migrated since: no worker has sent under the limit
         return {"limit": self.config.mail_rate_limit, "messages": count,
                 "window_seconds": window, "used": used}
+
+
+class _RetryLost(Exception):
+    """Inside Queue.retry: another retry took the failed row; roll back this copy."""
 
 
 class _Transaction:

@@ -7683,5 +7683,46 @@ class DashboardBrowserTests(unittest.TestCase):
                 self.assertEqual(fh.read(8), b"\x89PNG\r\n\x1a\n")
 
 
+# ---- fixq: review fixes (queue, config, push lock) ----
+
+
+class FixqRetryRaceTests:
+    """Two retries of one failed job at once (a double click on Retry) make one job."""
+
+    def _failed_row(self, q, payload='{"job": "x", "data": {}}'):
+        p = self.db.param
+        self.db.raw("INSERT INTO {failed} (uuid, connection, queue, payload, exception, failed_at)"
+                    " VALUES (%s, 'database', 'default', %s, 'boom', CURRENT_TIMESTAMP)" % (p, p),
+                    ("fixq-%d" % time.monotonic_ns(), payload))
+        return self.db.raw("SELECT MAX(id) FROM {failed}")[0][0]
+
+    def test_concurrent_retries_of_one_failed_job_make_one_job(self):
+        queues = [self.db.queue(), self.db.queue()]
+        payloads = ['{"job": "x", "data": {}}', '{"job": "x", "data": {}, "uniqueKey": "k"}']
+        for round_ in range(40):
+            failed_id = self._failed_row(queues[0], payloads[round_ % 2])
+            barrier = threading.Barrier(2)
+            results = []
+
+            def retry(q):
+                barrier.wait()
+                results.append(q.retry([failed_id]))
+
+            threads = [threading.Thread(target=retry, args=(q,)) for q in queues]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(30)
+            self.assertEqual(len(results), 2)
+            jobs = self.db.raw("SELECT COUNT(*) FROM {jobs}")[0][0]
+            self.assertEqual(jobs, 1, "round %d: %r" % (round_, results))
+            self.assertEqual(sorted(len(r) for r in results), [0, 1])
+            self.assertEqual(self.db.raw("SELECT COUNT(*) FROM {failed}")[0][0], 0)
+            self.db.raw("DELETE FROM {jobs}")
+
+
+on_every_backend(FixqRetryRaceTests)
+
+
 if __name__ == "__main__":
     unittest.main()
