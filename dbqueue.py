@@ -660,12 +660,30 @@ def _unique_key(key):
     return key
 
 
+def _decode_payload(raw):
+    """(value, None) for a payload's JSON (text or bytes), or (None, why) when
+    it cannot be read: the worker, `failed` and the dashboard all read
+    payloads that anyone may have written, and one row must never break them."""
+    try:
+        return json.loads(raw), None
+    except UnicodeDecodeError:
+        return None, "payload is not valid UTF-8"
+    except ValueError as exc:
+        return None, "payload is not valid JSON: %s" % exc
+    except RecursionError:
+        # [[[[... a hundred thousand deep: json's decoder recurses per level.
+        return None, "payload is JSON nested too deeply to read"
+    except TypeError:
+        return None, "payload is not text"
+
+
 def _payload_unique_key(payload):
     """The unique key a payload (JSON text) was pushed with, or None."""
+    decoded, _ = _decode_payload(payload)
     try:
-        key = json.loads(payload).get("uniqueKey")
+        key = decoded.get("uniqueKey")
         return _unique_key(key) if key is not None else None
-    except (ValueError, TypeError, AttributeError, RecursionError):
+    except (ValueError, AttributeError):
         return None   # a payload dbqueue did not write: retried without a key
 
 
@@ -2544,18 +2562,10 @@ class Job:
         self.next_payload = None
         self.data = self.payload = None
         self.started = 0.0
-        try:
-            payload = json.loads(raw)
-        except UnicodeDecodeError:
-            self.error = "payload is not valid UTF-8"
-            return
-        except ValueError as exc:
-            self.error = "payload is not valid JSON: %s" % exc
-            return
-        except RecursionError:
-            # Built inside the claim transaction: an escaping error would roll
-            # the claim back and stop every worker on this row, again and again.
-            self.error = "payload is JSON nested too deeply to read"
+        # Built inside the claim transaction: an escaping error would roll
+        # the claim back and stop every worker on this row, again and again.
+        payload, self.error = _decode_payload(raw)
+        if self.error:
             return
         if not isinstance(payload, dict):
             self.error = "payload is JSON but not an object"
@@ -5218,10 +5228,7 @@ def _mask_payload(value, config, key=""):
 def _failed_summary(row, config):
     """What the failed list shows of one row: job, recipient, error line, when."""
     job, template, recipient = _job_name(row["payload"] or ""), "", ""
-    try:
-        payload = json.loads(row["payload"] or "")
-    except (ValueError, RecursionError):
-        payload = None
+    payload, _ = _decode_payload(row["payload"] or "")
     data = payload.get("data") if isinstance(payload, dict) else None
     if isinstance(data, dict):
         to = data.get("to")
@@ -5674,12 +5681,16 @@ class _Dashboard:
             return self._error(404, "Not found", "There is no failed job %d: it has been retried"
                                " or deleted." % failed_id, out)
         info = _failed_summary(row, self.config)
-        try:
-            decoded = json.loads(row["payload"] or "")
-        except (ValueError, RecursionError):
+        decoded, error = _decode_payload(row["payload"] or "")
+        payload = None
+        if error is None:
+            try:
+                payload = json.dumps(_mask_payload(decoded, self.config), indent=2,
+                                     ensure_ascii=False)
+            except RecursionError:
+                pass    # read, but too deep to mask and indent: shown as written
+        if payload is None:
             payload = _mask_text(row["payload"], self.config, links=True)
-        else:
-            payload = json.dumps(_mask_payload(decoded, self.config), indent=2, ensure_ascii=False)
         facts = _fill(
             '<p><a href="/failed">‹ Failed jobs</a></p><p class="note bad">{error}</p>'
             '<div class="panel"><dl><dt>Queue</dt><dd class="mono">{queue}</dd>'
@@ -6831,10 +6842,9 @@ def _cmd_health(args, config):
 
 def _job_name(payload):
     """The job name a payload carries, without trusting it to be well formed."""
-    try:
-        decoded = json.loads(payload)
-    except ValueError:
-        return "?"
+    decoded, error = _decode_payload(payload)
+    if error is not None:
+        return "(unreadable)"   # still listed, so it can be retried or forgotten
     if isinstance(decoded, dict):
         for key in ("job", "displayName"):
             if isinstance(decoded.get(key), str) and decoded[key]:

@@ -7724,5 +7724,54 @@ class FixqRetryRaceTests:
 on_every_backend(FixqRetryRaceTests)
 
 
+
+class FixqDeepPayloadTests(unittest.TestCase):
+    """A failed job whose payload is JSON nested too deeply to read breaks no listing."""
+
+    DEEP = "[" * 100000 + "]" * 100000
+
+    def setUp(self):
+        self.db = Backend(self)
+        self.q = self.db.queue()
+        self.ids = []
+        for payload in (self.DEEP, '{"job": "fine", "data": {}}'):
+            self.db.raw("INSERT INTO {failed} (uuid, connection, queue, payload, exception,"
+                        " failed_at) VALUES (?, 'database', 'default', ?, 'boom',"
+                        " CURRENT_TIMESTAMP)", (dbqueue._uuid4(), payload))
+            self.ids.append(self.db.raw("SELECT MAX(id) FROM {failed}")[0][0])
+
+    def test_failed_lists_it_as_unreadable_and_it_can_be_retried_and_forgotten(self):
+        code, out, err = run_main(["failed"], self.db.env())
+        self.assertEqual((code, err), (0, ""))
+        self.assertIn("fine", out)
+        self.assertRegex(out, r"(?m)^ *%d .* \(unreadable\) " % self.ids[0])
+        code, out, err = run_main(["failed", "--json"], self.db.env())
+        self.assertEqual((code, err), (0, ""))
+        self.assertEqual([f["job"] for f in json.loads(out)], ["(unreadable)", "fine"])
+        code, out, err = run_main(["retry", str(self.ids[0])], self.db.env())
+        self.assertEqual(code, 0, err)
+        self.assertEqual(self.db.raw("SELECT payload FROM {jobs}")[0][0], self.DEEP)
+        self.db.raw("INSERT INTO {failed} (uuid, connection, queue, payload, exception, failed_at)"
+                    " VALUES ('again', 'database', 'default', ?, 'boom', CURRENT_TIMESTAMP)",
+                    (self.DEEP,))
+        again = self.db.raw("SELECT MAX(id) FROM {failed}")[0][0]
+        code, out, err = run_main(["forget", str(again)], self.db.env())
+        self.assertEqual(code, 0, err)
+        self.assertEqual(self.db.raw("SELECT COUNT(*) FROM {failed} WHERE id = ?", (again,))[0][0],
+                         0)
+
+    def test_the_dashboards_failed_pages_show_it(self):
+        client = DashboardClient(start_dashboard(self, self.db.queue()))
+        resp = client.get("/failed")
+        self.assertEqual(resp.status, 200, resp.text[:300])
+        self.assertIn("fine", resp.text)
+        self.assertIn('/failed/%d"' % self.ids[0], resp.text)
+        self.assertIn("(unreadable)", resp.text)
+        resp = client.get("/failed/%d" % self.ids[0])
+        self.assertEqual(resp.status, 200, resp.text[:300])
+        self.assertIn("[[[[", resp.text)
+        self.assertEqual(client.get("/").status, 200)
+
+
 if __name__ == "__main__":
     unittest.main()
