@@ -422,11 +422,27 @@ class Config:
         c.mail_username = get("MAIL_USERNAME")
         password, c.sources["MAIL_PASSWORD"], _ = lookup("MAIL_PASSWORD")
         c.mail_password = password or ""      # as written: a password may end in a space
+        if c.mail_mailer == "smtp":
+            # smtplib writes AUTH in ASCII: found at the first send, this would
+            # be every email failing. The password itself is never shown.
+            if not c.mail_username.isascii():
+                raise ConfigError("%s=%s holds characters that are not ASCII: SMTP AUTH in"
+                                  " smtplib cannot send them" % (name("MAIL_USERNAME"),
+                                                                 c.mail_username))
+            if not c.mail_password.isascii():
+                raise ConfigError("%s holds characters that are not ASCII: SMTP AUTH in smtplib"
+                                  " cannot send them (the value is not shown)"
+                                  % name("MAIL_PASSWORD"))
         encryption = get("MAIL_ENCRYPTION", "none").lower()
         encryption = {"tls": "starttls", "": "none", "null": "none"}.get(encryption, encryption)
         c.mail_encryption = _choice_setting(name("MAIL_ENCRYPTION"), encryption,
                                             ("none", "starttls", "ssl"))
         c.mail_from_address = get("MAIL_FROM_ADDRESS", "no-reply@localhost")
+        try:
+            # The mail code's own check: found there, it would fail every email.
+            _addresses(name("MAIL_FROM_ADDRESS"), c.mail_from_address, required=True)
+        except PermanentError as exc:
+            raise ConfigError(str(exc))
         c.mail_from_name = get("MAIL_FROM_NAME")
         c.mail_timeout = _int_setting("MAIL_TIMEOUT", get("MAIL_TIMEOUT", "30"), 1)
         c.mail_verify_peer = _bool_setting("MAIL_VERIFY_PEER", get("MAIL_VERIFY_PEER", "true"))

@@ -7773,5 +7773,48 @@ class FixqDeepPayloadTests(unittest.TestCase):
         self.assertEqual(client.get("/").status, 200)
 
 
+
+class FixqConfigTests(unittest.TestCase):
+    """Settings that could only fail later (every email, every table) fail at config time."""
+
+    def setUp(self):
+        self.tmp = tempfile.mkdtemp(prefix="dbqueue-fixq-")
+        self.addCleanup(shutil.rmtree, self.tmp, True)
+        self.path = os.path.join(self.tmp, "q.db")
+        self.env = {"QUEUE_DATABASE_URL": "sqlite:///" + self.path}
+
+    def refused(self, extra, argv=("work", "--once")):
+        code, out, err = run_main(list(argv), dict(self.env, **extra))
+        self.assertEqual((code, out), (2, ""), err)
+        self.assertFalse(os.path.exists(self.path))
+        return one_line(self, err)
+
+    def test_a_from_address_that_is_no_address_exits_2_naming_the_variable(self):
+        line = self.refused({"MAIL_FROM_ADDRESS": "not-an-address"})
+        self.assertIn("MAIL_FROM_ADDRESS", line)
+        self.assertIn("not-an-address", line)
+        # The CodeIgniter app's name, when that is the one set.
+        line = self.refused({"EMAIL_FROM_ADDRESS": "two@example.com, three@example.com"})
+        self.assertIn("EMAIL_FROM_ADDRESS", line)
+        self.assertNotIn("MAIL_FROM_ADDRESS:", line.replace("EMAIL_FROM_ADDRESS", ""))
+        for good in ("app@example.com", "Billing <billing@example.com>", "a@b\u00fccher.example"):
+            config = dbqueue.Config.from_env({"MAIL_FROM_ADDRESS": good}, env_file=os.devnull)
+            self.assertEqual(config.mail_from_address, good)
+
+    def test_non_ascii_smtp_credentials_exit_2_and_never_show_the_password(self):
+        line = self.refused({"MAIL_USERNAME": "j\u00fcrgen", "MAIL_PASSWORD": "ascii-only"})
+        self.assertIn("MAIL_USERNAME", line)
+        line = self.refused({"MAIL_USERNAME": "jurgen", "MAIL_PASSWORD": "s3cr\u00e9t-pass"})
+        self.assertIn("MAIL_PASSWORD", line)
+        self.assertNotIn("s3cr", line)
+        line = self.refused({"EMAIL_SMTP_PASS": "s3cr\u00e9t-pass"})
+        self.assertIn("EMAIL_SMTP_PASS", line)
+        self.assertNotIn("s3cr", line)
+        # The log mailer sends no AUTH: nothing to refuse.
+        config = dbqueue.Config.from_env({"MAIL_MAILER": "log", "MAIL_PASSWORD": "s3cr\u00e9t"},
+                                         env_file=os.devnull)
+        self.assertEqual(config.mail_password, "s3cr\u00e9t")
+
+
 if __name__ == "__main__":
     unittest.main()
