@@ -411,7 +411,16 @@ class Config:
             value = get(setting, table)
             label = setting
             if prefix and c.sources[setting] == "default":
-                # CodeIgniter puts DBPrefix before every table name.
+                # CodeIgniter puts DBPrefix before every table name. The prefix
+                # is checked first, so an error names what was written.
+                if not re.match(r"[A-Za-z_][A-Za-z0-9_]*\Z", prefix):
+                    raise ConfigError("database.default.DBPrefix=%s (%s) is not a plain table"
+                                      " name prefix (letters, digits and _, not starting with a"
+                                      " digit)" % (prefix, prefix_source))
+                if not _IDENT.match(prefix + table):
+                    raise ConfigError("database.default.DBPrefix=%s (%s) makes the table name %s%s"
+                                      " longer than 63 characters" % (prefix, prefix_source,
+                                                                      prefix, table))
                 value, label = prefix + table, "database.default.DBPrefix"
                 c.sources[setting] = "derived from database.default.DBPrefix (%s)" % prefix_source
             setattr(c, "table" if table == "jobs" else "failed_table", _ident_setting(label, value))

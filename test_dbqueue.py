@@ -7816,5 +7816,27 @@ class FixqConfigTests(unittest.TestCase):
         self.assertEqual(config.mail_password, "s3cr\u00e9t")
 
 
+    def test_a_bad_dbprefix_is_named_as_written(self):
+        for prefix in ("a-b", "1_", "app prefix"):
+            path = env_file(self, "database.default.DBDriver = SQLite3\n"
+                                  "database.default.database = %s\n"
+                                  "database.default.DBPrefix = %s\n" % (self.path, prefix))
+            with self.assertRaises(dbqueue.ConfigError) as caught:
+                dbqueue.Config.from_env({}, env_file=path)
+            line = str(caught.exception)
+            self.assertIn("database.default.DBPrefix=%s " % prefix, line)
+            self.assertNotIn("jobs", line)
+            self.assertIn("%s:3" % path, line)
+        path = env_file(self, "database.default.DBDriver = SQLite3\n"
+                              "database.default.database = %s\n"
+                              "database.default.DBPrefix = %s\n" % (self.path, "p" * 60))
+        with self.assertRaises(dbqueue.ConfigError) as caught:
+            dbqueue.Config.from_env({}, env_file=path)
+        self.assertIn("longer than 63", str(caught.exception))
+        config = dbqueue.Config.from_env({"QUEUE_TABLE": "j", "QUEUE_FAILED_TABLE": "f"},
+                                         env_file=path)
+        self.assertEqual((config.table, config.failed_table), ("j", "f"))
+
+
 if __name__ == "__main__":
     unittest.main()
