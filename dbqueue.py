@@ -984,7 +984,7 @@ class _Dialect:
 
     @staticmethod
     def push_lock(target):
-        """A lock push() holds around its INSERT, one per thread, or None."""
+        """A lock push() holds around its INSERT (see _PushLock), one per queue, or None."""
         return None
 
     @staticmethod
@@ -1278,9 +1278,10 @@ class _SQLite(_Dialect):
         # processes), some hit the 5 s busy timeout. An flock() on a file
         # beside the database queues the producers in the kernel instead,
         # which hands the lock to a waiter as it is released: the worst wait
-        # is a few pushes long. Its cost is two system calls (1-2 us a push),
-        # no SQL. Workers do not take it (their claims wait in start()).
-        return _PushLock.open(target + "-dbqueue.lock", target)
+        # is a few pushes long. Its cost is a threading.Lock and three system
+        # calls (getpid and two flock, 1-2 us a push), no SQL. Workers do not
+        # take it (their claims wait in start()).
+        return _PushLock.open(target + "-dbqueue.lock", target, _SQLite.busy_timeout)
 
     @classmethod
     def _journal_wal(cls, conn, timeout):
@@ -1343,41 +1344,128 @@ class _SQLite(_Dialect):
 
 
 class _PushLock:
-    """`with lock:` an exclusive flock() on one open file (see _SQLite.push_lock).
+    """`lock.acquire(cur)`, the INSERT on `cur`, `lock.release(cur)`: an
+    exclusive flock() on one open file (see _SQLite.push_lock), then the
+    INSERT, all within ONE busy timeout.
 
-    One per thread: flock() locks belong to an open file, so two threads
-    sharing one would not exclude each other. A holder's wait inside is
-    bounded by SQLite's busy timeout, and a process that dies releases it.
+    One per Queue and process, not per thread: the threads of a process take
+    turns on a threading.Lock first (an flock() belongs to the open file, so
+    threads sharing one would not exclude each other), and a process with
+    hundreds of short-lived producer threads holds one descriptor, not one
+    each. After a fork the child opens its own file: sharing the parent's
+    open file, its flock() would not exclude the parent's.
+
+    The wait is bounded: the flock() is polled (LOCK_NB, sleeps growing from
+    0.1 to 2 ms, as _SQLite.start polls BEGIN IMMEDIATE) against the deadline
+    of the busy timeout, and SQLite gets only the time that is left. While a
+    long write holds SQLite's lock, N producers then all fail at the busy
+    timeout, not one after another at N times it. A process that dies
+    releases its flock().
     """
 
-    __slots__ = ("fd", "_flock", "_ex", "_un")
+    __slots__ = ("path", "mode", "timeout", "fd", "pid", "_mutex", "_fcntl", "_waited",
+                 "__weakref__")
+    _all = None            # every lock, for the fork hook (a WeakSet, made at the first)
 
-    def __init__(self, fd, fcntl):
-        self.fd, self._flock, self._ex, self._un = fd, fcntl.flock, fcntl.LOCK_EX, fcntl.LOCK_UN
+    def __init__(self, path, mode, timeout, fcntl):
+        self.path, self.mode, self.timeout, self._fcntl = path, mode, timeout, fcntl
+        self.fd, self.pid = None, None
+        self._mutex = threading.Lock()
+        self._waited = False
+        if _PushLock._all is None:
+            import weakref
+            _PushLock._all = weakref.WeakSet()
+            if hasattr(os, "register_at_fork"):
+                os.register_at_fork(after_in_child=_PushLock._after_fork)
+        _PushLock._all.add(self)
+        self._reopen()
+
+    @staticmethod
+    def _after_fork():
+        # Only the forking thread lives on in the child: a mutex another
+        # thread held at the fork would stay held forever.
+        for lock in list(_PushLock._all):
+            lock._mutex = threading.Lock()
 
     @classmethod
-    def open(cls, path, beside):
+    def open(cls, path, beside, timeout):
         """The lock on file `path` (made with the mode of file `beside`), or None
         where there is none to have: no flock() (Windows), or a file that
         cannot be made or opened. Pushes then wait in the busy handler alone."""
         try:
             import fcntl
-            mode = os.stat(beside).st_mode & 0o666
-            return cls(os.open(path, os.O_RDONLY | os.O_CREAT, mode), fcntl)
+            return cls(path, os.stat(beside).st_mode & 0o666, timeout, fcntl)
         except (ImportError, OSError):
             return None
 
-    def __enter__(self):
-        self._flock(self.fd, self._ex)
+    def _reopen(self):
+        if self.fd is not None:
+            os.close(self.fd)      # the parent's copy: its flock() stays the parent's
+            self.fd = None
+        self.fd = os.open(self.path, os.O_RDONLY | os.O_CREAT, self.mode)
+        self.pid = os.getpid()
 
-    def __exit__(self, kind, exc, tb):
-        self._flock(self.fd, self._un)
+    def acquire(self, cur):
+        """Take the lock for an INSERT on `cur`, or raise sqlite3's "database is locked"."""
+        start = time.monotonic()
+        deadline = start + self.timeout
+        if not self._mutex.acquire(True, self.timeout):
+            self._locked()
+        try:
+            if self.pid != os.getpid() or self.fd is None:
+                self._reopen()
+            flock, fd, pause = self._fcntl.flock, self.fd, 0.0001
+            mode = self._fcntl.LOCK_EX | self._fcntl.LOCK_NB
+            while True:
+                try:
+                    flock(fd, mode)
+                    break
+                except BlockingIOError:
+                    now = time.monotonic()
+                    if now >= deadline:
+                        self._locked()
+                    time.sleep(min(pause, deadline - now))
+                    pause = min(pause * 2, 0.002)
+            left = deadline - time.monotonic()
+            # Uncontended (the usual case) SQLite keeps its whole busy timeout:
+            # no PRAGMA on the hot path. A wait of a millisecond or more is
+            # taken off what SQLite may still wait.
+            self._waited = left < self.timeout - 0.001
+            if self._waited:
+                try:
+                    cur.execute("PRAGMA busy_timeout = %d" % max(1, int(left * 1000)))
+                except BaseException:
+                    flock(fd, self._fcntl.LOCK_UN)
+                    raise
+        except BaseException:
+            self._mutex.release()
+            raise
+
+    def release(self, cur):
+        try:
+            if self._waited:
+                self._waited = False
+                try:
+                    cur.execute("PRAGMA busy_timeout = %d" % (self.timeout * 1000))
+                except Exception:
+                    pass    # the connection is gone: nothing left to restore
+            self._fcntl.flock(self.fd, self._fcntl.LOCK_UN)
+        finally:
+            self._mutex.release()
+
+    def _locked(self):
+        import sqlite3
+        # As SQLite's own busy timeout says it: the caller's one-line error.
+        raise sqlite3.OperationalError("database is locked")
 
     def close(self):
-        try:
-            os.close(self.fd)
-        except OSError:
-            pass
+        with self._mutex:
+            if self.fd is not None:
+                try:
+                    os.close(self.fd)
+                except OSError:
+                    pass
+            self.fd = None
 
 
 class _Postgres(_Dialect):
@@ -1609,7 +1697,7 @@ class Queue:
         self._sql = {}
         self._local = threading.local()
         self._conns = []
-        self._push_locks = []
+        self._push_lock_made = None    # (lock or None,) once the first push made it
         self._conns_lock = threading.Lock()
         self._schema_ready = False
         self._returning = self.dialect.has_returning()
@@ -1691,28 +1779,27 @@ class Queue:
         return conn
 
     def _push_lock(self):
-        """This thread's push lock (see _SQLite.push_lock), made at its first push, or None."""
-        try:
-            return self._local.push_lock
-        except AttributeError:
-            lock = self._local.push_lock = self.dialect.push_lock(self._target)
-            if lock is not None:
-                with self._conns_lock:
-                    self._push_locks.append(lock)
-            return lock
+        """The queue's push lock (see _PushLock), made at the first push, or None."""
+        made = self._push_lock_made
+        if made is None:
+            with self._conns_lock:
+                made = self._push_lock_made
+                if made is None:
+                    made = self._push_lock_made = (self.dialect.push_lock(self._target),)
+        return made[0]
 
     def close(self):
         """Close every connection this queue opened."""
         with self._conns_lock:
             conns, self._conns = self._conns, []
-            locks, self._push_locks = self._push_locks, []
+            made, self._push_lock_made = self._push_lock_made, None
         for conn in conns:
             try:
                 conn.close()
             except Exception:
                 pass
-        for lock in locks:
-            lock.close()
+        if made is not None and made[0] is not None:
+            made[0].close()
         self._local = threading.local()
 
     def discard(self, conn):
@@ -1927,8 +2014,11 @@ class Queue:
             if lock is None:
                 cur.execute(text, [params[n] for n in names])
             else:
-                with lock:
+                lock.acquire(cur)
+                try:
                     cur.execute(text, [params[n] for n in names])
+                finally:
+                    lock.release(cur)
             return self._new_id(cur)
         except self._errors() as exc:
             raise self.translate(exc) from exc
@@ -1948,8 +2038,11 @@ class Queue:
             lock = self._push_lock()
             if lock is None:
                 return self._insert_unique(cur, "push_unique", params)[0]
-            with lock:
+            lock.acquire(cur)
+            try:
                 return self._insert_unique(cur, "push_unique", params)[0]
+            finally:
+                lock.release(cur)
         except self._errors() as exc:
             raise self.translate(exc) from exc
 

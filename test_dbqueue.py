@@ -6941,7 +6941,7 @@ class SQLitePushLockTests(unittest.TestCase):
         q = self.db.queue()
         ids = [q.push("t_record", {"n": n}) for n in range(3)]
         q.push("t_record", {}, unique_key="k")
-        self.assertIsNone(q._local.push_lock)
+        self.assertIsNone(q._push_lock())
         self.assertEqual(len(set(ids)), 3)
         self.assertEqual(self.db.raw("SELECT COUNT(*) FROM {jobs}")[0][0], 4)
 
@@ -7836,6 +7836,120 @@ class FixqConfigTests(unittest.TestCase):
         config = dbqueue.Config.from_env({"QUEUE_TABLE": "j", "QUEUE_FAILED_TABLE": "f"},
                                          env_file=path)
         self.assertEqual((config.table, config.failed_table), ("j", "f"))
+
+
+
+class FixqPushLockTests(unittest.TestCase):
+    """The SQLite push lock: one busy timeout in all, one descriptor, its own after a fork."""
+
+    def setUp(self):
+        self.db = Backend(self)
+        self.path = self.db.url[len("sqlite:///"):]
+        self.lock_file = os.path.realpath(self.path + "-dbqueue.lock")
+
+    def short_busy_timeout(self, seconds):
+        saved = dbqueue._SQLite.busy_timeout
+        dbqueue._SQLite.busy_timeout = seconds
+        self.addCleanup(setattr, dbqueue._SQLite, "busy_timeout", saved)
+
+    def lock_fds(self):
+        found = []
+        for name in os.listdir("/proc/self/fd"):
+            try:
+                if os.path.realpath("/proc/self/fd/" + name) == self.lock_file:
+                    found.append(name)
+            except OSError:
+                pass
+        return found
+
+    def test_producers_behind_a_long_write_all_fail_at_the_busy_timeout(self):
+        self.short_busy_timeout(1.0)
+        q = self.db.queue()
+        q.push("t_record", {})           # the schema and the lock file exist
+        import sqlite3
+        writer = sqlite3.connect(self.path, isolation_level=None)
+        self.addCleanup(writer.close)
+        writer.execute("BEGIN IMMEDIATE")   # a long write by another connection
+        self.addCleanup(lambda: writer.in_transaction and writer.execute("ROLLBACK"))
+        started = time.monotonic()
+        failed = []
+        barrier = threading.Barrier(4)
+
+        def produce():
+            barrier.wait()
+            try:
+                q.push("t_record", {})
+            except dbqueue.DatabaseError as exc:
+                failed.append((time.monotonic() - started, str(exc)))
+
+        threads = [threading.Thread(target=produce) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        writer.execute("ROLLBACK")
+        self.assertEqual(len(failed), 4, failed)
+        for seconds, message in failed:
+            self.assertIn("locked", message)
+            self.assertNotIn("\n", message)
+        # One after another they would fail at 1, 2, 3 and 4 s.
+        self.assertLess(max(s for s, _ in failed), 2.5, failed)
+        self.assertGreater(min(s for s, _ in failed), 0.9, failed)
+        self.assertEqual(self.db.raw("SELECT COUNT(*) FROM {jobs}")[0][0], 1)
+        q.push("t_record", {})            # and the next push, the write done, goes through
+
+    def test_many_producer_threads_share_one_lock_descriptor(self):
+        q = self.db.queue()
+        for _ in range(6):
+            in_threads(lambda: q.push("t_record", {}), 50)
+        self.assertEqual(self.db.raw("SELECT COUNT(*) FROM {jobs}")[0][0], 300)
+        self.assertEqual(len(self.lock_fds()), 1)
+        q.close()
+        self.assertEqual(self.lock_fds(), [])
+
+    def test_a_forked_child_takes_a_lock_of_its_own(self):
+        need(hasattr(os, "fork"), "no fork() here")
+        self.short_busy_timeout(0.5)
+        q = self.db.queue()
+        q.push("t_record", {})
+        lock = q._push_lock()
+        cur = q._conn().cursor()
+
+        def child(pushing_thread):
+            pid = os.fork()
+            if pid == 0:            # the child: report by exit status only
+                code = 3
+                try:
+                    result = []
+
+                    def push():
+                        try:
+                            q.push("t_record", {"child": True})
+                            result.append("pushed")
+                        except dbqueue.DatabaseError as exc:
+                            result.append("locked" if "locked" in str(exc) else str(exc))
+                    if pushing_thread:
+                        t = threading.Thread(target=push)
+                        t.start()
+                        t.join(20)
+                    else:
+                        push()
+                    code = {"pushed": 0, "locked": 1}.get(result and result[0], 2)
+                finally:
+                    os._exit(code)
+            _, status = os.waitpid(pid, 0)
+            return os.waitstatus_to_exitcode(status) if hasattr(os, "waitstatus_to_exitcode") \
+                else status >> 8
+
+        lock.acquire(cur)            # the parent holds it, as a push in progress does
+        try:
+            # The thread that forked, the one whose mutex and file it inherited.
+            self.assertEqual(child(pushing_thread=False), 1, "the child's push was not excluded")
+        finally:
+            lock.release(cur)
+        self.assertEqual(child(pushing_thread=True), 0)
+        self.assertEqual(self.db.raw("SELECT COUNT(*) FROM {jobs}")[0][0], 2)
+        q.push("t_record", {})
 
 
 if __name__ == "__main__":
