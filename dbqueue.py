@@ -1400,8 +1400,11 @@ class _PushLock:
 
     def _reopen(self):
         if self.fd is not None:
-            os.close(self.fd)      # the parent's copy: its flock() stays the parent's
-            self.fd = None
+            fd, self.fd = self.fd, None
+            try:
+                os.close(fd)       # the parent's copy: its flock() stays the parent's
+            except OSError:
+                pass
         self.fd = os.open(self.path, os.O_RDONLY | os.O_CREAT, self.mode)
         self.pid = os.getpid()
 
@@ -1413,7 +1416,12 @@ class _PushLock:
             self._locked()
         try:
             if self.pid != os.getpid() or self.fd is None:
-                self._reopen()
+                try:
+                    self._reopen()
+                except OSError:
+                    self.fd = None     # as with no lock file: the busy handler alone
+                    self._waited = False
+                    return
             flock, fd, pause = self._fcntl.flock, self.fd, 0.0001
             mode = self._fcntl.LOCK_EX | self._fcntl.LOCK_NB
             while True:
@@ -1449,7 +1457,8 @@ class _PushLock:
                     cur.execute("PRAGMA busy_timeout = %d" % (self.timeout * 1000))
                 except Exception:
                     pass    # the connection is gone: nothing left to restore
-            self._fcntl.flock(self.fd, self._fcntl.LOCK_UN)
+            if self.fd is not None:
+                self._fcntl.flock(self.fd, self._fcntl.LOCK_UN)
         finally:
             self._mutex.release()
 
