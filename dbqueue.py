@@ -236,7 +236,7 @@ _CODEIGNITER_DRIVERS = {"mysqli": "mysql", "postgre": "postgresql", "sqlite3": "
 _CODEIGNITER_DB = tuple("database.default." + k for k in (
     "DBDriver", "hostname", "port", "database", "username", "password", "DBPrefix"))
 # Read by other parts of dbqueue: known names for the typo check.
-_OTHER_NAMES = ("DATABASE_URL", "DBQUEUE_DASHBOARD_TOKEN")
+_OTHER_NAMES = ("DATABASE_URL",)
 _SECRET_NAME = _Pattern(r"(PASSWORD|PASS|SECRET|TOKEN)\Z")
 
 
@@ -328,6 +328,7 @@ class Config:
         self.mail_rate_limit = ""     # "14/s", "600/m", "10000/h", "50000/d"; "" for none
         self.mail_sendmail_path = "/usr/sbin/sendmail -t -i"
         self.app_name = ""
+        self.dashboard_token = ""     # DBQUEUE_DASHBOARD_TOKEN; checked by the dashboard command
         self.sources = {}
         self.warnings = []
         for name, value in settings.items():
@@ -339,8 +340,9 @@ class Config:
         shown = dict(vars(self))
         del shown["sources"], shown["warnings"]
         shown["database_url"] = _mask_url(self.database_url)
-        if shown["mail_password"]:
-            shown["mail_password"] = "***"
+        for secret in ("mail_password", "dashboard_token"):
+            if shown[secret]:
+                shown[secret] = "***"
         return "Config(%s)" % ", ".join("%s=%r" % kv for kv in sorted(shown.items()))
 
     @classmethod
@@ -470,6 +472,7 @@ class Config:
                               % (name("MAIL_SENDMAIL_PATH"), c.mail_sendmail_path, exc))
         c.mail_rate_limit = _rate_setting("MAIL_RATE_LIMIT", get("MAIL_RATE_LIMIT"))
         c.app_name = get("APP_NAME")
+        c.dashboard_token = get("DBQUEUE_DASHBOARD_TOKEN")
         c.warnings += _typo_warnings(environ, file_values, path, c.sources)
         return c
 
@@ -5521,7 +5524,7 @@ class _Dashboard:
         self.queue = queue
         self.config = queue.config
         self.read_only = read_only
-        self.token = token or None
+        self.token = (self.config.dashboard_token if token is None else token) or None
         self.log = log or _Log()
         self.page_size = page_size
         # Per process: forms rendered before a restart are refused (403).
@@ -7112,7 +7115,8 @@ def _cmd_clear(args, config):
 def _setting_value(config, setting):
     """A setting's effective value for `config`, with secrets masked."""
     attr = setting.lower()
-    attr = attr[len("queue_"):] if attr.startswith("queue_") else attr
+    for prefix in ("queue_", "dbqueue_"):
+        attr = attr[len(prefix):] if attr.startswith(prefix) else attr
     value = getattr(config, attr, None)
     if isinstance(value, str) and "://" in value:
         value = _mask_url(value)
@@ -7140,12 +7144,9 @@ def _cmd_config(args, config):
     return 0
 
 
-def _dashboard_token(args):
-    """DBQUEUE_DASHBOARD_TOKEN from the environment, else from the .env file; None if unset."""
-    token = os.environ.get("DBQUEUE_DASHBOARD_TOKEN", "").strip()
-    if not token:
-        values, _ = _read_env_file(args.env_file or ".env", required=bool(args.env_file))
-        token = values.get("DBQUEUE_DASHBOARD_TOKEN", ("", 0))[0].strip()
+def _dashboard_token(config):
+    """The checked DBQUEUE_DASHBOARD_TOKEN (a Config setting), or None if unset."""
+    token = config.dashboard_token
     if token and (len(token) < _DASHBOARD_TOKEN_MIN or not re.match(r"^[\x21-\x7e]+\Z", token)):
         raise ConfigError("DBQUEUE_DASHBOARD_TOKEN must be at least %d characters, with no spaces"
                           " or non-ASCII ones (python -c 'import secrets;"
@@ -7156,7 +7157,7 @@ def _dashboard_token(args):
 def _cmd_dashboard(args, config):
     import signal
     import socket
-    token = _dashboard_token(args)
+    token = _dashboard_token(config)
     if token is None and not _is_loopback(args.host):
         raise ConfigError("dashboard --host %s: an address other than 127.0.0.1 needs"
                           " DBQUEUE_DASHBOARD_TOKEN set (or reach 127.0.0.1 through an SSH tunnel)"

@@ -7952,5 +7952,42 @@ class FixqPushLockTests(unittest.TestCase):
         q.push("t_record", {})
 
 
+
+class FixqDashboardTokenTests(unittest.TestCase):
+    """DBQUEUE_DASHBOARD_TOKEN is a Config setting: `config` lists it masked, the dashboard uses it."""
+
+    TOKEN = "Fixq-Dash-Token-0123456789abcdef"
+
+    def test_config_lists_the_token_masked_with_its_source(self):
+        path = env_file(self, "QUEUE_TIMEOUT=30\nDBQUEUE_DASHBOARD_TOKEN=%s\n" % self.TOKEN)
+        code, out, err = run_main(["config", "--json", "--env-file", path], {})
+        self.assertEqual(code, 0, err)
+        self.assertNotIn(self.TOKEN, out)
+        found = {s["name"]: s for s in json.loads(out)["settings"]}
+        self.assertEqual(found["DBQUEUE_DASHBOARD_TOKEN"]["value"], "***")
+        self.assertEqual(found["DBQUEUE_DASHBOARD_TOKEN"]["source"], "%s:2" % path)
+        code, out, err = run_main(["config"], {"DBQUEUE_DASHBOARD_TOKEN": self.TOKEN})
+        self.assertEqual(code, 0, err)
+        self.assertNotIn(self.TOKEN, out)
+        self.assertRegex(out, r"(?m)^DBQUEUE_DASHBOARD_TOKEN +\*\*\* +environment *$")
+        code, out, err = run_main(["config"], {})
+        self.assertRegex(out, r'(?m)^DBQUEUE_DASHBOARD_TOKEN +"" +default *$')
+        config = dbqueue.Config.from_env({"DBQUEUE_DASHBOARD_TOKEN": self.TOKEN},
+                                         env_file=os.devnull)
+        self.assertEqual(config.dashboard_token, self.TOKEN)
+        self.assertNotIn(self.TOKEN, repr(config))
+
+    def test_the_dashboard_asks_for_the_configured_token(self):
+        db = Backend(self)
+        config = db.config(dashboard_token=self.TOKEN)
+        q = dbqueue.Queue(config=config)
+        self.addCleanup(q.close)
+        q.migrate()
+        client = DashboardClient(start_dashboard(self, q))
+        self.assertEqual(client.get("/").status, 401)
+        self.assertEqual(client.get("/", headers={"Authorization": "Bearer " + self.TOKEN}).status,
+                         200)
+
+
 if __name__ == "__main__":
     unittest.main()
