@@ -452,8 +452,12 @@ class Config:
         try:
             # The mail code's own check: found there, it would fail every email.
             _addresses(name("MAIL_FROM_ADDRESS"), c.mail_from_address, required=True)
-        except PermanentError as exc:
-            raise ConfigError(str(exc))
+        except PermanentError:
+            shown = c.mail_from_address
+            raise ConfigError("%s=%s is not one email address dbqueue can send from (such as"
+                              " app@example.com or Acme <app@example.com>)"
+                              % (name("MAIL_FROM_ADDRESS"),
+                                 shown if shown.isprintable() else repr(shown)))
         c.mail_from_name = get("MAIL_FROM_NAME")
         c.mail_timeout = _int_setting("MAIL_TIMEOUT", get("MAIL_TIMEOUT", "30"), 1)
         c.mail_verify_peer = _bool_setting("MAIL_VERIFY_PEER", get("MAIL_VERIFY_PEER", "true"))

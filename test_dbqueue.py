@@ -7796,7 +7796,9 @@ class FixqConfigTests(unittest.TestCase):
         # The CodeIgniter app's name, when that is the one set.
         line = self.refused({"EMAIL_FROM_ADDRESS": "two@example.com, three@example.com"})
         self.assertIn("EMAIL_FROM_ADDRESS", line)
-        self.assertNotIn("MAIL_FROM_ADDRESS:", line.replace("EMAIL_FROM_ADDRESS", ""))
+        self.assertNotIn("MAIL_FROM_ADDRESS", line.replace("EMAIL_FROM_ADDRESS", ""))
+        line = self.refused({"MAIL_FROM_ADDRESS": "app@example.com\nBcc: x@evil.example"})
+        self.assertIn("MAIL_FROM_ADDRESS", line)
         for good in ("app@example.com", "Billing <billing@example.com>", "a@b\u00fccher.example"):
             config = dbqueue.Config.from_env({"MAIL_FROM_ADDRESS": good}, env_file=os.devnull)
             self.assertEqual(config.mail_from_address, good)
