@@ -3903,8 +3903,10 @@ class _Slot(Worker):
                     started = self._process(job) is not False  # False: given back (mail outage)
                 finally:
                     pool._untake(done=started)
-                if self.memory and not self._stop and self._over_memory():
-                    pool.stop()
+                if self.memory and not self._stop:
+                    with pool._pool_lock:          # one slot says it
+                        if not self._stop and self._over_memory():
+                            pool.stop()
         except _Abort:
             pass
         except DatabaseError as exc:

@@ -8231,6 +8231,27 @@ class ConcTests(_WorkerProcesses, EmailTestMixin):
         for proc in procs:
             self.assertNotIn("lost", self.stderr(proc))
 
+    def test_memory_and_max_time_stop_claiming_and_finish_the_jobs_in_hand(self):
+        q = self.db.queue()
+        q.push_many("c_nap", [{"n": n, "s": 0.3} for n in range(40)])
+        proc = self.start_conc("--concurrency", "4", "--memory", "1")    # over it at once
+        self.assertEqual(self.finish(proc, 60), 0, self.stderr(proc))
+        starts, ends = self.spans()
+        self.assertEqual(sorted(starts), sorted(ends))    # each job started also finished
+        self.assertLessEqual(len(ends), 8)
+        self.assertEqual(self.stderr(proc).count("memory limit reached"), 1)
+        left = self.jobs_left()
+        self.assertEqual(left, 40 - len(ends))
+        started = time.monotonic()
+        proc = self.start_conc("--concurrency", "4", "--max-time", "1")
+        self.assertEqual(self.finish(proc, 60), 0, self.stderr(proc))
+        self.assertLess(time.monotonic() - started, 20)
+        starts, ends = self.spans()
+        self.assertEqual(sorted(starts), sorted(ends))
+        self.assertEqual(self.reserved(), 0)
+        self.assertEqual(self.jobs_left(), 40 - len(ends))
+        self.assertGreater(self.jobs_left(), 0)           # stopped before the queue ran dry
+
     def test_bad_concurrency_exits_2(self):
         for value in ("0", "x", "100000"):
             code, _, err = run_main(["work", "--concurrency", value], self.db.env())
