@@ -4479,8 +4479,14 @@ def _deliver(fields, config):
         except _RateWait:
             raise
         except QueueError as exc:
-            _keep_mail_state(running, state, failing=isinstance(exc, PermanentError) or last)
+            outage = isinstance(exc, _MailOutage)
+            _keep_mail_state(running, state, failing=not outage and (
+                isinstance(exc, PermanentError) or last))
+            if worker is not None and not outage:
+                worker._mail_flowing()            # sendmail ran and judged the message
             raise
+        if worker is not None:
+            worker._mail_flowing()
         return
     # A stored list can only narrow the message's own recipients, never add one.
     pending = state.get("pending")
@@ -4932,11 +4938,18 @@ class _Sendmail:
     the command is dropped: with -t, sendmail would take them from the To,
     Cc and Bcc headers, and Bcc recipients would have to be written into the
     message for it to find them, relying on every sendmail to delete that
-    header again (ssmtp, for one, did not). Exit 0 is sent, 75 (EX_TEMPFAIL)
-    is retried, anything else fails the job with sendmail's first stderr line.
+    header again (ssmtp, for one, did not).
+
+    The exit status decides, as sysexits.h defines them. The mail system
+    being unable to take mail at all (the program missing or hanging, killed
+    by a signal, 69 EX_UNAVAILABLE, 71 EX_OSERR, 74 EX_IOERR, 75 EX_TEMPFAIL:
+    ssmtp and msmtp exit so when their relay is down) is an outage, as for
+    SMTP; 64 EX_USAGE, 65 EX_DATAERR, 67 EX_NOUSER and 68 EX_NOHOST are about
+    this message and fail it at once; any other status is retried.
     """
 
-    EX_TEMPFAIL = 75
+    OUTAGE = {69: "EX_UNAVAILABLE", 71: "EX_OSERR", 74: "EX_IOERR", 75: "EX_TEMPFAIL"}
+    PERMANENT = {64: "EX_USAGE", 65: "EX_DATAERR", 67: "EX_NOUSER", 68: "EX_NOHOST"}
 
     def __init__(self, config):
         self.config = config
@@ -4965,9 +4978,9 @@ class _Sendmail:
                                     stderr=subprocess.PIPE)
         except OSError as exc:
             # A program that is missing here may be installed in a minute:
-            # retried, and the line says which setting names it.
-            raise QueueError("%s cannot be started: %s (check MAIL_SENDMAIL_PATH) (temporary)"
-                             % (where, exc.strerror or exc))
+            # waited out, and the line says which setting names it.
+            raise _MailOutage("%s cannot be started: %s (check MAIL_SENDMAIL_PATH) (outage)"
+                              % (where, exc.strerror or exc))
         try:
             # A local program reads UNIX line ends; sendmail makes them CRLF.
             _, err = proc.communicate(data.replace(b"\r\n", b"\n"),
@@ -4975,18 +4988,28 @@ class _Sendmail:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.communicate()
-            raise QueueError("%s timed out after %ss (temporary)" % (where, self.config.mail_timeout))
+            raise _MailOutage("%s did not finish within MAIL_TIMEOUT=%ss (outage)"
+                              % (where, self.config.mail_timeout))
         except BaseException:
             proc.kill()
             proc.wait()
             raise
-        if proc.returncode == 0:
+        code = proc.returncode
+        if code == 0:
             return
         line = (err or b"").decode("utf-8", "replace").strip().splitlines()
         detail = _scrub(line[0][:300], self.config) if line else "no message"
-        if proc.returncode == self.EX_TEMPFAIL or proc.returncode < 0:   # 75, or a signal
-            raise QueueError("%s exited %d: %s (temporary)" % (where, proc.returncode, detail))
-        raise PermanentError("%s exited %d: %s (permanent)" % (where, proc.returncode, detail))
+        if code < 0:
+            raise _MailOutage("%s was killed by signal %d: %s (outage)" % (where, -code, detail))
+        if code in self.OUTAGE:
+            raise _MailOutage("%s exited %d (%s): %s (outage)"
+                              % (where, code, self.OUTAGE[code], detail))
+        if code in self.PERMANENT:
+            raise PermanentError("%s exited %d (%s): %s (permanent)"
+                                 % (where, code, self.PERMANENT[code], detail))
+        # Only "(permanent)" and "(outage)" are said, as for SMTP: a last
+        # attempt must not read "temporary" in failed_jobs.
+        raise QueueError("%s exited %d: %s" % (where, code, detail))
 
 
 def _smtp_codes(exc):

@@ -5666,13 +5666,13 @@ class TakeoverSendmailTests(EmailTestMixin, unittest.TestCase):
         self.assertIn("Hola, Ann:", msg.get_body(("plain",)).get_content())
         self.assertEqual(self.jobs_left(), 0)
 
-    def test_exit_75_is_retried_and_other_codes_fail_with_the_first_stderr_line(self):
-        q = self.queue([75, 0])
+    def test_exit_1_is_retried_and_67_fails_with_the_first_stderr_line(self):
+        q = self.queue([1, 0])
         dbqueue.queue_email("a@example.com", "retried", text="t", using=q)
         _, log = self.work(q, tries=3)
         self.assertEqual(len(self.calls()), 2)
-        self.assertIn("exited 75", log)
-        self.assertIn("(temporary)", log)
+        self.assertIn("exited 1", log)
+        self.assertNotIn("(temporary)", log)
         self.assertEqual(q.failed(), [])
         for name in os.listdir(self.bin):
             if name.startswith("call"):
@@ -5682,19 +5682,20 @@ class TakeoverSendmailTests(EmailTestMixin, unittest.TestCase):
         _, log = self.work(q, tries=3)
         self.assertEqual(len(self.calls()), 1)          # no second attempt
         (row,) = q.failed()
-        self.assertIn("exited 67: sendmail: fatal: <nobody@example.com>: no such user (permanent)",
-                      row["exception"])
+        self.assertIn("exited 67 (EX_NOUSER): sendmail: fatal: <nobody@example.com>: no such user"
+                      " (permanent)", row["exception"])
         self.assertNotIn("second line", row["exception"])
 
-    def test_a_missing_program_is_retried_and_names_the_setting(self):
+    def test_a_missing_program_is_an_outage_and_names_the_setting(self):
         q = self.mail_queue(None, mail_mailer="sendmail",
                             mail_sendmail_path=os.path.join(self.bin, "no-such-sendmail") + " -t")
         dbqueue.queue_email("a@example.com", "s", text="t", using=q)
-        _, log = self.work(q, tries=2)
-        (row,) = q.failed()
-        self.assertIn("MAIL_SENDMAIL_PATH", row["exception"])
-        self.assertIn("(temporary)", row["exception"])
-        self.assertIn("outcome=released", log)
+        worker, log = self.work(q, tries=1)
+        self.assertEqual(worker.exit_code, 1)
+        self.assertEqual(q.failed(), [])
+        self.assertIn("MAIL_SENDMAIL_PATH", log)
+        self.assertIn("(outage)", log)
+        self.assertEqual(self.db.raw("SELECT attempts, reserved_at FROM {jobs}"), [(0, None)])
 
     def test_settings(self):
         config = dbqueue.Config.from_env({"MAIL_MAILER": "sendmail"})
@@ -7681,6 +7682,87 @@ class DashboardBrowserTests(unittest.TestCase):
         for name in ("dashboard.png", "dashboard-failed.png", "dashboard-phone.png"):
             with open(os.path.join(self.shots, name), "rb") as fh:
                 self.assertEqual(fh.read(8), b"\x89PNG\r\n\x1a\n")
+
+
+# ---- fixm: review fixes in mail and the dashboard ----
+
+# A stand-in sendmail that does what mode.txt says: an exit code, "kill"
+# (dies by SIGKILL) or "hang" (never finishes); it counts its calls.
+FIXM_SENDMAIL = r"""
+import os, signal, sys, time
+here = os.path.dirname(os.path.abspath(__file__))
+sys.stdin.buffer.read()
+with open(os.path.join(here, "calls.txt"), "a") as fh:
+    fh.write("x")
+with open(os.path.join(here, "mode.txt")) as fh:
+    mode = fh.read().strip()
+sys.stderr.write("sendmail: mode %s\n" % mode)
+sys.stderr.flush()
+if mode == "kill":
+    os.kill(os.getpid(), signal.SIGKILL)
+if mode == "hang":
+    time.sleep(60)
+sys.exit(int(mode))
+"""
+
+
+class FixmSendmailTests(EmailTestMixin, unittest.TestCase):
+    """sendmail's exit status read as sysexits.h means it: the relay being
+    down is an outage (no attempt spent), a bad message fails at once."""
+
+    def setUp(self):
+        self.db = Backend(self)
+        self.bin = os.path.join(self.db.tmp, "bin")
+        os.mkdir(self.bin)
+        self.script = os.path.join(self.bin, "sendmail.py")
+        with open(self.script, "w") as fh:
+            fh.write(FIXM_SENDMAIL)
+
+    def run_mode(self, mode, tries=2):
+        with open(os.path.join(self.bin, "mode.txt"), "w") as fh:
+            fh.write(mode)
+        try:
+            os.remove(os.path.join(self.bin, "calls.txt"))
+        except FileNotFoundError:
+            pass
+        q = self.mail_queue(None, mail_mailer="sendmail", mail_timeout=1,
+                            mail_sendmail_path="%s %s -t -i" % (sys.executable, self.script))
+        self.db.raw("DELETE FROM {jobs}")
+        self.db.raw("DELETE FROM {failed}")
+        dbqueue.queue_email("a@example.com", "s", text="t", using=q)
+        worker, log = self.work(q, tries=tries)
+        with open(os.path.join(self.bin, "calls.txt")) as fh:
+            calls = len(fh.read())
+        return q, worker, log, calls
+
+    def test_an_unavailable_relay_is_an_outage_that_spends_no_attempt(self):
+        for mode in ("69", "71", "74", "75", "kill", "hang"):
+            with self.subTest(mode=mode):
+                q, worker, log, calls = self.run_mode(mode)
+                self.assertEqual(worker.exit_code, 1, log)
+                self.assertIn("(outage)", log)
+                self.assertIn("mail server unavailable", log)
+                self.assertEqual(q.failed(), [])
+                self.assertEqual(self.db.raw("SELECT attempts, reserved_at FROM {jobs}"),
+                                 [(0, None)])
+                self.assertEqual(calls, 1)
+
+    def test_a_bad_message_fails_at_once_and_other_codes_are_retried(self):
+        for mode in ("64", "65", "67", "68"):
+            with self.subTest(mode=mode):
+                q, worker, log, calls = self.run_mode(mode, tries=3)
+                (row,) = q.failed()
+                self.assertIn("exited %s (EX_" % mode, row["exception"])
+                self.assertIn("(permanent)", row["exception"])
+                self.assertEqual(calls, 1)
+        for mode in ("1", "2", "70", "78"):
+            with self.subTest(mode=mode):
+                q, worker, log, calls = self.run_mode(mode, tries=2)
+                self.assertEqual(calls, 2)       # each attempt spent, then failed_jobs
+                (row,) = q.failed()
+                self.assertIn("exited %s: sendmail: mode %s" % (mode, mode), row["exception"])
+                self.assertNotIn("temporary", row["exception"])
+                self.assertNotIn("outage", row["exception"])
 
 
 if __name__ == "__main__":
