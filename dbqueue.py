@@ -4832,8 +4832,8 @@ class _Mailer:
 
         `data_7bit` is the message for a server without 8BITMIME (given when
         `data` is not ASCII). Failures leave as _MailOutage (no session: the
-        connection, greeting, TLS or AUTH failed, or a 421), PermanentError (a
-        5xx about this message, a server that lacks STARTTLS or AUTH) or
+        connection, greeting, TLS or AUTH failed or is not offered, or a 421),
+        PermanentError (a 5xx about this message) or
         QueueError (retried), with any secret removed from the text.
         """
         import smtplib
@@ -5036,15 +5036,23 @@ def _timed_out(exc):
 def _smtp_error(exc, config, stage="transaction"):
     """The exception a failed send raises.
 
-    No session (stage "session": connecting, greeting, STARTTLS, AUTH) or a
-    421 anywhere: _MailOutage, which pauses the worker's mail without
-    spending attempts. Otherwise PermanentError for a 5xx about the message
+    No session (stage "session": connecting, greeting, STARTTLS, EHLO, AUTH,
+    for any reason, a missing extension included) or a 421 anywhere:
+    _MailOutage, which pauses the worker's mail without spending attempts. Otherwise PermanentError for a 5xx about the message
     (503, a command out of sequence, is never one: it is about the session),
     else QueueError, retried with backoff.
     """
     import smtplib
     where = "SMTP %s:%s" % (config.mail_host, config.mail_port)
-    if isinstance(exc, PermanentError):   # judged where it was raised (_Mailer._open)
+    if stage == "session" and isinstance(exc, (QueueError, smtplib.SMTPNotSupportedError)):
+        # A server without STARTTLS or AUTH (Postfix stops offering STARTTLS
+        # when it cannot load its certificate), or credentials smtplib cannot
+        # send: no message can go until the server or the settings are
+        # fixed, and none of them is this message's fault.
+        return _MailOutage(_scrub(
+            "%s %s (check MAIL_ENCRYPTION=%s, MAIL_USERNAME) (outage)"
+            % (where, _first_line(exc), config.mail_encryption), config))
+    if isinstance(exc, PermanentError):
         return PermanentError(_scrub("%s %s (permanent)" % (where, exc), config))
 
     def reply(value):

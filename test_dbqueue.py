@@ -1843,9 +1843,10 @@ class EmailTests(EmailTestMixin, unittest.TestCase):
         self.assertIn("unreachable", err)
         self.assertNotIn("Wr0ng-S3cret-pw", out + err + json.dumps(q.failed()))
 
-    def test_auth_that_no_retry_can_fix_fails_at_once(self):
+    def test_auth_that_no_retry_can_fix_is_an_outage_naming_the_setting(self):
         # A password smtplib cannot send (it writes AUTH in ASCII) and a server
-        # whose only AUTH mechanism smtplib lacks: configuration, not weather.
+        # whose only AUTH mechanism smtplib lacks: configuration or server to
+        # fix, never the message's fault, so no attempt is spent.
         class OAuthOnly(SMTPSink):
             async def auth_XOAUTH2(self, server, args):
                 return self.AuthResult(success=False, handled=False)
@@ -1859,15 +1860,16 @@ class EmailTests(EmailTestMixin, unittest.TestCase):
             with self.subTest(reason=reason):
                 q = self.mail_queue(sink, mail_username="mailer", mail_password=password)
                 dbqueue.queue_email("a@example.com", "s", text="t", using=q)
-                _, log = self.work(q, tries=3)
-                failed = q.failed()
-                self.assertEqual(len(failed), 1)
-                self.assertIn(reason, failed[0]["exception"])
-                self.assertIn("(permanent)", failed[0]["exception"])
-                self.assertNotIn("outcome=released", log)     # one attempt, no retries
+                worker, log = self.work(q, tries=3)
+                self.assertEqual(worker.exit_code, 1, log)
+                self.assertEqual(q.failed(), [])
+                self.assertIn(reason, log)
+                self.assertIn("MAIL_USERNAME", log)
+                self.assertIn("(outage)", log)
+                self.assertEqual(self.db.raw("SELECT attempts FROM {jobs}"), [(0,)])
                 self.assertEqual(sink.messages, [])
-                self.assertNotIn(password, log + json.dumps(failed, ensure_ascii=False))
-                q.forget([failed[0]["id"]])
+                self.assertNotIn(password, log)
+                self.db.raw("DELETE FROM {jobs}")
 
     def test_log_mailer_prints_the_message_and_sends_nothing(self):
         q = self.mail_queue(None, mail_mailer="log")
@@ -7763,6 +7765,40 @@ class FixmSendmailTests(EmailTestMixin, unittest.TestCase):
                 self.assertIn("exited %s: sendmail: mode %s" % (mode, mode), row["exception"])
                 self.assertNotIn("temporary", row["exception"])
                 self.assertNotIn("outage", row["exception"])
+
+
+class FixmSessionOutageTests(EmailTestMixin, unittest.TestCase):
+    """Whatever stops the session (STARTTLS or AUTH not offered, a stalled
+    server) is an outage: no attempt spent, nothing in failed_jobs."""
+
+    def setUp(self):
+        self.db = Backend(self)
+
+    def assert_outage(self, q, worker, log, *words):
+        self.assertEqual(worker.exit_code, 1, log)
+        self.assertIn("mail server unavailable", log)
+        self.assertIn("(outage)", log)
+        for word in words:
+            self.assertIn(word, log)
+        self.assertEqual(q.failed(), [])
+        self.assertEqual(self.db.raw("SELECT attempts, reserved_at FROM {jobs}"), [(0, None)])
+
+    def test_no_starttls_offered_is_an_outage_naming_mail_encryption(self):
+        sink = PostfixSink(self)            # no certificate: STARTTLS is not offered
+        q = self.mail_queue(sink, mail_encryption="starttls")
+        dbqueue.queue_email("a@example.com", "s", text="t", using=q)
+        worker, log = self.work(q, tries=3)
+        self.assert_outage(q, worker, log, "STARTTLS", "MAIL_ENCRYPTION=starttls")
+        self.assertEqual(sink.messages, [])
+
+    def test_no_auth_offered_is_an_outage_naming_mail_username(self):
+        sink = PostfixSink(self)            # AUTH is not offered
+        q = self.mail_queue(sink, mail_username="mailer", mail_password="S3cret-pw-here")
+        dbqueue.queue_email("a@example.com", "s", text="t", using=q)
+        worker, log = self.work(q, tries=3)
+        self.assert_outage(q, worker, log, "AUTH", "MAIL_USERNAME")
+        self.assertNotIn("S3cret-pw-here", log)
+        self.assertEqual(sink.messages, [])
 
 
 if __name__ == "__main__":
