@@ -4771,12 +4771,16 @@ class _Mailer:
                 context.check_hostname = False
                 context.verify_mode = ssl.CERT_NONE
         if c.mail_encryption == "ssl":
-            smtp = smtplib.SMTP_SSL(c.mail_host, c.mail_port, local_hostname=self.ehlo_name,
-                                    timeout=c.mail_timeout, context=context)
+            smtp = _session_smtp(ssl=True)(local_hostname=self.ehlo_name,
+                                           timeout=c.mail_timeout, context=context)
         else:
-            smtp = smtplib.SMTP(c.mail_host, c.mail_port, local_hostname=self.ehlo_name,
-                                timeout=c.mail_timeout)
+            smtp = _session_smtp()(local_hostname=self.ehlo_name, timeout=c.mail_timeout)
+        smtp.session_deadline = self._session_deadline()
+        smtp._host = c.mail_host     # what SMTP(host) keeps for TLS's server_hostname
         try:
+            code, reply = smtp.connect(c.mail_host, c.mail_port)
+            if code != 220:
+                raise smtplib.SMTPConnectError(code, reply)
             if c.mail_encryption == "starttls":
                 smtp.ehlo()
                 smtp.starttls(context=context)   # never falls back to plain text
@@ -4787,12 +4791,33 @@ class _Mailer:
         except BaseException:
             smtp.close()
             raise
+        smtp.session_deadline = None     # from here on, MAIL_TIMEOUT per reply only
+        if smtp.sock is not None:
+            smtp.sock.settimeout(c.mail_timeout)
         self.smtp = smtp
         self.opened += 1
         debug = getattr(self.log, "debug", None)
         if debug is not None:
             debug("smtp session opened", host=c.mail_host, port=c.mail_port,
                   encryption=c.mail_encryption, ehlo=self.ehlo_name)
+
+    @staticmethod
+    def _session_deadline():
+        """When the session must be open by (time.monotonic()), or None.
+
+        A job has its timeout: a server that answers each line just within
+        MAIL_TIMEOUT (a tarpit), or a blackholed name with two addresses
+        (2 x MAIL_TIMEOUT, which is the whole default QUEUE_TIMEOUT), would
+        otherwise run the job out of time and spend an attempt on what is an
+        outage. Opening the session may take half of what is left of the
+        job's time; the other half is the message's.
+        """
+        worker = getattr(current_job(), "worker", None)
+        deadline = getattr(worker, "_hard_deadline", None)
+        if deadline is None:
+            return None
+        now = time.monotonic()
+        return now + max(0.0, deadline - worker.timeout_grace - now) / 2.0
 
     def _check_auth(self, smtp):
         """Refuse, before trying, AUTH that no retry could make work."""
@@ -4868,9 +4893,17 @@ class _Mailer:
             return refused
         except BaseException as exc:
             self._after_failure(exc)
-            if not isinstance(exc, Exception):
+            if isinstance(exc, JobTimeout) and stage == "session":
+                # The job's time ran out before the server let us send: no
+                # message was offered, so it is the server's outage.
+                error = _MailOutage(_scrub(
+                    "SMTP %s:%s timed out: the session did not open before the job's"
+                    " timeout (outage)" % (self.config.mail_host, self.config.mail_port),
+                    self.config))
+            elif not isinstance(exc, Exception):
                 raise   # JobTimeout, KeyboardInterrupt: not ours to translate
-            error = _smtp_error(exc, self.config, stage)
+            else:
+                error = _smtp_error(exc, self.config, stage)
         raise error   # outside the except block: no chained traceback with smtplib's text
 
     def _after_failure(self, exc):
@@ -4901,6 +4934,92 @@ class _Mailer:
             smtp.close()
         except Exception:
             pass
+
+
+class _SessionDeadline(OSError):
+    """Opening the SMTP session took longer than the job's time allows."""
+
+
+_session_classes = []
+
+
+def _session_smtp(ssl=False):
+    """The SMTP class _Mailer opens sessions with (SMTP_SSL's with `ssl`)."""
+    if not _session_classes:
+        _session_classes.extend(_make_session_classes())
+    return _session_classes[1 if ssl else 0]
+
+
+def _make_session_classes():
+    import smtplib
+
+    class SessionSMTP(smtplib.SMTP):
+        """smtplib's SMTP with one deadline over the whole session opening
+        (connect to each address, greeting, EHLO, STARTTLS, AUTH), on top of
+        MAIL_TIMEOUT for each reply; `session_deadline` None turns it off."""
+
+        session_deadline = None
+
+        def _left(self):
+            if self.session_deadline is None:
+                return self.timeout
+            left = self.session_deadline - time.monotonic()
+            if left <= 0:
+                raise _SessionDeadline("timed out: the session did not open within the time"
+                                       " the job's timeout leaves (QUEUE_TIMEOUT)")
+            return min(self.timeout, left)
+
+        def _get_socket(self, host, port, timeout):
+            if self.session_deadline is None:
+                return super()._get_socket(host, port, timeout)
+            import socket
+            last = None
+            # Each address within what is left, not MAIL_TIMEOUT each.
+            for family, kind, proto, _, address in socket.getaddrinfo(
+                    host, port, 0, socket.SOCK_STREAM):
+                sock = socket.socket(family, kind, proto)
+                try:
+                    sock.settimeout(self._left())
+                    if self.source_address:
+                        sock.bind(self.source_address)
+                    sock.connect(address)
+                    return sock
+                except _SessionDeadline:
+                    sock.close()
+                    raise
+                except OSError as exc:
+                    sock.close()
+                    last = exc
+            raise last or OSError("no address for %s" % host)
+
+        def _timed(self, method, *args):
+            if self.session_deadline is not None and self.sock is not None:
+                self.sock.settimeout(self._left())
+            try:
+                return method(*args)
+            except smtplib.SMTPServerDisconnected:
+                if (self.session_deadline is not None
+                        and time.monotonic() >= self.session_deadline):
+                    self._left()     # raises _SessionDeadline
+                raise
+
+        def send(self, s):
+            return self._timed(super().send, s)
+
+        def getreply(self):
+            return self._timed(super().getreply)
+
+    class SessionSMTPS(smtplib.SMTP_SSL, SessionSMTP):
+        def _get_socket(self, host, port, timeout):
+            # Python 3.8's SMTP_SSL connects by itself: the deadline's socket, then TLS.
+            sock = SessionSMTP._get_socket(self, host, port, timeout)
+            try:
+                return self.context.wrap_socket(sock, server_hostname=self._host)
+            except BaseException:
+                sock.close()
+                raise
+
+    return SessionSMTP, SessionSMTPS
 
 
 def _ehlo_name(config, hostname=None):
@@ -5078,6 +5197,9 @@ def _smtp_error(exc, config, stage="transaction"):
         return PermanentError(_scrub(
             "%s the server does not support this (check MAIL_ENCRYPTION, MAIL_USERNAME): %s"
             " (permanent)" % (where, exc), config))
+    elif isinstance(exc, _SessionDeadline) or isinstance(exc.__context__, _SessionDeadline):
+        permanent = False
+        what = str(exc if isinstance(exc, _SessionDeadline) else exc.__context__)
     elif _timed_out(exc):
         permanent = False
         what = ("timed out: no answer from the server within MAIL_TIMEOUT=%ss"

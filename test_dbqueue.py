@@ -7801,5 +7801,81 @@ class FixmSessionOutageTests(EmailTestMixin, unittest.TestCase):
         self.assertEqual(sink.messages, [])
 
 
+class Tarpit:
+    """A real SMTP server on 127.0.0.1 that answers every line (the greeting
+    too) only after `delay` seconds, as a tarpitting or overloaded server does."""
+
+    def __init__(self, testcase, delay):
+        import socket
+        self.delay = delay
+        self.done = threading.Event()
+        self.lines = []
+        self.server = socket.socket()
+        self.server.bind(("127.0.0.1", 0))
+        self.server.listen(5)
+        self.server.settimeout(0.2)
+        self.port = self.server.getsockname()[1]
+        self.thread = threading.Thread(target=self.serve, daemon=True)
+        self.thread.start()
+        testcase.addCleanup(self.stop)
+
+    def serve(self):
+        import socket
+        while not self.done.is_set():
+            try:
+                conn, _ = self.server.accept()
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            threading.Thread(target=self.session, args=(conn,), daemon=True).start()
+
+    def session(self, conn):
+        with conn:
+            try:
+                conn.settimeout(30)
+                if self.done.wait(self.delay):
+                    return
+                conn.sendall(b"220 tarpit.test ESMTP\r\n")
+                stream = conn.makefile("rb")
+                for line in stream:
+                    self.lines.append(line.strip())
+                    if self.done.wait(self.delay):
+                        return
+                    word = line.split(b" ")[0].upper().strip()
+                    if word == b"QUIT":
+                        conn.sendall(b"221 bye\r\n")
+                        return
+                    conn.sendall(b"250-tarpit.test\r\n250 8BITMIME\r\n" if word == b"EHLO"
+                                 else b"250 ok\r\n")
+            except OSError:
+                return
+
+    def stop(self):
+        self.done.set()
+        self.server.close()
+        self.thread.join(5)
+
+
+class FixmSessionDeadlineTests(EmailTestMixin, unittest.TestCase):
+    """A server too slow to open a session within the job's time is an outage."""
+
+    def setUp(self):
+        self.db = Backend(self)
+
+    def test_a_tarpit_is_an_outage_before_the_job_times_out(self):
+        server = Tarpit(self, 2.5)
+        q = self.mail_queue(None, mail_port=server.port, mail_timeout=3)
+        dbqueue.queue_email("a@example.com", "s", text="t", using=q)
+        worker, log = self.work(q, tries=3, timeout=4)
+        self.assertEqual(worker.exit_code, 1, log)
+        self.assertIn("mail server unavailable", log)
+        self.assertIn("the session did not open", log)
+        self.assertIn("(outage)", log)
+        self.assertNotIn("JobTimeout", log)
+        self.assertEqual(q.failed(), [])
+        self.assertEqual(self.db.raw("SELECT attempts, reserved_at FROM {jobs}"), [(0, None)])
+
+
 if __name__ == "__main__":
     unittest.main()
