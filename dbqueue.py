@@ -5273,9 +5273,12 @@ _SECRET_KEY = _Pattern(r"(?i)pass(word|wd|phrase)?|pwd|secret|token|api[-_]?key|
                        r"|private[-_]?key|auth(?!or)|credential|cookie|session|signature|otp"
                        r"|code\Z")
 # "password=x", "api_key: x", '"token": "x"' in an exception or a payload that is not JSON.
-_SECRET_PAIR = _Pattern(r"(?i)\b([\w.-]*?(?:pass(?:word|wd)?|pwd|secret|token|api[-_]?key"
+# "Authorization: Bearer x" and "Basic x" too: there the secret is the word
+# after the scheme, which the key=value rule would leave (it would hide "Bearer").
+_SECRET_PAIR = _Pattern(r"(?i)\b((?:bearer|basic)\s+)([^\s\"'<>]+)"
+                        r"|\b([\w.-]*?(?:pass(?:word|wd)?|pwd|secret|token|api[-_]?key"
                         r"|access[-_]?key|auth|signature|key)[\"']?\s*[=:]\s*[\"']?)"
-                        r"([^\s&\"'<>,;()]+)")
+                        r"(?!(?:bearer|basic)\s)([^\s&\"'<>,;()]+)")
 # A URL: scheme, optional user:password@, host[:port], then the rest.
 _LINK = _Pattern(r"\b([A-Za-z][A-Za-z0-9+.-]{1,15}://)([^/\s?#\"'<>@]*@)?([^/\s?#\"'<>]*)"
                  r"([^\s\"'<>]*)")
@@ -5333,7 +5336,7 @@ def _mask_text(text, config, links=False):
     password hidden; with `links`, every link's path too."""
     text = _scrub(text or "", config)
     text = _mask_links(text) if links else _mask_url(text)
-    return _SECRET_PAIR.sub(lambda m: m.group(1) + "***", text)
+    return _SECRET_PAIR.sub(lambda m: (m.group(1) or m.group(3)) + "***", text)
 
 
 def _mask_payload(value, config, key=""):

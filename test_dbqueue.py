@@ -7877,5 +7877,29 @@ class FixmSessionDeadlineTests(EmailTestMixin, unittest.TestCase):
         self.assertEqual(self.db.raw("SELECT attempts, reserved_at FROM {jobs}"), [(0, None)])
 
 
+class FixmDashboardMaskTests:
+    """The job page hides bearer and basic credentials, not the word before them."""
+
+    add_failed, serve = DashboardTests.add_failed, DashboardTests.serve
+
+    def test_authorization_header_values_are_masked_on_the_job_page(self):
+        client = self.serve()
+        failed_id = self.add_failed(
+            exception="HTTPError: 401 for request with Authorization: Bearer eyJhbGc.SeCrEt-tOk3n"
+                      "\nretry with authorization: basic dXNlcjpzM2NyZXQ=",
+            data={"to": "ann@example.com", "note": "sent Authorization: Bearer N0te-T0ken-xyz"})
+        resp = client.get("/failed/%d" % failed_id)
+        self.assertEqual(resp.status, 200, resp.text)
+        for secret in ("eyJhbGc", "SeCrEt-tOk3n", "dXNlcjpzM2NyZXQ", "N0te-T0ken-xyz"):
+            self.assertNotIn(secret, resp.text)
+        self.assertIn("Authorization: Bearer ***", resp.text)
+        self.assertIn("authorization: basic ***", resp.text)
+        listing = client.get("/failed").text
+        self.assertNotIn("SeCrEt-tOk3n", listing)
+
+
+on_every_backend(FixmDashboardMaskTests, [Backend])
+
+
 if __name__ == "__main__":
     unittest.main()
