@@ -7901,5 +7901,48 @@ class FixmDashboardMaskTests:
 on_every_backend(FixmDashboardMaskTests, [Backend])
 
 
+class FixmDashboardSearchTests:
+    """?q= finds recipients and error texts, never what the pages mask."""
+
+    add_failed, serve = DashboardTests.add_failed, DashboardTests.serve
+
+    def test_search_finds_recipients_and_errors_but_not_link_tokens(self):
+        client = self.serve()
+        token = "Zq7tokenXyz"
+        reset = self.add_failed(
+            to="Ann <ann@example.com>", exception="RuntimeError: SMTP said 550 mailbox full",
+            data={"to": "Ann <ann@example.com>", "template": "password-reset",
+                  "vars": {"reset_link": "https://app.test/reset/%s" % token,
+                           "display_name": "Ann"}})
+        listed = self.add_failed(data={"to": ["bob@example.com", "Cy <cy@example.com>"],
+                                       "subject": "Hi"})
+        self.add_failed(data={"to": "dee@example.com"}, exception="ValueError: unrelated")
+        p = self.db.param
+        broken = self.db.raw("SELECT MAX(id) FROM {failed}")[0][0]
+        self.db.raw("UPDATE {failed} SET payload = %s WHERE id = %s" % (p, p),
+                    ("not json {eve@example.com", broken))
+
+        def found(query):
+            from urllib.parse import quote
+            resp = client.get("/failed?q=" + quote(query))
+            self.assertEqual(resp.status, 200, resp.text)
+            return [int(r["ID"].strip()) for r in resp.page.rows]
+
+        self.assertEqual(found("ANN@example"), [reset])
+        self.assertEqual(found("cy@example.com"), [listed])
+        self.assertEqual(found("mailbox full"), [reset])
+        # The link's path is masked on every page; a search cannot reveal it
+        # either, whole or one prefix at a time.
+        for guess in (token, token[:3], "reset/zq", "app.test/reset", "password-reset"):
+            self.assertEqual(found(guess), [], guess)
+        # A payload that is not JSON is searched by its exception only, and
+        # does not break the page.
+        self.assertEqual(found("unrelated"), [broken])
+        self.assertEqual(found("example.com"), [listed, reset])
+
+
+on_every_backend(FixmDashboardSearchTests)
+
+
 if __name__ == "__main__":
     unittest.main()
