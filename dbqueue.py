@@ -4148,10 +4148,22 @@ _SEED_TEMPLATES = {
 }
 
 # The words every seed template shares, per language.
+# The words every seed template shares, per language. `greeting` is used
+# without a name ("Hello,", never "Hi User,") when the caller gave none:
+# display_name's default stays in the variables, for MAIL_TEMPLATE_DIR's
+# templates. `unnamed` rewrites our sentences for when no app name is known
+# (no APP_NAME, MAIL_FROM_NAME or link host): "Reset your password", never
+# "Reset your our site password"; what remains of $app_name is the signature,
+# left out then.
 _SEED_WORDS = {
-    "en": {"greeting": "Hi $display_name,", "app_name": "our site",
+    "en": {"greeting": "Hi $display_name,", "greeting_unnamed": "Hello,",
+           "app_name": "our site",
+           "unnamed": [(r" (?:for|with|to join|to) \$app_name\b", ""),
+                       (r"\b([Yy]our) \$app_name ", r"\1 ")],
            "fallback": "If the button does not work, copy this link into your browser:"},
-    "es": {"greeting": "Hola, $display_name:", "app_name": "nuestro sitio",
+    "es": {"greeting": "Hola, $display_name:", "greeting_unnamed": "Hola:",
+           "app_name": "nuestro sitio",
+           "unnamed": [(r" (?:en|de|a unirte a|a) \$app_name\b", "")],
            "fallback": "Si el botón no funciona, copia este enlace en tu navegador:"},
 }
 _LOCALES = ("en", "es")
@@ -4246,18 +4258,20 @@ def _seed_form(name, values):
     return not (name == "invitation" and "url" in values and "reset_link" not in values)
 
 
-def _seed_template(name, locale, values):
-    """(subject, text, html) string.Template sources of a seed template in one language."""
+def _seed_template(name, locale, values, unnamed=False):
+    """(subject, text, html) string.Template sources of a seed template in one
+    language; with `unnamed` (the caller gave no display_name), a greeting without a name."""
     import html as html_module
     table, common = _SEED_TEMPLATES[name], _SEED_WORDS[locale]
     words, link = table[locale], table["link"]
+    greeting = common["greeting_unnamed" if unnamed else "greeting"]
     esc = html_module.escape     # our own sentences: their $placeholders pass through
 
     def keep(lines):
         return [line[1] if isinstance(line, tuple) else line for line in lines
                 if not isinstance(line, tuple) or values.get(line[0])]
     intro, after = keep(words["intro"]), keep(words["after"])
-    text = [common["greeting"], ""]
+    text = [greeting, ""]
     for line in intro:
         text += [line, ""]
     if words["button"]:
@@ -4265,7 +4279,7 @@ def _seed_template(name, locale, values):
     for line in after:
         text += [line, ""]
     text += ["-- ", "$app_name", ""]
-    body = [_SEED_P % esc(common["greeting"])] + [_SEED_P % esc(line) for line in intro]
+    body = [_SEED_P % esc(greeting)] + [_SEED_P % esc(line) for line in intro]
     if words["button"]:
         body.append(_SEED_BUTTON % (link, esc(words["button"]), esc(common["fallback"]),
                                     link, link))
@@ -4324,10 +4338,11 @@ def _find_template(name, values, config, warn=True):
     if kind == "seed":
         # The defaults of that language go into `values` first: the sentence
         # that shows one ("This link expires soon.") is kept only when set.
+        unnamed = not values.get("display_name")
         for key, value in _SEED_TEMPLATES[name]["defaults"][locale].items():
             if not values.get(key):
                 values[key] = value
-        return kind, locale, _seed_template(name, locale, values)
+        return kind, locale, _seed_template(name, locale, values, unnamed)
     return kind, locale, _builtin_template(name)
 
 
@@ -4391,8 +4406,12 @@ def _render(name, variables, config):
     url = values.get("url", "") or link
     host = re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://([^/:?#@]+)", url)
     fallback = _SEED_WORDS[locale]["app_name"] if locale in _SEED_WORDS else "our site"
-    values.setdefault("app_name", config.app_name or config.mail_from_name
-                      or (host.group(1) if host else "") or fallback)
+    app_name = values.get("app_name") or (config.app_name or config.mail_from_name
+                                          or (host.group(1) if host else ""))
+    if not app_name and kind != "dir":
+        # Our own sentences, written without a name, and no signature.
+        source = tuple(None if part is None else _unnamed(part, locale) for part in source)
+    values["app_name"] = app_name or fallback
     html_extra = {}
     if kind == "builtin":
         expires = values.get("expires", "")
@@ -4404,6 +4423,9 @@ def _render(name, variables, config):
         values["invited_by"] = ("%s has invited you" % inviter if inviter
                                 else "You have been invited")
     subject_src, text_src, html_src = source
+    if kind == "builtin" and not values.get("name"):
+        text_src = text_src.replace("Hi $name,", "Hello,")
+        html_src = html_src.replace("Hi $name,", "Hello,")
 
     def fill(part, src, vals):
         try:
@@ -4430,6 +4452,14 @@ def _render(name, variables, config):
         escaped["_subject"] = html_module.escape(subject, quote=True)
         html = fill("html", html_src, escaped)
     return subject, text, html
+
+
+def _unnamed(source, locale):
+    """A built-in template's source as it reads when no app name is known."""
+    for pattern, replacement in _SEED_WORDS[locale]["unnamed"]:
+        source = re.sub(pattern, replacement, source)
+    source = source.replace("\n\n-- \n$app_name\n", "\n")    # the text part's signature
+    return source.replace("$app_name", "")                    # the HTML footer's
 
 
 def _template_dir_names(config):

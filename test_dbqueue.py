@@ -5528,10 +5528,10 @@ class TakeoverTemplateTests(EmailTestMixin, unittest.TestCase):
                                          using=q)
         self.work(q, tries=1)
         texts = [m.get_body(("plain",)).get_content() for _, m, _ in sink.messages]
-        self.assertIn("Hi User,", texts[0])
+        self.assertIn("Hello,", texts[0])        # not "Hi User,": no name was given
         self.assertIn("This link expires soon.", texts[0])
         self.assertIn("This link expires in 60 minutes.", texts[1])
-        self.assertIn("Hola, usuario:", texts[2])
+        self.assertIn("Hola:", texts[2])
         self.assertIn("Este enlace caduca pronto.", texts[2])
         self.assertIn("Este enlace caduca en 60 minutos.", texts[3])
 
@@ -7942,6 +7942,65 @@ class FixmDashboardSearchTests:
 
 
 on_every_backend(FixmDashboardSearchTests)
+
+
+class FixmTemplateWordingTests(EmailTestMixin, unittest.TestCase):
+    """With no app name known anywhere, every built-in sentence reads naturally."""
+
+    CASES = [("verification", {"verification_link": "/v"}),
+             ("password-reset", {"reset_link": "/r"}),
+             ("invitation", {"reset_link": "/r"}),
+             ("account-approved", {"login_link": "/l"}),
+             ("pending-approval-google", {}),
+             ("verify_email", {"name": "", "url": "/v"}),
+             ("password_reset", {"name": "", "url": "/r"}),
+             ("invitation", {"name": "", "url": "/i", "inviter": "Bo"})]
+
+    def setUp(self):
+        self.db = Backend(self)
+
+    def test_no_our_site_and_no_default_name_in_any_sentence(self):
+        sink = SMTPSink(self)
+        # No APP_NAME, no MAIL_FROM_NAME, and links without a host.
+        q = self.mail_queue(sink, app_name="", mail_from_name="")
+        for name, variables in self.CASES:
+            for locale in ("en", "es"):
+                dbqueue.queue_template_email("a@example.com", name,
+                                             dict(variables, locale=locale), using=q)
+        _, log = self.work(q, tries=1)
+        self.assertEqual(len(sink.messages), 2 * len(self.CASES), log)
+        import html as html_module
+        import re
+        subjects = []
+        for _, msg, _ in sink.messages:
+            text = msg.get_body(("plain",)).get_content().replace("\r\n", "\n")
+            shown = html_module.unescape(re.sub(r"<[^>]+>", " ", msg.get_body(("html",))
+                                                .get_content()))
+            subjects.append(msg["Subject"])
+            for part in (msg["Subject"], text, shown):
+                for bad in ("our site", "nuestro sitio", "User", "usuario", "$app_name",
+                            "Hi ,", " .", " ,"):
+                    self.assertNotIn(bad, part, (msg["Subject"], part))
+            self.assertRegex(text, r"\A(Hello,|Hola:)\n")
+            self.assertFalse(text.rstrip("\n").endswith("--"), text)
+            self.assertNotIn("\n-- ", text)
+        for expected in ("Reset your password", "Restablece tu contraseña",
+                         "Your account has been approved", "Hemos aprobado tu cuenta",
+                         "Confirm your email address", "Confirma tu correo electrónico",
+                         "Your account is awaiting approval",
+                         "Tu cuenta está pendiente de aprobación"):
+            self.assertIn(expected, subjects)
+        # A name given still greets by name and signs with the app's name.
+        q = self.mail_queue(sink, app_name="Acme")
+        dbqueue.queue_template_email("a@example.com", "password-reset",
+                                     {"reset_link": "/r", "display_name": "Ann",
+                                      "locale": "es"}, using=q)
+        self.work(q, tries=1)
+        msg = sink.messages[-1][1]
+        self.assertEqual(msg["Subject"], "Restablece tu contraseña de Acme")
+        text = msg.get_body(("plain",)).get_content()
+        self.assertTrue(text.startswith("Hola, Ann:"), text)
+        self.assertIn("-- \nAcme", text.replace("\r\n", "\n"))
 
 
 if __name__ == "__main__":
