@@ -4473,23 +4473,35 @@ def _template_dir_names(config):
 # -- sending ---------------------------------------------------------------------
 
 def _message_parts(fields):
-    """(message, its bytes, its bytes for a server without 8BITMIME or None)
-    for checked fields."""
-    try:
-        msg = _build_message(fields)
-        data = _message_bytes(msg)
-        # For a server that does not offer 8BITMIME: the body as QP or base64.
-        data_7bit = None if data.isascii() else _message_bytes(_build_message(fields, True))
-        return msg, data, data_7bit
-    except (QueueError, MemoryError):
-        raise
-    except Exception as exc:
-        # The email package refusing the message, or tripping over it (Python
-        # 3.8 raises TypeError for a blank Orig-Date), is about the data,
-        # which a retry cannot change (smtplib's own errors are classified in
-        # _smtp_error).
-        raise PermanentError("the message cannot be built: %s: %s"
-                             % (type(exc).__name__, _first_line(exc)))
+    """(message, its bytes, None or a function returning its bytes for a
+    server without 8BITMIME) for checked fields.
+
+    The 7-bit copy (the body as QP or base64) is built only when called: a
+    server that offers 8BITMIME, and sendmail, never need it.
+    """
+    def built(seven_bit=False):
+        try:
+            msg = _build_message(fields, seven_bit)
+            return msg, _message_bytes(msg)
+        except (QueueError, MemoryError):
+            raise
+        except Exception as exc:
+            # The email package refusing the message, or tripping over it
+            # (Python 3.8 raises TypeError for a blank Orig-Date), is about
+            # the data, which a retry cannot change (smtplib's own errors are
+            # classified in _smtp_error).
+            raise PermanentError("the message cannot be built: %s: %s"
+                                 % (type(exc).__name__, _first_line(exc)))
+    msg, data = built()
+    if data.isascii():
+        return msg, data, None
+    kept = []
+
+    def seven_bit():
+        if not kept:
+            kept.append(built(True)[1])
+        return kept[0]
+    return msg, data, seven_bit
 
 
 def _deliver(fields, config):
@@ -4902,8 +4914,9 @@ class _Mailer:
         """One mail transaction; returns {recipient: (code, reply)} of those not
         accepted. The message went to the others; to nobody when none was.
 
-        `data_7bit` is the message for a server without 8BITMIME (given when
-        `data` is not ASCII). Failures leave as _MailOutage (no session: the
+        `data_7bit` gives the message for a server without 8BITMIME (when
+        `data` is not ASCII): bytes, or a function that builds them, called
+        only for such a server. Failures leave as _MailOutage (no session: the
         connection, greeting, TLS or AUTH failed or is not offered, or a 421),
         PermanentError (a 5xx about this message) or
         QueueError (retried), with any secret removed from the text.
@@ -4917,7 +4930,9 @@ class _Mailer:
                 self._open()
             smtp, stage = self.smtp, "transaction"
             eight_bit = data_7bit is not None and smtp.has_extn("8bitmime")
-            body = data_7bit if data_7bit is not None and not eight_bit else data
+            body = data
+            if data_7bit is not None and not eight_bit:
+                body = data_7bit() if callable(data_7bit) else data_7bit
             options = ["BODY=8BITMIME"] if eight_bit else []
             if smtp.has_extn("size"):
                 options.append("SIZE=%d" % len(body))

@@ -4371,6 +4371,7 @@ class Core16MessageFuzzTests(unittest.TestCase):
             try:
                 fields = dbqueue._email_fields(data, config)
                 msg, raw, raw_7bit = dbqueue._message_parts(fields)
+                raw_7bit = raw_7bit() if raw_7bit is not None else None   # built when asked
             except dbqueue.PermanentError:
                 refused += 1
                 continue
@@ -8001,6 +8002,44 @@ class FixmTemplateWordingTests(EmailTestMixin, unittest.TestCase):
         text = msg.get_body(("plain",)).get_content()
         self.assertTrue(text.startswith("Hola, Ann:"), text)
         self.assertIn("-- \nAcme", text.replace("\r\n", "\n"))
+
+
+class FixmLazySevenBitTests(EmailTestMixin, unittest.TestCase):
+    """The 7-bit copy of a non-ASCII message is built only for a server
+    without 8BITMIME."""
+
+    def setUp(self):
+        self.db = Backend(self)
+        self.builds = []
+        real = dbqueue._build_message
+
+        def counting(fields, seven_bit=False):
+            self.builds.append(seven_bit)
+            return real(fields, seven_bit)
+        dbqueue._build_message = counting
+        self.addCleanup(setattr, dbqueue, "_build_message", real)
+
+    def send(self, q):
+        dbqueue.queue_email("a@example.com", "Grüße", text="Schöne Grüße, Zoë", using=q)
+        self.builds.clear()
+        worker, log = self.work(q, tries=1)
+        self.assertIn("outcome=done", log)
+        return self.builds
+
+    def test_only_a_server_without_8bitmime_gets_a_7bit_copy_built(self):
+        sink = PostfixSink(self)
+        self.assertEqual(self.send(self.mail_queue(sink)), [False])
+        self.assertEqual(sink.mail_options[-1], ["BODY=8BITMIME", sink.mail_options[-1][1]])
+        script = os.path.join(self.db.tmp, "sendmail.py")
+        with open(script, "w") as fh:
+            fh.write("import sys\nsys.stdin.buffer.read()\n")
+        q = self.mail_queue(None, mail_mailer="sendmail",
+                            mail_sendmail_path="%s %s" % (sys.executable, script))
+        self.assertEqual(self.send(q), [False])
+        old = PostfixSink(self, eight_bit=False)
+        self.assertEqual(self.send(self.mail_queue(old)), [False, True])
+        self.assertTrue(old.raw[-1].isascii())
+        self.assertIn("Schöne Grüße, Zoë", old.messages[-1][1].get_body(("plain",)).get_content())
 
 
 if __name__ == "__main__":
