@@ -3949,80 +3949,52 @@ def _plain_header(name, value):
 
 # -- templates -------------------------------------------------------------------
 
-# The built-in templates. Each needs only `name` and `url`; `app_name` defaults
-# to APP_NAME, then MAIL_FROM_NAME, then the link's host; `expires` (such as
-# "24 hours") and, for invitations, `inviter` are optional. The HTML is one
-# shared layout (inline styles: mail clients drop <style> blocks) with the
-# template's own sentences put in.
+# The original built-in templates, in English. Each needs only `name` (which
+# may be empty) and `url`; `app_name` defaults to APP_NAME, then
+# MAIL_FROM_NAME, then the link's host; `expires` (such as "24 hours") and,
+# for invitations, `inviter` are optional. Written as the seed templates below
+# are, and sent in their layout; `greeting` names the variable the greeting
+# uses, and a sentence (variable, text, otherwise) says `otherwise` when the
+# variable is empty.
 _BUILTIN_TEMPLATES = {
     "verify_email": {
-        "subject": "Confirm your email address for $app_name",
-        "heading": "Confirm your email address",
-        "intro": "Please confirm that this is your email address for $app_name.",
-        "button": "Confirm email address",
-        "unexpected": "If you did not create an account with $app_name, you can ignore this"
-                      " email: nothing will change and no account will be activated.",
+        "link": "url", "greeting": "name", "defaults": {"en": {}},
+        "en": {
+            "subject": "Confirm your email address for $app_name",
+            "heading": "Confirm your email address",
+            "intro": ["Please confirm that this is your email address for $app_name."],
+            "button": "Confirm email address",
+            "after": [("expires", "This link expires in $expires."),
+                      "If you did not create an account with $app_name, you can ignore this"
+                      " email: nothing will change and no account will be activated."],
+        },
     },
     "password_reset": {
-        "subject": "Reset your $app_name password",
-        "heading": "Reset your password",
-        "intro": "We received a request to reset the password of your $app_name account.",
-        "button": "Choose a new password",
-        "unexpected": "If you did not ask to reset your password, you can ignore this email:"
-                      " your password stays as it is. If this keeps happening, tell us.",
+        "link": "url", "greeting": "name", "defaults": {"en": {}},
+        "en": {
+            "subject": "Reset your $app_name password",
+            "heading": "Reset your password",
+            "intro": ["We received a request to reset the password of your $app_name account."],
+            "button": "Choose a new password",
+            "after": [("expires", "This link expires in $expires."),
+                      "If you did not ask to reset your password, you can ignore this email:"
+                      " your password stays as it is. If this keeps happening, tell us."],
+        },
     },
     "invitation": {
-        "subject": "You are invited to join $app_name",
-        "heading": "You are invited to $app_name",
-        "intro": "${invited_by} to join $app_name.",
-        "button": "Accept the invitation",
-        "unexpected": "If you were not expecting this invitation, you can ignore this email:"
-                      " no account is created unless you accept it.",
+        "link": "url", "greeting": "name", "defaults": {"en": {}},
+        "en": {
+            "subject": "You are invited to join $app_name",
+            "heading": "You are invited to $app_name",
+            "intro": [("inviter", "$inviter has invited you to join $app_name.",
+                       "You have been invited to join $app_name.")],
+            "button": "Accept the invitation",
+            "after": [("expires", "This link expires in $expires."),
+                      "If you were not expecting this invitation, you can ignore this email:"
+                      " no account is created unless you accept it."],
+        },
     },
 }
-
-_TEXT_LAYOUT = """Hi $name,
-
-@INTRO@
-
-@BUTTON@:
-$url
-
-${expiry_text}
-
-@UNEXPECTED@
-
--- 
-$app_name
-"""
-
-_HTML_LAYOUT = """<!DOCTYPE html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>@SUBJECT@</title>
-</head>
-<body style="margin:0;padding:0;background:#f3f4f6;">
-<table role="presentation" width="100%" cellpadding="0" cellspacing="0" style="background:#f3f4f6;padding:24px 12px;">
-<tr><td align="center">
-<table role="presentation" width="100%" cellpadding="0" cellspacing="0" style="max-width:560px;background:#ffffff;border-radius:8px;font-family:-apple-system,'Segoe UI',Roboto,Helvetica,Arial,sans-serif;color:#1f2937;">
-<tr><td style="padding:32px 32px 0;font-size:22px;font-weight:600;">@HEADING@</td></tr>
-<tr><td style="padding:16px 32px 8px;font-size:16px;line-height:1.6;">
-<p style="margin:0 0 16px;">Hi $name,</p>
-<p style="margin:0 0 24px;">@INTRO@</p>
-<p style="margin:0 0 24px;text-align:center;"><a href="$url" style="display:inline-block;background:#2563eb;color:#ffffff;text-decoration:none;font-weight:600;padding:12px 24px;border-radius:6px;">@BUTTON@</a></p>
-<p style="margin:0 0 16px;font-size:14px;color:#4b5563;">If the button does not work, copy this link into your browser:<br><a href="$url" style="color:#2563eb;word-break:break-all;">$url</a></p>
-${expiry_html}
-<p style="margin:0 0 16px;font-size:14px;color:#4b5563;">@UNEXPECTED@</p>
-</td></tr>
-<tr><td style="padding:8px 32px 32px;font-size:13px;color:#9ca3af;">$app_name</td></tr>
-</table>
-</td></tr>
-</table>
-</body>
-</html>
-"""
 
 
 # The CodeIgniter app's own templates, built in with its variable names and
@@ -4206,19 +4178,6 @@ _SEED_BUTTON = ('<table role="presentation" cellpadding="0" cellspacing="0" alig
                 ' style="color:#2563eb;word-break:break-all;">$%s</a></p>')
 
 
-def _builtin_template(name):
-    """(subject, text, html) string.Template sources of a built-in template, or None."""
-    parts = _BUILTIN_TEMPLATES.get(name)
-    if parts is None:
-        return None
-    text, html = _TEXT_LAYOUT, _HTML_LAYOUT
-    for key in ("subject", "heading", "intro", "button", "unexpected"):
-        marker = "@%s@" % key.upper()
-        text = text.replace(marker, parts[key])
-        html = html.replace(marker, parts[key])
-    return parts["subject"], text, html
-
-
 def _template_name(name):
     if not isinstance(name, str) or not _TEMPLATE_NAME.match(name):
         raise PermanentError("template name %r must be a plain name (letters, digits, _ and -)"
@@ -4258,18 +4217,27 @@ def _seed_form(name, values):
     return not (name == "invitation" and "url" in values and "reset_link" not in values)
 
 
-def _seed_template(name, locale, values, unnamed=False):
-    """(subject, text, html) string.Template sources of a seed template in one
-    language; with `unnamed` (the caller gave no display_name), a greeting without a name."""
+def _seed_template(table, locale, values, unnamed=False):
+    """(subject, text, html) string.Template sources of a built-in template
+    (a _SEED_TEMPLATES or _BUILTIN_TEMPLATES entry) in one language; with
+    `unnamed` (the caller gave no name), a greeting without a name."""
     import html as html_module
-    table, common = _SEED_TEMPLATES[name], _SEED_WORDS[locale]
+    common = _SEED_WORDS[locale]
     words, link = table[locale], table["link"]
-    greeting = common["greeting_unnamed" if unnamed else "greeting"]
+    greeting = (common["greeting_unnamed"] if unnamed else common["greeting"].replace(
+        "$display_name", "$" + table.get("greeting", "display_name")))
     esc = html_module.escape     # our own sentences: their $placeholders pass through
 
     def keep(lines):
-        return [line[1] if isinstance(line, tuple) else line for line in lines
-                if not isinstance(line, tuple) or values.get(line[0])]
+        kept = []
+        for line in lines:
+            if not isinstance(line, tuple):
+                kept.append(line)
+            elif values.get(line[0]):
+                kept.append(line[1])
+            elif len(line) > 2:
+                kept.append(line[2])
+        return kept
     intro, after = keep(words["intro"]), keep(words["after"])
     text = [greeting, ""]
     for line in intro:
@@ -4335,15 +4303,15 @@ def _find_template(name, values, config, warn=True):
             _job_log().warning("email template has no version in this locale; sent in English",
                                template=name, locale=re.sub(r"[^\w.-]", "?", asked[:40]))
         locale = "en"
-    if kind == "seed":
-        # The defaults of that language go into `values` first: the sentence
-        # that shows one ("This link expires soon.") is kept only when set.
-        unnamed = not values.get("display_name")
-        for key, value in _SEED_TEMPLATES[name]["defaults"][locale].items():
-            if not values.get(key):
-                values[key] = value
-        return kind, locale, _seed_template(name, locale, values, unnamed)
-    return kind, locale, _builtin_template(name)
+    table = _SEED_TEMPLATES[name] if kind == "seed" else _BUILTIN_TEMPLATES[name]
+    # The defaults of that language go into `values` first: the sentence that
+    # shows one ("This link expires soon.") is kept only when set. The
+    # greeting is by name only when the caller gave one (not "Hi User,").
+    unnamed = not values.get(table.get("greeting", "display_name"))
+    for key, value in table["defaults"][locale].items():
+        if not values.get(key):
+            values[key] = value
+    return kind, locale, _seed_template(table, locale, values, unnamed)
 
 
 def _read_template(directory, name, locale=None):
@@ -4412,20 +4380,7 @@ def _render(name, variables, config):
         # Our own sentences, written without a name, and no signature.
         source = tuple(None if part is None else _unnamed(part, locale) for part in source)
     values["app_name"] = app_name or fallback
-    html_extra = {}
-    if kind == "builtin":
-        expires = values.get("expires", "")
-        values["expiry_text"] = "This link expires in %s." % expires if expires else ""
-        html_extra["expiry_html"] = (
-            '<p style="margin:0 0 16px;font-size:14px;color:#4b5563;">This link expires in'
-            ' %s.</p>' % html_module.escape(expires) if expires else "")
-        inviter = values.get("inviter", "")
-        values["invited_by"] = ("%s has invited you" % inviter if inviter
-                                else "You have been invited")
     subject_src, text_src, html_src = source
-    if kind == "builtin" and not values.get("name"):
-        text_src = text_src.replace("Hi $name,", "Hello,")
-        html_src = html_src.replace("Hi $name,", "Hello,")
 
     def fill(part, src, vals):
         try:
@@ -4441,14 +4396,11 @@ def _render(name, variables, config):
     if isinstance(variables.get("subject"), str) and variables["subject"].strip():
         subject = variables["subject"]
     text = fill("text", text_src, values)
-    if kind == "builtin":
-        text = re.sub(r"\n{3,}", "\n\n", text)
     if isinstance(variables.get("textMessage"), str) and variables["textMessage"].strip():
         text = variables["textMessage"]
     html = None
     if html_src is not None:
         escaped = {k: html_module.escape(v, quote=True) for k, v in values.items()}
-        escaped.update(html_extra)
         escaped["_subject"] = html_module.escape(subject, quote=True)
         html = fill("html", html_src, escaped)
     return subject, text, html

@@ -8042,5 +8042,40 @@ class FixmLazySevenBitTests(EmailTestMixin, unittest.TestCase):
         self.assertIn("Schöne Grüße, Zoë", old.messages[-1][1].get_body(("plain",)).get_content())
 
 
+class FixmOneLayoutTests(EmailTestMixin, unittest.TestCase):
+    """The three original templates are sent in the seed templates' layout."""
+
+    def setUp(self):
+        self.db = Backend(self)
+
+    def test_original_templates_have_the_outlook_layout_and_their_sentences(self):
+        sink = SMTPSink(self)
+        q = self.mail_queue(sink)
+        for template, variables in (("verify_email", {"expires": "24 hours"}),
+                                    ("password_reset", {}),
+                                    ("invitation", {"inviter": "Bo <b>"})):
+            dbqueue.queue_template_email("a@example.com", template,
+                                         dict(variables, name="Ann", url="https://x.test/a?b&c"),
+                                         using=q)
+        self.work(q, tries=1)
+        texts = []
+        for _, msg, _ in sink.messages:
+            html = msg.get_body(("html",)).get_content()
+            text = msg.get_body(("plain",)).get_content().replace("\r\n", "\n")
+            texts.append(text)
+            self.assertIn('<td bgcolor="#2563eb"', html)       # the button is a table cell
+            self.assertIn('bgcolor="#ffffff"', html)
+            self.assertIn('href="https://x.test/a?b&amp;c"', html)
+            self.assertIn("<title>%s</title>" % msg["Subject"], html)
+            self.assertTrue(text.startswith("Hi Ann,\n\n"), text)
+            self.assertTrue(text.endswith("\n\n-- \nAcme\n"), text)
+            self.assertNotIn("\n\n\n", text)
+        self.assertIn("This link expires in 24 hours.", texts[0])
+        self.assertNotIn("expires", texts[1])
+        self.assertIn("Bo <b> has invited you to join Acme.", texts[2])
+        self.assertIn("Bo &lt;b&gt; has invited you", sink.messages[2][1].get_body(("html",))
+                      .get_content())
+
+
 if __name__ == "__main__":
     unittest.main()
