@@ -5171,9 +5171,10 @@ def _smtp_error(exc, config, stage="transaction"):
 
     No session (stage "session": connecting, greeting, STARTTLS, EHLO, AUTH,
     for any reason, a missing extension included) or a 421 anywhere:
-    _MailOutage, which pauses the worker's mail without spending attempts. Otherwise PermanentError for a 5xx about the message
-    (503, a command out of sequence, is never one: it is about the session),
-    else QueueError, retried with backoff.
+    _MailOutage, which pauses the worker's mail without spending attempts.
+    Otherwise PermanentError for a 5xx about the message (503, a command out
+    of sequence, is never one: it is about the session), else QueueError,
+    retried with backoff.
     """
     import smtplib
     where = "SMTP %s:%s" % (config.mail_host, config.mail_port)
