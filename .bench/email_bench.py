@@ -131,9 +131,10 @@ def run_concurrent(tmp, port, emails, concurrency, database):
         return emails / elapsed, cpu / emails
     finally:
         if database != "sqlite":
+            quote = "`%s`" if database.startswith(("mysql", "mariadb")) else '"%s"'
             with queue.transaction() as cur:
-                cur.execute('DROP TABLE IF EXISTS "%s"' % table)
-                cur.execute('DROP TABLE IF EXISTS "%s_failed"' % table)
+                for name in (table, table + "_failed"):
+                    cur.execute("DROP TABLE IF EXISTS " + quote % name)
         queue.close()
 
 
@@ -145,7 +146,7 @@ def concurrency_main(args):
     total = 0
     try:
         assert sink.stdout.readline().strip() == "ready"
-        db = "sqlite" if args.database == "sqlite" else "postgresql"
+        db = args.database.split(":")[0]
         for n in [int(c) for c in args.concurrency.split(",")]:
             emails = args.emails or max(100, int(n / args.delay * 4))   # about 4 s of sending
             rate, cpu = run_concurrent(tmp, port, emails, n, args.database)
@@ -166,7 +167,7 @@ def main():
     parser.add_argument("--delay", type=float, default=0.1,
                         help="with --concurrency: the sink's seconds per message (default 0.1)")
     parser.add_argument("--database", default="sqlite",
-                        help="with --concurrency: sqlite (a temporary file) or a PostgreSQL URL")
+                        help="with --concurrency: sqlite (a temporary file), or a PostgreSQL or MySQL URL")
     args = parser.parse_args()
     if args.concurrency:
         return concurrency_main(args)
