@@ -352,9 +352,12 @@ def _parse_url(url):
                               % driver)
         return _Postgres, "postgresql://" + rest, driver or None
     if base in ("mysql", "mariadb"):
-        raise ConfigError("QUEUE_DATABASE_URL: MySQL is not supported yet; use sqlite:/// or postgresql://")
-    raise ConfigError("QUEUE_DATABASE_URL=%s: unknown scheme %r (use sqlite:///path.db or"
-                      " postgresql://user@host/db)" % (_mask_url(url), scheme))
+        if driver not in ("", "pymysql", "mysqldb"):
+            raise ConfigError("QUEUE_DATABASE_URL: unknown MySQL driver %r (pymysql or mysqldb)"
+                              % driver)
+        return _MySQL, _MySQL.parse(rest), {"pymysql": "pymysql", "mysqldb": "MySQLdb"}.get(driver)
+    raise ConfigError("QUEUE_DATABASE_URL=%s: unknown scheme %r (use sqlite:///path.db,"
+                      " postgresql://user@host/db or mysql://user@host/db)" % (_mask_url(url), scheme))
 
 
 ###############################################################################
@@ -376,9 +379,12 @@ class DatabaseError(QueueError):
     out with backoff) and false for an error that retrying cannot cure.
     """
 
-    def __init__(self, message, transient=True):
+    def __init__(self, message, transient=True, conflict=False):
         super().__init__(message)
         self.transient = transient
+        # A deadlock or lock-wait timeout (MySQL): the transaction was rolled
+        # back and is run again at once, never reported as an outage.
+        self.conflict = conflict
 
 
 class MissingTableError(DatabaseError):
@@ -439,8 +445,9 @@ _SQL = {
              " FROM {jobs} GROUP BY queue",
     "failed_counts": "SELECT {queue_text}, COUNT(*) FROM {failed} GROUP BY queue",
     "failed_list": "SELECT id, uuid, {queue_text}, {payload_text}, exception, failed_at FROM {failed}"
-                   " WHERE (CAST(:queue AS TEXT) IS NULL OR queue = :queue) ORDER BY id",
-    "failed_ids": "SELECT id FROM {failed} WHERE (CAST(:queue AS TEXT) IS NULL OR queue = :queue) ORDER BY id",
+                   " WHERE (CAST(:queue AS {text_type}) IS NULL OR queue = :queue) ORDER BY id",
+    "failed_ids": "SELECT id FROM {failed} WHERE (CAST(:queue AS {text_type}) IS NULL OR queue = :queue)"
+                  " ORDER BY id",
     "retry": "INSERT INTO {jobs} (queue, payload, attempts, reserved_at, available_at, created_at)"
              " SELECT queue, payload, 0, NULL, {now}, {now} FROM {failed} WHERE id = :id",
     "forget": "DELETE FROM {failed} WHERE id = :id",
@@ -470,14 +477,26 @@ class _Dialect:
     claim = ""                     # one statement, or "" when claim_select/claim_update are used
     claim_select = ""
     claim_update = ""
+    claim_update_many = ""         # claim_update for a list of {ids} at once
+    tokens_lock_many = ""          # without RETURNING: lock the rows a batch of tokens names
     migrate_lock = ""              # run first in migrate's transaction: one migration at a time
+    migrate_unlock = ""            # run after it, when the lock outlives the transaction
+    ident_quote = '"'
+    text_type = "TEXT"             # what CAST(... AS ...) calls a string
+    wakeup = "data_version"        # how an idle worker learns of new jobs: see Worker._idle
+    autoinc_settings = ""
+
+    @classmethod
+    def ident(cls, name):
+        """A table or index name, validated and quoted."""
+        return cls.ident_quote + _quote(name)[1:-1] + cls.ident_quote
 
     @classmethod
     def prepare(cls, template, jobs="jobs", failed="failed_jobs", **extra):
         """(sql, names): the template for this dialect and its parameter order."""
-        text = template.format(jobs=_quote(jobs), failed=_quote(failed), now=cls.now,
+        text = template.format(jobs=cls.ident(jobs), failed=cls.ident(failed), now=cls.now,
                                payload_text=cls.payload_text, queue_text=cls.queue_text,
-                               failed_cutoff=cls.failed_cutoff, **extra)
+                               failed_cutoff=cls.failed_cutoff, text_type=cls.text_type, **extra)
         names = _PARAM.findall(text)
         if cls.placeholder == "%s":
             text = text.replace("%", "%%")
@@ -528,6 +547,20 @@ class _Dialect:
                 "    tbl VARCHAR(63) PRIMARY KEY,\n"
                 "    version INTEGER NOT NULL\n"
                 ")")
+
+    @staticmethod
+    def is_closed(conn):
+        return getattr(conn, "closed", False)
+
+    @staticmethod
+    def is_conflict(exc):
+        """A deadlock or lock-wait timeout: run the transaction again at once."""
+        return False
+
+    @staticmethod
+    def describe(exc):
+        """A driver's exception as one line."""
+        return _first_line(exc)
 
 
 class _SQLite(_Dialect):
@@ -702,6 +735,7 @@ class _Postgres(_Dialect):
     # A transaction-scoped advisory lock ("dbqueue" as a number) makes the
     # second wait for the first and then find everything in place.
     migrate_lock = "SELECT pg_advisory_xact_lock(28255737111475557)"
+    wakeup = "notify"
     payload_text = "payload"
     autoincrement = "BIGSERIAL PRIMARY KEY"
     bigint = "BIGINT"
@@ -785,6 +819,263 @@ class _Postgres(_Dialect):
         return False
 
 
+class _MySQL(_Dialect):
+    """MySQL 8.0.1+ and MariaDB 10.6+ (InnoDB), through PyMySQL or mysqlclient."""
+
+    name = "mysql"
+    placeholder = "%s"
+    # Backticks, not ANSI double quotes: an app's own connection (push with
+    # connection=) runs in the server's sql_mode, where "jobs" is a string.
+    ident_quote = "`"
+    text_type = "CHAR"
+    now = "COALESCE(:now, UNIX_TIMESTAMP())"      # the server's clock, as on PostgreSQL
+    # Every dbqueue session runs at READ COMMITTED (set at connect). At the
+    # server's default REPEATABLE READ a locking read takes next-key locks on
+    # the gaps it walks (blocking push() into them), and a plain read keeps
+    # the snapshot of its transaction's first read.
+    begin = "START TRANSACTION"
+    # GET_LOCK is held by the session across the implicit commit of every DDL
+    # statement: a second host running migrate waits, then finds the tables.
+    migrate_lock = "SELECT GET_LOCK(LEFT(CONCAT('dbqueue.migrate.', DATABASE()), 64), 60)"
+    migrate_unlock = "DO RELEASE_LOCK(LEFT(CONCAT('dbqueue.migrate.', DATABASE()), 64))"
+    failed_cutoff = "CURRENT_TIMESTAMP - INTERVAL (:hours * 3600) SECOND"
+    table_options = "ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin"
+    # No RETURNING on MySQL (MariaDB has it for INSERT and DELETE only): lock
+    # the ready rows, skipping those another worker holds, then mark them
+    # reserved, in one short transaction. With the jobs_ready index below this
+    # touches exactly the rows it returns.
+    claim_select = ("SELECT id, queue, payload, attempts + 1, available_at FROM {jobs}"
+                    " WHERE queue = :queue AND reserved_at IS NULL AND available_at <= {now}"
+                    " ORDER BY available_at, id LIMIT :limit FOR UPDATE SKIP LOCKED")
+    claim_update_many = ("UPDATE {jobs} SET reserved_at = {now}, attempts = attempts + 1"
+                         " WHERE id IN ({ids})")
+    # A batch of (id, attempts) tokens: lock the rows that still carry them,
+    # then delete or touch exactly those (two round trips for any number).
+    tokens_lock_many = ("SELECT id FROM {jobs} WHERE id IN ({ids}) AND reserved_at IS NOT NULL"
+                        " AND (id, attempts) IN ({pairs}) ORDER BY id FOR UPDATE")
+    ack_locked_many = "DELETE FROM {jobs} WHERE id IN ({ids})"
+    touch_locked_many = "UPDATE {jobs} SET reserved_at = {now} WHERE id IN ({ids})"
+    fail = ("INSERT INTO {failed} (uuid, connection, queue, payload, exception)"
+            " SELECT :uuid, 'database', j.queue, j.payload, :exception FROM {jobs} j"
+            " WHERE j.id = :id AND j.attempts = :attempts AND j.reserved_at IS NOT NULL"
+            " ON DUPLICATE KEY UPDATE queue = VALUES(queue), payload = VALUES(payload),"
+            " exception = VALUES(exception), failed_at = CURRENT_TIMESTAMP")
+    set_version = ("INSERT INTO dbqueue_migrations (tbl, version) VALUES (:tbl, :version)"
+                   " ON DUPLICATE KEY UPDATE version = VALUES(version)")
+    # Idle workers look for a ready job (no NOTIFY here): one index probe.
+    ready = ("SELECT 1 FROM {jobs} WHERE queue = :queue AND reserved_at IS NULL"
+             " AND available_at <= {now} LIMIT 1")
+    wakeup = "poll"
+    # push_many: a multi-row INSERT reports its first id; the rest follow in
+    # steps of auto_increment_increment, except under innodb_autoinc_lock_mode
+    # 2 (MySQL 8's default), where a concurrent INSERT ... SELECT may take
+    # ids in between: there each row is inserted (and asks its id) alone.
+    autoinc_settings = "SELECT @@innodb_autoinc_lock_mode, @@auto_increment_increment"
+    # Seconds a session waits for a row lock before error 1205 (retried).
+    lock_wait_timeout = 10
+    needs = {"mysql": (8, 0, 1), "mariadb": (10, 6, 0)}   # the first with SKIP LOCKED
+
+    @classmethod
+    def ddl(cls, jobs, failed):
+        j, f = cls.ident(jobs), cls.ident(failed)
+        # InnoDB keeps the AUTO_INCREMENT counter across restarts (MySQL 8,
+        # MariaDB 10.2.4+): ids are never reused, as the fencing tokens need.
+        statements = [
+            "CREATE TABLE IF NOT EXISTS %s (\n"
+            "    id BIGINT UNSIGNED NOT NULL AUTO_INCREMENT PRIMARY KEY,\n"
+            "    queue VARCHAR(255) NOT NULL,\n"
+            "    payload LONGTEXT NOT NULL,\n"
+            "    attempts INTEGER NOT NULL DEFAULT 0,\n"
+            "    reserved_at BIGINT,\n"
+            "    available_at BIGINT NOT NULL,\n"
+            "    created_at BIGINT NOT NULL\n"
+            ") %s" % (j, cls.table_options)]
+        # MySQL has no partial index. The claim reads `queue = ? AND
+        # reserved_at IS NULL AND available_at <= now ORDER BY available_at, id`:
+        # with reserved_at second, the ready rows of a queue are one contiguous
+        # stretch of this index already in claim order, so the locking read
+        # starts at the first ready row and stops after LIMIT rows, without a
+        # sort and without stepping over (or locking) reserved or delayed rows.
+        statements += cls._index(jobs, "_ready", "queue, reserved_at, available_at, id")
+        # Finds expired reservations cheaply (NULLs sort first and are skipped).
+        statements += cls._index(jobs, "_reserved", "reserved_at")
+        statements.append(
+            "CREATE TABLE IF NOT EXISTS %s (\n"
+            "    id BIGINT UNSIGNED NOT NULL AUTO_INCREMENT PRIMARY KEY,\n"
+            "    uuid VARCHAR(255) NOT NULL UNIQUE,\n"
+            "    connection TEXT NOT NULL,\n"
+            "    queue TEXT NOT NULL,\n"
+            "    payload LONGTEXT NOT NULL,\n"
+            "    exception LONGTEXT NOT NULL,\n"
+            "    failed_at TIMESTAMP NOT NULL DEFAULT CURRENT_TIMESTAMP\n"
+            ") %s" % (f, cls.table_options))
+        return statements
+
+    @classmethod
+    def _index(cls, table, suffix, columns):
+        # MySQL 8 has no CREATE INDEX IF NOT EXISTS (MariaDB has): ask
+        # information_schema, in SQL, so that the printed script is idempotent too.
+        name = table + suffix
+        create = "CREATE INDEX %s ON %s (%s)" % (cls.ident(name), cls.ident(table), columns)
+        return ["SET @dbqueue_ddl = (SELECT IF(COUNT(*) = 0, '%s', 'DO 0')"
+                " FROM information_schema.statistics WHERE table_schema = DATABASE()"
+                " AND table_name = '%s' AND index_name = '%s')" % (create, table, name),
+                "PREPARE dbqueue_ddl FROM @dbqueue_ddl",
+                "EXECUTE dbqueue_ddl",
+                "DEALLOCATE PREPARE dbqueue_ddl"]
+
+    @classmethod
+    def version_ddl(cls):
+        return ("CREATE TABLE IF NOT EXISTS dbqueue_migrations (\n"
+                "    tbl VARCHAR(63) PRIMARY KEY,\n"
+                "    version INTEGER NOT NULL\n"
+                ") %s" % cls.table_options)
+
+    @staticmethod
+    def parse(rest):
+        """Connection arguments from what follows mysql:// (ConfigError when bad)."""
+        from urllib.parse import parse_qsl, unquote, urlsplit
+        url = "mysql://" + rest
+        try:
+            parts = urlsplit(url)
+            port = parts.port
+        except ValueError as exc:
+            raise ConfigError("QUEUE_DATABASE_URL=%s: %s" % (_mask_url(url), exc))
+        database = unquote(parts.path[1:])
+        if not database or "/" in database:
+            raise ConfigError("QUEUE_DATABASE_URL=%s names no database"
+                              " (mysql://user:password@host:3306/dbname)" % _mask_url(url))
+        args = {"host": parts.hostname or "localhost", "port": port or 3306,
+                "user": unquote(parts.username or ""), "password": unquote(parts.password or ""),
+                "database": database, "charset": "utf8mb4", "connect_timeout": 10}
+        for key, value in parse_qsl(parts.query, keep_blank_values=True):
+            if key == "unix_socket" and value:
+                args["unix_socket"] = value
+            elif key == "connect_timeout":
+                args["connect_timeout"] = _int_setting("QUEUE_DATABASE_URL connect_timeout",
+                                                       value, 1, 3600)
+            elif key == "charset" and _IDENT.match(value):
+                args["charset"] = value
+            else:
+                raise ConfigError("QUEUE_DATABASE_URL=%s: unknown or empty parameter %r (MySQL"
+                                  " URLs take unix_socket, connect_timeout and charset)"
+                                  % (_mask_url(url), key))
+        args["url"] = _mask_url(url)    # for messages: never the password
+        return args
+
+    @staticmethod
+    def has_returning():
+        return False
+
+    @staticmethod
+    def driver(name=None):
+        """The driver module: PyMySQL first, then mysqlclient (MySQLdb), unless one is named."""
+        import importlib
+        for candidate in [name] if name else ["pymysql", "MySQLdb"]:
+            try:
+                return importlib.import_module(candidate)
+            except ImportError:
+                continue
+        wanted = {"MySQLdb": "mysqlclient"}.get(name, "PyMySQL")
+        raise ConfigError("QUEUE_DATABASE_URL is MySQL but the %s driver is not installed:"
+                          " pip install %s" % (name or "PyMySQL", wanted))
+
+    @classmethod
+    def connect(cls, target, driver=None, timeout=None, create=True):
+        module = driver if not isinstance(driver, (str, type(None))) else cls.driver(driver)
+        client = __import__(module.__name__ + ".constants.CLIENT", fromlist=["CLIENT"])
+        args = {k: v for k, v in target.items() if k != "url"}
+        # FOUND_ROWS: an UPDATE reports the rows it matched, not those it
+        # changed, so a heartbeat in the second of the last one still counts.
+        args.update(autocommit=True, client_flag=client.FOUND_ROWS)
+        try:
+            conn = module.connect(**args)
+        except module.Error as exc:
+            # Raised outside the except block: the driver's exception is not chained.
+            error = DatabaseError("cannot connect to %s: %s" % (target["url"], cls.describe(exc)),
+                                  transient=cls.code(exc) not in (1044, 1045, 1049))
+        else:
+            error = None
+        if error is not None:
+            raise error
+        try:
+            version = conn.get_server_info()
+            if isinstance(version, bytes):
+                version = version.decode("ascii", "replace")
+            problem = cls.version_problem(version)
+            if problem:
+                raise DatabaseError(problem, transient=False)
+            cur = conn.cursor()
+            cur.execute("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
+            # NO_UNSIGNED_SUBTRACTION: `available_at - now` stays a number below
+            # zero on tables whose seconds are INT UNSIGNED (the CodeIgniter
+            # app's); UTC, so failed_at reads the same from every host.
+            cur.execute("SET SESSION sql_mode = CONCAT_WS(',', NULLIF(@@sql_mode, ''),"
+                        " 'NO_UNSIGNED_SUBTRACTION'), time_zone = '+00:00',"
+                        " innodb_lock_wait_timeout = %d" % cls.lock_wait_timeout)
+            cur.close()
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    @classmethod
+    def version_problem(cls, version):
+        """None when the server has FOR UPDATE SKIP LOCKED, else why not, in one line."""
+        # MariaDB before 11 says "5.5.5-10.11.6-MariaDB" in its handshake.
+        text = version[6:] if version.startswith("5.5.5-") else version
+        kind = "mariadb" if "mariadb" in text.lower() else "mysql"
+        match = re.match(r"(\d+)\.(\d+)\.(\d+)", text)
+        found = tuple(int(n) for n in match.groups()) if match else (0, 0, 0)
+        need = cls.needs[kind]
+        if found >= need:
+            return None
+        name = {"mysql": "MySQL", "mariadb": "MariaDB"}[kind]
+        return ("%s %s is too old: dbqueue needs %s %s or later (FOR UPDATE SKIP LOCKED)"
+                % (name, text.split("-")[0], name, ".".join(map(str, need[:2] if need[2] == 0
+                                                                   else need))))
+
+    @staticmethod
+    def code(exc):
+        args = getattr(exc, "args", ())
+        return args[0] if args and isinstance(args[0], int) else None
+
+    @classmethod
+    def describe(cls, exc):
+        args = getattr(exc, "args", ())
+        if len(args) == 2 and isinstance(args[0], int) and isinstance(args[1], str):
+            return _first_line("%s (MySQL error %d)" % (args[1] or type(exc).__name__, args[0]))
+        return _first_line(exc)
+
+    @staticmethod
+    def in_transaction(conn):
+        status = getattr(conn, "server_status", None)     # PyMySQL; MySQLdb cannot tell
+        return True if status is None else bool(status & 1)   # SERVER_STATUS_IN_TRANS
+
+    @staticmethod
+    def is_closed(conn):
+        return not conn.open
+
+    @classmethod
+    def is_missing_table(cls, exc):
+        return cls.code(exc) == 1146
+
+    @classmethod
+    def is_conflict(cls, exc):
+        # A deadlock (the server rolled the transaction back) or a lock wait
+        # past innodb_lock_wait_timeout: the transaction is simply run again.
+        return cls.code(exc) in (1213, 1205)
+
+    @classmethod
+    def is_lost(cls, exc):
+        # Server gone away, lost during a query, could not connect, closed.
+        return cls.code(exc) in (0, 2003, 2006, 2013, 2055)
+
+    @staticmethod
+    def is_locked(exc):
+        return False
+
+
 def _quote(identifier):
     if not _IDENT.match(identifier):
         raise ConfigError("table name %r is not a plain identifier" % (identifier,))
@@ -854,8 +1145,8 @@ class Queue:
             self.config.database_url = url
         self.dialect, self._target, driver_name = _parse_url(self.config.database_url)
         self._driver = driver or driver_name
-        if self.dialect is _Postgres and isinstance(self._driver, (str, type(None))):
-            self._driver = _Postgres.driver(self._driver)   # a missing driver: ConfigError now
+        if self.dialect is not _SQLite and isinstance(self._driver, (str, type(None))):
+            self._driver = self.dialect.driver(self._driver)   # a missing driver: ConfigError now
         self._clock = clock
         self.channel = "dbqueue_" + self.config.table
         self._sql = {}
@@ -926,7 +1217,7 @@ class Queue:
 
     def _conn(self):
         conn = getattr(self._local, "conn", None)
-        if conn is not None and getattr(conn, "closed", False):
+        if conn is not None and self.dialect.is_closed(conn):
             self.discard(conn)     # the server went away; a new connection may work
             conn = None
         if conn is None:
@@ -987,7 +1278,8 @@ class Queue:
         else:
             transient = isinstance(exc, (self._driver.OperationalError,
                                          self._driver.InterfaceError))
-        return DatabaseError(_first_line(exc), transient=transient)
+        return DatabaseError(self.dialect.describe(exc), transient=transient,
+                             conflict=self.dialect.is_conflict(exc))
 
     # -- schema ----------------------------------------------------------
 
@@ -997,10 +1289,22 @@ class Queue:
         return self._migrate(conn)
 
     def _migrate(self, conn):
+        try:
+            return self._migrate_locked(conn)
+        finally:
+            if self.dialect.migrate_unlock:
+                try:
+                    conn.cursor().execute(self.dialect.migrate_unlock)
+                except self._errors():
+                    pass   # a lost connection took its lock with it
+
+    def _migrate_locked(self, conn):
         tbl = self.config.table
         with _Transaction(self, conn) as cur:
             if self.dialect.migrate_lock:
                 cur.execute(self.dialect.migrate_lock)
+                if cur.fetchone() == (0,):
+                    raise DatabaseError("migrate: another migrate held the lock for 60 s")
             cur.execute(self.dialect.version_ddl())
             self.execute(cur, "version", tbl=tbl)
             row = cur.fetchone()
@@ -1028,7 +1332,7 @@ class Queue:
         """Raise MissingTableError unless both tables exist; else return True."""
         with _Transaction(self, conn or self._conn(), write=False) as cur:
             for table in (self.config.table, self.config.failed_table):
-                cur.execute("SELECT 1 FROM %s WHERE 1 = 0" % _quote(table))
+                cur.execute("SELECT 1 FROM %s WHERE 1 = 0" % self.dialect.ident(table))
                 cur.fetchall()
         return True
 
@@ -1055,7 +1359,7 @@ class Queue:
              max_tries=None, backoff=None, timeout=None):
         """Enqueue one job; returns its id.
 
-        With `connection=` (your app's sqlite3, psycopg or psycopg2 connection)
+        With `connection=` (your app's sqlite3, psycopg, psycopg2, PyMySQL or MySQLdb connection)
         the row is written inside your open transaction and is not committed:
         the job exists exactly when your own change commits.
         """
@@ -1114,6 +1418,8 @@ class Queue:
         for payload in payloads:
             params["payload"] = payload
             rows.append([params[n] for n in names])
+        if self.dialect.autoinc_settings:
+            return self._insert_rows(cur, text, rows)
         conn = cur.connection
         if not conn.in_transaction and (conn.isolation_level is None
                                         or getattr(conn, "autocommit", None) is True):
@@ -1129,6 +1435,25 @@ class Queue:
         last = cur.execute("SELECT last_insert_rowid()").fetchone()[0]
         return list(range(last - len(payloads) + 1, last + 1))
 
+    def _insert_rows(self, cur, text, rows):
+        """MySQL: multi-row INSERTs of 500 rows each; their ids (see autoinc_settings)."""
+        cur.execute(self.dialect.autoinc_settings)
+        mode, step = (int(v) for v in cur.fetchone())
+        ids = []
+        if mode == 2:
+            for row in rows:
+                cur.execute(text, row)
+                ids.append(cur.lastrowid)
+            return ids
+        head, _, values = text.partition(" VALUES ")
+        for start in range(0, len(rows), 500):
+            chunk = rows[start:start + 500]
+            cur.execute(head + " VALUES " + ", ".join([values] * len(chunk)),
+                        [v for row in chunk for v in row])
+            first = cur.lastrowid
+            ids.extend(range(first, first + step * len(chunk), step))
+        return ids
+
     def _new_id(self, cur):
         if self.dialect is _Postgres:
             return cur.fetchone()[0]
@@ -1136,7 +1461,8 @@ class Queue:
 
     def _check_foreign(self, connection):
         module = type(connection).__module__.split(".")[0]
-        kind = {"sqlite3": _SQLite, "psycopg": _Postgres, "psycopg2": _Postgres}.get(module)
+        kind = {"sqlite3": _SQLite, "psycopg": _Postgres, "psycopg2": _Postgres,
+                "pymysql": _MySQL, "MySQLdb": _MySQL}.get(module)
         if kind is not None and kind is not self.dialect:
             raise TypeError("connection= is a %s connection but this queue is %s"
                             % (module, self.dialect.name))
@@ -1169,10 +1495,14 @@ class Queue:
                 if self._returning:
                     rows = self.execute(cur, "claim", queue=queue, limit=want, now=now).fetchall()
                 else:
-                    rows = self.execute(cur, "claim_select", queue=queue, limit=want,
-                                        now=now).fetchall()
-                    for row in rows:
-                        self.execute(cur, "claim_update", id=row[0], now=now)
+                    rows = list(self.execute(cur, "claim_select", queue=queue, limit=want,
+                                             now=now).fetchall())
+                    if rows and self.dialect.claim_update_many:
+                        text, _ = self._many_sql("claim_update", len(rows))
+                        cur.execute(text, [now] + [row[0] for row in rows])
+                    else:
+                        for row in rows:
+                            self.execute(cur, "claim_update", id=row[0], now=now)
                 rows.sort(key=lambda r: (r[4], r[0]))
                 jobs.extend(Job(r[0], r[1], r[2], r[3]) for r in rows)
             if len(jobs) > 1:
@@ -1198,6 +1528,22 @@ class Queue:
                          attempts=[t[1] for t in tokens])
             done = {row[0] for row in cur.fetchall()}
             return [t for t in tokens if t[0] not in done]
+        if self.dialect.tokens_lock_many and len(tokens) > 1:
+            # No RETURNING: lock the rows that still carry their tokens, then
+            # delete (or touch) exactly those.
+            done = set()
+            for start in range(0, len(tokens), 200):
+                chunk = tokens[start:start + 200]
+                args = [t[0] for t in chunk]
+                for token in chunk:
+                    args += token
+                cur.execute(self._many_sql("tokens_lock", len(chunk))[0], args)
+                mine = [row[0] for row in cur.fetchall()]
+                if mine:
+                    text, names = self._many_sql(key + "_locked", len(mine))
+                    cur.execute(text, ([self.now()] if "now" in names else []) + mine)
+                done.update(mine)
+            return [t for t in tokens if t[0] not in done]
         if self._returning and len(tokens) > 1:
             # One statement per 200 tokens instead of one per job: most of
             # what acknowledging a batch of fast jobs costs.
@@ -1206,7 +1552,7 @@ class Queue:
             for start in range(0, len(tokens), 200):
                 chunk = tokens[start:start + 200]
                 text, names = self._many_sql(key, len(chunk))
-                args = [now] if names else []
+                args = [now] if "now" in names else []
                 args += [t[0] for t in chunk]
                 for token in chunk:
                     args += token
@@ -1221,13 +1567,13 @@ class Queue:
         return lost
 
     def _many_sql(self, key, count):
-        """SQLite: the ack_many or touch_many statement for `count` tokens."""
+        """The dialect's `key`_many statement for `count` ids or (id, attempts) tokens."""
         prepared = self._sql.get((key, count))
         if prepared is None:
             prepared = self._sql[(key, count)] = self.dialect.prepare(
                 getattr(self.dialect, key + "_many"), self.config.table,
-                self.config.failed_table, ids=", ".join(["?"] * count),
-                pairs=", ".join(["(?, ?)"] * count))
+                self.config.failed_table, ids=", ".join([":id"] * count),
+                pairs=", ".join(["(:id, :attempts)"] * count))
         return prepared
 
     def ack(self, conn, tokens):
@@ -1257,10 +1603,17 @@ class Queue:
             lost = self._ack(cur, acks) if acks else []
             self.execute(cur, "fail", id=token[0], attempts=token[1], uuid=uuid,
                          exception=exception)
-            if cur.rowcount != 1:
+            if cur.rowcount < 1:     # MySQL counts an upsert's update as 2
                 return False, lost
             self.execute(cur, "ack", id=token[0], attempts=token[1])
             return True, lost
+
+    def any_ready(self, conn, queues):
+        """True when one of `queues` has a job ready now (one plain read, no lock)."""
+        for queue in queues:
+            if self.statement("ready", conn, queue=queue).fetchone() is not None:
+                return True
+        return False
 
     def next_due(self, conn, queues):
         """Seconds until the next delayed job of `queues` is due (None: nothing waiting)."""
@@ -1344,7 +1697,7 @@ class Queue:
         """Delete failed jobs (older than `hours` when given); returns how many."""
         with self.transaction() as cur:
             if hours is None:
-                cur.execute("DELETE FROM %s" % _quote(self.config.failed_table))
+                cur.execute("DELETE FROM %s" % self.dialect.ident(self.config.failed_table))
             else:
                 self.execute(cur, "flush", hours=float(hours), age="-%f hours" % float(hours))
             return cur.rowcount
@@ -1608,6 +1961,7 @@ class Worker:
     # worker records the attempt and exits so that its supervisor restarts it.
     timeout_grace = 10.0
     poll_interval = 0.01
+    poll_max = 0.05           # where idle workers poll (MySQL): push -> start latency
 
     def __init__(self, queue, queues=("default",), tries=None, backoff=None, timeout=None,
                  sleep=3.0, memory=None, log=None):
@@ -1769,10 +2123,25 @@ class Worker:
         deadline = time.monotonic() + wait
         if max_time is not None:
             deadline = min(deadline, started + max_time)
-        if self.queue.dialect is _Postgres:
-            self._wait_notify(deadline)
-        else:
-            self._wait_sqlite(deadline)
+        wait = {"notify": self._wait_notify, "poll": self._wait_poll}.get(
+            self.queue.dialect.wakeup, self._wait_sqlite)
+        wait(deadline)
+
+    def _wait_poll(self, deadline):
+        # No NOTIFY (MySQL): ask for a ready job, often right after the queue
+        # ran dry, then every poll_max seconds: one index probe each.
+        pause = self.poll_interval
+        while not self._stop:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            time.sleep(min(pause, left))
+            try:
+                if self.queue.any_ready(self._conn, self.queues):
+                    return
+            except QueueError:
+                return     # the next claim waits the outage out
+            pause = min(pause * 1.5, self.poll_max)
 
     def _wait_sqlite(self, deadline):
         # PRAGMA data_version changes when another connection commits: a cheap
@@ -1997,8 +2366,10 @@ class Worker:
         A lost connection or a lock held past the busy timeout is waited out,
         logged once, not a crash. A missing table is not retried.
         """
+        import random
         pause = 0.1
         complained = False
+        conflicts = 0
         while True:
             try:
                 if self._conn is None:
@@ -2010,6 +2381,15 @@ class Worker:
             except MissingTableError:
                 raise
             except QueueError as exc:
+                if isinstance(exc, DatabaseError) and exc.conflict:
+                    # A deadlock or lock-wait timeout: the server rolled the
+                    # transaction back; nothing to wait out. A short random
+                    # pause keeps two colliding workers from meeting again.
+                    conflicts += 1
+                    self.log.debug("lock conflict; running the transaction again",
+                                   error=_first_line(exc), tries=conflicts)
+                    time.sleep(random.uniform(0, 0.001 * min(conflicts, 20)))
+                    continue
                 if not isinstance(exc, DatabaseError) or not exc.transient:
                     # Retrying forever would hide it: the worker exits 1 with
                     # the reason, and the job comes back after retry_after
@@ -2123,15 +2503,21 @@ class _Heartbeat(threading.Thread):
     def _with_conn(self, action):
         """action(conn) on the heartbeat's connection; a connection that died while
         idle (killed, restarted server) is replaced and the action tried once more."""
-        for last in (False, True):
+        failures = conflicts = 0
+        while True:
             if self._conn is None:
                 self._conn = self.worker.queue.connect()
             try:
                 return action(self._conn)
-            except QueueError:
+            except QueueError as exc:
+                if getattr(exc, "conflict", False) and conflicts < 20:
+                    conflicts += 1      # rolled back by the server (MySQL): run it again
+                    time.sleep(0.001 * conflicts)
+                    continue
                 self.worker.queue.discard(self._conn)
                 self._conn = None
-                if last:
+                failures += 1
+                if failures == 2:
                     raise
 
     def _touch(self, tokens):
@@ -3153,7 +3539,7 @@ def _bench(args, config):
         cur.close()
         # Is any job left? One index probe from the top, where the drain
         # finishes last (COUNT(*) would read the whole backlog every 5 ms).
-        left_sql = "SELECT id FROM %s ORDER BY id DESC LIMIT 1" % _quote(config.table)
+        left_sql = "SELECT id FROM %s ORDER BY id DESC LIMIT 1" % dialect.ident(config.table)
 
         def any_left():
             c = conn.cursor()
@@ -3164,7 +3550,7 @@ def _bench(args, config):
 
         def empty_table():
             c = conn.cursor()
-            c.execute("DELETE FROM %s" % _quote(config.table))
+            c.execute("DELETE FROM %s" % dialect.ident(config.table))
             c.close()
 
         # floor and W1, interleaved in blocks so that a noisy disk hits both alike
@@ -3261,7 +3647,7 @@ def _bench(args, config):
                 cur = floor_conn.cursor()
                 for table in (config.table, config.failed_table, floor_table,
                               floor_table + "_failed"):
-                    cur.execute("DROP TABLE IF EXISTS %s" % _quote(table))
+                    cur.execute("DROP TABLE IF EXISTS %s" % dialect.ident(table))
                 prepared = dialect.prepare("DELETE FROM dbqueue_migrations WHERE tbl = :tbl")[0]
                 cur.execute(prepared, (config.table,))
                 cur.close()
@@ -3520,7 +3906,7 @@ def main(argv=None):
 
 def _cmd_migrate(args, config):
     if args.print:
-        dialects = (_SQLite, _Postgres) if args.all else (_parse_url(config.database_url)[0],)
+        dialects = (_SQLite, _Postgres, _MySQL) if args.all else (_parse_url(config.database_url)[0],)
         out = []
         for dialect in dialects:
             out.append("-- %s (schema version %d)\n" % (dialect.name, _SCHEMA_VERSION))
