@@ -3531,6 +3531,13 @@ def _bench(args, config):
             settings = "SQLite %s, journal_mode=%s, synchronous=%s" % (
                 sqlite3.sqlite_version, mode, {0: "OFF", 1: "NORMAL", 2: "FULL", 3: "EXTRA"}.get(
                     sync, sync))
+        elif dialect is _MySQL:
+            cur.execute("SELECT VERSION(), @@innodb_flush_log_at_trx_commit, @@sync_binlog,"
+                        " @@log_bin")
+            version, flush, binlog_sync, binlog = cur.fetchone()
+            settings = "%s %s, innodb_flush_log_at_trx_commit=%s, binary log %s" % (
+                "MariaDB" if "mariadb" in version.lower() else "MySQL", version.split("-")[0],
+                flush, "on (sync_binlog=%s)" % binlog_sync if binlog else "off")
         else:
             cur.execute("SELECT current_setting('server_version'),"
                         " current_setting('synchronous_commit')")

@@ -9,6 +9,10 @@ are failures instead.
 PostgreSQL: DBQUEUE_TEST_PG names a libpq URL of a database the tests may
 create tables in (default: postgresql:///dbqueue_test?host=/var/run/postgresql,
 created when missing). Each test uses tables of its own.
+
+MySQL/MariaDB: DBQUEUE_TEST_MYSQL names a database the tests may create tables
+in (mysql://user:password@127.0.0.1:3306/dbqueue_test); unset, they skip. They
+run through PyMySQL and, when it is installed, mysqlclient (MySQLdb).
 """
 
 import io
@@ -32,6 +36,8 @@ import dbqueue  # noqa: E402
 REQUIRE_ALL = os.environ.get("DBQUEUE_REQUIRE_ALL") == "1"
 PG_URL = os.environ.get("DBQUEUE_TEST_PG",
                         "postgresql:///dbqueue_test?host=/var/run/postgresql")
+# No default: the MySQL/MariaDB tests only touch a server someone named.
+MYSQL_URL = os.environ.get("DBQUEUE_TEST_MYSQL", "")
 
 
 def need(condition, reason):
@@ -180,7 +186,7 @@ class Backend:
             cur = conn.cursor()
             cur.execute(sql.format(jobs='"%s"' % self.table, failed='"%s"' % self.failed_table),
                         params)
-            rows = cur.fetchall() if cur.description else []
+            rows = list(cur.fetchall()) if cur.description else []
             if self.name == "sqlite":
                 conn.commit()
             return rows
@@ -232,7 +238,97 @@ class Psycopg2Backend(PsycopgBackend):
     driver = "psycopg2"
 
 
-BACKENDS = [Backend, PsycopgBackend, Psycopg2Backend]
+_mysql_state = {}
+
+
+def mysql_available(driver):
+    """None when MySQL/MariaDB through `driver` can be used, else the reason it cannot."""
+    if driver in _mysql_state:
+        return _mysql_state[driver]
+    reason = None
+    if not MYSQL_URL:
+        reason = ("MySQL/MariaDB is not available: DBQUEUE_TEST_MYSQL is not set (a database the"
+                  " tests may create tables in: mysql://user:password@127.0.0.1:3306/dbqueue_test)")
+    else:
+        try:
+            __import__(driver)
+        except ImportError:
+            reason = "MySQL driver %s is not installed (pip install %s)" % (
+                driver, "PyMySQL" if driver == "pymysql" else "mysqlclient")
+        else:
+            try:
+                _mysql_connect(driver).close()
+            except Exception as exc:  # any failure to reach the server is a reason to skip
+                reason = "MySQL/MariaDB is not reachable at %s: %s" % (
+                    dbqueue._mask_url(MYSQL_URL), str(exc).strip()[:200])
+    _mysql_state[driver] = reason
+    return reason
+
+
+def _mysql_connect(driver, url=None):
+    """A raw autocommit connection (dbqueue's own session settings) to the test server."""
+    target = dbqueue._MySQL.parse((url or MYSQL_URL).partition("://")[2])
+    return dbqueue._MySQL.connect(target, __import__(driver))
+
+
+class MariaDBBackend(Backend):
+    """MySQL 8 or MariaDB (CI: MariaDB 10.11) at DBQUEUE_TEST_MYSQL, through PyMySQL."""
+
+    name = "mysql"
+    driver = "pymysql"
+
+    def __init__(self, testcase):
+        need(mysql_available(self.driver) is None, mysql_available(self.driver) or "")
+        super().__init__(testcase)
+        testcase.addCleanup(self.drop)
+
+    def make_url(self):
+        return "mysql+%s://%s" % (self.driver.lower(), MYSQL_URL.partition("://")[2])
+
+    def connect(self):
+        conn = _mysql_connect(self.driver)
+        # The tests' own SQL quotes names as "jobs", as on the other databases.
+        cur = conn.cursor()
+        cur.execute("SET SESSION sql_mode = CONCAT_WS(',', @@sql_mode, 'ANSI_QUOTES')")
+        cur.close()
+        return conn
+
+    @property
+    def param(self):
+        return "%s"
+
+    def drop(self):
+        conn = self.connect()
+        try:
+            cur = conn.cursor()
+            cur.execute('DROP TABLE IF EXISTS "%s", "%s"' % (self.table, self.failed_table))
+            cur.execute("DELETE FROM dbqueue_migrations WHERE tbl = %s", (self.table,))
+        except Exception:
+            pass
+        finally:
+            conn.close()
+
+
+    def app_connect(self):
+        """A connection as an app opens it: the driver's defaults (autocommit off)."""
+        args = dbqueue._MySQL.parse(MYSQL_URL.partition("://")[2])
+        del args["url"]
+        return __import__(self.driver).connect(**args)
+
+    def fresh_database(self, name):
+        """The URL of a new, empty database (dropped at cleanup)."""
+        self.raw('CREATE DATABASE "%s"' % name)
+        self.testcase.addCleanup(self.raw, 'DROP DATABASE IF EXISTS "%s"' % name)
+        base, _, rest = self.url.partition("://")
+        where, _, query = rest.partition("?")
+        return "%s://%s/%s%s" % (base, where.rpartition("/")[0], name, "?" + query if query else "")
+
+
+class MariaDBMySQLdbBackend(MariaDBBackend):
+    driver = "MySQLdb"
+
+
+BACKENDS = [Backend, PsycopgBackend, Psycopg2Backend, MariaDBBackend, MariaDBMySQLdbBackend]
 
 
 def sqlite_only(test):
@@ -245,7 +341,8 @@ def on_every_backend(mixin, backends=None):
     """Make one TestCase per backend from a mixin of tests that use self.db."""
     module = sys.modules[mixin.__module__]
     for backend in backends or BACKENDS:
-        suffix = {"sqlite": "SQLite", "psycopg": "Psycopg", "psycopg2": "Psycopg2"}[
+        suffix = {"sqlite": "SQLite", "psycopg": "Psycopg", "psycopg2": "Psycopg2",
+                  "pymysql": "MariaDB", "MySQLdb": "MariaDBMySQLdb"}[
             backend.driver or "sqlite"]
         name = mixin.__name__.replace("Tests", "") + suffix + "Tests"
 
@@ -622,6 +719,8 @@ class CoreTests:
         if self.db.name == "sqlite":
             import sqlite3
             conn = sqlite3.connect(self.db.url[len("sqlite:///"):], timeout=10)
+        elif self.db.name == "mysql":
+            conn = self.db.app_connect()
         else:
             conn = __import__(self.db.driver).connect(PG_URL)
         self.addCleanup(conn.close)
@@ -709,19 +808,22 @@ class CoreTests:
         self.assertEqual(self.count(), 1)          # the data survived
         code, out, err = run_main(["migrate", "--print"], self.db.env())
         self.assertEqual(code, 0, err)
-        self.assertIn('CREATE TABLE IF NOT EXISTS "%s"' % self.db.table, out)
+        self.assertIn("CREATE TABLE IF NOT EXISTS %s" % q.dialect.ident(self.db.table), out)
         self.assertIn("-- %s" % self.db.name, out)
 
     def test_concurrent_migrations_on_a_fresh_database(self):
         # Two hosts running `migrate` at deploy time, on a database that has
         # no dbqueue table yet: every one succeeds and the schema is recorded once.
-        for isolation in ((None, "serializable") if self.db.name != "sqlite" else (None,)):
+        # (MySQL has no per-connection default isolation to set from the URL.)
+        for isolation in ((None, "serializable") if self.db.name == "postgresql" else (None,)):
             with self.subTest(isolation=isolation):
                 self.check_concurrent_migrations(isolation)
 
     def check_concurrent_migrations(self, isolation):
         url = self.db.url
-        if self.db.name != "sqlite":
+        if self.db.name == "mysql":
+            url = self.db.fresh_database("s_%s" % self.db.table)
+        elif self.db.name != "sqlite":
             # A fresh schema: no dbqueue table exists there yet. The server's
             # default isolation must not matter (the waiting migration must see
             # the tables the first one made).
@@ -754,12 +856,16 @@ class CoreTests:
         # transactions still run as READ COMMITTED, so a claim that meets a row
         # the other worker just took skips it instead of failing.
         url = self.db.url
-        if self.db.name != "sqlite":
+        if self.db.name == "postgresql":
             url += "&options=-cdefault_transaction_isolation%3Dserializable"
         q = dbqueue.Queue(config=self.db.config(database_url=url))
         self.addCleanup(q.close)
         q.migrate()
-        if self.db.name != "sqlite":
+        if self.db.name == "mysql":
+            with q.transaction() as cur:
+                cur.execute("SHOW VARIABLES LIKE '%tx_isolation'")   # this session's value
+                self.assertEqual({value for _, value in cur.fetchall()}, {"READ-COMMITTED"})
+        elif self.db.name != "sqlite":
             with q.transaction() as cur:
                 cur.execute("SELECT current_setting('default_transaction_isolation'),"
                             " current_setting('transaction_isolation')")
@@ -2149,6 +2255,10 @@ class OpsTests:
         self.assertIn("migrate", one_line(self, out))
         if self.db.name == "sqlite":
             self.assertEqual(self.db.raw("SELECT name FROM sqlite_master"), [])
+        elif self.db.name == "mysql":
+            self.assertEqual(self.db.raw("SELECT table_name FROM information_schema.tables"
+                                         " WHERE table_schema = DATABASE() AND table_name IN"
+                                         " (%s, %s)", (self.db.table, self.db.failed_table)), [])
         else:
             self.assertIsNone(self.db.raw("SELECT to_regclass(%s)", ('"%s"' % self.db.table,))[0][0])
 
@@ -2208,7 +2318,7 @@ class OpsTests:
 
     def test_forget_and_flush(self):
         self.db.queue()
-        old = "2000-01-01 00:00:00" if self.db.name == "sqlite" else "2000-01-01 00:00:00+00"
+        old = "2000-01-01 00:00:00+00" if self.db.name == "postgresql" else "2000-01-01 00:00:00"
         first = self.add_failed()
         self.add_failed(failed_at=old)
         self.add_failed()
@@ -2640,9 +2750,11 @@ class SpeedTests:
         if self.db.name == "sqlite":
             tables = self.db.raw("SELECT name FROM sqlite_master WHERE name LIKE 'dbqueue_bench%'")
         else:
-            tables = self.db.raw("SELECT tablename FROM pg_tables WHERE tablename LIKE"
-                                 " 'dbqueue_bench%%' AND tablename LIKE %s",
-                                 ("%%_%d%%" % os.getpid(),))
+            catalog = ("SELECT table_name FROM information_schema.tables WHERE table_schema ="
+                       " DATABASE() AND table_name" if self.db.name == "mysql"
+                       else "SELECT tablename FROM pg_tables WHERE tablename")
+            tables = self.db.raw(catalog + " LIKE 'dbqueue_bench%%' AND " + catalog.split()[-1]
+                                 + " LIKE %s", ("%%_%d%%" % os.getpid(),))
             tables += self.db.raw("SELECT tbl FROM dbqueue_migrations WHERE tbl LIKE"
                                   " 'dbqueue_bench_%d'" % os.getpid())
         self.assertEqual(tables, [])
@@ -2792,7 +2904,8 @@ def _on_backends(mixin, backends):
     """Like on_every_backend, for a chosen subset of backends."""
     module = sys.modules[mixin.__module__]
     for backend in backends:
-        suffix = {"sqlite": "SQLite", "psycopg": "Psycopg", "psycopg2": "Psycopg2"}[
+        suffix = {"sqlite": "SQLite", "psycopg": "Psycopg", "psycopg2": "Psycopg2",
+                  "pymysql": "MariaDB", "MySQLdb": "MariaDBMySQLdb"}[
             backend.driver or "sqlite"]
         name = mixin.__name__.replace("Tests", "") + suffix + "Tests"
 
