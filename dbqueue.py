@@ -509,7 +509,14 @@ class _Dialect:
 
     @classmethod
     def ddl(cls, jobs, failed):
-        """The statements of schema version 1 (idempotent: IF NOT EXISTS throughout)."""
+        """The statements that create the current schema on an empty database
+        (idempotent: IF NOT EXISTS throughout). `migrate` runs them, then adds
+        to tables that already existed the columns of `added_columns`, then
+        makes the indexes."""
+        return cls.table_ddl(jobs, failed) + cls.index_ddl(jobs, failed)
+
+    @classmethod
+    def table_ddl(cls, jobs, failed):
         j, f = _quote(jobs), _quote(failed)
         return [
             "CREATE TABLE IF NOT EXISTS %s (\n"
@@ -519,17 +526,10 @@ class _Dialect:
             "    attempts INTEGER NOT NULL DEFAULT 0,\n"
             "    reserved_at %s,\n"
             "    available_at %s NOT NULL,\n"
-            "    created_at %s NOT NULL\n"
-            ")" % (j, cls.autoincrement, cls.bigint, cls.bigint, cls.bigint),
-            # The claim reads `WHERE queue = ? AND reserved_at IS NULL AND
-            # available_at <= now ORDER BY available_at, id LIMIT n`: this index
-            # answers it without a sort and without touching reserved or delayed
-            # rows, so a claim costs the same with 50 or 5 million jobs waiting.
-            "CREATE INDEX IF NOT EXISTS %s ON %s (queue, available_at, id)"
-            " WHERE reserved_at IS NULL" % (_quote(jobs + "_ready"), j),
-            # Finds expired reservations (and counts reserved jobs) cheaply.
-            "CREATE INDEX IF NOT EXISTS %s ON %s (reserved_at)"
-            " WHERE reserved_at IS NOT NULL" % (_quote(jobs + "_reserved"), j),
+            "    created_at %s NOT NULL,\n"
+            "    reserved_until %s,\n"
+            "    unique_key VARCHAR(255)\n"
+            ")" % (j, cls.autoincrement, cls.bigint, cls.bigint, cls.bigint, cls.bigint),
             "CREATE TABLE IF NOT EXISTS %s (\n"
             "    id %s,\n"
             "    uuid VARCHAR(255) NOT NULL UNIQUE,\n"
@@ -540,6 +540,56 @@ class _Dialect:
             "    failed_at %s\n"
             ")" % (f, cls.autoincrement, cls.failed_at),
         ]
+
+    @classmethod
+    def added_columns(cls):
+        """(table, column, type) of every column added after schema version 1.
+
+        A table made by an older dbqueue, or by the PHP app's own migrations,
+        gets each one it lacks as a nullable column: the app's INSERTs, which
+        name only the columns they know, keep working.
+        """
+        return [
+            # Version 2. When the holder's reservation lapses (unix seconds),
+            # renewed by its heartbeat; NULL (a PHP worker's reservation)
+            # falls back to reserved_at + the rescuer's retry_after.
+            ("jobs", "reserved_until", cls.bigint),
+            # Version 2. Unique jobs: see the unique index below.
+            ("jobs", "unique_key", "VARCHAR(255)"),
+        ]
+
+    @classmethod
+    def index_ddl(cls, jobs, failed):
+        j = _quote(jobs)
+        return [
+            # The claim reads `WHERE queue = ? AND reserved_at IS NULL AND
+            # available_at <= now ORDER BY available_at, id LIMIT n`: this index
+            # answers it without a sort and without touching reserved or delayed
+            # rows, so a claim costs the same with 50 or 5 million jobs waiting.
+            "CREATE INDEX IF NOT EXISTS %s ON %s (queue, available_at, id)"
+            " WHERE reserved_at IS NULL" % (_quote(jobs + "_ready"), j),
+            # Finds expired reservations (and counts reserved jobs) cheaply.
+            "CREATE INDEX IF NOT EXISTS %s ON %s (reserved_at)"
+            " WHERE reserved_at IS NOT NULL" % (_quote(jobs + "_reserved"), j),
+            # At most one waiting or running job per (queue, unique_key): the
+            # database, not a read before the insert, refuses the second.
+            "CREATE UNIQUE INDEX IF NOT EXISTS %s ON %s (queue, unique_key)"
+            " WHERE unique_key IS NOT NULL" % (_quote(jobs + "_unique"), j),
+        ]
+
+    # The names of a table's columns (lower case), or an empty set when the
+    # table does not exist. Bound parameter: the table name.
+    columns_sql = ("SELECT column_name FROM information_schema.columns"
+                   " WHERE table_schema = current_schema() AND table_name = %s")
+
+    @classmethod
+    def columns(cls, cur, table):
+        cur.execute(cls.columns_sql, (table,))
+        return {str(row[0]).lower() for row in cur.fetchall()}
+
+    @classmethod
+    def add_column_sql(cls, table, column, type_):
+        return "ALTER TABLE %s ADD COLUMN %s %s" % (_quote(table), column, type_)
 
     @classmethod
     def version_ddl(cls):
@@ -703,6 +753,11 @@ class _SQLite(_Dialect):
     def errors():
         import sqlite3
         return (sqlite3.Error,)
+
+    @classmethod
+    def columns(cls, cur, table):
+        cur.execute("PRAGMA table_info(%s)" % _quote(table))
+        return {str(row[1]).lower() for row in cur.fetchall()}
 
     @staticmethod
     def is_missing_table(exc):
@@ -875,12 +930,16 @@ class _MySQL(_Dialect):
     lock_wait_timeout = 10
     needs = {"mysql": (8, 0, 1), "mariadb": (10, 6, 0)}   # the first with SKIP LOCKED
 
+    bigint = "BIGINT"
+    columns_sql = ("SELECT column_name FROM information_schema.columns"
+                   " WHERE table_schema = DATABASE() AND table_name = %s")
+
     @classmethod
-    def ddl(cls, jobs, failed):
+    def table_ddl(cls, jobs, failed):
         j, f = cls.ident(jobs), cls.ident(failed)
         # InnoDB keeps the AUTO_INCREMENT counter across restarts (MySQL 8,
         # MariaDB 10.2.4+): ids are never reused, as the fencing tokens need.
-        statements = [
+        return [
             "CREATE TABLE IF NOT EXISTS %s (\n"
             "    id BIGINT UNSIGNED NOT NULL AUTO_INCREMENT PRIMARY KEY,\n"
             "    queue VARCHAR(255) NOT NULL,\n"
@@ -888,18 +947,10 @@ class _MySQL(_Dialect):
             "    attempts INTEGER NOT NULL DEFAULT 0,\n"
             "    reserved_at BIGINT,\n"
             "    available_at BIGINT NOT NULL,\n"
-            "    created_at BIGINT NOT NULL\n"
-            ") %s" % (j, cls.table_options)]
-        # MySQL has no partial index. The claim reads `queue = ? AND
-        # reserved_at IS NULL AND available_at <= now ORDER BY available_at, id`:
-        # with reserved_at second, the ready rows of a queue are one contiguous
-        # stretch of this index already in claim order, so the locking read
-        # starts at the first ready row and stops after LIMIT rows, without a
-        # sort and without stepping over (or locking) reserved or delayed rows.
-        statements += cls._index(jobs, "_ready", "queue, reserved_at, available_at, id")
-        # Finds expired reservations cheaply (NULLs sort first and are skipped).
-        statements += cls._index(jobs, "_reserved", "reserved_at")
-        statements.append(
+            "    created_at BIGINT NOT NULL,\n"
+            "    reserved_until BIGINT,\n"
+            "    unique_key VARCHAR(255)\n"
+            ") %s" % (j, cls.table_options),
             "CREATE TABLE IF NOT EXISTS %s (\n"
             "    id BIGINT UNSIGNED NOT NULL AUTO_INCREMENT PRIMARY KEY,\n"
             "    uuid VARCHAR(255) NOT NULL UNIQUE,\n"
@@ -908,15 +959,34 @@ class _MySQL(_Dialect):
             "    payload LONGTEXT NOT NULL,\n"
             "    exception LONGTEXT NOT NULL,\n"
             "    failed_at TIMESTAMP NOT NULL DEFAULT CURRENT_TIMESTAMP\n"
-            ") %s" % (f, cls.table_options))
-        return statements
+            ") %s" % (f, cls.table_options)]
 
     @classmethod
-    def _index(cls, table, suffix, columns):
+    def index_ddl(cls, jobs, failed):
+        # MySQL has no partial index. The claim reads `queue = ? AND
+        # reserved_at IS NULL AND available_at <= now ORDER BY available_at, id`:
+        # with reserved_at second, the ready rows of a queue are one contiguous
+        # stretch of this index already in claim order, so the locking read
+        # starts at the first ready row and stops after LIMIT rows, without a
+        # sort and without stepping over (or locking) reserved or delayed rows.
+        return (cls._index(jobs, "_ready", "queue, reserved_at, available_at, id")
+                # Finds expired reservations cheaply (NULLs sort first, skipped).
+                + cls._index(jobs, "_reserved", "reserved_at")
+                # At most one job per (queue, unique_key); InnoDB lets any
+                # number of rows share a NULL key, as the partial index would.
+                + cls._index(jobs, "_unique", "queue, unique_key", unique=True))
+
+    @classmethod
+    def add_column_sql(cls, table, column, type_):
+        return "ALTER TABLE %s ADD COLUMN %s %s" % (cls.ident(table), column, type_)
+
+    @classmethod
+    def _index(cls, table, suffix, columns, unique=False):
         # MySQL 8 has no CREATE INDEX IF NOT EXISTS (MariaDB has): ask
         # information_schema, in SQL, so that the printed script is idempotent too.
         name = table + suffix
-        create = "CREATE INDEX %s ON %s (%s)" % (cls.ident(name), cls.ident(table), columns)
+        create = "CREATE %sINDEX %s ON %s (%s)" % ("UNIQUE " if unique else "", cls.ident(name),
+                                                   cls.ident(table), columns)
         return ["SET @dbqueue_ddl = (SELECT IF(COUNT(*) = 0, '%s', 'DO 0')"
                 " FROM information_schema.statistics WHERE table_schema = DATABASE()"
                 " AND table_name = '%s' AND index_name = '%s')" % (create, table, name),
@@ -1090,7 +1160,7 @@ def _first_line(exc):
     return (text or type(exc).__name__).splitlines()[0]
 
 
-_SCHEMA_VERSION = 1
+_SCHEMA_VERSION = 2
 
 
 def schema_sql(dialect, jobs="jobs", failed="failed_jobs"):
@@ -1299,20 +1369,24 @@ class Queue:
                     pass   # a lost connection took its lock with it
 
     def _migrate_locked(self, conn):
-        tbl = self.config.table
+        # Every step is idempotent and runs every time: a failed table that
+        # was dropped, or a new QUEUE_FAILED_TABLE beside an old jobs table,
+        # is made again, whatever version the record says.
+        tables = {"jobs": self.config.table, "failed": self.config.failed_table}
         with _Transaction(self, conn) as cur:
             if self.dialect.migrate_lock:
                 cur.execute(self.dialect.migrate_lock)
                 if cur.fetchone() == (0,):
                     raise DatabaseError("migrate: another migrate held the lock for 60 s")
             cur.execute(self.dialect.version_ddl())
-            self.execute(cur, "version", tbl=tbl)
-            row = cur.fetchone()
-            current = row[0] if row else 0
-            if current < _SCHEMA_VERSION:
-                for statement in self.dialect.ddl(tbl, self.config.failed_table):
-                    cur.execute(statement)
-                self.execute(cur, "set_version", tbl=tbl, version=_SCHEMA_VERSION)
+            for statement in self.dialect.table_ddl(tables["jobs"], tables["failed"]):
+                cur.execute(statement)
+            for role, column, type_ in self.dialect.added_columns():
+                if column not in self.dialect.columns(cur, tables[role]):
+                    cur.execute(self.dialect.add_column_sql(tables[role], column, type_))
+            for statement in self.dialect.index_ddl(tables["jobs"], tables["failed"]):
+                cur.execute(statement)
+            self.execute(cur, "set_version", tbl=tables["jobs"], version=_SCHEMA_VERSION)
         self._schema_ready = True
         return _SCHEMA_VERSION
 

@@ -1,4 +1,4 @@
--- sqlite (schema version 1)
+-- sqlite (schema version 2)
 
 CREATE TABLE IF NOT EXISTS dbqueue_migrations (
     tbl VARCHAR(63) PRIMARY KEY,
@@ -11,10 +11,10 @@ CREATE TABLE IF NOT EXISTS "jobs" (
     attempts INTEGER NOT NULL DEFAULT 0,
     reserved_at INTEGER,
     available_at INTEGER NOT NULL,
-    created_at INTEGER NOT NULL
+    created_at INTEGER NOT NULL,
+    reserved_until INTEGER,
+    unique_key VARCHAR(255)
 );
-CREATE INDEX IF NOT EXISTS "jobs_ready" ON "jobs" (queue, available_at, id) WHERE reserved_at IS NULL;
-CREATE INDEX IF NOT EXISTS "jobs_reserved" ON "jobs" (reserved_at) WHERE reserved_at IS NOT NULL;
 CREATE TABLE IF NOT EXISTS "failed_jobs" (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     uuid VARCHAR(255) NOT NULL UNIQUE,
@@ -24,8 +24,11 @@ CREATE TABLE IF NOT EXISTS "failed_jobs" (
     exception TEXT NOT NULL,
     failed_at TEXT NOT NULL DEFAULT CURRENT_TIMESTAMP
 );
+CREATE INDEX IF NOT EXISTS "jobs_ready" ON "jobs" (queue, available_at, id) WHERE reserved_at IS NULL;
+CREATE INDEX IF NOT EXISTS "jobs_reserved" ON "jobs" (reserved_at) WHERE reserved_at IS NOT NULL;
+CREATE UNIQUE INDEX IF NOT EXISTS "jobs_unique" ON "jobs" (queue, unique_key) WHERE unique_key IS NOT NULL;
 
--- postgresql (schema version 1)
+-- postgresql (schema version 2)
 
 CREATE TABLE IF NOT EXISTS dbqueue_migrations (
     tbl VARCHAR(63) PRIMARY KEY,
@@ -38,10 +41,10 @@ CREATE TABLE IF NOT EXISTS "jobs" (
     attempts INTEGER NOT NULL DEFAULT 0,
     reserved_at BIGINT,
     available_at BIGINT NOT NULL,
-    created_at BIGINT NOT NULL
+    created_at BIGINT NOT NULL,
+    reserved_until BIGINT,
+    unique_key VARCHAR(255)
 );
-CREATE INDEX IF NOT EXISTS "jobs_ready" ON "jobs" (queue, available_at, id) WHERE reserved_at IS NULL;
-CREATE INDEX IF NOT EXISTS "jobs_reserved" ON "jobs" (reserved_at) WHERE reserved_at IS NOT NULL;
 CREATE TABLE IF NOT EXISTS "failed_jobs" (
     id BIGSERIAL PRIMARY KEY,
     uuid VARCHAR(255) NOT NULL UNIQUE,
@@ -51,3 +54,45 @@ CREATE TABLE IF NOT EXISTS "failed_jobs" (
     exception TEXT NOT NULL,
     failed_at TIMESTAMPTZ NOT NULL DEFAULT now()
 );
+CREATE INDEX IF NOT EXISTS "jobs_ready" ON "jobs" (queue, available_at, id) WHERE reserved_at IS NULL;
+CREATE INDEX IF NOT EXISTS "jobs_reserved" ON "jobs" (reserved_at) WHERE reserved_at IS NOT NULL;
+CREATE UNIQUE INDEX IF NOT EXISTS "jobs_unique" ON "jobs" (queue, unique_key) WHERE unique_key IS NOT NULL;
+
+-- mysql (schema version 2)
+
+CREATE TABLE IF NOT EXISTS dbqueue_migrations (
+    tbl VARCHAR(63) PRIMARY KEY,
+    version INTEGER NOT NULL
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;
+CREATE TABLE IF NOT EXISTS `jobs` (
+    id BIGINT UNSIGNED NOT NULL AUTO_INCREMENT PRIMARY KEY,
+    queue VARCHAR(255) NOT NULL,
+    payload LONGTEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    reserved_at BIGINT,
+    available_at BIGINT NOT NULL,
+    created_at BIGINT NOT NULL,
+    reserved_until BIGINT,
+    unique_key VARCHAR(255)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;
+CREATE TABLE IF NOT EXISTS `failed_jobs` (
+    id BIGINT UNSIGNED NOT NULL AUTO_INCREMENT PRIMARY KEY,
+    uuid VARCHAR(255) NOT NULL UNIQUE,
+    connection TEXT NOT NULL,
+    queue TEXT NOT NULL,
+    payload LONGTEXT NOT NULL,
+    exception LONGTEXT NOT NULL,
+    failed_at TIMESTAMP NOT NULL DEFAULT CURRENT_TIMESTAMP
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;
+SET @dbqueue_ddl = (SELECT IF(COUNT(*) = 0, 'CREATE INDEX `jobs_ready` ON `jobs` (queue, reserved_at, available_at, id)', 'DO 0') FROM information_schema.statistics WHERE table_schema = DATABASE() AND table_name = 'jobs' AND index_name = 'jobs_ready');
+PREPARE dbqueue_ddl FROM @dbqueue_ddl;
+EXECUTE dbqueue_ddl;
+DEALLOCATE PREPARE dbqueue_ddl;
+SET @dbqueue_ddl = (SELECT IF(COUNT(*) = 0, 'CREATE INDEX `jobs_reserved` ON `jobs` (reserved_at)', 'DO 0') FROM information_schema.statistics WHERE table_schema = DATABASE() AND table_name = 'jobs' AND index_name = 'jobs_reserved');
+PREPARE dbqueue_ddl FROM @dbqueue_ddl;
+EXECUTE dbqueue_ddl;
+DEALLOCATE PREPARE dbqueue_ddl;
+SET @dbqueue_ddl = (SELECT IF(COUNT(*) = 0, 'CREATE UNIQUE INDEX `jobs_unique` ON `jobs` (queue, unique_key)', 'DO 0') FROM information_schema.statistics WHERE table_schema = DATABASE() AND table_name = 'jobs' AND index_name = 'jobs_unique');
+PREPARE dbqueue_ddl FROM @dbqueue_ddl;
+EXECUTE dbqueue_ddl;
+DEALLOCATE PREPARE dbqueue_ddl;

@@ -798,18 +798,59 @@ class CoreTests:
     def test_migrate_is_idempotent(self):
         q = self.db.queue()
         q.push("t_record", {"i": 1})
-        self.assertEqual(q.migrate(), 1)
+        self.assertEqual(q.migrate(), 2)
         code, out, err = run_main(["migrate"], self.db.env())
         self.assertEqual(code, 0, err)
-        self.assertEqual(q.schema_version(), 1)
+        self.assertEqual(q.schema_version(), 2)
         p = self.db.param
         self.assertEqual(self.db.raw("SELECT version FROM dbqueue_migrations WHERE tbl = %s" % p,
-                                     (self.db.table,)), [(1,)])
+                                     (self.db.table,)), [(2,)])
         self.assertEqual(self.count(), 1)          # the data survived
         code, out, err = run_main(["migrate", "--print"], self.db.env())
         self.assertEqual(code, 0, err)
         self.assertIn("CREATE TABLE IF NOT EXISTS %s" % q.dialect.ident(self.db.table), out)
         self.assertIn("-- %s" % self.db.name, out)
+
+    def test_migrate_upgrades_version_1_tables_in_place(self):
+        # Tables as schema version 1 made them (and as a Laravel-style app's
+        # migrations make them): migrate adds the newer columns as nullable
+        # ones and keeps the rows; an INSERT naming only the old columns works.
+        bigint = "INTEGER" if self.db.name == "sqlite" else "BIGINT"
+        auto = ("INTEGER PRIMARY KEY AUTOINCREMENT" if self.db.name == "sqlite"
+                else "BIGSERIAL PRIMARY KEY")
+        if self.db.name == "mysql":
+            # The Laravel/CodeIgniter migration's types: unsigned INT seconds.
+            bigint = "INT UNSIGNED"
+            auto = "BIGINT UNSIGNED NOT NULL AUTO_INCREMENT PRIMARY KEY"
+        self.db.raw("CREATE TABLE {jobs} (id %s, queue VARCHAR(255) NOT NULL, payload TEXT NOT NULL,"
+                    " attempts INTEGER NOT NULL DEFAULT 0, reserved_at %s, available_at %s NOT NULL,"
+                    " created_at %s NOT NULL)" % (auto, bigint, bigint, bigint))
+        old = "INSERT INTO {jobs} (queue, payload, attempts, reserved_at, available_at, created_at)"
+        payload = json.dumps({"uuid": "u-1", "job": "t_record", "data": {"i": 1}})
+        p = self.db.param
+        self.db.raw(old + " VALUES (%s, %s, 0, NULL, 0, 0)" % (p, p), ("default", payload))
+        q = self.db.queue(migrate=False)
+        self.assertEqual(q.migrate(), 2)
+        self.assertEqual(q.schema_version(), 2)
+        names = [row[0] for row in self.db.raw(
+            "SELECT reserved_until, unique_key, queue FROM {jobs}")]
+        self.assertEqual(names, [None])
+        self.db.raw(old + " VALUES (%s, %s, 0, NULL, 0, 0)" % (p, p), ("default", payload))
+        self.assertEqual(self.count(), 2)
+        self.assertEqual(q.migrate(), 2)          # and again: nothing to add
+
+    def test_migrate_makes_a_missing_failed_table_again(self):
+        q = self.db.queue()
+        self.db.raw("DROP TABLE {failed}")
+        code, out, err = run_main(["migrate"], self.db.env())
+        self.assertEqual(code, 0, err)
+        self.assertEqual(self.db.raw("SELECT COUNT(*) FROM {failed}"), [(0,)])
+        # A new failed table beside the old jobs table is made too.
+        other = self.db.failed_table + "_new"
+        self.addCleanup(self.db.raw, 'DROP TABLE IF EXISTS "%s"' % other)
+        code, out, err = run_main(["migrate"], self.db.env(QUEUE_FAILED_TABLE=other))
+        self.assertEqual(code, 0, err)
+        self.assertEqual(self.db.raw('SELECT COUNT(*) FROM "%s"' % other), [(0,)])
 
     def test_concurrent_migrations_on_a_fresh_database(self):
         # Two hosts running `migrate` at deploy time, on a database that has
@@ -848,7 +889,7 @@ class CoreTests:
         self.assertEqual(in_threads(migrate, 6), [])
         q = dbqueue.Queue(config=dbqueue.Config(database_url=url))
         self.addCleanup(q.close)
-        self.assertEqual(q.schema_version(), 1)
+        self.assertEqual(q.schema_version(), 2)
         self.assertEqual(q.push("t_record", {"i": 1}), 1)
 
     def test_two_workers_drain_concurrently_whatever_the_server_isolation(self):
