@@ -608,6 +608,11 @@ class _Dialect:
         return False
 
     @staticmethod
+    def is_lost(exc):
+        """The connection is gone, whatever the driver's connection object says."""
+        return False
+
+    @staticmethod
     def describe(exc):
         """A driver's exception as one line."""
         return _first_line(exc)
@@ -1287,7 +1292,8 @@ class Queue:
 
     def _conn(self):
         conn = getattr(self._local, "conn", None)
-        if conn is not None and self.dialect.is_closed(conn):
+        if conn is not None and (self.dialect.is_closed(conn) or getattr(self._local, "lost", False)):
+            self._local.lost = False
             self.discard(conn)     # the server went away; a new connection may work
             conn = None
         if conn is None:
@@ -1348,6 +1354,10 @@ class Queue:
         else:
             transient = isinstance(exc, (self._driver.OperationalError,
                                          self._driver.InterfaceError))
+        if self.dialect.is_lost(exc):
+            # mysqlclient still calls such a connection open: this thread's
+            # next statement opens a new one (see _conn).
+            self._local.lost = True
         return DatabaseError(self.dialect.describe(exc), transient=transient,
                              conflict=self.dialect.is_conflict(exc))
 
