@@ -4030,6 +4030,13 @@ class MySQLServerTests:
         dbqueue.Worker(q, ["default"], log=quiet_log()).run(stop_when_empty=True)
         self.assertEqual(RECORD, [{"text": "emoji \U0001F600 and \u00e9"}])
 
+    def test_push_many_over_several_statements_returns_the_right_ids(self):
+        # 3 MB of payloads: more than one multi-row INSERT, ids still in order.
+        q = self.db.queue()
+        ids = q.push_many("t_record", [{"i": i, "pad": "x" * 30000} for i in range(100)])
+        rows = dict(self.db.raw("SELECT id, payload FROM {jobs}"))
+        self.assertEqual([json.loads(rows[i])["data"]["i"] for i in ids], list(range(100)))
+
     def test_printed_schema_runs_twice_on_the_server(self):
         # `migrate --print` is what a DBA pastes: it must run as it is, and again.
         code, out, err = run_main(["migrate", "--print"], self.db.env())
