@@ -912,7 +912,7 @@ class _MySQL(_Dialect):
     # A batch of (id, attempts) tokens: lock the rows that still carry them,
     # then delete or touch exactly those (two round trips for any number).
     tokens_lock_many = ("SELECT id FROM {jobs} WHERE id IN ({ids}) AND reserved_at IS NOT NULL"
-                        " AND (id, attempts) IN ({pairs}) ORDER BY id FOR UPDATE")
+                        " AND (id, attempts) IN ({pairs}) FOR UPDATE")
     ack_locked_many = "DELETE FROM {jobs} WHERE id IN ({ids})"
     touch_locked_many = "UPDATE {jobs} SET reserved_at = {now} WHERE id IN ({ids})"
     fail = ("INSERT INTO {failed} (uuid, connection, queue, payload, exception)"
@@ -2054,7 +2054,9 @@ class Worker:
     # worker records the attempt and exits so that its supervisor restarts it.
     timeout_grace = 10.0
     poll_interval = 0.01
-    poll_max = 0.05           # where idle workers poll (MySQL): push -> start latency
+    # Where idle workers poll (MySQL): the longest pause between two looks,
+    # about half of it the push -> start latency of a long-idle worker.
+    poll_max = 0.1
 
     def __init__(self, queue, queues=("default",), tries=None, backoff=None, timeout=None,
                  sleep=3.0, memory=None, log=None):
