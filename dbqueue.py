@@ -4,7 +4,8 @@
 One Python file, standard library only (CPython 3.8+). Copy it into your
 project. Jobs live in a ``jobs`` table (Laravel-compatible columns) in SQLite,
 the embedded default, or PostgreSQL, through whichever of ``psycopg`` (3) or
-``psycopg2`` is installed, when you grow to many workers on many machines.
+``psycopg2`` is installed, when you grow to many workers on many machines, or
+MySQL 8 / MariaDB 10.6+, through PyMySQL or mysqlclient.
 
     import dbqueue
 
@@ -934,7 +935,6 @@ class _MySQL(_Dialect):
     # Seconds a session waits for a row lock before error 1205 (retried).
     lock_wait_timeout = 10
     needs = {"mysql": (8, 0, 1), "mariadb": (10, 6, 0)}   # the first with SKIP LOCKED
-
     bigint = "BIGINT"
     columns_sql = ("SELECT column_name FROM information_schema.columns"
                    " WHERE table_schema = DATABASE() AND table_name = %s")

@@ -2429,7 +2429,7 @@ class OpsCommandLineTests(unittest.TestCase):
             ["retry", "3", "--queue", "q"], ["forget"], ["forget", "0"],
             ["flush", "--hours", "-1"], ["flush", "--hours", "nan"], ["flush", "--hours", "inf"],
             ["clear"], ["clear", "--queue", "bad queue"], ["clear", "--queue", "q"],
-            ["stats", "--database-url", "mysql://u:pw@host/db"],
+            ["stats", "--database-url", "mysql://u:s3cret@host/db?bogus=1"],
             ["stats", "--database-url", "ftp://u:s3cret@host/db"],
             ["stats", "--env-file", os.path.join(self.tmp, "missing.env")],
             ["migrate", "--bogus"], ["push", "t_record", "--dat", "{}"],
@@ -2458,9 +2458,9 @@ class OpsCommandLineTests(unittest.TestCase):
             code, _, err = run_main(argv + ["--env-file", missing])
             self.assertEqual(code, 2, argv)
             self.assertIn("missing.env", one_line(self, err))
-            code, _, err = run_main(argv + ["--database-url", "mysql://u@h/d"])
+            code, _, err = run_main(argv + ["--database-url", "mysql://u@h/d?bogus=1"])
             self.assertEqual(code, 2, argv)
-            self.assertIn("MySQL", one_line(self, err))
+            self.assertIn("MySQL URLs take", one_line(self, err))
         env_file = os.path.join(self.tmp, "app.env")
         with open(env_file, "w") as fh:
             fh.write("# the app's settings\nQUEUE_DATABASE_URL=sqlite:///%s\n" % self.path)
