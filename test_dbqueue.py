@@ -4284,7 +4284,9 @@ class PrivateMariaDB:
             stderr=subprocess.DEVNULL)
 
     def start(self):
-        with open(os.path.join(self.dir, "server.log"), "ab") as log:
+        log_path = os.path.join(self.dir, "server.log")
+        seen = os.path.getsize(log_path) if os.path.exists(log_path) else 0
+        with open(log_path, "ab") as log:
             self.proc = subprocess.Popen(
                 ["runuser", "-u", "mysql", "--", "mariadbd", "--no-defaults",
                  "--datadir=" + self.data, "--socket=" + self.socket, "--port=%d" % self.port,
@@ -4292,17 +4294,15 @@ class PrivateMariaDB:
                  "--innodb-buffer-pool-size=64M", "--max-connections=60"],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                 preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None)
-        pymysql = __import__("pymysql")
-
-        def answers():
+        def ready():
+            # Its log, not a connection: a client turned away while the server
+            # starts leaves PyMySQL's socket open (a ResourceWarning later).
             if self.proc.poll() is not None:
                 raise RuntimeError("mariadbd exited: %s" % self.log_tail())
-            try:
-                pymysql.connect(unix_socket=self.socket, user="root", connect_timeout=2).close()
-                return True
-            except pymysql.Error:
-                return False
-        wait_for(answers, 60, 0.1, "the private mariadbd to answer")
+            with open(log_path, "rb") as fh:
+                fh.seek(seen)
+                return b"ready for connections" in fh.read()
+        wait_for(ready, 60, 0.05, "the private mariadbd to answer")
 
     def log_tail(self):
         try:
