@@ -102,37 +102,89 @@ _IDENT = _Pattern(r"^[A-Za-z_][A-Za-z0-9_]{0,62}\Z")
 _QUEUE_NAME = _Pattern(r"^[A-Za-z0-9_.:\-]{1,100}\Z")
 
 
-def _read_env_file(path, required):
-    """Parse a .env file: KEY=VALUE lines, # comments, optional quotes and `export`.
+_ENV_KEY = _Pattern(r"^[A-Za-z_][A-Za-z0-9_.\-]*\Z")
+_ENV_REF = _Pattern(r"\$\{([A-Za-z0-9_.]+)\}")
 
-    Values are never evaluated or interpolated. A missing file is an error only
-    when the user named it (`--env-file`).
+
+def _read_env_file(path, required, environ=None):
+    """Parse a .env file as Laravel's and CodeIgniter's readers do.
+
+    Returns ({key: (value, line number)}, [warnings]). KEY=VALUE lines (spaces
+    around = allowed, dotted CodeIgniter keys too), # comments, `export`,
+    quotes. In unquoted and double-quoted values ${NAME} is NAME's value: the
+    environment's (`environ`) if set, else an earlier line's; an unknown NAME
+    becomes empty, with a warning. Single-quoted values are literal. Nothing
+    else is evaluated. A line that is not KEY=VALUE is a warning naming it. A
+    missing file is an error only when the user named it (`--env-file`).
     """
+    environ = os.environ if environ is None else environ
     try:
-        with open(path, encoding="utf-8") as fh:
+        with open(path, encoding="utf-8-sig") as fh:   # -sig: an editor's BOM is not part of a key
             lines = fh.read().splitlines()
     except FileNotFoundError:
         if required:
             raise ConfigError("--env-file %s: no such file" % path)
-        return {}
+        return {}, []
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError("cannot read env file %s: %s" % (path, exc))
-    values = {}
-    for line in lines:
+    values, warnings = {}, []
+
+    def expand(text, where):
+        def replace(match):
+            name = match.group(1)
+            if name in environ:
+                return environ[name]
+            if name in values:
+                return values[name][0]
+            warnings.append("%s: ${%s} is not set; it was replaced by nothing" % (where, name))
+            return ""
+        return _ENV_REF.sub(replace, text)
+
+    for number, line in enumerate(lines, 1):
+        where = "%s:%d" % (path, number)
         line = line.strip()
-        if not line or line.startswith("#") or "=" not in line:
+        if not line or line.startswith("#"):
             continue
-        key, _, value = line.partition("=")
-        key = key.strip()
-        if key.startswith("export "):
-            key = key[7:].strip()
-        value = value.strip()
-        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
-            value = value[1:-1]
-        elif " #" in value:
-            value = value.split(" #", 1)[0].rstrip()
-        values[key] = value
-    return values
+        if line.startswith("export ") or line.startswith("export\t"):
+            line = line[7:].lstrip()
+        key, equals, rest = line.partition("=")
+        key, rest = key.strip(), rest.strip()
+        if not equals or not _ENV_KEY.match(key):
+            warnings.append("%s: not a KEY=VALUE line; ignored" % where)
+            continue
+        if rest[:1] in ("'", '"'):
+            # Pieces of the value: (text, expand?). In double quotes \" and \\
+            # stand for themselves and \$ is a literal $ that starts no ${NAME}.
+            quote, pieces, chunk, i, closed = rest[0], [], [], 1, False
+            while i < len(rest):
+                ch = rest[i]
+                if ch == quote:
+                    closed = True
+                    break
+                if quote == '"' and ch == "\\" and rest[i + 1:i + 2] in ('"', "\\", "$"):
+                    if rest[i + 1] == "$":
+                        pieces += [("".join(chunk), True), ("$", False)]
+                        chunk = []
+                    else:
+                        chunk.append(rest[i + 1])
+                    i += 2
+                    continue
+                chunk.append(ch)
+                i += 1
+            pieces.append(("".join(chunk), quote == '"'))
+            after = rest[i + 1:].strip()
+            if not closed:
+                warnings.append("%s: %s has no closing %s quote; ignored" % (where, key, quote))
+                continue
+            if after and not after.startswith("#"):
+                warnings.append("%s: text after the closing quote of %s is ignored" % (where, key))
+            value = "".join(expand(text, where) if live else text for text, live in pieces)
+        else:
+            # A comment starts at a # after whitespace: a#b is a value.
+            value = re.split(r"\s#", rest, maxsplit=1)[0].rstrip()
+            value = expand(value, where)
+        values[key] = (value, number)
+    return values, warnings
 
 
 def _mask_url(url):
@@ -168,10 +220,89 @@ def _without_password(text, url):
     return _mask_url(text)
 
 
+# A CodeIgniter 4 app's .env names, read where dbqueue's own is unset:
+# dbqueue's name -> (CodeIgniter's name, {its value: ours}).
+_CODEIGNITER_NAMES = {
+    "MAIL_MAILER": ("EMAIL_PROVIDER", {"none": "log"}),
+    "MAIL_HOST": ("EMAIL_SMTP_HOST", {}),
+    "MAIL_PORT": ("EMAIL_SMTP_PORT", {}),
+    "MAIL_USERNAME": ("EMAIL_SMTP_USER", {}),
+    "MAIL_PASSWORD": ("EMAIL_SMTP_PASS", {}),
+    "MAIL_ENCRYPTION": ("EMAIL_SMTP_CRYPTO", {}),
+    "MAIL_FROM_ADDRESS": ("EMAIL_FROM_ADDRESS", {}),
+    "MAIL_FROM_NAME": ("EMAIL_FROM_NAME", {}),
+}
+# database.default.DBDriver -> URL scheme. CodeIgniter's own default is MySQLi.
+_CODEIGNITER_DRIVERS = {"mysqli": "mysql", "postgre": "postgresql", "sqlite3": "sqlite"}
+_CODEIGNITER_DB = tuple("database.default." + k for k in (
+    "DBDriver", "hostname", "port", "database", "username", "password", "DBPrefix"))
+# Read by other parts of dbqueue: known names for the typo check.
+_OTHER_NAMES = ("DATABASE_URL", "DBQUEUE_DASHBOARD_TOKEN")
+_SECRET_NAME = _Pattern(r"(PASSWORD|PASS|SECRET|TOKEN)\Z")
+
+
+def _one_edit_apart(a, b):
+    """True when b is a with one letter added, dropped, changed or two swapped."""
+    if a == b or abs(len(a) - len(b)) > 1:
+        return False
+    i = 0
+    while i < min(len(a), len(b)) and a[i] == b[i]:
+        i += 1
+    if len(a) == len(b):
+        return a[i + 1:] == b[i + 1:] or (a[i:i + 2] == b[i:i + 2][::-1] and a[i + 2:] == b[i + 2:])
+    longer, shorter = (a, b) if len(a) > len(b) else (b, a)
+    return longer[i + 1:] == shorter[i:]
+
+
+def _codeigniter_url(find, env_path):
+    """(url, source) from the CodeIgniter database.default.* settings, or None."""
+    from urllib.parse import quote
+    value = {}
+    where = None
+    for name in _CODEIGNITER_DB:
+        raw, source = find(name)
+        value[name.rpartition(".")[2]] = raw if raw is not None else ""
+        if raw is not None and where is None and name.endswith(("DBDriver", "database")):
+            where = source
+    driver, database = value["DBDriver"].strip(), value["database"].strip()
+    if not driver and not database:
+        return None
+    source = "derived from database.default.* (%s)" % where
+    scheme = _CODEIGNITER_DRIVERS.get((driver or "MySQLi").lower())
+    if scheme is None:
+        raise ConfigError("database.default.DBDriver=%s (%s) is not one dbqueue supports (MySQLi,"
+                          " Postgre or SQLite3): set QUEUE_DATABASE_URL" % (driver, where))
+    if not database:
+        raise ConfigError("database.default.database is empty (%s): name the database, or set"
+                          " QUEUE_DATABASE_URL" % where)
+    if scheme == "sqlite":
+        # As CodeIgniter resolves it: a relative file lives in writable/.
+        if not os.path.isabs(database):
+            database = os.path.join(os.path.dirname(os.path.abspath(env_path)), "writable",
+                                    database)
+        return "sqlite:///" + database, source
+    host, port, user = value["hostname"].strip(), value["port"].strip(), value["username"].strip()
+    if port and not port.isdigit():
+        raise ConfigError("database.default.port=%s is not a port number" % port)
+    if ":" in host and not host.startswith("["):
+        host = "[%s]" % host     # an IPv6 address
+    auth = ""
+    if user or value["password"]:
+        auth = quote(user, safe="")
+        if value["password"]:
+            auth += ":" + quote(value["password"], safe="")
+        auth += "@"
+    return ("%s://%s%s%s/%s" % (scheme, auth, host, ":" + port if port else "",
+                                quote(database, safe="")), source)
+
+
 class Config:
     """Validated settings. `Config.from_env()` reads them; every field has a default.
 
     Bad values raise `ConfigError` with one line that names the variable.
+    After from_env(), `sources` maps each setting's name (QUEUE_TIMEOUT) to
+    where its value came from (environment, FILE:LINE, derived, default) and
+    `warnings` lists what looked wrong but was not fatal (a likely typo).
     """
 
     def __init__(self, **settings):
@@ -194,7 +325,10 @@ class Config:
         self.mail_timeout = 30
         self.mail_verify_peer = True
         self.mail_template_dir = ""
+        self.mail_sendmail_path = "/usr/sbin/sendmail -t -i"
         self.app_name = ""
+        self.sources = {}
+        self.warnings = []
         for name, value in settings.items():
             if not hasattr(self, name):
                 raise TypeError("Config has no setting %r" % name)
@@ -202,62 +336,183 @@ class Config:
 
     def __repr__(self):
         shown = dict(vars(self))
+        del shown["sources"], shown["warnings"]
         shown["database_url"] = _mask_url(self.database_url)
         if shown["mail_password"]:
             shown["mail_password"] = "***"
         return "Config(%s)" % ", ".join("%s=%r" % kv for kv in sorted(shown.items()))
 
     @classmethod
-    def from_env(cls, environ=None, env_file=None):
+    def from_env(cls, environ=None, env_file=None, database_url=None):
         """Settings from `environ` (default os.environ) over a .env file.
 
         The .env file in the working directory is read unless `env_file` names
-        another; it never overrides a variable that is already set.
+        another; it never overrides a variable that is already set. Where
+        dbqueue's own name is unset, the CodeIgniter app's is read (see the
+        README). `database_url` (the --database-url flag) wins over both.
         """
-        env = dict(_read_env_file(env_file or ".env", required=bool(env_file)))
-        env.update(os.environ if environ is None else environ)
-
-        def get(name, default=""):
-            value = env.get(name)
-            return default if value is None or value.strip() == "" else value.strip()
-
+        environ = os.environ if environ is None else environ
+        path = env_file or ".env"
+        file_values, warnings = _read_env_file(path, required=bool(env_file), environ=environ)
         c = cls()
+        c.warnings = warnings
+
+        def find(name):
+            """(value, source) of one variable as set, or (None, None)."""
+            # A shell cannot export a dotted name: CodeIgniter also reads
+            # database_default_hostname for database.default.hostname.
+            for key in (name, name.replace(".", "_")) if "." in name else (name,):
+                if key in environ:
+                    return environ[key], "environment" if key == name else "environment (%s)" % key
+                if key in file_values:
+                    value, line = file_values[key]
+                    return value, "%s:%d" % (path, line)
+            return None, None
+
+        def lookup(name):
+            """(value, source, variable): dbqueue's name, else CodeIgniter's."""
+            ours = [(name, {})]
+            if name in _CODEIGNITER_NAMES:
+                ours.append(_CODEIGNITER_NAMES[name])
+            for key, meaning in ours:
+                value, source = find(key)
+                if value is not None and value.strip():
+                    if key != name:
+                        value = meaning.get(value.strip().lower(), value)
+                        source = "%s (%s)" % (source, key)
+                    return value, source, key
+            return None, "default", name
+
+        def name(setting):
+            """The variable a setting's value came from, for error messages."""
+            return lookup(setting)[2]
+
+        def get(setting, default=""):
+            value, source, _ = lookup(setting)
+            c.sources[setting] = source
+            return default if value is None else value.strip()
+
         driver = get("QUEUE_DRIVER", "database").lower()
         if driver != "database":
             raise ConfigError(
                 "QUEUE_DRIVER=%s is not supported: dbqueue only has the 'database' driver"
                 " (set QUEUE_DRIVER=database or remove it)" % driver)
-        c.database_url = get("QUEUE_DATABASE_URL") or get("DATABASE_URL") or _DEFAULT_URL
-        _parse_url(c.database_url)  # an unknown scheme is a configuration error now
+        c.database_url, c.sources["QUEUE_DATABASE_URL"] = _database_url(find, path, database_url)
         c.max_attempts = _int_setting("QUEUE_MAX_ATTEMPTS", get("QUEUE_MAX_ATTEMPTS", "3"), 1,
                                       _MAX_TRIES)
         c.retry_after = _int_setting("QUEUE_RETRY_AFTER", get("QUEUE_RETRY_AFTER", "90"), 1,
                                      _MAX_SECONDS)
         c.backoff = _backoff_setting("QUEUE_BACKOFF", get("QUEUE_BACKOFF", "10,60,300"))
         c.timeout = _int_setting("QUEUE_TIMEOUT", get("QUEUE_TIMEOUT", "60"), 0, _MAX_SECONDS)
-        c.table = _ident_setting("QUEUE_TABLE", get("QUEUE_TABLE", "jobs"))
-        c.failed_table = _ident_setting("QUEUE_FAILED_TABLE", get("QUEUE_FAILED_TABLE", "failed_jobs"))
-        c.mail_mailer = _choice_setting("MAIL_MAILER", get("MAIL_MAILER", "smtp").lower(), ("smtp", "log"))
+        prefix, prefix_source = find("database.default.DBPrefix")
+        prefix = (prefix or "").strip()
+        for setting, table in (("QUEUE_TABLE", "jobs"), ("QUEUE_FAILED_TABLE", "failed_jobs")):
+            value = get(setting, table)
+            label = setting
+            if prefix and c.sources[setting] == "default":
+                # CodeIgniter puts DBPrefix before every table name.
+                value, label = prefix + table, "database.default.DBPrefix"
+                c.sources[setting] = "derived from database.default.DBPrefix (%s)" % prefix_source
+            setattr(c, "table" if table == "jobs" else "failed_table", _ident_setting(label, value))
+        c.mail_mailer = _choice_setting(name("MAIL_MAILER"), get("MAIL_MAILER", "smtp").lower(),
+                                        ("smtp", "sendmail", "log"))
         c.mail_host = get("MAIL_HOST", "localhost")
-        c.mail_port = _int_setting("MAIL_PORT", get("MAIL_PORT", "25"), 1, 65535)
+        c.mail_port = _int_setting(name("MAIL_PORT"), get("MAIL_PORT", "25"), 1, 65535)
         c.mail_username = get("MAIL_USERNAME")
-        c.mail_password = env.get("MAIL_PASSWORD", "")
+        password, c.sources["MAIL_PASSWORD"], _ = lookup("MAIL_PASSWORD")
+        c.mail_password = password or ""      # as written: a password may end in a space
         encryption = get("MAIL_ENCRYPTION", "none").lower()
         encryption = {"tls": "starttls", "": "none", "null": "none"}.get(encryption, encryption)
-        c.mail_encryption = _choice_setting("MAIL_ENCRYPTION", encryption, ("none", "starttls", "ssl"))
+        c.mail_encryption = _choice_setting(name("MAIL_ENCRYPTION"), encryption,
+                                            ("none", "starttls", "ssl"))
         c.mail_from_address = get("MAIL_FROM_ADDRESS", "no-reply@localhost")
         c.mail_from_name = get("MAIL_FROM_NAME")
         c.mail_timeout = _int_setting("MAIL_TIMEOUT", get("MAIL_TIMEOUT", "30"), 1)
         c.mail_verify_peer = _bool_setting("MAIL_VERIFY_PEER", get("MAIL_VERIFY_PEER", "true"))
         c.mail_template_dir = get("MAIL_TEMPLATE_DIR")
+        if c.mail_template_dir and not os.path.isdir(c.mail_template_dir):
+            # Found late, this would be every templated email failing as unknown.
+            raise ConfigError("%s=%s is not a folder (no such directory)"
+                              % (name("MAIL_TEMPLATE_DIR"), c.mail_template_dir))
+        c.mail_sendmail_path = get("MAIL_SENDMAIL_PATH", "/usr/sbin/sendmail -t -i")
+        try:
+            if c.mail_mailer == "sendmail" and not _split_command(c.mail_sendmail_path):
+                raise ValueError("no program")
+        except ValueError as exc:
+            raise ConfigError("%s=%s cannot be read as a command: %s"
+                              % (name("MAIL_SENDMAIL_PATH"), c.mail_sendmail_path, exc))
         c.app_name = get("APP_NAME")
+        c.warnings += _typo_warnings(environ, file_values, path, c.sources)
         return c
+
+
+def _database_url(find, env_path, flag):
+    """(url, source) of the database: --database-url, QUEUE_DATABASE_URL,
+    DATABASE_URL, the CodeIgniter database.default.*, the default. Checked
+    here, and an error names where the URL came from."""
+    if flag is not None:
+        url, source, origin = flag, "--database-url", "--database-url"
+    else:
+        for var in ("QUEUE_DATABASE_URL", "DATABASE_URL"):
+            url, where = find(var)
+            if url is not None:
+                origin = var if where == "environment" else "%s in %s" % (var, where)
+                source = where if var == "QUEUE_DATABASE_URL" else "%s (%s)" % (where, var)
+                break
+        else:
+            derived = _codeigniter_url(find, env_path)
+            if derived is None:
+                return _DEFAULT_URL, "default"
+            url, source = derived
+            origin = "the URL " + source
+    url = url.strip()
+    if not url:
+        raise ConfigError("%s is empty: give a database URL (sqlite:///dbqueue.sqlite3,"
+                          " postgresql://user@host/db), or remove it" % origin)
+    _parse_url(url, origin)
+    return url, source
+
+
+def _typo_warnings(environ, file_values, env_path, sources):
+    """One line per set variable whose name is one edit away from a setting's."""
+    known = set(sources) | set(_CODEIGNITER_DB) | set(_OTHER_NAMES)
+    known.update(alias for alias, _ in _CODEIGNITER_NAMES.values())
+    known.update(n.replace(".", "_") for n in _CODEIGNITER_DB)
+    by_upper = {}
+    for k in known:
+        by_upper.setdefault(k.upper(), k)
+    warnings = []
+    seen = set()
+    given = [(k, "environment") for k in environ]
+    given += [(k, "%s:%d" % (env_path, line)) for k, (_, line) in file_values.items()]
+    candidates = sorted(by_upper)
+    for var, where in given:
+        if var in known or var in seen:
+            continue
+        upper = var.upper()
+        match = by_upper.get(upper)      # the right name in the wrong case
+        if match is None:
+            for candidate in candidates:
+                if _one_edit_apart(upper, candidate):
+                    match = by_upper[candidate]
+                    break
+        if match is not None:
+            seen.add(var)
+            warnings.append("%s is set (%s) but dbqueue does not read it: did you mean %s?"
+                            % (var, where, match))
+    return warnings
 
 
 def _int_setting(name, value, minimum, maximum=None):
     try:
         number = int(str(value).strip())
     except ValueError:
+        try:
+            too_large = maximum is not None and float(str(value).strip()) > maximum
+        except ValueError:
+            too_large = False
+        if too_large:
+            raise ConfigError("%s=%s is too large: at most %d" % (name, value, maximum))
         raise ConfigError("%s=%s is not a whole number" % (name, value))
     if number < minimum or (maximum is not None and number > maximum):
         bound = ">= %d" % minimum if maximum is None else "from %d to %d" % (minimum, maximum)
@@ -328,14 +583,21 @@ def _queue_name(name):
     return name
 
 
-def _parse_url(url):
-    """(dialect class, target, driver name) for a database URL; ConfigError if unknown."""
+def _parse_url(url, origin="QUEUE_DATABASE_URL"):
+    """(dialect class, target, driver name) for a database URL; ConfigError if unknown.
+
+    `origin` says where the URL came from (--database-url, QUEUE_DATABASE_URL
+    in .env:3, ...): every error names it.
+    """
     if "://" not in url:
-        if "=" in url or url != url.strip() or not url:
-            # A libpq keyword string ("dbname=app password=…") is not a file
-            # name: treating it as one would create a stray SQLite database.
-            raise ConfigError("QUEUE_DATABASE_URL must be a URL (sqlite:///path.db or"
-                              " postgresql://user@host/db), not %r" % _mask_url(url))
+        looks_like_file = "/" in url or url.lower().endswith((".db", ".sqlite", ".sqlite3"))
+        if not looks_like_file or "=" in url or url != url.strip():
+            # A typo, a libpq keyword string ("dbname=app password=…"): not a
+            # file name. Treating it as one would create a stray SQLite database.
+            raise ConfigError("%s: %r is not a database URL (sqlite:///path.db,"
+                              " postgresql://user@host/db); a value without a scheme is a SQLite"
+                              " file only when it holds a / or ends in .db, .sqlite or .sqlite3"
+                              % (origin, _mask_url(url)))
         # A bare path is a SQLite file: friendly for scripts and tests.
         return _SQLite, url, None
     scheme, _, rest = url.partition("://")
@@ -343,22 +605,24 @@ def _parse_url(url):
     if scheme == "sqlite":
         path = rest[1:] if rest.startswith("/") else rest
         if not path or path == ":memory:":
-            raise ConfigError("QUEUE_DATABASE_URL=%s: SQLite needs a file (sqlite:///path.db);"
-                              " an in-memory database cannot be shared with the worker" % url)
+            raise ConfigError("%s: %s: SQLite needs a file (sqlite:///path.db);"
+                              " an in-memory database cannot be shared with the worker"
+                              % (origin, url))
         return _SQLite, path, None
     base, _, driver = scheme.partition("+")
     if base in ("postgresql", "postgres"):
         if driver not in ("", "psycopg", "psycopg2"):
-            raise ConfigError("QUEUE_DATABASE_URL: unknown PostgreSQL driver %r (psycopg or psycopg2)"
-                              % driver)
+            raise ConfigError("%s: unknown PostgreSQL driver %r (psycopg or psycopg2)"
+                              % (origin, driver))
         return _Postgres, "postgresql://" + rest, driver or None
     if base in ("mysql", "mariadb"):
         if driver not in ("", "pymysql", "mysqldb"):
-            raise ConfigError("QUEUE_DATABASE_URL: unknown MySQL driver %r (pymysql or mysqldb)"
-                              % driver)
-        return _MySQL, _MySQL.parse(rest), {"pymysql": "pymysql", "mysqldb": "MySQLdb"}.get(driver)
-    raise ConfigError("QUEUE_DATABASE_URL=%s: unknown scheme %r (use sqlite:///path.db,"
-                      " postgresql://user@host/db or mysql://user@host/db)" % (_mask_url(url), scheme))
+            raise ConfigError("%s: unknown MySQL driver %r (pymysql or mysqldb)" % (origin, driver))
+        return (_MySQL, _MySQL.parse(rest, origin),
+                {"pymysql": "pymysql", "mysqldb": "MySQLdb"}.get(driver))
+    raise ConfigError("%s: unknown scheme %r in %s (use sqlite:///path.db,"
+                      " postgresql://user@host/db or mysql://user@host/db)"
+                      % (origin, scheme, _mask_url(url)))
 
 
 ###############################################################################
@@ -428,8 +692,12 @@ _SQL = {
     "release": "UPDATE {jobs} SET reserved_at = NULL, available_at = {now} + :delay,"
                " attempts = attempts - :uncount"
                " WHERE id = :id AND attempts = :attempts AND reserved_at IS NOT NULL",
-    "fail": "INSERT INTO {failed} (uuid, connection, queue, payload, exception)"
-            " SELECT :uuid, 'database', queue, payload, :exception FROM {jobs}"
+    # failed_at is written, not left to a default: the CodeIgniter app's
+    # failed_jobs.failed_at is a DATETIME NOT NULL without one (its PHP code
+    # writes the time itself). CURRENT_TIMESTAMP is UTC text on SQLite, as
+    # the app writes it with its default appTimezone.
+    "fail": "INSERT INTO {failed} (uuid, connection, queue, payload, exception, failed_at)"
+            " SELECT :uuid, 'database', queue, payload, :exception, CURRENT_TIMESTAMP FROM {jobs}"
             " WHERE id = :id AND attempts = :attempts AND reserved_at IS NOT NULL"
             " ON CONFLICT (uuid) DO UPDATE SET queue = excluded.queue, payload = excluded.payload,"
             " exception = excluded.exception, failed_at = excluded.failed_at",
@@ -457,6 +725,11 @@ _SQL = {
     "version": "SELECT version FROM dbqueue_migrations WHERE tbl = :tbl",
     "set_version": "INSERT INTO dbqueue_migrations (tbl, version) VALUES (:tbl, :version)"
                    " ON CONFLICT (tbl) DO UPDATE SET version = excluded.version",
+    # Writes that match no row: they change nothing but need the rights (and,
+    # on SQLite, the write lock) the worker's own writes need. See check_write().
+    "probe_update": "UPDATE {jobs} SET reserved_at = reserved_at WHERE 1 = 0",
+    "probe_delete": "DELETE FROM {jobs} WHERE 1 = 0",
+    "probe_failed": "DELETE FROM {failed} WHERE 1 = 0",
 }
 
 _PARAM = _Pattern(r"(?<![:\w]):([a-z_]+)\b")
@@ -481,6 +754,7 @@ class _Dialect:
     claim_update_many = ""         # claim_update for a list of {ids} at once
     tokens_lock_many = ""          # without RETURNING: lock the rows a batch of tokens names
     migrate_lock = ""              # run first in migrate's transaction: one migration at a time
+    denied_fix = ""                # what to do about a database dbqueue may not write (is_denied)
     migrate_unlock = ""            # run after it, when the lock outlives the transaction
     ident_quote = '"'
     text_type = "TEXT"             # what CAST(... AS ...) calls a string
@@ -507,6 +781,11 @@ class _Dialect:
     def start(cls, cur, write):
         """Open a transaction on cursor `cur` (a write transaction takes the write lock)."""
         cur.execute(cls.begin if write else "BEGIN")
+
+    @staticmethod
+    def is_denied(exc):
+        """True for an error that says dbqueue may not write (not an outage: see translate)."""
+        return False
 
     @classmethod
     def ddl(cls, jobs, failed):
@@ -557,6 +836,9 @@ class _Dialect:
             ("jobs", "reserved_until", cls.bigint),
             # Version 2. Unique jobs: see the unique index below.
             ("jobs", "unique_key", "VARCHAR(255)"),
+            # Version 2. The CodeIgniter app's failed_jobs has no uuid; its
+            # own rows keep NULL there (see the unique index below).
+            ("failed", "uuid", "VARCHAR(255)"),
         ]
 
     @classmethod
@@ -576,6 +858,15 @@ class _Dialect:
             # database, not a read before the insert, refuses the second.
             "CREATE UNIQUE INDEX IF NOT EXISTS %s ON %s (queue, unique_key)"
             " WHERE unique_key IS NOT NULL" % (_quote(jobs + "_unique"), j),
+            # What `fail`'s ON CONFLICT (uuid) needs on a failed_jobs table
+            # that had no uuid column (the CodeIgniter app's); on our own it
+            # repeats the column's UNIQUE. An index, not a constraint: many
+            # NULLs (the PHP app's own rows) are allowed on every database,
+            # and not partial, so that ON CONFLICT (uuid) can use it.
+            # (A failed table name may have 63 characters: the index's is cut
+            # to fit, since a longer one would be cut to the table's own.)
+            "CREATE UNIQUE INDEX IF NOT EXISTS %s ON %s (uuid)"
+            % (_quote(failed[:58] + "_uuid"), _quote(failed)),
         ]
 
     # The names of a table's columns (lower case), or an empty set when the
@@ -587,6 +878,10 @@ class _Dialect:
     def columns(cls, cur, table):
         cur.execute(cls.columns_sql, (table,))
         return {str(row[0]).lower() for row in cur.fetchall()}
+
+    @staticmethod
+    def is_missing_column(exc):
+        return False
 
     @classmethod
     def add_column_sql(cls, table, column, type_):
@@ -673,7 +968,10 @@ class _SQLite(_Dialect):
             # `health` looks without touching: a missing file is an answer,
             # not something to create; mode=rw refuses to create one too.
             if not os.path.isfile(target):
-                raise DatabaseError("SQLite database %s does not exist" % target)
+                raise DatabaseError("SQLite database %s does not exist (this command only reads,"
+                                    " so it creates none: check the URL, or run `python dbqueue.py"
+                                    " migrate` to create it)" % os.path.abspath(target),
+                                    transient=False)
             from urllib.parse import quote
             target = "file:%s?mode=rw" % quote(os.path.abspath(target))
             conn = sqlite3.connect(target, timeout=timeout, isolation_level=None,
@@ -770,8 +1068,23 @@ class _SQLite(_Dialect):
         return "no such table" in str(exc)
 
     @staticmethod
+    def is_missing_column(exc):
+        return "no such column" in str(exc) or "has no column named" in str(exc)
+
+    @staticmethod
     def is_locked(exc):
         return "locked" in str(exc) or "busy" in str(exc)
+
+    # A database dbqueue may read but not write is a setup problem, not an
+    # outage: waiting does not cure it (see Queue.translate).
+    denied_fix = ("make the file and its folder writable by the user that runs dbqueue"
+                  " (SQLite writes -wal and -shm files beside it)")
+
+    @staticmethod
+    def is_denied(exc):
+        # SQLITE_READONLY (8) and its extended codes; before 3.11 only the text says so.
+        code = getattr(exc, "sqlite_errorcode", None)
+        return (code is not None and code & 0xFF == 8) or "readonly database" in str(exc)
 
     @staticmethod
     def in_transaction(conn):
@@ -876,8 +1189,21 @@ class _Postgres(_Dialect):
         return code == "42P01"
 
     @staticmethod
+    def is_missing_column(exc):
+        code = getattr(exc, "sqlstate", None) or getattr(exc, "pgcode", None)
+        return code == "42703"
+
+    @staticmethod
     def is_locked(exc):
         return False
+
+    denied_fix = ("grant the role SELECT, INSERT, UPDATE and DELETE on both queue tables, and"
+                  " USAGE on the jobs table's id sequence")
+
+    @staticmethod
+    def is_denied(exc):
+        code = getattr(exc, "sqlstate", None) or getattr(exc, "pgcode", None)
+        return code == "42501"   # insufficient_privilege
 
 
 class _MySQL(_Dialect):
@@ -916,8 +1242,9 @@ class _MySQL(_Dialect):
                         " AND (id, attempts) IN ({pairs}) FOR UPDATE")
     ack_locked_many = "DELETE FROM {jobs} WHERE id IN ({ids})"
     touch_locked_many = "UPDATE {jobs} SET reserved_at = {now} WHERE id IN ({ids})"
-    fail = ("INSERT INTO {failed} (uuid, connection, queue, payload, exception)"
-            " SELECT :uuid, 'database', j.queue, j.payload, :exception FROM {jobs} j"
+    fail = ("INSERT INTO {failed} (uuid, connection, queue, payload, exception, failed_at)"
+            " SELECT :uuid, 'database', j.queue, j.payload, :exception, CURRENT_TIMESTAMP"
+            " FROM {jobs} j"
             " WHERE j.id = :id AND j.attempts = :attempts AND j.reserved_at IS NOT NULL"
             " ON DUPLICATE KEY UPDATE queue = VALUES(queue), payload = VALUES(payload),"
             " exception = VALUES(exception), failed_at = CURRENT_TIMESTAMP")
@@ -979,17 +1306,20 @@ class _MySQL(_Dialect):
                 + cls._index(jobs, "_reserved", "reserved_at")
                 # At most one job per (queue, unique_key); InnoDB lets any
                 # number of rows share a NULL key, as the partial index would.
-                + cls._index(jobs, "_unique", "queue, unique_key", unique=True))
+                + cls._index(jobs, "_unique", "queue, unique_key", unique=True)
+                # What `fail`'s ON DUPLICATE KEY needs on a failed table that had
+                # no uuid column (the CodeIgniter app's); many NULLs allowed.
+                + cls._index(failed, "_uuid", "uuid", unique=True, name=failed[:58] + "_uuid"))
 
     @classmethod
     def add_column_sql(cls, table, column, type_):
         return "ALTER TABLE %s ADD COLUMN %s %s" % (cls.ident(table), column, type_)
 
     @classmethod
-    def _index(cls, table, suffix, columns, unique=False):
+    def _index(cls, table, suffix, columns, unique=False, name=None):
         # MySQL 8 has no CREATE INDEX IF NOT EXISTS (MariaDB has): ask
         # information_schema, in SQL, so that the printed script is idempotent too.
-        name = table + suffix
+        name = name or table + suffix
         create = "CREATE %sINDEX %s ON %s (%s)" % ("UNIQUE " if unique else "", cls.ident(name),
                                                    cls.ident(table), columns)
         return ["SET @dbqueue_ddl = (SELECT IF(COUNT(*) = 0, '%s', 'DO 0')"
@@ -1007,7 +1337,7 @@ class _MySQL(_Dialect):
                 ") %s" % cls.table_options)
 
     @staticmethod
-    def parse(rest):
+    def parse(rest, origin="QUEUE_DATABASE_URL"):
         """Connection arguments from what follows mysql:// (ConfigError when bad)."""
         from urllib.parse import parse_qsl, unquote, urlsplit
         url = "mysql://" + rest
@@ -1015,11 +1345,11 @@ class _MySQL(_Dialect):
             parts = urlsplit(url)
             port = parts.port
         except ValueError as exc:
-            raise ConfigError("QUEUE_DATABASE_URL=%s: %s" % (_mask_url(url), exc))
+            raise ConfigError("%s: %s: %s" % (origin, _mask_url(url), exc))
         database = unquote(parts.path[1:])
         if not database or "/" in database:
-            raise ConfigError("QUEUE_DATABASE_URL=%s names no database"
-                              " (mysql://user:password@host:3306/dbname)" % _mask_url(url))
+            raise ConfigError("%s: %s names no database (mysql://user:password@host:3306/dbname)"
+                              % (origin, _mask_url(url)))
         args = {"host": parts.hostname or "localhost", "port": port or 3306,
                 "user": unquote(parts.username or ""), "password": unquote(parts.password or ""),
                 "database": database, "charset": "utf8mb4", "connect_timeout": 10}
@@ -1027,14 +1357,14 @@ class _MySQL(_Dialect):
             if key == "unix_socket" and value:
                 args["unix_socket"] = value
             elif key == "connect_timeout":
-                args["connect_timeout"] = _int_setting("QUEUE_DATABASE_URL connect_timeout",
+                args["connect_timeout"] = _int_setting("%s connect_timeout" % origin,
                                                        value, 1, 3600)
             elif key == "charset" and _IDENT.match(value):
                 args["charset"] = value
             else:
-                raise ConfigError("QUEUE_DATABASE_URL=%s: unknown or empty parameter %r (MySQL"
-                                  " URLs take unix_socket, connect_timeout and charset)"
-                                  % (_mask_url(url), key))
+                raise ConfigError("%s: %s: unknown or empty parameter %r (MySQL URLs take"
+                                  " unix_socket, connect_timeout and charset)"
+                                  % (origin, _mask_url(url), key))
         args["url"] = _mask_url(url)    # for messages: never the password
         return args
 
@@ -1134,6 +1464,18 @@ class _MySQL(_Dialect):
     @classmethod
     def is_missing_table(cls, exc):
         return cls.code(exc) == 1146
+
+    @classmethod
+    def is_missing_column(cls, exc):
+        return cls.code(exc) == 1054
+
+    denied_fix = ("grant the account SELECT, INSERT, UPDATE and DELETE on both queue tables"
+                  " (and make sure the server is not read-only)")
+
+    @classmethod
+    def is_denied(cls, exc):
+        # Table or database access denied, a missing privilege, --read-only.
+        return cls.code(exc) in (1142, 1143, 1044, 1227, 1290, 1836)
 
     @classmethod
     def is_conflict(cls, exc):
@@ -1286,8 +1628,16 @@ class Queue:
             self._conns.append(conn)
         if create and not self._schema_ready and self.dialect is _SQLite:
             # SQLite creates its tables on first use; a server database is
-            # migrated on purpose (`python dbqueue.py migrate`).
-            self._migrate(conn)
+            # migrated on purpose (`python dbqueue.py migrate`). Tables that
+            # are up to date are only read: no write lock at every start.
+            try:
+                current = self._schema_current(conn.cursor())
+            except self._errors() as exc:
+                raise self.translate(exc) from exc
+            if current:
+                self._schema_ready = True
+            else:
+                self._migrate(conn)
         return conn
 
     def _conn(self):
@@ -1348,6 +1698,17 @@ class Queue:
         if self.dialect.is_missing_table(exc):
             return MissingTableError("the queue tables do not exist in %s: run `python dbqueue.py"
                                      " migrate`" % _mask_url(self.config.database_url))
+        if self.dialect.is_missing_column(exc):
+            # Tables made by an older dbqueue or by the PHP app's migrations.
+            return MissingTableError("the queue tables in %s lack columns of this version (%s):"
+                                     " run `python dbqueue.py migrate`"
+                                     % (_mask_url(self.config.database_url), _first_line(exc)))
+        if self.dialect.is_denied(exc):
+            where = (os.path.abspath(self._target) if self.dialect is _SQLite
+                     else _mask_url(self.config.database_url))
+            return DatabaseError("cannot write to %s (%s): %s" % (
+                where, _without_password(_first_line(exc), self.config.database_url),
+                self.dialect.denied_fix), transient=False)
         if self.dialect is _SQLite:
             import sqlite3
             transient = isinstance(exc, sqlite3.OperationalError)   # locked, busy, I/O
@@ -1382,23 +1743,48 @@ class Queue:
         # Every step is idempotent and runs every time: a failed table that
         # was dropped, or a new QUEUE_FAILED_TABLE beside an old jobs table,
         # is made again, whatever version the record says.
-        tables = {"jobs": self.config.table, "failed": self.config.failed_table}
         with _Transaction(self, conn) as cur:
             if self.dialect.migrate_lock:
                 cur.execute(self.dialect.migrate_lock)
                 if cur.fetchone() == (0,):
                     raise DatabaseError("migrate: another migrate held the lock for 60 s")
-            cur.execute(self.dialect.version_ddl())
-            for statement in self.dialect.table_ddl(tables["jobs"], tables["failed"]):
-                cur.execute(statement)
-            for role, column, type_ in self.dialect.added_columns():
-                if column not in self.dialect.columns(cur, tables[role]):
-                    cur.execute(self.dialect.add_column_sql(tables[role], column, type_))
-            for statement in self.dialect.index_ddl(tables["jobs"], tables["failed"]):
-                cur.execute(statement)
-            self.execute(cur, "set_version", tbl=tables["jobs"], version=_SCHEMA_VERSION)
+            self._migrate_steps(cur)
+            self._probe_write(cur)   # up to date is not "migrated" when no job could be written
         self._schema_ready = True
         return _SCHEMA_VERSION
+
+    def _migrate_steps(self, cur):
+        """Every step of the migration, on `cur`, inside a transaction already open."""
+        tables = {"jobs": self.config.table, "failed": self.config.failed_table}
+        cur.execute(self.dialect.version_ddl())
+        for statement in self.dialect.table_ddl(tables["jobs"], tables["failed"]):
+            cur.execute(statement)
+        for role, column, type_ in self.dialect.added_columns():
+            if column not in self.dialect.columns(cur, tables[role]):
+                cur.execute(self.dialect.add_column_sql(tables[role], column, type_))
+        for statement in self.dialect.index_ddl(tables["jobs"], tables["failed"]):
+            cur.execute(statement)
+        self.execute(cur, "set_version", tbl=tables["jobs"], version=_SCHEMA_VERSION)
+
+    def _schema_current(self, cur):
+        """True when the tables are at this version: a read, which takes no write lock.
+
+        The version record and each table's columns are looked at (the record
+        alone would miss a failed table dropped, or a new QUEUE_FAILED_TABLE).
+        """
+        tables = {"jobs": self.config.table, "failed": self.config.failed_table}
+        try:
+            self.execute(cur, "version", tbl=tables["jobs"])
+            row = cur.fetchone()
+        except self._errors() as exc:
+            if self.dialect.is_missing_table(exc):
+                return False
+            raise
+        if not row or row[0] < _SCHEMA_VERSION:
+            return False
+        found = {role: self.dialect.columns(cur, table) for role, table in tables.items()}
+        return all(found[role] and column in found[role]
+                   for role, column, _ in self.dialect.added_columns())
 
     def schema_version(self):
         """The schema version recorded in the database (0 when never migrated)."""
@@ -1419,6 +1805,17 @@ class Queue:
                 cur.execute("SELECT 1 FROM %s WHERE 1 = 0" % self.dialect.ident(table))
                 cur.fetchall()
         return True
+
+    def check_write(self, conn=None):
+        """Raise DatabaseError (not transient) unless the queue may write both
+        tables: a read-only SQLite file, a role without rights. Changes nothing."""
+        with _Transaction(self, conn or self._conn()) as cur:
+            self._probe_write(cur)
+        return True
+
+    def _probe_write(self, cur):
+        for key in ("probe_update", "probe_delete", "probe_failed"):
+            self.execute(cur, key)
 
     # -- producing -------------------------------------------------------
 
@@ -1560,7 +1957,28 @@ class Queue:
             raise TypeError("connection= is a %s connection but this queue is %s"
                             % (module, self.dialect.name))
         if self.dialect is _SQLite and not self._schema_ready:
-            self._conn()  # creates the tables through our own connection first
+            self._ready_through(connection)
+
+    def _ready_through(self, connection):
+        """Make sure the tables exist for a push on the app's own SQLite connection.
+
+        Not through a connection of ours: when the app's transaction already
+        holds the write lock, ours would wait for it on this same thread, and
+        fail after busy_timeout with "database is locked". The schema is read
+        through the app's connection instead, and made there, inside its
+        transaction, when missing (then it is checked again on the next push,
+        since the app may roll it back).
+        """
+        try:
+            cur = connection.cursor()
+            if self._schema_current(cur):
+                self._schema_ready = True
+            elif self.dialect.in_transaction(connection):
+                self._migrate_steps(cur)
+            else:
+                self._conn()   # no lock held by the app: migrate as usual
+        except self._errors() as exc:
+            raise self.translate(exc) from exc
 
     # -- reserving and finishing (the worker's side) ---------------------
 
@@ -2090,6 +2508,7 @@ class Worker:
         self._last_rescue = 0.0
         self._settings_cache = {}  # job name -> (registry entry, settings) for plain payloads
         self._main_thread = False
+        self._hinted = False      # the hint about other queues' ready jobs is given once
 
     # -- control ---------------------------------------------------------
 
@@ -2148,7 +2567,14 @@ class Worker:
                     break
                 if not self._held:
                     want = self._batch_size(None if limit is None else limit - self.processed)
-                    if not self._claim(want):
+                    claimed = self._claim(want)
+                    if not self._hinted:
+                        # Only the first claim: later, other queues holding
+                        # ready jobs while this one drained is normal.
+                        self._hinted = True
+                        if not claimed:
+                            self._hint_other_queues()
+                    if not claimed:
                         if once or stop_when_empty:
                             break
                         self._idle(started, max_time)
@@ -2172,6 +2598,17 @@ class Worker:
                 for sig, handler in previous.items():
                     signal.signal(sig, handler)
         return self.processed
+
+    def _hint_other_queues(self):
+        """Once, when this worker's queues are empty: name the queues that hold
+        ready jobs, since `--queue emial` would otherwise just wait, quietly."""
+        stats = self._db(lambda c: self.queue.stats(c))
+        others = ["%s (%d)" % (s["queue"], s["ready"]) for s in stats
+                  if s["ready"] and s["queue"] not in self.queues]
+        if others:
+            self.log.warning("this worker's queues are empty, but other queues have ready jobs:"
+                             " is --queue right?", queues=",".join(self.queues),
+                             ready_elsewhere=", ".join(others[:10]))
 
     def _batch_size(self, remaining):
         if self._avg is None:
@@ -2379,7 +2816,8 @@ class Worker:
                 raise JobTimeout("job ran longer than its timeout (%ss)" % timeout)
         except _Abort:
             _Transaction.end_abandoned(self.queue)
-            self._finish(job, "released", delay=0, reason="interrupted", uncount=True)
+            self._finish(job, "released", delay=0, reason="interrupted", uncount=True,
+                         elapsed=time.monotonic() - job.started)
             self.exit_code = 130
             raise
         except PermanentError as exc:
@@ -2454,6 +2892,7 @@ class Worker:
         if self._conn is None:
             self._conn = self.queue.connect()
         self.queue.check(self._conn)
+        self.queue.check_write(self._conn)
 
     def _db(self, action):
         """Run action(conn), reconnecting with backoff while the database is away.
@@ -2686,7 +3125,7 @@ class _Heartbeat(threading.Thread):
 
 _EMAIL_QUEUE = "emails"
 _SEED_NAMESPACE = "App\\Libraries\\Queue\\Jobs\\"
-_TEMPLATE_NAME = _Pattern(r"^[A-Za-z0-9_][A-Za-z0-9_-]{0,99}$")
+_TEMPLATE_NAME = _Pattern(r"^[A-Za-z0-9_][A-Za-z0-9_-]{0,99}\Z")
 _HEADER_NAME = _Pattern(r"^[A-Za-z][A-Za-z0-9-]{0,75}$")
 _ADDR_SPEC = _Pattern(r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@"
                       r"[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$")
@@ -2746,16 +3185,18 @@ def queue_template_email(to, template, variables=None, cc=None, bcc=None, reply_
         dbqueue.queue_template_email("ann@example.com", "verify_email",
                                      {"name": "Ann", "url": "https://example.com/verify/abc"})
 
-    The template is rendered by the worker (built-in, or MAIL_TEMPLATE_DIR on
-    the worker's machine), so only its name is checked here. Other options as
-    for queue_email().
+    The worker renders the template, with the same configuration as the
+    producer (MAIL_TEMPLATE_DIR included), so what can be checked here is:
+    a template that is neither built in nor in MAIL_TEMPLATE_DIR, and a
+    built-in template's missing required variable (its link) raise
+    ValueError, and nothing is stored. Other options as for queue_email().
     """
     data = {"to": to, "template": template, "vars": dict(variables or {}), "cc": cc, "bcc": bcc,
             "reply_to": reply_to, "from": sender, "headers": headers}
     data = {k: v for k, v in data.items() if v is not None}
+    config = using.config if isinstance(using, Queue) else Config.from_env()
     try:
-        _template_name(template)
-        _template_values(data["vars"])
+        _find_template(template, _template_values(data["vars"]), config, warn=False)
         _email_fields(dict(data, subject="", text="-"), None)
     except PermanentError as exc:
         raise ValueError(str(exc))
@@ -2821,9 +3262,18 @@ def _seed_send_template_email(data):
         template = template.rstrip("/").rsplit("/", 1)[-1]
         if template.endswith(".php"):
             template = template[:-4]
-    fields = {k: v for k, v in data.items() if k not in ("template", "data")}
+    moved = ("subject", "textMessage", "locale")
+    fields = {k: v for k, v in data.items() if k not in ("template", "data") + moved}
     fields["template"] = template
-    fields["vars"] = data.get("data") or {}
+    variables = data.get("data") or {}
+    if isinstance(variables, dict):
+        # The app's own variables; `subject`, `textMessage` and `locale` count
+        # there also when the job carries them beside `data`.
+        variables = dict(variables)
+        for key in moved:
+            if data.get(key) is not None and key not in variables:
+                variables[key] = data[key]
+    fields["vars"] = variables
     _send_template_email(fields)
 
 
@@ -2984,6 +3434,10 @@ def _build_message(fields):
             msg.add_alternative(fields["html"], subtype="html")
     else:
         msg.set_content(fields["html"], subtype="html")
+    # add_alternative() gives the part it makes its own MIME-Version: the
+    # header belongs to the message only (RFC 2045, section 4).
+    for part in msg.iter_parts():
+        del part["MIME-Version"]
     return msg
 
 
@@ -3065,6 +3519,175 @@ ${expiry_html}
 """
 
 
+# The CodeIgniter app's own templates, built in with its variable names and
+# the defaults its views used. One table per template: per language its
+# subject and sentences. `link` is the variable holding the button's link (a
+# missing one is a permanent failure that names it); a sentence given as
+# (variable, text) is left out when that variable is empty; `defaults` are
+# per language, so that a Spanish email never says "soon".
+_SEED_TEMPLATES = {
+    "verification": {
+        "link": "verification_link",
+        "defaults": {"en": {"display_name": "User", "expires_at": "soon"},
+                     "es": {"display_name": "usuario", "expires_at": "pronto"}},
+        "en": {
+            "subject": "Confirm your email address for $app_name",
+            "heading": "Confirm your email address",
+            "intro": ["Thanks for signing up for $app_name. Please confirm that this is your"
+                      " email address."],
+            "button": "Confirm email address",
+            "after": [("expires_at", "This link expires $expires_at."),
+                      "If you did not create an account, you can ignore this email."],
+        },
+        "es": {
+            "subject": "Confirma tu correo electrónico en $app_name",
+            "heading": "Confirma tu correo electrónico",
+            "intro": ["Gracias por registrarte en $app_name. Confirma que esta es tu dirección"
+                      " de correo electrónico."],
+            "button": "Confirmar mi correo",
+            "after": [("expires_at", "Este enlace caduca $expires_at."),
+                      "Si no has creado una cuenta, puedes ignorar este mensaje."],
+        },
+    },
+    "password-reset": {
+        "link": "reset_link",
+        "defaults": {"en": {"display_name": "User", "expires_in": "60 minutes"},
+                     "es": {"display_name": "usuario", "expires_in": "60 minutos"}},
+        "en": {
+            "subject": "Reset your $app_name password",
+            "heading": "Reset your password",
+            "intro": ["We received a request to reset the password of your $app_name account."],
+            "button": "Choose a new password",
+            "after": [("expires_in", "This link expires in $expires_in."),
+                      "If you did not ask for this, you can ignore this email: your password"
+                      " stays as it is."],
+        },
+        "es": {
+            "subject": "Restablece tu contraseña de $app_name",
+            "heading": "Restablece tu contraseña",
+            "intro": ["Hemos recibido una solicitud para restablecer la contraseña de tu cuenta"
+                      " de $app_name."],
+            "button": "Elegir una contraseña nueva",
+            "after": [("expires_in", "Este enlace caduca en $expires_in."),
+                      "Si no lo has pedido tú, puedes ignorar este mensaje: tu contraseña"
+                      " no cambiará."],
+        },
+    },
+    "invitation": {
+        "link": "reset_link",
+        "defaults": {"en": {"display_name": "User"}, "es": {"display_name": "usuario"}},
+        "en": {
+            "subject": "You are invited to join $app_name",
+            "heading": "You are invited to $app_name",
+            "intro": ["You have been invited to join $app_name. To accept, choose a password"
+                      " for your account."],
+            "button": "Choose your password",
+            "after": [("expires_in", "This link expires in $expires_in."),
+                      "If you were not expecting this invitation, you can ignore this email:"
+                      " no account is activated unless you accept it."],
+        },
+        "es": {
+            "subject": "Te han invitado a unirte a $app_name",
+            "heading": "Invitación a $app_name",
+            "intro": ["Te han invitado a unirte a $app_name. Para aceptar, elige una contraseña"
+                      " para tu cuenta."],
+            "button": "Elegir mi contraseña",
+            "after": [("expires_in", "Este enlace caduca en $expires_in."),
+                      "Si no esperabas esta invitación, puedes ignorar este mensaje: la cuenta"
+                      " no se activará a menos que la aceptes."],
+        },
+    },
+    "account-approved": {
+        "link": "login_link",
+        "defaults": {"en": {"display_name": "User"}, "es": {"display_name": "usuario"}},
+        "en": {
+            "subject": "Your $app_name account has been approved",
+            "heading": "Your account has been approved",
+            "intro": ["Good news: your $app_name account has been approved. You can sign in"
+                      " now."],
+            "button": "Sign in",
+            "after": [],
+        },
+        "es": {
+            "subject": "Hemos aprobado tu cuenta de $app_name",
+            "heading": "Tu cuenta está aprobada",
+            "intro": ["¡Buenas noticias! Hemos aprobado tu cuenta de $app_name y ya puedes"
+                      " iniciar sesión."],
+            "button": "Iniciar sesión",
+            "after": [],
+        },
+    },
+    "pending-approval-google": {
+        "link": None,
+        "defaults": {"en": {"display_name": "User"}, "es": {"display_name": "usuario"}},
+        "en": {
+            "subject": "Your $app_name account is awaiting approval",
+            "heading": "Your account is awaiting approval",
+            "intro": ["Thanks for signing up for $app_name with your Google account.",
+                      "An administrator needs to approve your account before you can sign in."
+                      " We will email you as soon as it is approved."],
+            "button": None,
+            "after": ["You do not need to do anything else for now."],
+        },
+        "es": {
+            "subject": "Tu cuenta de $app_name está pendiente de aprobación",
+            "heading": "Tu cuenta está pendiente de aprobación",
+            "intro": ["Gracias por registrarte en $app_name con tu cuenta de Google.",
+                      "Un administrador tiene que aprobar tu cuenta antes de que puedas iniciar"
+                      " sesión. Te escribiremos en cuanto esté aprobada."],
+            "button": None,
+            "after": ["Por ahora no tienes que hacer nada más."],
+        },
+    },
+}
+
+# The words every seed template shares, per language.
+_SEED_WORDS = {
+    "en": {"greeting": "Hi $display_name,", "app_name": "our site",
+           "fallback": "If the button does not work, copy this link into your browser:"},
+    "es": {"greeting": "Hola, $display_name:", "app_name": "nuestro sitio",
+           "fallback": "Si el botón no funciona, copia este enlace en tu navegador:"},
+}
+_LOCALES = ("en", "es")
+
+# The seed templates' HTML: the built-ins' look, written for what mail
+# clients keep: inline styles only (Gmail drops <style>), tables for layout,
+# bgcolor beside background (Outlook), no images or fonts to fetch, and a
+# button that is a table cell, so that Outlook's Word engine, which ignores
+# padding on links, still shows a button.
+_SEED_HTML = """<!DOCTYPE html>
+<html lang="@LANG@">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>@SUBJECT@</title>
+</head>
+<body style="margin:0;padding:0;background:#f3f4f6;">
+<table role="presentation" width="100%" cellpadding="0" cellspacing="0" bgcolor="#f3f4f6" style="background:#f3f4f6;padding:24px 12px;">
+<tr><td align="center">
+<table role="presentation" width="100%" cellpadding="0" cellspacing="0" bgcolor="#ffffff" style="max-width:560px;background:#ffffff;border-radius:8px;font-family:-apple-system,'Segoe UI',Roboto,Helvetica,Arial,sans-serif;color:#1f2937;">
+<tr><td style="padding:32px 32px 0;font-family:-apple-system,'Segoe UI',Roboto,Helvetica,Arial,sans-serif;font-size:22px;font-weight:600;color:#1f2937;">@HEADING@</td></tr>
+<tr><td style="padding:16px 32px 8px;font-family:-apple-system,'Segoe UI',Roboto,Helvetica,Arial,sans-serif;font-size:16px;line-height:1.6;color:#1f2937;">
+@BODY@
+</td></tr>
+<tr><td style="padding:8px 32px 32px;font-family:-apple-system,'Segoe UI',Roboto,Helvetica,Arial,sans-serif;font-size:13px;color:#6b7280;">$app_name</td></tr>
+</table>
+</td></tr>
+</table>
+</body>
+</html>
+"""
+_SEED_P = '<p style="margin:0 0 16px;">%s</p>'
+_SEED_SMALL = '<p style="margin:0 0 16px;font-size:14px;color:#4b5563;">%s</p>'
+_SEED_BUTTON = ('<table role="presentation" cellpadding="0" cellspacing="0" align="center"'
+                ' style="margin:8px auto 24px;"><tr><td bgcolor="#2563eb" style="background:'
+                '#2563eb;border-radius:6px;"><a href="$%s" style="display:inline-block;'
+                'padding:12px 24px;color:#ffffff;text-decoration:none;font-weight:600;">%s</a>'
+                '</td></tr></table>\n'
+                '<p style="margin:0 0 16px;font-size:14px;color:#4b5563;">%s<br><a href="$%s"'
+                ' style="color:#2563eb;word-break:break-all;">$%s</a></p>')
+
+
 def _builtin_template(name):
     """(subject, text, html) string.Template sources of a built-in template, or None."""
     parts = _BUILTIN_TEMPLATES.get(name)
@@ -3098,25 +3721,140 @@ def _template_values(variables):
     return values
 
 
-def _read_template(directory, name):
-    """(subject, text, html or None) from MAIL_TEMPLATE_DIR, or None when it has no NAME.txt."""
-    path = os.path.join(directory, name + ".txt")
-    html_path = os.path.join(directory, name + ".html")
+def _locale(value):
+    """The language tag of a `locale` variable ("es-MX" -> "es"); "en" when empty, None when odd."""
+    if not value:
+        return "en"
+    tag = value.strip().lower().replace("_", "-").split("-")[0]
+    return tag if re.match(r"^[a-z]{2,3}\Z", tag) else None
+
+
+def _seed_form(name, values):
+    """True when `name` with these variables is one of the CodeIgniter app's templates.
+
+    `invitation` is also the original built-in (name and url): a caller that
+    gives `url` and no `reset_link` gets that one, as before.
+    """
+    if name not in _SEED_TEMPLATES:
+        return False
+    return not (name == "invitation" and "url" in values and "reset_link" not in values)
+
+
+def _seed_template(name, locale, values):
+    """(subject, text, html) string.Template sources of a seed template in one language."""
+    import html as html_module
+    table, common = _SEED_TEMPLATES[name], _SEED_WORDS[locale]
+    words, link = table[locale], table["link"]
+    esc = html_module.escape     # our own sentences: their $placeholders pass through
+
+    def keep(lines):
+        return [line[1] if isinstance(line, tuple) else line for line in lines
+                if not isinstance(line, tuple) or values.get(line[0])]
+    intro, after = keep(words["intro"]), keep(words["after"])
+    text = [common["greeting"], ""]
+    for line in intro:
+        text += [line, ""]
+    if words["button"]:
+        text += [words["button"] + ":", "$" + link, ""]
+    for line in after:
+        text += [line, ""]
+    text += ["-- ", "$app_name", ""]
+    body = [_SEED_P % esc(common["greeting"])] + [_SEED_P % esc(line) for line in intro]
+    if words["button"]:
+        body.append(_SEED_BUTTON % (link, esc(words["button"]), esc(common["fallback"]),
+                                    link, link))
+    body += [_SEED_SMALL % esc(line) for line in after]
+    # The title is the subject as sent (the app's own `subject` may replace it).
+    html = (_SEED_HTML.replace("@LANG@", locale).replace("@SUBJECT@", "${_subject}")
+            .replace("@HEADING@", esc(words["heading"])).replace("@BODY@", "\n".join(body)))
+    return words["subject"], "\n".join(text), html
+
+
+def _job_log():
+    """The running worker's log, else one on stderr."""
+    worker = getattr(current_job(), "worker", None)
+    return worker.log if worker is not None else _Log()
+
+
+def _find_template(name, values, config, warn=True):
+    """(kind, locale, (subject, text, html or None) sources) of the template to render;
+    a seed template's defaults for that language are put into `values`.
+
+    kind is "dir" (MAIL_TEMPLATE_DIR, which wins), "seed" (the CodeIgniter
+    app's) or "builtin". Raises PermanentError for an unknown template and
+    for a built-in one's missing required variable: what the producer can
+    check at enqueue as well as the worker at send.
+    """
+    _template_name(name)
+    asked = values.get("locale", "")
+    locale = _locale(asked)
+    if config.mail_template_dir:
+        source = _read_template(config.mail_template_dir, name, locale)
+        if source is not None:
+            return "dir", locale, source
+    if _seed_form(name, values):
+        kind, needs, available = "seed", [_SEED_TEMPLATES[name]["link"]], _LOCALES
+    elif name in _BUILTIN_TEMPLATES:
+        kind, needs, available = "builtin", ["name", "url"], ("en",)
+    else:
+        import difflib
+        known = sorted(set(_BUILTIN_TEMPLATES) | set(_SEED_TEMPLATES)
+                       | set(_template_dir_names(config)))
+        close = difflib.get_close_matches(name, known, 1)
+        raise PermanentError("unknown email template %r%s (known: %s)"
+                             % (name, " - did you mean %r?" % close[0] if close else "",
+                                ", ".join(known)))
+    for variable in needs:
+        # A link must have a value; the original built-ins accept an empty name.
+        if variable is not None and (not values.get(variable) if kind == "seed"
+                                     else variable not in values):
+            raise PermanentError("email template %r needs the variable %r in vars"
+                                 % (name, variable))
+    if locale not in available:
+        if warn:
+            _job_log().warning("email template has no version in this locale; sent in English",
+                               template=name, locale=re.sub(r"[^\w.-]", "?", asked[:40]))
+        locale = "en"
+    if kind == "seed":
+        # The defaults of that language go into `values` first: the sentence
+        # that shows one ("This link expires soon.") is kept only when set.
+        for key, value in _SEED_TEMPLATES[name]["defaults"][locale].items():
+            if not values.get(key):
+                values[key] = value
+        return kind, locale, _seed_template(name, locale, values)
+    return kind, locale, _builtin_template(name)
+
+
+def _read_template(directory, name, locale=None):
+    """(subject, text, html or None) from MAIL_TEMPLATE_DIR, or None when it has no NAME.txt.
+
+    NAME.LOCALE.txt and NAME.LOCALE.html, when there, win over NAME.txt and
+    NAME.html for that locale.
+    """
+    def first(ext):
+        names = ([name + "." + locale + ext] if locale else []) + [name + ext]
+        for candidate in names:
+            path = os.path.join(directory, candidate)
+            if os.path.exists(path):
+                return path
+        return os.path.join(directory, names[-1])
+    path, html_path = first(".txt"), first(".html")
     try:
         with open(path, encoding="utf-8") as fh:
             source = fh.read()
     except FileNotFoundError:
         if os.path.exists(html_path):
-            raise PermanentError("template %r: %s.html has no %s.txt (the text part and the"
-                                 " Subject: line live there)" % (name, name, name))
+            raise PermanentError("template %r: %s has no %s.txt (the text part and the"
+                                 " Subject: line live there)"
+                                 % (name, os.path.basename(html_path), name))
         return None
     except (OSError, UnicodeDecodeError) as exc:
         raise PermanentError("template %r: cannot read %s: %s" % (name, path, exc))
-    first, _, body = source.lstrip("\ufeff").replace("\r\n", "\n").partition("\n")
-    if not first.lower().startswith("subject:"):
+    first_line, _, body = source.lstrip("\ufeff").replace("\r\n", "\n").partition("\n")
+    if not first_line.lower().startswith("subject:"):
         raise PermanentError("template %r: %s must start with a 'Subject: ...' line"
                              % (name, path))
-    subject = first[len("subject:"):].strip()
+    subject = first_line[len("subject:"):].strip()
     if body.startswith("\n"):
         body = body[1:]   # the blank line after Subject:
     html = None
@@ -3135,27 +3873,22 @@ def _render(name, variables, config):
 
     A template in MAIL_TEMPLATE_DIR wins over the built-in one of the same
     name. Values are HTML-escaped in the HTML part; a placeholder without a
-    value is a PermanentError that names it.
+    value is a PermanentError that names it. In the variables, `locale`
+    picks the language, `subject` (when set) is the subject and `textMessage`
+    (a string) the text part, as the CodeIgniter app's EmailService passed them.
     """
     import html as html_module
     from string import Template
-    _template_name(name)
     values = _template_values(variables)
-    source = None
-    if config.mail_template_dir:
-        source = _read_template(config.mail_template_dir, name)
-    builtin = source is None
-    if builtin:
-        source = _builtin_template(name)
-    if source is None:
-        known = sorted(set(_BUILTIN_TEMPLATES) | set(_template_dir_names(config)))
-        raise PermanentError("unknown email template %r (known: %s)" % (name, ", ".join(known)))
-    url = values.get("url", "")
+    kind, locale, source = _find_template(name, values, config)   # seed defaults filled in
+    link = values.get(_SEED_TEMPLATES[name]["link"] or "", "") if kind == "seed" else ""
+    url = values.get("url", "") or link
     host = re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://([^/:?#@]+)", url)
+    fallback = _SEED_WORDS[locale]["app_name"] if locale in _SEED_WORDS else "our site"
     values.setdefault("app_name", config.app_name or config.mail_from_name
-                      or (host.group(1) if host else "") or "our site")
+                      or (host.group(1) if host else "") or fallback)
     html_extra = {}
-    if builtin:
+    if kind == "builtin":
         expires = values.get("expires", "")
         values["expiry_text"] = "This link expires in %s." % expires if expires else ""
         html_extra["expiry_html"] = (
@@ -3177,13 +3910,18 @@ def _render(name, variables, config):
                                  % (name, part, exc))
 
     subject = fill("subject", subject_src, values)
+    if isinstance(variables.get("subject"), str) and variables["subject"].strip():
+        subject = variables["subject"]
     text = fill("text", text_src, values)
-    if builtin:
+    if kind == "builtin":
         text = re.sub(r"\n{3,}", "\n\n", text)
+    if isinstance(variables.get("textMessage"), str) and variables["textMessage"].strip():
+        text = variables["textMessage"]
     html = None
     if html_src is not None:
         escaped = {k: html_module.escape(v, quote=True) for k, v in values.items()}
         escaped.update(html_extra)
+        escaped["_subject"] = html_module.escape(subject, quote=True)
         html = fill("html", html_src, escaped)
     return subject, text, html
 
@@ -3217,6 +3955,9 @@ def _deliver(fields, config):
     log = worker.log if worker is not None else _Log()
     if config.mail_mailer == "log":
         _log_message(log, msg, sender, recipients)
+        return
+    if config.mail_mailer == "sendmail":
+        _Sendmail(config).send(sender, recipients, data)
         return
     reuse = worker is not None and getattr(worker, "reuse_smtp", True)
     mailer = worker.resources.get("smtp") if reuse else None
@@ -3374,6 +4115,76 @@ class _Mailer:
         raise error   # outside the except block: no chained traceback with smtplib's text
 
 
+def _split_command(text):
+    """A command line as its words, as a POSIX shell splits them (no shell runs it)."""
+    import shlex
+    return shlex.split(text)
+
+
+class _Sendmail:
+    """MAIL_MAILER=sendmail: each message piped to MAIL_SENDMAIL_PATH, one process each.
+
+    The recipients are given as arguments (after `-f sender`), and a `-t` in
+    the command is dropped: with -t, sendmail would take them from the To,
+    Cc and Bcc headers, and Bcc recipients would have to be written into the
+    message for it to find them, relying on every sendmail to delete that
+    header again (ssmtp, for one, did not). Exit 0 is sent, 75 (EX_TEMPFAIL)
+    is retried, anything else fails the job with sendmail's first stderr line.
+    """
+
+    EX_TEMPFAIL = 75
+
+    def __init__(self, config):
+        self.config = config
+
+    def command(self, sender, recipients):
+        argv = []
+        for arg in _split_command(self.config.mail_sendmail_path):
+            if arg in ("-ti", "-it"):
+                arg = "-i"
+            if arg != "-t":
+                argv.append(arg)
+        for addr in recipients:
+            if addr.startswith("-"):
+                # It would be read as an option: "-oQ/tmp@x.test" is a valid address.
+                raise PermanentError("%r cannot be passed to sendmail (it starts with -)" % addr)
+        if "-f" not in argv and not any(a.startswith("-f") and len(a) > 2 for a in argv):
+            argv += ["-f", sender]
+        return argv + list(recipients)
+
+    def send(self, sender, recipients, data):
+        import subprocess
+        argv = self.command(sender, recipients)
+        where = "sendmail (%s)" % argv[0]
+        try:
+            proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                                    stderr=subprocess.PIPE)
+        except OSError as exc:
+            # A program that is missing here may be installed in a minute:
+            # retried, and the line says which setting names it.
+            raise QueueError("%s cannot be started: %s (check MAIL_SENDMAIL_PATH) (temporary)"
+                             % (where, exc.strerror or exc))
+        try:
+            # A local program reads UNIX line ends; sendmail makes them CRLF.
+            _, err = proc.communicate(data.replace(b"\r\n", b"\n"),
+                                      timeout=self.config.mail_timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+            raise QueueError("%s timed out after %ss (temporary)" % (where, self.config.mail_timeout))
+        except BaseException:
+            proc.kill()
+            proc.wait()
+            raise
+        if proc.returncode == 0:
+            return
+        line = (err or b"").decode("utf-8", "replace").strip().splitlines()
+        detail = _scrub(line[0][:300], self.config) if line else "no message"
+        if proc.returncode == self.EX_TEMPFAIL or proc.returncode < 0:   # 75, or a signal
+            raise QueueError("%s exited %d: %s (temporary)" % (where, proc.returncode, detail))
+        raise PermanentError("%s exited %d: %s (permanent)" % (where, proc.returncode, detail))
+
+
 def _smtp_codes(exc):
     codes = set()
     if getattr(exc, "smtp_code", None) is not None:
@@ -3424,8 +4235,10 @@ def _smtp_error(exc, config):
     else:
         permanent = False
         what = "%s: %s" % (type(exc).__name__, exc)
-    # "temporary", not "will retry": on a job's last attempt it is not retried.
-    text = "%s %s%s" % (where, what, " (permanent)" if permanent else " (temporary)")
+    # Only "(permanent)" is said: whether a temporary error is retried is the
+    # worker's to decide (the log says released or failed), and a job's last
+    # attempt that failed on one must not read "temporary" in failed_jobs.
+    text = "%s %s%s" % (where, what, " (permanent)" if permanent else "")
     if detail:
         text += "\n" + detail
     text = _scrub(text, config)
@@ -3833,7 +4646,7 @@ def _parser():
     p.add_argument("--queue", default="default", help="queues in priority order, comma separated"
                    " (default: default)")
     p.add_argument("--once", action="store_true", help="handle at most one job, then exit")
-    p.add_argument("--max-jobs", type=_nonneg_int, metavar="N", help="exit after N jobs")
+    p.add_argument("--max-jobs", type=_pos_int, metavar="N", help="exit after N jobs (N >= 1)")
     p.add_argument("--max-time", type=_nonneg_float, metavar="S", help="exit after S seconds")
     p.add_argument("--sleep", type=_nonneg_float, default=3.0, metavar="S",
                    help="longest wait between looks at an idle queue (default 3)")
@@ -3847,7 +4660,8 @@ def _parser():
                    help="exit after the current job when RSS passes MB")
     p.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
                    help="import MODULE to register its handlers (repeatable)")
-    p.add_argument("--log-format", choices=("text", "json"), default="text")
+    p.add_argument("--log-format", choices=("text", "json"), default="text",
+                   help="text (key=value, the default) or json: one object per line")
     p.add_argument("-v", "--verbose", action="store_true", help="also log debug lines")
     p.add_argument("-q", "--quiet", action="store_true", help="log warnings and errors only")
 
@@ -3892,7 +4706,7 @@ def _parser():
     p.add_argument("--queue", type=_queue_arg, help="with all: only this queue")
 
     p = command("forget", "delete failed jobs by id", "python dbqueue.py forget 12 13")
-    p.add_argument("ids", nargs="+", type=_row_id, metavar="ID")
+    p.add_argument("ids", nargs="+", type=_row_id, metavar="ID", help="failed job ids (see `failed`)")
 
     p = command("flush", "delete every failed job, or those older than H hours",
                 "python dbqueue.py flush --hours 168")
@@ -3901,26 +4715,42 @@ def _parser():
 
     p = command("clear", "delete the waiting (ready and delayed) jobs of a queue",
                 "python dbqueue.py clear --queue default --force")
-    p.add_argument("--queue", type=_queue_arg, required=True)
+    p.add_argument("--queue", type=_queue_arg, required=True, help="the queue to empty")
     p.add_argument("--force", action="store_true",
                    help="do not ask (required when stdin is not a terminal)")
 
+    p = command("config", "show every effective setting, its value (secrets masked) and where"
+                " it came from: the first thing to run when jobs never process",
+                "python dbqueue.py config --env-file /srv/app/.env")
+    p.add_argument("--json", action="store_true", help="JSON: settings and warnings")
+
     p = command("bench", "measure enqueue, drain and latency on the configured database",
                 "python dbqueue.py bench --jobs 5000 --workers 2")
-    p.add_argument("--jobs", type=_pos_int, default=5000, metavar="N")
-    p.add_argument("--workers", type=_pos_int, default=2, metavar="K")
+    p.add_argument("--jobs", type=_pos_int, default=5000, metavar="N",
+                   help="jobs to enqueue and drain (default 5000)")
+    p.add_argument("--workers", type=_pos_int, default=2, metavar="K",
+                   help="worker processes that drain them (default 2)")
     return top
 
 
-def _number(kind, minimum, value):
+def _number(kind, minimum, value, maximum=None, unit=""):
     import argparse
     try:
         number = kind(value)
     except ValueError:
+        try:
+            approx = float(value)
+        except ValueError:
+            approx = None
+        if approx is not None and maximum is not None and approx > maximum:
+            # 1e9 is a number, only too large: say that, not "not a whole number".
+            raise argparse.ArgumentTypeError("%r is too large: at most %d%s" % (value, maximum, unit))
         raise argparse.ArgumentTypeError("%r is not a %s" % (
             value, "whole number" if kind is int else "number"))
     if not number >= minimum or number in (float("inf"),):
         raise argparse.ArgumentTypeError("%r must be >= %s" % (value, minimum))
+    if maximum is not None and number > maximum:
+        raise argparse.ArgumentTypeError("%r is too large: at most %d%s" % (value, maximum, unit))
     return number
 
 
@@ -3929,11 +4759,8 @@ def _nonneg_int(value):
 
 
 def _seconds(value):
-    import argparse
-    number = _number(int, 0, value)
-    if number > _MAX_SECONDS:
-        raise argparse.ArgumentTypeError("%r must be at most %d seconds" % (value, _MAX_SECONDS))
-    return number
+    # Whole seconds: the tables store unix seconds.
+    return _number(int, 0, value, _MAX_SECONDS, " seconds (10 years)")
 
 
 def _tries(value):
@@ -3990,10 +4817,10 @@ def main(argv=None):
     except SystemExit as exc:   # --help and --version
         return exc.code if isinstance(exc.code, int) else 0
     try:
-        config = Config.from_env(env_file=args.env_file)
-        if args.database_url:
-            _parse_url(args.database_url)
-            config.database_url = args.database_url
+        config = Config.from_env(env_file=args.env_file, database_url=args.database_url)
+        if args.command != "work":     # the worker logs them, in its log's format
+            for warning in config.warnings:
+                _err("warning: " + warning)
         handler = _COMMANDS[args.command]
         return handler(args, config)
     except ConfigError as exc:
@@ -4007,6 +4834,9 @@ def main(argv=None):
 
 
 def _cmd_migrate(args, config):
+    if args.all and not args.print:
+        raise ConfigError("migrate: --all goes with --print (it shows the SQL of every database;"
+                          " migrate itself runs on the configured one)")
     if args.print:
         dialects = (_SQLite, _Postgres, _MySQL) if args.all else (_parse_url(config.database_url)[0],)
         out = []
@@ -4049,6 +4879,8 @@ def _cmd_work(args, config):
     queue = Queue(config=config)
     worker = Worker(queue, queues, tries=args.tries, backoff=backoff, timeout=args.timeout,
                     sleep=args.sleep, memory=args.memory, log=log)
+    for warning in config.warnings:
+        log.warning(warning)
     log.info("worker starting", database=_mask_url(config.database_url), queues=",".join(queues),
              tries=worker.tries, backoff=",".join(map(str, worker.backoff)),
              timeout=worker.timeout, retry_after=config.retry_after, sleep=args.sleep,
@@ -4163,9 +4995,37 @@ def _prometheus(stats):
     return "\n".join(lines) + "\n"
 
 
+def _reader(config):
+    """A Queue for a command that only reads: it opens an existing database and
+    creates neither a SQLite file nor tables (a mistyped path is an error, not
+    an empty queue)."""
+    queue = Queue(config=config)
+    try:
+        queue._local.conn = queue.connect(create=False)
+    except DatabaseError as exc:
+        queue.close()
+        raise DatabaseError("%s; the URL came from %s" % (_first_line(exc), _url_origin(config)),
+                            transient=False)
+    return queue
+
+
+def _url_origin(config):
+    """Where the database URL came from, in words for an error message."""
+    source = config.sources.get("QUEUE_DATABASE_URL", "default")
+    if source == "default":
+        return "dbqueue's default (set QUEUE_DATABASE_URL to choose)"
+    if source.startswith("--"):
+        return source
+    if source.startswith("derived from "):
+        return "the CodeIgniter " + source[len("derived from "):]
+    var = "DATABASE_URL" if source.endswith("(DATABASE_URL)") else "QUEUE_DATABASE_URL"
+    where = source.replace(" (DATABASE_URL)", "")
+    return "%s in the %s" % (var, where) if where == "environment" else "%s in %s" % (var, where)
+
+
 def _cmd_stats(args, config):
     fmt = "json" if args.json else args.format
-    queue = Queue(config=config)
+    queue = _reader(config)
     try:
         stats = queue.stats()
     finally:
@@ -4192,6 +5052,7 @@ def _cmd_health(args, config):
     try:
         conn = queue.connect(create=False)
         queue.check(conn)
+        queue.check_write(conn)     # a worker must be able to write, not only read
         stats = queue.stats(conn)
     except DatabaseError as exc:
         print("unhealthy: %s" % _first_line(exc))
@@ -4246,7 +5107,7 @@ def _error_line(exception):
 
 
 def _cmd_failed(args, config):
-    queue = Queue(config=config)
+    queue = _reader(config)
     try:
         rows = queue.failed(args.queue)
     finally:
@@ -4366,6 +5227,37 @@ def _cmd_clear(args, config):
     return 0
 
 
+def _setting_value(config, setting):
+    """A setting's effective value for `config`, with secrets masked."""
+    attr = setting.lower()
+    attr = attr[len("queue_"):] if attr.startswith("queue_") else attr
+    value = getattr(config, attr, None)
+    if isinstance(value, str) and "://" in value:
+        value = _mask_url(value)
+    if _SECRET_NAME.search(setting) and value:
+        value = "***"
+    return value
+
+
+def _cmd_config(args, config):
+    # Reads no database: it shows what a worker started here would use.
+    settings = [{"name": name, "value": _setting_value(config, name), "source": source}
+                for name, source in config.sources.items()]
+    if args.json:
+        print(json.dumps({"settings": settings, "warnings": config.warnings}, indent=2))
+        return 0
+
+    def shown(value):
+        if isinstance(value, bool):
+            return "true" if value else "false"
+        if isinstance(value, (list, tuple)):
+            return ",".join(str(v) for v in value)
+        return '""' if value in ("", None) else str(value)
+    print(_table(("setting", "value", "source"),
+                 [(s["name"], shown(s["value"]), s["source"]) for s in settings]))
+    return 0
+
+
 _COMMANDS = {
     "migrate": _cmd_migrate,
     "work": _cmd_work,
@@ -4378,6 +5270,7 @@ _COMMANDS = {
     "flush": _cmd_flush,
     "clear": _cmd_clear,
     "bench": lambda args, config: _bench(args, config),
+    "config": _cmd_config,
 }
 
 

@@ -27,6 +27,7 @@ CREATE TABLE IF NOT EXISTS "failed_jobs" (
 CREATE INDEX IF NOT EXISTS "jobs_ready" ON "jobs" (queue, available_at, id) WHERE reserved_at IS NULL;
 CREATE INDEX IF NOT EXISTS "jobs_reserved" ON "jobs" (reserved_at) WHERE reserved_at IS NOT NULL;
 CREATE UNIQUE INDEX IF NOT EXISTS "jobs_unique" ON "jobs" (queue, unique_key) WHERE unique_key IS NOT NULL;
+CREATE UNIQUE INDEX IF NOT EXISTS "failed_jobs_uuid" ON "failed_jobs" (uuid);
 
 -- postgresql (schema version 2)
 
@@ -57,6 +58,7 @@ CREATE TABLE IF NOT EXISTS "failed_jobs" (
 CREATE INDEX IF NOT EXISTS "jobs_ready" ON "jobs" (queue, available_at, id) WHERE reserved_at IS NULL;
 CREATE INDEX IF NOT EXISTS "jobs_reserved" ON "jobs" (reserved_at) WHERE reserved_at IS NOT NULL;
 CREATE UNIQUE INDEX IF NOT EXISTS "jobs_unique" ON "jobs" (queue, unique_key) WHERE unique_key IS NOT NULL;
+CREATE UNIQUE INDEX IF NOT EXISTS "failed_jobs_uuid" ON "failed_jobs" (uuid);
 
 -- mysql (schema version 2)
 
@@ -93,6 +95,10 @@ PREPARE dbqueue_ddl FROM @dbqueue_ddl;
 EXECUTE dbqueue_ddl;
 DEALLOCATE PREPARE dbqueue_ddl;
 SET @dbqueue_ddl = (SELECT IF(COUNT(*) = 0, 'CREATE UNIQUE INDEX `jobs_unique` ON `jobs` (queue, unique_key)', 'DO 0') FROM information_schema.statistics WHERE table_schema = DATABASE() AND table_name = 'jobs' AND index_name = 'jobs_unique');
+PREPARE dbqueue_ddl FROM @dbqueue_ddl;
+EXECUTE dbqueue_ddl;
+DEALLOCATE PREPARE dbqueue_ddl;
+SET @dbqueue_ddl = (SELECT IF(COUNT(*) = 0, 'CREATE UNIQUE INDEX `failed_jobs_uuid` ON `failed_jobs` (uuid)', 'DO 0') FROM information_schema.statistics WHERE table_schema = DATABASE() AND table_name = 'failed_jobs' AND index_name = 'failed_jobs_uuid');
 PREPARE dbqueue_ddl FROM @dbqueue_ddl;
 EXECUTE dbqueue_ddl;
 DEALLOCATE PREPARE dbqueue_ddl;
