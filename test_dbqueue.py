@@ -5922,6 +5922,30 @@ class PrivateMariaDBTests(unittest.TestCase):
               % (before, total, restart_seconds, len(workers), ", ".join(drivers), after,
                  sum(1 for c in ends.values() if c > 1)), file=sys.stderr)
 
+    def test_an_account_that_may_not_write_is_one_line_exit_1(self):
+        # A role without rights is not an outage to wait out (SPEC): one line
+        # naming the fix, exit 1, from work and health alike.
+        root = __import__("pymysql").connect(unix_socket=self.server.socket, user="root")
+        self.addCleanup(root.close)
+        cur = root.cursor()
+        cur.execute("CREATE USER IF NOT EXISTS 'dbq_ro'@'127.0.0.1' IDENTIFIED BY 'r3ad-0nly'")
+        cur.execute("GRANT SELECT ON dbq.* TO 'dbq_ro'@'127.0.0.1'")
+        q = dbqueue.Queue(config=self.config(self.server.url()))
+        self.addCleanup(q.close)
+        q.migrate()
+        q.push("t_record", {"i": 1})
+        env = {"QUEUE_DATABASE_URL": "mysql://dbq_ro:r3ad-0nly@127.0.0.1:%d/dbq" % self.server.port,
+               "QUEUE_TABLE": self.table, "QUEUE_FAILED_TABLE": self.table + "_f"}
+        for argv in (["work", "--stop-when-empty"], ["health"]):
+            code, out, err = run_main(argv, env)
+            self.assertEqual(code, 1, (argv, out, err))
+            line = [l for l in (out + err).splitlines() if "cannot write" in l]
+            self.assertEqual(len(line), 1, (argv, out, err))
+            self.assertIn("grant the account", line[0])
+            self.assertNotIn("r3ad-0nly", out + err)
+            self.assertNotIn("Traceback", out + err)
+        self.assertEqual(q.stats()[0]["ready"], 1)         # nothing lost, nothing moved
+
     def test_password_never_shown_when_authentication_fails(self):
         for driver in ("pymysql", "mysqldb"):
             if driver == "mysqldb":
