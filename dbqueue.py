@@ -325,6 +325,7 @@ class Config:
         self.mail_timeout = 30
         self.mail_verify_peer = True
         self.mail_template_dir = ""
+        self.mail_ehlo_domain = ""     # empty: the host's name, made ASCII (_ehlo_name)
         self.mail_sendmail_path = "/usr/sbin/sendmail -t -i"
         self.app_name = ""
         self.sources = {}
@@ -430,6 +431,7 @@ class Config:
         c.mail_timeout = _int_setting("MAIL_TIMEOUT", get("MAIL_TIMEOUT", "30"), 1)
         c.mail_verify_peer = _bool_setting("MAIL_VERIFY_PEER", get("MAIL_VERIFY_PEER", "true"))
         c.mail_template_dir = get("MAIL_TEMPLATE_DIR")
+        c.mail_ehlo_domain = _ehlo_setting("MAIL_EHLO_DOMAIN", get("MAIL_EHLO_DOMAIN"))
         if c.mail_template_dir and not os.path.isdir(c.mail_template_dir):
             # Found late, this would be every templated email failing as unknown.
             raise ConfigError("%s=%s is not a folder (no such directory)"
@@ -576,6 +578,36 @@ def _bool_setting(name, value):
     raise ConfigError("%s=%s must be true or false" % (name, value))
 
 
+def _ehlo_setting(name, value):
+    """MAIL_EHLO_DOMAIN: a host name (an internationalised one as IDNA) or an
+    address literal such as [192.0.2.1]; empty means the host's own name."""
+    if not value:
+        return ""
+    ascii_name = _ascii_host(value)
+    if ascii_name is None:
+        raise ConfigError("%s=%s is not a host name (such as mail.example.com) or an address"
+                          " literal (such as [192.0.2.1])" % (name, value))
+    return ascii_name
+
+
+def _ascii_host(name):
+    """`name` as an ASCII host name for EHLO (IDNA for other scripts), or None.
+
+    smtplib writes commands in ASCII: a host named "bücher-pc" would make
+    every EHLO fail with UnicodeEncodeError.
+    """
+    if re.match(r"^\[(?:IPv6:)?[0-9A-Fa-f:.]{2,45}\]\Z", name):
+        return name
+    try:
+        ascii_name = name.rstrip(".").encode("idna").decode("ascii")
+    except UnicodeError:
+        return None
+    if not re.match(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+                    r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\Z", ascii_name):
+        return None
+    return ascii_name if len(ascii_name) <= 253 else None
+
+
 def _queue_name(name):
     if not isinstance(name, str) or not _QUEUE_NAME.match(name):
         raise ValueError("queue name %r must be 1-100 letters, digits, '_', '-', '.' or ':'"
@@ -672,6 +704,12 @@ class _Abort(BaseException):
     """A second SIGINT: stop the running handler now and release its job."""
 
 
+class _MailOutage(QueueError):
+    """The mail server cannot take mail at all (down, refusing us, rejecting
+    our login): not the fault of the message in hand. The worker gives the job
+    back without spending an attempt and pauses the queue (Worker._mail_outage)."""
+
+
 ###############################################################################
 # Dialects and SQL ############################################################
 ###############################################################################
@@ -689,15 +727,18 @@ _SQL = {
              " WHERE id = :id AND attempts = :attempts AND reserved_at IS NOT NULL",
     "unclaim": "UPDATE {jobs} SET reserved_at = NULL, attempts = attempts - 1"
                " WHERE id = :id AND attempts = :attempts AND reserved_at IS NOT NULL",
+    # :payload is NULL except for a handler that did part of its work and
+    # left what remains in the payload (an email's recipients still to serve).
     "release": "UPDATE {jobs} SET reserved_at = NULL, available_at = {now} + :delay,"
-               " attempts = attempts - :uncount"
+               " attempts = attempts - :uncount, payload = COALESCE(:payload, payload)"
                " WHERE id = :id AND attempts = :attempts AND reserved_at IS NOT NULL",
     # failed_at is written, not left to a default: the CodeIgniter app's
     # failed_jobs.failed_at is a DATETIME NOT NULL without one (its PHP code
     # writes the time itself). CURRENT_TIMESTAMP is UTC text on SQLite, as
     # the app writes it with its default appTimezone.
     "fail": "INSERT INTO {failed} (uuid, connection, queue, payload, exception, failed_at)"
-            " SELECT :uuid, 'database', queue, payload, :exception, CURRENT_TIMESTAMP FROM {jobs}"
+            " SELECT :uuid, 'database', queue, COALESCE(:payload, payload), :exception,"
+            " CURRENT_TIMESTAMP FROM {jobs}"
             " WHERE id = :id AND attempts = :attempts AND reserved_at IS NOT NULL"
             " ON CONFLICT (uuid) DO UPDATE SET queue = excluded.queue, payload = excluded.payload,"
             " exception = excluded.exception, failed_at = excluded.failed_at",
@@ -730,6 +771,12 @@ _SQL = {
     "probe_update": "UPDATE {jobs} SET reserved_at = reserved_at WHERE 1 = 0",
     "probe_delete": "DELETE FROM {jobs} WHERE 1 = 0",
     "probe_failed": "DELETE FROM {failed} WHERE 1 = 0",
+    # dbqueue_state: what workers tell other processes (a mail outage).
+    "state_get": "SELECT value, {now} - updated_at FROM dbqueue_state WHERE name = :name",
+    "state_set": "INSERT INTO dbqueue_state (name, value, updated_at) VALUES (:name, :value, {now})"
+                 " ON CONFLICT (name) DO UPDATE SET value = excluded.value,"
+                 " updated_at = excluded.updated_at",
+    "state_clear": "DELETE FROM dbqueue_state WHERE name = :name",
 }
 
 _PARAM = _Pattern(r"(?<![:\w]):([a-z_]+)\b")
@@ -892,6 +939,17 @@ class _Dialect:
         return ("CREATE TABLE IF NOT EXISTS dbqueue_migrations (\n"
                 "    tbl VARCHAR(63) PRIMARY KEY,\n"
                 "    version INTEGER NOT NULL\n"
+                ")")
+
+    @classmethod
+    def state_ddl(cls):
+        """The table workers write shared state to (a mail outage), for every
+        jobs table of the database. Created by every migrate, like
+        dbqueue_migrations, so that a database at any version has it."""
+        return ("CREATE TABLE IF NOT EXISTS dbqueue_state (\n"
+                "    name VARCHAR(190) PRIMARY KEY,\n"
+                "    value TEXT NOT NULL,\n"
+                "    updated_at BIGINT NOT NULL\n"
                 ")")
 
     @staticmethod
@@ -1243,13 +1301,15 @@ class _MySQL(_Dialect):
     ack_locked_many = "DELETE FROM {jobs} WHERE id IN ({ids})"
     touch_locked_many = "UPDATE {jobs} SET reserved_at = {now} WHERE id IN ({ids})"
     fail = ("INSERT INTO {failed} (uuid, connection, queue, payload, exception, failed_at)"
-            " SELECT :uuid, 'database', j.queue, j.payload, :exception, CURRENT_TIMESTAMP"
-            " FROM {jobs} j"
+            " SELECT :uuid, 'database', j.queue, COALESCE(:payload, j.payload), :exception,"
+            " CURRENT_TIMESTAMP FROM {jobs} j"
             " WHERE j.id = :id AND j.attempts = :attempts AND j.reserved_at IS NOT NULL"
             " ON DUPLICATE KEY UPDATE queue = VALUES(queue), payload = VALUES(payload),"
             " exception = VALUES(exception), failed_at = CURRENT_TIMESTAMP")
     set_version = ("INSERT INTO dbqueue_migrations (tbl, version) VALUES (:tbl, :version)"
                    " ON DUPLICATE KEY UPDATE version = VALUES(version)")
+    state_set = ("INSERT INTO dbqueue_state (name, value, updated_at) VALUES (:name, :value, {now})"
+                 " ON DUPLICATE KEY UPDATE value = VALUES(value), updated_at = VALUES(updated_at)")
     # Idle workers look for a ready job (no NOTIFY here): one index probe.
     ready = ("SELECT 1 FROM {jobs} WHERE queue = :queue AND reserved_at IS NULL"
              " AND available_at <= {now} LIMIT 1")
@@ -1335,6 +1395,10 @@ class _MySQL(_Dialect):
                 "    tbl VARCHAR(63) PRIMARY KEY,\n"
                 "    version INTEGER NOT NULL\n"
                 ") %s" % cls.table_options)
+
+    @classmethod
+    def state_ddl(cls):
+        return _Dialect.state_ddl() + " " + cls.table_options
 
     @staticmethod
     def parse(rest, origin="QUEUE_DATABASE_URL"):
@@ -1512,7 +1576,7 @@ _SCHEMA_VERSION = 2
 
 def schema_sql(dialect, jobs="jobs", failed="failed_jobs"):
     """The DDL `migrate` runs, as one SQL script."""
-    statements = [dialect.version_ddl()] + dialect.ddl(jobs, failed)
+    statements = [dialect.version_ddl(), dialect.state_ddl()] + dialect.ddl(jobs, failed)
     return "".join(s + ";\n" for s in statements)
 
 
@@ -1523,6 +1587,11 @@ def schema_sql(dialect, jobs="jobs", failed="failed_jobs"):
 def _text(value):
     """A column read as bytes (see queue_text, payload_text) as str, bad bytes replaced."""
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+
+
+# A recorded mail outage that no worker has confirmed for this long is left
+# over from a worker that stopped during it: shown by `stats`, ignored by `health`.
+_OUTAGE_STALE = 300
 
 
 def _uuid4():
@@ -1757,6 +1826,7 @@ class Queue:
         """Every step of the migration, on `cur`, inside a transaction already open."""
         tables = {"jobs": self.config.table, "failed": self.config.failed_table}
         cur.execute(self.dialect.version_ddl())
+        cur.execute(self.dialect.state_ddl())
         for statement in self.dialect.table_ddl(tables["jobs"], tables["failed"]):
             cur.execute(statement)
         for role, column, type_ in self.dialect.added_columns():
@@ -2097,23 +2167,27 @@ class Queue:
         with _Transaction(self, conn) as cur:
             return self._by_token(cur, "touch", tokens)
 
-    def release(self, conn, token, delay=0, uncount=False, acks=()):
+    def release(self, conn, token, delay=0, uncount=False, acks=(), payload=None):
         """Make a held job available again after `delay` seconds. False if it was lost.
 
-        `uncount` gives back the attempt (for a job that never started).
+        `uncount` gives back the attempt (for a job that never started, or
+        one a mail outage stopped). `payload` (text) replaces the job's payload.
         """
         with _Transaction(self, conn) as cur:
             lost = self._ack(cur, acks) if acks else []
             self.execute(cur, "release", id=token[0], attempts=token[1], delay=int(delay),
-                         uncount=1 if uncount else 0)
+                         uncount=1 if uncount else 0, payload=payload)
             return cur.rowcount == 1, lost
 
-    def fail(self, conn, token, uuid, exception, acks=()):
-        """Move a held job to failed_jobs, in one transaction. False if it was lost."""
+    def fail(self, conn, token, uuid, exception, acks=(), payload=None):
+        """Move a held job to failed_jobs, in one transaction. False if it was lost.
+
+        `payload` (text) is stored instead of the job's own.
+        """
         with _Transaction(self, conn) as cur:
             lost = self._ack(cur, acks) if acks else []
             self.execute(cur, "fail", id=token[0], attempts=token[1], uuid=uuid,
-                         exception=exception)
+                         exception=exception, payload=payload)
             if cur.rowcount < 1:     # MySQL counts an upsert's update as 2
                 return False, lost
             self.execute(cur, "ack", id=token[0], attempts=token[1])
@@ -2135,6 +2209,60 @@ class Queue:
                 if value is not None and (due is None or value < due):
                     due = value
         return due
+
+    # -- shared state (dbqueue_state) -------------------------------------
+
+    def _mail_outage_key(self):
+        return "mail_outage:" + self.config.table
+
+    def set_state(self, conn, name, value):
+        """Write one dbqueue_state row (value: a JSON-able dict), stamped now."""
+        with _Transaction(self, conn) as cur:
+            self.execute(cur, "state_set", name=name, value=_dumps(value))
+
+    def clear_state(self, conn, name):
+        with _Transaction(self, conn) as cur:
+            self.execute(cur, "state_clear", name=name)
+
+    def get_state(self, conn, name):
+        """(value dict, seconds since it was written) or None.
+
+        None also when the table is missing (a database migrated by an older
+        dbqueue) or may not be read (a role granted only the queue tables):
+        what it holds is extra, never a reason for `stats` or `health` to fail.
+        """
+        try:
+            with _Transaction(self, conn, write=False) as cur:
+                row = self.execute(cur, "state_get", name=name).fetchone()
+        except DatabaseError as exc:
+            if exc.transient and not isinstance(exc, MissingTableError):
+                raise
+            return None
+        if row is None:
+            return None
+        try:
+            value = json.loads(_text(row[0]))
+        except ValueError:
+            return None
+        return (value, int(row[1] or 0)) if isinstance(value, dict) else None
+
+    def mail_outage(self, conn=None):
+        """The mail outage a worker recorded, or None.
+
+        A dict: since (unix seconds), seconds (how long), error, queues (the
+        paused ones), checked_ago (seconds since a worker last probed) and
+        stale (true when no worker has probed for _OUTAGE_STALE seconds: its
+        worker stopped during the outage).
+        """
+        found = self.get_state(conn or self._conn(), self._mail_outage_key())
+        if found is None:
+            return None
+        value, age = found
+        since = value.get("since") if isinstance(value.get("since"), int) else int(time.time())
+        queues = value.get("queues") if isinstance(value.get("queues"), list) else []
+        return {"since": since, "seconds": max(0, int(time.time()) - since),
+                "error": str(value.get("error", "")), "queues": [str(q) for q in queues],
+                "checked_ago": age, "stale": age > _OUTAGE_STALE}
 
     # -- inspecting and operating -----------------------------------------
 
@@ -2325,11 +2453,14 @@ class Job:
     `uuid`, `name`, `data`, and `error` when the payload could not be read."""
 
     __slots__ = ("id", "queue", "raw", "attempts", "uuid", "name", "data", "payload",
-                 "error", "worker", "started")
+                 "error", "worker", "started", "next_payload")
 
     def __init__(self, id, queue, raw, attempts):
         self.id, self.queue, self.raw, self.attempts = id, queue, raw, attempts
         self.uuid = self.name = self.error = self.worker = None
+        # Payload text to store when the job is released or failed: set by a
+        # handler that did part of its work (the recipients an email still needs).
+        self.next_payload = None
         self.data = self.payload = None
         self.started = 0.0
         try:
@@ -2508,6 +2639,10 @@ class Worker:
         self._last_rescue = 0.0
         self._settings_cache = {}  # job name -> (registry entry, settings) for plain payloads
         self._main_thread = False
+        self._mail_pause = None    # a mail outage: see "mail outages" below
+        self._outage_row = True    # a dbqueue_state outage row may exist (cleared once mail flows)
+        self._state_warned = False
+        self._stop_on_outage = False
         self._hinted = False      # the hint about other queues' ready jobs is given once
 
     # -- control ---------------------------------------------------------
@@ -2558,6 +2693,7 @@ class Worker:
         # handles exactly one job with once=True.
         count = 1 if once else max_jobs
         limit = None if count is None else self.processed + count
+        self._stop_on_outage = bool(once or stop_when_empty)
         try:
             self._connect_first()
             while not self._stop:
@@ -2581,8 +2717,8 @@ class Worker:
                         continue
                 with self._lock:
                     current = self._held.pop(0)
-                self._process(current)
-                self.processed += 1
+                if self._process(current) is not False:   # False: given back by a mail outage
+                    self.processed += 1
                 if self.memory and self._over_memory():
                     break
         except _Abort:
@@ -2626,7 +2762,10 @@ class Worker:
             rescue = self.queue.config.retry_after
             self._last_rescue = now
         acks = list(self._acks)
-        jobs, lost = self._db(lambda c: self.queue.reserve(c, self.queues, want, acks, rescue))
+        queues = self._active_queues()
+        if self._mail_pause is not None and queues == self.queues:
+            want = 1    # a probe is due: fetch no batch that a failed probe hands back
+        jobs, lost = self._db(lambda c: self.queue.reserve(c, queues, want, acks, rescue))
         self._acked(acks, lost)
         for j in jobs:
             j.worker = self
@@ -2650,8 +2789,11 @@ class Worker:
     def _idle(self, started, max_time):
         """Wait until a job may be ready: a commit by someone else, a delayed job's
         time, the next rescue, `sleep` seconds, or a stop."""
-        due = self._db(lambda c: self.queue.next_due(c, self.queues))
+        queues = self._active_queues()
+        due = self._db(lambda c: self.queue.next_due(c, queues)) if queues else None
         wait = self.sleep if due is None else max(0.0, min(self.sleep, due))
+        if self._mail_pause is not None:    # wake for the next probe of the mail server
+            wait = min(wait, max(0.0, self._mail_pause["until"] - time.monotonic()))
         deadline = time.monotonic() + wait
         if max_time is not None:
             deadline = min(deadline, started + max_time)
@@ -2822,6 +2964,8 @@ class Worker:
             raise
         except PermanentError as exc:
             outcome = ("failed", exc)
+        except _MailOutage as exc:
+            outcome = ("outage", exc)
         except JobTimeout as exc:
             outcome = ("retry", JobTimeout("job ran longer than its timeout (%ss)" % timeout))
             self._hard_deadline = None
@@ -2853,6 +2997,9 @@ class Worker:
             return
         _Transaction.end_abandoned(self.queue)
         kind, exc = outcome
+        if kind == "outage":
+            self._mail_outage(job, exc)
+            return False
         if kind == "retry" and job.attempts < tries:
             delay = backoff[min(job.attempts - 1, len(backoff) - 1)]
             self._finish(job, "released", delay=delay, reason=_first_line(exc), tries=tries,
@@ -2866,10 +3013,12 @@ class Worker:
         if outcome == "failed":
             text = _format_exception(exc)
             uuid = job.uuid or _uuid4()
-            ok, lost = self._db(lambda c: self.queue.fail(c, job.token, uuid, text, acks))
+            ok, lost = self._db(lambda c: self.queue.fail(c, job.token, uuid, text, acks,
+                                                          job.next_payload))
             reason = _first_line(exc)
         else:
-            ok, lost = self._db(lambda c: self.queue.release(c, job.token, delay, uncount, acks))
+            ok, lost = self._db(lambda c: self.queue.release(c, job.token, delay, uncount, acks,
+                                                             job.next_payload))
         self._acked(acks, lost)
         if not ok:
             self.log.warning("reservation lost: another worker took the job over; outcome not"
@@ -2882,6 +3031,86 @@ class Worker:
         self.log.info("job", id=job.id, name=job.name, queue=job.queue,
                       attempt="%d/%d" % (job.attempts, tries or self.tries), outcome=outcome,
                       delay=delay, ms=round((elapsed or 0) * 1000, 1), reason=reason)
+
+    # -- mail outages --------------------------------------------------------
+    # A mail server that is down, or refuses our login, is not the fault of the
+    # mail in hand. The job goes back with its attempt given back, and the
+    # queue it came from is not claimed from until the next probe; the other
+    # queues keep running. The first mail sent from that queue after the
+    # probe time is the probe. Other processes see the outage as a
+    # dbqueue_state row (stats, health), written here and removed when mail
+    # flows again (_mail_flowing, called by the mailer).
+
+    mail_probe = (1, 2, 5, 10, 30, 60)   # seconds between probes; the last repeats
+
+    def _active_queues(self):
+        pause = self._mail_pause
+        if pause is None or time.monotonic() >= pause["until"]:
+            return self.queues
+        return [q for q in self.queues if q not in pause["queues"]]
+
+    def _mail_outage(self, job, exc):
+        now = time.monotonic()
+        pause = self._mail_pause
+        first = pause is None
+        if first:
+            pause = self._mail_pause = {"since": time.time(), "step": 0, "until": now,
+                                        "queues": set()}
+        elif now >= pause["until"]:
+            pause["step"] += 1                 # a probe that failed
+        pause["queues"].add(job.queue)
+        wait = self.mail_probe[min(pause["step"], len(self.mail_probe) - 1)]
+        pause["until"] = max(pause["until"], now + wait)
+        with self._lock:
+            back = [job] + [j for j in self._held if j.queue in pause["queues"]]
+            self._held = [j for j in self._held if j.queue not in pause["queues"]]
+        for j in back:
+            acks = list(self._acks)
+            _, lost = self._db(lambda c: self.queue.release(c, j.token, 0, True, acks,
+                                                            j.next_payload))
+            self._acked(acks, lost)
+        error = _first_line(exc)
+        queues = ",".join(sorted(pause["queues"]))
+        if self._stop_on_outage:
+            self.log.error("mail server unavailable: the job was given back unspent; stopping",
+                           error=error, job=job.id, queue=queues)
+            self.exit_code = 1
+            self._stop = True
+        elif first:
+            self.log.warning("mail server unavailable: pausing mail; jobs go back unspent and the"
+                             " server is probed with backoff", error=error, queue=queues)
+        else:
+            self.log.debug("mail server still unavailable", error=error, next_probe_s=wait)
+        self._outage_row = True
+        self._write_outage({"since": int(pause["since"]), "error": error,
+                            "queues": sorted(pause["queues"]),
+                            "next_probe": int(time.time() + wait)})
+
+    def _mail_flowing(self):
+        """The mail server took (or answered about) a message: end a pause."""
+        if self._mail_pause is None and not self._outage_row:
+            return
+        pause, self._mail_pause, self._outage_row = self._mail_pause, None, False
+        if pause is not None:
+            self.log.info("mail server available again; mail resumes",
+                          paused_s=int(time.time() - pause["since"]))
+        self._write_outage(None)
+
+    def _write_outage(self, value):
+        """Record (or with None remove) the outage row; never fatal."""
+        key = self.queue._mail_outage_key()
+        try:
+            if value is None:
+                self._db(lambda c: self.queue.clear_state(c, key))
+            else:
+                self._db(lambda c: self.queue.set_state(c, key, value))
+        except QueueError as exc:
+            if not self._state_warned:
+                self._state_warned = True
+                self.log.warning("cannot update the mail outage record that stats and health"
+                                 " read: run `python dbqueue.py migrate`, and grant the worker's"
+                                 " role SELECT, INSERT, UPDATE and DELETE on dbqueue_state",
+                                 error=_first_line(exc))
 
     # -- the database connection -------------------------------------------
 
@@ -3405,8 +3634,15 @@ def _message_id(domain):
     return email.utils.make_msgid(domain=domain)
 
 
-def _build_message(fields):
-    """An EmailMessage from checked fields: multipart/alternative when both parts exist."""
+def _build_message(fields, seven_bit=False):
+    """An EmailMessage from checked fields: multipart/alternative when both parts exist.
+
+    An HTML-only message gets a text part made from the HTML (spam filters
+    mark down mail without one). `fields["date"]`, when set, is the Date (the
+    same on every attempt). `seven_bit` encodes a body that is not ASCII as
+    quoted-printable or base64, for a server that does not offer 8BITMIME.
+    """
+    import email.policy
     import email.utils
     from email.headerregistry import Address
     from email.message import EmailMessage
@@ -3416,29 +3652,113 @@ def _build_message(fields):
         local, _, domain = addr.rpartition("@")
         return Address(display_name=name, username=local, domain=domain)
 
-    msg = EmailMessage()
+    policy = email.policy.default
+    msg = EmailMessage(policy=policy.clone(cte_type="7bit") if seven_bit else policy)
     msg["From"] = address(fields["from"])
     msg["To"] = [address(a) for a in fields["to"]]
     if fields["cc"]:
         msg["Cc"] = [address(a) for a in fields["cc"]]
     if fields["reply_to"]:
         msg["Reply-To"] = [address(a) for a in fields["reply_to"]]
-    msg["Subject"] = fields["subject"]
-    msg["Date"] = email.utils.formatdate(localtime=True)
-    msg["Message-ID"] = _message_id(fields["from"][1].rpartition("@")[2])
+    msg["Subject"] = _plain_header("Subject", fields["subject"])
+    msg["Date"] = _plain_header("Date", fields.get("date") or email.utils.formatdate(localtime=True))
+    msg["Message-ID"] = _plain_header("Message-ID",
+                                      _message_id(fields["from"][1].rpartition("@")[2]))
     for name, value in fields["headers"]:
-        msg[name] = value
-    if fields["text"] is not None or fields["html"] is None:
-        msg.set_content(fields["text"] or "")
-        if fields["html"]:
-            msg.add_alternative(fields["html"], subtype="html")
-    else:
-        msg.set_content(fields["html"], subtype="html")
+        msg[name] = _plain_header(name, value)
+    text, html = fields["text"], fields["html"]
+    if text is None and html is not None:
+        text = _html_to_text(html)
+    msg.set_content(text or "")
+    if html:
+        msg.add_alternative(html, subtype="html")
     # add_alternative() gives the part it makes its own MIME-Version: the
     # header belongs to the message only (RFC 2045, section 4).
     for part in msg.iter_parts():
         del part["MIME-Version"]
     return msg
+
+
+def _html_to_text(html):
+    """The text part for an HTML-only message: paragraphs and line breaks kept,
+    links written as "text (url)", scripts, styles and the head left out."""
+    from html.parser import HTMLParser
+
+    paragraphs = {"p", "div", "table", "tr", "ul", "ol", "blockquote", "h1", "h2", "h3",
+                  "h4", "h5", "h6", "hr", "section", "article", "header", "footer", "pre"}
+    hidden = {"script", "style", "head", "title", "template"}
+
+    class Text(HTMLParser):
+        def __init__(self):
+            super().__init__(convert_charrefs=True)
+            self.out, self.links, self.hiding = [], [], 0
+
+        def handle_starttag(self, tag, attrs):
+            if tag in hidden:
+                self.hiding += 1
+            elif tag == "br":
+                self.out.append("\n")
+            elif tag == "li":
+                self.out.append("\n- ")
+            elif tag in paragraphs or tag in ("td", "th"):
+                self.out.append("\n\n" if tag in paragraphs else " ")
+            elif tag == "a":
+                self.links.append((dict(attrs).get("href") or "", len(self.out)))
+
+        def handle_endtag(self, tag):
+            if tag in hidden:
+                self.hiding = max(0, self.hiding - 1)
+            elif tag in paragraphs:
+                self.out.append("\n\n")
+            elif tag == "a" and self.links:
+                href, start = self.links.pop()
+                label = "".join(self.out[start:]).strip()
+                shown = href[7:] if href.lower().startswith("mailto:") else href
+                if re.match(r"(?i)^(https?|mailto):", href) and shown != label:
+                    self.out.append(" (%s)" % shown if label else shown)
+
+        def handle_data(self, data):
+            if not self.hiding:
+                self.out.append(re.sub(r"\s+", " ", data))
+
+    parser = Text()
+    parser.feed(html)
+    parser.close()
+    lines = [" ".join(line.split()) for line in "".join(parser.out).split("\n")]
+    text = re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip("\n")
+    return text + "\n"
+
+
+class _FoldedHeader(str):
+    """An ASCII header value that the email package writes as it is, folded at
+    its spaces. Left to itself the package RFC 2047-encodes a long ASCII value
+    (a List-Unsubscribe URL becomes =?utf-8?q?...?=), which breaks it."""
+
+    name = ""
+
+    def fold(self, policy):
+        limit = policy.max_line_length or 78
+        lines = ["%s:" % self.name]
+        # Breaks go before a run of spaces, which then starts the next line:
+        # unfolding (removing the CRLF) gives back the value exactly.
+        for space, word in re.findall(r"([ \t]*)([^ \t]+)", " " + self):
+            if len(lines[-1]) + len(space) + len(word) > limit and len(lines[-1]) > len(self.name) + 1:
+                lines.append(space + word)
+            else:
+                lines[-1] += space + word
+        if any(len(line) > 998 for line in lines):
+            raise ValueError("header %s has a word longer than an SMTP line may be (998)"
+                             % self.name)
+        return policy.linesep.join(lines) + policy.linesep
+
+
+def _plain_header(name, value):
+    """`value` as a folded ASCII header; other text is left to RFC 2047."""
+    if not value.isascii():
+        return value
+    header = _FoldedHeader(value.strip(" \t"))
+    header.name = name
+    return header
 
 
 # -- templates -------------------------------------------------------------------
@@ -3937,45 +4257,162 @@ def _template_dir_names(config):
 # -- sending ---------------------------------------------------------------------
 
 def _deliver(fields, config):
-    """Send (or, with MAIL_MAILER=log, log) one checked message."""
+    """Send (or, with MAIL_MAILER=log, log) one checked message.
+
+    Between attempts the job's payload keeps, under "mail", the message's
+    Date and the recipients it still has to reach: a retry sends the same
+    message (same Date, same Message-ID) to those only. Accepted recipients
+    get it once; the ones deferred (4xx) are retried; the ones still refused
+    when the attempts run out are named in failed_jobs.
+    """
+    import email.utils
+    running = current_job()
+    worker = getattr(running, "worker", None)
+    log = worker.log if worker is not None else _Log()
+    state = _mail_state(running)
+    state.setdefault("date", email.utils.formatdate(localtime=True))
+    fields = dict(fields, date=state["date"])
     try:
         msg = _build_message(fields)
-        data = msg.as_bytes(policy=msg.policy.clone(linesep="\r\n"))
+        data = _message_bytes(msg)
+        # For a server that does not offer 8BITMIME: the body as QP or base64.
+        data_7bit = None if data.isascii() else _message_bytes(_build_message(fields, True))
     except (ValueError, UnicodeError) as exc:
         # The email package refusing the message is about the data, which a
         # retry cannot change (smtplib's own errors are classified below).
         raise PermanentError("the message cannot be built: %s" % _first_line(exc))
     sender = fields["from"][1]
-    recipients = []
+    everyone = []
     for _, addr in fields["to"] + fields["cc"] + fields["bcc"]:
-        if addr not in recipients:
-            recipients.append(addr)
-    running = current_job()
-    worker = getattr(running, "worker", None)
-    log = worker.log if worker is not None else _Log()
+        if addr not in everyone:
+            everyone.append(addr)
     if config.mail_mailer == "log":
-        _log_message(log, msg, sender, recipients)
+        _log_message(log, msg, sender, everyone)
         return
+    tries = worker._settings(running)[0] if worker is not None else 1
+    last = running is None or running.attempts >= tries
     if config.mail_mailer == "sendmail":
-        _Sendmail(config).send(sender, recipients, data)
+        try:
+            _Sendmail(config).send(sender, everyone, data)
+        except QueueError as exc:
+            _keep_mail_state(running, state, failing=isinstance(exc, PermanentError) or last)
+            raise
         return
-    reuse = worker is not None and getattr(worker, "reuse_smtp", True)
-    mailer = worker.resources.get("smtp") if reuse else None
-    if mailer is None:
-        mailer = _Mailer(config, log)
-        if reuse:
-            worker.resources["smtp"] = mailer
-    try:
-        # SMTP lines end in CRLF; smtplib fixes line ends only of str messages.
-        refused = mailer.send(sender, recipients, data)
-    finally:
-        if not reuse:
-            mailer.close()
-    if refused:
-        # Delivered to the others: retrying would send them a second copy.
-        codes = sorted({str(code) for code, _ in refused.values()})
-        log.info("some recipients were refused; the message went to the others",
-                 refused=len(refused), codes=",".join(codes), message_id=msg["Message-ID"])
+    # A stored list can only narrow the message's own recipients, never add one.
+    pending = state.get("pending")
+    recipients = [a for a in everyone if pending is None or a in pending]
+    rejected = {a: r for a, r in state.get("refused", {}).items() if a in everyone}
+    refused = {}
+    if recipients:
+        reuse = worker is not None and getattr(worker, "reuse_smtp", True)
+        mailer = worker.resources.get("smtp") if reuse else None
+        if mailer is None:
+            mailer = _Mailer(config, log)
+            if reuse:
+                worker.resources["smtp"] = mailer
+        try:
+            # SMTP lines end in CRLF; smtplib fixes line ends only of str messages.
+            refused = mailer.send(sender, recipients, data, data_7bit)
+        except QueueError as exc:
+            outage = isinstance(exc, _MailOutage)
+            # The same Date on the next attempt (an outage gives the job back).
+            _keep_mail_state(running, state, failing=not outage and (
+                isinstance(exc, PermanentError) or last))
+            if worker is not None and not outage:
+                worker._mail_flowing()            # the server answered: it is up
+            raise
+        finally:
+            if not reuse:
+                mailer.close()
+        if worker is not None:
+            worker._mail_flowing()
+    deferred = {a: _reply_text(*r) for a, r in refused.items() if 400 <= r[0] < 500}
+    rejected.update((a, _reply_text(*r)) for a, r in refused.items() if a not in deferred)
+    if not (deferred or rejected):
+        return
+    delivered = len(recipients) - len(refused)
+    where = "SMTP %s:%s %s" % (config.mail_host, config.mail_port, (
+        "delivered %s to %d of %d recipient(s)" % (msg["Message-ID"], delivered, len(recipients))
+        if delivered else "refused every recipient (%s)" % ", ".join(
+            sorted({str(code) for code, _ in refused.values()}))))
+
+    def listing(replies):
+        return "; ".join("%s: %s" % (a, replies[a]) for a in everyone if a in replies)
+
+    if deferred and not last:
+        _keep_mail_state(running, dict(state, pending=[a for a in everyone if a in deferred],
+                                       refused=rejected))
+        text = "%s; deferred: %s" % (where, listing(deferred))
+        if rejected:
+            text += "; refused: %s" % listing(rejected)
+        raise QueueError(_scrub(text, config))
+    # Failing: the stored payload names everyone who has not had it, so that
+    # `python dbqueue.py retry` sends to them only.
+    missing = set(rejected) | set(deferred)
+    failed_state = {"date": state["date"]}
+    if pending is not None or delivered:
+        failed_state["pending"] = [a for a in everyone if a in missing]
+    _keep_mail_state(running, failed_state, failing=True)
+    text = where
+    if deferred:
+        text += "; still deferred after %d attempt(s): %s" % (tries, listing(deferred))
+    if rejected:
+        text += "; refused: %s" % listing(rejected)
+    if deferred:   # the last attempt: the worker moves the job to failed_jobs
+        raise QueueError(_scrub(text, config))
+    raise PermanentError(_scrub(text + " (permanent)", config))
+
+
+def _message_bytes(msg):
+    return msg.as_bytes(policy=msg.policy.clone(linesep="\r\n"))
+
+
+def _reply_text(code, reply):
+    """'450 4.2.0 mailbox busy': one SMTP reply as stored and shown (bounded)."""
+    if isinstance(reply, bytes):
+        reply = reply.decode("utf-8", "replace")
+    return ("%s %s" % (code, " ".join(str(reply).split())))[:200]
+
+
+def _mail_state(running):
+    """The running job's payload["mail"], checked: date, pending, refused (each optional).
+
+    Written by dbqueue between attempts, but it is a payload like any other:
+    anything malformed in it is ignored.
+    """
+    import email.utils
+    state = (getattr(running, "payload", None) or {}).get("mail")
+    checked = {}
+    if not isinstance(state, dict):
+        return checked
+    date = state.get("date")
+    if (isinstance(date, str) and date.isascii() and len(date) <= 64
+            and len((date + "x").splitlines()) == 1 and email.utils.parsedate_tz(date)):
+        checked["date"] = date
+    pending = state.get("pending")
+    if isinstance(pending, list) and all(isinstance(a, str) for a in pending):
+        checked["pending"] = pending
+    refused = state.get("refused")
+    if isinstance(refused, dict):
+        checked["refused"] = {a: str(r)[:200] for a, r in refused.items() if isinstance(a, str)}
+    return checked
+
+
+def _keep_mail_state(running, state, failing=False):
+    """Store `state` in the job's payload when the worker releases or fails it.
+
+    It can only name the message's own recipients (see _deliver) and is
+    written with the job's fencing token, like any release. A job that fails
+    keeps its payload as it was written (the app that wrote the row may read
+    failed_jobs too) unless some recipients already have the message: then
+    the payload says who has not, so that `retry` sends to them only.
+    """
+    if running is None or not isinstance(running.payload, dict):
+        return
+    if failing and "pending" not in state:
+        running.next_payload = None
+        return
+    running.next_payload = _dumps(dict(running.payload, mail=state))
 
 
 def _log_message(log, msg, sender, recipients):
@@ -4010,8 +4447,11 @@ class _Mailer:
     """One SMTP session, reused for consecutive messages of one worker.
 
     A reused session is checked with NOOP before each message and reopened when
-    the server has dropped it, so nothing is ever half-sent on a dead line. The
-    worker closes it (QUIT) when it exits.
+    the server has dropped it, so nothing is ever half-sent on a dead line.
+    After a failed transaction the session is reset (RSET) or, when that fails
+    too, closed: one message's failure never leaves the session out of step
+    for the next (Postfix answers a MAIL inside an unfinished transaction with
+    "503 nested MAIL command"). The worker closes it (QUIT) when it exits.
     """
 
     def __init__(self, config, log):
@@ -4019,6 +4459,7 @@ class _Mailer:
         self.log = log
         self.smtp = None
         self.opened = 0      # sessions opened, for logs and the benchmark
+        self.ehlo_name = None
 
     def close(self):
         smtp, self.smtp = self.smtp, None
@@ -4043,6 +4484,8 @@ class _Mailer:
         import smtplib
         import ssl
         c = self.config
+        if self.ehlo_name is None:
+            self.ehlo_name = _ehlo_name(c)
         context = None
         if c.mail_encryption != "none":
             context = ssl.create_default_context()
@@ -4050,18 +4493,19 @@ class _Mailer:
                 context.check_hostname = False
                 context.verify_mode = ssl.CERT_NONE
         if c.mail_encryption == "ssl":
-            smtp = smtplib.SMTP_SSL(c.mail_host, c.mail_port, timeout=c.mail_timeout,
-                                    context=context)
+            smtp = smtplib.SMTP_SSL(c.mail_host, c.mail_port, local_hostname=self.ehlo_name,
+                                    timeout=c.mail_timeout, context=context)
         else:
-            smtp = smtplib.SMTP(c.mail_host, c.mail_port, timeout=c.mail_timeout)
+            smtp = smtplib.SMTP(c.mail_host, c.mail_port, local_hostname=self.ehlo_name,
+                                timeout=c.mail_timeout)
         try:
             if c.mail_encryption == "starttls":
                 smtp.ehlo()
                 smtp.starttls(context=context)   # never falls back to plain text
-                smtp.ehlo()
+            smtp.ehlo_or_helo_if_needed()
             if c.mail_username:
                 self._check_auth(smtp)
-                smtp.login(c.mail_username, c.mail_password)
+                self._login(smtp)
         except BaseException:
             smtp.close()
             raise
@@ -4070,7 +4514,7 @@ class _Mailer:
         debug = getattr(self.log, "debug", None)
         if debug is not None:
             debug("smtp session opened", host=c.mail_host, port=c.mail_port,
-                  encryption=c.mail_encryption)
+                  encryption=c.mail_encryption, ehlo=self.ehlo_name)
 
     def _check_auth(self, smtp):
         """Refuse, before trying, AUTH that no retry could make work."""
@@ -4085,34 +4529,122 @@ class _Mailer:
             raise PermanentError("the server offers no AUTH mechanism that smtplib has"
                                  " (CRAM-MD5, PLAIN, LOGIN): %s" % (" ".join(offered) or "none"))
 
-    def send(self, sender, recipients, data):
-        """sendmail() on the open session; returns refused recipients.
+    def _login(self, smtp):
+        """AUTH once. smtplib's login() tries every mechanism the server offers,
+        so a wrong password cost two or three refusals (and a lockout sooner);
+        here a mechanism the server turns down as such (504) is the only reason
+        to try the next."""
+        import smtplib
+        if not smtp.has_extn("auth"):
+            raise smtplib.SMTPNotSupportedError("SMTP AUTH extension not supported by server.")
+        offered = smtp.esmtp_features["auth"].upper().split()
+        smtp.user, smtp.password = self.config.mail_username, self.config.mail_password
+        for mechanism in [m for m in ("CRAM-MD5", "PLAIN", "LOGIN") if m in offered]:
+            method = getattr(smtp, "auth_" + mechanism.lower().replace("-", "_"))
+            try:
+                smtp.auth(mechanism, method)
+                return
+            except smtplib.SMTPAuthenticationError as exc:
+                if exc.smtp_code != 504:
+                    raise
 
-        Failures leave as PermanentError (5xx, a server that lacks STARTTLS or
-        AUTH) or QueueError (retried), with any secret removed from the text.
+    def send(self, sender, recipients, data, data_7bit=None):
+        """One mail transaction; returns {recipient: (code, reply)} of those not
+        accepted. The message went to the others; to nobody when none was.
+
+        `data_7bit` is the message for a server without 8BITMIME (given when
+        `data` is not ASCII). Failures leave as _MailOutage (no session: the
+        connection, greeting, TLS or AUTH failed, or a 421), PermanentError (a
+        5xx about this message, a server that lacks STARTTLS or AUTH) or
+        QueueError (retried), with any secret removed from the text.
         """
         import smtplib
+        stage = "session"
         try:
             if self.smtp is not None and not self._alive():
                 self.close()
             if self.smtp is None:
                 self._open()
-            return self.smtp.sendmail(sender, recipients, data)
+            smtp, stage = self.smtp, "transaction"
+            eight_bit = data_7bit is not None and smtp.has_extn("8bitmime")
+            body = data_7bit if data_7bit is not None and not eight_bit else data
+            options = ["BODY=8BITMIME"] if eight_bit else []
+            if smtp.has_extn("size"):
+                options.append("SIZE=%d" % len(body))
+            code, reply = smtp.mail(sender, options)
+            if code != 250:
+                raise smtplib.SMTPSenderRefused(code, reply, sender)
+            refused = {}
+            for recipient in recipients:
+                code, reply = smtp.rcpt(recipient)
+                if code not in (250, 251):
+                    refused[recipient] = (code, reply)
+                if code == 421:
+                    raise smtplib.SMTPRecipientsRefused(refused)
+            if len(refused) == len(recipients):
+                self._reset()       # no DATA: the transaction ends here, nobody got it
+                return refused
+            code, reply = smtp.data(body)   # raises SMTPDataError if DATA itself is refused
+            if code != 250:
+                raise smtplib.SMTPDataError(code, reply)
+            return refused
         except BaseException as exc:
-            # After a reply the session is still in step (smtplib sent RSET);
-            # after anything else (timeout, disconnect, TLS) it is not.
-            keep = isinstance(exc, (smtplib.SMTPResponseException, smtplib.SMTPRecipientsRefused))
-            if not keep or _smtp_codes(exc) & {421}:
-                if self.smtp is not None:
-                    try:
-                        self.smtp.close()
-                    except Exception:
-                        pass
-                    self.smtp = None
+            self._after_failure(exc)
             if not isinstance(exc, Exception):
                 raise   # JobTimeout, KeyboardInterrupt: not ours to translate
-            error = _smtp_error(exc, self.config)
+            error = _smtp_error(exc, self.config, stage)
         raise error   # outside the except block: no chained traceback with smtplib's text
+
+    def _after_failure(self, exc):
+        """RSET after a refusal, so that the next message starts a clean
+        transaction; close after anything else (timeout, hang-up, 421), or
+        when RSET is not answered with 250."""
+        import smtplib
+        if self.smtp is None:
+            return
+        answered = isinstance(exc, (smtplib.SMTPResponseException, smtplib.SMTPRecipientsRefused))
+        if answered and 421 not in _smtp_codes(exc):
+            self._reset()
+            return
+        self._drop()
+
+    def _reset(self):
+        import smtplib
+        try:
+            if self.smtp.rset()[0] == 250:
+                return
+        except (smtplib.SMTPException, OSError):
+            pass
+        self._drop()
+
+    def _drop(self):
+        smtp, self.smtp = self.smtp, None
+        try:
+            smtp.close()
+        except Exception:
+            pass
+
+
+def _ehlo_name(config, hostname=None):
+    """MAIL_EHLO_DOMAIN, else this host's name (as smtplib would pick it) in ASCII.
+
+    smtplib sends its commands in ASCII, so a host named "bücher-pc.example"
+    would break every EHLO: it goes as IDNA (xn--bcher-pc-...), and a name
+    that has no ASCII form as "localhost".
+    """
+    import socket
+    if config.mail_ehlo_domain:
+        return config.mail_ehlo_domain
+    name = hostname if hostname is not None else socket.getfqdn()
+    if not (name.isascii() and name.isprintable() and " " not in name):
+        name = _ascii_host(name) or "localhost"
+    if "." not in name and name != "localhost":
+        # smtplib's rule: a name without a domain is sent as an address literal.
+        try:
+            return "[%s]" % socket.gethostbyname(socket.gethostname())
+        except (OSError, UnicodeError):
+            return "[127.0.0.1]"
+    return name
 
 
 def _split_command(text):
@@ -4194,8 +4726,27 @@ def _smtp_codes(exc):
     return codes
 
 
-def _smtp_error(exc, config):
-    """The exception a failed send raises: PermanentError for 5xx, else retried."""
+def _timed_out(exc):
+    """True when `exc` is (or was raised while handling) a socket timeout:
+    smtplib reports a reply that never came as a closed connection."""
+    import socket
+    seen = 0
+    while exc is not None and seen < 4:
+        if isinstance(exc, socket.timeout) or (isinstance(exc, OSError) and "timed out" in str(exc)):
+            return True
+        exc, seen = exc.__context__, seen + 1
+    return False
+
+
+def _smtp_error(exc, config, stage="transaction"):
+    """The exception a failed send raises.
+
+    No session (stage "session": connecting, greeting, STARTTLS, AUTH) or a
+    421 anywhere: _MailOutage, which pauses the worker's mail without
+    spending attempts. Otherwise PermanentError for a 5xx about the message
+    (503, a command out of sequence, is never one: it is about the session),
+    else QueueError, retried with backoff.
+    """
     import smtplib
     where = "SMTP %s:%s" % (config.mail_host, config.mail_port)
     if isinstance(exc, PermanentError):   # judged where it was raised (_Mailer._open)
@@ -4204,44 +4755,51 @@ def _smtp_error(exc, config):
     def reply(value):
         return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
+    codes = _smtp_codes(exc)
     detail = ""
     if isinstance(exc, smtplib.SMTPRecipientsRefused):
-        codes = _smtp_codes(exc)
-        permanent = bool(codes) and all(code >= 500 for code in codes)
+        permanent = bool(codes) and all(code >= 500 and code != 503 for code in codes)
         what = "every recipient was refused (%s)" % ", ".join(str(c) for c in sorted(codes))
         detail = "\n".join("%s: %s %s" % (addr, code, reply(resp))
                            for addr, (code, resp) in sorted(exc.recipients.items()))
     elif isinstance(exc, smtplib.SMTPResponseException):
-        permanent = exc.smtp_code >= 500
+        permanent = exc.smtp_code >= 500 and exc.smtp_code != 503
         kind = {smtplib.SMTPAuthenticationError: "authentication failed",
                 smtplib.SMTPSenderRefused: "sender refused",
                 smtplib.SMTPDataError: "message refused",
+                smtplib.SMTPConnectError: "connection refused by the server",
                 smtplib.SMTPHeloError: "greeting refused"}.get(type(exc), "server refused")
         what = "%s: %s %s" % (kind, exc.smtp_code, reply(exc.smtp_error))
     elif isinstance(exc, smtplib.SMTPNotSupportedError):
-        permanent = True   # a configuration problem: retrying cannot help
-        what = "the server does not support this (check MAIL_ENCRYPTION, MAIL_USERNAME): %s" % exc
+        # A configuration problem that retrying cannot help.
+        return PermanentError(_scrub(
+            "%s the server does not support this (check MAIL_ENCRYPTION, MAIL_USERNAME): %s"
+            " (permanent)" % (where, exc), config))
+    elif _timed_out(exc):
+        permanent = False
+        what = ("timed out: no answer from the server within MAIL_TIMEOUT=%ss"
+                % config.mail_timeout)
     elif isinstance(exc, smtplib.SMTPServerDisconnected):
         permanent = False
         what = "the server closed the connection: %s" % (exc or "unexpectedly")
     elif isinstance(exc, OSError):
-        # Refused, unreachable, timed out, TLS handshake or certificate failure.
+        # Refused, unreachable, TLS handshake or certificate failure.
         import ssl
         permanent = False
-        kind = ("TLS failed" if isinstance(exc, ssl.SSLError)
-                else "timed out" if isinstance(exc, TimeoutError) or "timed out" in str(exc)
-                else "unreachable")
-        what = "%s: %s" % (kind, exc)
+        what = "%s: %s" % ("TLS failed" if isinstance(exc, ssl.SSLError) else "unreachable", exc)
     else:
         permanent = False
         what = "%s: %s" % (type(exc).__name__, exc)
-    # Only "(permanent)" is said: whether a temporary error is retried is the
-    # worker's to decide (the log says released or failed), and a job's last
-    # attempt that failed on one must not read "temporary" in failed_jobs.
-    text = "%s %s%s" % (where, what, " (permanent)" if permanent else "")
+    outage = stage == "session" or 421 in codes
+    # Only "(permanent)" and "(outage)" are said: whether a temporary error is
+    # retried is the worker's to decide (the log says released or failed), and
+    # a job's last attempt that failed on one must not read "temporary" in failed_jobs.
+    text = "%s %s%s" % (where, what, " (outage)" if outage else " (permanent)" if permanent else "")
     if detail:
         text += "\n" + detail
     text = _scrub(text, config)
+    if outage:
+        return _MailOutage(text)
     return PermanentError(text) if permanent else QueueError(text)
 
 
@@ -4978,7 +5536,29 @@ _PROM_METRICS = (
      lambda s: [(None, s["failed"])]),
     ("dbqueue_oldest_ready_age_seconds", "Seconds the oldest ready job of the queue has waited"
      " (0 when none is ready).", lambda s: [(None, s["oldest_ready_age"] or 0)]),
+    ("dbqueue_mail_outage_seconds", "Seconds the mail server has been unavailable to the"
+     " workers of this queue, whose mail waits unspent (0 when mail flows).",
+     lambda s: [(None, (s.get("mail_outage") or {}).get("seconds", 0))]),
 )
+
+
+def _with_mail_outage(stats, outage):
+    """Add the recorded mail outage to the stats of the queues it pauses."""
+    if outage is None:
+        return stats
+    shown = {k: outage[k] for k in ("since", "seconds", "error", "checked_ago", "stale")}
+    for entry in stats:
+        if entry["queue"] in outage["queues"]:
+            entry["mail_outage"] = shown
+    return stats
+
+
+def _outage_line(outage):
+    return ("mail server unavailable for %s (queue %s; %s): %s"
+            % (_duration(outage["seconds"]), ",".join(outage["queues"]) or "-",
+               "stale: no worker has checked for %s" % _duration(outage["checked_ago"])
+               if outage["stale"] else "last checked %s ago" % _duration(outage["checked_ago"]),
+               outage["error"]))
 
 
 def _prometheus(stats):
@@ -5028,8 +5608,10 @@ def _cmd_stats(args, config):
     queue = _reader(config)
     try:
         stats = queue.stats()
+        outage = queue.mail_outage()
     finally:
         queue.close()
+    _with_mail_outage(stats, outage)
     if fmt == "json":
         print(json.dumps(stats, indent=2))
     elif fmt == "prometheus":
@@ -5041,6 +5623,8 @@ def _cmd_stats(args, config):
                       "oldest ready"), rows))
         if not stats:
             print("(no jobs: %s and %s are empty)" % (config.table, config.failed_table))
+        if outage is not None:
+            print(_outage_line(outage))
     return 0
 
 
@@ -5054,6 +5638,7 @@ def _cmd_health(args, config):
         queue.check(conn)
         queue.check_write(conn)     # a worker must be able to write, not only read
         stats = queue.stats(conn)
+        outage = queue.mail_outage(conn)
     except DatabaseError as exc:
         print("unhealthy: %s" % _first_line(exc))
         return 1
@@ -5073,6 +5658,8 @@ def _cmd_health(args, config):
             problems.append("queue %s has %d failed jobs (--max-failed %d); see"
                             " `python dbqueue.py failed --queue %s`"
                             % (name, s["failed"], args.max_failed, name))
+    if outage is not None and not outage["stale"]:
+        problems.append(_outage_line(outage))
     for problem in problems:
         print("unhealthy: %s" % problem)
     if problems:

@@ -1696,7 +1696,8 @@ class EmailTests(EmailTestMixin, unittest.TestCase):
         self.assertEqual(str(m1["Reply-To"]), "help@example.com")
         self.assertEqual(str(m1["Cc"]), "c@example.com")
         self.assertEqual(m1["List-Unsubscribe"], "<mailto:u@example.com>")
-        self.assertEqual(m2.get_content_type(), "text/html")
+        self.assertEqual(m2.get_content_type(), "multipart/alternative")   # a text part is made
+        self.assertEqual(m2.get_body(("plain",)).get_content().strip(), "Hi")
 
     def test_template_dir_adds_and_overrides_templates(self):
         sink = SMTPSink(self)
@@ -1801,23 +1802,24 @@ class EmailTests(EmailTestMixin, unittest.TestCase):
         dbqueue.queue_email(["nobody@example.com", "b@example.com"], "partly", text="t", using=q)
         self.work(q, tries=3)
         failed = q.failed()
-        self.assertEqual(len(failed), 2)
+        self.assertEqual(len(failed), 3)    # "partly" too: b@ got it, nobody@ never will
         self.assertIn("554", failed[0]["exception"])
         self.assertIn("(permanent)", failed[0]["exception"])
-        self.assertIn("550", failed[1]["exception"])
-        self.assertIn("nobody@example.com", failed[1]["exception"])
+        for row in failed[1:]:
+            self.assertIn("nobody@example.com: 550", row["exception"])
+            self.assertIn("(permanent)", row["exception"])
         self.assertEqual(len(sink.attempted), 2)   # rejected once, then "partly"; no retries
         self.assertEqual([e for e, _, _ in sink.messages], [("app@example.com", ["b@example.com"])])
 
-    def test_server_down_is_retried_then_failed_with_the_reason(self):
+    def test_server_down_is_an_outage_that_spends_no_attempt(self):
         q = self.mail_queue(None)
         dbqueue.queue_email("a@example.com", "s", text="t", using=q)
-        _, log = self.work(q, tries=3)
-        self.assertEqual(log.count("outcome=released"), 2)
-        failed = q.failed()
-        self.assertEqual(len(failed), 1)
-        self.assertIn("unreachable", failed[0]["exception"])
-        self.assertNotIn("temporary", failed[0]["exception"])   # it was the last attempt
+        worker, log = self.work(q, tries=1)
+        self.assertEqual(worker.exit_code, 1)
+        self.assertIn("unreachable", log)
+        self.assertIn("(outage)", log)
+        self.assertEqual(q.failed(), [])
+        self.assertEqual(self.db.raw("SELECT attempts, reserved_at FROM {jobs}"), [(0, None)])
 
     def test_one_session_is_reused_and_a_dropped_one_reopened(self):
         sink = SMTPSink(self)
@@ -1862,10 +1864,16 @@ class EmailTests(EmailTestMixin, unittest.TestCase):
         q.push("t_action", {"key": "down"}, queue="emails")
         for s in subjects[3:]:
             dbqueue.queue_email("a@example.com", s, text="t", using=q)
-        q.push("t_action", {"key": "up"}, queue="emails")
-        _, log = self.work(q, tries=3, backoff="10")
+        worker, log = self.work(q, tries=1, backoff="10")
+        # Down: the first mail after it goes back unspent and the run ends.
+        self.assertEqual(worker.exit_code, 1)
+        self.assertEqual(sink.subjects(), subjects[:3])
+        self.assertEqual(self.db.raw("SELECT attempts FROM {jobs}"), [(0,)] * 3)
+        back()
+        worker, log = self.work(q, tries=1, backoff="10")
+        self.assertEqual(worker.exit_code, 0, log)
         self.assertEqual(sink.subjects(), subjects)
-        self.assertEqual(log.count("outcome=released"), 3)
+        self.assertNotIn("outcome=released", log)
         self.assertEqual(len({m["Message-ID"] for _, m, _ in sink.messages}), 6)
         self.assertEqual(q.failed(), [])
         self.assertEqual(self.jobs_left(), 0)
@@ -1909,16 +1917,17 @@ class EmailTests(EmailTestMixin, unittest.TestCase):
                     else:
                         os.environ["SSL_CERT_FILE"] = saved
                 self.assertEqual(len(sink.messages), 2)
-                # ...and a self-signed certificate that is not trusted is a retried failure.
+                # ...and a self-signed certificate that is not trusted is an outage:
+                # the mail waits, unspent.
                 dbqueue.queue_email("a@example.com", "unverified", text="t", using=q)
-                _, log = self.work(q, tries=2)
+                worker, log = self.work(q, tries=1)
                 self.assertEqual(len(sink.messages), 2)
-                failed = q.failed()
-                self.assertEqual(len(failed), 1)
-                self.assertIn("TLS failed", failed[0]["exception"])
-                self.assertIn("certificate", failed[0]["exception"])
-                self.assertIn("outcome=released", log)
-                q.forget([failed[0]["id"]])
+                self.assertEqual(q.failed(), [])
+                self.assertEqual(worker.exit_code, 1)
+                self.assertIn("TLS failed", log)
+                self.assertIn("certificate", log)
+                self.assertEqual(self.db.raw("SELECT attempts FROM {jobs}"), [(0,)])
+                self.db.raw("DELETE FROM {jobs}")
                 sink.stop()
 
     def test_password_never_appears_when_auth_fails(self):
@@ -1929,19 +1938,17 @@ class EmailTests(EmailTestMixin, unittest.TestCase):
         q = self.mail_queue(sink)
         dbqueue.queue_email("a@example.com", "s", text="t", using=q)
         code, out, err = run_main(["work", "--queue", "emails", "--stop-when-empty", "-v"], env)
-        self.assertEqual(code, 0)
+        self.assertEqual(code, 1)    # an outage: the job went back unspent
         self.assertIn(("mailer", "Wr0ng-S3cret-pw"), sink.logins)   # it really was sent
-        failed = q.failed()
-        self.assertEqual(len(failed), 1)
-        self.assertIn("authentication failed: 535", failed[0]["exception"])
+        self.assertEqual(q.failed(), [])
+        self.assertIn("authentication failed: 535", err)
         import base64
-        everything = out + err + json.dumps(failed)
+        everything = out + err + json.dumps(q.failed())
         for secret in ("Wr0ng-S3cret-pw", base64.b64encode(b"Wr0ng-S3cret-pw").decode(),
                        base64.b64encode(b"\0mailer\0Wr0ng-S3cret-pw").decode()):
             self.assertNotIn(secret, everything)
         # A server that is down: the error text does not carry it either.
         sink.stop()
-        q.retry()
         code, out, err = run_main(["work", "--queue", "emails", "--stop-when-empty"], env)
         self.assertIn("unreachable", err)
         self.assertNotIn("Wr0ng-S3cret-pw", out + err + json.dumps(q.failed()))
@@ -5383,6 +5390,549 @@ class TakeoverEndToEndTests:
 
 
 on_every_backend(TakeoverEndToEndTests, [b for b in BACKENDS if b is not Psycopg2Backend])
+
+
+# ---- mail: issue 10, mail against servers that answer as Postfix does ----
+
+class PostfixSink(SMTPSink):
+    """SMTPSink with the replies a Postfix 3.7 with access maps gives.
+
+    `data_command_replies` answer the DATA command itself (Postfix's
+    smtpd_data_restrictions), before any message byte is read; `rcpt_script`
+    maps a recipient to replies used up one RCPT at a time (then 250);
+    `eight_bit=False` leaves 8BITMIME out of the EHLO reply. It records the
+    EHLO names, the MAIL FROM options and the raw bytes of every message.
+    """
+
+    def __init__(self, testcase, eight_bit=True, **kw):
+        self.eight_bit = eight_bit
+        self.data_command_replies = []
+        self.rcpt_script = {}
+        self.ehlo_names = []
+        self.mail_options = []
+        self.raw = []
+        super().__init__(testcase, **kw)
+
+    def start(self):
+        from aiosmtpd.smtp import SMTP
+        sink = self
+
+        class PostfixSMTP(SMTP):
+            async def smtp_DATA(self, arg):
+                if sink.data_command_replies and self.envelope.rcpt_tos:
+                    await self.push(sink.data_command_replies.pop(0))
+                    return
+                await super().smtp_DATA(arg)
+
+        class Counting(self.Controller):
+            def factory(self):
+                sink.connections += 1
+                return PostfixSMTP(self.handler, **self.SMTP_kwargs)
+
+        self.controller = Counting(self, hostname="127.0.0.1", port=self.port, **self.kw)
+        self.controller.start()
+        self.connections -= 1
+
+    async def handle_EHLO(self, server, session, envelope, hostname, responses):
+        self.ehlo_names.append(hostname)
+        session.host_name = hostname
+        if not self.eight_bit:
+            responses = [r for r in responses if "8BITMIME" not in r]
+        return responses
+
+    async def handle_MAIL(self, server, session, envelope, address, mail_options):
+        self.mail_options.append(list(mail_options))
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return "250 2.1.0 Ok"
+
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+        script = self.rcpt_script.get(address)
+        if script:
+            return script.pop(0)
+        return await super().handle_RCPT(server, session, envelope, address, rcpt_options)
+
+    async def handle_DATA(self, server, session, envelope):
+        self.raw.append(envelope.original_content or envelope.content)
+        return await super().handle_DATA(server, session, envelope)
+
+    def delivered_to(self):
+        """{recipient: [subjects of the messages it received]}"""
+        got = {}
+        for (_, rcpts), msg, _ in self.messages:
+            for rcpt in rcpts:
+                got.setdefault(rcpt, []).append(msg["Subject"])
+        return got
+
+
+class SilentServer:
+    """A TCP listener on loopback that accepts connections and never says a word."""
+
+    def __init__(self, testcase):
+        import socket
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.port = self.sock.getsockname()[1]
+        self.accepted = []
+        self.thread = threading.Thread(target=self._accept, daemon=True)
+        self.thread.start()
+        testcase.addCleanup(self.close)
+
+    def _accept(self):
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.accepted.append(conn)
+
+    def close(self):
+        self.sock.close()
+        for conn in self.accepted:
+            conn.close()
+
+
+class MailServerTests(EmailTestMixin, unittest.TestCase):
+    """Issue 10: each row of the Postfix trial, on a real SMTP server on loopback."""
+
+    def setUp(self):
+        self.db = Backend(self)
+
+    def payload_of(self, job_id, table="{jobs}"):
+        rows = self.db.raw("SELECT payload FROM %s WHERE id = %d" % (table, job_id))
+        return json.loads(rows[0][0]) if rows else None
+
+    def test_451_at_data_for_one_job_never_fails_the_next(self):
+        sink = PostfixSink(self)
+        # Postfix's smtpd_data_restrictions: the DATA command itself is deferred,
+        # before the message is read; smtplib does not RSET after that.
+        sink.data_command_replies = ["451 4.3.0 <a@example.com>: Temporary lookup failure"]
+        q = self.mail_queue(sink)
+        dbqueue.queue_email("a@example.com", "job A", text="a", using=q)
+        dbqueue.queue_email("b@example.com", "job B", text="b", using=q)
+        _, log = self.work(q, tries=3)
+        self.assertEqual(q.failed(), [], log)
+        self.assertEqual(sink.subjects(), ["job A", "job B"])
+        self.assertEqual(self.jobs_left(), 0)
+        self.assertIn("451", log)
+        self.assertNotIn("503", log)
+
+    def test_503_is_never_a_permanent_failure(self):
+        sink = PostfixSink(self)
+        sink.data_command_replies = ["503 5.5.1 Error: need RCPT command"]
+        q = self.mail_queue(sink)
+        dbqueue.queue_email("a@example.com", "sequence", text="a", using=q)
+        _, log = self.work(q, tries=3)
+        self.assertEqual(q.failed(), [], log)
+        self.assertIn("outcome=released", log)
+        self.assertEqual(sink.subjects(), ["sequence"])
+
+    def test_partly_deferred_recipients_get_it_once_and_the_rest_on_retry(self):
+        sink = PostfixSink(self)
+        sink.rcpt_script = {"b@example.com": ["450 4.2.0 <b@example.com>: Recipient address"
+                                              " rejected: Greylisted"]}
+        q = self.mail_queue(sink)
+        job_id = dbqueue.queue_email(["a@example.com", "b@example.com"], "both", text="t",
+                                     bcc="c@example.com", using=q)
+        uuid = self.uuid_of(job_id)
+        _, log = self.work(q, tries=3)
+        self.assertEqual(sink.delivered_to(), {"a@example.com": ["both"], "b@example.com": ["both"],
+                                               "c@example.com": ["both"]}, log)
+        # The retry went to the deferred recipient only, as the same message.
+        self.assertEqual([env for env, _, _ in sink.messages],
+                         [("app@example.com", ["a@example.com", "c@example.com"]),
+                          ("app@example.com", ["b@example.com"])])
+        self.assertEqual({m["Message-ID"] for m in sink.attempted}, {"<%s@example.com>" % uuid})
+        self.assertEqual(len({m["Date"] for m in sink.attempted}), 1)
+        self.assertEqual([str(m["To"]) for m in sink.attempted],
+                         ["a@example.com, b@example.com"] * 2)
+        self.assertIn("outcome=released", log)
+        self.assertIn("deferred: b@example.com: 450", log)
+        self.assertEqual(q.failed(), [])
+        self.assertEqual(self.jobs_left(), 0)
+
+    def test_recipients_still_deferred_when_attempts_run_out_are_named(self):
+        sink = PostfixSink(self)
+        busy = "450 4.2.1 <b@example.com>: Recipient address rejected: mailbox busy"
+        sink.rcpt_script = {"b@example.com": [busy] * 2}
+        sink.refuse = {"x@example.com": "550 5.1.1 <x@example.com>: Recipient address rejected:"
+                                        " User unknown"}
+        q = self.mail_queue(sink)
+        job_id = dbqueue.queue_email(["a@example.com", "b@example.com", "x@example.com"], "partly",
+                                     text="t", using=q)
+        self.work(q, tries=2)
+        self.assertEqual(sink.delivered_to(), {"a@example.com": ["partly"]})
+        failed = q.failed()
+        self.assertEqual(len(failed), 1)
+        self.assertIn("b@example.com: 450 4.2.1", failed[0]["exception"])
+        self.assertIn("x@example.com: 550 5.1.1", failed[0]["exception"])
+        self.assertNotIn("a@example.com:", failed[0]["exception"])
+        # `retry` sends to those who have not had it, never again to a@.
+        self.assertEqual(json.loads(failed[0]["payload"])["mail"]["pending"],
+                         ["b@example.com", "x@example.com"])
+        sink.refuse = {}
+        q.retry()
+        self.work(q, tries=2)
+        self.assertEqual(sink.delivered_to(), {"a@example.com": ["partly"],
+                                               "b@example.com": ["partly"],
+                                               "x@example.com": ["partly"]})
+        self.assertEqual(q.failed(), [])
+        self.assertEqual(len({m["Message-ID"] for _, m, _ in sink.messages}), 1)
+        del job_id
+
+    def test_partly_refused_message_is_a_failure_naming_the_refused(self):
+        sink = PostfixSink(self)
+        sink.refuse = {"nobody@example.com": "550 5.1.1 <nobody@example.com>: User unknown"}
+        q = self.mail_queue(sink)
+        dbqueue.queue_email(["nobody@example.com", "b@example.com"], "partly", text="t", using=q)
+        _, log = self.work(q, tries=3)
+        self.assertEqual(sink.delivered_to(), {"b@example.com": ["partly"]})
+        self.assertNotIn("outcome=released", log)    # permanent: no second copy for b@
+        failed = q.failed()
+        self.assertEqual(len(failed), 1)
+        self.assertIn("refused: nobody@example.com: 550 5.1.1", failed[0]["exception"])
+        self.assertIn("(permanent)", failed[0]["exception"])
+
+    def test_long_ascii_headers_are_folded_never_encoded(self):
+        sink = PostfixSink(self)
+        q = self.mail_queue(sink)
+        unsubscribe = ("<https://example.com/unsubscribe/" + "a1b2c3d4" * 8 + "?list=news&u=42>,"
+                       " <mailto:unsubscribe@example.com?subject=unsubscribe>")
+        token = "T" * 120
+        subject = "An ASCII subject line that is long enough to be folded by any mail writer"
+        dbqueue.queue_email("a@example.com", subject, text="t", using=q,
+                            headers={"List-Unsubscribe": unsubscribe, "X-Token": token,
+                                     "List-Unsubscribe-Post": "List-Unsubscribe=One-Click"})
+        self.work(q, tries=1)
+        raw = sink.raw[0]
+        head = raw.split(b"\r\n\r\n", 1)[0]
+        self.assertNotIn(b"=?", head.split(b"\r\nTo:", 1)[1])   # (the From name is not ASCII)
+        self.assertTrue(all(len(line) <= 998 for line in head.split(b"\r\n")))
+        self.assertTrue(all(len(line) <= 78 for line in head.split(b"\r\n")
+                            if b"T" * 120 not in line and b"a1b2c3d4" * 8 not in line))
+        msg = parse_mail(raw)
+        self.assertEqual(msg["List-Unsubscribe"], unsubscribe)
+        self.assertEqual(msg["X-Token"], token)
+        self.assertEqual(msg["Subject"], subject)
+        self.assertIn(b"\r\n <mailto:unsubscribe@example.com", head)   # folded at its space
+
+    def test_without_8bitmime_a_non_ascii_body_goes_7bit(self):
+        for eight_bit in (False, True):
+            with self.subTest(eight_bit=eight_bit):
+                sink = PostfixSink(self, eight_bit=eight_bit)
+                q = self.mail_queue(sink)
+                dbqueue.queue_email("a@example.com", "Grüße", text="Grüße aus Köln\n" * 3,
+                                    html="<p>Grüße aus Köln</p>", using=q)
+                self.work(q, tries=1)
+                raw = sink.raw[0]
+                msg = parse_mail(raw)
+                self.assertEqual(msg.get_body(("plain",)).get_content().replace("\r\n", "\n"),
+                                 "Grüße aus Köln\n" * 3)
+                self.assertIn("Grüße aus Köln", msg.get_body(("html",)).get_content())
+                if eight_bit:
+                    self.assertIn("BODY=8BITMIME", sink.mail_options[0])
+                    self.assertFalse(raw.isascii())
+                else:
+                    self.assertNotIn("BODY=8BITMIME", sink.mail_options[0])
+                    self.assertTrue(raw.isascii())
+                    for part in msg.walk():
+                        if not part.is_multipart():
+                            self.assertIn(part["Content-Transfer-Encoding"],
+                                          ("quoted-printable", "base64"))
+                sink.stop()
+
+    def test_a_server_that_never_answers_is_a_timeout_naming_mail_timeout(self):
+        silent = SilentServer(self)
+        q = self.mail_queue(None, mail_port=silent.port, mail_timeout=1)
+        job_id = dbqueue.queue_email("a@example.com", "s", text="t", using=q)
+        log = quiet_log()
+        worker = dbqueue.Worker(q, ["emails"], log=log, tries=3, backoff="0")
+        worker.run(once=True)
+        text = log.stream.getvalue()
+        self.assertIn("timed out", text)
+        self.assertIn("MAIL_TIMEOUT=1", text)
+        self.assertNotIn("closed the connection", text)
+        self.assertEqual(worker.exit_code, 1)
+        self.assertEqual(self.db.raw("SELECT attempts FROM {jobs} WHERE id = %d" % job_id),
+                         [(0,)])
+        self.assertEqual(q.failed(), [])
+
+    def test_421_anywhere_is_an_outage_and_a_stall_mid_message_a_spent_attempt(self):
+        sink = PostfixSink(self)
+        q = self.mail_queue(sink, mail_timeout=1)
+        job_id = dbqueue.queue_email("a@example.com", "s", text="t", using=q)
+        for script in ({"rcpt_script": {"a@example.com": ["421 4.3.2 Service shutting down"]}},
+                       {"data_replies": ["421 4.4.2 Error: timeout exceeded"]}):
+            for name, value in script.items():
+                setattr(sink, name, value)
+            worker, log = self.work(q, tries=3)
+            self.assertEqual(worker.exit_code, 1, log)
+            self.assertIn("(outage)", log)
+            self.assertEqual(self.db.raw("SELECT attempts FROM {jobs}"), [(0,)])
+        self.assertEqual(sink.messages, [])
+        # The server takes the data and then says nothing: the message may have
+        # gone, so the attempt counts (a message that stalls the server cannot
+        # loop unspent), and the error says timeout.
+        import asyncio
+        stalls = [3.0]
+
+        async def slow_data(server, session, envelope):
+            if stalls:
+                await asyncio.sleep(stalls.pop())
+                return "451 4.3.0 too late"
+            return await PostfixSink.handle_DATA(sink, server, session, envelope)
+
+        sink.handle_DATA = slow_data
+        worker, log = self.work(q, tries=3)
+        self.assertEqual(worker.exit_code, 0, log)
+        self.assertIn("outcome=released", log)
+        self.assertIn("timed out: no answer from the server within MAIL_TIMEOUT=1s", log)
+        self.assertEqual(len(sink.messages), 1)
+        self.assertEqual(self.jobs_left(), 0)
+        del job_id
+
+    def test_the_same_date_on_every_attempt(self):
+        sink = PostfixSink(self)
+        sink.data_replies = ["451 4.3.0 Error: queue file write error"]
+        q = self.mail_queue(sink)
+        job_id = dbqueue.queue_email("a@example.com", "dated", text="t", using=q)
+        self.work(q, tries=3, backoff="3600")
+        self.assertEqual(len(sink.attempted), 1)
+        first = sink.attempted[0]["Date"]
+        self.assertEqual(self.payload_of(job_id)["mail"]["date"], first)
+        # The next attempt starts in a later second than the first one's Date.
+        import email.utils
+        sent = email.utils.parsedate_to_datetime(first).timestamp()
+        wait_for(lambda: time.time() >= sent + 1.05, 5, message="the next second")
+        self.db.raw("UPDATE {jobs} SET available_at = 0")
+        self.work(q, tries=3)
+        self.assertEqual(len(sink.messages), 1)
+        self.assertEqual([m["Date"] for m in sink.attempted], [first, first])
+
+    def test_wrong_password_is_one_auth_attempt_and_an_outage(self):
+        sink = PostfixSink(self, auth=True, auth_require_tls=False)
+        q = self.mail_queue(sink, mail_username="mailer", mail_password="Wr0ng-S3cret-pw")
+        dbqueue.queue_email("a@example.com", "s", text="t", using=q)
+        dbqueue.queue_email("b@example.com", "s", text="t", using=q)
+        worker, log = self.work(q, tries=3)
+        self.assertEqual(sink.logins, [("mailer", "Wr0ng-S3cret-pw")])   # one AUTH, not two
+        self.assertEqual(worker.exit_code, 1)
+        self.assertIn("authentication failed: 535", log)
+        self.assertEqual(q.failed(), [])
+        self.assertEqual(self.db.raw("SELECT attempts FROM {jobs} ORDER BY id"), [(0,), (0,)])
+        self.assertNotIn("Wr0ng-S3cret-pw", log)
+
+    def test_html_only_message_gets_a_text_part_made_from_it(self):
+        sink = PostfixSink(self)
+        q = self.mail_queue(sink)
+        html = ("<html><head><title>Ignored</title><style>p {color: red}</style></head><body>"
+                "<h1>Welcome, Zoë</h1><p>Please <a href=\"https://example.com/v?a=1&amp;b=2\">"
+                "confirm your address</a> today.<br>Thanks &amp; regards</p>"
+                "<ul><li>one</li><li>two</li></ul><script>alert(1)</script></body></html>")
+        dbqueue.queue_email("a@example.com", "html only", html=html, using=q)
+        self.work(q, tries=1)
+        msg = sink.messages[0][1]
+        self.assertEqual(msg.get_content_type(), "multipart/alternative")
+        text = msg.get_body(("plain",)).get_content().replace("\r\n", "\n")
+        self.assertEqual(text, "Welcome, Zoë\n\nPlease confirm your address"
+                               " (https://example.com/v?a=1&b=2) today.\nThanks & regards\n\n"
+                               "- one\n- two\n")
+        self.assertEqual(msg.get_body(("html",)).get_content().rstrip("\r\n"), html)
+
+    def test_a_database_without_the_state_table_still_works(self):
+        # Migrated by an older dbqueue: no dbqueue_state. Nothing breaks; the
+        # worker says what to run.
+        q = self.mail_queue(None)
+        self.db.raw("DROP TABLE dbqueue_state")
+        dbqueue.queue_email("a@example.com", "s", text="t", using=q)
+        worker, log = self.work(q, tries=1)
+        self.assertEqual(worker.exit_code, 1)
+        self.assertIn("python dbqueue.py migrate", log)
+        self.assertEqual(self.db.raw("SELECT attempts FROM {jobs}"), [(0,)])
+        code, out, _ = run_main(["health"], self.db.env())
+        self.assertEqual(code, 0, out)
+        self.assertEqual(run_main(["stats", "--json"], self.db.env())[0], 0)
+        q.migrate()
+        self.assertEqual(self.db.raw("SELECT COUNT(*) FROM dbqueue_state"), [(0,)])
+
+    def test_mail_ehlo_domain_and_a_host_name_that_is_not_ascii(self):
+        sink = PostfixSink(self)
+        for setting, sent in (("mta.example.com", "mta.example.com"),
+                              ("bücher.example", "xn--bcher-kva.example")):
+            config = dbqueue.Config.from_env({"MAIL_EHLO_DOMAIN": setting})
+            q = self.mail_queue(sink, mail_ehlo_domain=config.mail_ehlo_domain)
+            dbqueue.queue_email("a@example.com", setting, text="t", using=q)
+            self.work(q, tries=1)
+            self.assertEqual(sink.ehlo_names[-1], sent)
+        # Unset: the host's name, in ASCII whatever it is.
+        q = self.mail_queue(sink)
+        dbqueue.queue_email("a@example.com", "default", text="t", using=q)
+        self.work(q, tries=1)
+        self.assertEqual(sink.ehlo_names[-1], dbqueue._ehlo_name(q.config))
+        self.assertTrue(sink.ehlo_names[-1].isascii())
+        self.assertEqual(len(sink.messages), 3)
+
+
+class MailMessageTests(unittest.TestCase):
+    """The parts of issue 10 that need no server (they run on every Python)."""
+
+    def fields(self, **extra):
+        fields = {"from": ("Äpp", "app@example.com"), "to": [("", "a@example.com")], "cc": [],
+                  "reply_to": [], "subject": "s", "headers": [], "text": "t", "html": None}
+        fields.update(extra)
+        return fields
+
+    def test_ehlo_name_is_ascii_whatever_the_host_is_called(self):
+        config = dbqueue.Config()
+        self.assertEqual(dbqueue._ehlo_name(config, "bücher-pc.example.org"),
+                         "xn--bcher-pc-65a.example.org")
+        self.assertEqual(dbqueue._ehlo_name(config, "\u0661\u0662.\u00e9 \u2028"), "localhost")
+        self.assertEqual(dbqueue._ehlo_name(config, "host.example.org"), "host.example.org")
+        self.assertTrue(dbqueue._ehlo_name(config, "bücher-pc").startswith("["))
+        self.assertTrue(dbqueue._ehlo_name(config).isascii())
+        self.assertEqual(dbqueue._ehlo_name(dbqueue.Config(mail_ehlo_domain="mx.example")),
+                         "mx.example")
+        self.assertEqual(dbqueue.Config.from_env({"MAIL_EHLO_DOMAIN": "[192.0.2.1]"})
+                         .mail_ehlo_domain, "[192.0.2.1]")
+        tmp = tempfile.mkdtemp(prefix="dbqueue-test-")
+        self.addCleanup(shutil.rmtree, tmp, True)
+        for bad in ("a b", "-x.example", "[nope]", "a..b"):
+            code, _, err = run_main(["stats"], {"QUEUE_DATABASE_URL": os.path.join(tmp, "q.db"),
+                                                "MAIL_EHLO_DOMAIN": bad})
+            self.assertEqual(code, 2, bad)
+            self.assertIn("MAIL_EHLO_DOMAIN=%s" % bad, err)
+        self.assertFalse(os.path.exists(os.path.join(tmp, "q.db")))
+
+    def test_headers_fold_at_spaces_and_unfold_to_the_value(self):
+        value = "<https://example.com/u/" + "x" * 70 + ">,  <mailto:u@example.com?subject=u>"
+        msg = dbqueue._build_message(self.fields(
+            subject="word " * 30 + "end", headers=[("List-Unsubscribe", value),
+                                                   ("X-Token", "T" * 300)]))
+        raw = dbqueue._message_bytes(msg)
+        head = raw.split(b"\r\n\r\n", 1)[0].decode("ascii")
+        self.assertNotIn("=?", head.split("\r\nTo:", 1)[1])
+        parsed = parse_mail(raw)
+        self.assertEqual(parsed["List-Unsubscribe"], value)   # two spaces kept
+        self.assertEqual(parsed["X-Token"], "T" * 300)
+        self.assertEqual(parsed["Subject"], "word " * 30 + "end")
+        self.assertTrue(all(len(line) <= 78 for line in head.split("\r\n")
+                            if "T" * 300 not in line and "x" * 70 not in line))
+        with self.assertRaises(dbqueue.PermanentError):
+            dbqueue._deliver(self.fields(headers=[("X-Token", "T" * 1000)]),
+                             dbqueue.Config(mail_mailer="log"))
+
+    def test_seven_bit_message_and_text_from_html(self):
+        fields = self.fields(text=None, html="<p>Grüße, <a href='https://x.test/a'>hier</a>"
+                                             "<br>Zeile</p><script>x()</script>")
+        raw = dbqueue._message_bytes(dbqueue._build_message(fields, seven_bit=True))
+        self.assertTrue(raw.isascii())
+        parsed = parse_mail(raw)
+        self.assertEqual(parsed.get_body(("plain",)).get_content().replace("\r\n", "\n"),
+                         "Grüße, hier (https://x.test/a)\nZeile\n")
+        self.assertFalse(dbqueue._message_bytes(dbqueue._build_message(fields)).isascii())
+
+
+@on_sqlite_and_postgres
+class MailOutageTests(_WorkerProcesses, EmailTestMixin):
+    """The mail server down for longer than the whole backoff: nothing is spent."""
+
+    def setUp(self):
+        self.process_setup()
+
+    def test_outage_pauses_mail_while_other_queues_run_then_every_mail_goes_once(self):
+        need(_aiosmtpd() is not None, "aiosmtpd is not installed (pip install aiosmtpd)")
+        port = free_port()
+        q = self.mail_queue(None, mail_port=port)
+        subjects = ["m%d" % i for i in range(5)]
+        for s in subjects:
+            dbqueue.queue_email("a@example.com", s, text="t", using=q)
+        proc = self.start_worker("--queue", "emails,default", "-v", MAIL_HOST="127.0.0.1",
+                                 MAIL_PORT=port, MAIL_FROM_ADDRESS="app@example.com",
+                                 QUEUE_MAX_ATTEMPTS=2, QUEUE_BACKOFF=1)
+        wait_for(lambda: "mail server unavailable" in self.stderr(proc), 30,
+                 message="the outage to be noticed")
+        # Other queues keep running while mail waits.
+        for n in range(3):
+            q.push("p_append", {"n": n}, queue="default")
+        wait_for(lambda: len(self.lines()) == 3, 30, message="the default queue's jobs")
+        env = self.db.env()
+        code, out, _ = run_main(["stats", "--json"], env)
+        emails = {s["queue"]: s for s in json.loads(out)}["emails"]
+        self.assertEqual(emails["ready"], 5)
+        self.assertIn("unreachable", emails["mail_outage"]["error"])
+        code, out, _ = run_main(["stats"], env)
+        self.assertIn("mail server unavailable", out)
+        code, out, _ = run_main(["stats", "--format", "prometheus"], env)
+        self.assertRegex(out, r'dbqueue_mail_outage_seconds\{queue="emails"\} \d+')
+        code, out, _ = run_main(["health"], env)
+        self.assertEqual(code, 1)
+        self.assertIn("mail server unavailable", out)
+        # Down for longer than the whole backoff (1 s) and several probes.
+        wait_for(lambda: self.stderr(proc).count("mail server still unavailable") >= 2, 30,
+                 message="two failed probes")
+        sink = PostfixSink(self, port=port)
+        wait_for(lambda: len(sink.messages) == 5, 60, message="every mail")
+        wait_for(lambda: self.jobs_left() == 0, 30, message="the jobs to be deleted")
+        self.assertEqual(sink.subjects(), subjects)
+        self.assertEqual(q.failed(), [])
+        err = self.stderr(proc)
+        self.assertEqual(err.count("pausing mail"), 1, err)     # logged once
+        self.assertIn("mail server available again", err)
+        self.assertNotIn("outcome=failed", err)
+        code, out, _ = run_main(["health"], env)
+        self.assertEqual(code, 0, out)
+        self.assertNotIn("mail_outage", run_main(["stats", "--json"], env)[1])
+        proc.send_signal(signal.SIGTERM)
+        self.assertEqual(self.finish(proc), 0)
+
+    def test_once_and_stop_when_empty_give_the_job_back_and_exit_1(self):
+        port = free_port()
+        q = self.mail_queue(None, mail_port=port)
+        dbqueue.queue_email("a@example.com", "s", text="t", using=q)
+        q.push("p_append", {"n": 1}, queue="default")
+        for flag in ("--once", "--stop-when-empty"):
+            with self.subTest(flag=flag):
+                proc = self.start_worker("--queue", "emails,default", flag, MAIL_HOST="127.0.0.1",
+                                         MAIL_PORT=port, QUEUE_MAX_ATTEMPTS=1)
+                self.assertEqual(self.finish(proc), 1)
+                err = self.stderr(proc)
+                lines = [line for line in err.splitlines() if "mail server unavailable" in line]
+                self.assertEqual(len(lines), 1, err)
+                self.assertIn("given back unspent", lines[0])
+                self.assertEqual(self.db.raw("SELECT attempts, reserved_at FROM {jobs}"
+                                             " WHERE queue = 'emails'"), [(0, None)])
+                self.assertEqual(q.failed(), [])
+
+
+class MailOutageRightsTests(unittest.TestCase):
+    """A PostgreSQL role granted the queue tables only, not dbqueue_state."""
+
+    def setUp(self):
+        self.db = PsycopgBackend(self)
+        q = self.db.queue()
+        dbqueue.queue_email("a@example.com", "s", text="t", using=q)
+        self.role = "dbq_role_" + self.db.table
+        self.db.raw('CREATE ROLE "%s" NOLOGIN' % self.role)
+        self.addCleanup(self.db.raw, 'DROP ROLE IF EXISTS "%s"' % self.role)
+        self.addCleanup(self.db.raw, 'REVOKE ALL ON "%s", "%s", "%s_id_seq" FROM "%s"'
+                        % (self.db.table, self.db.failed_table, self.db.table, self.role))
+        self.db.raw('GRANT SELECT, INSERT, UPDATE, DELETE ON "%s", "%s" TO "%s"'
+                    % (self.db.table, self.db.failed_table, self.role))
+        self.db.raw('GRANT USAGE ON SEQUENCE "%s_id_seq" TO "%s"' % (self.db.table, self.role))
+        self.env = self.db.env(QUEUE_DATABASE_URL=url_with(
+            self.db.url, "options=-crole%%3D%s" % self.role))
+
+    def test_mail_still_pauses_and_the_worker_says_what_to_grant(self):
+        env = dict(self.env, MAIL_HOST="127.0.0.1", MAIL_PORT=str(free_port()))
+        code, _, err = run_main(["work", "--queue", "emails", "--once"], env)
+        self.assertEqual(code, 1, err)
+        self.assertEqual(err.count("on dbqueue_state"), 1, err)
+        self.assertIn("given back unspent", err)
+        self.assertEqual(self.db.raw("SELECT attempts, reserved_at FROM {jobs}"), [(0, None)])
+        code, out, err = run_main(["stats", "--json"], self.env)
+        self.assertEqual(code, 0, err)
+        self.assertNotIn("mail_outage", out)
 
 
 # ---- mysql: MySQL and MariaDB (issue 11) ----------------------------------
