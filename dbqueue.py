@@ -326,6 +326,7 @@ class Config:
         self.mail_verify_peer = True
         self.mail_template_dir = ""
         self.mail_ehlo_domain = ""     # empty: the host's name, made ASCII (_ehlo_name)
+        self.mail_rate_limit = ""     # "14/s", "600/m", "10000/h", "50000/d"; "" for none
         self.mail_sendmail_path = "/usr/sbin/sendmail -t -i"
         self.app_name = ""
         self.sources = {}
@@ -443,6 +444,7 @@ class Config:
         except ValueError as exc:
             raise ConfigError("%s=%s cannot be read as a command: %s"
                               % (name("MAIL_SENDMAIL_PATH"), c.mail_sendmail_path, exc))
+        c.mail_rate_limit = _rate_setting("MAIL_RATE_LIMIT", get("MAIL_RATE_LIMIT"))
         c.app_name = get("APP_NAME")
         c.warnings += _typo_warnings(environ, file_values, path, c.sources)
         return c
@@ -556,6 +558,31 @@ def _backoff_setting(name, value):
     return delays
 
 
+_RATE = _Pattern(r"^[ \t]*([0-9]{1,7})[ \t]*/[ \t]*([smhd])[ \t]*\Z")
+_RATE_WINDOWS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _rate_setting(name, value):
+    """A rate limit such as "14/s" as written (normalised), or "" for none."""
+    if value is None or not str(value).strip():
+        return ""
+    match = _RATE.match(str(value))
+    if not match or int(match.group(1)) < 1:
+        raise ConfigError("%s=%s must be a number of messages per second, minute, hour or day,"
+                          " such as 14/s, 600/m, 10000/h or 50000/d (empty for no limit)"
+                          % (name, value))
+    return "%d/%s" % (int(match.group(1)), match.group(2))
+
+
+def _rate_limit(text):
+    """(messages, window in seconds) of a MAIL_RATE_LIMIT value, or None for none."""
+    text = _rate_setting("MAIL_RATE_LIMIT", text)
+    if not text:
+        return None
+    count, unit = text.split("/")
+    return int(count), _RATE_WINDOWS[unit]
+
+
 def _ident_setting(name, value):
     if not _IDENT.match(value):
         raise ConfigError("%s=%s is not a plain identifier (letters, digits and _, not starting"
@@ -613,6 +640,34 @@ def _queue_name(name):
         raise ValueError("queue name %r must be 1-100 letters, digits, '_', '-', '.' or ':'"
                          % (name,))
     return name
+
+
+# A unique key is any text the app builds ("verify:ann@example.com") that
+# jobs.unique_key (VARCHAR(255)) holds, without control characters: keys
+# are shown in logs and on the dashboard.
+_UNIQUE_KEY = _Pattern(r"^[^\x00-\x1f\x7f-\x9f]{1,255}\Z")
+
+
+def _unique_key(key):
+    if not isinstance(key, str) or not _UNIQUE_KEY.match(key):
+        shown = "a string of %d characters" % len(key) if isinstance(key, str) and len(
+            key) > 255 else repr(key)
+        raise ValueError("unique_key must be a non-empty string of at most 255 characters"
+                         " without control characters, not %s" % shown)
+    try:
+        key.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("unique_key %r is not valid text (a lone surrogate)" % (key,))
+    return key
+
+
+def _payload_unique_key(payload):
+    """The unique key a payload (JSON text) was pushed with, or None."""
+    try:
+        key = json.loads(payload).get("uniqueKey")
+        return _unique_key(key) if key is not None else None
+    except (ValueError, TypeError, AttributeError, RecursionError):
+        return None   # a payload dbqueue did not write: retried without a key
 
 
 def _parse_url(url, origin="QUEUE_DATABASE_URL"):
@@ -714,23 +769,47 @@ class _MailOutage(QueueError):
 # Dialects and SQL ############################################################
 ###############################################################################
 
+_FAILED_COLUMNS = "id, uuid, {queue_text}, {payload_text}, exception, failed_at"
+# LIMIT takes no "all" that every database reads alike: this stands for it.
+_NO_LIMIT = 2 ** 62
+
 # SQL is written once with :name parameters; each dialect turns it into its
 # driver's placeholder style. {jobs} and {failed} are the validated table names,
 # {now} is the clock expression (see _Dialect.now).
 _SQL = {
     "push": "INSERT INTO {jobs} (queue, payload, attempts, reserved_at, available_at, created_at)"
             " VALUES (:queue, :payload, 0, NULL, {now} + :delay, {now})",
-    "rescue": "UPDATE {jobs} SET reserved_at = NULL"
-              " WHERE reserved_at IS NOT NULL AND reserved_at < {now} - :retry_after",
+    # Unique jobs: the unique index "<jobs>_unique" decides, never a read
+    # before the insert, so two producers racing with one key insert one row.
+    # DO NOTHING, not a caught unique violation: inside the caller's own
+    # transaction (connection=) a violation would abort it on PostgreSQL.
+    # Inserted nothing (rowcount 0, or no row RETURNING): read the holder's id
+    # with unique_holder. MySQL has neither the partial index nor ON CONFLICT:
+    # its dialect writes these two as INSERT IGNORE over a plain unique index.
+    "push_unique": "INSERT INTO {jobs} (queue, payload, attempts, reserved_at, available_at,"
+                   " created_at, unique_key) VALUES (:queue, :payload, 0, NULL, {now} + :delay,"
+                   " {now}, :unique_key)"
+                   " ON CONFLICT (queue, unique_key) WHERE unique_key IS NOT NULL DO NOTHING",
+    "unique_holder": "SELECT id FROM {jobs} WHERE queue = :queue AND unique_key = :unique_key",
+    # A reservation lapses at reserved_until, which its holder sets from its
+    # own retry_after (the lease) at the claim and at every heartbeat: no
+    # other worker's setting can shorten it. A row without one (or with a
+    # stale one, see _EXPIRED) was reserved by the PHP app's worker, which
+    # knows only reserved_at: it lapses after the rescuer's retry_after. One
+    # queue at a time: a worker takes back only what it would run itself.
+    "rescue": "UPDATE {jobs} SET reserved_at = NULL, reserved_until = NULL"
+              " WHERE queue = :queue AND reserved_at IS NOT NULL AND {expired}",
     "ack": "DELETE FROM {jobs} WHERE id = :id AND attempts = :attempts AND reserved_at IS NOT NULL",
-    "touch": "UPDATE {jobs} SET reserved_at = {now}"
+    "touch": "UPDATE {jobs} SET reserved_at = {now}, reserved_until = {now} + :lease"
              " WHERE id = :id AND attempts = :attempts AND reserved_at IS NOT NULL",
-    "unclaim": "UPDATE {jobs} SET reserved_at = NULL, attempts = attempts - 1"
+    "unclaim": "UPDATE {jobs} SET reserved_at = NULL, reserved_until = NULL,"
+               " attempts = attempts - 1"
                " WHERE id = :id AND attempts = :attempts AND reserved_at IS NOT NULL",
     # :payload is NULL except for a handler that did part of its work and
     # left what remains in the payload (an email's recipients still to serve).
-    "release": "UPDATE {jobs} SET reserved_at = NULL, available_at = {now} + :delay,"
-               " attempts = attempts - :uncount, payload = COALESCE(:payload, payload)"
+    "release": "UPDATE {jobs} SET reserved_at = NULL, reserved_until = NULL,"
+               " available_at = {now} + :delay, attempts = attempts - :uncount,"
+               " payload = COALESCE(:payload, payload)"
                " WHERE id = :id AND attempts = :attempts AND reserved_at IS NOT NULL",
     # failed_at is written, not left to a default: the CodeIgniter app's
     # failed_jobs.failed_at is a DATETIME NOT NULL without one (its PHP code
@@ -748,21 +827,50 @@ _SQL = {
              " SUM(CASE WHEN reserved_at IS NULL AND available_at <= {now} THEN 1 ELSE 0 END),"
              " SUM(CASE WHEN reserved_at IS NULL AND available_at > {now} THEN 1 ELSE 0 END),"
              " SUM(CASE WHEN reserved_at IS NOT NULL THEN 1 ELSE 0 END),"
-             " SUM(CASE WHEN reserved_at IS NOT NULL AND reserved_at < {now} - :retry_after"
-             " THEN 1 ELSE 0 END),"
+             " SUM(CASE WHEN reserved_at IS NOT NULL AND {expired} THEN 1 ELSE 0 END),"
              " {now} - MIN(CASE WHEN reserved_at IS NULL AND available_at <= {now}"
              " THEN available_at END)"
              " FROM {jobs} GROUP BY queue",
     "failed_counts": "SELECT {queue_text}, COUNT(*) FROM {failed} GROUP BY queue",
-    "failed_list": "SELECT id, uuid, {queue_text}, {payload_text}, exception, failed_at FROM {failed}"
-                   " WHERE (CAST(:queue AS {text_type}) IS NULL OR queue = :queue) ORDER BY id",
+    # {order} is ASC (the CLI: oldest first) or DESC (the dashboard: newest
+    # first); :search is a LIKE pattern over the payload and the exception.
+    "failed_list": "SELECT " + _FAILED_COLUMNS + " FROM {failed}"
+                   " WHERE (CAST(:queue AS {text_type}) IS NULL OR queue = :queue)"
+                   " AND (CAST(:search AS {text_type}) IS NULL OR LOWER(payload) LIKE :search ESCAPE '!'"
+                   " OR LOWER(exception) LIKE :search ESCAPE '!')"
+                   " ORDER BY id {order} LIMIT :limit OFFSET :offset",
+    "failed_one": "SELECT " + _FAILED_COLUMNS + " FROM {failed} WHERE id = :id",
     "failed_ids": "SELECT id FROM {failed} WHERE (CAST(:queue AS {text_type}) IS NULL OR queue = :queue)"
                   " ORDER BY id",
     "retry": "INSERT INTO {jobs} (queue, payload, attempts, reserved_at, available_at, created_at)"
              " SELECT queue, payload, 0, NULL, {now}, {now} FROM {failed} WHERE id = :id",
+    # A failed unique job gets its key back from its payload ("uniqueKey").
+    "retry_source": "SELECT {queue_text}, {payload_text} FROM {failed} WHERE id = :id",
+    "retry_unique": "INSERT INTO {jobs} (queue, payload, attempts, reserved_at, available_at,"
+                    " created_at, unique_key) SELECT queue, payload, 0, NULL, {now}, {now},"
+                    " :unique_key FROM {failed} WHERE id = :id"
+                    " ON CONFLICT (queue, unique_key) WHERE unique_key IS NOT NULL DO NOTHING",
     "forget": "DELETE FROM {failed} WHERE id = :id",
     "flush": "DELETE FROM {failed} WHERE failed_at < {failed_cutoff}",
     "clear": "DELETE FROM {jobs} WHERE queue = :queue AND reserved_at IS NULL",
+    # MAIL_RATE_LIMIT: a ring of at most N send slots per limit in {rate},
+    # each holding when its last message left (ms, the database's clock).
+    # A message may leave only by taking a slot that is at least one window
+    # old, so no window of that length ever holds more than N (see
+    # Queue.rate_take). One row: the clock, the oldest slot, the last slot made.
+    # Slots are 0..N-1; a negative slot is free for a dialect's lock row.
+    "rate_oldest": "SELECT {now_ms}, r.slot, r.sent_at,"
+                   " (SELECT MAX(slot) FROM {rate} WHERE name = :name)"
+                   " FROM (SELECT 1 AS one) AS o LEFT JOIN"
+                   " (SELECT slot, sent_at FROM {rate} WHERE name = :name AND slot >= 0"
+                   " ORDER BY sent_at, slot LIMIT 1) AS r ON 1 = 1",
+    "rate_take": "UPDATE {rate} SET sent_at = :until WHERE name = :name AND slot = :slot",
+    "rate_add": "INSERT INTO {rate} (name, slot, sent_at) VALUES (:name, :slot, :until)",
+    # After the send: the slot holds the moment it ended (rounded up), unless
+    # it was taken over meanwhile (a send that outlived its hold).
+    "rate_sent": "UPDATE {rate} SET sent_at = {now_ms} + 1"
+                 " WHERE name = :name AND slot = :slot AND sent_at = :until",
+    "rate_use": "SELECT COUNT(*) FROM {rate} WHERE name = :name AND sent_at > {now_ms} - :window_ms",
     "version": "SELECT version FROM dbqueue_migrations WHERE tbl = :tbl",
     "set_version": "INSERT INTO dbqueue_migrations (tbl, version) VALUES (:tbl, :version)"
                    " ON CONFLICT (tbl) DO UPDATE SET version = excluded.version",
@@ -778,6 +886,16 @@ _SQL = {
                  " updated_at = excluded.updated_at",
     "state_clear": "DELETE FROM dbqueue_state WHERE name = :name",
 }
+
+# When a reservation has lapsed (see "rescue"), for rows with reserved_at set.
+# dbqueue writes reserved_until with reserved_at, always later than it. A
+# reserved_until not later than reserved_at is stale: the PHP app's worker
+# took the row over (Laravel's pop re-reserves an expired row by setting
+# reserved_at and attempts only), so that reservation is judged as the PHP
+# app's are, by reserved_at.
+_EXPIRED = ("((reserved_until > reserved_at AND reserved_until < {now})"
+            " OR ((reserved_until IS NULL OR reserved_until <= reserved_at)"
+            " AND reserved_at < {now} - :retry_after))")
 
 _PARAM = _Pattern(r"(?<![:\w]):([a-z_]+)\b")
 
@@ -801,6 +919,10 @@ class _Dialect:
     claim_update_many = ""         # claim_update for a list of {ids} at once
     tokens_lock_many = ""          # without RETURNING: lock the rows a batch of tokens names
     migrate_lock = ""              # run first in migrate's transaction: one migration at a time
+    notify = ""                    # wakes waiting workers of :queue ("" where there is no LISTEN)
+    now_ms = ":now_ms"             # the clock in milliseconds (MAIL_RATE_LIMIT)
+    rate_table = "dbqueue_rate"
+    rate_lock = ""                 # run first when a send slot is taken: one taker at a time
     denied_fix = ""                # what to do about a database dbqueue may not write (is_denied)
     migrate_unlock = ""            # run after it, when the lock outlives the transaction
     ident_quote = '"'
@@ -816,7 +938,10 @@ class _Dialect:
     @classmethod
     def prepare(cls, template, jobs="jobs", failed="failed_jobs", **extra):
         """(sql, names): the template for this dialect and its parameter order."""
+        if "{expired}" in template:
+            template = template.replace("{expired}", _EXPIRED)
         text = template.format(jobs=cls.ident(jobs), failed=cls.ident(failed), now=cls.now,
+                               now_ms=cls.now_ms, rate=cls.ident(cls.rate_table),
                                payload_text=cls.payload_text, queue_text=cls.queue_text,
                                failed_cutoff=cls.failed_cutoff, text_type=cls.text_type, **extra)
         names = _PARAM.findall(text)
@@ -828,6 +953,17 @@ class _Dialect:
     def start(cls, cur, write):
         """Open a transaction on cursor `cur` (a write transaction takes the write lock)."""
         cur.execute(cls.begin if write else "BEGIN")
+
+    @staticmethod
+    def push_lock(target):
+        """A lock push() holds around its INSERT, one per thread, or None."""
+        return None
+
+    @staticmethod
+    def inserted_id(cur):
+        """The id of the row a push_unique (or retry_unique) just wrote, or None
+        when the key was taken and it wrote nothing (INSERT IGNORE alike)."""
+        return cur.lastrowid if cur.rowcount == 1 else None
 
     @staticmethod
     def is_denied(exc):
@@ -934,6 +1070,25 @@ class _Dialect:
     def add_column_sql(cls, table, column, type_):
         return "ALTER TABLE %s ADD COLUMN %s %s" % (_quote(table), column, type_)
 
+    @staticmethod
+    def plain_cursor(conn):
+        """A cursor on an app's connection (push(connection=...)) that returns
+        tuples, whatever row factory the app gave the connection."""
+        return conn.cursor()
+
+    @classmethod
+    def rate_ddl(cls):
+        """MAIL_RATE_LIMIT's table: one row per send slot, a ring of them per
+        jobs table and limit (see _rate_name)."""
+        return ["CREATE TABLE IF NOT EXISTS %s (\n"
+                "    name VARCHAR(100) NOT NULL,\n"
+                "    slot INTEGER NOT NULL,\n"
+                "    sent_at %s NOT NULL,\n"
+                "    PRIMARY KEY (name, slot)\n"
+                ")" % (_quote(cls.rate_table), cls.bigint),
+                "CREATE INDEX IF NOT EXISTS %s ON %s (name, sent_at)"
+                % (_quote(cls.rate_table + "_sent"), _quote(cls.rate_table))]
+
     @classmethod
     def version_ddl(cls):
         return ("CREATE TABLE IF NOT EXISTS dbqueue_migrations (\n"
@@ -989,23 +1144,30 @@ class _SQLite(_Dialect):
     bigint = "INTEGER"
     failed_at = "TEXT NOT NULL DEFAULT CURRENT_TIMESTAMP"
     failed_cutoff = "datetime('now', :age)"
-    claim = ("UPDATE {jobs} SET reserved_at = :now, attempts = attempts + 1"
+    # attempts + 1 is capped at the largest INTEGER, so that a row written by
+    # hand with that many attempts is claimed (and fails alone, over its
+    # tries) instead of failing the claim of its whole batch.
+    claim = ("UPDATE {jobs} SET reserved_at = :now, reserved_until = :now + :lease,"
+             " attempts = MIN(attempts, 2147483646) + 1"
              " WHERE id IN (SELECT id FROM {jobs} WHERE queue = :queue AND reserved_at IS NULL"
              " AND available_at <= :now ORDER BY available_at, id LIMIT :limit)"
              " RETURNING id, queue, CAST(payload AS BLOB), attempts, available_at")
     # SQLite before 3.35 has no RETURNING: select, then update, in one
     # BEGIN IMMEDIATE transaction, which no other writer can interleave.
-    claim_select = ("SELECT id, queue, CAST(payload AS BLOB), attempts + 1, available_at FROM {jobs}"
+    claim_select = ("SELECT id, queue, CAST(payload AS BLOB), MIN(attempts, 2147483646) + 1,"
+                    " available_at FROM {jobs}"
                     " WHERE queue = :queue AND reserved_at IS NULL AND available_at <= :now"
                     " ORDER BY available_at, id LIMIT :limit")
-    claim_update = ("UPDATE {jobs} SET reserved_at = :now, attempts = attempts + 1"
+    claim_update = ("UPDATE {jobs} SET reserved_at = :now, reserved_until = :now + :lease,"
+                    " attempts = MIN(attempts, 2147483646) + 1"
                     " WHERE id = :id AND reserved_at IS NULL")
     # A batch of (id, attempts) tokens in one statement (3.35+, for RETURNING).
     # `id IN (...)` is what lets SQLite find the rows by primary key: the row
     # values alone, `(id, attempts) IN (VALUES ...)`, plan as a table scan.
     ack_many = ("DELETE FROM {jobs} WHERE id IN ({ids}) AND reserved_at IS NOT NULL"
                 " AND (id, attempts) IN (VALUES {pairs}) RETURNING id")
-    touch_many = ("UPDATE {jobs} SET reserved_at = :now WHERE id IN ({ids})"
+    touch_many = ("UPDATE {jobs} SET reserved_at = :now, reserved_until = :now + :lease"
+                  " WHERE id IN ({ids})"
                   " AND reserved_at IS NOT NULL AND (id, attempts) IN (VALUES {pairs}) RETURNING id")
     driver_errors = ()
     # Seconds a write waits for another connection's write lock before
@@ -1095,6 +1257,20 @@ class _SQLite(_Dialect):
                 pass
             raise
 
+    @staticmethod
+    def push_lock(target):
+        # Producers in several processes: SQLite's busy handler polls for the
+        # write lock, sleeping 1, 2, 5, 10 ... 100 ms between tries, while a
+        # push holds it for about 0.2 ms. Under a steady stream of pushes the
+        # lock is nearly always taken when a sleeper wakes, and a process that
+        # has just pushed takes it again at once: one push waited 4 s (8
+        # processes), some hit the 5 s busy timeout. An flock() on a file
+        # beside the database queues the producers in the kernel instead,
+        # which hands the lock to a waiter as it is released: the worst wait
+        # is a few pushes long. Its cost is two system calls (1-2 us a push),
+        # no SQL. Workers do not take it (their claims wait in start()).
+        return _PushLock.open(target + "-dbqueue.lock", target)
+
     @classmethod
     def _journal_wal(cls, conn, timeout):
         # Turning a new file into WAL needs an exclusive lock, and SQLite
@@ -1148,6 +1324,50 @@ class _SQLite(_Dialect):
     def in_transaction(conn):
         return conn.in_transaction
 
+    @staticmethod
+    def plain_cursor(conn):
+        cur = conn.cursor()
+        cur.row_factory = None      # tuples, whatever conn.row_factory says
+        return cur
+
+
+class _PushLock:
+    """`with lock:` an exclusive flock() on one open file (see _SQLite.push_lock).
+
+    One per thread: flock() locks belong to an open file, so two threads
+    sharing one would not exclude each other. A holder's wait inside is
+    bounded by SQLite's busy timeout, and a process that dies releases it.
+    """
+
+    __slots__ = ("fd", "_flock", "_ex", "_un")
+
+    def __init__(self, fd, fcntl):
+        self.fd, self._flock, self._ex, self._un = fd, fcntl.flock, fcntl.LOCK_EX, fcntl.LOCK_UN
+
+    @classmethod
+    def open(cls, path, beside):
+        """The lock on file `path` (made with the mode of file `beside`), or None
+        where there is none to have: no flock() (Windows), or a file that
+        cannot be made or opened. Pushes then wait in the busy handler alone."""
+        try:
+            import fcntl
+            mode = os.stat(beside).st_mode & 0o666
+            return cls(os.open(path, os.O_RDONLY | os.O_CREAT, mode), fcntl)
+        except (ImportError, OSError):
+            return None
+
+    def __enter__(self):
+        self._flock(self.fd, self._ex)
+
+    def __exit__(self, kind, exc, tb):
+        self._flock(self.fd, self._un)
+
+    def close(self):
+        try:
+            os.close(self.fd)
+        except OSError:
+            pass
+
 
 class _Postgres(_Dialect):
     name = "postgresql"
@@ -1168,6 +1388,13 @@ class _Postgres(_Dialect):
     # second wait for the first and then find everything in place.
     migrate_lock = "SELECT pg_advisory_xact_lock(28255737111475557)"
     wakeup = "notify"
+    # The database's clock, which every worker on every host shares; and
+    # clock_timestamp(), not now(): the moment of the statement, not of the
+    # transaction's start.
+    now_ms = ("COALESCE(:now_ms, FLOOR(EXTRACT(EPOCH FROM clock_timestamp()) * 1000)::bigint)")
+    # Takers of one limit's slots queue here, for the few statements of a
+    # take (a number made from the limit's name: Queue._rate_lock_key).
+    rate_lock = "SELECT pg_advisory_xact_lock(:lock_key)"
     payload_text = "payload"
     autoincrement = "BIGSERIAL PRIMARY KEY"
     bigint = "BIGINT"
@@ -1175,14 +1402,25 @@ class _Postgres(_Dialect):
     failed_cutoff = "now() - :hours * INTERVAL '1 hour'"
     # One statement: lock n ready rows, skipping those another worker has
     # locked, and mark them reserved. No two workers can return the same row.
+    # attempts + 1 is capped: `integer out of range` for one row written by
+    # hand would fail the whole batch, on every worker, on every restart.
     claim = ("WITH c AS (SELECT id FROM {jobs} WHERE queue = :queue AND reserved_at IS NULL"
              " AND available_at <= {now} ORDER BY available_at, id LIMIT :limit"
              " FOR UPDATE SKIP LOCKED)"
-             " UPDATE {jobs} j SET reserved_at = {now}, attempts = j.attempts + 1 FROM c"
+             " UPDATE {jobs} j SET reserved_at = {now}, reserved_until = {now} + :lease,"
+             " attempts = LEAST(j.attempts, 2147483646) + 1 FROM c"
              " WHERE j.id = c.id RETURNING j.id, j.queue, j.payload, j.attempts, j.available_at")
+    notify = "SELECT pg_notify(:channel, :queue)"
     push_notify = ("WITH j AS (INSERT INTO {jobs} (queue, payload, attempts, reserved_at,"
                    " available_at, created_at) VALUES (:queue, :payload, 0, NULL, {now} + :delay,"
                    " {now}) RETURNING id) SELECT id, pg_notify(:channel, :queue) FROM j")
+    push_unique = ("WITH j AS (INSERT INTO {jobs} (queue, payload, attempts, reserved_at,"
+                   " available_at, created_at, unique_key) VALUES (:queue, :payload, 0, NULL,"
+                   " {now} + :delay, {now}, :unique_key) ON CONFLICT (queue, unique_key)"
+                   " WHERE unique_key IS NOT NULL DO NOTHING RETURNING id)"
+                   " SELECT id, pg_notify(:channel, :queue) FROM j")
+    retry_unique = _SQL["retry_unique"] + " RETURNING id"
+
     # The payloads travel as one JSON array of the payload objects, joined
     # as text: `json` (unlike jsonb) hands each element back as the exact text
     # it was given, and one string parameter costs the driver nothing, where a
@@ -1196,13 +1434,19 @@ class _Postgres(_Dialect):
     # Batches of tokens travel as two arrays: one round trip for any number.
     ack_many = ("DELETE FROM {jobs} WHERE reserved_at IS NOT NULL AND (id, attempts) IN"
                 " (SELECT * FROM unnest(:ids::bigint[], :attempts::int[])) RETURNING id")
-    touch_many = ("UPDATE {jobs} SET reserved_at = {now} WHERE reserved_at IS NOT NULL"
+    touch_many = ("UPDATE {jobs} SET reserved_at = {now}, reserved_until = {now} + :lease"
+                  " WHERE reserved_at IS NOT NULL"
                   " AND (id, attempts) IN (SELECT * FROM unnest(:ids::bigint[], :attempts::int[]))"
                   " RETURNING id")
 
     @staticmethod
     def has_returning():
         return True
+
+    @staticmethod
+    def inserted_id(cur):
+        row = cur.fetchone()   # RETURNING id: no row when nothing was inserted
+        return row[0] if row else None
 
     @staticmethod
     def driver(name=None):
@@ -1240,6 +1484,15 @@ class _Postgres(_Dialect):
     def in_transaction(conn):
         # psycopg 3 and psycopg2 (2.8+) both have info.transaction_status; 0 is idle.
         return conn.info.transaction_status != 0
+
+    @staticmethod
+    def plain_cursor(conn):
+        """A cursor returning tuples, whatever row or cursor factory `conn` has."""
+        if type(conn).__module__.split(".")[0] == "psycopg2":
+            import psycopg2.extensions
+            return conn.cursor(cursor_factory=psycopg2.extensions.cursor)
+        from psycopg.rows import tuple_row
+        return conn.cursor(row_factory=tuple_row)
 
     @staticmethod
     def is_missing_table(exc):
@@ -1576,7 +1829,8 @@ _SCHEMA_VERSION = 2
 
 def schema_sql(dialect, jobs="jobs", failed="failed_jobs"):
     """The DDL `migrate` runs, as one SQL script."""
-    statements = [dialect.version_ddl(), dialect.state_ddl()] + dialect.ddl(jobs, failed)
+    statements = ([dialect.version_ddl(), dialect.state_ddl()] + dialect.ddl(jobs, failed)
+                  + dialect.rate_ddl())
     return "".join(s + ";\n" for s in statements)
 
 
@@ -1638,6 +1892,7 @@ class Queue:
         self._sql = {}
         self._local = threading.local()
         self._conns = []
+        self._push_locks = []
         self._conns_lock = threading.Lock()
         self._schema_ready = False
         self._returning = self.dialect.has_returning()
@@ -1719,15 +1974,29 @@ class Queue:
             conn = self._local.conn = self.connect()
         return conn
 
+    def _push_lock(self):
+        """This thread's push lock (see _SQLite.push_lock), made at its first push, or None."""
+        try:
+            return self._local.push_lock
+        except AttributeError:
+            lock = self._local.push_lock = self.dialect.push_lock(self._target)
+            if lock is not None:
+                with self._conns_lock:
+                    self._push_locks.append(lock)
+            return lock
+
     def close(self):
         """Close every connection this queue opened."""
         with self._conns_lock:
             conns, self._conns = self._conns, []
+            locks, self._push_locks = self._push_locks, []
         for conn in conns:
             try:
                 conn.close()
             except Exception:
                 pass
+        for lock in locks:
+            lock.close()
         self._local = threading.local()
 
     def discard(self, conn):
@@ -1834,6 +2103,8 @@ class Queue:
                 cur.execute(self.dialect.add_column_sql(tables[role], column, type_))
         for statement in self.dialect.index_ddl(tables["jobs"], tables["failed"]):
             cur.execute(statement)
+        for statement in self.dialect.rate_ddl():
+            cur.execute(statement)
         self.execute(cur, "set_version", tbl=tables["jobs"], version=_SCHEMA_VERSION)
 
     def _schema_current(self, cur):
@@ -1853,6 +2124,8 @@ class Queue:
         if not row or row[0] < _SCHEMA_VERSION:
             return False
         found = {role: self.dialect.columns(cur, table) for role, table in tables.items()}
+        if not self.dialect.columns(cur, self.dialect.rate_table):
+            return False      # MAIL_RATE_LIMIT's table, new beside a version-2 schema
         return all(found[role] and column in found[role]
                    for role, column, _ in self.dialect.added_columns())
 
@@ -1869,9 +2142,13 @@ class Queue:
         return row[0] if row else 0
 
     def check(self, conn=None):
-        """Raise MissingTableError unless both tables exist; else return True."""
+        """Raise MissingTableError unless both tables exist (and, with
+        MAIL_RATE_LIMIT, the slots' table); else return True."""
+        tables = [self.config.table, self.config.failed_table]
+        if self.config.mail_rate_limit:
+            tables.append(self.dialect.rate_table)
         with _Transaction(self, conn or self._conn(), write=False) as cur:
-            for table in (self.config.table, self.config.failed_table):
+            for table in tables:
                 cur.execute("SELECT 1 FROM %s WHERE 1 = 0" % self.dialect.ident(table))
                 cur.fetchall()
         return True
@@ -1889,13 +2166,14 @@ class Queue:
 
     # -- producing -------------------------------------------------------
 
-    def payload(self, job, data=None, max_tries=None, backoff=None, timeout=None):
+    def payload(self, job, data=None, max_tries=None, backoff=None, timeout=None,
+                unique_key=None):
         """The JSON text stored for one job (raises TypeError for non-JSON data)."""
         if not isinstance(job, str) or not job:
             raise TypeError("job name must be a non-empty string, not %r" % (job,))
         if data is None:
             data = {}
-        if max_tries is None and backoff is None and timeout is None:
+        if max_tries is None and backoff is None and timeout is None and unique_key is None:
             return _PAYLOAD % (_uuid4(), _dumps(job), _dumps(data), int(time.time()))
         if max_tries is not None:
             max_tries = _int_setting("max_tries", max_tries, 1, _MAX_TRIES)
@@ -1903,17 +2181,31 @@ class Queue:
             backoff = ",".join(str(d) for d in _backoff_setting("backoff", backoff))
         if timeout is not None:
             timeout = _int_setting("timeout", timeout, 0, _MAX_SECONDS)
-        return _dumps({"uuid": _uuid4(), "job": job, "data": data, "maxTries": max_tries,
-                       "backoff": backoff, "timeout": timeout, "createdAt": int(time.time())})
+        payload = {"uuid": _uuid4(), "job": job, "data": data, "maxTries": max_tries,
+                   "backoff": backoff, "timeout": timeout, "createdAt": int(time.time())}
+        if unique_key is not None:
+            # Also in the payload, which failed_jobs keeps: `retry` gives the
+            # job its key back.
+            payload["uniqueKey"] = unique_key
+        return _dumps(payload)
 
     def push(self, job, data=None, queue="default", delay=0, connection=None,
-             max_tries=None, backoff=None, timeout=None):
+             max_tries=None, backoff=None, timeout=None, unique_key=None):
         """Enqueue one job; returns its id.
 
         With `connection=` (your app's sqlite3, psycopg, psycopg2, PyMySQL or MySQLdb connection)
         the row is written inside your open transaction and is not committed:
         the job exists exactly when your own change commits.
+
+        With `unique_key=` (a string), while a job with that key waits, is
+        delayed or runs on `queue`, pushing again inserts nothing and returns
+        that job's id; once it is done (or has failed) the key is free. The
+        database's unique index decides, so this holds for any number of
+        producers at once.
         """
+        if unique_key is not None:
+            return self._push_unique(job, data, queue, delay, connection, max_tries, backoff,
+                                     timeout, unique_key)
         payload = self.payload(job, data, max_tries, backoff, timeout)
         if delay != 0 or type(delay) is not int:   # the common case skips the checks
             delay = _int_setting("delay", delay, 0, _MAX_SECONDS)
@@ -1924,8 +2216,7 @@ class Queue:
         key = "push_notify" if self.dialect is _Postgres else "push"
         params = dict(queue=queue, payload=payload, delay=delay, channel=self.channel)
         if connection is not None:
-            self._check_foreign(connection)
-            cur = connection.cursor()
+            cur = self._foreign_cursor(connection)
             self.execute(cur, key, **params)
             return self._new_id(cur)
         # The hot path of a web app: one autocommit statement, no kwargs copies.
@@ -1933,22 +2224,68 @@ class Queue:
         params["now"] = self.now()
         try:
             cur = self._conn().cursor()
-            cur.execute(text, [params[n] for n in names])
+            lock = self._push_lock()
+            if lock is None:
+                cur.execute(text, [params[n] for n in names])
+            else:
+                with lock:
+                    cur.execute(text, [params[n] for n in names])
             return self._new_id(cur)
         except self._errors() as exc:
             raise self.translate(exc) from exc
 
+    def _push_unique(self, job, data, queue, delay, connection, max_tries, backoff, timeout,
+                     key):
+        _unique_key(key)
+        payload = self.payload(job, data, max_tries, backoff, timeout, unique_key=key)
+        delay = _int_setting("delay", delay, 0, _MAX_SECONDS)
+        _queue_name(queue)
+        params = dict(queue=queue, payload=payload, delay=delay, channel=self.channel,
+                      unique_key=key)
+        if connection is not None:
+            return self._insert_unique(self._foreign_cursor(connection), "push_unique", params)[0]
+        try:
+            cur = self._conn().cursor()
+            lock = self._push_lock()
+            if lock is None:
+                return self._insert_unique(cur, "push_unique", params)[0]
+            with lock:
+                return self._insert_unique(cur, "push_unique", params)[0]
+        except self._errors() as exc:
+            raise self.translate(exc) from exc
+
+    def _insert_unique(self, cur, key, params):
+        """(id, True) for a row inserted by statement `key`, or (holder's id, False)."""
+        # The holder can finish (its ack deletes the row) between the insert
+        # that met its key and the read of its id: the key is free again, so
+        # the insert is tried again. Each turn needs another job to take and
+        # free the key in between: a few turns at most.
+        for _ in range(100):
+            self.execute(cur, key, **params)
+            new_id = self.dialect.inserted_id(cur)
+            if new_id is not None:
+                return new_id, True
+            row = self.execute(cur, "unique_holder", queue=params["queue"],
+                               unique_key=params["unique_key"]).fetchone()
+            if row is not None:
+                return row[0], False
+        raise DatabaseError("unique key %r: its holder kept finishing while this push ran"
+                            % params["unique_key"])
+
     def push_many(self, job, items, queue="default", delay=0, connection=None,
-                  max_tries=None, backoff=None, timeout=None):
+                  max_tries=None, backoff=None, timeout=None, unique_key=None):
         """Enqueue one job per item of `items` (data dicts) in one transaction; returns the ids."""
+        if unique_key is not None:
+            # One key for many jobs would keep all but the first: say so
+            # rather than guess what was meant.
+            raise TypeError("push_many() takes no unique_key: push each unique job with push()")
         payloads = [self.payload(job, data, max_tries, backoff, timeout) for data in items]
         delay = _int_setting("delay", delay, 0, _MAX_SECONDS)
         _queue_name(queue)
         if not payloads:
             return []
         if connection is not None:
-            self._check_foreign(connection)
-            return self._insert_many(connection.cursor(), queue, payloads, delay)
+            return self._insert_many(self._foreign_cursor(connection), queue, payloads, delay)
         if self.dialect is _Postgres:
             try:
                 return self._insert_many(self._conn().cursor(), queue, payloads, delay)
@@ -2019,6 +2356,12 @@ class Queue:
             return cur.fetchone()[0]
         return cur.lastrowid
 
+    def _foreign_cursor(self, connection):
+        """A cursor on the app's connection that returns plain tuples, whatever
+        row factory the app chose (psycopg's dict_row, sqlite3.Row, ...)."""
+        self._check_foreign(connection)
+        return self.dialect.plain_cursor(connection)
+
     def _check_foreign(self, connection):
         module = type(connection).__module__.split(".")[0]
         kind = {"sqlite3": _SQLite, "psycopg": _Postgres, "psycopg2": _Postgres,
@@ -2040,7 +2383,7 @@ class Queue:
         since the app may roll it back).
         """
         try:
-            cur = connection.cursor()
+            cur = self.dialect.plain_cursor(connection)
             if self._schema_current(cur):
                 self._schema_ready = True
             elif self.dialect.in_transaction(connection):
@@ -2052,38 +2395,48 @@ class Queue:
 
     # -- reserving and finishing (the worker's side) ---------------------
 
-    def reserve(self, conn, queues, limit=1, acks=(), rescue_after=None):
+    def reserve(self, conn, queues, limit=1, acks=(), rescue_after=None, lease=None):
         """Reserve up to `limit` ready jobs in one transaction, in queue priority order.
 
         Each reserved job's attempts is incremented here, before its handler
         runs, so a job that kills its worker still uses up its attempts. `acks`
         ((id, attempts) tokens of finished jobs) are deleted in the same
         transaction: one commit acknowledges a batch and claims the next.
-        `rescue_after` (seconds) first gives back reservations older than that.
-        Returns (jobs, tokens of acks that were refused because the
+        `rescue_after` (seconds) first takes back the lapsed reservations of
+        `queues`: those whose holder's lease (reserved_until) has passed, and
+        those without a lease (reserved by the PHP app) older than that.
+        `lease` (default: QUEUE_RETRY_AFTER) is how long the new reservations
+        last unless touched. Returns (jobs, tokens of acks that were refused because the
         reservation had been lost).
         """
         jobs = []
         with _Transaction(self, conn) as cur:
             lost = self._ack(cur, acks) if acks else []
-            if rescue_after is not None:
-                self.execute(cur, "rescue", retry_after=rescue_after)
             now = self.now()
+            if lease is None:
+                lease = self.config.retry_after
+            if rescue_after is not None:
+                for queue in queues:
+                    self.execute(cur, "rescue", queue=queue, retry_after=rescue_after, now=now)
             for queue in queues:
                 want = limit - len(jobs)
                 if want <= 0:
                     break
                 if self._returning:
-                    rows = self.execute(cur, "claim", queue=queue, limit=want, now=now).fetchall()
+                    rows = self.execute(cur, "claim", queue=queue, limit=want, now=now,
+                                        lease=lease).fetchall()
                 else:
                     rows = list(self.execute(cur, "claim_select", queue=queue, limit=want,
                                              now=now).fetchall())
                     if rows and self.dialect.claim_update_many:
-                        text, _ = self._many_sql("claim_update", len(rows))
-                        cur.execute(text, [now] + [row[0] for row in rows])
+                        text, names = self._many_sql("claim_update", len(rows))
+                        values = dict(now=now, lease=lease)
+                        # The named parameters (SET ...) all come before the ids.
+                        cur.execute(text, [values[n] for n in names if n != "id"]
+                                    + [row[0] for row in rows])
                     else:
                         for row in rows:
-                            self.execute(cur, "claim_update", id=row[0], now=now)
+                            self.execute(cur, "claim_update", id=row[0], now=now, lease=lease)
                 rows.sort(key=lambda r: (r[4], r[0]))
                 jobs.extend(Job(r[0], r[1], r[2], r[3]) for r in rows)
             if len(jobs) > 1:
@@ -2103,10 +2456,10 @@ class Queue:
         """Delete finished jobs; returns the tokens whose reservation was lost."""
         return self._by_token(cur, "ack", tokens)
 
-    def _by_token(self, cur, key, tokens):
+    def _by_token(self, cur, key, tokens, **params):
         if self.dialect is _Postgres:
             self.execute(cur, key + "_many", ids=[t[0] for t in tokens],
-                         attempts=[t[1] for t in tokens])
+                         attempts=[t[1] for t in tokens], **params)
             done = {row[0] for row in cur.fetchall()}
             return [t for t in tokens if t[0] not in done]
         if self.dialect.tokens_lock_many and len(tokens) > 1:
@@ -2122,18 +2475,21 @@ class Queue:
                 mine = [row[0] for row in cur.fetchall()]
                 if mine:
                     text, names = self._many_sql(key + "_locked", len(mine))
-                    cur.execute(text, ([self.now()] if "now" in names else []) + mine)
+                    values = dict(params, now=self.now())
+                    # The named parameters (SET ...) all come before the ids.
+                    cur.execute(text, [values[n] for n in names if n != "id"] + mine)
                 done.update(mine)
             return [t for t in tokens if t[0] not in done]
         if self._returning and len(tokens) > 1:
             # One statement per 200 tokens instead of one per job: most of
             # what acknowledging a batch of fast jobs costs.
-            now = self.now()
+            params["now"] = self.now()
             done = set()
             for start in range(0, len(tokens), 200):
                 chunk = tokens[start:start + 200]
                 text, names = self._many_sql(key, len(chunk))
-                args = [now] if "now" in names else []
+                # The named parameters (SET ...) all come before the ids.
+                args = [params[n] for n in names if n not in ("id", "attempts")]
                 args += [t[0] for t in chunk]
                 for token in chunk:
                     args += token
@@ -2142,7 +2498,7 @@ class Queue:
             return [t for t in tokens if t[0] not in done]
         lost = []
         for token in tokens:
-            self.execute(cur, key, id=token[0], attempts=token[1])
+            self.execute(cur, key, id=token[0], attempts=token[1], **params)
             if cur.rowcount != 1:
                 lost.append(token)
         return lost
@@ -2162,10 +2518,26 @@ class Queue:
         with _Transaction(self, conn) as cur:
             return self._ack(cur, tokens)
 
-    def touch(self, conn, tokens):
-        """Heartbeat: move reserved_at forward for held jobs; returns the lost ones."""
+    def touch(self, conn, tokens, lease=None):
+        """Heartbeat: renew held jobs' reservations for `lease` seconds (default:
+        QUEUE_RETRY_AFTER) from now; returns the tokens that were lost."""
+        if lease is None:
+            lease = self.config.retry_after
         with _Transaction(self, conn) as cur:
-            return self._by_token(cur, "touch", tokens)
+            return self._by_token(cur, "touch", tokens, lease=lease)
+
+    def unclaim(self, conn, jobs):
+        """Give back held jobs that never started: attempt restored, available_at
+        unchanged, so they are the next to be claimed. Returns how many were still ours."""
+        count = 0
+        with _Transaction(self, conn) as cur:
+            for j in jobs:
+                self.execute(cur, "unclaim", id=j.id, attempts=j.attempts)
+                count += cur.rowcount
+            if self.dialect.notify:
+                for queue in sorted({j.queue for j in jobs}):
+                    self.execute(cur, "notify", channel=self.channel, queue=queue)
+        return count
 
     def release(self, conn, token, delay=0, uncount=False, acks=(), payload=None):
         """Make a held job available again after `delay` seconds. False if it was lost.
@@ -2286,15 +2658,41 @@ class Queue:
                 entry["failed"] = int(failed)
         return [out[q] for q in sorted(out)]
 
-    def failed(self, queue=None):
-        """Failed jobs, oldest first, as dicts (payload and exception as text)."""
+    def failed(self, queue=None, search=None, limit=None, offset=0, newest_first=False):
+        """Failed jobs, oldest first, as dicts (payload and exception as text).
+
+        `search` keeps those whose payload or exception contains it, in any
+        case (ASCII letters on SQLite); `limit` and `offset` take one page.
+        """
+        pattern = None
+        if search:
+            pattern = "%" + re.sub(r"([!%_])", r"!\1", search.lower()) + "%"
+        key = ("failed_list", newest_first)
+        prepared = self._sql.get(key)
+        if prepared is None:
+            prepared = self._sql[key] = self.dialect.prepare(
+                getattr(self.dialect, "failed_list", None) or _SQL["failed_list"],
+                self.config.table, self.config.failed_table,
+                order="DESC" if newest_first else "ASC")
+        text, names = prepared
+        params = dict(queue=queue, search=pattern, offset=int(offset),
+                      limit=_NO_LIMIT if limit is None else int(limit))
         with _Transaction(self, self._conn(), write=False) as cur:
-            rows = self.execute(cur, "failed_list", queue=queue).fetchall()
-        result = []
-        for id_, uuid, queue_, payload, exception, failed_at in rows:
-            result.append({"id": id_, "uuid": uuid, "queue": _text(queue_), "payload": _text(payload),
-                           "exception": exception, "failed_at": str(failed_at)})
-        return result
+            cur.execute(text, [params[n] for n in names])
+            rows = cur.fetchall()
+        return [self._failed_row(row) for row in rows]
+
+    def failed_job(self, failed_id):
+        """One failed job as a dict (as in failed()), or None when there is no such id."""
+        with _Transaction(self, self._conn(), write=False) as cur:
+            row = self.execute(cur, "failed_one", id=failed_id).fetchone()
+        return self._failed_row(row) if row else None
+
+    @staticmethod
+    def _failed_row(row):
+        id_, uuid, queue, payload, exception, failed_at = row
+        return {"id": id_, "uuid": uuid, "queue": _text(queue), "payload": _text(payload),
+                "exception": exception, "failed_at": str(failed_at)}
 
     def retry(self, ids=None, queue=None):
         """Move failed jobs back to the queue with attempts reset; one transaction per job.
@@ -2307,10 +2705,21 @@ class Queue:
         new_ids = []
         for failed_id in ids:
             with self.transaction() as cur:
-                self.execute(cur, "retry", id=failed_id)
-                if cur.rowcount != 1:
+                row = self.execute(cur, "retry_source", id=failed_id).fetchone()
+                if row is None:
                     continue
-                new_ids.append(self._retried_id(cur))
+                key = _payload_unique_key(_text(row[1]))
+                if key is None:
+                    self.execute(cur, "retry", id=failed_id)
+                    new_ids.append(self._retried_id(cur))
+                else:
+                    # The job gets its unique key back. When a live job holds
+                    # it meanwhile (pushed again after this one failed), the
+                    # retry is that push again: nothing is inserted, and the
+                    # failed job is answered by the live one.
+                    new_ids.append(self._insert_unique(
+                        cur, "retry_unique",
+                        dict(id=failed_id, queue=_text(row[0]), unique_key=key))[0])
                 self.execute(cur, "forget", id=failed_id)
             if self.dialect is _Postgres:
                 with self.transaction() as cur:
@@ -2347,6 +2756,73 @@ class Queue:
         with self.transaction() as cur:
             self.execute(cur, "clear", queue=queue)
             return cur.rowcount
+
+    # -- MAIL_RATE_LIMIT ---------------------------------------------------
+
+    def _now_ms(self):
+        if self._clock is not None:
+            return int(self._clock() * 1000)
+        return int(time.time() * 1000) if self.dialect is _SQLite else None
+
+    @staticmethod
+    def _rate_lock_key(name):
+        import hashlib
+        digest = hashlib.blake2b(name.encode("utf-8"), digest_size=8).digest()
+        return int.from_bytes(digest, "big", signed=True)
+
+    def rate_take(self, name, count, window_ms, hold_ms):
+        """Take a send slot of limit `name` (`count` messages per `window_ms`).
+
+        Returns (slot, until, 0) when taken; the caller sends, then calls
+        rate_sent(name, slot, until). Returns (None, None, ms) when all
+        `count` slots were used within the last window: the oldest frees in
+        `ms`. A taken slot is held `hold_ms` ahead (a worker that dies while
+        sending blocks it no longer than that).
+
+        Why this holds for any window: a message takes a slot only when the
+        slot's previous message finished a whole window earlier, so two
+        messages inside one window never share a slot, and there are `count`.
+        """
+        with self.transaction() as cur:
+            if self.dialect.rate_lock:
+                self.execute(cur, "rate_lock", lock_key=self._rate_lock_key(name))
+            now, slot, sent_at, last = self.execute(cur, "rate_oldest", name=name,
+                                                    now_ms=self._now_ms()).fetchone()
+            if slot is not None and sent_at + window_ms <= now:
+                until = now + hold_ms
+                self.execute(cur, "rate_take", name=name, slot=slot, until=until)
+            elif last is None or last + 1 < count:
+                # The ring grows one slot at a time up to `count`: a limit of
+                # 50000/d costs no rows before it is used.
+                slot, until = (0 if last is None else last + 1), now + hold_ms
+                self.execute(cur, "rate_add", name=name, slot=slot, until=until)
+            else:
+                return None, None, max(1, sent_at + window_ms - now)
+        return slot, until, 0
+
+    def rate_sent(self, name, slot, until):
+        """The message of a slot rate_take() gave has left (or failed): stamp it now."""
+        self.statement("rate_sent", name=name, slot=slot, until=until, now_ms=self._now_ms())
+
+    def rate_use(self, conn=None):
+        """MAIL_RATE_LIMIT's use now, as a dict (None when no limit is set):
+        limit ("14/s"), messages, window_seconds, used (slots taken within
+        the last window, sends under way included)."""
+        limit = _rate_limit(self.config.mail_rate_limit)
+        if limit is None:
+            return None
+        count, window = limit
+        with _Transaction(self, conn or self._conn(), write=False) as cur:
+            try:
+                self.execute(cur, "rate_use", name=_rate_name(self.config), window_ms=window * 1000,
+                             now_ms=self._now_ms())
+                used = int(cur.fetchone()[0])
+            except self._errors() as exc:
+                if not self.dialect.is_missing_table(exc):
+                    raise
+                used = 0    # not migrated since: no worker has sent under the limit
+        return {"limit": self.config.mail_rate_limit, "messages": count,
+                "window_seconds": window, "used": used}
 
 
 class _Transaction:
@@ -2596,6 +3072,10 @@ class Worker:
     # that a second worker is never left idle behind a long prefetched batch.
     batch_seconds = 0.05
     batch_max = 100
+    # The batch is sized by how long recent jobs took; when jobs turn slow,
+    # a job that has run this long gives the rest of its batch back (attempts
+    # restored), for an idle worker to take, instead of holding it.
+    hold_seconds = 0.2
     # Acks of jobs shorter than this ride along with the next claim (one
     # commit per batch); slower jobs are acknowledged as soon as they finish.
     ack_delay_seconds = 0.005
@@ -2606,6 +3086,13 @@ class Worker:
     # Where idle workers poll (MySQL): the longest pause between two looks,
     # about half of it the push -> start latency of a long-idle worker.
     poll_max = 0.1
+    # A held job starts only while its reservation is known to be ours: when
+    # the last confirmation of the batch (its claim, or a heartbeat) is older
+    # than this (or a quarter of the lease, if less), one touch of the batch
+    # confirms it first, and jobs it finds lost are dropped, never started.
+    # Well under the lease, so a pause of the process (SIGSTOP, a frozen VM)
+    # is noticed before anything it held is started.
+    confirm_seconds = 1.0
 
     def __init__(self, queue, queues=("default",), tries=None, backoff=None, timeout=None,
                  sleep=3.0, memory=None, log=None):
@@ -2629,6 +3116,7 @@ class Worker:
         self._held = []           # reserved, not started
         self._running = None      # the Job whose handler runs
         self._acks = []           # tokens of finished jobs not yet deleted
+        self._done_lines = {}     # their log lines, written once the ack is known
         self._lock = threading.Lock()
         self._avg = None          # moving average of handler seconds
         self._timed_out = False
@@ -2637,6 +3125,8 @@ class Worker:
         self._heart = None
         self._locked_since = None
         self._last_rescue = 0.0
+        self._confirmed = (0.0, 0.0)   # (monotonic, wall) time the held batch was last confirmed
+        self._missed_ready = False     # the last claim found nothing though a job was ready
         self._settings_cache = {}  # job name -> (registry entry, settings) for plain payloads
         self._main_thread = False
         self._mail_pause = None    # a mail outage: see "mail outages" below
@@ -2716,7 +3206,12 @@ class Worker:
                         self._idle(started, max_time)
                         continue
                 with self._lock:
-                    current = self._held.pop(0)
+                    # Its age is read with the pop: a heartbeat that confirms
+                    # the batch from now on no longer covers this job.
+                    current = self._held.pop(0) if self._held else None
+                    age = self._unconfirmed_for()
+                if current is None or not self._confirm(current, age):
+                    continue
                 if self._process(current) is not False:   # False: given back by a mail outage
                     self.processed += 1
                 if self.memory and self._over_memory():
@@ -2765,20 +3260,75 @@ class Worker:
         queues = self._active_queues()
         if self._mail_pause is not None and queues == self.queues:
             want = 1    # a probe is due: fetch no batch that a failed probe hands back
+        confirmed = (time.monotonic(), time.time())
         jobs, lost = self._db(lambda c: self.queue.reserve(c, queues, want, acks, rescue))
         self._acked(acks, lost)
         for j in jobs:
             j.worker = self
         with self._lock:
             self._held.extend(jobs)
+            self._confirmed = confirmed
+        if jobs:
+            self._missed_ready = False
         return bool(jobs)
 
+    def _unconfirmed_for(self):
+        """Seconds since the held batch's reservations were last known to be ours.
+        Both clocks: a frozen VM may stop the monotonic one, not the wall clock."""
+        mono, wall = self._confirmed
+        return max(time.monotonic() - mono, abs(time.time() - wall))
+
+    def _confirm(self, job, age):
+        """True if `job` (just taken from the held batch) may start: its
+        reservation is recent enough, or a touch of it and of the rest of the
+        batch finds it still ours. Lost ones are dropped, never started."""
+        limit = min(self.confirm_seconds, self.queue.config.retry_after / 4.0)
+        if age < limit:
+            return True
+        with self._lock:
+            tokens = [job.token] + [j.token for j in self._held]
+        confirmed = (time.monotonic(), time.time())
+        lost = set(self._db(lambda c: self.queue.touch(c, tokens)))
+        with self._lock:
+            self._confirmed = confirmed
+        self._drop_lost(lost)
+        if job.token in lost:
+            self._log_lost_held(job)
+            return False
+        return True
+
+    def _drop_lost(self, lost):
+        """Take jobs whose reservation was lost out of the held batch (logged once each)."""
+        with self._lock:
+            gone = [j for j in self._held if j.token in lost]
+            self._held = [j for j in self._held if j.token not in lost]
+        for j in gone:
+            self._log_lost_held(j)
+
+    def _log_lost_held(self, job):
+        self.log.warning("reservation lost while held (expired and taken over by another"
+                         " worker?); the job is not started here", job=job.id, name=job.name,
+                         attempt=job.attempts)
+
     def _acked(self, sent, lost):
+        """After an ack of `sent` tokens: each finished job's line, now that
+        its outcome is known (done, or lost when the ack was refused)."""
+        lost = set(lost)
         with self._lock:
             del self._acks[:len(sent)]
-        for token in lost:
-            self.log.warning("reservation lost before the job was acknowledged; it will run again",
-                             job=token[0], attempt=token[1])
+            lines = [self._done_lines.pop(t, None) for t in sent]
+        for token, line in zip(sent, lines):
+            if line is None:
+                continue
+            job, elapsed, tries = line
+            if token in lost:
+                # The handler finished, but the reservation had lapsed and
+                # another worker took the job: its run there decides.
+                self._log_job(job, "lost", elapsed, tries, level="warning",
+                              reason="finished after its reservation passed to another worker;"
+                                     " not acknowledged here")
+            else:
+                self._log_job(job, "done", elapsed, tries)
 
     def _flush_acks(self):
         if self._acks:
@@ -2791,6 +3341,18 @@ class Worker:
         time, the next rescue, `sleep` seconds, or a stop."""
         queues = self._active_queues()
         due = self._db(lambda c: self.queue.next_due(c, queues)) if queues else None
+        if due is not None and due <= 0:
+            # A job is ready, yet the claim just found none: it came in since
+            # (claim again at once), or, the second time in a row, another
+            # session holds its row lock (PostgreSQL's claim skips locked
+            # rows): a worker in mid-claim, or a lost client's transaction,
+            # which can last until TCP keepalive ends it. Waiting 0 again
+            # would spin; wait as idle workers do: a NOTIFY, a commit, `sleep`.
+            if self._missed_ready:
+                due = None
+            self._missed_ready = True
+        else:
+            self._missed_ready = False
         wait = self.sleep if due is None else max(0.0, min(self.sleep, due))
         if self._mail_pause is not None:    # wake for the next probe of the mail server
             wait = min(wait, max(0.0, self._mail_pause["until"] - time.monotonic()))
@@ -2962,6 +3524,8 @@ class Worker:
                          elapsed=time.monotonic() - job.started)
             self.exit_code = 130
             raise
+        except _RateWait as exc:
+            outcome = ("wait", exc)
         except PermanentError as exc:
             outcome = ("failed", exc)
         except _MailOutage as exc:
@@ -2987,20 +3551,25 @@ class Worker:
         if outcome is None:
             with self._lock:
                 self._acks.append(job.token)
+                self._done_lines[job.token] = (job, elapsed, tries)
             # A fast job's ack waits for the next claim, also when this was the
             # batch's last job: that claim's transaction commits it whether or
             # not it finds more work, and leaving the loop flushes it too
-            # (_shutdown). One commit per batch instead of two.
+            # (_shutdown). One commit per batch instead of two. Its log line
+            # waits for the ack too (_acked).
             if elapsed >= self.ack_delay_seconds:
                 self._flush_acks()
-            self._log_job(job, "done", elapsed, tries)
             return
         _Transaction.end_abandoned(self.queue)
         kind, exc = outcome
         if kind == "outage":
             self._mail_outage(job, exc)
             return False
-        if kind == "retry" and job.attempts < tries:
+        if kind == "wait":
+            # MAIL_RATE_LIMIT: back until the next free slot, attempt unspent.
+            self._finish(job, "released", delay=exc.delay, reason=_first_line(exc), uncount=True,
+                         tries=tries, elapsed=elapsed)
+        elif kind == "retry" and job.attempts < tries:
             delay = backoff[min(job.attempts - 1, len(backoff) - 1)]
             self._finish(job, "released", delay=delay, reason=_first_line(exc), tries=tries,
                          elapsed=elapsed)
@@ -3021,16 +3590,17 @@ class Worker:
                                                              job.next_payload))
         self._acked(acks, lost)
         if not ok:
-            self.log.warning("reservation lost: another worker took the job over; outcome not"
-                             " recorded", job=job.id, name=job.name, attempt=job.attempts)
+            self._log_job(job, "lost", elapsed, tries, level="warning",
+                          reason="reservation lost: another worker took the job over; this"
+                                 " attempt's outcome (%s) is not recorded" % outcome)
             return
         self._log_job(job, outcome, elapsed, tries, delay=delay if outcome == "released" else None,
                       reason=reason)
 
-    def _log_job(self, job, outcome, elapsed, tries, delay=None, reason=None):
-        self.log.info("job", id=job.id, name=job.name, queue=job.queue,
-                      attempt="%d/%d" % (job.attempts, tries or self.tries), outcome=outcome,
-                      delay=delay, ms=round((elapsed or 0) * 1000, 1), reason=reason)
+    def _log_job(self, job, outcome, elapsed, tries, delay=None, reason=None, level="info"):
+        self.log.log(level, "job", id=job.id, name=job.name, queue=job.queue,
+                     attempt="%d/%d" % (job.attempts, tries or self.tries), outcome=outcome,
+                     delay=delay, ms=round((elapsed or 0) * 1000, 1), reason=reason)
 
     # -- mail outages --------------------------------------------------------
     # A mail server that is down, or refuses our login, is not the fault of the
@@ -3242,6 +3812,8 @@ class _Heartbeat(threading.Thread):
         self._done = threading.Event()
         self._conn = None
         self._failing = False
+        self._reported = set()    # running jobs whose loss was logged
+        self._give_back_after = 0.0
 
     def stop(self):
         self._done.set()
@@ -3252,16 +3824,45 @@ class _Heartbeat(threading.Thread):
 
     def run(self):
         last = time.monotonic()
-        while not self._done.wait(min(self.interval, 0.5)):
+        while not self._done.wait(self._pause()):
             worker = self.worker
             deadline = worker._hard_deadline
             if deadline is not None and time.monotonic() > deadline and worker._main_thread:
                 self._hard_exit()
+            self._give_back()
             if time.monotonic() - last >= self.interval:
                 last = time.monotonic()
+                stamp = (last, time.time())
                 tokens = worker.held_tokens()
                 if tokens:
-                    self._touch(tokens)
+                    self._touch(tokens, stamp)
+
+    def _pause(self):
+        # Often while a job runs with others held behind it (see _give_back).
+        worker = self.worker
+        if worker._held and worker._running is not None:
+            return min(self.interval, 0.05)
+        return min(self.interval, 0.5)
+
+    def _give_back(self):
+        """The running job has run past hold_seconds: unclaim the held batch."""
+        worker = self.worker
+        running = worker._running
+        now = time.monotonic()
+        if (running is None or not worker._held or now < self._give_back_after
+                or now - running.started < worker.hold_seconds):
+            return
+        with worker._lock:
+            jobs, worker._held = worker._held, []
+        try:
+            count = self._with_conn(lambda c: worker.queue.unclaim(c, jobs))
+        except QueueError:
+            with worker._lock:
+                worker._held[:0] = jobs     # still held: the heartbeat keeps them, tries again
+            self._give_back_after = now + 1.0
+            return
+        worker.log.debug("job runs long: gave back the jobs held behind it", job=running.id,
+                         count=count)
 
     def _with_conn(self, action):
         """action(conn) on the heartbeat's connection; a connection that died while
@@ -3283,8 +3884,11 @@ class _Heartbeat(threading.Thread):
                 if failures == 2:
                     raise
 
-    def _touch(self, tokens):
+    def _touch(self, tokens, confirmed=None):
+        """Renew `tokens` (taken from the worker at time `confirmed`)."""
         worker = self.worker
+        if confirmed is None:
+            confirmed = (time.monotonic(), time.time())
         try:
             lost = self._with_conn(lambda c: worker.queue.touch(c, tokens))
         except QueueError as exc:
@@ -3298,17 +3902,20 @@ class _Heartbeat(threading.Thread):
         self._failing = False
         # A job the worker finished while the touch ran (acknowledged, released
         # or failed) is gone for a good reason, and a refused acknowledgement is
-        # reported where it happens. Only a job still waiting or running here
-        # was taken over by someone else.
-        with worker._lock:
-            still = {j.token for j in worker._held}
+        # reported where it happens. A job still waiting here was taken over
+        # by someone else: it leaves the batch and never starts here.
+        lost = set(lost)
+        worker._drop_lost(lost)
         running = worker._running
-        if running is not None:
-            still.add(running.token)
-        for token in lost:
-            if token in still:
-                worker.log.warning("reservation lost while held (expired and taken over?)",
-                                   job=token[0], attempt=token[1])
+        if running is not None and running.token in lost and running.token not in self._reported:
+            self._reported.add(running.token)
+            worker.log.warning("reservation lost while the job runs (expired and taken over by"
+                               " another worker?); it may run there too, and its outcome here"
+                               " will not be recorded", job=running.id, name=running.name,
+                               attempt=running.attempts)
+        # Every job still held was in this touch or claimed after it began.
+        with worker._lock:
+            worker._confirmed = max(worker._confirmed, confirmed)
 
     def _hard_exit(self):
         """The handler ignored its interruption: record the attempt and end the process."""
@@ -3330,7 +3937,8 @@ class _Heartbeat(threading.Thread):
                     delay = backoff[min(running.attempts - 1, len(backoff) - 1)]
                     worker.queue.release(conn, running.token, delay)
             if worker._acks:
-                worker.queue.ack(conn, list(worker._acks))
+                acks = list(worker._acks)
+                worker._acked(acks, worker.queue.ack(conn, acks))
             for held in list(worker._held):
                 worker.queue.release(conn, held.token, 0, True)
 
@@ -3354,10 +3962,14 @@ class _Heartbeat(threading.Thread):
 
 _EMAIL_QUEUE = "emails"
 _SEED_NAMESPACE = "App\\Libraries\\Queue\\Jobs\\"
+# \Z, not $, here too: "X-Campaign\n" would pass as a header name, and go
+# out with a bare LF that ends the message's headers early.
 _TEMPLATE_NAME = _Pattern(r"^[A-Za-z0-9_][A-Za-z0-9_-]{0,99}\Z")
-_HEADER_NAME = _Pattern(r"^[A-Za-z][A-Za-z0-9-]{0,75}$")
+_HEADER_NAME = _Pattern(r"^[A-Za-z][A-Za-z0-9-]{0,75}\Z")
 _ADDR_SPEC = _Pattern(r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@"
-                      r"[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$")
+                      r"[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?\Z")
+# A payload's uuid that can go into a Message-ID as it is.
+_MESSAGE_ID_UUID = _Pattern(r"^[A-Za-z0-9-]{1,64}\Z")
 _HTML_TAG = _Pattern(r"<\s*[A-Za-z!/]")
 # Headers dbqueue writes itself, or that would change who receives the mail:
 # `headers` may not set them (use the fields of the same name).
@@ -3383,7 +3995,7 @@ def _aliases():
 
 def queue_email(to, subject, text=None, html=None, cc=None, bcc=None, reply_to=None,
                 sender=None, headers=None, delay=0, connection=None, using=None,
-                queue=_EMAIL_QUEUE):
+                queue=_EMAIL_QUEUE, unique_key=None):
     """Enqueue a `send_email` job on the "emails" queue; returns its id.
 
         dbqueue.queue_email("ann@example.com", "Your report", text="...", html="<p>...</p>")
@@ -3393,8 +4005,11 @@ def queue_email(to, subject, text=None, html=None, cc=None, bcc=None, reply_to=N
     MAIL_FROM_ADDRESS / MAIL_FROM_NAME; `headers` adds headers such as
     List-Unsubscribe. `connection=` writes the job inside your open
     transaction; `using=` is the Queue to use (default: Queue.from_env(),
-    opened and closed for this call). Bad addresses or a CR/LF in any header
-    raise ValueError here, before anything is stored.
+    opened and closed for this call). `unique_key=` as for Queue.push(): while
+    a message with that key waits or is being sent, another is not queued
+    ("verify:ann@example.com" for a "resend" button clicked twice). Bad
+    addresses or a CR/LF in any header raise ValueError here, before
+    anything is stored.
     """
     data = {"to": to, "subject": subject, "text": text, "html": html, "cc": cc, "bcc": bcc,
             "reply_to": reply_to, "from": sender, "headers": headers}
@@ -3403,12 +4018,12 @@ def queue_email(to, subject, text=None, html=None, cc=None, bcc=None, reply_to=N
         _email_fields(data, None)
     except PermanentError as exc:
         raise ValueError(str(exc))
-    return _enqueue("send_email", data, delay, connection, using, queue)
+    return _enqueue("send_email", data, delay, connection, using, queue, unique_key)
 
 
 def queue_template_email(to, template, variables=None, cc=None, bcc=None, reply_to=None,
                          sender=None, headers=None, delay=0, connection=None, using=None,
-                         queue=_EMAIL_QUEUE):
+                         queue=_EMAIL_QUEUE, unique_key=None):
     """Enqueue a `send_template_email` job on the "emails" queue; returns its id.
 
         dbqueue.queue_template_email("ann@example.com", "verify_email",
@@ -3429,15 +4044,18 @@ def queue_template_email(to, template, variables=None, cc=None, bcc=None, reply_
         _email_fields(dict(data, subject="", text="-"), None)
     except PermanentError as exc:
         raise ValueError(str(exc))
-    return _enqueue("send_template_email", data, delay, connection, using, queue)
+    return _enqueue("send_template_email", data, delay, connection, using, queue, unique_key)
 
 
-def _enqueue(name, data, delay, connection, using, queue_name):
+def _enqueue(name, data, delay, connection, using, queue_name, unique_key):
     if using is not None and not isinstance(using, Queue):
         raise TypeError("using= must be a dbqueue.Queue (the queue's name is queue=)")
+    if unique_key is not None:
+        _unique_key(unique_key)   # a ValueError before Queue.from_env() opens anything
     target = using if using is not None else Queue.from_env()
     try:
-        return target.push(name, data, queue=queue_name, delay=delay, connection=connection)
+        return target.push(name, data, queue=queue_name, delay=delay, connection=connection,
+                           unique_key=unique_key)
     finally:
         if using is None:
             target.close()
@@ -3626,7 +4244,7 @@ def _message_id(domain):
     """<uuid@domain> from the running job, so that a retried send keeps its id."""
     import email.utils
     running = current_job()
-    if running is not None and running.uuid and re.match(r"^[A-Za-z0-9-]{1,64}$", running.uuid):
+    if running is not None and running.uuid and _MESSAGE_ID_UUID.match(running.uuid):
         return "<%s@%s>" % (running.uuid, domain)
     if running is not None and running.id is not None:
         # A payload without a uuid (the seed app's): the row id is stable across retries.
@@ -4256,6 +4874,26 @@ def _template_dir_names(config):
 
 # -- sending ---------------------------------------------------------------------
 
+def _message_parts(fields):
+    """(message, its bytes, its bytes for a server without 8BITMIME or None)
+    for checked fields."""
+    try:
+        msg = _build_message(fields)
+        data = _message_bytes(msg)
+        # For a server that does not offer 8BITMIME: the body as QP or base64.
+        data_7bit = None if data.isascii() else _message_bytes(_build_message(fields, True))
+        return msg, data, data_7bit
+    except (QueueError, MemoryError):
+        raise
+    except Exception as exc:
+        # The email package refusing the message, or tripping over it (Python
+        # 3.8 raises TypeError for a blank Orig-Date), is about the data,
+        # which a retry cannot change (smtplib's own errors are classified in
+        # _smtp_error).
+        raise PermanentError("the message cannot be built: %s: %s"
+                             % (type(exc).__name__, _first_line(exc)))
+
+
 def _deliver(fields, config):
     """Send (or, with MAIL_MAILER=log, log) one checked message.
 
@@ -4272,15 +4910,7 @@ def _deliver(fields, config):
     state = _mail_state(running)
     state.setdefault("date", email.utils.formatdate(localtime=True))
     fields = dict(fields, date=state["date"])
-    try:
-        msg = _build_message(fields)
-        data = _message_bytes(msg)
-        # For a server that does not offer 8BITMIME: the body as QP or base64.
-        data_7bit = None if data.isascii() else _message_bytes(_build_message(fields, True))
-    except (ValueError, UnicodeError) as exc:
-        # The email package refusing the message is about the data, which a
-        # retry cannot change (smtplib's own errors are classified below).
-        raise PermanentError("the message cannot be built: %s" % _first_line(exc))
+    msg, data, data_7bit = _message_parts(fields)
     sender = fields["from"][1]
     everyone = []
     for _, addr in fields["to"] + fields["cc"] + fields["bcc"]:
@@ -4293,7 +4923,10 @@ def _deliver(fields, config):
     last = running is None or running.attempts >= tries
     if config.mail_mailer == "sendmail":
         try:
-            _Sendmail(config).send(sender, everyone, data)
+            with _RateSlot(config, worker):
+                _Sendmail(config).send(sender, everyone, data)
+        except _RateWait:
+            raise
         except QueueError as exc:
             _keep_mail_state(running, state, failing=isinstance(exc, PermanentError) or last)
             raise
@@ -4311,8 +4944,11 @@ def _deliver(fields, config):
             if reuse:
                 worker.resources["smtp"] = mailer
         try:
-            # SMTP lines end in CRLF; smtplib fixes line ends only of str messages.
-            refused = mailer.send(sender, recipients, data, data_7bit)
+            with _RateSlot(config, worker):
+                # SMTP lines end in CRLF; smtplib fixes line ends only of str messages.
+                refused = mailer.send(sender, recipients, data, data_7bit)
+        except _RateWait:
+            raise      # nothing was sent: not a word about the server
         except QueueError as exc:
             outage = isinstance(exc, _MailOutage)
             # The same Date on the next attempt (an outage gives the job back).
@@ -4413,6 +5049,91 @@ def _keep_mail_state(running, state, failing=False):
         running.next_payload = None
         return
     running.next_payload = _dumps(dict(running.payload, mail=state))
+
+
+class _RateWait(QueueError):
+    """MAIL_RATE_LIMIT's next free slot is further off than a handler should
+    wait: the worker gives the job back, its attempt unspent, until then."""
+
+    def __init__(self, message, delay):
+        super().__init__(message)
+        self.delay = delay
+
+
+def _rate_name(config):
+    # Shared by every worker of this jobs table, on any host. The name holds
+    # the limit itself: workers that disagree on it (during a deploy that
+    # changes it) each keep their own ring, never a mix.
+    return "%s mail %s" % (config.table, config.mail_rate_limit)
+
+
+class _RateSlot:
+    """`with _RateSlot(config, worker):` around one send, under MAIL_RATE_LIMIT.
+
+    Takes a send slot in the database before the block, waiting in the
+    handler for up to `wait_inline` seconds (the next slot of 14/s is at most a
+    second away); a longer wait raises _RateWait. After the block the slot
+    holds the moment the send ended, so a slot's next message starts a whole
+    window after its last one arrived: the limit holds for what the server
+    receives, not only for when the workers started sending.
+    """
+
+    wait_inline = 5.0
+
+    def __init__(self, config, worker):
+        self.config, self.worker = config, worker
+        self.queue = self.slot = None
+
+    def __enter__(self):
+        limit = _rate_limit(self.config.mail_rate_limit)
+        if limit is None:
+            return self
+        count, window = limit
+        own = self.worker is None     # _deliver() outside a worker: a queue for this send
+        self.queue = Queue(config=self.config) if own else self.worker.queue
+        name = _rate_name(self.config)
+        # A job's timeout keeps running while it waits here: wait less than what is left.
+        inline = self.wait_inline
+        deadline = getattr(self.worker, "_hard_deadline", None)
+        if deadline is not None:
+            inline = min(inline, deadline - self.worker.timeout_grace - time.monotonic() - 1.0)
+        waited = 0.0
+        try:
+            while True:
+                try:
+                    slot, until, wait_ms = self.queue.rate_take(
+                        name, count, window * 1000, max(60, 4 * self.config.mail_timeout) * 1000)
+                except DatabaseError as exc:
+                    if isinstance(exc, MissingTableError) or not exc.transient:
+                        raise
+                    # The database is away: not this message's fault.
+                    raise _RateWait("MAIL_RATE_LIMIT: the database did not answer: %s"
+                                    % _first_line(exc), 1)
+                if slot is not None:
+                    self.slot = (name, slot, until)
+                    return self
+                if waited + wait_ms / 1000.0 > inline:
+                    raise _RateWait("MAIL_RATE_LIMIT %s: the next message may leave in %.1fs"
+                                    % (self.config.mail_rate_limit, wait_ms / 1000.0),
+                                    int(wait_ms // 1000))
+                time.sleep(wait_ms / 1000.0)
+                waited += wait_ms / 1000.0
+        finally:
+            if own and self.slot is None:
+                self.queue.close()
+
+    def __exit__(self, kind, exc, tb):
+        if self.slot is None:
+            return False
+        try:
+            # Also after a failed send: it may have reached the server.
+            self.queue.rate_sent(*self.slot)
+        except QueueError:
+            pass   # the slot stays held until its hold lapses: later, never sooner
+        finally:
+            if self.worker is None:
+                self.queue.close()
+        return False
 
 
 def _log_message(log, msg, sender, recipients):
@@ -4816,6 +5537,816 @@ def _scrub(text, config):
     for form in sorted(forms, key=len, reverse=True):
         text = text.replace(form, "***")
     return text
+
+
+###############################################################################
+# Dashboard ###################################################################
+###############################################################################
+
+# `python dbqueue.py dashboard`: a small admin page in the manner of Sidekiq's
+# web UI. Plain server-rendered HTML, one view per task, every action a POST
+# form with a CSRF token; it reads and changes the tables only through the
+# Queue methods the CLI uses (stats, failed, retry, forget).
+#
+# Rules, as for any admin page:
+# - Every value reaches the HTML through _esc() (directly or through _fill()),
+#   the one escaping helper; markup built from escaped parts is _HTML.
+# - Nothing secret leaves: the database URL is masked, payloads and exceptions
+#   are masked as below, the token is never shown or logged.
+# - It binds 127.0.0.1 unless DBQUEUE_DASHBOARD_TOKEN is set; with no token
+#   it answers only requests addressed to a loopback name, so that a web page
+#   cannot reach it through DNS rebinding either.
+# - The Content-Security-Policy allows nothing but the page's own inline CSS
+#   and script (by hash), its own forms and images from data: URLs.
+
+_DASHBOARD_PAGE = 50            # failed jobs per page
+_DASHBOARD_REFRESH = 5          # seconds between reloads of the overview
+_DASHBOARD_TOKEN_MIN = 16       # characters: a token on a network is a password
+_DASHBOARD_AUTH_COOKIE = "dbqueue_auth"
+_DASHBOARD_SESSION_COOKIE = "dbqueue_session"
+# Keys whose values are hidden in a payload; and key=value pairs in free text.
+_SECRET_KEY = _Pattern(r"(?i)pass(word|wd|phrase)?|pwd|secret|token|api[-_]?key|access[-_]?key"
+                       r"|private[-_]?key|auth(?!or)|credential|cookie|session|signature|otp"
+                       r"|code\Z")
+# "password=x", "api_key: x", '"token": "x"' in an exception or a payload that is not JSON.
+_SECRET_PAIR = _Pattern(r"(?i)\b([\w.-]*?(?:pass(?:word|wd)?|pwd|secret|token|api[-_]?key"
+                        r"|access[-_]?key|auth|signature|key)[\"']?\s*[=:]\s*[\"']?)"
+                        r"([^\s&\"'<>,;()]+)")
+# A URL: scheme, optional user:password@, host[:port], then the rest.
+_LINK = _Pattern(r"\b([A-Za-z][A-Za-z0-9+.-]{1,15}://)([^/\s?#\"'<>@]*@)?([^/\s?#\"'<>]*)"
+                 r"([^\s\"'<>]*)")
+_LOOPBACK_NAMES = ("localhost", "localhost.", "ip6-localhost")
+
+
+class _HTML(str):
+    """Text that is HTML already: _esc() passes it through unchanged."""
+
+    __slots__ = ()
+
+
+def _esc(value):
+    """The one escaping helper: any value as HTML text (quotes too, for attributes)."""
+    if isinstance(value, _HTML):
+        return value
+    import html
+    return _HTML(html.escape("" if value is None else str(value), quote=True))
+
+
+def _fill(_template, **values):
+    """`_template` (a constant) with each {name} replaced by its escaped value."""
+    return _HTML(_template.format(**{k: _esc(v) for k, v in values.items()}))
+
+
+def _join(parts, sep=""):
+    return _HTML(_esc(sep).join(_esc(p) for p in parts))
+
+
+def _url(_path, **query):
+    """A link to one of the dashboard's own pages; empty parameters are left out."""
+    from urllib.parse import urlencode
+    query = [(k, v) for k, v in query.items()
+             if v is not None and v != "" and not (k == "page" and v == 1)]
+    return _path + ("?" + urlencode(query) if query else "")
+
+
+def _jobs(count, what="job"):
+    """'1 failed job', '1,204 failed jobs': counts as a page says them."""
+    return "{:,} {}{}".format(count, what, "" if count == 1 else "s")
+
+
+def _mask_links(text):
+    """Each URL in `text` as scheme://host/***: in a mail queue a link's path is the
+    secret (a verification or password reset link opens an account)."""
+    def repl(match):
+        scheme, userinfo, host, rest = match.groups()
+        shown = scheme + ("***@" if userinfo else "") + host
+        return shown + ("/***" if rest.strip("/") else rest)
+    return _LINK.sub(repl, text)
+
+
+def _mask_text(text, config, links=False):
+    """Free text for a page: passwords of URLs, key=value secrets and the SMTP
+    password hidden; with `links`, every link's path too."""
+    text = _scrub(text or "", config)
+    text = _mask_links(text) if links else _mask_url(text)
+    return _SECRET_PAIR.sub(lambda m: m.group(1) + "***", text)
+
+
+def _mask_payload(value, config, key=""):
+    """A decoded payload with secrets replaced by "***", as shown on the job's page."""
+    if key and value not in (None, "", [], {}) and _SECRET_KEY.search(key):
+        return "***"
+    if isinstance(value, dict):
+        return {k: _mask_payload(v, config, str(k)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_mask_payload(v, config, key) for v in value]
+    if isinstance(value, str):
+        return _mask_text(value, config, links=True)
+    return value
+
+
+def _failed_summary(row, config):
+    """What the failed list shows of one row: job, recipient, error line, when."""
+    job, template, recipient = _job_name(row["payload"] or ""), "", ""
+    try:
+        payload = json.loads(row["payload"] or "")
+    except (ValueError, RecursionError):
+        payload = None
+    data = payload.get("data") if isinstance(payload, dict) else None
+    if isinstance(data, dict):
+        to = data.get("to")
+        if isinstance(to, list):
+            to = ", ".join(str(t) for t in to)
+        recipient = to if isinstance(to, str) else ""
+        if isinstance(data.get("template"), str):
+            template = data["template"].rstrip("/").rsplit("/", 1)[-1]
+    return {"job": job, "template": template, "recipient": _mask_text(recipient, config),
+            "error": _mask_text(_error_line(row["exception"]), config),
+            "failed_at": re.sub(r"\.\d+", "", row["failed_at"])}
+
+
+def _dashboard_alerts(queue, stats):
+    """Banners for the top of the overview and the failed list: [(kind, text)],
+    kind "warn" or "info"."""
+    alerts = []
+    # ---- THE MAIL OUTAGE AND RATE-LIMIT STATE (issues 10 and 13) ----
+    # The outage is what a worker recorded in dbqueue_state, the rate what
+    # the workers' send slots hold. Both are extra, as in `stats`: never a
+    # failed page.
+    try:
+        outage = queue.mail_outage()
+    except QueueError:
+        outage = None
+    try:
+        rate = queue.rate_use()
+    except QueueError:
+        rate = None
+    if isinstance(outage, dict):
+        since = outage.get("since")
+        text = "The mail server has been unreachable for %s%s" % (
+            _duration(outage.get("seconds", 0)),
+            " (since %s UTC)" % time.strftime("%H:%M", time.gmtime(since))
+            if isinstance(since, int) else "")
+        if outage.get("error"):
+            text += ": %s" % _mask_text(str(outage["error"]), queue.config)
+        queues = outage.get("queues") or []
+        text += (". Sending is paused%s and no email fails because of it; workers keep trying."
+                 % (" on %s" % ", ".join(str(q) for q in queues) if queues else ""))
+        if outage.get("stale"):
+            text += (" No worker has tried for %s: is one running?"
+                     % _duration(outage.get("checked_ago", 0)))
+        alerts.append(("warn", text))
+    if isinstance(rate, dict) and rate.get("limit"):
+        used, most = rate.get("used", 0), rate.get("messages", 0)
+        window = rate.get("window_seconds", 0)
+        window = {1: "second", 60: "minute", 3600: "hour", 86400: "day"}.get(window) or \
+            _duration(window)
+        alerts.append(("warn" if most and used >= most else "info",
+                       "MAIL_RATE_LIMIT=%s: %s of %s sent in the last %s%s." % (
+                           rate["limit"], "{:,}".format(used), "{:,}".format(most), window,
+                           "; the next emails wait their turn" if most and used >= most else "")))
+    for s in stats:
+        if s["expired"]:
+            alerts.append(("warn", "Queue %s: %s held by a worker that stopped renewing %s"
+                           " reservation (QUEUE_RETRY_AFTER has passed). The next worker to look"
+                           " takes %s back." % (s["queue"], _jobs(s["expired"]),
+                                                "its" if s["expired"] == 1 else "their",
+                                                "it" if s["expired"] == 1 else "them")))
+    return alerts
+
+
+_DASHBOARD_CSS = """
+:root{--bg:#f6f7f9;--card:#fff;--text:#1d2430;--muted:#5d6778;--line:#e2e5eb;--accent:#2457c5;
+--ok:#1f6e46;--ok-bg:#e6f4ec;--warn-bg:#fff6e0;--warn:#8a5a00;--bad:#b3261e;--bad-bg:#fdecea;--info-bg:#e8f0fe;
+--mono:ui-monospace,SFMono-Regular,Menlo,Consolas,"Liberation Mono",monospace}
+@media (prefers-color-scheme:dark){:root{--bg:#14171c;--card:#1c2027;--text:#e4e7ec;--muted:#9aa3b2;
+--line:#2d333d;--accent:#7aa2f7;--ok:#5cc98b;--ok-bg:#17301f;--warn-bg:#3a2f14;--warn:#f0c060;--bad:#ff8a80;
+--bad-bg:#3b1f1f;--info-bg:#1d2a44}}
+*{box-sizing:border-box}
+body{margin:0;background:var(--bg);color:var(--text);font:15px/1.5 system-ui,-apple-system,
+"Segoe UI",Roboto,"Helvetica Neue",Arial,sans-serif}
+a{color:var(--accent);text-decoration:none}a:hover{text-decoration:underline}
+header{background:var(--card);border-bottom:1px solid var(--line)}
+.bar{max-width:1200px;margin:0 auto;padding:10px 20px;display:flex;flex-wrap:wrap;
+align-items:center;gap:6px 22px}
+.brand{font-weight:700;font-size:17px;color:var(--text)}
+nav{display:flex;gap:4px}
+nav a{padding:6px 10px;border-radius:6px;color:var(--muted)}
+nav a[aria-current]{background:var(--info-bg);color:var(--accent);font-weight:600}
+.where{margin-left:auto;color:var(--muted);font:12px/1.4 var(--mono);overflow-wrap:anywhere}
+.pill{display:inline-block;padding:1px 8px;border-radius:99px;font:600 12px/1.6 system-ui,sans-serif;
+background:var(--line);color:var(--muted)}
+.pill.bad{background:var(--bad-bg);color:var(--bad)}
+main{max-width:1200px;margin:0 auto;padding:20px}
+h1{font-size:22px;margin:4px 0 16px}h2{font-size:17px;margin:26px 0 10px}
+.note{padding:10px 14px;border-radius:8px;margin:0 0 14px;background:var(--info-bg)}
+.note.warn{background:var(--warn-bg);color:var(--warn)}
+.note.ok{background:var(--ok-bg);color:var(--ok)}
+.note.bad{background:var(--bad-bg);color:var(--bad)}
+.tiles{display:grid;grid-template-columns:repeat(auto-fit,minmax(150px,1fr));gap:12px;margin:0 0 20px}
+.tile{background:var(--card);border:1px solid var(--line);border-radius:10px;padding:12px 16px}
+.tile b{display:block;font-size:26px;line-height:1.2;font-variant-numeric:tabular-nums}
+.tile span{color:var(--muted);font-size:13px}
+.tile.bad b{color:var(--bad)}
+.panel{background:var(--card);border:1px solid var(--line);border-radius:10px;overflow-x:auto}
+table{width:100%;border-collapse:collapse}
+th,td{padding:9px 12px;text-align:left;border-bottom:1px solid var(--line);vertical-align:top}
+th{font-size:12px;text-transform:uppercase;letter-spacing:.04em;color:var(--muted);font-weight:600}
+tr:last-child td{border-bottom:0}
+td.num,th.num{text-align:right;font-variant-numeric:tabular-nums}
+td.zero{color:var(--muted)}
+td.bad{color:var(--bad);font-weight:600}
+td.err{max-width:460px;overflow-wrap:anywhere}td.err a{color:var(--text)}
+.sub{display:block;color:var(--muted);font-size:13px}
+td.acts,td.when{white-space:nowrap}td.acts{text-align:right}
+.mono{font-family:var(--mono);font-size:13px}
+.muted{color:var(--muted)}
+form.inline{display:inline}
+button,.button{font:inherit;font-size:13px;padding:5px 12px;border-radius:6px;cursor:pointer;
+border:1px solid var(--line);background:var(--card);color:var(--text)}
+button.primary,.button.primary{background:var(--accent);border-color:var(--accent);color:#fff}
+button.danger{color:var(--bad)}
+button:hover,.button:hover{filter:brightness(.96);text-decoration:none}
+.filters{display:flex;flex-wrap:wrap;gap:8px;margin:0 0 14px;align-items:center}
+.filters input,.filters select{font:inherit;padding:5px 9px;border:1px solid var(--line);
+border-radius:6px;background:var(--card);color:var(--text)}
+.filters input[type=search]{flex:1 1 260px}
+.pager{display:flex;gap:12px;align-items:center;margin:14px 0;color:var(--muted)}
+dl{display:grid;grid-template-columns:max-content 1fr;gap:6px 18px;margin:0;padding:14px 16px}
+dt{color:var(--muted)}dd{margin:0;overflow-wrap:anywhere}
+pre{margin:0;padding:14px 16px;font:13px/1.5 var(--mono);white-space:pre-wrap;overflow-wrap:anywhere}
+.actions{display:flex;gap:8px;margin:14px 0}
+footer{max-width:1200px;margin:0 auto;padding:0 20px 24px;color:var(--muted);font-size:13px}
+@media (max-width:720px){
+.bar{padding:8px 14px}.where{margin-left:0;width:100%}main{padding:14px}footer{padding:0 14px 20px}
+.tiles{grid-template-columns:1fr 1fr;gap:10px}.tiles .tile:last-child{grid-column:1/-1}
+.panel.cards{background:none;border:0;overflow:visible}
+.cards table,.cards tbody,.cards tr,.cards td{display:block;width:100%}
+.cards thead{display:none}
+.cards tr{background:var(--card);border:1px solid var(--line);border-radius:10px;margin:0 0 10px;
+padding:6px 0}
+.cards td{border:0;padding:3px 14px;display:flex;gap:12px;justify-content:space-between;text-align:right}
+.cards td::before{content:attr(data-label);color:var(--muted);font:13px/1.6 system-ui,sans-serif;
+text-align:left;flex:0 0 auto}
+.cards td.err{max-width:none;display:block;text-align:left}.cards td.err::before{display:block}
+.cards td.acts{justify-content:flex-end;padding-top:8px}.cards td.acts::before{content:none}
+dl{grid-template-columns:1fr}dt{margin-top:6px}
+}
+"""
+
+# Forms with data-confirm ask first (Forget). Without JavaScript they simply submit.
+_DASHBOARD_JS = ('document.addEventListener("submit",function(e){'
+                 'var m=e.target.getAttribute("data-confirm");'
+                 'if(m&&!window.confirm(m))e.preventDefault();});')
+
+
+def _csp_hash(text):
+    import base64
+    import hashlib
+    return "'sha256-%s'" % base64.b64encode(hashlib.sha256(text.encode("utf-8")).digest()).decode()
+
+
+class _Dashboard:
+    """The dashboard's pages: handle() turns one request into (status, headers, body).
+
+    Knows nothing of sockets (the server is _dashboard_server()); every
+    request runs on a connection of its own, closed when it is answered.
+    """
+
+    def __init__(self, queue, read_only=False, token=None, log=None, page_size=_DASHBOARD_PAGE):
+        self.queue = queue
+        self.config = queue.config
+        self.read_only = read_only
+        self.token = token or None
+        self.log = log or _Log()
+        self.page_size = page_size
+        # Per process: forms rendered before a restart are refused (403).
+        self.secret = os.urandom(32)
+        self.flash = {}                 # session -> the message for its next page
+        self.flash_lock = threading.Lock()
+        self.csp = ("default-src 'none'; style-src %s; script-src %s; img-src 'self' data:;"
+                    " form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+                    % (_csp_hash(_DASHBOARD_CSS), _csp_hash(_DASHBOARD_JS)))
+
+    # -- secrets ---------------------------------------------------------
+
+    def _mac(self, key, message):
+        import hashlib
+        import hmac
+        return hmac.new(key, message.encode("utf-8"), hashlib.sha256).hexdigest()
+
+    def auth_cookie(self):
+        """The cookie ?token= sets: derived from the token, never the token itself."""
+        return self._mac(self.token.encode("utf-8"), "dbqueue dashboard session")
+
+    def csrf(self, session):
+        return self._mac(self.secret, "csrf " + session)
+
+    @staticmethod
+    def _same(a, b):
+        import hmac
+        return hmac.compare_digest(a.encode("utf-8"), b.encode("utf-8"))
+
+    # -- one request -----------------------------------------------------
+
+    def handle(self, method, target, headers, body=b""):
+        """(status, [(header, value)], body bytes) for one request."""
+        from urllib.parse import parse_qs, urlsplit
+        parts = urlsplit(target)
+        query = {k: v[-1] for k, v in parse_qs(parts.query, keep_blank_values=True).items()}
+        cookies = self._cookies(headers.get("Cookie", ""))
+        out = []
+        if self.token is None and not self._loopback_host(headers.get("Host", "")):
+            return self._error(403, "Wrong address", "This dashboard answers only at 127.0.0.1"
+                               " or localhost (set DBQUEUE_DASHBOARD_TOKEN to serve it on a"
+                               " network).", out, anonymous=True)
+        if self.token is not None:
+            given = query.get("token")
+            if given is not None and method in ("GET", "HEAD"):
+                if not self._same(given, self.token):
+                    return self._error(401, "Wrong token", "That is not this dashboard's token.",
+                                       out, anonymous=True)
+                # The token leaves the address bar: a cookie carries the session.
+                query.pop("token")
+                out.append(("Set-Cookie", "%s=%s; Path=/; HttpOnly; SameSite=Strict"
+                            % (_DASHBOARD_AUTH_COOKIE, self.auth_cookie())))
+                path = parts.path if re.match(r"^(/[A-Za-z0-9_-]+)*/?\Z", parts.path) else "/"
+                return 303, out + [("Location", _url(path or "/", **query))], b""
+            if not self._authorised(headers, cookies):
+                return self._error(401, "Token needed", "This dashboard needs its token: open"
+                                   " it once as /?token=… (DBQUEUE_DASHBOARD_TOKEN), or send the"
+                                   " header Authorization: Bearer ….", out, anonymous=True)
+        session = cookies.get(_DASHBOARD_SESSION_COOKIE, "")
+        if not re.match(r"^[0-9a-f]{32}\Z", session):
+            session = os.urandom(16).hex()
+            out.append(("Set-Cookie", "%s=%s; Path=/; HttpOnly; SameSite=Strict"
+                        % (_DASHBOARD_SESSION_COOKIE, session)))
+        path = parts.path or "/"
+        try:
+            if method == "POST":
+                return self._post(path, body, session, cookies, out)
+            if method not in ("GET", "HEAD"):
+                return self._error(405, "Not allowed", "Use GET or POST.", out)
+            return self._get(path, query, session, out)
+        except DatabaseError as exc:
+            self.log.warning("dashboard: database error", error=_mask_url(_first_line(exc)))
+            return self._error(503, "The database did not answer", _mask_url(_first_line(exc)),
+                               out, refresh=True)
+        finally:
+            self._release_connection()
+
+    def _release_connection(self):
+        conn = getattr(self.queue._local, "conn", None)
+        if conn is not None:
+            self.queue.discard(conn)
+
+    def _connect(self):
+        # Opens, never creates: the dashboard is no reason to make a database.
+        if getattr(self.queue._local, "conn", None) is None:
+            self.queue._local.conn = self.queue.connect(create=False)
+
+    @staticmethod
+    def _cookies(header):
+        cookies = {}
+        for part in header.split(";"):
+            name, _, value = part.strip().partition("=")
+            if name:
+                cookies.setdefault(name, value)
+        return cookies
+
+    @staticmethod
+    def _loopback_host(host):
+        """Whether a Host header names this machine's loopback (any port: a tunnel's)."""
+        host = host.strip()
+        if host.startswith("["):
+            host = host[1:].partition("]")[0]
+        elif host.count(":") == 1:
+            host = host.partition(":")[0]
+        return _is_loopback(host)
+
+    def _authorised(self, headers, cookies):
+        auth = headers.get("Authorization", "")
+        if auth[:7].lower() == "bearer ":
+            return self._same(auth[7:].strip(), self.token)
+        cookie = cookies.get(_DASHBOARD_AUTH_COOKIE)
+        return cookie is not None and self._same(cookie, self.auth_cookie())
+
+    # -- GET -------------------------------------------------------------
+
+    def _get(self, path, query, session, out):
+        self._connect()
+        if path == "/":
+            return self._overview(session, out)
+        if path == "/failed":
+            return self._failed_list(query, session, out)
+        match = re.match(r"^/failed/([0-9]{1,18})\Z", path)
+        if match:
+            return self._failed_job(int(match.group(1)), session, out)
+        if path == "/retry-all" and not self.read_only:
+            return self._retry_all_page(query.get("queue", ""), session, out)
+        return self._error(404, "Not found", "There is no such page.", out)
+
+    def _overview(self, session, out):
+        stats = self.queue.stats()
+        total = {k: sum(s[k] for s in stats) for k in ("ready", "delayed", "reserved", "failed")}
+        ages = [s["oldest_ready_age"] for s in stats if s["oldest_ready_age"] is not None]
+        tiles = []
+        for key, label in (("ready", "ready"), ("delayed", "delayed"), ("reserved", "running"),
+                           ("failed", "failed")):
+            tiles.append(_fill('<div class="tile{bad}" data-total="{key}"><b>{n}</b>'
+                               '<span>{label}</span></div>',
+                               bad=" bad" if key == "failed" and total[key] else "", key=key,
+                               n="{:,}".format(total[key]), label=label))
+        tiles.append(_fill('<div class="tile"><b>{age}</b><span>{label}</span></div>',
+                           age=_duration(max(ages)) if ages else "–",
+                           label="oldest ready job's wait"))
+        rows = []
+        for s in stats:
+            failed_link = _fill('<a href="{href}">{n}</a>', href=_url("/failed", queue=s["queue"]),
+                                n="{:,}".format(s["failed"])) if s["failed"] else "0"
+            actions = ""
+            if s["failed"] and not self.read_only:
+                actions = _fill('<a class="button" href="{href}">Retry all</a>',
+                                href=_url("/retry-all", queue=s["queue"]))
+            reserved = "{:,}".format(s["reserved"])
+            if s["expired"]:
+                reserved += " (%d expired)" % s["expired"]
+            rows.append(_fill(
+                '<tr data-queue="{queue}"><td data-label="Queue" class="mono">{queue}</td>'
+                '<td data-label="Ready" class="num{z1}">{ready}</td>'
+                '<td data-label="Delayed" class="num{z2}">{delayed}</td>'
+                '<td data-label="Running" class="num{z3}">{reserved}</td>'
+                '<td data-label="Failed" class="num{bad}">{failed}</td>'
+                '<td data-label="Oldest ready" class="num">{age}</td>'
+                '<td data-label="" class="acts">{actions}</td></tr>',
+                queue=s["queue"], ready="{:,}".format(s["ready"]),
+                delayed="{:,}".format(s["delayed"]), reserved=reserved, failed=failed_link,
+                age=_duration(s["oldest_ready_age"]) or "–", actions=actions,
+                z1="" if s["ready"] else " zero", z2="" if s["delayed"] else " zero",
+                z3="" if s["reserved"] else " zero", bad=" bad" if s["failed"] else " zero"))
+        if rows:
+            table = _fill('<div class="panel cards"><table><thead><tr><th>Queue</th>'
+                          '<th class="num">Ready</th><th class="num">Delayed</th>'
+                          '<th class="num">Running</th><th class="num">Failed</th>'
+                          '<th class="num">Oldest ready</th><th></th></tr></thead>'
+                          '<tbody>{rows}</tbody></table></div>', rows=_join(rows))
+        else:
+            table = _fill('<p class="note">No jobs yet: {jobs} and {failed} are empty.</p>',
+                          jobs=self.config.table, failed=self.config.failed_table)
+        body = _join([_HTML('<div class="tiles">'), _join(tiles), _HTML("</div>"),
+                      _HTML("<h2>Queues</h2>"), table,
+                      _fill('<p class="muted">Updated {time} UTC; this page reloads every {n}'
+                            ' seconds.</p>', time=time.strftime("%H:%M:%S", time.gmtime()),
+                            n=_DASHBOARD_REFRESH)])
+        return self._page(200, "Overview", body, session, out, nav="overview", stats=stats,
+                          refresh=True)
+
+    def _failed_list(self, query, session, out):
+        queue_name = query.get("queue") or None
+        search = (query.get("q") or "").strip() or None
+        for value in (queue_name, search):
+            if value is not None and ("\x00" in value or len(value) > 255):
+                return self._error(400, "Bad request", "That filter is too long or holds a"
+                                   " control character.", out)
+        try:
+            page = max(1, min(int(query.get("page") or 1), 10 ** 6))
+        except ValueError:
+            page = 1
+        size = self.page_size
+        rows = self.queue.failed(queue_name, search=search, limit=size + 1,
+                                 offset=(page - 1) * size, newest_first=True)
+        more, rows = len(rows) > size, rows[:size]
+        stats = self.queue.stats()   # after the page: a total never smaller than the rows shown
+        queues = [s["queue"] for s in stats if s["failed"]]
+        if queue_name and queue_name not in queues:
+            queues.append(queue_name)
+        options = [_fill('<option value="">All queues</option>')]
+        for name in queues:
+            options.append(_fill('<option value="{v}"{sel}>{v}</option>', v=name,
+                                 sel=" selected" if name == queue_name else ""))
+        filters = _fill(
+            '<form class="filters" method="get" action="/failed" role="search">'
+            '<select name="queue" aria-label="Queue">{options}</select>'
+            '<input type="search" name="q" value="{q}" placeholder="Recipient or error text"'
+            ' aria-label="Search by recipient or error text">'
+            '<button type="submit">Filter</button>{clear}</form>',
+            options=_join(options), q=search or "",
+            clear=_fill('<a href="/failed">Clear</a>') if queue_name or search else "")
+        here = _url("/failed", queue=queue_name, q=search, page=page)
+        lines = []
+        for row in rows:
+            info = _failed_summary(row, self.config)
+            lines.append(_fill(
+                '<tr data-id="{id}"><td data-label="ID" class="num"><a href="/failed/{id}">{id}</a>'
+                '</td><td data-label="Failed at" class="mono when">{when}</td>'
+                '<td data-label="Queue" class="mono">{queue}</td>'
+                '<td data-label="Job"><span>{job}{template}</span></td>'
+                '<td data-label="Recipient">{to}</td>'
+                '<td data-label="Error" class="err"><a href="/failed/{id}">{error}</a></td>'
+                '<td data-label="" class="acts">{buttons}</td></tr>',
+                id=row["id"], when=info["failed_at"], queue=row["queue"], job=info["job"],
+                template=_fill('<span class="sub">{t}</span>', t=info["template"])
+                if info["template"] else "",
+                to=info["recipient"] or "–", error=info["error"] or "(no message)",
+                buttons=self._buttons(row["id"], session, here)))
+        if lines:
+            table = _fill('<div class="panel cards"><table><thead><tr><th class="num">ID</th>'
+                          '<th>Failed at</th><th>Queue</th><th>Job</th><th>Recipient</th>'
+                          '<th>Error</th><th></th></tr></thead><tbody>{rows}</tbody></table>'
+                          '</div>', rows=_join(lines))
+        elif search:
+            table = _fill('<p class="note">No failed jobs{inq} match “{q}”.</p>', q=search,
+                          inq=" in queue %s" % queue_name if queue_name else "")
+        elif queue_name or page > 1:
+            table = _fill('<p class="note">No failed jobs{inq} here.</p>',
+                          inq=" of queue %s" % queue_name if queue_name else "")
+        else:
+            table = _fill('<p class="note">No failed jobs. Everything that ran has succeeded'
+                          ' or is still being retried.</p>')
+        first = (page - 1) * size + 1
+        pager = []
+        if page > 1:
+            pager.append(_fill('<a href="{href}">‹ Newer</a>',
+                               href=_url("/failed", queue=queue_name, q=search, page=page - 1)))
+        if rows:
+            total = sum(s["failed"] for s in stats if queue_name in (None, s["queue"]))
+            pager.append(_fill("<span>{a}–{b}{of}</span>", a=first, b=first + len(rows) - 1,
+                               of="" if search else " of {:,}".format(total)))
+        if more:
+            pager.append(_fill('<a href="{href}">Older ›</a>',
+                               href=_url("/failed", queue=queue_name, q=search, page=page + 1)))
+        retry_all = ""
+        if queue_name and rows and not self.read_only:
+            retry_all = _fill('<a class="button" href="{href}">Retry all of {q}</a>',
+                              href=_url("/retry-all", queue=queue_name), q=queue_name)
+        body = _join([filters, table,
+                      _fill('<div class="pager">{p}{r}</div>', p=_join(pager, " "), r=retry_all)])
+        return self._page(200, "Failed jobs", body, session, out, nav="failed", stats=stats)
+
+    def _buttons(self, failed_id, session, back):
+        if self.read_only:
+            return ""
+        form = ('<form class="inline" method="post" action="/failed/{id}/{action}"{confirm}>'
+                '<input type="hidden" name="csrf" value="{csrf}">'
+                '<input type="hidden" name="next" value="{back}">'
+                '<button type="submit" class="{cls}">{label}</button></form>')
+        csrf = self.csrf(session)
+        return _join([
+            _fill(form, id=failed_id, action="retry", confirm="", csrf=csrf, back=back,
+                  cls="primary", label="Retry"),
+            _fill(form, id=failed_id, action="forget", csrf=csrf, back=back, cls="danger",
+                  label="Forget", confirm=_fill(' data-confirm="{m}"', m="Delete failed job %d"
+                                                " for good?" % failed_id))], " ")
+
+    def _failed_job(self, failed_id, session, out):
+        row = self.queue.failed_job(failed_id)
+        if row is None:
+            return self._error(404, "Not found", "There is no failed job %d: it has been retried"
+                               " or deleted." % failed_id, out)
+        info = _failed_summary(row, self.config)
+        try:
+            decoded = json.loads(row["payload"] or "")
+        except (ValueError, RecursionError):
+            payload = _mask_text(row["payload"], self.config, links=True)
+        else:
+            payload = json.dumps(_mask_payload(decoded, self.config), indent=2, ensure_ascii=False)
+        facts = _fill(
+            '<p><a href="/failed">‹ Failed jobs</a></p><p class="note bad">{error}</p>'
+            '<div class="panel"><dl><dt>Queue</dt><dd class="mono">{queue}</dd>'
+            '<dt>Job</dt><dd>{job}</dd><dt>Template</dt><dd>{template}</dd>'
+            '<dt>Recipient</dt><dd>{to}</dd><dt>Failed at</dt><dd class="mono">{when}</dd>'
+            '<dt>UUID</dt><dd class="mono">{uuid}</dd></dl></div>',
+            queue=row["queue"], job=info["job"], template=info["template"] or "–",
+            to=info["recipient"] or "–", when=info["failed_at"], uuid=row["uuid"] or "–",
+            error=info["error"] or "(no message)")
+        buttons = ""
+        if not self.read_only:
+            buttons = _fill('<div class="actions">{b}</div>',
+                            b=self._buttons(failed_id, session, "/failed"))
+        body = _join([
+            facts, buttons,
+            _fill('<h2>Exception</h2><div class="panel"><pre>{exc}</pre></div>',
+                  exc=_mask_text(row["exception"], self.config) or "(empty)"),
+            _fill('<h2>Payload</h2><p class="muted">Secrets are masked: values of keys such as'
+                  ' password or token, and the path of every link.</p>'
+                  '<div class="panel"><pre>{payload}</pre></div>', payload=payload)])
+        return self._page(200, "Failed job %d" % failed_id, body, session, out, nav="failed",
+                          stats=self.queue.stats())
+
+    def _retry_all_page(self, queue_name, session, out):
+        count = sum(s["failed"] for s in self.queue.stats() if s["queue"] == queue_name)
+        if not count:
+            return self._error(404, "Nothing to retry", "Queue %s has no failed jobs."
+                               % queue_name, out)
+        body = _fill(
+            '<div class="panel"><dl><dt>Queue</dt><dd class="mono">{queue}</dd>'
+            '<dt>Failed jobs</dt><dd>{n}</dd></dl></div>'
+            '<p>Each goes back to its queue with its attempts reset, and a worker runs it again'
+            ' (an email is sent again).</p>'
+            '<form class="actions" method="post" action="/retry-all">'
+            '<input type="hidden" name="csrf" value="{csrf}">'
+            '<input type="hidden" name="queue" value="{queue}">'
+            '<button type="submit" class="primary">Retry {jobs}</button>'
+            '<a class="button" href="{back}">Cancel</a></form>',
+            queue=queue_name, n="{:,}".format(count), jobs=_jobs(count), csrf=self.csrf(session),
+            back=_url("/failed", queue=queue_name))
+        return self._page(200, "Retry every failed job of queue %s?" % queue_name, body, session,
+                          out, nav="failed")
+
+    # -- POST ------------------------------------------------------------
+
+    def _post(self, path, body, session, cookies, out):
+        from urllib.parse import parse_qs
+        if self.read_only:
+            out.append(("Allow", "GET, HEAD"))
+            return self._error(405, "Read-only", "This dashboard was started with --read-only:"
+                               " it changes nothing.", out)
+        try:
+            form = {k: v[-1] for k, v in parse_qs(body.decode("utf-8"), strict_parsing=False,
+                                                  keep_blank_values=True).items()}
+        except UnicodeDecodeError:
+            form = {}
+        given = form.get("csrf", "")
+        if _DASHBOARD_SESSION_COOKIE not in cookies or not self._same(given, self.csrf(session)):
+            return self._error(403, "Form expired", "This form did not come from this page of"
+                               " the dashboard, or the dashboard has restarted since. Reload the"
+                               " page and try again.", out)
+        self._connect()
+        match = re.match(r"^/failed/([0-9]{1,18})/(retry|forget)\Z", path)
+        if match:
+            failed_id, action = int(match.group(1)), match.group(2)
+            new_id = None
+            if action == "retry":
+                new_ids = self.queue.retry([failed_id])
+                done = bool(new_ids)
+                new_id = new_ids[0] if new_ids else None
+                message = "Failed job %d is back in its queue as job %s." % (failed_id, new_id)
+            else:
+                done = bool(self.queue.forget([failed_id]))
+                message = "Failed job %d has been deleted." % failed_id
+            if done:
+                self.log.info("dashboard", action=action, failed_id=failed_id, job=new_id)
+            else:
+                message = ("There is no failed job %d: it has already been retried or deleted."
+                           % failed_id)
+            return self._redirect(self._next(form.get("next")), session, message, out)
+        if path == "/retry-all":
+            name = form.get("queue", "")
+            if len(name) > 255 or re.search(r"[\x00-\x1f\x7f]", name):
+                return self._error(400, "Bad request", "That is not a queue name.", out)
+            new_ids = self.queue.retry(None, queue=name) if name else []
+            self.log.info("dashboard", action="retry all", queue=name, retried=len(new_ids))
+            return self._redirect(_url("/failed", queue=name), session,
+                                  "%s of queue %s %s back in the queue."
+                                  % (_jobs(len(new_ids), "failed job"), name,
+                                     "is" if len(new_ids) == 1 else "are"), out)
+        return self._error(404, "Not found", "There is no such action.", out)
+
+    @staticmethod
+    def _next(value):
+        """Where a form returns to: only this dashboard's own list pages."""
+        from urllib.parse import urlsplit
+        parts = urlsplit(value or "")
+        # No control character either: the value ends up in a Location header.
+        if (parts.scheme or parts.netloc or parts.path not in ("/", "/failed")
+                or re.search(r"[\x00-\x1f\x7f]", value)):
+            return "/failed"
+        return parts.path + ("?" + parts.query if parts.query else "")
+
+    def _redirect(self, location, session, message, out):
+        with self.flash_lock:
+            if len(self.flash) > 1000:   # sessions that never came back
+                self.flash.clear()
+            self.flash[session] = message
+        return 303, out + [("Location", location)], b""
+
+    # -- page frame ------------------------------------------------------
+
+    def _page(self, status, title, body, session, out, nav=None, stats=None, refresh=False,
+              anonymous=False):
+        with self.flash_lock:
+            message = self.flash.pop(session, None)
+        notes = []
+        if message:
+            notes.append(_fill('<p class="note ok" role="status">{m}</p>', m=message))
+        if stats is not None:
+            for kind, text in _dashboard_alerts(self.queue, stats):
+                notes.append(_fill('<p class="note {kind}">{text}</p>', kind=kind, text=text))
+        failed = sum(s["failed"] for s in stats) if stats is not None else None
+        links = []
+        for key, href, label in (("overview", "/", "Overview"),
+                                 ("failed", "/failed", "Failed jobs")):
+            badge = ""
+            if key == "failed" and failed:
+                badge = _fill(' <span class="pill bad">{n}</span>', n="{:,}".format(failed))
+            links.append(_fill('<a href="{href}"{cur}>{label}{badge}</a>', href=href,
+                               label=label, badge=badge,
+                               cur=_HTML(' aria-current="page"') if key == nav else ""))
+        page = _fill(
+            '<!doctype html><html lang="en"><head><meta charset="utf-8">'
+            '<meta name="viewport" content="width=device-width, initial-scale=1">{refresh}'
+            '<title>{title} · dbqueue</title><link rel="icon" href="data:,">'
+            '<style>{css}</style></head><body><header><div class="bar">'
+            '<a class="brand" href="/">dbqueue</a>{links}{where}</div></header>'
+            '<main><h1>{title}</h1>{notes}{body}</main>'
+            '<footer>dbqueue {version}</footer><script>{js}</script></body></html>',
+            refresh=_fill('<meta http-equiv="refresh" content="{n}">', n=_DASHBOARD_REFRESH)
+            if refresh else "", title=title, css=_HTML(_DASHBOARD_CSS),
+            links="" if anonymous else _fill("<nav>{links}</nav>", links=_join(links)),
+            where="" if anonymous else _fill(
+                '<span class="where">{url} · {jobs}, {failed}{ro}</span>',
+                url=_mask_url(self.config.database_url), jobs=self.config.table,
+                failed=self.config.failed_table,
+                ro=_HTML(' <span class="pill">read-only</span>') if self.read_only else ""),
+            notes=_join(notes), body=body, version=__version__, js=_HTML(_DASHBOARD_JS))
+        return status, out + [("Content-Type", "text/html; charset=utf-8")], page.encode("utf-8")
+
+    def _error(self, status, title, text, out, anonymous=False, refresh=False):
+        """An error page; `anonymous` for one that a stranger sees: it names nothing."""
+        if status == 401:
+            out.append(("WWW-Authenticate", 'Bearer realm="dbqueue"'))
+        body = _fill('<p class="note bad">{text}</p>{back}', text=text,
+                     back="" if anonymous else _HTML('<p><a href="/">Overview</a></p>'))
+        return self._page(status, title, body, "", out, refresh=refresh, anonymous=anonymous)
+
+
+def _dashboard_server(dashboard, host, port):
+    """A ThreadingHTTPServer for `dashboard` on host:port (port 0: any free port)."""
+    import http.server
+    import socket
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def version_string(self):
+            return "dbqueue"   # no Python version for a scanner to look up
+        timeout = 30                    # a client that stops sending frees its thread
+
+        def do_GET(self):
+            self._serve("GET")
+
+        def do_HEAD(self):
+            self._serve("HEAD")
+
+        def do_POST(self):
+            self._serve("POST")
+
+        def _serve(self, method):
+            body = b""
+            if method == "POST":
+                try:
+                    length = int(self.headers.get("Content-Length") or 0)
+                except ValueError:
+                    length = -1
+                if not 0 <= length <= 65536:
+                    self.send_error(413 if length > 0 else 400)
+                    return
+                body = self.rfile.read(length)
+            try:
+                status, headers, content = dashboard.handle(method, self.path, self.headers, body)
+            except Exception as exc:   # a bug must cost one page, not the server
+                dashboard.log.error("dashboard: internal error", error="%s: %s" % (
+                    type(exc).__name__, _mask_text(_first_line(exc), dashboard.config)))
+                status, headers, content = 500, [("Content-Type", "text/plain; charset=utf-8")], \
+                    b"Internal error: see the dashboard's log.\n"
+            self.send_response(status)
+            for name, value in headers:
+                self.send_header(name, value)
+            self.send_header("Content-Length", str(len(content)))
+            self.end_headers()
+            if method != "HEAD":
+                self.wfile.write(content)
+
+        def end_headers(self):
+            # On every response, the errors http.server writes itself included.
+            self.send_header("Content-Security-Policy", dashboard.csp)
+            self.send_header("X-Content-Type-Options", "nosniff")
+            self.send_header("X-Frame-Options", "DENY")
+            self.send_header("Referrer-Policy", "no-referrer")
+            self.send_header("Cache-Control", "no-store")
+            super().end_headers()
+
+        def log_message(self, format, *args):
+            pass   # actions are logged by the dashboard; a ?token= must not be
+
+    class Server(http.server.ThreadingHTTPServer):
+        daemon_threads = True
+        address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
+
+        def handle_error(self, request, client_address):
+            # A browser that closes the connection mid-answer is no error.
+            if not isinstance(sys.exc_info()[1], (ConnectionError, socket.timeout)):
+                super().handle_error(request, client_address)
+
+    return Server((host, port), Handler)
+
+
+def _is_loopback(host):
+    import ipaddress
+    if host.lower() in _LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 ###############################################################################
@@ -5232,6 +6763,9 @@ def _parser():
     p.add_argument("--queue", type=_queue_arg, default="default", help="default: default")
     p.add_argument("--delay", type=_seconds, default=0, metavar="S",
                    help="seconds before the job may run (default 0)")
+    p.add_argument("--unique-key", type=_unique_arg, metavar="KEY",
+                   help="while a job with this key waits or runs on the queue, add nothing"
+                        " and print that job's id")
 
     p = command("stats", "ready, delayed, reserved, expired and failed jobs per queue",
                 "python dbqueue.py stats\n"
@@ -5288,6 +6822,20 @@ def _parser():
                    help="jobs to enqueue and drain (default 5000)")
     p.add_argument("--workers", type=_pos_int, default=2, metavar="K",
                    help="worker processes that drain them (default 2)")
+
+    p = command("dashboard", "a web page of the queue: counts, failed jobs, Retry and Forget",
+                "python dbqueue.py dashboard --port 8765\n"
+                "  ssh -L 8765:127.0.0.1:8765 server   # from your laptop; then open"
+                " http://127.0.0.1:8765/\n"
+                "  DBQUEUE_DASHBOARD_TOKEN=... python dbqueue.py dashboard --host 0.0.0.0"
+                " --read-only")
+    p.add_argument("--host", type=_host_arg, default="127.0.0.1",
+                   help="address to listen on (default 127.0.0.1); any address but a loopback"
+                   " one needs DBQUEUE_DASHBOARD_TOKEN")
+    p.add_argument("--port", type=_port_arg, default=8765, metavar="PORT",
+                   help="default 8765; 0 picks a free one")
+    p.add_argument("--read-only", action="store_true",
+                   help="show everything, change nothing: no buttons, and every POST is refused")
     return top
 
 
@@ -5345,6 +6893,14 @@ def _queue_arg(value):
         raise argparse.ArgumentTypeError(str(exc))
 
 
+def _unique_arg(value):
+    import argparse
+    try:
+        return _unique_key(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc).replace("unique_key", "the key"))
+
+
 def _row_id(value):
     import argparse
     number = _number(int, 1, value)
@@ -5355,6 +6911,22 @@ def _row_id(value):
 
 def _retry_id(value):
     return "all" if value == "all" else _row_id(value)
+
+
+def _host_arg(value):
+    import argparse
+    host = value[1:-1] if value.startswith("[") and value.endswith("]") else value
+    if not re.match(r"^[A-Za-z0-9.:%-]{1,253}\Z", host):
+        raise argparse.ArgumentTypeError("%r is not a host name or IP address" % value)
+    return host
+
+
+def _port_arg(value):
+    import argparse
+    number = _number(int, 0, value)
+    if number > 65535:
+        raise argparse.ArgumentTypeError("%r is not a port (0 to 65535)" % value)
+    return number
 
 
 def _err(message, stream=None):
@@ -5481,7 +7053,8 @@ def _cmd_push(args, config):
         raise ConfigError("--data: %s" % _first_line(exc))
     queue = Queue(config=config)
     try:
-        print(queue.push(args.job, data, queue=args.queue, delay=args.delay))
+        print(queue.push(args.job, data, queue=args.queue, delay=args.delay,
+                         unique_key=args.unique_key))
     finally:
         queue.close()
     return 0
@@ -5529,8 +7102,8 @@ def _prom_label(value):
 _PROM_METRICS = (
     ("dbqueue_jobs", "Jobs in the jobs table by queue and state (ready, delayed, reserved).",
      lambda s: [("ready", s["ready"]), ("delayed", s["delayed"]), ("reserved", s["reserved"])]),
-    ("dbqueue_expired_reservations", "Reserved jobs whose worker stopped renewing the"
-     " reservation for longer than QUEUE_RETRY_AFTER; a worker takes them back.",
+    ("dbqueue_expired_reservations", "Reserved jobs whose lease ran out: their worker stopped"
+     " renewing the reservation for longer than its QUEUE_RETRY_AFTER; a worker takes them back.",
      lambda s: [(None, s["expired"])]),
     ("dbqueue_failed_jobs", "Jobs in the failed jobs table by queue.",
      lambda s: [(None, s["failed"])]),
@@ -5561,7 +7134,10 @@ def _outage_line(outage):
                outage["error"]))
 
 
-def _prometheus(stats):
+_WINDOW_WORDS = {1: "second", 60: "minute", 3600: "hour", 86400: "day"}
+
+
+def _prometheus(stats, rate=None):
     lines = []
     for name, help_text, values in _PROM_METRICS:
         lines.append("# HELP %s %s" % (name, help_text))
@@ -5572,6 +7148,15 @@ def _prometheus(stats):
                 if state is not None:
                     labels += ',state="%s"' % state
                 lines.append("%s{%s} %d" % (name, labels, value))
+    if rate is not None:
+        labels = 'limit="%s"' % _prom_label(rate["limit"])
+        for name, help_text, key in (
+                ("dbqueue_mail_rate_used", "Messages sent (or being sent) within the last"
+                 " MAIL_RATE_LIMIT window, by every worker on the database.", "used"),
+                ("dbqueue_mail_rate_limit", "Messages MAIL_RATE_LIMIT lets leave in one window.",
+                 "messages")):
+            lines += ["# HELP %s %s" % (name, help_text), "# TYPE %s gauge" % name,
+                      "%s{%s} %d" % (name, labels, rate[key])]
     return "\n".join(lines) + "\n"
 
 
@@ -5609,13 +7194,19 @@ def _cmd_stats(args, config):
     try:
         stats = queue.stats()
         outage = queue.mail_outage()
+        rate = queue.rate_use()
     finally:
         queue.close()
     _with_mail_outage(stats, outage)
     if fmt == "json":
+        if rate is not None:
+            # The list stays a list of queues, as scripts read it; the limit
+            # is shared by all of them, so each carries the same figures.
+            for entry in stats:
+                entry["mail_rate"] = rate
         print(json.dumps(stats, indent=2))
     elif fmt == "prometheus":
-        sys.stdout.write(_prometheus(stats))
+        sys.stdout.write(_prometheus(stats, rate))
     else:
         rows = [(s["queue"], s["ready"], s["delayed"], s["reserved"], s["expired"], s["failed"],
                  _duration(s["oldest_ready_age"])) for s in stats]
@@ -5625,6 +7216,10 @@ def _cmd_stats(args, config):
             print("(no jobs: %s and %s are empty)" % (config.table, config.failed_table))
         if outage is not None:
             print(_outage_line(outage))
+        if rate is not None:
+            print("MAIL_RATE_LIMIT %s: %d of %d messages used in the last %s"
+                  % (rate["limit"], rate["used"], rate["messages"],
+                     _WINDOW_WORDS[rate["window_seconds"]]))
     return 0
 
 
@@ -5845,6 +7440,65 @@ def _cmd_config(args, config):
     return 0
 
 
+def _dashboard_token(args):
+    """DBQUEUE_DASHBOARD_TOKEN from the environment, else from the .env file; None if unset."""
+    token = os.environ.get("DBQUEUE_DASHBOARD_TOKEN", "").strip()
+    if not token:
+        values, _ = _read_env_file(args.env_file or ".env", required=bool(args.env_file))
+        token = values.get("DBQUEUE_DASHBOARD_TOKEN", ("", 0))[0].strip()
+    if token and (len(token) < _DASHBOARD_TOKEN_MIN or not re.match(r"^[\x21-\x7e]+\Z", token)):
+        raise ConfigError("DBQUEUE_DASHBOARD_TOKEN must be at least %d characters, with no spaces"
+                          " or non-ASCII ones (python -c 'import secrets;"
+                          " print(secrets.token_urlsafe())' makes one)" % _DASHBOARD_TOKEN_MIN)
+    return token or None
+
+
+def _cmd_dashboard(args, config):
+    import signal
+    import socket
+    token = _dashboard_token(args)
+    if token is None and not _is_loopback(args.host):
+        raise ConfigError("dashboard --host %s: an address other than 127.0.0.1 needs"
+                          " DBQUEUE_DASHBOARD_TOKEN set (or reach 127.0.0.1 through an SSH tunnel)"
+                          % args.host)
+    # Opened once now, so that a wrong URL or a missing table is one line at
+    # the start rather than an error page later; never created.
+    queue = _reader(config)
+    try:
+        queue.check(queue._local.conn)
+        queue.discard(queue._local.conn)
+        try:
+            server = _dashboard_server(_Dashboard(queue, read_only=args.read_only, token=token),
+                                       args.host, args.port)
+        except socket.gaierror as exc:
+            raise ConfigError("dashboard --host %s: %s" % (args.host, exc.strerror or exc))
+        except OSError as exc:
+            raise QueueError("dashboard: cannot listen on %s port %d: %s"
+                             % (args.host, args.port, exc.strerror or exc))
+        try:
+            host, port = server.server_address[:2]
+            shown = "[%s]" % host if ":" in host else host
+            print("dbqueue dashboard on http://%s:%d/ for %s%s%s; Ctrl-C stops it"
+                  % (shown, port, _mask_url(config.database_url),
+                     " (read-only)" if args.read_only else "",
+                     "; open it once with ?token=<DBQUEUE_DASHBOARD_TOKEN>" if token else ""),
+                  flush=True)
+
+            def stop(signum, frame):
+                raise KeyboardInterrupt
+            signal.signal(signal.SIGTERM, stop)
+            try:
+                server.serve_forever()
+            except KeyboardInterrupt:
+                pass
+        finally:
+            server.server_close()
+    finally:
+        queue.close()
+    print("dbqueue dashboard stopped", flush=True)
+    return 0
+
+
 _COMMANDS = {
     "migrate": _cmd_migrate,
     "work": _cmd_work,
@@ -5858,6 +7512,7 @@ _COMMANDS = {
     "clear": _cmd_clear,
     "bench": lambda args, config: _bench(args, config),
     "config": _cmd_config,
+    "dashboard": _cmd_dashboard,
 }
 
 

@@ -33,6 +33,13 @@ CREATE INDEX IF NOT EXISTS "jobs_ready" ON "jobs" (queue, available_at, id) WHER
 CREATE INDEX IF NOT EXISTS "jobs_reserved" ON "jobs" (reserved_at) WHERE reserved_at IS NOT NULL;
 CREATE UNIQUE INDEX IF NOT EXISTS "jobs_unique" ON "jobs" (queue, unique_key) WHERE unique_key IS NOT NULL;
 CREATE UNIQUE INDEX IF NOT EXISTS "failed_jobs_uuid" ON "failed_jobs" (uuid);
+CREATE TABLE IF NOT EXISTS "dbqueue_rate" (
+    name VARCHAR(100) NOT NULL,
+    slot INTEGER NOT NULL,
+    sent_at INTEGER NOT NULL,
+    PRIMARY KEY (name, slot)
+);
+CREATE INDEX IF NOT EXISTS "dbqueue_rate_sent" ON "dbqueue_rate" (name, sent_at);
 
 -- postgresql (schema version 2)
 
@@ -69,6 +76,13 @@ CREATE INDEX IF NOT EXISTS "jobs_ready" ON "jobs" (queue, available_at, id) WHER
 CREATE INDEX IF NOT EXISTS "jobs_reserved" ON "jobs" (reserved_at) WHERE reserved_at IS NOT NULL;
 CREATE UNIQUE INDEX IF NOT EXISTS "jobs_unique" ON "jobs" (queue, unique_key) WHERE unique_key IS NOT NULL;
 CREATE UNIQUE INDEX IF NOT EXISTS "failed_jobs_uuid" ON "failed_jobs" (uuid);
+CREATE TABLE IF NOT EXISTS "dbqueue_rate" (
+    name VARCHAR(100) NOT NULL,
+    slot INTEGER NOT NULL,
+    sent_at BIGINT NOT NULL,
+    PRIMARY KEY (name, slot)
+);
+CREATE INDEX IF NOT EXISTS "dbqueue_rate_sent" ON "dbqueue_rate" (name, sent_at);
 
 -- mysql (schema version 2)
 
@@ -117,3 +131,10 @@ SET @dbqueue_ddl = (SELECT IF(COUNT(*) = 0, 'CREATE UNIQUE INDEX `failed_jobs_uu
 PREPARE dbqueue_ddl FROM @dbqueue_ddl;
 EXECUTE dbqueue_ddl;
 DEALLOCATE PREPARE dbqueue_ddl;
+CREATE TABLE IF NOT EXISTS "dbqueue_rate" (
+    name VARCHAR(100) NOT NULL,
+    slot INTEGER NOT NULL,
+    sent_at BIGINT NOT NULL,
+    PRIMARY KEY (name, slot)
+);
+CREATE INDEX IF NOT EXISTS "dbqueue_rate_sent" ON "dbqueue_rate" (name, sent_at);

@@ -2206,8 +2206,8 @@ class OpsTests:
         conn = q.connect()
         self.assertEqual(len(q.reserve(conn, ["default", "slow"], 2)[0]), 2)
         # The worker that holds the "slow" job has stopped renewing it.
-        self.db.raw("UPDATE {jobs} SET reserved_at = reserved_at - 1000 WHERE queue = %s" % p,
-                    ("slow",))
+        self.db.raw("UPDATE {jobs} SET reserved_at = reserved_at - 1000,"
+                    " reserved_until = reserved_until - 1000 WHERE queue = %s" % p, ("slow",))
         self.add_failed("emails")
 
         code, out, err = self.cli("stats", "--json")
@@ -2466,7 +2466,8 @@ class OpsCommandLineTests(unittest.TestCase):
     def test_every_command_takes_env_file_and_database_url(self):
         argvs = [["migrate"], ["work", "--stop-when-empty"], ["push", "t_record"], ["stats"],
                  ["health"], ["failed"], ["retry", "all"], ["forget", "1"], ["flush"],
-                 ["clear", "--queue", "q", "--force"], ["bench"], ["config"]]
+                 ["clear", "--queue", "q", "--force"], ["bench"], ["config"],
+                 ["dashboard", "--port", "0"]]
         self.assertEqual(sorted(a[0] for a in argvs), sorted(dbqueue._COMMANDS))
         missing = os.path.join(self.tmp, "missing.env")
         for argv in argvs:
@@ -2679,6 +2680,7 @@ def _t_batch(data):
         open(sys.argv[2], "w").close()
         time.sleep(600)
 
+dbqueue.Worker.hold_seconds = 600    # the batch stays held behind the blocked job
 dbqueue.Worker(dbqueue.Queue.from_env(), ["default"], log=dbqueue._Log(stream=sys.stdout)).run()
 """
 
@@ -2740,6 +2742,7 @@ class SpeedTests:
 
         self.addCleanup(dbqueue._registry.pop, "t_gate", None)
         w = dbqueue.Worker(q, ["default"], log=quiet_log())
+        w.hold_seconds = 600    # the batch stays held behind the blocked job
         thread = threading.Thread(target=w.run, kwargs={"stop_when_empty": True})
         thread.start()
         self.addCleanup(thread.join, 30)
@@ -3909,6 +3912,609 @@ _on_backends(PropertyTests, [Backend, PsycopgBackend])
 
 
 # -- fault tests end here --
+
+
+# ---- core: issue 16, the core's promises under stress ----------------------
+#
+# Each finding of #16 as a test: real worker processes paused with SIGSTOP,
+# workers with different settings side by side, a second database session
+# holding a row lock, rows written by hand. The double-run loops run with
+# DBQUEUE_FAULTS=1 (see Core16FaultTests).
+
+# A handler module for worker subprocesses (`work --import c16_jobs`): every
+# start and end of a job is one O_APPEND line "start|end N ATTEMPT PID", so
+# the lines of several processes come in one order, the order they happened.
+C16_JOBS = """
+import os, time
+import dbqueue
+
+if os.environ.get("C16_HOLD"):
+    dbqueue.Worker.hold_seconds = float(os.environ["C16_HOLD"])
+_fd = os.open(os.environ["C16_LOG"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+
+
+def _record(what, data):
+    line = "%s %d %d %d\\n" % (what, data["n"], dbqueue.current_job().attempts, os.getpid())
+    os.write(_fd, line.encode())
+
+
+@dbqueue.job("c16_sleep")
+def c16_sleep(data):
+    _record("start", data)
+    time.sleep(data.get("s", 0))
+    _record("end", data)
+"""
+
+
+def _double_starts(starts):
+    """Starts of an attempt no later than one already started for that job:
+    a job started again by the same attempt, or by a worker whose
+    reservation had been taken over. [(n, attempt, pid)]."""
+    latest, bad = {}, []
+    for n, attempt, pid in starts:
+        if attempt <= latest.get(n, 0):
+            bad.append((n, attempt, pid))
+        latest[n] = max(latest.get(n, 0), attempt)
+    return bad
+
+
+class _Core16Processes:
+    """Worker subprocesses running c16_jobs, all logging into one file."""
+
+    def c16_setup(self):
+        self.log = os.path.join(self.db.tmp, "c16.log")
+        with open(os.path.join(self.db.tmp, "c16_jobs.py"), "w") as fh:
+            fh.write(C16_JOBS)
+        self.procs = _Procs(self, self.db.tmp, _fault_env(self.db.env(
+            FAULT_LOG=self.log, C16_LOG=self.log, QUEUE_BACKOFF=0, QUEUE_MAX_ATTEMPTS=50)))
+
+    def worker(self, *args, **env):
+        return self.procs.start("--import", "c16_jobs", "--sleep", "0.2", *args,
+                                **{k: str(v) for k, v in env.items()})
+
+    def records(self, kind="start"):
+        return [(int(f[1]), int(f[2]), int(f[3])) for f in _records(self.log) if f[0] == kind]
+
+    def stop_all(self, procs):
+        for proc in procs:
+            os.kill(proc.pid, signal.SIGCONT)
+            proc.terminate()
+        for proc in procs:
+            self.assertEqual(proc.wait(30), 0, self.procs.stderr(proc)[-3000:])
+            self.assertNotIn("Traceback", self.procs.stderr(proc))
+
+
+# The backends the double-run cases run on: one per database (psycopg2 adds
+# nothing here that psycopg does not show, nor MySQLdb beside PyMySQL), so a
+# new backend in BACKENDS gets them too.
+_C16_BACKENDS = [b for b in BACKENDS if b.driver not in ("psycopg2", "MySQLdb")]
+
+
+class Core16LeaseTests:
+    """(#16.2) A reservation lasts for its holder's lease, in its own queue."""
+
+    def test_rescue_keeps_the_holders_lease_and_stays_in_its_queues(self):
+        clock = Clock()
+        holder = self.db.queue(clock=clock, retry_after=600)
+        rescuer = self.db.queue(clock=clock, retry_after=1, migrate=False)
+        long_id = holder.push("t_record", {"i": 1}, queue="reports")
+        (held,), _ = holder.reserve(holder.connect(), ["reports"], 1)
+        p = self.db.param
+        insert = ("INSERT INTO {jobs} (queue, payload, attempts, reserved_at, available_at,"
+                  " created_at) VALUES (%s, %s, 1, %s, 0, 0)" % (p, p, p))
+        # Reserved by the PHP app's worker: no reserved_until, only reserved_at.
+        payload = json.dumps({"uuid": "u-php", "job": "t_record", "data": {"i": 2}})
+        self.db.raw(insert, ("reports", payload, clock.now - 100))
+        self.db.raw(insert, ("elsewhere", payload, clock.now - 100))
+        # A row the PHP worker took over from a dead dbqueue worker 10 s ago:
+        # Laravel sets reserved_at (and attempts) only, so the dead worker's
+        # reserved_until is left behind, older than reserved_at.
+        taken = json.dumps({"uuid": "u-taken", "job": "t_record", "data": {"i": 3}})
+        self.db.raw(insert, ("reports", taken, clock.now - 10))
+        self.db.raw("UPDATE {jobs} SET reserved_until = %s WHERE payload = %s" % (p, p),
+                    (clock.now - 50, taken))
+        self.assertEqual(self.db.raw("SELECT reserved_until FROM {jobs} WHERE id = %s" % p,
+                                     (long_id,)), [(clock.now + 600,)])
+        clock.advance(5)
+        # Seen with QUEUE_RETRY_AFTER=90, only the old PHP row has expired.
+        watcher = self.db.queue(clock=clock, retry_after=90, migrate=False)
+        by_queue = {s["queue"]: s for s in watcher.stats()}
+        self.assertEqual(by_queue["reports"]["reserved"], 3)
+        self.assertEqual(by_queue["reports"]["expired"], 1)
+        conn = rescuer.connect()
+        jobs, _ = rescuer.reserve(conn, ["reports"], 10, rescue_after=90)
+        self.assertEqual([(j.data, j.attempts) for j in jobs], [({"i": 2}, 2)])
+        self.assertEqual(rescuer.ack(conn, [jobs[0].token]), [])
+        # The other queue's lapsed reservation is not this worker's to take back.
+        self.assertEqual(self.db.raw("SELECT reserved_at FROM {jobs} WHERE queue = 'elsewhere'"),
+                         [(clock.now - 105,)])
+        # The row the PHP worker took over lapses by its reserved_at.
+        self.assertEqual(self.db.raw("SELECT reserved_at FROM {jobs} WHERE payload = %s" % p,
+                                     (taken,)), [(clock.now - 15,)])
+        clock.advance(90)
+        (php,), _ = rescuer.reserve(conn, ["reports"], 10, rescue_after=100)
+        self.assertEqual(php.data, {"i": 3})
+        self.assertEqual(rescuer.ack(conn, [php.token]), [])
+        # The holder's heartbeat renews its own lease, whoever else runs.
+        clock.advance(500)
+        self.assertEqual(holder.touch(holder.connect(), [held.token]), [])
+        clock.advance(599)
+        self.assertEqual(rescuer.reserve(conn, ["reports"], 10, rescue_after=1)[0], [])
+        clock.advance(2)
+        (again,), _ = rescuer.reserve(conn, ["reports"], 10, rescue_after=1)
+        self.assertEqual(again.token, (long_id, 2))
+        self.assertEqual(holder.ack(holder.connect(), [held.token]), [held.token])
+
+
+_on_backends(Core16LeaseTests, _C16_BACKENDS)
+
+
+# A handler during which another worker takes its job over (the test's
+# clock jumps past the lease), as after a pause longer than retry_after.
+_C16_THIEF = {}
+
+
+@dbqueue.job("c16_stolen")
+def _c16_stolen(data):
+    thief = _C16_THIEF
+    thief["clock"].advance(1000)
+    jobs, _ = thief["queue"].reserve(thief["conn"], ["default"], 1, rescue_after=1)
+    thief["jobs"].extend(jobs)
+    if data.get("slow"):
+        time.sleep(0.02)     # past ack_delay_seconds: acknowledged at once, not with the next claim
+
+
+@on_every_backend
+class Core16HandWrittenTests:
+
+    def setUp(self):
+        del RECORD[:]
+
+    def test_push_with_a_connection_of_any_row_factory(self):
+        # (#16.8) An app's connection that returns dicts (psycopg's dict_row,
+        # psycopg2's RealDictCursor, a sqlite3 row_factory) got KeyError: 0.
+        q = self.db.queue()
+        if self.db.name == "sqlite":
+            import sqlite3
+            app = sqlite3.connect(self.db.url[len("sqlite:///"):], timeout=10)
+            app.row_factory = lambda cur, row: {d[0]: v for d, v in zip(cur.description, row)}
+        elif self.db.driver == "psycopg":
+            import psycopg
+            from psycopg.rows import dict_row
+            app = psycopg.connect(PG_URL, row_factory=dict_row)
+        else:
+            import psycopg2
+            import psycopg2.extras
+            app = psycopg2.connect(PG_URL, cursor_factory=psycopg2.extras.RealDictCursor)
+        self.addCleanup(app.close)
+        first = q.push("t_record", {"i": 1}, connection=app)
+        more = q.push_many("t_record", [{"i": 2}, {"i": 3}], connection=app)
+        unique = q.push("t_record", {"i": 4}, connection=app, unique_key="k")
+        self.assertEqual(q.push("t_record", {"i": 5}, connection=app, unique_key="k"), unique)
+        app.commit()
+        ids = [row[0] for row in self.db.raw("SELECT id FROM {jobs} ORDER BY id")]
+        self.assertEqual([first] + more + [unique], ids)
+        self.assertIsInstance(first, int)
+        # The app's own cursors still return what it asked for.
+        cur = app.cursor()
+        cur.execute("SELECT 1 AS one")
+        self.assertEqual(cur.fetchone(), {"one": 1})
+        dbqueue.Worker(q, ["default"], log=quiet_log()).run(stop_when_empty=True)
+        self.assertEqual(sorted(d["i"] for d in RECORD), [1, 2, 3, 4])
+
+    def test_an_ack_refused_after_a_takeover_is_logged_as_lost(self):
+        # (#16.10) It said outcome=done, then "it will run again".
+        for slow in (False, True):
+            with self.subTest(slow=slow):
+                clock = Clock()
+                q = self.db.queue(clock=clock, retry_after=10)
+                thief = self.db.queue(clock=clock, retry_after=10, migrate=False)
+                _C16_THIEF.update(clock=clock, queue=thief, conn=thief.connect(), jobs=[])
+                job_id = q.push("c16_stolen", {"slow": slow})
+                stream = io.StringIO()
+                w = dbqueue.Worker(q, ["default"], log=dbqueue._Log(stream=stream))
+                self.assertEqual(w.run(once=True), 1)
+                self.assertEqual([j.token for j in _C16_THIEF["jobs"]], [(job_id, 2)])
+                lines = [line for line in stream.getvalue().splitlines() if " job " in line]
+                self.assertEqual(len(lines), 1, stream.getvalue())
+                self.assertIn("outcome=lost", lines[0])
+                self.assertIn("WARNING", lines[0])
+                self.assertIn("passed to another worker", lines[0])
+                self.assertNotIn("run again", stream.getvalue())
+                # The new holder's reservation is untouched.
+                self.assertEqual(self.db.raw("SELECT attempts FROM {jobs}"), [(2,)])
+                self.assertEqual(thief.ack(_C16_THIEF["conn"], [(job_id, 2)]), [])
+
+    def test_held_jobs_are_confirmed_after_a_wall_clock_jump(self):
+        # (#16.1) A VM resumed after a freeze: the monotonic clock may not
+        # have moved, the wall clock has. A held batch is confirmed before
+        # its next job starts; jobs taken over meanwhile are dropped.
+        clock = Clock()
+        q = self.db.queue(clock=clock, retry_after=10)
+        q.push_many("t_record", [{"i": i} for i in range(3)])
+        stream = io.StringIO()
+        w = dbqueue.Worker(q, ["default"], log=dbqueue._Log(stream=stream))
+        self.addCleanup(w._shutdown)
+        self.assertTrue(w._claim(3))
+        self.assertEqual(len(w._held), 3)
+        clock.advance(11)
+        thief = self.db.queue(clock=clock, retry_after=10, migrate=False)
+        taken, _ = thief.reserve(thief.connect(), ["default"], 3, rescue_after=10)
+        self.assertEqual(len(taken), 1)          # a taken-over job is claimed alone
+        mono, wall = w._confirmed
+        w._confirmed = (time.monotonic(), wall - 3600)
+        # All three leases ran out: none of the held jobs starts; the two
+        # the thief left are claimed again (attempt 2) and run.
+        self.assertEqual(w.run(stop_when_empty=True), 2)
+        self.assertEqual(sorted(d["i"] for d in RECORD), [1, 2])
+        self.assertEqual(stream.getvalue().count("not started here"), 3, stream.getvalue())
+        self.assertEqual(stream.getvalue().count("attempt=2/3 outcome=done"), 2)
+        self.assertEqual(self.db.raw("SELECT attempts FROM {jobs}"), [(2,)])
+
+    def test_a_row_with_the_largest_attempts_fails_alone(self):
+        # (#16.3) On PostgreSQL the claim's attempts + 1 overflowed INTEGER
+        # for the whole batch, and every worker exited 1 on every restart.
+        for returning in ((True, False) if self.db.name == "sqlite" else (True,)):
+            with self.subTest(returning=returning):
+                del RECORD[:]
+                self.check_largest_attempts(returning)
+                self.db.raw("DELETE FROM {failed}")
+
+    def check_largest_attempts(self, returning):
+        q = self.db.queue()
+        q._returning = returning          # False: SQLite before 3.35 (select, then update)
+        q.push("t_record", {"i": 1})
+        p = self.db.param
+        payload = json.dumps({"uuid": "u-max", "job": "t_record", "data": {"i": "max"}})
+        self.db.raw("INSERT INTO {jobs} (queue, payload, attempts, reserved_at, available_at,"
+                    " created_at) VALUES ('default', %s, 2147483647, NULL, 0, 0)" % p, (payload,))
+        q.push_many("t_record", [{"i": 2}, {"i": 3}])
+        w = dbqueue.Worker(q, ["default"], log=quiet_log())
+        self.assertEqual(w.run(stop_when_empty=True), 4)
+        self.assertEqual(sorted(d["i"] for d in RECORD), [1, 2, 3])
+        failed = q.failed()
+        self.assertEqual([f["uuid"] for f in failed], ["u-max"])
+        self.assertIn("attempt 2147483647 of 3", failed[0]["exception"])
+        self.assertEqual(self.db.raw("SELECT COUNT(*) FROM {jobs}"), [(0,)])
+
+
+class Core16ProcessTests(_Core16Processes):
+    """The two double runs of #16, one round each, with real processes."""
+
+    def setUp(self):
+        self.c16_setup()
+
+    def test_a_paused_worker_never_starts_a_held_job_that_was_taken_over(self):
+        # (#16.1) Worker A holds a batch and is stopped (SIGSTOP) past its
+        # lease; B takes the jobs over and runs them. A, continued, finishes
+        # the job it was in, and starts none of those it held.
+        q = self.db.queue()
+        a = self.worker(QUEUE_RETRY_AFTER=1, C16_HOLD=1000)
+        q.push("c16_sleep", {"n": 0})
+        wait_for(lambda: self.records("end"), 30, message="the warm-up job")
+        q.push_many("c16_sleep", [{"n": 1, "s": 1.5}] + [{"n": n} for n in range(2, 7)])
+        wait_for(lambda: self.records()[1:], 30, message="job 1 to start")
+        os.kill(a.pid, signal.SIGSTOP)
+        held = self.db.raw("SELECT attempts FROM {jobs} WHERE reserved_at IS NOT NULL")
+        self.assertEqual(held, [(1,)] * 6, "A holds the whole batch")
+        b = self.worker(QUEUE_RETRY_AFTER=1)
+        wait_for(lambda: {n for n, _, pid in self.records() if pid == b.pid} >= set(range(1, 7)),
+                 30, message="B to take over the batch")
+        os.kill(a.pid, signal.SIGCONT)
+        wait_for(lambda: self.procs.stderr(a).count("not started here") == 5, 30,
+                 message="A to drop the five held jobs")
+        wait_for(lambda: _count_jobs(self.db) == 0, 30, message="the drain")
+        self.stop_all([a, b])
+        self.assertEqual([s for s in self.records() if s[2] == a.pid], [(0, 1, a.pid),
+                                                                        (1, 1, a.pid)])
+        self.assertEqual(_double_starts(self.records()), [])
+        self.assertEqual(q.failed(), [])
+
+    def test_workers_with_other_settings_never_take_a_running_job(self):
+        # (#16.2) The issue's setup: two `reports` workers with a long
+        # retry_after, an `emails` worker with a short one, plus a `reports`
+        # worker with a short one. A 3 s report runs once.
+        q = self.db.queue()
+        first = self.worker("--queue", "reports", QUEUE_RETRY_AFTER=600)
+        q.push("c16_sleep", {"n": 1, "s": 3}, queue="reports")
+        wait_for(self.records, 30, message="the report to start")
+        others = [self.worker("--queue", "reports", QUEUE_RETRY_AFTER=600),
+                  self.worker("--queue", "emails", QUEUE_RETRY_AFTER=1),
+                  self.worker("--queue", "reports", QUEUE_RETRY_AFTER=1)]
+        wait_for(lambda: _count_jobs(self.db) == 0, 30, message="the report to finish")
+        self.stop_all([first] + others)
+        self.assertEqual(self.records(), [(1, 1, first.pid)])
+        self.assertEqual(self.records("end"), [(1, 1, first.pid)])
+        self.assertEqual(q.failed(), [])
+
+    def test_jobs_that_turn_slow_are_shared_by_two_workers(self):
+        # (#16.6) After fast jobs warm the workers up (a large batch each),
+        # 20 jobs of 0.5 s arrive: the worker that claims them gives back
+        # what it holds once its job runs long, and the other takes them.
+        q = self.db.queue()
+        workers = [self.worker(), self.worker()]
+        q.push_many("c16_sleep", [{"n": n} for n in range(300)])
+        wait_for(lambda: _count_jobs(self.db) == 0, 60, message="the warm-up")
+        started = time.monotonic()
+        q.push_many("c16_sleep", [{"n": n, "s": 0.5} for n in range(1000, 1020)])
+        wait_for(lambda: _count_jobs(self.db) == 0, 60, message="the slow jobs")
+        elapsed = time.monotonic() - started
+        self.stop_all(workers)
+        slow = [s for s in self.records("end") if s[0] >= 1000]
+        self.assertEqual(sorted(n for n, _, _ in slow), list(range(1000, 1020)))
+        shares = [sum(1 for s in slow if s[2] == w.pid) for w in workers]
+        self.assertGreaterEqual(min(shares), 5, shares)
+        self.assertEqual(_double_starts(self.records()), [])
+        print("\n[core16 %s] 20 jobs of 0.5 s after a warm-up, two workers: drained in %.1fs"
+              " (%d + %d jobs)" % (self.db.name, elapsed, shares[0], shares[1]), file=sys.stderr)
+
+
+_on_backends(Core16ProcessTests, _C16_BACKENDS)
+
+
+class Core16FaultTests(_Core16Processes):
+    """The double-run cases of #16 in loops of 20 rounds (heavy: DBQUEUE_FAULTS=1)."""
+
+    def setUp(self):
+        self.c16_setup()
+
+    @heavy
+    def test_workers_paused_past_their_lease_never_start_a_job_taken_over(self):
+        # Five workers drain short jobs; 20 times one of them is stopped
+        # (SIGSTOP) for 1.5-3.5 s, longer than its 1 s lease, while the
+        # others take over what it held, then continued (SIGCONT).
+        seed = int(os.environ.get("FAULT_SEED") or random.randrange(1 << 30))
+        rng = random.Random(seed)
+        q = self.db.queue()
+        workers = [self.worker("-q", QUEUE_RETRY_AFTER=1) for _ in range(5)]
+        stopped, timers, n = set(), [], 0
+        started = time.monotonic()
+
+        def resume(w):
+            if w.poll() is None:
+                os.kill(w.pid, signal.SIGCONT)
+            stopped.discard(w)
+
+        # SIGCONT comes from a timer, not from this loop: on SQLite a worker
+        # stopped inside a transaction holds the write lock, and the push
+        # below waits for it.
+        while len(timers) < 20:
+            q.push_many("c16_sleep", [{"n": i, "s": rng.uniform(0, 0.02)}
+                                      for i in range(n, n + 120)])
+            n += 120      # more than the running workers finish meanwhile: none is idle
+            running = [w for w in workers if w not in stopped]
+            if len(running) > 2:
+                victim = rng.choice(running)
+                stopped.add(victim)
+                os.kill(victim.pid, signal.SIGSTOP)
+                timers.append(threading.Timer(rng.uniform(1.5, 3.5), resume, (victim,)))
+                timers[-1].start()
+            time.sleep(rng.uniform(0.3, 0.7))
+        for timer in timers:
+            timer.join()
+        pauses = len(timers)
+        wait_for(lambda: _count_jobs(self.db) == 0, 60, 0.1, "the drain")
+        elapsed = time.monotonic() - started
+        self.stop_all(workers)
+        starts = self.records()
+        self.assertEqual({e[0] for e in self.records("end")}, set(range(n)), "lost jobs")
+        self.assertEqual(_double_starts(starts), [], "seed %d" % seed)
+        self.assertEqual(q.failed(), [])
+        taken = len({s[0] for s in starts if s[1] > 1})
+        dropped = sum(self.procs.stderr(w).count("not started here") for w in workers)
+        self.assertGreater(taken, 0, "no reservation was taken over: the pauses were too short")
+        print("\n[core16 pause %s] seed %d: %d pauses of 1.5-3.5 s past a 1 s lease, %d jobs in"
+              " %.1fs: %d taken over, %d held jobs dropped unstarted, 0 double starts"
+              % (self.db.name, seed, pauses, n, elapsed, taken, dropped), file=sys.stderr)
+
+    @heavy
+    def test_workers_with_other_retry_after_never_run_a_job_twice(self):
+        # 20 reports of 2.2 s, run by two workers with retry_after 600 and one
+        # with 1, beside an `emails` worker with 1: every report runs once.
+        q = self.db.queue()
+        workers = [self.worker("-q", "--queue", "reports", QUEUE_RETRY_AFTER=600),
+                   self.worker("-q", "--queue", "reports", QUEUE_RETRY_AFTER=600),
+                   self.worker("-q", "--queue", "reports", QUEUE_RETRY_AFTER=1),
+                   self.worker("-q", "--queue", "emails", QUEUE_RETRY_AFTER=1)]
+        started = time.monotonic()
+        q.push_many("c16_sleep", [{"n": i, "s": 2.2} for i in range(20)], queue="reports")
+        q.push_many("c16_sleep", [{"n": i} for i in range(100, 150)], queue="emails")
+        wait_for(lambda: _count_jobs(self.db) == 0, 60, 0.1, "the drain")
+        elapsed = time.monotonic() - started
+        self.stop_all(workers)
+        starts = self.records()
+        self.assertEqual(sorted(s[0] for s in starts), list(range(20)) + list(range(100, 150)))
+        self.assertEqual(_double_starts(starts), [])
+        self.assertEqual(q.failed(), [])
+        print("\n[core16 settings %s] 20 reports of 2.2 s beside retry_after 1 s workers:"
+              " drained in %.1fs, each started once" % (self.db.name, elapsed), file=sys.stderr)
+
+
+_on_backends(Core16FaultTests, _C16_BACKENDS)
+
+
+class Core16IdleTests:
+    """(#16.5) A ready row that another session has locked leaves a worker idle."""
+
+    def test_a_row_locked_by_another_session_does_not_make_the_worker_spin(self):
+        q = self.db.queue()
+        q.push("t_record", {"i": 1})
+        # A second session (a worker cut off mid-claim, or any client) holds
+        # the row lock: the claim skips the row, which is still ready.
+        locker = self.db.connect()
+        self.addCleanup(locker.close)
+        cur = locker.cursor()
+        cur.execute("BEGIN")
+        cur.execute('SELECT id FROM "%s" FOR UPDATE' % self.db.table)
+        claims = []
+
+        class CountingQueue(dbqueue.Queue):
+            def reserve(self, *args, **kwargs):
+                claims.append(time.monotonic())
+                return super().reserve(*args, **kwargs)
+
+        counted = CountingQueue(config=self.db.config())
+        self.addCleanup(counted.close)
+        w = dbqueue.Worker(counted, ["default"], sleep=0.5, log=quiet_log())
+        self.assertEqual(w.run(max_time=2.0), 0)
+        # One claim per idle wait (at most 0.5 s), plus the one retried at
+        # once: a spinning worker makes thousands.
+        self.assertLessEqual(len(claims), 10, "claims in 2 s: %d" % len(claims))
+        cur.execute("ROLLBACK")
+        del RECORD[:]
+        self.assertEqual(dbqueue.Worker(q, ["default"], log=quiet_log()).run(once=True), 1)
+        self.assertEqual(RECORD, [{"i": 1}])
+
+
+_on_backends(Core16IdleTests, [b for b in _C16_BACKENDS if b.name != "sqlite"])
+
+
+
+class Core16ValidatorTests(unittest.TestCase):
+    """(#16.7) Every pattern that validates ends in \Z: "$" matches before a final newline."""
+
+    def test_every_validating_pattern_refuses_a_trailing_newline(self):
+        patterns = {name: value for name, value in vars(dbqueue).items()
+                    if isinstance(value, dbqueue._Pattern) and value.source.startswith("^")}
+        good = {"_IDENT": "jobs", "_QUEUE_NAME": "emails", "_TEMPLATE_NAME": "verify_email",
+                "_HEADER_NAME": "X-Campaign", "_ADDR_SPEC": "ann@example.com",
+                "_MESSAGE_ID_UUID": dbqueue._uuid4()}
+        self.assertLessEqual(set(good), set(patterns))
+        for name, pattern in patterns.items():
+            with self.subTest(pattern=name):
+                self.assertTrue(pattern.source.endswith(r"\Z"), pattern.source)
+                if name in good:
+                    self.assertTrue(pattern.match(good[name]))
+                    self.assertIsNone(pattern.match(good[name] + "\n"))
+        # And where each one is used.
+        with self.assertRaises(dbqueue.ConfigError):
+            dbqueue._quote("jobs\n")
+        with self.assertRaises(ValueError):
+            dbqueue._queue_name("emails\n")
+        with self.assertRaises(dbqueue.PermanentError):
+            dbqueue._template_name("verify_email\n")
+        base = {"to": "a@example.com", "subject": "s", "text": "t"}
+        with self.assertRaisesRegex(dbqueue.PermanentError, "not a header name"):
+            dbqueue._email_fields(dict(base, headers={"X-Campaign\n": "spring"}), None)
+        self.assertEqual(dbqueue._email_fields(dict(base, headers={"X-Campaign": "spring"}),
+                                               None)["headers"], [("X-Campaign", "spring")])
+
+
+class Core16EmailTests(EmailTestMixin, unittest.TestCase):
+    """Findings of #16 about email, with the real SMTP test server."""
+
+    def setUp(self):
+        self.db = Backend(self)
+
+    def test_a_header_name_ending_in_a_newline_fails_and_nothing_is_sent(self):
+        sink = SMTPSink(self)
+        q = self.mail_queue(sink)
+        base = {"to": "a@example.com", "subject": "s", "text": "t"}
+        q.push("send_email", dict(base, headers={"X-Campaign\n": "spring"}), queue="emails")
+        q.push("send_email", dict(base, subject="fine", headers={"X-Campaign": "spring"}),
+               queue="emails")
+        self.work(q, tries=3)
+        (failed,) = q.failed()
+        self.assertIn("is not a header name", failed["exception"])
+        ((_, msg, _),) = sink.messages
+        self.assertEqual((msg["Subject"], msg["X-Campaign"]), ("fine", "spring"))
+        self.assertEqual(msg.get_content().strip(), "t")
+
+    def test_a_hand_written_uuid_ending_in_a_newline_gets_the_fallback_message_id(self):
+        # (#16.10) "$" let "…\n" into the Message-ID, and the job failed.
+        sink = SMTPSink(self)
+        q = self.mail_queue(sink)
+        payload = json.dumps({"uuid": "0c3e8b7a-1d2f-4e5a-9b6c-7d8e9f0a1b2c\n",
+                              "job": "send_email",
+                              "data": {"to": "a@example.com", "subject": "s", "text": "t"}})
+        self.db.raw("INSERT INTO {jobs} (queue, payload, attempts, reserved_at, available_at,"
+                    " created_at) VALUES ('emails', ?, 0, NULL, 0, 0)", (payload,))
+        job_id = self.db.raw("SELECT id FROM {jobs}")[0][0]
+        self.work(q, tries=3)
+        self.assertEqual(q.failed(), [])
+        ((_, msg, _),) = sink.messages
+        self.assertTrue(msg["Message-ID"].startswith("<dbqueue-job-%d-emails@" % job_id),
+                        msg["Message-ID"])
+
+
+
+class Core16MessageFuzzTests(unittest.TestCase):
+    """(#16.9) Whatever a payload holds, building its message either works or
+    is a PermanentError: never another exception, which would be retried."""
+
+    # Pieces the generator combines: header names the email package parses
+    # in its own way (dates, addresses, ids, MIME), and values that trip it.
+    names = ["X-Campaign", "Orig-Date", "Keywords", "Comments", "In-Reply-To", "References",
+             "List-Unsubscribe", "List-Id", "Importance", "Expires", "Auto-Submitted",
+             "Content-Language", "Content-Base", "Content-ID", "Content-Description",
+             "Disposition-Notification-To", "Errors-To", "Precedence", "X-Priority"]
+    values = [" ", "", "\t", "  \t ", "<>", "<", ">", "()", "(", '"', '""', "@", ",", ";", ":",
+              "a, b", "<a@b>", "<a@b> <c@d>", "=?utf-8?q?x?=", "=?", "?=", "=?x?b?###?=",
+              "Mon, 32 Foo 2020 99:99:99", "Tue, 1 Dec 2026 21:00:00 +0000", "0", "-1",
+              "Zoë", "日本語", "\u00a0", "x" * 200, "a " * 60, "<mailto:u@example.com>",
+              "(comment (nested)) value", "\\", "\\\\", "%", "{}", "[a]", "a\\tb"]
+    texts = ["", " ", "plain", "Zoë ümlaut", "日本語", "x" * 1000, "line\nline", "\r\n",
+             "<p>Hi</p>", "<b>unclosed", "=?utf-8?q?x?=", ". \n.\n", "\u2028"]
+    addresses = ["a@example.com", "Ann <ann@example.com>", '"Ann, B" <ann@example.com>',
+                 "Zoë <zoe@example.com>", "ann@bücher.example", "(c) a@example.com",
+                 '"" <a@example.com>', "=?utf-8?q?x?= <a@example.com>", "a@[127.0.0.1]",
+                 "a.@example.com", "<a@example.com>", "a@example.com (comment)", "@", ""]
+
+    def one(self, rng):
+        pick = rng.choice
+        data = {"to": pick(self.addresses) if rng.random() < 0.8 else
+                [pick(self.addresses) for _ in range(rng.randint(0, 3))],
+                "subject": pick(self.values + self.texts)}
+        for key in ("text", "html"):
+            if rng.random() < 0.7:
+                data[key] = pick(self.texts)
+        for key in ("cc", "bcc", "reply_to", "from"):
+            if rng.random() < 0.2:
+                data[key] = pick(self.addresses)
+        if rng.random() < 0.8:
+            data["headers"] = {pick(self.names): pick(self.values)
+                               for _ in range(rng.randint(1, 4))}
+        return data
+
+    def test_generated_messages_build_or_fail_permanently(self):
+        count = 20000 if FAULTS else 1000
+        seed = int(os.environ.get("FAULT_SEED") or random.randrange(1 << 30))
+        rng = random.Random(seed)
+        config = dbqueue.Config(mail_from_address="app@example.com", mail_from_name="Äpp")
+        built = refused = 0
+        for _ in range(count):
+            data = self.one(rng)
+            try:
+                fields = dbqueue._email_fields(data, config)
+                msg, raw, raw_7bit = dbqueue._message_parts(fields)
+            except dbqueue.PermanentError:
+                refused += 1
+                continue
+            except Exception as exc:
+                self.fail("seed %d: %r escaped as %s: %s" % (seed, data, type(exc).__name__, exc))
+            built += 1
+            for text in (raw, raw_7bit or raw):
+                self.assertIn(b"\r\n\r\n", text)
+                self.assertNotIn(b"\n", text.replace(b"\r\n", b""), (seed, data))
+            if raw_7bit is not None:
+                self.assertTrue(raw_7bit.isascii(), (seed, data))
+        self.assertGreater(built, count // 10)
+        self.assertGreater(refused, count // 10)
+
+    def test_a_blank_orig_date_is_sent_or_fails_at_once(self):
+        # Python 3.8's email package raised TypeError on it (when dbqueue
+        # still let the email package parse extra headers): that was
+        # retried, as if the mail server had failed. Either it is sent, or
+        # it fails at once; it is never given back for another attempt.
+        db = Backend(self)
+        q = db.queue(mail_mailer="log", mail_from_address="app@example.com")
+        q.push("send_email", {"to": "a@example.com", "subject": "s", "text": "t",
+                              "headers": {"Orig-Date": " "}}, queue="emails")
+        w = dbqueue.Worker(q, ["emails"], tries=3, backoff="0", log=quiet_log())
+        self.assertEqual(w.run(once=True), 1)
+        self.assertEqual(db.raw("SELECT COUNT(*) FROM {jobs}"), [(0,)])
+        for row in q.failed():
+            self.assertIn("cannot be built", row["exception"])
 
 
 # ---- config: the .env file, settings and their sources, the newcomer's mistakes ----
@@ -5933,6 +6539,1266 @@ class MailOutageRightsTests(unittest.TestCase):
         code, out, err = run_main(["stats", "--json"], self.env)
         self.assertEqual(code, 0, err)
         self.assertNotIn("mail_outage", out)
+
+
+# ---- limits: unique jobs, MAIL_RATE_LIMIT, SQLite producer latency (issue 13) ----
+
+@on_every_backend
+class UniqueTests:
+
+    def setUp(self):
+        del RECORD[:]
+
+    def work(self, q, queues=("default",)):
+        dbqueue.Worker(q, list(queues), log=quiet_log(), backoff="0").run(stop_when_empty=True)
+
+    def rows(self):
+        return self.db.raw("SELECT id, queue, unique_key FROM {jobs} ORDER BY id")
+
+    def test_a_second_push_with_the_key_inserts_nothing_and_returns_the_first_id(self):
+        q = self.db.queue()
+        first = q.push("t_record", {"n": 1}, unique_key="verify:ann@example.com")
+        again = q.push("t_record", {"n": 2}, unique_key="verify:ann@example.com")
+        self.assertEqual(again, first)
+        other_queue = q.push("t_record", {"n": 3}, queue="other", unique_key="verify:ann@example.com")
+        other_key = q.push("t_record", {"n": 4}, unique_key="verify:bob@example.com")
+        plain = [q.push("t_record", {"n": 5}), q.push("t_record", {"n": 6})]
+        self.assertEqual(len({first, other_queue, other_key} | set(plain)), 5)
+        self.assertEqual(self.rows(), [(first, "default", "verify:ann@example.com"),
+                                       (other_queue, "other", "verify:ann@example.com"),
+                                       (other_key, "default", "verify:bob@example.com"),
+                                       (plain[0], "default", None), (plain[1], "default", None)])
+        payload = json.loads(self.db.raw("SELECT payload FROM {jobs} WHERE id = %d" % first)[0][0])
+        self.assertEqual(payload["uniqueKey"], "verify:ann@example.com")
+        self.assertEqual(payload["data"], {"n": 1})    # the first push's data is the one kept
+        self.work(q)
+        self.assertEqual(sorted(d["n"] for d in RECORD), [1, 4, 5, 6])
+
+    def test_the_key_is_held_while_delayed_or_running_and_free_once_done(self):
+        clock = Clock()
+        q = self.db.queue(clock=clock)
+        first = q.push("t_record", {"n": 1}, delay=60, unique_key="k")
+        self.assertEqual(q.push("t_record", {"n": 2}, unique_key="k"), first)    # delayed
+        clock.advance(60)
+        conn = q.connect()
+        jobs, _ = q.reserve(conn, ["default"])
+        self.assertEqual([j.id for j in jobs], [first])
+        self.assertEqual(q.push("t_record", {"n": 3}, unique_key="k"), first)    # running
+        q.release(conn, jobs[0].token, delay=30)
+        self.assertEqual(q.push("t_record", {"n": 4}, unique_key="k"), first)    # backing off
+        clock.advance(30)
+        jobs, _ = q.reserve(conn, ["default"])
+        q.ack(conn, [jobs[0].token])
+        second = q.push("t_record", {"n": 5}, unique_key="k")                    # done: free
+        self.assertGreater(second, first)
+        self.assertEqual(self.rows(), [(second, "default", "k")])
+        q.clear("default")
+        self.assertNotIn(q.push("t_record", {"n": 6}, unique_key="k"), (first, second))
+
+    def test_a_failed_job_frees_its_key_and_retry_gives_it_back(self):
+        q = self.db.queue()
+        failed_job = q.push("t_permanent", {}, unique_key="report:7")
+        self.work(q)
+        self.assertEqual(self.rows(), [])
+        [failed] = q.failed()
+        self.assertEqual(json.loads(failed["payload"])["uniqueKey"], "report:7")
+        [retried] = q.retry([failed["id"]])
+        self.assertNotEqual(retried, failed_job)
+        self.assertEqual(self.rows(), [(retried, "default", "report:7")])
+        self.assertEqual(q.push("t_permanent", {}, unique_key="report:7"), retried)
+
+    def test_retry_while_a_live_job_holds_the_key_is_that_push_again(self):
+        q = self.db.queue()
+        q.push("t_permanent", {}, unique_key="report:7")
+        self.work(q)
+        live = q.push("t_record", {"n": 1}, unique_key="report:7")
+        plain = q.push("t_permanent", {})
+        self.work(q)   # fails `plain`; the live one with the key is done, so push it again
+        live = q.push("t_record", {"n": 2}, unique_key="report:7")
+        ids = q.retry()
+        self.assertEqual(len(ids), 2)
+        self.assertIn(live, ids)              # the failed unique job: answered by the live one
+        self.assertEqual(q.failed(), [])      # and no longer failed
+        self.assertEqual([(r[1], r[2]) for r in self.rows()],
+                         [("default", "report:7"), ("default", None)])
+
+    def test_bad_keys_are_refused_before_anything_is_stored(self):
+        q = self.db.queue()
+        for bad in ("", "a\nb", "tab\there", "nul\x00", "\x7f", "\x85", "x" * 256, 7, b"k",
+                    "\ud800"):
+            with self.assertRaises(ValueError, msg=repr(bad)) as caught:
+                q.push("t_record", {}, unique_key=bad)
+            self.assertNotIn("\n", str(caught.exception))
+            self.assertLess(len(str(caught.exception)), 200)
+        q.push("t_record", {}, unique_key="ü" * 255)     # 255 characters, not bytes
+        q.push("t_record", {}, unique_key=" spaced key ")
+        self.assertEqual(len(self.rows()), 2)
+        with self.assertRaises(TypeError) as caught:
+            q.push_many("t_record", [{}, {}], unique_key="k")
+        self.assertIn("push()", str(caught.exception))
+        self.assertEqual(len(self.rows()), 2)
+
+    def test_inside_the_callers_transaction(self):
+        q = self.db.queue()
+        app = self.db.connect()
+        self.addCleanup(app.close)
+        cur = app.cursor()
+        if self.db.name == "sqlite":
+            cur.execute("BEGIN IMMEDIATE")     # the app holds the write lock
+        else:
+            app.autocommit = False
+        cur.execute("SELECT 1")
+        first = q.push("t_record", {"n": 1}, connection=app, unique_key="k")
+        self.assertEqual(q.push("t_record", {"n": 2}, connection=app, unique_key="k"), first)
+        # On PostgreSQL a caught unique violation would have aborted the
+        # transaction: the app's next statement and its commit still work.
+        cur.execute("SELECT 2")
+        self.assertEqual(cur.fetchone()[0], 2)
+        app.rollback()
+        self.assertEqual(self.rows(), [])      # nothing outside the app's transaction
+        if self.db.name == "sqlite":
+            cur.execute("BEGIN IMMEDIATE")
+        kept = q.push("t_record", {"n": 3}, connection=app, unique_key="k")
+        app.commit()
+        self.assertEqual(self.rows(), [(kept, "default", "k")])
+        self.assertEqual(q.push("t_record", {"n": 4}, unique_key="k"), kept)
+
+    def test_queue_email_and_queue_template_email_take_a_key(self):
+        q = self.db.queue()
+        a = dbqueue.queue_email("ann@example.com", "Hi", text="x", using=q, unique_key="hi:ann")
+        self.assertEqual(dbqueue.queue_email("ann@example.com", "Hi", text="y", using=q,
+                                             unique_key="hi:ann"), a)
+        vars_ = {"name": "Ann", "url": "https://example.com/v/1"}
+        b = dbqueue.queue_template_email("ann@example.com", "verify_email", vars_, using=q,
+                                         unique_key="verify:ann")
+        self.assertEqual(dbqueue.queue_template_email("ann@example.com", "verify_email", vars_,
+                                                      using=q, unique_key="verify:ann"), b)
+        with self.assertRaises(ValueError):
+            dbqueue.queue_email("ann@example.com", "Hi", text="x", using=q, unique_key="")
+        self.assertEqual(self.rows(), [(a, "emails", "hi:ann"), (b, "emails", "verify:ann")])
+
+    def test_push_command_takes_unique_key(self):
+        self.db.queue()
+        env = self.db.env()
+        code, out, err = run_main(["push", "t_record", "--unique-key", "nightly:2026-12-01"], env)
+        self.assertEqual((code, err), (0, ""))
+        code, again, err = run_main(["push", "t_record", "--data", '{"n": 2}', "--unique-key",
+                                     "nightly:2026-12-01"], env)
+        self.assertEqual((code, again, err), (0, out, ""))
+        for bad in ("", "x" * 300, "two\nlines"):
+            code, out, err = run_main(["push", "t_record", "--unique-key", bad], env)
+            self.assertEqual(code, 2)
+            one_line(self, err)
+            self.assertIn("--unique-key", err)
+        self.assertEqual(len(self.rows()), 1)
+
+
+_UNIQUE_PRODUCER = r"""
+import os, sys
+sys.path.insert(0, sys.argv[1])
+import dbqueue
+q = dbqueue.Queue.from_env()
+out = []
+for i in range(int(sys.argv[2])):
+    key = "k%d" % (i % int(sys.argv[3]))
+    out.append("%s %d" % (key, q.push("u_record", {"key": key}, unique_key=key)))
+with open(sys.argv[4], "w") as fh:
+    fh.write("\n".join(out) + "\n")
+"""
+
+_UNIQUE_HANDLERS = r"""
+import os, dbqueue
+
+@dbqueue.job("u_record")
+def u_record(data):
+    fd = os.open(os.environ["T_OUT"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    os.write(fd, ("%s %d\n" % (data["key"], dbqueue.current_job().id)).encode())
+    os.close(fd)
+"""
+
+
+@on_sqlite_and_postgres
+class UniqueProcessTests(_WorkerProcesses):
+
+    def setUp(self):
+        self.process_setup()
+        with open(os.path.join(self.ptmp, "dbq_unique_handlers.py"), "w") as fh:
+            fh.write(_UNIQUE_HANDLERS)
+
+    def test_concurrent_pushers_in_processes_while_workers_drain(self):
+        # 4 producer processes push 10 keys over and over while two workers
+        # finish and free them: the holder often finishes between a producer's
+        # insert that met its key and the read of its id. Every id a push
+        # returns must be a job that existed with that key, and each existing
+        # job runs once.
+        q = self.db.queue()
+        workers = [self.start_worker("--import", "dbq_unique_handlers", "-q") for _ in range(2)]
+        env = {k: v for k, v in os.environ.items()
+               if not k.startswith(("QUEUE_", "MAIL_", "DATABASE_URL"))}
+        env.update(self.db.env())
+        producers = []
+        for n in range(4):
+            path = os.path.join(self.ptmp, "pushed%d.txt" % n)
+            producers.append((path, subprocess.Popen(
+                [sys.executable, "-c", _UNIQUE_PRODUCER, HERE, "300", "10", path],
+                env=env, cwd=self.ptmp, stderr=subprocess.PIPE)))
+        pushed = []
+        for path, proc in producers:
+            _, err = proc.communicate(timeout=120)
+            self.assertEqual(proc.returncode, 0, err.decode()[-2000:])
+            with open(path) as fh:
+                pushed += [tuple(line.split()) for line in fh.read().splitlines()]
+        self.assertEqual(len(pushed), 1200)
+        wait_for(lambda: self.db.raw("SELECT COUNT(*) FROM {jobs}")[0][0] == 0, 60,
+                 message="the drain")
+        for proc in workers:
+            proc.terminate()
+            self.assertEqual(self.finish(proc), 0, self.stderr(proc)[-2000:])
+        ran = [tuple(line.split()) for line in self.lines()]
+        self.assertEqual(len(ran), len(set(ran)), "a job ran twice")
+        self.assertEqual(set(pushed), set(ran), "an id a push returned is not a job of that key")
+        self.assertLess(len(ran), 1200)        # pushes did meet live keys
+        self.assertEqual(q.failed(), [])
+
+    def test_concurrent_pushers_without_a_worker_make_one_job_per_key(self):
+        self.db.queue()
+        env = {k: v for k, v in os.environ.items()
+               if not k.startswith(("QUEUE_", "MAIL_", "DATABASE_URL"))}
+        env.update(self.db.env())
+        procs = []
+        for n in range(4):
+            path = os.path.join(self.ptmp, "pushed%d.txt" % n)
+            procs.append((path, subprocess.Popen(
+                [sys.executable, "-c", _UNIQUE_PRODUCER, HERE, "200", "20", path],
+                env=env, cwd=self.ptmp, stderr=subprocess.PIPE)))
+        pushed = set()
+        for path, proc in procs:
+            _, err = proc.communicate(timeout=120)
+            self.assertEqual(proc.returncode, 0, err.decode()[-2000:])
+            with open(path) as fh:
+                pushed |= {tuple(line.split()) for line in fh.read().splitlines()}
+        rows = self.db.raw("SELECT unique_key, id FROM {jobs}")
+        self.assertEqual(len(rows), 20)
+        self.assertEqual(pushed, {(k, str(i)) for k, i in rows})
+
+
+class TimedSink(SMTPSink):
+    """An SMTPSink that also notes when (time.time()) each message arrived."""
+
+    def __init__(self, testcase, **kw):
+        self.times = []
+        super().__init__(testcase, **kw)
+
+    async def handle_DATA(self, server, session, envelope):
+        self.times.append(time.time())
+        return await super().handle_DATA(server, session, envelope)
+
+
+def busiest_window(times, seconds):
+    """The most messages that arrived within any `seconds`-long window."""
+    times = sorted(times)
+    most, start = 0, 0
+    for end in range(len(times)):
+        while times[end] - times[start] >= seconds:
+            start += 1
+        most = max(most, end - start + 1)
+    return most
+
+
+@on_every_backend
+class RateLimitTests(EmailTestMixin):
+
+    def test_waiting_in_the_handler_keeps_every_window_within_the_limit(self):
+        sink = TimedSink(self)
+        q = self.mail_queue(sink, mail_rate_limit="3/s")
+        for n in range(9):
+            dbqueue.queue_email("ann@example.com", "n%d" % n, text="x", using=q)
+        started = time.monotonic()
+        _, log = self.work(q)
+        self.assertEqual(len(sink.times), 9)
+        self.assertEqual(busiest_window(sink.times, 1.0), 3)
+        self.assertGreaterEqual(time.monotonic() - started, 2.0)
+        # Each waited for its slot inside its first attempt: none given back, none retried.
+        self.assertEqual(log.count("attempt=1/3 outcome=done"), 9, log)
+        self.assertNotIn("released", log)
+        self.assertEqual(q.rate_use()["used"], 3)
+        self.assertEqual(self.slots(), 3)
+
+    def test_a_long_wait_gives_the_job_back_with_its_attempt_unspent(self):
+        sink = SMTPSink(self)
+        clock = Clock()
+        q = self.mail_queue(sink, clock=clock, mail_rate_limit="1/h")
+        for n in range(3):
+            dbqueue.queue_email("ann@example.com", "n%d" % n, text="x", using=q)
+        _, log = self.work(q)
+        self.assertEqual(len(sink.messages), 1)
+        self.assertIn("MAIL_RATE_LIMIT 1/h: the next message may leave in 3600.0s", log)
+        self.assertEqual(log.count("outcome=released"), 2, log)
+        rows = self.db.raw("SELECT attempts, available_at FROM {jobs} ORDER BY id")
+        # With no attempt spent, and back in whole seconds no later than the
+        # slot frees: a window after the send ended (stamped 1 ms after `now`).
+        self.assertEqual(rows, [(0, clock.now + 3600), (0, clock.now + 3600)])
+        self.assertEqual(q.rate_use(), {"limit": "1/h", "messages": 1, "window_seconds": 3600,
+                                        "used": 1})
+        clock.advance(3601)
+        self.assertEqual(q.rate_use()["used"], 0)
+        self.work(q)
+        self.assertEqual(len(sink.messages), 2)
+        self.assertEqual(self.db.raw("SELECT attempts FROM {jobs}"), [(0,)])
+        self.assertEqual(q.failed(), [])
+
+    def setUp(self):
+        self.addCleanup(self.forget_slots)
+
+    def slots(self, verb="SELECT COUNT(*) FROM"):
+        # One ring per jobs table: the tests' tables are their own.
+        rows = self.db.raw("%s dbqueue_rate WHERE name LIKE %s" % (verb, self.db.param),
+                           (self.db.table + " %",))
+        return rows[0][0] if rows else None
+
+    def forget_slots(self):
+        try:
+            self.slots("DELETE FROM")
+        except Exception:
+            pass    # skipped before the tables were made
+
+    def test_no_limit_takes_no_slots(self):
+        sink = SMTPSink(self)
+        q = self.mail_queue(sink)
+        dbqueue.queue_email("ann@example.com", "n", text="x", using=q)
+        self.work(q)
+        self.assertEqual(len(sink.messages), 1)
+        self.assertEqual(self.slots(), 0)
+        self.assertIsNone(q.rate_use())
+
+    def test_stats_shows_the_current_use(self):
+        sink = SMTPSink(self)
+        clock = Clock()
+        q = self.mail_queue(sink, clock=clock, mail_rate_limit="2/d")
+        dbqueue.queue_email("ann@example.com", "n", text="x", using=q)
+        self.work(q)
+        q.push("t_record", {})
+        env = self.db.env(MAIL_RATE_LIMIT="2/d")
+        code, out, err = run_main(["stats"], env)
+        self.assertEqual((code, err), (0, ""))
+        self.assertIn("MAIL_RATE_LIMIT 2/d: 1 of 2 messages used in the last day", out)
+        stats = json.loads(run_main(["stats", "--json"], env)[1])
+        self.assertEqual([s["queue"] for s in stats], ["default"])
+        self.assertEqual(stats[0]["mail_rate"], {"limit": "2/d", "messages": 2,
+                                                 "window_seconds": 86400, "used": 1})
+        prom = run_main(["stats", "--format", "prometheus"], env)[1]
+        self.assertIn('dbqueue_mail_rate_used{limit="2/d"} 1\n', prom)
+        self.assertIn('dbqueue_mail_rate_limit{limit="2/d"} 2\n', prom)
+        code, out, _ = run_main(["stats"], self.db.env())     # no limit: no line
+        self.assertNotIn("MAIL_RATE_LIMIT", out)
+
+
+class RateLimitSendmailTests(EmailTestMixin, unittest.TestCase):
+
+    def setUp(self):
+        self.db = Backend(self)
+
+    def test_sendmail_is_limited_too(self):
+        stamps = os.path.join(self.db.tmp, "stamps")
+        script = os.path.join(self.db.tmp, "fake-sendmail")
+        with open(script, "w") as fh:
+            fh.write("#!%s\nimport sys, time\nsys.stdin.read()\n"
+                     "open(%r, 'a').write('%%f\\n' %% time.time())\n" % (sys.executable, stamps))
+        os.chmod(script, 0o700)
+        q = self.db.queue(mail_mailer="sendmail", mail_sendmail_path=script,
+                          mail_rate_limit="2/s", mail_from_address="app@example.com")
+        for n in range(5):
+            dbqueue.queue_email("ann@example.com", "n%d" % n, text="x", using=q)
+        _, log = self.work(q)
+        with open(stamps) as fh:
+            times = [float(line) for line in fh.read().split()]
+        self.assertEqual(len(times), 5, log)
+        self.assertEqual(busiest_window(times, 1.0), 2)
+
+
+class RateLimitSchemaTests(unittest.TestCase):
+
+    def test_a_version_2_sqlite_database_without_the_slots_table_gets_it(self):
+        db = Backend(self)
+        db.queue().close()
+        db.raw("DROP TABLE dbqueue_rate")       # as made before MAIL_RATE_LIMIT existed
+        db.queue(migrate=False).push("t_record", {})
+        self.assertEqual(db.raw("SELECT COUNT(*) FROM dbqueue_rate"), [(0,)])
+
+    def test_a_worker_with_a_limit_names_migrate_when_the_table_is_missing(self):
+        db = Backend(self)
+        db.queue().close()
+        db.raw("DROP TABLE dbqueue_rate")
+        q = dbqueue.Queue(config=db.config(mail_rate_limit="14/s"))
+        self.addCleanup(q.close)
+        conn = q.dialect.connect(q._target)     # a connection that does not migrate
+        self.addCleanup(conn.close)
+        with self.assertRaises(dbqueue.MissingTableError) as caught:
+            q.check(conn)
+        self.assertIn("migrate", str(caught.exception))
+        q.config.mail_rate_limit = ""
+        self.assertTrue(q.check(conn))
+
+
+class RateLimitSettingTests(unittest.TestCase):
+
+    def test_values(self):
+        for value, expected in (("14/s", (14, 1)), ("600/m", (600, 60)), (" 10000 / h ", (10000, 3600)),
+                                ("50000/d", (50000, 86400)), ("", None)):
+            config = dbqueue.Config.from_env({"MAIL_RATE_LIMIT": value}, os.devnull)
+            self.assertEqual(dbqueue._rate_limit(config.mail_rate_limit), expected, value)
+
+    def test_a_bad_value_is_one_line_naming_the_variable_and_exit_2(self):
+        tmp = tempfile.mkdtemp(prefix="dbqueue-rate-")
+        self.addCleanup(shutil.rmtree, tmp, True)
+        db = os.path.join(tmp, "q.db")
+        for bad in ("14", "14/x", "0/s", "-1/s", "abc", "14/s/2", "1.5/s", "14/S", "14/sec",
+                    "14\n/s"):
+            for argv in (["work", "--once"], ["stats"], ["push", "t_record"]):
+                code, out, err = run_main(argv, {"QUEUE_DATABASE_URL": "sqlite:///" + db,
+                                                 "MAIL_RATE_LIMIT": bad})
+                self.assertEqual(code, 2, (bad, argv, err))
+                one_line(self, err)
+                self.assertIn("MAIL_RATE_LIMIT", err)
+        self.assertFalse(os.path.exists(db))
+
+
+@on_sqlite_and_postgres
+class RateLimitProcessTests(_WorkerProcesses):
+
+    def setUp(self):
+        self.process_setup()
+        self.addCleanup(RateLimitTests.forget_slots, self)
+
+    def test_the_limit_holds_across_two_worker_processes(self):
+        sink = TimedSink(self)
+        q = self.db.queue()
+        for n in range(16):
+            dbqueue.queue_email("ann@example.com", "n%d" % n, text="x", using=q)
+        mail = dict(MAIL_HOST="127.0.0.1", MAIL_PORT=sink.port, MAIL_RATE_LIMIT="4/s",
+                    MAIL_FROM_ADDRESS="app@example.com")
+        workers = [self.start_worker("--queue", "emails", "--stop-when-empty", **mail)
+                   for _ in range(2)]
+        for proc in workers:
+            self.assertEqual(self.finish(proc, 60), 0, self.stderr(proc)[-2000:])
+        self.assertEqual(len(sink.times), 16)
+        self.assertEqual(busiest_window(sink.times, 1.0), 4)
+        self.assertGreaterEqual(max(sink.times) - min(sink.times), 3.0)
+        logs = [self.stderr(proc) for proc in workers]
+        for log in logs:
+            self.assertGreater(log.count("outcome=done"), 0, "one worker sent nothing")
+            self.assertNotIn("released", log)
+        self.assertEqual(sum(log.count("attempt=1/3 outcome=done") for log in logs), 16)
+
+
+_LOCK_HOLDER = r"""
+import fcntl, os, sys
+fd = os.open(sys.argv[1], os.O_RDONLY)
+fcntl.flock(fd, fcntl.LOCK_EX)
+sys.stdout.write("held\n")
+sys.stdout.flush()
+sys.stdin.readline()          # hold it until the test says
+"""
+
+_PLAIN_PRODUCER = r"""
+import sys
+sys.path.insert(0, sys.argv[1])
+import dbqueue
+q = dbqueue.Queue.from_env()
+ids = [q.push("t_record", {"p": sys.argv[3], "n": n}) for n in range(int(sys.argv[2]))]
+print(" ".join(map(str, ids)))
+"""
+
+
+class SQLitePushLockTests(unittest.TestCase):
+    """push() on SQLite queues behind other producers on a file lock (see _SQLite.push_lock)."""
+
+    def setUp(self):
+        self.db = Backend(self)
+        self.path = self.db.url[len("sqlite:///"):]
+
+    def test_the_lock_file_sits_beside_the_database_with_its_mode(self):
+        q = self.db.queue()
+        lock = self.path + "-dbqueue.lock"
+        q.stats()
+        self.assertFalse(os.path.exists(lock))     # made by the first push, not by reading
+        q.push("t_record", {})
+        self.assertEqual(os.stat(lock).st_mode & 0o777, 0o600)    # as dbqueue made the database
+        q.close()
+        os.remove(lock)
+        os.chmod(self.path, 0o640)                                 # as the app's deploy set it
+        q.push("t_record", {})
+        self.assertTrue(os.path.isfile(lock))
+        self.assertEqual(os.stat(lock).st_mode & 0o777, 0o640)
+        q.close()                      # closes the lock's file too
+        self.assertEqual([f for f in os.listdir("/proc/self/fd")
+                          if os.path.realpath("/proc/self/fd/" + f) == os.path.realpath(lock)], [])
+
+    def test_a_push_waits_while_another_process_holds_the_lock(self):
+        q = self.db.queue()
+        q.push("t_record", {"n": 0})       # makes the lock file
+        holder = subprocess.Popen([sys.executable, "-c", _LOCK_HOLDER, self.path + "-dbqueue.lock"],
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self.addCleanup(lambda: holder.poll() is None and holder.kill())
+        self.assertEqual(holder.stdout.readline(), "held\n")
+        pushed = []
+        thread = threading.Thread(target=lambda: pushed.append(q.push("t_record", {"n": 1})))
+        thread.start()
+        thread.join(0.5)
+        self.assertTrue(thread.is_alive(), "push did not wait for the lock")
+        self.assertEqual(self.db.raw("SELECT COUNT(*) FROM {jobs}")[0][0], 1)
+        holder.stdin.write("go\n")
+        holder.stdin.flush()
+        thread.join(10)
+        self.assertEqual(len(pushed), 1)
+        self.assertEqual(holder.wait(10), 0)
+        self.assertEqual(self.db.raw("SELECT COUNT(*) FROM {jobs}")[0][0], 2)
+
+    def test_without_a_lock_file_pushes_still_work(self):
+        os.symlink(os.path.join(self.db.tmp, "no", "such", "dir"), self.path + "-dbqueue.lock")
+        q = self.db.queue()
+        ids = [q.push("t_record", {"n": n}) for n in range(3)]
+        q.push("t_record", {}, unique_key="k")
+        self.assertIsNone(q._local.push_lock)
+        self.assertEqual(len(set(ids)), 3)
+        self.assertEqual(self.db.raw("SELECT COUNT(*) FROM {jobs}")[0][0], 4)
+
+    def test_eight_producer_processes_push_every_job_once(self):
+        self.db.queue()
+        env = {k: v for k, v in os.environ.items()
+               if not k.startswith(("QUEUE_", "MAIL_", "DATABASE_URL"))}
+        env.update(self.db.env())
+        procs = [subprocess.Popen([sys.executable, "-c", _PLAIN_PRODUCER, HERE, "250", str(p)],
+                                  env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                  text=True) for p in range(8)]
+        ids = []
+        for proc in procs:
+            out, err = proc.communicate(timeout=120)
+            self.assertEqual(proc.returncode, 0, err[-2000:])
+            ids += [int(i) for i in out.split()]
+        rows = self.db.raw("SELECT id FROM {jobs}")
+        self.assertEqual(len(ids), 2000)
+        self.assertEqual(sorted(ids), sorted(r[0] for r in rows))
+
+
+# ---- dashboard: the web page (issue 14) ----
+
+class _PageParser:
+    """What a test reads off a dashboard page: table rows (data-label -> text),
+    forms (action -> hidden fields), tiles (data-total -> number) and links."""
+
+    def __init__(self, text):
+        from html.parser import HTMLParser
+        self.rows, self.forms, self.tiles, self.links, self.buttons = [], {}, {}, [], []
+        page = self
+        state = {"row": None, "cell": None, "form": None, "tile": None, "button": None}
+
+        class Parser(HTMLParser):
+            def handle_starttag(self, tag, attrs):
+                a = dict(attrs)
+                if tag == "tr" and state["row"] is None:
+                    state["row"] = {"_attrs": a}
+                elif tag == "td" and state["row"] is not None:
+                    state["cell"] = a.get("data-label", "")
+                    state["row"][state["cell"]] = ""
+                elif tag == "form":
+                    state["form"] = {"_method": a.get("method", "get")}
+                    page.forms.setdefault(a.get("action"), []).append(state["form"])
+                elif tag == "input" and state["form"] is not None and a.get("type") == "hidden":
+                    state["form"][a["name"]] = a.get("value", "")
+                elif tag == "div" and "data-total" in a:
+                    state["tile"] = a["data-total"]
+                elif tag == "a":
+                    page.links.append(a.get("href"))
+                elif tag == "button":
+                    state["button"] = ""
+
+            def handle_endtag(self, tag):
+                if tag == "tr" and state["row"] is not None:
+                    if len(state["row"]) > 1:
+                        page.rows.append(state["row"])
+                    state["row"] = None
+                elif tag == "td":
+                    state["cell"] = None
+                elif tag == "form":
+                    state["form"] = None
+                elif tag == "div":
+                    state["tile"] = None
+                elif tag == "button" and state["button"] is not None:
+                    page.buttons.append(state["button"].strip())
+                    state["button"] = None
+
+            def handle_data(self, data):
+                if state["cell"] is not None:
+                    state["row"][state["cell"]] += data
+                if state["tile"] is not None and data.strip():
+                    page.tiles.setdefault(state["tile"], data.strip())
+                if state["button"] is not None:
+                    state["button"] += data
+
+        Parser().feed(text)
+
+    def row(self, **match):
+        found = [r for r in self.rows if all(r.get(k, "").strip() == v for k, v in match.items())]
+        assert len(found) == 1, (match, self.rows)
+        return found[0]
+
+
+class _Response:
+    def __init__(self, status, headers, text, set_cookies=()):
+        self.status, self.headers, self.text = status, headers, text
+        self.set_cookies = list(set_cookies)
+
+    def header(self, name):
+        return self.headers.get(name.lower())
+
+    @property
+    def page(self):
+        return _PageParser(self.text)
+
+
+class DashboardClient:
+    """HTTP to a dashboard on a loopback port, keeping its cookies as a browser would."""
+
+    def __init__(self, port, host="127.0.0.1"):
+        self.port, self.host = port, host
+        self.cookies = {}
+
+    def request(self, method, path, form=None, headers=None, cookies=True):
+        import http.client
+        from urllib.parse import urlencode
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=15)
+        try:
+            sent = {"Host": "%s:%d" % (self.host, self.port)}
+            if cookies and self.cookies:
+                sent["Cookie"] = "; ".join("%s=%s" % kv for kv in self.cookies.items())
+            body = None
+            if form is not None:
+                body = urlencode(form)
+                sent["Content-Type"] = "application/x-www-form-urlencoded"
+            sent.update(headers or {})
+            conn.request(method, path, body=body, headers=sent)
+            resp = conn.getresponse()
+            text = resp.read().decode("utf-8")
+            found, set_cookies = {}, []
+            for name, value in resp.getheaders():
+                if name.lower() == "set-cookie":
+                    set_cookies.append(value)
+                    if cookies:
+                        key, _, rest = value.partition("=")
+                        self.cookies[key] = rest.partition(";")[0]
+                else:
+                    found.setdefault(name.lower(), value)
+            return _Response(resp.status, found, text, set_cookies)
+        finally:
+            conn.close()
+
+    def get(self, path, **kwargs):
+        return self.request("GET", path, **kwargs)
+
+    def post(self, path, form, **kwargs):
+        return self.request("POST", path, form=form, **kwargs)
+
+
+def start_dashboard(testcase, queue, **options):
+    """A real dashboard server on a free loopback port, in a thread; returns its port."""
+    dashboard = dbqueue._Dashboard(queue, log=quiet_log(), **options)
+    server = dbqueue._dashboard_server(dashboard, "127.0.0.1", 0)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+
+    def stop():
+        server.shutdown()
+        server.server_close()
+        thread.join(10)
+    testcase.addCleanup(stop)
+    return server.server_address[1]
+
+
+HOSTILE = "<script>alert(1)</script>"
+
+
+@on_every_backend
+class DashboardTests:
+
+    def add_failed(self, queue="emails", to="ann@example.com", exception="RuntimeError: x",
+                   data=None, job="send_email"):
+        p = self.db.param
+        payload = json.dumps({"uuid": dbqueue._uuid4(), "job": job,
+                              "data": data if data is not None else {"to": to, "subject": "Hi"}})
+        self.db.raw("INSERT INTO {failed} (uuid, connection, queue, payload, exception)"
+                    " VALUES (%s, 'database', %s, %s, %s)" % (p, p, p, p),
+                    (dbqueue._uuid4(), queue, payload, exception))
+        return self.db.raw("SELECT MAX(id) FROM {failed}")[0][0]
+
+    def serve(self, **options):
+        self.q = self.db.queue()
+        port = start_dashboard(self, self.db.queue(), **options)
+        return DashboardClient(port)
+
+    def count(self, table="{jobs}"):
+        return self.db.raw("SELECT COUNT(*) FROM %s" % table)[0][0]
+
+    def test_overview_shows_each_queues_counts(self):
+        client = self.serve()
+        q = self.q
+        for i in range(3):
+            q.push("t_record", {"i": i}, queue="emails")
+        q.push("t_record", {}, queue="emails", delay=3600)
+        self.db.raw("UPDATE {jobs} SET available_at = available_at - 125 WHERE queue = %s"
+                    " AND available_at = created_at" % self.db.param, ("emails",))
+        q.push("t_record", {}, queue="default")
+        self.assertEqual(len(q.reserve(q.connect(), ["default"])[0]), 1)
+        self.add_failed("emails")
+        self.add_failed("reports")
+        self.assertNotIn("stopped renewing", client.get("/").text)
+        # The worker holding the "default" job has stopped renewing its reservation.
+        self.db.raw("UPDATE {jobs} SET reserved_at = reserved_at - 1000,"
+                    " reserved_until = reserved_until - 1000 WHERE queue = 'default'")
+        resp = client.get("/")
+        self.assertEqual(resp.status, 200, resp.text)
+        page = resp.page
+        emails = page.row(Queue="emails")
+        self.assertEqual([emails[k].strip() for k in ("Ready", "Delayed", "Running", "Failed")],
+                         ["3", "1", "0", "1"])
+        self.assertRegex(emails["Oldest ready"].strip(), r"^2m0[5-9]s\Z")
+        default = page.row(Queue="default")
+        self.assertEqual([default[k].strip() for k in ("Ready", "Running", "Failed")],
+                         ["0", "1 (1 expired)", "0"])
+        self.assertIn("Queue default: 1 job held by a worker that stopped renewing its",
+                      resp.text)
+        self.assertEqual(page.row(Queue="reports")["Failed"].strip(), "1")
+        self.assertEqual(page.tiles, {"ready": "3", "delayed": "1", "reserved": "1", "failed": "2"})
+        # It reloads by itself, and the database is named (masked) on the page.
+        self.assertIn('<meta http-equiv="refresh" content="5">', resp.text)
+        self.assertIn(self.db.table, resp.text)
+        self.assertIn("/retry-all?queue=emails", page.links)
+
+    def test_hostile_queue_names_and_texts_are_escaped_on_every_page(self):
+        client = self.serve()
+        p = self.db.param
+        self.db.raw("INSERT INTO {jobs} (queue, payload, attempts, reserved_at, available_at,"
+                    " created_at) VALUES (%s, %s, 0, NULL, 0, 0)" % (p, p), (HOSTILE, "{}"))
+        failed_id = self.add_failed(queue=HOSTILE, to='"><img src=x onerror=alert(2)>',
+                                    exception="RuntimeError: %s & <b>bold</b>" % HOSTILE,
+                                    data={"to": "x@example.com", "subject": HOSTILE,
+                                          "template": "</pre><script>alert(3)</script>"})
+        pages = ["/", "/failed", "/failed/%d" % failed_id,
+                 "/failed?" + "queue=%3Cscript%3Ealert(1)%3C%2Fscript%3E&q=%3Cscript%3E",
+                 "/retry-all?queue=%3Cscript%3Ealert(1)%3C%2Fscript%3E"]
+        for path in pages:
+            resp = client.get(path)
+            self.assertEqual(resp.status, 200, (path, resp.text))
+            self.assertNotIn("<script>alert", resp.text, path)
+            self.assertNotIn("<img", resp.text, path)
+            self.assertNotIn("<b>bold", resp.text, path)
+            self.assertIn("&lt;script&gt;alert(", resp.text, path)
+        self.add_failed(to="x", data={"to": "x"})
+        resp = client.get("/failed/%d" % failed_id)
+        self.assertIn("RuntimeError: &lt;script&gt;alert(1)&lt;/script&gt; &amp; &lt;b&gt;",
+                      resp.text)
+        # The queue filter works with that name too.
+        resp = client.get("/failed?queue=%3Cscript%3Ealert(1)%3C%2Fscript%3E")
+        self.assertEqual([r["ID"].strip() for r in resp.page.rows], [str(failed_id)])
+
+    def test_failed_list_is_newest_first_paged_filtered_and_searched(self):
+        client = self.serve(page_size=3)
+        ids = [self.add_failed("emails", to="user%d@example.com" % i,
+                               exception="Traceback (most recent call last):\n  ...\n"
+                                         "RuntimeError: error %d" % i) for i in range(7)]
+        other = self.add_failed("reports", to="", data={"month": "2026-11"},
+                                exception="ValueError: 50% of a_report")
+        first = client.get("/failed").page
+        self.assertEqual([r["ID"].strip() for r in first.rows], [str(other), str(ids[6]),
+                                                                 str(ids[5])])
+        self.assertEqual(first.row(ID=str(ids[6]))["Recipient"], "user6@example.com")
+        self.assertEqual(first.row(ID=str(ids[6]))["Error"], "RuntimeError: error 6")
+        self.assertIn("/failed?page=2", first.links)
+        last = client.get("/failed?page=3").page
+        self.assertEqual([r["ID"].strip() for r in last.rows], [str(ids[1]), str(ids[0])])
+        self.assertNotIn("/failed?page=4", last.links)
+        only = client.get("/failed?queue=emails&page=3").page
+        self.assertEqual([r["ID"].strip() for r in only.rows], [str(ids[0])])
+        found = client.get("/failed?q=USER3%40example").page
+        self.assertEqual([r["ID"].strip() for r in found.rows], [str(ids[3])])
+        found = client.get("/failed?q=error+5").page
+        self.assertEqual([r["ID"].strip() for r in found.rows], [str(ids[5])])
+        # % and _ in a search are letters, not wildcards.
+        found = client.get("/failed?q=50%25+of+a_r").page
+        self.assertEqual([r["ID"].strip() for r in found.rows], [str(other)])
+        self.assertEqual(client.get("/failed?q=50%25+of+abr").page.rows, [])
+        self.assertIn("No failed jobs match “nothing-like-it”.",
+                      client.get("/failed?q=nothing-like-it").text)
+
+    def test_retry_and_forget_change_the_tables(self):
+        client = self.serve()
+        keep = self.add_failed(to="keep@example.com")
+        retry = self.add_failed(to="retry@example.com")
+        forget = self.add_failed(to="forget@example.com")
+        page = client.get("/failed").page
+        form = page.forms["/failed/%d/retry" % retry][0]
+        self.assertEqual(form["_method"], "post")
+        resp = client.post("/failed/%d/retry" % retry, form)
+        self.assertEqual(resp.status, 303, resp.text)
+        self.assertEqual(resp.header("Location"), "/failed")
+        self.assertEqual(self.db.raw("SELECT id FROM {failed} ORDER BY id"), [(keep,), (forget,)])
+        (payload, attempts, reserved), = self.db.raw(
+            "SELECT payload, attempts, reserved_at FROM {jobs}")
+        self.assertEqual((json.loads(payload)["data"]["to"], attempts, reserved),
+                         ("retry@example.com", 0, None))
+        after = client.get("/failed")
+        self.assertIn("Failed job %d is back in its queue as job " % retry, after.text)
+        self.assertNotIn("retry@example.com", after.text)
+        resp = client.post("/failed/%d/forget" % forget,
+                           after.page.forms["/failed/%d/forget" % forget][0])
+        self.assertEqual(resp.status, 303)
+        self.assertEqual(self.db.raw("SELECT id FROM {failed}"), [(keep,)])
+        self.assertEqual(self.count(), 1)
+        self.assertIn("Failed job %d has been deleted." % forget, client.get("/").text)
+        # Again: nothing left to do, and it says so.
+        client.post("/failed/%d/forget" % forget, form)
+        self.assertIn("There is no failed job %d" % forget, client.get("/failed").text)
+        self.assertEqual(self.db.raw("SELECT id FROM {failed}"), [(keep,)])
+        # A form can only send the browser back to the dashboard's own lists.
+        for target in ("https://evil.example/", "//evil.example/failed", "/failed\r\nX-Evil: 1",
+                       "/nowhere"):
+            again = self.add_failed()
+            fields = dict(client.get("/failed").page.forms["/failed/%d/forget" % again][0],
+                          next=target)
+            resp = client.post("/failed/%d/forget" % again, fields)
+            self.assertEqual((resp.status, resp.header("Location")), (303, "/failed"), target)
+            self.assertIsNone(resp.header("X-Evil"))
+        # From a job's own page, back to the list.
+        job_page = client.get("/failed/%d" % keep).page
+        resp = client.post("/failed/%d/retry" % keep, job_page.forms["/failed/%d/retry" % keep][0])
+        self.assertEqual((resp.status, resp.header("Location")), (303, "/failed"))
+        self.assertEqual(self.count("{failed}"), 0)
+        self.assertEqual(self.count(), 2)
+        self.assertEqual(client.get("/failed/%d" % keep).status, 404)
+
+    def test_retry_all_asks_first_then_retries_that_queue_only(self):
+        client = self.serve()
+        for i in range(3):
+            self.add_failed("emails", to="u%d@example.com" % i)
+        other = self.add_failed("reports")
+        confirm = client.get("/retry-all?queue=emails")
+        self.assertEqual(confirm.status, 200)
+        self.assertIn("Retry 3 jobs", confirm.page.buttons)
+        self.assertEqual(self.count(), 0)       # asking changes nothing
+        form = confirm.page.forms["/retry-all"][0]
+        self.assertEqual(form["queue"], "emails")
+        resp = client.post("/retry-all", form)
+        self.assertEqual((resp.status, resp.header("Location")), (303, "/failed?queue=emails"))
+        self.assertEqual(self.db.raw("SELECT id FROM {failed}"), [(other,)])
+        self.assertEqual(self.db.raw("SELECT queue, COUNT(*) FROM {jobs} GROUP BY queue"),
+                         [("emails", 3)])
+        self.assertIn("3 failed jobs of queue emails are back in the queue.",
+                      client.get("/failed?queue=emails").text)
+        self.assertEqual(client.get("/retry-all?queue=emails").status, 404)
+        form = client.get("/retry-all?queue=reports").page.forms["/retry-all"][0]
+        self.assertEqual(client.post("/retry-all", dict(form, queue="reports\nx=1")).status, 400)
+        self.assertEqual(self.db.raw("SELECT id FROM {failed}"), [(other,)])
+
+    def test_a_post_without_the_right_csrf_token_is_refused(self):
+        client = self.serve()
+        failed_id = self.add_failed()
+        form = client.get("/failed").page.forms["/failed/%d/forget" % failed_id][0]
+        attempts = [
+            ({}, True),                                        # no token
+            (dict(form, csrf="0" * 64), True),                 # a made-up one
+            (dict(form, csrf=form["csrf"][:-1]), True),        # nearly right
+            (form, False),                                     # right token, no session cookie
+        ]
+        for fields, with_cookies in attempts:
+            resp = client.post("/failed/%d/forget" % failed_id, fields, cookies=with_cookies)
+            self.assertEqual(resp.status, 403, fields)
+            self.assertIn("Reload the page and try again", resp.text)
+        # Another browser's session has another token.
+        stranger = DashboardClient(client.port)
+        stranger.get("/failed")
+        self.assertEqual(stranger.post("/failed/%d/forget" % failed_id, form).status, 403)
+        self.assertEqual(stranger.post("/retry-all", {"queue": "emails",
+                                                       "csrf": form["csrf"]}).status, 403)
+        self.assertEqual(self.count("{failed}"), 1)
+        self.assertEqual(client.post("/failed/%d/forget" % failed_id, form).status, 303)
+        self.assertEqual(self.count("{failed}"), 0)
+
+    def test_read_only_shows_no_buttons_and_refuses_every_post(self):
+        writable = DashboardClient(start_dashboard(self, self.db.queue()))
+        client = self.serve(read_only=True)
+        failed_id = self.add_failed()
+        form = writable.get("/failed").page.forms["/failed/%d/retry" % failed_id][0]
+        for path in ("/", "/failed", "/failed/%d" % failed_id):
+            resp = client.get(path)
+            self.assertEqual(resp.status, 200)
+            self.assertNotIn('method="post"', resp.text, path)
+            self.assertEqual([b for b in resp.page.buttons if b != "Filter"], [], path)
+            self.assertNotIn("/retry-all", resp.text, path)
+            self.assertIn("read-only", resp.text)
+        client.get("/")
+        for path in ("/failed/%d/retry" % failed_id, "/failed/%d/forget" % failed_id,
+                     "/retry-all"):
+            resp = client.post(path, dict(form, queue="emails"))
+            self.assertEqual(resp.status, 405, path)
+            self.assertEqual(resp.header("Allow"), "GET, HEAD")
+        self.assertEqual(client.get("/retry-all?queue=emails").status, 404)
+        self.assertEqual((self.count("{failed}"), self.count()), (1, 0))
+
+    def test_the_job_page_masks_secrets_and_shows_the_whole_exception(self):
+        client = self.serve()
+        trace = ("Traceback (most recent call last):\n  File \"app.py\", line 3, in send\n"
+                 "    smtp.login(user, password)\nRuntimeError: login to"
+                 " smtp://mailer:Sm7p-pa55@mail.example.com failed (api_key=AK-123-secret)")
+        failed_id = self.add_failed(exception=trace, job="send_template_email", data={
+            "to": "ann@example.com", "template": "password_reset",
+            "vars": {"name": "Ann", "url": "https://app.example.com/reset/Rst-8f3k2",
+                     "password": "Hunter2-pw", "apiToken": "tok-5566"},
+            "text": "Reset it at https://app.example.com/reset?token=Tk-998877 today"})
+        resp = client.get("/failed/%d" % failed_id)
+        self.assertEqual(resp.status, 200)
+        for secret in ("Sm7p-pa55", "AK-123-secret", "Rst-8f3k2", "Hunter2-pw", "tok-5566",
+                       "Tk-998877"):
+            self.assertNotIn(secret, resp.text)
+        self.assertIn("  File &quot;app.py&quot;, line 3, in send\n    smtp.login(user,"
+                      " password)\nRuntimeError: login to smtp://mailer:***@mail.example.com failed"
+                      " (api_key=***)", resp.text)
+        self.assertIn("https://app.example.com/***", resp.text)
+        self.assertIn("ann@example.com", resp.text)
+        self.assertIn("password_reset", resp.text)
+        self.assertIn("&quot;password&quot;: &quot;***&quot;", resp.text)
+        self.assertEqual(client.get("/failed/%d" % (failed_id + 1000)).status, 404)
+
+    def test_the_database_url_is_shown_without_its_password(self):
+        if self.db.name == "sqlite":
+            url = self.db.url     # SQLite has no password: the page names the file
+        else:
+            # The socket connection is trusted (peer): the password is sent and unused.
+            url = self.db.url + "&password=Pg-Secret-42"
+        queue = dbqueue.Queue(config=self.db.config(database_url=url))
+        self.addCleanup(queue.close)
+        queue.migrate()
+        client = DashboardClient(start_dashboard(self, queue))
+        self.add_failed()
+        for path in ("/", "/failed", "/failed/1", "/nowhere"):
+            text = client.get(path).text
+            self.assertNotIn("Pg-Secret-42", text)
+            self.assertIn(dbqueue._mask_url(url), text.replace("&amp;", "&"))
+
+    @sqlite_only
+    def test_a_token_is_needed_as_bearer_or_cookie(self):
+        token = "Dash-Token-0123456789abcdef"
+        client = self.serve(token=token)
+        self.add_failed()
+        resp = client.get("/")
+        self.assertEqual(resp.status, 401)
+        self.assertIn("Bearer", resp.header("WWW-Authenticate"))
+        self.assertNotIn(token, resp.text)
+        for header in ("Bearer wrong-token-0123456789", "Bearer " + token[:-1], "Basic " + token,
+                       token):
+            self.assertEqual(client.get("/", headers={"Authorization": header}).status, 401,
+                             header)
+        ok = client.get("/failed", headers={"Authorization": "Bearer " + token})
+        self.assertEqual(ok.status, 200)
+        self.assertEqual(client.get("/?token=nope").status, 401)
+        self.assertEqual(client.get("/failed?token=" + token[:-1]).status, 401)
+        self.assertNotIn("dbqueue_auth", client.cookies)
+        client.cookies["dbqueue_auth"] = "f" * 64
+        self.assertEqual(client.get("/").status, 401)
+        # ?token= once: a cookie (not the token itself), then the address without it.
+        resp = client.get("/failed?queue=emails&token=" + token)
+        self.assertEqual(resp.status, 303)
+        self.assertEqual(resp.header("Location"), "/failed?queue=emails")
+        cookie = [c for c in resp.set_cookies if c.startswith("dbqueue_auth=")]
+        self.assertEqual(len(cookie), 1, resp.set_cookies)
+        self.assertIn("HttpOnly", cookie[0])
+        self.assertIn("SameSite=Strict", cookie[0])
+        self.assertNotIn(token, cookie[0])
+        page = client.get("/failed?queue=emails")
+        self.assertEqual(page.status, 200)
+        form = page.page.forms["/failed/1/forget"][0]
+        self.assertEqual(client.post("/failed/1/forget", form).status, 303)
+        self.assertEqual(self.count("{failed}"), 0)
+        # A POST with the bearer token still needs the form's CSRF token.
+        self.add_failed()
+        self.assertEqual(client.post("/failed/2/forget", {}, cookies=False,
+                                     headers={"Authorization": "Bearer " + token}).status, 403)
+        self.assertEqual(self.count("{failed}"), 1)
+
+    @sqlite_only
+    def test_without_a_token_only_loopback_host_names_are_answered(self):
+        client = self.serve()
+        for host in ("127.0.0.1", "localhost", "[::1]", "127.0.0.2"):
+            self.assertEqual(DashboardClient(client.port, host).get("/").status, 200, host)
+        # DNS rebinding: a web page's own name pointing at 127.0.0.1.
+        for host in ("evil.example", "10.0.0.1", "localhost.evil.example"):
+            resp = DashboardClient(client.port, host).get("/")
+            self.assertEqual(resp.status, 403, host)
+            self.assertNotIn(self.db.table, resp.text)
+
+    @sqlite_only
+    def test_every_response_carries_the_security_headers(self):
+        client = self.serve()
+        failed_id = self.add_failed()
+        responses = [client.get("/"), client.get("/failed"), client.get("/failed/%d" % failed_id),
+                     client.get("/nowhere"), client.post("/failed/1/retry", {}),
+                     client.request("PUT", "/"), client.request("HEAD", "/")]
+        for resp in responses:
+            csp = resp.header("Content-Security-Policy")
+            self.assertIsNotNone(csp, resp.status)
+            for rule in ("default-src 'none'", "form-action 'self'", "frame-ancestors 'none'",
+                         "img-src 'self' data:"):
+                self.assertIn(rule, csp)
+            self.assertRegex(csp, r"script-src 'sha256-[A-Za-z0-9+/=]+'")
+            self.assertNotIn("unsafe", csp.replace("style-src 'unsafe-inline'", ""))
+            self.assertEqual(resp.header("X-Content-Type-Options"), "nosniff")
+            self.assertEqual(resp.header("Referrer-Policy"), "no-referrer")
+            self.assertEqual(resp.header("Server"), "dbqueue")
+        self.assertEqual([r.status for r in responses], [200, 200, 200, 404, 403, 501, 200])
+        self.assertEqual(responses[-1].text, "")
+        # The page's one script and stylesheet are the ones the policy allows.
+        import base64
+        import hashlib
+        import re
+        html_text = responses[0].text
+        for tag, rule in (("script", "script-src"), ("style", "style-src")):
+            body = re.search(r"<%s>(.*?)</%s>" % (tag, tag), html_text, re.S).group(1)
+            digest = base64.b64encode(hashlib.sha256(body.encode()).digest()).decode()
+            self.assertIn("%s 'sha256-%s'" % (rule, digest), responses[0].header(
+                "Content-Security-Policy"))
+        self.assertNotIn(" style=", html_text)
+        self.assertNotIn(" onclick=", html_text)
+        self.assertNotIn("http://", html_text.replace("http-equiv", ""))
+        self.assertNotIn("https://", html_text)
+
+    def test_a_mail_outage_a_worker_recorded_is_a_banner_until_it_ends(self):
+        client = self.serve()
+        q = self.q
+        self.assertNotIn('class="note warn', client.get("/").text)
+        since = int(time.time()) - 725
+        # The row a worker writes when the mail server stops answering (issue 10).
+        q.set_state(q.connect(), q._mail_outage_key(), {
+            "since": since, "queues": ["emails"],
+            "error": "SMTP smtp.example.net:587 %s unreachable" % HOSTILE})
+        for path in ("/", "/failed"):
+            text = client.get(path).text
+            self.assertRegex(text, r"The mail server has been unreachable for 12m0[5-9]s \(since"
+                             r" %s UTC\): SMTP smtp.example.net:587 &lt;script&gt;"
+                             % time.strftime("%H:%M", time.gmtime(since)))
+            self.assertIn("Sending is paused on emails and no email fails because of it", text)
+            self.assertNotIn("<script>alert", text)
+        q.clear_state(q.connect(), q._mail_outage_key())
+        self.assertNotIn("unreachable", client.get("/").text)
+
+    @sqlite_only
+    def test_the_rate_limit_in_use_is_a_banner(self):
+        queue = self.db.queue(mail_rate_limit="2/m")
+        client = DashboardClient(start_dashboard(self, queue))
+        name = dbqueue._rate_name(queue.config)
+        slot, until, _ = queue.rate_take(name, 2, 60000, 60000)
+        queue.rate_sent(name, slot, until)
+        self.assertIn('<p class="note info">MAIL_RATE_LIMIT=2/m: 1 of 2 sent in the last'
+                      ' minute.</p>', client.get("/").text)
+        slot, until, _ = queue.rate_take(name, 2, 60000, 60000)
+        queue.rate_sent(name, slot, until)
+        self.assertIn('<p class="note warn">MAIL_RATE_LIMIT=2/m: 2 of 2 sent in the last'
+                      ' minute; the next emails wait their turn.</p>', client.get("/failed").text)
+
+    @sqlite_only
+    def test_a_database_that_stops_answering_is_an_error_page_then_recovers(self):
+        client = self.serve()
+        self.add_failed()
+        path = self.db.url[len("sqlite:///"):]
+        os.rename(path, path + ".away")
+        resp = client.get("/")
+        self.assertEqual(resp.status, 503)
+        self.assertIn("does not exist", resp.text)
+        self.assertIn('http-equiv="refresh"', resp.text)
+        self.assertFalse(os.path.exists(path))     # never created by the dashboard
+        os.rename(path + ".away", path)
+        self.assertEqual(client.get("/").status, 200)
+
+
+class DashboardCommandTests(unittest.TestCase):
+    """`python dbqueue.py dashboard`: flags, exit codes, and a real server process."""
+
+    def setUp(self):
+        self.tmp = tempfile.mkdtemp(prefix="dbqueue-dash-")
+        self.addCleanup(shutil.rmtree, self.tmp, True)
+        self.path = os.path.join(self.tmp, "app.db")
+        self.env = {"QUEUE_DATABASE_URL": "sqlite:///" + self.path}
+
+    def test_bad_flags_and_unsafe_binds_exit_2_without_touching_the_database(self):
+        cases = [
+            (["--port", "70000"], {}), (["--port", "x"], {}), (["--port", "-1"], {}),
+            (["--host", "a b"], {}), (["--host", ""], {}), (["--bogus"], {}),
+            (["--host", "0.0.0.0"], {}), (["--host", "192.0.2.10"], {}),
+            (["--host", "::"], {}), (["--host", "example.com"], {}),
+            (["--host", "0.0.0.0"], {"DBQUEUE_DASHBOARD_TOKEN": "short"}),
+            (["--host", "0.0.0.0"], {"DBQUEUE_DASHBOARD_TOKEN": "has a space in it, 16+"}),
+        ]
+        for argv, extra in cases:
+            env = dict(self.env, **extra)
+            saved = os.environ.get("DBQUEUE_DASHBOARD_TOKEN")
+            os.environ.pop("DBQUEUE_DASHBOARD_TOKEN", None)
+            try:
+                if extra:
+                    os.environ.update(extra)
+                code, out, err = run_main(["dashboard"] + argv, env)
+            finally:
+                os.environ.pop("DBQUEUE_DASHBOARD_TOKEN", None)
+                if saved is not None:
+                    os.environ["DBQUEUE_DASHBOARD_TOKEN"] = saved
+            self.assertEqual(code, 2, (argv, out, err))
+            self.assertEqual(out, "")
+            line = one_line(self, err)
+            self.assertFalse(os.path.exists(self.path), argv)
+            for secret in extra.values():
+                self.assertNotIn(secret, line)
+        self.assertIn("DBQUEUE_DASHBOARD_TOKEN", run_main(["dashboard", "--host", "0.0.0.0"],
+                                                          self.env)[2])
+
+    def test_a_missing_database_is_one_line_and_exit_1(self):
+        code, out, err = run_main(["dashboard", "--port", "0"], self.env)
+        self.assertEqual(code, 1, err)
+        self.assertIn("does not exist", one_line(self, err))
+        self.assertFalse(os.path.exists(self.path))
+
+    def test_the_command_serves_until_sigterm_and_refuses_an_unsafe_bind(self):
+        q = dbqueue.Queue("sqlite:///" + self.path)
+        self.addCleanup(q.close)
+        q.push("t_record", {}, queue="emails")
+        env = dict(os.environ, **self.env)
+        env.pop("DBQUEUE_DASHBOARD_TOKEN", None)
+        script = os.path.join(HERE, "dbqueue.py")
+        unsafe = subprocess.run([sys.executable, script, "dashboard", "--host", "0.0.0.0"],
+                                env=env, cwd=self.tmp, capture_output=True, text=True, timeout=60)
+        self.assertEqual(unsafe.returncode, 2)
+        self.assertIn("needs DBQUEUE_DASHBOARD_TOKEN", one_line(self, unsafe.stderr))
+        proc = subprocess.Popen([sys.executable, script, "dashboard", "--port", "0",
+                                 "--read-only"], env=env, cwd=self.tmp, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        self.addCleanup(lambda: proc.poll() is None and proc.kill())
+        line = proc.stdout.readline()
+        import re
+        match = re.search(r"http://127\.0\.0\.1:(\d+)/ .*\(read-only\)", line)
+        self.assertTrue(match, line)
+        client = DashboardClient(int(match.group(1)))
+        resp = client.get("/")
+        self.assertEqual(resp.status, 200)
+        self.assertEqual(resp.page.row(Queue="emails")["Ready"].strip(), "1")
+        self.assertEqual(client.post("/retry-all", {"queue": "emails"}).status, 405)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=30)
+        self.assertEqual(proc.returncode, 0, err)
+        self.assertIn("dashboard stopped", out)
+        self.assertEqual(err, "")
+
+
+def _browser():
+    """(playwright's sync_playwright, chromium path), or skip/fail with the reason."""
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        sync_playwright = None
+    need(sync_playwright is not None, "the browser driver is not installed (pip install playwright)")
+    path = shutil.which("chromium") or "/usr/bin/chromium"
+    need(os.path.exists(path), "the browser is not installed (apt-get install chromium)")
+    return sync_playwright, path
+
+
+@dbqueue.job("t_monthly_report")
+def _t_monthly_report(data):
+    raise ValueError("no sales figures for %s yet: the import has not run" % data["month"])
+
+
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync"]
+
+
+class DashboardBrowserTests(unittest.TestCase):
+    """A real Chromium: sees a failed job, clicks Retry, sees it back in the counts.
+
+    Screenshots go to a temporary folder, or to DBQUEUE_SCREENSHOT_DIR when set
+    (that is how the README's picture is made)."""
+
+    def setUp(self):
+        self.sync_playwright, self.chromium = _browser()
+        self.db = Backend(self)
+        # The file is this test's own: the tables can have their usual names.
+        self.db.table, self.db.failed_table = "jobs", "failed_jobs"
+        self.shots = os.environ.get("DBQUEUE_SCREENSHOT_DIR") or self.db.tmp
+
+    def scene(self, q):
+        """A queue as an operator finds it: mail waiting, one job that failed for real."""
+        for i in range(12):
+            q.push("send_email", {"to": "user%d@example.com" % i, "subject": "Welcome"},
+                   queue="emails")
+        q.push("send_email", {"to": "later@example.com"}, queue="emails", delay=600)
+        for i in range(3):
+            q.push("t_record", {"n": i}, queue="default")
+        q.push("t_record", {}, queue="reports", delay=3600)
+        self.db.raw("UPDATE {jobs} SET available_at = available_at - 190 WHERE queue = 'emails'")
+        trace = ("Traceback (most recent call last):\n  File \"dbqueue.py\", line 1890, in _run\n"
+                 "    handler(job.data)\n"
+                 "dbqueue.PermanentError: SMTP smtp.example.net:587 refused RCPT TO <%s>:"
+                 " 550 5.1.1 User unknown (permanent)")
+        for to in ("ann@example.org", "carla@example.es"):
+            self.db.raw("INSERT INTO {failed} (uuid, connection, queue, payload, exception)"
+                        " VALUES (?, 'database', 'emails', ?, ?)",
+                        (dbqueue._uuid4(), json.dumps({
+                            "uuid": dbqueue._uuid4(), "job": "send_template_email",
+                            "data": {"to": to, "template": "verify_email",
+                                     "vars": {"name": "Ann", "url": "https://example.com/v/1"}}}),
+                         trace % to))
+        # This one failed in a real worker.
+        q.push("t_monthly_report", {"month": "2026-11", "to": "bob@example.com"}, queue="reports")
+        dbqueue.Worker(q, ["reports"], tries=1, log=quiet_log()).run(stop_when_empty=True)
+
+    def test_a_browser_retries_a_failed_job(self):
+        q = self.db.queue()
+        self.scene(q)
+        port = start_dashboard(self, self.db.queue())
+        base = "http://127.0.0.1:%d" % port
+        with self.sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=self.chromium, args=CHROMIUM_ARGS)
+            try:
+                page = browser.new_page(viewport={"width": 1280, "height": 640})
+                errors = []
+                page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+                page.goto(base + "/")
+                self.assertEqual(page.inner_text('[data-queue="reports"] [data-label="Failed"]'),
+                                 "1")
+                page.screenshot(path=os.path.join(self.shots, "dashboard.png"))
+                page.click('a[href="/failed"]')
+                row = page.locator("tr", has_text="no sales figures for 2026-11")
+                self.assertEqual(row.count(), 1)
+                self.assertIn("bob@example.com", row.inner_text())
+                page.screenshot(path=os.path.join(self.shots, "dashboard-failed.png"))
+                row.locator("button", has_text="Retry").click()
+                page.wait_for_selector("text=is back in its queue as job")
+                self.assertEqual(page.locator("tr", has_text="2026-11").count(), 0)
+                self.assertEqual(page.locator("tbody tr").count(), 2)
+                page.click('a[href="/"]')
+                self.assertEqual(page.inner_text('[data-queue="reports"] [data-label="Ready"]'),
+                                 "1")
+                self.assertEqual(page.inner_text('[data-queue="reports"] [data-label="Failed"]'),
+                                 "0")
+                self.assertEqual(errors, [])    # nothing refused by the CSP, no script error
+                # A phone: the tables become cards, nothing wider than the screen.
+                phone = browser.new_page(viewport={"width": 390, "height": 844},
+                                         device_scale_factor=2, is_mobile=True, has_touch=True)
+                phone.goto(base + "/failed")
+                width = phone.evaluate("document.documentElement.scrollWidth")
+                self.assertLessEqual(width, 390)
+                self.assertEqual(phone.locator("thead").first.is_visible(), False)
+                phone.screenshot(path=os.path.join(self.shots, "dashboard-phone.png"))
+            finally:
+                browser.close()
+        self.assertEqual(self.db.raw("SELECT COUNT(*) FROM {failed}")[0][0], 2)
+        for name in ("dashboard.png", "dashboard-failed.png", "dashboard-phone.png"):
+            with open(os.path.join(self.shots, name), "rb") as fh:
+                self.assertEqual(fh.read(8), b"\x89PNG\r\n\x1a\n")
 
 
 # ---- mysql: MySQL and MariaDB (issue 11) ----------------------------------
