@@ -1542,17 +1542,43 @@ class _MySQL(_Dialect):
     # the ready rows, skipping those another worker holds, then mark them
     # reserved, in one short transaction. With the jobs_ready index below this
     # touches exactly the rows it returns.
-    claim_select = ("SELECT id, queue, payload, attempts + 1, available_at FROM {jobs}"
+    # The lease runs from the claim (reserved_until, see "rescue"); attempts
+    # stop one short of INTEGER's top, so a row claimed forever cannot overflow.
+    claim_select = ("SELECT id, queue, payload, LEAST(attempts, 2147483646) + 1, available_at"
+                    " FROM {jobs}"
                     " WHERE queue = :queue AND reserved_at IS NULL AND available_at <= {now}"
                     " ORDER BY available_at, id LIMIT :limit FOR UPDATE SKIP LOCKED")
-    claim_update_many = ("UPDATE {jobs} SET reserved_at = {now}, attempts = attempts + 1"
-                         " WHERE id IN ({ids})")
+    claim_update_many = ("UPDATE {jobs} SET reserved_at = {now}, reserved_until = {now} + :lease,"
+                         " attempts = LEAST(attempts, 2147483646) + 1 WHERE id IN ({ids})")
     # A batch of (id, attempts) tokens: lock the rows that still carry them,
     # then delete or touch exactly those (two round trips for any number).
     tokens_lock_many = ("SELECT id FROM {jobs} WHERE id IN ({ids}) AND reserved_at IS NOT NULL"
                         " AND (id, attempts) IN ({pairs}) FOR UPDATE")
     ack_locked_many = "DELETE FROM {jobs} WHERE id IN ({ids})"
-    touch_locked_many = "UPDATE {jobs} SET reserved_at = {now} WHERE id IN ({ids})"
+    touch_locked_many = ("UPDATE {jobs} SET reserved_at = {now}, reserved_until = {now} + :lease"
+                         " WHERE id IN ({ids})")
+    # Unique jobs: no partial index and no ON CONFLICT here. INSERT IGNORE over
+    # the plain unique (queue, unique_key) index inserts nothing for a taken
+    # key (rowcount 0, which the default inserted_id reads as "held"). Not ON
+    # DUPLICATE KEY UPDATE id = id: with CLIENT_FOUND_ROWS (set at connect)
+    # its no-op update reports 1 row, as an insert does.
+    push_unique = ("INSERT IGNORE INTO {jobs} (queue, payload, attempts, reserved_at, available_at,"
+                   " created_at, unique_key) VALUES (:queue, :payload, 0, NULL, {now} + :delay,"
+                   " {now}, :unique_key)")
+    retry_unique = ("INSERT IGNORE INTO {jobs} (queue, payload, attempts, reserved_at,"
+                    " available_at, created_at, unique_key) SELECT queue, payload, 0, NULL, {now},"
+                    " {now}, :unique_key FROM {failed} WHERE id = :id")
+    # MAIL_RATE_LIMIT: the server's clock in ms, shared by every host.
+    # SYSDATE(3), not NOW(3): the moment it is read, not when the statement
+    # began (which may have waited for a lock first); an integer, not a DECIMAL.
+    now_ms = "COALESCE(:now_ms, CAST(FLOOR(UNIX_TIMESTAMP(SYSDATE(3)) * 1000) AS SIGNED))"
+    # Takers of one limit's slots queue on its lock row (slot -1, which
+    # rate_oldest skips and rate_use never counts: sent_at 0). The first
+    # taker makes it; ON DUPLICATE KEY locks the existing row exclusively, so
+    # one statement serves whether the row is there or not (a SELECT ... FOR
+    # UPDATE of a missing row would lock nothing at READ COMMITTED).
+    rate_lock = ("INSERT INTO {rate} (name, slot, sent_at) VALUES (:name, -1, 0)"
+                 " ON DUPLICATE KEY UPDATE sent_at = 0")
     fail = ("INSERT INTO {failed} (uuid, connection, queue, payload, exception, failed_at)"
             " SELECT :uuid, 'database', j.queue, COALESCE(:payload, j.payload), :exception,"
             " CURRENT_TIMESTAMP FROM {jobs} j"
@@ -1652,6 +1678,27 @@ class _MySQL(_Dialect):
     @classmethod
     def state_ddl(cls):
         return _Dialect.state_ddl() + " " + cls.table_options
+
+    @classmethod
+    def rate_ddl(cls):
+        # The (name, sent_at) index inside CREATE TABLE: MySQL 8 has no
+        # CREATE INDEX IF NOT EXISTS.
+        return ["CREATE TABLE IF NOT EXISTS %s (\n"
+                "    name VARCHAR(100) NOT NULL,\n"
+                "    slot INTEGER NOT NULL,\n"
+                "    sent_at BIGINT NOT NULL,\n"
+                "    PRIMARY KEY (name, slot),\n"
+                "    INDEX %s (name, sent_at)\n"
+                ") %s" % (cls.ident(cls.rate_table), cls.ident(cls.rate_table + "_sent"),
+                          cls.table_options)]
+
+    @staticmethod
+    def plain_cursor(conn):
+        """A cursor returning tuples, whatever cursorclass the app's connection
+        has (PyMySQL's or MySQLdb's DictCursor, ...)."""
+        import importlib
+        cursors = importlib.import_module(type(conn).__module__.split(".")[0] + ".cursors")
+        return conn.cursor(cursors.Cursor)
 
     @staticmethod
     def parse(rest, origin="QUEUE_DATABASE_URL"):
@@ -2785,7 +2832,7 @@ class Queue:
         """
         with self.transaction() as cur:
             if self.dialect.rate_lock:
-                self.execute(cur, "rate_lock", lock_key=self._rate_lock_key(name))
+                self.execute(cur, "rate_lock", lock_key=self._rate_lock_key(name), name=name)
             now, slot, sent_at, last = self.execute(cur, "rate_oldest", name=name,
                                                     now_ms=self._now_ms()).fetchone()
             if slot is not None and sent_at + window_ms <= now:

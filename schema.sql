@@ -131,10 +131,10 @@ SET @dbqueue_ddl = (SELECT IF(COUNT(*) = 0, 'CREATE UNIQUE INDEX `failed_jobs_uu
 PREPARE dbqueue_ddl FROM @dbqueue_ddl;
 EXECUTE dbqueue_ddl;
 DEALLOCATE PREPARE dbqueue_ddl;
-CREATE TABLE IF NOT EXISTS "dbqueue_rate" (
+CREATE TABLE IF NOT EXISTS `dbqueue_rate` (
     name VARCHAR(100) NOT NULL,
     slot INTEGER NOT NULL,
     sent_at BIGINT NOT NULL,
-    PRIMARY KEY (name, slot)
-);
-CREATE INDEX IF NOT EXISTS "dbqueue_rate_sent" ON "dbqueue_rate" (name, sent_at);
+    PRIMARY KEY (name, slot),
+    INDEX `dbqueue_rate_sent` (name, sent_at)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;
