@@ -1592,6 +1592,11 @@ class _MySQL(_Dialect):
     # Idle workers look for a ready job (no NOTIFY here): one index probe.
     ready = ("SELECT 1 FROM {jobs} WHERE queue = :queue AND reserved_at IS NULL"
              " AND available_at <= {now} LIMIT 1")
+    # After a claim that found nothing though a job was ready (another
+    # session holds its row lock), idle workers wait for this to change
+    # instead: a push, a claim or a give-back moves it (see Worker._wait_poll).
+    ready_mark = ("SELECT COUNT(*), MAX(id) FROM {jobs} WHERE queue = :queue"
+                  " AND reserved_at IS NULL AND available_at <= {now}")
     wakeup = "poll"
     # push_many: a multi-row INSERT reports its first id; the rest follow in
     # steps of auto_increment_increment, except under innodb_autoinc_lock_mode
@@ -2619,6 +2624,12 @@ class Queue:
                 return True
         return False
 
+    def ready_mark(self, conn, queues):
+        """(count, highest id) of the ready jobs of each of `queues`: changes
+        when a job becomes ready or is claimed (one plain read per queue)."""
+        return tuple(tuple(self.statement("ready_mark", conn, queue=queue).fetchone())
+                     for queue in queues)
+
     def next_due(self, conn, queues):
         """Seconds until the next delayed job of `queues` is due (None: nothing waiting)."""
         due = None
@@ -3413,14 +3424,25 @@ class Worker:
     def _wait_poll(self, deadline):
         # No NOTIFY (MySQL): ask for a ready job, often right after the queue
         # ran dry, then every poll_max seconds: one index probe each.
+        # After a claim that missed a ready job (its row locked by another
+        # session: SKIP LOCKED), a ready job is no news, and returning for it
+        # would spin: wait for the ready rows to change instead, as a NOTIFY
+        # or a commit ends the other databases' waits.
         pause = self.poll_interval
+        try:
+            mark = self.queue.ready_mark(self._conn, self.queues) if self._missed_ready else None
+        except QueueError:
+            mark = None
         while not self._stop:
             left = deadline - time.monotonic()
             if left <= 0:
                 return
             time.sleep(min(pause, left))
             try:
-                if self.queue.any_ready(self._conn, self.queues):
+                if mark is None:
+                    if self.queue.any_ready(self._conn, self.queues):
+                        return
+                elif self.queue.ready_mark(self._conn, self.queues) != mark:
                     return
             except QueueError:
                 return     # the next claim waits the outage out
