@@ -237,7 +237,7 @@ _CODEIGNITER_DRIVERS = {"mysqli": "mysql", "postgre": "postgresql", "sqlite3": "
 _CODEIGNITER_DB = tuple("database.default." + k for k in (
     "DBDriver", "hostname", "port", "database", "username", "password", "DBPrefix"))
 # Read by other parts of dbqueue: known names for the typo check.
-_OTHER_NAMES = ("DATABASE_URL", "DBQUEUE_DASHBOARD_TOKEN")
+_OTHER_NAMES = ("DATABASE_URL",)
 _SECRET_NAME = _Pattern(r"(PASSWORD|PASS|SECRET|TOKEN)\Z")
 
 
@@ -329,6 +329,7 @@ class Config:
         self.mail_rate_limit = ""     # "14/s", "600/m", "10000/h", "50000/d"; "" for none
         self.mail_sendmail_path = "/usr/sbin/sendmail -t -i"
         self.app_name = ""
+        self.dashboard_token = ""     # DBQUEUE_DASHBOARD_TOKEN; checked by the dashboard command
         self.sources = {}
         self.warnings = []
         for name, value in settings.items():
@@ -340,8 +341,9 @@ class Config:
         shown = dict(vars(self))
         del shown["sources"], shown["warnings"]
         shown["database_url"] = _mask_url(self.database_url)
-        if shown["mail_password"]:
-            shown["mail_password"] = "***"
+        for secret in ("mail_password", "dashboard_token"):
+            if shown[secret]:
+                shown[secret] = "***"
         return "Config(%s)" % ", ".join("%s=%r" % kv for kv in sorted(shown.items()))
 
     @classmethod
@@ -412,7 +414,16 @@ class Config:
             value = get(setting, table)
             label = setting
             if prefix and c.sources[setting] == "default":
-                # CodeIgniter puts DBPrefix before every table name.
+                # CodeIgniter puts DBPrefix before every table name. The prefix
+                # is checked first, so an error names what was written.
+                if not re.match(r"[A-Za-z_][A-Za-z0-9_]*\Z", prefix):
+                    raise ConfigError("database.default.DBPrefix=%s (%s) is not a plain table"
+                                      " name prefix (letters, digits and _, not starting with a"
+                                      " digit)" % (prefix, prefix_source))
+                if not _IDENT.match(prefix + table):
+                    raise ConfigError("database.default.DBPrefix=%s (%s) makes the table name %s%s"
+                                      " longer than 63 characters" % (prefix, prefix_source,
+                                                                      prefix, table))
                 value, label = prefix + table, "database.default.DBPrefix"
                 c.sources[setting] = "derived from database.default.DBPrefix (%s)" % prefix_source
             setattr(c, "table" if table == "jobs" else "failed_table", _ident_setting(label, value))
@@ -423,11 +434,31 @@ class Config:
         c.mail_username = get("MAIL_USERNAME")
         password, c.sources["MAIL_PASSWORD"], _ = lookup("MAIL_PASSWORD")
         c.mail_password = password or ""      # as written: a password may end in a space
+        if c.mail_mailer == "smtp":
+            # smtplib writes AUTH in ASCII: found at the first send, this would
+            # be every email failing. The password itself is never shown.
+            if not c.mail_username.isascii():
+                raise ConfigError("%s=%s holds characters that are not ASCII: SMTP AUTH in"
+                                  " smtplib cannot send them" % (name("MAIL_USERNAME"),
+                                                                 c.mail_username))
+            if not c.mail_password.isascii():
+                raise ConfigError("%s holds characters that are not ASCII: SMTP AUTH in smtplib"
+                                  " cannot send them (the value is not shown)"
+                                  % name("MAIL_PASSWORD"))
         encryption = get("MAIL_ENCRYPTION", "none").lower()
         encryption = {"tls": "starttls", "": "none", "null": "none"}.get(encryption, encryption)
         c.mail_encryption = _choice_setting(name("MAIL_ENCRYPTION"), encryption,
                                             ("none", "starttls", "ssl"))
         c.mail_from_address = get("MAIL_FROM_ADDRESS", "no-reply@localhost")
+        try:
+            # The mail code's own check: found there, it would fail every email.
+            _addresses(name("MAIL_FROM_ADDRESS"), c.mail_from_address, required=True)
+        except PermanentError:
+            shown = c.mail_from_address
+            raise ConfigError("%s=%s is not one email address dbqueue can send from (such as"
+                              " app@example.com or Acme <app@example.com>)"
+                              % (name("MAIL_FROM_ADDRESS"),
+                                 shown if shown.isprintable() else repr(shown)))
         c.mail_from_name = get("MAIL_FROM_NAME")
         c.mail_timeout = _int_setting("MAIL_TIMEOUT", get("MAIL_TIMEOUT", "30"), 1)
         c.mail_verify_peer = _bool_setting("MAIL_VERIFY_PEER", get("MAIL_VERIFY_PEER", "true"))
@@ -446,6 +477,7 @@ class Config:
                               % (name("MAIL_SENDMAIL_PATH"), c.mail_sendmail_path, exc))
         c.mail_rate_limit = _rate_setting("MAIL_RATE_LIMIT", get("MAIL_RATE_LIMIT"))
         c.app_name = get("APP_NAME")
+        c.dashboard_token = get("DBQUEUE_DASHBOARD_TOKEN")
         c.warnings += _typo_warnings(environ, file_values, path, c.sources)
         return c
 
@@ -661,12 +693,30 @@ def _unique_key(key):
     return key
 
 
+def _decode_payload(raw):
+    """(value, None) for a payload's JSON (text or bytes), or (None, why) when
+    it cannot be read: the worker, `failed` and the dashboard all read
+    payloads that anyone may have written, and one row must never break them."""
+    try:
+        return json.loads(raw), None
+    except UnicodeDecodeError:
+        return None, "payload is not valid UTF-8"
+    except ValueError as exc:
+        return None, "payload is not valid JSON: %s" % exc
+    except RecursionError:
+        # [[[[... a hundred thousand deep: json's decoder recurses per level.
+        return None, "payload is JSON nested too deeply to read"
+    except TypeError:
+        return None, "payload is not text"
+
+
 def _payload_unique_key(payload):
     """The unique key a payload (JSON text) was pushed with, or None."""
+    decoded, _ = _decode_payload(payload)
     try:
-        key = json.loads(payload).get("uniqueKey")
+        key = decoded.get("uniqueKey")
         return _unique_key(key) if key is not None else None
-    except (ValueError, TypeError, AttributeError, RecursionError):
+    except (ValueError, AttributeError):
         return None   # a payload dbqueue did not write: retried without a key
 
 
@@ -845,7 +895,10 @@ _SQL = {
     "retry": "INSERT INTO {jobs} (queue, payload, attempts, reserved_at, available_at, created_at)"
              " SELECT queue, payload, 0, NULL, {now}, {now} FROM {failed} WHERE id = :id",
     # A failed unique job gets its key back from its payload ("uniqueKey").
-    "retry_source": "SELECT {queue_text}, {payload_text} FROM {failed} WHERE id = :id",
+    # {for_update} locks the row until the retry commits: a second retry of
+    # the same job at once (a double click on Retry) waits, then finds it
+    # gone, instead of copying it too under READ COMMITTED.
+    "retry_source": "SELECT {queue_text}, {payload_text} FROM {failed} WHERE id = :id{for_update}",
     "retry_unique": "INSERT INTO {jobs} (queue, payload, attempts, reserved_at, available_at,"
                     " created_at, unique_key) SELECT queue, payload, 0, NULL, {now}, {now},"
                     " :unique_key FROM {failed} WHERE id = :id"
@@ -924,6 +977,7 @@ class _Dialect:
     rate_table = "dbqueue_rate"
     rate_lock = ""                 # run first when a send slot is taken: one taker at a time
     denied_fix = ""                # what to do about a database dbqueue may not write (is_denied)
+    for_update = " FOR UPDATE"     # locks a row read before it is changed ("" where BEGIN locks all)
     migrate_unlock = ""            # run after it, when the lock outlives the transaction
     ident_quote = '"'
     text_type = "TEXT"             # what CAST(... AS ...) calls a string
@@ -943,7 +997,8 @@ class _Dialect:
         text = template.format(jobs=cls.ident(jobs), failed=cls.ident(failed), now=cls.now,
                                now_ms=cls.now_ms, rate=cls.ident(cls.rate_table),
                                payload_text=cls.payload_text, queue_text=cls.queue_text,
-                               failed_cutoff=cls.failed_cutoff, text_type=cls.text_type, **extra)
+                               failed_cutoff=cls.failed_cutoff, text_type=cls.text_type,
+                               for_update=cls.for_update, **extra)
         names = _PARAM.findall(text)
         if cls.placeholder == "%s":
             text = text.replace("%", "%%")
@@ -956,7 +1011,7 @@ class _Dialect:
 
     @staticmethod
     def push_lock(target):
-        """A lock push() holds around its INSERT, one per thread, or None."""
+        """A lock push() holds around its INSERT (see _PushLock), one per queue, or None."""
         return None
 
     @staticmethod
@@ -1132,6 +1187,8 @@ class _SQLite(_Dialect):
     placeholder = "?"
     now = ":now"
     begin = "BEGIN IMMEDIATE"
+    # No SELECT ... FOR UPDATE: BEGIN IMMEDIATE already holds the write lock.
+    for_update = ""
     # A payload is read as bytes so that a row holding invalid UTF-8 (written
     # by hand) fails alone instead of breaking every claim that returns it.
     payload_text = "CAST(payload AS BLOB)"
@@ -1267,9 +1324,10 @@ class _SQLite(_Dialect):
         # processes), some hit the 5 s busy timeout. An flock() on a file
         # beside the database queues the producers in the kernel instead,
         # which hands the lock to a waiter as it is released: the worst wait
-        # is a few pushes long. Its cost is two system calls (1-2 us a push),
-        # no SQL. Workers do not take it (their claims wait in start()).
-        return _PushLock.open(target + "-dbqueue.lock", target)
+        # is a few pushes long. Its cost is a threading.Lock and three system
+        # calls (getpid and two flock, 1-2 us a push), no SQL. Workers do not
+        # take it (their claims wait in start()).
+        return _PushLock.open(target + "-dbqueue.lock", target, _SQLite.busy_timeout)
 
     @classmethod
     def _journal_wal(cls, conn, timeout):
@@ -1332,41 +1390,137 @@ class _SQLite(_Dialect):
 
 
 class _PushLock:
-    """`with lock:` an exclusive flock() on one open file (see _SQLite.push_lock).
+    """`lock.acquire(cur)`, the INSERT on `cur`, `lock.release(cur)`: an
+    exclusive flock() on one open file (see _SQLite.push_lock), then the
+    INSERT, all within ONE busy timeout.
 
-    One per thread: flock() locks belong to an open file, so two threads
-    sharing one would not exclude each other. A holder's wait inside is
-    bounded by SQLite's busy timeout, and a process that dies releases it.
+    One per Queue and process, not per thread: the threads of a process take
+    turns on a threading.Lock first (an flock() belongs to the open file, so
+    threads sharing one would not exclude each other), and a process with
+    hundreds of short-lived producer threads holds one descriptor, not one
+    each. After a fork the child opens its own file: sharing the parent's
+    open file, its flock() would not exclude the parent's.
+
+    The wait is bounded: the flock() is polled (LOCK_NB, sleeps growing from
+    0.1 to 2 ms, as _SQLite.start polls BEGIN IMMEDIATE) against the deadline
+    of the busy timeout, and SQLite gets only the time that is left. While a
+    long write holds SQLite's lock, N producers then all fail at the busy
+    timeout, not one after another at N times it. A process that dies
+    releases its flock().
     """
 
-    __slots__ = ("fd", "_flock", "_ex", "_un")
+    __slots__ = ("path", "mode", "timeout", "fd", "pid", "_mutex", "_fcntl", "_waited",
+                 "__weakref__")
+    _all = None            # every lock, for the fork hook (a WeakSet, made at the first)
 
-    def __init__(self, fd, fcntl):
-        self.fd, self._flock, self._ex, self._un = fd, fcntl.flock, fcntl.LOCK_EX, fcntl.LOCK_UN
+    def __init__(self, path, mode, timeout, fcntl):
+        self.path, self.mode, self.timeout, self._fcntl = path, mode, timeout, fcntl
+        self.fd, self.pid = None, None
+        self._mutex = threading.Lock()
+        self._waited = False
+        if _PushLock._all is None:
+            import weakref
+            _PushLock._all = weakref.WeakSet()
+            if hasattr(os, "register_at_fork"):
+                os.register_at_fork(after_in_child=_PushLock._after_fork)
+        _PushLock._all.add(self)
+        self._reopen()
+
+    @staticmethod
+    def _after_fork():
+        # Only the forking thread lives on in the child: a mutex another
+        # thread held at the fork would stay held forever.
+        for lock in list(_PushLock._all):
+            lock._mutex = threading.Lock()
 
     @classmethod
-    def open(cls, path, beside):
+    def open(cls, path, beside, timeout):
         """The lock on file `path` (made with the mode of file `beside`), or None
         where there is none to have: no flock() (Windows), or a file that
         cannot be made or opened. Pushes then wait in the busy handler alone."""
         try:
             import fcntl
-            mode = os.stat(beside).st_mode & 0o666
-            return cls(os.open(path, os.O_RDONLY | os.O_CREAT, mode), fcntl)
+            return cls(path, os.stat(beside).st_mode & 0o666, timeout, fcntl)
         except (ImportError, OSError):
             return None
 
-    def __enter__(self):
-        self._flock(self.fd, self._ex)
+    def _reopen(self):
+        if self.fd is not None:
+            fd, self.fd = self.fd, None
+            try:
+                os.close(fd)       # the parent's copy: its flock() stays the parent's
+            except OSError:
+                pass
+        self.fd = os.open(self.path, os.O_RDONLY | os.O_CREAT, self.mode)
+        self.pid = os.getpid()
 
-    def __exit__(self, kind, exc, tb):
-        self._flock(self.fd, self._un)
+    def acquire(self, cur):
+        """Take the lock for an INSERT on `cur`, or raise sqlite3's "database is locked"."""
+        start = time.monotonic()
+        deadline = start + self.timeout
+        if not self._mutex.acquire(True, self.timeout):
+            self._locked()
+        try:
+            if self.pid != os.getpid() or self.fd is None:
+                try:
+                    self._reopen()
+                except OSError:
+                    self.fd = None     # as with no lock file: the busy handler alone
+                    self._waited = False
+                    return
+            flock, fd, pause = self._fcntl.flock, self.fd, 0.0001
+            mode = self._fcntl.LOCK_EX | self._fcntl.LOCK_NB
+            while True:
+                try:
+                    flock(fd, mode)
+                    break
+                except BlockingIOError:
+                    now = time.monotonic()
+                    if now >= deadline:
+                        self._locked()
+                    time.sleep(min(pause, deadline - now))
+                    pause = min(pause * 2, 0.002)
+            left = deadline - time.monotonic()
+            # Uncontended (the usual case) SQLite keeps its whole busy timeout:
+            # no PRAGMA on the hot path. A wait of a millisecond or more is
+            # taken off what SQLite may still wait.
+            self._waited = left < self.timeout - 0.001
+            if self._waited:
+                try:
+                    cur.execute("PRAGMA busy_timeout = %d" % max(1, int(left * 1000)))
+                except BaseException:
+                    flock(fd, self._fcntl.LOCK_UN)
+                    raise
+        except BaseException:
+            self._mutex.release()
+            raise
+
+    def release(self, cur):
+        try:
+            if self._waited:
+                self._waited = False
+                try:
+                    cur.execute("PRAGMA busy_timeout = %d" % (self.timeout * 1000))
+                except Exception:
+                    pass    # the connection is gone: nothing left to restore
+            if self.fd is not None:
+                self._fcntl.flock(self.fd, self._fcntl.LOCK_UN)
+        finally:
+            self._mutex.release()
+
+    def _locked(self):
+        import sqlite3
+        # As SQLite's own busy timeout says it: the caller's one-line error.
+        raise sqlite3.OperationalError("database is locked")
 
     def close(self):
-        try:
-            os.close(self.fd)
-        except OSError:
-            pass
+        with self._mutex:
+            if self.fd is not None:
+                try:
+                    os.close(self.fd)
+                except OSError:
+                    pass
+            self.fd = None
 
 
 class _Postgres(_Dialect):
@@ -1944,7 +2098,7 @@ class Queue:
         self._sql = {}
         self._local = threading.local()
         self._conns = []
-        self._push_locks = []
+        self._push_lock_made = None    # (lock or None,) once the first push made it
         self._conns_lock = threading.Lock()
         self._schema_ready = False
         self._returning = self.dialect.has_returning()
@@ -2027,28 +2181,27 @@ class Queue:
         return conn
 
     def _push_lock(self):
-        """This thread's push lock (see _SQLite.push_lock), made at its first push, or None."""
-        try:
-            return self._local.push_lock
-        except AttributeError:
-            lock = self._local.push_lock = self.dialect.push_lock(self._target)
-            if lock is not None:
-                with self._conns_lock:
-                    self._push_locks.append(lock)
-            return lock
+        """The queue's push lock (see _PushLock), made at the first push, or None."""
+        made = self._push_lock_made
+        if made is None:
+            with self._conns_lock:
+                made = self._push_lock_made
+                if made is None:
+                    made = self._push_lock_made = (self.dialect.push_lock(self._target),)
+        return made[0]
 
     def close(self):
         """Close every connection this queue opened."""
         with self._conns_lock:
             conns, self._conns = self._conns, []
-            locks, self._push_locks = self._push_locks, []
+            made, self._push_lock_made = self._push_lock_made, None
         for conn in conns:
             try:
                 conn.close()
             except Exception:
                 pass
-        for lock in locks:
-            lock.close()
+        if made is not None and made[0] is not None:
+            made[0].close()
         self._local = threading.local()
 
     def discard(self, conn):
@@ -2280,8 +2433,11 @@ class Queue:
             if lock is None:
                 cur.execute(text, [params[n] for n in names])
             else:
-                with lock:
+                lock.acquire(cur)
+                try:
                     cur.execute(text, [params[n] for n in names])
+                finally:
+                    lock.release(cur)
             return self._new_id(cur)
         except self._errors() as exc:
             raise self.translate(exc) from exc
@@ -2301,8 +2457,11 @@ class Queue:
             lock = self._push_lock()
             if lock is None:
                 return self._insert_unique(cur, "push_unique", params)[0]
-            with lock:
+            lock.acquire(cur)
+            try:
                 return self._insert_unique(cur, "push_unique", params)[0]
+            finally:
+                lock.release(cur)
         except self._errors() as exc:
             raise self.translate(exc) from exc
 
@@ -2762,23 +2921,31 @@ class Queue:
                 ids = [r[0] for r in self.execute(cur, "failed_ids", queue=queue).fetchall()]
         new_ids = []
         for failed_id in ids:
-            with self.transaction() as cur:
-                row = self.execute(cur, "retry_source", id=failed_id).fetchone()
-                if row is None:
-                    continue
-                key = _payload_unique_key(_text(row[1]))
-                if key is None:
-                    self.execute(cur, "retry", id=failed_id)
-                    new_ids.append(self._retried_id(cur))
-                else:
-                    # The job gets its unique key back. When a live job holds
-                    # it meanwhile (pushed again after this one failed), the
-                    # retry is that push again: nothing is inserted, and the
-                    # failed job is answered by the live one.
-                    new_ids.append(self._insert_unique(
-                        cur, "retry_unique",
-                        dict(id=failed_id, queue=_text(row[0]), unique_key=key))[0])
-                self.execute(cur, "forget", id=failed_id)
+            try:
+                with self.transaction() as cur:
+                    row = self.execute(cur, "retry_source", id=failed_id).fetchone()
+                    if row is None:
+                        continue
+                    key = _payload_unique_key(_text(row[1]))
+                    if key is None:
+                        self.execute(cur, "retry", id=failed_id)
+                        new_id = self._retried_id(cur)
+                    else:
+                        # The job gets its unique key back. When a live job holds
+                        # it meanwhile (pushed again after this one failed), the
+                        # retry is that push again: nothing is inserted, and the
+                        # failed job is answered by the live one.
+                        new_id = self._insert_unique(
+                            cur, "retry_unique",
+                            dict(id=failed_id, queue=_text(row[0]), unique_key=key))[0]
+                    # The row read above is locked, so this deletes it; should a
+                    # dialect's lock not hold, a copy whose original another
+                    # retry took is rolled back rather than made twice.
+                    if self.execute(cur, "forget", id=failed_id).rowcount != 1:
+                        raise _RetryLost()
+            except _RetryLost:
+                continue
+            new_ids.append(new_id)
             if self.dialect is _Postgres:
                 with self.transaction() as cur:
                     cur.execute("SELECT pg_notify(%s, '')", (self.channel,))
@@ -2881,6 +3048,10 @@ class Queue:
                 used = 0    # not migrated since: no worker has sent under the limit
         return {"limit": self.config.mail_rate_limit, "messages": count,
                 "window_seconds": window, "used": used}
+
+
+class _RetryLost(Exception):
+    """Inside Queue.retry: another retry took the failed row; roll back this copy."""
 
 
 class _Transaction:
@@ -2997,18 +3168,10 @@ class Job:
         self.next_payload = None
         self.data = self.payload = None
         self.started = 0.0
-        try:
-            payload = json.loads(raw)
-        except UnicodeDecodeError:
-            self.error = "payload is not valid UTF-8"
-            return
-        except ValueError as exc:
-            self.error = "payload is not valid JSON: %s" % exc
-            return
-        except RecursionError:
-            # Built inside the claim transaction: an escaping error would roll
-            # the claim back and stop every worker on this row, again and again.
-            self.error = "payload is JSON nested too deeply to read"
+        # Built inside the claim transaction: an escaping error would roll
+        # the claim back and stop every worker on this row, again and again.
+        payload, self.error = _decode_payload(raw)
+        if self.error:
             return
         if not isinstance(payload, dict):
             self.error = "payload is JSON but not an object"
@@ -5717,10 +5880,7 @@ def _mask_payload(value, config, key=""):
 def _failed_summary(row, config):
     """What the failed list shows of one row: job, recipient, error line, when."""
     job, template, recipient = _job_name(row["payload"] or ""), "", ""
-    try:
-        payload = json.loads(row["payload"] or "")
-    except (ValueError, RecursionError):
-        payload = None
+    payload, _ = _decode_payload(row["payload"] or "")
     data = payload.get("data") if isinstance(payload, dict) else None
     if isinstance(data, dict):
         to = data.get("to")
@@ -5886,7 +6046,7 @@ class _Dashboard:
         self.queue = queue
         self.config = queue.config
         self.read_only = read_only
-        self.token = token or None
+        self.token = (self.config.dashboard_token if token is None else token) or None
         self.log = log or _Log()
         self.page_size = page_size
         # Per process: forms rendered before a restart are refused (403).
@@ -6173,12 +6333,16 @@ class _Dashboard:
             return self._error(404, "Not found", "There is no failed job %d: it has been retried"
                                " or deleted." % failed_id, out)
         info = _failed_summary(row, self.config)
-        try:
-            decoded = json.loads(row["payload"] or "")
-        except (ValueError, RecursionError):
+        decoded, error = _decode_payload(row["payload"] or "")
+        payload = None
+        if error is None:
+            try:
+                payload = json.dumps(_mask_payload(decoded, self.config), indent=2,
+                                     ensure_ascii=False)
+            except RecursionError:
+                pass    # read, but too deep to mask and indent: shown as written
+        if payload is None:
             payload = _mask_text(row["payload"], self.config, links=True)
-        else:
-            payload = json.dumps(_mask_payload(decoded, self.config), indent=2, ensure_ascii=False)
         facts = _fill(
             '<p><a href="/failed">‹ Failed jobs</a></p><p class="note bad">{error}</p>'
             '<div class="panel"><dl><dt>Queue</dt><dd class="mono">{queue}</dd>'
@@ -7337,10 +7501,9 @@ def _cmd_health(args, config):
 
 def _job_name(payload):
     """The job name a payload carries, without trusting it to be well formed."""
-    try:
-        decoded = json.loads(payload)
-    except ValueError:
-        return "?"
+    decoded, error = _decode_payload(payload)
+    if error is not None:
+        return "(unreadable)"   # still listed, so it can be retried or forgotten
     if isinstance(decoded, dict):
         for key in ("job", "displayName"):
             if isinstance(decoded.get(key), str) and decoded[key]:
@@ -7481,7 +7644,8 @@ def _cmd_clear(args, config):
 def _setting_value(config, setting):
     """A setting's effective value for `config`, with secrets masked."""
     attr = setting.lower()
-    attr = attr[len("queue_"):] if attr.startswith("queue_") else attr
+    for prefix in ("queue_", "dbqueue_"):
+        attr = attr[len(prefix):] if attr.startswith(prefix) else attr
     value = getattr(config, attr, None)
     if isinstance(value, str) and "://" in value:
         value = _mask_url(value)
@@ -7509,12 +7673,9 @@ def _cmd_config(args, config):
     return 0
 
 
-def _dashboard_token(args):
-    """DBQUEUE_DASHBOARD_TOKEN from the environment, else from the .env file; None if unset."""
-    token = os.environ.get("DBQUEUE_DASHBOARD_TOKEN", "").strip()
-    if not token:
-        values, _ = _read_env_file(args.env_file or ".env", required=bool(args.env_file))
-        token = values.get("DBQUEUE_DASHBOARD_TOKEN", ("", 0))[0].strip()
+def _dashboard_token(config):
+    """The checked DBQUEUE_DASHBOARD_TOKEN (a Config setting), or None if unset."""
+    token = config.dashboard_token
     if token and (len(token) < _DASHBOARD_TOKEN_MIN or not re.match(r"^[\x21-\x7e]+\Z", token)):
         raise ConfigError("DBQUEUE_DASHBOARD_TOKEN must be at least %d characters, with no spaces"
                           " or non-ASCII ones (python -c 'import secrets;"
@@ -7525,7 +7686,7 @@ def _dashboard_token(args):
 def _cmd_dashboard(args, config):
     import signal
     import socket
-    token = _dashboard_token(args)
+    token = _dashboard_token(config)
     if token is None and not _is_loopback(args.host):
         raise ConfigError("dashboard --host %s: an address other than 127.0.0.1 needs"
                           " DBQUEUE_DASHBOARD_TOKEN set (or reach 127.0.0.1 through an SSH tunnel)"

@@ -7068,7 +7068,7 @@ class SQLitePushLockTests(unittest.TestCase):
         q = self.db.queue()
         ids = [q.push("t_record", {"n": n}) for n in range(3)]
         q.push("t_record", {}, unique_key="k")
-        self.assertIsNone(q._local.push_lock)
+        self.assertIsNone(q._push_lock())
         self.assertEqual(len(set(ids)), 3)
         self.assertEqual(self.db.raw("SELECT COUNT(*) FROM {jobs}")[0][0], 4)
 
@@ -7814,6 +7814,314 @@ class DashboardBrowserTests(unittest.TestCase):
         for name in ("dashboard.png", "dashboard-failed.png", "dashboard-phone.png"):
             with open(os.path.join(self.shots, name), "rb") as fh:
                 self.assertEqual(fh.read(8), b"\x89PNG\r\n\x1a\n")
+
+
+# ---- fixq: review fixes (queue, config, push lock) ----
+
+
+class FixqRetryRaceTests:
+    """Two retries of one failed job at once (a double click on Retry) make one job."""
+
+    def _failed_row(self, q, payload='{"job": "x", "data": {}}'):
+        p = self.db.param
+        self.db.raw("INSERT INTO {failed} (uuid, connection, queue, payload, exception, failed_at)"
+                    " VALUES (%s, 'database', 'default', %s, 'boom', CURRENT_TIMESTAMP)" % (p, p),
+                    ("fixq-%d" % time.monotonic_ns(), payload))
+        return self.db.raw("SELECT MAX(id) FROM {failed}")[0][0]
+
+    def test_concurrent_retries_of_one_failed_job_make_one_job(self):
+        queues = [self.db.queue(), self.db.queue()]
+        payloads = ['{"job": "x", "data": {}}', '{"job": "x", "data": {}, "uniqueKey": "k"}']
+        for round_ in range(40):
+            failed_id = self._failed_row(queues[0], payloads[round_ % 2])
+            barrier = threading.Barrier(2)
+            results = []
+
+            def retry(q):
+                barrier.wait()
+                results.append(q.retry([failed_id]))
+
+            threads = [threading.Thread(target=retry, args=(q,)) for q in queues]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(30)
+            self.assertEqual(len(results), 2)
+            jobs = self.db.raw("SELECT COUNT(*) FROM {jobs}")[0][0]
+            self.assertEqual(jobs, 1, "round %d: %r" % (round_, results))
+            self.assertEqual(sorted(len(r) for r in results), [0, 1])
+            self.assertEqual(self.db.raw("SELECT COUNT(*) FROM {failed}")[0][0], 0)
+            self.db.raw("DELETE FROM {jobs}")
+
+
+on_every_backend(FixqRetryRaceTests)
+
+
+
+class FixqDeepPayloadTests(unittest.TestCase):
+    """A failed job whose payload is JSON nested too deeply to read breaks no listing."""
+
+    DEEP = "[" * 100000 + "]" * 100000
+
+    def setUp(self):
+        self.db = Backend(self)
+        self.q = self.db.queue()
+        self.ids = []
+        for payload in (self.DEEP, '{"job": "fine", "data": {}}'):
+            self.db.raw("INSERT INTO {failed} (uuid, connection, queue, payload, exception,"
+                        " failed_at) VALUES (?, 'database', 'default', ?, 'boom',"
+                        " CURRENT_TIMESTAMP)", (dbqueue._uuid4(), payload))
+            self.ids.append(self.db.raw("SELECT MAX(id) FROM {failed}")[0][0])
+
+    def test_failed_lists_it_as_unreadable_and_it_can_be_retried_and_forgotten(self):
+        code, out, err = run_main(["failed"], self.db.env())
+        self.assertEqual((code, err), (0, ""))
+        self.assertIn("fine", out)
+        self.assertRegex(out, r"(?m)^ *%d .* \(unreadable\) " % self.ids[0])
+        code, out, err = run_main(["failed", "--json"], self.db.env())
+        self.assertEqual((code, err), (0, ""))
+        self.assertEqual([f["job"] for f in json.loads(out)], ["(unreadable)", "fine"])
+        code, out, err = run_main(["retry", str(self.ids[0])], self.db.env())
+        self.assertEqual(code, 0, err)
+        self.assertEqual(self.db.raw("SELECT payload FROM {jobs}")[0][0], self.DEEP)
+        self.db.raw("INSERT INTO {failed} (uuid, connection, queue, payload, exception, failed_at)"
+                    " VALUES ('again', 'database', 'default', ?, 'boom', CURRENT_TIMESTAMP)",
+                    (self.DEEP,))
+        again = self.db.raw("SELECT MAX(id) FROM {failed}")[0][0]
+        code, out, err = run_main(["forget", str(again)], self.db.env())
+        self.assertEqual(code, 0, err)
+        self.assertEqual(self.db.raw("SELECT COUNT(*) FROM {failed} WHERE id = ?", (again,))[0][0],
+                         0)
+
+    def test_the_dashboards_failed_pages_show_it(self):
+        client = DashboardClient(start_dashboard(self, self.db.queue()))
+        resp = client.get("/failed")
+        self.assertEqual(resp.status, 200, resp.text[:300])
+        self.assertIn("fine", resp.text)
+        self.assertIn('/failed/%d"' % self.ids[0], resp.text)
+        self.assertIn("(unreadable)", resp.text)
+        resp = client.get("/failed/%d" % self.ids[0])
+        self.assertEqual(resp.status, 200, resp.text[:300])
+        self.assertIn("[[[[", resp.text)
+        self.assertEqual(client.get("/").status, 200)
+
+
+
+class FixqConfigTests(unittest.TestCase):
+    """Settings that could only fail later (every email, every table) fail at config time."""
+
+    def setUp(self):
+        self.tmp = tempfile.mkdtemp(prefix="dbqueue-fixq-")
+        self.addCleanup(shutil.rmtree, self.tmp, True)
+        self.path = os.path.join(self.tmp, "q.db")
+        self.env = {"QUEUE_DATABASE_URL": "sqlite:///" + self.path}
+
+    def refused(self, extra, argv=("work", "--once")):
+        code, out, err = run_main(list(argv), dict(self.env, **extra))
+        self.assertEqual((code, out), (2, ""), err)
+        self.assertFalse(os.path.exists(self.path))
+        return one_line(self, err)
+
+    def test_a_from_address_that_is_no_address_exits_2_naming_the_variable(self):
+        line = self.refused({"MAIL_FROM_ADDRESS": "not-an-address"})
+        self.assertIn("MAIL_FROM_ADDRESS", line)
+        self.assertIn("not-an-address", line)
+        # The CodeIgniter app's name, when that is the one set.
+        line = self.refused({"EMAIL_FROM_ADDRESS": "two@example.com, three@example.com"})
+        self.assertIn("EMAIL_FROM_ADDRESS", line)
+        self.assertNotIn("MAIL_FROM_ADDRESS", line.replace("EMAIL_FROM_ADDRESS", ""))
+        line = self.refused({"MAIL_FROM_ADDRESS": "app@example.com\nBcc: x@evil.example"})
+        self.assertIn("MAIL_FROM_ADDRESS", line)
+        for good in ("app@example.com", "Billing <billing@example.com>", "a@b\u00fccher.example"):
+            config = dbqueue.Config.from_env({"MAIL_FROM_ADDRESS": good}, env_file=os.devnull)
+            self.assertEqual(config.mail_from_address, good)
+
+    def test_non_ascii_smtp_credentials_exit_2_and_never_show_the_password(self):
+        line = self.refused({"MAIL_USERNAME": "j\u00fcrgen", "MAIL_PASSWORD": "ascii-only"})
+        self.assertIn("MAIL_USERNAME", line)
+        line = self.refused({"MAIL_USERNAME": "jurgen", "MAIL_PASSWORD": "s3cr\u00e9t-pass"})
+        self.assertIn("MAIL_PASSWORD", line)
+        self.assertNotIn("s3cr", line)
+        line = self.refused({"EMAIL_SMTP_PASS": "s3cr\u00e9t-pass"})
+        self.assertIn("EMAIL_SMTP_PASS", line)
+        self.assertNotIn("s3cr", line)
+        # The log mailer sends no AUTH: nothing to refuse.
+        config = dbqueue.Config.from_env({"MAIL_MAILER": "log", "MAIL_PASSWORD": "s3cr\u00e9t"},
+                                         env_file=os.devnull)
+        self.assertEqual(config.mail_password, "s3cr\u00e9t")
+
+
+    def test_a_bad_dbprefix_is_named_as_written(self):
+        for prefix in ("a-b", "1_", "app prefix"):
+            path = env_file(self, "database.default.DBDriver = SQLite3\n"
+                                  "database.default.database = %s\n"
+                                  "database.default.DBPrefix = %s\n" % (self.path, prefix))
+            with self.assertRaises(dbqueue.ConfigError) as caught:
+                dbqueue.Config.from_env({}, env_file=path)
+            line = str(caught.exception)
+            self.assertIn("database.default.DBPrefix=%s " % prefix, line)
+            self.assertNotIn("jobs", line)
+            self.assertIn("%s:3" % path, line)
+        path = env_file(self, "database.default.DBDriver = SQLite3\n"
+                              "database.default.database = %s\n"
+                              "database.default.DBPrefix = %s\n" % (self.path, "p" * 60))
+        with self.assertRaises(dbqueue.ConfigError) as caught:
+            dbqueue.Config.from_env({}, env_file=path)
+        self.assertIn("longer than 63", str(caught.exception))
+        config = dbqueue.Config.from_env({"QUEUE_TABLE": "j", "QUEUE_FAILED_TABLE": "f"},
+                                         env_file=path)
+        self.assertEqual((config.table, config.failed_table), ("j", "f"))
+
+
+
+class FixqPushLockTests(unittest.TestCase):
+    """The SQLite push lock: one busy timeout in all, one descriptor, its own after a fork."""
+
+    def setUp(self):
+        self.db = Backend(self)
+        self.path = self.db.url[len("sqlite:///"):]
+        self.lock_file = os.path.realpath(self.path + "-dbqueue.lock")
+
+    def short_busy_timeout(self, seconds):
+        saved = dbqueue._SQLite.busy_timeout
+        dbqueue._SQLite.busy_timeout = seconds
+        self.addCleanup(setattr, dbqueue._SQLite, "busy_timeout", saved)
+
+    def lock_fds(self):
+        found = []
+        for name in os.listdir("/proc/self/fd"):
+            try:
+                if os.path.realpath("/proc/self/fd/" + name) == self.lock_file:
+                    found.append(name)
+            except OSError:
+                pass
+        return found
+
+    def test_producers_behind_a_long_write_all_fail_at_the_busy_timeout(self):
+        self.short_busy_timeout(1.0)
+        q = self.db.queue()
+        q.push("t_record", {})           # the schema and the lock file exist
+        import sqlite3
+        writer = sqlite3.connect(self.path, isolation_level=None)
+        self.addCleanup(writer.close)
+        writer.execute("BEGIN IMMEDIATE")   # a long write by another connection
+        self.addCleanup(lambda: writer.in_transaction and writer.execute("ROLLBACK"))
+        started = time.monotonic()
+        failed = []
+        barrier = threading.Barrier(4)
+
+        def produce():
+            barrier.wait()
+            try:
+                q.push("t_record", {})
+            except dbqueue.DatabaseError as exc:
+                failed.append((time.monotonic() - started, str(exc)))
+
+        threads = [threading.Thread(target=produce) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        writer.execute("ROLLBACK")
+        self.assertEqual(len(failed), 4, failed)
+        for seconds, message in failed:
+            self.assertIn("locked", message)
+            self.assertNotIn("\n", message)
+        # One after another they would fail at 1, 2, 3 and 4 s.
+        self.assertLess(max(s for s, _ in failed), 2.5, failed)
+        self.assertGreater(min(s for s, _ in failed), 0.9, failed)
+        self.assertEqual(self.db.raw("SELECT COUNT(*) FROM {jobs}")[0][0], 1)
+        q.push("t_record", {})            # and the next push, the write done, goes through
+
+    def test_many_producer_threads_share_one_lock_descriptor(self):
+        q = self.db.queue()
+        for _ in range(6):
+            in_threads(lambda: q.push("t_record", {}), 50)
+        self.assertEqual(self.db.raw("SELECT COUNT(*) FROM {jobs}")[0][0], 300)
+        self.assertEqual(len(self.lock_fds()), 1)
+        q.close()
+        self.assertEqual(self.lock_fds(), [])
+
+    def test_a_forked_child_takes_a_lock_of_its_own(self):
+        need(hasattr(os, "fork"), "no fork() here")
+        self.short_busy_timeout(0.5)
+        q = self.db.queue()
+        q.push("t_record", {})
+        lock = q._push_lock()
+        cur = q._conn().cursor()
+
+        def child(pushing_thread):
+            pid = os.fork()
+            if pid == 0:            # the child: report by exit status only
+                code = 3
+                try:
+                    result = []
+
+                    def push():
+                        try:
+                            q.push("t_record", {"child": True})
+                            result.append("pushed")
+                        except dbqueue.DatabaseError as exc:
+                            result.append("locked" if "locked" in str(exc) else str(exc))
+                    if pushing_thread:
+                        t = threading.Thread(target=push)
+                        t.start()
+                        t.join(20)
+                    else:
+                        push()
+                    code = {"pushed": 0, "locked": 1}.get(result and result[0], 2)
+                finally:
+                    os._exit(code)
+            _, status = os.waitpid(pid, 0)
+            return os.waitstatus_to_exitcode(status) if hasattr(os, "waitstatus_to_exitcode") \
+                else status >> 8
+
+        lock.acquire(cur)            # the parent holds it, as a push in progress does
+        try:
+            # The thread that forked, the one whose mutex and file it inherited.
+            self.assertEqual(child(pushing_thread=False), 1, "the child's push was not excluded")
+        finally:
+            lock.release(cur)
+        self.assertEqual(child(pushing_thread=True), 0)
+        self.assertEqual(self.db.raw("SELECT COUNT(*) FROM {jobs}")[0][0], 2)
+        q.push("t_record", {})
+
+
+
+class FixqDashboardTokenTests(unittest.TestCase):
+    """DBQUEUE_DASHBOARD_TOKEN is a Config setting: `config` lists it masked, the dashboard uses it."""
+
+    TOKEN = "Fixq-Dash-Token-0123456789abcdef"
+
+    def test_config_lists_the_token_masked_with_its_source(self):
+        path = env_file(self, "QUEUE_TIMEOUT=30\nDBQUEUE_DASHBOARD_TOKEN=%s\n" % self.TOKEN)
+        code, out, err = run_main(["config", "--json", "--env-file", path], {})
+        self.assertEqual(code, 0, err)
+        self.assertNotIn(self.TOKEN, out)
+        found = {s["name"]: s for s in json.loads(out)["settings"]}
+        self.assertEqual(found["DBQUEUE_DASHBOARD_TOKEN"]["value"], "***")
+        self.assertEqual(found["DBQUEUE_DASHBOARD_TOKEN"]["source"], "%s:2" % path)
+        code, out, err = run_main(["config"], {"DBQUEUE_DASHBOARD_TOKEN": self.TOKEN})
+        self.assertEqual(code, 0, err)
+        self.assertNotIn(self.TOKEN, out)
+        self.assertRegex(out, r"(?m)^DBQUEUE_DASHBOARD_TOKEN +\*\*\* +environment *$")
+        code, out, err = run_main(["config"], {})
+        self.assertRegex(out, r'(?m)^DBQUEUE_DASHBOARD_TOKEN +"" +default *$')
+        config = dbqueue.Config.from_env({"DBQUEUE_DASHBOARD_TOKEN": self.TOKEN},
+                                         env_file=os.devnull)
+        self.assertEqual(config.dashboard_token, self.TOKEN)
+        self.assertNotIn(self.TOKEN, repr(config))
+
+    def test_the_dashboard_asks_for_the_configured_token(self):
+        db = Backend(self)
+        config = db.config(dashboard_token=self.TOKEN)
+        q = dbqueue.Queue(config=config)
+        self.addCleanup(q.close)
+        q.migrate()
+        client = DashboardClient(start_dashboard(self, q))
+        self.assertEqual(client.get("/").status, 401)
+        self.assertEqual(client.get("/", headers={"Authorization": "Bearer " + self.TOKEN}).status,
+                         200)
 
 
 # ---- mysql: MySQL and MariaDB (issue 11) ----------------------------------
