@@ -883,11 +883,15 @@ _SQL = {
              " FROM {jobs} GROUP BY queue",
     "failed_counts": "SELECT {queue_text}, COUNT(*) FROM {failed} GROUP BY queue",
     # {order} is ASC (the CLI: oldest first) or DESC (the dashboard: newest
-    # first); :search is a LIKE pattern over the payload and the exception.
+    # first); :search is a LIKE pattern over the exception and the
+    # recipients ({recipient}: the payload's data.to, see _Dialect), never
+    # the whole payload: a search there would tell a dashboard user, one
+    # prefix at a time, the link tokens the pages mask.
     "failed_list": "SELECT " + _FAILED_COLUMNS + " FROM {failed}"
                    " WHERE (CAST(:queue AS {text_type}) IS NULL OR queue = :queue)"
-                   " AND (CAST(:search AS {text_type}) IS NULL OR LOWER(payload) LIKE :search ESCAPE '!'"
-                   " OR LOWER(exception) LIKE :search ESCAPE '!')"
+                   " AND (CAST(:search AS {text_type}) IS NULL"
+                   " OR LOWER(exception) LIKE :search ESCAPE '!'"
+                   " OR LOWER({recipient}) LIKE :search ESCAPE '!')"
                    " ORDER BY id {order} LIMIT :limit OFFSET :offset",
     "failed_one": "SELECT " + _FAILED_COLUMNS + " FROM {failed} WHERE id = :id",
     "failed_ids": "SELECT id FROM {failed} WHERE (CAST(:queue AS {text_type}) IS NULL OR queue = :queue)"
@@ -962,6 +966,10 @@ class _Dialect:
     begin = "BEGIN"
     payload_text = "payload"       # how to read a payload column as text
     queue_text = "queue"           # how `stats` and `failed` read a queue column
+    # The recipients of a failed job as text (its payload's data.to: a string
+    # or a JSON array), NULL when there are none or the payload is not JSON;
+    # what failed_list searches besides the exception.
+    failed_recipient = "NULL"
     autoincrement = ""
     bigint = "INTEGER"
     failed_at = ""
@@ -998,7 +1006,8 @@ class _Dialect:
                                now_ms=cls.now_ms, rate=cls.ident(cls.rate_table),
                                payload_text=cls.payload_text, queue_text=cls.queue_text,
                                failed_cutoff=cls.failed_cutoff, text_type=cls.text_type,
-                               for_update=cls.for_update, **extra)
+                               for_update=cls.for_update, recipient=cls.failed_recipient,
+                               **extra)
         names = _PARAM.findall(text)
         if cls.placeholder == "%s":
             text = text.replace("%", "%%")
@@ -1192,6 +1201,9 @@ class _SQLite(_Dialect):
     # A payload is read as bytes so that a row holding invalid UTF-8 (written
     # by hand) fails alone instead of breaking every claim that returns it.
     payload_text = "CAST(payload AS BLOB)"
+    # json_extract fails on text that is not JSON: json_valid first.
+    failed_recipient = ("CASE WHEN json_valid(payload)"
+                        " THEN json_extract(payload, '$.data.to') END")
     # Likewise a queue name written by hand as a BLOB or invalid UTF-8: `stats`
     # and `failed` show it (decoded with replacement) instead of failing.
     queue_text = "CAST(queue AS BLOB)"
@@ -1550,6 +1562,11 @@ class _Postgres(_Dialect):
     # take (a number made from the limit's name: Queue._rate_lock_key).
     rate_lock = "SELECT pg_advisory_xact_lock(:lock_key)"
     payload_text = "payload"
+    # A cast to json would fail the whole statement on one payload that is
+    # not JSON (PostgreSQL 15 has no IS JSON): the value of the first "to"
+    # key, a JSON string or array, taken by a regular expression.
+    failed_recipient = (r"""substring(payload from '"to"\s*:\s*"""
+                        r"""("(?:[^"\\]|\\.)*"|\[[^]]*\])')""")
     autoincrement = "BIGSERIAL PRIMARY KEY"
     bigint = "BIGINT"
     failed_at = "TIMESTAMPTZ NOT NULL DEFAULT now()"
@@ -1744,6 +1761,10 @@ class _MySQL(_Dialect):
     state_set = ("INSERT INTO dbqueue_state (name, value, updated_at) VALUES (:name, :value, {now})"
                  " ON DUPLICATE KEY UPDATE value = VALUES(value), updated_at = VALUES(updated_at)")
     # Idle workers look for a ready job (no NOTIFY here): one index probe.
+    # The dashboard's search over recipients: json_extract fails on text that
+    # is not JSON, so JSON_VALID first (MySQL 5.7.8+, MariaDB 10.2.3+).
+    failed_recipient = ("CASE WHEN JSON_VALID(payload)"
+                        " THEN JSON_UNQUOTE(JSON_EXTRACT(payload, '$.data.to')) END")
     ready = ("SELECT 1 FROM {jobs} WHERE queue = :queue AND reserved_at IS NULL"
              " AND available_at <= {now} LIMIT 1")
     # After a claim that found nothing though a job was ready (another
@@ -2878,8 +2899,9 @@ class Queue:
     def failed(self, queue=None, search=None, limit=None, offset=0, newest_first=False):
         """Failed jobs, oldest first, as dicts (payload and exception as text).
 
-        `search` keeps those whose payload or exception contains it, in any
-        case (ASCII letters on SQLite); `limit` and `offset` take one page.
+        `search` keeps those whose exception or recipients (data.to) contain
+        it, in any case (ASCII letters on SQLite); `limit` and `offset` take
+        one page.
         """
         pattern = None
         if search:
@@ -4613,80 +4635,52 @@ def _plain_header(name, value):
 
 # -- templates -------------------------------------------------------------------
 
-# The built-in templates. Each needs only `name` and `url`; `app_name` defaults
-# to APP_NAME, then MAIL_FROM_NAME, then the link's host; `expires` (such as
-# "24 hours") and, for invitations, `inviter` are optional. The HTML is one
-# shared layout (inline styles: mail clients drop <style> blocks) with the
-# template's own sentences put in.
+# The original built-in templates, in English. Each needs only `name` (which
+# may be empty) and `url`; `app_name` defaults to APP_NAME, then
+# MAIL_FROM_NAME, then the link's host; `expires` (such as "24 hours") and,
+# for invitations, `inviter` are optional. Written as the seed templates below
+# are, and sent in their layout; `greeting` names the variable the greeting
+# uses, and a sentence (variable, text, otherwise) says `otherwise` when the
+# variable is empty.
 _BUILTIN_TEMPLATES = {
     "verify_email": {
-        "subject": "Confirm your email address for $app_name",
-        "heading": "Confirm your email address",
-        "intro": "Please confirm that this is your email address for $app_name.",
-        "button": "Confirm email address",
-        "unexpected": "If you did not create an account with $app_name, you can ignore this"
-                      " email: nothing will change and no account will be activated.",
+        "link": "url", "greeting": "name", "defaults": {"en": {}},
+        "en": {
+            "subject": "Confirm your email address for $app_name",
+            "heading": "Confirm your email address",
+            "intro": ["Please confirm that this is your email address for $app_name."],
+            "button": "Confirm email address",
+            "after": [("expires", "This link expires in $expires."),
+                      "If you did not create an account with $app_name, you can ignore this"
+                      " email: nothing will change and no account will be activated."],
+        },
     },
     "password_reset": {
-        "subject": "Reset your $app_name password",
-        "heading": "Reset your password",
-        "intro": "We received a request to reset the password of your $app_name account.",
-        "button": "Choose a new password",
-        "unexpected": "If you did not ask to reset your password, you can ignore this email:"
-                      " your password stays as it is. If this keeps happening, tell us.",
+        "link": "url", "greeting": "name", "defaults": {"en": {}},
+        "en": {
+            "subject": "Reset your $app_name password",
+            "heading": "Reset your password",
+            "intro": ["We received a request to reset the password of your $app_name account."],
+            "button": "Choose a new password",
+            "after": [("expires", "This link expires in $expires."),
+                      "If you did not ask to reset your password, you can ignore this email:"
+                      " your password stays as it is. If this keeps happening, tell us."],
+        },
     },
     "invitation": {
-        "subject": "You are invited to join $app_name",
-        "heading": "You are invited to $app_name",
-        "intro": "${invited_by} to join $app_name.",
-        "button": "Accept the invitation",
-        "unexpected": "If you were not expecting this invitation, you can ignore this email:"
-                      " no account is created unless you accept it.",
+        "link": "url", "greeting": "name", "defaults": {"en": {}},
+        "en": {
+            "subject": "You are invited to join $app_name",
+            "heading": "You are invited to $app_name",
+            "intro": [("inviter", "$inviter has invited you to join $app_name.",
+                       "You have been invited to join $app_name.")],
+            "button": "Accept the invitation",
+            "after": [("expires", "This link expires in $expires."),
+                      "If you were not expecting this invitation, you can ignore this email:"
+                      " no account is created unless you accept it."],
+        },
     },
 }
-
-_TEXT_LAYOUT = """Hi $name,
-
-@INTRO@
-
-@BUTTON@:
-$url
-
-${expiry_text}
-
-@UNEXPECTED@
-
--- 
-$app_name
-"""
-
-_HTML_LAYOUT = """<!DOCTYPE html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>@SUBJECT@</title>
-</head>
-<body style="margin:0;padding:0;background:#f3f4f6;">
-<table role="presentation" width="100%" cellpadding="0" cellspacing="0" style="background:#f3f4f6;padding:24px 12px;">
-<tr><td align="center">
-<table role="presentation" width="100%" cellpadding="0" cellspacing="0" style="max-width:560px;background:#ffffff;border-radius:8px;font-family:-apple-system,'Segoe UI',Roboto,Helvetica,Arial,sans-serif;color:#1f2937;">
-<tr><td style="padding:32px 32px 0;font-size:22px;font-weight:600;">@HEADING@</td></tr>
-<tr><td style="padding:16px 32px 8px;font-size:16px;line-height:1.6;">
-<p style="margin:0 0 16px;">Hi $name,</p>
-<p style="margin:0 0 24px;">@INTRO@</p>
-<p style="margin:0 0 24px;text-align:center;"><a href="$url" style="display:inline-block;background:#2563eb;color:#ffffff;text-decoration:none;font-weight:600;padding:12px 24px;border-radius:6px;">@BUTTON@</a></p>
-<p style="margin:0 0 16px;font-size:14px;color:#4b5563;">If the button does not work, copy this link into your browser:<br><a href="$url" style="color:#2563eb;word-break:break-all;">$url</a></p>
-${expiry_html}
-<p style="margin:0 0 16px;font-size:14px;color:#4b5563;">@UNEXPECTED@</p>
-</td></tr>
-<tr><td style="padding:8px 32px 32px;font-size:13px;color:#9ca3af;">$app_name</td></tr>
-</table>
-</td></tr>
-</table>
-</body>
-</html>
-"""
 
 
 # The CodeIgniter app's own templates, built in with its variable names and
@@ -4812,10 +4806,22 @@ _SEED_TEMPLATES = {
 }
 
 # The words every seed template shares, per language.
+# The words every seed template shares, per language. `greeting` is used
+# without a name ("Hello,", never "Hi User,") when the caller gave none:
+# display_name's default stays in the variables, for MAIL_TEMPLATE_DIR's
+# templates. `unnamed` rewrites our sentences for when no app name is known
+# (no APP_NAME, MAIL_FROM_NAME or link host): "Reset your password", never
+# "Reset your our site password"; what remains of $app_name is the signature,
+# left out then.
 _SEED_WORDS = {
-    "en": {"greeting": "Hi $display_name,", "app_name": "our site",
+    "en": {"greeting": "Hi $display_name,", "greeting_unnamed": "Hello,",
+           "app_name": "our site",
+           "unnamed": [(r" (?:for|with|to join|to) \$app_name\b", ""),
+                       (r"\b([Yy]our) \$app_name ", r"\1 ")],
            "fallback": "If the button does not work, copy this link into your browser:"},
-    "es": {"greeting": "Hola, $display_name:", "app_name": "nuestro sitio",
+    "es": {"greeting": "Hola, $display_name:", "greeting_unnamed": "Hola:",
+           "app_name": "nuestro sitio",
+           "unnamed": [(r" (?:en|de|a unirte a|a) \$app_name\b", "")],
            "fallback": "Si el botón no funciona, copia este enlace en tu navegador:"},
 }
 _LOCALES = ("en", "es")
@@ -4858,19 +4864,6 @@ _SEED_BUTTON = ('<table role="presentation" cellpadding="0" cellspacing="0" alig
                 ' style="color:#2563eb;word-break:break-all;">$%s</a></p>')
 
 
-def _builtin_template(name):
-    """(subject, text, html) string.Template sources of a built-in template, or None."""
-    parts = _BUILTIN_TEMPLATES.get(name)
-    if parts is None:
-        return None
-    text, html = _TEXT_LAYOUT, _HTML_LAYOUT
-    for key in ("subject", "heading", "intro", "button", "unexpected"):
-        marker = "@%s@" % key.upper()
-        text = text.replace(marker, parts[key])
-        html = html.replace(marker, parts[key])
-    return parts["subject"], text, html
-
-
 def _template_name(name):
     if not isinstance(name, str) or not _TEMPLATE_NAME.match(name):
         raise PermanentError("template name %r must be a plain name (letters, digits, _ and -)"
@@ -4910,18 +4903,29 @@ def _seed_form(name, values):
     return not (name == "invitation" and "url" in values and "reset_link" not in values)
 
 
-def _seed_template(name, locale, values):
-    """(subject, text, html) string.Template sources of a seed template in one language."""
+def _seed_template(table, locale, values, unnamed=False):
+    """(subject, text, html) string.Template sources of a built-in template
+    (a _SEED_TEMPLATES or _BUILTIN_TEMPLATES entry) in one language; with
+    `unnamed` (the caller gave no name), a greeting without a name."""
     import html as html_module
-    table, common = _SEED_TEMPLATES[name], _SEED_WORDS[locale]
+    common = _SEED_WORDS[locale]
     words, link = table[locale], table["link"]
+    greeting = (common["greeting_unnamed"] if unnamed else common["greeting"].replace(
+        "$display_name", "$" + table.get("greeting", "display_name")))
     esc = html_module.escape     # our own sentences: their $placeholders pass through
 
     def keep(lines):
-        return [line[1] if isinstance(line, tuple) else line for line in lines
-                if not isinstance(line, tuple) or values.get(line[0])]
+        kept = []
+        for line in lines:
+            if not isinstance(line, tuple):
+                kept.append(line)
+            elif values.get(line[0]):
+                kept.append(line[1])
+            elif len(line) > 2:
+                kept.append(line[2])
+        return kept
     intro, after = keep(words["intro"]), keep(words["after"])
-    text = [common["greeting"], ""]
+    text = [greeting, ""]
     for line in intro:
         text += [line, ""]
     if words["button"]:
@@ -4929,7 +4933,7 @@ def _seed_template(name, locale, values):
     for line in after:
         text += [line, ""]
     text += ["-- ", "$app_name", ""]
-    body = [_SEED_P % esc(common["greeting"])] + [_SEED_P % esc(line) for line in intro]
+    body = [_SEED_P % esc(greeting)] + [_SEED_P % esc(line) for line in intro]
     if words["button"]:
         body.append(_SEED_BUTTON % (link, esc(words["button"]), esc(common["fallback"]),
                                     link, link))
@@ -4985,14 +4989,15 @@ def _find_template(name, values, config, warn=True):
             _job_log().warning("email template has no version in this locale; sent in English",
                                template=name, locale=re.sub(r"[^\w.-]", "?", asked[:40]))
         locale = "en"
-    if kind == "seed":
-        # The defaults of that language go into `values` first: the sentence
-        # that shows one ("This link expires soon.") is kept only when set.
-        for key, value in _SEED_TEMPLATES[name]["defaults"][locale].items():
-            if not values.get(key):
-                values[key] = value
-        return kind, locale, _seed_template(name, locale, values)
-    return kind, locale, _builtin_template(name)
+    table = _SEED_TEMPLATES[name] if kind == "seed" else _BUILTIN_TEMPLATES[name]
+    # The defaults of that language go into `values` first: the sentence that
+    # shows one ("This link expires soon.") is kept only when set. The
+    # greeting is by name only when the caller gave one (not "Hi User,").
+    unnamed = not values.get(table.get("greeting", "display_name"))
+    for key, value in table["defaults"][locale].items():
+        if not values.get(key):
+            values[key] = value
+    return kind, locale, _seed_template(table, locale, values, unnamed)
 
 
 def _read_template(directory, name, locale=None):
@@ -5055,18 +5060,12 @@ def _render(name, variables, config):
     url = values.get("url", "") or link
     host = re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://([^/:?#@]+)", url)
     fallback = _SEED_WORDS[locale]["app_name"] if locale in _SEED_WORDS else "our site"
-    values.setdefault("app_name", config.app_name or config.mail_from_name
-                      or (host.group(1) if host else "") or fallback)
-    html_extra = {}
-    if kind == "builtin":
-        expires = values.get("expires", "")
-        values["expiry_text"] = "This link expires in %s." % expires if expires else ""
-        html_extra["expiry_html"] = (
-            '<p style="margin:0 0 16px;font-size:14px;color:#4b5563;">This link expires in'
-            ' %s.</p>' % html_module.escape(expires) if expires else "")
-        inviter = values.get("inviter", "")
-        values["invited_by"] = ("%s has invited you" % inviter if inviter
-                                else "You have been invited")
+    app_name = values.get("app_name") or (config.app_name or config.mail_from_name
+                                          or (host.group(1) if host else ""))
+    if not app_name and kind != "dir":
+        # Our own sentences, written without a name, and no signature.
+        source = tuple(None if part is None else _unnamed(part, locale) for part in source)
+    values["app_name"] = app_name or fallback
     subject_src, text_src, html_src = source
 
     def fill(part, src, vals):
@@ -5083,17 +5082,22 @@ def _render(name, variables, config):
     if isinstance(variables.get("subject"), str) and variables["subject"].strip():
         subject = variables["subject"]
     text = fill("text", text_src, values)
-    if kind == "builtin":
-        text = re.sub(r"\n{3,}", "\n\n", text)
     if isinstance(variables.get("textMessage"), str) and variables["textMessage"].strip():
         text = variables["textMessage"]
     html = None
     if html_src is not None:
         escaped = {k: html_module.escape(v, quote=True) for k, v in values.items()}
-        escaped.update(html_extra)
         escaped["_subject"] = html_module.escape(subject, quote=True)
         html = fill("html", html_src, escaped)
     return subject, text, html
+
+
+def _unnamed(source, locale):
+    """A built-in template's source as it reads when no app name is known."""
+    for pattern, replacement in _SEED_WORDS[locale]["unnamed"]:
+        source = re.sub(pattern, replacement, source)
+    source = source.replace("\n\n-- \n$app_name\n", "\n")    # the text part's signature
+    return source.replace("$app_name", "")                    # the HTML footer's
 
 
 def _template_dir_names(config):
@@ -5107,23 +5111,35 @@ def _template_dir_names(config):
 # -- sending ---------------------------------------------------------------------
 
 def _message_parts(fields):
-    """(message, its bytes, its bytes for a server without 8BITMIME or None)
-    for checked fields."""
-    try:
-        msg = _build_message(fields)
-        data = _message_bytes(msg)
-        # For a server that does not offer 8BITMIME: the body as QP or base64.
-        data_7bit = None if data.isascii() else _message_bytes(_build_message(fields, True))
-        return msg, data, data_7bit
-    except (QueueError, MemoryError):
-        raise
-    except Exception as exc:
-        # The email package refusing the message, or tripping over it (Python
-        # 3.8 raises TypeError for a blank Orig-Date), is about the data,
-        # which a retry cannot change (smtplib's own errors are classified in
-        # _smtp_error).
-        raise PermanentError("the message cannot be built: %s: %s"
-                             % (type(exc).__name__, _first_line(exc)))
+    """(message, its bytes, None or a function returning its bytes for a
+    server without 8BITMIME) for checked fields.
+
+    The 7-bit copy (the body as QP or base64) is built only when called: a
+    server that offers 8BITMIME, and sendmail, never need it.
+    """
+    def built(seven_bit=False):
+        try:
+            msg = _build_message(fields, seven_bit)
+            return msg, _message_bytes(msg)
+        except (QueueError, MemoryError):
+            raise
+        except Exception as exc:
+            # The email package refusing the message, or tripping over it
+            # (Python 3.8 raises TypeError for a blank Orig-Date), is about
+            # the data, which a retry cannot change (smtplib's own errors are
+            # classified in _smtp_error).
+            raise PermanentError("the message cannot be built: %s: %s"
+                                 % (type(exc).__name__, _first_line(exc)))
+    msg, data = built()
+    if data.isascii():
+        return msg, data, None
+    kept = []
+
+    def seven_bit():
+        if not kept:
+            kept.append(built(True)[1])
+        return kept[0]
+    return msg, data, seven_bit
 
 
 def _deliver(fields, config):
@@ -5160,8 +5176,14 @@ def _deliver(fields, config):
         except _RateWait:
             raise
         except QueueError as exc:
-            _keep_mail_state(running, state, failing=isinstance(exc, PermanentError) or last)
+            outage = isinstance(exc, _MailOutage)
+            _keep_mail_state(running, state, failing=not outage and (
+                isinstance(exc, PermanentError) or last))
+            if worker is not None and not outage:
+                worker._mail_flowing()            # sendmail ran and judged the message
             raise
+        if worker is not None:
+            worker._mail_flowing()
         return
     # A stored list can only narrow the message's own recipients, never add one.
     pending = state.get("pending")
@@ -5446,12 +5468,16 @@ class _Mailer:
                 context.check_hostname = False
                 context.verify_mode = ssl.CERT_NONE
         if c.mail_encryption == "ssl":
-            smtp = smtplib.SMTP_SSL(c.mail_host, c.mail_port, local_hostname=self.ehlo_name,
-                                    timeout=c.mail_timeout, context=context)
+            smtp = _session_smtp(ssl=True)(local_hostname=self.ehlo_name,
+                                           timeout=c.mail_timeout, context=context)
         else:
-            smtp = smtplib.SMTP(c.mail_host, c.mail_port, local_hostname=self.ehlo_name,
-                                timeout=c.mail_timeout)
+            smtp = _session_smtp()(local_hostname=self.ehlo_name, timeout=c.mail_timeout)
+        smtp.session_deadline = self._session_deadline()
+        smtp._host = c.mail_host     # what SMTP(host) keeps for TLS's server_hostname
         try:
+            code, reply = smtp.connect(c.mail_host, c.mail_port)
+            if code != 220:
+                raise smtplib.SMTPConnectError(code, reply)
             if c.mail_encryption == "starttls":
                 smtp.ehlo()
                 smtp.starttls(context=context)   # never falls back to plain text
@@ -5462,12 +5488,33 @@ class _Mailer:
         except BaseException:
             smtp.close()
             raise
+        smtp.session_deadline = None     # from here on, MAIL_TIMEOUT per reply only
+        if smtp.sock is not None:
+            smtp.sock.settimeout(c.mail_timeout)
         self.smtp = smtp
         self.opened += 1
         debug = getattr(self.log, "debug", None)
         if debug is not None:
             debug("smtp session opened", host=c.mail_host, port=c.mail_port,
                   encryption=c.mail_encryption, ehlo=self.ehlo_name)
+
+    @staticmethod
+    def _session_deadline():
+        """When the session must be open by (time.monotonic()), or None.
+
+        A job has its timeout: a server that answers each line just within
+        MAIL_TIMEOUT (a tarpit), or a blackholed name with two addresses
+        (2 x MAIL_TIMEOUT, which is the whole default QUEUE_TIMEOUT), would
+        otherwise run the job out of time and spend an attempt on what is an
+        outage. Opening the session may take half of what is left of the
+        job's time; the other half is the message's.
+        """
+        worker = getattr(current_job(), "worker", None)
+        deadline = getattr(worker, "_hard_deadline", None)
+        if deadline is None:
+            return None
+        now = time.monotonic()
+        return now + max(0.0, deadline - worker.timeout_grace - now) / 2.0
 
     def _check_auth(self, smtp):
         """Refuse, before trying, AUTH that no retry could make work."""
@@ -5505,10 +5552,11 @@ class _Mailer:
         """One mail transaction; returns {recipient: (code, reply)} of those not
         accepted. The message went to the others; to nobody when none was.
 
-        `data_7bit` is the message for a server without 8BITMIME (given when
-        `data` is not ASCII). Failures leave as _MailOutage (no session: the
-        connection, greeting, TLS or AUTH failed, or a 421), PermanentError (a
-        5xx about this message, a server that lacks STARTTLS or AUTH) or
+        `data_7bit` gives the message for a server without 8BITMIME (when
+        `data` is not ASCII): bytes, or a function that builds them, called
+        only for such a server. Failures leave as _MailOutage (no session: the
+        connection, greeting, TLS or AUTH failed or is not offered, or a 421),
+        PermanentError (a 5xx about this message) or
         QueueError (retried), with any secret removed from the text.
         """
         import smtplib
@@ -5520,7 +5568,9 @@ class _Mailer:
                 self._open()
             smtp, stage = self.smtp, "transaction"
             eight_bit = data_7bit is not None and smtp.has_extn("8bitmime")
-            body = data_7bit if data_7bit is not None and not eight_bit else data
+            body = data
+            if data_7bit is not None and not eight_bit:
+                body = data_7bit() if callable(data_7bit) else data_7bit
             options = ["BODY=8BITMIME"] if eight_bit else []
             if smtp.has_extn("size"):
                 options.append("SIZE=%d" % len(body))
@@ -5543,9 +5593,17 @@ class _Mailer:
             return refused
         except BaseException as exc:
             self._after_failure(exc)
-            if not isinstance(exc, Exception):
+            if isinstance(exc, JobTimeout) and stage == "session":
+                # The job's time ran out before the server let us send: no
+                # message was offered, so it is the server's outage.
+                error = _MailOutage(_scrub(
+                    "SMTP %s:%s timed out: the session did not open before the job's"
+                    " timeout (outage)" % (self.config.mail_host, self.config.mail_port),
+                    self.config))
+            elif not isinstance(exc, Exception):
                 raise   # JobTimeout, KeyboardInterrupt: not ours to translate
-            error = _smtp_error(exc, self.config, stage)
+            else:
+                error = _smtp_error(exc, self.config, stage)
         raise error   # outside the except block: no chained traceback with smtplib's text
 
     def _after_failure(self, exc):
@@ -5576,6 +5634,92 @@ class _Mailer:
             smtp.close()
         except Exception:
             pass
+
+
+class _SessionDeadline(OSError):
+    """Opening the SMTP session took longer than the job's time allows."""
+
+
+_session_classes = []
+
+
+def _session_smtp(ssl=False):
+    """The SMTP class _Mailer opens sessions with (SMTP_SSL's with `ssl`)."""
+    if not _session_classes:
+        _session_classes.extend(_make_session_classes())
+    return _session_classes[1 if ssl else 0]
+
+
+def _make_session_classes():
+    import smtplib
+
+    class SessionSMTP(smtplib.SMTP):
+        """smtplib's SMTP with one deadline over the whole session opening
+        (connect to each address, greeting, EHLO, STARTTLS, AUTH), on top of
+        MAIL_TIMEOUT for each reply; `session_deadline` None turns it off."""
+
+        session_deadline = None
+
+        def _left(self):
+            if self.session_deadline is None:
+                return self.timeout
+            left = self.session_deadline - time.monotonic()
+            if left <= 0:
+                raise _SessionDeadline("timed out: the session did not open within the time"
+                                       " the job's timeout leaves (QUEUE_TIMEOUT)")
+            return min(self.timeout, left)
+
+        def _get_socket(self, host, port, timeout):
+            if self.session_deadline is None:
+                return super()._get_socket(host, port, timeout)
+            import socket
+            last = None
+            # Each address within what is left, not MAIL_TIMEOUT each.
+            for family, kind, proto, _, address in socket.getaddrinfo(
+                    host, port, 0, socket.SOCK_STREAM):
+                sock = socket.socket(family, kind, proto)
+                try:
+                    sock.settimeout(self._left())
+                    if self.source_address:
+                        sock.bind(self.source_address)
+                    sock.connect(address)
+                    return sock
+                except _SessionDeadline:
+                    sock.close()
+                    raise
+                except OSError as exc:
+                    sock.close()
+                    last = exc
+            raise last or OSError("no address for %s" % host)
+
+        def _timed(self, method, *args):
+            if self.session_deadline is not None and self.sock is not None:
+                self.sock.settimeout(self._left())
+            try:
+                return method(*args)
+            except smtplib.SMTPServerDisconnected:
+                if (self.session_deadline is not None
+                        and time.monotonic() >= self.session_deadline):
+                    self._left()     # raises _SessionDeadline
+                raise
+
+        def send(self, s):
+            return self._timed(super().send, s)
+
+        def getreply(self):
+            return self._timed(super().getreply)
+
+    class SessionSMTPS(smtplib.SMTP_SSL, SessionSMTP):
+        def _get_socket(self, host, port, timeout):
+            # Python 3.8's SMTP_SSL connects by itself: the deadline's socket, then TLS.
+            sock = SessionSMTP._get_socket(self, host, port, timeout)
+            try:
+                return self.context.wrap_socket(sock, server_hostname=self._host)
+            except BaseException:
+                sock.close()
+                raise
+
+    return SessionSMTP, SessionSMTPS
 
 
 def _ehlo_name(config, hostname=None):
@@ -5613,11 +5757,18 @@ class _Sendmail:
     the command is dropped: with -t, sendmail would take them from the To,
     Cc and Bcc headers, and Bcc recipients would have to be written into the
     message for it to find them, relying on every sendmail to delete that
-    header again (ssmtp, for one, did not). Exit 0 is sent, 75 (EX_TEMPFAIL)
-    is retried, anything else fails the job with sendmail's first stderr line.
+    header again (ssmtp, for one, did not).
+
+    The exit status decides, as sysexits.h defines them. The mail system
+    being unable to take mail at all (the program missing or hanging, killed
+    by a signal, 69 EX_UNAVAILABLE, 71 EX_OSERR, 74 EX_IOERR, 75 EX_TEMPFAIL:
+    ssmtp and msmtp exit so when their relay is down) is an outage, as for
+    SMTP; 64 EX_USAGE, 65 EX_DATAERR, 67 EX_NOUSER and 68 EX_NOHOST are about
+    this message and fail it at once; any other status is retried.
     """
 
-    EX_TEMPFAIL = 75
+    OUTAGE = {69: "EX_UNAVAILABLE", 71: "EX_OSERR", 74: "EX_IOERR", 75: "EX_TEMPFAIL"}
+    PERMANENT = {64: "EX_USAGE", 65: "EX_DATAERR", 67: "EX_NOUSER", 68: "EX_NOHOST"}
 
     def __init__(self, config):
         self.config = config
@@ -5646,9 +5797,9 @@ class _Sendmail:
                                     stderr=subprocess.PIPE)
         except OSError as exc:
             # A program that is missing here may be installed in a minute:
-            # retried, and the line says which setting names it.
-            raise QueueError("%s cannot be started: %s (check MAIL_SENDMAIL_PATH) (temporary)"
-                             % (where, exc.strerror or exc))
+            # waited out, and the line says which setting names it.
+            raise _MailOutage("%s cannot be started: %s (check MAIL_SENDMAIL_PATH) (outage)"
+                              % (where, exc.strerror or exc))
         try:
             # A local program reads UNIX line ends; sendmail makes them CRLF.
             _, err = proc.communicate(data.replace(b"\r\n", b"\n"),
@@ -5656,18 +5807,28 @@ class _Sendmail:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.communicate()
-            raise QueueError("%s timed out after %ss (temporary)" % (where, self.config.mail_timeout))
+            raise _MailOutage("%s did not finish within MAIL_TIMEOUT=%ss (outage)"
+                              % (where, self.config.mail_timeout))
         except BaseException:
             proc.kill()
             proc.wait()
             raise
-        if proc.returncode == 0:
+        code = proc.returncode
+        if code == 0:
             return
         line = (err or b"").decode("utf-8", "replace").strip().splitlines()
         detail = _scrub(line[0][:300], self.config) if line else "no message"
-        if proc.returncode == self.EX_TEMPFAIL or proc.returncode < 0:   # 75, or a signal
-            raise QueueError("%s exited %d: %s (temporary)" % (where, proc.returncode, detail))
-        raise PermanentError("%s exited %d: %s (permanent)" % (where, proc.returncode, detail))
+        if code < 0:
+            raise _MailOutage("%s was killed by signal %d: %s (outage)" % (where, -code, detail))
+        if code in self.OUTAGE:
+            raise _MailOutage("%s exited %d (%s): %s (outage)"
+                              % (where, code, self.OUTAGE[code], detail))
+        if code in self.PERMANENT:
+            raise PermanentError("%s exited %d (%s): %s (permanent)"
+                                 % (where, code, self.PERMANENT[code], detail))
+        # Only "(permanent)" and "(outage)" are said, as for SMTP: a last
+        # attempt must not read "temporary" in failed_jobs.
+        raise QueueError("%s exited %d: %s" % (where, code, detail))
 
 
 def _smtp_codes(exc):
@@ -5694,15 +5855,24 @@ def _timed_out(exc):
 def _smtp_error(exc, config, stage="transaction"):
     """The exception a failed send raises.
 
-    No session (stage "session": connecting, greeting, STARTTLS, AUTH) or a
-    421 anywhere: _MailOutage, which pauses the worker's mail without
-    spending attempts. Otherwise PermanentError for a 5xx about the message
-    (503, a command out of sequence, is never one: it is about the session),
-    else QueueError, retried with backoff.
+    No session (stage "session": connecting, greeting, STARTTLS, EHLO, AUTH,
+    for any reason, a missing extension included) or a 421 anywhere:
+    _MailOutage, which pauses the worker's mail without spending attempts.
+    Otherwise PermanentError for a 5xx about the message (503, a command out
+    of sequence, is never one: it is about the session), else QueueError,
+    retried with backoff.
     """
     import smtplib
     where = "SMTP %s:%s" % (config.mail_host, config.mail_port)
-    if isinstance(exc, PermanentError):   # judged where it was raised (_Mailer._open)
+    if stage == "session" and isinstance(exc, (QueueError, smtplib.SMTPNotSupportedError)):
+        # A server without STARTTLS or AUTH (Postfix stops offering STARTTLS
+        # when it cannot load its certificate), or credentials smtplib cannot
+        # send: no message can go until the server or the settings are
+        # fixed, and none of them is this message's fault.
+        return _MailOutage(_scrub(
+            "%s %s (check MAIL_ENCRYPTION=%s, MAIL_USERNAME) (outage)"
+            % (where, _first_line(exc), config.mail_encryption), config))
+    if isinstance(exc, PermanentError):
         return PermanentError(_scrub("%s %s (permanent)" % (where, exc), config))
 
     def reply(value):
@@ -5728,6 +5898,9 @@ def _smtp_error(exc, config, stage="transaction"):
         return PermanentError(_scrub(
             "%s the server does not support this (check MAIL_ENCRYPTION, MAIL_USERNAME): %s"
             " (permanent)" % (where, exc), config))
+    elif isinstance(exc, _SessionDeadline) or isinstance(exc.__context__, _SessionDeadline):
+        permanent = False
+        what = str(exc if isinstance(exc, _SessionDeadline) else exc.__context__)
     elif _timed_out(exc):
         permanent = False
         what = ("timed out: no answer from the server within MAIL_TIMEOUT=%ss"
@@ -5801,9 +5974,12 @@ _SECRET_KEY = _Pattern(r"(?i)pass(word|wd|phrase)?|pwd|secret|token|api[-_]?key|
                        r"|private[-_]?key|auth(?!or)|credential|cookie|session|signature|otp"
                        r"|code\Z")
 # "password=x", "api_key: x", '"token": "x"' in an exception or a payload that is not JSON.
-_SECRET_PAIR = _Pattern(r"(?i)\b([\w.-]*?(?:pass(?:word|wd)?|pwd|secret|token|api[-_]?key"
+# "Authorization: Bearer x" and "Basic x" too: there the secret is the word
+# after the scheme, which the key=value rule would leave (it would hide "Bearer").
+_SECRET_PAIR = _Pattern(r"(?i)\b((?:bearer|basic)\s+)([^\s\"'<>]+)"
+                        r"|\b([\w.-]*?(?:pass(?:word|wd)?|pwd|secret|token|api[-_]?key"
                         r"|access[-_]?key|auth|signature|key)[\"']?\s*[=:]\s*[\"']?)"
-                        r"([^\s&\"'<>,;()]+)")
+                        r"(?!(?:bearer|basic)\s)([^\s&\"'<>,;()]+)")
 # A URL: scheme, optional user:password@, host[:port], then the rest.
 _LINK = _Pattern(r"\b([A-Za-z][A-Za-z0-9+.-]{1,15}://)([^/\s?#\"'<>@]*@)?([^/\s?#\"'<>]*)"
                  r"([^\s\"'<>]*)")
@@ -5861,7 +6037,7 @@ def _mask_text(text, config, links=False):
     password hidden; with `links`, every link's path too."""
     text = _scrub(text or "", config)
     text = _mask_links(text) if links else _mask_url(text)
-    return _SECRET_PAIR.sub(lambda m: m.group(1) + "***", text)
+    return _SECRET_PAIR.sub(lambda m: (m.group(1) or m.group(3)) + "***", text)
 
 
 def _mask_payload(value, config, key=""):
