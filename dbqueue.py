@@ -4,7 +4,8 @@
 One Python file, standard library only (CPython 3.8+). Copy it into your
 project. Jobs live in a ``jobs`` table (Laravel-compatible columns) in SQLite,
 the embedded default, or PostgreSQL, through whichever of ``psycopg`` (3) or
-``psycopg2`` is installed, when you grow to many workers on many machines.
+``psycopg2`` is installed, when you grow to many workers on many machines, or
+MySQL 8 / MariaDB 10.6+, through PyMySQL or mysqlclient.
 
     import dbqueue
 
@@ -753,10 +754,13 @@ def _parse_url(url, origin="QUEUE_DATABASE_URL"):
                               % (origin, driver))
         return _Postgres, "postgresql://" + rest, driver or None
     if base in ("mysql", "mariadb"):
-        raise ConfigError("%s: MySQL is not supported yet; use sqlite:/// or postgresql://"
-                          % origin)
-    raise ConfigError("%s: unknown scheme %r in %s (use sqlite:///path.db or"
-                      " postgresql://user@host/db)" % (origin, scheme, _mask_url(url)))
+        if driver not in ("", "pymysql", "mysqldb"):
+            raise ConfigError("%s: unknown MySQL driver %r (pymysql or mysqldb)" % (origin, driver))
+        return (_MySQL, _MySQL.parse(rest, origin),
+                {"pymysql": "pymysql", "mysqldb": "MySQLdb"}.get(driver))
+    raise ConfigError("%s: unknown scheme %r in %s (use sqlite:///path.db,"
+                      " postgresql://user@host/db or mysql://user@host/db)"
+                      % (origin, scheme, _mask_url(url)))
 
 
 ###############################################################################
@@ -778,9 +782,12 @@ class DatabaseError(QueueError):
     out with backoff) and false for an error that retrying cannot cure.
     """
 
-    def __init__(self, message, transient=True):
+    def __init__(self, message, transient=True, conflict=False):
         super().__init__(message)
         self.transient = transient
+        # A deadlock or lock-wait timeout (MySQL): the transaction was rolled
+        # back and is run again at once, never reported as an outage.
+        self.conflict = conflict
 
 
 class MissingTableError(DatabaseError):
@@ -882,12 +889,14 @@ _SQL = {
     # the whole payload: a search there would tell a dashboard user, one
     # prefix at a time, the link tokens the pages mask.
     "failed_list": "SELECT " + _FAILED_COLUMNS + " FROM {failed}"
-                   " WHERE (CAST(:queue AS TEXT) IS NULL OR queue = :queue)"
-                   " AND (CAST(:search AS TEXT) IS NULL OR LOWER(exception) LIKE :search ESCAPE '!'"
+                   " WHERE (CAST(:queue AS {text_type}) IS NULL OR queue = :queue)"
+                   " AND (CAST(:search AS {text_type}) IS NULL"
+                   " OR LOWER(exception) LIKE :search ESCAPE '!'"
                    " OR LOWER({recipient}) LIKE :search ESCAPE '!')"
                    " ORDER BY id {order} LIMIT :limit OFFSET :offset",
     "failed_one": "SELECT " + _FAILED_COLUMNS + " FROM {failed} WHERE id = :id",
-    "failed_ids": "SELECT id FROM {failed} WHERE (CAST(:queue AS TEXT) IS NULL OR queue = :queue) ORDER BY id",
+    "failed_ids": "SELECT id FROM {failed} WHERE (CAST(:queue AS {text_type}) IS NULL OR queue = :queue)"
+                  " ORDER BY id",
     "retry": "INSERT INTO {jobs} (queue, payload, attempts, reserved_at, available_at, created_at)"
              " SELECT queue, payload, 0, NULL, {now}, {now} FROM {failed} WHERE id = :id",
     # A failed unique job gets its key back from its payload ("uniqueKey").
@@ -973,6 +982,8 @@ class _Dialect:
     claim = ""                     # one statement, or "" when claim_select/claim_update are used
     claim_select = ""
     claim_update = ""
+    claim_update_many = ""         # claim_update for a list of {ids} at once
+    tokens_lock_many = ""          # without RETURNING: lock the rows a batch of tokens names
     migrate_lock = ""              # run first in migrate's transaction: one migration at a time
     notify = ""                    # wakes waiting workers of :queue ("" where there is no LISTEN)
     now_ms = ":now_ms"             # the clock in milliseconds (MAIL_RATE_LIMIT)
@@ -980,17 +991,28 @@ class _Dialect:
     rate_lock = ""                 # run first when a send slot is taken: one taker at a time
     denied_fix = ""                # what to do about a database dbqueue may not write (is_denied)
     for_update = " FOR UPDATE"     # locks a row read before it is changed ("" where BEGIN locks all)
+    migrate_unlock = ""            # run after it, when the lock outlives the transaction
+    ident_quote = '"'
+    text_type = "TEXT"             # what CAST(... AS ...) calls a string
+    wakeup = "data_version"        # how an idle worker learns of new jobs: see Worker._idle
+    autoinc_settings = ""
+
+    @classmethod
+    def ident(cls, name):
+        """A table or index name, validated and quoted."""
+        return cls.ident_quote + _quote(name)[1:-1] + cls.ident_quote
 
     @classmethod
     def prepare(cls, template, jobs="jobs", failed="failed_jobs", **extra):
         """(sql, names): the template for this dialect and its parameter order."""
         if "{expired}" in template:
             template = template.replace("{expired}", _EXPIRED)
-        text = template.format(jobs=_quote(jobs), failed=_quote(failed), now=cls.now,
-                               now_ms=cls.now_ms, rate=_quote(cls.rate_table),
+        text = template.format(jobs=cls.ident(jobs), failed=cls.ident(failed), now=cls.now,
+                               now_ms=cls.now_ms, rate=cls.ident(cls.rate_table),
                                payload_text=cls.payload_text, queue_text=cls.queue_text,
-                               failed_cutoff=cls.failed_cutoff, for_update=cls.for_update,
-                               recipient=cls.failed_recipient, **extra)
+                               failed_cutoff=cls.failed_cutoff, text_type=cls.text_type,
+                               for_update=cls.for_update, recipient=cls.failed_recipient,
+                               **extra)
         names = _PARAM.findall(text)
         if cls.placeholder == "%s":
             text = text.replace("%", "%%")
@@ -1153,6 +1175,25 @@ class _Dialect:
                 "    value TEXT NOT NULL,\n"
                 "    updated_at BIGINT NOT NULL\n"
                 ")")
+
+    @staticmethod
+    def is_closed(conn):
+        return getattr(conn, "closed", False)
+
+    @staticmethod
+    def is_conflict(exc):
+        """A deadlock or lock-wait timeout: run the transaction again at once."""
+        return False
+
+    @staticmethod
+    def is_lost(exc):
+        """The connection is gone, whatever the driver's connection object says."""
+        return False
+
+    @staticmethod
+    def describe(exc):
+        """A driver's exception as one line."""
+        return _first_line(exc)
 
 
 class _SQLite(_Dialect):
@@ -1518,6 +1559,7 @@ class _Postgres(_Dialect):
     # A transaction-scoped advisory lock ("dbqueue" as a number) makes the
     # second wait for the first and then find everything in place.
     migrate_lock = "SELECT pg_advisory_xact_lock(28255737111475557)"
+    wakeup = "notify"
     # The database's clock, which every worker on every host shares; and
     # clock_timestamp(), not now(): the moment of the statement, not of the
     # transaction's start.
@@ -1652,6 +1694,355 @@ class _Postgres(_Dialect):
         return code == "42501"   # insufficient_privilege
 
 
+class _MySQL(_Dialect):
+    """MySQL 8.0.1+ and MariaDB 10.6+ (InnoDB), through PyMySQL or mysqlclient."""
+
+    name = "mysql"
+    placeholder = "%s"
+    # Backticks, not ANSI double quotes: an app's own connection (push with
+    # connection=) runs in the server's sql_mode, where "jobs" is a string.
+    ident_quote = "`"
+    text_type = "CHAR"
+    now = "COALESCE(:now, UNIX_TIMESTAMP())"      # the server's clock, as on PostgreSQL
+    # Every dbqueue session runs at READ COMMITTED (set at connect). At the
+    # server's default REPEATABLE READ a locking read takes next-key locks on
+    # the gaps it walks (blocking push() into them), and a plain read keeps
+    # the snapshot of its transaction's first read.
+    begin = "START TRANSACTION"
+    # GET_LOCK is held by the session across the implicit commit of every DDL
+    # statement: a second host running migrate waits, then finds the tables.
+    migrate_lock = "SELECT GET_LOCK(LEFT(CONCAT('dbqueue.migrate.', DATABASE()), 64), 60)"
+    migrate_unlock = "DO RELEASE_LOCK(LEFT(CONCAT('dbqueue.migrate.', DATABASE()), 64))"
+    failed_cutoff = "CURRENT_TIMESTAMP - INTERVAL (:hours * 3600) SECOND"
+    table_options = "ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin"
+    # No RETURNING on MySQL (MariaDB has it for INSERT and DELETE only): lock
+    # the ready rows, skipping those another worker holds, then mark them
+    # reserved, in one short transaction. With the jobs_ready index below this
+    # touches exactly the rows it returns.
+    # The lease runs from the claim (reserved_until, see "rescue"); attempts
+    # stop one short of INTEGER's top, so a row claimed forever cannot overflow.
+    claim_select = ("SELECT id, queue, payload, LEAST(attempts, 2147483646) + 1, available_at"
+                    " FROM {jobs}"
+                    " WHERE queue = :queue AND reserved_at IS NULL AND available_at <= {now}"
+                    " ORDER BY available_at, id LIMIT :limit FOR UPDATE SKIP LOCKED")
+    claim_update_many = ("UPDATE {jobs} SET reserved_at = {now}, reserved_until = {now} + :lease,"
+                         " attempts = LEAST(attempts, 2147483646) + 1 WHERE id IN ({ids})")
+    # A batch of (id, attempts) tokens: lock the rows that still carry them,
+    # then delete or touch exactly those (two round trips for any number).
+    tokens_lock_many = ("SELECT id FROM {jobs} WHERE id IN ({ids}) AND reserved_at IS NOT NULL"
+                        " AND (id, attempts) IN ({pairs}) FOR UPDATE")
+    ack_locked_many = "DELETE FROM {jobs} WHERE id IN ({ids})"
+    touch_locked_many = ("UPDATE {jobs} SET reserved_at = {now}, reserved_until = {now} + :lease"
+                         " WHERE id IN ({ids})")
+    # Unique jobs: no partial index and no ON CONFLICT here. INSERT IGNORE over
+    # the plain unique (queue, unique_key) index inserts nothing for a taken
+    # key (rowcount 0, which the default inserted_id reads as "held"). Not ON
+    # DUPLICATE KEY UPDATE id = id: with CLIENT_FOUND_ROWS (set at connect)
+    # its no-op update reports 1 row, as an insert does.
+    push_unique = ("INSERT IGNORE INTO {jobs} (queue, payload, attempts, reserved_at, available_at,"
+                   " created_at, unique_key) VALUES (:queue, :payload, 0, NULL, {now} + :delay,"
+                   " {now}, :unique_key)")
+    retry_unique = ("INSERT IGNORE INTO {jobs} (queue, payload, attempts, reserved_at,"
+                    " available_at, created_at, unique_key) SELECT queue, payload, 0, NULL, {now},"
+                    " {now}, :unique_key FROM {failed} WHERE id = :id")
+    # MAIL_RATE_LIMIT: the server's clock in ms, shared by every host.
+    # SYSDATE(3), not NOW(3): the moment it is read, not when the statement
+    # began (which may have waited for a lock first); an integer, not a DECIMAL.
+    now_ms = "COALESCE(:now_ms, CAST(FLOOR(UNIX_TIMESTAMP(SYSDATE(3)) * 1000) AS SIGNED))"
+    # Takers of one limit's slots queue on its lock row (slot -1, which
+    # rate_oldest skips and rate_use never counts: sent_at 0). The first
+    # taker makes it; ON DUPLICATE KEY locks the existing row exclusively, so
+    # one statement serves whether the row is there or not (a SELECT ... FOR
+    # UPDATE of a missing row would lock nothing at READ COMMITTED).
+    rate_lock = ("INSERT INTO {rate} (name, slot, sent_at) VALUES (:name, -1, 0)"
+                 " ON DUPLICATE KEY UPDATE sent_at = 0")
+    fail = ("INSERT INTO {failed} (uuid, connection, queue, payload, exception, failed_at)"
+            " SELECT :uuid, 'database', j.queue, COALESCE(:payload, j.payload), :exception,"
+            " CURRENT_TIMESTAMP FROM {jobs} j"
+            " WHERE j.id = :id AND j.attempts = :attempts AND j.reserved_at IS NOT NULL"
+            " ON DUPLICATE KEY UPDATE queue = VALUES(queue), payload = VALUES(payload),"
+            " exception = VALUES(exception), failed_at = CURRENT_TIMESTAMP")
+    set_version = ("INSERT INTO dbqueue_migrations (tbl, version) VALUES (:tbl, :version)"
+                   " ON DUPLICATE KEY UPDATE version = VALUES(version)")
+    state_set = ("INSERT INTO dbqueue_state (name, value, updated_at) VALUES (:name, :value, {now})"
+                 " ON DUPLICATE KEY UPDATE value = VALUES(value), updated_at = VALUES(updated_at)")
+    # Idle workers look for a ready job (no NOTIFY here): one index probe.
+    # The dashboard's search over recipients: json_extract fails on text that
+    # is not JSON, so JSON_VALID first (MySQL 5.7.8+, MariaDB 10.2.3+).
+    failed_recipient = ("CASE WHEN JSON_VALID(payload)"
+                        " THEN JSON_UNQUOTE(JSON_EXTRACT(payload, '$.data.to')) END")
+    ready = ("SELECT 1 FROM {jobs} WHERE queue = :queue AND reserved_at IS NULL"
+             " AND available_at <= {now} LIMIT 1")
+    # After a claim that found nothing though a job was ready (another
+    # session holds its row lock), idle workers wait for this to change
+    # instead: a push, a claim or a give-back moves it (see Worker._wait_poll).
+    ready_mark = ("SELECT COUNT(*), MAX(id) FROM {jobs} WHERE queue = :queue"
+                  " AND reserved_at IS NULL AND available_at <= {now}")
+    wakeup = "poll"
+    # push_many: a multi-row INSERT reports its first id; the rest follow in
+    # steps of auto_increment_increment, except under innodb_autoinc_lock_mode
+    # 2 (MySQL 8's default), where a concurrent INSERT ... SELECT may take
+    # ids in between: there each row is inserted (and asks its id) alone.
+    autoinc_settings = "SELECT @@innodb_autoinc_lock_mode, @@auto_increment_increment"
+    # Seconds a session waits for a row lock before error 1205 (retried).
+    lock_wait_timeout = 10
+    needs = {"mysql": (8, 0, 1), "mariadb": (10, 6, 0)}   # the first with SKIP LOCKED
+    bigint = "BIGINT"
+    columns_sql = ("SELECT column_name FROM information_schema.columns"
+                   " WHERE table_schema = DATABASE() AND table_name = %s")
+
+    @classmethod
+    def table_ddl(cls, jobs, failed):
+        j, f = cls.ident(jobs), cls.ident(failed)
+        # InnoDB keeps the AUTO_INCREMENT counter across restarts (MySQL 8,
+        # MariaDB 10.2.4+): ids are never reused, as the fencing tokens need.
+        return [
+            "CREATE TABLE IF NOT EXISTS %s (\n"
+            "    id BIGINT UNSIGNED NOT NULL AUTO_INCREMENT PRIMARY KEY,\n"
+            "    queue VARCHAR(255) NOT NULL,\n"
+            "    payload LONGTEXT NOT NULL,\n"
+            "    attempts INTEGER NOT NULL DEFAULT 0,\n"
+            "    reserved_at BIGINT,\n"
+            "    available_at BIGINT NOT NULL,\n"
+            "    created_at BIGINT NOT NULL,\n"
+            "    reserved_until BIGINT,\n"
+            "    unique_key VARCHAR(255)\n"
+            ") %s" % (j, cls.table_options),
+            "CREATE TABLE IF NOT EXISTS %s (\n"
+            "    id BIGINT UNSIGNED NOT NULL AUTO_INCREMENT PRIMARY KEY,\n"
+            "    uuid VARCHAR(255) NOT NULL UNIQUE,\n"
+            "    connection TEXT NOT NULL,\n"
+            "    queue TEXT NOT NULL,\n"
+            "    payload LONGTEXT NOT NULL,\n"
+            "    exception LONGTEXT NOT NULL,\n"
+            "    failed_at TIMESTAMP NOT NULL DEFAULT CURRENT_TIMESTAMP\n"
+            ") %s" % (f, cls.table_options)]
+
+    @classmethod
+    def index_ddl(cls, jobs, failed):
+        # MySQL has no partial index. The claim reads `queue = ? AND
+        # reserved_at IS NULL AND available_at <= now ORDER BY available_at, id`:
+        # with reserved_at second, the ready rows of a queue are one contiguous
+        # stretch of this index already in claim order, so the locking read
+        # starts at the first ready row and stops after LIMIT rows, without a
+        # sort and without stepping over (or locking) reserved or delayed rows.
+        return (cls._index(jobs, "_ready", "queue, reserved_at, available_at, id")
+                # Finds expired reservations cheaply (NULLs sort first, skipped).
+                + cls._index(jobs, "_reserved", "reserved_at")
+                # At most one job per (queue, unique_key); InnoDB lets any
+                # number of rows share a NULL key, as the partial index would.
+                + cls._index(jobs, "_unique", "queue, unique_key", unique=True)
+                # What `fail`'s ON DUPLICATE KEY needs on a failed table that had
+                # no uuid column (the CodeIgniter app's); many NULLs allowed.
+                + cls._index(failed, "_uuid", "uuid", unique=True, name=failed[:58] + "_uuid"))
+
+    @classmethod
+    def add_column_sql(cls, table, column, type_):
+        return "ALTER TABLE %s ADD COLUMN %s %s" % (cls.ident(table), column, type_)
+
+    @classmethod
+    def _index(cls, table, suffix, columns, unique=False, name=None):
+        # MySQL 8 has no CREATE INDEX IF NOT EXISTS (MariaDB has): ask
+        # information_schema, in SQL, so that the printed script is idempotent too.
+        name = name or table + suffix
+        create = "CREATE %sINDEX %s ON %s (%s)" % ("UNIQUE " if unique else "", cls.ident(name),
+                                                   cls.ident(table), columns)
+        return ["SET @dbqueue_ddl = (SELECT IF(COUNT(*) = 0, '%s', 'DO 0')"
+                " FROM information_schema.statistics WHERE table_schema = DATABASE()"
+                " AND table_name = '%s' AND index_name = '%s')" % (create, table, name),
+                "PREPARE dbqueue_ddl FROM @dbqueue_ddl",
+                "EXECUTE dbqueue_ddl",
+                "DEALLOCATE PREPARE dbqueue_ddl"]
+
+    @classmethod
+    def version_ddl(cls):
+        return ("CREATE TABLE IF NOT EXISTS dbqueue_migrations (\n"
+                "    tbl VARCHAR(63) PRIMARY KEY,\n"
+                "    version INTEGER NOT NULL\n"
+                ") %s" % cls.table_options)
+
+    @classmethod
+    def state_ddl(cls):
+        return _Dialect.state_ddl() + " " + cls.table_options
+
+    @classmethod
+    def rate_ddl(cls):
+        # The (name, sent_at) index inside CREATE TABLE: MySQL 8 has no
+        # CREATE INDEX IF NOT EXISTS.
+        return ["CREATE TABLE IF NOT EXISTS %s (\n"
+                "    name VARCHAR(100) NOT NULL,\n"
+                "    slot INTEGER NOT NULL,\n"
+                "    sent_at BIGINT NOT NULL,\n"
+                "    PRIMARY KEY (name, slot),\n"
+                "    INDEX %s (name, sent_at)\n"
+                ") %s" % (cls.ident(cls.rate_table), cls.ident(cls.rate_table + "_sent"),
+                          cls.table_options)]
+
+    @staticmethod
+    def plain_cursor(conn):
+        """A cursor returning tuples, whatever cursorclass the app's connection
+        has (PyMySQL's or MySQLdb's DictCursor, ...)."""
+        import importlib
+        cursors = importlib.import_module(type(conn).__module__.split(".")[0] + ".cursors")
+        return conn.cursor(cursors.Cursor)
+
+    @staticmethod
+    def parse(rest, origin="QUEUE_DATABASE_URL"):
+        """Connection arguments from what follows mysql:// (ConfigError when bad)."""
+        from urllib.parse import parse_qsl, unquote, urlsplit
+        url = "mysql://" + rest
+        try:
+            parts = urlsplit(url)
+            port = parts.port
+        except ValueError as exc:
+            raise ConfigError("%s: %s: %s" % (origin, _mask_url(url), exc))
+        database = unquote(parts.path[1:])
+        if not database or "/" in database:
+            raise ConfigError("%s: %s names no database (mysql://user:password@host:3306/dbname)"
+                              % (origin, _mask_url(url)))
+        args = {"host": parts.hostname or "localhost", "port": port or 3306,
+                "user": unquote(parts.username or ""), "password": unquote(parts.password or ""),
+                "database": database, "charset": "utf8mb4", "connect_timeout": 10}
+        for key, value in parse_qsl(parts.query, keep_blank_values=True):
+            if key == "unix_socket" and value:
+                args["unix_socket"] = value
+            elif key == "connect_timeout":
+                args["connect_timeout"] = _int_setting("%s connect_timeout" % origin,
+                                                       value, 1, 3600)
+            elif key == "charset" and _IDENT.match(value):
+                args["charset"] = value
+            else:
+                raise ConfigError("%s: %s: unknown or empty parameter %r (MySQL URLs take"
+                                  " unix_socket, connect_timeout and charset)"
+                                  % (origin, _mask_url(url), key))
+        args["url"] = _mask_url(url)    # for messages: never the password
+        return args
+
+    @staticmethod
+    def has_returning():
+        return False
+
+    @staticmethod
+    def driver(name=None):
+        """The driver module: PyMySQL first, then mysqlclient (MySQLdb), unless one is named."""
+        import importlib
+        for candidate in [name] if name else ["pymysql", "MySQLdb"]:
+            try:
+                return importlib.import_module(candidate)
+            except ImportError:
+                continue
+        wanted = {"MySQLdb": "mysqlclient"}.get(name, "PyMySQL")
+        raise ConfigError("QUEUE_DATABASE_URL is MySQL but the %s driver is not installed:"
+                          " pip install %s" % (name or "PyMySQL", wanted))
+
+    @classmethod
+    def connect(cls, target, driver=None, timeout=None, create=True):
+        module = driver if not isinstance(driver, (str, type(None))) else cls.driver(driver)
+        client = __import__(module.__name__ + ".constants.CLIENT", fromlist=["CLIENT"])
+        args = {k: v for k, v in target.items() if k != "url"}
+        # FOUND_ROWS: an UPDATE reports the rows it matched, not those it
+        # changed, so a heartbeat in the second of the last one still counts.
+        args.update(autocommit=True, client_flag=client.FOUND_ROWS)
+        try:
+            conn = module.connect(**args)
+        except module.Error as exc:
+            # Raised outside the except block: the driver's exception is not chained.
+            error = DatabaseError("cannot connect to %s: %s" % (target["url"], cls.describe(exc)),
+                                  transient=cls.code(exc) not in (1044, 1045, 1049))
+        else:
+            error = None
+        if error is not None:
+            raise error
+        try:
+            version = conn.get_server_info()
+            if isinstance(version, bytes):
+                version = version.decode("ascii", "replace")
+            problem = cls.version_problem(version)
+            if problem:
+                raise DatabaseError(problem, transient=False)
+            cur = conn.cursor()
+            cur.execute("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
+            # NO_UNSIGNED_SUBTRACTION: `available_at - now` stays a number below
+            # zero on tables whose seconds are INT UNSIGNED (the CodeIgniter
+            # app's); UTC, so failed_at reads the same from every host.
+            cur.execute("SET SESSION sql_mode = CONCAT_WS(',', NULLIF(@@sql_mode, ''),"
+                        " 'NO_UNSIGNED_SUBTRACTION'), time_zone = '+00:00',"
+                        " innodb_lock_wait_timeout = %d" % cls.lock_wait_timeout)
+            cur.close()
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    @classmethod
+    def version_problem(cls, version):
+        """None when the server has FOR UPDATE SKIP LOCKED, else why not, in one line."""
+        # MariaDB before 11 says "5.5.5-10.11.6-MariaDB" in its handshake.
+        text = version[6:] if version.startswith("5.5.5-") else version
+        kind = "mariadb" if "mariadb" in text.lower() else "mysql"
+        match = re.match(r"(\d+)\.(\d+)\.(\d+)", text)
+        found = tuple(int(n) for n in match.groups()) if match else (0, 0, 0)
+        need = cls.needs[kind]
+        if found >= need:
+            return None
+        name = {"mysql": "MySQL", "mariadb": "MariaDB"}[kind]
+        return ("%s %s is too old: dbqueue needs %s %s or later (FOR UPDATE SKIP LOCKED)"
+                % (name, text.split("-")[0], name, ".".join(map(str, need[:2] if need[2] == 0
+                                                                   else need))))
+
+    @staticmethod
+    def code(exc):
+        args = getattr(exc, "args", ())
+        return args[0] if args and isinstance(args[0], int) else None
+
+    @classmethod
+    def describe(cls, exc):
+        args = getattr(exc, "args", ())
+        if len(args) == 2 and isinstance(args[0], int) and isinstance(args[1], str):
+            return _first_line("%s (MySQL error %d)" % (args[1] or type(exc).__name__, args[0]))
+        return _first_line(exc)
+
+    @staticmethod
+    def in_transaction(conn):
+        status = getattr(conn, "server_status", None)     # PyMySQL; MySQLdb cannot tell
+        return True if status is None else bool(status & 1)   # SERVER_STATUS_IN_TRANS
+
+    @staticmethod
+    def is_closed(conn):
+        return not conn.open
+
+    @classmethod
+    def is_missing_table(cls, exc):
+        return cls.code(exc) == 1146
+
+    @classmethod
+    def is_missing_column(cls, exc):
+        return cls.code(exc) == 1054
+
+    denied_fix = ("grant the account SELECT, INSERT, UPDATE and DELETE on both queue tables"
+                  " (and make sure the server is not read-only)")
+
+    @classmethod
+    def is_denied(cls, exc):
+        # Table or database access denied, a missing privilege, --read-only.
+        return cls.code(exc) in (1142, 1143, 1044, 1227, 1290, 1836)
+
+    @classmethod
+    def is_conflict(cls, exc):
+        # A deadlock (the server rolled the transaction back) or a lock wait
+        # past innodb_lock_wait_timeout: the transaction is simply run again.
+        return cls.code(exc) in (1213, 1205)
+
+    @classmethod
+    def is_lost(cls, exc):
+        # Server gone away, lost during a query, could not connect, closed.
+        return cls.code(exc) in (0, 2003, 2006, 2013, 2055)
+
+    @staticmethod
+    def is_locked(exc):
+        return False
+
+
 def _quote(identifier):
     if not _IDENT.match(identifier):
         raise ConfigError("table name %r is not a plain identifier" % (identifier,))
@@ -1727,8 +2118,8 @@ class Queue:
             self.config.database_url = url
         self.dialect, self._target, driver_name = _parse_url(self.config.database_url)
         self._driver = driver or driver_name
-        if self.dialect is _Postgres and isinstance(self._driver, (str, type(None))):
-            self._driver = _Postgres.driver(self._driver)   # a missing driver: ConfigError now
+        if self.dialect is not _SQLite and isinstance(self._driver, (str, type(None))):
+            self._driver = self.dialect.driver(self._driver)   # a missing driver: ConfigError now
         self._clock = clock
         self.channel = "dbqueue_" + self.config.table
         self._sql = {}
@@ -1808,7 +2199,8 @@ class Queue:
 
     def _conn(self):
         conn = getattr(self._local, "conn", None)
-        if conn is not None and getattr(conn, "closed", False):
+        if conn is not None and (self.dialect.is_closed(conn) or getattr(self._local, "lost", False)):
+            self._local.lost = False
             self.discard(conn)     # the server went away; a new connection may work
             conn = None
         if conn is None:
@@ -1893,7 +2285,12 @@ class Queue:
         else:
             transient = isinstance(exc, (self._driver.OperationalError,
                                          self._driver.InterfaceError))
-        return DatabaseError(_first_line(exc), transient=transient)
+        if self.dialect.is_lost(exc):
+            # mysqlclient still calls such a connection open: this thread's
+            # next statement opens a new one (see _conn).
+            self._local.lost = True
+        return DatabaseError(self.dialect.describe(exc), transient=transient,
+                             conflict=self.dialect.is_conflict(exc))
 
     # -- schema ----------------------------------------------------------
 
@@ -1903,12 +2300,24 @@ class Queue:
         return self._migrate(conn)
 
     def _migrate(self, conn):
+        try:
+            return self._migrate_locked(conn)
+        finally:
+            if self.dialect.migrate_unlock:
+                try:
+                    conn.cursor().execute(self.dialect.migrate_unlock)
+                except self._errors():
+                    pass   # a lost connection took its lock with it
+
+    def _migrate_locked(self, conn):
         # Every step is idempotent and runs every time: a failed table that
         # was dropped, or a new QUEUE_FAILED_TABLE beside an old jobs table,
         # is made again, whatever version the record says.
         with _Transaction(self, conn) as cur:
             if self.dialect.migrate_lock:
                 cur.execute(self.dialect.migrate_lock)
+                if cur.fetchone() == (0,):
+                    raise DatabaseError("migrate: another migrate held the lock for 60 s")
             self._migrate_steps(cur)
             self._probe_write(cur)   # up to date is not "migrated" when no job could be written
         self._schema_ready = True
@@ -1972,7 +2381,7 @@ class Queue:
             tables.append(self.dialect.rate_table)
         with _Transaction(self, conn or self._conn(), write=False) as cur:
             for table in tables:
-                cur.execute("SELECT 1 FROM %s WHERE 1 = 0" % _quote(table))
+                cur.execute("SELECT 1 FROM %s WHERE 1 = 0" % self.dialect.ident(table))
                 cur.fetchall()
         return True
 
@@ -2016,7 +2425,7 @@ class Queue:
              max_tries=None, backoff=None, timeout=None, unique_key=None):
         """Enqueue one job; returns its id.
 
-        With `connection=` (your app's sqlite3, psycopg or psycopg2 connection)
+        With `connection=` (your app's sqlite3, psycopg, psycopg2, PyMySQL or MySQLdb connection)
         the row is written inside your open transaction and is not committed:
         the job exists exactly when your own change commits.
 
@@ -2135,6 +2544,8 @@ class Queue:
         for payload in payloads:
             params["payload"] = payload
             rows.append([params[n] for n in names])
+        if self.dialect.autoinc_settings:
+            return self._insert_rows(cur, text, rows)
         conn = cur.connection
         if not conn.in_transaction and (conn.isolation_level is None
                                         or getattr(conn, "autocommit", None) is True):
@@ -2150,6 +2561,34 @@ class Queue:
         last = cur.execute("SELECT last_insert_rowid()").fetchone()[0]
         return list(range(last - len(payloads) + 1, last + 1))
 
+    def _insert_rows(self, cur, text, rows):
+        """MySQL: multi-row INSERTs of up to 1 MB of payloads; their ids (see autoinc_settings)."""
+        cur.execute(self.dialect.autoinc_settings)
+        mode, step = (int(v) for v in cur.fetchone())
+        ids = []
+        if mode == 2:
+            for row in rows:
+                cur.execute(text, row)
+                ids.append(cur.lastrowid)
+            return ids
+        head, _, values = text.partition(" VALUES ")
+        chunks, chunk, size = [], [], 0
+        for row in rows:
+            # Well inside max_allowed_packet (16 MB on MariaDB, 64 MB on MySQL 8).
+            length = sum(len(v) for v in row if isinstance(v, str))
+            if chunk and size + length > 1000000:
+                chunks.append(chunk)
+                chunk, size = [], 0
+            chunk.append(row)
+            size += length
+        chunks.append(chunk)
+        for chunk in chunks:
+            cur.execute(head + " VALUES " + ", ".join([values] * len(chunk)),
+                        [v for row in chunk for v in row])
+            first = cur.lastrowid
+            ids.extend(range(first, first + step * len(chunk), step))
+        return ids
+
     def _new_id(self, cur):
         if self.dialect is _Postgres:
             return cur.fetchone()[0]
@@ -2163,7 +2602,8 @@ class Queue:
 
     def _check_foreign(self, connection):
         module = type(connection).__module__.split(".")[0]
-        kind = {"sqlite3": _SQLite, "psycopg": _Postgres, "psycopg2": _Postgres}.get(module)
+        kind = {"sqlite3": _SQLite, "psycopg": _Postgres, "psycopg2": _Postgres,
+                "pymysql": _MySQL, "MySQLdb": _MySQL}.get(module)
         if kind is not None and kind is not self.dialect:
             raise TypeError("connection= is a %s connection but this queue is %s"
                             % (module, self.dialect.name))
@@ -2224,10 +2664,17 @@ class Queue:
                     rows = self.execute(cur, "claim", queue=queue, limit=want, now=now,
                                         lease=lease).fetchall()
                 else:
-                    rows = self.execute(cur, "claim_select", queue=queue, limit=want,
-                                        now=now).fetchall()
-                    for row in rows:
-                        self.execute(cur, "claim_update", id=row[0], now=now, lease=lease)
+                    rows = list(self.execute(cur, "claim_select", queue=queue, limit=want,
+                                             now=now).fetchall())
+                    if rows and self.dialect.claim_update_many:
+                        text, names = self._many_sql("claim_update", len(rows))
+                        values = dict(now=now, lease=lease)
+                        # The named parameters (SET ...) all come before the ids.
+                        cur.execute(text, [values[n] for n in names if n != "id"]
+                                    + [row[0] for row in rows])
+                    else:
+                        for row in rows:
+                            self.execute(cur, "claim_update", id=row[0], now=now, lease=lease)
                 rows.sort(key=lambda r: (r[4], r[0]))
                 jobs.extend(Job(r[0], r[1], r[2], r[3]) for r in rows)
             if len(jobs) > 1:
@@ -2253,6 +2700,24 @@ class Queue:
                          attempts=[t[1] for t in tokens], **params)
             done = {row[0] for row in cur.fetchall()}
             return [t for t in tokens if t[0] not in done]
+        if self.dialect.tokens_lock_many and len(tokens) > 1:
+            # No RETURNING: lock the rows that still carry their tokens, then
+            # delete (or touch) exactly those.
+            done = set()
+            for start in range(0, len(tokens), 200):
+                chunk = tokens[start:start + 200]
+                args = [t[0] for t in chunk]
+                for token in chunk:
+                    args += token
+                cur.execute(self._many_sql("tokens_lock", len(chunk))[0], args)
+                mine = [row[0] for row in cur.fetchall()]
+                if mine:
+                    text, names = self._many_sql(key + "_locked", len(mine))
+                    values = dict(params, now=self.now())
+                    # The named parameters (SET ...) all come before the ids.
+                    cur.execute(text, [values[n] for n in names if n != "id"] + mine)
+                done.update(mine)
+            return [t for t in tokens if t[0] not in done]
         if self._returning and len(tokens) > 1:
             # One statement per 200 tokens instead of one per job: most of
             # what acknowledging a batch of fast jobs costs.
@@ -2262,7 +2727,7 @@ class Queue:
                 chunk = tokens[start:start + 200]
                 text, names = self._many_sql(key, len(chunk))
                 # The named parameters (SET ...) all come before the ids.
-                args = [params[n] for n in names]
+                args = [params[n] for n in names if n not in ("id", "attempts")]
                 args += [t[0] for t in chunk]
                 for token in chunk:
                     args += token
@@ -2277,13 +2742,13 @@ class Queue:
         return lost
 
     def _many_sql(self, key, count):
-        """SQLite: the ack_many or touch_many statement for `count` tokens."""
+        """The dialect's `key`_many statement for `count` ids or (id, attempts) tokens."""
         prepared = self._sql.get((key, count))
         if prepared is None:
             prepared = self._sql[(key, count)] = self.dialect.prepare(
                 getattr(self.dialect, key + "_many"), self.config.table,
-                self.config.failed_table, ids=", ".join(["?"] * count),
-                pairs=", ".join(["(?, ?)"] * count))
+                self.config.failed_table, ids=", ".join([":id"] * count),
+                pairs=", ".join(["(:id, :attempts)"] * count))
         return prepared
 
     def ack(self, conn, tokens):
@@ -2333,10 +2798,23 @@ class Queue:
             lost = self._ack(cur, acks) if acks else []
             self.execute(cur, "fail", id=token[0], attempts=token[1], uuid=uuid,
                          exception=exception, payload=payload)
-            if cur.rowcount != 1:
+            if cur.rowcount < 1:     # MySQL counts an upsert's update as 2
                 return False, lost
             self.execute(cur, "ack", id=token[0], attempts=token[1])
             return True, lost
+
+    def any_ready(self, conn, queues):
+        """True when one of `queues` has a job ready now (one plain read, no lock)."""
+        for queue in queues:
+            if self.statement("ready", conn, queue=queue).fetchone() is not None:
+                return True
+        return False
+
+    def ready_mark(self, conn, queues):
+        """(count, highest id) of the ready jobs of each of `queues`: changes
+        when a job becomes ready or is claimed (one plain read per queue)."""
+        return tuple(tuple(self.statement("ready_mark", conn, queue=queue).fetchone())
+                     for queue in queues)
 
     def next_due(self, conn, queues):
         """Seconds until the next delayed job of `queues` is due (None: nothing waiting)."""
@@ -2520,7 +2998,7 @@ class Queue:
         """Delete failed jobs (older than `hours` when given); returns how many."""
         with self.transaction() as cur:
             if hours is None:
-                cur.execute("DELETE FROM %s" % _quote(self.config.failed_table))
+                cur.execute("DELETE FROM %s" % self.dialect.ident(self.config.failed_table))
             else:
                 self.execute(cur, "flush", hours=float(hours), age="-%f hours" % float(hours))
             return cur.rowcount
@@ -2560,7 +3038,7 @@ class Queue:
         """
         with self.transaction() as cur:
             if self.dialect.rate_lock:
-                self.execute(cur, "rate_lock", lock_key=self._rate_lock_key(name))
+                self.execute(cur, "rate_lock", lock_key=self._rate_lock_key(name), name=name)
             now, slot, sent_at, last = self.execute(cur, "rate_oldest", name=name,
                                                     now_ms=self._now_ms()).fetchone()
             if slot is not None and sent_at + window_ms <= now:
@@ -2854,6 +3332,9 @@ class Worker:
     # worker records the attempt and exits so that its supervisor restarts it.
     timeout_grace = 10.0
     poll_interval = 0.01
+    # Where idle workers poll (MySQL): the longest pause between two looks,
+    # about half of it the push -> start latency of a long-idle worker.
+    poll_max = 0.1
     # A held job starts only while its reservation is known to be ours: when
     # the last confirmation of the batch (its claim, or a heartbeat) is older
     # than this (or a quarter of the lease, if less), one touch of the batch
@@ -3133,10 +3614,36 @@ class Worker:
         deadline = time.monotonic() + wait
         if max_time is not None:
             deadline = min(deadline, started + max_time)
-        if self.queue.dialect is _Postgres:
-            self._wait_notify(deadline)
-        else:
-            self._wait_sqlite(deadline)
+        wait = {"notify": self._wait_notify, "poll": self._wait_poll}.get(
+            self.queue.dialect.wakeup, self._wait_sqlite)
+        wait(deadline)
+
+    def _wait_poll(self, deadline):
+        # No NOTIFY (MySQL): ask for a ready job, often right after the queue
+        # ran dry, then every poll_max seconds: one index probe each.
+        # After a claim that missed a ready job (its row locked by another
+        # session: SKIP LOCKED), a ready job is no news, and returning for it
+        # would spin: wait for the ready rows to change instead, as a NOTIFY
+        # or a commit ends the other databases' waits.
+        pause = self.poll_interval
+        try:
+            mark = self.queue.ready_mark(self._conn, self.queues) if self._missed_ready else None
+        except QueueError:
+            mark = None
+        while not self._stop:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            time.sleep(min(pause, left))
+            try:
+                if mark is None:
+                    if self.queue.any_ready(self._conn, self.queues):
+                        return
+                elif self.queue.ready_mark(self._conn, self.queues) != mark:
+                    return
+            except QueueError:
+                return     # the next claim waits the outage out
+            pause = min(pause * 1.5, self.poll_max)
 
     def _wait_sqlite(self, deadline):
         # PRAGMA data_version changes when another connection commits: a cheap
@@ -3553,8 +4060,10 @@ class Worker:
         A lost connection or a lock held past the busy timeout is waited out,
         logged once, not a crash. A missing table is not retried.
         """
+        import random
         pause = 0.1
         complained = False
+        conflicts = 0
         while True:
             try:
                 if self._conn is None:
@@ -3566,6 +4075,15 @@ class Worker:
             except MissingTableError:
                 raise
             except QueueError as exc:
+                if isinstance(exc, DatabaseError) and exc.conflict:
+                    # A deadlock or lock-wait timeout: the server rolled the
+                    # transaction back; nothing to wait out. A short random
+                    # pause keeps two colliding workers from meeting again.
+                    conflicts += 1
+                    self.log.debug("lock conflict; running the transaction again",
+                                   error=_first_line(exc), tries=conflicts)
+                    time.sleep(random.uniform(0, 0.001 * min(conflicts, 20)))
+                    continue
                 if not isinstance(exc, DatabaseError) or not exc.transient:
                     # Retrying forever would hide it: the worker exits 1 with
                     # the reason, and the job comes back after retry_after
@@ -3720,15 +4238,21 @@ class _Heartbeat(threading.Thread):
     def _with_conn(self, action):
         """action(conn) on the heartbeat's connection; a connection that died while
         idle (killed, restarted server) is replaced and the action tried once more."""
-        for last in (False, True):
+        failures = conflicts = 0
+        while True:
             if self._conn is None:
                 self._conn = self.worker.queue.connect()
             try:
                 return action(self._conn)
-            except QueueError:
+            except QueueError as exc:
+                if getattr(exc, "conflict", False) and conflicts < 20:
+                    conflicts += 1      # rolled back by the server (MySQL): run it again
+                    time.sleep(0.001 * conflicts)
+                    continue
                 self.worker.queue.discard(self._conn)
                 self._conn = None
-                if last:
+                failures += 1
+                if failures == 2:
                     raise
 
     def _touch(self, tokens, confirmed=None):
@@ -6826,6 +7350,13 @@ def _bench(args, config):
             settings = "SQLite %s, journal_mode=%s, synchronous=%s" % (
                 sqlite3.sqlite_version, mode, {0: "OFF", 1: "NORMAL", 2: "FULL", 3: "EXTRA"}.get(
                     sync, sync))
+        elif dialect is _MySQL:
+            cur.execute("SELECT VERSION(), @@innodb_flush_log_at_trx_commit, @@sync_binlog,"
+                        " @@log_bin")
+            version, flush, binlog_sync, binlog = cur.fetchone()
+            settings = "%s %s, innodb_flush_log_at_trx_commit=%s, binary log %s" % (
+                "MariaDB" if "mariadb" in version.lower() else "MySQL", version.split("-")[0],
+                flush, "on (sync_binlog=%s)" % binlog_sync if binlog else "off")
         else:
             cur.execute("SELECT current_setting('server_version'),"
                         " current_setting('synchronous_commit')")
@@ -6834,7 +7365,7 @@ def _bench(args, config):
         cur.close()
         # Is any job left? One index probe from the top, where the drain
         # finishes last (COUNT(*) would read the whole backlog every 5 ms).
-        left_sql = "SELECT id FROM %s ORDER BY id DESC LIMIT 1" % _quote(config.table)
+        left_sql = "SELECT id FROM %s ORDER BY id DESC LIMIT 1" % dialect.ident(config.table)
 
         def any_left():
             c = conn.cursor()
@@ -6845,7 +7376,7 @@ def _bench(args, config):
 
         def empty_table():
             c = conn.cursor()
-            c.execute("DELETE FROM %s" % _quote(config.table))
+            c.execute("DELETE FROM %s" % dialect.ident(config.table))
             c.close()
 
         # floor and W1, interleaved in blocks so that a noisy disk hits both alike
@@ -6942,7 +7473,7 @@ def _bench(args, config):
                 cur = floor_conn.cursor()
                 for table in (config.table, config.failed_table, floor_table,
                               floor_table + "_failed"):
-                    cur.execute("DROP TABLE IF EXISTS %s" % _quote(table))
+                    cur.execute("DROP TABLE IF EXISTS %s" % dialect.ident(table))
                 prepared = dialect.prepare("DELETE FROM dbqueue_migrations WHERE tbl = :tbl")[0]
                 cur.execute(prepared, (config.table,))
                 cur.close()
@@ -7266,7 +7797,7 @@ def _cmd_migrate(args, config):
         raise ConfigError("migrate: --all goes with --print (it shows the SQL of every database;"
                           " migrate itself runs on the configured one)")
     if args.print:
-        dialects = (_SQLite, _Postgres) if args.all else (_parse_url(config.database_url)[0],)
+        dialects = (_SQLite, _Postgres, _MySQL) if args.all else (_parse_url(config.database_url)[0],)
         out = []
         for dialect in dialects:
             out.append("-- %s (schema version %d)\n" % (dialect.name, _SCHEMA_VERSION))

@@ -11,6 +11,10 @@ create tables in, such as postgresql:///dbqueue_test?host=/var/run/postgresql
 (created when missing; .ci/run sets it). Unset, no server is touched and the
 PostgreSQL tests skip. Each test uses tables of its own. A run ends with one
 line saying what was skipped and how to run it.
+
+MySQL/MariaDB: DBQUEUE_TEST_MYSQL names a database the tests may create tables
+in (mysql://user:password@127.0.0.1:3306/dbqueue_test); unset, they skip. They
+run through PyMySQL and, when it is installed, mysqlclient (MySQLdb).
 """
 
 import io
@@ -36,6 +40,8 @@ REQUIRE_ALL = os.environ.get("DBQUEUE_REQUIRE_ALL") == "1"
 PG_URL = os.environ.get("DBQUEUE_TEST_PG") or None
 PG_HINT = ("PostgreSQL tests: set DBQUEUE_TEST_PG to a database they may create tables in,"
            " e.g. DBQUEUE_TEST_PG=postgresql:///dbqueue_test?host=/var/run/postgresql")
+# No default either: the MySQL/MariaDB tests only touch a server someone named.
+MYSQL_URL = os.environ.get("DBQUEUE_TEST_MYSQL", "")
 
 
 def need(condition, reason):
@@ -187,7 +193,7 @@ class Backend:
             cur = conn.cursor()
             cur.execute(sql.format(jobs='"%s"' % self.table, failed='"%s"' % self.failed_table),
                         params)
-            rows = cur.fetchall() if cur.description else []
+            rows = list(cur.fetchall()) if cur.description else []
             if self.name == "sqlite":
                 conn.commit()
             return rows
@@ -239,7 +245,97 @@ class Psycopg2Backend(PsycopgBackend):
     driver = "psycopg2"
 
 
-BACKENDS = [Backend, PsycopgBackend, Psycopg2Backend]
+_mysql_state = {}
+
+
+def mysql_available(driver):
+    """None when MySQL/MariaDB through `driver` can be used, else the reason it cannot."""
+    if driver in _mysql_state:
+        return _mysql_state[driver]
+    reason = None
+    if not MYSQL_URL:
+        reason = ("MySQL/MariaDB is not available: DBQUEUE_TEST_MYSQL is not set (a database the"
+                  " tests may create tables in: mysql://user:password@127.0.0.1:3306/dbqueue_test)")
+    else:
+        try:
+            __import__(driver)
+        except ImportError:
+            reason = "MySQL driver %s is not installed (pip install %s)" % (
+                driver, "PyMySQL" if driver == "pymysql" else "mysqlclient")
+        else:
+            try:
+                _mysql_connect(driver).close()
+            except Exception as exc:  # any failure to reach the server is a reason to skip
+                reason = "MySQL/MariaDB is not reachable at %s: %s" % (
+                    dbqueue._mask_url(MYSQL_URL), str(exc).strip()[:200])
+    _mysql_state[driver] = reason
+    return reason
+
+
+def _mysql_connect(driver, url=None):
+    """A raw autocommit connection (dbqueue's own session settings) to the test server."""
+    target = dbqueue._MySQL.parse((url or MYSQL_URL).partition("://")[2])
+    return dbqueue._MySQL.connect(target, __import__(driver))
+
+
+class MariaDBBackend(Backend):
+    """MySQL 8 or MariaDB (CI: MariaDB 10.11) at DBQUEUE_TEST_MYSQL, through PyMySQL."""
+
+    name = "mysql"
+    driver = "pymysql"
+
+    def __init__(self, testcase):
+        need(mysql_available(self.driver) is None, mysql_available(self.driver) or "")
+        super().__init__(testcase)
+        testcase.addCleanup(self.drop)
+
+    def make_url(self):
+        return "mysql+%s://%s" % (self.driver.lower(), MYSQL_URL.partition("://")[2])
+
+    def connect(self):
+        conn = _mysql_connect(self.driver)
+        # The tests' own SQL quotes names as "jobs", as on the other databases.
+        cur = conn.cursor()
+        cur.execute("SET SESSION sql_mode = CONCAT_WS(',', @@sql_mode, 'ANSI_QUOTES')")
+        cur.close()
+        return conn
+
+    @property
+    def param(self):
+        return "%s"
+
+    def drop(self):
+        conn = self.connect()
+        try:
+            cur = conn.cursor()
+            cur.execute('DROP TABLE IF EXISTS "%s", "%s"' % (self.table, self.failed_table))
+            cur.execute("DELETE FROM dbqueue_migrations WHERE tbl = %s", (self.table,))
+        except Exception:
+            pass
+        finally:
+            conn.close()
+
+
+    def app_connect(self):
+        """A connection as an app opens it: the driver's defaults (autocommit off)."""
+        args = dbqueue._MySQL.parse(MYSQL_URL.partition("://")[2])
+        del args["url"]
+        return __import__(self.driver).connect(**args)
+
+    def fresh_database(self, name):
+        """The URL of a new, empty database (dropped at cleanup)."""
+        self.raw('CREATE DATABASE "%s"' % name)
+        self.testcase.addCleanup(self.raw, 'DROP DATABASE IF EXISTS "%s"' % name)
+        base, _, rest = self.url.partition("://")
+        where, _, query = rest.partition("?")
+        return "%s://%s/%s%s" % (base, where.rpartition("/")[0], name, "?" + query if query else "")
+
+
+class MariaDBMySQLdbBackend(MariaDBBackend):
+    driver = "MySQLdb"
+
+
+BACKENDS = [Backend, PsycopgBackend, Psycopg2Backend, MariaDBBackend, MariaDBMySQLdbBackend]
 
 
 def sqlite_only(test):
@@ -252,7 +348,8 @@ def on_every_backend(mixin, backends=None):
     """Make one TestCase per backend from a mixin of tests that use self.db."""
     module = sys.modules[mixin.__module__]
     for backend in backends or BACKENDS:
-        suffix = {"sqlite": "SQLite", "psycopg": "Psycopg", "psycopg2": "Psycopg2"}[
+        suffix = {"sqlite": "SQLite", "psycopg": "Psycopg", "psycopg2": "Psycopg2",
+                  "pymysql": "MariaDB", "MySQLdb": "MariaDBMySQLdb"}[
             backend.driver or "sqlite"]
         name = mixin.__name__.replace("Tests", "") + suffix + "Tests"
 
@@ -629,6 +726,8 @@ class CoreTests:
         if self.db.name == "sqlite":
             import sqlite3
             conn = sqlite3.connect(self.db.url[len("sqlite:///"):], timeout=10)
+        elif self.db.name == "mysql":
+            conn = self.db.app_connect()
         else:
             conn = __import__(self.db.driver).connect(PG_URL)
         self.addCleanup(conn.close)
@@ -716,7 +815,7 @@ class CoreTests:
         self.assertEqual(self.count(), 1)          # the data survived
         code, out, err = run_main(["migrate", "--print"], self.db.env())
         self.assertEqual(code, 0, err)
-        self.assertIn('CREATE TABLE IF NOT EXISTS "%s"' % self.db.table, out)
+        self.assertIn("CREATE TABLE IF NOT EXISTS %s" % q.dialect.ident(self.db.table), out)
         self.assertIn("-- %s" % self.db.name, out)
 
     def test_migrate_upgrades_version_1_tables_in_place(self):
@@ -726,6 +825,10 @@ class CoreTests:
         bigint = "INTEGER" if self.db.name == "sqlite" else "BIGINT"
         auto = ("INTEGER PRIMARY KEY AUTOINCREMENT" if self.db.name == "sqlite"
                 else "BIGSERIAL PRIMARY KEY")
+        if self.db.name == "mysql":
+            # The Laravel/CodeIgniter migration's types: unsigned INT seconds.
+            bigint = "INT UNSIGNED"
+            auto = "BIGINT UNSIGNED NOT NULL AUTO_INCREMENT PRIMARY KEY"
         self.db.raw("CREATE TABLE {jobs} (id %s, queue VARCHAR(255) NOT NULL, payload TEXT NOT NULL,"
                     " attempts INTEGER NOT NULL DEFAULT 0, reserved_at %s, available_at %s NOT NULL,"
                     " created_at %s NOT NULL)" % (auto, bigint, bigint, bigint))
@@ -759,13 +862,16 @@ class CoreTests:
     def test_concurrent_migrations_on_a_fresh_database(self):
         # Two hosts running `migrate` at deploy time, on a database that has
         # no dbqueue table yet: every one succeeds and the schema is recorded once.
-        for isolation in ((None, "serializable") if self.db.name != "sqlite" else (None,)):
+        # (MySQL has no per-connection default isolation to set from the URL.)
+        for isolation in ((None, "serializable") if self.db.name == "postgresql" else (None,)):
             with self.subTest(isolation=isolation):
                 self.check_concurrent_migrations(isolation)
 
     def check_concurrent_migrations(self, isolation):
         url = self.db.url
-        if self.db.name != "sqlite":
+        if self.db.name == "mysql":
+            url = self.db.fresh_database("s_%s" % self.db.table)
+        elif self.db.name != "sqlite":
             # A fresh schema: no dbqueue table exists there yet. The server's
             # default isolation must not matter (the waiting migration must see
             # the tables the first one made).
@@ -799,12 +905,16 @@ class CoreTests:
         # transactions still run as READ COMMITTED, so a claim that meets a row
         # the other worker just took skips it instead of failing.
         url = self.db.url
-        if self.db.name != "sqlite":
+        if self.db.name == "postgresql":
             url = url_with(url, "options=-cdefault_transaction_isolation%3Dserializable")
         q = dbqueue.Queue(config=self.db.config(database_url=url))
         self.addCleanup(q.close)
         q.migrate()
-        if self.db.name != "sqlite":
+        if self.db.name == "mysql":
+            with q.transaction() as cur:
+                cur.execute("SHOW VARIABLES LIKE '%tx_isolation'")   # this session's value
+                self.assertEqual({value for _, value in cur.fetchall()}, {"READ-COMMITTED"})
+        elif self.db.name != "sqlite":
             with q.transaction() as cur:
                 cur.execute("SELECT current_setting('default_transaction_isolation'),"
                             " current_setting('transaction_isolation')")
@@ -2203,6 +2313,10 @@ class OpsTests:
         self.assertIn("migrate", one_line(self, out))
         if self.db.name == "sqlite":
             self.assertEqual(self.db.raw("SELECT name FROM sqlite_master"), [])
+        elif self.db.name == "mysql":
+            self.assertEqual(self.db.raw("SELECT table_name FROM information_schema.tables"
+                                         " WHERE table_schema = DATABASE() AND table_name IN"
+                                         " (%s, %s)", (self.db.table, self.db.failed_table)), [])
         else:
             self.assertIsNone(self.db.raw("SELECT to_regclass(%s)", ('"%s"' % self.db.table,))[0][0])
 
@@ -2262,7 +2376,7 @@ class OpsTests:
 
     def test_forget_and_flush(self):
         self.db.queue()
-        old = "2000-01-01 00:00:00" if self.db.name == "sqlite" else "2000-01-01 00:00:00+00"
+        old = "2000-01-01 00:00:00+00" if self.db.name == "postgresql" else "2000-01-01 00:00:00"
         first = self.add_failed()
         self.add_failed(failed_at=old)
         self.add_failed()
@@ -2332,7 +2446,7 @@ class OpsCommandLineTests(unittest.TestCase):
             ["retry", "3", "--queue", "q"], ["forget"], ["forget", "0"],
             ["flush", "--hours", "-1"], ["flush", "--hours", "nan"], ["flush", "--hours", "inf"],
             ["clear"], ["clear", "--queue", "bad queue"], ["clear", "--queue", "q"],
-            ["stats", "--database-url", "mysql://u:pw@host/db"],
+            ["stats", "--database-url", "mysql://u:s3cret@host/db?bogus=1"],
             ["stats", "--database-url", "ftp://u:s3cret@host/db"],
             ["stats", "--env-file", os.path.join(self.tmp, "missing.env")],
             ["migrate", "--bogus"], ["push", "t_record", "--dat", "{}"],
@@ -2362,9 +2476,9 @@ class OpsCommandLineTests(unittest.TestCase):
             code, _, err = run_main(argv + ["--env-file", missing])
             self.assertEqual(code, 2, argv)
             self.assertIn("missing.env", one_line(self, err))
-            code, _, err = run_main(argv + ["--database-url", "mysql://u@h/d"])
+            code, _, err = run_main(argv + ["--database-url", "mysql://u@h/d?bogus=1"])
             self.assertEqual(code, 2, argv)
-            self.assertIn("MySQL", one_line(self, err))
+            self.assertIn("MySQL URLs take", one_line(self, err))
         env_file = os.path.join(self.tmp, "app.env")
         with open(env_file, "w") as fh:
             fh.write("# the app's settings\nQUEUE_DATABASE_URL=sqlite:///%s\n" % self.path)
@@ -2698,9 +2812,11 @@ class SpeedTests:
         if self.db.name == "sqlite":
             tables = self.db.raw("SELECT name FROM sqlite_master WHERE name LIKE 'dbqueue_bench%'")
         else:
-            tables = self.db.raw("SELECT tablename FROM pg_tables WHERE tablename LIKE"
-                                 " 'dbqueue_bench%%' AND tablename LIKE %s",
-                                 ("%%_%d%%" % os.getpid(),))
+            catalog = ("SELECT table_name FROM information_schema.tables WHERE table_schema ="
+                       " DATABASE() AND table_name" if self.db.name == "mysql"
+                       else "SELECT tablename FROM pg_tables WHERE tablename")
+            tables = self.db.raw(catalog + " LIKE 'dbqueue_bench%%' AND " + catalog.split()[-1]
+                                 + " LIKE %s", ("%%_%d%%" % os.getpid(),))
             tables += self.db.raw("SELECT tbl FROM dbqueue_migrations WHERE tbl LIKE"
                                   " 'dbqueue_bench_%d'" % os.getpid())
         self.assertEqual(tables, [])
@@ -2850,7 +2966,8 @@ def _on_backends(mixin, backends):
     """Like on_every_backend, for a chosen subset of backends."""
     module = sys.modules[mixin.__module__]
     for backend in backends:
-        suffix = {"sqlite": "SQLite", "psycopg": "Psycopg", "psycopg2": "Psycopg2"}[
+        suffix = {"sqlite": "SQLite", "psycopg": "Psycopg", "psycopg2": "Psycopg2",
+                  "pymysql": "MariaDB", "MySQLdb": "MariaDBMySQLdb"}[
             backend.driver or "sqlite"]
         name = mixin.__name__.replace("Tests", "") + suffix + "Tests"
 
@@ -3000,6 +3117,7 @@ class ContentionTests:
             text = procs.stderr(proc)
             self.assertNotIn("locked", text.lower())
             self.assertNotIn("lock held", text)
+            self.assertNotIn("deadlock", text.lower())     # MySQL 1213: retried, never shown
             self.assertNotIn("Traceback", text)
         counts = {}
         for fields in _records(log):
@@ -3869,9 +3987,9 @@ class _Core16Processes:
 
 
 # The backends the double-run cases run on: one per database (psycopg2 adds
-# nothing here that psycopg does not show), so a new backend in BACKENDS
-# gets them too.
-_C16_BACKENDS = [b for b in BACKENDS if b.driver != "psycopg2"]
+# nothing here that psycopg does not show, nor MySQLdb beside PyMySQL), so a
+# new backend in BACKENDS gets them too.
+_C16_BACKENDS = [b for b in BACKENDS if b.driver not in ("psycopg2", "MySQLdb")]
 
 
 class Core16LeaseTests:
@@ -3966,6 +4084,11 @@ class Core16HandWrittenTests:
             import psycopg
             from psycopg.rows import dict_row
             app = psycopg.connect(PG_URL, row_factory=dict_row)
+        elif self.db.name == "mysql":
+            driver = __import__(self.db.driver)
+            __import__(self.db.driver + ".cursors")
+            app = self.db.app_connect()
+            app.cursorclass = driver.cursors.DictCursor   # what cursor() makes by default
         else:
             import psycopg2
             import psycopg2.extras
@@ -4038,7 +4161,8 @@ class Core16HandWrittenTests:
     def test_a_row_with_the_largest_attempts_fails_alone(self):
         # (#16.3) On PostgreSQL the claim's attempts + 1 overflowed INTEGER
         # for the whole batch, and every worker exited 1 on every restart.
-        for returning in ((True, False) if self.db.name == "sqlite" else (True,)):
+        # MySQL has no RETURNING: its claim is always the select, then the update.
+        for returning in {"sqlite": (True, False), "mysql": (False,)}.get(self.db.name, (True,)):
             with self.subTest(returning=returning):
                 del RECORD[:]
                 self.check_largest_attempts(returning)
@@ -6531,6 +6655,8 @@ class UniqueTests:
         cur = app.cursor()
         if self.db.name == "sqlite":
             cur.execute("BEGIN IMMEDIATE")     # the app holds the write lock
+        elif self.db.name == "mysql":
+            app.autocommit(False)              # a method on PyMySQL and MySQLdb
         else:
             app.autocommit = False
         cur.execute("SELECT 1")
@@ -6737,9 +6863,10 @@ class RateLimitTests(EmailTestMixin):
         self.addCleanup(self.forget_slots)
 
     def slots(self, verb="SELECT COUNT(*) FROM"):
-        # One ring per jobs table: the tests' tables are their own.
-        rows = self.db.raw("%s dbqueue_rate WHERE name LIKE %s" % (verb, self.db.param),
-                           (self.db.table + " %",))
+        # One ring per jobs table: the tests' tables are their own. Send
+        # slots only: MySQL's lock row is slot -1.
+        rows = self.db.raw("%s dbqueue_rate WHERE name LIKE %s AND slot >= 0"
+                           % (verb, self.db.param), (self.db.table + " %",))
         return rows[0][0] if rows else None
 
     def forget_slots(self):
@@ -7355,8 +7482,14 @@ class DashboardTests:
         self.assertEqual(client.get("/failed/%d" % (failed_id + 1000)).status, 404)
 
     def test_the_database_url_is_shown_without_its_password(self):
+        secret = "Pg-Secret-42"
         if self.db.name == "sqlite":
             url = self.db.url     # SQLite has no password: the page names the file
+        elif self.db.name == "mysql":
+            # The account's real password, in the URL's user part.
+            import urllib.parse
+            url = self.db.url
+            secret = ":%s@" % urllib.parse.unquote(urllib.parse.urlsplit(url).password)
         else:
             # The socket connection is trusted (peer): the password is sent and unused.
             url = self.db.url + "&password=Pg-Secret-42"
@@ -7367,7 +7500,7 @@ class DashboardTests:
         self.add_failed()
         for path in ("/", "/failed", "/failed/1", "/nowhere"):
             text = client.get(path).text
-            self.assertNotIn("Pg-Secret-42", text)
+            self.assertNotIn(secret, text)
             self.assertIn(dbqueue._mask_url(url), text.replace("&amp;", "&"))
 
     @sqlite_only
@@ -8385,6 +8518,581 @@ class FixmOneLayoutTests(EmailTestMixin, unittest.TestCase):
                       .get_content())
 
 
+# ---- mysql: MySQL and MariaDB (issue 11) ----------------------------------
+#
+# The shared suite runs on MariaDB through BACKENDS (MariaDBBackend,
+# MariaDBMySQLdbBackend, above). Here: the worker-process and fault suites on
+# MariaDB too, then what only MySQL has: URLs, drivers, the server version,
+# session settings, lock conflicts, killed connections, a server restart.
+
+on_every_backend(CoreProcessTests, [MariaDBBackend])
+on_every_backend(CoreIsolationTests, [MariaDBBackend])
+_on_backends(CrashTests, [MariaDBBackend])
+_on_backends(ContentionTests, [MariaDBBackend])
+_on_backends(PropertyTests, [MariaDBBackend])
+
+
+class MySQLConfigTests(unittest.TestCase):
+    """MySQL URLs, drivers and versions: no server needed."""
+
+    def test_urls_name_the_dialect_the_driver_and_the_connect_arguments(self):
+        cases = {
+            "mysql://app:p%40ss@db.example:3307/shop": None,
+            "mariadb://app:p%40ss@db.example:3307/shop": None,
+            "mysql+pymysql://app:p%40ss@db.example:3307/shop": "pymysql",
+            "MySQL+MySQLdb://app:p%40ss@db.example:3307/shop": "MySQLdb",
+        }
+        for url, driver in cases.items():
+            dialect, target, name = dbqueue._parse_url(url)
+            self.assertIs(dialect, dbqueue._MySQL)
+            self.assertEqual(name, driver, url)
+            self.assertEqual((target["host"], target["port"], target["user"], target["password"],
+                              target["database"], target["charset"]),
+                             ("db.example", 3307, "app", "p@ss", "shop", "utf8mb4"))
+            self.assertNotIn("p%40ss", target["url"])
+        _, target, _ = dbqueue._parse_url(
+            "mysql://app@localhost/shop?unix_socket=/run/mysqld/mysqld.sock&connect_timeout=5"
+            "&charset=utf8mb3")
+        self.assertEqual((target["port"], target["unix_socket"], target["connect_timeout"],
+                          target["charset"]), (3306, "/run/mysqld/mysqld.sock", 5, "utf8mb3"))
+
+    def test_bad_mysql_urls_are_one_line_exit_2_without_the_password(self):
+        for url, words in (("mysql://app:s3cret@host/db?sslmode=require", "sslmode"),
+                           ("mysql://app:s3cret@host/", "names no database"),
+                           ("mysql://app:s3cret@host:99999/db", "port"),
+                           ("mysql://app:s3cret@host/db?connect_timeout=soon", "connect_timeout"),
+                           ("mysql+nosuchdriver://app:s3cret@host/db", "nosuchdriver")):
+            code, out, err = run_main(["stats"], {"QUEUE_DATABASE_URL": url})
+            self.assertEqual(code, 2, (url, err))
+            self.assertIn(words.lower(), one_line(self, err).lower(), url)
+            self.assertNotIn("s3cret", err)
+
+    def test_a_missing_driver_is_one_line_naming_pip_install_pymysql(self):
+        # Neither driver importable (as in a bare venv), in a process of its own.
+        script = textwrap.dedent("""
+            import sys
+            sys.modules["pymysql"] = sys.modules["MySQLdb"] = None
+            import dbqueue
+            sys.exit(dbqueue.main(["stats", "--database-url", "mysql://app@127.0.0.1:1/db"]))
+            """)
+        result = subprocess.run([sys.executable, "-c", script], cwd=HERE, stdin=subprocess.DEVNULL,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=60,
+                                env=_fault_env({"PYTHONDONTWRITEBYTECODE": "1"}))
+        self.assertEqual(result.returncode, 2, result.stderr)
+        err = result.stderr.decode()
+        self.assertEqual(len(err.strip().splitlines()), 1, err)
+        self.assertIn("pip install PyMySQL", err)
+        with self.assertRaises(dbqueue.ConfigError) as caught:
+            dbqueue._MySQL.driver("nonexistent_mod")
+        self.assertIn("pip install PyMySQL", str(caught.exception))
+
+    def test_sqlite_and_postgres_never_import_a_mysql_driver(self):
+        script = ("import sys, dbqueue; q = dbqueue.Queue(sys.argv[1]); q.push('x'); q.close();"
+                  " print(sorted(m for m in ('pymysql', 'MySQLdb') if m in sys.modules))")
+        with tempfile.TemporaryDirectory(prefix="dbqueue-test-") as tmp:
+            out = subprocess.run([sys.executable, "-c", script, os.path.join(tmp, "q.db")],
+                                 cwd=HERE, stdout=subprocess.PIPE, timeout=60, check=True).stdout
+        self.assertEqual(out.decode().strip(), "[]")
+
+    def test_servers_without_skip_locked_are_refused_with_the_version_needed(self):
+        problem = dbqueue._MySQL.version_problem
+        for version in ("8.0.1", "8.0.36", "8.4.0", "9.1.0", "5.5.5-10.6.0-MariaDB",
+                        "5.5.5-10.11.6-MariaDB-0+deb12u1", "11.4.2-MariaDB"):
+            self.assertIsNone(problem(version), version)
+        for version, words in (("8.0.0", "MySQL 8.0.1 or later"),
+                               ("5.7.44-log", "MySQL 8.0.1 or later"),
+                               ("5.5.5-10.5.22-MariaDB-1:10.5.22", "MariaDB 10.6 or later"),
+                               ("10.3.39-MariaDB", "MariaDB 10.6 or later")):
+            text = problem(version)
+            self.assertIn(words, text)
+            self.assertIn("SKIP LOCKED", text)
+            self.assertNotIn("\n", text)
+
+    def test_schema_sql_holds_the_mysql_script(self):
+        with open(os.path.join(HERE, "schema.sql"), encoding="utf-8") as fh:
+            text = fh.read()
+        self.assertIn("-- mysql (schema version", text)
+        self.assertIn("ENGINE=InnoDB DEFAULT CHARSET=utf8mb4", text)
+        self.assertNotIn("ON CONFLICT", "".join(dbqueue._MySQL.fail + dbqueue._MySQL.set_version))
+
+
+class MySQLServerTests:
+    """What only MySQL/MariaDB has, on the DBQUEUE_TEST_MYSQL server."""
+
+    def setUp(self):
+        del RECORD[:]
+
+    def test_sessions_tables_and_the_claims_index(self):
+        q = self.db.queue()
+        conn = q.connect()
+        cur = conn.cursor()
+        cur.execute("SELECT @@session.autocommit, @@session.time_zone")
+        self.assertEqual(tuple(cur.fetchone()), (1, "+00:00"))
+        cur.execute("SHOW VARIABLES LIKE 'tx_isolation'")
+        self.assertEqual(cur.fetchone()[1], "READ-COMMITTED")
+        cur.execute("SELECT engine, table_collation FROM information_schema.tables"
+                    " WHERE table_schema = DATABASE() AND table_name IN (%s, %s)",
+                    (self.db.table, self.db.failed_table))
+        self.assertEqual({tuple(r) for r in cur.fetchall()}, {("InnoDB", "utf8mb4_bin")})
+        q.push_many("t_record", [{"i": i} for i in range(200)])
+        q.push_many("t_record", [{"i": i} for i in range(50)], delay=3600)
+        cur.execute("ANALYZE TABLE %s" % q.dialect.ident(self.db.table))
+        cur.fetchall()
+        text, names = q.sql("claim_select")
+        cur.execute("EXPLAIN " + text, [{"queue": "default", "limit": 10}.get(n) for n in names])
+        columns = [d[0].lower() for d in cur.description]
+        plan = dict(zip(columns, cur.fetchone()))
+        # The ready rows, in claim order, straight from the index: no sort.
+        self.assertEqual(plan["key"], self.db.table + "_ready", plan)
+        self.assertNotIn("filesort", plan["extra"] or "", plan)
+        conn.close()
+
+    def test_four_byte_utf8_payloads_round_trip(self):
+        q = self.db.queue()
+        q.push("t_record", {"text": "emoji \U0001F600 and \u00e9"})
+        dbqueue.Worker(q, ["default"], log=quiet_log()).run(stop_when_empty=True)
+        self.assertEqual(RECORD, [{"text": "emoji \U0001F600 and \u00e9"}])
+
+    def test_push_many_over_several_statements_returns_the_right_ids(self):
+        # 3 MB of payloads: more than one multi-row INSERT, ids still in order.
+        q = self.db.queue()
+        ids = q.push_many("t_record", [{"i": i, "pad": "x" * 30000} for i in range(100)])
+        rows = dict(self.db.raw("SELECT id, payload FROM {jobs}"))
+        self.assertEqual([json.loads(rows[i])["data"]["i"] for i in ids], list(range(100)))
+
+    def test_printed_schema_runs_twice_on_the_server(self):
+        # `migrate --print` is what a DBA pastes: it must run as it is, and again.
+        code, out, err = run_main(["migrate", "--print"], self.db.env())
+        self.assertEqual(code, 0, err)
+        statements = [s for s in out.split(";\n") if s.strip() and not s.startswith("--")]
+        conn = _mysql_connect(self.db.driver)
+        self.addCleanup(conn.close)
+        cur = conn.cursor()
+        for _ in range(2):
+            for statement in statements:
+                cur.execute(statement)
+        cur.execute("SELECT index_name, non_unique FROM information_schema.statistics WHERE"
+                    " table_schema = DATABASE() AND table_name = %s AND seq_in_index = 1",
+                    (self.db.table,))
+        self.assertEqual({tuple(r) for r in cur.fetchall()},
+                         {("PRIMARY", 0), (self.db.table + "_ready", 1),
+                          (self.db.table + "_reserved", 1), (self.db.table + "_unique", 0)})
+
+    def test_a_lock_wait_timeout_is_retried_not_reported(self):
+        # Another session holds the row lock of a job the worker acknowledges
+        # for longer than innodb_lock_wait_timeout: error 1205, which the
+        # worker runs again until it goes through; no warning, no failed job.
+        self.addCleanup(setattr, dbqueue._MySQL, "lock_wait_timeout",
+                        dbqueue._MySQL.lock_wait_timeout)
+        dbqueue._MySQL.lock_wait_timeout = 1
+        q = self.db.queue()
+        q.push_many("t_record", [{"i": 1}, {"i": 2}])
+        stream = io.StringIO()
+        w = dbqueue.Worker(q, ["default"], log=dbqueue._Log(stream=stream, level="debug"))
+        w._conn = q.connect()
+        jobs, _ = q.reserve(w._conn, ["default"], limit=2)
+        holder = self.db.connect()
+        self.addCleanup(holder.close)
+        hcur = holder.cursor()
+        hcur.execute("START TRANSACTION")
+        hcur.execute('SELECT id FROM "%s" WHERE id = %s FOR UPDATE' % (self.db.table, "%s"),
+                     (jobs[1].id,))
+        result = []
+        t = threading.Thread(target=lambda: result.append(
+            w._db(lambda c: q.ack(c, [j.token for j in jobs]))))
+        t.start()
+        wait_for(lambda: "lock conflict" in stream.getvalue(), 20, 0.05, "a lock-wait timeout")
+        hcur.execute("COMMIT")
+        t.join(30)
+        self.assertEqual(result, [[]])                 # both acknowledged, none lost
+        self.assertEqual(self.db.raw("SELECT COUNT(*) FROM {jobs}"), [(0,)])
+        self.assertIn("MySQL error 1205", stream.getvalue())
+        self.assertNotIn("WARNING", stream.getvalue())
+        q.discard(w._conn)
+
+    def test_driver_errors_are_classified(self):
+        q = self.db.queue()
+        module = __import__(self.db.driver)
+        for code, conflict in ((1213, True), (1205, True), (2006, False), (2013, False)):
+            error = q.translate(module.OperationalError(code, "message %d" % code))
+            self.assertEqual((error.transient, error.conflict), (True, conflict), code)
+            self.assertIn("(MySQL error %d)" % code, str(error))
+        missing = q.translate(module.ProgrammingError(1146, "Table 'x.y' doesn't exist"))
+        self.assertIsInstance(missing, dbqueue.MissingTableError)
+
+    def test_a_killed_connection_is_replaced_at_the_next_push(self):
+        q = self.db.queue()
+        first = q.push("t_record", {"i": 1})
+        cur = q._conn().cursor()
+        cur.execute("SELECT CONNECTION_ID()")
+        self.db.raw("KILL CONNECTION %d" % cur.fetchone()[0])
+        with self.assertRaises(dbqueue.DatabaseError) as caught:
+            q.push("t_record", {"i": 2})
+        self.assertTrue(caught.exception.transient)
+        self.assertGreater(q.push("t_record", {"i": 3}), first)   # a new connection
+        self.assertEqual(self.db.raw("SELECT COUNT(*) FROM {jobs}"), [(2,)])
+
+
+on_every_backend(MySQLServerTests, [MariaDBBackend, MariaDBMySQLdbBackend])
+
+
+def _tcp_ports(pid):
+    """The local TCP ports of process `pid`'s sockets (Linux /proc)."""
+    inodes = set()
+    for fd in os.listdir("/proc/%d/fd" % pid):
+        try:
+            target = os.readlink("/proc/%d/fd/%s" % (pid, fd))
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    ports = set()
+    for table in ("tcp", "tcp6"):
+        try:
+            with open("/proc/%d/net/%s" % (pid, table)) as fh:
+                for line in fh.readlines()[1:]:
+                    fields = line.split()
+                    if fields[9] in inodes:
+                        ports.add(int(fields[1].rsplit(":", 1)[1], 16))
+        except OSError:
+            pass
+    return ports
+
+
+class MySQLLostConnectionTests(_WorkerProcesses, unittest.TestCase):
+    """The server kills a worker's connections mid-run: it reconnects and carries on."""
+
+    backend = MariaDBBackend
+
+    def setUp(self):
+        self.db = self.backend(self)
+        need(sys.platform.startswith("linux"), "finding a worker's connections needs Linux /proc")
+        need("unix_socket" not in MYSQL_URL, "the killed-connection test needs DBQUEUE_TEST_MYSQL"
+             " over TCP (it finds a worker's connections by their ports)")
+        self.process_setup()
+
+    def threads_of(self, proc):
+        ports = [str(port) for port in _tcp_ports(proc.pid)]
+        if not ports:
+            return set()
+        # host is "127.0.0.1:port", or "localhost:port" where the name resolves.
+        rows = self.db.raw("SELECT id FROM information_schema.processlist"
+                           " WHERE SUBSTRING_INDEX(host, ':', -1) IN (%s)"
+                           % ", ".join(["%s"] * len(ports)), ports)
+        return {row[0] for row in rows}
+
+    def test_killed_connections_are_retried(self):
+        q = self.db.queue()
+        flag = os.path.join(self.ptmp, "flag")
+        q.push("p_until", {"flag": flag})
+        total = 30
+        q.push_many("p_append", [{"n": i} for i in range(total)])
+        # retry_after=2: the heartbeat opens its own connection within a second.
+        proc = self.start_worker("--stop-when-empty", QUEUE_RETRY_AFTER=2)
+        wait_for(lambda: self.lines() == ["start"] and len(self.threads_of(proc)) >= 2, 30,
+                 message="the job to start and the heartbeat to connect")
+        old = self.threads_of(proc)
+        for thread in old:
+            self.db.raw("KILL CONNECTION %d" % thread)
+        # The main thread is still in the handler: a new connection is the heartbeat's.
+        wait_for(lambda: self.threads_of(proc) - old, 30, message="the heartbeat to reconnect")
+        open(flag, "w").close()
+        self.assertEqual(self.finish(proc), 0, self.stderr(proc))
+        err = self.stderr(proc)
+        warnings = [line for line in err.splitlines() if " WARNING " in line or " ERROR " in line]
+        self.assertEqual(len(warnings), 1, err)
+        self.assertIn("database unavailable; retrying with backoff", warnings[0])
+        self.assertIn("database available again", err)
+        self.assertNotIn("Traceback", err)
+        lines = self.lines()
+        self.assertEqual(lines[:2], ["start", "end"])
+        self.assertEqual(sorted(lines[2:]), sorted("done %d" % i for i in range(total)))
+        self.assertEqual(self.db.raw("SELECT COUNT(*) FROM {jobs}")[0][0], 0)
+
+
+class MySQLLostConnectionMySQLdbTests(MySQLLostConnectionTests):
+    backend = MariaDBMySQLdbBackend
+
+
+class MySQLReadmeTests(unittest.TestCase):
+    """The README's `# needs MySQL` commands work on the DBQUEUE_TEST_MYSQL server."""
+
+    setUp = ConfigReadmeTests.setUp
+    run_block = ConfigReadmeTests.run_block
+    commands = ConfigReadmeTests.commands
+
+    def test_the_mysql_commands_work_on_the_test_server(self):
+        import re
+        import shlex
+        db = MariaDBBackend(self)
+        env = dict(self.env, QUEUE_TABLE=db.table, QUEUE_FAILED_TABLE=db.failed_table)
+        ran = 0
+        for block in readme_blocks("sh"):
+            lines = self.commands(block, lambda needs: needs is not None
+                                  and needs.group(1).strip().startswith("MySQL"))
+            lines = [re.sub(r"'?mysql://[^\s']+'?", shlex.quote(MYSQL_URL), l) for l in lines]
+            if lines:
+                self.run_block(lines, env)
+                ran += len(lines)
+        self.assertGreaterEqual(ran, 4)
+        self.assertEqual(db.raw("SELECT COUNT(*) FROM {jobs}"), [(0,)])
+
+
+MARIADB_PASSWORD = "Mq4-s3cr3t-v8Tz"
+
+
+class PrivateMariaDB:
+    """A mariadbd of the fault tests' own: a data directory in a temp dir, its
+    own port and socket, run as the mysql user. It can be killed and started
+    again without touching the server DBQUEUE_TEST_MYSQL names.
+
+    Started once per test run when first needed and stopped at the end.
+    """
+
+    _instance = None
+    _failure = None
+
+    @classmethod
+    def get(cls):
+        need(hasattr(os, "geteuid") and os.geteuid() == 0,
+             "a private MariaDB server needs root (mariadbd runs as the mysql user)")
+        need(shutil.which("mariadbd", path=os.environ.get("PATH", "") + ":/usr/sbin")
+             and shutil.which("mariadb-install-db"),
+             "MariaDB is not installed (mariadbd, mariadb-install-db: apt-get install mariadb-server)")
+        need(mysql_available("pymysql") is None, mysql_available("pymysql") or "")
+        if cls._instance is None and cls._failure is None:
+            try:
+                server = cls()
+            except Exception as exc:
+                cls._failure = "could not start a private MariaDB server: %s" % exc
+            else:
+                cls._instance = server
+                unittest.addModuleCleanup(server.stop)
+                atexit.register(server.stop)
+        if cls._failure:
+            raise AssertionError(cls._failure)
+        return cls._instance
+
+    def __init__(self):
+        import pwd
+        user = pwd.getpwnam("mysql")
+        self.dir = tempfile.mkdtemp(prefix="dbqueue-mariadb-")
+        os.chown(self.dir, user.pw_uid, user.pw_gid)
+        self.data = os.path.join(self.dir, "data")
+        self.socket = os.path.join(self.dir, "mysqld.sock")
+        self.port = _free_port()
+        self.proc = None
+        try:
+            result = subprocess.run(
+                ["runuser", "-u", "mysql", "--", "mariadb-install-db", "--no-defaults",
+                 "--datadir=" + self.data, "--auth-root-authentication-method=socket",
+                 "--skip-test-db"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL, timeout=120)
+            if result.returncode != 0:
+                raise RuntimeError("mariadb-install-db failed: %s" % result.stdout.decode()[-1000:])
+            self.start()
+            conn = __import__("pymysql").connect(unix_socket=self.socket, user="root")
+            try:
+                cur = conn.cursor()
+                cur.execute("CREATE DATABASE dbq")
+                cur.execute("CREATE USER 'dbq'@'127.0.0.1' IDENTIFIED BY '%s'" % MARIADB_PASSWORD)
+                cur.execute("GRANT ALL ON dbq.* TO 'dbq'@'127.0.0.1'")
+            finally:
+                conn.close()
+            self._watch()
+        except BaseException:
+            self.stop()
+            raise
+
+    _WATCHDOG = textwrap.dedent("""
+        import os, shutil, signal, sys, time
+        parent, tmp = int(sys.argv[1]), sys.argv[2]
+        while os.path.exists(tmp):
+            try:
+                os.kill(parent, 0)
+            except ProcessLookupError:
+                try:
+                    with open(os.path.join(tmp, "mysqld.pid")) as fh:
+                        os.kill(int(fh.read()), signal.SIGKILL)
+                except (OSError, ValueError):
+                    pass
+                time.sleep(1)
+                shutil.rmtree(tmp, True)
+                break
+            time.sleep(0.5)
+        """)
+
+    def _watch(self):
+        # A test run killed from outside runs no cleanup: this watchdog, in a
+        # session of its own, kills the server and removes its dir then.
+        self.watchdog = subprocess.Popen(
+            [sys.executable, "-c", self._WATCHDOG, str(os.getpid()), self.dir],
+            start_new_session=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL)
+
+    def start(self):
+        log_path = os.path.join(self.dir, "server.log")
+        seen = os.path.getsize(log_path) if os.path.exists(log_path) else 0
+        with open(log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                ["runuser", "-u", "mysql", "--", "mariadbd", "--no-defaults",
+                 "--datadir=" + self.data, "--socket=" + self.socket, "--port=%d" % self.port,
+                 "--bind-address=127.0.0.1", "--pid-file=" + os.path.join(self.dir, "mysqld.pid"),
+                 "--innodb-buffer-pool-size=64M", "--max-connections=60"],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None)
+        def ready():
+            # Its log, not a connection: a client turned away while the server
+            # starts leaves PyMySQL's socket open (a ResourceWarning later).
+            if self.proc.poll() is not None:
+                raise RuntimeError("mariadbd exited: %s" % self.log_tail())
+            with open(log_path, "rb") as fh:
+                fh.seek(seen)
+                return b"ready for connections" in fh.read()
+        wait_for(ready, 60, 0.05, "the private mariadbd to answer")
+
+    def log_tail(self):
+        try:
+            with open(os.path.join(self.dir, "server.log"), errors="replace") as fh:
+                return fh.read()[-1500:]
+        except OSError:
+            return ""
+
+    def url(self, driver="pymysql"):
+        return "mysql+%s://dbq:%s@127.0.0.1:%d/dbq" % (driver, MARIADB_PASSWORD, self.port)
+
+    def kill(self):
+        """SIGKILL the server, as a crash or an OOM kill would; start() brings it back."""
+        with open(os.path.join(self.dir, "mysqld.pid")) as fh:
+            pid = int(fh.read())
+        os.kill(pid, signal.SIGKILL)
+        self.proc.wait(30)
+        wait_for(lambda: not os.path.exists("/proc/%d" % pid), 30, 0.05, "mariadbd to die")
+
+    def stop(self):
+        if self.proc is not None and self.proc.poll() is None:
+            try:
+                self.kill()
+            except Exception:
+                self.proc.kill()
+        shutil.rmtree(self.dir, True)
+        watchdog = getattr(self, "watchdog", None)
+        if watchdog is not None:
+            watchdog.wait(10)
+        if PrivateMariaDB._instance is self:
+            PrivateMariaDB._instance = None
+
+
+class PrivateMariaDBTests(unittest.TestCase):
+    """mariadbd killed under running workers, and its password in errors."""
+
+    def setUp(self):
+        self.server = PrivateMariaDB.get()
+        self.tmp = tempfile.mkdtemp(prefix="dbqueue-test-")
+        self.addCleanup(shutil.rmtree, self.tmp, True)
+        self.table = unique_table()
+
+    def config(self, url):
+        return dbqueue.Config(database_url=url, table=self.table, failed_table=self.table + "_f",
+                              retry_after=5, backoff=[0])
+
+    @heavy
+    def test_killed_and_restarted_mid_drain_workers_reconnect_and_finish(self):
+        total = 3000
+        q = dbqueue.Queue(config=self.config(self.server.url()))
+        self.addCleanup(q.close)
+        q.migrate()
+        for start in range(0, total, 1000):
+            q.push_many("fault_sleep", [{"n": n, "ms": 4} for n in range(start, start + 1000)])
+        log = os.path.join(self.tmp, "runs.log")
+        env = _fault_env({"QUEUE_TABLE": self.table, "QUEUE_FAILED_TABLE": self.table + "_f",
+                          "QUEUE_RETRY_AFTER": "5", "QUEUE_BACKOFF": "0", "FAULT_LOG": log})
+        procs = _Procs(self, self.tmp, env)
+        drivers = ["pymysql", "pymysql"]
+        if mysql_available("MySQLdb") is None:
+            drivers.insert(1, "mysqldb")      # each driver notices a dead server its own way
+        workers = [procs.start("--sleep", "0.5", QUEUE_DATABASE_URL=self.server.url(driver))
+                   for driver in drivers]
+
+        def done():
+            return len([f for f in _records(log) if f[0] == "end"])
+        wait_for(lambda: done() >= total // 5, 60, 0.05, "a fifth of the jobs")
+        before = done()
+        killed = time.monotonic()
+        self.server.kill()
+        time.sleep(1.0)          # down for a moment: the workers see refused connections
+        self.server.start()
+        restart_seconds = time.monotonic() - killed
+        q.close()
+
+        def left():
+            try:
+                return q.stats()
+            except dbqueue.DatabaseError:
+                q.close()
+                return None
+        wait_for(lambda: left() == [], 120, 0.2, "the drain after the restart")
+        after = time.monotonic() - killed
+        for proc in workers:
+            self.assertIsNone(proc.poll(), "a worker died: " + procs.stderr(proc)[-2000:])
+            proc.terminate()
+        for proc in workers:
+            self.assertEqual(proc.wait(30), 0)
+            text = procs.stderr(proc)
+            self.assertIn("database unavailable; retrying with backoff", text)
+            self.assertIn("database available again", text)
+            self.assertNotIn("Traceback", text)
+            self.assertNotIn(MARIADB_PASSWORD, text)
+        ends = {}
+        for fields in _records(log):
+            if fields[0] == "end":
+                ends[int(fields[1])] = ends.get(int(fields[1]), 0) + 1
+        self.assertEqual(set(ends), set(range(total)), "lost jobs")
+        self.assertEqual(q.failed(), [])
+        print("\n[mariadb restart] mariadbd SIGKILLed after %d of %d jobs, started again %.1fs"
+              " later; %d workers (%s) reconnected by themselves and drained the rest %.1fs"
+              " after the kill; %d jobs ran twice, none lost"
+              % (before, total, restart_seconds, len(workers), ", ".join(drivers), after,
+                 sum(1 for c in ends.values() if c > 1)), file=sys.stderr)
+
+    def test_an_account_that_may_not_write_is_one_line_exit_1(self):
+        # A role without rights is not an outage to wait out (SPEC): one line
+        # naming the fix, exit 1, from work and health alike.
+        root = __import__("pymysql").connect(unix_socket=self.server.socket, user="root")
+        self.addCleanup(root.close)
+        cur = root.cursor()
+        cur.execute("CREATE USER IF NOT EXISTS 'dbq_ro'@'127.0.0.1' IDENTIFIED BY 'r3ad-0nly'")
+        cur.execute("GRANT SELECT ON dbq.* TO 'dbq_ro'@'127.0.0.1'")
+        q = dbqueue.Queue(config=self.config(self.server.url()))
+        self.addCleanup(q.close)
+        q.migrate()
+        q.push("t_record", {"i": 1})
+        env = {"QUEUE_DATABASE_URL": "mysql://dbq_ro:r3ad-0nly@127.0.0.1:%d/dbq" % self.server.port,
+               "QUEUE_TABLE": self.table, "QUEUE_FAILED_TABLE": self.table + "_f"}
+        for argv in (["work", "--stop-when-empty"], ["health"]):
+            code, out, err = run_main(argv, env)
+            self.assertEqual(code, 1, (argv, out, err))
+            line = [l for l in (out + err).splitlines() if "cannot write" in l]
+            self.assertEqual(len(line), 1, (argv, out, err))
+            self.assertIn("grant the account", line[0])
+            self.assertNotIn("r3ad-0nly", out + err)
+            self.assertNotIn("Traceback", out + err)
+        self.assertEqual(q.stats()[0]["ready"], 1)         # nothing lost, nothing moved
+
+    def test_password_never_shown_when_authentication_fails(self):
+        for driver in ("pymysql", "mysqldb"):
+            if driver == "mysqldb":
+                need(mysql_available("MySQLdb") is None, mysql_available("MySQLdb") or "")
+            wrong = "wr0ng-" + MARIADB_PASSWORD
+            url = "mysql+%s://dbq:%s@127.0.0.1:%d/dbq" % (driver, wrong, self.server.port)
+            env = {"QUEUE_DATABASE_URL": url, "QUEUE_TABLE": self.table}
+            for argv in (["migrate"], ["work", "--once"], ["stats"], ["health"]):
+                code, out, err = run_main(argv, env)
+                self.assertEqual(code, 1, (argv, out, err))
+                self.assertIn("Access denied", out + err)
+                self.assertNotIn("wr0ng", out + err)
+
+
 # ---- conc: work --concurrency N ----
 
 _CONC_HANDLERS = """
@@ -8460,7 +9168,12 @@ def _max_overlap(spans):
     return most
 
 
-@on_sqlite_and_postgres
+def on_sqlite_postgres_and_mariadb(mixin):
+    """Slow subprocess tests on SQLite, psycopg and MariaDB (PyMySQL)."""
+    return on_every_backend(mixin, [Backend, PsycopgBackend, MariaDBBackend])
+
+
+@on_sqlite_postgres_and_mariadb
 class ConcTests(_WorkerProcesses, EmailTestMixin):
     """work --concurrency N: real worker processes, threads inside, a real SMTP server."""
 

@@ -1,6 +1,9 @@
 """dbqueue's own checks beyond W1..W4 (run by .bench/run.sh; stdlib + psycopg).
 
-    DBQUEUE_PATH=<checkout> python .bench/checks.py [sqlite] [postgresql]
+    DBQUEUE_PATH=<checkout> python .bench/checks.py [sqlite] [postgresql] [mysql]
+
+(mysql: on the server BENCH_MYSQL_URL names, in a database of its own, made
+fresh for each part: mysql://user:password@127.0.0.1:3306/)
 
 1. `python dbqueue.py bench` on each database: the bare INSERT+COMMIT floor
    next to W1, W1..W4, push -> handler start latency, idle CPU (3 s).
@@ -24,6 +27,24 @@ sys.path.insert(0, REPO)
 import dbqueue  # noqa: E402
 
 PG_DB = "bench_dbqueue_checks"
+MYSQL_DB = "bench_dbqueue_checks"
+
+
+def mysql_url(dbname):
+    scheme, _, rest = os.environ["BENCH_MYSQL_URL"].partition("://")
+    where, _, query = rest.partition("?")
+    return "%s://%s/%s%s" % (scheme, where.split("/")[0], dbname, "?" + query if query else "")
+
+
+def mysql_recreate(dbname, drop_only=False):
+    q = dbqueue.Queue(mysql_url("mysql"))
+    try:
+        cur = q._conn().cursor()
+        cur.execute("DROP DATABASE IF EXISTS `%s`" % dbname)
+        if not drop_only:
+            cur.execute("CREATE DATABASE `%s` CHARACTER SET utf8mb4" % dbname)
+    finally:
+        q.close()
 
 
 def pg_url(dbname):
@@ -63,7 +84,7 @@ class Bench:
 
     def count(self):
         cur = self.q._conn().cursor()
-        cur.execute('SELECT COUNT(*) FROM "%s"' % self.config.table)
+        cur.execute("SELECT COUNT(*) FROM %s" % self.q.dialect.ident(self.config.table))
         value = cur.fetchone()[0]
         cur.close()
         return value
@@ -71,7 +92,8 @@ class Bench:
     def any_left(self):
         # one index probe from the top, where a drain finishes last
         cur = self.q._conn().cursor()
-        cur.execute('SELECT id FROM "%s" ORDER BY id DESC LIMIT 1' % self.config.table)
+        cur.execute("SELECT id FROM %s ORDER BY id DESC LIMIT 1"
+                    % self.q.dialect.ident(self.config.table))
         value = cur.fetchone() is not None
         cur.close()
         return value
@@ -97,8 +119,42 @@ class Bench:
         finally:
             procs.stop()
 
+    def explain_mysql(self):
+        # EXPLAIN rows: id, select_type, table, type, possible_keys, key, ..., rows, Extra.
+        q = self.q
+        keys = [("claim_select", dict(queue="bench", limit=100)), ("ack", dict(id=1, attempts=1)),
+                ("touch", dict(id=1, attempts=1)), (("tokens_lock", 3), None),
+                ("rescue", dict(retry_after=90)), ("next_due", dict(queue="bench")),
+                ("ready", dict(queue="bench"))]
+        cur = q._conn().cursor()
+        out, bad = [], []
+        for key, params in keys:
+            if params is None:
+                text, _ = q._many_sql(*key)
+                args = [1, 2, 3] + [1, 1, 2, 1, 3, 1]
+                key = "%s_many" % key[0]
+            else:
+                text, names = q.sql(key)
+                params.setdefault("now", q.now())
+                args = [params[n] for n in names]
+            cur.execute("EXPLAIN " + text, args)
+            columns = [d[0].lower() for d in cur.description]
+            plan = [dict(zip(columns, row)) for row in cur.fetchall()]
+            lines = ["type=%s key=%s rows=%s %s" % (r["type"], r["key"], r["rows"], r["extra"] or "")
+                     for r in plan]
+            flags = [f for r in plan for f in (("filesort",) if "filesort" in (r["extra"] or "")
+                                                 else ()) + (("full scan",) if r["type"] == "ALL"
+                                                             else ())]
+            if flags:
+                bad.append("%s: %s" % (key, ", ".join(flags)))
+            out.append("  %s:\n    %s" % (key, "\n    ".join(lines)))
+        cur.close()
+        return "\n".join(out), bad
+
     def explain(self):
         q = self.q
+        if q.dialect is dbqueue._MySQL:
+            return self.explain_mysql()
         pg = q.dialect is dbqueue._Postgres
         prefix = "EXPLAIN " if pg else "EXPLAIN QUERY PLAN "
         keys = [("claim", dict(queue="bench", limit=100))]
@@ -137,7 +193,7 @@ class Bench:
     def close(self):
         cur = self.q._conn().cursor()
         for t in (self.config.table, self.config.failed_table):
-            cur.execute('DROP TABLE IF EXISTS "%s"' % t)
+            cur.execute("DROP TABLE IF EXISTS %s" % self.q.dialect.ident(t))
         cur.close()
         self.q.close()
 
@@ -165,6 +221,12 @@ def checks(backend, tmp):
         def make(name):
             return Bench("sqlite:///" + os.path.join(tmp, name + ".db"), tmp, name)
         run_bench_command("sqlite:///" + os.path.join(tmp, "bench-cmd.db"), "sqlite")
+    elif backend == "mysql":
+        def make(name):
+            mysql_recreate(MYSQL_DB)
+            return Bench(mysql_url(MYSQL_DB), tmp, name)
+        mysql_recreate(MYSQL_DB)
+        run_bench_command(mysql_url(MYSQL_DB), "mysql")
     else:
         def make(name):
             pg_recreate(PG_DB)   # a fresh database: the tables have never been analysed
@@ -200,7 +262,10 @@ def checks(backend, tmp):
         say("  sorts or scans of the backlog: %s" % ("; ".join(bad) if bad else "none"))
         if backend != "sqlite":
             cur = b.q._conn().cursor()
-            cur.execute('ANALYZE "%s"' % b.config.table)
+            cur.execute("ANALYZE %s %s" % ("TABLE" if backend == "mysql" else "",
+                                           b.q.dialect.ident(b.config.table)))
+            if cur.description:
+                cur.fetchall()
             cur.close()
             plans, bad = b.explain()
             say("  the same after ANALYZE: sorts or scans of the backlog: %s"
@@ -288,6 +353,11 @@ def main():
     finally:
         import shutil
         shutil.rmtree(tmp, True)
+        if "mysql" in wanted:
+            try:
+                mysql_recreate(MYSQL_DB, drop_only=True)
+            except Exception:
+                pass
         if "postgresql" in wanted:
             try:
                 import psycopg

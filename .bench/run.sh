@@ -5,6 +5,11 @@
 #   .bench/run.sh main            # only the main table (peers + dbqueue, W1..W4)
 #   .bench/run.sh dbqueue         # only dbqueue's rows (quick, for development)
 #   ROUNDS=2 .bench/run.sh main   # the main table twice (the second round in reverse order)
+#   .bench/run.sh mysql           # MariaDB/MySQL rows: dbqueue, the Laravel-style baseline
+#                                 # and dbqueue on PostgreSQL side by side, then the checks
+# MySQL/MariaDB rows need BENCH_MYSQL_URL (mysql://user:password@127.0.0.1:3306/, an
+# account that may create and drop databases: bench_* are made fresh per run) and
+# PyMySQL in the venv (installed here when missing); without the URL they are left out.
 # The harness (/work/shared/bench, or $BENCH_SRC) is copied into a temp dir with
 # our adapters (.bench/peers/dbqueue_*.py); dbqueue is imported from this checkout.
 # The venv with the peers is $BENCH_HOME/venv (default /tmp/dbqueue-bench), made
@@ -22,7 +27,7 @@ TMP=$(mktemp -d /tmp/dbqueue-bench-run.XXXXXX)
 trap 'rm -rf "$TMP"' EXIT
 cp -r "$SRC"/. "$TMP"/
 chmod -R u+w "$TMP"
-cp "$HERE"/peers/dbqueue_*.py "$TMP"/peers/
+cp "$HERE"/peers/*.py "$TMP"/peers/     # dbqueue_*, laravel_mysql and their _mysql helper
 cd "$TMP"
 # One change to the harness copy: `sync` before every run. Without it the
 # previous run's dirty pages (a peer's deleted or rewritten files) are written
@@ -32,6 +37,12 @@ sed -i 's|^    t0=\$(date +%s.%N)$|    sync; t0=$(date +%s.%N)|' run_peers.sh
 grep -q '    sync; t0=' run_peers.sh || { echo "run.sh: could not add sync to run_peers.sh" >&2; exit 2; }
 [ -x "$BENCH_HOME/venv/bin/python" ] || ./setup.sh
 PY="$BENCH_HOME/venv/bin/python"
+MYSQL_PEERS=""
+if [ -n "${BENCH_MYSQL_URL:-}" ]; then
+  export BENCH_MYSQL_URL
+  "$PY" -c "import pymysql" 2>/dev/null || "$BENCH_HOME/venv/bin/pip" install -q PyMySQL
+  MYSQL_PEERS="dbqueue_mysql laravel_mysql"
+fi
 
 SQLITE_PEERS="huey_sqlite persistqueue_sqlite litequeue_sqlite"
 PG_PEERS="procrastinate_pg pgqueuer_pg"
@@ -44,10 +55,13 @@ machine() {
   "$PY" -c 'import sys, sqlite3; print("Python", sys.version.split()[0], "SQLite", sqlite3.sqlite_version)'
   psql "host=/var/run/postgresql user=root dbname=postgres" -Atc "show server_version" 2>/dev/null \
     | sed 's/^/PostgreSQL /'
+  if [ -n "$MYSQL_PEERS" ]; then
+    "$PY" -c 'import sys; sys.path.insert(0, "peers"); import _mysql; print(_mysql.settings_note())'
+  fi
 }
 
 main_table() {
-  local order="huey_sqlite persistqueue_sqlite litequeue_sqlite dbqueue_sqlite procrastinate_pg pgqueuer_pg dbqueue_pg"
+  local order="huey_sqlite persistqueue_sqlite litequeue_sqlite dbqueue_sqlite procrastinate_pg pgqueuer_pg dbqueue_pg $MYSQL_PEERS"
   for r in $(seq "$ROUNDS"); do
     section "main table, round $r: peers and dbqueue, W1..W4, every queue at its defaults"
     RUN_TAG=main-r$r ./run_peers.sh $order
@@ -67,7 +81,19 @@ supplementary() {
 
 extras() {
   section "dbqueue checks: INSERT floor, flat with size and query plans, latency, idle CPU, RSS, import time"
-  "$PY" "$HERE/checks.py"
+  "$PY" "$HERE/checks.py" sqlite postgresql ${MYSQL_PEERS:+mysql}
+}
+
+mysql_table() {
+  [ -n "$MYSQL_PEERS" ] || { echo "run.sh: BENCH_MYSQL_URL is not set" >&2; exit 2; }
+  local order="dbqueue_mysql laravel_mysql dbqueue_pg"
+  for r in $(seq "$ROUNDS"); do
+    section "MySQL/MariaDB, round $r: dbqueue, the Laravel-style claim, dbqueue on PostgreSQL, W1..W4"
+    RUN_TAG=mysql-r$r ./run_peers.sh $order
+    order=$(echo $order | tr ' ' '\n' | tac | tr '\n' ' ')
+  done
+  section "dbqueue checks on MySQL/MariaDB: INSERT floor, latency, idle CPU, plans, RSS"
+  "$PY" "$HERE/checks.py" mysql
 }
 
 case "$WHAT" in
@@ -75,6 +101,7 @@ case "$WHAT" in
   main) machine; main_table;;
   supplementary) machine; supplementary;;
   extras) machine; extras;;
-  dbqueue) machine; ./run_peers.sh dbqueue_sqlite dbqueue_pg;;
-  *) echo "usage: $0 [all|main|supplementary|extras|dbqueue]" >&2; exit 2;;
+  dbqueue) machine; ./run_peers.sh dbqueue_sqlite dbqueue_pg ${MYSQL_PEERS:+dbqueue_mysql};;
+  mysql) machine; mysql_table;;
+  *) echo "usage: $0 [all|main|supplementary|extras|dbqueue|mysql]" >&2; exit 2;;
 esac
