@@ -570,6 +570,7 @@ def _float_setting(name, value, minimum):
 # would overflow the database's integers after the job had already run.
 _MAX_SECONDS = 10 * 365 * 24 * 3600
 _MAX_TRIES = 1000000
+_MAX_CONCURRENCY = 1024     # work --concurrency: threads in one process
 
 
 def _backoff_setting(name, value):
@@ -974,6 +975,10 @@ class _Dialect:
     bigint = "INTEGER"
     failed_at = ""
     failed_cutoff = ""
+    # One writer at a time (SQLite's write lock): work --concurrency's slots
+    # queue for it on a lock in the process, not in SQLite's busy handler,
+    # which sleeps up to 100 ms between looks.
+    one_writer = False
     claim = ""                     # one statement, or "" when claim_select/claim_update are used
     claim_select = ""
     claim_update = ""
@@ -1196,6 +1201,7 @@ class _SQLite(_Dialect):
     placeholder = "?"
     now = ":now"
     begin = "BEGIN IMMEDIATE"
+    one_writer = True
     # No SELECT ... FOR UPDATE: BEGIN IMMEDIATE already holds the write lock.
     for_update = ""
     # A payload is read as bytes so that a row holding invalid UTF-8 (written
@@ -3338,7 +3344,7 @@ class Worker:
     confirm_seconds = 1.0
 
     def __init__(self, queue, queues=("default",), tries=None, backoff=None, timeout=None,
-                 sleep=3.0, memory=None, log=None):
+                 sleep=3.0, memory=None, log=None, concurrency=1):
         self.queue = queue
         self.queues = [_queue_name(q) for q in ([queues] if isinstance(queues, str) else queues)]
         if not self.queues:
@@ -3351,6 +3357,8 @@ class Worker:
         self.memory = memory
         self.log = log or _Log()
         self.resources = {}       # per-worker objects handlers reuse (an SMTP connection); closed at exit
+        self._listen = self.resources   # where the LISTEN connection lives (slots share the pool's)
+        self.concurrency = _int_setting("concurrency", concurrency, 1, _MAX_CONCURRENCY)
         self.processed = 0
         self.exit_code = 0
         self._stop = False
@@ -3383,6 +3391,8 @@ class Worker:
     def stop(self):
         """Ask the worker to exit after the current job (what SIGTERM does)."""
         self._stop = True
+        if getattr(self, "_idle_cond", None) is not None:   # concurrency N: wake idle slots
+            self._wake_idle()
 
     def _on_signal(self, signum, frame):
         import signal
@@ -3412,6 +3422,8 @@ class Worker:
         `stop_when_empty` end the loop after the current job. SIGTERM and
         SIGINT (when run in the main thread) finish the current job first.
         """
+        if self.concurrency > 1 and not once:
+            return self._run_slots(max_jobs, max_time, stop_when_empty)
         import signal
         started = time.monotonic()
         self._main_thread = threading.current_thread() is threading.main_thread()
@@ -3650,7 +3662,7 @@ class Worker:
 
     def _wait_notify(self, deadline):
         import select
-        listener = self.resources.get("_listener")
+        listener = self._listen.get("_listener")
         if listener is None:
             try:
                 listener = self.queue.connect()
@@ -3660,7 +3672,7 @@ class Worker:
             except (QueueError,) + self.queue._errors():
                 time.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
                 return
-            self.resources["_listener"] = listener
+            self._listen["_listener"] = listener
         while not self._stop:
             left = deadline - time.monotonic()
             if left <= 0:
@@ -3690,7 +3702,7 @@ class Worker:
                 names = [n.payload for n in listener.notifies]
                 del listener.notifies[:]
         except Exception:
-            self.resources.pop("_listener", None)
+            self._listen.pop("_listener", None)
             self.queue.discard(listener)
             return True
         return any(not n or n in self.queues for n in names)
@@ -3702,6 +3714,101 @@ class Worker:
                              rss_mb=round(rss, 1), limit_mb=self.memory)
             return True
         return False
+
+    # -- concurrency -------------------------------------------------------
+    # `concurrency` N > 1 (not with once=True): the calling thread keeps the
+    # signals and supervises; N slot threads (_Slot) each claim one job at a
+    # time (no prefetched batch, so nothing waits behind a long job) on their
+    # own database connection and run it with their own `resources` (SMTP
+    # session). One heartbeat thread (_SlotHeartbeat, its own connection)
+    # renews every slot's job and is the watchdog of their timeouts; idle
+    # slots share one wait (one LISTEN connection on PostgreSQL). State that
+    # spans slots (stop, the count for max_jobs, the mail pause) lives here,
+    # under self._pool_lock.
+
+    def _run_slots(self, max_jobs, max_time, stop_when_empty):
+        import signal
+        self._started = time.monotonic()
+        self._max_time = max_time
+        self._stop_when_empty = self._stop_on_outage = bool(stop_when_empty)
+        self._limit = None if max_jobs is None else self.processed + max_jobs
+        self._taken = self.processed   # finished + running: a slot claims only under the limit
+        self._pool_lock = threading.RLock()
+        self._write_lock = threading.Lock()     # see _Dialect.one_writer
+        self._idle_cond = threading.Condition(self._pool_lock)
+        self._idle_gen = 0
+        self._idle_leader = False
+        self._slot_errors = []
+        self._main_thread = threading.current_thread() is threading.main_thread()
+        previous = {}
+        try:
+            # Checked once here (a wrong URL or a missing table is a setup
+            # error: exit 1); the slots then open their own connections.
+            self._connect_first()
+            self.queue.discard(self._conn)
+            self._conn = None
+            self._slots = [_Slot(self, i) for i in range(self.concurrency)]
+            if self._main_thread:
+                for sig in (signal.SIGTERM, signal.SIGINT):
+                    previous[sig] = signal.signal(sig, self._on_slot_signal)
+            self._heart = _SlotHeartbeat(self)
+            self._heart.start()
+            for slot in self._slots:
+                slot.thread.start()
+            while True:
+                alive = [s for s in self._slots if s.thread.is_alive()]
+                if not alive:
+                    break
+                alive[0].thread.join(0.1)   # signals run here, between the waits
+                if (max_time is not None and not self._stop
+                        and time.monotonic() - self._started >= max_time):
+                    self.stop()     # stop claiming; the jobs in hand finish
+        finally:
+            if self._main_thread:
+                for sig, handler in previous.items():
+                    signal.signal(sig, handler)
+            self._shutdown()
+        if self._slot_errors:
+            raise self._slot_errors[0]
+        return self.processed
+
+    def _on_slot_signal(self, signum, frame):
+        import signal
+        if signum == signal.SIGINT:
+            self._sigints += 1
+        if self._sigints >= 2:
+            running = [s for s in self._slots if s._running is not None]
+            if running:
+                self.log.warning("second interrupt: stopping the jobs now",
+                                 jobs=",".join(str(s._running.id) for s in running
+                                               if s._running is not None))
+            self.stop()
+            for slot in self._slots:     # each aborted job sets exit_code 130 (Worker._process)
+                slot._interrupt(_Abort, 2.0)
+            return
+        if not self._stop:
+            self.log.info("stopping after the jobs in hand", signal=signum)
+        self.stop()
+
+    def _wake_idle(self):
+        with self._idle_cond:
+            self._idle_gen += 1
+            self._idle_cond.notify_all()
+
+    def _take(self):
+        """A slot may claim one job: under max_jobs counting the jobs in hand."""
+        with self._pool_lock:
+            if self._limit is not None and self._taken >= self._limit:
+                return False
+            self._taken += 1
+            return True
+
+    def _untake(self, done=False):
+        with self._pool_lock:
+            if done:
+                self.processed += 1
+            else:
+                self._taken -= 1
 
     # -- one job -----------------------------------------------------------
 
@@ -3994,7 +4101,7 @@ class Worker:
                 if not locked and self._conn is not None:
                     self.queue.discard(self._conn)
                     self._conn = None
-                    listener = self.resources.pop("_listener", None)
+                    listener = self._listen.pop("_listener", None)
                     if listener is not None:
                         self.queue.discard(listener)
                 if self._stop and not (self._held or self._acks or self._running):
@@ -4031,8 +4138,18 @@ class Worker:
                 self.queue.discard(self._conn)
                 self._conn = None
 
+    def _running_jobs(self):
+        slots = getattr(self, "_slots", None)
+        if slots is not None:
+            return [j for j in (s._running for s in slots) if j is not None]
+        running = self._running
+        return [] if running is None else [running]
+
     def held_tokens(self):
         """Tokens of every job this worker holds: waiting, running and finished-unacked."""
+        slots = getattr(self, "_slots", None)
+        if slots is not None:
+            return [t for s in slots for t in s.held_tokens()]
         with self._lock:
             tokens = [j.token for j in self._held] + list(self._acks)
             if self._running is not None:
@@ -4160,8 +4277,9 @@ class _Heartbeat(threading.Thread):
         # by someone else: it leaves the batch and never starts here.
         lost = set(lost)
         worker._drop_lost(lost)
-        running = worker._running
-        if running is not None and running.token in lost and running.token not in self._reported:
+        for running in worker._running_jobs():
+            if running.token not in lost or running.token in self._reported:
+                continue
             self._reported.add(running.token)
             worker.log.warning("reservation lost while the job runs (expired and taken over by"
                                " another worker?); it may run there too, and its outcome here"
@@ -4200,6 +4318,301 @@ class _Heartbeat(threading.Thread):
             self._with_conn(record)
         except Exception as exc:
             worker.log.error("could not record the attempt", error=_first_line(exc))
+        os._exit(1)
+
+
+class _Shared:
+    """A _Slot attribute that is the pool's (the Worker that runs the slots)."""
+
+    def __init__(self, name):
+        self.name = name
+
+    def __get__(self, slot, owner=None):
+        return self if slot is None else getattr(slot.pool, self.name)
+
+    def __set__(self, slot, value):
+        if "pool" in slot.__dict__:      # Worker.__init__'s defaults leave the pool alone
+            setattr(slot.pool, self.name, value)
+
+
+class _Slot(Worker):
+    """One of a concurrent worker's threads: claims and runs one job at a time.
+
+    A Worker of its own for its connection, its `resources` (the SMTP session
+    handlers reuse), its acks and the job it runs; stopping, the mail pause
+    and the rescue timer are the pool's (_Shared). Its timeout cannot be
+    SIGALRM (only the main thread gets signals): the heartbeat raises
+    JobTimeout in this thread instead (_interrupt).
+    """
+
+    _stop = _Shared("_stop")
+    exit_code = _Shared("exit_code")
+    _mail_pause = _Shared("_mail_pause")
+    _outage_row = _Shared("_outage_row")
+    _state_warned = _Shared("_state_warned")
+    _stop_on_outage = _Shared("_stop_on_outage")
+    _last_rescue = _Shared("_last_rescue")
+
+    def __init__(self, pool, index):
+        self._alarm_lock = threading.Lock()     # before Worker.__init__ sets _running
+        super().__init__(pool.queue, pool.queues, tries=pool.tries, backoff=pool.backoff,
+                         timeout=pool.timeout, sleep=pool.sleep, memory=pool.memory, log=pool.log)
+        self.pool = pool
+        self._listen = pool.resources
+        self.reuse_smtp = getattr(pool, "reuse_smtp", True)
+        self._soft_deadline = None
+        self.thread = threading.Thread(target=self._loop, name="dbqueue-slot-%d" % index,
+                                       daemon=True)
+
+    # The job being run is set and cleared under _alarm_lock, so that the
+    # heartbeat interrupts only a handler that runs, never the bookkeeping
+    # after it (see _interrupt): an interruption asked for just as the
+    # handler ended, not yet delivered, is taken here, while Worker._process
+    # still reads _timed_out for it, instead of in the middle of recording
+    # the outcome.
+    @property
+    def _running(self):
+        return self.__dict__.get("_running_job")
+
+    @_running.setter
+    def _running(self, job):
+        with self._alarm_lock:
+            self.__dict__["_running_job"] = job
+            raised = job is None and self.__dict__.pop("_raised", False)
+            if job is None:
+                self._soft_deadline = None
+        if raised:
+            try:
+                for _ in range(1000):
+                    pass        # a backward jump: Python delivers a pending one here
+            except (JobTimeout, _Abort):
+                pass
+
+    def _interrupt(self, exc_class, grace):
+        """Raise exc_class in this slot's thread if its handler runs; True if raised.
+
+        Python checks for it between bytecodes: a handler inside one C call
+        (time.sleep, a socket read without a timeout) sees it only when the
+        call returns. If it has not stopped `grace` seconds later, the
+        heartbeat records its attempt and ends the process (_SlotHeartbeat).
+        """
+        import ctypes
+        with self._alarm_lock:
+            if self._running is None or self.thread.ident is None:
+                return False
+            if exc_class is _Abort:
+                self._aborting = True
+            else:
+                self._timed_out = True
+            self._hard_deadline = time.monotonic() + grace
+            self.__dict__["_raised"] = True
+            ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(self.thread.ident),
+                                                       ctypes.py_object(exc_class))
+            return True
+
+    def _process(self, job):
+        timeout = self._settings(job)[2]
+        if timeout:
+            now = time.monotonic()
+            self._soft_deadline = now + timeout
+            # _RateSlot reads it: a wait for the rate limit ends before the timeout.
+            self._hard_deadline = now + timeout + self.timeout_grace
+        try:
+            return Worker._process(self, job)
+        finally:
+            self._soft_deadline = None
+
+    def _loop(self):
+        pool = self.pool
+        try:
+            while not self._stop:
+                if not pool._take():
+                    break
+                started = False
+                try:
+                    if not self._claim(1):
+                        if pool._stop_when_empty:
+                            break
+                        self._idle(pool._started, pool._max_time)
+                        continue
+                    with self._lock:
+                        job = self._held.pop(0) if self._held else None
+                        age = self._unconfirmed_for()
+                    if job is None or not self._confirm(job, age):
+                        continue
+                    started = self._process(job) is not False  # False: given back (mail outage)
+                finally:
+                    pool._untake(done=started)
+                if self.memory and not self._stop:
+                    with pool._pool_lock:          # one slot says it
+                        if not self._stop and self._over_memory():
+                            pool.stop()
+        except _Abort:
+            pass
+        except DatabaseError as exc:
+            if not self._stop or isinstance(exc, MissingTableError):
+                pool._slot_errors.append(exc)
+                pool.stop()
+        except BaseException as exc:   # noqa: B036 -- handed to the main thread, raised there
+            pool._slot_errors.append(exc)
+            pool.stop()
+        finally:
+            pool._wake_idle()
+            try:
+                self._shutdown()
+            finally:
+                app = getattr(self.queue._local, "conn", None)    # a handler's queue.transaction()
+                if app is not None:
+                    self.queue.discard(app)
+
+    def _idle(self, started, max_time):
+        """One idle slot waits on the database (LISTEN or data_version); the others
+        wait for it to come back, then every idle slot claims again."""
+        pool = self.pool
+        with pool._idle_cond:
+            if pool._idle_leader:
+                gen = pool._idle_gen
+                end = time.monotonic() + self.sleep
+                while pool._idle_gen == gen and not self._stop:
+                    left = end - time.monotonic()
+                    if left <= 0:
+                        break
+                    pool._idle_cond.wait(left)   # stop() wakes it too
+                return
+            pool._idle_leader = True
+        try:
+            Worker._idle(self, started, max_time)
+        finally:
+            with pool._idle_cond:
+                pool._idle_leader = False
+            pool._wake_idle()
+
+    def _db(self, action):
+        if not self.queue.dialect.one_writer:
+            return Worker._db(self, action)
+        with self.pool._write_lock:
+            return Worker._db(self, action)
+
+    # The mail pause is one for all slots: read and changed under the pool's lock.
+
+    def _active_queues(self):
+        with self.pool._pool_lock:
+            pause = self._mail_pause
+            if pause is None or time.monotonic() < pause["until"]:
+                return Worker._active_queues(self)
+            # A probe is due: one slot probes (the first to ask, until the
+            # probe ends the pause or extends it); the rest keep waiting.
+            if pause.setdefault("prober", self) is self:
+                return self.queues
+            return [q for q in self.queues if q not in pause["queues"]]
+
+    def _mail_outage(self, job, exc):
+        with self.pool._pool_lock:
+            Worker._mail_outage(self, job, exc)
+            if self._mail_pause is not None:
+                self._mail_pause.pop("prober", None)
+
+    def _mail_flowing(self):
+        if self._mail_pause is None and not self._outage_row:
+            return       # the common case, read without the lock
+        with self.pool._pool_lock:
+            Worker._mail_flowing(self)
+
+
+class _SlotHeartbeat(_Heartbeat):
+    """The heartbeat of a concurrent worker: renews every slot's job and is
+    their timeout watchdog.
+
+    A handler past its timeout gets JobTimeout raised in its thread (a normal
+    failed attempt, retried with backoff). One that is still running
+    timeout_grace seconds later (it caught the exception, or sits in a C call)
+    cannot be stopped from outside: its attempt is recorded as timed out
+    (fenced by its token), the other slots stop claiming and get
+    timeout_grace seconds to finish their jobs, jobs still running then are
+    given back unspent (ready at once, not after QUEUE_RETRY_AFTER), and the
+    process exits 1 for its supervisor to restart it.
+    """
+
+    def _pause(self):
+        return min(self.interval, 0.1)    # the watchdog's resolution
+
+    def _give_back(self):
+        pass     # slots hold no batch
+
+    def run(self):
+        pool = self.worker
+        last = time.monotonic()
+        while not self._done.wait(self._pause()):
+            now = time.monotonic()
+            for slot in pool._slots:
+                deadline = slot._soft_deadline
+                if deadline is not None and now > deadline and not slot._timed_out:
+                    slot._interrupt(JobTimeout, pool.timeout_grace)
+                hard = slot._hard_deadline
+                if (hard is not None and now > hard and slot._running is not None
+                        and (slot._timed_out or slot._aborting)):
+                    self._hard_exit_slot(slot)
+            if now - last >= self.interval:
+                last = now
+                tokens = pool.held_tokens()
+                if tokens:
+                    self._touch(tokens, (now, time.time()))
+
+    def _hard_exit_slot(self, stuck):
+        pool = self.worker
+        running = stuck._running
+        pool.log.error("handler did not stop after its timeout or interrupt; recording the"
+                       " attempt, letting the other jobs finish, then exiting so that the"
+                       " supervisor restarts the worker", job=getattr(running, "id", None))
+        pool.stop()
+        pool._wake_idle()
+
+        def record(conn):
+            if running is not None and stuck._aborting:
+                pool.queue.release(conn, running.token, 0, True)
+            elif running is not None:
+                tries, backoff, _ = stuck._settings(running)
+                if running.attempts >= tries:
+                    pool.queue.fail(conn, running.token, running.uuid or _uuid4(),
+                                    "JobTimeout: the handler did not stop after its timeout")
+                else:
+                    delay = backoff[min(running.attempts - 1, len(backoff) - 1)]
+                    pool.queue.release(conn, running.token, delay)
+            if stuck._acks:
+                acks = list(stuck._acks)
+                stuck._acked(acks, pool.queue.ack(conn, acks))
+
+        try:
+            self._with_conn(record)
+        except Exception as exc:
+            pool.log.error("could not record the attempt", error=_first_line(exc))
+        others = [s for s in pool._slots if s is not stuck]
+        end = time.monotonic() + pool.timeout_grace
+        touched = time.monotonic()
+        while time.monotonic() < end and any(s.thread.is_alive() for s in others):
+            time.sleep(0.05)
+            if time.monotonic() - touched >= self.interval:
+                touched = time.monotonic()
+                tokens = [t for s in others for t in s.held_tokens()]
+                if tokens:
+                    self._touch(tokens)
+
+        def give_back(conn):
+            for slot in others:
+                job = slot._running
+                if job is not None:
+                    pool.queue.release(conn, job.token, 0, True)
+                    pool.log.warning("job still running at exit: given back unspent",
+                                     job=job.id, name=job.name)
+                if slot._acks:
+                    acks = list(slot._acks)
+                    slot._acked(acks, pool.queue.ack(conn, acks))
+
+        try:
+            self._with_conn(give_back)
+        except Exception as exc:
+            pool.log.error("could not give back the jobs in hand; they return after"
+                           " retry_after", error=_first_line(exc))
         os._exit(1)
 
 
@@ -7149,6 +7562,9 @@ def _parser():
     p.add_argument("--sleep", type=_nonneg_float, default=3.0, metavar="S",
                    help="longest wait between looks at an idle queue (default 3)")
     p.add_argument("--stop-when-empty", action="store_true", help="exit when no job is ready")
+    p.add_argument("--concurrency", type=_concurrency, default=1, metavar="N",
+                   help="run up to N jobs at once, each on its own thread, database connection"
+                        " and SMTP session (default 1)")
     p.add_argument("--timeout", type=_seconds, metavar="S",
                    help="seconds one job may run, 0 for no limit (default QUEUE_TIMEOUT)")
     p.add_argument("--tries", type=_tries, metavar="N",
@@ -7290,6 +7706,10 @@ def _pos_int(value):
     return _number(int, 1, value)
 
 
+def _concurrency(value):
+    return _number(int, 1, value, _MAX_CONCURRENCY)
+
+
 def _nonneg_float(value):
     return _number(float, 0, value)
 
@@ -7417,14 +7837,14 @@ def _cmd_work(args, config):
                                                        _first_line(exc)))
     queue = Queue(config=config)
     worker = Worker(queue, queues, tries=args.tries, backoff=backoff, timeout=args.timeout,
-                    sleep=args.sleep, memory=args.memory, log=log)
+                    sleep=args.sleep, memory=args.memory, log=log, concurrency=args.concurrency)
     for warning in config.warnings:
         log.warning(warning)
     log.info("worker starting", database=_mask_url(config.database_url), queues=",".join(queues),
              tries=worker.tries, backoff=",".join(map(str, worker.backoff)),
              timeout=worker.timeout, retry_after=config.retry_after, sleep=args.sleep,
              memory_mb=args.memory, max_jobs=args.max_jobs, max_time=args.max_time,
-             pid=os.getpid(), version=__version__)
+             concurrency=args.concurrency if args.concurrency > 1 else None, pid=os.getpid(), version=__version__)
     log.debug("handlers registered", jobs=",".join(sorted(_registry)) or "(none)")
     try:
         if queue.dialect is _SQLite:

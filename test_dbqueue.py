@@ -9093,5 +9093,278 @@ class PrivateMariaDBTests(unittest.TestCase):
                 self.assertNotIn("wr0ng", out + err)
 
 
+# ---- conc: work --concurrency N ----
+
+_CONC_HANDLERS = """
+import os, time
+import dbqueue
+
+OUT = os.environ["T_OUT"]
+
+
+def mark(*parts):
+    line = " ".join(str(p) for p in parts) + "\\n"
+    fd = os.open(OUT, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    try:
+        os.write(fd, line.encode())
+    finally:
+        os.close(fd)
+
+
+def nap(seconds):
+    # Sleeps in Python, a hundredth at a time: a slot's JobTimeout can land.
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        time.sleep(0.01)
+
+
+@dbqueue.job("c_nap")
+def c_nap(data):
+    mark("start", data["n"], time.time())
+    nap(data.get("s", 0.1))
+    mark("end", data["n"], time.time())
+
+
+@dbqueue.job("c_hang_once")
+def c_hang_once(data):
+    job = dbqueue.current_job()
+    mark("hang", job.attempts, time.time())
+    if job.attempts == 1:
+        nap(3600)
+    mark("hang-done", job.attempts, time.time())
+
+
+@dbqueue.job("c_stubborn")
+def c_stubborn(data):
+    mark("stubborn", time.time())
+    while True:
+        try:
+            nap(3600)
+        except dbqueue.JobTimeout:
+            mark("ignored")
+"""
+
+
+class _SlowSink(SMTPSink):
+    """The SMTP test server, taking `delay` seconds per message."""
+
+    delay = 0.02
+
+    async def handle_DATA(self, server, session, envelope):
+        import asyncio
+        await asyncio.sleep(self.delay)
+        return await SMTPSink.handle_DATA(self, server, session, envelope)
+
+    def message_ids(self):
+        return [m["Message-ID"] for _, m, _ in self.messages]
+
+
+def _max_overlap(spans):
+    events = sorted([(a, 1) for a, _ in spans] + [(b, -1) for _, b in spans])
+    now = most = 0
+    for _, step in events:
+        now += step
+        most = max(most, now)
+    return most
+
+
+def on_sqlite_postgres_and_mariadb(mixin):
+    """Slow subprocess tests on SQLite, psycopg and MariaDB (PyMySQL)."""
+    return on_every_backend(mixin, [Backend, PsycopgBackend, MariaDBBackend])
+
+
+@on_sqlite_postgres_and_mariadb
+class ConcTests(_WorkerProcesses, EmailTestMixin):
+    """work --concurrency N: real worker processes, threads inside, a real SMTP server."""
+
+    def setUp(self):
+        self.process_setup()
+        with open(os.path.join(self.ptmp, "dbq_conc_handlers.py"), "w") as fh:
+            fh.write(_CONC_HANDLERS)
+
+    def start_conc(self, *args, **env):
+        return self.start_worker("--import", "dbq_conc_handlers", *args, **env)
+
+    def spans(self):
+        starts, ends = {}, {}
+        for line in self.lines():
+            word, rest = line.split(" ", 1)
+            if word in ("start", "end"):
+                n, stamp = rest.split()
+                (starts if word == "start" else ends)[n] = float(stamp)
+        return starts, ends
+
+    def reserved(self):
+        return self.db.raw("SELECT COUNT(*) FROM {jobs} WHERE reserved_at IS NOT NULL")[0][0]
+
+    def test_each_mail_once_and_sigterm_drains_the_jobs_in_hand(self):
+        sink = _SlowSink(self)
+        q = self.mail_queue(sink)
+        count = 200
+        for i in range(count):
+            dbqueue.queue_email("r%d@example.com" % i, "m%d" % i, text="t", using=q)
+        env = dict(MAIL_HOST="127.0.0.1", MAIL_PORT=sink.port, MAIL_FROM_ADDRESS="a@example.com")
+        proc = self.start_conc("--queue", "emails", "--concurrency", "8", **env)
+        wait_for(lambda: len(sink.messages) >= 30, 60, message="30 mails")
+        proc.send_signal(signal.SIGTERM)
+        self.assertEqual(self.finish(proc), 0, self.stderr(proc))
+        self.assertEqual(self.reserved(), 0)          # every job in hand finished or went back
+        sent = len(sink.messages)
+        self.assertLess(sent, count)                  # stopped in the middle
+        self.assertEqual(self.jobs_left(), count - sent)
+        self.assertIn("stopping after the jobs in hand", self.stderr(proc))
+        proc = self.start_conc("--queue", "emails", "--concurrency", "8", "--stop-when-empty",
+                               **env)
+        self.assertEqual(self.finish(proc, 120), 0, self.stderr(proc))
+        ids = sink.message_ids()
+        self.assertEqual(len(ids), count)
+        self.assertEqual(len(set(ids)), count)        # each message exactly once
+        self.assertEqual(sink.subjects(), sorted("m%d" % i for i in range(count)))
+        self.assertEqual(self.jobs_left(), 0)
+        self.assertEqual(q.failed(), [])
+        # Sessions are per slot and reused: far fewer than one per message.
+        self.assertLessEqual(sink.connections, 2 * 8 + 4)
+
+    def test_max_jobs_counts_across_slots_and_jobs_overlap(self):
+        q = self.db.queue()
+        q.push_many("c_nap", [{"n": n, "s": 0.3} for n in range(20)])
+        proc = self.start_conc("--concurrency", "4", "--max-jobs", "10")
+        self.assertEqual(self.finish(proc, 60), 0, self.stderr(proc))
+        starts, ends = self.spans()
+        self.assertEqual(len(ends), 10, self.lines())
+        self.assertEqual(sorted(starts), sorted(ends))
+        self.assertEqual(self.jobs_left(), 10)
+        self.assertEqual(self.reserved(), 0)
+        most = _max_overlap([(starts[n], ends[n]) for n in ends])
+        self.assertGreaterEqual(most, 2)              # really at once
+        self.assertLessEqual(most, 4)                 # never more than N
+
+    def test_once_still_means_one_job(self):
+        q = self.db.queue()
+        q.push_many("c_nap", [{"n": n, "s": 0.05} for n in range(5)])
+        proc = self.start_conc("--concurrency", "4", "--once")
+        self.assertEqual(self.finish(proc, 60), 0, self.stderr(proc))
+        self.assertEqual(len(self.spans()[1]), 1)
+        self.assertEqual(self.jobs_left(), 4)
+
+    def test_timeout_in_a_slot_is_a_retried_attempt_while_other_slots_run(self):
+        q = self.db.queue()
+        hang = q.push("c_hang_once", {}, timeout=1)
+        q.push_many("c_nap", [{"n": n, "s": 0.2} for n in range(6)])
+        proc = self.start_conc("--concurrency", "3", "--stop-when-empty", QUEUE_BACKOFF=0)
+        self.assertEqual(self.finish(proc, 60), 0, self.stderr(proc))
+        lines = self.lines()
+        hangs = [line.split() for line in lines if line.startswith("hang")]
+        self.assertEqual([h[:2] for h in hangs], [["hang", "1"], ["hang", "2"],
+                                                  ["hang-done", "2"]], lines)
+        first = float(hangs[0][2])
+        starts, ends = self.spans()
+        self.assertEqual(len(ends), 6)
+        # The other slots ran their jobs while the first attempt hung.
+        self.assertLess(max(ends.values()), float(hangs[1][2]))
+        self.assertGreaterEqual(float(hangs[1][2]) - first, 0.9)    # its timeout, not sooner
+        err = self.stderr(proc)
+        self.assertRegex(err, r"id=%d .*outcome=released .*timeout" % hang)
+        self.assertEqual(self.jobs_left(), 0)
+        self.assertEqual(q.failed(), [])
+
+    def test_a_handler_that_ignores_its_timeout_ends_the_process_with_1(self):
+        q = self.db.queue()
+        stuck = q.push("c_stubborn", {}, timeout=1)
+        others = q.push_many("c_nap", [{"n": n, "s": 3600} for n in range(2)], timeout=0)
+        started = time.monotonic()
+        proc = self.start_conc("--concurrency", "3", T_GRACE=1, QUEUE_BACKOFF=30)
+        self.assertEqual(self.finish(proc, 60), 1, self.stderr(proc))
+        self.assertLess(time.monotonic() - started, 30)
+        err = self.stderr(proc)
+        self.assertIn("did not stop after its timeout", err)
+        self.assertIn("ignored", self.lines())
+        # Its attempt is recorded (released with backoff, counted) ...
+        self.assertEqual(self.db.raw("SELECT attempts, reserved_at FROM {jobs} WHERE id = %d"
+                                     % stuck), [(1, None)])
+        # ... and the jobs still running in the other slots went back unspent, ready now.
+        rows = self.db.raw("SELECT attempts, reserved_at FROM {jobs} WHERE id IN (%d, %d)"
+                           % tuple(others))
+        self.assertEqual(rows, [(0, None), (0, None)])
+        self.assertEqual(err.count("given back unspent"), 2, err)
+
+    def test_a_second_sigint_gives_every_job_in_hand_back_and_exits_130(self):
+        q = self.db.queue()
+        q.push_many("c_nap", [{"n": n, "s": 3600} for n in range(3)])
+        proc = self.start_conc("--concurrency", "3")
+        wait_for(lambda: len(self.spans()[0]) == 3, 30, message="three jobs running")
+        proc.send_signal(signal.SIGINT)
+        wait_for(lambda: "stopping after the jobs in hand" in self.stderr(proc), 10,
+                 message="the first interrupt")
+        proc.send_signal(signal.SIGINT)
+        self.assertEqual(self.finish(proc), 130, self.stderr(proc))
+        self.assertEqual(self.db.raw("SELECT attempts, reserved_at FROM {jobs}"),
+                         [(0, None)] * 3)
+
+    def test_a_mail_outage_pauses_every_slot_once_and_nothing_is_spent(self):
+        need(_aiosmtpd() is not None, "aiosmtpd is not installed (pip install aiosmtpd)")
+        port = free_port()
+        q = self.mail_queue(None, mail_port=port)
+        for i in range(12):
+            dbqueue.queue_email("r%d@example.com" % i, "m%d" % i, text="t", using=q)
+        proc = self.start_conc("--queue", "emails", "--concurrency", "4", "-v",
+                               MAIL_HOST="127.0.0.1", MAIL_PORT=port, QUEUE_MAX_ATTEMPTS=1,
+                               MAIL_FROM_ADDRESS="a@example.com")
+        wait_for(lambda: "mail server still unavailable" in self.stderr(proc), 30,
+                 message="a failed probe")
+        sink = _SlowSink(self, port=port)
+        wait_for(lambda: len(sink.messages) == 12, 60, message="every mail")
+        wait_for(lambda: self.jobs_left() == 0, 30, message="the jobs to be deleted")
+        self.assertEqual(sorted(set(sink.message_ids())), sorted(sink.message_ids()))
+        self.assertEqual(q.failed(), [])             # one attempt allowed, none spent
+        proc.send_signal(signal.SIGTERM)
+        self.assertEqual(self.finish(proc), 0)
+        err = self.stderr(proc)
+        self.assertEqual(err.count("pausing mail"), 1, err)
+        self.assertEqual(err.count("mail server available again"), 1, err)
+
+    def test_the_heartbeat_keeps_every_slot_s_job_while_another_worker_claims(self):
+        # Leases of 1 s, jobs of 3 s: without the heartbeat renewing each
+        # slot's job, the second worker would take them over and run them twice.
+        q = self.db.queue()
+        q.push_many("c_nap", [{"n": n, "s": 3} for n in range(6)])
+        procs = [self.start_conc("--concurrency", "3", "--stop-when-empty", QUEUE_RETRY_AFTER=1)
+                 for _ in range(2)]
+        for proc in procs:
+            self.assertEqual(self.finish(proc, 60), 0, self.stderr(proc))
+        starts = [line.split()[1] for line in self.lines() if line.startswith("start")]
+        self.assertEqual(sorted(starts), [str(n) for n in range(6)])    # each once
+        self.assertEqual(self.jobs_left(), 0)
+        for proc in procs:
+            self.assertNotIn("lost", self.stderr(proc))
+
+    def test_memory_and_max_time_stop_claiming_and_finish_the_jobs_in_hand(self):
+        q = self.db.queue()
+        q.push_many("c_nap", [{"n": n, "s": 0.3} for n in range(40)])
+        proc = self.start_conc("--concurrency", "4", "--memory", "1")    # over it at once
+        self.assertEqual(self.finish(proc, 60), 0, self.stderr(proc))
+        starts, ends = self.spans()
+        self.assertEqual(sorted(starts), sorted(ends))    # each job started also finished
+        self.assertLessEqual(len(ends), 8)
+        self.assertEqual(self.stderr(proc).count("memory limit reached"), 1)
+        left = self.jobs_left()
+        self.assertEqual(left, 40 - len(ends))
+        started = time.monotonic()
+        proc = self.start_conc("--concurrency", "4", "--max-time", "1")
+        self.assertEqual(self.finish(proc, 60), 0, self.stderr(proc))
+        self.assertLess(time.monotonic() - started, 20)
+        starts, ends = self.spans()
+        self.assertEqual(sorted(starts), sorted(ends))
+        self.assertEqual(self.reserved(), 0)
+        self.assertEqual(self.jobs_left(), 40 - len(ends))
+        self.assertGreater(self.jobs_left(), 0)           # stopped before the queue ran dry
+
+    def test_bad_concurrency_exits_2(self):
+        for value in ("0", "x", "100000"):
+            code, _, err = run_main(["work", "--concurrency", value], self.db.env())
+            self.assertEqual(code, 2, err)
+            self.assertIn("--concurrency", err)
+
+
 if __name__ == "__main__":
     unittest.main()

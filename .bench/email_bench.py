@@ -9,6 +9,13 @@ one worker into an aiosmtpd server on 127.0.0.1, once reusing one SMTP session
 (the default) and once opening a session per message (worker.reuse_smtp =
 False). With --tls the sink requires STARTTLS (a self-signed certificate,
 MAIL_VERIFY_PEER=false), where a session costs a TLS handshake.
+
+    /path/to/python .bench/email_bench.py --concurrency 1,4,16,64 [--delay 0.1]
+        [--database sqlite | --database postgresql:///db?host=/var/run/postgresql]
+
+work --concurrency N instead: a sink in its own process that takes --delay
+seconds per message (as a real provider does), one worker process with N
+slots, mails/s and the worker's CPU seconds (all its threads) per mail.
 """
 
 import argparse
@@ -20,6 +27,7 @@ import ssl
 import subprocess
 import sys
 import tempfile
+import textwrap
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -73,11 +81,97 @@ def run(tmp, port, emails, reuse, tls):
     return emails / elapsed
 
 
+SLOW_SINK = textwrap.dedent("""
+    import asyncio, sys, time
+    from aiosmtpd.controller import Controller
+
+    class Sink:
+        received = 0
+
+        async def handle_DATA(self, server, session, envelope):
+            await asyncio.sleep(float(sys.argv[2]))
+            Sink.received += 1
+            return "250 OK"
+
+    controller = Controller(Sink(), hostname="127.0.0.1", port=int(sys.argv[1]))
+    controller.start()
+    print("ready", flush=True)
+    sys.stdin.read()          # until the benchmark closes our stdin
+    controller.stop()
+    print(Sink.received, flush=True)
+""")
+
+
+def run_concurrent(tmp, port, emails, concurrency, database):
+    """One worker with `concurrency` slots drains `emails` mails: (mails/s, CPU s per mail)."""
+    import resource
+    table = "bench_conc_%d_%d" % (os.getpid(), concurrency)
+    if database == "sqlite":
+        url = "sqlite:///" + os.path.join(tmp, "c%d.db" % concurrency)
+    else:
+        url = database
+    config = dbqueue.Config(database_url=url, table=table, failed_table=table + "_failed",
+                            mail_host="127.0.0.1", mail_port=port,
+                            mail_from_address="b@example.com", mail_encryption="none")
+    queue = dbqueue.Queue(config=config)
+    try:
+        queue.migrate()
+        queue.push_many("send_email", [{"to": "r%d@example.com" % i, "subject": "Bench %d" % i,
+                                        "text": "Hello\n" * 20, "html": "<p>Hello</p>" * 20}
+                                       for i in range(emails)], queue="emails")
+        worker = dbqueue.Worker(queue, ["emails"], log=dbqueue._Log(stream=io.StringIO()),
+                                concurrency=concurrency)
+        cpu0 = resource.getrusage(resource.RUSAGE_SELF)
+        started = time.perf_counter()
+        done = worker.run(stop_when_empty=True)
+        elapsed = time.perf_counter() - started
+        cpu1 = resource.getrusage(resource.RUSAGE_SELF)
+        assert done == emails, (done, emails)
+        cpu = (cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime)
+        return emails / elapsed, cpu / emails
+    finally:
+        if database != "sqlite":
+            quote = "`%s`" if database.startswith(("mysql", "mariadb")) else '"%s"'
+            with queue.transaction() as cur:
+                for name in (table, table + "_failed"):
+                    cur.execute("DROP TABLE IF EXISTS " + quote % name)
+        queue.close()
+
+
+def concurrency_main(args):
+    port = free_port()
+    sink = subprocess.Popen([sys.executable, "-c", SLOW_SINK, str(port), str(args.delay)],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    tmp = tempfile.mkdtemp(prefix="dbqueue-email-bench-")
+    total = 0
+    try:
+        assert sink.stdout.readline().strip() == "ready"
+        db = args.database.split(":")[0]
+        for n in [int(c) for c in args.concurrency.split(",")]:
+            emails = args.emails or max(100, int(n / args.delay * 4))   # about 4 s of sending
+            rate, cpu = run_concurrent(tmp, port, emails, n, args.database)
+            total += emails
+            print("%-10s concurrency %3d  %5d mails  %7.1f mails/s (ideal %6.1f)  %5.2f ms CPU"
+                  "/mail" % (db, n, emails, rate, n / args.delay, cpu * 1000), flush=True)
+    finally:
+        out, _ = sink.communicate("", timeout=30)
+        shutil.rmtree(tmp, True)
+    assert int(out.split()[-1]) == total, (out, total)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--emails", type=int, default=500)
+    parser.add_argument("--emails", type=int, default=None)
     parser.add_argument("--tls", action="store_true", help="STARTTLS to the sink")
+    parser.add_argument("--concurrency", help="e.g. 1,4,16,64: work --concurrency N instead")
+    parser.add_argument("--delay", type=float, default=0.1,
+                        help="with --concurrency: the sink's seconds per message (default 0.1)")
+    parser.add_argument("--database", default="sqlite",
+                        help="with --concurrency: sqlite (a temporary file), or a PostgreSQL or MySQL URL")
     args = parser.parse_args()
+    if args.concurrency:
+        return concurrency_main(args)
+    args.emails = args.emails or 500
     tmp = tempfile.mkdtemp(prefix="dbqueue-email-bench-")
     try:
         kw = {}
