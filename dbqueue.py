@@ -4289,6 +4289,26 @@ class _Heartbeat(threading.Thread):
         with worker._lock:
             worker._confirmed = max(worker._confirmed, confirmed)
 
+    @staticmethod
+    def _record_stuck(conn, owner, running):
+        """The attempt of a handler that ignored its interruption, as the
+        graceful path would record it, and the acks its owner still owes."""
+        queue = owner.queue
+        if running is not None and owner._aborting:
+            # A second SIGINT: give the job back as the graceful path does.
+            queue.release(conn, running.token, 0, True)
+        elif running is not None:
+            tries, backoff, _ = owner._settings(running)
+            if running.attempts >= tries:
+                queue.fail(conn, running.token, running.uuid or _uuid4(),
+                           "JobTimeout: the handler did not stop after its timeout")
+            else:
+                delay = backoff[min(running.attempts - 1, len(backoff) - 1)]
+                queue.release(conn, running.token, delay)
+        if owner._acks:
+            acks = list(owner._acks)
+            owner._acked(acks, queue.ack(conn, acks))
+
     def _hard_exit(self):
         """The handler ignored its interruption: record the attempt and end the process."""
         worker = self.worker
@@ -4297,20 +4317,7 @@ class _Heartbeat(threading.Thread):
                          " attempt and exiting so that the supervisor restarts the worker",
                          job=getattr(running, "id", None))
         def record(conn):
-            if running is not None and worker._aborting:
-                # A second SIGINT: give the job back as the graceful path does.
-                worker.queue.release(conn, running.token, 0, True)
-            elif running is not None:
-                tries, backoff, _ = worker._settings(running)
-                if running.attempts >= tries:
-                    worker.queue.fail(conn, running.token, running.uuid or _uuid4(),
-                                      "JobTimeout: the handler did not stop after its timeout")
-                else:
-                    delay = backoff[min(running.attempts - 1, len(backoff) - 1)]
-                    worker.queue.release(conn, running.token, delay)
-            if worker._acks:
-                acks = list(worker._acks)
-                worker._acked(acks, worker.queue.ack(conn, acks))
+            self._record_stuck(conn, worker, running)
             for held in list(worker._held):
                 worker.queue.release(conn, held.token, 0, True)
 
@@ -4567,23 +4574,8 @@ class _SlotHeartbeat(_Heartbeat):
         pool.stop()
         pool._wake_idle()
 
-        def record(conn):
-            if running is not None and stuck._aborting:
-                pool.queue.release(conn, running.token, 0, True)
-            elif running is not None:
-                tries, backoff, _ = stuck._settings(running)
-                if running.attempts >= tries:
-                    pool.queue.fail(conn, running.token, running.uuid or _uuid4(),
-                                    "JobTimeout: the handler did not stop after its timeout")
-                else:
-                    delay = backoff[min(running.attempts - 1, len(backoff) - 1)]
-                    pool.queue.release(conn, running.token, delay)
-            if stuck._acks:
-                acks = list(stuck._acks)
-                stuck._acked(acks, pool.queue.ack(conn, acks))
-
         try:
-            self._with_conn(record)
+            self._with_conn(lambda conn: self._record_stuck(conn, stuck, running))
         except Exception as exc:
             pool.log.error("could not record the attempt", error=_first_line(exc))
         others = [s for s in pool._slots if s is not stuck]
