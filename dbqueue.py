@@ -31,7 +31,7 @@ distribute freely; keep this notice; no warranty (full text in LICENSE and at
 https://opensource.org/licenses/MIT).
 """
 
-__version__ = "1.0.0"
+__version__ = "1.1.0"
 __license__ = "MIT"
 __all__ = [
     "Config",
