@@ -2,7 +2,7 @@
 """MAIL_RATE_LIMIT across worker processes: the rate the SMTP server sees.
 
     /path/to/python .bench/rate_bench.py [--emails 200] [--limit 14/s] [--workers 3]
-                                         [--database sqlite|postgresql|both]
+                                         [--concurrency 8] [--database sqlite|postgresql|both]
 
 Needs aiosmtpd; PostgreSQL through DBQUEUE_BENCH_PG (default the test database,
 postgresql:///dbqueue_test?host=/var/run/postgresql). Pushes N send_email jobs,
@@ -70,7 +70,8 @@ def run(url, table, args, port, sink, tmp):
                     queue="emails")
     del sink.times[:]
     procs = [subprocess.Popen([sys.executable, os.path.join(HERE, "dbqueue.py"), "work", "-q",
-                               "--queue", "emails", "--stop-when-empty"], env=env, cwd=tmp)
+                               "--queue", "emails", "--stop-when-empty",
+                               "--concurrency", str(args.concurrency)], env=env, cwd=tmp)
              for _ in range(args.workers)]
     for proc in procs:
         proc.wait()
@@ -78,9 +79,9 @@ def run(url, table, args, port, sink, tmp):
     count, window = dbqueue._rate_limit(args.limit)
     spread = times[-1] - times[0]
     steady = [t for t in times if t >= times[0] + window]
-    print("%-10s %d workers  %d mails  %s: %.2f mails/s first to last, %.2f/s after the first"
+    print("%-10s %d workers x %d  %d mails  %s: %.2f mails/s first to last, %.2f/s after the first"
           " window; busiest %ds window: %d (limit %d)"
-          % (url.split(":")[0], args.workers, len(times), args.limit,
+          % (url.split(":")[0], args.workers, args.concurrency, len(times), args.limit,
              (len(times) - 1) / spread * window if spread else 0,
              (len(steady) - 1) / (steady[-1] - steady[0]) * window if len(steady) > 1 else 0,
              window, busiest(times, window), count))
@@ -96,6 +97,7 @@ def main():
     parser.add_argument("--emails", type=int, default=200)
     parser.add_argument("--limit", default="14/s")
     parser.add_argument("--workers", type=int, default=3)
+    parser.add_argument("--concurrency", type=int, default=8, help="work --concurrency of each")
     parser.add_argument("--database", choices=("sqlite", "postgresql", "both"), default="both")
     args = parser.parse_args()
     tmp = tempfile.mkdtemp(prefix="dbqueue-rate-bench-")
