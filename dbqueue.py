@@ -5553,7 +5553,7 @@ def _deliver(fields, config):
     Between attempts the job's payload keeps, under "mail", the message's
     Date and the recipients it still has to reach: a retry sends the same
     message (same Date, same Message-ID) to those only. Accepted recipients
-    get it once; the ones deferred (4xx) are retried; the ones still refused
+    get it once; the ones deferred (4xx, or 503) are retried; the ones still refused
     when the attempts run out are named in failed_jobs.
     """
     import email.utils
@@ -5621,7 +5621,10 @@ def _deliver(fields, config):
                 mailer.close()
         if worker is not None:
             worker._mail_flowing()
-    deferred = {a: _reply_text(*r) for a, r in refused.items() if 400 <= r[0] < 500}
+    # A 503 says the session was out of step (the transaction is reset),
+    # never that the address is bad: retried like a 4xx.
+    deferred = {a: _reply_text(*r) for a, r in refused.items()
+                if 400 <= r[0] < 500 or r[0] == 503}
     rejected.update((a, _reply_text(*r)) for a, r in refused.items() if a not in deferred)
     if not (deferred or rejected):
         return

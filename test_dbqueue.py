@@ -6393,6 +6393,37 @@ class MailServerTests(EmailTestMixin, unittest.TestCase):
         self.assertEqual(len(sink.messages), 3)
 
 
+class MailBadSequenceAtRcptTests(EmailTestMixin, unittest.TestCase):
+    """A 503 at RCPT is about the session, never the mail: the job is retried."""
+
+    def setUp(self):
+        self.db = Backend(self)
+
+    def test_503_for_every_recipient_is_retried_and_the_session_recovers(self):
+        sink = PostfixSink(self)
+        bad = "503 5.5.1 Error: need MAIL command"
+        sink.rcpt_script = {"a@example.com": [bad], "b@example.com": [bad]}
+        q = self.mail_queue(sink)
+        first = dbqueue.queue_email(["a@example.com", "b@example.com"], "first", text="t",
+                                    using=q)
+        dbqueue.queue_email("c@example.com", "second", text="t", using=q)
+        # The first attempt; its retry waits out a backoff, the next job
+        # goes through the same session at once.
+        _, log = self.work(q, tries=3, backoff="60")
+        self.assertEqual(q.failed(), [], log)
+        self.assertNotIn("(permanent)", log)
+        self.assertEqual(self.db.raw("SELECT id, attempts FROM {jobs}"), [(first, 1)])
+        self.assertEqual(sink.delivered_to(), {"c@example.com": ["second"]})
+        self.assertEqual(sink.connections, 1, log)
+        self.db.raw("UPDATE {jobs} SET available_at = available_at - 120")
+        _, log = self.work(q, tries=3)
+        self.assertEqual(q.failed(), [], log)
+        self.assertEqual(sink.delivered_to(), {"a@example.com": ["first"],
+                                               "b@example.com": ["first"],
+                                               "c@example.com": ["second"]})
+        self.assertEqual(self.jobs_left(), 0)
+
+
 class MailMessageTests(unittest.TestCase):
     """The parts of issue 10 that need no server (they run on every Python)."""
 
