@@ -858,8 +858,10 @@ _SQL = {
                " WHERE id = :id AND attempts = :attempts AND reserved_at IS NOT NULL",
     # :payload is NULL except for a handler that did part of its work and
     # left what remains in the payload (an email's recipients still to serve).
+    # A NULL :delay keeps available_at: the job keeps its place and its age.
     "release": "UPDATE {jobs} SET reserved_at = NULL, reserved_until = NULL,"
-               " available_at = {now} + :delay, attempts = attempts - :uncount,"
+               " available_at = COALESCE({now} + :delay, available_at),"
+               " attempts = attempts - :uncount,"
                " payload = COALESCE(:payload, payload)"
                " WHERE id = :id AND attempts = :attempts AND reserved_at IS NOT NULL",
     # failed_at is written, not left to a default: the CodeIgniter app's
@@ -2780,12 +2782,15 @@ class Queue:
     def release(self, conn, token, delay=0, uncount=False, acks=(), payload=None):
         """Make a held job available again after `delay` seconds. False if it was lost.
 
-        `uncount` gives back the attempt (for a job that never started, or
-        one a mail outage stopped). `payload` (text) replaces the job's payload.
+        `delay=None` leaves its available_at as it was (a mail outage: the job
+        keeps its place in the queue and its age). `uncount` gives back the
+        attempt (for a job that never started, or one a mail outage stopped).
+        `payload` (text) replaces the job's payload.
         """
         with _Transaction(self, conn) as cur:
             lost = self._ack(cur, acks) if acks else []
-            self.execute(cur, "release", id=token[0], attempts=token[1], delay=int(delay),
+            self.execute(cur, "release", id=token[0], attempts=token[1],
+                         delay=None if delay is None else int(delay),
                          uncount=1 if uncount else 0, payload=payload)
             return cur.rowcount == 1, lost
 
@@ -2883,7 +2888,11 @@ class Queue:
     # -- inspecting and operating -----------------------------------------
 
     def stats(self, conn=None):
-        """Per queue: ready, delayed, reserved, expired, failed, oldest_ready_age (seconds)."""
+        """Per queue: ready, delayed, reserved, expired, failed, oldest_ready_age (seconds).
+
+        oldest_ready_age counts from the job's available_at: when it was pushed
+        (after its delay) or its retry's backoff ended; a mail outage keeps it.
+        """
         out = {}
         # A read transaction: on SQLite it never waits for a worker's write lock.
         with _Transaction(self, conn or self._conn(), write=False) as cur:
@@ -3626,8 +3635,9 @@ class Worker:
         # would spin: wait for the ready rows to change instead, as a NOTIFY
         # or a commit ends the other databases' waits.
         pause = self.poll_interval
+        queues = self._active_queues()    # a queue paused by a mail outage is no news
         try:
-            mark = self.queue.ready_mark(self._conn, self.queues) if self._missed_ready else None
+            mark = self.queue.ready_mark(self._conn, queues) if self._missed_ready else None
         except QueueError:
             mark = None
         while not self._stop:
@@ -3637,9 +3647,9 @@ class Worker:
             time.sleep(min(pause, left))
             try:
                 if mark is None:
-                    if self.queue.any_ready(self._conn, self.queues):
+                    if self.queue.any_ready(self._conn, queues):
                         return
-                elif self.queue.ready_mark(self._conn, self.queues) != mark:
+                elif self.queue.ready_mark(self._conn, queues) != mark:
                     return
             except QueueError:
                 return     # the next claim waits the outage out
@@ -3965,8 +3975,10 @@ class Worker:
 
     # -- mail outages --------------------------------------------------------
     # A mail server that is down, or refuses our login, is not the fault of the
-    # mail in hand. The job goes back with its attempt given back, and the
-    # queue it came from is not claimed from until the next probe; the other
+    # mail in hand. The job goes back with its attempt given back and its
+    # available_at untouched (its place in the queue, and the wait that stats
+    # shows), and the queue it came from is not claimed from until the next
+    # probe: the pause is the queue's, not each job's; the other
     # queues keep running. The first mail sent from that queue after the
     # probe time is the probe. Other processes see the outage as a
     # dbqueue_state row (stats, health), written here and removed when mail
@@ -3997,7 +4009,7 @@ class Worker:
             self._held = [j for j in self._held if j.queue not in pause["queues"]]
         for j in back:
             acks = list(self._acks)
-            _, lost = self._db(lambda c: self.queue.release(c, j.token, 0, True, acks,
+            _, lost = self._db(lambda c: self.queue.release(c, j.token, None, True, acks,
                                                             j.next_payload))
             self._acked(acks, lost)
         error = _first_line(exc)

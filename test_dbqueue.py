@@ -6555,6 +6555,52 @@ class MailOutageTests(_WorkerProcesses, EmailTestMixin):
                 self.assertEqual(q.failed(), [])
 
 
+class MailOutageOrderTests(_WorkerProcesses, EmailTestMixin):
+    """An outage gives jobs back as they were: same order, same age, no attempt spent."""
+
+    def setUp(self):
+        self.process_setup()
+
+    def test_jobs_keep_their_place_and_their_wait_through_an_outage(self):
+        need(_aiosmtpd() is not None, "aiosmtpd is not installed (pip install aiosmtpd)")
+        port = free_port()      # nothing listens: connection refused
+        q = self.mail_queue(None, mail_port=port)
+        for i in range(3):
+            dbqueue.queue_email("a@example.com", "m%d" % i, text="t", using=q)
+        # Queued three minutes before the server went down.
+        self.db.raw("UPDATE {jobs} SET available_at = available_at - 180,"
+                    " created_at = created_at - 180")
+        rows = lambda: self.db.raw("SELECT id, available_at, attempts FROM {jobs} ORDER BY id")
+        before = rows()
+        env = dict(MAIL_HOST="127.0.0.1", MAIL_PORT=port, MAIL_FROM_ADDRESS="app@example.com")
+        proc = self.start_worker("--queue", "emails", "--stop-when-empty", **env)
+        self.assertEqual(self.finish(proc), 1, self.stderr(proc))
+        self.assertEqual(rows(), before)
+        # A worker that keeps probing: each probe takes a job and gives it back.
+        proc = self.start_worker("--queue", "emails", "-v", **env)
+        wait_for(lambda: self.stderr(proc).count("mail server still unavailable") >= 2, 30,
+                 message="two failed probes")
+        wait_for(lambda: rows() == before, 15, message="the rows as they were pushed")
+        stats = {s["queue"]: s for s in json.loads(run_main(["stats", "--json"],
+                                                            self.db.env())[1])}
+        self.assertGreaterEqual(stats["emails"]["oldest_ready_age"], 180)
+        code, out, _ = run_main(["health", "--max-age", "120"], self.db.env())
+        self.assertEqual(code, 1, out)
+        self.assertIn("the oldest ready job has waited", out)
+        page = DashboardClient(start_dashboard(self, q)).get("/").text
+        self.assertRegex(page, r'data-label="Oldest ready" class="num">[3-9]m\d\ds<')
+        sink = PostfixSink(self, port=port)
+        wait_for(lambda: len(sink.messages) == 3, 60, message="every mail")
+        self.assertEqual([m["Subject"] for _, m, _ in sink.messages], ["m0", "m1", "m2"])
+        wait_for(lambda: self.jobs_left() == 0, 30, message="the jobs to be deleted")
+        self.assertEqual(q.failed(), [])
+        proc.send_signal(signal.SIGTERM)
+        self.assertEqual(self.finish(proc), 0)
+
+
+on_every_backend(MailOutageOrderTests, [Backend, PsycopgBackend, MariaDBBackend])
+
+
 class MailOutageRightsTests(unittest.TestCase):
     """A PostgreSQL role granted the queue tables only, not dbqueue_state."""
 
