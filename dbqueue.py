@@ -478,7 +478,17 @@ class Config:
         c.mail_rate_limit = _rate_setting("MAIL_RATE_LIMIT", get("MAIL_RATE_LIMIT"))
         c.app_name = get("APP_NAME")
         c.dashboard_token = get("DBQUEUE_DASHBOARD_TOKEN")
-        c.warnings += _typo_warnings(environ, file_values, path, c.sources)
+        typos = _typos(environ, file_values, path, c.sources)
+        for var, where, meant in typos:
+            if (meant in ("QUEUE_DATABASE_URL", "DATABASE_URL")
+                    and c.sources["QUEUE_DATABASE_URL"] == "default"):
+                # Carrying on would put the jobs in a new SQLite file that no
+                # worker of the real database reads.
+                raise ConfigError("%s is set (%s) but dbqueue reads %s, and no database URL is"
+                                  " set: rename it (or set QUEUE_DATABASE_URL=%s to use that"
+                                  " file on purpose)" % (var, where, meant, _DEFAULT_URL))
+        c.warnings += ["%s is set (%s) but dbqueue does not read it: did you mean %s?" % typo
+                       for typo in typos]
         return c
 
 
@@ -509,8 +519,9 @@ def _database_url(find, env_path, flag):
     return url, source
 
 
-def _typo_warnings(environ, file_values, env_path, sources):
-    """One line per set variable whose name is one edit away from a setting's."""
+def _typos(environ, file_values, env_path, sources):
+    """(name, where, the setting meant) per set variable whose name is one edit
+    away from a setting's."""
     known = set(sources) | set(_CODEIGNITER_DB) | set(_OTHER_NAMES)
     known.update(alias for alias, _ in _CODEIGNITER_NAMES.values())
     known.update(n.replace(".", "_") for n in _CODEIGNITER_DB)
@@ -534,8 +545,7 @@ def _typo_warnings(environ, file_values, env_path, sources):
                     break
         if match is not None:
             seen.add(var)
-            warnings.append("%s is set (%s) but dbqueue does not read it: did you mean %s?"
-                            % (var, where, match))
+            warnings.append((var, where, match))
     return warnings
 
 

@@ -4927,8 +4927,8 @@ class ConfigSilentFallbackTests(unittest.TestCase):
             QUEUE_MAX_ATTEMPT=5
             MAIL_PASWORD=secret
             ''')
-        config = dbqueue.Config.from_env({"DATABSE_URL": "sqlite:///x.db", "HOME": "/root"},
-                                         env_file=path)
+        config = dbqueue.Config.from_env({"DATABSE_URL": "sqlite:///x.db", "HOME": "/root",
+                                          "QUEUE_DATABASE_URL": self.path}, env_file=path)
         text = "\n".join(config.warnings)
         self.assertEqual(len(config.warnings), 3, text)
         self.assertIn("DATABSE_URL is set (environment)", text)
@@ -4992,6 +4992,53 @@ class ConfigSilentFallbackTests(unittest.TestCase):
         conn = sqlite3.connect(missing)
         self.assertEqual(conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone(), (0,))
         conn.close()
+
+
+class ConfigUrlTypoRefusalTests(unittest.TestCase):
+    """No URL set, and a name one edit from a URL variable set: every command
+    refuses in one line, exit 2, before it could make ./dbqueue.sqlite3."""
+
+    def run_cli(self, argv, env, cwd):
+        clean = {k: v for k, v in os.environ.items()
+                 if not k.startswith(("QUEUE_", "MAIL_", "DATABASE_URL"))}
+        clean.update(env)
+        proc = subprocess.run([sys.executable, os.path.join(HERE, "dbqueue.py")] + argv,
+                              cwd=cwd, env=clean, capture_output=True, text=True, timeout=60)
+        return proc.returncode, proc.stdout, proc.stderr
+
+    def test_every_command_refuses_and_creates_nothing(self):
+        url = "postgresql://app:Typo-Pw-77@127.0.0.1:1/appdb"
+        for typo, meant in (("QUEUE_DATABSE_URL", "QUEUE_DATABASE_URL"),
+                            ("DATABSE_URL", "DATABASE_URL"),
+                            ("database_url", "DATABASE_URL")):
+            for in_file in (False, True):
+                tmp = tempfile.mkdtemp(prefix="dbqueue-typo-")
+                self.addCleanup(shutil.rmtree, tmp, True)
+                env = {}
+                if in_file:
+                    with open(os.path.join(tmp, ".env"), "w") as fh:
+                        fh.write("%s=%s\n" % (typo, url))
+                else:
+                    env[typo] = url
+                for argv in (["push", "t_record"], ["work", "--once"], ["migrate"], ["stats"],
+                             ["config"]):
+                    code, out, err = self.run_cli(argv, env, tmp)
+                    self.assertEqual(code, 2, (typo, in_file, argv, out, err))
+                    line = one_line(self, err)
+                    self.assertIn(typo, line)
+                    self.assertIn(meant, line)
+                    self.assertNotIn("Typo-Pw-77", out + err)
+                    self.assertEqual(out, "")
+                    self.assertEqual(sorted(os.listdir(tmp)), [".env"] if in_file else [],
+                                     (typo, argv))
+        # Set beside the right name, the typo stays a warning and the command runs.
+        tmp = tempfile.mkdtemp(prefix="dbqueue-typo-")
+        self.addCleanup(shutil.rmtree, tmp, True)
+        code, out, err = self.run_cli(["push", "t_record"], {
+            "DATABSE_URL": url, "QUEUE_DATABASE_URL": "sqlite:///q.db"}, tmp)
+        self.assertEqual(code, 0, err)
+        self.assertIn("warning: DATABSE_URL", err)
+        self.assertIn("q.db", os.listdir(tmp))
 
 
 _cfg_started = threading.Event()
