@@ -187,15 +187,46 @@ def _read_env_file(path, required, environ=None):
     return values, warnings
 
 
+def _userinfo(url):
+    """(start, colon, at): where the user:password part of a database URL lies
+    (colon None when there is no password), or None when there is none.
+
+    The one place that decides where the password is, for the parsers (the
+    MySQL arguments, the URL handed to libpq) and for every mask: the user
+    ends at the first ":", the password at the last "@" before the query. So
+    a password pasted with "@", ":", "/" or "#" in it is read whole, never
+    half read as the host, and hidden whole.
+    """
+    start = url.find("://") + 3
+    if start < 3:
+        return None
+    query = url.find("?", start)
+    at = url.rfind("@", start, len(url) if query < 0 else query)
+    if at < 0:
+        return None
+    colon = url.find(":", start, at)
+    if "/" in url[start:at if colon < 0 else colon]:
+        return None    # an "@" in the path (postgresql://host/db@x): no user
+    return start, (None if colon < 0 else colon), at
+
+
 def _mask_url(url):
-    """The URL with its password replaced by ***, for logs and errors.
+    """The URL with its password replaced by ***, for logs and errors; in a
+    longer text (a driver's message), every URL in it.
 
     libpq also takes the password as a query parameter (?password=..., and
     sslpassword=... for a client key): both are masked.
     """
-    # Up to the first "@", even across a "/": a password with an unencoded
-    # slash must not leave the whole URL in the clear.
-    masked = re.sub(r"(://[^/:@]*:)[^@]*@", r"\1***@", url or "")
+    def hide(match):
+        found = match.group(0)
+        info = _userinfo(found)
+        if info is None or info[1] is None:
+            return found
+        return found[:info[1] + 1] + "***" + found[info[2]:]
+    url = url or ""
+    # A URL alone is masked whole, a space in its password included.
+    whole = re.match(r"[A-Za-z][A-Za-z0-9+.-]*://[^\n]*\Z", url)
+    masked = re.sub(r"://[^\n]*\Z" if whole else r"://\S*", hide, url)
     masked = re.sub(r"(\b(?:ssl)?password\s*=\s*)[^&#\s]*", r"\1***", masked, flags=re.IGNORECASE)
     return masked
 
@@ -206,17 +237,16 @@ def _without_password(text, url):
     libpq quotes parts of a URL it cannot parse, a bad %-escape in the password
     included, so masking the URL alone is not enough.
     """
-    match = re.search(r"://[^/:@]*:([^@]*)@", url or "")
+    from urllib.parse import unquote
+    info = _userinfo(url or "")
     secrets = []
-    if match and match.group(1):
-        from urllib.parse import unquote
-        secrets = [match.group(1), unquote(match.group(1))]
+    if info and info[1] is not None and info[2] > info[1] + 1:
+        secrets = [url[info[1] + 1:info[2]], unquote(url[info[1] + 1:info[2]])]
     match = re.search(r"\b(?:ssl)?password\s*=\s*([^&#\s]+)", url or "", re.IGNORECASE)
     if match:
         secrets.append(match.group(1))
     for secret in sorted(set(secrets), key=len, reverse=True):
-        if len(secret) >= 1:
-            text = text.replace(secret, "***")
+        text = text.replace(secret, "***")
     return _mask_url(text)
 
 
@@ -762,7 +792,15 @@ def _parse_url(url, origin="QUEUE_DATABASE_URL"):
         if driver not in ("", "psycopg", "psycopg2"):
             raise ConfigError("%s: unknown PostgreSQL driver %r (psycopg or psycopg2)"
                               % (origin, driver))
-        return _Postgres, "postgresql://" + rest, driver or None
+        target = "postgresql://" + rest
+        info = _userinfo(target)
+        if info:
+            # libpq ends the user:password at the first "@", and sees none
+            # past a "/": those are encoded, so that it reads what _userinfo does.
+            start, _, at = info
+            target = (target[:start] + target[start:at].replace("@", "%40").replace("/", "%2F")
+                      + target[at:])
+        return _Postgres, target, driver or None
     if base in ("mysql", "mariadb"):
         if driver not in ("", "pymysql", "mysqldb"):
             raise ConfigError("%s: unknown MySQL driver %r (pymysql or mysqldb)" % (origin, driver))
@@ -1901,8 +1939,17 @@ class _MySQL(_Dialect):
         """Connection arguments from what follows mysql:// (ConfigError when bad)."""
         from urllib.parse import parse_qsl, unquote, urlsplit
         url = "mysql://" + rest
+        user = password = ""
+        info = _userinfo(url)
         try:
-            parts = urlsplit(url)
+            if info:
+                start, colon, at = info
+                user = url[start:colon or at]
+                password = url[colon + 1:at] if colon else ""
+                # urlsplit would end the password at a "/" or "#" in it.
+                parts = urlsplit("mysql://" + url[at + 1:])
+            else:
+                parts = urlsplit(url)
             port = parts.port
         except ValueError as exc:
             raise ConfigError("%s: %s: %s" % (origin, _mask_url(url), exc))
@@ -1911,7 +1958,7 @@ class _MySQL(_Dialect):
             raise ConfigError("%s: %s names no database (mysql://user:password@host:3306/dbname)"
                               % (origin, _mask_url(url)))
         args = {"host": parts.hostname or "localhost", "port": port or 3306,
-                "user": unquote(parts.username or ""), "password": unquote(parts.password or ""),
+                "user": unquote(user), "password": unquote(password),
                 "database": database, "charset": "utf8mb4", "connect_timeout": 10}
         for key, value in parse_qsl(parts.query, keep_blank_values=True):
             if key == "unix_socket" and value:
@@ -1953,6 +2000,10 @@ class _MySQL(_Dialect):
         # FOUND_ROWS: an UPDATE reports the rows it matched, not those it
         # changed, so a heartbeat in the second of the last one still counts.
         args.update(autocommit=True, client_flag=client.FOUND_ROWS)
+        if module.__name__ == "pymysql":
+            # PyMySQL sends a str password as Latin-1 (a crash for "€"); the
+            # mysql client and mysqlclient send the UTF-8 that was typed.
+            args["password"] = args["password"].encode("utf-8")
         try:
             conn = module.connect(**args)
         except module.Error as exc:

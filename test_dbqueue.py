@@ -3406,6 +3406,85 @@ class SecretsTests(unittest.TestCase):
                     self.assertIn("cannot connect to postgresql://app", out + err)
 
 
+class SecretsUrlPasswordTests(unittest.TestCase):
+    """A password holding @ : / # %40 or non-ASCII text is read whole by the
+    parser and hidden whole wherever the URL is shown."""
+
+    PASSWORDS = ["Alpha@Bravo!x", "Alpha:Bravo", "Alpha/Bravo", "Alpha%40Bravo", "Alpha#Bravo",
+                 "Alphä€Bravo", "Al@pha/Br#avo:x"]
+    SCHEMES = ["postgresql", "postgres", "mysql", "mariadb", "mysql+pymysql", "mysql+mysqldb"]
+
+    def url(self, scheme, password, port=3306):
+        return "%s://app:%s@127.0.0.1:%d/appdb" % (scheme, password, port)
+
+    def assert_hidden(self, password, text):
+        import re
+        from urllib.parse import unquote
+        for fragment in set(re.findall(r"\w{3,}", password) + re.findall(r"\w{3,}",
+                                                                        unquote(password))):
+            self.assertNotIn(fragment, text, (password, text))
+
+    def test_the_parser_reads_user_host_and_database_whatever_the_password(self):
+        from urllib.parse import unquote
+        for scheme in self.SCHEMES:
+            for password in self.PASSWORDS:
+                url = self.url(scheme, password)
+                dialect, target, _ = dbqueue._parse_url(url)
+                if dialect is dbqueue._MySQL:
+                    got = {k: target[k] for k in ("user", "password", "host", "port", "database")}
+                    self.assertEqual(got, {"user": "app", "password": unquote(password),
+                                           "host": "127.0.0.1", "port": 3306,
+                                           "database": "appdb"}, url)
+                    self.assert_hidden(password, target["url"])
+                else:
+                    # What libpq itself takes from the URL handed to it.
+                    need(pg_available("psycopg") is None, pg_available("psycopg") or "")
+                    from psycopg.conninfo import conninfo_to_dict
+                    self.assertEqual(conninfo_to_dict(target), {
+                        "user": "app", "password": unquote(password), "host": "127.0.0.1",
+                        "port": "3306", "dbname": "appdb"}, url)
+                masked = dbqueue._mask_url(url)
+                self.assertEqual(masked, "%s://app:***@127.0.0.1:3306/appdb" % scheme)
+                self.assertEqual(dbqueue._without_password("failed: " + url + " for "
+                                                           + password + " / "
+                                                           + unquote(password), url),
+                                 "failed: %s for *** / ***" % masked)
+                self.assertEqual(dbqueue._mask_url("Queue(%r) failed" % url),
+                                 "Queue(%r) failed" % masked)
+
+    def test_config_the_worker_and_errors_never_show_it(self):
+        port = _free_port()   # nothing listens there now
+        for scheme in ("postgresql", "mysql"):
+            need((pg_available("psycopg") if scheme == "postgresql"
+                  else mysql_available("pymysql")) is None, "no driver for %s" % scheme)
+            for password in self.PASSWORDS:
+                url = url_with(self.url(scheme, password, port), "connect_timeout=5")
+                shown = "%s://app:***@127.0.0.1:%d/appdb" % (scheme, port)
+                env = {"QUEUE_DATABASE_URL": url}
+                code, out, err = run_main(["config"], env)
+                self.assertEqual(code, 0, err)
+                self.assertIn(shown, out)
+                self.assert_hidden(password, out + err)
+                code, out, err = run_main(["config", "--json"], env)
+                self.assertEqual(code, 0, err)
+                value = [s["value"] for s in json.loads(out)["settings"]
+                         if s["name"] == "QUEUE_DATABASE_URL"]
+                self.assertEqual(value, [shown + "?connect_timeout=5"])
+                self.assert_hidden(password, out + err)
+                code, out, err = run_main(["migrate"], env)
+                self.assertEqual(code, 1, err)
+                self.assertIn("cannot connect to %s" % shown, one_line(self, err))
+                self.assert_hidden(password, out + err)
+                proc = subprocess.run(
+                    [sys.executable, os.path.join(HERE, "dbqueue.py"), "work", "--once"],
+                    env=dict(os.environ, **env), cwd=tempfile.gettempdir(),
+                    capture_output=True, text=True, timeout=60)
+                self.assertEqual(proc.returncode, 1, proc.stderr)
+                self.assertIn('worker starting database="%s?' % shown, proc.stderr)
+                self.assertIn("cannot connect to " + shown, proc.stderr)
+                self.assert_hidden(password, proc.stdout + proc.stderr)
+
+
 class SQLiteLockTests(unittest.TestCase):
     """Another connection holds SQLite's write lock past the busy timeout."""
 
