@@ -6447,8 +6447,7 @@ _SECRET_PAIR = _Pattern(r"(?i)\b((?:bearer|basic)\s+)([^\s\"'<>]+)"
                         r"|access[-_]?key|auth|signature|key)[\"']?\s*[=:]\s*[\"']?)"
                         r"(?!(?:bearer|basic)\s)([^\s&\"'<>,;()]+)")
 # A URL: scheme, optional user:password@, host[:port], then the rest.
-_LINK = _Pattern(r"\b([A-Za-z][A-Za-z0-9+.-]{1,15}://)([^/\s?#\"'<>@]*@)?([^/\s?#\"'<>]*)"
-                 r"([^\s\"'<>]*)")
+_LINK = _Pattern(r"\b([A-Za-z][A-Za-z0-9+.-]{1,15}://)[^\s\"'<>]*")
 _LOOPBACK_NAMES = ("localhost", "localhost.", "ip6-localhost")
 
 
@@ -6492,9 +6491,14 @@ def _mask_links(text):
     """Each URL in `text` as scheme://host/***: in a mail queue a link's path is the
     secret (a verification or password reset link opens an account)."""
     def repl(match):
-        scheme, userinfo, host, rest = match.groups()
-        shown = scheme + ("***@" if userinfo else "") + host
-        return shown + ("/***" if rest.strip("/") else rest)
+        scheme, link = match.group(1), _mask_url(match.group(0))
+        info = _userinfo(link)
+        start = len(scheme) if info is None else info[2] + 1
+        host = re.match(r"[^/\s?#\"'<>]*", link[start:]).group(0)
+        rest = link[start + len(host):]
+        # A user alone may be a token (https://TOKEN@host); one before a password is shown.
+        userinfo = "" if info is None else "***@" if info[1] is None else link[len(scheme):start]
+        return scheme + userinfo + host + ("/***" if rest.strip("/") else rest)
     return _LINK.sub(repl, text)
 
 
@@ -6532,7 +6536,7 @@ def _failed_summary(row, config):
         if isinstance(data.get("template"), str):
             template = data["template"].rstrip("/").rsplit("/", 1)[-1]
     return {"job": job, "template": template, "recipient": _mask_text(recipient, config),
-            "error": _mask_text(_error_line(row["exception"]), config),
+            "error": _mask_text(_error_line(row["exception"]), config, links=True),
             "failed_at": re.sub(r"\.\d+", "", row["failed_at"])}
 
 
@@ -7001,7 +7005,7 @@ class _Dashboard:
         body = _join([
             facts, buttons,
             _fill('<h2>Exception</h2><div class="panel"><pre>{exc}</pre></div>',
-                  exc=_mask_text(row["exception"], self.config) or "(empty)"),
+                  exc=_mask_text(row["exception"], self.config, links=True) or "(empty)"),
             _fill('<h2>Payload</h2><p class="muted">Secrets are masked: values of keys such as'
                   ' password or token, and the path of every link.</p>'
                   '<div class="panel"><pre>{payload}</pre></div>', payload=payload)])
@@ -8175,11 +8179,13 @@ def _cmd_failed(args, config):
         rows = queue.failed(args.queue)
     finally:
         queue.close()
-    # The payload stays out: job data holds addresses and tokens.
+    # The payload stays out: job data holds addresses and tokens. Exceptions
+    # are masked as the dashboard masks them (a reset link opens an account).
     listed = [{"id": r["id"], "uuid": r["uuid"], "queue": r["queue"],
                "job": _job_name(r["payload"]),
                "failed_at": re.sub(r"\.\d+", "", r["failed_at"]),   # no microseconds
-               "error": _error_line(r["exception"]), "exception": r["exception"]} for r in rows]
+               "error": _mask_text(_error_line(r["exception"]), config, links=True),
+               "exception": _mask_text(r["exception"], config, links=True)} for r in rows]
     if args.json:
         print(json.dumps(listed, indent=2))
         return 0

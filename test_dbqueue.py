@@ -8515,6 +8515,42 @@ class FixmDashboardSearchTests:
 on_every_backend(FixmDashboardSearchTests)
 
 
+@dbqueue.job("t_reset_expired")
+def _t_reset_expired(data):
+    raise ValueError("reset link https://app.example.com/reset/SECRETRESETTOKEN123 has expired")
+
+
+class DashboardExceptionLinkTests:
+    """A link's path in an exception is masked on every page and in `failed`,
+    as in payloads: the host stays, the token goes."""
+
+    TOKEN = "SECRETRESETTOKEN123"
+
+    def test_a_link_in_an_exception_shows_its_host_only(self):
+        q = self.db.queue()
+        q.push("t_reset_expired", {"to": "ann@example.com"}, queue="emails")
+        dbqueue.Worker(q, ["emails"], tries=1, log=quiet_log()).run(stop_when_empty=True)
+        failed = q.failed()
+        self.assertEqual(len(failed), 1)
+        self.assertIn(self.TOKEN, failed[0]["exception"])    # stored whole; shown masked
+        client = DashboardClient(start_dashboard(self, self.db.queue()))
+        from urllib.parse import quote
+        for path in ("/failed", "/failed/%d" % failed[0]["id"], "/failed?q=expired",
+                     "/failed?q=" + quote("app.example.com"), "/failed?queue=emails"):
+            resp = client.get(path)
+            self.assertEqual(resp.status, 200, resp.text)
+            self.assertNotIn(self.TOKEN, resp.text, path)
+            self.assertIn("https://app.example.com/***", resp.text, path)
+        for argv in (["failed"], ["failed", "--json"]):
+            code, out, err = run_main(argv, self.db.env())
+            self.assertEqual(code, 0, err)
+            self.assertNotIn(self.TOKEN, out + err, argv)
+            self.assertIn("https://app.example.com/***", out, argv)
+
+
+on_every_backend(DashboardExceptionLinkTests, [Backend, PsycopgBackend, MariaDBBackend])
+
+
 class FixmTemplateWordingTests(EmailTestMixin, unittest.TestCase):
     """With no app name known anywhere, every built-in sentence reads naturally."""
 
