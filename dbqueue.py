@@ -1624,7 +1624,12 @@ class _Postgres(_Dialect):
     autoincrement = "BIGSERIAL PRIMARY KEY"
     bigint = "BIGINT"
     failed_at = "TIMESTAMPTZ NOT NULL DEFAULT now()"
-    failed_cutoff = "now() - :hours * INTERVAL '1 hour'"
+    # The CodeIgniter app's failed_at is a TIMESTAMP its PHP code writes in
+    # UTC: compared with now(), it would be read in the session's TimeZone
+    # (Asia/Tokyo: 9 hours older, deleted too soon). The epoch of a TIMESTAMP
+    # reads it as UTC, and that of our TIMESTAMPTZ is exact, in any session.
+    flush = ("DELETE FROM {failed} WHERE EXTRACT(EPOCH FROM failed_at)"
+             " < EXTRACT(EPOCH FROM now()) - :hours * 3600")
     # One statement: lock n ready rows, skipping those another worker has
     # locked, and mark them reserved. No two workers can return the same row.
     # attempts + 1 is capped: `integer out of range` for one row written by

@@ -5607,6 +5607,38 @@ class TakeoverTablesTests:
         self.assertIn("2020-01-01", out)
 
 
+class TakeoverFlushTimeZoneTests:
+    """flush --hours reads the app's failed_at as UTC, as its PHP code writes it,
+    whatever the time zone of the database session or of the host."""
+
+    def test_a_recent_failure_survives_flush_in_a_tokyo_session(self):
+        ci4_tables(self.db)
+        self.db.queue()    # migrated
+        php_fail(self.db, {"job": "send_email", "data": {"n": "recent"}}, utc_datetime(2 * 3600))
+        php_fail(self.db, {"job": "send_email", "data": {"n": "old"}}, utc_datetime(6 * 3600))
+        url = self.db.url
+        if self.db.name == "postgresql":
+            url = url_with(url, "options=-c%20TimeZone%3DAsia/Tokyo")
+            q = dbqueue.Queue(config=self.db.config(database_url=url))
+            self.addCleanup(q.close)
+            cur = q.connect().cursor()
+            cur.execute("SHOW TimeZone")
+            self.assertEqual(cur.fetchone()[0], "Asia/Tokyo")    # the session dbqueue gets
+        tmp = tempfile.mkdtemp(prefix="dbqueue-tz-")
+        self.addCleanup(shutil.rmtree, tmp, True)
+        proc = subprocess.run(
+            [sys.executable, os.path.join(HERE, "dbqueue.py"), "flush", "--hours", "4"],
+            env=dict(os.environ, TZ="Asia/Tokyo", **self.db.env(QUEUE_DATABASE_URL=url)),
+            cwd=tmp, capture_output=True, text=True, timeout=60)
+        self.assertEqual(proc.returncode, 0, proc.stderr)
+        self.assertEqual(proc.stdout, "deleted 1 failed job(s) older than 4 hours\n")
+        left = [json.loads(p)["data"]["n"] for (p,) in self.db.raw("SELECT payload FROM {failed}")]
+        self.assertEqual(left, ["recent"])
+
+
+on_every_backend(TakeoverFlushTimeZoneTests, [Backend, PsycopgBackend, MariaDBBackend])
+
+
 
 def app_connection(db):
     """A connection as a web app holds it: not in autocommit, so writes open a transaction."""
