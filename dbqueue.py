@@ -187,15 +187,46 @@ def _read_env_file(path, required, environ=None):
     return values, warnings
 
 
+def _userinfo(url):
+    """(start, colon, at): where the user:password part of a database URL lies
+    (colon None when there is no password), or None when there is none.
+
+    The one place that decides where the password is, for the parsers (the
+    MySQL arguments, the URL handed to libpq) and for every mask: the user
+    ends at the first ":", the password at the last "@" before the query. So
+    a password pasted with "@", ":", "/" or "#" in it is read whole, never
+    half read as the host, and hidden whole.
+    """
+    start = url.find("://") + 3
+    if start < 3:
+        return None
+    query = url.find("?", start)
+    at = url.rfind("@", start, len(url) if query < 0 else query)
+    if at < 0:
+        return None
+    colon = url.find(":", start, at)
+    if "/" in url[start:at if colon < 0 else colon]:
+        return None    # an "@" in the path (postgresql://host/db@x): no user
+    return start, (None if colon < 0 else colon), at
+
+
 def _mask_url(url):
-    """The URL with its password replaced by ***, for logs and errors.
+    """The URL with its password replaced by ***, for logs and errors; in a
+    longer text (a driver's message), every URL in it.
 
     libpq also takes the password as a query parameter (?password=..., and
     sslpassword=... for a client key): both are masked.
     """
-    # Up to the first "@", even across a "/": a password with an unencoded
-    # slash must not leave the whole URL in the clear.
-    masked = re.sub(r"(://[^/:@]*:)[^@]*@", r"\1***@", url or "")
+    def hide(match):
+        found = match.group(0)
+        info = _userinfo(found)
+        if info is None or info[1] is None:
+            return found
+        return found[:info[1] + 1] + "***" + found[info[2]:]
+    url = url or ""
+    # A URL alone is masked whole, a space in its password included.
+    whole = re.match(r"[A-Za-z][A-Za-z0-9+.-]*://[^\n]*\Z", url)
+    masked = re.sub(r"://[^\n]*\Z" if whole else r"://\S*", hide, url)
     masked = re.sub(r"(\b(?:ssl)?password\s*=\s*)[^&#\s]*", r"\1***", masked, flags=re.IGNORECASE)
     return masked
 
@@ -206,17 +237,16 @@ def _without_password(text, url):
     libpq quotes parts of a URL it cannot parse, a bad %-escape in the password
     included, so masking the URL alone is not enough.
     """
-    match = re.search(r"://[^/:@]*:([^@]*)@", url or "")
+    from urllib.parse import unquote
+    info = _userinfo(url or "")
     secrets = []
-    if match and match.group(1):
-        from urllib.parse import unquote
-        secrets = [match.group(1), unquote(match.group(1))]
+    if info and info[1] is not None and info[2] > info[1] + 1:
+        secrets = [url[info[1] + 1:info[2]], unquote(url[info[1] + 1:info[2]])]
     match = re.search(r"\b(?:ssl)?password\s*=\s*([^&#\s]+)", url or "", re.IGNORECASE)
     if match:
         secrets.append(match.group(1))
     for secret in sorted(set(secrets), key=len, reverse=True):
-        if len(secret) >= 1:
-            text = text.replace(secret, "***")
+        text = text.replace(secret, "***")
     return _mask_url(text)
 
 
@@ -478,7 +508,17 @@ class Config:
         c.mail_rate_limit = _rate_setting("MAIL_RATE_LIMIT", get("MAIL_RATE_LIMIT"))
         c.app_name = get("APP_NAME")
         c.dashboard_token = get("DBQUEUE_DASHBOARD_TOKEN")
-        c.warnings += _typo_warnings(environ, file_values, path, c.sources)
+        typos = _typos(environ, file_values, path, c.sources)
+        for var, where, meant in typos:
+            if (meant in ("QUEUE_DATABASE_URL", "DATABASE_URL")
+                    and c.sources["QUEUE_DATABASE_URL"] == "default"):
+                # Carrying on would put the jobs in a new SQLite file that no
+                # worker of the real database reads.
+                raise ConfigError("%s is set (%s) but dbqueue reads %s, and no database URL is"
+                                  " set: rename it (or set QUEUE_DATABASE_URL=%s to use that"
+                                  " file on purpose)" % (var, where, meant, _DEFAULT_URL))
+        c.warnings += ["%s is set (%s) but dbqueue does not read it: did you mean %s?" % typo
+                       for typo in typos]
         return c
 
 
@@ -509,8 +549,9 @@ def _database_url(find, env_path, flag):
     return url, source
 
 
-def _typo_warnings(environ, file_values, env_path, sources):
-    """One line per set variable whose name is one edit away from a setting's."""
+def _typos(environ, file_values, env_path, sources):
+    """(name, where, the setting meant) per set variable whose name is one edit
+    away from a setting's."""
     known = set(sources) | set(_CODEIGNITER_DB) | set(_OTHER_NAMES)
     known.update(alias for alias, _ in _CODEIGNITER_NAMES.values())
     known.update(n.replace(".", "_") for n in _CODEIGNITER_DB)
@@ -534,8 +575,7 @@ def _typo_warnings(environ, file_values, env_path, sources):
                     break
         if match is not None:
             seen.add(var)
-            warnings.append("%s is set (%s) but dbqueue does not read it: did you mean %s?"
-                            % (var, where, match))
+            warnings.append((var, where, match))
     return warnings
 
 
@@ -752,7 +792,15 @@ def _parse_url(url, origin="QUEUE_DATABASE_URL"):
         if driver not in ("", "psycopg", "psycopg2"):
             raise ConfigError("%s: unknown PostgreSQL driver %r (psycopg or psycopg2)"
                               % (origin, driver))
-        return _Postgres, "postgresql://" + rest, driver or None
+        target = "postgresql://" + rest
+        info = _userinfo(target)
+        if info:
+            # libpq ends the user:password at the first "@", and sees none
+            # past a "/": those are encoded, so that it reads what _userinfo does.
+            start, _, at = info
+            target = (target[:start] + target[start:at].replace("@", "%40").replace("/", "%2F")
+                      + target[at:])
+        return _Postgres, target, driver or None
     if base in ("mysql", "mariadb"):
         if driver not in ("", "pymysql", "mysqldb"):
             raise ConfigError("%s: unknown MySQL driver %r (pymysql or mysqldb)" % (origin, driver))
@@ -1578,7 +1626,12 @@ class _Postgres(_Dialect):
     autoincrement = "BIGSERIAL PRIMARY KEY"
     bigint = "BIGINT"
     failed_at = "TIMESTAMPTZ NOT NULL DEFAULT now()"
-    failed_cutoff = "now() - :hours * INTERVAL '1 hour'"
+    # The CodeIgniter app's failed_at is a TIMESTAMP its PHP code writes in
+    # UTC: compared with now(), it would be read in the session's TimeZone
+    # (Asia/Tokyo: 9 hours older, deleted too soon). The epoch of a TIMESTAMP
+    # reads it as UTC, and that of our TIMESTAMPTZ is exact, in any session.
+    flush = ("DELETE FROM {failed} WHERE EXTRACT(EPOCH FROM failed_at)"
+             " < EXTRACT(EPOCH FROM now()) - :hours * 3600")
     # One statement: lock n ready rows, skipping those another worker has
     # locked, and mark them reserved. No two workers can return the same row.
     # attempts + 1 is capped: `integer out of range` for one row written by
@@ -1893,8 +1946,17 @@ class _MySQL(_Dialect):
         """Connection arguments from what follows mysql:// (ConfigError when bad)."""
         from urllib.parse import parse_qsl, unquote, urlsplit
         url = "mysql://" + rest
+        user = password = ""
+        info = _userinfo(url)
         try:
-            parts = urlsplit(url)
+            if info:
+                start, colon, at = info
+                user = url[start:colon or at]
+                password = url[colon + 1:at] if colon else ""
+                # urlsplit would end the password at a "/" or "#" in it.
+                parts = urlsplit("mysql://" + url[at + 1:])
+            else:
+                parts = urlsplit(url)
             port = parts.port
         except ValueError as exc:
             raise ConfigError("%s: %s: %s" % (origin, _mask_url(url), exc))
@@ -1903,7 +1965,7 @@ class _MySQL(_Dialect):
             raise ConfigError("%s: %s names no database (mysql://user:password@host:3306/dbname)"
                               % (origin, _mask_url(url)))
         args = {"host": parts.hostname or "localhost", "port": port or 3306,
-                "user": unquote(parts.username or ""), "password": unquote(parts.password or ""),
+                "user": unquote(user), "password": unquote(password),
                 "database": database, "charset": "utf8mb4", "connect_timeout": 10}
         for key, value in parse_qsl(parts.query, keep_blank_values=True):
             if key == "unix_socket" and value:
@@ -1945,6 +2007,10 @@ class _MySQL(_Dialect):
         # FOUND_ROWS: an UPDATE reports the rows it matched, not those it
         # changed, so a heartbeat in the second of the last one still counts.
         args.update(autocommit=True, client_flag=client.FOUND_ROWS)
+        if module.__name__ == "pymysql":
+            # PyMySQL sends a str password as Latin-1 (a crash for "€"); the
+            # mysql client and mysqlclient send the UTF-8 that was typed.
+            args["password"] = args["password"].encode("utf-8")
         try:
             conn = module.connect(**args)
         except module.Error as exc:
@@ -6401,8 +6467,7 @@ _SECRET_PAIR = _Pattern(r"(?i)\b((?:bearer|basic)\s+)([^\s\"'<>]+)"
                         r"|access[-_]?key|auth|signature|key)[\"']?\s*[=:]\s*[\"']?)"
                         r"(?!(?:bearer|basic)\s)([^\s&\"'<>,;()]+)")
 # A URL: scheme, optional user:password@, host[:port], then the rest.
-_LINK = _Pattern(r"\b([A-Za-z][A-Za-z0-9+.-]{1,15}://)([^/\s?#\"'<>@]*@)?([^/\s?#\"'<>]*)"
-                 r"([^\s\"'<>]*)")
+_LINK = _Pattern(r"\b([A-Za-z][A-Za-z0-9+.-]{1,15}://)[^\s\"'<>]*")
 _LOOPBACK_NAMES = ("localhost", "localhost.", "ip6-localhost")
 
 
@@ -6446,9 +6511,14 @@ def _mask_links(text):
     """Each URL in `text` as scheme://host/***: in a mail queue a link's path is the
     secret (a verification or password reset link opens an account)."""
     def repl(match):
-        scheme, userinfo, host, rest = match.groups()
-        shown = scheme + ("***@" if userinfo else "") + host
-        return shown + ("/***" if rest.strip("/") else rest)
+        scheme, link = match.group(1), _mask_url(match.group(0))
+        info = _userinfo(link)
+        start = len(scheme) if info is None else info[2] + 1
+        host = re.match(r"[^/\s?#\"'<>]*", link[start:]).group(0)
+        rest = link[start + len(host):]
+        # A user alone may be a token (https://TOKEN@host); one before a password is shown.
+        userinfo = "" if info is None else "***@" if info[1] is None else link[len(scheme):start]
+        return scheme + userinfo + host + ("/***" if rest.strip("/") else rest)
     return _LINK.sub(repl, text)
 
 
@@ -6486,7 +6556,7 @@ def _failed_summary(row, config):
         if isinstance(data.get("template"), str):
             template = data["template"].rstrip("/").rsplit("/", 1)[-1]
     return {"job": job, "template": template, "recipient": _mask_text(recipient, config),
-            "error": _mask_text(_error_line(row["exception"]), config),
+            "error": _mask_text(_error_line(row["exception"]), config, links=True),
             "failed_at": re.sub(r"\.\d+", "", row["failed_at"])}
 
 
@@ -6955,7 +7025,7 @@ class _Dashboard:
         body = _join([
             facts, buttons,
             _fill('<h2>Exception</h2><div class="panel"><pre>{exc}</pre></div>',
-                  exc=_mask_text(row["exception"], self.config) or "(empty)"),
+                  exc=_mask_text(row["exception"], self.config, links=True) or "(empty)"),
             _fill('<h2>Payload</h2><p class="muted">Secrets are masked: values of keys such as'
                   ' password or token, and the path of every link.</p>'
                   '<div class="panel"><pre>{payload}</pre></div>', payload=payload)])
@@ -8129,11 +8199,13 @@ def _cmd_failed(args, config):
         rows = queue.failed(args.queue)
     finally:
         queue.close()
-    # The payload stays out: job data holds addresses and tokens.
+    # The payload stays out: job data holds addresses and tokens. Exceptions
+    # are masked as the dashboard masks them (a reset link opens an account).
     listed = [{"id": r["id"], "uuid": r["uuid"], "queue": r["queue"],
                "job": _job_name(r["payload"]),
                "failed_at": re.sub(r"\.\d+", "", r["failed_at"]),   # no microseconds
-               "error": _error_line(r["exception"]), "exception": r["exception"]} for r in rows]
+               "error": _mask_text(_error_line(r["exception"]), config, links=True),
+               "exception": _mask_text(r["exception"], config, links=True)} for r in rows]
     if args.json:
         print(json.dumps(listed, indent=2))
         return 0

@@ -3406,6 +3406,85 @@ class SecretsTests(unittest.TestCase):
                     self.assertIn("cannot connect to postgresql://app", out + err)
 
 
+class SecretsUrlPasswordTests(unittest.TestCase):
+    """A password holding @ : / # %40 or non-ASCII text is read whole by the
+    parser and hidden whole wherever the URL is shown."""
+
+    PASSWORDS = ["Alpha@Bravo!x", "Alpha:Bravo", "Alpha/Bravo", "Alpha%40Bravo", "Alpha#Bravo",
+                 "Alphä€Bravo", "Al@pha/Br#avo:x"]
+    SCHEMES = ["postgresql", "postgres", "mysql", "mariadb", "mysql+pymysql", "mysql+mysqldb"]
+
+    def url(self, scheme, password, port=3306):
+        return "%s://app:%s@127.0.0.1:%d/appdb" % (scheme, password, port)
+
+    def assert_hidden(self, password, text):
+        import re
+        from urllib.parse import unquote
+        for fragment in set(re.findall(r"\w{3,}", password) + re.findall(r"\w{3,}",
+                                                                        unquote(password))):
+            self.assertNotIn(fragment, text, (password, text))
+
+    def test_the_parser_reads_user_host_and_database_whatever_the_password(self):
+        from urllib.parse import unquote
+        for scheme in self.SCHEMES:
+            for password in self.PASSWORDS:
+                url = self.url(scheme, password)
+                dialect, target, _ = dbqueue._parse_url(url)
+                if dialect is dbqueue._MySQL:
+                    got = {k: target[k] for k in ("user", "password", "host", "port", "database")}
+                    self.assertEqual(got, {"user": "app", "password": unquote(password),
+                                           "host": "127.0.0.1", "port": 3306,
+                                           "database": "appdb"}, url)
+                    self.assert_hidden(password, target["url"])
+                else:
+                    # What libpq itself takes from the URL handed to it.
+                    need(pg_available("psycopg") is None, pg_available("psycopg") or "")
+                    from psycopg.conninfo import conninfo_to_dict
+                    self.assertEqual(conninfo_to_dict(target), {
+                        "user": "app", "password": unquote(password), "host": "127.0.0.1",
+                        "port": "3306", "dbname": "appdb"}, url)
+                masked = dbqueue._mask_url(url)
+                self.assertEqual(masked, "%s://app:***@127.0.0.1:3306/appdb" % scheme)
+                self.assertEqual(dbqueue._without_password("failed: " + url + " for "
+                                                           + password + " / "
+                                                           + unquote(password), url),
+                                 "failed: %s for *** / ***" % masked)
+                self.assertEqual(dbqueue._mask_url("Queue(%r) failed" % url),
+                                 "Queue(%r) failed" % masked)
+
+    def test_config_the_worker_and_errors_never_show_it(self):
+        port = _free_port()   # nothing listens there now
+        for scheme in ("postgresql", "mysql"):
+            need((pg_available("psycopg") if scheme == "postgresql"
+                  else mysql_available("pymysql")) is None, "no driver for %s" % scheme)
+            for password in self.PASSWORDS:
+                url = url_with(self.url(scheme, password, port), "connect_timeout=5")
+                shown = "%s://app:***@127.0.0.1:%d/appdb" % (scheme, port)
+                env = {"QUEUE_DATABASE_URL": url}
+                code, out, err = run_main(["config"], env)
+                self.assertEqual(code, 0, err)
+                self.assertIn(shown, out)
+                self.assert_hidden(password, out + err)
+                code, out, err = run_main(["config", "--json"], env)
+                self.assertEqual(code, 0, err)
+                value = [s["value"] for s in json.loads(out)["settings"]
+                         if s["name"] == "QUEUE_DATABASE_URL"]
+                self.assertEqual(value, [shown + "?connect_timeout=5"])
+                self.assert_hidden(password, out + err)
+                code, out, err = run_main(["migrate"], env)
+                self.assertEqual(code, 1, err)
+                self.assertIn("cannot connect to %s" % shown, one_line(self, err))
+                self.assert_hidden(password, out + err)
+                proc = subprocess.run(
+                    [sys.executable, os.path.join(HERE, "dbqueue.py"), "work", "--once"],
+                    env=dict(os.environ, **env), cwd=tempfile.gettempdir(),
+                    capture_output=True, text=True, timeout=60)
+                self.assertEqual(proc.returncode, 1, proc.stderr)
+                self.assertIn('worker starting database="%s?' % shown, proc.stderr)
+                self.assertIn("cannot connect to " + shown, proc.stderr)
+                self.assert_hidden(password, proc.stdout + proc.stderr)
+
+
 class SQLiteLockTests(unittest.TestCase):
     """Another connection holds SQLite's write lock past the busy timeout."""
 
@@ -4927,8 +5006,8 @@ class ConfigSilentFallbackTests(unittest.TestCase):
             QUEUE_MAX_ATTEMPT=5
             MAIL_PASWORD=secret
             ''')
-        config = dbqueue.Config.from_env({"DATABSE_URL": "sqlite:///x.db", "HOME": "/root"},
-                                         env_file=path)
+        config = dbqueue.Config.from_env({"DATABSE_URL": "sqlite:///x.db", "HOME": "/root",
+                                          "QUEUE_DATABASE_URL": self.path}, env_file=path)
         text = "\n".join(config.warnings)
         self.assertEqual(len(config.warnings), 3, text)
         self.assertIn("DATABSE_URL is set (environment)", text)
@@ -4992,6 +5071,53 @@ class ConfigSilentFallbackTests(unittest.TestCase):
         conn = sqlite3.connect(missing)
         self.assertEqual(conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone(), (0,))
         conn.close()
+
+
+class ConfigUrlTypoRefusalTests(unittest.TestCase):
+    """No URL set, and a name one edit from a URL variable set: every command
+    refuses in one line, exit 2, before it could make ./dbqueue.sqlite3."""
+
+    def run_cli(self, argv, env, cwd):
+        clean = {k: v for k, v in os.environ.items()
+                 if not k.startswith(("QUEUE_", "MAIL_", "DATABASE_URL"))}
+        clean.update(env)
+        proc = subprocess.run([sys.executable, os.path.join(HERE, "dbqueue.py")] + argv,
+                              cwd=cwd, env=clean, capture_output=True, text=True, timeout=60)
+        return proc.returncode, proc.stdout, proc.stderr
+
+    def test_every_command_refuses_and_creates_nothing(self):
+        url = "postgresql://app:Typo-Pw-77@127.0.0.1:1/appdb"
+        for typo, meant in (("QUEUE_DATABSE_URL", "QUEUE_DATABASE_URL"),
+                            ("DATABSE_URL", "DATABASE_URL"),
+                            ("database_url", "DATABASE_URL")):
+            for in_file in (False, True):
+                tmp = tempfile.mkdtemp(prefix="dbqueue-typo-")
+                self.addCleanup(shutil.rmtree, tmp, True)
+                env = {}
+                if in_file:
+                    with open(os.path.join(tmp, ".env"), "w") as fh:
+                        fh.write("%s=%s\n" % (typo, url))
+                else:
+                    env[typo] = url
+                for argv in (["push", "t_record"], ["work", "--once"], ["migrate"], ["stats"],
+                             ["config"]):
+                    code, out, err = self.run_cli(argv, env, tmp)
+                    self.assertEqual(code, 2, (typo, in_file, argv, out, err))
+                    line = one_line(self, err)
+                    self.assertIn(typo, line)
+                    self.assertIn(meant, line)
+                    self.assertNotIn("Typo-Pw-77", out + err)
+                    self.assertEqual(out, "")
+                    self.assertEqual(sorted(os.listdir(tmp)), [".env"] if in_file else [],
+                                     (typo, argv))
+        # Set beside the right name, the typo stays a warning and the command runs.
+        tmp = tempfile.mkdtemp(prefix="dbqueue-typo-")
+        self.addCleanup(shutil.rmtree, tmp, True)
+        code, out, err = self.run_cli(["push", "t_record"], {
+            "DATABSE_URL": url, "QUEUE_DATABASE_URL": "sqlite:///q.db"}, tmp)
+        self.assertEqual(code, 0, err)
+        self.assertIn("warning: DATABSE_URL", err)
+        self.assertIn("q.db", os.listdir(tmp))
 
 
 _cfg_started = threading.Event()
@@ -5479,6 +5605,38 @@ class TakeoverTablesTests:
         code, out, err = run_main(["failed"], env=self.db.env())
         self.assertEqual(code, 0, err)
         self.assertIn("2020-01-01", out)
+
+
+class TakeoverFlushTimeZoneTests:
+    """flush --hours reads the app's failed_at as UTC, as its PHP code writes it,
+    whatever the time zone of the database session or of the host."""
+
+    def test_a_recent_failure_survives_flush_in_a_tokyo_session(self):
+        ci4_tables(self.db)
+        self.db.queue()    # migrated
+        php_fail(self.db, {"job": "send_email", "data": {"n": "recent"}}, utc_datetime(2 * 3600))
+        php_fail(self.db, {"job": "send_email", "data": {"n": "old"}}, utc_datetime(6 * 3600))
+        url = self.db.url
+        if self.db.name == "postgresql":
+            url = url_with(url, "options=-c%20TimeZone%3DAsia/Tokyo")
+            q = dbqueue.Queue(config=self.db.config(database_url=url))
+            self.addCleanup(q.close)
+            cur = q.connect().cursor()
+            cur.execute("SHOW TimeZone")
+            self.assertEqual(cur.fetchone()[0], "Asia/Tokyo")    # the session dbqueue gets
+        tmp = tempfile.mkdtemp(prefix="dbqueue-tz-")
+        self.addCleanup(shutil.rmtree, tmp, True)
+        proc = subprocess.run(
+            [sys.executable, os.path.join(HERE, "dbqueue.py"), "flush", "--hours", "4"],
+            env=dict(os.environ, TZ="Asia/Tokyo", **self.db.env(QUEUE_DATABASE_URL=url)),
+            cwd=tmp, capture_output=True, text=True, timeout=60)
+        self.assertEqual(proc.returncode, 0, proc.stderr)
+        self.assertEqual(proc.stdout, "deleted 1 failed job(s) older than 4 hours\n")
+        left = [json.loads(p)["data"]["n"] for (p,) in self.db.raw("SELECT payload FROM {failed}")]
+        self.assertEqual(left, ["recent"])
+
+
+on_every_backend(TakeoverFlushTimeZoneTests, [Backend, PsycopgBackend, MariaDBBackend])
 
 
 
@@ -8464,6 +8622,42 @@ class FixmDashboardSearchTests:
 
 
 on_every_backend(FixmDashboardSearchTests)
+
+
+@dbqueue.job("t_reset_expired")
+def _t_reset_expired(data):
+    raise ValueError("reset link https://app.example.com/reset/SECRETRESETTOKEN123 has expired")
+
+
+class DashboardExceptionLinkTests:
+    """A link's path in an exception is masked on every page and in `failed`,
+    as in payloads: the host stays, the token goes."""
+
+    TOKEN = "SECRETRESETTOKEN123"
+
+    def test_a_link_in_an_exception_shows_its_host_only(self):
+        q = self.db.queue()
+        q.push("t_reset_expired", {"to": "ann@example.com"}, queue="emails")
+        dbqueue.Worker(q, ["emails"], tries=1, log=quiet_log()).run(stop_when_empty=True)
+        failed = q.failed()
+        self.assertEqual(len(failed), 1)
+        self.assertIn(self.TOKEN, failed[0]["exception"])    # stored whole; shown masked
+        client = DashboardClient(start_dashboard(self, self.db.queue()))
+        from urllib.parse import quote
+        for path in ("/failed", "/failed/%d" % failed[0]["id"], "/failed?q=expired",
+                     "/failed?q=" + quote("app.example.com"), "/failed?queue=emails"):
+            resp = client.get(path)
+            self.assertEqual(resp.status, 200, resp.text)
+            self.assertNotIn(self.TOKEN, resp.text, path)
+            self.assertIn("https://app.example.com/***", resp.text, path)
+        for argv in (["failed"], ["failed", "--json"]):
+            code, out, err = run_main(argv, self.db.env())
+            self.assertEqual(code, 0, err)
+            self.assertNotIn(self.TOKEN, out + err, argv)
+            self.assertIn("https://app.example.com/***", out, argv)
+
+
+on_every_backend(DashboardExceptionLinkTests, [Backend, PsycopgBackend, MariaDBBackend])
 
 
 class FixmTemplateWordingTests(EmailTestMixin, unittest.TestCase):
