@@ -245,6 +245,60 @@ class Psycopg2Backend(PsycopgBackend):
     driver = "psycopg2"
 
 
+# A transaction-mode PgBouncer in front of that server (.ci/run starts one):
+# DBQUEUE_TEST_PGBOUNCER names the database through it, DBQUEUE_TEST_PG_TCP
+# the same database directly (what QUEUE_LISTEN_URL names). Unset, they skip.
+PGBOUNCER_URL = os.environ.get("DBQUEUE_TEST_PGBOUNCER") or None
+PG_TCP_URL = os.environ.get("DBQUEUE_TEST_PG_TCP") or None
+PGBOUNCER_HINT = ("PgBouncer tests: set DBQUEUE_TEST_PGBOUNCER to a database behind a"
+                  " transaction-mode PgBouncer, e.g. postgresql://user:pass@127.0.0.1:6432/db")
+
+
+def pgbouncer_available(driver):
+    """None when the PgBouncer at DBQUEUE_TEST_PGBOUNCER can be used, else the reason."""
+    key = ("pgbouncer", driver)
+    if key not in _pg_state:
+        reason = None if PGBOUNCER_URL else PGBOUNCER_HINT
+        if reason is None:
+            try:
+                _pg_connect(__import__(driver), PGBOUNCER_URL).close()
+            except ImportError:
+                reason = "PostgreSQL driver %s is not installed" % driver
+            except Exception as exc:  # any failure to reach it is a reason to skip
+                reason = "PgBouncer is not reachable at %s: %s" % (
+                    dbqueue._mask_url(PGBOUNCER_URL), str(exc).strip()[:200])
+        _pg_state[key] = reason
+    return _pg_state[key]
+
+
+class PgBouncerPsycopgBackend(PsycopgBackend):
+    """PostgreSQL through PgBouncer in transaction mode, with ?pooler=transaction."""
+
+    suffix = "PgBouncerPsycopg"
+    pooled = True
+
+    def __init__(self, testcase):
+        need(pgbouncer_available(self.driver) is None, pgbouncer_available(self.driver) or "")
+        Backend.__init__(self, testcase)
+        testcase.addCleanup(self.drop)
+
+    def make_url(self):
+        base, _, rest = PGBOUNCER_URL.partition("://")
+        return url_with("%s+%s://%s" % (base, self.driver, rest), "pooler=transaction")
+
+    def connect(self):
+        # Through the bouncer too: one statement per connection needs no session.
+        return _pg_connect(__import__(self.driver), PGBOUNCER_URL)
+
+
+class PgBouncerPsycopg2Backend(PgBouncerPsycopgBackend):
+    suffix = "PgBouncerPsycopg2"
+    driver = "psycopg2"
+
+
+PGBOUNCER_BACKENDS = [PgBouncerPsycopgBackend, PgBouncerPsycopg2Backend]
+
+
 _mysql_state = {}
 
 
@@ -351,9 +405,9 @@ def on_every_backend(mixin, backends=None):
     """Make one TestCase per backend from a mixin of tests that use self.db."""
     module = sys.modules[mixin.__module__]
     for backend in backends or BACKENDS:
-        suffix = {"sqlite": "SQLite", "psycopg": "Psycopg", "psycopg2": "Psycopg2",
-                  "pymysql": "MariaDB", "MySQLdb": "MariaDBMySQLdb"}[
-            backend.driver or "sqlite"]
+        suffix = getattr(backend, "suffix", None) or {
+            "sqlite": "SQLite", "psycopg": "Psycopg", "psycopg2": "Psycopg2",
+            "pymysql": "MariaDB", "MySQLdb": "MariaDBMySQLdb"}[backend.driver or "sqlite"]
         name = mixin.__name__.replace("Tests", "") + suffix + "Tests"
 
         def setUp(self, _backend=backend, _mixin=mixin):
@@ -865,15 +919,22 @@ class CoreTests:
     def test_concurrent_migrations_on_a_fresh_database(self):
         # Two hosts running `migrate` at deploy time, on a database that has
         # no dbqueue table yet: every one succeeds and the schema is recorded once.
-        # (MySQL has no per-connection default isolation to set from the URL.)
-        for isolation in ((None, "serializable") if self.db.name == "postgresql" else (None,)):
+        # (MySQL has no per-connection default isolation to set from the URL,
+        # and PgBouncer does not pass the URL's `options` on.)
+        direct = self.db.name == "postgresql" and not getattr(self.db, "pooled", False)
+        for isolation in ((None, "serializable") if direct else (None,)):
             with self.subTest(isolation=isolation):
                 self.check_concurrent_migrations(isolation)
 
     def check_concurrent_migrations(self, isolation):
-        url = self.db.url
+        url, tables = self.db.url, {}
         if self.db.name == "mysql":
             url = self.db.fresh_database("s_%s" % self.db.table)
+        elif getattr(self.db, "pooled", False):
+            # No fresh schema through the pooler (no `options`): fresh tables.
+            tables = {"table": self.db.table + "_fresh", "failed_table": self.db.table + "_ff"}
+            self.addCleanup(self.db.raw, 'DROP TABLE IF EXISTS "%(table)s", "%(failed_table)s"'
+                            % tables)
         elif self.db.name != "sqlite":
             # A fresh schema: no dbqueue table exists there yet. The server's
             # default isolation must not matter (the waiting migration must see
@@ -890,7 +951,7 @@ class CoreTests:
         barrier = threading.Barrier(6)
 
         def migrate():
-            q = dbqueue.Queue(config=dbqueue.Config(database_url=url))
+            q = dbqueue.Queue(config=dbqueue.Config(database_url=url, **tables))
             try:
                 barrier.wait(10)
                 q.migrate()
@@ -898,7 +959,7 @@ class CoreTests:
                 q.close()
 
         self.assertEqual(in_threads(migrate, 6), [])
-        q = dbqueue.Queue(config=dbqueue.Config(database_url=url))
+        q = dbqueue.Queue(config=dbqueue.Config(database_url=url, **tables))
         self.addCleanup(q.close)
         self.assertEqual(q.schema_version(), 2)
         self.assertEqual(q.push("t_record", {"i": 1}), 1)
@@ -908,7 +969,8 @@ class CoreTests:
         # transactions still run as READ COMMITTED, so a claim that meets a row
         # the other worker just took skips it instead of failing.
         url = self.db.url
-        if self.db.name == "postgresql":
+        pooled = getattr(self.db, "pooled", False)     # PgBouncer does not pass `options` on
+        if self.db.name == "postgresql" and not pooled:
             url = url_with(url, "options=-cdefault_transaction_isolation%3Dserializable")
         q = dbqueue.Queue(config=self.db.config(database_url=url))
         self.addCleanup(q.close)
@@ -917,7 +979,7 @@ class CoreTests:
             with q.transaction() as cur:
                 cur.execute("SHOW VARIABLES LIKE '%tx_isolation'")   # this session's value
                 self.assertEqual({value for _, value in cur.fetchall()}, {"READ-COMMITTED"})
-        elif self.db.name != "sqlite":
+        elif self.db.name != "sqlite" and not pooled:
             with q.transaction() as cur:
                 cur.execute("SELECT current_setting('default_transaction_isolation'),"
                             " current_setting('transaction_isolation')")
@@ -1000,6 +1062,10 @@ class CoreTests:
         self.assertEqual((code, len(RECORD)), (0, 6), err)
         self.assertLess(time.monotonic() - started, 20)   # it did stop by itself
         self.assertIn("worker stopped", err)
+
+
+# The core again, through PgBouncer in transaction mode (?pooler=transaction).
+on_every_backend(CoreTests, PGBOUNCER_BACKENDS)
 
 
 _BLOCK = {"started": threading.Event(), "release": threading.Event(), "runs": 0}
