@@ -785,8 +785,9 @@ class CoreTests:
             conn = sqlite3.connect(self.db.url[len("sqlite:///"):], timeout=10)
         elif self.db.name == "mysql":
             conn = self.db.app_connect()
-        else:
-            conn = __import__(self.db.driver).connect(PG_URL)
+        else:   # behind the pooler, the app's connection goes through it too
+            conn = __import__(self.db.driver).connect(
+                PGBOUNCER_URL if getattr(self.db, "pooled", False) else PG_URL)
         self.addCleanup(conn.close)
         return conn
 
@@ -2482,6 +2483,9 @@ class OpsTests:
         q.discard(conn)
 
 
+on_every_backend(OpsTests, PGBOUNCER_BACKENDS)   # stats and the other commands, through PgBouncer
+
+
 class OpsCommandLineTests(unittest.TestCase):
     """Flags, help, configuration and logs: one database (SQLite) is enough."""
 
@@ -3035,9 +3039,9 @@ def _on_backends(mixin, backends):
     """Like on_every_backend, for a chosen subset of backends."""
     module = sys.modules[mixin.__module__]
     for backend in backends:
-        suffix = {"sqlite": "SQLite", "psycopg": "Psycopg", "psycopg2": "Psycopg2",
-                  "pymysql": "MariaDB", "MySQLdb": "MariaDBMySQLdb"}[
-            backend.driver or "sqlite"]
+        suffix = getattr(backend, "suffix", None) or {
+            "sqlite": "SQLite", "psycopg": "Psycopg", "psycopg2": "Psycopg2",
+            "pymysql": "MariaDB", "MySQLdb": "MariaDBMySQLdb"}[backend.driver or "sqlite"]
         name = mixin.__name__.replace("Tests", "") + suffix + "Tests"
 
         def setUp(self, _backend=backend, _mixin=mixin):
@@ -6774,6 +6778,9 @@ class UniqueTests:
         self.assertEqual(len(self.rows()), 1)
 
 
+on_every_backend(UniqueTests, PGBOUNCER_BACKENDS)
+
+
 _UNIQUE_PRODUCER = r"""
 import os, sys
 sys.path.insert(0, sys.argv[1])
@@ -6973,6 +6980,9 @@ class RateLimitTests(EmailTestMixin):
         self.assertIn('dbqueue_mail_rate_limit{limit="2/d"} 2\n', prom)
         code, out, _ = run_main(["stats"], self.db.env())     # no limit: no line
         self.assertNotIn("MAIL_RATE_LIMIT", out)
+
+
+on_every_backend(RateLimitTests, PGBOUNCER_BACKENDS)
 
 
 class RateLimitSendmailTests(EmailTestMixin, unittest.TestCase):
@@ -7554,7 +7564,7 @@ class DashboardTests:
         secret = "Pg-Secret-42"
         if self.db.name == "sqlite":
             url = self.db.url     # SQLite has no password: the page names the file
-        elif self.db.name == "mysql":
+        elif self.db.name == "mysql" or getattr(self.db, "pooled", False):
             # The account's real password, in the URL's user part.
             import urllib.parse
             url = self.db.url
@@ -7704,6 +7714,9 @@ class DashboardTests:
         self.assertFalse(os.path.exists(path))     # never created by the dashboard
         os.rename(path + ".away", path)
         self.assertEqual(client.get("/").status, 200)
+
+
+on_every_backend(DashboardTests, PGBOUNCER_BACKENDS)
 
 
 class DashboardCommandTests(unittest.TestCase):
