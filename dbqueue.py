@@ -1718,10 +1718,10 @@ class _Postgres(_Dialect):
 
     @staticmethod
     def describe(exc):
-        # psycopg 3's own prepared statements (_pg3_0, ...) missing or already
-        # there: a pooler gave this connection another server session.
-        code = getattr(exc, "sqlstate", None)
-        if code in ("26000", "42P05") and '"_pg3_' in str(exc):
+        # One of psycopg 3's own prepared statements (_pg3_0, ...) missing,
+        # already there or taking other parameters: a pooler gave this
+        # connection another client's server session.
+        if 'prepared statement "_pg3_' in str(exc):
             return ("the server session changed between statements: behind a transaction-mode"
                     " pooler such as PgBouncer add ?pooler=transaction to the URL")
         return _first_line(exc)

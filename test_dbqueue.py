@@ -1390,6 +1390,84 @@ class CoreProcessTests(_WorkerProcesses):
         self.assertEqual(q.failed(), [])
 
 
+class PoolerProcessTests(_WorkerProcesses):
+    """Workers behind PgBouncer in transaction mode: each transaction may run on
+    another server session, so nothing may depend on one (?pooler=transaction)."""
+
+    def setUp(self):
+        self.process_setup()
+
+    def push_one_at_a_time(self, q, proc, count=5):
+        """Push jobs one by one, each when the last has run: every one must start
+        long before the worker's --sleep 30 is over."""
+        for n in range(count):
+            q.push("p_append", {"n": n})
+            wait_for(lambda: "done %d" % n in self.lines(), 15, 0.01,
+                     "job %d to start before --sleep 30 ended" % n)
+        self.assertIsNone(proc.poll(), self.stderr(proc))
+
+    def test_idle_workers_poll_behind_the_pooler(self):
+        q = self.db.queue()
+        proc = self.start_worker("--sleep", "30", "--concurrency", "2")
+        self.push_one_at_a_time(q, proc)
+        proc.terminate()
+        self.assertEqual(self.finish(proc), 0, self.stderr(proc))
+        self.assertNotIn("Traceback", self.stderr(proc))
+
+    def test_queue_listen_url_wakes_an_idle_worker(self):
+        need(PG_TCP_URL, "QUEUE_LISTEN_URL test: set DBQUEUE_TEST_PG_TCP to the database behind"
+                         " the PgBouncer, reached directly (postgresql://user:pass@host:5432/db)")
+        q = self.db.queue()
+        name = "dbq-listen-%d" % os.getpid()
+        proc = self.start_worker("--sleep", "30",
+                                 QUEUE_LISTEN_URL=url_with(PG_TCP_URL, "application_name=" + name))
+        listening = 'LISTEN "dbqueue_%s"' % self.db.table
+        wait_for(lambda: self.db.raw("SELECT COUNT(*) FROM pg_stat_activity WHERE"
+                                     " application_name = %s AND query = %s",
+                                     (name, listening))[0][0] == 1,
+                 30, 0.05, "the worker's LISTEN on its direct connection")
+        self.push_one_at_a_time(q, proc)
+        proc.terminate()
+        self.assertEqual(self.finish(proc), 0, self.stderr(proc))
+
+    def test_without_the_option_a_changed_session_is_one_clear_line(self):
+        # psycopg 3 prepares a statement after its fifth run. Server sessions
+        # where earlier clients left their own "_pg3_0": prepared in open
+        # transactions, so that each holds a session of its own.
+        q = self.db.queue()
+        q.push_many("p_append", [{"n": n} for n in range(300)])
+        if self.db.driver == "psycopg":
+            import psycopg
+            clients = [psycopg.connect(PGBOUNCER_URL) for _ in range(8)]
+            for client in clients:
+                try:
+                    client.execute("SELECT 1", prepare=True)
+                except psycopg.errors.DuplicatePreparedStatement:
+                    pass     # left there before: as good
+            for client in clients:
+                client.rollback()     # a prepared statement outlives its transaction
+                client.close()
+        plain = self.db.url.replace("?pooler=transaction", "").replace("&pooler=transaction", "")
+        procs = [self.start_worker("--stop-when-empty", "--concurrency", "4",
+                                   QUEUE_DATABASE_URL=plain) for _ in range(2)]
+        codes = [self.finish(proc, 120) for proc in procs]
+        if self.db.driver == "psycopg2":    # it prepares nothing: it drains
+            self.assertEqual(codes, [0, 0], [self.stderr(p) for p in procs])
+            return
+        self.assertIn(1, codes, [self.stderr(p) for p in procs])
+        for proc, code in zip(procs, codes):
+            if code:
+                last = self.stderr(proc).strip().splitlines()[-1]
+                self.assertIn("the server session changed between statements: behind a"
+                              " transaction-mode pooler such as PgBouncer add"
+                              " ?pooler=transaction to the URL", last)
+                self.assertNotIn("_pg3_", self.stderr(proc))
+                self.assertNotIn("Traceback", self.stderr(proc))
+
+
+on_every_backend(PoolerProcessTests, PGBOUNCER_BACKENDS)
+
+
 class CoreLostConnectionTests(_WorkerProcesses, unittest.TestCase):
     """PostgreSQL kills the worker's connections mid-run: it reconnects and carries on."""
 
