@@ -1151,6 +1151,51 @@ class CoreConfigTests(unittest.TestCase):
                              " `python dbqueue.py migrate --print --all > schema.sql`")
 
 
+class PoolerConfigTests(unittest.TestCase):
+    """?pooler=transaction and QUEUE_LISTEN_URL: read, checked, and shown masked."""
+
+    def test_the_pooler_parameter_never_reaches_the_driver(self):
+        for url, dsn in (("postgresql://app:pw@pool:6432/app?pooler=transaction",
+                          "postgresql://app:pw@pool:6432/app"),
+                         ("postgres+psycopg2://app@pool/app?sslmode=require&pooler=transaction"
+                          "&connect_timeout=5",
+                          "postgresql://app@pool/app?sslmode=require&connect_timeout=5")):
+            dialect, target, _ = dbqueue._parse_url(url)
+            self.assertEqual((dialect, target), (dbqueue._Postgres, {"dsn": dsn, "pooled": True}))
+        plain = "postgresql:///app?host=/var/run/postgresql"
+        self.assertEqual(dbqueue._parse_url(plain)[1], {"dsn": plain, "pooled": False})
+
+    def test_bad_pooler_and_listen_settings_are_one_line_exit_2(self):
+        pooled = "postgresql://app:s3cret@pool:6432/app?pooler=transaction"
+        for env, words in (
+                ({"QUEUE_DATABASE_URL": "postgresql://app:s3cret@db/app?pooler=yes"},
+                 "pooler=yes is not known"),
+                ({"QUEUE_DATABASE_URL": pooled, "QUEUE_LISTEN_URL": pooled}, "through the pooler"),
+                ({"QUEUE_DATABASE_URL": pooled, "QUEUE_LISTEN_URL": "mysql://app:s3cret@db/app"},
+                 "postgresql://"),
+                ({"QUEUE_DATABASE_URL": "sqlite:///q.db",
+                  "QUEUE_LISTEN_URL": "postgresql://app:s3cret@db/app"}, "QUEUE_LISTEN_URL")):
+            code, out, err = run_main(["config"], env)
+            self.assertEqual((code, len(err.strip().splitlines())), (2, 1), err)
+            self.assertIn(words, err)
+            self.assertNotIn("s3cret", err)
+
+    def test_config_shows_the_listen_url_masked(self):
+        env = {"QUEUE_DATABASE_URL": "postgresql://app:s3cret@pool:6432/app?pooler=transaction",
+               "QUEUE_LISTEN_URL": "postgresql://app:s3cret@db:5432/app"}
+        code, out, err = run_main(["config", "--json"], env)
+        self.assertEqual(code, 0, err)
+        shown = {s["name"]: s for s in json.loads(out)["settings"]}
+        self.assertEqual((shown["QUEUE_LISTEN_URL"]["value"], shown["QUEUE_LISTEN_URL"]["source"]),
+                         ("postgresql://app:***@db:5432/app", "environment"))
+        code, out, err = run_main(["config"], env)
+        self.assertIn("postgresql://app:***@db:5432/app", out)
+        self.assertNotIn("s3cret", out + err)
+        self.assertNotIn("s3cret", repr(dbqueue.Config(listen_url=env["QUEUE_LISTEN_URL"])))
+        code, out, err = run_main(["config"], {})
+        self.assertRegex(out, r"QUEUE_LISTEN_URL\s+\"\"\s+default")
+
+
 # -- worker subprocesses ------------------------------------------------------
 
 _HANDLERS = '''
