@@ -3331,6 +3331,15 @@ class ContentionTests:
 _on_backends(ContentionTests, [Backend, PsycopgBackend])
 
 
+class PoolerContentionTests(ContentionTests):
+    """The same through PgBouncer in transaction mode: 4 workers, 5,000 jobs each (heavy)."""
+
+    workers = 4
+
+
+_on_backends(PoolerContentionTests, PGBOUNCER_BACKENDS)
+
+
 def _free_port():
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
