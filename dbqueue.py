@@ -338,6 +338,7 @@ class Config:
     def __init__(self, **settings):
         self.driver = "database"
         self.database_url = _DEFAULT_URL
+        self.listen_url = ""          # PostgreSQL behind a pooler: the server itself, for LISTEN
         self.max_attempts = 3
         self.retry_after = 90
         self.backoff = [10, 60, 300]
@@ -371,6 +372,7 @@ class Config:
         shown = dict(vars(self))
         del shown["sources"], shown["warnings"]
         shown["database_url"] = _mask_url(self.database_url)
+        shown["listen_url"] = _mask_url(self.listen_url)
         for secret in ("mail_password", "dashboard_token"):
             if shown[secret]:
                 shown[secret] = "***"
@@ -432,6 +434,8 @@ class Config:
                 "QUEUE_DRIVER=%s is not supported: dbqueue only has the 'database' driver"
                 " (set QUEUE_DRIVER=database or remove it)" % driver)
         c.database_url, c.sources["QUEUE_DATABASE_URL"] = _database_url(find, path, database_url)
+        c.listen_url = get("QUEUE_LISTEN_URL")
+        _listen_target(c.listen_url, _parse_url(c.database_url)[0])
         c.max_attempts = _int_setting("QUEUE_MAX_ATTEMPTS", get("QUEUE_MAX_ATTEMPTS", "3"), 1,
                                       _MAX_TRIES)
         c.retry_after = _int_setting("QUEUE_RETRY_AFTER", get("QUEUE_RETRY_AFTER", "90"), 1,
@@ -547,6 +551,25 @@ def _database_url(find, env_path, flag):
                           " postgresql://user@host/db), or remove it" % origin)
     _parse_url(url, origin)
     return url, source
+
+
+def _listen_target(url, dialect):
+    """The connect target of QUEUE_LISTEN_URL, or None when it is unset.
+
+    Behind a transaction-mode pooler LISTEN hears nothing (each transaction
+    may run on another server session): idle workers poll, or LISTEN on one
+    direct connection to the server this URL names.
+    """
+    if not url:
+        return None
+    listen, target, _ = _parse_url(url, "QUEUE_LISTEN_URL")
+    if listen is not _Postgres or dialect is not _Postgres:
+        raise ConfigError("QUEUE_LISTEN_URL=%s: LISTEN is PostgreSQL's; it needs a postgresql://"
+                          " URL beside a PostgreSQL database URL" % _mask_url(url))
+    if target["pooled"]:
+        raise ConfigError("QUEUE_LISTEN_URL=%s goes through the pooler: name the PostgreSQL"
+                          " server itself" % _mask_url(url))
+    return target
 
 
 def _typos(environ, file_values, env_path, sources):
@@ -800,7 +823,7 @@ def _parse_url(url, origin="QUEUE_DATABASE_URL"):
             start, _, at = info
             target = (target[:start] + target[start:at].replace("@", "%40").replace("/", "%2F")
                       + target[at:])
-        return _Postgres, target, driver or None
+        return _Postgres, _Postgres.parse(target, origin), driver or None
     if base in ("mysql", "mariadb"):
         if driver not in ("", "pymysql", "mysqldb"):
             raise ConfigError("%s: unknown MySQL driver %r (pymysql or mysqldb)" % (origin, driver))
@@ -993,6 +1016,15 @@ _SQL = {
                  " ON CONFLICT (name) DO UPDATE SET value = excluded.value,"
                  " updated_at = excluded.updated_at",
     "state_clear": "DELETE FROM dbqueue_state WHERE name = :name",
+    # Idle workers that cannot be told of a push (MySQL; PostgreSQL behind a
+    # transaction-mode pooler) look for a ready job: one index probe.
+    "ready": "SELECT 1 FROM {jobs} WHERE queue = :queue AND reserved_at IS NULL"
+             " AND available_at <= {now} LIMIT 1",
+    # After a claim that found nothing though a job was ready (another
+    # session holds its row lock), idle workers wait for this to change
+    # instead: a push, a claim or a give-back moves it (see Worker._wait_poll).
+    "ready_mark": "SELECT COUNT(*), MAX(id) FROM {jobs} WHERE queue = :queue"
+                  " AND reserved_at IS NULL AND available_at <= {now}",
 }
 
 # When a reservation has lapsed (see "rescue"), for rows with reserved_at set.
@@ -1694,23 +1726,60 @@ class _Postgres(_Dialect):
         raise ConfigError("QUEUE_DATABASE_URL is PostgreSQL but the %s driver is not installed:"
                           " pip install %s" % (name or "psycopg", wanted))
 
+    @staticmethod
+    def parse(url, origin="QUEUE_DATABASE_URL"):
+        """{"dsn": the libpq URI, "pooled": bool} from a postgresql:// URL.
+
+        dbqueue's own parameter, ?pooler=transaction (PgBouncer in transaction
+        mode, RDS Proxy, Supavisor: each transaction may run on another server
+        session), is taken out: libpq refuses parameters it does not know.
+        """
+        base, _, query = url.partition("?")
+        kept, pooled = [], False
+        for item in query.split("&") if query else []:
+            key, _, value = item.partition("=")
+            if key != "pooler":
+                kept.append(item)
+            elif value == "transaction":
+                pooled = True
+            else:
+                raise ConfigError("%s: %s: pooler=%s is not known (pooler=transaction, for a"
+                                  " transaction-mode pooler such as PgBouncer)"
+                                  % (origin, _mask_url(url), value))
+        return {"dsn": base + ("?" + "&".join(kept) if kept else ""), "pooled": pooled}
+
     @classmethod
     def connect(cls, target, driver=None, timeout=None, create=True):
         module = driver if not isinstance(driver, (str, type(None))) else cls.driver(driver)
+        dsn = target["dsn"]
         try:
             if module.__name__.startswith("psycopg2"):
-                conn = module.connect(target)
+                conn = module.connect(dsn)
                 conn.autocommit = True
+            elif target["pooled"]:
+                # psycopg 3 prepares a statement on the server after its fifth
+                # run; behind a pooler the next run may find another session.
+                conn = module.connect(dsn, autocommit=True, prepare_threshold=None)
             else:
-                conn = module.connect(target, autocommit=True)
+                conn = module.connect(dsn, autocommit=True)
         except module.Error as exc:
             # Raised outside the except block: the driver's own exception,
             # which may quote the password, is not chained into tracebacks.
             error = DatabaseError("cannot connect to %s: %s"
-                                  % (_mask_url(target), _without_password(_first_line(exc), target)))
+                                  % (_mask_url(dsn), _without_password(_first_line(exc), dsn)))
         else:
             return conn
         raise error
+
+    @staticmethod
+    def describe(exc):
+        # One of psycopg 3's own prepared statements (_pg3_0, ...) missing,
+        # already there or taking other parameters: a pooler gave this
+        # connection another client's server session.
+        if 'prepared statement "_pg3_' in str(exc):
+            return ("the server session changed between statements: behind a transaction-mode"
+                    " pooler such as PgBouncer add ?pooler=transaction to the URL")
+        return _first_line(exc)
 
     @staticmethod
     def in_transaction(conn):
@@ -1821,19 +1890,11 @@ class _MySQL(_Dialect):
                    " ON DUPLICATE KEY UPDATE version = VALUES(version)")
     state_set = ("INSERT INTO dbqueue_state (name, value, updated_at) VALUES (:name, :value, {now})"
                  " ON DUPLICATE KEY UPDATE value = VALUES(value), updated_at = VALUES(updated_at)")
-    # Idle workers look for a ready job (no NOTIFY here): one index probe.
     # The dashboard's search over recipients: json_extract fails on text that
     # is not JSON, so JSON_VALID first (MySQL 5.7.8+, MariaDB 10.2.3+).
     failed_recipient = ("CASE WHEN JSON_VALID(payload)"
                         " THEN JSON_UNQUOTE(JSON_EXTRACT(payload, '$.data.to')) END")
-    ready = ("SELECT 1 FROM {jobs} WHERE queue = :queue AND reserved_at IS NULL"
-             " AND available_at <= {now} LIMIT 1")
-    # After a claim that found nothing though a job was ready (another
-    # session holds its row lock), idle workers wait for this to change
-    # instead: a push, a claim or a give-back moves it (see Worker._wait_poll).
-    ready_mark = ("SELECT COUNT(*), MAX(id) FROM {jobs} WHERE queue = :queue"
-                  " AND reserved_at IS NULL AND available_at <= {now}")
-    wakeup = "poll"
+    wakeup = "poll"     # no NOTIFY here: see "ready"
     # push_many: a multi-row INSERT reports its first id; the rest follow in
     # steps of auto_increment_increment, except under innodb_autoinc_lock_mode
     # 2 (MySQL 8's default), where a concurrent INSERT ... SELECT may take
@@ -2188,6 +2249,11 @@ class Queue:
         self._driver = driver or driver_name
         if self.dialect is not _SQLite and isinstance(self._driver, (str, type(None))):
             self._driver = self.dialect.driver(self._driver)   # a missing driver: ConfigError now
+        # How idle workers learn of a push (see Worker._idle), and where.
+        self.wakeup = self.dialect.wakeup
+        self._listen_target = _listen_target(self.config.listen_url, self.dialect)
+        if self.dialect is _Postgres and self._target["pooled"] and not self._listen_target:
+            self.wakeup = "poll"
         self._clock = clock
         self.channel = "dbqueue_" + self.config.table
         self._sql = {}
@@ -2238,14 +2304,16 @@ class Queue:
         cur.execute(text, [params[n] for n in names])
         return cur
 
-    def connect(self, create=True):
+    def connect(self, create=True, listen=False):
         """A new connection of the queue's own (the worker holds its own).
 
         `create=False` opens an existing database only and creates no tables
-        (on SQLite, where first use would otherwise create both).
+        (on SQLite, where first use would otherwise create both). `listen=True`:
+        the connection an idle worker LISTENs on (QUEUE_LISTEN_URL's, if set).
         """
+        target = (listen and self._listen_target) or self._target
         try:
-            conn = self.dialect.connect(self._target, self._driver, create=create)
+            conn = self.dialect.connect(target, self._driver, create=create)
         except self._errors() as exc:
             raise DatabaseError("cannot open %s: %s" % (_mask_url(self.config.database_url),
                                                         _first_line(exc)))
@@ -3690,12 +3758,13 @@ class Worker:
         if max_time is not None:
             deadline = min(deadline, started + max_time)
         wait = {"notify": self._wait_notify, "poll": self._wait_poll}.get(
-            self.queue.dialect.wakeup, self._wait_sqlite)
+            self.queue.wakeup, self._wait_sqlite)
         wait(deadline)
 
     def _wait_poll(self, deadline):
-        # No NOTIFY (MySQL): ask for a ready job, often right after the queue
-        # ran dry, then every poll_max seconds: one index probe each.
+        # No NOTIFY (MySQL; PostgreSQL behind a transaction-mode pooler): ask
+        # for a ready job, often right after the queue ran dry, then every
+        # poll_max seconds: one index probe each.
         # After a claim that missed a ready job (its row locked by another
         # session: SKIP LOCKED), a ready job is no news, and returning for it
         # would spin: wait for the ready rows to change instead, as a NOTIFY
@@ -3741,7 +3810,7 @@ class Worker:
         listener = self._listen.get("_listener")
         if listener is None:
             try:
-                listener = self.queue.connect()
+                listener = self.queue.connect(listen=True)
                 cur = listener.cursor()
                 cur.execute('LISTEN "%s"' % self.queue.channel)
                 cur.close()

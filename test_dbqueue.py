@@ -245,6 +245,60 @@ class Psycopg2Backend(PsycopgBackend):
     driver = "psycopg2"
 
 
+# A transaction-mode PgBouncer in front of that server (.ci/run starts one):
+# DBQUEUE_TEST_PGBOUNCER names the database through it, DBQUEUE_TEST_PG_TCP
+# the same database directly (what QUEUE_LISTEN_URL names). Unset, they skip.
+PGBOUNCER_URL = os.environ.get("DBQUEUE_TEST_PGBOUNCER") or None
+PG_TCP_URL = os.environ.get("DBQUEUE_TEST_PG_TCP") or None
+PGBOUNCER_HINT = ("PgBouncer tests: set DBQUEUE_TEST_PGBOUNCER to a database behind a"
+                  " transaction-mode PgBouncer, e.g. postgresql://user:pass@127.0.0.1:6432/db")
+
+
+def pgbouncer_available(driver):
+    """None when the PgBouncer at DBQUEUE_TEST_PGBOUNCER can be used, else the reason."""
+    key = ("pgbouncer", driver)
+    if key not in _pg_state:
+        reason = None if PGBOUNCER_URL else PGBOUNCER_HINT
+        if reason is None:
+            try:
+                _pg_connect(__import__(driver), PGBOUNCER_URL).close()
+            except ImportError:
+                reason = "PostgreSQL driver %s is not installed" % driver
+            except Exception as exc:  # any failure to reach it is a reason to skip
+                reason = "PgBouncer is not reachable at %s: %s" % (
+                    dbqueue._mask_url(PGBOUNCER_URL), str(exc).strip()[:200])
+        _pg_state[key] = reason
+    return _pg_state[key]
+
+
+class PgBouncerPsycopgBackend(PsycopgBackend):
+    """PostgreSQL through PgBouncer in transaction mode, with ?pooler=transaction."""
+
+    suffix = "PgBouncerPsycopg"
+    pooled = True
+
+    def __init__(self, testcase):
+        need(pgbouncer_available(self.driver) is None, pgbouncer_available(self.driver) or "")
+        Backend.__init__(self, testcase)
+        testcase.addCleanup(self.drop)
+
+    def make_url(self):
+        base, _, rest = PGBOUNCER_URL.partition("://")
+        return url_with("%s+%s://%s" % (base, self.driver, rest), "pooler=transaction")
+
+    def connect(self):
+        # Through the bouncer too: one statement per connection needs no session.
+        return _pg_connect(__import__(self.driver), PGBOUNCER_URL)
+
+
+class PgBouncerPsycopg2Backend(PgBouncerPsycopgBackend):
+    suffix = "PgBouncerPsycopg2"
+    driver = "psycopg2"
+
+
+PGBOUNCER_BACKENDS = [PgBouncerPsycopgBackend, PgBouncerPsycopg2Backend]
+
+
 _mysql_state = {}
 
 
@@ -351,9 +405,9 @@ def on_every_backend(mixin, backends=None):
     """Make one TestCase per backend from a mixin of tests that use self.db."""
     module = sys.modules[mixin.__module__]
     for backend in backends or BACKENDS:
-        suffix = {"sqlite": "SQLite", "psycopg": "Psycopg", "psycopg2": "Psycopg2",
-                  "pymysql": "MariaDB", "MySQLdb": "MariaDBMySQLdb"}[
-            backend.driver or "sqlite"]
+        suffix = getattr(backend, "suffix", None) or {
+            "sqlite": "SQLite", "psycopg": "Psycopg", "psycopg2": "Psycopg2",
+            "pymysql": "MariaDB", "MySQLdb": "MariaDBMySQLdb"}[backend.driver or "sqlite"]
         name = mixin.__name__.replace("Tests", "") + suffix + "Tests"
 
         def setUp(self, _backend=backend, _mixin=mixin):
@@ -731,8 +785,9 @@ class CoreTests:
             conn = sqlite3.connect(self.db.url[len("sqlite:///"):], timeout=10)
         elif self.db.name == "mysql":
             conn = self.db.app_connect()
-        else:
-            conn = __import__(self.db.driver).connect(PG_URL)
+        else:   # behind the pooler, the app's connection goes through it too
+            conn = __import__(self.db.driver).connect(
+                PGBOUNCER_URL if getattr(self.db, "pooled", False) else PG_URL)
         self.addCleanup(conn.close)
         return conn
 
@@ -865,15 +920,22 @@ class CoreTests:
     def test_concurrent_migrations_on_a_fresh_database(self):
         # Two hosts running `migrate` at deploy time, on a database that has
         # no dbqueue table yet: every one succeeds and the schema is recorded once.
-        # (MySQL has no per-connection default isolation to set from the URL.)
-        for isolation in ((None, "serializable") if self.db.name == "postgresql" else (None,)):
+        # (MySQL has no per-connection default isolation to set from the URL,
+        # and PgBouncer does not pass the URL's `options` on.)
+        direct = self.db.name == "postgresql" and not getattr(self.db, "pooled", False)
+        for isolation in ((None, "serializable") if direct else (None,)):
             with self.subTest(isolation=isolation):
                 self.check_concurrent_migrations(isolation)
 
     def check_concurrent_migrations(self, isolation):
-        url = self.db.url
+        url, tables = self.db.url, {}
         if self.db.name == "mysql":
             url = self.db.fresh_database("s_%s" % self.db.table)
+        elif getattr(self.db, "pooled", False):
+            # No fresh schema through the pooler (no `options`): fresh tables.
+            tables = {"table": self.db.table + "_fresh", "failed_table": self.db.table + "_ff"}
+            self.addCleanup(self.db.raw, 'DROP TABLE IF EXISTS "%(table)s", "%(failed_table)s"'
+                            % tables)
         elif self.db.name != "sqlite":
             # A fresh schema: no dbqueue table exists there yet. The server's
             # default isolation must not matter (the waiting migration must see
@@ -890,7 +952,7 @@ class CoreTests:
         barrier = threading.Barrier(6)
 
         def migrate():
-            q = dbqueue.Queue(config=dbqueue.Config(database_url=url))
+            q = dbqueue.Queue(config=dbqueue.Config(database_url=url, **tables))
             try:
                 barrier.wait(10)
                 q.migrate()
@@ -898,7 +960,7 @@ class CoreTests:
                 q.close()
 
         self.assertEqual(in_threads(migrate, 6), [])
-        q = dbqueue.Queue(config=dbqueue.Config(database_url=url))
+        q = dbqueue.Queue(config=dbqueue.Config(database_url=url, **tables))
         self.addCleanup(q.close)
         self.assertEqual(q.schema_version(), 2)
         self.assertEqual(q.push("t_record", {"i": 1}), 1)
@@ -908,7 +970,8 @@ class CoreTests:
         # transactions still run as READ COMMITTED, so a claim that meets a row
         # the other worker just took skips it instead of failing.
         url = self.db.url
-        if self.db.name == "postgresql":
+        pooled = getattr(self.db, "pooled", False)     # PgBouncer does not pass `options` on
+        if self.db.name == "postgresql" and not pooled:
             url = url_with(url, "options=-cdefault_transaction_isolation%3Dserializable")
         q = dbqueue.Queue(config=self.db.config(database_url=url))
         self.addCleanup(q.close)
@@ -917,7 +980,7 @@ class CoreTests:
             with q.transaction() as cur:
                 cur.execute("SHOW VARIABLES LIKE '%tx_isolation'")   # this session's value
                 self.assertEqual({value for _, value in cur.fetchall()}, {"READ-COMMITTED"})
-        elif self.db.name != "sqlite":
+        elif self.db.name != "sqlite" and not pooled:
             with q.transaction() as cur:
                 cur.execute("SELECT current_setting('default_transaction_isolation'),"
                             " current_setting('transaction_isolation')")
@@ -1002,6 +1065,10 @@ class CoreTests:
         self.assertIn("worker stopped", err)
 
 
+# The core again, through PgBouncer in transaction mode (?pooler=transaction).
+on_every_backend(CoreTests, PGBOUNCER_BACKENDS)
+
+
 _BLOCK = {"started": threading.Event(), "release": threading.Event(), "runs": 0}
 _SOCKETS = []
 
@@ -1082,6 +1149,51 @@ class CoreConfigTests(unittest.TestCase):
         with open(os.path.join(HERE, "schema.sql"), encoding="utf-8") as fh:
             self.assertEqual(fh.read(), out, "schema.sql drifted: regenerate it with"
                              " `python dbqueue.py migrate --print --all > schema.sql`")
+
+
+class PoolerConfigTests(unittest.TestCase):
+    """?pooler=transaction and QUEUE_LISTEN_URL: read, checked, and shown masked."""
+
+    def test_the_pooler_parameter_never_reaches_the_driver(self):
+        for url, dsn in (("postgresql://app:pw@pool:6432/app?pooler=transaction",
+                          "postgresql://app:pw@pool:6432/app"),
+                         ("postgres+psycopg2://app@pool/app?sslmode=require&pooler=transaction"
+                          "&connect_timeout=5",
+                          "postgresql://app@pool/app?sslmode=require&connect_timeout=5")):
+            dialect, target, _ = dbqueue._parse_url(url)
+            self.assertEqual((dialect, target), (dbqueue._Postgres, {"dsn": dsn, "pooled": True}))
+        plain = "postgresql:///app?host=/var/run/postgresql"
+        self.assertEqual(dbqueue._parse_url(plain)[1], {"dsn": plain, "pooled": False})
+
+    def test_bad_pooler_and_listen_settings_are_one_line_exit_2(self):
+        pooled = "postgresql://app:s3cret@pool:6432/app?pooler=transaction"
+        for env, words in (
+                ({"QUEUE_DATABASE_URL": "postgresql://app:s3cret@db/app?pooler=yes"},
+                 "pooler=yes is not known"),
+                ({"QUEUE_DATABASE_URL": pooled, "QUEUE_LISTEN_URL": pooled}, "through the pooler"),
+                ({"QUEUE_DATABASE_URL": pooled, "QUEUE_LISTEN_URL": "mysql://app:s3cret@db/app"},
+                 "postgresql://"),
+                ({"QUEUE_DATABASE_URL": "sqlite:///q.db",
+                  "QUEUE_LISTEN_URL": "postgresql://app:s3cret@db/app"}, "QUEUE_LISTEN_URL")):
+            code, out, err = run_main(["config"], env)
+            self.assertEqual((code, len(err.strip().splitlines())), (2, 1), err)
+            self.assertIn(words, err)
+            self.assertNotIn("s3cret", err)
+
+    def test_config_shows_the_listen_url_masked(self):
+        env = {"QUEUE_DATABASE_URL": "postgresql://app:s3cret@pool:6432/app?pooler=transaction",
+               "QUEUE_LISTEN_URL": "postgresql://app:s3cret@db:5432/app"}
+        code, out, err = run_main(["config", "--json"], env)
+        self.assertEqual(code, 0, err)
+        shown = {s["name"]: s for s in json.loads(out)["settings"]}
+        self.assertEqual((shown["QUEUE_LISTEN_URL"]["value"], shown["QUEUE_LISTEN_URL"]["source"]),
+                         ("postgresql://app:***@db:5432/app", "environment"))
+        code, out, err = run_main(["config"], env)
+        self.assertIn("postgresql://app:***@db:5432/app", out)
+        self.assertNotIn("s3cret", out + err)
+        self.assertNotIn("s3cret", repr(dbqueue.Config(listen_url=env["QUEUE_LISTEN_URL"])))
+        code, out, err = run_main(["config"], {})
+        self.assertRegex(out, r"QUEUE_LISTEN_URL\s+\"\"\s+default")
 
 
 # -- worker subprocesses ------------------------------------------------------
@@ -1321,6 +1433,84 @@ class CoreProcessTests(_WorkerProcesses):
             self.assertNotIn("Traceback", self.stderr(proc))
         self.assertEqual(self.count(), 0)
         self.assertEqual(q.failed(), [])
+
+
+class PoolerProcessTests(_WorkerProcesses):
+    """Workers behind PgBouncer in transaction mode: each transaction may run on
+    another server session, so nothing may depend on one (?pooler=transaction)."""
+
+    def setUp(self):
+        self.process_setup()
+
+    def push_one_at_a_time(self, q, proc, count=5):
+        """Push jobs one by one, each when the last has run: every one must start
+        long before the worker's --sleep 30 is over."""
+        for n in range(count):
+            q.push("p_append", {"n": n})
+            wait_for(lambda: "done %d" % n in self.lines(), 15, 0.01,
+                     "job %d to start before --sleep 30 ended" % n)
+        self.assertIsNone(proc.poll(), self.stderr(proc))
+
+    def test_idle_workers_poll_behind_the_pooler(self):
+        q = self.db.queue()
+        proc = self.start_worker("--sleep", "30", "--concurrency", "2")
+        self.push_one_at_a_time(q, proc)
+        proc.terminate()
+        self.assertEqual(self.finish(proc), 0, self.stderr(proc))
+        self.assertNotIn("Traceback", self.stderr(proc))
+
+    def test_queue_listen_url_wakes_an_idle_worker(self):
+        need(PG_TCP_URL, "QUEUE_LISTEN_URL test: set DBQUEUE_TEST_PG_TCP to the database behind"
+                         " the PgBouncer, reached directly (postgresql://user:pass@host:5432/db)")
+        q = self.db.queue()
+        name = "dbq-listen-%d" % os.getpid()
+        proc = self.start_worker("--sleep", "30",
+                                 QUEUE_LISTEN_URL=url_with(PG_TCP_URL, "application_name=" + name))
+        listening = 'LISTEN "dbqueue_%s"' % self.db.table
+        wait_for(lambda: self.db.raw("SELECT COUNT(*) FROM pg_stat_activity WHERE"
+                                     " application_name = %s AND query = %s",
+                                     (name, listening))[0][0] == 1,
+                 30, 0.05, "the worker's LISTEN on its direct connection")
+        self.push_one_at_a_time(q, proc)
+        proc.terminate()
+        self.assertEqual(self.finish(proc), 0, self.stderr(proc))
+
+    def test_without_the_option_a_changed_session_is_one_clear_line(self):
+        # psycopg 3 prepares a statement after its fifth run. Server sessions
+        # where earlier clients left their own "_pg3_0": prepared in open
+        # transactions, so that each holds a session of its own.
+        q = self.db.queue()
+        q.push_many("p_append", [{"n": n} for n in range(300)])
+        if self.db.driver == "psycopg":
+            import psycopg
+            clients = [psycopg.connect(PGBOUNCER_URL) for _ in range(8)]
+            for client in clients:
+                try:
+                    client.execute("SELECT 1", prepare=True)
+                except psycopg.errors.DuplicatePreparedStatement:
+                    pass     # left there before: as good
+            for client in clients:
+                client.rollback()     # a prepared statement outlives its transaction
+                client.close()
+        plain = self.db.url.replace("?pooler=transaction", "").replace("&pooler=transaction", "")
+        procs = [self.start_worker("--stop-when-empty", "--concurrency", "4",
+                                   QUEUE_DATABASE_URL=plain) for _ in range(2)]
+        codes = [self.finish(proc, 120) for proc in procs]
+        if self.db.driver == "psycopg2":    # it prepares nothing: it drains
+            self.assertEqual(codes, [0, 0], [self.stderr(p) for p in procs])
+            return
+        self.assertIn(1, codes, [self.stderr(p) for p in procs])
+        for proc, code in zip(procs, codes):
+            if code:
+                last = self.stderr(proc).strip().splitlines()[-1]
+                self.assertIn("the server session changed between statements: behind a"
+                              " transaction-mode pooler such as PgBouncer add"
+                              " ?pooler=transaction to the URL", last)
+                self.assertNotIn("_pg3_", self.stderr(proc))
+                self.assertNotIn("Traceback", self.stderr(proc))
+
+
+on_every_backend(PoolerProcessTests, PGBOUNCER_BACKENDS)
 
 
 class CoreLostConnectionTests(_WorkerProcesses, unittest.TestCase):
@@ -2416,6 +2606,9 @@ class OpsTests:
         q.discard(conn)
 
 
+on_every_backend(OpsTests, PGBOUNCER_BACKENDS)   # stats and the other commands, through PgBouncer
+
+
 class OpsCommandLineTests(unittest.TestCase):
     """Flags, help, configuration and logs: one database (SQLite) is enough."""
 
@@ -2969,9 +3162,9 @@ def _on_backends(mixin, backends):
     """Like on_every_backend, for a chosen subset of backends."""
     module = sys.modules[mixin.__module__]
     for backend in backends:
-        suffix = {"sqlite": "SQLite", "psycopg": "Psycopg", "psycopg2": "Psycopg2",
-                  "pymysql": "MariaDB", "MySQLdb": "MariaDBMySQLdb"}[
-            backend.driver or "sqlite"]
+        suffix = getattr(backend, "suffix", None) or {
+            "sqlite": "SQLite", "psycopg": "Psycopg", "psycopg2": "Psycopg2",
+            "pymysql": "MariaDB", "MySQLdb": "MariaDBMySQLdb"}[backend.driver or "sqlite"]
         name = mixin.__name__.replace("Tests", "") + suffix + "Tests"
 
         def setUp(self, _backend=backend, _mixin=mixin):
@@ -3136,6 +3329,15 @@ class ContentionTests:
 
 
 _on_backends(ContentionTests, [Backend, PsycopgBackend])
+
+
+class PoolerContentionTests(ContentionTests):
+    """The same through PgBouncer in transaction mode: 4 workers, 5,000 jobs each (heavy)."""
+
+    workers = 4
+
+
+_on_backends(PoolerContentionTests, PGBOUNCER_BACKENDS)
 
 
 def _free_port():
@@ -3440,7 +3642,7 @@ class SecretsUrlPasswordTests(unittest.TestCase):
                     # What libpq itself takes from the URL handed to it.
                     need(pg_available("psycopg") is None, pg_available("psycopg") or "")
                     from psycopg.conninfo import conninfo_to_dict
-                    self.assertEqual(conninfo_to_dict(target), {
+                    self.assertEqual(conninfo_to_dict(target["dsn"]), {
                         "user": "app", "password": unquote(password), "host": "127.0.0.1",
                         "port": "3306", "dbname": "appdb"}, url)
                 masked = dbqueue._mask_url(url)
@@ -6943,6 +7145,9 @@ class UniqueTests:
         self.assertEqual(len(self.rows()), 1)
 
 
+on_every_backend(UniqueTests, PGBOUNCER_BACKENDS)
+
+
 _UNIQUE_PRODUCER = r"""
 import os, sys
 sys.path.insert(0, sys.argv[1])
@@ -7142,6 +7347,9 @@ class RateLimitTests(EmailTestMixin):
         self.assertIn('dbqueue_mail_rate_limit{limit="2/d"} 2\n', prom)
         code, out, _ = run_main(["stats"], self.db.env())     # no limit: no line
         self.assertNotIn("MAIL_RATE_LIMIT", out)
+
+
+on_every_backend(RateLimitTests, PGBOUNCER_BACKENDS)
 
 
 class RateLimitSendmailTests(EmailTestMixin, unittest.TestCase):
@@ -7723,7 +7931,7 @@ class DashboardTests:
         secret = "Pg-Secret-42"
         if self.db.name == "sqlite":
             url = self.db.url     # SQLite has no password: the page names the file
-        elif self.db.name == "mysql":
+        elif self.db.name == "mysql" or getattr(self.db, "pooled", False):
             # The account's real password, in the URL's user part.
             import urllib.parse
             url = self.db.url
@@ -7873,6 +8081,9 @@ class DashboardTests:
         self.assertFalse(os.path.exists(path))     # never created by the dashboard
         os.rename(path + ".away", path)
         self.assertEqual(client.get("/").status, 200)
+
+
+on_every_backend(DashboardTests, PGBOUNCER_BACKENDS)
 
 
 class DashboardCommandTests(unittest.TestCase):
