@@ -956,6 +956,8 @@ _EXPIRED = ("((reserved_until > reserved_at AND reserved_until < {now})"
             " AND reserved_at < {now} - :retry_after))")
 
 _PARAM = _Pattern(r"(?<![:\w]):([a-z_]+)\b")
+# The name of each index a DDL statement makes (MySQL's inside its SET @dbqueue_ddl).
+_INDEX_NAME = _Pattern(r"INDEX (?:IF NOT EXISTS )?[`\"](\w+)[`\"] ON ")
 
 
 class _Dialect:
@@ -1134,6 +1136,15 @@ class _Dialect:
     @staticmethod
     def is_missing_column(exc):
         return False
+
+    # The names of a table's indexes (lower case). Bound parameter: the table name.
+    index_names_sql = ("SELECT indexname FROM pg_indexes"
+                       " WHERE schemaname = current_schema() AND tablename = %s")
+
+    @classmethod
+    def index_names(cls, cur, table):
+        cur.execute(cls.index_names_sql, (table,))
+        return {str(row[0]).lower() for row in cur.fetchall()}
 
     @classmethod
     def add_column_sql(cls, table, column, type_):
@@ -1371,6 +1382,11 @@ class _SQLite(_Dialect):
     @classmethod
     def columns(cls, cur, table):
         cur.execute("PRAGMA table_info(%s)" % _quote(table))
+        return {str(row[1]).lower() for row in cur.fetchall()}
+
+    @classmethod
+    def index_names(cls, cur, table):
+        cur.execute("PRAGMA index_list(%s)" % _quote(table))
         return {str(row[1]).lower() for row in cur.fetchall()}
 
     @staticmethod
@@ -1790,6 +1806,8 @@ class _MySQL(_Dialect):
     bigint = "BIGINT"
     columns_sql = ("SELECT column_name FROM information_schema.columns"
                    " WHERE table_schema = DATABASE() AND table_name = %s")
+    index_names_sql = ("SELECT DISTINCT index_name FROM information_schema.statistics"
+                       " WHERE table_schema = DATABASE() AND table_name = %s")
 
     @classmethod
     def table_ddl(cls, jobs, failed):
@@ -2325,19 +2343,50 @@ class Queue:
 
     def _migrate_steps(self, cur):
         """Every step of the migration, on `cur`, inside a transaction already open."""
-        tables = {"jobs": self.config.table, "failed": self.config.failed_table}
-        cur.execute(self.dialect.version_ddl())
-        cur.execute(self.dialect.state_ddl())
-        for statement in self.dialect.table_ddl(tables["jobs"], tables["failed"]):
+        for statement in self._migrate_plan(cur):
             cur.execute(statement)
-        for role, column, type_ in self.dialect.added_columns():
-            if column not in self.dialect.columns(cur, tables[role]):
-                cur.execute(self.dialect.add_column_sql(tables[role], column, type_))
-        for statement in self.dialect.index_ddl(tables["jobs"], tables["failed"]):
-            cur.execute(statement)
-        for statement in self.dialect.rate_ddl():
-            cur.execute(statement)
-        self.execute(cur, "set_version", tbl=tables["jobs"], version=_SCHEMA_VERSION)
+
+    def _migrate_plan(self, cur):
+        """The statements `migrate` runs on this database now, in order, as
+        plain SQL text: only what is missing (an empty list when up to date).
+        `migrate --print` prints them, so what a DBA reviews is what runs.
+
+        A table that exists is never made again: its missing columns are
+        added instead (ALTER TABLE), before the indexes that use them.
+        """
+        d, jobs, failed = self.dialect, self.config.table, self.config.failed_table
+        found = {name: d.columns(cur, name) for name in
+                 ("dbqueue_migrations", "dbqueue_state", jobs, failed, d.rate_table)}
+        plan = [d.version_ddl()] if not found["dbqueue_migrations"] else []
+        plan += [d.state_ddl()] if not found["dbqueue_state"] else []
+        tables = {"jobs": jobs, "failed": failed}
+        plan += [ddl for table, ddl in zip((jobs, failed), d.table_ddl(jobs, failed))
+                 if not found[table]]
+        plan += [d.add_column_sql(tables[role], column, type_)
+                 for role, column, type_ in d.added_columns()
+                 if found[tables[role]] and column not in found[tables[role]]]
+
+        def missing_indexes(statements, *names):
+            have = set()
+            for name in names:
+                have |= d.index_names(cur, name) if found[name] else set()
+            return any(name.lower() not in have for name in _INDEX_NAME.findall(
+                "\n".join(statements)))
+        indexes = d.index_ddl(jobs, failed)
+        plan += indexes if missing_indexes(indexes, jobs, failed) else []
+        rate = d.rate_ddl()
+        plan += rate if not found[d.rate_table] or missing_indexes(rate, d.rate_table) else []
+        version = None
+        if found["dbqueue_migrations"]:
+            self.execute(cur, "version", tbl=jobs)
+            version = (cur.fetchone() or (None,))[0]
+        if version is None or version < _SCHEMA_VERSION:
+            # Literal values, so that the printed script runs as it is: the
+            # table name is a validated identifier, the version a number.
+            template = getattr(d, "set_version", None) or _SQL["set_version"]
+            plan.append(template.replace(":tbl", "'%s'" % _quote(jobs)[1:-1])
+                        .replace(":version", str(_SCHEMA_VERSION)))
+        return plan
 
     def _schema_current(self, cur):
         """True when the tables are at this version: a read, which takes no write lock.
@@ -7541,7 +7590,8 @@ def _parser():
 
     p = command("migrate", "create or upgrade the queue tables (idempotent)",
                 "python dbqueue.py migrate --database-url postgresql://app@/appdb")
-    p.add_argument("--print", action="store_true", help="show the SQL instead of running it")
+    p.add_argument("--print", action="store_true",
+                   help="show the SQL migrate would run on this database now, without running it")
     p.add_argument("--all", action="store_true", help="with --print: every supported database")
 
     p = command("work", "process jobs until stopped",
@@ -7788,13 +7838,20 @@ def _cmd_migrate(args, config):
     if args.all and not args.print:
         raise ConfigError("migrate: --all goes with --print (it shows the SQL of every database;"
                           " migrate itself runs on the configured one)")
-    if args.print:
-        dialects = (_SQLite, _Postgres, _MySQL) if args.all else (_parse_url(config.database_url)[0],)
+    if args.print and args.all:
         out = []
-        for dialect in dialects:
+        for dialect in (_SQLite, _Postgres, _MySQL):
             out.append("-- %s (schema version %d)\n" % (dialect.name, _SCHEMA_VERSION))
             out.append(schema_sql(dialect, config.table, config.failed_table))
         sys.stdout.write("\n".join(out))
+        return 0
+    if args.print:
+        plan = _migrate_plan(config)
+        print("-- %s (schema version %d): %s" % (
+            _parse_url(config.database_url)[0].name, _SCHEMA_VERSION,
+            "what `migrate` runs on this database now" if plan
+            else "nothing to do, the tables are up to date"))
+        sys.stdout.write("".join(s + ";\n" for s in plan))
         return 0
     queue = Queue(config=config)
     try:
@@ -7804,6 +7861,26 @@ def _cmd_migrate(args, config):
     print("migrated %s: %s and %s at schema version %d"
           % (_mask_url(config.database_url), config.table, config.failed_table, version))
     return 0
+
+
+def _migrate_plan(config):
+    """Queue._migrate_plan of the configured database, read without changing it
+    (a SQLite file that does not exist yet: the plan for an empty one)."""
+    import sqlite3
+    dialect, target, _ = _parse_url(config.database_url)
+    if dialect is _SQLite and not os.path.exists(target):
+        conn = sqlite3.connect(":memory:")
+        try:
+            return Queue(config=config)._migrate_plan(conn.cursor())
+        finally:
+            conn.close()
+    queue = _reader(config)
+    try:
+        return queue._migrate_plan(queue._local.conn.cursor())
+    except queue._errors() as exc:
+        raise queue.translate(exc) from exc
+    finally:
+        queue.close()
 
 
 def _cmd_work(args, config):
