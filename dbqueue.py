@@ -3319,7 +3319,10 @@ class _Log:
                     continue
                 value = str(value)
                 if not value or " " in value or '"' in value or "=" in value:
-                    value = json.dumps(value)
+                    # Backslashes as written (a PHP class name is searched for)
+                    # unless a quote or a control character needs escaping.
+                    plain = value.isascii() and value.isprintable() and '"' not in value
+                    value = '"%s"' % value if plain else json.dumps(value)
                 parts.append("%s=%s" % (key, value))
             line = " ".join(parts)
         stream = self.stream or sys.stderr
@@ -3906,8 +3909,7 @@ class Worker:
                     " died or lost the reservation (timed out or killed)" % (job.attempts, tries))
             entry = _registry.get(job.name) or _aliases().get(job.name)
             if entry is None:
-                raise PermanentError("unknown job %r: no handler is registered under that name"
-                                     " (start the worker with --import MODULE)" % job.name)
+                raise PermanentError(_unknown_job(job.name, job.queue))
             if not isinstance(job.data, dict):
                 raise PermanentError("job data must be a JSON object")
             self._timed_out = False
@@ -4204,6 +4206,21 @@ class Worker:
             if self._running is not None:
                 tokens.append(self._running.token)
         return tokens
+
+
+# A PHP class name as the app's jobs carry it: App\Libraries\Queue\Jobs\SendSmsJob.
+_PHP_CLASS = _Pattern(r"^\\?[A-Za-z_]\w*(?:\\[A-Za-z_]\w*)+\Z")
+
+
+def _unknown_job(name, queue):
+    """Why a job has no handler, and what to do about it, in one line."""
+    if _PHP_CLASS.match(name):
+        # As written, not repr()'s doubled backslashes: the name is searched for.
+        return ("unknown job %s: a PHP job class that dbqueue does not run (queue %s);"
+                " keep `php spark queue:work --queue=%s` for that queue, or register a Python"
+                " handler under this exact name" % (name, queue, queue))
+    return ("unknown job %r: no handler is registered under that name"
+            " (start the worker with --import MODULE)" % name)
 
 
 def _format_exception(exc):

@@ -5540,6 +5540,43 @@ class TakeoverPrintedMigrationTests:
 on_every_backend(TakeoverPrintedMigrationTests, [Backend, PsycopgBackend, MariaDBBackend])
 
 
+class TakeoverOtherPHPJobTests:
+    """A row of a PHP job class dbqueue does not run (the app's SendSmsJob) fails with
+    what it is and the ways out, its name as PHP wrote it (single backslashes)."""
+
+    def test_an_unknown_php_job_class_says_so_everywhere_with_its_name_as_written(self):
+        ci4_tables(self.db)
+        q = self.db.queue()
+        name = "App\\Libraries\\Queue\\Jobs\\SendSmsJob"
+        payload = php_json({"job": name, "data": {"to": "+15550100", "text": "Hi"}})
+        self.assertIn("App\\\\Libraries", payload)      # as json_encode writes it
+        php_push(self.db, payload, queue="sms")
+        log = quiet_log()
+        dbqueue.Worker(q, ["sms"], log=log).run(stop_when_empty=True)
+        exception = q.failed()[0]["exception"]
+        line = exception.strip().splitlines()[-1]
+        for words in (name, "a PHP job class that dbqueue does not run", "queue sms",
+                      "php spark queue:work --queue=sms", "register a Python handler"):
+            self.assertIn(words, line)
+        self.assertNotIn("--import", line)
+        self.assertNotIn("\\\\", line)
+        text = log.stream.getvalue()
+        self.assertIn("name=" + name + " ", text)
+        self.assertIn(name + ":", text)
+        self.assertNotIn("\\\\", text)
+        code, out, err = run_main(["failed"], env=self.db.env())
+        self.assertEqual(code, 0, err)
+        self.assertIn(name, out)
+        self.assertNotIn("\\\\", out)
+        page = DashboardClient(start_dashboard(self, q)).get("/failed")
+        self.assertEqual(page.status, 200)
+        self.assertIn("unknown job %s:" % name, page.text)
+        self.assertNotIn("\\\\", page.text)
+
+
+on_every_backend(TakeoverOtherPHPJobTests, [Backend, PsycopgBackend, MariaDBBackend])
+
+
 def app_connection(db):
     """A connection as a web app holds it: not in autocommit, so writes open a transaction."""
     conn = db.connect()
