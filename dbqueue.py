@@ -4739,10 +4739,7 @@ def queue_email(to, subject, text=None, html=None, cc=None, bcc=None, reply_to=N
     data = {"to": to, "subject": subject, "text": text, "html": html, "cc": cc, "bcc": bcc,
             "reply_to": reply_to, "from": sender, "headers": headers}
     data = {k: v for k, v in data.items() if v is not None}
-    try:
-        _email_fields(data, None)
-    except PermanentError as exc:
-        raise ValueError(str(exc))
+    _check_email_job("send_email", data, None)
     return _enqueue("send_email", data, delay, connection, using, queue, unique_key)
 
 
@@ -4764,12 +4761,33 @@ def queue_template_email(to, template, variables=None, cc=None, bcc=None, reply_
             "reply_to": reply_to, "from": sender, "headers": headers}
     data = {k: v for k, v in data.items() if v is not None}
     config = using.config if isinstance(using, Queue) else Config.from_env()
+    _check_email_job("send_template_email", data, config)
+    return _enqueue("send_template_email", data, delay, connection, using, queue, unique_key)
+
+
+def _check_email_job(name, data, config):
+    """What a producer can check of a built-in email job before it is stored
+    (queue_email, queue_template_email, `push`): ValueError for a bad one.
+
+    The seed app's job classes are checked in their own shape, the errors
+    naming its fields (`data`, not `vars`). Other jobs are not checked.
+    """
+    handler = (_registry.get(name) or _aliases().get(name) or (None,))[0]
+    field = "data" if handler in (_seed_send_email, _seed_send_template_email) else "vars"
     try:
-        _find_template(template, _template_values(data["vars"]), config, warn=False)
-        _email_fields(dict(data, subject="", text="-"), None)
+        if handler is _seed_send_email:
+            data, handler = _seed_email_fields(data), _send_email
+        elif handler is _seed_send_template_email:
+            data, handler = _seed_template_fields(data), _send_template_email
+        if handler is _send_email:
+            _email_fields(data, None)
+        elif handler is _send_template_email:
+            variables = data.get("vars")
+            _find_template(data.get("template"), _template_values(
+                {} if variables is None else variables, field), config, warn=False, field=field)
+            _email_fields(dict(data, subject="", text="-"), None)
     except PermanentError as exc:
         raise ValueError(str(exc))
-    return _enqueue("send_template_email", data, delay, connection, using, queue, unique_key)
 
 
 def _enqueue(name, data, delay, connection, using, queue_name, unique_key):
@@ -4794,13 +4812,14 @@ def _send_email(data):
     _deliver(_email_fields(data, config), config)
 
 
-def _send_template_email(data):
-    """The `send_template_email` job: to, template, vars (plus the send_email options)."""
+def _send_template_email(data, field="vars"):
+    """The `send_template_email` job: to, template, vars (plus the send_email options).
+    `field` is what errors call the variables (the seed app's job: `data`)."""
     config = _mail_config()
     variables = data.get("vars")
     if variables is None:
         variables = {}
-    subject, text, html = _render(data.get("template"), variables, config)
+    subject, text, html = _render(data.get("template"), variables, config, field)
     fields = dict(data, subject=subject, text=text, html=html)
     fields.pop("template", None)
     fields.pop("vars", None)
@@ -4812,8 +4831,15 @@ def _seed_send_email(data):
 
     A `message` without any HTML tag is sent as the text part.
     """
+    _send_email(_seed_email_fields(data))
+
+
+def _seed_email_fields(data):
+    """A SendEmailJob's data as send_email's."""
     fields = {k: v for k, v in data.items() if k not in ("message", "textMessage")}
     message, text = data.get("message"), data.get("textMessage")
+    if not (message or text or data.get("text") or data.get("html")):
+        raise PermanentError("the message has no body: give message and/or textMessage")
     if isinstance(message, str) and message and not _HTML_TAG.search(message) and not text:
         fields["text"] = message
     else:
@@ -4821,7 +4847,7 @@ def _seed_send_email(data):
             fields["html"] = message
         if text:
             fields["text"] = text
-    _send_email(fields)
+    return fields
 
 
 def _seed_send_template_email(data):
@@ -4829,6 +4855,11 @@ def _seed_send_template_email(data):
 
     A view path such as "emails/verify_email" names the template "verify_email".
     """
+    _send_template_email(_seed_template_fields(data), field="data")
+
+
+def _seed_template_fields(data):
+    """A SendTemplateEmailJob's data as send_template_email's."""
     template = data.get("template")
     if isinstance(template, str) and "/" in template:
         template = template.rstrip("/").rsplit("/", 1)[-1]
@@ -4846,7 +4877,7 @@ def _seed_send_template_email(data):
             if data.get(key) is not None and key not in variables:
                 variables[key] = data[key]
     fields["vars"] = variables
-    _send_template_email(fields)
+    return fields
 
 
 job("send_email")(_send_email)
@@ -5342,9 +5373,9 @@ def _template_name(name):
     return name
 
 
-def _template_values(variables):
+def _template_values(variables, field="vars"):
     if not isinstance(variables, dict):
-        raise PermanentError("vars must be an object of name: value")
+        raise PermanentError("%s must be an object of name: value" % field)
     values = {}
     for key, value in variables.items():
         if value is None:
@@ -5421,7 +5452,7 @@ def _job_log():
     return worker.log if worker is not None else _Log()
 
 
-def _find_template(name, values, config, warn=True):
+def _find_template(name, values, config, warn=True, field="vars"):
     """(kind, locale, (subject, text, html or None) sources) of the template to render;
     a seed template's defaults for that language are put into `values`.
 
@@ -5453,8 +5484,8 @@ def _find_template(name, values, config, warn=True):
         # A link must have a value; the original built-ins accept an empty name.
         if variable is not None and (not values.get(variable) if kind == "seed"
                                      else variable not in values):
-            raise PermanentError("email template %r needs the variable %r in vars"
-                                 % (name, variable))
+            raise PermanentError("email template %r needs the variable %r in %s"
+                                 % (name, variable, field))
     if locale not in available:
         if warn:
             _job_log().warning("email template has no version in this locale; sent in English",
@@ -5514,7 +5545,7 @@ def _read_template(directory, name, locale=None):
     return subject, body, html
 
 
-def _render(name, variables, config):
+def _render(name, variables, config, field="vars"):
     """(subject, text, html or None) of a template filled with `variables`.
 
     A template in MAIL_TEMPLATE_DIR wins over the built-in one of the same
@@ -5525,8 +5556,9 @@ def _render(name, variables, config):
     """
     import html as html_module
     from string import Template
-    values = _template_values(variables)
-    kind, locale, source = _find_template(name, values, config)   # seed defaults filled in
+    values = _template_values(variables, field)
+    # The seed templates' defaults are filled into values here.
+    kind, locale, source = _find_template(name, values, config, field=field)
     link = values.get(_SEED_TEMPLATES[name]["link"] or "", "") if kind == "seed" else ""
     url = values.get("url", "") or link
     host = re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://([^/:?#@]+)", url)
@@ -5543,8 +5575,8 @@ def _render(name, variables, config):
         try:
             return Template(src).substitute(vals)
         except KeyError as exc:
-            raise PermanentError("email template %r needs the variable %r in vars (%s)"
-                                 % (name, exc.args[0], part))
+            raise PermanentError("email template %r needs the variable %r in %s (%s)"
+                                 % (name, exc.args[0], field, part))
         except ValueError as exc:
             raise PermanentError("email template %r has a bad placeholder in its %s: %s"
                                  % (name, part, exc))
@@ -7966,6 +7998,10 @@ def _cmd_push(args, config):
         _dumps(data)   # 1e999 parses as infinity: refuse it here, before any database
     except (TypeError, RecursionError) as exc:
         raise ConfigError("--data: %s" % _first_line(exc))
+    try:
+        _check_email_job(args.job, data, config)
+    except ValueError as exc:
+        raise ConfigError("push %s: %s" % (args.job, exc))
     queue = Queue(config=config)
     try:
         print(queue.push(args.job, data, queue=args.queue, delay=args.delay,

@@ -6001,6 +6001,67 @@ class TakeoverEarlyMistakesTests(unittest.TestCase):
         self.assertNotIn("reports (", err)
 
 
+class TakeoverPushChecksTests(unittest.TestCase):
+    """`push` of an email job from the shell is checked as queue_email() and
+    queue_template_email() check it: one line, exit 2, nothing stored."""
+
+    SEED = "App\\Libraries\\Queue\\Jobs\\"
+
+    def setUp(self):
+        self.db = Backend(self)
+        self.db.queue()
+
+    def push(self, job, data):
+        return run_main(["push", job, "--queue", "emails", "--data", php_json(data)],
+                        self.db.env())
+
+    def test_bad_email_jobs_are_refused_before_anything_is_stored(self):
+        to = "ann@example.com"
+        cases = [
+            ("send_template_email", {"to": to, "template": "verify_emial",
+                                     "vars": {"name": "A", "url": "https://x.test"}},
+             "unknown email template 'verify_emial' - did you mean 'verify_email'?"),
+            ("send_template_email", {"to": to, "template": "verify_email", "vars": {"name": "A"}},
+             "needs the variable 'url' in vars"),
+            ("send_template_email", {"template": "verify_email",
+                                     "vars": {"name": "A", "url": "https://x.test"}}, "to"),
+            ("send_email", {"to": to, "subject": "Hi"}, "the message has no body"),
+            # The PHP app's shape: its field names in the errors.
+            (self.SEED + "SendTemplateEmailJob",
+             {"template": "emails/verify_email", "to": to, "data": {"name": "A"}},
+             "needs the variable 'url' in data"),
+            ("\\" + self.SEED + "SendTemplateEmailJob",
+             {"template": "verification", "to": to, "data": {"display_name": "A"}},
+             "needs the variable 'verification_link' in data"),
+            (self.SEED + "SendTemplateEmailJob", {"template": "verification", "to": to,
+                                                  "data": "x"}, "data must be an object"),
+            (self.SEED + "SendEmailJob", {"to": to, "subject": "Hi"},
+             "give message and/or textMessage"),
+        ]
+        for job, data, words in cases:
+            code, out, err = self.push(job, data)
+            self.assertEqual((code, out), (2, ""), (job, data, err))
+            self.assertIn(words, err)
+            self.assertNotIn("vars" if "Jobs" in job else "\n", err.strip())
+            self.assertEqual(len(err.strip().splitlines()), 1, err)
+        self.assertEqual(self.db.raw("SELECT COUNT(*) FROM {jobs}")[0][0], 0)
+
+    def test_good_email_jobs_and_other_jobs_are_stored(self):
+        to = "ann@example.com"
+        for job, data in (
+                ("send_template_email", {"to": to, "template": "verify_email",
+                                         "vars": {"name": "A", "url": "https://x.test/v"}}),
+                ("send_email", {"to": to, "subject": "Hi", "text": "Hello"}),
+                (self.SEED + "SendTemplateEmailJob", {"template": "verification", "to": to,
+                 "data": {"verification_link": "https://x.test/v"}}),
+                (self.SEED + "SendEmailJob", {"to": to, "subject": "Hi", "message": "<p>Hi</p>"}),
+                ("t_record", {"anything": True})):
+            code, out, err = self.push(job, data)
+            self.assertEqual(code, 0, err)
+            self.assertTrue(out.strip().isdigit(), out)
+        self.assertEqual(self.db.raw("SELECT COUNT(*) FROM {jobs}")[0][0], 5)
+
+
 
 class TakeoverEndToEndTests:
     """The CodeIgniter app taken over in place: its .env, its tables, rows its PHP code
