@@ -18,13 +18,13 @@ MySQL 8 / MariaDB 10.6+, through PyMySQL or mysqlclient.
     dbqueue.queue_template_email("ann@example.com", "verify_email",
                                  {"name": "Ann", "url": "https://example.com/v/1"})
 
-    $ python dbqueue.py migrate                # PostgreSQL; SQLite creates its tables itself
-    $ python dbqueue.py work --queue=emails,default --import myapp.jobs
-    $ python dbqueue.py stats
+    $ python3 dbqueue.py migrate                # PostgreSQL; SQLite creates its tables itself
+    $ python3 dbqueue.py work --queue=emails,default --import myapp.jobs
+    $ python3 dbqueue.py stats
 
 Guarantees: at least once. A job is deleted only after its handler returns,
 so a crash can run a handler twice; a job is never handed to two live workers
-at once. ``python dbqueue.py --help`` lists every command.
+at once. ``python3 dbqueue.py --help`` lists every command.
 
 Copyright (c) 2026 the dbqueue authors. MIT licence: use, copy, modify and
 distribute freely; keep this notice; no warranty (full text in LICENSE and at
@@ -198,6 +198,15 @@ def _mask_url(url):
     masked = re.sub(r"(://[^/:@]*:)[^@]*@", r"\1***@", url or "")
     masked = re.sub(r"(\b(?:ssl)?password\s*=\s*)[^&#\s]*", r"\1***", masked, flags=re.IGNORECASE)
     return masked
+
+
+def _command(config, words):
+    """A dbqueue command line to suggest, with the --database-url it was given
+    (masked): without it the command would reach another database."""
+    flag = ""
+    if config.sources.get("QUEUE_DATABASE_URL") == "--database-url":
+        flag = " --database-url '%s'" % _mask_url(config.database_url)
+    return "python3 dbqueue.py %s%s" % (words, flag)
 
 
 def _without_password(text, url):
@@ -728,6 +737,14 @@ def _parse_url(url, origin="QUEUE_DATABASE_URL"):
     in .env:3, ...): every error names it.
     """
     if "://" not in url:
+        scheme, colon, path = url.partition(":")
+        base = scheme.lower().partition("+")[0]
+        if colon and base in ("sqlite", "postgresql", "postgres", "mysql", "mariadb"):
+            # postgresql:/db would be a SQLite file of that name: say what was meant.
+            rest = path if base == "sqlite" else path.lstrip("/")
+            meant = "%s://%s%s" % (scheme, "" if "@" in rest else "/", rest)
+            raise ConfigError("%s: not a database URL (the // after %s: is missing): did you"
+                              " mean %s?" % (origin, scheme, _mask_url(meant)))
         looks_like_file = "/" in url or url.lower().endswith((".db", ".sqlite", ".sqlite3"))
         if not looks_like_file or "=" in url or url != url.strip():
             # A typo, a libpq keyword string ("dbname=app password=…"): not a
@@ -791,7 +808,7 @@ class DatabaseError(QueueError):
 
 
 class MissingTableError(DatabaseError):
-    """The queue tables do not exist (run `python dbqueue.py migrate`)."""
+    """The queue tables do not exist (run `python3 dbqueue.py migrate`)."""
 
 
 class PermanentError(QueueError):
@@ -1275,7 +1292,7 @@ class _SQLite(_Dialect):
             # not something to create; mode=rw refuses to create one too.
             if not os.path.isfile(target):
                 raise DatabaseError("SQLite database %s does not exist (this command only reads,"
-                                    " so it creates none: check the URL, or run `python dbqueue.py"
+                                    " so it creates none: check the URL, or run `python3 dbqueue.py"
                                     " migrate` to create it)" % os.path.abspath(target),
                                     transient=False)
             from urllib.parse import quote
@@ -2203,7 +2220,7 @@ class Queue:
             self._conns.append(conn)
         if create and not self._schema_ready and self.dialect is _SQLite:
             # SQLite creates its tables on first use; a server database is
-            # migrated on purpose (`python dbqueue.py migrate`). Tables that
+            # migrated on purpose (`python3 dbqueue.py migrate`). Tables that
             # are up to date are only read: no write lock at every start.
             try:
                 current = self._schema_current(conn.cursor())
@@ -2284,13 +2301,14 @@ class Queue:
         if isinstance(exc, QueueError):
             return exc
         if self.dialect.is_missing_table(exc):
-            return MissingTableError("the queue tables do not exist in %s: run `python dbqueue.py"
-                                     " migrate`" % _mask_url(self.config.database_url))
+            return MissingTableError("the queue tables do not exist in %s: run `%s`" % (
+                _mask_url(self.config.database_url), _command(self.config, "migrate")))
         if self.dialect.is_missing_column(exc):
             # Tables made by an older dbqueue or by the PHP app's migrations.
             return MissingTableError("the queue tables in %s lack columns of this version (%s):"
-                                     " run `python dbqueue.py migrate`"
-                                     % (_mask_url(self.config.database_url), _first_line(exc)))
+                                     " run `%s`" % (_mask_url(self.config.database_url),
+                                                    _first_line(exc),
+                                                    _command(self.config, "migrate")))
         if self.dialect.is_denied(exc):
             where = (os.path.abspath(self._target) if self.dialect is _SQLite
                      else _mask_url(self.config.database_url))
@@ -4090,9 +4108,9 @@ class Worker:
             if not self._state_warned:
                 self._state_warned = True
                 self.log.warning("cannot update the mail outage record that stats and health"
-                                 " read: run `python dbqueue.py migrate`, and grant the worker's"
-                                 " role SELECT, INSERT, UPDATE and DELETE on dbqueue_state",
-                                 error=_first_line(exc))
+                                 " read: run `%s`, and grant the worker's role SELECT, INSERT,"
+                                 " UPDATE and DELETE on dbqueue_state"
+                                 % _command(self.queue.config, "migrate"), error=_first_line(exc))
 
     # -- the database connection -------------------------------------------
 
@@ -5740,7 +5758,7 @@ def _deliver(fields, config):
             text += "; refused: %s" % listing(rejected)
         raise QueueError(_scrub(text, config))
     # Failing: the stored payload names everyone who has not had it, so that
-    # `python dbqueue.py retry` sends to them only.
+    # `python3 dbqueue.py retry` sends to them only.
     missing = set(rejected) | set(deferred)
     failed_state = {"date": state["date"]}
     if pending is not None or delivered:
@@ -6451,7 +6469,7 @@ def _scrub(text, config):
 # Dashboard ###################################################################
 ###############################################################################
 
-# `python dbqueue.py dashboard`: a small admin page in the manner of Sidekiq's
+# `python3 dbqueue.py dashboard`: a small admin page in the manner of Sidekiq's
 # web UI. Plain server-rendered HTML, one view per task, every action a POST
 # form with a CSRF token; it reads and changes the tables only through the
 # Queue methods the CLI uses (stats, failed, retry, forget).
@@ -7620,13 +7638,13 @@ def _parser():
     top = Parser(prog="dbqueue", description="A database-backed job queue and worker.",
                  formatter_class=argparse.RawDescriptionHelpFormatter,
                  epilog="example:\n"
-                        "  python dbqueue.py migrate\n"
-                        "  python dbqueue.py work --queue=emails,default --import myapp.jobs\n"
-                        "  python dbqueue.py push send_email --queue emails --data '{...}'\n"
-                        "  python dbqueue.py stats\n"
-                        "  python dbqueue.py health --max-age 300 --max-failed 0\n\n"
+                        "  python3 dbqueue.py migrate\n"
+                        "  python3 dbqueue.py work --queue=emails,default --import myapp.jobs\n"
+                        "  python3 dbqueue.py push send_email --queue emails --data '{...}'\n"
+                        "  python3 dbqueue.py stats\n"
+                        "  python3 dbqueue.py health --max-age 300 --max-failed 0\n\n"
                         "Every command takes --env-file PATH and --database-url URL;"
-                        " `python dbqueue.py COMMAND --help` shows its options.\n"
+                        " `python3 dbqueue.py COMMAND --help` shows its options.\n"
                         "Exit codes: 0 ok, 1 failure or unhealthy, 2 bad flag or setting.")
     top.add_argument("--version", action="version", version="dbqueue " + __version__)
     sub = top.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
@@ -7638,13 +7656,13 @@ def _parser():
                               epilog="example:\n  " + example)
 
     p = command("migrate", "create or upgrade the queue tables (idempotent)",
-                "python dbqueue.py migrate --database-url postgresql://app@/appdb")
+                "python3 dbqueue.py migrate --database-url postgresql://app@/appdb")
     p.add_argument("--print", action="store_true",
                    help="show the SQL migrate would run on this database now, without running it")
     p.add_argument("--all", action="store_true", help="with --print: every supported database")
 
     p = command("work", "process jobs until stopped",
-                "python dbqueue.py work --queue=emails,default --import myapp.jobs --max-time 3600")
+                "python3 dbqueue.py work --queue=emails,default --import myapp.jobs --max-time 3600")
     p.add_argument("--queue", default="default", help="queues in priority order, comma separated"
                    " (default: default)")
     p.add_argument("--once", action="store_true", help="handle at most one job, then exit")
@@ -7671,7 +7689,7 @@ def _parser():
     p.add_argument("-q", "--quiet", action="store_true", help="log warnings and errors only")
 
     p = command("push", "enqueue a job from a shell or cron; prints its id",
-                "python dbqueue.py push send_email --queue emails --data"
+                "python3 dbqueue.py push send_email --queue emails --data"
                 " '{\"to\": \"a@example.com\", \"subject\": \"Hi\", \"text\": \"Hello\"}'")
     p.add_argument("job", help="the registered job name")
     p.add_argument("--data", default="{}", metavar="JSON",
@@ -7684,8 +7702,8 @@ def _parser():
                         " and print that job's id")
 
     p = command("stats", "ready, delayed, reserved, expired and failed jobs per queue",
-                "python dbqueue.py stats\n"
-                "  python dbqueue.py stats --format prometheus > /var/lib/node_exporter/dbqueue.prom.$$"
+                "python3 dbqueue.py stats\n"
+                "  python3 dbqueue.py stats --format prometheus > /var/lib/node_exporter/dbqueue.prom.$$"
                 " \\\n    && mv /var/lib/node_exporter/dbqueue.prom.$$"
                 " /var/lib/node_exporter/dbqueue.prom")
     group = p.add_mutually_exclusive_group()
@@ -7694,7 +7712,7 @@ def _parser():
                        help="table (default), json, or the Prometheus text format")
 
     p = command("health", "exit 0 when the queue is healthy, else 1 with one line per reason",
-                "python dbqueue.py health --max-ready 1000 --max-age 300 --max-failed 0")
+                "python3 dbqueue.py health --max-ready 1000 --max-age 300 --max-failed 0")
     p.add_argument("--max-ready", type=_nonneg_int, metavar="N",
                    help="unhealthy when a queue has more than N ready jobs")
     p.add_argument("--max-age", type=_nonneg_int, metavar="S",
@@ -7703,47 +7721,47 @@ def _parser():
                    help="unhealthy when a queue has more than N failed jobs")
 
     p = command("failed", "list failed jobs (id, uuid, queue, job, failed at, error)",
-                "python dbqueue.py failed --queue emails")
+                "python3 dbqueue.py failed --queue emails")
     p.add_argument("--queue", type=_queue_arg, help="only this queue")
     p.add_argument("--json", action="store_true", help="JSON, with each full traceback")
 
     p = command("retry", "move failed jobs back to the queue with attempts reset",
-                "python dbqueue.py retry 12 13\n  python dbqueue.py retry all --queue emails")
+                "python3 dbqueue.py retry 12 13\n  python3 dbqueue.py retry all --queue emails")
     p.add_argument("ids", nargs="+", type=_retry_id, metavar="ID|all",
                    help="failed job ids (see `failed`), or all")
     p.add_argument("--queue", type=_queue_arg, help="with all: only this queue")
 
-    p = command("forget", "delete failed jobs by id", "python dbqueue.py forget 12 13")
+    p = command("forget", "delete failed jobs by id", "python3 dbqueue.py forget 12 13")
     p.add_argument("ids", nargs="+", type=_row_id, metavar="ID", help="failed job ids (see `failed`)")
 
     p = command("flush", "delete every failed job, or those older than H hours",
-                "python dbqueue.py flush --hours 168")
+                "python3 dbqueue.py flush --hours 168")
     p.add_argument("--hours", type=_nonneg_float, metavar="H",
                    help="only failed jobs older than H hours")
 
     p = command("clear", "delete the waiting (ready and delayed) jobs of a queue",
-                "python dbqueue.py clear --queue default --force")
+                "python3 dbqueue.py clear --queue default --force")
     p.add_argument("--queue", type=_queue_arg, required=True, help="the queue to empty")
     p.add_argument("--force", action="store_true",
                    help="do not ask (required when stdin is not a terminal)")
 
     p = command("config", "show every effective setting, its value (secrets masked) and where"
                 " it came from: the first thing to run when jobs never process",
-                "python dbqueue.py config --env-file /srv/app/.env")
+                "python3 dbqueue.py config --env-file /srv/app/.env")
     p.add_argument("--json", action="store_true", help="JSON: settings and warnings")
 
     p = command("bench", "measure enqueue, drain and latency on the configured database",
-                "python dbqueue.py bench --jobs 5000 --workers 2")
+                "python3 dbqueue.py bench --jobs 5000 --workers 2")
     p.add_argument("--jobs", type=_pos_int, default=5000, metavar="N",
                    help="jobs to enqueue and drain (default 5000)")
     p.add_argument("--workers", type=_pos_int, default=2, metavar="K",
                    help="worker processes that drain them (default 2)")
 
     p = command("dashboard", "a web page of the queue: counts, failed jobs, Retry and Forget",
-                "python dbqueue.py dashboard --port 8765\n"
+                "python3 dbqueue.py dashboard --port 8765\n"
                 "  ssh -L 8765:127.0.0.1:8765 server   # from your laptop; then open"
                 " http://127.0.0.1:8765/\n"
-                "  DBQUEUE_DASHBOARD_TOKEN=... python dbqueue.py dashboard --host 0.0.0.0"
+                "  DBQUEUE_DASHBOARD_TOKEN=... python3 dbqueue.py dashboard --host 0.0.0.0"
                 " --read-only")
     p.add_argument("--host", type=_host_arg, default="127.0.0.1",
                    help="address to listen on (default 127.0.0.1); any address but a loopback"
@@ -8120,7 +8138,9 @@ def _reader(config):
         queue._local.conn = queue.connect(create=False)
     except DatabaseError as exc:
         queue.close()
-        raise DatabaseError("%s; the URL came from %s" % (_first_line(exc), _url_origin(config)),
+        # The SQLite file's hint, with the --database-url it needs.
+        text = _first_line(exc).replace("python3 dbqueue.py migrate", _command(config, "migrate"))
+        raise DatabaseError("%s; the URL came from %s" % (text, _url_origin(config)),
                             transient=False)
     return queue
 
@@ -8201,9 +8221,9 @@ def _cmd_health(args, config):
             problems.append("queue %s: the oldest ready job has waited %ds (--max-age %d);"
                             " is a worker running for it?" % (name, age, args.max_age))
         if args.max_failed is not None and s["failed"] > args.max_failed:
-            problems.append("queue %s has %d failed jobs (--max-failed %d); see"
-                            " `python dbqueue.py failed --queue %s`"
-                            % (name, s["failed"], args.max_failed, name))
+            problems.append("queue %s has %d failed jobs (--max-failed %d); see `%s`"
+                            % (name, s["failed"], args.max_failed,
+                               _command(config, "failed --queue %s" % name)))
     if outage is not None and not outage["stale"]:
         problems.append(_outage_line(outage))
     for problem in problems:

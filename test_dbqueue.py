@@ -797,12 +797,12 @@ class CoreTests:
             return
         with self.assertRaises(dbqueue.MissingTableError) as caught:
             q.push("t_record", {})
-        self.assertIn("python dbqueue.py migrate", str(caught.exception))
+        self.assertIn("python3 dbqueue.py migrate", str(caught.exception))
         code, out, err = run_main(["work", "--once"], self.db.env())
         self.assertEqual(code, 1, err)
         errors = [line for line in err.splitlines() if line.startswith("dbqueue:")]
         self.assertEqual(len(errors), 1, err)
-        self.assertIn("python dbqueue.py migrate", errors[0])
+        self.assertIn("python3 dbqueue.py migrate", errors[0])
         self.assertNotIn("Traceback", err)
 
     def test_migrate_is_idempotent(self):
@@ -1081,7 +1081,7 @@ class CoreConfigTests(unittest.TestCase):
         self.assertEqual(code, 0, err)
         with open(os.path.join(HERE, "schema.sql"), encoding="utf-8") as fh:
             self.assertEqual(fh.read(), out, "schema.sql drifted: regenerate it with"
-                             " `python dbqueue.py migrate --print --all > schema.sql`")
+                             " `python3 dbqueue.py migrate --print --all > schema.sql`")
 
 
 # -- worker subprocesses ------------------------------------------------------
@@ -2433,7 +2433,7 @@ class OpsCommandLineTests(unittest.TestCase):
         for command in sorted(dbqueue._COMMANDS):
             code, out, _ = run_main([command, "--help"])
             self.assertEqual(code, 0, command)
-            self.assertIn("example:\n  python dbqueue.py %s" % command, out)
+            self.assertIn("example:\n  python3 dbqueue.py %s" % command, out)
             self.assertIn("--env-file", out)
             self.assertIn("--database-url", out)
 
@@ -5084,6 +5084,49 @@ class ConfigSmallFixesTests(EmailTestMixin, unittest.TestCase):
         self.assertEqual(msg.as_bytes().count(b"MIME-Version"), 1)
 
 
+class ConfigCommandHintTests(unittest.TestCase):
+    """A command that dbqueue suggests runs as it is on a stock Debian (python3) and
+    reaches the same database (the --database-url the user gave)."""
+
+    def setUp(self):
+        self.db = Backend(self)
+
+    def test_a_missing_sqlite_file_suggests_migrate_with_the_url_given(self):
+        url = "sqlite:///" + os.path.join(self.db.tmp, "elsewhere.db")
+        code, out, err = run_main(["failed", "--database-url", url])
+        self.assertEqual(code, 1, err)
+        self.assertIn("`python3 dbqueue.py migrate --database-url '%s'`" % url, err)
+
+    def test_tables_missing_on_a_server_suggest_migrate_with_the_url_given(self):
+        pg = PsycopgBackend(self)
+        code, out, err = run_main(["stats", "--database-url", pg.url],
+                                  {"QUEUE_TABLE": pg.table, "QUEUE_FAILED_TABLE": pg.failed_table})
+        self.assertEqual(code, 1, err)
+        self.assertIn("run `python3 dbqueue.py migrate --database-url '%s'`" % pg.url, err)
+
+    def test_health_names_the_failed_command_with_python3(self):
+        q = self.db.queue()
+        q.push("t_fail", {}, queue="emails")
+        dbqueue.Worker(q, ["emails"], tries=1, log=quiet_log()).run(stop_when_empty=True)
+        code, out, err = run_main(["health", "--max-failed", "0"], self.db.env())
+        self.assertEqual(code, 1, out)
+        self.assertIn("see `python3 dbqueue.py failed --queue emails`", out)
+        code, out, err = run_main(["failed", "--database-url", "sqlite:///nowhere.db"])
+        self.assertNotIn("python dbqueue.py", err)
+        self.assertIn("python3 dbqueue.py", err)
+
+    def test_a_url_missing_its_slashes_is_not_taken_for_a_sqlite_file(self):
+        for given, meant in (("postgresql:/db", "postgresql:///db"),
+                             ("mysql:app", "mysql:///app"),
+                             ("sqlite:/srv/app/q.db", "sqlite:////srv/app/q.db"),
+                             ("postgres:/u:secret@h/db", "postgres://u:***@h/db")):
+            code, out, err = run_main(["migrate", "--database-url", given])
+            self.assertEqual(code, 2, err)
+            self.assertIn("did you mean %s?" % meant, err)
+            self.assertNotIn("secret", err)
+            self.assertNotIn("SQLite", err)
+
+
 class ConfigSuiteOnALaptopTests(unittest.TestCase):
     """The suite touches only a server the user named, and says what it skipped."""
 
@@ -5463,7 +5506,7 @@ class TakeoverTablesTests:
         # one line that says so (issue 12: it retried "no column named uuid" forever).
         with self.assertRaises(dbqueue.MissingTableError) as caught:
             worker.run(stop_when_empty=True)
-        self.assertIn("run `python dbqueue.py migrate`", str(caught.exception))
+        self.assertIn("run `python3 dbqueue.py migrate`", str(caught.exception))
 
     def test_before_migrate_a_server_database_says_to_run_it(self):
         ci4_tables(self.db)
@@ -5472,7 +5515,7 @@ class TakeoverTablesTests:
         code, out, err = run_main(["failed"], env=self.db.env())
         self.assertEqual(code, 1, out)
         self.assertIn("lack columns of this version", err)
-        self.assertIn("run `python dbqueue.py migrate`", err)
+        self.assertIn("run `python3 dbqueue.py migrate`", err)
         self.assertEqual(len(err.strip().splitlines()), 1, err)
         code, out, err = run_main(["migrate"], env=self.db.env())
         self.assertEqual(code, 0, err)
@@ -6523,7 +6566,7 @@ class MailServerTests(EmailTestMixin, unittest.TestCase):
         dbqueue.queue_email("a@example.com", "s", text="t", using=q)
         worker, log = self.work(q, tries=1)
         self.assertEqual(worker.exit_code, 1)
-        self.assertIn("python dbqueue.py migrate", log)
+        self.assertIn("python3 dbqueue.py migrate", log)
         self.assertEqual(self.db.raw("SELECT attempts FROM {jobs}"), [(0,)])
         code, out, _ = run_main(["health"], self.db.env())
         self.assertEqual(code, 0, out)
