@@ -3235,7 +3235,18 @@ def job(name=None, max_tries=None, backoff=None, timeout=None):
     The options are defaults that a job's own payload can override.
     """
     def register(func):
-        _registry[name or func.__name__] = (func, max_tries, backoff, timeout)
+        key = name or func.__name__
+        old = _registry.get(key, (func,))[0]
+        # The same function again (a reload, or this file both as __main__
+        # and as dbqueue) replaces itself quietly; another one is a mistake
+        # that would otherwise run the wrong handler without a word.
+        where = [(getattr(f, "__module__", "?"), getattr(f, "__qualname__", repr(f)))
+                 for f in (func, old)]
+        if where[0][1] != where[1][1] or len({m for m, _ in where} - {"__main__"}) > 1:
+            import warnings
+            warnings.warn("dbqueue: job %r registered twice: %s.%s replaces %s.%s"
+                          % ((key,) + where[0] + where[1]), RuntimeWarning, stacklevel=2)
+        _registry[key] = (func, max_tries, backoff, timeout)
         return func
     if callable(name):
         func, name = name, None

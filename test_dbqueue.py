@@ -1084,6 +1084,46 @@ class CoreConfigTests(unittest.TestCase):
                              " `python3 dbqueue.py migrate --print --all > schema.sql`")
 
 
+class CoreJobRegistrationTests(unittest.TestCase):
+    """@dbqueue.job twice under one name warns, naming both handlers' modules;
+    the same function registered again (a reload, __main__ and dbqueue) does not."""
+
+    def setUp(self):
+        self.tmp = tempfile.mkdtemp(prefix="dbqueue-reg-")
+        self.addCleanup(shutil.rmtree, self.tmp, True)
+        sys.path.insert(0, self.tmp)
+        self.addCleanup(sys.path.remove, self.tmp)
+        self.addCleanup(dbqueue._registry.pop, "reg_dup", None)
+        for module in ("reg_first", "reg_second"):
+            with open(os.path.join(self.tmp, module + ".py"), "w") as fh:
+                fh.write("import dbqueue\n\n@dbqueue.job('reg_dup')\ndef handle(data):\n"
+                         "    pass\n")
+            self.addCleanup(sys.modules.pop, module, None)
+
+    def test_a_second_handler_under_one_name_warns_naming_both(self):
+        import importlib
+        importlib.import_module("reg_first")
+        with self.assertWarns(RuntimeWarning) as caught:
+            importlib.import_module("reg_second")
+        self.assertEqual(str(caught.warning), "dbqueue: job 'reg_dup' registered twice:"
+                         " reg_second.handle replaces reg_first.handle")
+        self.assertIs(dbqueue._registry["reg_dup"][0], sys.modules["reg_second"].handle)
+
+    def test_the_same_function_again_does_not_warn(self):
+        import importlib
+        import warnings
+        module = importlib.import_module("reg_first")
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            importlib.reload(module)
+            # This file as __main__ and as dbqueue: one function, two module names.
+            func = dbqueue._registry["send_email"][0]
+            twin = type(func)(func.__code__, func.__globals__, func.__name__)
+            twin.__module__, twin.__qualname__ = "__main__", func.__qualname__
+            self.addCleanup(dbqueue.job("send_email"), func)
+            dbqueue.job("send_email")(twin)
+
+
 # -- worker subprocesses ------------------------------------------------------
 
 _HANDLERS = '''
