@@ -1367,7 +1367,7 @@ class _SQLite(_Dialect):
         # push holds it for about 0.2 ms. Under a steady stream of pushes the
         # lock is nearly always taken when a sleeper wakes, and a process that
         # has just pushed takes it again at once: one push waited 4 s (8
-        # processes), some hit the 5 s busy timeout. An flock() on a file
+        # processes), some hit the 5 s busy timeout. An flock() on a folder
         # beside the database queues the producers in the kernel instead,
         # which hands the lock to a waiter as it is released: the worst wait
         # is a few pushes long. Its cost is a threading.Lock and three system
@@ -1502,7 +1502,15 @@ class _PushLock:
                 os.close(fd)       # the parent's copy: its flock() stays the parent's
             except OSError:
                 pass
-        self.fd = os.open(self.path, os.O_RDONLY | os.O_CREAT, self.mode)
+        # An empty directory, not a file: git shows no empty directory, so the
+        # lock stays out of `git status` of the project the database sits in.
+        # flock() takes a directory's descriptor alike. A file of this name
+        # (made by dbqueue 1.1) is used as it is: old and new processes agree.
+        try:
+            os.mkdir(self.path, self.mode)
+        except FileExistsError:
+            pass
+        self.fd = os.open(self.path, os.O_RDONLY)
         self.pid = os.getpid()
 
     def acquire(self, cur):

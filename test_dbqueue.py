@@ -7280,14 +7280,32 @@ class SQLitePushLockTests(unittest.TestCase):
         q.push("t_record", {})
         self.assertEqual(os.stat(lock).st_mode & 0o777, 0o600)    # as dbqueue made the database
         q.close()
-        os.remove(lock)
+        os.rmdir(lock)
         os.chmod(self.path, 0o640)                                 # as the app's deploy set it
         q.push("t_record", {})
-        self.assertTrue(os.path.isfile(lock))
+        self.assertTrue(os.path.isdir(lock))
         self.assertEqual(os.stat(lock).st_mode & 0o777, 0o640)
         q.close()                      # closes the lock's file too
         self.assertEqual([f for f in os.listdir("/proc/self/fd")
                           if os.path.realpath("/proc/self/fd/" + f) == os.path.realpath(lock)], [])
+
+    def test_the_lock_does_not_show_in_git_status_of_the_project(self):
+        need(shutil.which("git") is not None, "git is not installed")
+        git = ["git", "-C", self.db.tmp]
+        subprocess.run(git + ["init", "-q"], check=True)
+        with open(os.path.join(self.db.tmp, ".gitignore"), "w") as fh:
+            fh.write("queue.db\nqueue.db-wal\nqueue.db-shm\n.gitignore\n")
+        q = self.db.queue()
+        q.push("t_record", {})
+        status = subprocess.run(git + ["status", "--porcelain", "--untracked-files=all"],
+                                capture_output=True, text=True, check=True)
+        self.assertEqual(status.stdout, "")
+        # A lock file that dbqueue 1.1 made is still the lock (old and new processes agree).
+        q.close()
+        os.rmdir(self.path + "-dbqueue.lock")
+        open(self.path + "-dbqueue.lock", "w").close()
+        q.push("t_record", {})
+        self.assertIsNotNone(q._push_lock())
 
     def test_a_push_waits_while_another_process_holds_the_lock(self):
         q = self.db.queue()
