@@ -7312,6 +7312,8 @@ class SQLitePushLockTests(unittest.TestCase):
         q.push("t_record", {"n": 0})       # makes the lock file
         holder = subprocess.Popen([sys.executable, "-c", _LOCK_HOLDER, self.path + "-dbqueue.lock"],
                                   stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self.addCleanup(holder.stdout.close)     # no ResourceWarning for its pipes
+        self.addCleanup(holder.stdin.close)
         self.addCleanup(lambda: holder.poll() is None and holder.kill())
         self.assertEqual(holder.stdout.readline(), "held\n")
         pushed = []
