@@ -8052,8 +8052,9 @@ def _table(headers, rows):
     """Rows as aligned columns; numbers right-aligned, the last column left ragged."""
     cells = [list(headers)] + [["-" if v is None else str(v) for v in row] for row in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
-    numeric = [all(isinstance(row[i], int) or row[i] is None for row in rows) and bool(rows)
-               for i in range(len(headers))]
+    # A column of numbers is right-aligned; one of "-" only (no value) is not.
+    numeric = [all(isinstance(row[i], int) or row[i] is None for row in rows)
+               and any(isinstance(row[i], int) for row in rows) for i in range(len(headers))]
     lines = []
     for row in cells:
         parts = []

@@ -2654,6 +2654,19 @@ class OpsCommandLineTests(unittest.TestCase):
             self.assertEqual(sum(s["ready"] for s in q.stats()), left)
 
 
+class OpsStatsTableTests(unittest.TestCase):
+    """`stats` as a table: an empty column's "-" sits under its header, left-aligned."""
+
+    def test_no_ready_job_shows_the_dash_under_oldest_ready(self):
+        db = Backend(self)
+        db.queue().push("t_record", {}, queue="later", delay=3600)
+        code, out, err = run_main(["stats"], db.env())
+        self.assertEqual(code, 0, err)
+        header, row = out.splitlines()[:2]
+        self.assertTrue(row.endswith(" -"), out)
+        self.assertEqual(row.rindex("-"), header.index("oldest ready"), out)
+
+
 class OpsHelperTests(unittest.TestCase):
 
     def test_error_line_names_the_exception(self):
