@@ -6989,7 +6989,9 @@ class _Dashboard:
                 '<td data-label="Recipient">{to}</td>'
                 '<td data-label="Error" class="err"><a href="/failed/{id}">{error}</a></td>'
                 '<td data-label="" class="acts">{buttons}</td></tr>',
-                id=row["id"], when=info["failed_at"], queue=row["queue"], job=info["job"],
+                id=row["id"], when=info["failed_at"], queue=row["queue"],
+                # A PHP class name may break at its backslashes, not squeeze the error.
+                job=_HTML(_esc(info["job"]).replace("\\", "\\<wbr>")),
                 template=_fill('<span class="sub">{t}</span>', t=info["template"])
                 if info["template"] else "",
                 to=info["recipient"] or "–", error=info["error"] or "(no message)",
@@ -7083,7 +7085,8 @@ class _Dashboard:
                           stats=self.queue.stats())
 
     def _retry_all_page(self, queue_name, session, out):
-        count = sum(s["failed"] for s in self.queue.stats() if s["queue"] == queue_name)
+        stats = self.queue.stats()
+        count = sum(s["failed"] for s in stats if s["queue"] == queue_name)
         if not count:
             return self._error(404, "Nothing to retry", "Queue %s has no failed jobs."
                                % queue_name, out)
@@ -7100,7 +7103,7 @@ class _Dashboard:
             queue=queue_name, n="{:,}".format(count), jobs=_jobs(count), csrf=self.csrf(session),
             back=_url("/failed", queue=queue_name))
         return self._page(200, "Retry every failed job of queue %s?" % queue_name, body, session,
-                          out, nav="failed")
+                          out, nav="failed", stats=stats)
 
     # -- POST ------------------------------------------------------------
 

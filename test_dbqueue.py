@@ -7912,6 +7912,25 @@ class DashboardTests:
         self.assertEqual(client.get("/").status, 200)
 
 
+class DashboardLongJobNameTests(unittest.TestCase):
+    """A PHP class name wraps at its backslashes in the failed list; Retry all shows
+    the failed-count pill as the other pages do."""
+
+    def test_retry_all_has_the_pill_and_a_php_class_name_can_wrap(self):
+        db = Backend(self)
+        q = db.queue()
+        php_push(db, {"job": "App\\Libraries\\Queue\\Jobs\\SendSmsJob", "data": {}}, queue="sms")
+        dbqueue.Worker(q, ["sms"], log=quiet_log()).run(stop_when_empty=True)
+        client = DashboardClient(start_dashboard(self, q))
+        listed = client.get("/failed")
+        self.assertIn("<span>App\\<wbr>Libraries\\<wbr>Queue\\<wbr>Jobs\\<wbr>SendSmsJob</span>",
+                      listed.text)
+        self.assertIn('<span class="pill bad">1</span>', listed.text)
+        page = client.get("/retry-all?queue=sms")
+        self.assertEqual(page.status, 200)
+        self.assertIn('<span class="pill bad">1</span>', page.text)
+
+
 class DashboardCommandTests(unittest.TestCase):
     """`python dbqueue.py dashboard`: flags, exit codes, and a real server process."""
 
