@@ -18,13 +18,13 @@ MySQL 8 / MariaDB 10.6+, through PyMySQL or mysqlclient.
     dbqueue.queue_template_email("ann@example.com", "verify_email",
                                  {"name": "Ann", "url": "https://example.com/v/1"})
 
-    $ python dbqueue.py migrate                # PostgreSQL; SQLite creates its tables itself
-    $ python dbqueue.py work --queue=emails,default --import myapp.jobs
-    $ python dbqueue.py stats
+    $ python3 dbqueue.py migrate                # PostgreSQL; SQLite creates its tables itself
+    $ python3 dbqueue.py work --queue=emails,default --import myapp.jobs
+    $ python3 dbqueue.py stats
 
 Guarantees: at least once. A job is deleted only after its handler returns,
 so a crash can run a handler twice; a job is never handed to two live workers
-at once. ``python dbqueue.py --help`` lists every command.
+at once. ``python3 dbqueue.py --help`` lists every command.
 
 Copyright (c) 2026 the dbqueue authors. MIT licence: use, copy, modify and
 distribute freely; keep this notice; no warranty (full text in LICENSE and at
@@ -229,6 +229,15 @@ def _mask_url(url):
     masked = re.sub(r"://[^\n]*\Z" if whole else r"://\S*", hide, url)
     masked = re.sub(r"(\b(?:ssl)?password\s*=\s*)[^&#\s]*", r"\1***", masked, flags=re.IGNORECASE)
     return masked
+
+
+def _command(config, words):
+    """A dbqueue command line to suggest, with the --database-url it was given
+    (masked): without it the command would reach another database."""
+    flag = ""
+    if config.sources.get("QUEUE_DATABASE_URL") == "--database-url":
+        flag = " --database-url '%s'" % _mask_url(config.database_url)
+    return "python3 dbqueue.py %s%s" % (words, flag)
 
 
 def _without_password(text, url):
@@ -791,6 +800,14 @@ def _parse_url(url, origin="QUEUE_DATABASE_URL"):
     in .env:3, ...): every error names it.
     """
     if "://" not in url:
+        scheme, colon, path = url.partition(":")
+        base = scheme.lower().partition("+")[0]
+        if colon and base in ("sqlite", "postgresql", "postgres", "mysql", "mariadb"):
+            # postgresql:/db would be a SQLite file of that name: say what was meant.
+            rest = path if base == "sqlite" else path.lstrip("/")
+            meant = "%s://%s%s" % (scheme, "" if "@" in rest else "/", rest)
+            raise ConfigError("%s: not a database URL (the // after %s: is missing): did you"
+                              " mean %s?" % (origin, scheme, _mask_url(meant)))
         looks_like_file = "/" in url or url.lower().endswith((".db", ".sqlite", ".sqlite3"))
         if not looks_like_file or "=" in url or url != url.strip():
             # A typo, a libpq keyword string ("dbname=app password=…"): not a
@@ -862,7 +879,7 @@ class DatabaseError(QueueError):
 
 
 class MissingTableError(DatabaseError):
-    """The queue tables do not exist (run `python dbqueue.py migrate`)."""
+    """The queue tables do not exist (run `python3 dbqueue.py migrate`)."""
 
 
 class PermanentError(QueueError):
@@ -1038,6 +1055,8 @@ _EXPIRED = ("((reserved_until > reserved_at AND reserved_until < {now})"
             " AND reserved_at < {now} - :retry_after))")
 
 _PARAM = _Pattern(r"(?<![:\w]):([a-z_]+)\b")
+# The name of each index a DDL statement makes (MySQL's inside its SET @dbqueue_ddl).
+_INDEX_NAME = _Pattern(r"INDEX (?:IF NOT EXISTS )?[`\"](\w+)[`\"] ON ")
 
 
 class _Dialect:
@@ -1217,6 +1236,15 @@ class _Dialect:
     def is_missing_column(exc):
         return False
 
+    # The names of a table's indexes (lower case). Bound parameter: the table name.
+    index_names_sql = ("SELECT indexname FROM pg_indexes"
+                       " WHERE schemaname = current_schema() AND tablename = %s")
+
+    @classmethod
+    def index_names(cls, cur, table):
+        cur.execute(cls.index_names_sql, (table,))
+        return {str(row[0]).lower() for row in cur.fetchall()}
+
     @classmethod
     def add_column_sql(cls, table, column, type_):
         return "ALTER TABLE %s ADD COLUMN %s %s" % (_quote(table), column, type_)
@@ -1346,7 +1374,7 @@ class _SQLite(_Dialect):
             # not something to create; mode=rw refuses to create one too.
             if not os.path.isfile(target):
                 raise DatabaseError("SQLite database %s does not exist (this command only reads,"
-                                    " so it creates none: check the URL, or run `python dbqueue.py"
+                                    " so it creates none: check the URL, or run `python3 dbqueue.py"
                                     " migrate` to create it)" % os.path.abspath(target),
                                     transient=False)
             from urllib.parse import quote
@@ -1421,7 +1449,7 @@ class _SQLite(_Dialect):
         # push holds it for about 0.2 ms. Under a steady stream of pushes the
         # lock is nearly always taken when a sleeper wakes, and a process that
         # has just pushed takes it again at once: one push waited 4 s (8
-        # processes), some hit the 5 s busy timeout. An flock() on a file
+        # processes), some hit the 5 s busy timeout. An flock() on a folder
         # beside the database queues the producers in the kernel instead,
         # which hands the lock to a waiter as it is released: the worst wait
         # is a few pushes long. Its cost is a threading.Lock and three system
@@ -1453,6 +1481,11 @@ class _SQLite(_Dialect):
     @classmethod
     def columns(cls, cur, table):
         cur.execute("PRAGMA table_info(%s)" % _quote(table))
+        return {str(row[1]).lower() for row in cur.fetchall()}
+
+    @classmethod
+    def index_names(cls, cur, table):
+        cur.execute("PRAGMA index_list(%s)" % _quote(table))
         return {str(row[1]).lower() for row in cur.fetchall()}
 
     @staticmethod
@@ -1551,7 +1584,15 @@ class _PushLock:
                 os.close(fd)       # the parent's copy: its flock() stays the parent's
             except OSError:
                 pass
-        self.fd = os.open(self.path, os.O_RDONLY | os.O_CREAT, self.mode)
+        # An empty directory, not a file: git shows no empty directory, so the
+        # lock stays out of `git status` of the project the database sits in.
+        # flock() takes a directory's descriptor alike. A file of this name
+        # (made by dbqueue 1.1) is used as it is: old and new processes agree.
+        try:
+            os.mkdir(self.path, self.mode)
+        except FileExistsError:
+            pass
+        self.fd = os.open(self.path, os.O_RDONLY)
         self.pid = os.getpid()
 
     def acquire(self, cur):
@@ -1906,6 +1947,8 @@ class _MySQL(_Dialect):
     bigint = "BIGINT"
     columns_sql = ("SELECT column_name FROM information_schema.columns"
                    " WHERE table_schema = DATABASE() AND table_name = %s")
+    index_names_sql = ("SELECT DISTINCT index_name FROM information_schema.statistics"
+                       " WHERE table_schema = DATABASE() AND table_name = %s")
 
     @classmethod
     def table_ddl(cls, jobs, failed):
@@ -2321,7 +2364,7 @@ class Queue:
             self._conns.append(conn)
         if create and not self._schema_ready and self.dialect is _SQLite:
             # SQLite creates its tables on first use; a server database is
-            # migrated on purpose (`python dbqueue.py migrate`). Tables that
+            # migrated on purpose (`python3 dbqueue.py migrate`). Tables that
             # are up to date are only read: no write lock at every start.
             try:
                 current = self._schema_current(conn.cursor())
@@ -2402,13 +2445,14 @@ class Queue:
         if isinstance(exc, QueueError):
             return exc
         if self.dialect.is_missing_table(exc):
-            return MissingTableError("the queue tables do not exist in %s: run `python dbqueue.py"
-                                     " migrate`" % _mask_url(self.config.database_url))
+            return MissingTableError("the queue tables do not exist in %s: run `%s`" % (
+                _mask_url(self.config.database_url), _command(self.config, "migrate")))
         if self.dialect.is_missing_column(exc):
             # Tables made by an older dbqueue or by the PHP app's migrations.
             return MissingTableError("the queue tables in %s lack columns of this version (%s):"
-                                     " run `python dbqueue.py migrate`"
-                                     % (_mask_url(self.config.database_url), _first_line(exc)))
+                                     " run `%s`" % (_mask_url(self.config.database_url),
+                                                    _first_line(exc),
+                                                    _command(self.config, "migrate")))
         if self.dialect.is_denied(exc):
             where = (os.path.abspath(self._target) if self.dialect is _SQLite
                      else _mask_url(self.config.database_url))
@@ -2461,19 +2505,50 @@ class Queue:
 
     def _migrate_steps(self, cur):
         """Every step of the migration, on `cur`, inside a transaction already open."""
-        tables = {"jobs": self.config.table, "failed": self.config.failed_table}
-        cur.execute(self.dialect.version_ddl())
-        cur.execute(self.dialect.state_ddl())
-        for statement in self.dialect.table_ddl(tables["jobs"], tables["failed"]):
+        for statement in self._migrate_plan(cur):
             cur.execute(statement)
-        for role, column, type_ in self.dialect.added_columns():
-            if column not in self.dialect.columns(cur, tables[role]):
-                cur.execute(self.dialect.add_column_sql(tables[role], column, type_))
-        for statement in self.dialect.index_ddl(tables["jobs"], tables["failed"]):
-            cur.execute(statement)
-        for statement in self.dialect.rate_ddl():
-            cur.execute(statement)
-        self.execute(cur, "set_version", tbl=tables["jobs"], version=_SCHEMA_VERSION)
+
+    def _migrate_plan(self, cur):
+        """The statements `migrate` runs on this database now, in order, as
+        plain SQL text: only what is missing (an empty list when up to date).
+        `migrate --print` prints them, so what a DBA reviews is what runs.
+
+        A table that exists is never made again: its missing columns are
+        added instead (ALTER TABLE), before the indexes that use them.
+        """
+        d, jobs, failed = self.dialect, self.config.table, self.config.failed_table
+        found = {name: d.columns(cur, name) for name in
+                 ("dbqueue_migrations", "dbqueue_state", jobs, failed, d.rate_table)}
+        plan = [d.version_ddl()] if not found["dbqueue_migrations"] else []
+        plan += [d.state_ddl()] if not found["dbqueue_state"] else []
+        tables = {"jobs": jobs, "failed": failed}
+        plan += [ddl for table, ddl in zip((jobs, failed), d.table_ddl(jobs, failed))
+                 if not found[table]]
+        plan += [d.add_column_sql(tables[role], column, type_)
+                 for role, column, type_ in d.added_columns()
+                 if found[tables[role]] and column not in found[tables[role]]]
+
+        def missing_indexes(statements, *names):
+            have = set()
+            for name in names:
+                have |= d.index_names(cur, name) if found[name] else set()
+            return any(name.lower() not in have for name in _INDEX_NAME.findall(
+                "\n".join(statements)))
+        indexes = d.index_ddl(jobs, failed)
+        plan += indexes if missing_indexes(indexes, jobs, failed) else []
+        rate = d.rate_ddl()
+        plan += rate if not found[d.rate_table] or missing_indexes(rate, d.rate_table) else []
+        version = None
+        if found["dbqueue_migrations"]:
+            self.execute(cur, "version", tbl=jobs)
+            version = (cur.fetchone() or (None,))[0]
+        if version is None or version < _SCHEMA_VERSION:
+            # Literal values, so that the printed script runs as it is: the
+            # table name is a validated identifier, the version a number.
+            template = getattr(d, "set_version", None) or _SQL["set_version"]
+            plan.append(template.replace(":tbl", "'%s'" % _quote(jobs)[1:-1])
+                        .replace(":version", str(_SCHEMA_VERSION)))
+        return plan
 
     def _schema_current(self, cur):
         """True when the tables are at this version: a read, which takes no write lock.
@@ -3311,7 +3386,18 @@ def job(name=None, max_tries=None, backoff=None, timeout=None):
     The options are defaults that a job's own payload can override.
     """
     def register(func):
-        _registry[name or func.__name__] = (func, max_tries, backoff, timeout)
+        key = name or func.__name__
+        old = _registry.get(key, (func,))[0]
+        # The same function again (a reload, or this file both as __main__
+        # and as dbqueue) replaces itself quietly; another one is a mistake
+        # that would otherwise run the wrong handler without a word.
+        where = [(getattr(f, "__module__", "?"), getattr(f, "__qualname__", repr(f)))
+                 for f in (func, old)]
+        if where[0][1] != where[1][1] or len({m for m, _ in where} - {"__main__"}) > 1:
+            import warnings
+            warnings.warn("dbqueue: job %r registered twice: %s.%s replaces %s.%s"
+                          % ((key,) + where[0] + where[1]), RuntimeWarning, stacklevel=2)
+        _registry[key] = (func, max_tries, backoff, timeout)
         return func
     if callable(name):
         func, name = name, None
@@ -3413,7 +3499,10 @@ class _Log:
                     continue
                 value = str(value)
                 if not value or " " in value or '"' in value or "=" in value:
-                    value = json.dumps(value)
+                    # Backslashes as written (a PHP class name is searched for)
+                    # unless a quote or a control character needs escaping.
+                    plain = value.isascii() and value.isprintable() and '"' not in value
+                    value = '"%s"' % value if plain else json.dumps(value)
                 parts.append("%s=%s" % (key, value))
             line = " ".join(parts)
         stream = self.stream or sys.stderr
@@ -4002,8 +4091,7 @@ class Worker:
                     " died or lost the reservation (timed out or killed)" % (job.attempts, tries))
             entry = _registry.get(job.name) or _aliases().get(job.name)
             if entry is None:
-                raise PermanentError("unknown job %r: no handler is registered under that name"
-                                     " (start the worker with --import MODULE)" % job.name)
+                raise PermanentError(_unknown_job(job.name, job.queue))
             if not isinstance(job.data, dict):
                 raise PermanentError("job data must be a JSON object")
             self._timed_out = False
@@ -4186,9 +4274,9 @@ class Worker:
             if not self._state_warned:
                 self._state_warned = True
                 self.log.warning("cannot update the mail outage record that stats and health"
-                                 " read: run `python dbqueue.py migrate`, and grant the worker's"
-                                 " role SELECT, INSERT, UPDATE and DELETE on dbqueue_state",
-                                 error=_first_line(exc))
+                                 " read: run `%s`, and grant the worker's role SELECT, INSERT,"
+                                 " UPDATE and DELETE on dbqueue_state"
+                                 % _command(self.queue.config, "migrate"), error=_first_line(exc))
 
     # -- the database connection -------------------------------------------
 
@@ -4302,6 +4390,21 @@ class Worker:
             if self._running is not None:
                 tokens.append(self._running.token)
         return tokens
+
+
+# A PHP class name as the app's jobs carry it: App\Libraries\Queue\Jobs\SendSmsJob.
+_PHP_CLASS = _Pattern(r"^\\?[A-Za-z_]\w*(?:\\[A-Za-z_]\w*)+\Z")
+
+
+def _unknown_job(name, queue):
+    """Why a job has no handler, and what to do about it, in one line."""
+    if _PHP_CLASS.match(name):
+        # As written, not repr()'s doubled backslashes: the name is searched for.
+        return ("unknown job %s: a PHP job class that dbqueue does not run (queue %s);"
+                " keep `php spark queue:work --queue=%s` for that queue, or register a Python"
+                " handler under this exact name" % (name, queue, queue))
+    return ("unknown job %r: no handler is registered under that name"
+            " (start the worker with --import MODULE)" % name)
 
 
 def _format_exception(exc):
@@ -4820,10 +4923,7 @@ def queue_email(to, subject, text=None, html=None, cc=None, bcc=None, reply_to=N
     data = {"to": to, "subject": subject, "text": text, "html": html, "cc": cc, "bcc": bcc,
             "reply_to": reply_to, "from": sender, "headers": headers}
     data = {k: v for k, v in data.items() if v is not None}
-    try:
-        _email_fields(data, None)
-    except PermanentError as exc:
-        raise ValueError(str(exc))
+    _check_email_job("send_email", data, None)
     return _enqueue("send_email", data, delay, connection, using, queue, unique_key)
 
 
@@ -4845,12 +4945,33 @@ def queue_template_email(to, template, variables=None, cc=None, bcc=None, reply_
             "reply_to": reply_to, "from": sender, "headers": headers}
     data = {k: v for k, v in data.items() if v is not None}
     config = using.config if isinstance(using, Queue) else Config.from_env()
+    _check_email_job("send_template_email", data, config)
+    return _enqueue("send_template_email", data, delay, connection, using, queue, unique_key)
+
+
+def _check_email_job(name, data, config):
+    """What a producer can check of a built-in email job before it is stored
+    (queue_email, queue_template_email, `push`): ValueError for a bad one.
+
+    The seed app's job classes are checked in their own shape, the errors
+    naming its fields (`data`, not `vars`). Other jobs are not checked.
+    """
+    handler = (_registry.get(name) or _aliases().get(name) or (None,))[0]
+    field = "data" if handler in (_seed_send_email, _seed_send_template_email) else "vars"
     try:
-        _find_template(template, _template_values(data["vars"]), config, warn=False)
-        _email_fields(dict(data, subject="", text="-"), None)
+        if handler is _seed_send_email:
+            data, handler = _seed_email_fields(data), _send_email
+        elif handler is _seed_send_template_email:
+            data, handler = _seed_template_fields(data), _send_template_email
+        if handler is _send_email:
+            _email_fields(data, None)
+        elif handler is _send_template_email:
+            variables = data.get("vars")
+            _find_template(data.get("template"), _template_values(
+                {} if variables is None else variables, field), config, warn=False, field=field)
+            _email_fields(dict(data, subject="", text="-"), None)
     except PermanentError as exc:
         raise ValueError(str(exc))
-    return _enqueue("send_template_email", data, delay, connection, using, queue, unique_key)
 
 
 def _enqueue(name, data, delay, connection, using, queue_name, unique_key):
@@ -4875,13 +4996,14 @@ def _send_email(data):
     _deliver(_email_fields(data, config), config)
 
 
-def _send_template_email(data):
-    """The `send_template_email` job: to, template, vars (plus the send_email options)."""
+def _send_template_email(data, field="vars"):
+    """The `send_template_email` job: to, template, vars (plus the send_email options).
+    `field` is what errors call the variables (the seed app's job: `data`)."""
     config = _mail_config()
     variables = data.get("vars")
     if variables is None:
         variables = {}
-    subject, text, html = _render(data.get("template"), variables, config)
+    subject, text, html = _render(data.get("template"), variables, config, field)
     fields = dict(data, subject=subject, text=text, html=html)
     fields.pop("template", None)
     fields.pop("vars", None)
@@ -4893,8 +5015,15 @@ def _seed_send_email(data):
 
     A `message` without any HTML tag is sent as the text part.
     """
+    _send_email(_seed_email_fields(data))
+
+
+def _seed_email_fields(data):
+    """A SendEmailJob's data as send_email's."""
     fields = {k: v for k, v in data.items() if k not in ("message", "textMessage")}
     message, text = data.get("message"), data.get("textMessage")
+    if not (message or text or data.get("text") or data.get("html")):
+        raise PermanentError("the message has no body: give message and/or textMessage")
     if isinstance(message, str) and message and not _HTML_TAG.search(message) and not text:
         fields["text"] = message
     else:
@@ -4902,7 +5031,7 @@ def _seed_send_email(data):
             fields["html"] = message
         if text:
             fields["text"] = text
-    _send_email(fields)
+    return fields
 
 
 def _seed_send_template_email(data):
@@ -4910,6 +5039,11 @@ def _seed_send_template_email(data):
 
     A view path such as "emails/verify_email" names the template "verify_email".
     """
+    _send_template_email(_seed_template_fields(data), field="data")
+
+
+def _seed_template_fields(data):
+    """A SendTemplateEmailJob's data as send_template_email's."""
     template = data.get("template")
     if isinstance(template, str) and "/" in template:
         template = template.rstrip("/").rsplit("/", 1)[-1]
@@ -4927,7 +5061,7 @@ def _seed_send_template_email(data):
             if data.get(key) is not None and key not in variables:
                 variables[key] = data[key]
     fields["vars"] = variables
-    _send_template_email(fields)
+    return fields
 
 
 job("send_email")(_send_email)
@@ -5423,9 +5557,9 @@ def _template_name(name):
     return name
 
 
-def _template_values(variables):
+def _template_values(variables, field="vars"):
     if not isinstance(variables, dict):
-        raise PermanentError("vars must be an object of name: value")
+        raise PermanentError("%s must be an object of name: value" % field)
     values = {}
     for key, value in variables.items():
         if value is None:
@@ -5502,7 +5636,7 @@ def _job_log():
     return worker.log if worker is not None else _Log()
 
 
-def _find_template(name, values, config, warn=True):
+def _find_template(name, values, config, warn=True, field="vars"):
     """(kind, locale, (subject, text, html or None) sources) of the template to render;
     a seed template's defaults for that language are put into `values`.
 
@@ -5534,8 +5668,8 @@ def _find_template(name, values, config, warn=True):
         # A link must have a value; the original built-ins accept an empty name.
         if variable is not None and (not values.get(variable) if kind == "seed"
                                      else variable not in values):
-            raise PermanentError("email template %r needs the variable %r in vars"
-                                 % (name, variable))
+            raise PermanentError("email template %r needs the variable %r in %s"
+                                 % (name, variable, field))
     if locale not in available:
         if warn:
             _job_log().warning("email template has no version in this locale; sent in English",
@@ -5595,7 +5729,7 @@ def _read_template(directory, name, locale=None):
     return subject, body, html
 
 
-def _render(name, variables, config):
+def _render(name, variables, config, field="vars"):
     """(subject, text, html or None) of a template filled with `variables`.
 
     A template in MAIL_TEMPLATE_DIR wins over the built-in one of the same
@@ -5606,8 +5740,9 @@ def _render(name, variables, config):
     """
     import html as html_module
     from string import Template
-    values = _template_values(variables)
-    kind, locale, source = _find_template(name, values, config)   # seed defaults filled in
+    values = _template_values(variables, field)
+    # The seed templates' defaults are filled into values here.
+    kind, locale, source = _find_template(name, values, config, field=field)
     link = values.get(_SEED_TEMPLATES[name]["link"] or "", "") if kind == "seed" else ""
     url = values.get("url", "") or link
     host = re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://([^/:?#@]+)", url)
@@ -5624,8 +5759,8 @@ def _render(name, variables, config):
         try:
             return Template(src).substitute(vals)
         except KeyError as exc:
-            raise PermanentError("email template %r needs the variable %r in vars (%s)"
-                                 % (name, exc.args[0], part))
+            raise PermanentError("email template %r needs the variable %r in %s (%s)"
+                                 % (name, exc.args[0], field, part))
         except ValueError as exc:
             raise PermanentError("email template %r has a bad placeholder in its %s: %s"
                                  % (name, part, exc))
@@ -5792,7 +5927,7 @@ def _deliver(fields, config):
             text += "; refused: %s" % listing(rejected)
         raise QueueError(_scrub(text, config))
     # Failing: the stored payload names everyone who has not had it, so that
-    # `python dbqueue.py retry` sends to them only.
+    # `python3 dbqueue.py retry` sends to them only.
     missing = set(rejected) | set(deferred)
     failed_state = {"date": state["date"]}
     if pending is not None or delivered:
@@ -6503,7 +6638,7 @@ def _scrub(text, config):
 # Dashboard ###################################################################
 ###############################################################################
 
-# `python dbqueue.py dashboard`: a small admin page in the manner of Sidekiq's
+# `python3 dbqueue.py dashboard`: a small admin page in the manner of Sidekiq's
 # web UI. Plain server-rendered HTML, one view per task, every action a POST
 # form with a CSRF token; it reads and changes the tables only through the
 # Queue methods the CLI uses (stats, failed, retry, forget).
@@ -7008,7 +7143,9 @@ class _Dashboard:
                 '<td data-label="Recipient">{to}</td>'
                 '<td data-label="Error" class="err"><a href="/failed/{id}">{error}</a></td>'
                 '<td data-label="" class="acts">{buttons}</td></tr>',
-                id=row["id"], when=info["failed_at"], queue=row["queue"], job=info["job"],
+                id=row["id"], when=info["failed_at"], queue=row["queue"],
+                # A PHP class name may break at its backslashes, not squeeze the error.
+                job=_HTML(_esc(info["job"]).replace("\\", "\\<wbr>")),
                 template=_fill('<span class="sub">{t}</span>', t=info["template"])
                 if info["template"] else "",
                 to=info["recipient"] or "–", error=info["error"] or "(no message)",
@@ -7102,7 +7239,8 @@ class _Dashboard:
                           stats=self.queue.stats())
 
     def _retry_all_page(self, queue_name, session, out):
-        count = sum(s["failed"] for s in self.queue.stats() if s["queue"] == queue_name)
+        stats = self.queue.stats()
+        count = sum(s["failed"] for s in stats if s["queue"] == queue_name)
         if not count:
             return self._error(404, "Nothing to retry", "Queue %s has no failed jobs."
                                % queue_name, out)
@@ -7119,7 +7257,7 @@ class _Dashboard:
             queue=queue_name, n="{:,}".format(count), jobs=_jobs(count), csrf=self.csrf(session),
             back=_url("/failed", queue=queue_name))
         return self._page(200, "Retry every failed job of queue %s?" % queue_name, body, session,
-                          out, nav="failed")
+                          out, nav="failed", stats=stats)
 
     # -- POST ------------------------------------------------------------
 
@@ -7676,13 +7814,13 @@ def _parser():
     top = Parser(prog="dbqueue", description="A database-backed job queue and worker.",
                  formatter_class=argparse.RawDescriptionHelpFormatter,
                  epilog="example:\n"
-                        "  python dbqueue.py migrate\n"
-                        "  python dbqueue.py work --queue=emails,default --import myapp.jobs\n"
-                        "  python dbqueue.py push send_email --queue emails --data '{...}'\n"
-                        "  python dbqueue.py stats\n"
-                        "  python dbqueue.py health --max-age 300 --max-failed 0\n\n"
+                        "  python3 dbqueue.py migrate\n"
+                        "  python3 dbqueue.py work --queue=emails,default --import myapp.jobs\n"
+                        "  python3 dbqueue.py push send_email --queue emails --data '{...}'\n"
+                        "  python3 dbqueue.py stats\n"
+                        "  python3 dbqueue.py health --max-age 300 --max-failed 0\n\n"
                         "Every command takes --env-file PATH and --database-url URL;"
-                        " `python dbqueue.py COMMAND --help` shows its options.\n"
+                        " `python3 dbqueue.py COMMAND --help` shows its options.\n"
                         "Exit codes: 0 ok, 1 failure or unhealthy, 2 bad flag or setting.")
     top.add_argument("--version", action="version", version="dbqueue " + __version__)
     sub = top.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
@@ -7694,12 +7832,13 @@ def _parser():
                               epilog="example:\n  " + example)
 
     p = command("migrate", "create or upgrade the queue tables (idempotent)",
-                "python dbqueue.py migrate --database-url postgresql://app@/appdb")
-    p.add_argument("--print", action="store_true", help="show the SQL instead of running it")
+                "python3 dbqueue.py migrate --database-url postgresql://app@/appdb")
+    p.add_argument("--print", action="store_true",
+                   help="show the SQL migrate would run on this database now, without running it")
     p.add_argument("--all", action="store_true", help="with --print: every supported database")
 
     p = command("work", "process jobs until stopped",
-                "python dbqueue.py work --queue=emails,default --import myapp.jobs --max-time 3600")
+                "python3 dbqueue.py work --queue=emails,default --import myapp.jobs --max-time 3600")
     p.add_argument("--queue", default="default", help="queues in priority order, comma separated"
                    " (default: default)")
     p.add_argument("--once", action="store_true", help="handle at most one job, then exit")
@@ -7726,7 +7865,7 @@ def _parser():
     p.add_argument("-q", "--quiet", action="store_true", help="log warnings and errors only")
 
     p = command("push", "enqueue a job from a shell or cron; prints its id",
-                "python dbqueue.py push send_email --queue emails --data"
+                "python3 dbqueue.py push send_email --queue emails --data"
                 " '{\"to\": \"a@example.com\", \"subject\": \"Hi\", \"text\": \"Hello\"}'")
     p.add_argument("job", help="the registered job name")
     p.add_argument("--data", default="{}", metavar="JSON",
@@ -7739,8 +7878,8 @@ def _parser():
                         " and print that job's id")
 
     p = command("stats", "ready, delayed, reserved, expired and failed jobs per queue",
-                "python dbqueue.py stats\n"
-                "  python dbqueue.py stats --format prometheus > /var/lib/node_exporter/dbqueue.prom.$$"
+                "python3 dbqueue.py stats\n"
+                "  python3 dbqueue.py stats --format prometheus > /var/lib/node_exporter/dbqueue.prom.$$"
                 " \\\n    && mv /var/lib/node_exporter/dbqueue.prom.$$"
                 " /var/lib/node_exporter/dbqueue.prom")
     group = p.add_mutually_exclusive_group()
@@ -7749,7 +7888,7 @@ def _parser():
                        help="table (default), json, or the Prometheus text format")
 
     p = command("health", "exit 0 when the queue is healthy, else 1 with one line per reason",
-                "python dbqueue.py health --max-ready 1000 --max-age 300 --max-failed 0")
+                "python3 dbqueue.py health --max-ready 1000 --max-age 300 --max-failed 0")
     p.add_argument("--max-ready", type=_nonneg_int, metavar="N",
                    help="unhealthy when a queue has more than N ready jobs")
     p.add_argument("--max-age", type=_nonneg_int, metavar="S",
@@ -7758,47 +7897,47 @@ def _parser():
                    help="unhealthy when a queue has more than N failed jobs")
 
     p = command("failed", "list failed jobs (id, uuid, queue, job, failed at, error)",
-                "python dbqueue.py failed --queue emails")
+                "python3 dbqueue.py failed --queue emails")
     p.add_argument("--queue", type=_queue_arg, help="only this queue")
     p.add_argument("--json", action="store_true", help="JSON, with each full traceback")
 
     p = command("retry", "move failed jobs back to the queue with attempts reset",
-                "python dbqueue.py retry 12 13\n  python dbqueue.py retry all --queue emails")
+                "python3 dbqueue.py retry 12 13\n  python3 dbqueue.py retry all --queue emails")
     p.add_argument("ids", nargs="+", type=_retry_id, metavar="ID|all",
                    help="failed job ids (see `failed`), or all")
     p.add_argument("--queue", type=_queue_arg, help="with all: only this queue")
 
-    p = command("forget", "delete failed jobs by id", "python dbqueue.py forget 12 13")
+    p = command("forget", "delete failed jobs by id", "python3 dbqueue.py forget 12 13")
     p.add_argument("ids", nargs="+", type=_row_id, metavar="ID", help="failed job ids (see `failed`)")
 
     p = command("flush", "delete every failed job, or those older than H hours",
-                "python dbqueue.py flush --hours 168")
+                "python3 dbqueue.py flush --hours 168")
     p.add_argument("--hours", type=_nonneg_float, metavar="H",
                    help="only failed jobs older than H hours")
 
     p = command("clear", "delete the waiting (ready and delayed) jobs of a queue",
-                "python dbqueue.py clear --queue default --force")
+                "python3 dbqueue.py clear --queue default --force")
     p.add_argument("--queue", type=_queue_arg, required=True, help="the queue to empty")
     p.add_argument("--force", action="store_true",
                    help="do not ask (required when stdin is not a terminal)")
 
     p = command("config", "show every effective setting, its value (secrets masked) and where"
                 " it came from: the first thing to run when jobs never process",
-                "python dbqueue.py config --env-file /srv/app/.env")
+                "python3 dbqueue.py config --env-file /srv/app/.env")
     p.add_argument("--json", action="store_true", help="JSON: settings and warnings")
 
     p = command("bench", "measure enqueue, drain and latency on the configured database",
-                "python dbqueue.py bench --jobs 5000 --workers 2")
+                "python3 dbqueue.py bench --jobs 5000 --workers 2")
     p.add_argument("--jobs", type=_pos_int, default=5000, metavar="N",
                    help="jobs to enqueue and drain (default 5000)")
     p.add_argument("--workers", type=_pos_int, default=2, metavar="K",
                    help="worker processes that drain them (default 2)")
 
     p = command("dashboard", "a web page of the queue: counts, failed jobs, Retry and Forget",
-                "python dbqueue.py dashboard --port 8765\n"
+                "python3 dbqueue.py dashboard --port 8765\n"
                 "  ssh -L 8765:127.0.0.1:8765 server   # from your laptop; then open"
                 " http://127.0.0.1:8765/\n"
-                "  DBQUEUE_DASHBOARD_TOKEN=... python dbqueue.py dashboard --host 0.0.0.0"
+                "  DBQUEUE_DASHBOARD_TOKEN=... python3 dbqueue.py dashboard --host 0.0.0.0"
                 " --read-only")
     p.add_argument("--host", type=_host_arg, default="127.0.0.1",
                    help="address to listen on (default 127.0.0.1); any address but a loopback"
@@ -7942,13 +8081,20 @@ def _cmd_migrate(args, config):
     if args.all and not args.print:
         raise ConfigError("migrate: --all goes with --print (it shows the SQL of every database;"
                           " migrate itself runs on the configured one)")
-    if args.print:
-        dialects = (_SQLite, _Postgres, _MySQL) if args.all else (_parse_url(config.database_url)[0],)
+    if args.print and args.all:
         out = []
-        for dialect in dialects:
+        for dialect in (_SQLite, _Postgres, _MySQL):
             out.append("-- %s (schema version %d)\n" % (dialect.name, _SCHEMA_VERSION))
             out.append(schema_sql(dialect, config.table, config.failed_table))
         sys.stdout.write("\n".join(out))
+        return 0
+    if args.print:
+        plan = _migrate_plan(config)
+        print("-- %s (schema version %d): %s" % (
+            _parse_url(config.database_url)[0].name, _SCHEMA_VERSION,
+            "what `migrate` runs on this database now" if plan
+            else "nothing to do, the tables are up to date"))
+        sys.stdout.write("".join(s + ";\n" for s in plan))
         return 0
     queue = Queue(config=config)
     try:
@@ -7958,6 +8104,26 @@ def _cmd_migrate(args, config):
     print("migrated %s: %s and %s at schema version %d"
           % (_mask_url(config.database_url), config.table, config.failed_table, version))
     return 0
+
+
+def _migrate_plan(config):
+    """Queue._migrate_plan of the configured database, read without changing it
+    (a SQLite file that does not exist yet: the plan for an empty one)."""
+    import sqlite3
+    dialect, target, _ = _parse_url(config.database_url)
+    if dialect is _SQLite and not os.path.exists(target):
+        conn = sqlite3.connect(":memory:")
+        try:
+            return Queue(config=config)._migrate_plan(conn.cursor())
+        finally:
+            conn.close()
+    queue = _reader(config)
+    try:
+        return queue._migrate_plan(queue._local.conn.cursor())
+    except queue._errors() as exc:
+        raise queue.translate(exc) from exc
+    finally:
+        queue.close()
 
 
 def _cmd_work(args, config):
@@ -8026,6 +8192,10 @@ def _cmd_push(args, config):
         _dumps(data)   # 1e999 parses as infinity: refuse it here, before any database
     except (TypeError, RecursionError) as exc:
         raise ConfigError("--data: %s" % _first_line(exc))
+    try:
+        _check_email_job(args.job, data, config)
+    except ValueError as exc:
+        raise ConfigError("push %s: %s" % (args.job, exc))
     queue = Queue(config=config)
     try:
         print(queue.push(args.job, data, queue=args.queue, delay=args.delay,
@@ -8039,8 +8209,9 @@ def _table(headers, rows):
     """Rows as aligned columns; numbers right-aligned, the last column left ragged."""
     cells = [list(headers)] + [["-" if v is None else str(v) for v in row] for row in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
-    numeric = [all(isinstance(row[i], int) or row[i] is None for row in rows) and bool(rows)
-               for i in range(len(headers))]
+    # A column of numbers is right-aligned; one of "-" only (no value) is not.
+    numeric = [all(isinstance(row[i], int) or row[i] is None for row in rows)
+               and any(isinstance(row[i], int) for row in rows) for i in range(len(headers))]
     lines = []
     for row in cells:
         parts = []
@@ -8144,7 +8315,9 @@ def _reader(config):
         queue._local.conn = queue.connect(create=False)
     except DatabaseError as exc:
         queue.close()
-        raise DatabaseError("%s; the URL came from %s" % (_first_line(exc), _url_origin(config)),
+        # The SQLite file's hint, with the --database-url it needs.
+        text = _first_line(exc).replace("python3 dbqueue.py migrate", _command(config, "migrate"))
+        raise DatabaseError("%s; the URL came from %s" % (text, _url_origin(config)),
                             transient=False)
     return queue
 
@@ -8225,9 +8398,9 @@ def _cmd_health(args, config):
             problems.append("queue %s: the oldest ready job has waited %ds (--max-age %d);"
                             " is a worker running for it?" % (name, age, args.max_age))
         if args.max_failed is not None and s["failed"] > args.max_failed:
-            problems.append("queue %s has %d failed jobs (--max-failed %d); see"
-                            " `python dbqueue.py failed --queue %s`"
-                            % (name, s["failed"], args.max_failed, name))
+            problems.append("queue %s has %d failed jobs (--max-failed %d); see `%s`"
+                            % (name, s["failed"], args.max_failed,
+                               _command(config, "failed --queue %s" % name)))
     if outage is not None and not outage["stale"]:
         problems.append(_outage_line(outage))
     for problem in problems:

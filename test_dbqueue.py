@@ -852,12 +852,12 @@ class CoreTests:
             return
         with self.assertRaises(dbqueue.MissingTableError) as caught:
             q.push("t_record", {})
-        self.assertIn("python dbqueue.py migrate", str(caught.exception))
+        self.assertIn("python3 dbqueue.py migrate", str(caught.exception))
         code, out, err = run_main(["work", "--once"], self.db.env())
         self.assertEqual(code, 1, err)
         errors = [line for line in err.splitlines() if line.startswith("dbqueue:")]
         self.assertEqual(len(errors), 1, err)
-        self.assertIn("python dbqueue.py migrate", errors[0])
+        self.assertIn("python3 dbqueue.py migrate", errors[0])
         self.assertNotIn("Traceback", err)
 
     def test_migrate_is_idempotent(self):
@@ -873,8 +873,8 @@ class CoreTests:
         self.assertEqual(self.count(), 1)          # the data survived
         code, out, err = run_main(["migrate", "--print"], self.db.env())
         self.assertEqual(code, 0, err)
-        self.assertIn("CREATE TABLE IF NOT EXISTS %s" % q.dialect.ident(self.db.table), out)
-        self.assertIn("-- %s" % self.db.name, out)
+        self.assertEqual(out, "-- %s (schema version 2): nothing to do, the tables are up to"
+                         " date\n" % self.db.name)
 
     def test_migrate_upgrades_version_1_tables_in_place(self):
         # Tables as schema version 1 made them (and as a Laravel-style app's
@@ -1148,7 +1148,47 @@ class CoreConfigTests(unittest.TestCase):
         self.assertEqual(code, 0, err)
         with open(os.path.join(HERE, "schema.sql"), encoding="utf-8") as fh:
             self.assertEqual(fh.read(), out, "schema.sql drifted: regenerate it with"
-                             " `python dbqueue.py migrate --print --all > schema.sql`")
+                             " `python3 dbqueue.py migrate --print --all > schema.sql`")
+
+
+class CoreJobRegistrationTests(unittest.TestCase):
+    """@dbqueue.job twice under one name warns, naming both handlers' modules;
+    the same function registered again (a reload, __main__ and dbqueue) does not."""
+
+    def setUp(self):
+        self.tmp = tempfile.mkdtemp(prefix="dbqueue-reg-")
+        self.addCleanup(shutil.rmtree, self.tmp, True)
+        sys.path.insert(0, self.tmp)
+        self.addCleanup(sys.path.remove, self.tmp)
+        self.addCleanup(dbqueue._registry.pop, "reg_dup", None)
+        for module in ("reg_first", "reg_second"):
+            with open(os.path.join(self.tmp, module + ".py"), "w") as fh:
+                fh.write("import dbqueue\n\n@dbqueue.job('reg_dup')\ndef handle(data):\n"
+                         "    pass\n")
+            self.addCleanup(sys.modules.pop, module, None)
+
+    def test_a_second_handler_under_one_name_warns_naming_both(self):
+        import importlib
+        importlib.import_module("reg_first")
+        with self.assertWarns(RuntimeWarning) as caught:
+            importlib.import_module("reg_second")
+        self.assertEqual(str(caught.warning), "dbqueue: job 'reg_dup' registered twice:"
+                         " reg_second.handle replaces reg_first.handle")
+        self.assertIs(dbqueue._registry["reg_dup"][0], sys.modules["reg_second"].handle)
+
+    def test_the_same_function_again_does_not_warn(self):
+        import importlib
+        import warnings
+        module = importlib.import_module("reg_first")
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            importlib.reload(module)
+            # This file as __main__ and as dbqueue: one function, two module names.
+            func = dbqueue._registry["send_email"][0]
+            twin = type(func)(func.__code__, func.__globals__, func.__name__)
+            twin.__module__, twin.__qualname__ = "__main__", func.__qualname__
+            self.addCleanup(dbqueue.job("send_email"), func)
+            dbqueue.job("send_email")(twin)
 
 
 class PoolerConfigTests(unittest.TestCase):
@@ -2626,7 +2666,7 @@ class OpsCommandLineTests(unittest.TestCase):
         for command in sorted(dbqueue._COMMANDS):
             code, out, _ = run_main([command, "--help"])
             self.assertEqual(code, 0, command)
-            self.assertIn("example:\n  python dbqueue.py %s" % command, out)
+            self.assertIn("example:\n  python3 dbqueue.py %s" % command, out)
             self.assertIn("--env-file", out)
             self.assertIn("--database-url", out)
 
@@ -2805,6 +2845,19 @@ class OpsCommandLineTests(unittest.TestCase):
             self.assertIn(b"Delete the 2 waiting job(s) of queue default? [y/N]", err)
             self.assertIn(words.encode(), out)
             self.assertEqual(sum(s["ready"] for s in q.stats()), left)
+
+
+class OpsStatsTableTests(unittest.TestCase):
+    """`stats` as a table: an empty column's "-" sits under its header, left-aligned."""
+
+    def test_no_ready_job_shows_the_dash_under_oldest_ready(self):
+        db = Backend(self)
+        db.queue().push("t_record", {}, queue="later", delay=3600)
+        code, out, err = run_main(["stats"], db.env())
+        self.assertEqual(code, 0, err)
+        header, row = out.splitlines()[:2]
+        self.assertTrue(row.endswith(" -"), out)
+        self.assertEqual(row.rindex("-"), header.index("oldest ready"), out)
 
 
 class OpsHelperTests(unittest.TestCase):
@@ -5412,6 +5465,49 @@ class ConfigSmallFixesTests(EmailTestMixin, unittest.TestCase):
         self.assertEqual(msg.as_bytes().count(b"MIME-Version"), 1)
 
 
+class ConfigCommandHintTests(unittest.TestCase):
+    """A command that dbqueue suggests runs as it is on a stock Debian (python3) and
+    reaches the same database (the --database-url the user gave)."""
+
+    def setUp(self):
+        self.db = Backend(self)
+
+    def test_a_missing_sqlite_file_suggests_migrate_with_the_url_given(self):
+        url = "sqlite:///" + os.path.join(self.db.tmp, "elsewhere.db")
+        code, out, err = run_main(["failed", "--database-url", url])
+        self.assertEqual(code, 1, err)
+        self.assertIn("`python3 dbqueue.py migrate --database-url '%s'`" % url, err)
+
+    def test_tables_missing_on_a_server_suggest_migrate_with_the_url_given(self):
+        pg = PsycopgBackend(self)
+        code, out, err = run_main(["stats", "--database-url", pg.url],
+                                  {"QUEUE_TABLE": pg.table, "QUEUE_FAILED_TABLE": pg.failed_table})
+        self.assertEqual(code, 1, err)
+        self.assertIn("run `python3 dbqueue.py migrate --database-url '%s'`" % pg.url, err)
+
+    def test_health_names_the_failed_command_with_python3(self):
+        q = self.db.queue()
+        q.push("t_fail", {}, queue="emails")
+        dbqueue.Worker(q, ["emails"], tries=1, log=quiet_log()).run(stop_when_empty=True)
+        code, out, err = run_main(["health", "--max-failed", "0"], self.db.env())
+        self.assertEqual(code, 1, out)
+        self.assertIn("see `python3 dbqueue.py failed --queue emails`", out)
+        code, out, err = run_main(["failed", "--database-url", "sqlite:///nowhere.db"])
+        self.assertNotIn("python dbqueue.py", err)
+        self.assertIn("python3 dbqueue.py", err)
+
+    def test_a_url_missing_its_slashes_is_not_taken_for_a_sqlite_file(self):
+        for given, meant in (("postgresql:/db", "postgresql:///db"),
+                             ("mysql:app", "mysql:///app"),
+                             ("sqlite:/srv/app/q.db", "sqlite:////srv/app/q.db"),
+                             ("postgres:/u:secret@h/db", "postgres://u:***@h/db")):
+            code, out, err = run_main(["migrate", "--database-url", given])
+            self.assertEqual(code, 2, err)
+            self.assertIn("did you mean %s?" % meant, err)
+            self.assertNotIn("secret", err)
+            self.assertNotIn("SQLite", err)
+
+
 class ConfigSuiteOnALaptopTests(unittest.TestCase):
     """The suite touches only a server the user named, and says what it skipped."""
 
@@ -5791,7 +5887,7 @@ class TakeoverTablesTests:
         # one line that says so (issue 12: it retried "no column named uuid" forever).
         with self.assertRaises(dbqueue.MissingTableError) as caught:
             worker.run(stop_when_empty=True)
-        self.assertIn("run `python dbqueue.py migrate`", str(caught.exception))
+        self.assertIn("run `python3 dbqueue.py migrate`", str(caught.exception))
 
     def test_before_migrate_a_server_database_says_to_run_it(self):
         ci4_tables(self.db)
@@ -5800,7 +5896,7 @@ class TakeoverTablesTests:
         code, out, err = run_main(["failed"], env=self.db.env())
         self.assertEqual(code, 1, out)
         self.assertIn("lack columns of this version", err)
-        self.assertIn("run `python dbqueue.py migrate`", err)
+        self.assertIn("run `python3 dbqueue.py migrate`", err)
         self.assertEqual(len(err.strip().splitlines()), 1, err)
         code, out, err = run_main(["migrate"], env=self.db.env())
         self.assertEqual(code, 0, err)
@@ -5840,6 +5936,102 @@ class TakeoverFlushTimeZoneTests:
 
 on_every_backend(TakeoverFlushTimeZoneTests, [Backend, PsycopgBackend, MariaDBBackend])
 
+
+
+def apply_with_client(testcase, db, script):
+    """Run an SQL script with the database's own command-line client, as a DBA does."""
+    from urllib.parse import unquote, urlsplit
+    if db.name == "sqlite":
+        argv = ["sqlite3", "-bail", db.url[len("sqlite:///"):]]
+    elif db.name == "postgresql":
+        argv = ["psql", "-q", "-v", "ON_ERROR_STOP=1", PG_URL]
+    else:
+        url = urlsplit(MYSQL_URL)
+        argv = ["mariadb", "--no-defaults", "-h", url.hostname, "-P", str(url.port or 3306),
+                "-u", unquote(url.username), "-p" + unquote(url.password or ""), url.path[1:]]
+    need(shutil.which(argv[0]) is not None, "%s (the database's client) is not installed" % argv[0])
+    done = subprocess.run(argv, input=script, capture_output=True, text=True, timeout=60)
+    testcase.assertEqual(done.returncode, 0, done.stderr)
+
+
+class TakeoverPrintedMigrationTests:
+    """`migrate --print` on the CodeIgniter app's tables is what `migrate` runs: a DBA
+    applies it with the database's own client and nothing is left to do."""
+
+    def test_printed_plan_applied_by_hand_upgrades_the_apps_tables(self):
+        ci4_tables(self.db)
+        code, out, err = run_main(["migrate", "--print"], self.db.env())
+        self.assertEqual(code, 0, err)
+        jobs, failed = qi(self.db, self.db.table), qi(self.db, self.db.failed_table)
+        self.assertNotIn("CREATE TABLE IF NOT EXISTS %s" % jobs, out)
+        for table, column in ((jobs, "reserved_until"), (jobs, "unique_key"), (failed, "uuid")):
+            self.assertIn("ALTER TABLE %s ADD COLUMN %s " % (table, column), out)
+        # The columns come before the indexes that use them (ERROR 1072 on MariaDB).
+        self.assertLess(out.index("ADD COLUMN unique_key"), out.index("_unique"))
+        apply_with_client(self, self.db, out)
+        code, again, err = run_main(["migrate", "--print"], self.db.env())
+        self.assertEqual(code, 0, err)
+        self.assertIn("nothing to do", again)
+        self.assertNotIn(";", again)
+        q = self.db.queue(migrate=False)
+        self.assertEqual(q.schema_version(), dbqueue._SCHEMA_VERSION)
+        php_push(self.db, {"job": "t_record", "data": {"from": "php"}})
+        del RECORD[:]
+        dbqueue.Worker(q, ["emails"], log=quiet_log()).run(stop_when_empty=True)
+        self.assertEqual(RECORD, [{"from": "php"}])
+        code, out, err = run_main(["migrate"], self.db.env())
+        self.assertEqual(code, 0, err)
+
+    def test_printed_plan_of_a_database_without_tables_makes_everything(self):
+        code, out, err = run_main(["migrate", "--print"], self.db.env())
+        self.assertEqual(code, 0, err)
+        self.assertIn("CREATE TABLE IF NOT EXISTS %s" % qi(self.db, self.db.table), out)
+        if self.db.name == "sqlite":
+            self.assertFalse(os.path.exists(self.db.url[len("sqlite:///"):]))   # only read
+        apply_with_client(self, self.db, out)
+        code, again, err = run_main(["migrate", "--print"], self.db.env())
+        self.assertEqual(code, 0, err)
+        self.assertIn("nothing to do", again)
+
+
+on_every_backend(TakeoverPrintedMigrationTests, [Backend, PsycopgBackend, MariaDBBackend])
+
+
+class TakeoverOtherPHPJobTests:
+    """A row of a PHP job class dbqueue does not run (the app's SendSmsJob) fails with
+    what it is and the ways out, its name as PHP wrote it (single backslashes)."""
+
+    def test_an_unknown_php_job_class_says_so_everywhere_with_its_name_as_written(self):
+        ci4_tables(self.db)
+        q = self.db.queue()
+        name = "App\\Libraries\\Queue\\Jobs\\SendSmsJob"
+        payload = php_json({"job": name, "data": {"to": "+15550100", "text": "Hi"}})
+        self.assertIn("App\\\\Libraries", payload)      # as json_encode writes it
+        php_push(self.db, payload, queue="sms")
+        log = quiet_log()
+        dbqueue.Worker(q, ["sms"], log=log).run(stop_when_empty=True)
+        exception = q.failed()[0]["exception"]
+        line = exception.strip().splitlines()[-1]
+        for words in (name, "a PHP job class that dbqueue does not run", "queue sms",
+                      "php spark queue:work --queue=sms", "register a Python handler"):
+            self.assertIn(words, line)
+        self.assertNotIn("--import", line)
+        self.assertNotIn("\\\\", line)
+        text = log.stream.getvalue()
+        self.assertIn("name=" + name + " ", text)
+        self.assertIn(name + ":", text)
+        self.assertNotIn("\\\\", text)
+        code, out, err = run_main(["failed"], env=self.db.env())
+        self.assertEqual(code, 0, err)
+        self.assertIn(name, out)
+        self.assertNotIn("\\\\", out)
+        page = DashboardClient(start_dashboard(self, q)).get("/failed")
+        self.assertEqual(page.status, 200)
+        self.assertIn("unknown job %s:" % name, page.text)
+        self.assertNotIn("\\\\", page.text)
+
+
+on_every_backend(TakeoverOtherPHPJobTests, [Backend, PsycopgBackend, MariaDBBackend])
 
 
 def app_connection(db):
@@ -6264,6 +6456,67 @@ class TakeoverEarlyMistakesTests(unittest.TestCase):
         # The command line says it too; reports' job is delayed: not named.
         self.assertIn('ready_elsewhere="default (1)"', err)
         self.assertNotIn("reports (", err)
+
+
+class TakeoverPushChecksTests(unittest.TestCase):
+    """`push` of an email job from the shell is checked as queue_email() and
+    queue_template_email() check it: one line, exit 2, nothing stored."""
+
+    SEED = "App\\Libraries\\Queue\\Jobs\\"
+
+    def setUp(self):
+        self.db = Backend(self)
+        self.db.queue()
+
+    def push(self, job, data):
+        return run_main(["push", job, "--queue", "emails", "--data", php_json(data)],
+                        self.db.env())
+
+    def test_bad_email_jobs_are_refused_before_anything_is_stored(self):
+        to = "ann@example.com"
+        cases = [
+            ("send_template_email", {"to": to, "template": "verify_emial",
+                                     "vars": {"name": "A", "url": "https://x.test"}},
+             "unknown email template 'verify_emial' - did you mean 'verify_email'?"),
+            ("send_template_email", {"to": to, "template": "verify_email", "vars": {"name": "A"}},
+             "needs the variable 'url' in vars"),
+            ("send_template_email", {"template": "verify_email",
+                                     "vars": {"name": "A", "url": "https://x.test"}}, "to"),
+            ("send_email", {"to": to, "subject": "Hi"}, "the message has no body"),
+            # The PHP app's shape: its field names in the errors.
+            (self.SEED + "SendTemplateEmailJob",
+             {"template": "emails/verify_email", "to": to, "data": {"name": "A"}},
+             "needs the variable 'url' in data"),
+            ("\\" + self.SEED + "SendTemplateEmailJob",
+             {"template": "verification", "to": to, "data": {"display_name": "A"}},
+             "needs the variable 'verification_link' in data"),
+            (self.SEED + "SendTemplateEmailJob", {"template": "verification", "to": to,
+                                                  "data": "x"}, "data must be an object"),
+            (self.SEED + "SendEmailJob", {"to": to, "subject": "Hi"},
+             "give message and/or textMessage"),
+        ]
+        for job, data, words in cases:
+            code, out, err = self.push(job, data)
+            self.assertEqual((code, out), (2, ""), (job, data, err))
+            self.assertIn(words, err)
+            self.assertNotIn("vars" if "Jobs" in job else "\n", err.strip())
+            self.assertEqual(len(err.strip().splitlines()), 1, err)
+        self.assertEqual(self.db.raw("SELECT COUNT(*) FROM {jobs}")[0][0], 0)
+
+    def test_good_email_jobs_and_other_jobs_are_stored(self):
+        to = "ann@example.com"
+        for job, data in (
+                ("send_template_email", {"to": to, "template": "verify_email",
+                                         "vars": {"name": "A", "url": "https://x.test/v"}}),
+                ("send_email", {"to": to, "subject": "Hi", "text": "Hello"}),
+                (self.SEED + "SendTemplateEmailJob", {"template": "verification", "to": to,
+                 "data": {"verification_link": "https://x.test/v"}}),
+                (self.SEED + "SendEmailJob", {"to": to, "subject": "Hi", "message": "<p>Hi</p>"}),
+                ("t_record", {"anything": True})):
+            code, out, err = self.push(job, data)
+            self.assertEqual(code, 0, err)
+            self.assertTrue(out.strip().isdigit(), out)
+        self.assertEqual(self.db.raw("SELECT COUNT(*) FROM {jobs}")[0][0], 5)
 
 
 
@@ -6727,7 +6980,7 @@ class MailServerTests(EmailTestMixin, unittest.TestCase):
         dbqueue.queue_email("a@example.com", "s", text="t", using=q)
         worker, log = self.work(q, tries=1)
         self.assertEqual(worker.exit_code, 1)
-        self.assertIn("python dbqueue.py migrate", log)
+        self.assertIn("python3 dbqueue.py migrate", log)
         self.assertEqual(self.db.raw("SELECT attempts FROM {jobs}"), [(0,)])
         code, out, _ = run_main(["health"], self.db.env())
         self.assertEqual(code, 0, out)
@@ -7484,20 +7737,40 @@ class SQLitePushLockTests(unittest.TestCase):
         q.push("t_record", {})
         self.assertEqual(os.stat(lock).st_mode & 0o777, 0o600)    # as dbqueue made the database
         q.close()
-        os.remove(lock)
+        os.rmdir(lock)
         os.chmod(self.path, 0o640)                                 # as the app's deploy set it
         q.push("t_record", {})
-        self.assertTrue(os.path.isfile(lock))
+        self.assertTrue(os.path.isdir(lock))
         self.assertEqual(os.stat(lock).st_mode & 0o777, 0o640)
         q.close()                      # closes the lock's file too
         self.assertEqual([f for f in os.listdir("/proc/self/fd")
                           if os.path.realpath("/proc/self/fd/" + f) == os.path.realpath(lock)], [])
+
+    def test_the_lock_does_not_show_in_git_status_of_the_project(self):
+        need(shutil.which("git") is not None, "git is not installed")
+        git = ["git", "-C", self.db.tmp]
+        subprocess.run(git + ["init", "-q"], check=True)
+        with open(os.path.join(self.db.tmp, ".gitignore"), "w") as fh:
+            fh.write("queue.db\nqueue.db-wal\nqueue.db-shm\n.gitignore\n")
+        q = self.db.queue()
+        q.push("t_record", {})
+        status = subprocess.run(git + ["status", "--porcelain", "--untracked-files=all"],
+                                capture_output=True, text=True, check=True)
+        self.assertEqual(status.stdout, "")
+        # A lock file that dbqueue 1.1 made is still the lock (old and new processes agree).
+        q.close()
+        os.rmdir(self.path + "-dbqueue.lock")
+        open(self.path + "-dbqueue.lock", "w").close()
+        q.push("t_record", {})
+        self.assertIsNotNone(q._push_lock())
 
     def test_a_push_waits_while_another_process_holds_the_lock(self):
         q = self.db.queue()
         q.push("t_record", {"n": 0})       # makes the lock file
         holder = subprocess.Popen([sys.executable, "-c", _LOCK_HOLDER, self.path + "-dbqueue.lock"],
                                   stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self.addCleanup(holder.stdout.close)     # no ResourceWarning for its pipes
+        self.addCleanup(holder.stdin.close)
         self.addCleanup(lambda: holder.poll() is None and holder.kill())
         self.assertEqual(holder.stdout.readline(), "held\n")
         pushed = []
@@ -8084,6 +8357,24 @@ class DashboardTests:
 
 
 on_every_backend(DashboardTests, PGBOUNCER_BACKENDS)
+
+class DashboardLongJobNameTests(unittest.TestCase):
+    """A PHP class name wraps at its backslashes in the failed list; Retry all shows
+    the failed-count pill as the other pages do."""
+
+    def test_retry_all_has_the_pill_and_a_php_class_name_can_wrap(self):
+        db = Backend(self)
+        q = db.queue()
+        php_push(db, {"job": "App\\Libraries\\Queue\\Jobs\\SendSmsJob", "data": {}}, queue="sms")
+        dbqueue.Worker(q, ["sms"], log=quiet_log()).run(stop_when_empty=True)
+        client = DashboardClient(start_dashboard(self, q))
+        listed = client.get("/failed")
+        self.assertIn("<span>App\\<wbr>Libraries\\<wbr>Queue\\<wbr>Jobs\\<wbr>SendSmsJob</span>",
+                      listed.text)
+        self.assertIn('<span class="pill bad">1</span>', listed.text)
+        page = client.get("/retry-all?queue=sms")
+        self.assertEqual(page.status, 200)
+        self.assertIn('<span class="pill bad">1</span>', page.text)
 
 
 class DashboardCommandTests(unittest.TestCase):
@@ -9149,7 +9440,8 @@ class MySQLServerTests:
         # `migrate --print` is what a DBA pastes: it must run as it is, and again.
         code, out, err = run_main(["migrate", "--print"], self.db.env())
         self.assertEqual(code, 0, err)
-        statements = [s for s in out.split(";\n") if s.strip() and not s.startswith("--")]
+        script = "".join(line for line in out.splitlines(True) if not line.startswith("--"))
+        statements = [s for s in script.split(";\n") if s.strip()]
         conn = _mysql_connect(self.db.driver)
         self.addCleanup(conn.close)
         cur = conn.cursor()
