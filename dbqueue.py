@@ -1186,6 +1186,11 @@ class _Dialect:
         return False
 
     @staticmethod
+    def is_deadlock(exc):
+        """A deadlock: the server rolled the transaction back (in autocommit, the statement)."""
+        return False
+
+    @staticmethod
     def is_lost(exc):
         """The connection is gone, whatever the driver's connection object says."""
         return False
@@ -1685,6 +1690,13 @@ class _Postgres(_Dialect):
     def is_locked(exc):
         return False
 
+    @staticmethod
+    def is_conflict(exc):
+        # A serialization failure (an app's transaction at REPEATABLE READ or
+        # SERIALIZABLE, see push) or a deadlock: the transaction must run again.
+        code = getattr(exc, "sqlstate", None) or getattr(exc, "pgcode", None)
+        return code in ("40001", "40P01")
+
     denied_fix = ("grant the role SELECT, INSERT, UPDATE and DELETE on both queue tables, and"
                   " USAGE on the jobs table's id sequence")
 
@@ -1745,6 +1757,11 @@ class _MySQL(_Dialect):
     retry_unique = ("INSERT IGNORE INTO {jobs} (queue, payload, attempts, reserved_at,"
                     " available_at, created_at, unique_key) SELECT queue, payload, 0, NULL, {now},"
                     " {now}, :unique_key FROM {failed} WHERE id = :id")
+    # A locking read sees the latest committed holder, where a plain one in
+    # an app's REPEATABLE READ transaction (push with connection=) would see
+    # its snapshot: a holder finished since, or none. INSERT IGNORE took this
+    # share lock already; LOCK IN SHARE MODE, not FOR SHARE, which MariaDB lacks.
+    unique_holder = _SQL["unique_holder"] + " LOCK IN SHARE MODE"
     # MAIL_RATE_LIMIT: the server's clock in ms, shared by every host.
     # SYSDATE(3), not NOW(3): the moment it is read, not when the statement
     # began (which may have waited for a lock first); an integer, not a DECIMAL.
@@ -2032,6 +2049,10 @@ class _MySQL(_Dialect):
         # A deadlock (the server rolled the transaction back) or a lock wait
         # past innodb_lock_wait_timeout: the transaction is simply run again.
         return cls.code(exc) in (1213, 1205)
+
+    @classmethod
+    def is_deadlock(cls, exc):
+        return cls.code(exc) == 1213
 
     @classmethod
     def is_lost(cls, exc):
@@ -2478,19 +2499,38 @@ class Queue:
         params = dict(queue=queue, payload=payload, delay=delay, channel=self.channel,
                       unique_key=key)
         if connection is not None:
-            return self._insert_unique(self._foreign_cursor(connection), "push_unique", params)[0]
-        try:
-            cur = self._conn().cursor()
-            lock = self._push_lock()
-            if lock is None:
-                return self._insert_unique(cur, "push_unique", params)[0]
-            lock.acquire(cur)
             try:
-                return self._insert_unique(cur, "push_unique", params)[0]
-            finally:
-                lock.release(cur)
-        except self._errors() as exc:
-            raise self.translate(exc) from exc
+                return self._insert_unique(self._foreign_cursor(connection), "push_unique",
+                                           params)[0]
+            except self._errors() as exc:
+                if not self.dialect.is_conflict(exc):
+                    raise
+                # A deadlock rolled the app's transaction back, or (PostgreSQL,
+                # REPEATABLE READ and up) a holder committed after its snapshot
+                # aborted it: only the app can run its transaction again.
+                raise DatabaseError("unique key %r: your transaction conflicted with another"
+                                    " (%s): roll it back and run it again"
+                                    % (key, self.dialect.describe(exc)), conflict=True) from exc
+        for turn in range(1, 101):
+            try:
+                cur = self._conn().cursor()
+                lock = self._push_lock()
+                if lock is None:
+                    return self._insert_unique(cur, "push_unique", params)[0]
+                lock.acquire(cur)
+                try:
+                    return self._insert_unique(cur, "push_unique", params)[0]
+                finally:
+                    lock.release(cur)
+            except self._errors() as exc:
+                if not self.dialect.is_deadlock(exc) or turn == 100:
+                    raise self.translate(exc) from exc
+            # InnoDB: pushes that met on a key just freed each hold a share
+            # lock on it and wait to insert; the server rolled one back (1213).
+            # Each statement is its own transaction here, so it simply runs
+            # again, after a short random pause so that the two part.
+            import random
+            time.sleep(random.uniform(0, 0.001 * min(turn, 20)))
 
     def _insert_unique(self, cur, key, params):
         """(id, True) for a row inserted by statement `key`, or (holder's id, False)."""
