@@ -973,6 +973,7 @@ class _Dialect:
     failed_recipient = "NULL"
     autoincrement = ""
     bigint = "INTEGER"
+    unique_key_type = "VARCHAR(255)"
     failed_at = ""
     failed_cutoff = ""
     # One writer at a time (SQLite's write lock): work --concurrency's slots
@@ -1060,8 +1061,9 @@ class _Dialect:
             "    available_at %s NOT NULL,\n"
             "    created_at %s NOT NULL,\n"
             "    reserved_until %s,\n"
-            "    unique_key VARCHAR(255)\n"
-            ")" % (j, cls.autoincrement, cls.bigint, cls.bigint, cls.bigint, cls.bigint),
+            "    unique_key %s\n"
+            ")" % (j, cls.autoincrement, cls.bigint, cls.bigint, cls.bigint, cls.bigint,
+                   cls.unique_key_type),
             "CREATE TABLE IF NOT EXISTS %s (\n"
             "    id %s,\n"
             "    uuid VARCHAR(255) NOT NULL UNIQUE,\n"
@@ -1087,7 +1089,7 @@ class _Dialect:
             # falls back to reserved_at + the rescuer's retry_after.
             ("jobs", "reserved_until", cls.bigint),
             # Version 2. Unique jobs: see the unique index below.
-            ("jobs", "unique_key", "VARCHAR(255)"),
+            ("jobs", "unique_key", cls.unique_key_type),
             # Version 2. The CodeIgniter app's failed_jobs has no uuid; its
             # own rows keep NULL there (see the unique index below).
             ("failed", "uuid", "VARCHAR(255)"),
@@ -1805,6 +1807,10 @@ class _MySQL(_Dialect):
     lock_wait_timeout = 10
     needs = {"mysql": (8, 0, 1), "mariadb": (10, 6, 0)}   # the first with SKIP LOCKED
     bigint = "BIGINT"
+    # Bytes, compared exactly as on the other databases: a utf8mb4_bin
+    # VARCHAR pads (PAD SPACE), so "k" and "k " were one key. 255 characters
+    # of up to 4 bytes each.
+    unique_key_type = "VARBINARY(1020)"
     columns_sql = ("SELECT column_name FROM information_schema.columns"
                    " WHERE table_schema = DATABASE() AND table_name = %s")
 
@@ -1823,8 +1829,8 @@ class _MySQL(_Dialect):
             "    available_at BIGINT NOT NULL,\n"
             "    created_at BIGINT NOT NULL,\n"
             "    reserved_until BIGINT,\n"
-            "    unique_key VARCHAR(255)\n"
-            ") %s" % (j, cls.table_options),
+            "    unique_key %s\n"
+            ") %s" % (j, cls.unique_key_type, cls.table_options),
             "CREATE TABLE IF NOT EXISTS %s (\n"
             "    id BIGINT UNSIGNED NOT NULL AUTO_INCREMENT PRIMARY KEY,\n"
             "    uuid VARCHAR(255) NOT NULL UNIQUE,\n"
@@ -1846,6 +1852,11 @@ class _MySQL(_Dialect):
         return (cls._index(jobs, "_ready", "queue, reserved_at, available_at, id")
                 # Finds expired reservations cheaply (NULLs sort first, skipped).
                 + cls._index(jobs, "_reserved", "reserved_at")
+                # A key column made by an earlier migrate (VARCHAR) is changed once.
+                + cls._unless("ALTER TABLE %s MODIFY unique_key %s"
+                              % (cls.ident(jobs), cls.unique_key_type), "columns",
+                              "table_name = '%s' AND column_name = 'unique_key'"
+                              " AND data_type = 'varbinary'" % jobs)
                 # At most one job per (queue, unique_key); InnoDB lets any
                 # number of rows share a NULL key, as the partial index would.
                 + cls._index(jobs, "_unique", "queue, unique_key", unique=True)
@@ -1859,14 +1870,20 @@ class _MySQL(_Dialect):
 
     @classmethod
     def _index(cls, table, suffix, columns, unique=False, name=None):
-        # MySQL 8 has no CREATE INDEX IF NOT EXISTS (MariaDB has): ask
-        # information_schema, in SQL, so that the printed script is idempotent too.
+        # MySQL 8 has no CREATE INDEX IF NOT EXISTS (MariaDB has).
         name = name or table + suffix
         create = "CREATE %sINDEX %s ON %s (%s)" % ("UNIQUE " if unique else "", cls.ident(name),
                                                    cls.ident(table), columns)
+        return cls._unless(create, "statistics",
+                           "table_name = '%s' AND index_name = '%s'" % (table, name))
+
+    @staticmethod
+    def _unless(statement, view, where):
+        # `statement` unless information_schema.`view` has a row `where`: asked
+        # in SQL, so that the printed script is idempotent too.
         return ["SET @dbqueue_ddl = (SELECT IF(COUNT(*) = 0, '%s', 'DO 0')"
-                " FROM information_schema.statistics WHERE table_schema = DATABASE()"
-                " AND table_name = '%s' AND index_name = '%s')" % (create, table, name),
+                " FROM information_schema.%s WHERE table_schema = DATABASE() AND %s)"
+                % (statement, view, where),
                 "PREPARE dbqueue_ddl FROM @dbqueue_ddl",
                 "EXECUTE dbqueue_ddl",
                 "DEALLOCATE PREPARE dbqueue_ddl"]

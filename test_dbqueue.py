@@ -6863,6 +6863,55 @@ class UniqueContentionTests(_WorkerProcesses):
 _on_backends(UniqueContentionTests, [Backend, PsycopgBackend, MariaDBBackend])
 
 
+class UniqueKeyExactTests:
+    """Keys compare exactly, byte for byte, on every database."""
+
+    def test_keys_that_differ_by_trailing_spaces_or_case_are_two_jobs(self):
+        q = self.db.queue()
+        keys = ["invite:ann", "invite:ann ", "invite:ann  ", "Invite:ann", "invite:änn",
+                "invite:a\u0308nn"]
+        ids = [q.push("t_record", {}, unique_key=key) for key in keys]
+        self.assertEqual(len(set(ids)), len(keys))
+        self.assertEqual([q.push("t_record", {}, unique_key=key) for key in keys], ids)
+        rows = self.db.raw("SELECT id, unique_key FROM {jobs} ORDER BY id")
+        self.assertEqual([(i, _key_text(k)) for i, k in rows], list(zip(ids, keys)))
+
+
+on_every_backend(UniqueKeyExactTests)
+
+
+class UniqueKeyColumnUpgradeTests(unittest.TestCase):
+    """MySQL: migrate turns an earlier migrate's VARCHAR key column into VARBINARY."""
+
+    def setUp(self):
+        self.db = MariaDBBackend(self)
+
+    def test_migrate_upgrades_the_key_column_once(self):
+        # jobs as an earlier dbqueue's migrate made it: a utf8mb4_bin VARCHAR
+        # key (PAD SPACE: "k" and "k " were one key).
+        self.db.raw('CREATE TABLE "%s" (id BIGINT UNSIGNED NOT NULL AUTO_INCREMENT PRIMARY KEY,'
+                    " queue VARCHAR(255) NOT NULL, payload LONGTEXT NOT NULL,"
+                    " attempts INTEGER NOT NULL DEFAULT 0, reserved_at BIGINT,"
+                    " available_at BIGINT NOT NULL, created_at BIGINT NOT NULL,"
+                    " reserved_until BIGINT, unique_key VARCHAR(255),"
+                    ' UNIQUE KEY "%s_unique" (queue, unique_key))'
+                    " ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin"
+                    % (self.db.table, self.db.table))
+        self.db.raw("INSERT INTO {jobs} (queue, payload, available_at, created_at, unique_key)"
+                    " VALUES ('default', 'x', 0, 0, 'k é')")
+        column = ("SELECT data_type, character_maximum_length FROM information_schema.columns"
+                  " WHERE table_schema = DATABASE() AND table_name = '%s'"
+                  " AND column_name = 'unique_key'" % self.db.table)
+        q = self.db.queue(migrate=False)
+        for _ in range(2):
+            q.migrate()
+            self.assertEqual([tuple(r) for r in self.db.raw(column)], [("varbinary", 1020)])
+        held = self.db.raw("SELECT id FROM {jobs}")[0][0]
+        self.assertEqual(q.push("t_record", {}, unique_key="k é"), held)
+        self.assertNotEqual(q.push("t_record", {}, unique_key="k é "), held)
+        self.assertEqual(len(self.db.raw("SELECT id FROM {jobs}")), 2)
+
+
 class _AppSnapshot:
     """push(connection=app, unique_key=...) inside an app transaction that is
     not at READ COMMITTED, while another producer takes the key."""
