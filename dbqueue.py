@@ -1074,6 +1074,7 @@ class _Dialect:
     failed_recipient = "NULL"
     autoincrement = ""
     bigint = "INTEGER"
+    unique_key_type = "VARCHAR(255)"
     failed_at = ""
     failed_cutoff = ""
     # One writer at a time (SQLite's write lock): work --concurrency's slots
@@ -1161,8 +1162,9 @@ class _Dialect:
             "    available_at %s NOT NULL,\n"
             "    created_at %s NOT NULL,\n"
             "    reserved_until %s,\n"
-            "    unique_key VARCHAR(255)\n"
-            ")" % (j, cls.autoincrement, cls.bigint, cls.bigint, cls.bigint, cls.bigint),
+            "    unique_key %s\n"
+            ")" % (j, cls.autoincrement, cls.bigint, cls.bigint, cls.bigint, cls.bigint,
+                   cls.unique_key_type),
             "CREATE TABLE IF NOT EXISTS %s (\n"
             "    id %s,\n"
             "    uuid VARCHAR(255) NOT NULL UNIQUE,\n"
@@ -1188,7 +1190,7 @@ class _Dialect:
             # falls back to reserved_at + the rescuer's retry_after.
             ("jobs", "reserved_until", cls.bigint),
             # Version 2. Unique jobs: see the unique index below.
-            ("jobs", "unique_key", "VARCHAR(255)"),
+            ("jobs", "unique_key", cls.unique_key_type),
             # Version 2. The CodeIgniter app's failed_jobs has no uuid; its
             # own rows keep NULL there (see the unique index below).
             ("failed", "uuid", "VARCHAR(255)"),
@@ -1293,6 +1295,11 @@ class _Dialect:
     @staticmethod
     def is_conflict(exc):
         """A deadlock or lock-wait timeout: run the transaction again at once."""
+        return False
+
+    @staticmethod
+    def is_deadlock(exc):
+        """A deadlock: the server rolled the transaction back (in autocommit, the statement)."""
         return False
 
     @staticmethod
@@ -1850,6 +1857,13 @@ class _Postgres(_Dialect):
     def is_locked(exc):
         return False
 
+    @staticmethod
+    def is_conflict(exc):
+        # A serialization failure (an app's transaction at REPEATABLE READ or
+        # SERIALIZABLE, see push) or a deadlock: the transaction must run again.
+        code = getattr(exc, "sqlstate", None) or getattr(exc, "pgcode", None)
+        return code in ("40001", "40P01")
+
     denied_fix = ("grant the role SELECT, INSERT, UPDATE and DELETE on both queue tables, and"
                   " USAGE on the jobs table's id sequence")
 
@@ -1910,6 +1924,11 @@ class _MySQL(_Dialect):
     retry_unique = ("INSERT IGNORE INTO {jobs} (queue, payload, attempts, reserved_at,"
                     " available_at, created_at, unique_key) SELECT queue, payload, 0, NULL, {now},"
                     " {now}, :unique_key FROM {failed} WHERE id = :id")
+    # A locking read sees the latest committed holder, where a plain one in
+    # an app's REPEATABLE READ transaction (push with connection=) would see
+    # its snapshot: a holder finished since, or none. INSERT IGNORE took this
+    # share lock already; LOCK IN SHARE MODE, not FOR SHARE, which MariaDB lacks.
+    unique_holder = _SQL["unique_holder"] + " LOCK IN SHARE MODE"
     # MAIL_RATE_LIMIT: the server's clock in ms, shared by every host.
     # SYSDATE(3), not NOW(3): the moment it is read, not when the statement
     # began (which may have waited for a lock first); an integer, not a DECIMAL.
@@ -1945,6 +1964,10 @@ class _MySQL(_Dialect):
     lock_wait_timeout = 10
     needs = {"mysql": (8, 0, 1), "mariadb": (10, 6, 0)}   # the first with SKIP LOCKED
     bigint = "BIGINT"
+    # Bytes, compared exactly as on the other databases: a utf8mb4_bin
+    # VARCHAR pads (PAD SPACE), so "k" and "k " were one key. 255 characters
+    # of up to 4 bytes each.
+    unique_key_type = "VARBINARY(1020)"
     columns_sql = ("SELECT column_name FROM information_schema.columns"
                    " WHERE table_schema = DATABASE() AND table_name = %s")
     index_names_sql = ("SELECT DISTINCT index_name FROM information_schema.statistics"
@@ -1965,8 +1988,8 @@ class _MySQL(_Dialect):
             "    available_at BIGINT NOT NULL,\n"
             "    created_at BIGINT NOT NULL,\n"
             "    reserved_until BIGINT,\n"
-            "    unique_key VARCHAR(255)\n"
-            ") %s" % (j, cls.table_options),
+            "    unique_key %s\n"
+            ") %s" % (j, cls.unique_key_type, cls.table_options),
             "CREATE TABLE IF NOT EXISTS %s (\n"
             "    id BIGINT UNSIGNED NOT NULL AUTO_INCREMENT PRIMARY KEY,\n"
             "    uuid VARCHAR(255) NOT NULL UNIQUE,\n"
@@ -1988,6 +2011,11 @@ class _MySQL(_Dialect):
         return (cls._index(jobs, "_ready", "queue, reserved_at, available_at, id")
                 # Finds expired reservations cheaply (NULLs sort first, skipped).
                 + cls._index(jobs, "_reserved", "reserved_at")
+                # A key column made by an earlier migrate (VARCHAR) is changed once.
+                + cls._unless("ALTER TABLE %s MODIFY unique_key %s"
+                              % (cls.ident(jobs), cls.unique_key_type), "columns",
+                              "table_name = '%s' AND column_name = 'unique_key'"
+                              " AND data_type = 'varbinary'" % jobs)
                 # At most one job per (queue, unique_key); InnoDB lets any
                 # number of rows share a NULL key, as the partial index would.
                 + cls._index(jobs, "_unique", "queue, unique_key", unique=True)
@@ -2001,14 +2029,20 @@ class _MySQL(_Dialect):
 
     @classmethod
     def _index(cls, table, suffix, columns, unique=False, name=None):
-        # MySQL 8 has no CREATE INDEX IF NOT EXISTS (MariaDB has): ask
-        # information_schema, in SQL, so that the printed script is idempotent too.
+        # MySQL 8 has no CREATE INDEX IF NOT EXISTS (MariaDB has).
         name = name or table + suffix
         create = "CREATE %sINDEX %s ON %s (%s)" % ("UNIQUE " if unique else "", cls.ident(name),
                                                    cls.ident(table), columns)
+        return cls._unless(create, "statistics",
+                           "table_name = '%s' AND index_name = '%s'" % (table, name))
+
+    @staticmethod
+    def _unless(statement, view, where):
+        # `statement` unless information_schema.`view` has a row `where`: asked
+        # in SQL, so that the printed script is idempotent too.
         return ["SET @dbqueue_ddl = (SELECT IF(COUNT(*) = 0, '%s', 'DO 0')"
-                " FROM information_schema.statistics WHERE table_schema = DATABASE()"
-                " AND table_name = '%s' AND index_name = '%s')" % (create, table, name),
+                " FROM information_schema.%s WHERE table_schema = DATABASE() AND %s)"
+                % (statement, view, where),
                 "PREPARE dbqueue_ddl FROM @dbqueue_ddl",
                 "EXECUTE dbqueue_ddl",
                 "DEALLOCATE PREPARE dbqueue_ddl"]
@@ -2204,6 +2238,10 @@ class _MySQL(_Dialect):
         # A deadlock (the server rolled the transaction back) or a lock wait
         # past innodb_lock_wait_timeout: the transaction is simply run again.
         return cls.code(exc) in (1213, 1205)
+
+    @classmethod
+    def is_deadlock(cls, exc):
+        return cls.code(exc) == 1213
 
     @classmethod
     def is_lost(cls, exc):
@@ -2689,19 +2727,38 @@ class Queue:
         params = dict(queue=queue, payload=payload, delay=delay, channel=self.channel,
                       unique_key=key)
         if connection is not None:
-            return self._insert_unique(self._foreign_cursor(connection), "push_unique", params)[0]
-        try:
-            cur = self._conn().cursor()
-            lock = self._push_lock()
-            if lock is None:
-                return self._insert_unique(cur, "push_unique", params)[0]
-            lock.acquire(cur)
             try:
-                return self._insert_unique(cur, "push_unique", params)[0]
-            finally:
-                lock.release(cur)
-        except self._errors() as exc:
-            raise self.translate(exc) from exc
+                return self._insert_unique(self._foreign_cursor(connection), "push_unique",
+                                           params)[0]
+            except self._errors() as exc:
+                if not self.dialect.is_conflict(exc):
+                    raise
+                # A deadlock rolled the app's transaction back, or (PostgreSQL,
+                # REPEATABLE READ and up) a holder committed after its snapshot
+                # aborted it: only the app can run its transaction again.
+                raise DatabaseError("unique key %r: your transaction conflicted with another"
+                                    " (%s): roll it back and run it again"
+                                    % (key, self.dialect.describe(exc)), conflict=True) from exc
+        for turn in range(1, 101):
+            try:
+                cur = self._conn().cursor()
+                lock = self._push_lock()
+                if lock is None:
+                    return self._insert_unique(cur, "push_unique", params)[0]
+                lock.acquire(cur)
+                try:
+                    return self._insert_unique(cur, "push_unique", params)[0]
+                finally:
+                    lock.release(cur)
+            except self._errors() as exc:
+                if not self.dialect.is_deadlock(exc) or turn == 100:
+                    raise self.translate(exc) from exc
+            # InnoDB: pushes that met on a key just freed each hold a share
+            # lock on it and wait to insert; the server rolled one back (1213).
+            # Each statement is its own transaction here, so it simply runs
+            # again, after a short random pause so that the two part.
+            import random
+            time.sleep(random.uniform(0, 0.001 * min(turn, 20)))
 
     def _insert_unique(self, cur, key, params):
         """(id, True) for a row inserted by statement `key`, or (holder's id, False)."""

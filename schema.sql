@@ -104,7 +104,7 @@ CREATE TABLE IF NOT EXISTS `jobs` (
     available_at BIGINT NOT NULL,
     created_at BIGINT NOT NULL,
     reserved_until BIGINT,
-    unique_key VARCHAR(255)
+    unique_key VARBINARY(1020)
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;
 CREATE TABLE IF NOT EXISTS `failed_jobs` (
     id BIGINT UNSIGNED NOT NULL AUTO_INCREMENT PRIMARY KEY,
@@ -120,6 +120,10 @@ PREPARE dbqueue_ddl FROM @dbqueue_ddl;
 EXECUTE dbqueue_ddl;
 DEALLOCATE PREPARE dbqueue_ddl;
 SET @dbqueue_ddl = (SELECT IF(COUNT(*) = 0, 'CREATE INDEX `jobs_reserved` ON `jobs` (reserved_at)', 'DO 0') FROM information_schema.statistics WHERE table_schema = DATABASE() AND table_name = 'jobs' AND index_name = 'jobs_reserved');
+PREPARE dbqueue_ddl FROM @dbqueue_ddl;
+EXECUTE dbqueue_ddl;
+DEALLOCATE PREPARE dbqueue_ddl;
+SET @dbqueue_ddl = (SELECT IF(COUNT(*) = 0, 'ALTER TABLE `jobs` MODIFY unique_key VARBINARY(1020)', 'DO 0') FROM information_schema.columns WHERE table_schema = DATABASE() AND table_name = 'jobs' AND column_name = 'unique_key' AND data_type = 'varbinary');
 PREPARE dbqueue_ddl FROM @dbqueue_ddl;
 EXECUTE dbqueue_ddl;
 DEALLOCATE PREPARE dbqueue_ddl;

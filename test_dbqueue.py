@@ -7246,6 +7246,11 @@ class MailOutageRightsTests(unittest.TestCase):
 
 # ---- limits: unique jobs, MAIL_RATE_LIMIT, SQLite producer latency (issue 13) ----
 
+def _key_text(value):
+    """jobs.unique_key as read back (bytes on MySQL, where the column is VARBINARY)."""
+    return value.decode() if isinstance(value, (bytes, bytearray)) else value
+
+
 @on_every_backend
 class UniqueTests:
 
@@ -7256,7 +7261,8 @@ class UniqueTests:
         dbqueue.Worker(q, list(queues), log=quiet_log(), backoff="0").run(stop_when_empty=True)
 
     def rows(self):
-        return self.db.raw("SELECT id, queue, unique_key FROM {jobs} ORDER BY id")
+        return [(i, queue, _key_text(key)) for i, queue, key
+                in self.db.raw("SELECT id, queue, unique_key FROM {jobs} ORDER BY id")]
 
     def test_a_second_push_with_the_key_inserts_nothing_and_returns_the_first_id(self):
         q = self.db.queue()
@@ -7425,7 +7431,6 @@ def u_record(data):
 """
 
 
-@on_sqlite_and_postgres
 class UniqueProcessTests(_WorkerProcesses):
 
     def setUp(self):
@@ -7487,7 +7492,272 @@ class UniqueProcessTests(_WorkerProcesses):
                 pushed |= {tuple(line.split()) for line in fh.read().splitlines()}
         rows = self.db.raw("SELECT unique_key, id FROM {jobs}")
         self.assertEqual(len(rows), 20)
-        self.assertEqual(pushed, {(k, str(i)) for k, i in rows})
+        self.assertEqual(pushed, {(_key_text(k), str(i)) for k, i in rows})
+
+
+# Concurrent unique pushes meet InnoDB's own locking on MariaDB: run there too.
+_on_backends(UniqueProcessTests, [Backend, PsycopgBackend, MariaDBBackend])
+
+
+class UniqueContentionTests(_WorkerProcesses):
+    """Many producers push one key while a worker keeps finishing its holder."""
+
+    def setUp(self):
+        self.process_setup()
+        with open(os.path.join(self.ptmp, "dbq_unique_handlers.py"), "w") as fh:
+            fh.write(_UNIQUE_HANDLERS)
+
+    def test_eight_producers_on_one_key_while_a_worker_finishes_its_holders(self):
+        # Each holder's key is freed over and over while 8 producers, each
+        # with its own connection, push that key: on InnoDB their INSERT
+        # IGNOREs meet on the freed key and deadlock (1213), which dbqueue
+        # must run again itself, never raise.
+        q = self.db.queue()
+        worker = self.start_worker("--import", "dbq_unique_handlers", "-q", "--concurrency", "4")
+        end = time.monotonic() + 8
+        pushed, most = [], [0]
+
+        def produce():
+            mine = self.db.queue(migrate=False)
+            while time.monotonic() < end:
+                pushed.append(mine.push("u_record", {"key": "hot"}, unique_key="hot"))
+
+        def watch():   # never two waiting or running rows with the key
+            conn = self.db.connect()
+            try:
+                while time.monotonic() < end:
+                    cur = conn.cursor()
+                    cur.execute("SELECT COUNT(*) FROM %s WHERE unique_key = 'hot'" % self.db.table)
+                    most[0] = max(most[0], cur.fetchone()[0])
+                    cur.close()
+                    if self.db.name == "sqlite":
+                        conn.rollback()
+                    time.sleep(0.005)
+            finally:
+                conn.close()
+
+        watcher = threading.Thread(target=watch)
+        watcher.start()
+        errors = in_threads(produce, 8)
+        watcher.join(30)
+        self.assertEqual([dbqueue._first_line(e) for e in errors][:5], [])
+        self.assertEqual(most[0], 1)
+        wait_for(lambda: self.db.raw("SELECT COUNT(*) FROM {jobs}")[0][0] == 0, 60,
+                 message="the drain")
+        worker.terminate()
+        self.assertEqual(self.finish(worker), 0, self.stderr(worker)[-2000:])
+        ran = [int(line.split()[1]) for line in self.lines()]
+        self.assertEqual(len(ran), len(set(ran)), "a job ran twice")
+        self.assertEqual(set(pushed) - set(ran), set(), "an id a push returned never ran")
+        self.assertGreater(len(pushed), len(ran))     # pushes did meet a live holder
+        self.assertEqual(q.failed(), [])
+
+
+_on_backends(UniqueContentionTests, [Backend, PsycopgBackend, MariaDBBackend])
+
+
+class UniqueKeyExactTests:
+    """Keys compare exactly, byte for byte, on every database."""
+
+    def test_keys_that_differ_by_trailing_spaces_or_case_are_two_jobs(self):
+        q = self.db.queue()
+        keys = ["invite:ann", "invite:ann ", "invite:ann  ", "Invite:ann", "invite:änn",
+                "invite:a\u0308nn"]
+        ids = [q.push("t_record", {}, unique_key=key) for key in keys]
+        self.assertEqual(len(set(ids)), len(keys))
+        self.assertEqual([q.push("t_record", {}, unique_key=key) for key in keys], ids)
+        rows = self.db.raw("SELECT id, unique_key FROM {jobs} ORDER BY id")
+        self.assertEqual([(i, _key_text(k)) for i, k in rows], list(zip(ids, keys)))
+
+
+on_every_backend(UniqueKeyExactTests)
+
+
+class UniqueKeyColumnUpgradeTests(unittest.TestCase):
+    """MySQL: migrate turns an earlier migrate's VARCHAR key column into VARBINARY."""
+
+    def setUp(self):
+        self.db = MariaDBBackend(self)
+
+    def test_migrate_upgrades_the_key_column_once(self):
+        # jobs as an earlier dbqueue's migrate made it: a utf8mb4_bin VARCHAR
+        # key (PAD SPACE: "k" and "k " were one key).
+        self.db.raw('CREATE TABLE "%s" (id BIGINT UNSIGNED NOT NULL AUTO_INCREMENT PRIMARY KEY,'
+                    " queue VARCHAR(255) NOT NULL, payload LONGTEXT NOT NULL,"
+                    " attempts INTEGER NOT NULL DEFAULT 0, reserved_at BIGINT,"
+                    " available_at BIGINT NOT NULL, created_at BIGINT NOT NULL,"
+                    " reserved_until BIGINT, unique_key VARCHAR(255),"
+                    ' UNIQUE KEY "%s_unique" (queue, unique_key))'
+                    " ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin"
+                    % (self.db.table, self.db.table))
+        self.db.raw("INSERT INTO {jobs} (queue, payload, available_at, created_at, unique_key)"
+                    " VALUES ('default', 'x', 0, 0, 'k é')")
+        column = ("SELECT data_type, character_maximum_length FROM information_schema.columns"
+                  " WHERE table_schema = DATABASE() AND table_name = '%s'"
+                  " AND column_name = 'unique_key'" % self.db.table)
+        q = self.db.queue(migrate=False)
+        for _ in range(2):
+            q.migrate()
+            self.assertEqual([tuple(r) for r in self.db.raw(column)], [("varbinary", 1020)])
+        held = self.db.raw("SELECT id FROM {jobs}")[0][0]
+        self.assertEqual(q.push("t_record", {}, unique_key="k é"), held)
+        self.assertNotEqual(q.push("t_record", {}, unique_key="k é "), held)
+        self.assertEqual(len(self.db.raw("SELECT id FROM {jobs}")), 2)
+
+
+class _AppSnapshot:
+    """push(connection=app, unique_key=...) inside an app transaction that is
+    not at READ COMMITTED, while another producer takes the key."""
+
+    def app(self, level):
+        if self.db.name == "mysql":
+            app = self.db.app_connect()
+            cur = app.cursor()
+            cur.execute("SET SESSION TRANSACTION ISOLATION LEVEL " + level)
+            app.commit()
+        else:
+            app = self.db.connect()
+            cur = app.cursor()
+            cur.execute("SET SESSION CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL " + level)
+            app.autocommit = False
+        self.addCleanup(app.close)
+        cur.execute("SELECT COUNT(*) FROM %s" % self.db.table)    # the snapshot is taken
+        cur.fetchall()
+        return app
+
+    def finish_and_take_again(self, q, key):
+        """The holder finishes and another producer pushes the key: the new holder's id."""
+        conn = q.connect()
+        jobs, _ = q.reserve(conn, ["default"])
+        q.ack(conn, [jobs[0].token])
+        return q.push("t_record", {"n": 2}, unique_key=key)
+
+
+class UniqueRepeatableReadTests(_AppSnapshot):
+
+    def test_mysql_reads_the_latest_holder_at_repeatable_read(self):
+        q = self.db.queue()
+        first = q.push("t_record", {"n": 1}, unique_key="k")
+        app = self.app("REPEATABLE READ")    # MySQL's and MariaDB's default
+        second = self.finish_and_take_again(q, "k")
+        # The app's snapshot still shows the finished `first`: the answer is the live one.
+        self.assertEqual(q.push("t_record", {"n": 3}, connection=app, unique_key="k"), second)
+        app.commit()
+        # A key first taken after the snapshot: no "holder kept finishing".
+        app2 = self.app("REPEATABLE READ")
+        other = q.push("t_record", {"n": 4}, unique_key="other")
+        self.assertEqual(q.push("t_record", {"n": 5}, connection=app2, unique_key="other"), other)
+        app2.commit()
+        self.assertEqual(sorted(self.db.raw("SELECT id FROM {jobs}")), [(second,), (other,)])
+
+
+on_every_backend(UniqueRepeatableReadTests, [MariaDBBackend, MariaDBMySQLdbBackend])
+
+
+class UniqueSerializationTests(_AppSnapshot):
+
+    def test_postgres_says_to_run_the_transaction_again(self):
+        q = self.db.queue()
+        for level in ("REPEATABLE READ", "SERIALIZABLE"):
+            key = "k:" + level
+            q.push("t_record", {"n": 1}, unique_key=key)
+            app = self.app(level)
+            second = self.finish_and_take_again(q, key)
+            with self.assertRaises(dbqueue.DatabaseError, msg=level) as caught:
+                q.push("t_record", {"n": 3}, connection=app, unique_key=key)
+            error = caught.exception
+            self.assertTrue(error.conflict, level)
+            self.assertIn("run it again", one_line(self, str(error)))
+            app.rollback()
+            self.assertEqual(q.push("t_record", {"n": 4}, connection=app, unique_key=key), second)
+            app.commit()
+            q.clear("default")
+
+
+on_every_backend(UniqueSerializationTests, [PsycopgBackend, Psycopg2Backend])
+
+
+class UniqueDeadlockTests:
+    """MySQL: pushes of a key whose holder is being deleted can deadlock (1213)."""
+
+    def race(self, push, rounds=10, pushers=4, enough=None):
+        """Each round: hold the delete of the key's holder, let `pushers`
+        pushes wait on it, then commit the delete. Returns the rounds'
+        (ids, errors, ids of the jobs left), stopping early once enough(them)."""
+        q = self.db.queue()
+        deleter = self.db.connect()
+        self.addCleanup(deleter.close)
+        cur = deleter.cursor()
+        waiting = ("SELECT COUNT(*) FROM information_schema.processlist WHERE info LIKE %s",
+                   ("INSERT IGNORE INTO `%s`%%" % self.db.table,))
+        out = []
+        for n in range(rounds):
+            key = "k%d" % n
+            holder = q.push("t_record", {}, unique_key=key)
+            cur.execute("START TRANSACTION")
+            cur.execute('DELETE FROM "%s" WHERE id = %%s' % self.db.table, (holder,))
+            results, errors = [], []
+
+            def run():
+                try:
+                    results.append(push(q, key))
+                except Exception as exc:
+                    errors.append(exc)
+
+            threads = [threading.Thread(target=run) for _ in range(pushers)]
+            for t in threads:
+                t.start()
+            wait_for(lambda: self.db.raw(*waiting)[0][0] == pushers, 20,
+                     message="the waiting pushes")
+            cur.execute("COMMIT")
+            for t in threads:
+                t.join(60)
+            left = self.db.raw('SELECT id FROM {jobs} WHERE unique_key = %s', (key,))
+            out.append((results, errors, [r[0] for r in left]))
+            if enough and enough(out):
+                break
+        return out
+
+    def test_dbqueue_runs_its_own_push_again(self):
+        def push(q, key):
+            mine = self.db.queue(migrate=False)     # a connection of its own
+            try:
+                return mine.push("t_record", {}, unique_key=key)
+            finally:
+                mine.close()
+        for results, errors, left in self.race(push):
+            self.assertEqual([dbqueue._first_line(e) for e in errors], [])
+            self.assertEqual(len(left), 1)
+            self.assertEqual(set(results), set(left))
+
+    def test_inside_the_apps_transaction_it_says_to_run_that_again(self):
+        def push(q, key):
+            app = self.db.app_connect()
+            try:
+                job = q.push("t_record", {}, connection=app, unique_key=key)
+                app.commit()
+                return job
+            except BaseException:
+                app.rollback()
+                raise
+            finally:
+                app.close()
+        # Whether a round deadlocks is a race of its own (1 round in 3 here).
+        rounds = self.race(push, rounds=100,
+                           enough=lambda out: sum(len(r[1]) for r in out) >= 3)
+        deadlocks = 0
+        for results, errors, left in rounds:
+            self.assertEqual(len(left), 1)
+            self.assertEqual(set(results), set(left))
+            for error in errors:
+                self.assertIsInstance(error, dbqueue.DatabaseError)
+                self.assertTrue(error.conflict)
+                self.assertIn("run it again", one_line(self, str(error)))
+                deadlocks += 1
+        self.assertGreater(deadlocks, 0, "no deadlock in 100 rounds")
+
+
+on_every_backend(UniqueDeadlockTests, [MariaDBBackend, MariaDBMySQLdbBackend])
 
 
 class TimedSink(SMTPSink):
