@@ -1177,6 +1177,11 @@ class _Dialect:
         ]
 
     @classmethod
+    def retyped_columns(cls, cur, jobs):
+        """ALTER TABLEs that give columns of an existing jobs table their current type."""
+        return []
+
+    @classmethod
     def added_columns(cls):
         """(table, column, type) of every column added after schema version 1.
 
@@ -2011,11 +2016,6 @@ class _MySQL(_Dialect):
         return (cls._index(jobs, "_ready", "queue, reserved_at, available_at, id")
                 # Finds expired reservations cheaply (NULLs sort first, skipped).
                 + cls._index(jobs, "_reserved", "reserved_at")
-                # A key column made by an earlier migrate (VARCHAR) is changed once.
-                + cls._unless("ALTER TABLE %s MODIFY unique_key %s"
-                              % (cls.ident(jobs), cls.unique_key_type), "columns",
-                              "table_name = '%s' AND column_name = 'unique_key'"
-                              " AND data_type = 'varbinary'" % jobs)
                 # At most one job per (queue, unique_key); InnoDB lets any
                 # number of rows share a NULL key, as the partial index would.
                 + cls._index(jobs, "_unique", "queue, unique_key", unique=True)
@@ -2026,6 +2026,17 @@ class _MySQL(_Dialect):
     @classmethod
     def add_column_sql(cls, table, column, type_):
         return "ALTER TABLE %s ADD COLUMN %s %s" % (cls.ident(table), column, type_)
+
+    @classmethod
+    def retyped_columns(cls, cur, jobs):
+        # A key column made by an earlier migrate (VARCHAR, which pads: "a"
+        # and "a " collide) is changed once to the byte-exact type.
+        cur.execute("SELECT data_type FROM information_schema.columns WHERE table_schema"
+                    " = DATABASE() AND table_name = %s AND column_name = 'unique_key'", (jobs,))
+        row = cur.fetchone()
+        if row and str(row[0]).lower() != "varbinary":
+            return ["ALTER TABLE %s MODIFY unique_key %s" % (cls.ident(jobs), cls.unique_key_type)]
+        return []
 
     @classmethod
     def _index(cls, table, suffix, columns, unique=False, name=None):
@@ -2565,6 +2576,7 @@ class Queue:
         plan += [d.add_column_sql(tables[role], column, type_)
                  for role, column, type_ in d.added_columns()
                  if found[tables[role]] and column not in found[tables[role]]]
+        plan += d.retyped_columns(cur, jobs) if found[jobs] else []
 
         def missing_indexes(statements, *names):
             have = set()
@@ -2607,6 +2619,8 @@ class Queue:
         found = {role: self.dialect.columns(cur, table) for role, table in tables.items()}
         if not self.dialect.columns(cur, self.dialect.rate_table):
             return False      # MAIL_RATE_LIMIT's table, new beside a version-2 schema
+        if found["jobs"] and self.dialect.retyped_columns(cur, tables["jobs"]):
+            return False
         return all(found[role] and column in found[role]
                    for role, column, _ in self.dialect.added_columns())
 

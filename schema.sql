@@ -123,10 +123,6 @@ SET @dbqueue_ddl = (SELECT IF(COUNT(*) = 0, 'CREATE INDEX `jobs_reserved` ON `jo
 PREPARE dbqueue_ddl FROM @dbqueue_ddl;
 EXECUTE dbqueue_ddl;
 DEALLOCATE PREPARE dbqueue_ddl;
-SET @dbqueue_ddl = (SELECT IF(COUNT(*) = 0, 'ALTER TABLE `jobs` MODIFY unique_key VARBINARY(1020)', 'DO 0') FROM information_schema.columns WHERE table_schema = DATABASE() AND table_name = 'jobs' AND column_name = 'unique_key' AND data_type = 'varbinary');
-PREPARE dbqueue_ddl FROM @dbqueue_ddl;
-EXECUTE dbqueue_ddl;
-DEALLOCATE PREPARE dbqueue_ddl;
 SET @dbqueue_ddl = (SELECT IF(COUNT(*) = 0, 'CREATE UNIQUE INDEX `jobs_unique` ON `jobs` (queue, unique_key)', 'DO 0') FROM information_schema.statistics WHERE table_schema = DATABASE() AND table_name = 'jobs' AND index_name = 'jobs_unique');
 PREPARE dbqueue_ddl FROM @dbqueue_ddl;
 EXECUTE dbqueue_ddl;
