@@ -808,13 +808,13 @@ class CoreTests:
     def test_migrate_is_idempotent(self):
         q = self.db.queue()
         q.push("t_record", {"i": 1})
-        self.assertEqual(q.migrate(), 2)
+        self.assertEqual(q.migrate(), dbqueue._SCHEMA_VERSION)
         code, out, err = run_main(["migrate"], self.db.env())
         self.assertEqual(code, 0, err)
-        self.assertEqual(q.schema_version(), 2)
+        self.assertEqual(q.schema_version(), dbqueue._SCHEMA_VERSION)
         p = self.db.param
         self.assertEqual(self.db.raw("SELECT version FROM dbqueue_migrations WHERE tbl = %s" % p,
-                                     (self.db.table,)), [(2,)])
+                                     (self.db.table,)), [(dbqueue._SCHEMA_VERSION,)])
         self.assertEqual(self.count(), 1)          # the data survived
         code, out, err = run_main(["migrate", "--print"], self.db.env())
         self.assertEqual(code, 0, err)
@@ -840,14 +840,14 @@ class CoreTests:
         p = self.db.param
         self.db.raw(old + " VALUES (%s, %s, 0, NULL, 0, 0)" % (p, p), ("default", payload))
         q = self.db.queue(migrate=False)
-        self.assertEqual(q.migrate(), 2)
-        self.assertEqual(q.schema_version(), 2)
+        self.assertEqual(q.migrate(), dbqueue._SCHEMA_VERSION)
+        self.assertEqual(q.schema_version(), dbqueue._SCHEMA_VERSION)
         names = [row[0] for row in self.db.raw(
-            "SELECT reserved_until, unique_key, queue FROM {jobs}")]
+            "SELECT reserved_until, unique_key, expires_at, queue FROM {jobs}")]
         self.assertEqual(names, [None])
         self.db.raw(old + " VALUES (%s, %s, 0, NULL, 0, 0)" % (p, p), ("default", payload))
         self.assertEqual(self.count(), 2)
-        self.assertEqual(q.migrate(), 2)          # and again: nothing to add
+        self.assertEqual(q.migrate(), dbqueue._SCHEMA_VERSION)   # and again: nothing to add
 
     def test_migrate_makes_a_missing_failed_table_again(self):
         q = self.db.queue()
@@ -900,7 +900,7 @@ class CoreTests:
         self.assertEqual(in_threads(migrate, 6), [])
         q = dbqueue.Queue(config=dbqueue.Config(database_url=url))
         self.addCleanup(q.close)
-        self.assertEqual(q.schema_version(), 2)
+        self.assertEqual(q.schema_version(), dbqueue._SCHEMA_VERSION)
         self.assertEqual(q.push("t_record", {"i": 1}), 1)
 
     def test_two_workers_drain_concurrently_whatever_the_server_isolation(self):
@@ -945,7 +945,8 @@ class CoreTests:
         @dbqueue.job("t_open_transaction")
         def _open(data):
             cur = q.transaction().__enter__()
-            q.execute(cur, "push", queue="elsewhere", payload=q.payload("t_record"), delay=0)
+            q.execute(cur, "push", queue="elsewhere", payload=q.payload("t_record"), delay=0,
+                      expires_at=None)
             raise RuntimeError("interrupted inside a transaction")
 
         self.addCleanup(dbqueue._registry.pop, "t_open_transaction", None)
@@ -2225,7 +2226,7 @@ class OpsTests:
         self.assertTrue(120 <= emails["oldest_ready_age"] < 180, emails)
         self.assertEqual(stats["default"], {"queue": "default", "ready": 0, "delayed": 0,
                                             "reserved": 1, "expired": 0, "failed": 0,
-                                            "oldest_ready_age": None})
+                                            "past_deadline": 0, "oldest_ready_age": None})
         self.assertEqual((stats["slow"]["reserved"], stats["slow"]["expired"]), (1, 1))
         # The same answer, except that a second may tick between the two calls.
         same = [dict(s, oldest_ready_age=None) for s in json.loads(out)]
@@ -2236,11 +2237,11 @@ class OpsTests:
         self.assertEqual(code, 0)
         lines = out.splitlines()
         self.assertEqual(lines[0].split(), ["queue", "ready", "delayed", "reserved", "expired",
-                                            "failed", "oldest", "ready"])
+                                            "failed", "past", "deadline", "oldest", "ready"])
         rows = {line.split()[0]: line for line in lines[1:]}
         self.assertEqual(rows["emails"].split()[1:6], ["3", "1", "0", "0", "1"])
-        self.assertRegex(rows["emails"].split()[6], r"^2m\d\ds$")
-        self.assertEqual(rows["default"].split()[6], "-")
+        self.assertRegex(rows["emails"].split()[7], r"^2m\d\ds$")
+        self.assertEqual(rows["default"].split()[7], "-")
         end = lines[0].index("failed") + len("failed")   # numbers are right-aligned
         for line in lines[1:]:
             self.assertTrue(line[end - 1].isdigit() and line[end] == " ", lines)
@@ -2470,7 +2471,8 @@ class OpsCommandLineTests(unittest.TestCase):
 
     def test_every_command_takes_env_file_and_database_url(self):
         argvs = [["migrate"], ["work", "--stop-when-empty"], ["push", "t_record"], ["stats"],
-                 ["health"], ["failed"], ["retry", "all"], ["forget", "1"], ["flush"],
+                 ["health"], ["failed"], ["retry", "all"], ["cancel", "1"], ["forget", "1"],
+                 ["flush"],
                  ["clear", "--queue", "q", "--force"], ["bench"], ["config"],
                  ["dashboard", "--port", "0"]]
         self.assertEqual(sorted(a[0] for a in argvs), sorted(dbqueue._COMMANDS))
@@ -3428,7 +3430,8 @@ class SQLiteLockTests(unittest.TestCase):
         started = time.monotonic()
         with q.transaction(conn) as cur:
             waited = time.monotonic() - started
-            q.execute(cur, "push", queue="default", payload=q.payload("t_record"), delay=0)
+            q.execute(cur, "push", queue="default", payload=q.payload("t_record"), delay=0,
+                      expires_at=None)
         self.assertGreaterEqual(waited, 0.25)       # it did wait for the other writer
         self.assertEqual(_count_jobs(db), 1)
         # SQLite's own busy handler is back for everything that is not BEGIN IMMEDIATE.
