@@ -367,6 +367,7 @@ class Config:
         self.mail_template_dir = ""
         self.mail_ehlo_domain = ""     # empty: the host's name, made ASCII (_ehlo_name)
         self.mail_rate_limit = ""     # "14/s", "600/m", "10000/h", "50000/d"; "" for none
+        self.mail_template_validity = ""   # "password-reset=2h,invitation=0": over _VALIDITY
         self.mail_sendmail_path = "/usr/sbin/sendmail -t -i"
         self.app_name = ""
         self.dashboard_token = ""     # DBQUEUE_DASHBOARD_TOKEN; checked by the dashboard command
@@ -519,6 +520,8 @@ class Config:
             raise ConfigError("%s=%s cannot be read as a command: %s"
                               % (name("MAIL_SENDMAIL_PATH"), c.mail_sendmail_path, exc))
         c.mail_rate_limit = _rate_setting("MAIL_RATE_LIMIT", get("MAIL_RATE_LIMIT"))
+        c.mail_template_validity = _validity_setting("MAIL_TEMPLATE_VALIDITY",
+                                                     get("MAIL_TEMPLATE_VALIDITY"))
         c.app_name = get("APP_NAME")
         c.dashboard_token = get("DBQUEUE_DASHBOARD_TOKEN")
         typos = _typos(environ, file_values, path, c.sources)
@@ -686,6 +689,45 @@ def _rate_limit(text):
         return None
     count, unit = text.split("/")
     return int(count), _RATE_WINDOWS[unit]
+
+
+# How long the built-in templates' mail is worth sending, counted from the
+# job's creation: what their text tells the reader (a reset link "expires in
+# 60 minutes"). MAIL_TEMPLATE_VALIDITY changes them; 0 means no deadline.
+_VALIDITY = {"password_reset": 3600, "password-reset": 3600, "verify_email": 86400,
+             "verification": 86400, "invitation": 259200}
+_DURATION = _Pattern(r"^[ \t]*([0-9]{1,9})[ \t]*([smhd]?)[ \t]*\Z")
+_DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _validity_setting(name, value):
+    """MAIL_TEMPLATE_VALIDITY as written (normalised to seconds), or "" for the defaults."""
+    if not (value or "").strip():
+        return ""
+    pairs = []
+    for part in value.split(","):
+        template, _, duration = part.partition("=")
+        match = _DURATION.match(duration)
+        seconds = int(match.group(1)) * _DURATION_UNITS[match.group(2)] if match else -1
+        if not _TEMPLATE_NAME.match(template.strip()) or not 0 <= seconds <= _MAX_SECONDS:
+            raise ConfigError("%s=%s must be TEMPLATE=DURATION pairs separated by commas, such"
+                              " as password-reset=2h,invitation=0 (s, m, h or d; 0 for no"
+                              " deadline)" % (name, value))
+        pairs.append("%s=%d" % (template.strip(), seconds))
+    return ",".join(pairs)
+
+
+def _validities(setting, _parsed={}):
+    """{template: seconds} of a MAIL_TEMPLATE_VALIDITY value over the defaults."""
+    table = _parsed.get(setting)
+    if table is None:
+        table = dict(_VALIDITY)
+        for pair in filter(None, _validity_setting("MAIL_TEMPLATE_VALIDITY", setting).split(",")):
+            template, _, seconds = pair.partition("=")
+            table[template] = int(seconds)
+        if len(_parsed) < 100:
+            _parsed[setting] = table
+    return table
 
 
 def _ident_setting(name, value):
@@ -909,6 +951,21 @@ class _MailOutage(QueueError):
 ###############################################################################
 
 _FAILED_COLUMNS = "id, uuid, {queue_text}, {payload_text}, exception, failed_at"
+# The one INSERT that moves a job to failed_jobs, for the job a worker holds
+# (its token) or, with _WAITING, for one no worker runs: cancelled, or past
+# its deadline. failed_at is written, not left to a default: the CodeIgniter
+# app's failed_jobs.failed_at is a DATETIME NOT NULL without one (its PHP
+# code writes the time itself). CURRENT_TIMESTAMP is UTC text on SQLite, as
+# the app writes it with its default appTimezone. ({j} is MySQL's alias.)
+_FAIL = ("INSERT INTO {failed} (uuid, connection, queue, payload, exception, failed_at)"
+         " SELECT :uuid, 'database', {j}queue, COALESCE(:payload, {j}payload), :exception,"
+         " CURRENT_TIMESTAMP FROM {jobs} {j_alias}WHERE {j}id = :id AND %s")
+_HELD = "{j}attempts = :attempts AND {j}reserved_at IS NOT NULL"
+_FAIL_UPSERT = (" ON CONFLICT (uuid) DO UPDATE SET queue = excluded.queue,"
+                " payload = excluded.payload, exception = excluded.exception,"
+                " failed_at = excluded.failed_at")
+# Not running: never reserved, or its reservation lapsed (see _EXPIRED).
+_WAITING = "(reserved_at IS NULL OR {expired})"
 # LIMIT takes no "all" that every database reads alike: this stands for it.
 _NO_LIMIT = 2 ** 62
 
@@ -916,8 +973,10 @@ _NO_LIMIT = 2 ** 62
 # driver's placeholder style. {jobs} and {failed} are the validated table names,
 # {now} is the clock expression (see _Dialect.now).
 _SQL = {
-    "push": "INSERT INTO {jobs} (queue, payload, attempts, reserved_at, available_at, created_at)"
-            " VALUES (:queue, :payload, 0, NULL, {now} + :delay, {now})",
+    # expires_at: the payload's retryUntil (a deadline), where the worker's
+    # sweep finds it through an index (Worker._expire).
+    "push": "INSERT INTO {jobs} (queue, payload, attempts, reserved_at, available_at, created_at,"
+            " expires_at) VALUES (:queue, :payload, 0, NULL, {now} + :delay, {now}, :expires_at)",
     # Unique jobs: the unique index "<jobs>_unique" decides, never a read
     # before the insert, so two producers racing with one key insert one row.
     # DO NOTHING, not a caught unique violation: inside the caller's own
@@ -926,8 +985,8 @@ _SQL = {
     # with unique_holder. MySQL has neither the partial index nor ON CONFLICT:
     # its dialect writes these two as INSERT IGNORE over a plain unique index.
     "push_unique": "INSERT INTO {jobs} (queue, payload, attempts, reserved_at, available_at,"
-                   " created_at, unique_key) VALUES (:queue, :payload, 0, NULL, {now} + :delay,"
-                   " {now}, :unique_key)"
+                   " created_at, unique_key, expires_at) VALUES (:queue, :payload, 0, NULL,"
+                   " {now} + :delay, {now}, :unique_key, :expires_at)"
                    " ON CONFLICT (queue, unique_key) WHERE unique_key IS NOT NULL DO NOTHING",
     "unique_holder": "SELECT id FROM {jobs} WHERE queue = :queue AND unique_key = :unique_key",
     # A reservation lapses at reserved_until, which its holder sets from its
@@ -952,16 +1011,22 @@ _SQL = {
                " attempts = attempts - :uncount,"
                " payload = COALESCE(:payload, payload)"
                " WHERE id = :id AND attempts = :attempts AND reserved_at IS NOT NULL",
-    # failed_at is written, not left to a default: the CodeIgniter app's
-    # failed_jobs.failed_at is a DATETIME NOT NULL without one (its PHP code
-    # writes the time itself). CURRENT_TIMESTAMP is UTC text on SQLite, as
-    # the app writes it with its default appTimezone.
-    "fail": "INSERT INTO {failed} (uuid, connection, queue, payload, exception, failed_at)"
-            " SELECT :uuid, 'database', queue, COALESCE(:payload, payload), :exception,"
-            " CURRENT_TIMESTAMP FROM {jobs}"
-            " WHERE id = :id AND attempts = :attempts AND reserved_at IS NOT NULL"
-            " ON CONFLICT (uuid) DO UPDATE SET queue = excluded.queue, payload = excluded.payload,"
-            " exception = excluded.exception, failed_at = excluded.failed_at",
+    "fail": _FAIL % _HELD + _FAIL_UPSERT,
+    "fail_waiting": _FAIL % _WAITING + _FAIL_UPSERT,
+    "drop_waiting": "DELETE FROM {jobs} WHERE id = :id AND " + _WAITING,
+    # Jobs no worker runs whose deadline has passed (the worker's sweep): the
+    # "<jobs>_expires" index holds only jobs with a deadline.
+    "past_deadline": "SELECT id, {queue_text}, {payload_text}, attempts, expires_at FROM {jobs}"
+                     " WHERE queue = :queue AND expires_at <= {now} AND " + _WAITING
+                     + " ORDER BY expires_at LIMIT :limit{for_update}",
+    # cancel: the jobs named, or those of a queue (a page at a time, by id);
+    # the last column says whether a worker runs it now.
+    "cancel_ids": "SELECT id, {queue_text}, {payload_text}, attempts,"
+                  " CASE WHEN " + _WAITING + " THEN 0 ELSE 1 END FROM {jobs}"
+                  " WHERE id = :id{for_update}",
+    "cancel_queue": "SELECT id, {queue_text}, {payload_text}, attempts, 0 FROM {jobs}"
+                    " WHERE queue = :queue AND id > :after AND " + _WAITING
+                    + " ORDER BY id LIMIT :limit{for_update}",
     "next_due": "SELECT MIN(available_at) - {now} FROM {jobs}"
                 " WHERE queue = :queue AND reserved_at IS NULL",
     "stats": "SELECT {queue_text},"
@@ -972,7 +1037,10 @@ _SQL = {
              " {now} - MIN(CASE WHEN reserved_at IS NULL AND available_at <= {now}"
              " THEN available_at END)"
              " FROM {jobs} GROUP BY queue",
-    "failed_counts": "SELECT {queue_text}, COUNT(*) FROM {failed} GROUP BY queue",
+    # Expired: moved there because their deadline passed (see Worker._expire).
+    "failed_counts": "SELECT {queue_text}, COUNT(*),"
+                     " SUM(CASE WHEN exception LIKE 'expired:%' THEN 1 ELSE 0 END)"
+                     " FROM {failed} GROUP BY queue",
     # {order} is ASC (the CLI: oldest first) or DESC (the dashboard: newest
     # first); :search is a LIKE pattern over the exception and the
     # recipients ({recipient}: the payload's data.to, see _Dialect), never
@@ -987,16 +1055,18 @@ _SQL = {
     "failed_one": "SELECT " + _FAILED_COLUMNS + " FROM {failed} WHERE id = :id",
     "failed_ids": "SELECT id FROM {failed} WHERE (CAST(:queue AS {text_type}) IS NULL OR queue = :queue)"
                   " ORDER BY id",
+    # :payload (else the failed row's own) is the job without its deadline.
     "retry": "INSERT INTO {jobs} (queue, payload, attempts, reserved_at, available_at, created_at)"
-             " SELECT queue, payload, 0, NULL, {now}, {now} FROM {failed} WHERE id = :id",
+             " SELECT queue, COALESCE(:payload, payload), 0, NULL, {now}, {now} FROM {failed}"
+             " WHERE id = :id",
     # A failed unique job gets its key back from its payload ("uniqueKey").
     # {for_update} locks the row until the retry commits: a second retry of
     # the same job at once (a double click on Retry) waits, then finds it
     # gone, instead of copying it too under READ COMMITTED.
     "retry_source": "SELECT {queue_text}, {payload_text} FROM {failed} WHERE id = :id{for_update}",
     "retry_unique": "INSERT INTO {jobs} (queue, payload, attempts, reserved_at, available_at,"
-                    " created_at, unique_key) SELECT queue, payload, 0, NULL, {now}, {now},"
-                    " :unique_key FROM {failed} WHERE id = :id"
+                    " created_at, unique_key) SELECT queue, COALESCE(:payload, payload), 0, NULL,"
+                    " {now}, {now}, :unique_key FROM {failed} WHERE id = :id"
                     " ON CONFLICT (queue, unique_key) WHERE unique_key IS NOT NULL DO NOTHING",
     "forget": "DELETE FROM {failed} WHERE id = :id",
     "flush": "DELETE FROM {failed} WHERE failed_at < {failed_cutoff}",
@@ -1097,6 +1167,7 @@ class _Dialect:
     ident_quote = '"'
     text_type = "TEXT"             # what CAST(... AS ...) calls a string
     wakeup = "data_version"        # how an idle worker learns of new jobs: see Worker._idle
+    fail_alias = ""                # the jobs table's alias in _FAIL
     autoinc_settings = ""
 
     @classmethod
@@ -1114,7 +1185,8 @@ class _Dialect:
                                payload_text=cls.payload_text, queue_text=cls.queue_text,
                                failed_cutoff=cls.failed_cutoff, text_type=cls.text_type,
                                for_update=cls.for_update, recipient=cls.failed_recipient,
-                               **extra)
+                               j=cls.fail_alias and cls.fail_alias + ".",
+                               j_alias=cls.fail_alias and cls.fail_alias + " ", **extra)
         names = _PARAM.findall(text)
         if cls.placeholder == "%s":
             text = text.replace("%", "%%")
@@ -1162,9 +1234,10 @@ class _Dialect:
             "    available_at %s NOT NULL,\n"
             "    created_at %s NOT NULL,\n"
             "    reserved_until %s,\n"
-            "    unique_key %s\n"
+            "    unique_key %s,\n"
+            "    expires_at %s\n"
             ")" % (j, cls.autoincrement, cls.bigint, cls.bigint, cls.bigint, cls.bigint,
-                   cls.unique_key_type),
+                   cls.unique_key_type, cls.bigint),
             "CREATE TABLE IF NOT EXISTS %s (\n"
             "    id %s,\n"
             "    uuid VARCHAR(255) NOT NULL UNIQUE,\n"
@@ -1199,6 +1272,9 @@ class _Dialect:
             # Version 2. The CodeIgniter app's failed_jobs has no uuid; its
             # own rows keep NULL there (see the unique index below).
             ("failed", "uuid", "VARCHAR(255)"),
+            # Version 3. A job's deadline (its payload's retryUntil), for the
+            # worker's sweep; NULL in the PHP app's rows (read from the payload).
+            ("jobs", "expires_at", cls.bigint),
         ]
 
     @classmethod
@@ -1218,6 +1294,9 @@ class _Dialect:
             # database, not a read before the insert, refuses the second.
             "CREATE UNIQUE INDEX IF NOT EXISTS %s ON %s (queue, unique_key)"
             " WHERE unique_key IS NOT NULL" % (_quote(jobs + "_unique"), j),
+            # The worker's sweep of jobs past their deadline ("past_deadline").
+            "CREATE INDEX IF NOT EXISTS %s ON %s (queue, expires_at)"
+            " WHERE expires_at IS NOT NULL" % (_quote(jobs + "_expires"), j),
             # What `fail`'s ON CONFLICT (uuid) needs on a failed_jobs table
             # that had no uuid column (the CodeIgniter app's); on our own it
             # repeats the column's UNIQUE. An index, not a constraint: many
@@ -1348,11 +1427,11 @@ class _SQLite(_Dialect):
              " attempts = MIN(attempts, 2147483646) + 1"
              " WHERE id IN (SELECT id FROM {jobs} WHERE queue = :queue AND reserved_at IS NULL"
              " AND available_at <= :now ORDER BY available_at, id LIMIT :limit)"
-             " RETURNING id, queue, CAST(payload AS BLOB), attempts, available_at")
+             " RETURNING id, queue, CAST(payload AS BLOB), attempts, available_at, created_at")
     # SQLite before 3.35 has no RETURNING: select, then update, in one
     # BEGIN IMMEDIATE transaction, which no other writer can interleave.
     claim_select = ("SELECT id, queue, CAST(payload AS BLOB), MIN(attempts, 2147483646) + 1,"
-                    " available_at FROM {jobs}"
+                    " available_at, created_at FROM {jobs}"
                     " WHERE queue = :queue AND reserved_at IS NULL AND available_at <= :now"
                     " ORDER BY available_at, id LIMIT :limit")
     claim_update = ("UPDATE {jobs} SET reserved_at = :now, reserved_until = :now + :lease,"
@@ -1726,14 +1805,17 @@ class _Postgres(_Dialect):
              " FOR UPDATE SKIP LOCKED)"
              " UPDATE {jobs} j SET reserved_at = {now}, reserved_until = {now} + :lease,"
              " attempts = LEAST(j.attempts, 2147483646) + 1 FROM c"
-             " WHERE j.id = c.id RETURNING j.id, j.queue, j.payload, j.attempts, j.available_at")
+             " WHERE j.id = c.id RETURNING j.id, j.queue, j.payload, j.attempts, j.available_at,"
+             " j.created_at")
     notify = "SELECT pg_notify(:channel, :queue)"
     push_notify = ("WITH j AS (INSERT INTO {jobs} (queue, payload, attempts, reserved_at,"
-                   " available_at, created_at) VALUES (:queue, :payload, 0, NULL, {now} + :delay,"
-                   " {now}) RETURNING id) SELECT id, pg_notify(:channel, :queue) FROM j")
+                   " available_at, created_at, expires_at) VALUES (:queue, :payload, 0, NULL,"
+                   " {now} + :delay, {now}, :expires_at) RETURNING id)"
+                   " SELECT id, pg_notify(:channel, :queue) FROM j")
     push_unique = ("WITH j AS (INSERT INTO {jobs} (queue, payload, attempts, reserved_at,"
-                   " available_at, created_at, unique_key) VALUES (:queue, :payload, 0, NULL,"
-                   " {now} + :delay, {now}, :unique_key) ON CONFLICT (queue, unique_key)"
+                   " available_at, created_at, unique_key, expires_at) VALUES (:queue, :payload,"
+                   " 0, NULL, {now} + :delay, {now}, :unique_key, :expires_at)"
+                   " ON CONFLICT (queue, unique_key)"
                    " WHERE unique_key IS NOT NULL DO NOTHING RETURNING id)"
                    " SELECT id, pg_notify(:channel, :queue) FROM j")
     retry_unique = _SQL["retry_unique"] + " RETURNING id"
@@ -1743,9 +1825,11 @@ class _Postgres(_Dialect):
     # it was given, and one string parameter costs the driver nothing, where a
     # text[] parameter is escaped element by element in Python. The insert
     # and its notification are one statement: atomic in autocommit, one round trip.
+    # expires_at is each payload's retryUntil (a number, or JSON null).
     push_many = ("WITH j AS (INSERT INTO {jobs} (queue, payload, attempts, reserved_at,"
-                 " available_at, created_at) SELECT :queue, p::text, 0, NULL, {now} + :delay,"
-                 " {now} FROM json_array_elements(CAST(:payloads AS json)) WITH ORDINALITY"
+                 " available_at, created_at, expires_at) SELECT :queue, p::text, 0, NULL,"
+                 " {now} + :delay, {now}, CAST(p->>'retryUntil' AS bigint)"
+                 " FROM json_array_elements(CAST(:payloads AS json)) WITH ORDINALITY"
                  " AS t(p, n) ORDER BY n RETURNING id)"
                  " SELECT j.id FROM j, (SELECT pg_notify(:channel, :queue)) AS n ORDER BY j.id")
     # Batches of tokens travel as two arrays: one round trip for any number.
@@ -1905,7 +1989,8 @@ class _MySQL(_Dialect):
     # touches exactly the rows it returns.
     # The lease runs from the claim (reserved_until, see "rescue"); attempts
     # stop one short of INTEGER's top, so a row claimed forever cannot overflow.
-    claim_select = ("SELECT id, queue, payload, LEAST(attempts, 2147483646) + 1, available_at"
+    claim_select = ("SELECT id, queue, payload, LEAST(attempts, 2147483646) + 1, available_at,"
+                    " created_at"
                     " FROM {jobs}"
                     " WHERE queue = :queue AND reserved_at IS NULL AND available_at <= {now}"
                     " ORDER BY available_at, id LIMIT :limit FOR UPDATE SKIP LOCKED")
@@ -1924,11 +2009,12 @@ class _MySQL(_Dialect):
     # DUPLICATE KEY UPDATE id = id: with CLIENT_FOUND_ROWS (set at connect)
     # its no-op update reports 1 row, as an insert does.
     push_unique = ("INSERT IGNORE INTO {jobs} (queue, payload, attempts, reserved_at, available_at,"
-                   " created_at, unique_key) VALUES (:queue, :payload, 0, NULL, {now} + :delay,"
-                   " {now}, :unique_key)")
+                   " created_at, unique_key, expires_at) VALUES (:queue, :payload, 0, NULL,"
+                   " {now} + :delay, {now}, :unique_key, :expires_at)")
     retry_unique = ("INSERT IGNORE INTO {jobs} (queue, payload, attempts, reserved_at,"
-                    " available_at, created_at, unique_key) SELECT queue, payload, 0, NULL, {now},"
-                    " {now}, :unique_key FROM {failed} WHERE id = :id")
+                    " available_at, created_at, unique_key) SELECT queue,"
+                    " COALESCE(:payload, payload), 0, NULL, {now}, {now}, :unique_key FROM {failed}"
+                    " WHERE id = :id")
     # A locking read sees the latest committed holder, where a plain one in
     # an app's REPEATABLE READ transaction (push with connection=) would see
     # its snapshot: a holder finished since, or none. INSERT IGNORE took this
@@ -1945,12 +2031,11 @@ class _MySQL(_Dialect):
     # UPDATE of a missing row would lock nothing at READ COMMITTED).
     rate_lock = ("INSERT INTO {rate} (name, slot, sent_at) VALUES (:name, -1, 0)"
                  " ON DUPLICATE KEY UPDATE sent_at = 0")
-    fail = ("INSERT INTO {failed} (uuid, connection, queue, payload, exception, failed_at)"
-            " SELECT :uuid, 'database', j.queue, COALESCE(:payload, j.payload), :exception,"
-            " CURRENT_TIMESTAMP FROM {jobs} j"
-            " WHERE j.id = :id AND j.attempts = :attempts AND j.reserved_at IS NOT NULL"
-            " ON DUPLICATE KEY UPDATE queue = VALUES(queue), payload = VALUES(payload),"
-            " exception = VALUES(exception), failed_at = CURRENT_TIMESTAMP")
+    fail_alias = "j"
+    fail_upsert = (" ON DUPLICATE KEY UPDATE queue = VALUES(queue), payload = VALUES(payload),"
+                   " exception = VALUES(exception), failed_at = CURRENT_TIMESTAMP")
+    fail = _FAIL % _HELD + fail_upsert
+    fail_waiting = _FAIL % _WAITING + fail_upsert
     set_version = ("INSERT INTO dbqueue_migrations (tbl, version) VALUES (:tbl, :version)"
                    " ON DUPLICATE KEY UPDATE version = VALUES(version)")
     state_set = ("INSERT INTO dbqueue_state (name, value, updated_at) VALUES (:name, :value, {now})"
@@ -1993,7 +2078,8 @@ class _MySQL(_Dialect):
             "    available_at BIGINT NOT NULL,\n"
             "    created_at BIGINT NOT NULL,\n"
             "    reserved_until BIGINT,\n"
-            "    unique_key %s\n"
+            "    unique_key %s,\n"
+            "    expires_at BIGINT\n"
             ") %s" % (j, cls.unique_key_type, cls.table_options),
             "CREATE TABLE IF NOT EXISTS %s (\n"
             "    id BIGINT UNSIGNED NOT NULL AUTO_INCREMENT PRIMARY KEY,\n"
@@ -2019,6 +2105,7 @@ class _MySQL(_Dialect):
                 # At most one job per (queue, unique_key); InnoDB lets any
                 # number of rows share a NULL key, as the partial index would.
                 + cls._index(jobs, "_unique", "queue, unique_key", unique=True)
+                + cls._index(jobs, "_expires", "queue, expires_at")
                 # What `fail`'s ON DUPLICATE KEY needs on a failed table that had
                 # no uuid column (the CodeIgniter app's); many NULLs allowed.
                 + cls._index(failed, "_uuid", "uuid", unique=True, name=failed[:58] + "_uuid"))
@@ -2278,7 +2365,7 @@ def _first_line(exc):
     return (text or type(exc).__name__).splitlines()[0]
 
 
-_SCHEMA_VERSION = 2
+_SCHEMA_VERSION = 3
 
 
 def schema_sql(dialect, jobs="jobs", failed="failed_jobs"):
@@ -2662,14 +2749,20 @@ class Queue:
     # -- producing -------------------------------------------------------
 
     def payload(self, job, data=None, max_tries=None, backoff=None, timeout=None,
-                unique_key=None):
+                unique_key=None, expires_in=None):
         """The JSON text stored for one job (raises TypeError for non-JSON data)."""
+        return self._payload(job, data, max_tries, backoff, timeout, unique_key, expires_in)[0]
+
+    def _payload(self, job, data, max_tries, backoff, timeout, unique_key, expires_in):
+        """(payload text, its deadline in unix seconds or None)."""
         if not isinstance(job, str) or not job:
             raise TypeError("job name must be a non-empty string, not %r" % (job,))
         if data is None:
             data = {}
-        if max_tries is None and backoff is None and timeout is None and unique_key is None:
-            return _PAYLOAD % (_uuid4(), _dumps(job), _dumps(data), int(time.time()))
+        dated, until = self._deadline(job, data, expires_in)
+        if (max_tries is None and backoff is None and timeout is None and unique_key is None
+                and not dated):
+            return _PAYLOAD % (_uuid4(), _dumps(job), _dumps(data), int(time.time())), None
         if max_tries is not None:
             max_tries = _int_setting("max_tries", max_tries, 1, _MAX_TRIES)
         if backoff is not None:
@@ -2682,10 +2775,24 @@ class Queue:
             # Also in the payload, which failed_jobs keeps: `retry` gives the
             # job its key back.
             payload["uniqueKey"] = unique_key
-        return _dumps(payload)
+        if dated:
+            payload["retryUntil"] = until
+        return _dumps(payload), until
+
+    def _deadline(self, job, data, expires_in):
+        """(dated, retryUntil): `expires_in` seconds from now (0: none, said
+        in the payload as null), else a template email's default validity;
+        (False, None) when the payload says nothing (no retryUntil key)."""
+        if expires_in is not None:
+            seconds = _int_setting("expires_in", expires_in, 0, _MAX_SECONDS)
+        else:
+            seconds = _validity(self.config, job, data)
+            if not seconds:
+                return False, None
+        return True, (self.now() or int(time.time())) + seconds if seconds else None
 
     def push(self, job, data=None, queue="default", delay=0, connection=None,
-             max_tries=None, backoff=None, timeout=None, unique_key=None):
+             max_tries=None, backoff=None, timeout=None, unique_key=None, expires_in=None):
         """Enqueue one job; returns its id.
 
         With `connection=` (your app's sqlite3, psycopg, psycopg2, PyMySQL or MySQLdb connection)
@@ -2697,11 +2804,15 @@ class Queue:
         that job's id; once it is done (or has failed) the key is free. The
         database's unique index decides, so this holds for any number of
         producers at once.
+
+        With `expires_in=` (seconds), the job is never started after that
+        deadline: it moves to failed_jobs as expired. The built-in templates'
+        emails have one by default (MAIL_TEMPLATE_VALIDITY); 0 means none.
         """
         if unique_key is not None:
             return self._push_unique(job, data, queue, delay, connection, max_tries, backoff,
-                                     timeout, unique_key)
-        payload = self.payload(job, data, max_tries, backoff, timeout)
+                                     timeout, unique_key, expires_in)
+        payload, until = self._payload(job, data, max_tries, backoff, timeout, None, expires_in)
         if delay != 0 or type(delay) is not int:   # the common case skips the checks
             delay = _int_setting("delay", delay, 0, _MAX_SECONDS)
         if type(queue) is not str or queue not in self._queues_seen:
@@ -2709,7 +2820,8 @@ class Queue:
             if len(self._queues_seen) < 1000:
                 self._queues_seen.add(queue)
         key = "push_notify" if self.dialect is _Postgres else "push"
-        params = dict(queue=queue, payload=payload, delay=delay, channel=self.channel)
+        params = dict(queue=queue, payload=payload, delay=delay, channel=self.channel,
+                      expires_at=until)
         if connection is not None:
             cur = self._foreign_cursor(connection)
             self.execute(cur, key, **params)
@@ -2733,13 +2845,13 @@ class Queue:
             raise self.translate(exc) from exc
 
     def _push_unique(self, job, data, queue, delay, connection, max_tries, backoff, timeout,
-                     key):
+                     key, expires_in):
         _unique_key(key)
-        payload = self.payload(job, data, max_tries, backoff, timeout, unique_key=key)
+        payload, until = self._payload(job, data, max_tries, backoff, timeout, key, expires_in)
         delay = _int_setting("delay", delay, 0, _MAX_SECONDS)
         _queue_name(queue)
         params = dict(queue=queue, payload=payload, delay=delay, channel=self.channel,
-                      unique_key=key)
+                      unique_key=key, expires_at=until)
         if connection is not None:
             try:
                 return self._insert_unique(self._foreign_cursor(connection), "push_unique",
@@ -2793,13 +2905,14 @@ class Queue:
                             % params["unique_key"])
 
     def push_many(self, job, items, queue="default", delay=0, connection=None,
-                  max_tries=None, backoff=None, timeout=None, unique_key=None):
+                  max_tries=None, backoff=None, timeout=None, unique_key=None, expires_in=None):
         """Enqueue one job per item of `items` (data dicts) in one transaction; returns the ids."""
         if unique_key is not None:
             # One key for many jobs would keep all but the first: say so
             # rather than guess what was meant.
             raise TypeError("push_many() takes no unique_key: push each unique job with push()")
-        payloads = [self.payload(job, data, max_tries, backoff, timeout) for data in items]
+        payloads = [self._payload(job, data, max_tries, backoff, timeout, None, expires_in)
+                    for data in items]
         delay = _int_setting("delay", delay, 0, _MAX_SECONDS)
         _queue_name(queue)
         if not payloads:
@@ -2816,15 +2929,15 @@ class Queue:
 
     def _insert_many(self, cur, queue, payloads, delay):
         if self.dialect is _Postgres:
-            self.execute(cur, "push_many", queue=queue, payloads="[%s]" % ",".join(payloads),
-                         delay=delay, channel=self.channel)
+            self.execute(cur, "push_many", queue=queue, delay=delay, channel=self.channel,
+                         payloads="[%s]" % ",".join(p for p, _ in payloads))
             return [row[0] for row in cur.fetchall()]
         text, names = self.sql("push")
         now = self.now()
         params = dict(queue=queue, delay=delay, now=now)
         rows = []
-        for payload in payloads:
-            params["payload"] = payload
+        for payload, until in payloads:
+            params["payload"], params["expires_at"] = payload, until
             rows.append([params[n] for n in names])
         if self.dialect.autoinc_settings:
             return self._insert_rows(cur, text, rows)
@@ -2958,7 +3071,7 @@ class Queue:
                         for row in rows:
                             self.execute(cur, "claim_update", id=row[0], now=now, lease=lease)
                 rows.sort(key=lambda r: (r[4], r[0]))
-                jobs.extend(Job(r[0], r[1], r[2], r[3]) for r in rows)
+                jobs.extend(Job(r[0], r[1], r[2], r[3], r[5]) for r in rows)
             if len(jobs) > 1:
                 # A job on its second or later attempt may be the one that
                 # killed its last worker: it runs in a batch of its own, so
@@ -3081,12 +3194,89 @@ class Queue:
         """
         with _Transaction(self, conn) as cur:
             lost = self._ack(cur, acks) if acks else []
-            self.execute(cur, "fail", id=token[0], attempts=token[1], uuid=uuid,
-                         exception=exception, payload=payload)
-            if cur.rowcount < 1:     # MySQL counts an upsert's update as 2
-                return False, lost
-            self.execute(cur, "ack", id=token[0], attempts=token[1])
-            return True, lost
+            return self._to_failed(cur, "fail", "ack", uuid, exception, payload, id=token[0],
+                                   attempts=token[1]), lost
+
+    def _to_failed(self, cur, insert, delete, uuid, exception, payload=None, **where):
+        """Move one job to failed_jobs: statement `insert` ("fail", or
+        "fail_waiting" for a job no worker runs) copies it, `delete` removes it.
+        False when the row no longer matches (taken, finished)."""
+        self.execute(cur, insert, uuid=uuid, exception=exception, payload=payload, **where)
+        if cur.rowcount < 1:     # MySQL counts an upsert's update as 2
+            return False
+        self.execute(cur, delete, **where)
+        return True
+
+    def _fail_waiting(self, cur, rows, exception):
+        """Move jobs no worker runs to failed_jobs; `rows` are (id, queue,
+        payload, attempts) as read (locked) in this transaction, `exception`
+        a function of the Job. Returns (Job, exception) of each one moved."""
+        moved = []
+        for row in rows:
+            job = Job(row[0], _text(row[1]), row[2], row[3])
+            text = exception(job)
+            if self._to_failed(cur, "fail_waiting", "drop_waiting", job.uuid or _uuid4(), text,
+                               id=job.id, retry_after=self.config.retry_after):
+                moved.append((job, text))
+        return moved
+
+    def expire(self, conn, queues, now=None, limit=100):
+        """Move up to `limit` jobs of `queues` that no worker runs and whose
+        deadline (jobs.expires_at, from retryUntil) has passed to failed_jobs
+        as expired; returns (Job, exception) of each. What the worker sweeps every few
+        seconds: jobs that wait unclaimed (a mail outage, a paused queue)
+        expire on time too. The PHP app's rows, which have no expires_at,
+        expire when claimed."""
+        moved = []
+        now = now or self.now()
+        with _Transaction(self, conn) as cur:
+            for queue in queues:
+                rows = self.execute(cur, "past_deadline", queue=queue, limit=limit, now=now,
+                                    retry_after=self.config.retry_after).fetchall()
+                if rows:
+                    at = now or int(time.time())
+                    deadline = {r[0]: r[4] for r in rows}
+                    moved += self._fail_waiting(
+                        cur, rows, lambda j: _expired_text(j, deadline[j.id], at))
+        return moved
+
+    def cancel(self, ids=None, queue=None, job=None):
+        """Move waiting or delayed jobs to failed_jobs as cancelled (`retry`
+        brings them back): those with `ids`, or every one of `queue` (whose
+        job name is `job`, when given). A running job is never cancelled.
+
+        Returns (cancelled ids, running ids, unknown ids). One transaction
+        per batch of up to 500.
+        """
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
+        text = lambda j: "cancelled: taken off the queue on %s before it ran" % stamp  # noqa: E731
+        done, running, unknown = [], [], []
+        if ids is not None:
+            for start in range(0, len(ids), 500):
+                with self.transaction() as cur:
+                    rows = []
+                    for job_id in ids[start:start + 500]:
+                        row = self.execute(cur, "cancel_ids", id=job_id,
+                                           retry_after=self.config.retry_after).fetchone()
+                        if row is None:
+                            unknown.append(job_id)
+                        elif row[4]:
+                            running.append(job_id)
+                        else:
+                            rows.append(row)
+                    done += [j.id for j, _ in self._fail_waiting(cur, rows, text)]
+            return done, running, unknown
+        after = 0
+        while True:
+            with self.transaction() as cur:
+                rows = self.execute(cur, "cancel_queue", queue=_queue_name(queue), after=after,
+                                    limit=500, retry_after=self.config.retry_after).fetchall()
+                if not rows:
+                    return done, running, unknown
+                after = rows[-1][0]
+                if job is not None:
+                    rows = [r for r in rows if Job(r[0], None, r[2], 0).name == job]
+                done += [j.id for j, _ in self._fail_waiting(cur, rows, text)]
 
     def any_ready(self, conn, queues):
         """True when one of `queues` has a job ready now (one plain read, no lock)."""
@@ -3168,8 +3358,11 @@ class Queue:
     # -- inspecting and operating -----------------------------------------
 
     def stats(self, conn=None):
-        """Per queue: ready, delayed, reserved, expired, failed, oldest_ready_age (seconds).
+        """Per queue: ready, delayed, reserved, expired, failed, past_deadline,
+        oldest_ready_age (seconds).
 
+        expired counts reservations whose lease ran out; past_deadline the
+        failed jobs that expired unstarted (their exception begins "expired:").
         oldest_ready_age counts from the job's available_at: when it was pushed
         (after its delay) or its retry's backoff ended; a mail outage keeps it.
         """
@@ -3181,14 +3374,15 @@ class Queue:
                 queue = _text(queue)
                 out[queue] = {"queue": queue, "ready": int(ready or 0), "delayed": int(delayed or 0),
                               "reserved": int(reserved or 0), "expired": int(expired or 0),
-                              "failed": 0, "oldest_ready_age": int(age) if age is not None else None}
+                              "failed": 0, "past_deadline": 0,
+                              "oldest_ready_age": int(age) if age is not None else None}
             self.execute(cur, "failed_counts")
-            for queue, failed in cur.fetchall():
+            for queue, failed, past in cur.fetchall():
                 queue = _text(queue)
                 entry = out.setdefault(queue, {"queue": queue, "ready": 0, "delayed": 0,
                                                "reserved": 0, "expired": 0, "failed": 0,
-                                               "oldest_ready_age": None})
-                entry["failed"] = int(failed)
+                                               "past_deadline": 0, "oldest_ready_age": None})
+                entry["failed"], entry["past_deadline"] = int(failed), int(past or 0)
         return [out[q] for q in sorted(out)]
 
     def failed(self, queue=None, search=None, limit=None, offset=0, newest_first=False):
@@ -3228,10 +3422,13 @@ class Queue:
         return {"id": id_, "uuid": uuid, "queue": _text(queue), "payload": _text(payload),
                 "exception": exception, "failed_at": str(failed_at)}
 
-    def retry(self, ids=None, queue=None):
+    def retry(self, ids=None, queue=None, undated=None):
         """Move failed jobs back to the queue with attempts reset; one transaction per job.
 
-        `ids=None` retries all (of `queue`). Returns the new job ids.
+        `ids=None` retries all (of `queue`). Returns the new job ids. A job's
+        deadline (its retryUntil, or its template's validity) is removed: the
+        operator asked for it to run. `undated`, a list, receives the new ids
+        of the jobs that had one.
         """
         if ids is None:
             with self.transaction() as cur:
@@ -3244,8 +3441,9 @@ class Queue:
                     if row is None:
                         continue
                     key = _payload_unique_key(_text(row[1]))
+                    payload = self._undated(_text(row[1]))
                     if key is None:
-                        self.execute(cur, "retry", id=failed_id)
+                        self.execute(cur, "retry", id=failed_id, payload=payload)
                         new_id = self._retried_id(cur)
                     else:
                         # The job gets its unique key back. When a live job holds
@@ -3253,8 +3451,8 @@ class Queue:
                         # retry is that push again: nothing is inserted, and the
                         # failed job is answered by the live one.
                         new_id = self._insert_unique(
-                            cur, "retry_unique",
-                            dict(id=failed_id, queue=_text(row[0]), unique_key=key))[0]
+                            cur, "retry_unique", dict(id=failed_id, queue=_text(row[0]),
+                                                      unique_key=key, payload=payload))[0]
                     # The row read above is locked, so this deletes it; should a
                     # dialect's lock not hold, a copy whose original another
                     # retry took is rolled back rather than made twice.
@@ -3263,10 +3461,20 @@ class Queue:
             except _RetryLost:
                 continue
             new_ids.append(new_id)
+            if payload is not None and undated is not None:
+                undated.append(new_id)
             if self.dialect is _Postgres:
                 with self.transaction() as cur:
                     cur.execute("SELECT pg_notify(%s, '')", (self.channel,))
         return new_ids
+
+    def _undated(self, payload):
+        """The payload (text) with its deadline removed ("retryUntil": null),
+        or None when it has none."""
+        job = Job(0, None, payload, 0, created_at=0)    # any time: is there a deadline?
+        if job.payload is None or _job_deadline(job, self.config)[0] is None:
+            return None
+        return _dumps(dict(job.payload, retryUntil=None))
 
     def _retried_id(self, cur):
         if self.dialect is _Postgres:
@@ -3486,10 +3694,11 @@ class Job:
     `uuid`, `name`, `data`, and `error` when the payload could not be read."""
 
     __slots__ = ("id", "queue", "raw", "attempts", "uuid", "name", "data", "payload",
-                 "error", "worker", "started", "next_payload")
+                 "error", "worker", "started", "next_payload", "created_at")
 
-    def __init__(self, id, queue, raw, attempts):
+    def __init__(self, id, queue, raw, attempts, created_at=None):
         self.id, self.queue, self.raw, self.attempts = id, queue, raw, attempts
+        self.created_at = created_at      # unix seconds (jobs.created_at)
         self.uuid = self.name = self.error = self.worker = None
         # Payload text to store when the job is released or failed: set by a
         # handler that did part of its work (the recipients an email still needs).
@@ -3645,6 +3854,9 @@ class Worker:
     # Well under the lease, so a pause of the process (SIGSTOP, a frozen VM)
     # is noticed before anything it held is started.
     confirm_seconds = 1.0
+    # How often a worker moves the jobs of its queues that wait past their
+    # deadline to failed_jobs (one indexed read, see Queue.expire).
+    sweep_seconds = 5.0
 
     def __init__(self, queue, queues=("default",), tries=None, backoff=None, timeout=None,
                  sleep=3.0, memory=None, log=None, concurrency=1):
@@ -3679,6 +3891,7 @@ class Worker:
         self._heart = None
         self._locked_since = None
         self._last_rescue = 0.0
+        self._last_sweep = 0.0
         self._confirmed = (0.0, 0.0)   # (monotonic, wall) time the held batch was last confirmed
         self._missed_ready = False     # the last claim found nothing though a job was ready
         self._settings_cache = {}  # job name -> (registry entry, settings) for plain payloads
@@ -3814,6 +4027,9 @@ class Worker:
         if now - self._last_rescue >= 1.0:
             rescue = self.queue.config.retry_after
             self._last_rescue = now
+        if now - self._last_sweep >= self.sweep_seconds:
+            self._last_sweep = now
+            self._expire()
         acks = list(self._acks)
         queues = self._active_queues()
         if self._mail_pause is not None and queues == self.queues:
@@ -3829,6 +4045,12 @@ class Worker:
         if jobs:
             self._missed_ready = False
         return bool(jobs)
+
+    def _expire(self):
+        """Move this worker's waiting jobs past their deadline to failed_jobs,
+        also those of a queue it does not claim from now (a mail outage)."""
+        for job, text in self._db(lambda c: self.queue.expire(c, self.queues)):
+            self._log_job(job, "expired", 0, None, reason=text, level="warning")
 
     def _unconfirmed_for(self):
         """Seconds since the held batch's reservations were last known to be ours.
@@ -4154,6 +4376,12 @@ class Worker:
         job.started = time.monotonic()
         outcome = None
         try:
+            deadline, basis = _job_deadline(job, self.queue.config)
+            now = self.queue.now() or time.time()
+            if deadline is not None and now >= deadline:
+                # Whatever it waited for (backoff, a mail outage, a rate
+                # limit), it is stale now: failed at once, never started.
+                raise _NotStarted(_expired_text(job, deadline, now, basis))
             if job.error:
                 raise PermanentError(job.error)
             if job.attempts > tries:
@@ -4484,10 +4712,50 @@ def _format_exception(exc):
     import traceback
     try:
         text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)).strip()
+        if isinstance(exc, _NotStarted):
+            text = str(exc)      # "expired: ...": what stats and people search for
     except Exception:   # a broken __str__ inside the traceback
         text = ""
     text = text or "%s (no message)" % type(exc).__name__
     return text.replace("\x00", "\\x00").encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+class _NotStarted(PermanentError):
+    """A claimed job the worker does not start (past its deadline): its
+    message, not a traceback, is what failed_jobs records."""
+
+
+def _job_deadline(job, config):
+    """(deadline in unix seconds, what set it) of a job, or (None, None).
+
+    The payload's retryUntil (also in rows the PHP app or Laravel wrote; null
+    means none); without one, a template email's default validity from the
+    job's creation (jobs.created_at).
+    """
+    payload = job.payload if isinstance(job.payload, dict) else {}
+    if "retryUntil" in payload:
+        until = payload["retryUntil"]
+        if isinstance(until, str) and until.strip().isdigit():
+            until = int(until)
+        if isinstance(until, bool) or not isinstance(until, (int, float)):
+            return None, None
+        return int(until), "retryUntil %s" % _utc(until)
+    seconds = _validity(config, job.name, job.data)
+    if not seconds or job.created_at is None:
+        return None, None
+    return int(job.created_at) + seconds, "queued %s; %s mail is valid for %s" % (
+        _utc(job.created_at), _seed_template_name(job.data.get("template")), _duration(seconds))
+
+
+def _utc(seconds):
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(seconds))
+
+
+def _expired_text(job, deadline, now, basis=None):
+    """The failed_jobs exception of a job not started because its deadline passed."""
+    return "expired: its deadline passed %s ago (%s); it was not %s" % (
+        _duration(int(now) - int(deadline)), basis or "retryUntil %s" % _utc(deadline),
+        "sent" if job.name in _EMAIL_JOBS else "run")
 
 
 class _Heartbeat(threading.Thread):
@@ -4680,6 +4948,7 @@ class _Slot(Worker):
     _state_warned = _Shared("_state_warned")
     _stop_on_outage = _Shared("_stop_on_outage")
     _last_rescue = _Shared("_last_rescue")
+    _last_sweep = _Shared("_last_sweep")
 
     def __init__(self, pool, index):
         self._alarm_lock = threading.Lock()     # before Worker.__init__ sets _running
@@ -4975,7 +5244,7 @@ def _aliases():
 
 def queue_email(to, subject, text=None, html=None, cc=None, bcc=None, reply_to=None,
                 sender=None, headers=None, delay=0, connection=None, using=None,
-                queue=_EMAIL_QUEUE, unique_key=None):
+                queue=_EMAIL_QUEUE, unique_key=None, expires_in=None):
     """Enqueue a `send_email` job on the "emails" queue; returns its id.
 
         dbqueue.queue_email("ann@example.com", "Your report", text="...", html="<p>...</p>")
@@ -4987,20 +5256,21 @@ def queue_email(to, subject, text=None, html=None, cc=None, bcc=None, reply_to=N
     transaction; `using=` is the Queue to use (default: Queue.from_env(),
     opened and closed for this call). `unique_key=` as for Queue.push(): while
     a message with that key waits or is being sent, another is not queued
-    ("verify:ann@example.com" for a "resend" button clicked twice). Bad
-    addresses or a CR/LF in any header raise ValueError here, before
-    anything is stored.
+    ("verify:ann@example.com" for a "resend" button clicked twice).
+    `expires_in=` (seconds): never sent after that; it moves to failed_jobs
+    as expired. Bad addresses or a CR/LF in any header raise ValueError
+    here, before anything is stored.
     """
     data = {"to": to, "subject": subject, "text": text, "html": html, "cc": cc, "bcc": bcc,
             "reply_to": reply_to, "from": sender, "headers": headers}
     data = {k: v for k, v in data.items() if v is not None}
     _check_email_job("send_email", data, None)
-    return _enqueue("send_email", data, delay, connection, using, queue, unique_key)
+    return _enqueue("send_email", data, delay, connection, using, queue, unique_key, expires_in)
 
 
 def queue_template_email(to, template, variables=None, cc=None, bcc=None, reply_to=None,
                          sender=None, headers=None, delay=0, connection=None, using=None,
-                         queue=_EMAIL_QUEUE, unique_key=None):
+                         queue=_EMAIL_QUEUE, unique_key=None, expires_in=None):
     """Enqueue a `send_template_email` job on the "emails" queue; returns its id.
 
         dbqueue.queue_template_email("ann@example.com", "verify_email",
@@ -5010,14 +5280,19 @@ def queue_template_email(to, template, variables=None, cc=None, bcc=None, reply_
     producer (MAIL_TEMPLATE_DIR included), so what can be checked here is:
     a template that is neither built in nor in MAIL_TEMPLATE_DIR, and a
     built-in template's missing required variable (its link) raise
-    ValueError, and nothing is stored. Other options as for queue_email().
+    ValueError, and nothing is stored. The built-in templates' mail is
+    never sent once stale: a password reset 60 minutes after it was queued,
+    a verification 24 hours, an invitation 72 (MAIL_TEMPLATE_VALIDITY
+    changes them; `expires_in=` seconds wins, 0 for none). Other options as
+    for queue_email().
     """
     data = {"to": to, "template": template, "vars": dict(variables or {}), "cc": cc, "bcc": bcc,
             "reply_to": reply_to, "from": sender, "headers": headers}
     data = {k: v for k, v in data.items() if v is not None}
     config = using.config if isinstance(using, Queue) else Config.from_env()
     _check_email_job("send_template_email", data, config)
-    return _enqueue("send_template_email", data, delay, connection, using, queue, unique_key)
+    return _enqueue("send_template_email", data, delay, connection, using, queue, unique_key,
+                    expires_in)
 
 
 def _check_email_job(name, data, config):
@@ -5045,7 +5320,7 @@ def _check_email_job(name, data, config):
         raise ValueError(str(exc))
 
 
-def _enqueue(name, data, delay, connection, using, queue_name, unique_key):
+def _enqueue(name, data, delay, connection, using, queue_name, unique_key, expires_in):
     if using is not None and not isinstance(using, Queue):
         raise TypeError("using= must be a dbqueue.Queue (the queue's name is queue=)")
     if unique_key is not None:
@@ -5053,7 +5328,7 @@ def _enqueue(name, data, delay, connection, using, queue_name, unique_key):
     target = using if using is not None else Queue.from_env()
     try:
         return target.push(name, data, queue=queue_name, delay=delay, connection=connection,
-                           unique_key=unique_key)
+                           unique_key=unique_key, expires_in=expires_in)
     finally:
         if using is None:
             target.close()
@@ -5115,11 +5390,7 @@ def _seed_send_template_email(data):
 
 def _seed_template_fields(data):
     """A SendTemplateEmailJob's data as send_template_email's."""
-    template = data.get("template")
-    if isinstance(template, str) and "/" in template:
-        template = template.rstrip("/").rsplit("/", 1)[-1]
-        if template.endswith(".php"):
-            template = template[:-4]
+    template = _seed_template_name(data.get("template"))
     moved = ("subject", "textMessage", "locale")
     fields = {k: v for k, v in data.items() if k not in ("template", "data") + moved}
     fields["template"] = template
@@ -5137,6 +5408,33 @@ def _seed_template_fields(data):
 
 job("send_email")(_send_email)
 job("send_template_email")(_send_template_email)
+
+
+def _seed_template_name(template):
+    """A view path such as "emails/verify_email" (or .php) as the template's name."""
+    if isinstance(template, str) and "/" in template:
+        template = template.rstrip("/").rsplit("/", 1)[-1]
+        if template.endswith(".php"):
+            template = template[:-4]
+    return template
+
+
+# The jobs that send a template's email: theirs is the templates' validity.
+_TEMPLATE_JOBS = frozenset(("send_template_email", _SEED_NAMESPACE + "SendTemplateEmailJob",
+                            "\\" + _SEED_NAMESPACE + "SendTemplateEmailJob"))
+_EMAIL_JOBS = _TEMPLATE_JOBS | frozenset(("send_email", _SEED_NAMESPACE + "SendEmailJob",
+                                          "\\" + _SEED_NAMESPACE + "SendEmailJob"))
+
+
+def _validity(config, name, data):
+    """Seconds a template email stays worth sending from its creation (0: no
+    deadline), by MAIL_TEMPLATE_VALIDITY over the built-in defaults."""
+    if name not in _TEMPLATE_JOBS or not isinstance(data, dict):
+        return 0
+    template = _seed_template_name(data.get("template"))
+    if not isinstance(template, str):
+        return 0
+    return _validities(config.mail_template_validity).get(template, 0)
 
 
 def _mail_config():
@@ -7134,6 +7432,9 @@ class _Dashboard:
         for s in stats:
             failed_link = _fill('<a href="{href}">{n}</a>', href=_url("/failed", queue=s["queue"]),
                                 n="{:,}".format(s["failed"])) if s["failed"] else "0"
+            if s["past_deadline"]:
+                failed_link = _join([failed_link, _fill(" ({n} past deadline)",
+                                                        n="{:,}".format(s["past_deadline"]))])
             actions = ""
             if s["failed"] and not self.read_only:
                 actions = _fill('<a class="button" href="{href}">Retry all</a>',
@@ -7947,6 +8248,9 @@ def _parser():
     p.add_argument("--unique-key", type=_unique_arg, metavar="KEY",
                    help="while a job with this key waits or runs on the queue, add nothing"
                         " and print that job's id")
+    p.add_argument("--expires-in", type=_seconds, metavar="S",
+                   help="never start the job more than S seconds from now: it moves to the"
+                        " failed jobs as expired (0: no deadline, also for a template email)")
 
     p = command("stats", "ready, delayed, reserved, expired and failed jobs per queue",
                 "python3 dbqueue.py stats\n"
@@ -7977,6 +8281,14 @@ def _parser():
     p.add_argument("ids", nargs="+", type=_retry_id, metavar="ID|all",
                    help="failed job ids (see `failed`), or all")
     p.add_argument("--queue", type=_queue_arg, help="with all: only this queue")
+
+    p = command("cancel", "move waiting or delayed jobs to the failed jobs as cancelled (`retry`"
+                " brings them back); a running job is left to finish",
+                "python3 dbqueue.py cancel 41 42\n"
+                "  python3 dbqueue.py cancel --queue emails --job send_template_email")
+    p.add_argument("ids", nargs="*", type=_row_id, metavar="ID", help="job ids")
+    p.add_argument("--queue", type=_queue_arg, help="every waiting job of this queue")
+    p.add_argument("--job", metavar="NAME", help="with --queue: only the jobs of this name")
 
     p = command("forget", "delete failed jobs by id", "python3 dbqueue.py forget 12 13")
     p.add_argument("ids", nargs="+", type=_row_id, metavar="ID", help="failed job ids (see `failed`)")
@@ -8270,7 +8582,7 @@ def _cmd_push(args, config):
     queue = Queue(config=config)
     try:
         print(queue.push(args.job, data, queue=args.queue, delay=args.delay,
-                         unique_key=args.unique_key))
+                         unique_key=args.unique_key, expires_in=args.expires_in))
     finally:
         queue.close()
     return 0
@@ -8324,6 +8636,8 @@ _PROM_METRICS = (
      lambda s: [(None, s["expired"])]),
     ("dbqueue_failed_jobs", "Jobs in the failed jobs table by queue.",
      lambda s: [(None, s["failed"])]),
+    ("dbqueue_past_deadline_jobs", "Failed jobs that were never started because their deadline"
+     " passed first (their exception begins expired:).", lambda s: [(None, s["past_deadline"])]),
     ("dbqueue_oldest_ready_age_seconds", "Seconds the oldest ready job of the queue has waited"
      " (0 when none is ready).", lambda s: [(None, s["oldest_ready_age"] or 0)]),
     ("dbqueue_mail_outage_seconds", "Seconds the mail server has been unavailable to the"
@@ -8428,9 +8742,9 @@ def _cmd_stats(args, config):
         sys.stdout.write(_prometheus(stats, rate))
     else:
         rows = [(s["queue"], s["ready"], s["delayed"], s["reserved"], s["expired"], s["failed"],
-                 _duration(s["oldest_ready_age"])) for s in stats]
+                 s["past_deadline"], _duration(s["oldest_ready_age"])) for s in stats]
         print(_table(("queue", "ready", "delayed", "reserved", "expired", "failed",
-                      "oldest ready"), rows))
+                      "past deadline", "oldest ready"), rows))
         if not stats:
             print("(no jobs: %s and %s are empty)" % (config.table, config.failed_table))
         if outage is not None:
@@ -8538,22 +8852,47 @@ def _cmd_retry(args, config):
         raise ConfigError("retry: give failed job ids or `all`, not both")
     if args.queue and not everything:
         raise ConfigError("retry: --queue goes with `all` (ids name their jobs already)")
+    undated = []
     if everything:
         queue = Queue(config=config)
         try:
             # One transaction per job inside retry(): an interruption leaves
             # each job either still failed or back in the queue, never both.
-            new_ids = queue.retry(None, queue=args.queue)
+            new_ids = queue.retry(None, queue=args.queue, undated=undated)
         finally:
             queue.close()
-        print("retried %d failed job(s)%s" % (len(new_ids),
-              " of queue %s" % args.queue if args.queue else ""))
+        print("retried %d failed job(s)%s%s" % (len(new_ids),
+              " of queue %s" % args.queue if args.queue else "",
+              "; the deadline of %d was removed" % len(undated) if undated else ""))
         return 0
 
     def retry_one(queue, failed_id):
-        new_ids = queue.retry([failed_id])
-        return new_ids and "retried failed job %d as job %d" % (failed_id, new_ids[0])
+        new_ids = queue.retry([failed_id], undated=undated)
+        return new_ids and "retried failed job %d as job %d%s" % (
+            failed_id, new_ids[0], " (its deadline removed)" if new_ids[0] in undated else "")
     return _each_failed_id(config, args.ids, retry_one)
+
+
+def _cmd_cancel(args, config):
+    if bool(args.ids) == bool(args.queue):
+        raise ConfigError("cancel: give job ids or --queue Q (one of the two)")
+    if args.job is not None and not args.queue:
+        raise ConfigError("cancel: --job goes with --queue")
+    queue = Queue(config=config)
+    try:
+        done, running, unknown = queue.cancel(args.ids or None, args.queue, args.job)
+    finally:
+        queue.close()
+    if args.queue:
+        print("cancelled %d waiting job(s) of queue %s%s" % (
+            len(done), args.queue, " named %s" % args.job if args.job else ""))
+    for job_id in done if args.ids else ():
+        print("cancelled job %d: it is in the failed jobs (`retry` brings it back)" % job_id)
+    for job_id in running:
+        _err("job %d is running: not cancelled (it finishes as it would have)" % job_id)
+    if unknown:
+        _err("no waiting job with id %s" % ", ".join(map(str, unknown)))
+    return 1 if running or unknown else 0
 
 
 def _cmd_forget(args, config):
@@ -8725,6 +9064,7 @@ _COMMANDS = {
     "health": _cmd_health,
     "failed": _cmd_failed,
     "retry": _cmd_retry,
+    "cancel": _cmd_cancel,
     "forget": _cmd_forget,
     "flush": _cmd_flush,
     "clear": _cmd_clear,

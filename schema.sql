@@ -1,4 +1,4 @@
--- sqlite (schema version 2)
+-- sqlite (schema version 3)
 
 CREATE TABLE IF NOT EXISTS dbqueue_migrations (
     tbl VARCHAR(63) PRIMARY KEY,
@@ -18,7 +18,8 @@ CREATE TABLE IF NOT EXISTS "jobs" (
     available_at INTEGER NOT NULL,
     created_at INTEGER NOT NULL,
     reserved_until INTEGER,
-    unique_key VARCHAR(255)
+    unique_key VARCHAR(255),
+    expires_at INTEGER
 );
 CREATE TABLE IF NOT EXISTS "failed_jobs" (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -32,6 +33,7 @@ CREATE TABLE IF NOT EXISTS "failed_jobs" (
 CREATE INDEX IF NOT EXISTS "jobs_ready" ON "jobs" (queue, available_at, id) WHERE reserved_at IS NULL;
 CREATE INDEX IF NOT EXISTS "jobs_reserved" ON "jobs" (reserved_at) WHERE reserved_at IS NOT NULL;
 CREATE UNIQUE INDEX IF NOT EXISTS "jobs_unique" ON "jobs" (queue, unique_key) WHERE unique_key IS NOT NULL;
+CREATE INDEX IF NOT EXISTS "jobs_expires" ON "jobs" (queue, expires_at) WHERE expires_at IS NOT NULL;
 CREATE UNIQUE INDEX IF NOT EXISTS "failed_jobs_uuid" ON "failed_jobs" (uuid);
 CREATE TABLE IF NOT EXISTS "dbqueue_rate" (
     name VARCHAR(100) NOT NULL,
@@ -41,7 +43,7 @@ CREATE TABLE IF NOT EXISTS "dbqueue_rate" (
 );
 CREATE INDEX IF NOT EXISTS "dbqueue_rate_sent" ON "dbqueue_rate" (name, sent_at);
 
--- postgresql (schema version 2)
+-- postgresql (schema version 3)
 
 CREATE TABLE IF NOT EXISTS dbqueue_migrations (
     tbl VARCHAR(63) PRIMARY KEY,
@@ -61,7 +63,8 @@ CREATE TABLE IF NOT EXISTS "jobs" (
     available_at BIGINT NOT NULL,
     created_at BIGINT NOT NULL,
     reserved_until BIGINT,
-    unique_key VARCHAR(255)
+    unique_key VARCHAR(255),
+    expires_at BIGINT
 );
 CREATE TABLE IF NOT EXISTS "failed_jobs" (
     id BIGSERIAL PRIMARY KEY,
@@ -75,6 +78,7 @@ CREATE TABLE IF NOT EXISTS "failed_jobs" (
 CREATE INDEX IF NOT EXISTS "jobs_ready" ON "jobs" (queue, available_at, id) WHERE reserved_at IS NULL;
 CREATE INDEX IF NOT EXISTS "jobs_reserved" ON "jobs" (reserved_at) WHERE reserved_at IS NOT NULL;
 CREATE UNIQUE INDEX IF NOT EXISTS "jobs_unique" ON "jobs" (queue, unique_key) WHERE unique_key IS NOT NULL;
+CREATE INDEX IF NOT EXISTS "jobs_expires" ON "jobs" (queue, expires_at) WHERE expires_at IS NOT NULL;
 CREATE UNIQUE INDEX IF NOT EXISTS "failed_jobs_uuid" ON "failed_jobs" (uuid);
 CREATE TABLE IF NOT EXISTS "dbqueue_rate" (
     name VARCHAR(100) NOT NULL,
@@ -84,7 +88,7 @@ CREATE TABLE IF NOT EXISTS "dbqueue_rate" (
 );
 CREATE INDEX IF NOT EXISTS "dbqueue_rate_sent" ON "dbqueue_rate" (name, sent_at);
 
--- mysql (schema version 2)
+-- mysql (schema version 3)
 
 CREATE TABLE IF NOT EXISTS dbqueue_migrations (
     tbl VARCHAR(63) PRIMARY KEY,
@@ -104,7 +108,8 @@ CREATE TABLE IF NOT EXISTS `jobs` (
     available_at BIGINT NOT NULL,
     created_at BIGINT NOT NULL,
     reserved_until BIGINT,
-    unique_key VARBINARY(1020)
+    unique_key VARBINARY(1020),
+    expires_at BIGINT
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;
 CREATE TABLE IF NOT EXISTS `failed_jobs` (
     id BIGINT UNSIGNED NOT NULL AUTO_INCREMENT PRIMARY KEY,
@@ -124,6 +129,10 @@ PREPARE dbqueue_ddl FROM @dbqueue_ddl;
 EXECUTE dbqueue_ddl;
 DEALLOCATE PREPARE dbqueue_ddl;
 SET @dbqueue_ddl = (SELECT IF(COUNT(*) = 0, 'CREATE UNIQUE INDEX `jobs_unique` ON `jobs` (queue, unique_key)', 'DO 0') FROM information_schema.statistics WHERE table_schema = DATABASE() AND table_name = 'jobs' AND index_name = 'jobs_unique');
+PREPARE dbqueue_ddl FROM @dbqueue_ddl;
+EXECUTE dbqueue_ddl;
+DEALLOCATE PREPARE dbqueue_ddl;
+SET @dbqueue_ddl = (SELECT IF(COUNT(*) = 0, 'CREATE INDEX `jobs_expires` ON `jobs` (queue, expires_at)', 'DO 0') FROM information_schema.statistics WHERE table_schema = DATABASE() AND table_name = 'jobs' AND index_name = 'jobs_expires');
 PREPARE dbqueue_ddl FROM @dbqueue_ddl;
 EXECUTE dbqueue_ddl;
 DEALLOCATE PREPARE dbqueue_ddl;

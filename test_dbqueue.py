@@ -863,13 +863,13 @@ class CoreTests:
     def test_migrate_is_idempotent(self):
         q = self.db.queue()
         q.push("t_record", {"i": 1})
-        self.assertEqual(q.migrate(), 2)
+        self.assertEqual(q.migrate(), dbqueue._SCHEMA_VERSION)
         code, out, err = run_main(["migrate"], self.db.env())
         self.assertEqual(code, 0, err)
-        self.assertEqual(q.schema_version(), 2)
+        self.assertEqual(q.schema_version(), dbqueue._SCHEMA_VERSION)
         p = self.db.param
         self.assertEqual(self.db.raw("SELECT version FROM dbqueue_migrations WHERE tbl = %s" % p,
-                                     (self.db.table,)), [(2,)])
+                                     (self.db.table,)), [(dbqueue._SCHEMA_VERSION,)])
         self.assertEqual(self.count(), 1)          # the data survived
         code, out, err = run_main(["migrate", "--print"], self.db.env())
         self.assertEqual(code, 0, err)
@@ -895,14 +895,14 @@ class CoreTests:
         p = self.db.param
         self.db.raw(old + " VALUES (%s, %s, 0, NULL, 0, 0)" % (p, p), ("default", payload))
         q = self.db.queue(migrate=False)
-        self.assertEqual(q.migrate(), 2)
-        self.assertEqual(q.schema_version(), 2)
+        self.assertEqual(q.migrate(), dbqueue._SCHEMA_VERSION)
+        self.assertEqual(q.schema_version(), dbqueue._SCHEMA_VERSION)
         names = [row[0] for row in self.db.raw(
-            "SELECT reserved_until, unique_key, queue FROM {jobs}")]
+            "SELECT reserved_until, unique_key, expires_at, queue FROM {jobs}")]
         self.assertEqual(names, [None])
         self.db.raw(old + " VALUES (%s, %s, 0, NULL, 0, 0)" % (p, p), ("default", payload))
         self.assertEqual(self.count(), 2)
-        self.assertEqual(q.migrate(), 2)          # and again: nothing to add
+        self.assertEqual(q.migrate(), dbqueue._SCHEMA_VERSION)   # and again: nothing to add
 
     def test_migrate_makes_a_missing_failed_table_again(self):
         q = self.db.queue()
@@ -962,7 +962,7 @@ class CoreTests:
         self.assertEqual(in_threads(migrate, 6), [])
         q = dbqueue.Queue(config=dbqueue.Config(database_url=url, **tables))
         self.addCleanup(q.close)
-        self.assertEqual(q.schema_version(), 2)
+        self.assertEqual(q.schema_version(), dbqueue._SCHEMA_VERSION)
         self.assertEqual(q.push("t_record", {"i": 1}), 1)
 
     def test_two_workers_drain_concurrently_whatever_the_server_isolation(self):
@@ -1008,7 +1008,8 @@ class CoreTests:
         @dbqueue.job("t_open_transaction")
         def _open(data):
             cur = q.transaction().__enter__()
-            q.execute(cur, "push", queue="elsewhere", payload=q.payload("t_record"), delay=0)
+            q.execute(cur, "push", queue="elsewhere", payload=q.payload("t_record"), delay=0,
+                      expires_at=None)
             raise RuntimeError("interrupted inside a transaction")
 
         self.addCleanup(dbqueue._registry.pop, "t_open_transaction", None)
@@ -2455,7 +2456,7 @@ class OpsTests:
         self.assertTrue(120 <= emails["oldest_ready_age"] < 180, emails)
         self.assertEqual(stats["default"], {"queue": "default", "ready": 0, "delayed": 0,
                                             "reserved": 1, "expired": 0, "failed": 0,
-                                            "oldest_ready_age": None})
+                                            "past_deadline": 0, "oldest_ready_age": None})
         self.assertEqual((stats["slow"]["reserved"], stats["slow"]["expired"]), (1, 1))
         # The same answer, except that a second may tick between the two calls.
         same = [dict(s, oldest_ready_age=None) for s in json.loads(out)]
@@ -2466,11 +2467,11 @@ class OpsTests:
         self.assertEqual(code, 0)
         lines = out.splitlines()
         self.assertEqual(lines[0].split(), ["queue", "ready", "delayed", "reserved", "expired",
-                                            "failed", "oldest", "ready"])
+                                            "failed", "past", "deadline", "oldest", "ready"])
         rows = {line.split()[0]: line for line in lines[1:]}
         self.assertEqual(rows["emails"].split()[1:6], ["3", "1", "0", "0", "1"])
-        self.assertRegex(rows["emails"].split()[6], r"^2m\d\ds$")
-        self.assertEqual(rows["default"].split()[6], "-")
+        self.assertRegex(rows["emails"].split()[7], r"^2m\d\ds$")
+        self.assertEqual(rows["default"].split()[7], "-")
         end = lines[0].index("failed") + len("failed")   # numbers are right-aligned
         for line in lines[1:]:
             self.assertTrue(line[end - 1].isdigit() and line[end] == " ", lines)
@@ -2648,6 +2649,81 @@ class OpsTests:
 
 on_every_backend(OpsTests, PGBOUNCER_BACKENDS)   # stats and the other commands, through PgBouncer
 
+class CancelTests(_WorkerProcesses):
+    """`cancel`: waiting and delayed jobs go to failed_jobs (retry brings them
+    back); a running one is never touched."""
+
+    def setUp(self):
+        self.process_setup()
+
+    def ids_left(self):
+        return sorted(r[0] for r in self.db.raw("SELECT id FROM {jobs}"))
+
+    def test_cancel_by_id_by_queue_and_by_queue_and_job_then_retry(self):
+        q = self.db.queue()
+        ready = q.push("p_append", {"n": 1}, queue="q1")
+        delayed = q.push("p_append", {"n": 2}, queue="q1", delay=3600)
+        other_name = q.push("t_record", {}, queue="q2")
+        named = q.push("p_append", {"n": 3}, queue="q2")
+        whole = [q.push("p_append", {"n": n}, queue="q3") for n in (4, 5)]
+        env = self.db.env()
+        code, out, err = run_main(["cancel", str(ready), str(delayed)], env)
+        self.assertEqual((code, err), (0, ""))
+        self.assertEqual(out.splitlines(), ["cancelled job %d: it is in the failed jobs (`retry`"
+                                            " brings it back)" % i for i in (ready, delayed)])
+        code, out, err = run_main(["cancel", "--queue", "q2", "--job", "p_append"], env)
+        self.assertEqual((code, out, err), (0, "cancelled 1 waiting job(s) of queue q2 named"
+                                               " p_append\n", ""))
+        code, out, err = run_main(["cancel", "--queue", "q3"], env)
+        self.assertEqual((code, out), (0, "cancelled 2 waiting job(s) of queue q3\n"), err)
+        self.assertEqual(self.ids_left(), [other_name])
+        failed = q.failed()
+        self.assertEqual(sorted(json.loads(f["payload"])["data"].get("n") for f in failed),
+                         [1, 2, 3, 4, 5])
+        for f in failed:
+            self.assertTrue(f["exception"].startswith("cancelled: "), f["exception"])
+            self.assertNotIn("\n", f["exception"])
+        code, out, err = run_main(["cancel", "999999"], env)
+        self.assertEqual(code, 1)
+        self.assertEqual(one_line(self, err), "dbqueue: no waiting job with id 999999")
+        for argv in (["cancel"], ["cancel", "1", "--queue", "q1"], ["cancel", "--job", "x"]):
+            code, _, err = run_main(argv, env)
+            self.assertEqual(code, 2, argv)
+            one_line(self, err)
+        # Cancelled is not lost: retry brings them back, and a worker runs them.
+        code, out, err = run_main(["retry", "all", "--queue", "q1"], env)
+        self.assertEqual((code, out), (0, "retried 2 failed job(s) of queue q1\n"), err)
+        self.assertEqual(len(self.ids_left()), 3)
+        self.db.raw("UPDATE {jobs} SET available_at = 0")     # the delayed one too
+        proc = self.start_worker("--queue", "q1", "--stop-when-empty")
+        self.assertEqual(self.finish(proc), 0, self.stderr(proc))
+        self.assertEqual(sorted(self.lines()), ["done 1", "done 2"])
+
+    def test_a_running_job_is_not_cancelled(self):
+        q = self.db.queue()
+        flag = os.path.join(self.ptmp, "flag")
+        job_id = q.push("p_until", {"flag": flag})
+        proc = self.start_worker("--queue", "default")
+        wait_for(lambda: "start" in self.lines(), 30, message="the job to start")
+        held = "SELECT id, attempts, reserved_at IS NOT NULL FROM {jobs}"
+        before = self.db.raw(held)
+        code, out, err = run_main(["cancel", str(job_id)], self.db.env())
+        self.assertEqual((code, out), (1, ""))
+        self.assertEqual(one_line(self, err), "dbqueue: job %d is running: not cancelled (it"
+                                              " finishes as it would have)" % job_id)
+        self.assertEqual(self.db.raw(held), before)
+        self.assertEqual(q.failed(), [])
+        with open(flag, "w"):
+            pass
+        wait_for(lambda: self.lines() == ["start", "end"], 30, message="the job to end")
+        wait_for(lambda: self.ids_left() == [], 30, message="its ack")
+        self.assertEqual(q.failed(), [])
+        proc.send_signal(signal.SIGTERM)
+        self.assertEqual(self.finish(proc), 0)
+
+
+on_every_backend(CancelTests, [Backend, PsycopgBackend, MariaDBBackend])
+
 
 class OpsCommandLineTests(unittest.TestCase):
     """Flags, help, configuration and logs: one database (SQLite) is enough."""
@@ -2703,7 +2779,8 @@ class OpsCommandLineTests(unittest.TestCase):
 
     def test_every_command_takes_env_file_and_database_url(self):
         argvs = [["migrate"], ["work", "--stop-when-empty"], ["push", "t_record"], ["stats"],
-                 ["health"], ["failed"], ["retry", "all"], ["forget", "1"], ["flush"],
+                 ["health"], ["failed"], ["retry", "all"], ["cancel", "1"], ["forget", "1"],
+                 ["flush"],
                  ["clear", "--queue", "q", "--force"], ["bench"], ["config"],
                  ["dashboard", "--port", "0"]]
         self.assertEqual(sorted(a[0] for a in argvs), sorted(dbqueue._COMMANDS))
@@ -3762,7 +3839,8 @@ class SQLiteLockTests(unittest.TestCase):
         started = time.monotonic()
         with q.transaction(conn) as cur:
             waited = time.monotonic() - started
-            q.execute(cur, "push", queue="default", payload=q.payload("t_record"), delay=0)
+            q.execute(cur, "push", queue="default", payload=q.payload("t_record"), delay=0,
+                      expires_at=None)
         self.assertGreaterEqual(waited, 0.25)       # it did wait for the other writer
         self.assertEqual(_count_jobs(db), 1)
         # SQLite's own busy handler is back for everything that is not BEGIN IMMEDIATE.
@@ -7212,6 +7290,135 @@ class MailOutageOrderTests(_WorkerProcesses, EmailTestMixin):
 
 
 on_every_backend(MailOutageOrderTests, [Backend, PsycopgBackend, MariaDBBackend])
+
+
+class DeadlineTests(_WorkerProcesses, EmailTestMixin):
+    """Stale mail is never sent: a job past its deadline (its retryUntil, or
+    its template's validity) moves to failed_jobs as expired, unstarted."""
+
+    seed = "App\\Libraries\\Queue\\Jobs\\"
+
+    def setUp(self):
+        self.process_setup()
+
+    def env(self, port, **extra):
+        return dict(MAIL_HOST="127.0.0.1", MAIL_PORT=port, MAIL_FROM_ADDRESS="app@example.com",
+                    **extra)
+
+    def php_reset(self, to, seconds_ago):
+        """The seed app's password-reset job, queued `seconds_ago` (no retryUntil)."""
+        php_push(self.db, {"job": self.seed + "SendTemplateEmailJob", "data": {
+            "template": "emails/password-reset", "to": to,
+            "data": {"reset_link": "https://app.test/reset?t=%s" % to}}},
+            available_at=int(time.time()) - seconds_ago)
+
+    def failed_by_recipient(self, q):
+        return {json.loads(f["payload"])["data"]["to"]: f for f in q.failed()}
+
+    def test_stale_mail_is_expired_unsent_and_the_rest_goes(self):
+        sink = SMTPSink(self)
+        q = self.mail_queue(sink)
+        # Queued 61 minutes ago through the API: a reset link valid for 60.
+        earlier = self.mail_queue(sink, clock=Clock(time.time() - 61 * 60))
+        reset = {"name": "Ann", "url": "https://app.test/reset?t=1"}
+        dbqueue.queue_template_email("old@example.com", "password_reset", reset, using=earlier)
+        dbqueue.queue_template_email("new@example.com", "password_reset", reset, using=q)
+        dbqueue.queue_template_email("verify@example.com", "verify_email", reset, using=earlier)
+        # The PHP app's rows: its password reset, 61 minutes old, and
+        # Laravel-style retryUntil, past and to come.
+        self.php_reset("php-old@example.com", 61 * 60)
+        for to, until in (("late@example.com", -5), ("on-time@example.com", 600)):
+            php_push(self.db, {"job": self.seed + "SendEmailJob", "retryUntil":
+                               int(time.time()) + until, "data": {"to": to, "subject": "s",
+                                                                  "message": "m"}})
+        proc = self.start_worker("--queue", "emails", "--stop-when-empty", "--concurrency", "2",
+                                 **self.env(sink.port))
+        self.assertEqual(self.finish(proc), 0, self.stderr(proc))
+        self.assertEqual(sorted(to for (_, tos), _, _ in sink.messages for to in tos),
+                         ["new@example.com", "on-time@example.com", "verify@example.com"])
+        self.assertEqual(self.jobs_left(), 0)
+        failed = self.failed_by_recipient(q)
+        self.assertEqual(sorted(failed), ["late@example.com", "old@example.com",
+                                          "php-old@example.com"])
+        for f in failed.values():
+            self.assertRegex(f["exception"], r"^expired: its deadline passed \d+[smhd]\S* ago"
+                                             r" \(.+\); it was not sent$")
+        self.assertRegex(failed["old@example.com"]["exception"],
+                         r"passed [12]m\d\ds ago \(retryUntil 20\d\d-\d\d-\d\d ")
+        self.assertIn("password-reset mail is valid for 1h00m",
+                      failed["php-old@example.com"]["exception"])
+        stats = json.loads(run_main(["stats", "--json"], self.db.env())[1])
+        self.assertEqual([(s["queue"], s["failed"], s["past_deadline"]) for s in stats],
+                         [("emails", 3, 3)])
+        prom = run_main(["stats", "--format", "prometheus"], self.db.env())[1]
+        self.assertIn('dbqueue_past_deadline_jobs{queue="emails"} 3', prom)
+        page = DashboardClient(start_dashboard(self, q)).get("/").text
+        self.assertIn("(3 past deadline)", page)
+
+    def test_a_deadline_passes_during_a_mail_outage(self):
+        need(_aiosmtpd() is not None, "aiosmtpd is not installed (pip install aiosmtpd)")
+        port = free_port()      # nothing listens: connection refused
+        q = self.mail_queue(None, mail_port=port)
+        for i in range(2):
+            dbqueue.queue_email("a@example.com", "m%d" % i, text="t", using=q)
+        dbqueue.queue_email("late@example.com", "late", text="t", using=q, expires_in=2)
+        proc = self.start_worker("--queue", "emails", "-v", **self.env(port))
+        wait_for(lambda: "mail server unavailable" in self.stderr(proc), 30,
+                 message="the outage to be noticed")
+        # Never claimed (each probe takes the oldest job): the sweep expires it.
+        wait_for(lambda: len(q.failed()) == 1, 30, message="the late job to expire")
+        err = self.stderr(proc)
+        self.assertIn("outcome=expired", err)
+        self.assertNotIn("mail server available again", err)
+        self.assertTrue(q.failed()[0]["exception"].startswith("expired: its deadline passed "))
+        self.assertEqual(self.db.raw("SELECT COUNT(*), MAX(attempts) FROM {jobs}"), [(2, 0)])
+        sink = SMTPSink(self, port=port)
+        wait_for(lambda: len(sink.messages) == 2, 60, message="the other mail")
+        wait_for(lambda: self.jobs_left() == 0, 30, message="the jobs to be deleted")
+        self.assertEqual(sink.subjects(), ["m0", "m1"])
+        self.assertEqual(list(self.failed_by_recipient(q)), ["late@example.com"])
+        proc.send_signal(signal.SIGTERM)
+        self.assertEqual(self.finish(proc), 0)
+
+    def test_template_validity_setting_and_retry_remove_the_deadline(self):
+        sink = SMTPSink(self)
+        q = self.mail_queue(sink)
+        self.php_reset("kept@example.com", 2 * 3600)
+        proc = self.start_worker("--queue", "emails", "--stop-when-empty",
+                                 **self.env(sink.port, MAIL_TEMPLATE_VALIDITY="password-reset=0"))
+        self.assertEqual(self.finish(proc), 0, self.stderr(proc))
+        self.assertEqual([tos for (_, tos), _, _ in sink.messages], [["kept@example.com"]])
+        self.php_reset("retried@example.com", 2 * 3600)
+        proc = self.start_worker("--queue", "emails", "--stop-when-empty",
+                                 **self.env(sink.port, MAIL_TEMPLATE_VALIDITY="invitation=3d"))
+        self.assertEqual(self.finish(proc), 0, self.stderr(proc))
+        self.assertEqual(len(sink.messages), 1)
+        (failed,) = q.failed()
+        self.assertTrue(failed["exception"].startswith("expired:"), failed["exception"])
+        code, out, err = run_main(["retry", str(failed["id"])], self.db.env())
+        self.assertEqual(code, 0, err)
+        self.assertRegex(out, r"^retried failed job \d+ as job \d+ \(its deadline removed\)\n$")
+        proc = self.start_worker("--queue", "emails", "--stop-when-empty", **self.env(sink.port))
+        self.assertEqual(self.finish(proc), 0, self.stderr(proc))
+        self.assertEqual([tos for (_, tos), _, _ in sink.messages],
+                         [["kept@example.com"], ["retried@example.com"]])
+        self.assertEqual(q.failed(), [])
+        # A bad value: one line naming the variable, exit 2.
+        code, _, err = run_main(["stats"], self.db.env(MAIL_TEMPLATE_VALIDITY="password-reset=soon"))
+        self.assertEqual(code, 2)
+        self.assertIn("MAIL_TEMPLATE_VALIDITY=password-reset=soon", one_line(self, err))
+        # push --expires-in stores retryUntil, and its own 0 wins over a template's.
+        code, out, err = run_main(["push", "p_append", "--data", '{"n": 1}', "--expires-in", "90"],
+                                  self.db.env())
+        self.assertEqual(code, 0, err)
+        payload, expires_at = self.db.raw("SELECT payload, expires_at FROM {jobs}")[0]
+        self.assertEqual(json.loads(payload)["retryUntil"], expires_at)
+        self.assertTrue(0 < expires_at - time.time() <= 90)
+        self.assertIsNone(json.loads(q.payload("send_template_email", {"template": "invitation"},
+                                               expires_in=0))["retryUntil"])
+
+
+on_every_backend(DeadlineTests, [Backend, PsycopgBackend, MariaDBBackend])
 
 
 class MailOutageRightsTests(unittest.TestCase):
