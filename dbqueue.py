@@ -1133,6 +1133,10 @@ class _Dialect:
     """What differs between databases, as data. One subclass per database."""
 
     name = ""
+    label = ""
+    # The DB-API modules that can reach this database, in the order they are
+    # tried, each with the package that installs it (none for SQLite: stdlib).
+    drivers = {}
     placeholder = "?"
     now = ":now"                   # the clock: a parameter, or the server's own
     begin = "BEGIN"
@@ -1169,6 +1173,20 @@ class _Dialect:
     wakeup = "data_version"        # how an idle worker learns of new jobs: see Worker._idle
     fail_alias = ""                # the jobs table's alias in _FAIL
     autoinc_settings = ""
+
+    @classmethod
+    def driver(cls, name=None):
+        """The driver module: the first of `drivers` installed, unless one is named."""
+        import importlib
+        for candidate in [name] if name else list(cls.drivers):
+            try:
+                return importlib.import_module(candidate)
+            except ImportError:
+                continue
+        first = next(iter(cls.drivers))
+        raise ConfigError("QUEUE_DATABASE_URL is %s but the %s driver is not installed:"
+                          " pip install %s" % (cls.label, name or first,
+                                               cls.drivers.get(name, cls.drivers[first])))
 
     @classmethod
     def ident(cls, name):
@@ -1757,6 +1775,8 @@ class _PushLock:
 
 class _Postgres(_Dialect):
     name = "postgresql"
+    label = "PostgreSQL"
+    drivers = {"psycopg": "psycopg[binary]", "psycopg2": "psycopg2-binary"}
     placeholder = "%s"
     # Server databases decide expiry and availability by the database's clock,
     # so workers on machines with skewed clocks agree. Tests pass their own.
@@ -1848,20 +1868,6 @@ class _Postgres(_Dialect):
     def inserted_id(cur):
         row = cur.fetchone()   # RETURNING id: no row when nothing was inserted
         return row[0] if row else None
-
-    @staticmethod
-    def driver(name=None):
-        """The driver module: psycopg (3) first, then psycopg2, unless one is named."""
-        import importlib
-        names = [name] if name else ["psycopg", "psycopg2"]
-        for candidate in names:
-            try:
-                return importlib.import_module(candidate)
-            except ImportError:
-                continue
-        wanted = {"psycopg2": "psycopg2-binary"}.get(name, "psycopg[binary]")
-        raise ConfigError("QUEUE_DATABASE_URL is PostgreSQL but the %s driver is not installed:"
-                          " pip install %s" % (name or "psycopg", wanted))
 
     @staticmethod
     def parse(url, origin="QUEUE_DATABASE_URL"):
@@ -1966,6 +1972,8 @@ class _MySQL(_Dialect):
     """MySQL 8.0.1+ and MariaDB 10.6+ (InnoDB), through PyMySQL or mysqlclient."""
 
     name = "mysql"
+    label = "MySQL"
+    drivers = {"pymysql": "PyMySQL", "MySQLdb": "mysqlclient"}
     placeholder = "%s"
     # Backticks, not ANSI double quotes: an app's own connection (push with
     # connection=) runs in the server's sql_mode, where "jobs" is a string.
@@ -2222,19 +2230,6 @@ class _MySQL(_Dialect):
     def has_returning():
         return False
 
-    @staticmethod
-    def driver(name=None):
-        """The driver module: PyMySQL first, then mysqlclient (MySQLdb), unless one is named."""
-        import importlib
-        for candidate in [name] if name else ["pymysql", "MySQLdb"]:
-            try:
-                return importlib.import_module(candidate)
-            except ImportError:
-                continue
-        wanted = {"MySQLdb": "mysqlclient"}.get(name, "PyMySQL")
-        raise ConfigError("QUEUE_DATABASE_URL is MySQL but the %s driver is not installed:"
-                          " pip install %s" % (name or "PyMySQL", wanted))
-
     @classmethod
     def connect(cls, target, driver=None, timeout=None, create=True):
         module = driver if not isinstance(driver, (str, type(None))) else cls.driver(driver)
@@ -2426,7 +2421,7 @@ class Queue:
             self.config.database_url = url
         self.dialect, self._target, driver_name = _parse_url(self.config.database_url)
         self._driver = driver or driver_name
-        if self.dialect is not _SQLite and isinstance(self._driver, (str, type(None))):
+        if self.dialect.drivers and isinstance(self._driver, (str, type(None))):
             self._driver = self.dialect.driver(self._driver)   # a missing driver: ConfigError now
         # How idle workers learn of a push (see Worker._idle), and where.
         self.wakeup = self.dialect.wakeup
