@@ -873,8 +873,8 @@ class CoreTests:
         self.assertEqual(self.count(), 1)          # the data survived
         code, out, err = run_main(["migrate", "--print"], self.db.env())
         self.assertEqual(code, 0, err)
-        self.assertEqual(out, "-- %s (schema version 2): nothing to do, the tables are up to"
-                         " date\n" % self.db.name)
+        self.assertEqual(out, "-- %s (schema version %d): nothing to do, the tables are up to"
+                         " date\n" % (self.db.name, dbqueue._SCHEMA_VERSION))
 
     def test_migrate_upgrades_version_1_tables_in_place(self):
         # Tables as schema version 1 made them (and as a Laravel-style app's
