@@ -6789,6 +6789,146 @@ class MailOutageRightsTests(unittest.TestCase):
         self.assertNotIn("mail_outage", out)
 
 
+class PauseTests(_WorkerProcesses):
+    """`pause` and `resume`: no worker starts a paused queue's jobs, whatever it holds."""
+
+    def setUp(self):
+        self.process_setup()
+        self.env = self.db.env()
+        del RECORD[:]
+
+    def stats(self):
+        code, out, err = run_main(["stats", "--json"], self.env)
+        self.assertEqual(code, 0, err)
+        return {s["queue"]: s for s in json.loads(out)}
+
+    def done(self, prefix):
+        return [line for line in self.lines() if line.startswith("done " + prefix)]
+
+    def test_a_busy_worker_stops_starting_a_paused_queue_and_resume_starts_it_again(self):
+        q = self.db.queue()
+        for n in range(400):
+            q.push("p_append", {"n": "e%d" % n, "sleep": 0.01}, queue="emails")
+        proc = self.start_worker("--queue", "emails,default")
+        wait_for(lambda: len(self.done("e")) >= 5, 30, message="the worker to be busy")
+        code, out, err = run_main(["pause", "emails"], self.env)
+        self.assertEqual((code, err), (0, ""))
+        self.assertIn("paused: emails (until resumed)", out)
+        # Once the worker says it has seen the pause, it starts no job of the
+        # queue: those it holds go back unstarted.
+        wait_for(lambda: "queue paused" in self.stderr(proc), 10, message="the pause to be seen")
+        started = len(self.done("e"))
+        self.assertLess(started, 400)
+        for n in range(3):
+            q.push("p_append", {"n": "d%d" % n}, queue="default")
+        wait_for(lambda: len(self.done("d")) == 3, 30, message="the other queue's jobs")
+        left = 400 - started
+        wait_for(lambda: (self.stats()["emails"]["ready"], self.stats()["emails"]["reserved"])
+                 == (left, 0), 10, message="the held jobs to be given back")
+        self.assertEqual(self.db.raw("SELECT COUNT(*) FROM {jobs} WHERE queue = 'emails'"
+                                     " AND (attempts <> 0 OR reserved_at IS NOT NULL)"),
+                         [(0,)])
+        end = time.monotonic() + 1.0
+        while time.monotonic() < end:
+            self.assertEqual(self.stats()["emails"]["ready"], left)
+        self.assertEqual(len(self.done("e")), started)
+        code, out, err = run_main(["resume", "emails"], self.env)
+        self.assertEqual((code, out, err), (0, "resumed: emails\n", ""))
+        wait_for(lambda: len(self.done("e")) == 400, 60, message="the queue to run again")
+        self.assertEqual(len(set(self.done("e"))), 400)
+        self.assertIn("queue resumed", self.stderr(proc))
+        proc.send_signal(signal.SIGTERM)
+        self.assertEqual(self.finish(proc), 0)
+
+    def test_an_idle_worker_sees_resume_long_before_its_sleep_ends(self):
+        q = self.db.queue()
+        self.assertEqual(run_main(["pause", "emails"], self.env)[0], 0)
+        for n in range(2):
+            q.push("p_append", {"n": "e%d" % n}, queue="emails")
+        proc = self.start_worker("--queue", "emails", "--sleep", "600")
+        wait_for(lambda: "queue paused" in self.stderr(proc), 10, message="the pause to be seen")
+        self.assertEqual(self.stats()["emails"]["ready"], 2)
+        self.assertEqual(self.done("e"), [])
+        self.assertEqual(run_main(["resume", "emails"], self.env)[0], 0)
+        wait_for(lambda: len(self.done("e")) == 2, 10, message="the jobs after resume")
+        proc.send_signal(signal.SIGTERM)
+        self.assertEqual(self.finish(proc), 0)
+
+    def test_a_pause_for_a_time_ends_by_itself(self):
+        # The queue's clock stands in for the database's: no waiting.
+        clock = Clock()
+        q = self.db.queue(clock=clock)
+        q.pause(["emails"], seconds=60)
+        self.assertEqual(q.paused(), {"emails": {"since": clock.now, "until": clock.now + 60,
+                                                 "seconds_left": 60}})
+        q.push("t_record", {"n": 1}, queue="emails")
+        q.push("t_record", {"n": 2}, queue="default")
+        worker = dbqueue.Worker(q, ["emails", "default"], sleep=600, log=quiet_log())
+        thread = threading.Thread(target=worker.run)
+        thread.start()
+        self.addCleanup(thread.join, 30)
+        self.addCleanup(worker.stop)
+        wait_for(lambda: RECORD == [{"n": 2}], 10, message="the other queue's job")
+        clock.advance(59)
+        self.assertEqual(q.paused()["emails"]["seconds_left"], 1)
+        self.assertEqual(RECORD, [{"n": 2}])
+        clock.advance(1)
+        self.assertEqual(q.paused(), {})
+        wait_for(lambda: len(RECORD) == 2, 10, message="the job once the pause has ended")
+
+    def test_stats_health_and_prometheus_name_paused_queues(self):
+        q = self.db.queue()
+        for n in range(2):
+            q.push("t_record", {}, queue="emails")
+        q.push("t_record", {}, queue="default")
+        self.db.raw("UPDATE {jobs} SET available_at = available_at - 100 WHERE queue = 'emails'")
+        code, out, err = run_main(["pause", "emails", "--for", "30m"], self.env)
+        self.assertEqual((code, err), (0, ""))
+        self.assertRegex(out, r"^paused: emails \(resumes in (30m00s|29m5\ds)\);")
+        self.assertEqual(run_main(["pause", "idle"], self.env)[0], 0)   # no jobs: fine
+        stats = self.stats()
+        emails = stats["emails"]["paused"]
+        self.assertEqual(emails["until"] - emails["since"], 1800)
+        self.assertGreater(emails["seconds_left"], 1700)
+        self.assertEqual((stats["idle"]["ready"], stats["idle"]["paused"]["until"]), (0, None))
+        self.assertNotIn("paused", stats["default"])
+        out = run_main(["stats"], self.env)[1]
+        self.assertRegex(out, r"\npaused: emails \(resumes in [0-9]+m[0-9]+s\), idle \(until"
+                              r" resumed\)\n")
+        out = run_main(["stats", "--format", "prometheus"], self.env)[1]
+        for name, value in (("emails", 1), ("idle", 1), ("default", 0)):
+            self.assertIn('dbqueue_queue_paused{queue="%s"} %d\n' % (name, value), out)
+        # The backlog a pause builds is no failure; the pause is named.
+        code, out, _ = run_main(["health", "--max-ready", "1", "--max-age", "60"], self.env)
+        self.assertEqual(code, 0, out)
+        self.assertTrue(out.startswith("ok: "), out)
+        self.assertIn("\npaused: emails (resumes in ", out)
+        code, out, _ = run_main(["health", "--max-ready", "0"], self.env)
+        self.assertEqual(code, 1, out)
+        self.assertIn("queue default has 1 ready jobs", out)
+        self.assertNotIn("queue emails", out)
+        code, out, _ = run_main(["resume", "emails", "idle", "sms"], self.env)
+        self.assertEqual((code, out), (0, "resumed: emails, idle\nnot paused: sms\n"))
+        self.assertNotIn("paused", self.stats()["emails"])
+        self.assertNotIn("idle", self.stats())
+        self.assertIn('dbqueue_queue_paused{queue="emails"} 0',
+                      run_main(["stats", "--format", "prometheus"], self.env)[1])
+        self.assertEqual(run_main(["health", "--max-ready", "1", "--max-age", "60"],
+                                  self.env)[0], 1)
+        for argv in (["pause"], ["pause", "bad name"], ["pause", "emails", "--for", "0"],
+                     ["pause", "emails", "--for", "2x"], ["resume"]):
+            code, _, err = run_main(argv, self.env)
+            self.assertEqual(code, 2, argv)
+            self.assertEqual(len(err.splitlines()), 1, err)
+        self.assertEqual(run_main(["pause", "emails", "--for", "90s"], self.env)[0], 0)
+        self.assertLessEqual(self.stats()["emails"]["paused"]["seconds_left"], 90)
+        with self.assertRaises(ValueError):
+            q.pause("emails", seconds=0)
+
+
+on_every_backend(PauseTests, [Backend, PsycopgBackend, MariaDBBackend])
+
+
 # ---- limits: unique jobs, MAIL_RATE_LIMIT, SQLite producer latency (issue 13) ----
 
 @on_every_backend
@@ -7873,6 +8013,60 @@ class DashboardTests:
         self.assertFalse(os.path.exists(path))     # never created by the dashboard
         os.rename(path + ".away", path)
         self.assertEqual(client.get("/").status, 200)
+
+
+class DashboardPauseTests:
+    """Pause and Resume buttons on the overview: POST with the CSRF token."""
+
+    serve = DashboardTests.serve
+
+    def pause_form(self, client, action, queue):
+        forms = [f for f in client.get("/").page.forms.get(action, []) if f["queue"] == queue]
+        self.assertEqual(len(forms), 1, forms)
+        return forms[0]
+
+    def test_pause_and_resume_buttons(self):
+        client = self.serve()
+        self.q.push("t_record", {}, queue="emails")
+        form = self.pause_form(client, "/pause", "emails")
+        stranger = DashboardClient(client.port)
+        stranger.get("/")
+        for fields, who, with_cookies in (({"queue": "emails"}, client, True),
+                                          (dict(form, csrf="0" * 64), client, True),
+                                          (form, client, False), (form, stranger, True)):
+            resp = who.post("/pause", fields, cookies=with_cookies)
+            self.assertEqual(resp.status, 403, fields)
+        self.assertEqual(self.q.paused(), {})
+        resp = client.post("/pause", form)
+        self.assertEqual((resp.status, resp.header("Location")), (303, "/"))
+        self.assertEqual(list(self.q.paused()), ["emails"])
+        resp = client.get("/")
+        self.assertIn("Queue emails is paused: workers start none of its jobs", resp.text)
+        self.assertIn("Queue emails is paused until it is resumed", resp.text)
+        self.assertEqual(resp.page.row(Queue="emails paused")["Ready"].strip(), "1")
+        self.assertNotIn("/pause", resp.page.forms)
+        self.assertEqual(client.post("/pause", dict(form, queue="bad name")).status, 400)
+        resp = client.post("/resume", self.pause_form(client, "/resume", "emails"))
+        self.assertEqual(resp.status, 303)
+        self.assertEqual(self.q.paused(), {})
+        self.assertIn("Queue emails is resumed", client.get("/").text)
+        self.assertEqual(client.get("/").page.row(Queue="emails")["Ready"].strip(), "1")
+
+    def test_read_only_shows_paused_queues_without_buttons_and_refuses_the_post(self):
+        writable = DashboardClient(start_dashboard(self, self.db.queue()))
+        client = self.serve(read_only=True)
+        self.q.push("t_record", {}, queue="emails")
+        self.q.pause("sms")
+        form = self.pause_form(writable, "/pause", "emails")
+        page = client.get("/").page
+        self.assertEqual(page.forms, {})
+        self.assertEqual(page.row(Queue="sms paused")["Ready"].strip(), "0")
+        for path, queue in (("/pause", "emails"), ("/resume", "sms")):
+            self.assertEqual(client.post(path, dict(form, queue=queue)).status, 405)
+        self.assertEqual(list(self.q.paused()), ["sms"])
+
+
+on_every_backend(DashboardPauseTests, [Backend, PsycopgBackend, MariaDBBackend])
 
 
 class DashboardCommandTests(unittest.TestCase):
