@@ -2472,7 +2472,7 @@ class OpsCommandLineTests(unittest.TestCase):
         argvs = [["migrate"], ["work", "--stop-when-empty"], ["push", "t_record"], ["stats"],
                  ["health"], ["failed"], ["retry", "all"], ["forget", "1"], ["flush"],
                  ["clear", "--queue", "q", "--force"], ["bench"], ["config"],
-                 ["dashboard", "--port", "0"]]
+                 ["dashboard", "--port", "0"], ["pause", "q"], ["resume", "q"]]
         self.assertEqual(sorted(a[0] for a in argvs), sorted(dbqueue._COMMANDS))
         missing = os.path.join(self.tmp, "missing.env")
         for argv in argvs:
@@ -8250,6 +8250,34 @@ class DashboardBrowserTests(unittest.TestCase):
         for name in ("dashboard.png", "dashboard-failed.png", "dashboard-phone.png"):
             with open(os.path.join(self.shots, name), "rb") as fh:
                 self.assertEqual(fh.read(8), b"\x89PNG\r\n\x1a\n")
+
+    def test_a_browser_pauses_and_resumes_a_queue(self):
+        q = self.db.queue()
+        self.scene(q)
+        port = start_dashboard(self, self.db.queue())
+        with self.sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=self.chromium, args=CHROMIUM_ARGS)
+            try:
+                page = browser.new_page(viewport={"width": 1280, "height": 640})
+                errors = []
+                page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+                page.goto("http://127.0.0.1:%d/" % port)
+                emails = '[data-queue="emails"]'
+                self.assertEqual(page.inner_text(emails + ' [data-label="Queue"]'), "emails")
+                page.click(emails + ' button:has-text("Pause")')
+                page.wait_for_selector("text=Queue emails is paused: workers start none")
+                self.assertEqual(page.inner_text(emails + ' [data-label="Queue"]'),
+                                 "emails paused")
+                self.assertEqual(list(q.paused()), ["emails"])
+                page.screenshot(path=os.path.join(self.shots, "dashboard-paused.png"))
+                page.click(emails + ' button:has-text("Resume")')
+                page.wait_for_selector("text=Queue emails is resumed")
+                self.assertEqual(page.inner_text(emails + ' [data-label="Queue"]'), "emails")
+                self.assertEqual(page.locator(emails + ' button:has-text("Pause")').count(), 1)
+                self.assertEqual(errors, [])
+            finally:
+                browser.close()
+        self.assertEqual(q.paused(), {})
 
 
 # ---- fixq: review fixes (queue, config, push lock) ----
