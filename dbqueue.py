@@ -3004,7 +3004,7 @@ class Queue:
             except ValueError:
                 continue
             seconds = value.get("seconds") if isinstance(value, dict) else None
-            until = None if seconds is None else int(since) + int(seconds)
+            until = int(since) + seconds if isinstance(seconds, int) else None
             if name.startswith(prefix) and (until is None or until > int(now)):
                 found[name[len(prefix):]] = {"since": int(since), "until": until,
                                              "seconds_left": None if until is None

@@ -6806,17 +6806,27 @@ class PauseTests(_WorkerProcesses):
         return [line for line in self.lines() if line.startswith("done " + prefix)]
 
     def test_a_busy_worker_stops_starting_a_paused_queue_and_resume_starts_it_again(self):
+        self.pause_a_busy_worker()
+
+    def test_the_threads_of_a_concurrent_worker_stop_starting_it_too(self):
+        self.pause_a_busy_worker("--concurrency", "3")
+
+    def pause_a_busy_worker(self, *args):
         q = self.db.queue()
         for n in range(400):
             q.push("p_append", {"n": "e%d" % n, "sleep": 0.01}, queue="emails")
-        proc = self.start_worker("--queue", "emails,default")
+        proc = self.start_worker("--queue", "emails,default", *args)
         wait_for(lambda: len(self.done("e")) >= 5, 30, message="the worker to be busy")
         code, out, err = run_main(["pause", "emails"], self.env)
+        paused = time.monotonic()
         self.assertEqual((code, err), (0, ""))
         self.assertIn("paused: emails (until resumed)", out)
-        # Once the worker says it has seen the pause, it starts no job of the
-        # queue: those it holds go back unstarted.
+        # Once the worker says it has seen the pause (and, with threads that
+        # may have read it a moment before, once the promised second is
+        # over), it starts no job of the queue: held ones go back unstarted.
         wait_for(lambda: "queue paused" in self.stderr(proc), 10, message="the pause to be seen")
+        if args:
+            time.sleep(max(0.0, paused + 1.0 - time.monotonic()))
         started = len(self.done("e"))
         self.assertLess(started, 400)
         for n in range(3):
