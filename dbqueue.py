@@ -1112,6 +1112,9 @@ _SQL = {
     # instead: a push, a claim or a give-back moves it (see Worker._wait_poll).
     "ready_mark": "SELECT COUNT(*), MAX(id) FROM {jobs} WHERE queue = :queue"
                   " AND reserved_at IS NULL AND available_at <= {now}",
+    # The rows whose name starts with a prefix (LIKE's _ matches any
+    # character: callers keep the exact prefix), with the clock to judge them by.
+    "state_list": "SELECT name, value, updated_at, {now} FROM dbqueue_state WHERE name LIKE :prefix",
 }
 
 # When a reservation has lapsed (see "rescue"), for rows with reserved_at set.
@@ -3310,20 +3313,21 @@ class Queue:
         with _Transaction(self, conn) as cur:
             self.execute(cur, "state_clear", name=name)
 
-    def get_state(self, conn, name):
-        """(value dict, seconds since it was written) or None.
-
-        None also when the table is missing (a database migrated by an older
-        dbqueue) or may not be read (a role granted only the queue tables):
-        what it holds is extra, never a reason for `stats` or `health` to fail.
-        """
+    def _state_rows(self, conn, key, **params):
+        """The rows of one read of dbqueue_state; [] also when the table is
+        missing (a database migrated by an older dbqueue) or may not be read
+        (a role granted only the queue tables): what it holds is extra, never
+        a reason for `stats`, `health` or a worker to fail."""
         try:
-            with _Transaction(self, conn, write=False) as cur:
-                row = self.execute(cur, "state_get", name=name).fetchone()
+            return self.statement(key, conn, **params).fetchall()
         except DatabaseError as exc:
             if exc.transient and not isinstance(exc, MissingTableError):
                 raise
-            return None
+            return []
+
+    def get_state(self, conn, name):
+        """(value dict, seconds since it was written) or None (see _state_rows)."""
+        row = next(iter(self._state_rows(conn, "state_get", name=name)), None)
         if row is None:
             return None
         try:
@@ -3350,6 +3354,62 @@ class Queue:
                 "error": str(value.get("error", "")), "queues": [str(q) for q in queues],
                 "checked_ago": age, "stale": age > _OUTAGE_STALE}
 
+    # -- pausing queues (dbqueue_state) -----------------------------------
+    # One row per paused queue, "pause:TABLE:QUEUE", written when it was
+    # paused (updated_at, by the database's clock or the queue's) with
+    # {"seconds": N} when the pause ends by itself at updated_at + N: the
+    # row is the whole pause, so it holds for every worker on every host and
+    # ends on time with no process left to end it.
+
+    def _pause_prefix(self):
+        return "pause:%s:" % self.config.table
+
+    def pause(self, queues, seconds=None, conn=None):
+        """Stop every worker claiming jobs of `queues` (a name or a list), for
+        `seconds` or until resume(). Workers see it within a second; a job
+        already running finishes. A queue with no jobs may be paused too."""
+        names = [_queue_name(q) for q in ([queues] if isinstance(queues, str) else queues)]
+        if seconds is not None:
+            if not 0 < seconds <= _MAX_SECONDS:
+                raise ValueError("a pause lasts from 1 second to 10 years, not %r seconds"
+                                 % (seconds,))
+            seconds = int(-(-seconds // 1))     # whole seconds, as the table keeps time
+        value = _dumps({} if seconds is None else {"seconds": seconds})
+        with _Transaction(self, conn or self._conn()) as cur:
+            for name in names:
+                self.execute(cur, "state_set", name=self._pause_prefix() + name, value=value)
+
+    def resume(self, queues, conn=None):
+        """End the pause of `queues` (a name or a list); returns those that had one."""
+        names = [_queue_name(q) for q in ([queues] if isinstance(queues, str) else queues)]
+        resumed = []
+        with _Transaction(self, conn or self._conn()) as cur:
+            for name in names:
+                if self.execute(cur, "state_clear", name=self._pause_prefix() + name).rowcount:
+                    resumed.append(name)
+        return resumed
+
+    def paused(self, conn=None):
+        """The paused queues: {queue: {"since", "until" (None: until resume()),
+        "seconds_left"}}, times in unix seconds by the database's clock. One
+        read of dbqueue_state: workers make it every Worker.pause_check seconds."""
+        prefix = self._pause_prefix()
+        found = {}
+        for name, value, since, now in self._state_rows(conn or self._conn(), "state_list",
+                                                        prefix=prefix + "%"):
+            name = _text(name)
+            try:
+                value = json.loads(_text(value))
+            except ValueError:
+                continue
+            seconds = value.get("seconds") if isinstance(value, dict) else None
+            until = int(since) + seconds if isinstance(seconds, int) else None
+            if name.startswith(prefix) and (until is None or until > int(now)):
+                found[name[len(prefix):]] = {"since": int(since), "until": until,
+                                             "seconds_left": None if until is None
+                                             else until - int(now)}
+        return found
+
     # -- inspecting and operating -----------------------------------------
 
     def stats(self, conn=None):
@@ -3367,16 +3427,14 @@ class Queue:
             self.execute(cur, "stats", retry_after=self.config.retry_after)
             for queue, ready, delayed, reserved, expired, age in cur.fetchall():
                 queue = _text(queue)
-                out[queue] = {"queue": queue, "ready": int(ready or 0), "delayed": int(delayed or 0),
-                              "reserved": int(reserved or 0), "expired": int(expired or 0),
-                              "failed": 0, "past_deadline": 0,
-                              "oldest_ready_age": int(age) if age is not None else None}
+                out[queue] = dict(_no_jobs(queue), ready=int(ready or 0),
+                                  delayed=int(delayed or 0), reserved=int(reserved or 0),
+                                  expired=int(expired or 0),
+                                  oldest_ready_age=int(age) if age is not None else None)
             self.execute(cur, "failed_counts")
             for queue, failed, past in cur.fetchall():
                 queue = _text(queue)
-                entry = out.setdefault(queue, {"queue": queue, "ready": 0, "delayed": 0,
-                                               "reserved": 0, "expired": 0, "failed": 0,
-                                               "past_deadline": 0, "oldest_ready_age": None})
+                entry = out.setdefault(queue, _no_jobs(queue))
                 entry["failed"], entry["past_deadline"] = int(failed), int(past or 0)
         return [out[q] for q in sorted(out)]
 
@@ -3568,6 +3626,12 @@ class Queue:
                 used = 0    # not migrated since: no worker has sent under the limit
         return {"limit": self.config.mail_rate_limit, "messages": count,
                 "window_seconds": window, "used": used}
+
+
+def _no_jobs(queue):
+    """A queue's row of Queue.stats() before anything is counted."""
+    return {"queue": queue, "ready": 0, "delayed": 0, "reserved": 0, "expired": 0, "failed": 0,
+            "past_deadline": 0, "oldest_ready_age": None}
 
 
 class _RetryLost(Exception):
@@ -3852,6 +3916,9 @@ class Worker:
     # How often a worker moves the jobs of its queues that wait past their
     # deadline to failed_jobs (one indexed read, see Queue.expire).
     sweep_seconds = 5.0
+    # How often the paused queues (`pause`) are read again: a pause reaches a
+    # busy worker, and a resume an idle one, within about this.
+    pause_check = 0.5
 
     def __init__(self, queue, queues=("default",), tries=None, backoff=None, timeout=None,
                  sleep=3.0, memory=None, log=None, concurrency=1):
@@ -3896,6 +3963,7 @@ class Worker:
         self._state_warned = False
         self._stop_on_outage = False
         self._hinted = False      # the hint about other queues' ready jobs is given once
+        self._pauses = (float("-inf"), frozenset())   # (monotonic time read, paused queues of ours)
 
     # -- control ---------------------------------------------------------
 
@@ -3976,7 +4044,8 @@ class Worker:
                     # the batch from now on no longer covers this job.
                     current = self._held.pop(0) if self._held else None
                     age = self._unconfirmed_for()
-                if current is None or not self._confirm(current, age):
+                if current is None or self._paused_since_claim(current) \
+                        or not self._confirm(current, age):
                     continue
                 if self._process(current) is not False:   # False: given back by a mail outage
                     self.processed += 1
@@ -4029,6 +4098,7 @@ class Worker:
         queues = self._active_queues()
         if self._mail_pause is not None and queues == self.queues:
             want = 1    # a probe is due: fetch no batch that a failed probe hands back
+        queues = self._unpaused(queues)
         confirmed = (time.monotonic(), time.time())
         jobs, lost = self._db(lambda c: self.queue.reserve(c, queues, want, acks, rescue))
         self._acked(acks, lost)
@@ -4114,7 +4184,7 @@ class Worker:
     def _idle(self, started, max_time):
         """Wait until a job may be ready: a commit by someone else, a delayed job's
         time, the next rescue, `sleep` seconds, or a stop."""
-        queues = self._active_queues()
+        queues = self._unpaused(self._active_queues())
         due = self._db(lambda c: self.queue.next_due(c, queues)) if queues else None
         if due is not None and due <= 0:
             # A job is ready, yet the claim just found none: it came in since
@@ -4136,7 +4206,14 @@ class Worker:
             deadline = min(deadline, started + max_time)
         wait = {"notify": self._wait_notify, "poll": self._wait_poll}.get(
             self.queue.wakeup, self._wait_sqlite)
-        wait(deadline)
+        while True:
+            end = deadline
+            if self._pauses[1]:     # one of our queues is paused: look for its resume
+                end = min(end, time.monotonic() + self.pause_check)
+            wait(end)
+            paused = self._pauses[1]
+            if self._stop or end >= deadline or time.monotonic() < end or self._paused() != paused:
+                return
 
     def _wait_poll(self, deadline):
         # No NOTIFY (MySQL; PostgreSQL behind a transaction-mode pooler): ask
@@ -4147,7 +4224,7 @@ class Worker:
         # would spin: wait for the ready rows to change instead, as a NOTIFY
         # or a commit ends the other databases' waits.
         pause = self.poll_interval
-        queues = self._active_queues()    # a queue paused by a mail outage is no news
+        queues = self._unpaused(self._active_queues())   # a paused queue is no news
         try:
             mark = self.queue.ready_mark(self._conn, queues) if self._missed_ready else None
         except QueueError:
@@ -4227,7 +4304,7 @@ class Worker:
             self._listen.pop("_listener", None)
             self.queue.discard(listener)
             return True
-        return any(not n or n in self.queues for n in names)
+        return any(not n or (n in self.queues and n not in self._pauses[1]) for n in names)
 
     def _over_memory(self):
         rss = _rss_mb()
@@ -4489,6 +4566,48 @@ class Worker:
         self.log.log(level, "job", id=job.id, name=job.name, queue=job.queue,
                      attempt="%d/%d" % (job.attempts, tries or self.tries), outcome=outcome,
                      delay=delay, ms=round((elapsed or 0) * 1000, 1), reason=reason)
+
+    # -- paused queues -------------------------------------------------------
+    # `pause` writes a dbqueue_state row per queue (Queue.pause); a worker
+    # reads them at most every pause_check seconds, claims nothing from a
+    # paused queue and gives back held jobs of one unstarted. An idle worker
+    # with a paused queue reads them every pause_check seconds, and nothing
+    # else of that queue: a resume, or the end of `--for`, is seen as soon.
+
+    def _paused(self):
+        """This worker's queues that are paused."""
+        read, paused = self._pauses
+        now = time.monotonic()
+        if now - read < self.pause_check:
+            return paused
+        found = self._db(lambda c: self.queue.paused(c))
+        self._pauses = (now, frozenset(q for q in self.queues if q in found))
+        current = self._pauses[1]
+        for name in sorted(current - paused):
+            until = found[name]["until"]
+            self.log.info("queue paused: its jobs wait; running ones finish", queue=name,
+                          until="resume" if until is None else time.strftime(
+                              "%Y-%m-%dT%H:%M:%SZ", time.gmtime(until)))
+        for name in sorted(paused - current):
+            self.log.info("queue resumed", queue=name)
+        return current
+
+    def _unpaused(self, queues):
+        paused = self._paused()
+        return [q for q in queues if q not in paused] if paused else queues
+
+    def _paused_since_claim(self, job):
+        """True if job's queue was paused after its batch was claimed: it and
+        the held jobs of paused queues go back unstarted, attempt restored and
+        available_at kept (their place in the queue and their age)."""
+        paused = self._paused()
+        if job.queue not in paused:
+            return False
+        with self._lock:
+            back = [job] + [j for j in self._held if j.queue in paused]
+            self._held = [j for j in self._held if j.queue not in paused]
+        self._db(lambda c: self.queue.unclaim(c, back))
+        return True
 
     # -- mail outages --------------------------------------------------------
     # A mail server that is down, or refuses our login, is not the fault of the
@@ -4944,6 +5063,7 @@ class _Slot(Worker):
     _stop_on_outage = _Shared("_stop_on_outage")
     _last_rescue = _Shared("_last_rescue")
     _last_sweep = _Shared("_last_sweep")
+    _pauses = _Shared("_pauses")
 
     def __init__(self, pool, index):
         self._alarm_lock = threading.Lock()     # before Worker.__init__ sets _running
@@ -7169,6 +7289,11 @@ def _dashboard_alerts(queue, stats):
                            rate["limit"], "{:,}".format(used), "{:,}".format(most), window,
                            "; the next emails wait their turn" if most and used >= most else "")))
     for s in stats:
+        if s.get("paused"):
+            until = s["paused"]["until"]
+            alerts.append(("info", "Queue %s is paused %s: workers start none of its jobs." % (
+                s["queue"], "until it is resumed" if until is None else "until %s UTC"
+                % time.strftime("%H:%M:%S", time.gmtime(until)))))
         if s["expired"]:
             alerts.append(("warn", "Queue %s: %s held by a worker that stopped renewing %s"
                            " reservation (QUEUE_RETRY_AFTER has passed). The next worker to look"
@@ -7410,7 +7535,7 @@ class _Dashboard:
         return self._error(404, "Not found", "There is no such page.", out)
 
     def _overview(self, session, out):
-        stats = self.queue.stats()
+        stats = _with_pauses(self.queue.stats(), self.queue.paused())
         total = {k: sum(s[k] for s in stats) for k in ("ready", "delayed", "reserved", "failed")}
         ages = [s["oldest_ready_age"] for s in stats if s["oldest_ready_age"] is not None]
         tiles = []
@@ -7434,11 +7559,20 @@ class _Dashboard:
             if s["failed"] and not self.read_only:
                 actions = _fill('<a class="button" href="{href}">Retry all</a>',
                                 href=_url("/retry-all", queue=s["queue"]))
+            if not self.read_only:
+                actions = _join([a for a in (actions, _fill(
+                    '<form class="inline" method="post" action="/{action}">'
+                    '<input type="hidden" name="csrf" value="{csrf}">'
+                    '<input type="hidden" name="queue" value="{queue}">'
+                    '<button type="submit">{label}</button></form>',
+                    action="resume" if s.get("paused") else "pause", csrf=self.csrf(session),
+                    queue=s["queue"], label="Resume" if s.get("paused") else "Pause")) if a],
+                                " ")
             reserved = "{:,}".format(s["reserved"])
             if s["expired"]:
                 reserved += " (%d expired)" % s["expired"]
             rows.append(_fill(
-                '<tr data-queue="{queue}"><td data-label="Queue" class="mono">{queue}</td>'
+                '<tr data-queue="{queue}"><td data-label="Queue" class="mono">{queue}{paused}</td>'
                 '<td data-label="Ready" class="num{z1}">{ready}</td>'
                 '<td data-label="Delayed" class="num{z2}">{delayed}</td>'
                 '<td data-label="Running" class="num{z3}">{reserved}</td>'
@@ -7446,6 +7580,7 @@ class _Dashboard:
                 '<td data-label="Oldest ready" class="num">{age}</td>'
                 '<td data-label="" class="acts">{actions}</td></tr>',
                 queue=s["queue"], ready="{:,}".format(s["ready"]),
+                paused=_HTML(' <span class="pill">paused</span>') if s.get("paused") else "",
                 delayed="{:,}".format(s["delayed"]), reserved=reserved, failed=failed_link,
                 age=_duration(s["oldest_ready_age"]) or "–", actions=actions,
                 z1="" if s["ready"] else " zero", z2="" if s["delayed"] else " zero",
@@ -7663,6 +7798,20 @@ class _Dashboard:
                 message = ("There is no failed job %d: it has already been retried or deleted."
                            % failed_id)
             return self._redirect(self._next(form.get("next")), session, message, out)
+        if path in ("/pause", "/resume"):
+            try:
+                name = _queue_name(form.get("queue", ""))
+            except ValueError:
+                return self._error(400, "Bad request", "That is not a queue name.", out)
+            if path == "/pause":
+                self.queue.pause(name)
+                message = ("Queue %s is paused: workers start none of its jobs until you resume"
+                           " it; running ones finish." % name)
+            else:
+                self.queue.resume(name)
+                message = "Queue %s is resumed: workers take its jobs again." % name
+            self.log.info("dashboard", action=path[1:], queue=name)
+            return self._redirect("/", session, message, out)
         if path == "/retry-all":
             name = form.get("queue", "")
             if len(name) > 255 or re.search(r"[\x00-\x1f\x7f]", name):
@@ -8266,6 +8415,17 @@ def _parser():
     p.add_argument("--max-failed", type=_nonneg_int, metavar="N",
                    help="unhealthy when a queue has more than N failed jobs")
 
+    p = command("pause", "stop workers starting jobs of queues (running ones finish), on every"
+                " host within a second", "python3 dbqueue.py pause emails --for 30m")
+    p.add_argument("queues", nargs="+", type=_queue_arg, metavar="QUEUE", help="the queues to pause")
+    p.add_argument("--for", dest="seconds", type=_duration_arg, metavar="DURATION",
+                   help="resume by itself after DURATION: 90s, 30m, 2h or 1d"
+                        " (default: until `resume`)")
+
+    p = command("resume", "let workers start jobs of paused queues again",
+                "python3 dbqueue.py resume emails")
+    p.add_argument("queues", nargs="+", type=_queue_arg, metavar="QUEUE", help="the queues to resume")
+
     p = command("failed", "list failed jobs (id, uuid, queue, job, failed at, error)",
                 "python3 dbqueue.py failed --queue emails")
     p.add_argument("--queue", type=_queue_arg, help="only this queue")
@@ -8383,6 +8543,18 @@ def _queue_arg(value):
         return _queue_name(value)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc))
+
+
+def _duration_arg(value):
+    import argparse
+    match = re.match(r"^([0-9]+(?:\.[0-9]+)?)([smhd]?)\Z", value.strip())
+    if not match:
+        raise argparse.ArgumentTypeError("%r is not a duration: write 90s, 30m, 2h or 1d" % value)
+    seconds = float(match.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[
+        match.group(2)]
+    if not 1 <= seconds <= _MAX_SECONDS:
+        raise argparse.ArgumentTypeError("%r must be from 1 second to 10 years" % value)
+    return seconds
 
 
 def _unique_arg(value):
@@ -8638,7 +8810,27 @@ _PROM_METRICS = (
     ("dbqueue_mail_outage_seconds", "Seconds the mail server has been unavailable to the"
      " workers of this queue, whose mail waits unspent (0 when mail flows).",
      lambda s: [(None, (s.get("mail_outage") or {}).get("seconds", 0))]),
+    ("dbqueue_queue_paused", "1 while the queue is paused (`pause`): no worker starts its jobs.",
+     lambda s: [(None, 1 if s.get("paused") else 0)]),
 )
+
+
+def _with_pauses(stats, paused):
+    """Mark the paused queues in `stats` (Queue.paused()); one without jobs gets a row."""
+    have = {s["queue"] for s in stats}
+    stats += [_no_jobs(name) for name in paused if name not in have]
+    stats.sort(key=lambda s: s["queue"])
+    for entry in stats:
+        if entry["queue"] in paused:
+            entry["paused"] = paused[entry["queue"]]
+    return stats
+
+
+def _paused_line(paused):
+    return "paused: " + ", ".join(
+        "%s (%s)" % (name, "until resumed" if p["until"] is None
+                     else "resumes in %s" % _duration(p["seconds_left"]))
+        for name, p in sorted(paused.items()))
 
 
 def _with_mail_outage(stats, outage):
@@ -8723,9 +8915,10 @@ def _cmd_stats(args, config):
         stats = queue.stats()
         outage = queue.mail_outage()
         rate = queue.rate_use()
+        paused = queue.paused()
     finally:
         queue.close()
-    _with_mail_outage(stats, outage)
+    _with_mail_outage(_with_pauses(stats, paused), outage)
     if fmt == "json":
         if rate is not None:
             # The list stays a list of queues, as scripts read it; the limit
@@ -8744,6 +8937,8 @@ def _cmd_stats(args, config):
             print("(no jobs: %s and %s are empty)" % (config.table, config.failed_table))
         if outage is not None:
             print(_outage_line(outage))
+        if paused:
+            print(_paused_line(paused))
         if rate is not None:
             print("MAIL_RATE_LIMIT %s: %d of %d messages used in the last %s"
                   % (rate["limit"], rate["used"], rate["messages"],
@@ -8762,6 +8957,7 @@ def _cmd_health(args, config):
         queue.check_write(conn)     # a worker must be able to write, not only read
         stats = queue.stats(conn)
         outage = queue.mail_outage(conn)
+        paused = queue.paused(conn)
     except DatabaseError as exc:
         print("unhealthy: %s" % _first_line(exc))
         return 1
@@ -8770,10 +8966,11 @@ def _cmd_health(args, config):
     problems = []
     for s in stats:
         name = s["queue"]
-        if args.max_ready is not None and s["ready"] > args.max_ready:
+        # A paused queue's jobs wait on purpose: the pause is named, not a failure.
+        if args.max_ready is not None and s["ready"] > args.max_ready and name not in paused:
             problems.append("queue %s has %d ready jobs (--max-ready %d)"
                             % (name, s["ready"], args.max_ready))
-        age = s["oldest_ready_age"]
+        age = s["oldest_ready_age"] if name not in paused else None
         if args.max_age is not None and age is not None and age > args.max_age:
             problems.append("queue %s: the oldest ready job has waited %ds (--max-age %d);"
                             " is a worker running for it?" % (name, age, args.max_age))
@@ -8785,12 +8982,35 @@ def _cmd_health(args, config):
         problems.append(_outage_line(outage))
     for problem in problems:
         print("unhealthy: %s" % problem)
-    if problems:
-        return 1
-    total = lambda key: sum(s[key] for s in stats)  # noqa: E731
-    print("ok: %s answers; %d ready, %d delayed, %d reserved, %d failed in %d queue(s)"
-          % (_mask_url(config.database_url), total("ready"), total("delayed"),
-             total("reserved"), total("failed"), len(stats)))
+    if not problems:
+        total = lambda key: sum(s[key] for s in stats)  # noqa: E731
+        print("ok: %s answers; %d ready, %d delayed, %d reserved, %d failed in %d queue(s)"
+              % (_mask_url(config.database_url), total("ready"), total("delayed"),
+                 total("reserved"), total("failed"), len(stats)))
+    if paused:
+        print(_paused_line(paused))
+    return 1 if problems else 0
+
+
+def _cmd_pause(args, config):
+    queue = _reader(config)    # an existing database: a mistyped path is an error, not a pause
+    try:
+        if args.command == "resume":
+            resumed = queue.resume(args.queues)
+        else:
+            queue.pause(args.queues, args.seconds)
+            paused = queue.paused()
+    finally:
+        queue.close()
+    if args.command == "pause":
+        print(_paused_line({q: paused[q] for q in args.queues if q in paused}) +
+              "; workers start none of their jobs from now on, running ones finish")
+        return 0
+    if resumed:
+        print("resumed: %s" % ", ".join(resumed))
+    others = [q for q in args.queues if q not in resumed]
+    if others:
+        print("not paused: %s" % ", ".join(others))
     return 0
 
 
@@ -9057,6 +9277,8 @@ _COMMANDS = {
     "push": _cmd_push,
     "stats": _cmd_stats,
     "health": _cmd_health,
+    "pause": _cmd_pause,
+    "resume": _cmd_pause,
     "failed": _cmd_failed,
     "retry": _cmd_retry,
     "cancel": _cmd_cancel,

@@ -2782,7 +2782,7 @@ class OpsCommandLineTests(unittest.TestCase):
                  ["health"], ["failed"], ["retry", "all"], ["cancel", "1"], ["forget", "1"],
                  ["flush"],
                  ["clear", "--queue", "q", "--force"], ["bench"], ["config"],
-                 ["dashboard", "--port", "0"]]
+                 ["dashboard", "--port", "0"], ["pause", "q"], ["resume", "q"]]
         self.assertEqual(sorted(a[0] for a in argvs), sorted(dbqueue._COMMANDS))
         missing = os.path.join(self.tmp, "missing.env")
         for argv in argvs:
@@ -7451,6 +7451,156 @@ class MailOutageRightsTests(unittest.TestCase):
         self.assertNotIn("mail_outage", out)
 
 
+class PauseTests(_WorkerProcesses):
+    """`pause` and `resume`: no worker starts a paused queue's jobs, whatever it holds."""
+
+    def setUp(self):
+        self.process_setup()
+        self.env = self.db.env()
+        del RECORD[:]
+
+    def stats(self):
+        code, out, err = run_main(["stats", "--json"], self.env)
+        self.assertEqual(code, 0, err)
+        return {s["queue"]: s for s in json.loads(out)}
+
+    def done(self, prefix):
+        return [line for line in self.lines() if line.startswith("done " + prefix)]
+
+    def test_a_busy_worker_stops_starting_a_paused_queue_and_resume_starts_it_again(self):
+        self.pause_a_busy_worker()
+
+    def test_the_threads_of_a_concurrent_worker_stop_starting_it_too(self):
+        self.pause_a_busy_worker("--concurrency", "3")
+
+    def pause_a_busy_worker(self, *args):
+        q = self.db.queue()
+        for n in range(400):
+            q.push("p_append", {"n": "e%d" % n, "sleep": 0.01}, queue="emails")
+        proc = self.start_worker("--queue", "emails,default", *args)
+        wait_for(lambda: len(self.done("e")) >= 5, 30, message="the worker to be busy")
+        code, out, err = run_main(["pause", "emails"], self.env)
+        paused = time.monotonic()
+        self.assertEqual((code, err), (0, ""))
+        self.assertIn("paused: emails (until resumed)", out)
+        # Once the worker says it has seen the pause (and, with threads that
+        # may have read it a moment before, once the promised second is
+        # over), it starts no job of the queue: held ones go back unstarted.
+        wait_for(lambda: "queue paused" in self.stderr(proc), 10, message="the pause to be seen")
+        if args:
+            time.sleep(max(0.0, paused + 1.0 - time.monotonic()))
+        started = len(self.done("e"))
+        self.assertLess(started, 400)
+        for n in range(3):
+            q.push("p_append", {"n": "d%d" % n}, queue="default")
+        wait_for(lambda: len(self.done("d")) == 3, 30, message="the other queue's jobs")
+        left = 400 - started
+        wait_for(lambda: (self.stats()["emails"]["ready"], self.stats()["emails"]["reserved"])
+                 == (left, 0), 10, message="the held jobs to be given back")
+        self.assertEqual(self.db.raw("SELECT COUNT(*) FROM {jobs} WHERE queue = 'emails'"
+                                     " AND (attempts <> 0 OR reserved_at IS NOT NULL)"),
+                         [(0,)])
+        end = time.monotonic() + 1.0
+        while time.monotonic() < end:
+            self.assertEqual(self.stats()["emails"]["ready"], left)
+        self.assertEqual(len(self.done("e")), started)
+        code, out, err = run_main(["resume", "emails"], self.env)
+        self.assertEqual((code, out, err), (0, "resumed: emails\n", ""))
+        wait_for(lambda: len(self.done("e")) == 400, 60, message="the queue to run again")
+        self.assertEqual(len(set(self.done("e"))), 400)
+        self.assertIn("queue resumed", self.stderr(proc))
+        proc.send_signal(signal.SIGTERM)
+        self.assertEqual(self.finish(proc), 0)
+
+    def test_an_idle_worker_sees_resume_long_before_its_sleep_ends(self):
+        q = self.db.queue()
+        self.assertEqual(run_main(["pause", "emails"], self.env)[0], 0)
+        for n in range(2):
+            q.push("p_append", {"n": "e%d" % n}, queue="emails")
+        proc = self.start_worker("--queue", "emails", "--sleep", "600")
+        wait_for(lambda: "queue paused" in self.stderr(proc), 10, message="the pause to be seen")
+        self.assertEqual(self.stats()["emails"]["ready"], 2)
+        self.assertEqual(self.done("e"), [])
+        self.assertEqual(run_main(["resume", "emails"], self.env)[0], 0)
+        wait_for(lambda: len(self.done("e")) == 2, 10, message="the jobs after resume")
+        proc.send_signal(signal.SIGTERM)
+        self.assertEqual(self.finish(proc), 0)
+
+    def test_a_pause_for_a_time_ends_by_itself(self):
+        # The queue's clock stands in for the database's: no waiting.
+        clock = Clock()
+        q = self.db.queue(clock=clock)
+        q.pause(["emails"], seconds=60)
+        self.assertEqual(q.paused(), {"emails": {"since": clock.now, "until": clock.now + 60,
+                                                 "seconds_left": 60}})
+        q.push("t_record", {"n": 1}, queue="emails")
+        q.push("t_record", {"n": 2}, queue="default")
+        worker = dbqueue.Worker(q, ["emails", "default"], sleep=600, log=quiet_log())
+        thread = threading.Thread(target=worker.run)
+        thread.start()
+        self.addCleanup(thread.join, 30)
+        self.addCleanup(worker.stop)
+        wait_for(lambda: RECORD == [{"n": 2}], 10, message="the other queue's job")
+        clock.advance(59)
+        self.assertEqual(q.paused()["emails"]["seconds_left"], 1)
+        self.assertEqual(RECORD, [{"n": 2}])
+        clock.advance(1)
+        self.assertEqual(q.paused(), {})
+        wait_for(lambda: len(RECORD) == 2, 10, message="the job once the pause has ended")
+
+    def test_stats_health_and_prometheus_name_paused_queues(self):
+        q = self.db.queue()
+        for n in range(2):
+            q.push("t_record", {}, queue="emails")
+        q.push("t_record", {}, queue="default")
+        self.db.raw("UPDATE {jobs} SET available_at = available_at - 100 WHERE queue = 'emails'")
+        code, out, err = run_main(["pause", "emails", "--for", "30m"], self.env)
+        self.assertEqual((code, err), (0, ""))
+        self.assertRegex(out, r"^paused: emails \(resumes in (30m00s|29m5\ds)\);")
+        self.assertEqual(run_main(["pause", "idle"], self.env)[0], 0)   # no jobs: fine
+        stats = self.stats()
+        emails = stats["emails"]["paused"]
+        self.assertEqual(emails["until"] - emails["since"], 1800)
+        self.assertGreater(emails["seconds_left"], 1700)
+        self.assertEqual((stats["idle"]["ready"], stats["idle"]["paused"]["until"]), (0, None))
+        self.assertNotIn("paused", stats["default"])
+        out = run_main(["stats"], self.env)[1]
+        self.assertRegex(out, r"\npaused: emails \(resumes in [0-9]+m[0-9]+s\), idle \(until"
+                              r" resumed\)\n")
+        out = run_main(["stats", "--format", "prometheus"], self.env)[1]
+        for name, value in (("emails", 1), ("idle", 1), ("default", 0)):
+            self.assertIn('dbqueue_queue_paused{queue="%s"} %d\n' % (name, value), out)
+        # The backlog a pause builds is no failure; the pause is named.
+        code, out, _ = run_main(["health", "--max-ready", "1", "--max-age", "60"], self.env)
+        self.assertEqual(code, 0, out)
+        self.assertTrue(out.startswith("ok: "), out)
+        self.assertIn("\npaused: emails (resumes in ", out)
+        code, out, _ = run_main(["health", "--max-ready", "0"], self.env)
+        self.assertEqual(code, 1, out)
+        self.assertIn("queue default has 1 ready jobs", out)
+        self.assertNotIn("queue emails", out)
+        code, out, _ = run_main(["resume", "emails", "idle", "sms"], self.env)
+        self.assertEqual((code, out), (0, "resumed: emails, idle\nnot paused: sms\n"))
+        self.assertNotIn("paused", self.stats()["emails"])
+        self.assertNotIn("idle", self.stats())
+        self.assertIn('dbqueue_queue_paused{queue="emails"} 0',
+                      run_main(["stats", "--format", "prometheus"], self.env)[1])
+        self.assertEqual(run_main(["health", "--max-ready", "1", "--max-age", "60"],
+                                  self.env)[0], 1)
+        for argv in (["pause"], ["pause", "bad name"], ["pause", "emails", "--for", "0"],
+                     ["pause", "emails", "--for", "2x"], ["resume"]):
+            code, _, err = run_main(argv, self.env)
+            self.assertEqual(code, 2, argv)
+            self.assertEqual(len(err.splitlines()), 1, err)
+        self.assertEqual(run_main(["pause", "emails", "--for", "90s"], self.env)[0], 0)
+        self.assertLessEqual(self.stats()["emails"]["paused"]["seconds_left"], 90)
+        with self.assertRaises(ValueError):
+            q.pause("emails", seconds=0)
+
+
+on_every_backend(PauseTests, [Backend, PsycopgBackend, MariaDBBackend])
+
+
 # ---- limits: unique jobs, MAIL_RATE_LIMIT, SQLite producer latency (issue 13) ----
 
 def _key_text(value):
@@ -8853,6 +9003,59 @@ class DashboardLongJobNameTests(unittest.TestCase):
         self.assertEqual(page.status, 200)
         self.assertIn('<span class="pill bad">1</span>', page.text)
 
+class DashboardPauseTests:
+    """Pause and Resume buttons on the overview: POST with the CSRF token."""
+
+    serve = DashboardTests.serve
+
+    def pause_form(self, client, action, queue):
+        forms = [f for f in client.get("/").page.forms.get(action, []) if f["queue"] == queue]
+        self.assertEqual(len(forms), 1, forms)
+        return forms[0]
+
+    def test_pause_and_resume_buttons(self):
+        client = self.serve()
+        self.q.push("t_record", {}, queue="emails")
+        form = self.pause_form(client, "/pause", "emails")
+        stranger = DashboardClient(client.port)
+        stranger.get("/")
+        for fields, who, with_cookies in (({"queue": "emails"}, client, True),
+                                          (dict(form, csrf="0" * 64), client, True),
+                                          (form, client, False), (form, stranger, True)):
+            resp = who.post("/pause", fields, cookies=with_cookies)
+            self.assertEqual(resp.status, 403, fields)
+        self.assertEqual(self.q.paused(), {})
+        resp = client.post("/pause", form)
+        self.assertEqual((resp.status, resp.header("Location")), (303, "/"))
+        self.assertEqual(list(self.q.paused()), ["emails"])
+        resp = client.get("/")
+        self.assertIn("Queue emails is paused: workers start none of its jobs", resp.text)
+        self.assertIn("Queue emails is paused until it is resumed", resp.text)
+        self.assertEqual(resp.page.row(Queue="emails paused")["Ready"].strip(), "1")
+        self.assertNotIn("/pause", resp.page.forms)
+        self.assertEqual(client.post("/pause", dict(form, queue="bad name")).status, 400)
+        resp = client.post("/resume", self.pause_form(client, "/resume", "emails"))
+        self.assertEqual(resp.status, 303)
+        self.assertEqual(self.q.paused(), {})
+        self.assertIn("Queue emails is resumed", client.get("/").text)
+        self.assertEqual(client.get("/").page.row(Queue="emails")["Ready"].strip(), "1")
+
+    def test_read_only_shows_paused_queues_without_buttons_and_refuses_the_post(self):
+        writable = DashboardClient(start_dashboard(self, self.db.queue()))
+        client = self.serve(read_only=True)
+        self.q.push("t_record", {}, queue="emails")
+        self.q.pause("sms")
+        form = self.pause_form(writable, "/pause", "emails")
+        page = client.get("/").page
+        self.assertEqual(page.forms, {})
+        self.assertEqual(page.row(Queue="sms paused")["Ready"].strip(), "0")
+        for path, queue in (("/pause", "emails"), ("/resume", "sms")):
+            self.assertEqual(client.post(path, dict(form, queue=queue)).status, 405)
+        self.assertEqual(list(self.q.paused()), ["sms"])
+
+
+on_every_backend(DashboardPauseTests, [Backend, PsycopgBackend, MariaDBBackend])
+
 
 class DashboardCommandTests(unittest.TestCase):
     """`python dbqueue.py dashboard`: flags, exit codes, and a real server process."""
@@ -9035,6 +9238,34 @@ class DashboardBrowserTests(unittest.TestCase):
         for name in ("dashboard.png", "dashboard-failed.png", "dashboard-phone.png"):
             with open(os.path.join(self.shots, name), "rb") as fh:
                 self.assertEqual(fh.read(8), b"\x89PNG\r\n\x1a\n")
+
+    def test_a_browser_pauses_and_resumes_a_queue(self):
+        q = self.db.queue()
+        self.scene(q)
+        port = start_dashboard(self, self.db.queue())
+        with self.sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=self.chromium, args=CHROMIUM_ARGS)
+            try:
+                page = browser.new_page(viewport={"width": 1280, "height": 640})
+                errors = []
+                page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+                page.goto("http://127.0.0.1:%d/" % port)
+                emails = '[data-queue="emails"]'
+                self.assertEqual(page.inner_text(emails + ' [data-label="Queue"]'), "emails")
+                page.click(emails + ' button:has-text("Pause")')
+                page.wait_for_selector("text=Queue emails is paused: workers start none")
+                self.assertEqual(page.inner_text(emails + ' [data-label="Queue"]'),
+                                 "emails paused")
+                self.assertEqual(list(q.paused()), ["emails"])
+                page.screenshot(path=os.path.join(self.shots, "dashboard-paused.png"))
+                page.click(emails + ' button:has-text("Resume")')
+                page.wait_for_selector("text=Queue emails is resumed")
+                self.assertEqual(page.inner_text(emails + ' [data-label="Queue"]'), "emails")
+                self.assertEqual(page.locator(emails + ' button:has-text("Pause")').count(), 1)
+                self.assertEqual(errors, [])
+            finally:
+                browser.close()
+        self.assertEqual(q.paused(), {})
 
 
 # ---- fixq: review fixes (queue, config, push lock) ----
@@ -9930,7 +10161,8 @@ class MySQLServerTests:
                     (self.db.table,))
         self.assertEqual({tuple(r) for r in cur.fetchall()},
                          {("PRIMARY", 0), (self.db.table + "_ready", 1),
-                          (self.db.table + "_reserved", 1), (self.db.table + "_unique", 0)})
+                          (self.db.table + "_reserved", 1), (self.db.table + "_unique", 0),
+                          (self.db.table + "_expires", 1)})
 
     def test_a_lock_wait_timeout_is_retried_not_reported(self):
         # Another session holds the row lock of a job the worker acknowledges
