@@ -7097,6 +7097,92 @@ class SQLitePushLockTests(unittest.TestCase):
         self.assertEqual(sorted(ids), sorted(r[0] for r in rows))
 
 
+# Handlers that push from inside a worker, for SQLitePushInterruptTests: one
+# Queue per process, as an app has, so its slots share one push lock.
+_PUSHING_HANDLERS = """
+import os, time
+import dbqueue
+
+_queue = []
+
+
+def mark(*parts):
+    fd = os.open(os.environ["T_OUT"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    try:
+        os.write(fd, (" ".join(str(p) for p in parts) + "\\n").encode())
+    finally:
+        os.close(fd)
+
+
+def push():
+    if not _queue:
+        _queue.append(dbqueue.Queue.from_env())
+    _queue[0].push("i_noop", {}, queue="sink")
+
+
+@dbqueue.job("i_push_loop")
+def push_loop(data):
+    while True:         # until its timeout interrupts it, at any bytecode of push()
+        push()
+
+
+@dbqueue.job("i_push_once")
+def push_once(data):
+    started = time.monotonic()
+    try:
+        push()
+    except Exception as exc:
+        mark("failed", data["n"], "%.1fs" % (time.monotonic() - started), exc)
+    else:
+        mark("pushed", data["n"])
+"""
+
+
+class SQLitePushInterruptTests(_WorkerProcesses, unittest.TestCase):
+    """A handler's timeout lands anywhere inside push(): no lock stays held.
+
+    Each round: every slot of a `work --concurrency N` process runs a handler
+    that pushes in a loop until its timeout (1 s) interrupts it; then each
+    slot runs a job that pushes once, and this process pushes too while the
+    worker still runs (a file lock left held would block it).
+    """
+
+    def setUp(self):
+        self.db = Backend(self)
+        self.process_setup()
+        with open(os.path.join(self.ptmp, "dbq_pushing_handlers.py"), "w") as fh:
+            fh.write(_PUSHING_HANDLERS)
+
+    def rounds(self, count, slots):
+        q = self.db.queue()
+        for n in range(count):
+            q.push_many("i_push_loop", [{}] * slots)
+            q.push_many("i_push_once", [{"n": "%d.%d" % (n, i)} for i in range(slots)],
+                        queue="after", timeout=60)      # time to say how a push failed
+            proc = self.start_worker("--import", "dbq_pushing_handlers", "--queue", "default,after",
+                                     "--concurrency", str(slots), QUEUE_TIMEOUT=1,
+                                     QUEUE_MAX_ATTEMPTS=1)
+            wait_for(lambda: len(self.lines()) == slots * (n + 1), 60,
+                     message="round %d's single pushes" % n)
+            q.push("i_noop", {}, queue="sink")    # another process: no flock() left held
+            proc.send_signal(signal.SIGTERM)
+            self.assertEqual(self.finish(proc), 0, self.stderr(proc))
+            self.assertEqual([line for line in self.lines() if not line.startswith("pushed")], [],
+                             "round %d" % n)
+        # The looping handlers all ended by their timeout, none by a lock left held.
+        failed = q.failed()
+        self.assertEqual(len(failed), count * slots)
+        for row in failed:
+            self.assertIn("JobTimeout", row["exception"].splitlines()[-1])
+
+    def test_pushes_work_after_timeouts_interrupt_pushing_handlers(self):
+        self.rounds(2, 8)
+
+    @heavy
+    def test_twenty_rounds_of_timeouts_leave_no_push_lock_held(self):
+        self.rounds(20, 8)
+
+
 # ---- dashboard: the web page (issue 14) ----
 
 class _PageParser:
