@@ -4608,7 +4608,8 @@ class _SlotHeartbeat(_Heartbeat):
     (fenced by its token), the other slots stop claiming and get
     timeout_grace seconds to finish their jobs, jobs still running then are
     given back unspent (ready at once, not after QUEUE_RETRY_AFTER), and the
-    process exits 1 for its supervisor to restart it.
+    process exits 1 for its supervisor to restart it. After a second SIGINT
+    the same happens 2 s after it, without the wait, and the exit is 130.
     """
 
     def _pause(self):
@@ -4639,9 +4640,17 @@ class _SlotHeartbeat(_Heartbeat):
     def _hard_exit_slot(self, stuck):
         pool = self.worker
         running = stuck._running
-        pool.log.error("handler did not stop after its timeout or interrupt; recording the"
-                       " attempt, letting the other jobs finish, then exiting so that the"
-                       " supervisor restarts the worker", job=getattr(running, "id", None))
+        # After a second SIGINT every slot was told to stop: the others get no
+        # more time, and the exit is 130 as with one slot, where the signal
+        # also ends a handler's wait inside a C call (here it cannot).
+        aborting = pool._sigints >= 2
+        if aborting:
+            pool.log.warning("second interrupt: a handler did not stop (inside a C call?);"
+                             " giving every job in hand back", job=getattr(running, "id", None))
+        else:
+            pool.log.error("handler did not stop after its timeout or interrupt; recording the"
+                           " attempt, letting the other jobs finish, then exiting so that the"
+                           " supervisor restarts the worker", job=getattr(running, "id", None))
         pool.stop()
         pool._wake_idle()
 
@@ -4650,7 +4659,7 @@ class _SlotHeartbeat(_Heartbeat):
         except Exception as exc:
             pool.log.error("could not record the attempt", error=_first_line(exc))
         others = [s for s in pool._slots if s is not stuck]
-        end = time.monotonic() + pool.timeout_grace
+        end = time.monotonic() + (0 if aborting else pool.timeout_grace)
         touched = time.monotonic()
         while time.monotonic() < end and any(s.thread.is_alive() for s in others):
             time.sleep(0.05)
@@ -4676,7 +4685,7 @@ class _SlotHeartbeat(_Heartbeat):
         except Exception as exc:
             pool.log.error("could not give back the jobs in hand; they return after"
                            " retry_after", error=_first_line(exc))
-        os._exit(1)
+        os._exit(130 if aborting else 1)
 
 
 ###############################################################################

@@ -1323,6 +1323,51 @@ class CoreProcessTests(_WorkerProcesses):
         self.assertEqual(q.failed(), [])
 
 
+# A handler that waits inside one C call, for SecondInterruptTests.
+_SLEEPING_HANDLERS = """
+import os, time
+import dbqueue
+
+
+@dbqueue.job("s_sleep")
+def sleep(data):
+    fd = os.open(os.environ["T_OUT"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    os.write(fd, b"start\\n")
+    os.close(fd)
+    time.sleep(3600)    # a slot's interruption cannot land in here; SIGINT's can in one slot
+"""
+
+
+@on_sqlite_and_postgres
+class SecondInterruptTests(_WorkerProcesses):
+    """A second Ctrl-C gives every job in hand back unspent and exits 130, with one
+    slot as with four, also while the handlers wait inside a C call."""
+
+    def setUp(self):
+        self.process_setup()
+        with open(os.path.join(self.ptmp, "dbq_sleeping_handlers.py"), "w") as fh:
+            fh.write(_SLEEPING_HANDLERS)
+
+    def interrupt_twice(self, slots):
+        q = self.db.queue()
+        q.push_many("s_sleep", [{}] * 4)
+        proc = self.start_worker("--import", "dbq_sleeping_handlers", "--concurrency", str(slots))
+        wait_for(lambda: len(self.lines()) == slots, 30, message="%d jobs running" % slots)
+        proc.send_signal(signal.SIGINT)
+        wait_for(lambda: "stopping after the" in self.stderr(proc), 30,
+                 message="the worker to note the first SIGINT")
+        proc.send_signal(signal.SIGINT)
+        self.assertEqual(self.finish(proc, 20), 130, self.stderr(proc))
+        self.assertEqual(self.db.raw("SELECT attempts, reserved_at FROM {jobs}"), [(0, None)] * 4)
+        self.assertEqual(len(self.lines()), slots)       # nothing started after the first
+
+    def test_one_slot(self):
+        self.interrupt_twice(1)
+
+    def test_four_slots(self):
+        self.interrupt_twice(4)
+
+
 class CoreLostConnectionTests(_WorkerProcesses, unittest.TestCase):
     """PostgreSQL kills the worker's connections mid-run: it reconnects and carries on."""
 
