@@ -3164,7 +3164,13 @@ class _Transaction:
 ###############################################################################
 
 _registry = {}
-_current = threading.local()
+
+
+class _Current(threading.local):
+    job = None      # the Job this thread's handler runs: a class default reads fast (push())
+
+
+_current = _Current()
 
 
 def job(name=None, max_tries=None, backoff=None, timeout=None):
@@ -3193,7 +3199,7 @@ def current_job():
 def _hold_interrupts(hold):
     """Defer (True) or allow again (False) the interruption of the handler that
     runs in this thread (see Worker._defer); nothing outside a handler."""
-    job = getattr(_current, "job", None)
+    job = _current.job
     if job is not None and job.worker is not None:
         if hold:
             job.worker._defer()
