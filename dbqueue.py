@@ -1708,12 +1708,18 @@ class _PushLock:
         self.pid = os.getpid()
 
     def acquire(self, cur):
-        """Take the lock for an INSERT on `cur`, or raise sqlite3's "database is locked"."""
-        start = time.monotonic()
-        deadline = start + self.timeout
-        if not self._mutex.acquire(True, self.timeout):
-            self._locked()
+        """Take the lock for an INSERT on `cur`, or raise sqlite3's "database is locked".
+
+        From here to the end of release(), a worker's interruption of the
+        handler that pushes (its timeout, a second SIGINT) waits: landing in
+        between, it would leave the lock held (Worker._defer)."""
+        _hold_interrupts(True)
+        taken = False
         try:
+            deadline = time.monotonic() + self.timeout
+            taken = self._mutex.acquire(True, self.timeout)
+            if not taken:
+                self._locked()
             if self.pid != os.getpid() or self.fd is None:
                 try:
                     self._reopen()
@@ -1745,7 +1751,9 @@ class _PushLock:
                     flock(fd, self._fcntl.LOCK_UN)
                     raise
         except BaseException:
-            self._mutex.release()
+            if taken:
+                self._mutex.release()
+            _hold_interrupts(False)
             raise
 
     def release(self, cur):
@@ -1760,6 +1768,7 @@ class _PushLock:
                 self._fcntl.flock(self.fd, self._fcntl.LOCK_UN)
         finally:
             self._mutex.release()
+            _hold_interrupts(False)
 
     def _locked(self):
         import sqlite3
@@ -3711,7 +3720,13 @@ class _Transaction:
 ###############################################################################
 
 _registry = {}
-_current = threading.local()
+
+
+class _Current(threading.local):
+    job = None      # the Job this thread's handler runs: a class default reads fast (push())
+
+
+_current = _Current()
 
 
 def job(name=None, max_tries=None, backoff=None, timeout=None):
@@ -3746,6 +3761,17 @@ def job(name=None, max_tries=None, backoff=None, timeout=None):
 def current_job():
     """The Job the calling handler is running (None outside a handler)."""
     return getattr(_current, "job", None)
+
+
+def _hold_interrupts(hold):
+    """Defer (True) or allow again (False) the interruption of the handler that
+    runs in this thread (see Worker._defer); nothing outside a handler."""
+    job = _current.job
+    if job is not None and job.worker is not None:
+        if hold:
+            job.worker._defer()
+        else:
+            job.worker._undefer()
 
 
 class Job:
@@ -3936,6 +3962,7 @@ class Worker:
         self.resources = {}       # per-worker objects handlers reuse (an SMTP connection); closed at exit
         self._listen = self.resources   # where the LISTEN connection lives (slots share the pool's)
         self.concurrency = _int_setting("concurrency", concurrency, 1, _MAX_CONCURRENCY)
+        self._alarm_lock = threading.Lock()     # see _defer; before _running is set (_Slot)
         self.processed = 0
         self.exit_code = 0
         self._stop = False
@@ -3949,6 +3976,9 @@ class Worker:
         self._avg = None          # moving average of handler seconds
         self._timed_out = False
         self._aborting = False    # a second SIGINT is stopping the running handler
+        self._deferring = False   # see _defer
+        self._pending = None      # the interruption _undefer raises
+        self._rate_held = []      # _RateSlots taken by the running handler, not yet stamped
         self._hard_deadline = None
         self._heart = None
         self._locked_since = None
@@ -3981,7 +4011,8 @@ class Worker:
             self.log.warning("second interrupt: stopping the job now", job=self._running.id)
             self._aborting = True
             self._hard_deadline = time.monotonic() + 2.0
-            raise _Abort()
+            self._raise(_Abort)
+            return
         if not self._stop:
             self.log.info("stopping after the current job", signal=signum)
         self._stop = True
@@ -3990,7 +4021,46 @@ class Worker:
         if self._running is not None and not self._timed_out:
             self._timed_out = True
             self._hard_deadline = time.monotonic() + self.timeout_grace
-            raise JobTimeout("job ran longer than its timeout")
+            self._raise(JobTimeout)
+
+    # -- interruptions -----------------------------------------------------
+    # JobTimeout and a second SIGINT's _Abort land in the handler's thread
+    # between any two bytecodes. Landing inside the taking or giving back of
+    # something the process or other workers share (the push lock and its
+    # file lock, a rate-limit slot), one would leave it held for good. Such
+    # code runs between _defer() and _undefer() (through _hold_interrupts):
+    # an interruption asked for meanwhile is raised by _undefer(), after the
+    # thing is given back. _alarm_lock makes both atomic for a concurrent
+    # worker's watchdog (_Slot._interrupt decides and raises under it); a
+    # signal handler runs between two bytecodes of this thread and sees
+    # _deferring set or not. A plain `with lock:` is left as it is: from 3.10
+    # on, Python calls its __exit__ whatever lands (3.8 and 3.9 have a window
+    # of one bytecode at its end).
+
+    def _defer(self):
+        with self._alarm_lock:
+            if self.__dict__.pop("_raised", False):
+                self._take_raised()    # raised before: it lands here, while nothing is held
+            self._deferring = True
+
+    def _undefer(self):
+        with self._alarm_lock:
+            self._deferring = False
+            pending, self._pending = self._pending, None
+        if pending is not None:
+            raise pending()
+
+    @staticmethod
+    def _take_raised():
+        for _ in range(1000):
+            pass        # a backward jump: Python delivers a pending one here
+
+    def _raise(self, exc_class):
+        """Interrupt the running handler with exc_class now, or at _undefer()."""
+        if not self._deferring:
+            raise exc_class()
+        if self._pending is not _Abort:   # a second SIGINT outranks a timeout
+            self._pending = exc_class
 
     # -- the loop ----------------------------------------------------------
 
@@ -4465,7 +4535,7 @@ class Worker:
                 raise PermanentError(_unknown_job(job.name, job.queue))
             if not isinstance(job.data, dict):
                 raise PermanentError("job data must be a JSON object")
-            self._timed_out = False
+            self._timed_out, self._pending = False, None
             _current.job = job
             self._running = job
             try:
@@ -4511,6 +4581,8 @@ class Worker:
                     signal.setitimer(signal.ITIMER_REAL, 0)
                 self._running = None
                 _current.job = None
+            for held in list(self._rate_held):    # cut short in _RateSlot.__exit__
+                held.sent()
         elapsed = time.monotonic() - job.started
         self._avg = elapsed if self._avg is None else self._avg * 0.8 + elapsed * 0.2
         if outcome is None:
@@ -5066,7 +5138,6 @@ class _Slot(Worker):
     _pauses = _Shared("_pauses")
 
     def __init__(self, pool, index):
-        self._alarm_lock = threading.Lock()     # before Worker.__init__ sets _running
         super().__init__(pool.queue, pool.queues, tries=pool.tries, backoff=pool.backoff,
                          timeout=pool.timeout, sleep=pool.sleep, memory=pool.memory, log=pool.log)
         self.pool = pool
@@ -5095,32 +5166,38 @@ class _Slot(Worker):
                 self._soft_deadline = None
         if raised:
             try:
-                for _ in range(1000):
-                    pass        # a backward jump: Python delivers a pending one here
+                self._take_raised()
             except (JobTimeout, _Abort):
                 pass
 
-    def _interrupt(self, exc_class, grace):
-        """Raise exc_class in this slot's thread if its handler runs; True if raised.
+    def _interrupt(self, exc_class, grace, job=None):
+        """Raise exc_class in this slot's thread if its handler runs (the handler
+        of `job`, if given); True if raised or deferred (Worker._defer).
 
         Python checks for it between bytecodes: a handler inside one C call
         (time.sleep, a socket read without a timeout) sees it only when the
         call returns. If it has not stopped `grace` seconds later, the
         heartbeat records its attempt and ends the process (_SlotHeartbeat).
         """
-        import ctypes
         with self._alarm_lock:
-            if self._running is None or self.thread.ident is None:
-                return False
+            running = self._running
+            if running is None or running is not (job or running) or self.thread.ident is None:
+                return False      # over: a timeout is never the next job's
             if exc_class is _Abort:
                 self._aborting = True
             else:
                 self._timed_out = True
             self._hard_deadline = time.monotonic() + grace
-            self.__dict__["_raised"] = True
-            ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(self.thread.ident),
-                                                       ctypes.py_object(exc_class))
+            self._raise(exc_class)
             return True
+
+    def _raise(self, exc_class):     # from _interrupt, in another thread
+        if self._deferring:
+            return Worker._raise(self, exc_class)
+        import ctypes
+        self.__dict__["_raised"] = True
+        ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(self.thread.ident),
+                                                   ctypes.py_object(exc_class))
 
     def _process(self, job):
         timeout = self._settings(job)[2]
@@ -5242,7 +5319,8 @@ class _SlotHeartbeat(_Heartbeat):
     (fenced by its token), the other slots stop claiming and get
     timeout_grace seconds to finish their jobs, jobs still running then are
     given back unspent (ready at once, not after QUEUE_RETRY_AFTER), and the
-    process exits 1 for its supervisor to restart it.
+    process exits 1 for its supervisor to restart it. After a second SIGINT
+    the same happens 2 s after it, without the wait, and the exit is 130.
     """
 
     def _pause(self):
@@ -5257,9 +5335,9 @@ class _SlotHeartbeat(_Heartbeat):
         while not self._done.wait(self._pause()):
             now = time.monotonic()
             for slot in pool._slots:
-                deadline = slot._soft_deadline
-                if deadline is not None and now > deadline and not slot._timed_out:
-                    slot._interrupt(JobTimeout, pool.timeout_grace)
+                job, deadline = slot._running, slot._soft_deadline
+                if job and deadline is not None and now > deadline and not slot._timed_out:
+                    slot._interrupt(JobTimeout, pool.timeout_grace, job)
                 hard = slot._hard_deadline
                 if (hard is not None and now > hard and slot._running is not None
                         and (slot._timed_out or slot._aborting)):
@@ -5273,9 +5351,17 @@ class _SlotHeartbeat(_Heartbeat):
     def _hard_exit_slot(self, stuck):
         pool = self.worker
         running = stuck._running
-        pool.log.error("handler did not stop after its timeout or interrupt; recording the"
-                       " attempt, letting the other jobs finish, then exiting so that the"
-                       " supervisor restarts the worker", job=getattr(running, "id", None))
+        # After a second SIGINT every slot was told to stop: the others get no
+        # more time, and the exit is 130 as with one slot, where the signal
+        # also ends a handler's wait inside a C call (here it cannot).
+        aborting = pool._sigints >= 2
+        if aborting:
+            pool.log.warning("second interrupt: a handler did not stop (inside a C call?);"
+                             " giving every job in hand back", job=getattr(running, "id", None))
+        else:
+            pool.log.error("handler did not stop after its timeout or interrupt; recording the"
+                           " attempt, letting the other jobs finish, then exiting so that the"
+                           " supervisor restarts the worker", job=getattr(running, "id", None))
         pool.stop()
         pool._wake_idle()
 
@@ -5284,7 +5370,7 @@ class _SlotHeartbeat(_Heartbeat):
         except Exception as exc:
             pool.log.error("could not record the attempt", error=_first_line(exc))
         others = [s for s in pool._slots if s is not stuck]
-        end = time.monotonic() + pool.timeout_grace
+        end = time.monotonic() + (0 if aborting else pool.timeout_grace)
         touched = time.monotonic()
         while time.monotonic() < end and any(s.thread.is_alive() for s in others):
             time.sleep(0.05)
@@ -5310,7 +5396,7 @@ class _SlotHeartbeat(_Heartbeat):
         except Exception as exc:
             pool.log.error("could not give back the jobs in hand; they return after"
                            " retry_after", error=_first_line(exc))
-        os._exit(1)
+        os._exit(130 if aborting else 1)
 
 
 ###############################################################################
@@ -6529,16 +6615,14 @@ class _RateSlot:
         try:
             while True:
                 try:
-                    slot, until, wait_ms = self.queue.rate_take(
-                        name, count, window * 1000, max(60, 4 * self.config.mail_timeout) * 1000)
+                    wait_ms = self._take(name, count, window)
                 except DatabaseError as exc:
                     if isinstance(exc, MissingTableError) or not exc.transient:
                         raise
                     # The database is away: not this message's fault.
                     raise _RateWait("MAIL_RATE_LIMIT: the database did not answer: %s"
                                     % _first_line(exc), 1)
-                if slot is not None:
-                    self.slot = (name, slot, until)
+                if self.slot is not None:
                     return self
                 if waited + wait_ms / 1000.0 > inline:
                     raise _RateWait("MAIL_RATE_LIMIT %s: the next message may leave in %.1fs"
@@ -6550,18 +6634,47 @@ class _RateSlot:
             if own and self.slot is None:
                 self.queue.close()
 
-    def __exit__(self, kind, exc, tb):
-        if self.slot is None:
-            return False
+    # A worker's interruption of the handler (its timeout, a second SIGINT)
+    # waits while a slot is taken and while it is stamped (Worker._defer).
+    # One that lands in __exit__ before that leaves the slot in the worker's
+    # _rate_held, and the worker stamps it when the handler has ended.
+
+    def _take(self, name, count, window):
+        """One try: self.slot set when taken, else the milliseconds to wait."""
+        _hold_interrupts(True)
         try:
-            # Also after a failed send: it may have reached the server.
+            slot, until, wait_ms = self.queue.rate_take(
+                name, count, window * 1000, max(60, 4 * self.config.mail_timeout) * 1000)
+            if slot is not None:
+                self.slot = (name, slot, until)
+                if self.worker is not None:
+                    self.worker._rate_held.append(self)
+            return wait_ms
+        finally:
+            _hold_interrupts(False)
+
+    def __exit__(self, kind, exc, tb):
+        if self.slot is not None:
+            _hold_interrupts(True)
+            try:
+                self.sent()
+            finally:
+                _hold_interrupts(False)
+        return False
+
+    def sent(self):
+        """Stamp the slot: its message has left (also after a failed send: it
+        may have reached the server)."""
+        if self.worker is not None:
+            self.worker._rate_held.remove(self)
+        try:
             self.queue.rate_sent(*self.slot)
         except QueueError:
             pass   # the slot stays held until its hold lapses: later, never sooner
         finally:
+            self.slot = None
             if self.worker is None:
                 self.queue.close()
-        return False
 
 
 def _log_message(log, msg, sender, recipients):

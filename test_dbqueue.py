@@ -1553,6 +1553,50 @@ class PoolerProcessTests(_WorkerProcesses):
 
 on_every_backend(PoolerProcessTests, PGBOUNCER_BACKENDS)
 
+# A handler that waits inside one C call, for SecondInterruptTests.
+_SLEEPING_HANDLERS = """
+import os, time
+import dbqueue
+
+
+@dbqueue.job("s_sleep")
+def sleep(data):
+    fd = os.open(os.environ["T_OUT"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    os.write(fd, b"start\\n")
+    os.close(fd)
+    time.sleep(3600)    # a slot's interruption cannot land in here; SIGINT's can in one slot
+"""
+
+
+@on_sqlite_and_postgres
+class SecondInterruptTests(_WorkerProcesses):
+    """A second Ctrl-C gives every job in hand back unspent and exits 130, with one
+    slot as with four, also while the handlers wait inside a C call."""
+
+    def setUp(self):
+        self.process_setup()
+        with open(os.path.join(self.ptmp, "dbq_sleeping_handlers.py"), "w") as fh:
+            fh.write(_SLEEPING_HANDLERS)
+
+    def interrupt_twice(self, slots):
+        q = self.db.queue()
+        q.push_many("s_sleep", [{}] * 4)
+        proc = self.start_worker("--import", "dbq_sleeping_handlers", "--concurrency", str(slots))
+        wait_for(lambda: len(self.lines()) == slots, 30, message="%d jobs running" % slots)
+        proc.send_signal(signal.SIGINT)
+        wait_for(lambda: "stopping after the" in self.stderr(proc), 30,
+                 message="the worker to note the first SIGINT")
+        proc.send_signal(signal.SIGINT)
+        self.assertEqual(self.finish(proc, 20), 130, self.stderr(proc))
+        self.assertEqual(self.db.raw("SELECT attempts, reserved_at FROM {jobs}"), [(0, None)] * 4)
+        self.assertEqual(len(self.lines()), slots)       # nothing started after the first
+
+    def test_one_slot(self):
+        self.interrupt_twice(1)
+
+    def test_four_slots(self):
+        self.interrupt_twice(4)
+
 
 class CoreLostConnectionTests(_WorkerProcesses, unittest.TestCase):
     """PostgreSQL kills the worker's connections mid-run: it reconnects and carries on."""
@@ -8438,6 +8482,92 @@ class SQLitePushLockTests(unittest.TestCase):
         rows = self.db.raw("SELECT id FROM {jobs}")
         self.assertEqual(len(ids), 2000)
         self.assertEqual(sorted(ids), sorted(r[0] for r in rows))
+
+
+# Handlers that push from inside a worker, for SQLitePushInterruptTests: one
+# Queue per process, as an app has, so its slots share one push lock.
+_PUSHING_HANDLERS = """
+import os, time
+import dbqueue
+
+_queue = []
+
+
+def mark(*parts):
+    fd = os.open(os.environ["T_OUT"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    try:
+        os.write(fd, (" ".join(str(p) for p in parts) + "\\n").encode())
+    finally:
+        os.close(fd)
+
+
+def push():
+    if not _queue:
+        _queue.append(dbqueue.Queue.from_env())
+    _queue[0].push("i_noop", {}, queue="sink")
+
+
+@dbqueue.job("i_push_loop")
+def push_loop(data):
+    while True:         # until its timeout interrupts it, at any bytecode of push()
+        push()
+
+
+@dbqueue.job("i_push_once")
+def push_once(data):
+    started = time.monotonic()
+    try:
+        push()
+    except Exception as exc:
+        mark("failed", data["n"], "%.1fs" % (time.monotonic() - started), exc)
+    else:
+        mark("pushed", data["n"])
+"""
+
+
+class SQLitePushInterruptTests(_WorkerProcesses, unittest.TestCase):
+    """A handler's timeout lands anywhere inside push(): no lock stays held.
+
+    Each round: every slot of a `work --concurrency N` process runs a handler
+    that pushes in a loop until its timeout (1 s) interrupts it; then each
+    slot runs a job that pushes once, and this process pushes too while the
+    worker still runs (a file lock left held would block it).
+    """
+
+    def setUp(self):
+        self.db = Backend(self)
+        self.process_setup()
+        with open(os.path.join(self.ptmp, "dbq_pushing_handlers.py"), "w") as fh:
+            fh.write(_PUSHING_HANDLERS)
+
+    def rounds(self, count, slots):
+        q = self.db.queue()
+        for n in range(count):
+            q.push_many("i_push_loop", [{}] * slots)
+            q.push_many("i_push_once", [{"n": "%d.%d" % (n, i)} for i in range(slots)],
+                        queue="after", timeout=60)      # time to say how a push failed
+            proc = self.start_worker("--import", "dbq_pushing_handlers", "--queue", "default,after",
+                                     "--concurrency", str(slots), QUEUE_TIMEOUT=1,
+                                     QUEUE_MAX_ATTEMPTS=1)
+            wait_for(lambda: len(self.lines()) == slots * (n + 1), 60,
+                     message="round %d's single pushes" % n)
+            q.push("i_noop", {}, queue="sink")    # another process: no flock() left held
+            proc.send_signal(signal.SIGTERM)
+            self.assertEqual(self.finish(proc), 0, self.stderr(proc))
+            self.assertEqual([line for line in self.lines() if not line.startswith("pushed")], [],
+                             "round %d" % n)
+        # The looping handlers all ended by their timeout, none by a lock left held.
+        failed = q.failed()
+        self.assertEqual(len(failed), count * slots)
+        for row in failed:
+            self.assertIn("JobTimeout", row["exception"].splitlines()[-1])
+
+    def test_pushes_work_after_timeouts_interrupt_pushing_handlers(self):
+        self.rounds(2, 8)
+
+    @heavy
+    def test_twenty_rounds_of_timeouts_leave_no_push_lock_held(self):
+        self.rounds(20, 8)
 
 
 # ---- dashboard: the web page (issue 14) ----
