@@ -1060,6 +1060,9 @@ _SQL = {
     "probe_update": "UPDATE {jobs} SET reserved_at = reserved_at WHERE 1 = 0",
     "probe_delete": "DELETE FROM {jobs} WHERE 1 = 0",
     "probe_failed": "DELETE FROM {failed} WHERE 1 = 0",
+    "probe_sent": "INSERT INTO {sent} (tbl, sent_at, queue, job, subject, sender, recipients,"
+                  " message_id, reply) SELECT tbl, sent_at, queue, job, subject, sender,"
+                  " recipients, message_id, reply FROM {sent} WHERE 1 = 0",
     # dbqueue_state: what workers tell other processes (a mail outage).
     "state_get": "SELECT value, {now} - updated_at FROM dbqueue_state WHERE name = :name",
     "state_set": "INSERT INTO dbqueue_state (name, value, updated_at) VALUES (:name, :value, {now})"
@@ -2718,13 +2721,10 @@ class Queue:
 
     def check(self, conn=None):
         """Raise MissingTableError unless both tables exist (and, with
-        MAIL_RATE_LIMIT, the slots' table; with MAIL_LOG_DAYS, the sent
-        log's); else return True."""
+        MAIL_RATE_LIMIT, the slots' table); else return True."""
         tables = [self.config.table, self.config.failed_table]
         if self.config.mail_rate_limit:
             tables.append(self.dialect.rate_table)
-        if self.config.mail_log_days:
-            tables.append(self.dialect.sent_table)
         with _Transaction(self, conn or self._conn(), write=False) as cur:
             for table in tables:
                 cur.execute("SELECT 1 FROM %s WHERE 1 = 0" % self.dialect.ident(table))
@@ -2736,6 +2736,13 @@ class Queue:
         tables: a read-only SQLite file, a role without rights. Changes nothing."""
         with _Transaction(self, conn or self._conn()) as cur:
             self._probe_write(cur)
+        return True
+
+    def check_sent(self, conn=None):
+        """Raise DatabaseError (MissingTableError) unless the sent log's table
+        exists and may be read and written. Changes nothing."""
+        with _Transaction(self, conn or self._conn()) as cur:
+            self.execute(cur, "probe_sent")
         return True
 
     def _probe_write(self, cur):
@@ -3354,12 +3361,13 @@ class Queue:
 
     def sent_counts(self, conn=None):
         """{queue: messages sent in the last hour}; empty when the sent log's
-        table does not exist (a database migrated before it did)."""
+        table does not exist (a database migrated before it did) or may not
+        be read: it is extra, never a reason for `stats` to fail."""
         with _Transaction(self, conn or self._conn(), write=False) as cur:
             try:
                 rows = self.execute(cur, "sent_counts", tbl=self.config.table).fetchall()
             except self._errors() as exc:
-                if not self.dialect.is_missing_table(exc):
+                if not (self.dialect.is_missing_table(exc) or self.dialect.is_denied(exc)):
                     raise
                 return {}
         return {_text(queue): int(count) for queue, count in rows}
@@ -3842,6 +3850,7 @@ class Worker:
         self._locked_since = None
         self._last_rescue = 0.0
         self._last_prune = -60.0   # monotonic time the sent log was last pruned
+        self.sent_log = bool(queue.config.mail_log_days)   # off: see _connect_first
         self._confirmed = (0.0, 0.0)   # (monotonic, wall) time the held batch was last confirmed
         self._missed_ready = False     # the last claim found nothing though a job was ready
         self._settings_cache = {}  # job name -> (registry entry, settings) for plain payloads
@@ -3978,7 +3987,7 @@ class Worker:
         if now - self._last_rescue >= 1.0:
             rescue = self.queue.config.retry_after
             self._last_rescue = now
-        if now - self._last_prune >= 60.0 and self.queue.config.mail_log_days:
+        if now - self._last_prune >= 60.0 and self.sent_log:
             self._last_prune = now
             self._prune_sent()
         acks = list(self._acks)
@@ -4538,6 +4547,20 @@ class Worker:
             self._conn = self.queue.connect()
         self.queue.check(self._conn)
         self.queue.check_write(self._conn)
+        if self.sent_log:
+            try:
+                self.queue.check_sent(self._conn)
+            except DatabaseError as exc:
+                if exc.transient and not isinstance(exc, MissingTableError):
+                    raise
+                # Mail matters more than its log: it is sent, unrecorded, and
+                # the operator is told how to turn the log on.
+                self.sent_log = False
+                self.log.warning("the sent log is off: this worker cannot write %s; run `%s` and"
+                                 " grant the worker's role SELECT, INSERT and DELETE on it (or"
+                                 " set MAIL_LOG_DAYS=0)" % (self.queue.dialect.sent_table,
+                                                           _command(self.queue.config, "migrate")),
+                                 error=_first_line(exc))
 
     def _db(self, action):
         """Run action(conn), reconnecting with backoff while the database is away.
@@ -4860,6 +4883,7 @@ class _Slot(Worker):
     _stop_on_outage = _Shared("_stop_on_outage")
     _last_rescue = _Shared("_last_rescue")
     _last_prune = _Shared("_last_prune")
+    sent_log = _Shared("sent_log")
 
     def __init__(self, pool, index):
         self._alarm_lock = threading.Lock()     # before Worker.__init__ sets _running
@@ -6122,7 +6146,7 @@ def _deliver(fields, config):
             raise
         if worker is not None:
             worker._mail_flowing()
-        _sent_row(running, config, msg, fields, everyone, reply)
+        _sent_row(running, msg, fields, everyone, reply)
         return
     # A stored list can only narrow the message's own recipients, never add one.
     pending = state.get("pending")
@@ -6155,8 +6179,7 @@ def _deliver(fields, config):
                 mailer.close()
         if worker is not None:
             worker._mail_flowing()
-        _sent_row(running, config, msg, fields, [a for a in recipients if a not in refused],
-                  mailer.reply)
+        _sent_row(running, msg, fields, [a for a in recipients if a not in refused], mailer.reply)
     # A 503 says the session was out of step (the transaction is reset),
     # never that the address is bad: retried like a 4xx.
     deferred = {a: _reply_text(*r) for a, r in refused.items()
@@ -6197,12 +6220,12 @@ def _deliver(fields, config):
     raise PermanentError(_scrub(text + " (permanent)", config))
 
 
-def _sent_row(running, config, msg, fields, accepted, reply):
+def _sent_row(running, msg, fields, accepted, reply):
     """Keep, for the sent log, who took the running job's message and the
     server's last reply: the worker writes it with the attempt's outcome
     (Queue._log_sent). Each value is cut to what every database's column
     takes, so that it can never fail that transaction. The body is not kept."""
-    if running is None or not accepted or not config.mail_log_days:
+    if running is None or not accepted or not getattr(running.worker, "sent_log", False):
         return
 
     def cut(value, size):
@@ -8725,9 +8748,9 @@ def _cmd_stats(args, config):
         sys.stdout.write(_prometheus(stats, rate))
     else:
         rows = [(s["queue"], s["ready"], s["delayed"], s["reserved"], s["expired"], s["failed"],
-                 s["sent_last_hour"], _duration(s["oldest_ready_age"])) for s in stats]
+                 _duration(s["oldest_ready_age"]), s["sent_last_hour"]) for s in stats]
         print(_table(("queue", "ready", "delayed", "reserved", "expired", "failed",
-                      "sent 1h", "oldest ready"), rows))
+                      "oldest ready", "sent 1h"), rows))
         if not stats:
             print("(no jobs: %s and %s are empty)" % (config.table, config.failed_table))
         if outage is not None:
