@@ -368,6 +368,7 @@ class Config:
         self.mail_ehlo_domain = ""     # empty: the host's name, made ASCII (_ehlo_name)
         self.mail_rate_limit = ""     # "14/s", "600/m", "10000/h", "50000/d"; "" for none
         self.mail_template_validity = ""   # "password-reset=2h,invitation=0": over _VALIDITY
+        self.mail_log_days = 14       # days the sent log (dbqueue_sent) keeps; 0: no log
         self.mail_sendmail_path = "/usr/sbin/sendmail -t -i"
         self.app_name = ""
         self.dashboard_token = ""     # DBQUEUE_DASHBOARD_TOKEN; checked by the dashboard command
@@ -522,6 +523,8 @@ class Config:
         c.mail_rate_limit = _rate_setting("MAIL_RATE_LIMIT", get("MAIL_RATE_LIMIT"))
         c.mail_template_validity = _validity_setting("MAIL_TEMPLATE_VALIDITY",
                                                      get("MAIL_TEMPLATE_VALIDITY"))
+        c.mail_log_days = _int_setting("MAIL_LOG_DAYS", get("MAIL_LOG_DAYS", "14"), 0,
+                                       _MAX_LOG_DAYS)
         c.app_name = get("APP_NAME")
         c.dashboard_token = get("DBQUEUE_DASHBOARD_TOKEN")
         typos = _typos(environ, file_values, path, c.sources)
@@ -646,6 +649,9 @@ def _float_setting(name, value, minimum):
 _MAX_SECONDS = 10 * 365 * 24 * 3600
 _MAX_TRIES = 1000000
 _MAX_CONCURRENCY = 1024     # work --concurrency: threads in one process
+# MAIL_LOG_DAYS: ten years, so that "now - the log's age" stays positive (an
+# unsigned subtraction below zero is an error on MySQL).
+_MAX_LOG_DAYS = 3650
 
 
 def _backoff_setting(name, value):
@@ -700,6 +706,12 @@ _DURATION = _Pattern(r"^[ \t]*([0-9]{1,9})[ \t]*([smhd]?)[ \t]*\Z")
 _DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
+def _duration_seconds(text):
+    """Seconds from a duration such as 90, 90s, 30m, 2h or 7d; None when it is not one."""
+    match = _DURATION.match(text or "")
+    return int(match.group(1)) * _DURATION_UNITS[match.group(2)] if match else None
+
+
 def _validity_setting(name, value):
     """MAIL_TEMPLATE_VALIDITY as written (normalised to seconds), or "" for the defaults."""
     if not (value or "").strip():
@@ -707,9 +719,9 @@ def _validity_setting(name, value):
     pairs = []
     for part in value.split(","):
         template, _, duration = part.partition("=")
-        match = _DURATION.match(duration)
-        seconds = int(match.group(1)) * _DURATION_UNITS[match.group(2)] if match else -1
-        if not _TEMPLATE_NAME.match(template.strip()) or not 0 <= seconds <= _MAX_SECONDS:
+        seconds = _duration_seconds(duration)
+        if (not _TEMPLATE_NAME.match(template.strip()) or seconds is None
+                or seconds > _MAX_SECONDS):
             raise ConfigError("%s=%s must be TEMPLATE=DURATION pairs separated by commas, such"
                               " as password-reset=2h,invitation=0 (s, m, h or d; 0 for no"
                               " deadline)" % (name, value))
@@ -1089,6 +1101,33 @@ _SQL = {
     "rate_sent": "UPDATE {rate} SET sent_at = {now_ms} + 1"
                  " WHERE name = :name AND slot = :slot AND sent_at = :until",
     "rate_use": "SELECT COUNT(*) FROM {rate} WHERE name = :name AND sent_at > {now_ms} - :window_ms",
+    # The sent log: one row per message a mail server (or sendmail) took,
+    # written in the transaction that records its job's attempt (see
+    # Queue._log_sent). {sent} serves every jobs table of the database: tbl
+    # says whose row it is.
+    "sent_add": "INSERT INTO {sent} (tbl, sent_at, queue, uuid, job, template, subject, sender,"
+                " recipients, message_id, reply) VALUES (:tbl, {now}, :queue, :uuid, :job,"
+                " :template, :subject, :sender, :recipients, :message_id, :reply)",
+    # MAIL_LOG_DAYS: :batch rows per statement, found by the (tbl, sent_at)
+    # index, so that no statement holds the table (on SQLite, the write
+    # lock) for long. The derived table is for MySQL, which takes neither
+    # LIMIT in an IN subquery nor a subquery of the table it deletes from.
+    "sent_prune": "DELETE FROM {sent} WHERE id IN (SELECT id FROM (SELECT id FROM {sent}"
+                  " WHERE tbl = :tbl AND sent_at < {now} - :age ORDER BY sent_at LIMIT :batch)"
+                  " AS old)",
+    # Newest first. :to and :search are LIKE patterns in lower case (NULL:
+    # no filter); :since is seconds back from now.
+    "sent_list": "SELECT id, sent_at, queue, uuid, job, template, subject, sender, recipients,"
+                 " message_id, reply FROM {sent} WHERE tbl = :tbl AND sent_at >= {now} - :since"
+                 " AND (CAST(:queue AS {text_type}) IS NULL OR queue = :queue)"
+                 " AND (CAST(:to AS {text_type}) IS NULL OR LOWER(recipients) LIKE :to ESCAPE '!')"
+                 " AND (CAST(:search AS {text_type}) IS NULL"
+                 " OR LOWER(recipients) LIKE :search ESCAPE '!'"
+                 " OR LOWER(subject) LIKE :search ESCAPE '!'"
+                 " OR LOWER(message_id) LIKE :search ESCAPE '!')"
+                 " ORDER BY sent_at DESC, id DESC LIMIT :limit OFFSET :offset",
+    "sent_counts": "SELECT queue, COUNT(*) FROM {sent} WHERE tbl = :tbl AND sent_at >= {now} - 3600"
+                   " GROUP BY queue",
     "version": "SELECT version FROM dbqueue_migrations WHERE tbl = :tbl",
     "set_version": "INSERT INTO dbqueue_migrations (tbl, version) VALUES (:tbl, :version)"
                    " ON CONFLICT (tbl) DO UPDATE SET version = excluded.version",
@@ -1097,6 +1136,9 @@ _SQL = {
     "probe_update": "UPDATE {jobs} SET reserved_at = reserved_at WHERE 1 = 0",
     "probe_delete": "DELETE FROM {jobs} WHERE 1 = 0",
     "probe_failed": "DELETE FROM {failed} WHERE 1 = 0",
+    "probe_sent": "INSERT INTO {sent} (tbl, sent_at, queue, job, subject, sender, recipients,"
+                  " message_id, reply) SELECT tbl, sent_at, queue, job, subject, sender,"
+                  " recipients, message_id, reply FROM {sent} WHERE 1 = 0",
     # dbqueue_state: what workers tell other processes (a mail outage).
     "state_get": "SELECT value, {now} - updated_at FROM dbqueue_state WHERE name = :name",
     "state_set": "INSERT INTO dbqueue_state (name, value, updated_at) VALUES (:name, :value, {now})"
@@ -1167,6 +1209,7 @@ class _Dialect:
     notify = ""                    # wakes waiting workers of :queue ("" where there is no LISTEN)
     now_ms = ":now_ms"             # the clock in milliseconds (MAIL_RATE_LIMIT)
     rate_table = "dbqueue_rate"
+    sent_table = "dbqueue_sent"
     rate_lock = ""                 # run first when a send slot is taken: one taker at a time
     denied_fix = ""                # what to do about a database dbqueue may not write (is_denied)
     for_update = " FOR UPDATE"     # locks a row read before it is changed ("" where BEGIN locks all)
@@ -1203,6 +1246,7 @@ class _Dialect:
             template = template.replace("{expired}", _EXPIRED)
         text = template.format(jobs=cls.ident(jobs), failed=cls.ident(failed), now=cls.now,
                                now_ms=cls.now_ms, rate=cls.ident(cls.rate_table),
+                               sent=cls.ident(cls.sent_table),
                                payload_text=cls.payload_text, queue_text=cls.queue_text,
                                failed_cutoff=cls.failed_cutoff, text_type=cls.text_type,
                                for_update=cls.for_update, recipient=cls.failed_recipient,
@@ -1374,6 +1418,31 @@ class _Dialect:
                 ")" % (_quote(cls.rate_table), cls.bigint),
                 "CREATE INDEX IF NOT EXISTS %s ON %s (name, sent_at)"
                 % (_quote(cls.rate_table + "_sent"), _quote(cls.rate_table))]
+
+    @classmethod
+    def sent_ddl(cls):
+        """The sent log's table (see "sent_add") and its index, which serves
+        pruning, `sent` and `stats` alike."""
+        return ["CREATE TABLE IF NOT EXISTS %s (\n    id %s,\n%s\n)"
+                % (_quote(cls.sent_table), cls.autoincrement, cls._sent_columns()),
+                "CREATE INDEX IF NOT EXISTS %s ON %s (tbl, sent_at, id)"
+                % (_quote(cls.sent_table + "_time"), _quote(cls.sent_table))]
+
+    @classmethod
+    def _sent_columns(cls):
+        # Texts are TEXT: what fits is decided in _sent_row, so that no value
+        # can fail the acknowledgement it is written with.
+        return ("    tbl VARCHAR(63) NOT NULL,\n"
+                "    sent_at %s NOT NULL,\n"
+                "    queue TEXT NOT NULL,\n"
+                "    uuid TEXT,\n"
+                "    job TEXT NOT NULL,\n"
+                "    template TEXT,\n"
+                "    subject TEXT NOT NULL,\n"
+                "    sender TEXT NOT NULL,\n"
+                "    recipients TEXT NOT NULL,\n"
+                "    message_id TEXT NOT NULL,\n"
+                "    reply TEXT NOT NULL" % cls.bigint)
 
     @classmethod
     def version_ddl(cls):
@@ -2189,6 +2258,14 @@ class _MySQL(_Dialect):
                 ") %s" % (cls.ident(cls.rate_table), cls.ident(cls.rate_table + "_sent"),
                           cls.table_options)]
 
+    @classmethod
+    def sent_ddl(cls):
+        return ["CREATE TABLE IF NOT EXISTS %s (\n"
+                "    id BIGINT UNSIGNED NOT NULL AUTO_INCREMENT PRIMARY KEY,\n%s,\n"
+                "    INDEX %s (tbl, sent_at, id)\n"
+                ") %s" % (cls.ident(cls.sent_table), cls._sent_columns(),
+                          cls.ident(cls.sent_table + "_time"), cls.table_options)]
+
     @staticmethod
     def plain_cursor(conn):
         """A cursor returning tuples, whatever cursorclass the app's connection
@@ -2378,7 +2455,7 @@ _SCHEMA_VERSION = 3
 def schema_sql(dialect, jobs="jobs", failed="failed_jobs"):
     """The DDL `migrate` runs, as one SQL script."""
     statements = ([dialect.version_ddl(), dialect.state_ddl()] + dialect.ddl(jobs, failed)
-                  + dialect.rate_ddl())
+                  + dialect.rate_ddl() + dialect.sent_ddl())
     return "".join(s + ";\n" for s in statements)
 
 
@@ -2394,6 +2471,13 @@ def _text(value):
 # A recorded mail outage that no worker has confirmed for this long is left
 # over from a worker that stopped during it: shown by `stats`, ignored by `health`.
 _OUTAGE_STALE = 300
+
+
+def _like(text):
+    """A LIKE pattern (ESCAPE '!') that finds `text` anywhere, in lower case; None for none."""
+    if not text:
+        return None
+    return "%" + re.sub(r"([!%_])", r"!\1", text.lower()) + "%"
 
 
 def _uuid4():
@@ -2661,7 +2745,8 @@ class Queue:
         """
         d, jobs, failed = self.dialect, self.config.table, self.config.failed_table
         found = {name: d.columns(cur, name) for name in
-                 ("dbqueue_migrations", "dbqueue_state", jobs, failed, d.rate_table)}
+                 ("dbqueue_migrations", "dbqueue_state", jobs, failed, d.rate_table,
+                  d.sent_table)}
         plan = [d.version_ddl()] if not found["dbqueue_migrations"] else []
         plan += [d.state_ddl()] if not found["dbqueue_state"] else []
         tables = {"jobs": jobs, "failed": failed}
@@ -2682,6 +2767,8 @@ class Queue:
         plan += indexes if missing_indexes(indexes, jobs, failed) else []
         rate = d.rate_ddl()
         plan += rate if not found[d.rate_table] or missing_indexes(rate, d.rate_table) else []
+        sent = d.sent_ddl()
+        plan += sent if not found[d.sent_table] or missing_indexes(sent, d.sent_table) else []
         version = None
         if found["dbqueue_migrations"]:
             self.execute(cur, "version", tbl=jobs)
@@ -2713,6 +2800,8 @@ class Queue:
         found = {role: self.dialect.columns(cur, table) for role, table in tables.items()}
         if not self.dialect.columns(cur, self.dialect.rate_table):
             return False      # MAIL_RATE_LIMIT's table, new beside a version-2 schema
+        if not self.dialect.columns(cur, self.dialect.sent_table):
+            return False      # the sent log's, likewise
         if found["jobs"] and self.dialect.retyped_columns(cur, tables["jobs"]):
             return False
         return all(found[role] and column in found[role]
@@ -2747,6 +2836,13 @@ class Queue:
         tables: a read-only SQLite file, a role without rights. Changes nothing."""
         with _Transaction(self, conn or self._conn()) as cur:
             self._probe_write(cur)
+        return True
+
+    def check_sent(self, conn=None):
+        """Raise DatabaseError (MissingTableError) unless the sent log's table
+        exists and may be read and written. Changes nothing."""
+        with _Transaction(self, conn or self._conn()) as cur:
+            self.execute(cur, "probe_sent")
         return True
 
     def _probe_write(self, cur):
@@ -3093,8 +3189,20 @@ class Queue:
         return jobs, lost
 
     def _ack(self, cur, tokens):
-        """Delete finished jobs; returns the tokens whose reservation was lost."""
-        return self._by_token(cur, "ack", tokens)
+        """Delete finished jobs; returns the tokens whose reservation was lost.
+        The sent-log rows a token carries (see _Ack) are written with it."""
+        lost = self._by_token(cur, "ack", tokens)
+        self._log_sent(cur, [row for t in tokens for row in getattr(t, "sent", ())])
+        return lost
+
+    def _log_sent(self, cur, rows):
+        """Write sent-log rows (see _sent_row) in the transaction that records
+        their job's attempt, so that a message is in the log exactly when its
+        job is done (or released, or failed), never after a crash before that.
+        A worker whose reservation was lost writes them too: the server took
+        the message all the same."""
+        for row in rows:
+            self.execute(cur, "sent_add", tbl=self.config.table, **row)
 
     def _by_token(self, cur, key, tokens, **params):
         if self.dialect is _Postgres:
@@ -3179,28 +3287,33 @@ class Queue:
                     self.execute(cur, "notify", channel=self.channel, queue=queue)
         return count
 
-    def release(self, conn, token, delay=0, uncount=False, acks=(), payload=None):
+    def release(self, conn, token, delay=0, uncount=False, acks=(), payload=None, sent=()):
         """Make a held job available again after `delay` seconds. False if it was lost.
 
         `delay=None` leaves its available_at as it was (a mail outage: the job
         keeps its place in the queue and its age). `uncount` gives back the
         attempt (for a job that never started, or one a mail outage stopped).
-        `payload` (text) replaces the job's payload.
+        `payload` (text) replaces the job's payload. `sent`: the sent-log
+        rows of this attempt (the recipients that took an email, before
+        others deferred it).
         """
         with _Transaction(self, conn) as cur:
             lost = self._ack(cur, acks) if acks else []
             self.execute(cur, "release", id=token[0], attempts=token[1],
                          delay=None if delay is None else int(delay),
                          uncount=1 if uncount else 0, payload=payload)
-            return cur.rowcount == 1, lost
+            released = cur.rowcount == 1
+            self._log_sent(cur, sent)
+            return released, lost
 
-    def fail(self, conn, token, uuid, exception, acks=(), payload=None):
+    def fail(self, conn, token, uuid, exception, acks=(), payload=None, sent=()):
         """Move a held job to failed_jobs, in one transaction. False if it was lost.
 
-        `payload` (text) is stored instead of the job's own.
+        `payload` (text) is stored instead of the job's own; `sent` as for release().
         """
         with _Transaction(self, conn) as cur:
             lost = self._ack(cur, acks) if acks else []
+            self._log_sent(cur, sent)
             return self._to_failed(cur, "fail", "ack", uuid, exception, payload, id=token[0],
                                    attempts=token[1]), lost
 
@@ -3454,9 +3567,7 @@ class Queue:
         it, in any case (ASCII letters on SQLite); `limit` and `offset` take
         one page.
         """
-        pattern = None
-        if search:
-            pattern = "%" + re.sub(r"([!%_])", r"!\1", search.lower()) + "%"
+        pattern = _like(search)
         key = ("failed_list", newest_first)
         prepared = self._sql.get(key)
         if prepared is None:
@@ -3483,6 +3594,59 @@ class Queue:
         id_, uuid, queue, payload, exception, failed_at = row
         return {"id": id_, "uuid": uuid, "queue": _text(queue), "payload": _text(payload),
                 "exception": exception, "failed_at": str(failed_at)}
+
+    # -- the sent log (dbqueue_sent) ----------------------------------------
+
+    prune_batch = 500        # sent-log rows deleted per statement
+
+    def sent(self, to=None, since=None, queue=None, search=None, limit=50, offset=0):
+        """The sent log of this jobs table, newest first, as dicts: id, sent_at
+        (unix seconds), queue, uuid, job, template, subject, from, to (the
+        recipients that took it), message_id, reply (the server's last).
+
+        `to` keeps the rows whose recipients contain it, `search` those whose
+        recipients, subject or Message-ID do (in any case: ASCII letters on
+        SQLite); `since` is seconds back from now.
+        """
+        with _Transaction(self, self._conn(), write=False) as cur:
+            rows = self.execute(cur, "sent_list", tbl=self.config.table, queue=queue,
+                                to=_like(to), search=_like(search),
+                                since=_MAX_SECONDS if since is None else int(since),
+                                limit=int(limit), offset=int(offset)).fetchall()
+        keys = ("id", "sent_at", "queue", "uuid", "job", "template", "subject", "from", "to",
+                "message_id", "reply")
+        found = [dict(zip(keys, row)) for row in rows]
+        for entry in found:
+            entry["queue"] = _text(entry["queue"])
+            entry["to"] = entry["to"].split(", ")
+        return found
+
+    def sent_counts(self, conn=None):
+        """{queue: messages sent in the last hour}; empty when the sent log's
+        table does not exist (a database migrated before it did) or may not
+        be read: it is extra, never a reason for `stats` to fail."""
+        with _Transaction(self, conn or self._conn(), write=False) as cur:
+            try:
+                rows = self.execute(cur, "sent_counts", tbl=self.config.table).fetchall()
+            except self._errors() as exc:
+                if not (self.dialect.is_missing_table(exc) or self.dialect.is_denied(exc)):
+                    raise
+                return {}
+        return {_text(queue): int(count) for queue, count in rows}
+
+    def prune_sent(self, conn=None, batches=20):
+        """Delete this jobs table's sent-log rows older than MAIL_LOG_DAYS,
+        `prune_batch` rows per statement, at most `batches` statements (a
+        worker comes back a minute later for more). Returns how many."""
+        total = 0
+        for _ in range(batches):
+            count = self.statement("sent_prune", conn, tbl=self.config.table,
+                                   age=self.config.mail_log_days * 86400,
+                                   batch=self.prune_batch).rowcount
+            total += count
+            if count < self.prune_batch:
+                break
+        return total
 
     def retry(self, ids=None, queue=None, undated=None):
         """Move failed jobs back to the queue with attempts reset; one transaction per job.
@@ -3779,7 +3943,7 @@ class Job:
     `uuid`, `name`, `data`, and `error` when the payload could not be read."""
 
     __slots__ = ("id", "queue", "raw", "attempts", "uuid", "name", "data", "payload",
-                 "error", "worker", "started", "next_payload", "created_at")
+                 "error", "worker", "started", "next_payload", "created_at", "sent")
 
     def __init__(self, id, queue, raw, attempts, created_at=None):
         self.id, self.queue, self.raw, self.attempts = id, queue, raw, attempts
@@ -3788,6 +3952,7 @@ class Job:
         # Payload text to store when the job is released or failed: set by a
         # handler that did part of its work (the recipients an email still needs).
         self.next_payload = None
+        self.sent = []     # the sent log's rows of this attempt (see _sent_row)
         self.data = self.payload = None
         self.started = 0.0
         # Built inside the claim transaction: an escaping error would roll
@@ -3820,6 +3985,17 @@ class Job:
     def __repr__(self):
         return "Job(id=%r, name=%r, queue=%r, attempts=%r)" % (self.id, self.name, self.queue,
                                                                 self.attempts)
+
+
+class _Ack(tuple):
+    """A finished job's (id, attempts) token that carries `sent`, the sent-log
+    rows its acknowledgement writes: wherever the ack is written (with the
+    next claim, on its own, at exit), they are written in its transaction."""
+
+    def __new__(cls, token, sent):
+        ack = super().__new__(cls, token)
+        ack.sent = sent
+        return ack
 
 
 class _Log:
@@ -3984,6 +4160,8 @@ class Worker:
         self._locked_since = None
         self._last_rescue = 0.0
         self._last_sweep = 0.0
+        self._last_prune = -60.0   # monotonic time the sent log was last pruned
+        self.sent_log = bool(queue.config.mail_log_days)   # off: see _connect_first
         self._confirmed = (0.0, 0.0)   # (monotonic, wall) time the held batch was last confirmed
         self._missed_ready = False     # the last claim found nothing though a job was ready
         self._settings_cache = {}  # job name -> (registry entry, settings) for plain payloads
@@ -3991,6 +4169,7 @@ class Worker:
         self._mail_pause = None    # a mail outage: see "mail outages" below
         self._outage_row = True    # a dbqueue_state outage row may exist (cleared once mail flows)
         self._state_warned = False
+        self._prune_warned = False
         self._stop_on_outage = False
         self._hinted = False      # the hint about other queues' ready jobs is given once
         self._pauses = (float("-inf"), frozenset())   # (monotonic time read, paused queues of ours)
@@ -4164,6 +4343,9 @@ class Worker:
         if now - self._last_sweep >= self.sweep_seconds:
             self._last_sweep = now
             self._expire()
+        if now - self._last_prune >= 60.0 and self.sent_log:
+            self._last_prune = now
+            self._prune_sent()
         acks = list(self._acks)
         queues = self._active_queues()
         if self._mail_pause is not None and queues == self.queues:
@@ -4186,6 +4368,18 @@ class Worker:
         also those of a queue it does not claim from now (a mail outage)."""
         for job, text in self._db(lambda c: self.queue.expire(c, self.queues)):
             self._log_job(job, "expired", 0, None, reason=text, level="warning")
+
+    def _prune_sent(self):
+        """MAIL_LOG_DAYS: delete the sent log's old rows; never fatal (logged once)."""
+        try:
+            deleted = self._db(lambda c: self.queue.prune_sent(c))
+        except QueueError as exc:
+            if not self._prune_warned:
+                self._prune_warned = True
+                self.log.warning("cannot delete old rows of the sent log", error=_first_line(exc))
+            return
+        if deleted:
+            self.log.debug("sent log pruned", deleted=deleted, days=self.queue.config.mail_log_days)
 
     def _unconfirmed_for(self):
         """Seconds since the held batch's reservations were last known to be ours.
@@ -4587,7 +4781,7 @@ class Worker:
         self._avg = elapsed if self._avg is None else self._avg * 0.8 + elapsed * 0.2
         if outcome is None:
             with self._lock:
-                self._acks.append(job.token)
+                self._acks.append(_Ack(job.token, job.sent) if job.sent else job.token)
                 self._done_lines[job.token] = (job, elapsed, tries)
             # A fast job's ack waits for the next claim, also when this was the
             # batch's last job: that claim's transaction commits it whether or
@@ -4620,11 +4814,11 @@ class Worker:
             text = _format_exception(exc)
             uuid = job.uuid or _uuid4()
             ok, lost = self._db(lambda c: self.queue.fail(c, job.token, uuid, text, acks,
-                                                          job.next_payload))
+                                                          job.next_payload, job.sent))
             reason = _first_line(exc)
         else:
             ok, lost = self._db(lambda c: self.queue.release(c, job.token, delay, uncount, acks,
-                                                             job.next_payload))
+                                                             job.next_payload, job.sent))
         self._acked(acks, lost)
         if not ok:
             self._log_job(job, "lost", elapsed, tries, level="warning",
@@ -4718,7 +4912,7 @@ class Worker:
         for j in back:
             acks = list(self._acks)
             _, lost = self._db(lambda c: self.queue.release(c, j.token, None, True, acks,
-                                                            j.next_payload))
+                                                            j.next_payload, j.sent))
             self._acked(acks, lost)
         error = _first_line(exc)
         queues = ",".join(sorted(pause["queues"]))
@@ -4773,6 +4967,20 @@ class Worker:
             self._conn = self.queue.connect()
         self.queue.check(self._conn)
         self.queue.check_write(self._conn)
+        if self.sent_log:
+            try:
+                self.queue.check_sent(self._conn)
+            except DatabaseError as exc:
+                if exc.transient and not isinstance(exc, MissingTableError):
+                    raise
+                # Mail matters more than its log: it is sent, unrecorded, and
+                # the operator is told how to turn the log on.
+                self.sent_log = False
+                self.log.warning("the sent log is off: this worker cannot write %s; run `%s` and"
+                                 " grant the worker's role SELECT, INSERT and DELETE on it (or"
+                                 " set MAIL_LOG_DAYS=0)" % (self.queue.dialect.sent_table,
+                                                           _command(self.queue.config, "migrate")),
+                                 error=_first_line(exc))
 
     def _db(self, action):
         """Run action(conn), reconnecting with backoff while the database is away.
@@ -5136,6 +5344,8 @@ class _Slot(Worker):
     _last_rescue = _Shared("_last_rescue")
     _last_sweep = _Shared("_last_sweep")
     _pauses = _Shared("_pauses")
+    _last_prune = _Shared("_last_prune")
+    sent_log = _Shared("sent_log")
 
     def __init__(self, pool, index):
         super().__init__(pool.queue, pool.queues, tries=pool.tries, backoff=pool.backoff,
@@ -6429,7 +6639,7 @@ def _deliver(fields, config):
     if config.mail_mailer == "sendmail":
         try:
             with _RateSlot(config, worker):
-                _Sendmail(config).send(sender, everyone, data)
+                reply = _Sendmail(config).send(sender, everyone, data)
         except _RateWait:
             raise
         except QueueError as exc:
@@ -6441,6 +6651,7 @@ def _deliver(fields, config):
             raise
         if worker is not None:
             worker._mail_flowing()
+        _sent_row(running, msg, fields, everyone, reply)
         return
     # A stored list can only narrow the message's own recipients, never add one.
     pending = state.get("pending")
@@ -6473,6 +6684,7 @@ def _deliver(fields, config):
                 mailer.close()
         if worker is not None:
             worker._mail_flowing()
+        _sent_row(running, msg, fields, [a for a in recipients if a not in refused], mailer.reply)
     # A 503 says the session was out of step (the transaction is reset),
     # never that the address is bad: retried like a 4xx.
     deferred = {a: _reply_text(*r) for a, r in refused.items()
@@ -6511,6 +6723,26 @@ def _deliver(fields, config):
     if deferred:   # the last attempt: the worker moves the job to failed_jobs
         raise QueueError(_scrub(text, config))
     raise PermanentError(_scrub(text + " (permanent)", config))
+
+
+def _sent_row(running, msg, fields, accepted, reply):
+    """Keep, for the sent log, who took the running job's message and the
+    server's last reply: the worker writes it with the attempt's outcome
+    (Queue._log_sent). Each value is cut to what every database's column
+    takes, so that it can never fail that transaction. The body is not kept."""
+    if running is None or not accepted or not getattr(running.worker, "sent_log", False):
+        return
+
+    def cut(value, size):
+        return None if value is None else str(value).replace("\x00", "")[:size]
+    template = running.data.get("template") if isinstance(running.data, dict) else None
+    running.sent.append({
+        "queue": cut(running.queue, 255), "uuid": running.uuid, "job": cut(running.name, 255),
+        "template": cut(template, 255) if isinstance(template, str) else None,
+        "subject": cut(fields["subject"], 1000), "sender": cut(fields["from"][1], 255),
+        # Addresses are ASCII (_addresses): 60000 characters fit MySQL's TEXT.
+        "recipients": cut(", ".join(accepted), 60000), "message_id": cut(msg["Message-ID"], 255),
+        "reply": cut(reply or "", 1000)})
 
 
 def _message_bytes(msg):
@@ -6722,6 +6954,7 @@ class _Mailer:
         self.smtp = None
         self.opened = 0      # sessions opened, for logs and the benchmark
         self.ehlo_name = None
+        self.reply = None    # the last message's final reply ("250 2.0.0 Ok: queued as ...")
 
     def close(self):
         smtp, self.smtp = self.smtp, None
@@ -6877,6 +7110,7 @@ class _Mailer:
             code, reply = smtp.data(body)   # raises SMTPDataError if DATA itself is refused
             if code != 250:
                 raise smtplib.SMTPDataError(code, reply)
+            self.reply = _reply_text(code, reply)
             return refused
         except BaseException as exc:
             self._after_failure(exc)
@@ -7102,7 +7336,7 @@ class _Sendmail:
             raise
         code = proc.returncode
         if code == 0:
-            return
+            return "%s exited 0" % where     # the sent log's reply
         line = (err or b"").decode("utf-8", "replace").strip().splitlines()
         detail = _scrub(line[0][:300], self.config) if line else "no message"
         if code < 0:
@@ -7640,6 +7874,8 @@ class _Dashboard:
             return self._overview(session, out)
         if path == "/failed":
             return self._failed_list(query, session, out)
+        if path == "/sent":
+            return self._sent_list(query, session, out)
         match = re.match(r"^/failed/([0-9]{1,18})\Z", path)
         if match:
             return self._failed_job(int(match.group(1)), session, out)
@@ -7798,6 +8034,56 @@ class _Dashboard:
         body = _join([filters, table,
                       _fill('<div class="pager">{p}{r}</div>', p=_join(pager, " "), r=retry_all)])
         return self._page(200, "Failed jobs", body, session, out, nav="failed", stats=stats)
+
+    def _sent_list(self, query, session, out):
+        """The sent log, newest first, a page at a time; searched by recipient,
+        subject or Message-ID."""
+        search = (query.get("q") or "").strip() or None
+        if search is not None and ("\x00" in search or len(search) > 255):
+            return self._error(400, "Bad request", "That search is too long or holds a control"
+                               " character.", out)
+        try:
+            page = max(1, min(int(query.get("page") or 1), 10 ** 6))
+        except ValueError:
+            page = 1
+        size = self.page_size
+        rows = self.queue.sent(search=search, limit=size + 1, offset=(page - 1) * size)
+        more, rows = len(rows) > size, rows[:size]
+        form = _fill(
+            '<form class="filters" method="get" action="/sent" role="search">'
+            '<input type="search" name="q" value="{q}" placeholder="Recipient, subject or'
+            ' Message-ID" aria-label="Search by recipient, subject or Message-ID">'
+            '<button type="submit">Search</button>{clear}</form>',
+            q=search or "", clear=_fill('<a href="/sent">Clear</a>') if search else "")
+        lines = [_fill('<tr><td data-label="Sent at" class="mono when">{when}</td>'
+                       '<td data-label="Queue" class="mono">{queue}</td>'
+                       '<td data-label="To">{to}</td><td data-label="Subject">{subject}</td>'
+                       '<td data-label="Message-ID" class="mono">{mid}</td>'
+                       '<td data-label="Reply" class="mono">{reply}</td></tr>',
+                       when=_utc(r["sent_at"]), queue=r["queue"], to=", ".join(r["to"]),
+                       subject=r["subject"], mid=r["message_id"], reply=r["reply"])
+                 for r in rows]
+        if lines:
+            table = _fill('<div class="panel cards"><table><thead><tr><th>Sent at (UTC)</th>'
+                          '<th>Queue</th><th>To</th><th>Subject</th><th>Message-ID</th>'
+                          '<th>Reply</th></tr></thead><tbody>{rows}</tbody></table></div>',
+                          rows=_join(lines))
+        elif search:
+            table = _fill('<p class="note">No sent mail matches “{q}”.</p>', q=search)
+        else:
+            table = _fill('<p class="note">No sent mail{why}.</p>',
+                          why=" here" if page > 1 else " in the last %d days" % (
+                              self.config.mail_log_days) if self.config.mail_log_days
+                          else ": the sent log is off (MAIL_LOG_DAYS=0)")
+        pager = []
+        if page > 1:
+            pager.append(_fill('<a href="{href}">‹ Newer</a>',
+                               href=_url("/sent", q=search, page=page - 1)))
+        if more:
+            pager.append(_fill('<a href="{href}">Older ›</a>',
+                               href=_url("/sent", q=search, page=page + 1)))
+        body = _join([form, table, _fill('<div class="pager">{p}</div>', p=_join(pager, " "))])
+        return self._page(200, "Sent", body, session, out, nav="sent")
 
     def _buttons(self, failed_id, session, back):
         if self.read_only:
@@ -7970,7 +8256,7 @@ class _Dashboard:
         failed = sum(s["failed"] for s in stats) if stats is not None else None
         links = []
         for key, href, label in (("overview", "/", "Overview"),
-                                 ("failed", "/failed", "Failed jobs")):
+                                 ("failed", "/failed", "Failed jobs"), ("sent", "/sent", "Sent")):
             badge = ""
             if key == "failed" and failed:
                 badge = _fill(' <span class="pill bad">{n}</span>', n="{:,}".format(failed))
@@ -8544,6 +8830,17 @@ def _parser():
     p.add_argument("--queue", type=_queue_arg, help="only this queue")
     p.add_argument("--json", action="store_true", help="JSON, with each full traceback")
 
+    p = command("sent", "list the mail that servers took, newest first (the sent log,"
+                " kept MAIL_LOG_DAYS days)",
+                "python3 dbqueue.py sent --to ann@example.com --since 2h")
+    p.add_argument("--to", metavar="ADDRESS", help="only mail whose recipients contain ADDRESS")
+    p.add_argument("--since", type=_duration_arg, metavar="DURATION",
+                   help="only mail sent within the last DURATION: 90s, 30m, 2h, 7d")
+    p.add_argument("--queue", type=_queue_arg, help="only this queue")
+    p.add_argument("--limit", type=_pos_int, default=50, metavar="N",
+                   help="at most N messages (default 50)")
+    p.add_argument("--json", action="store_true", help="JSON, with the uuid, job and template")
+
     p = command("retry", "move failed jobs back to the queue with attempts reset",
                 "python3 dbqueue.py retry 12 13\n  python3 dbqueue.py retry all --queue emails")
     p.add_argument("ids", nargs="+", type=_retry_id, metavar="ID|all",
@@ -8646,6 +8943,17 @@ def _concurrency(value):
     return _number(int, 1, value, _MAX_CONCURRENCY)
 
 
+def _duration_arg(value):
+    """Seconds from a duration such as 90s, 30m, 2h or 7d (pause --for, sent --since)."""
+    import argparse
+    seconds = _duration_seconds(value)
+    if seconds is None:
+        raise argparse.ArgumentTypeError("%r is not a duration such as 90s, 30m, 2h or 7d" % value)
+    if not 1 <= seconds <= _MAX_SECONDS:
+        raise argparse.ArgumentTypeError("%r must be from 1 second to 10 years" % value)
+    return seconds
+
+
 def _nonneg_float(value):
     return _number(float, 0, value)
 
@@ -8656,18 +8964,6 @@ def _queue_arg(value):
         return _queue_name(value)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc))
-
-
-def _duration_arg(value):
-    import argparse
-    match = re.match(r"^([0-9]+(?:\.[0-9]+)?)([smhd]?)\Z", value.strip())
-    if not match:
-        raise argparse.ArgumentTypeError("%r is not a duration: write 90s, 30m, 2h or 1d" % value)
-    seconds = float(match.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[
-        match.group(2)]
-    if not 1 <= seconds <= _MAX_SECONDS:
-        raise argparse.ArgumentTypeError("%r must be from 1 second to 10 years" % value)
-    return seconds
 
 
 def _unique_arg(value):
@@ -8920,6 +9216,8 @@ _PROM_METRICS = (
      " passed first (their exception begins expired:).", lambda s: [(None, s["past_deadline"])]),
     ("dbqueue_oldest_ready_age_seconds", "Seconds the oldest ready job of the queue has waited"
      " (0 when none is ready).", lambda s: [(None, s["oldest_ready_age"] or 0)]),
+    ("dbqueue_sent_last_hour", "Messages a mail server took in the last hour (the sent log).",
+     lambda s: [(None, s.get("sent_last_hour", 0))]),
     ("dbqueue_mail_outage_seconds", "Seconds the mail server has been unavailable to the"
      " workers of this queue, whose mail waits unspent (0 when mail flows).",
      lambda s: [(None, (s.get("mail_outage") or {}).get("seconds", 0))]),
@@ -8944,6 +9242,16 @@ def _paused_line(paused):
         "%s (%s)" % (name, "until resumed" if p["until"] is None
                      else "resumes in %s" % _duration(p["seconds_left"]))
         for name, p in sorted(paused.items()))
+
+
+def _with_sent(stats, counts):
+    """Add each queue's mail sent in the last hour (the sent log) to its stats;
+    a queue that has no jobs left but sent mail is listed too."""
+    known = {entry["queue"] for entry in stats}
+    stats = stats + [_no_jobs(queue) for queue in counts if queue not in known]
+    for entry in stats:
+        entry["sent_last_hour"] = counts.get(entry["queue"], 0)
+    return sorted(stats, key=lambda entry: entry["queue"])
 
 
 def _with_mail_outage(stats, outage):
@@ -9029,9 +9337,10 @@ def _cmd_stats(args, config):
         outage = queue.mail_outage()
         rate = queue.rate_use()
         paused = queue.paused()
+        sent = queue.sent_counts()
     finally:
         queue.close()
-    _with_mail_outage(_with_pauses(stats, paused), outage)
+    stats = _with_mail_outage(_with_sent(_with_pauses(stats, paused), sent), outage)
     if fmt == "json":
         if rate is not None:
             # The list stays a list of queues, as scripts read it; the limit
@@ -9043,9 +9352,10 @@ def _cmd_stats(args, config):
         sys.stdout.write(_prometheus(stats, rate))
     else:
         rows = [(s["queue"], s["ready"], s["delayed"], s["reserved"], s["expired"], s["failed"],
-                 s["past_deadline"], _duration(s["oldest_ready_age"])) for s in stats]
+                 s["past_deadline"], _duration(s["oldest_ready_age"]), s["sent_last_hour"])
+                for s in stats]
         print(_table(("queue", "ready", "delayed", "reserved", "expired", "failed",
-                      "past deadline", "oldest ready"), rows))
+                      "past deadline", "oldest ready", "sent 1h"), rows))
         if not stats:
             print("(no jobs: %s and %s are empty)" % (config.table, config.failed_table))
         if outage is not None:
@@ -9171,6 +9481,34 @@ def _cmd_failed(args, config):
     print(_table(("id", "uuid", "queue", "job", "failed at", "error"),
                  [(f["id"], f["uuid"], f["queue"], f["job"], f["failed_at"], cut(f["error"]))
                   for f in listed]))
+    return 0
+
+
+def _utc(seconds):
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(seconds))
+
+
+def _cmd_sent(args, config):
+    queue = _reader(config)
+    try:
+        rows = queue.sent(to=args.to, since=args.since, queue=args.queue, limit=args.limit)
+    finally:
+        queue.close()
+    for row in rows:
+        row["sent_at"] = _utc(row["sent_at"])
+        del row["id"]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    if not rows:
+        print("no sent mail%s%s" % (" matches" if args.to or args.since or args.queue else "",
+                                   "" if config.mail_log_days else
+                                   " (MAIL_LOG_DAYS=0: the sent log is off)"))
+        return 0
+    cut = lambda text: text if len(text) <= 60 else text[:59] + "..."  # noqa: E731
+    print(_table(("sent at (UTC)", "queue", "to", "subject", "message-id", "reply"),
+                 [(r["sent_at"], r["queue"], ", ".join(r["to"]), cut(r["subject"]),
+                   r["message_id"], r["reply"]) for r in rows]))
     return 0
 
 
@@ -9393,6 +9731,7 @@ _COMMANDS = {
     "pause": _cmd_pause,
     "resume": _cmd_pause,
     "failed": _cmd_failed,
+    "sent": _cmd_sent,
     "retry": _cmd_retry,
     "cancel": _cmd_cancel,
     "forget": _cmd_forget,

@@ -42,6 +42,21 @@ CREATE TABLE IF NOT EXISTS "dbqueue_rate" (
     PRIMARY KEY (name, slot)
 );
 CREATE INDEX IF NOT EXISTS "dbqueue_rate_sent" ON "dbqueue_rate" (name, sent_at);
+CREATE TABLE IF NOT EXISTS "dbqueue_sent" (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    tbl VARCHAR(63) NOT NULL,
+    sent_at INTEGER NOT NULL,
+    queue TEXT NOT NULL,
+    uuid TEXT,
+    job TEXT NOT NULL,
+    template TEXT,
+    subject TEXT NOT NULL,
+    sender TEXT NOT NULL,
+    recipients TEXT NOT NULL,
+    message_id TEXT NOT NULL,
+    reply TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS "dbqueue_sent_time" ON "dbqueue_sent" (tbl, sent_at, id);
 
 -- postgresql (schema version 3)
 
@@ -87,6 +102,21 @@ CREATE TABLE IF NOT EXISTS "dbqueue_rate" (
     PRIMARY KEY (name, slot)
 );
 CREATE INDEX IF NOT EXISTS "dbqueue_rate_sent" ON "dbqueue_rate" (name, sent_at);
+CREATE TABLE IF NOT EXISTS "dbqueue_sent" (
+    id BIGSERIAL PRIMARY KEY,
+    tbl VARCHAR(63) NOT NULL,
+    sent_at BIGINT NOT NULL,
+    queue TEXT NOT NULL,
+    uuid TEXT,
+    job TEXT NOT NULL,
+    template TEXT,
+    subject TEXT NOT NULL,
+    sender TEXT NOT NULL,
+    recipients TEXT NOT NULL,
+    message_id TEXT NOT NULL,
+    reply TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS "dbqueue_sent_time" ON "dbqueue_sent" (tbl, sent_at, id);
 
 -- mysql (schema version 3)
 
@@ -146,4 +176,19 @@ CREATE TABLE IF NOT EXISTS `dbqueue_rate` (
     sent_at BIGINT NOT NULL,
     PRIMARY KEY (name, slot),
     INDEX `dbqueue_rate_sent` (name, sent_at)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;
+CREATE TABLE IF NOT EXISTS `dbqueue_sent` (
+    id BIGINT UNSIGNED NOT NULL AUTO_INCREMENT PRIMARY KEY,
+    tbl VARCHAR(63) NOT NULL,
+    sent_at BIGINT NOT NULL,
+    queue TEXT NOT NULL,
+    uuid TEXT,
+    job TEXT NOT NULL,
+    template TEXT,
+    subject TEXT NOT NULL,
+    sender TEXT NOT NULL,
+    recipients TEXT NOT NULL,
+    message_id TEXT NOT NULL,
+    reply TEXT NOT NULL,
+    INDEX `dbqueue_sent_time` (tbl, sent_at, id)
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;

@@ -2500,7 +2500,8 @@ class OpsTests:
         self.assertTrue(120 <= emails["oldest_ready_age"] < 180, emails)
         self.assertEqual(stats["default"], {"queue": "default", "ready": 0, "delayed": 0,
                                             "reserved": 1, "expired": 0, "failed": 0,
-                                            "past_deadline": 0, "oldest_ready_age": None})
+                                            "past_deadline": 0, "oldest_ready_age": None,
+                                            "sent_last_hour": 0})
         self.assertEqual((stats["slow"]["reserved"], stats["slow"]["expired"]), (1, 1))
         # The same answer, except that a second may tick between the two calls.
         same = [dict(s, oldest_ready_age=None) for s in json.loads(out)]
@@ -2511,7 +2512,7 @@ class OpsTests:
         self.assertEqual(code, 0)
         lines = out.splitlines()
         self.assertEqual(lines[0].split(), ["queue", "ready", "delayed", "reserved", "expired",
-                                            "failed", "past", "deadline", "oldest", "ready"])
+                                            "failed", "past", "deadline", "oldest", "ready", "sent", "1h"])
         rows = {line.split()[0]: line for line in lines[1:]}
         self.assertEqual(rows["emails"].split()[1:6], ["3", "1", "0", "0", "1"])
         self.assertRegex(rows["emails"].split()[7], r"^2m\d\ds$")
@@ -2826,7 +2827,8 @@ class OpsCommandLineTests(unittest.TestCase):
                  ["health"], ["failed"], ["retry", "all"], ["cancel", "1"], ["forget", "1"],
                  ["flush"],
                  ["clear", "--queue", "q", "--force"], ["bench"], ["config"],
-                 ["dashboard", "--port", "0"], ["pause", "q"], ["resume", "q"]]
+                 ["dashboard", "--port", "0"], ["pause", "q"], ["resume", "q"],
+                 ["sent"]]
         self.assertEqual(sorted(a[0] for a in argvs), sorted(dbqueue._COMMANDS))
         missing = os.path.join(self.tmp, "missing.env")
         for argv in argvs:
@@ -2977,7 +2979,7 @@ class OpsStatsTableTests(unittest.TestCase):
         code, out, err = run_main(["stats"], db.env())
         self.assertEqual(code, 0, err)
         header, row = out.splitlines()[:2]
-        self.assertTrue(row.endswith(" -"), out)
+        self.assertIn(" - ", row, out)
         self.assertEqual(row.rindex("-"), header.index("oldest ready"), out)
 
 
@@ -7159,6 +7161,349 @@ class MailBadSequenceAtRcptTests(EmailTestMixin, unittest.TestCase):
         self.assertEqual(self.jobs_left(), 0)
 
 
+class QueuedAsSink(PostfixSink):
+    """PostfixSink whose DATA reply names the queue id, as Postfix's does."""
+
+    async def handle_DATA(self, server, session, envelope):
+        reply = await super().handle_DATA(server, session, envelope)
+        if reply.startswith("250"):
+            return "250 2.0.0 Ok: queued as 4QwXk%d" % len(self.messages)
+        return reply
+
+
+def _sent_log_row(**fields):
+    """A sent-log row as the mailer keeps it (dbqueue._sent_row)."""
+    row = {"queue": "default", "uuid": None, "job": "t_record", "template": None,
+           "subject": "Hi", "sender": "app@example.com", "recipients": "a@example.com",
+           "message_id": "<1@example.com>", "reply": "250 OK"}
+    row.update(fields)
+    return row
+
+
+class SentLogTests(EmailTestMixin):
+    """The sent log (dbqueue_sent): what a mail server took, written with the job's ack."""
+
+    def setUp(self):
+        def forget():
+            try:
+                self.db.raw("DELETE FROM dbqueue_sent WHERE tbl = %s" % self.db.param,
+                            (self.db.table,))
+            except Exception:
+                pass      # never migrated: nothing to forget
+        self.addCleanup(forget)
+
+    def shift(self, seconds, subject):
+        """Move the rows of `subject` back in time, as if sent `seconds` earlier."""
+        p = self.db.param
+        self.db.raw("UPDATE dbqueue_sent SET sent_at = sent_at - %d WHERE tbl = %s AND subject = %s"
+                    % (seconds, p, p), (self.db.table, subject))
+
+    def test_a_sent_mail_is_logged_with_the_servers_reply_and_who_took_it(self):
+        sink = QueuedAsSink(self)
+        q = self.mail_queue(sink)
+        job_id = dbqueue.queue_email(["a@example.com", "b@example.com"], "Hello", text="BODY-1",
+                                     bcc="c@example.com", using=q)
+        uuid = self.uuid_of(job_id)
+        dbqueue.queue_template_email("d@example.com", "verify_email",
+                                     {"name": "Ann", "url": "https://app.example/v/1"}, using=q)
+        _, log = self.work(q)
+        self.assertEqual(self.jobs_left(), 0, log)
+        rows = q.sent()
+        self.assertEqual([r["job"] for r in rows], ["send_template_email", "send_email"])
+        plain, templated = rows[1], rows[0]
+        self.assertEqual(plain["to"], ["a@example.com", "b@example.com", "c@example.com"])
+        self.assertEqual(plain["reply"], "250 2.0.0 Ok: queued as 4QwXk1")
+        self.assertEqual(templated["reply"], "250 2.0.0 Ok: queued as 4QwXk2")
+        self.assertEqual(plain["message_id"], "<%s@example.com>" % uuid)
+        self.assertEqual(sink.messages[0][1]["Message-ID"], plain["message_id"])
+        self.assertEqual((plain["queue"], plain["uuid"], plain["subject"], plain["from"],
+                          plain["template"]), ("emails", uuid, "Hello", "app@example.com", None))
+        self.assertEqual(templated["template"], "verify_email")
+        self.assertEqual(templated["to"], ["d@example.com"])
+        self.assertIsInstance(plain["sent_at"], int)
+        # The body is never stored.
+        raw = self.db.raw("SELECT * FROM dbqueue_sent WHERE tbl = %s" % self.db.param,
+                          (self.db.table,))
+        self.assertEqual(len(raw), 2)
+        self.assertNotIn("BODY-1", repr(raw))
+
+    def test_refused_recipients_are_not_logged(self):
+        sink = QueuedAsSink(self)
+        sink.refuse = {"x@example.com": "550 5.1.1 <x@example.com>: User unknown"}
+        q = self.mail_queue(sink)
+        dbqueue.queue_email(["x@example.com", "b@example.com"], "partly", text="t", using=q)
+        dbqueue.queue_email("x@example.com", "nobody", text="t", using=q)
+        self.work(q, tries=3)
+        self.assertEqual(len(q.failed()), 2)     # each names x@ as refused
+        rows = q.sent()
+        self.assertEqual([(r["subject"], r["to"]) for r in rows], [("partly", ["b@example.com"])])
+        self.assertTrue(rows[0]["reply"].startswith("250 2.0.0 Ok: queued as"), rows[0])
+
+    def test_partly_deferred_mail_is_logged_per_attempt(self):
+        sink = QueuedAsSink(self)
+        sink.rcpt_script = {"b@example.com": ["450 4.2.0 <b@example.com>: Greylisted"]}
+        q = self.mail_queue(sink)
+        dbqueue.queue_email(["a@example.com", "b@example.com"], "both", text="t", using=q)
+        # The first attempt: a@ took it, b@ deferred it. a@ is logged with
+        # the attempt's release, while the job waits for its retry.
+        worker = dbqueue.Worker(q, ["emails"], log=quiet_log(), backoff="0")
+        worker.run(max_jobs=1)
+        self.assertEqual(self.jobs_left(), 1)
+        self.assertEqual([r["to"] for r in q.sent()], [["a@example.com"]])
+        self.work(q, tries=3)
+        self.assertEqual(self.jobs_left(), 0)
+        rows = q.sent()
+        self.assertEqual([r["to"] for r in rows], [["b@example.com"], ["a@example.com"]])
+        self.assertEqual(len({r["message_id"] for r in rows}), 1)
+        self.assertEqual([r["reply"] for r in rows], ["250 2.0.0 Ok: queued as 4QwXk2",
+                                                      "250 2.0.0 Ok: queued as 4QwXk1"])
+
+    def test_the_ack_and_its_log_rows_commit_together(self):
+        q = self.db.queue()
+        q.push("t_record", {})
+        conn = q.connect()
+        (job,), _ = q.reserve(conn, ["default"])
+        good, bad = _sent_log_row(subject="good"), _sent_log_row(subject=None)
+        # A log row that cannot be written fails the ack: the job stays
+        # reserved and the row written before it is rolled back too.
+        with self.assertRaises(dbqueue.DatabaseError):
+            q.ack(conn, [dbqueue._Ack(job.token, [good, bad])])
+        with self.assertRaises(dbqueue.DatabaseError):
+            q.release(conn, job.token, 0, sent=[good, bad])
+        self.assertEqual(self.db.raw("SELECT attempts, reserved_at IS NOT NULL FROM {jobs}"),
+                         [(1, 1)])
+        self.assertEqual(q.sent(), [])
+        self.assertEqual(q.ack(conn, [dbqueue._Ack(job.token, [good])]), [])
+        self.assertEqual(self.jobs_left(), 0)
+        self.assertEqual([r["subject"] for r in q.sent()], ["good"])
+
+    def test_mail_log_days_0_and_the_log_mailer_write_nothing(self):
+        sink = QueuedAsSink(self)
+        q = self.mail_queue(sink, mail_log_days=0)
+        dbqueue.queue_email("a@example.com", "off", text="t", using=q)
+        self.work(q)
+        self.assertEqual(len(sink.messages), 1)
+        q = self.mail_queue(sink, mail_mailer="log")
+        dbqueue.queue_email("a@example.com", "shown only", text="t", using=q)
+        self.work(q)
+        self.assertEqual(self.jobs_left(), 0)
+        self.assertEqual(len(sink.messages), 1)
+        self.assertEqual(q.sent(), [])
+
+    def test_workers_delete_old_rows_in_batches_once_a_minute(self):
+        sink = QueuedAsSink(self)
+        q = self.mail_queue(sink, mail_log_days=2)
+        for subject in ("old", "old", "old", "old", "old", "new"):
+            dbqueue.queue_email("a@example.com", subject, text="t", using=q)
+        self.work(q)
+        self.shift(3 * 86400, "old")
+        q.prune_batch = 2
+        self.assertEqual(q.prune_sent(), 5)         # three statements of at most 2
+        self.assertEqual([r["subject"] for r in q.sent()], ["new"])
+        # A worker prunes at its first claim, then not again within a minute.
+        dbqueue.queue_email("a@example.com", "older", text="t", using=q)
+        self.work(q)
+        self.shift(3 * 86400, "older")
+        worker = dbqueue.Worker(q, ["emails"], log=quiet_log())
+        try:
+            worker._claim(1)
+            self.assertEqual([r["subject"] for r in q.sent()], ["new"])
+            dbqueue.queue_email("a@example.com", "oldest", text="t", using=q)
+            worker._claim(1)
+            worker._process(worker._held.pop(0))
+            worker._flush_acks()
+            self.shift(3 * 86400, "oldest")
+            worker._claim(1)
+            self.assertEqual([r["subject"] for r in q.sent()], ["new", "oldest"])
+            worker._last_prune -= 61
+            worker._claim(1)
+            self.assertEqual([r["subject"] for r in q.sent()], ["new"])
+        finally:
+            worker._shutdown()
+
+    def test_sent_command_filters_newest_first(self):
+        sink = QueuedAsSink(self)
+        q = self.mail_queue(sink)
+        dbqueue.queue_email("ann@example.com", "to ann", text="t", using=q)
+        dbqueue.queue_email(["bob@example.com", "Ann@Example.com"], "to bob", text="t", using=q)
+        dbqueue.queue_email("carla@example.com", "to carla", text="t", using=q, queue="other")
+        self.work(q)
+        dbqueue.Worker(q, ["other"], log=quiet_log()).run(stop_when_empty=True)
+        self.shift(3 * 3600, "to ann")
+        env = self.db.env()
+
+        def listed(*args):
+            code, out, err = run_main(["sent", "--json"] + list(args), env)
+            self.assertEqual((code, err), (0, ""))
+            return [r["subject"] for r in json.loads(out)]
+        self.assertEqual(listed(), ["to carla", "to bob", "to ann"])
+        self.assertEqual(listed("--to", "ANN@example.com"), ["to bob", "to ann"])
+        self.assertEqual(listed("--since", "2h"), ["to carla", "to bob"])
+        self.assertEqual(listed("--since", "4h", "--to", "ann@"), ["to bob", "to ann"])
+        self.assertEqual(listed("--queue", "other"), ["to carla"])
+        self.assertEqual(listed("--limit", "1"), ["to carla"])
+        code, out, err = run_main(["sent", "--to", "bob@example.com"], env)
+        self.assertEqual(code, 0, err)
+        self.assertIn("sent at (UTC)", out)
+        self.assertIn("bob@example.com, Ann@Example.com", out)
+        self.assertIn("250 2.0.0 Ok: queued as", out)
+        code, out, err = run_main(["sent", "--to", "nobody@example.com"], env)
+        self.assertEqual((code, out), (0, "no sent mail matches\n"))
+        code, out, err = run_main(["sent", "--since", "2 hours"], env)
+        self.assertEqual(code, 2)
+        one_line(self, err)
+        self.assertIn("90s, 30m, 2h or 7d", err)
+        code, out, err = run_main(["sent"], dict(env, MAIL_LOG_DAYS="two weeks"))
+        self.assertEqual(code, 2)
+        one_line(self, err)
+        self.assertIn("MAIL_LOG_DAYS=two weeks", err)
+
+    def test_stats_count_the_mail_sent_in_the_last_hour(self):
+        sink = QueuedAsSink(self)
+        q = self.mail_queue(sink)
+        for subject in ("a", "b", "earlier"):
+            dbqueue.queue_email("a@example.com", subject, text="t", using=q)
+        q.push("t_record", {}, queue="default")
+        self.work(q)
+        self.shift(2 * 3600, "earlier")
+        env = self.db.env()
+        code, out, err = run_main(["stats", "--json"], env)
+        self.assertEqual(code, 0, err)
+        counts = {s["queue"]: s["sent_last_hour"] for s in json.loads(out)}
+        # emails has no job left, and is listed for its mail all the same.
+        self.assertEqual(counts, {"default": 0, "emails": 2})
+        code, out, err = run_main(["stats", "--format", "prometheus"], env)
+        self.assertIn('dbqueue_sent_last_hour{queue="emails"} 2\n', out)
+        code, out, err = run_main(["stats"], env)
+        self.assertIn("sent 1h", out.splitlines()[0])
+        self.assertEqual(out.splitlines()[2].split(), ["emails", "0", "0", "0", "0", "0", "0", "-", "2"])
+
+    def test_the_dashboards_sent_page_lists_searches_and_escapes(self):
+        sink = QueuedAsSink(self)
+        q = self.mail_queue(sink)
+        dbqueue.queue_email("ann@example.com", HOSTILE + ' & "quoted"', text="t", using=q)
+        job_id = dbqueue.queue_email("bob@example.com", "Your invoice", text="t", using=q)
+        uuid = self.uuid_of(job_id)
+        self.work(q)
+        client = DashboardClient(start_dashboard(self, self.db.queue(), page_size=1))
+        page = client.get("/sent")
+        self.assertEqual(page.status, 200)
+        self.assertIn('href="/sent"', page.text)
+        self.assertIn("Your invoice", page.text)            # newest first, one per page
+        self.assertNotIn("ann@example.com", page.text)
+        self.assertIn('href="/sent?page=2"', page.text)
+        page = client.get("/sent?page=2")
+        self.assertIn("ann@example.com", page.text)
+        self.assertNotIn(HOSTILE, page.text)
+        self.assertIn("&lt;script&gt;alert(1)&lt;/script&gt; &amp; &quot;quoted&quot;", page.text)
+        self.assertIn("250 2.0.0 Ok: queued as 4QwXk1", page.text)
+        for search in ("BOB@", "invoice", uuid[:13]):
+            page = client.get("/sent?q=" + search)
+            self.assertIn("Your invoice", page.text, search)
+            self.assertNotIn("ann@example.com", page.text, search)
+        page = client.get("/sent?q=%3Cscript%3E")
+        self.assertIn("ann@example.com", page.text)
+        self.assertIn('value="&lt;script&gt;"', page.text)
+        page = client.get("/sent?q=nobody")
+        self.assertIn("No sent mail matches", page.text)
+
+    @sqlite_only
+    def test_sendmail_is_logged_with_its_exit_status(self):
+        bin_dir = os.path.join(self.db.tmp, "bin")
+        os.mkdir(bin_dir)
+        script = os.path.join(bin_dir, "sendmail.py")
+        with open(script, "w") as fh:
+            fh.write(FAKE_SENDMAIL)
+        with open(os.path.join(bin_dir, "codes.txt"), "w") as fh:
+            fh.write("0")
+        q = self.mail_queue(None, mail_mailer="sendmail",
+                            mail_sendmail_path="%s %s -t -i" % (sys.executable, script))
+        dbqueue.queue_email(["a@example.com", "b@example.com"], "piped", text="t", using=q)
+        self.work(q)
+        (row,) = q.sent()
+        self.assertEqual(row["to"], ["a@example.com", "b@example.com"])
+        self.assertEqual(row["reply"], "sendmail (%s) exited 0" % sys.executable)
+
+    @sqlite_only
+    def test_a_database_made_before_the_log_gets_its_table_from_migrate(self):
+        q = self.db.queue()
+        q.close()
+        self.db.raw("DROP TABLE dbqueue_sent")
+        code, out, err = run_main(["migrate", "--print"], self.db.env())
+        self.assertEqual(code, 0, err)
+        self.assertIn('CREATE TABLE IF NOT EXISTS "dbqueue_sent"', out)
+        self.assertIn('CREATE INDEX IF NOT EXISTS "dbqueue_sent_time"', out)
+        self.assertEqual(run_main(["migrate"], self.db.env())[0], 0)
+        self.assertEqual(self.db.raw("SELECT COUNT(*) FROM dbqueue_sent"), [(0,)])
+        code, out, err = run_main(["migrate", "--print"], self.db.env())
+        self.assertIn("nothing to do", out)
+
+
+on_every_backend(SentLogTests, [Backend, PsycopgBackend, MariaDBBackend])
+
+
+class SentLogRightsTests(unittest.TestCase):
+    """A PostgreSQL role granted the queue tables only: mail goes out, unrecorded, and the
+    worker says once what to grant."""
+
+    def setUp(self):
+        self.db = PsycopgBackend(self)
+        self.sink = QueuedAsSink(self)
+        self.q = self.db.queue(mail_host="127.0.0.1", mail_port=self.sink.port)
+        dbqueue.queue_email("a@example.com", "s", text="t", using=self.q)
+        self.role = "dbq_role_" + self.db.table
+        self.db.raw('CREATE ROLE "%s" NOLOGIN' % self.role)
+        self.addCleanup(self.db.raw, 'DROP ROLE IF EXISTS "%s"' % self.role)
+        self.addCleanup(self.db.raw, 'REVOKE ALL ON "%s", "%s", "%s_id_seq", dbqueue_state FROM "%s"'
+                        % (self.db.table, self.db.failed_table, self.db.table, self.role))
+        self.db.raw('GRANT SELECT, INSERT, UPDATE, DELETE ON "%s", "%s", dbqueue_state TO "%s"'
+                    % (self.db.table, self.db.failed_table, self.role))
+        self.db.raw('GRANT USAGE ON SEQUENCE "%s_id_seq" TO "%s"' % (self.db.table, self.role))
+        self.env = self.db.env(QUEUE_DATABASE_URL=url_with(
+            self.db.url, "options=-crole%%3D%s" % self.role), MAIL_HOST="127.0.0.1",
+            MAIL_PORT=str(self.sink.port))
+
+    def test_mail_is_sent_and_the_worker_says_what_to_grant(self):
+        code, _, err = run_main(["work", "--queue", "emails", "--stop-when-empty"], self.env)
+        self.assertEqual(code, 0, err)
+        self.assertEqual(len(self.sink.messages), 1)
+        self.assertEqual(err.count("the sent log is off"), 1, err)
+        self.assertIn("SELECT, INSERT and DELETE on it", err)
+        self.assertEqual(self.q.sent(), [])
+        code, out, err = run_main(["stats", "--json"], self.env)     # extra: never fatal
+        self.assertEqual(code, 0, err)
+        self.assertEqual(json.loads(out), [])
+
+
+class SentLogProcessTests(_WorkerProcesses, EmailTestMixin):
+    """work --concurrency: every slot writes the log rows of the mail it sent."""
+
+    def setUp(self):
+        self.process_setup()
+        SentLogTests.setUp(self)
+
+    def test_every_slot_logs_its_own_mail(self):
+        sink = QueuedAsSink(self)
+        q = self.mail_queue(sink)
+        count = 24
+        for i in range(count):
+            dbqueue.queue_email("r%d@example.com" % i, "m%d" % i, text="t", using=q)
+        proc = self.start_worker("--queue", "emails", "--concurrency", "4", "--stop-when-empty",
+                                 MAIL_HOST="127.0.0.1", MAIL_PORT=sink.port,
+                                 MAIL_FROM_ADDRESS="app@example.com")
+        self.assertEqual(self.finish(proc, 120), 0, self.stderr(proc))
+        rows = q.sent(limit=1000)
+        self.assertEqual(sorted(r["subject"] for r in rows), sorted("m%d" % i for i in range(count)))
+        self.assertEqual(len({r["message_id"] for r in rows}), count)
+        self.assertEqual({r["to"][0] for r in rows}, {"r%d@example.com" % i for i in range(count)})
+        # The replies are the server's own, one queue id per message.
+        self.assertEqual(sorted(r["reply"] for r in rows),
+                         sorted("250 2.0.0 Ok: queued as 4QwXk%d" % (i + 1) for i in range(count)))
+
+
+on_every_backend(SentLogProcessTests, [Backend, PsycopgBackend, MariaDBBackend])
+
+
 class MailMessageTests(unittest.TestCase):
     """The parts of issue 10 that need no server (they run on every Python)."""
 
@@ -8263,7 +8608,8 @@ class RateLimitTests(EmailTestMixin):
         self.assertEqual((code, err), (0, ""))
         self.assertIn("MAIL_RATE_LIMIT 2/d: 1 of 2 messages used in the last day", out)
         stats = json.loads(run_main(["stats", "--json"], env)[1])
-        self.assertEqual([s["queue"] for s in stats], ["default"])
+        # emails has no job left; the sent log lists it for its mail.
+        self.assertEqual([s["queue"] for s in stats], ["default", "emails"])
         self.assertEqual(stats[0]["mail_rate"], {"limit": "2/d", "messages": 2,
                                                  "window_seconds": 86400, "used": 1})
         prom = run_main(["stats", "--format", "prometheus"], env)[1]
@@ -9323,6 +9669,14 @@ class DashboardBrowserTests(unittest.TestCase):
         # This one failed in a real worker.
         q.push("t_monthly_report", {"month": "2026-11", "to": "bob@example.com"}, queue="reports")
         dbqueue.Worker(q, ["reports"], tries=1, log=quiet_log()).run(stop_when_empty=True)
+        # And this one went out, through a real SMTP server: it is in the sent log.
+        sink = QueuedAsSink(self)
+        mail = dbqueue.Queue(config=self.db.config(mail_host="127.0.0.1", mail_port=sink.port,
+                                                    mail_from_address="app@example.com"))
+        self.addCleanup(mail.close)
+        dbqueue.queue_email("dora@example.com", "Your invoice for November", text="t",
+                            using=mail, queue="receipts")
+        dbqueue.Worker(mail, ["receipts"], log=quiet_log()).run(stop_when_empty=True)
 
     def test_a_browser_retries_a_failed_job(self):
         q = self.db.queue()
@@ -9353,6 +9707,14 @@ class DashboardBrowserTests(unittest.TestCase):
                                  "1")
                 self.assertEqual(page.inner_text('[data-queue="reports"] [data-label="Failed"]'),
                                  "0")
+                page.click('a[href="/sent"]')
+                row = page.locator("tr", has_text="Your invoice for November")
+                self.assertEqual(row.count(), 1)
+                self.assertIn("dora@example.com", row.inner_text())
+                self.assertIn("250 2.0.0 Ok: queued as 4QwXk1", row.inner_text())
+                page.fill('input[name="q"]', "nobody@example.com")
+                page.click('button[type="submit"]')
+                page.wait_for_selector("text=No sent mail matches")
                 self.assertEqual(errors, [])    # nothing refused by the CSP, no script error
                 # A phone: the tables become cards, nothing wider than the screen.
                 phone = browser.new_page(viewport={"width": 390, "height": 844},
