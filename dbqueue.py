@@ -194,14 +194,15 @@ def _userinfo(url):
     The one place that decides where the password is, for the parsers (the
     MySQL arguments, the URL handed to libpq) and for every mask: the user
     ends at the first ":", the password at the last "@" before the query. So
-    a password pasted with "@", ":", "/" or "#" in it is read whole, never
-    half read as the host, and hidden whole.
+    a password pasted with "@", ":", "/", "#" or "?" in it is read whole, never
+    half read as the host, and hidden whole. A "?" followed by an "@" before
+    any "=" or "&" is the password's, not a query's (libpq reads it so).
     """
     start = url.find("://") + 3
     if start < 3:
         return None
-    query = url.find("?", start)
-    at = url.rfind("@", start, len(url) if query < 0 else query)
+    query = re.compile(r"\?(?![^=&]*@)").search(url, start)
+    at = url.rfind("@", start, query.start() if query else len(url))
     if at < 0:
         return None
     colon = url.find(":", start, at)
@@ -217,16 +218,19 @@ def _mask_url(url):
     libpq also takes the password as a query parameter (?password=..., and
     sslpassword=... for a client key): both are masked.
     """
-    def hide(match):
-        found = match.group(0)
+    def hide(found):
         info = _userinfo(found)
         if info is None or info[1] is None:
             return found
         return found[:info[1] + 1] + "***" + found[info[2]:]
     url = url or ""
-    # A URL alone is masked whole, a space in its password included.
-    whole = re.match(r"[A-Za-z][A-Za-z0-9+.-]*://[^\n]*\Z", url)
-    masked = re.sub(r"://[^\n]*\Z" if whole else r"://\S*", hide, url)
+    # A URL alone is masked whole, a space in its password included; then
+    # each URL in the text, which ends where the next one's scheme begins
+    # ('sqlite:///x','postgresql://...'; ?target=postgresql://...).
+    if re.match(r"[A-Za-z][A-Za-z0-9+.-]*://[^\n]*\Z", url):
+        url = hide(url)
+    masked = re.sub(r"://(?:(?![A-Za-z][A-Za-z0-9+.-]{0,15}://)\S)*",
+                    lambda match: hide(match.group(0)), url)
     masked = re.sub(r"(\b(?:ssl)?password\s*=\s*)[^&#\s]*", r"\1***", masked, flags=re.IGNORECASE)
     return masked
 
@@ -836,10 +840,11 @@ def _parse_url(url, origin="QUEUE_DATABASE_URL"):
         info = _userinfo(target)
         if info:
             # libpq ends the user:password at the first "@", and sees none
-            # past a "/": those are encoded, so that it reads what _userinfo does.
+            # past a "/": those are encoded, so that it reads what _userinfo
+            # does; a "?" too, so that parse finds the query where it begins.
             start, _, at = info
             target = (target[:start] + target[start:at].replace("@", "%40").replace("/", "%2F")
-                      + target[at:])
+                      .replace("?", "%3F") + target[at:])
         return _Postgres, _Postgres.parse(target, origin), driver or None
     if base in ("mysql", "mariadb"):
         if driver not in ("", "pymysql", "mysqldb"):

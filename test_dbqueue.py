@@ -3666,7 +3666,7 @@ class SecretsUrlPasswordTests(unittest.TestCase):
     parser and hidden whole wherever the URL is shown."""
 
     PASSWORDS = ["Alpha@Bravo!x", "Alpha:Bravo", "Alpha/Bravo", "Alpha%40Bravo", "Alpha#Bravo",
-                 "Alphä€Bravo", "Al@pha/Br#avo:x"]
+                 "Alphä€Bravo", "Al@pha/Br#avo:x", "Al?pha", "Al?pha@Bravo", "Al@pha?Bravo"]
     SCHEMES = ["postgresql", "postgres", "mysql", "mariadb", "mysql+pymysql", "mysql+mysqldb"]
 
     def url(self, scheme, password, port=3306):
@@ -3700,6 +3700,7 @@ class SecretsUrlPasswordTests(unittest.TestCase):
                         "port": "3306", "dbname": "appdb"}, url)
                 masked = dbqueue._mask_url(url)
                 self.assertEqual(masked, "%s://app:***@127.0.0.1:3306/appdb" % scheme)
+                self.assertEqual(dbqueue._mask_links(url), masked[:-len("appdb")] + "***")
                 self.assertEqual(dbqueue._without_password("failed: " + url + " for "
                                                            + password + " / "
                                                            + unquote(password), url),
@@ -3713,7 +3714,8 @@ class SecretsUrlPasswordTests(unittest.TestCase):
             need((pg_available("psycopg") if scheme == "postgresql"
                   else mysql_available("pymysql")) is None, "no driver for %s" % scheme)
             for password in self.PASSWORDS:
-                url = url_with(self.url(scheme, password, port), "connect_timeout=5")
+                # Not url_with: a "?" in the password is not the query's.
+                url = self.url(scheme, password, port) + "?connect_timeout=5"
                 shown = "%s://app:***@127.0.0.1:%d/appdb" % (scheme, port)
                 env = {"QUEUE_DATABASE_URL": url}
                 code, out, err = run_main(["config"], env)
@@ -3738,6 +3740,23 @@ class SecretsUrlPasswordTests(unittest.TestCase):
                 self.assertIn('worker starting database="%s?' % shown, proc.stderr)
                 self.assertIn("cannot connect to " + shown, proc.stderr)
                 self.assert_hidden(password, proc.stdout + proc.stderr)
+
+
+class SecretsTwoUrlsInOneTokenTests(unittest.TestCase):
+    """Two URLs with no space between them (a tuple's repr, compact JSON, a URL
+    passed in another's query): each one's password is hidden."""
+
+    TEXTS = ["('sqlite:///x','postgresql://u:secretpw@h/db')",
+             '{"a":"https://x.com/p","db":"postgresql://u:secretpw@h/db"}',
+             "https://proxy/fetch?target=postgresql://u:secretpw@h/db"]
+
+    def test_each_url_is_masked(self):
+        for text in self.TEXTS:
+            shown = text.replace("secretpw", "***")
+            self.assertEqual(dbqueue._mask_url(text), shown)
+            self.assertEqual(dbqueue._mask_url("failed: %s; retrying" % text),
+                             "failed: %s; retrying" % shown)
+            self.assertNotIn("secretpw", dbqueue._mask_links(text))
 
 
 class SQLiteLockTests(unittest.TestCase):
