@@ -963,7 +963,7 @@ _SQL = {
     # the app writes it with its default appTimezone.
     "fail": "INSERT INTO {failed} (uuid, connection, queue, payload, exception, failed_at)"
             " SELECT :uuid, 'database', queue, COALESCE(:payload, payload), :exception,"
-            " CURRENT_TIMESTAMP FROM {jobs}"
+            " {failed_now} FROM {jobs}"
             " WHERE id = :id AND attempts = :attempts AND reserved_at IS NOT NULL"
             " ON CONFLICT (uuid) DO UPDATE SET queue = excluded.queue, payload = excluded.payload,"
             " exception = excluded.exception, failed_at = excluded.failed_at",
@@ -1082,6 +1082,7 @@ class _Dialect:
     unique_key_type = "VARCHAR(255)"
     failed_at = ""
     failed_cutoff = ""
+    failed_now = "CURRENT_TIMESTAMP"
     # One writer at a time (SQLite's write lock): work --concurrency's slots
     # queue for it on a lock in the process, not in SQLite's busy handler,
     # which sleeps up to 100 ms between looks.
@@ -1117,7 +1118,8 @@ class _Dialect:
         text = template.format(jobs=cls.ident(jobs), failed=cls.ident(failed), now=cls.now,
                                now_ms=cls.now_ms, rate=cls.ident(cls.rate_table),
                                payload_text=cls.payload_text, queue_text=cls.queue_text,
-                               failed_cutoff=cls.failed_cutoff, text_type=cls.text_type,
+                               failed_cutoff=cls.failed_cutoff, failed_now=cls.failed_now,
+                               text_type=cls.text_type,
                                for_update=cls.for_update, recipient=cls.failed_recipient,
                                **extra)
         names = _PARAM.findall(text)
@@ -1722,6 +1724,11 @@ class _Postgres(_Dialect):
     # reads it as UTC, and that of our TIMESTAMPTZ is exact, in any session.
     flush = ("DELETE FROM {failed} WHERE EXTRACT(EPOCH FROM failed_at)"
              " < EXTRACT(EPOCH FROM now()) - :hours * 3600")
+    # So that dbqueue writes UTC there too: CURRENT_TIMESTAMP would go into a
+    # TIMESTAMP in the session's TimeZone. The text 'YYYY-MM-DD HH:MM:SS+00',
+    # untyped, takes the column's type: a TIMESTAMP ignores the +00, a
+    # TIMESTAMPTZ reads it; both get the same instant.
+    failed_now = ":failed_at"
     # One statement: lock n ready rows, skipping those another worker has
     # locked, and mark them reserved. No two workers can return the same row.
     # attempts + 1 is capped: `integer out of range` for one row written by
@@ -3086,8 +3093,9 @@ class Queue:
         """
         with _Transaction(self, conn) as cur:
             lost = self._ack(cur, acks) if acks else []
+            failed_at = time.strftime("%Y-%m-%d %H:%M:%S+00", time.gmtime())
             self.execute(cur, "fail", id=token[0], attempts=token[1], uuid=uuid,
-                         exception=exception, payload=payload)
+                         exception=exception, payload=payload, failed_at=failed_at)
             if cur.rowcount < 1:     # MySQL counts an upsert's update as 2
                 return False, lost
             self.execute(cur, "ack", id=token[0], attempts=token[1])

@@ -5952,8 +5952,47 @@ class TakeoverFlushTimeZoneTests:
         left = [json.loads(p)["data"]["n"] for (p,) in self.db.raw("SELECT payload FROM {failed}")]
         self.assertEqual(left, ["recent"])
 
+    def fail_and_flush_in_each_zone(self, app_tables):
+        """dbqueue fails a job in a New York and in a Tokyo session: flush --hours 4
+        keeps it (and PHP's row of 2 hours ago), and failed() shows when it failed."""
+        from datetime import datetime, timezone
+        for zone in ("America/New_York", "Asia/Tokyo"):
+            url = self.db.url
+            if self.db.name == "postgresql":    # MariaDB's sessions are UTC, SQLite has none
+                url = url_with(url, "options=-c%20TimeZone%3D" + zone.replace("/", "%2F"))
+            q = dbqueue.Queue(config=self.db.config(database_url=url))
+            self.addCleanup(q.close)
+            q.push("t_permanent", {"n": "dbqueue"}, queue="emails")
+            dbqueue.Worker(q, ["emails"], log=quiet_log()).run(stop_when_empty=True)
+            if app_tables:
+                php_fail(self.db, {"job": "send_email", "data": {"n": "recent"}},
+                         utc_datetime(2 * 3600))
+                php_fail(self.db, {"job": "send_email", "data": {"n": "old"}},
+                         utc_datetime(6 * 3600))
+            self.assertEqual(q.flush(4), 1 if app_tables else 0, zone)
+            failed = q.failed()
+            left = sorted(json.loads(f["payload"])["data"]["n"] for f in failed)
+            self.assertEqual(left, ["dbqueue", "recent"] if app_tables else ["dbqueue"], zone)
+            when = datetime.fromisoformat([f["failed_at"] for f in failed
+                                           if "dbqueue" in f["payload"]][0])
+            if when.tzinfo is None:
+                when = when.replace(tzinfo=timezone.utc)    # a TIMESTAMP / DATETIME is UTC
+            # Hours off would be a zone's offset; a loaded machine is never that slow.
+            self.assertLess(abs(when.timestamp() - time.time()), 1800, (zone, str(when)))
+            self.assertEqual(q.flush(), len(left))
 
-on_every_backend(TakeoverFlushTimeZoneTests, [Backend, PsycopgBackend, MariaDBBackend])
+    def test_a_failure_dbqueue_writes_into_the_apps_table_survives_flush(self):
+        ci4_tables(self.db)
+        self.db.queue()    # migrated
+        self.fail_and_flush_in_each_zone(app_tables=True)
+
+    def test_a_failure_in_dbqueues_own_table_survives_flush(self):
+        self.db.queue()    # migrated: failed_at TIMESTAMPTZ on PostgreSQL
+        self.fail_and_flush_in_each_zone(app_tables=False)
+
+
+on_every_backend(TakeoverFlushTimeZoneTests,
+                 [Backend, PsycopgBackend, Psycopg2Backend, MariaDBBackend])
 
 
 
