@@ -4276,6 +4276,8 @@ class Worker:
                       reason=reason)
 
     def _log_job(self, job, outcome, elapsed, tries, delay=None, reason=None, level="info"):
+        if reason:     # a handler's exception text: a password or a reset link may be in it
+            reason = _mask_text(reason, self.queue.config, links=True)
         self.log.log(level, "job", id=job.id, name=job.name, queue=job.queue,
                      attempt="%d/%d" % (job.attempts, tries or self.tries), outcome=outcome,
                      delay=delay, ms=round((elapsed or 0) * 1000, 1), reason=reason)

@@ -2847,6 +2847,53 @@ class OpsCommandLineTests(unittest.TestCase):
             self.assertEqual(sum(s["ready"] for s in q.stats()), left)
 
 
+class OpsWorkerLogMaskTests(unittest.TestCase):
+    """A handler's exception text in the worker's log (text and JSON) has its
+    URL passwords and links' paths hidden, as in `failed` and the dashboard."""
+
+    ERROR = ("cannot reach postgresql://app:S3cretPw@db.internal/app;"
+             " reset link https://example.com/reset/TOKEN123")
+
+    def run_worker(self, *args):
+        tmp = tempfile.mkdtemp(prefix="dbqueue-logmask-")
+        self.addCleanup(shutil.rmtree, tmp, True)
+        with open(os.path.join(tmp, "dbq_leaky.py"), "w") as fh:
+            fh.write("import dbqueue\n\n@dbqueue.job('p_leaky')\ndef leaky(data):\n"
+                     "    raise RuntimeError(%r)\n" % self.ERROR)
+        env = {k: v for k, v in os.environ.items()
+               if not k.startswith(("QUEUE_", "MAIL_", "DATABASE_URL"))}
+        env.update(PYTHONPATH=tmp, QUEUE_DATABASE_URL="sqlite:///" + os.path.join(tmp, "q.db"))
+        q = dbqueue.Queue(env["QUEUE_DATABASE_URL"])
+        self.addCleanup(q.close)
+        q.push("p_leaky", {})
+        proc = subprocess.run(
+            [sys.executable, os.path.join(HERE, "dbqueue.py"), "work", "--import", "dbq_leaky",
+             "--stop-when-empty", "--tries", "2", "--backoff", "0"] + list(args),
+            cwd=tmp, env=env, capture_output=True, text=True, timeout=60)
+        self.assertEqual(proc.returncode, 0, proc.stderr)
+        for secret in ("S3cretPw", "TOKEN123"):
+            self.assertNotIn(secret, proc.stdout + proc.stderr)
+        return proc.stderr
+
+    def test_text_log(self):
+        jobs = [line for line in self.run_worker().splitlines() if " job " in line]
+        self.assertEqual(len(jobs), 2, jobs)
+        for line, outcome in zip(jobs, ("released", "failed")):
+            self.assertIn("outcome=%s " % outcome, line)
+            self.assertIn('reason="cannot reach postgresql://app:***@db.internal/***'
+                          ' reset link https://example.com/***"', line)
+
+    def test_json_log(self):
+        records = [json.loads(line) for line in self.run_worker("--log-format", "json")
+                   .splitlines()]
+        jobs = [r for r in records if r["message"] == "job"]
+        self.assertEqual([r["outcome"] for r in jobs], ["released", "failed"])
+        for record in jobs:
+            self.assertEqual(record["reason"], "cannot reach"
+                             " postgresql://app:***@db.internal/***"
+                             " reset link https://example.com/***")
+
+
 class OpsStatsTableTests(unittest.TestCase):
     """`stats` as a table: an empty column's "-" sits under its header, left-aligned."""
 
