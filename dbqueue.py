@@ -3978,19 +3978,32 @@ class Worker:
         finally:
             cur.close()
 
+    # LISTEN refused (QUEUE_LISTEN_URL naming a wrong host or password): tried
+    # again after these waits, seconds; idle workers poll meanwhile. Not at
+    # every poll: that would be a failed login twice a second.
+    listen_retry = (1, 2, 5, 10, 30)
+
     def _wait_notify(self, deadline):
         import select
         listener = self._listen.get("_listener")
         if listener is None:
             try:
-                listener = self.queue.connect(listen=True)
-                cur = listener.cursor()
-                cur.execute('LISTEN "%s"' % self.queue.channel)
-                cur.close()
-            except (QueueError,) + self.queue._errors():
+                if time.monotonic() >= self._listen.get("_listen_retry", 0):
+                    listener = self.queue.connect(listen=True)
+                    cur = listener.cursor()
+                    cur.execute('LISTEN "%s"' % self.queue.channel)
+                    cur.close()
+            except (QueueError,) + self.queue._errors() as exc:
+                if listener is not None:      # connected, but LISTEN failed
+                    self.queue.discard(listener)
+                    listener = None
+                self._listen_refused(exc)
+            if listener is None:
                 time.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
                 return
             self._listen["_listener"] = listener
+            if self._listen.pop("_listen_failures", 0):
+                self.log.info("listening for new jobs again")
         while not self._stop:
             left = deadline - time.monotonic()
             if left <= 0:
@@ -4002,6 +4015,17 @@ class Worker:
             if ready:
                 if self._drain_notifies(listener):
                     return
+
+    def _listen_refused(self, exc):
+        failures = self._listen.get("_listen_failures", 0)
+        if not failures:
+            url = self.queue.config.listen_url or self.queue.config.database_url
+            self.log.warning("cannot LISTEN for new jobs: polling meanwhile, trying again with"
+                             " backoff", url=_mask_url(url),
+                             error=_without_password(_first_line(exc), url))
+        self._listen["_listen_failures"] = failures + 1
+        wait = self.listen_retry[min(failures, len(self.listen_retry) - 1)]
+        self._listen["_listen_retry"] = time.monotonic() + wait
 
     def _drain_notifies(self, listener):
         """Consume pending notifications; True if one names a queue we serve."""

@@ -1553,6 +1553,60 @@ class PoolerProcessTests(_WorkerProcesses):
 on_every_backend(PoolerProcessTests, PGBOUNCER_BACKENDS)
 
 
+class ListenUrlRefusedTests(_WorkerProcesses):
+    """QUEUE_LISTEN_URL names a server that refuses the worker (a wrong host or
+    password): one warning, password-free; connection attempts back off, and
+    jobs are still picked up by polling meanwhile."""
+
+    def setUp(self):
+        self.process_setup()
+
+    def refusing_server(self):
+        """(port, accepted times): a loopback server that closes every connection."""
+        import socket
+        server = socket.socket()
+        server.bind(("127.0.0.1", 0))
+        server.listen(16)
+        self.addCleanup(server.close)
+        times = []
+
+        def serve():
+            while True:
+                try:
+                    conn, _ = server.accept()
+                except OSError:
+                    return      # closed by the cleanup
+                times.append(time.monotonic())
+                conn.close()
+        threading.Thread(target=serve, daemon=True).start()
+        return server.getsockname()[1], times
+
+    def test_one_warning_backoff_and_polling(self):
+        q = self.db.queue()
+        port, attempts = self.refusing_server()
+        proc = self.start_worker("--sleep", "30", QUEUE_LISTEN_URL="postgresql://app:Wr0ngPw"
+                                 "@127.0.0.1:%d/db?connect_timeout=5" % port)
+        wait_for(lambda: attempts, 30, 0.05, "the worker's first LISTEN connection")
+        first = attempts[0]
+        for n in range(3):        # polled, not heard: each starts long before --sleep 30 ends
+            q.push("p_append", {"n": n})
+            wait_for(lambda: "done %d" % n in self.lines(), 15, 0.05, "job %d" % n)
+        # Tried again after 1 s, then 2 s more, ...: not twice a second.
+        time.sleep(max(0.0, first + 4.0 - time.monotonic()))
+        self.assertLessEqual(len([t for t in attempts if t < first + 4.0]), 3, attempts)
+        proc.terminate()
+        self.assertEqual(self.finish(proc), 0, self.stderr(proc))
+        err = self.stderr(proc)
+        self.assertNotIn("Wr0ngPw", err)
+        warnings = [line for line in err.splitlines() if "LISTEN" in line]
+        self.assertEqual(len(warnings), 1, err)
+        self.assertIn("WARNING", warnings[0])
+        self.assertIn("postgresql://app:***@127.0.0.1:%d/db" % port, warnings[0])
+
+
+on_every_backend(ListenUrlRefusedTests, [PsycopgBackend, Psycopg2Backend])
+
+
 class CoreLostConnectionTests(_WorkerProcesses, unittest.TestCase):
     """PostgreSQL kills the worker's connections mid-run: it reconnects and carries on."""
 
