@@ -3584,8 +3584,11 @@ class _Log:
                 value = str(value)
                 if not value or " " in value or '"' in value or "=" in value:
                     # Backslashes as written (a PHP class name is searched for)
-                    # unless a quote or a control character needs escaping.
-                    plain = value.isascii() and value.isprintable() and '"' not in value
+                    # unless a quote or a control character needs escaping, or
+                    # a reader would take one for an escape: one at the end (of
+                    # the closing quote) or two in a row.
+                    plain = (value.isascii() and value.isprintable() and '"' not in value
+                             and not value.endswith("\\") and "\\\\" not in value)
                     value = '"%s"' % value if plain else json.dumps(value)
                 parts.append("%s=%s" % (key, value))
             line = " ".join(parts)

@@ -2948,6 +2948,61 @@ class OpsWorkerLogMaskTests(unittest.TestCase):
                              " reset link https://example.com/***")
 
 
+class OpsLogQuotingTests(unittest.TestCase):
+    """Each text log value reads back as it was with a logfmt reader, a
+    backslash at its end or before a quote included."""
+
+    @staticmethod
+    def read_logfmt(line):
+        """{key: value} of a logfmt line; in a quoted value \\ and \\" are escapes,
+        JSON's \\n, \\t, \\uXXXX too, any other backslash is itself."""
+        fields, i = {}, 0
+        while i < len(line):
+            if line[i] == " ":
+                i += 1
+                continue
+            eq = line.index("=", i)
+            key, i = line[i:eq], eq + 1
+            if line[i:i + 1] != '"':
+                end = line.find(" ", i)
+                end = len(line) if end < 0 else end
+                fields[key], i = line[i:end], end
+                continue
+            value, i = [], i + 1
+            while True:
+                if i >= len(line):
+                    raise ValueError("unterminated quoted value of %s: %s" % (key, line))
+                ch = line[i]
+                if ch == '"':
+                    i += 1
+                    break
+                if ch == "\\" and i + 1 < len(line) and line[i + 1] in '"\\ntu':
+                    nxt = line[i + 1]
+                    if nxt == "u":
+                        value.append(chr(int(line[i + 2:i + 6], 16)))
+                        i += 6
+                        continue
+                    value.append({"n": "\n", "t": "\t"}.get(nxt, nxt))
+                    i += 2
+                    continue
+                value.append(ch)
+                i += 1
+            fields[key] = "".join(value)
+        return fields
+
+    def test_values_read_back(self):
+        values = ["C:\\dir\\ end\\", "ends\\", 'say "hi"', "App\\Jobs\\SendEmailJob failed",
+                  "\\\\server\\share x", "tab\there", "a=b", "", "plain", "é ü"]
+        for value in values:
+            stream = io.StringIO()
+            dbqueue._Log(stream=stream).warning("event", reason=value)
+            line = stream.getvalue().rstrip("\n").split(" ", 3)[3]
+            self.assertEqual(self.read_logfmt(line), {"reason": value}, line)
+        stream = io.StringIO()
+        dbqueue._Log(stream=stream).warning("event", job="App\\Jobs\\SendEmailJob failed")
+        self.assertIn('job="App\\Jobs\\SendEmailJob failed"', stream.getvalue())   # as written
+
+
 class OpsStatsTableTests(unittest.TestCase):
     """`stats` as a table: an empty column's "-" sits under its header, left-aligned."""
 
