@@ -2756,7 +2756,7 @@ class Queue:
             try:
                 return self._insert_unique(self._foreign_cursor(connection), "push_unique",
                                            params)[0]
-            except self._errors() as exc:
+            except Exception as exc:     # the app's driver may not be ours: read its code
                 if not self.dialect.is_conflict(exc):
                     raise
                 # A deadlock rolled the app's transaction back, or (PostgreSQL,

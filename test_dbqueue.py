@@ -7891,6 +7891,26 @@ class UniqueSerializationTests(_AppSnapshot):
 on_every_backend(UniqueSerializationTests, [PsycopgBackend, Psycopg2Backend])
 
 
+class UniqueSerializationOtherDriverTests(UniqueSerializationTests):
+    """The same, with the app on the other PostgreSQL driver than dbqueue's
+    (psycopg2 while the queue uses psycopg 3, and the reverse)."""
+
+    def app(self, level):
+        other = {"psycopg": "psycopg2", "psycopg2": "psycopg"}[self.db.driver]
+        need(pg_available(other) is None, pg_available(other) or "")
+        app = __import__(other).connect(PG_URL)
+        self.addCleanup(app.close)
+        cur = app.cursor()
+        cur.execute("SET SESSION CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL " + level)
+        app.commit()
+        cur.execute("SELECT COUNT(*) FROM %s" % self.db.table)    # the snapshot is taken
+        cur.fetchall()
+        return app
+
+
+on_every_backend(UniqueSerializationOtherDriverTests, [PsycopgBackend, Psycopg2Backend])
+
+
 class UniqueDeadlockTests:
     """MySQL: pushes of a key whose holder is being deleted can deadlock (1213)."""
 
