@@ -2551,9 +2551,10 @@ class Queue:
                     pass   # a lost connection took its lock with it
 
     def _migrate_locked(self, conn):
-        # Every step is idempotent and runs every time: a failed table that
-        # was dropped, or a new QUEUE_FAILED_TABLE beside an old jobs table,
-        # is made again, whatever version the record says.
+        # The plan is read from the tables as they are, not from the version
+        # recorded: a failed table that was dropped, or a new QUEUE_FAILED_TABLE
+        # beside an old jobs table, is made again. Read under the lock, so two
+        # migrates never run the same step.
         with _Transaction(self, conn) as cur:
             if self.dialect.migrate_lock:
                 cur.execute(self.dialect.migrate_lock)
@@ -2565,7 +2566,8 @@ class Queue:
         return _SCHEMA_VERSION
 
     def _migrate_steps(self, cur):
-        """Every step of the migration, on `cur`, inside a transaction already open."""
+        """The steps the tables still need (_migrate_plan), on `cur`, inside a transaction
+        already open."""
         for statement in self._migrate_plan(cur):
             cur.execute(statement)
 
