@@ -194,14 +194,15 @@ def _userinfo(url):
     The one place that decides where the password is, for the parsers (the
     MySQL arguments, the URL handed to libpq) and for every mask: the user
     ends at the first ":", the password at the last "@" before the query. So
-    a password pasted with "@", ":", "/" or "#" in it is read whole, never
-    half read as the host, and hidden whole.
+    a password pasted with "@", ":", "/", "#" or "?" in it is read whole, never
+    half read as the host, and hidden whole. A "?" followed by an "@" before
+    any "=" or "&" is the password's, not a query's (libpq reads it so).
     """
     start = url.find("://") + 3
     if start < 3:
         return None
-    query = url.find("?", start)
-    at = url.rfind("@", start, len(url) if query < 0 else query)
+    query = re.compile(r"\?(?![^=&]*@)").search(url, start)
+    at = url.rfind("@", start, query.start() if query else len(url))
     if at < 0:
         return None
     colon = url.find(":", start, at)
@@ -217,16 +218,19 @@ def _mask_url(url):
     libpq also takes the password as a query parameter (?password=..., and
     sslpassword=... for a client key): both are masked.
     """
-    def hide(match):
-        found = match.group(0)
+    def hide(found):
         info = _userinfo(found)
         if info is None or info[1] is None:
             return found
         return found[:info[1] + 1] + "***" + found[info[2]:]
     url = url or ""
-    # A URL alone is masked whole, a space in its password included.
-    whole = re.match(r"[A-Za-z][A-Za-z0-9+.-]*://[^\n]*\Z", url)
-    masked = re.sub(r"://[^\n]*\Z" if whole else r"://\S*", hide, url)
+    # A URL alone is masked whole, a space in its password included; then
+    # each URL in the text, which ends where the next one's scheme begins
+    # ('sqlite:///x','postgresql://...'; ?target=postgresql://...).
+    if re.match(r"[A-Za-z][A-Za-z0-9+.-]*://[^\n]*\Z", url):
+        url = hide(url)
+    masked = re.sub(r"://(?:(?![A-Za-z][A-Za-z0-9+.-]{0,15}://)\S)*",
+                    lambda match: hide(match.group(0)), url)
     masked = re.sub(r"(\b(?:ssl)?password\s*=\s*)[^&#\s]*", r"\1***", masked, flags=re.IGNORECASE)
     return masked
 
@@ -890,10 +894,11 @@ def _parse_url(url, origin="QUEUE_DATABASE_URL"):
         info = _userinfo(target)
         if info:
             # libpq ends the user:password at the first "@", and sees none
-            # past a "/": those are encoded, so that it reads what _userinfo does.
+            # past a "/": those are encoded, so that it reads what _userinfo
+            # does; a "?" too, so that parse finds the query where it begins.
             start, _, at = info
             target = (target[:start] + target[start:at].replace("@", "%40").replace("/", "%2F")
-                      + target[at:])
+                      .replace("?", "%3F") + target[at:])
         return _Postgres, _Postgres.parse(target, origin), driver or None
     if base in ("mysql", "mariadb"):
         if driver not in ("", "pymysql", "mysqldb"):
@@ -967,11 +972,11 @@ _FAILED_COLUMNS = "id, uuid, {queue_text}, {payload_text}, exception, failed_at"
 # (its token) or, with _WAITING, for one no worker runs: cancelled, or past
 # its deadline. failed_at is written, not left to a default: the CodeIgniter
 # app's failed_jobs.failed_at is a DATETIME NOT NULL without one (its PHP
-# code writes the time itself). CURRENT_TIMESTAMP is UTC text on SQLite, as
-# the app writes it with its default appTimezone. ({j} is MySQL's alias.)
+# code writes the time itself), in UTC (see _Dialect.failed_now). ({j} is
+# MySQL's alias.)
 _FAIL = ("INSERT INTO {failed} (uuid, connection, queue, payload, exception, failed_at)"
          " SELECT :uuid, 'database', {j}queue, COALESCE(:payload, {j}payload), :exception,"
-         " CURRENT_TIMESTAMP FROM {jobs} {j_alias}WHERE {j}id = :id AND %s")
+         " {failed_now} FROM {jobs} {j_alias}WHERE {j}id = :id AND %s")
 _HELD = "{j}attempts = :attempts AND {j}reserved_at IS NOT NULL"
 _FAIL_UPSERT = (" ON CONFLICT (uuid) DO UPDATE SET queue = excluded.queue,"
                 " payload = excluded.payload, exception = excluded.exception,"
@@ -1196,6 +1201,7 @@ class _Dialect:
     unique_key_type = "VARCHAR(255)"
     failed_at = ""
     failed_cutoff = ""
+    failed_now = "CURRENT_TIMESTAMP"
     # One writer at a time (SQLite's write lock): work --concurrency's slots
     # queue for it on a lock in the process, not in SQLite's busy handler,
     # which sleeps up to 100 ms between looks.
@@ -1248,7 +1254,8 @@ class _Dialect:
                                now_ms=cls.now_ms, rate=cls.ident(cls.rate_table),
                                sent=cls.ident(cls.sent_table),
                                payload_text=cls.payload_text, queue_text=cls.queue_text,
-                               failed_cutoff=cls.failed_cutoff, text_type=cls.text_type,
+                               failed_cutoff=cls.failed_cutoff, failed_now=cls.failed_now,
+                               text_type=cls.text_type,
                                for_update=cls.for_update, recipient=cls.failed_recipient,
                                j=cls.fail_alias and cls.fail_alias + ".",
                                j_alias=cls.fail_alias and cls.fail_alias + " ", **extra)
@@ -1897,6 +1904,11 @@ class _Postgres(_Dialect):
     # reads it as UTC, and that of our TIMESTAMPTZ is exact, in any session.
     flush = ("DELETE FROM {failed} WHERE EXTRACT(EPOCH FROM failed_at)"
              " < EXTRACT(EPOCH FROM now()) - :hours * 3600")
+    # So that dbqueue writes UTC there too: CURRENT_TIMESTAMP would go into a
+    # TIMESTAMP in the session's TimeZone. The text 'YYYY-MM-DD HH:MM:SS+00',
+    # untyped, takes the column's type: a TIMESTAMP ignores the +00, a
+    # TIMESTAMPTZ reads it; both get the same instant.
+    failed_now = ":failed_at"
     # One statement: lock n ready rows, skipping those another worker has
     # locked, and mark them reserved. No two workers can return the same row.
     # attempts + 1 is capped: `integer out of range` for one row written by
@@ -2717,9 +2729,10 @@ class Queue:
                     pass   # a lost connection took its lock with it
 
     def _migrate_locked(self, conn):
-        # Every step is idempotent and runs every time: a failed table that
-        # was dropped, or a new QUEUE_FAILED_TABLE beside an old jobs table,
-        # is made again, whatever version the record says.
+        # The plan is read from the tables as they are, not from the version
+        # recorded: a failed table that was dropped, or a new QUEUE_FAILED_TABLE
+        # beside an old jobs table, is made again. Read under the lock, so two
+        # migrates never run the same step.
         with _Transaction(self, conn) as cur:
             if self.dialect.migrate_lock:
                 cur.execute(self.dialect.migrate_lock)
@@ -2731,7 +2744,8 @@ class Queue:
         return _SCHEMA_VERSION
 
     def _migrate_steps(self, cur):
-        """Every step of the migration, on `cur`, inside a transaction already open."""
+        """The steps the tables still need (_migrate_plan), on `cur`, inside a transaction
+        already open."""
         for statement in self._migrate_plan(cur):
             cur.execute(statement)
 
@@ -2959,7 +2973,7 @@ class Queue:
             try:
                 return self._insert_unique(self._foreign_cursor(connection), "push_unique",
                                            params)[0]
-            except self._errors() as exc:
+            except Exception as exc:     # the app's driver may not be ours: read its code
                 if not self.dialect.is_conflict(exc):
                     raise
                 # A deadlock rolled the app's transaction back, or (PostgreSQL,
@@ -3321,7 +3335,11 @@ class Queue:
         """Move one job to failed_jobs: statement `insert` ("fail", or
         "fail_waiting" for a job no worker runs) copies it, `delete` removes it.
         False when the row no longer matches (taken, finished)."""
-        self.execute(cur, insert, uuid=uuid, exception=exception, payload=payload, **where)
+        # PostgreSQL's {failed_now}: UTC as text, which a TIMESTAMP column (the
+        # app's) and a TIMESTAMPTZ one read alike, whatever the session's zone.
+        failed_at = time.strftime("%Y-%m-%d %H:%M:%S+00", time.gmtime())
+        self.execute(cur, insert, uuid=uuid, exception=exception, payload=payload,
+                     failed_at=failed_at, **where)
         if cur.rowcount < 1:     # MySQL counts an upsert's update as 2
             return False
         self.execute(cur, delete, **where)
@@ -4041,8 +4059,11 @@ class _Log:
                 value = str(value)
                 if not value or " " in value or '"' in value or "=" in value:
                     # Backslashes as written (a PHP class name is searched for)
-                    # unless a quote or a control character needs escaping.
-                    plain = value.isascii() and value.isprintable() and '"' not in value
+                    # unless a quote or a control character needs escaping, or
+                    # a reader would take one for an escape: one at the end (of
+                    # the closing quote) or two in a row.
+                    plain = (value.isascii() and value.isprintable() and '"' not in value
+                             and not value.endswith("\\") and "\\\\" not in value)
                     value = '"%s"' % value if plain else json.dumps(value)
                 parts.append("%s=%s" % (key, value))
             line = " ".join(parts)
@@ -4523,19 +4544,32 @@ class Worker:
         finally:
             cur.close()
 
+    # LISTEN refused (QUEUE_LISTEN_URL naming a wrong host or password): tried
+    # again after these waits, seconds; idle workers poll meanwhile. Not at
+    # every poll: that would be a failed login twice a second.
+    listen_retry = (1, 2, 5, 10, 30)
+
     def _wait_notify(self, deadline):
         import select
         listener = self._listen.get("_listener")
         if listener is None:
             try:
-                listener = self.queue.connect(listen=True)
-                cur = listener.cursor()
-                cur.execute('LISTEN "%s"' % self.queue.channel)
-                cur.close()
-            except (QueueError,) + self.queue._errors():
+                if time.monotonic() >= self._listen.get("_listen_retry", 0):
+                    listener = self.queue.connect(listen=True)
+                    cur = listener.cursor()
+                    cur.execute('LISTEN "%s"' % self.queue.channel)
+                    cur.close()
+            except (QueueError,) + self.queue._errors() as exc:
+                if listener is not None:      # connected, but LISTEN failed
+                    self.queue.discard(listener)
+                    listener = None
+                self._listen_refused(exc)
+            if listener is None:
                 time.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
                 return
             self._listen["_listener"] = listener
+            if self._listen.pop("_listen_failures", 0):
+                self.log.info("listening for new jobs again")
         while not self._stop:
             left = deadline - time.monotonic()
             if left <= 0:
@@ -4547,6 +4581,17 @@ class Worker:
             if ready:
                 if self._drain_notifies(listener):
                     return
+
+    def _listen_refused(self, exc):
+        failures = self._listen.get("_listen_failures", 0)
+        if not failures:
+            url = self.queue.config.listen_url or self.queue.config.database_url
+            self.log.warning("cannot LISTEN for new jobs: polling meanwhile, trying again with"
+                             " backoff", url=_mask_url(url),
+                             error=_without_password(_first_line(exc), url))
+        self._listen["_listen_failures"] = failures + 1
+        wait = self.listen_retry[min(failures, len(self.listen_retry) - 1)]
+        self._listen["_listen_retry"] = time.monotonic() + wait
 
     def _drain_notifies(self, listener):
         """Consume pending notifications; True if one names a queue we serve."""
@@ -4829,6 +4874,8 @@ class Worker:
                       reason=reason)
 
     def _log_job(self, job, outcome, elapsed, tries, delay=None, reason=None, level="info"):
+        if reason:     # a handler's exception text: a password or a reset link may be in it
+            reason = _mask_text(reason, self.queue.config, links=True)
         self.log.log(level, "job", id=job.id, name=job.name, queue=job.queue,
                      attempt="%d/%d" % (job.attempts, tries or self.tries), outcome=outcome,
                      delay=delay, ms=round((elapsed or 0) * 1000, 1), reason=reason)

@@ -1598,6 +1598,60 @@ class SecondInterruptTests(_WorkerProcesses):
         self.interrupt_twice(4)
 
 
+class ListenUrlRefusedTests(_WorkerProcesses):
+    """QUEUE_LISTEN_URL names a server that refuses the worker (a wrong host or
+    password): one warning, password-free; connection attempts back off, and
+    jobs are still picked up by polling meanwhile."""
+
+    def setUp(self):
+        self.process_setup()
+
+    def refusing_server(self):
+        """(port, accepted times): a loopback server that closes every connection."""
+        import socket
+        server = socket.socket()
+        server.bind(("127.0.0.1", 0))
+        server.listen(16)
+        self.addCleanup(server.close)
+        times = []
+
+        def serve():
+            while True:
+                try:
+                    conn, _ = server.accept()
+                except OSError:
+                    return      # closed by the cleanup
+                times.append(time.monotonic())
+                conn.close()
+        threading.Thread(target=serve, daemon=True).start()
+        return server.getsockname()[1], times
+
+    def test_one_warning_backoff_and_polling(self):
+        q = self.db.queue()
+        port, attempts = self.refusing_server()
+        proc = self.start_worker("--sleep", "30", QUEUE_LISTEN_URL="postgresql://app:Wr0ngPw"
+                                 "@127.0.0.1:%d/db?connect_timeout=5" % port)
+        wait_for(lambda: attempts, 30, 0.05, "the worker's first LISTEN connection")
+        first = attempts[0]
+        for n in range(3):        # polled, not heard: each starts long before --sleep 30 ends
+            q.push("p_append", {"n": n})
+            wait_for(lambda: "done %d" % n in self.lines(), 15, 0.05, "job %d" % n)
+        # Tried again after 1 s, then 2 s more, ...: not twice a second.
+        time.sleep(max(0.0, first + 4.0 - time.monotonic()))
+        self.assertLessEqual(len([t for t in attempts if t < first + 4.0]), 3, attempts)
+        proc.terminate()
+        self.assertEqual(self.finish(proc), 0, self.stderr(proc))
+        err = self.stderr(proc)
+        self.assertNotIn("Wr0ngPw", err)
+        warnings = [line for line in err.splitlines() if "LISTEN" in line]
+        self.assertEqual(len(warnings), 1, err)
+        self.assertIn("WARNING", warnings[0])
+        self.assertIn("postgresql://app:***@127.0.0.1:%d/db" % port, warnings[0])
+
+
+on_every_backend(ListenUrlRefusedTests, [PsycopgBackend, Psycopg2Backend])
+
+
 class CoreLostConnectionTests(_WorkerProcesses, unittest.TestCase):
     """PostgreSQL kills the worker's connections mid-run: it reconnects and carries on."""
 
@@ -2970,6 +3024,108 @@ class OpsCommandLineTests(unittest.TestCase):
             self.assertEqual(sum(s["ready"] for s in q.stats()), left)
 
 
+class OpsWorkerLogMaskTests(unittest.TestCase):
+    """A handler's exception text in the worker's log (text and JSON) has its
+    URL passwords and links' paths hidden, as in `failed` and the dashboard."""
+
+    ERROR = ("cannot reach postgresql://app:S3cretPw@db.internal/app;"
+             " reset link https://example.com/reset/TOKEN123")
+
+    def run_worker(self, *args):
+        tmp = tempfile.mkdtemp(prefix="dbqueue-logmask-")
+        self.addCleanup(shutil.rmtree, tmp, True)
+        with open(os.path.join(tmp, "dbq_leaky.py"), "w") as fh:
+            fh.write("import dbqueue\n\n@dbqueue.job('p_leaky')\ndef leaky(data):\n"
+                     "    raise RuntimeError(%r)\n" % self.ERROR)
+        env = {k: v for k, v in os.environ.items()
+               if not k.startswith(("QUEUE_", "MAIL_", "DATABASE_URL"))}
+        env.update(PYTHONPATH=tmp, QUEUE_DATABASE_URL="sqlite:///" + os.path.join(tmp, "q.db"))
+        q = dbqueue.Queue(env["QUEUE_DATABASE_URL"])
+        self.addCleanup(q.close)
+        q.push("p_leaky", {})
+        proc = subprocess.run(
+            [sys.executable, os.path.join(HERE, "dbqueue.py"), "work", "--import", "dbq_leaky",
+             "--stop-when-empty", "--tries", "2", "--backoff", "0"] + list(args),
+            cwd=tmp, env=env, capture_output=True, text=True, timeout=60)
+        self.assertEqual(proc.returncode, 0, proc.stderr)
+        for secret in ("S3cretPw", "TOKEN123"):
+            self.assertNotIn(secret, proc.stdout + proc.stderr)
+        return proc.stderr
+
+    def test_text_log(self):
+        jobs = [line for line in self.run_worker().splitlines() if " job " in line]
+        self.assertEqual(len(jobs), 2, jobs)
+        for line, outcome in zip(jobs, ("released", "failed")):
+            self.assertIn("outcome=%s " % outcome, line)
+            self.assertIn('reason="cannot reach postgresql://app:***@db.internal/***'
+                          ' reset link https://example.com/***"', line)
+
+    def test_json_log(self):
+        records = [json.loads(line) for line in self.run_worker("--log-format", "json")
+                   .splitlines()]
+        jobs = [r for r in records if r["message"] == "job"]
+        self.assertEqual([r["outcome"] for r in jobs], ["released", "failed"])
+        for record in jobs:
+            self.assertEqual(record["reason"], "cannot reach"
+                             " postgresql://app:***@db.internal/***"
+                             " reset link https://example.com/***")
+
+
+class OpsLogQuotingTests(unittest.TestCase):
+    """Each text log value reads back as it was with a logfmt reader, a
+    backslash at its end or before a quote included."""
+
+    @staticmethod
+    def read_logfmt(line):
+        """{key: value} of a logfmt line; in a quoted value \\ and \\" are escapes,
+        JSON's \\n, \\t, \\uXXXX too, any other backslash is itself."""
+        fields, i = {}, 0
+        while i < len(line):
+            if line[i] == " ":
+                i += 1
+                continue
+            eq = line.index("=", i)
+            key, i = line[i:eq], eq + 1
+            if line[i:i + 1] != '"':
+                end = line.find(" ", i)
+                end = len(line) if end < 0 else end
+                fields[key], i = line[i:end], end
+                continue
+            value, i = [], i + 1
+            while True:
+                if i >= len(line):
+                    raise ValueError("unterminated quoted value of %s: %s" % (key, line))
+                ch = line[i]
+                if ch == '"':
+                    i += 1
+                    break
+                if ch == "\\" and i + 1 < len(line) and line[i + 1] in '"\\ntu':
+                    nxt = line[i + 1]
+                    if nxt == "u":
+                        value.append(chr(int(line[i + 2:i + 6], 16)))
+                        i += 6
+                        continue
+                    value.append({"n": "\n", "t": "\t"}.get(nxt, nxt))
+                    i += 2
+                    continue
+                value.append(ch)
+                i += 1
+            fields[key] = "".join(value)
+        return fields
+
+    def test_values_read_back(self):
+        values = ["C:\\dir\\ end\\", "ends\\", 'say "hi"', "App\\Jobs\\SendEmailJob failed",
+                  "\\\\server\\share x", "tab\there", "a=b", "", "plain", "é ü"]
+        for value in values:
+            stream = io.StringIO()
+            dbqueue._Log(stream=stream).warning("event", reason=value)
+            line = stream.getvalue().rstrip("\n").split(" ", 3)[3]
+            self.assertEqual(self.read_logfmt(line), {"reason": value}, line)
+        stream = io.StringIO()
+        dbqueue._Log(stream=stream).warning("event", job="App\\Jobs\\SendEmailJob failed")
+        self.assertIn('job="App\\Jobs\\SendEmailJob failed"', stream.getvalue())   # as written
+
+
 class OpsStatsTableTests(unittest.TestCase):
     """`stats` as a table: an empty column's "-" sits under its header, left-aligned."""
 
@@ -3789,7 +3945,7 @@ class SecretsUrlPasswordTests(unittest.TestCase):
     parser and hidden whole wherever the URL is shown."""
 
     PASSWORDS = ["Alpha@Bravo!x", "Alpha:Bravo", "Alpha/Bravo", "Alpha%40Bravo", "Alpha#Bravo",
-                 "Alphä€Bravo", "Al@pha/Br#avo:x"]
+                 "Alphä€Bravo", "Al@pha/Br#avo:x", "Al?pha", "Al?pha@Bravo", "Al@pha?Bravo"]
     SCHEMES = ["postgresql", "postgres", "mysql", "mariadb", "mysql+pymysql", "mysql+mysqldb"]
 
     def url(self, scheme, password, port=3306):
@@ -3823,6 +3979,7 @@ class SecretsUrlPasswordTests(unittest.TestCase):
                         "port": "3306", "dbname": "appdb"}, url)
                 masked = dbqueue._mask_url(url)
                 self.assertEqual(masked, "%s://app:***@127.0.0.1:3306/appdb" % scheme)
+                self.assertEqual(dbqueue._mask_links(url), masked[:-len("appdb")] + "***")
                 self.assertEqual(dbqueue._without_password("failed: " + url + " for "
                                                            + password + " / "
                                                            + unquote(password), url),
@@ -3836,7 +3993,8 @@ class SecretsUrlPasswordTests(unittest.TestCase):
             need((pg_available("psycopg") if scheme == "postgresql"
                   else mysql_available("pymysql")) is None, "no driver for %s" % scheme)
             for password in self.PASSWORDS:
-                url = url_with(self.url(scheme, password, port), "connect_timeout=5")
+                # Not url_with: a "?" in the password is not the query's.
+                url = self.url(scheme, password, port) + "?connect_timeout=5"
                 shown = "%s://app:***@127.0.0.1:%d/appdb" % (scheme, port)
                 env = {"QUEUE_DATABASE_URL": url}
                 code, out, err = run_main(["config"], env)
@@ -3861,6 +4019,23 @@ class SecretsUrlPasswordTests(unittest.TestCase):
                 self.assertIn('worker starting database="%s?' % shown, proc.stderr)
                 self.assertIn("cannot connect to " + shown, proc.stderr)
                 self.assert_hidden(password, proc.stdout + proc.stderr)
+
+
+class SecretsTwoUrlsInOneTokenTests(unittest.TestCase):
+    """Two URLs with no space between them (a tuple's repr, compact JSON, a URL
+    passed in another's query): each one's password is hidden."""
+
+    TEXTS = ["('sqlite:///x','postgresql://u:secretpw@h/db')",
+             '{"a":"https://x.com/p","db":"postgresql://u:secretpw@h/db"}',
+             "https://proxy/fetch?target=postgresql://u:secretpw@h/db"]
+
+    def test_each_url_is_masked(self):
+        for text in self.TEXTS:
+            shown = text.replace("secretpw", "***")
+            self.assertEqual(dbqueue._mask_url(text), shown)
+            self.assertEqual(dbqueue._mask_url("failed: %s; retrying" % text),
+                             "failed: %s; retrying" % shown)
+            self.assertNotIn("secretpw", dbqueue._mask_links(text))
 
 
 class SQLiteLockTests(unittest.TestCase):
@@ -6057,8 +6232,47 @@ class TakeoverFlushTimeZoneTests:
         left = [json.loads(p)["data"]["n"] for (p,) in self.db.raw("SELECT payload FROM {failed}")]
         self.assertEqual(left, ["recent"])
 
+    def fail_and_flush_in_each_zone(self, app_tables):
+        """dbqueue fails a job in a New York and in a Tokyo session: flush --hours 4
+        keeps it (and PHP's row of 2 hours ago), and failed() shows when it failed."""
+        from datetime import datetime, timezone
+        for zone in ("America/New_York", "Asia/Tokyo"):
+            url = self.db.url
+            if self.db.name == "postgresql":    # MariaDB's sessions are UTC, SQLite has none
+                url = url_with(url, "options=-c%20TimeZone%3D" + zone.replace("/", "%2F"))
+            q = dbqueue.Queue(config=self.db.config(database_url=url))
+            self.addCleanup(q.close)
+            q.push("t_permanent", {"n": "dbqueue"}, queue="emails")
+            dbqueue.Worker(q, ["emails"], log=quiet_log()).run(stop_when_empty=True)
+            if app_tables:
+                php_fail(self.db, {"job": "send_email", "data": {"n": "recent"}},
+                         utc_datetime(2 * 3600))
+                php_fail(self.db, {"job": "send_email", "data": {"n": "old"}},
+                         utc_datetime(6 * 3600))
+            self.assertEqual(q.flush(4), 1 if app_tables else 0, zone)
+            failed = q.failed()
+            left = sorted(json.loads(f["payload"])["data"]["n"] for f in failed)
+            self.assertEqual(left, ["dbqueue", "recent"] if app_tables else ["dbqueue"], zone)
+            when = datetime.fromisoformat([f["failed_at"] for f in failed
+                                           if "dbqueue" in f["payload"]][0])
+            if when.tzinfo is None:
+                when = when.replace(tzinfo=timezone.utc)    # a TIMESTAMP / DATETIME is UTC
+            # Hours off would be a zone's offset; a loaded machine is never that slow.
+            self.assertLess(abs(when.timestamp() - time.time()), 1800, (zone, str(when)))
+            self.assertEqual(q.flush(), len(left))
 
-on_every_backend(TakeoverFlushTimeZoneTests, [Backend, PsycopgBackend, MariaDBBackend])
+    def test_a_failure_dbqueue_writes_into_the_apps_table_survives_flush(self):
+        ci4_tables(self.db)
+        self.db.queue()    # migrated
+        self.fail_and_flush_in_each_zone(app_tables=True)
+
+    def test_a_failure_in_dbqueues_own_table_survives_flush(self):
+        self.db.queue()    # migrated: failed_at TIMESTAMPTZ on PostgreSQL
+        self.fail_and_flush_in_each_zone(app_tables=False)
+
+
+on_every_backend(TakeoverFlushTimeZoneTests,
+                 [Backend, PsycopgBackend, Psycopg2Backend, MariaDBBackend])
 
 
 
@@ -8421,6 +8635,26 @@ class UniqueSerializationTests(_AppSnapshot):
 
 
 on_every_backend(UniqueSerializationTests, [PsycopgBackend, Psycopg2Backend])
+
+
+class UniqueSerializationOtherDriverTests(UniqueSerializationTests):
+    """The same, with the app on the other PostgreSQL driver than dbqueue's
+    (psycopg2 while the queue uses psycopg 3, and the reverse)."""
+
+    def app(self, level):
+        other = {"psycopg": "psycopg2", "psycopg2": "psycopg"}[self.db.driver]
+        need(pg_available(other) is None, pg_available(other) or "")
+        app = __import__(other).connect(PG_URL)
+        self.addCleanup(app.close)
+        cur = app.cursor()
+        cur.execute("SET SESSION CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL " + level)
+        app.commit()
+        cur.execute("SELECT COUNT(*) FROM %s" % self.db.table)    # the snapshot is taken
+        cur.fetchall()
+        return app
+
+
+on_every_backend(UniqueSerializationOtherDriverTests, [PsycopgBackend, Psycopg2Backend])
 
 
 class UniqueDeadlockTests:
