@@ -33,6 +33,7 @@ CREATE INDEX IF NOT EXISTS "jobs_ready" ON "jobs" (queue, available_at, id) WHER
 CREATE INDEX IF NOT EXISTS "jobs_reserved" ON "jobs" (reserved_at) WHERE reserved_at IS NOT NULL;
 CREATE UNIQUE INDEX IF NOT EXISTS "jobs_unique" ON "jobs" (queue, unique_key) WHERE unique_key IS NOT NULL;
 CREATE UNIQUE INDEX IF NOT EXISTS "failed_jobs_uuid" ON "failed_jobs" (uuid);
+CREATE INDEX IF NOT EXISTS "failed_jobs_queue" ON "failed_jobs" (queue);
 CREATE TABLE IF NOT EXISTS "dbqueue_rate" (
     name VARCHAR(100) NOT NULL,
     slot INTEGER NOT NULL,
@@ -76,6 +77,7 @@ CREATE INDEX IF NOT EXISTS "jobs_ready" ON "jobs" (queue, available_at, id) WHER
 CREATE INDEX IF NOT EXISTS "jobs_reserved" ON "jobs" (reserved_at) WHERE reserved_at IS NOT NULL;
 CREATE UNIQUE INDEX IF NOT EXISTS "jobs_unique" ON "jobs" (queue, unique_key) WHERE unique_key IS NOT NULL;
 CREATE UNIQUE INDEX IF NOT EXISTS "failed_jobs_uuid" ON "failed_jobs" (uuid);
+CREATE INDEX IF NOT EXISTS "failed_jobs_queue" ON "failed_jobs" (queue);
 CREATE TABLE IF NOT EXISTS "dbqueue_rate" (
     name VARCHAR(100) NOT NULL,
     slot INTEGER NOT NULL,
