@@ -4,6 +4,7 @@
     /path/to/python .bench/scale_bench.py [--database sqlite,postgresql,mysql]
         [--ready 1000000] [--failed 100000] [--drain 20000] [--repeat 3]
     /path/to/python .bench/scale_bench.py --churn 200000 --database postgresql
+        [--storage autovacuum_vacuum_cost_delay=0,autovacuum_vacuum_scale_factor=0.01]
 
 Views: fills a fresh jobs table with N ready jobs (one INSERT ... SELECT made
 by the database itself, in the Laravel column layout, ~330-byte payloads
@@ -15,7 +16,8 @@ _Dashboard.handle (what the HTTP server calls, a fresh connection each). The
 best of --repeat runs is printed.
 
 Drain: jobs per second of one in-process Worker (no-op handler) over
---drain jobs with 1,000 ready (refilled 1,000 at a time) and with N ready.
+--drain jobs, taken in runs of 1,000 (run(max_jobs=1000)), with 1,000 ready
+(refilled before each run) and with N ready (filled once).
 
 Churn (PostgreSQL): pushes and acknowledges --churn jobs while 2 worker
 processes drain them, then prints the table's and its indexes' size
@@ -36,6 +38,8 @@ import tempfile
 import time
 
 HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# DBQUEUE_PATH: measure another checkout's dbqueue.py (before and after a change).
+HERE = os.environ.get("DBQUEUE_PATH", HERE)
 sys.path.insert(0, HERE)
 import dbqueue  # noqa: E402
 
@@ -138,14 +142,18 @@ def views(q, conn, ready, failed, repeat):
             assert status == 200, (target, status, body[:300])
         return get
     mid = failed // 2
+    deep = max(1, failed - 1999 * 50 + 1)     # the Older link of page 1999 leads here
     checks = [
         ("Queue.stats()", lambda: q.stats()),
         ("stats (CLI)", lambda: quiet(["stats"])),
+        ("health", lambda: quiet(["health"])),
+        ("health --max-ready 1000", lambda: quiet(["health", "--max-ready", "1000"])),
         ("health --max-ready %d" % (ready * 2), lambda: quiet(["health", "--max-ready",
                                                                str(ready * 2)])),
         ("dashboard overview /", page("/")),
         ("dashboard /failed", page("/failed")),
         ("dashboard /failed?page=2000", page("/failed?page=2000")),
+        ("dashboard its Older link there", page("/failed?page=2000&before=%d" % deep)),
         ("dashboard /failed?q=user%d@" % mid, page("/failed?q=user%d%%40" % mid)),
         ("dashboard /failed/<id>", page("/failed/%d" % mid)),
     ]
@@ -162,11 +170,13 @@ def drain(q, backlog, jobs):
     worker = dbqueue.Worker(q, ["bench"], log=dbqueue._Log(level="error"))
     elapsed = 0.0
     done = 0
+    cur.execute("DELETE FROM %s" % q.dialect.ident(q.config.table))
     while done < jobs:
-        cur.execute("DELETE FROM %s" % q.dialect.ident(q.config.table))
-        fill(q, cur, q.config.table, backlog)
-        analyze(q, cur)
-        take = min(backlog, jobs - done)
+        if done == 0 or backlog <= 1000:
+            cur.execute("DELETE FROM %s" % q.dialect.ident(q.config.table))
+            fill(q, cur, q.config.table, backlog)
+            analyze(q, cur)
+        take = min(1000, jobs - done)
         t0 = time.perf_counter()
         worker.processed = 0
         worker.run(max_jobs=take)
@@ -234,6 +244,10 @@ def run_one(name, args):
     print("%s (%s)" % (name, dbqueue._mask_url(url)))
     try:
         if args.churn:
+            if args.storage:
+                conn.cursor().execute("ALTER TABLE %s SET (%s)"
+                                      % (q.dialect.ident(table), args.storage))
+                print("  ALTER TABLE ... SET (%s)" % args.storage)
             churn(q, conn, args.churn)
             return
         if args.drain:
@@ -263,6 +277,8 @@ def main():
     parser.add_argument("--drain", type=int, default=20000)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--churn", type=int, default=0)
+    parser.add_argument("--storage", default="", help="with --churn: the jobs table's storage"
+                        " parameters, e.g. autovacuum_vacuum_cost_delay=0")
     args = parser.parse_args()
     for name in args.database.split(","):
         run_one(name, args)
