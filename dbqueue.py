@@ -1802,6 +1802,10 @@ class _MySQL(_Dialect):
     # one entry per queue, by a loose index scan; MariaDB walks the whole
     # index for the skip scan that the partial index serves elsewhere.
     stats_queues = "SELECT queue FROM {jobs} GROUP BY queue"
+    # failed_jobs.queue is TEXT here (Laravel's layout): grouped as it is, it
+    # sends MariaDB to an on-disk temporary table (1.4 s for 100,000 rows,
+    # 0.2 s like this). A jobs table's queue has at most 255 characters.
+    failed_counts = "SELECT LEFT(queue, 255) AS q, COUNT(*) FROM {failed} GROUP BY q"
     # After a claim that found nothing though a job was ready (another
     # session holds its row lock), idle workers wait for this to change
     # instead: a push, a claim or a give-back moves it (see Worker._wait_poll).
