@@ -884,8 +884,8 @@ _SQL = {
     # (ORDER BY ... LIMIT 1, not MIN(): MySQL would read MIN() off another index.)
     "stats_queues": "WITH RECURSIVE q(queue) AS (SELECT (SELECT queue FROM {jobs}"
                     " WHERE reserved_at IS NULL ORDER BY queue LIMIT 1) UNION ALL"
-                    " SELECT (SELECT queue FROM {jobs} WHERE reserved_at IS NULL AND queue > q.queue"
-                    " ORDER BY queue LIMIT 1) FROM q WHERE q.queue IS NOT NULL)"
+                    " SELECT (SELECT queue FROM {jobs} WHERE reserved_at IS NULL"
+                    " AND queue > q.queue ORDER BY queue LIMIT 1) FROM q WHERE q.queue IS NOT NULL)"
                     " SELECT {queue_text} FROM q WHERE queue IS NOT NULL",
     "stats_waiting": "SELECT (SELECT COUNT(*) FROM (SELECT 1 FROM {jobs} WHERE {queue_is}"
                      " AND reserved_at IS NULL AND available_at <= {now} LIMIT :cap) AS r),"
@@ -900,10 +900,11 @@ _SQL = {
     "failed_counts": "SELECT {queue_text}, COUNT(*) FROM {failed} GROUP BY queue",
     # {order} is ASC (the CLI: oldest first) or DESC (the dashboard: newest
     # first); the dashboard pages by id (:before, :after: a walk down the
-    # primary key, however deep the page), not by OFFSET; :search is a LIKE pattern over the exception and the
-    # recipients ({recipient}: the payload's data.to, see _Dialect), never
-    # the whole payload: a search there would tell a dashboard user, one
-    # prefix at a time, the link tokens the pages mask.
+    # primary key, however deep the page), not by OFFSET; :search is a LIKE
+    # pattern over the exception and the recipients ({recipient}: the
+    # payload's data.to, see _Dialect), never the whole payload: a search
+    # there would tell a dashboard user, one prefix at a time, the link
+    # tokens the pages mask.
     "failed_list": "SELECT " + _FAILED_COLUMNS + " FROM {failed}"
                    " WHERE id < :before AND id > :after"
                    " AND (CAST(:queue AS {text_type}) IS NULL OR queue = :queue)"
@@ -8143,7 +8144,8 @@ def _cmd_health(args, config):
     problems = []
     for s in stats:
         name = s["queue"]
-        if args.max_ready is not None and (s["ready"] > args.max_ready or "ready" in s.get("capped", ())):
+        over = s["ready"] > (args.max_ready or 0) or "ready" in s.get("capped", ())
+        if args.max_ready is not None and over:
             problems.append("queue %s has %s ready jobs (--max-ready %d)"
                             % (name, _count(s, "ready", "{}"), args.max_ready))
         age = s["oldest_ready_age"]

@@ -2548,8 +2548,8 @@ class StatsAtScaleTests:
         if self.db.name != "mysql":
             checks.append(("failed_counts", {}, self.db.failed_table[:57] + "_queue"))
         for key, params, index in checks:
-            prepared = (q.dialect.prepare(dbqueue._SQL["failed_list"], self.db.table, self.db.failed_table,
-                                          order="DESC") if key == "failed_list" else q.sql(key))
+            prepared = q.sql(key) if key != "failed_list" else q.dialect.prepare(
+                dbqueue._SQL["failed_list"], self.db.table, self.db.failed_table, order="DESC")
             plan = self.plan(cur, prepared, params)
             if index:
                 self.assertIn(index, plan, (key, plan))
@@ -2562,7 +2562,8 @@ class StatsAtScaleTests:
                 self.assertNotIn("'type': 'ALL'", plan, (key, plan))
 
 
-on_every_backend(StatsAtScaleTests, [b for b in BACKENDS if b.driver not in ("psycopg2", "MySQLdb")])
+on_every_backend(StatsAtScaleTests,
+                 [b for b in BACKENDS if b.driver not in ("psycopg2", "MySQLdb")])
 
 
 class OpsCommandLineTests(unittest.TestCase):

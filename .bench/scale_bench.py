@@ -190,9 +190,10 @@ def churn(q, conn, total, workers=2):
     cur = conn.cursor()
     env = dict(os.environ, QUEUE_DATABASE_URL=q.config.database_url,
                QUEUE_TABLE=q.config.table, QUEUE_FAILED_TABLE=q.config.failed_table)
-    code = ("import sys; sys.path.insert(0, %r); sys.path.insert(0, %r); import dbqueue, scale_bench;"
-            " dbqueue.Worker(dbqueue.Queue.from_env(), ['bench'], log=dbqueue._Log(level='error'))"
-            ".run()" % (HERE, os.path.dirname(os.path.abspath(__file__))))
+    code = ("import sys; sys.path.insert(0, %r); sys.path.insert(0, %r);"
+            " import dbqueue, scale_bench; dbqueue.Worker(dbqueue.Queue.from_env(), ['bench'],"
+            " log=dbqueue._Log(level='error')).run()"
+            % (HERE, os.path.dirname(os.path.abspath(__file__))))
     procs = [subprocess.Popen([sys.executable, "-c", code], env=env) for _ in range(workers)]
     ident = q.dialect.ident(q.config.table)
     try:
