@@ -35,6 +35,7 @@ CREATE INDEX IF NOT EXISTS "jobs_reserved" ON "jobs" (reserved_at) WHERE reserve
 CREATE UNIQUE INDEX IF NOT EXISTS "jobs_unique" ON "jobs" (queue, unique_key) WHERE unique_key IS NOT NULL;
 CREATE INDEX IF NOT EXISTS "jobs_expires" ON "jobs" (queue, expires_at) WHERE expires_at IS NOT NULL;
 CREATE UNIQUE INDEX IF NOT EXISTS "failed_jobs_uuid" ON "failed_jobs" (uuid);
+CREATE INDEX IF NOT EXISTS "failed_jobs_queue" ON "failed_jobs" (queue);
 CREATE TABLE IF NOT EXISTS "dbqueue_rate" (
     name VARCHAR(100) NOT NULL,
     slot INTEGER NOT NULL,
@@ -95,6 +96,7 @@ CREATE INDEX IF NOT EXISTS "jobs_reserved" ON "jobs" (reserved_at) WHERE reserve
 CREATE UNIQUE INDEX IF NOT EXISTS "jobs_unique" ON "jobs" (queue, unique_key) WHERE unique_key IS NOT NULL;
 CREATE INDEX IF NOT EXISTS "jobs_expires" ON "jobs" (queue, expires_at) WHERE expires_at IS NOT NULL;
 CREATE UNIQUE INDEX IF NOT EXISTS "failed_jobs_uuid" ON "failed_jobs" (uuid);
+CREATE INDEX IF NOT EXISTS "failed_jobs_queue" ON "failed_jobs" (queue);
 CREATE TABLE IF NOT EXISTS "dbqueue_rate" (
     name VARCHAR(100) NOT NULL,
     slot INTEGER NOT NULL,
