@@ -3209,12 +3209,13 @@ class Queue:
     def _throttle_key(self):
         return "mail_throttle:" + self.config.table
 
-    def _swap_state(self, name, change):
+    def _swap_state(self, name, change, conn=None):
         """Change one dbqueue_state row: change(value, now_ms) returns (the
         new value, or the same object to write nothing; a result). Read, then
         written only if no one changed it meanwhile, else again."""
         while True:
-            old, now = self.statement("state_read", name=name, now_ms=self._now_ms()).fetchone()
+            old, now = self.statement("state_read", conn, name=name,
+                                      now_ms=self._now_ms()).fetchone()
             try:
                 value = json.loads(_text(old)) if old is not None else {}
             except ValueError:
@@ -3228,10 +3229,10 @@ class Queue:
                 key, params = "state_swap", {"value": _dumps(new), "old": old}
             else:
                 key, params = "state_drop", {"old": old}
-            if self.statement(key, name=name, **params).rowcount == 1:
+            if self.statement(key, conn, name=name, **params).rowcount == 1:
                 return result
 
-    def throttle_take(self, queue):
+    def throttle_take(self, queue, conn=None):
         """Before a send on `queue`: None when the mail server is not
         throttling it, 0 when this send is its next turn (the next after it
         is a whole wait later), else the ms until that turn."""
@@ -3243,13 +3244,13 @@ class Queue:
                 return value, entry["next"] - now
             return dict(value, **{queue: dict(entry, next=now + entry["wait"] * 1000)}), 0
         try:
-            return self._swap_state(self._throttle_key(), take)
+            return self._swap_state(self._throttle_key(), take, conn)
         except DatabaseError as exc:
             if exc.transient and not isinstance(exc, MissingTableError):
                 raise
             return None   # no dbqueue_state (an older migrate), or not ours to read
 
-    def throttle(self, queue, error, turn):
+    def throttle(self, queue, error, turn, conn=None):
         """The mail server throttled a send on `queue`: returns (seconds until
         the queue's next turn, True when this began the throttling). The wait
         doubles when the send was a turn after a wait (`turn`); a reply to a
@@ -3263,16 +3264,16 @@ class Queue:
             return (dict(value, **{queue: {"since": since, "wait": wait, "next": now + wait * 1000,
                                            "error": error}}),
                     (float(wait), not isinstance(entry, dict)))
-        return self._swap_state(self._throttle_key(), throttled)
+        return self._swap_state(self._throttle_key(), throttled, conn)
 
-    def throttle_clear(self, queue):
+    def throttle_clear(self, queue, conn=None):
         """A message accepted on its turn: the queue sends at full speed again.
         True when it was throttled."""
         def clear(value, now):
             if queue not in value:
                 return value, False
             return {q: e for q, e in value.items() if q != queue}, True
-        return self._swap_state(self._throttle_key(), clear)
+        return self._swap_state(self._throttle_key(), clear, conn)
 
     def mail_throttle(self, conn=None):
         """{queue: {since, seconds (throttled for), wait (seconds between
@@ -6227,7 +6228,6 @@ def _deliver(fields, config):
         except _RateWait:
             raise      # nothing was sent: not a word about the server
         except QueueError as exc:
-            # An outage or a throttling gives the job back: it is not failing.
             outage = isinstance(exc, (_MailOutage, _MailThrottle))
             # The same Date on the next attempt (an outage gives the job back).
             _keep_mail_state(running, state, failing=not outage and (
@@ -6388,6 +6388,9 @@ class _RateSlot:
                         or ()]
         running = current_job() if worker is not None else None
         self.throttle_queue = getattr(running, "queue", None)
+        # The throttle is read before every send: on the worker's own
+        # connection, idle while its handler runs, not on one more per thread.
+        self.conn = getattr(worker, "_conn", None)
         self.paced = False       # this send is a throttled queue's turn (Queue.throttle_take)
         self.accepted = False
 
@@ -6432,7 +6435,7 @@ class _RateSlot:
     def _take(self):
         """(throttled, ms to wait): 0 ms when the message may leave now."""
         if self.throttle_queue is not None and not self.paced:
-            wait_ms = self.queue.throttle_take(self.throttle_queue)
+            wait_ms = self.queue.throttle_take(self.throttle_queue, self.conn)
             if wait_ms:
                 return True, wait_ms
             self.paced = wait_ms == 0
@@ -6456,8 +6459,9 @@ class _RateSlot:
                 pass
             elif isinstance(exc, _MailThrottle) and exc.wait is None:
                 exc.wait, exc.first = self.queue.throttle(self.throttle_queue, _first_line(exc),
-                                                          self.paced)
-            elif self.paced and self.accepted and self.queue.throttle_clear(self.throttle_queue):
+                                                          self.paced, self.conn)
+            elif self.paced and self.accepted and self.queue.throttle_clear(self.throttle_queue,
+                                                                             self.conn):
                 self.worker.log.info("the mail server accepts mail again: queue %s sends at full"
                                      " speed" % self.throttle_queue)
         except QueueError:

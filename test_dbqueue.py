@@ -7969,6 +7969,7 @@ class RateLimitWindowsTests(EmailTestMixin):
 
 
 on_every_backend(RateLimitWindowsTests)
+on_every_backend(RateLimitWindowsTests, PGBOUNCER_BACKENDS)
 
 
 class RateLimitSendmailTests(EmailTestMixin, unittest.TestCase):
@@ -8280,6 +8281,7 @@ class MailThrottleTests(EmailTestMixin):
 
 
 on_every_backend(MailThrottleTests)
+on_every_backend(MailThrottleTests, PGBOUNCER_BACKENDS)
 
 
 class MailThrottleProcessTests(_WorkerProcesses, EmailTestMixin):
