@@ -8194,6 +8194,9 @@ class MailThrottleTests(EmailTestMixin):
         self.assertEqual(stats["emails"]["mail_throttle"]["wait"], 1)
         self.assertIn('dbqueue_mail_throttle_wait_seconds{queue="emails"} 1\n',
                       run_main(["stats", "--format", "prometheus"], env)[1])
+        page = DashboardClient(start_dashboard(self, q)).get("/").text
+        self.assertIn('<p class="note warn">Queue emails is throttled by the mail server: next'
+                      ' send in', page)
         # The next run waits for the queue's turn, a second on, and is throttled again.
         worker, log = self.work(q)
         self.assertEqual(worker.exit_code, 1, log)
