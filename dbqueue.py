@@ -370,7 +370,7 @@ class Config:
         self.mail_verify_peer = True
         self.mail_template_dir = ""
         self.mail_ehlo_domain = ""     # empty: the host's name, made ASCII (_ehlo_name)
-        self.mail_rate_limit = ""     # "14/s", "600/m", "10000/h", "50000/d"; "" for none
+        self.mail_rate_limit = ""     # "14/s", "600/m", "10000/h", "50000/d", "14/s,50000/d"
         self.mail_template_validity = ""   # "password-reset=2h,invitation=0": over _VALIDITY
         self.mail_log_days = 14       # days the sent log (dbqueue_sent) keeps; 0: no log
         self.mail_sendmail_path = "/usr/sbin/sendmail -t -i"
@@ -678,27 +678,40 @@ def _backoff_setting(name, value):
 
 _RATE = _Pattern(r"^[ \t]*([0-9]{1,7})[ \t]*/[ \t]*([smhd])[ \t]*\Z")
 _RATE_WINDOWS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+_RATE_UNITS = {seconds: unit for unit, seconds in _RATE_WINDOWS.items()}
+# A window of a minute or more is counted in this many slices (Queue.rate_take).
+# The slice of a minute is 2 s, so a slice's number (unix ms over its
+# length) fits the slot column's INTEGER until 2106.
+_RATE_BUCKETS = 30
 
 
 def _rate_setting(name, value):
-    """A rate limit such as "14/s" as written (normalised), or "" for none."""
+    """A rate limit such as "14/s,50000/d" as written (normalised), or "" for none."""
     if value is None or not str(value).strip():
         return ""
-    match = _RATE.match(str(value))
-    if not match or int(match.group(1)) < 1:
-        raise ConfigError("%s=%s must be a number of messages per second, minute, hour or day,"
-                          " such as 14/s, 600/m, 10000/h or 50000/d (empty for no limit)"
-                          % (name, value))
-    return "%d/%s" % (int(match.group(1)), match.group(2))
+    windows = []
+    for part in str(value).split(","):
+        match = _RATE.match(part)
+        if not match or int(match.group(1)) < 1:
+            raise ConfigError("%s=%s must be a number of messages per second, minute, hour or day,"
+                              " such as 14/s, 600/m, 10000/h or 50000/d, or several separated by"
+                              " commas such as 14/s,50000/d (empty for no limit)" % (name, value))
+        if any(w.endswith("/" + match.group(2)) for w in windows):
+            raise ConfigError("%s=%s gives the /%s window twice: give each of s, m, h and d at"
+                              " most once" % (name, value, match.group(2)))
+        windows.append("%d/%s" % (int(match.group(1)), match.group(2)))
+    return ",".join(windows)
 
 
 def _rate_limit(text):
-    """(messages, window in seconds) of a MAIL_RATE_LIMIT value, or None for none."""
+    """[(messages, window in seconds), ...] of a MAIL_RATE_LIMIT value,
+    shortest window first, or None for none."""
     text = _rate_setting("MAIL_RATE_LIMIT", text)
     if not text:
         return None
-    count, unit = text.split("/")
-    return int(count), _RATE_WINDOWS[unit]
+    windows = [(int(count), _RATE_WINDOWS[unit])
+               for count, unit in (w.split("/") for w in text.split(","))]
+    return sorted(windows, key=lambda window: window[1])
 
 
 # How long the built-in templates' mail is worth sending, counted from the
@@ -1106,12 +1119,13 @@ _SQL = {
     "forget": "DELETE FROM {failed} WHERE id = :id",
     "flush": "DELETE FROM {failed} WHERE failed_at < {failed_cutoff}",
     "clear": "DELETE FROM {jobs} WHERE queue = :queue AND reserved_at IS NULL",
-    # MAIL_RATE_LIMIT: a ring of at most N send slots per limit in {rate},
-    # each holding when its last message left (ms, the database's clock).
-    # A message may leave only by taking a slot that is at least one window
-    # old, so no window of that length ever holds more than N (see
-    # Queue.rate_take). One row: the clock, the oldest slot, the last slot made.
-    # Slots are 0..N-1; a negative slot is free for a dialect's lock row.
+    # MAIL_RATE_LIMIT, per window of it (see Queue.rate_take). A window of a
+    # second is a ring of at most N send slots in {rate}, each holding when
+    # its last message left (ms, the database's clock). A message may leave
+    # only by taking a slot that is at least one window old, so no window of
+    # that length ever holds more than N. One row: the clock, the oldest
+    # slot, the last slot made. Slots are 0..N-1; a negative slot is free for
+    # a dialect's lock row.
     "rate_oldest": "SELECT {now_ms}, r.slot, r.sent_at,"
                    " (SELECT MAX(slot) FROM {rate} WHERE name = :name)"
                    " FROM (SELECT 1 AS one) AS o LEFT JOIN"
@@ -1151,6 +1165,14 @@ _SQL = {
                  " ORDER BY sent_at DESC, id DESC LIMIT :limit OFFSET :offset",
     "sent_counts": "SELECT queue, COUNT(*) FROM {sent} WHERE tbl = :tbl AND sent_at >= {now} - 3600"
                    " GROUP BY queue",
+    # A window of a minute or more is _RATE_BUCKETS counters instead (50000/d
+    # would be a ring of 50,000 rows): slot is the bucket's number (the unix
+    # time in ms over the bucket's length), sent_at the messages counted in it.
+    "rate_now": "SELECT {now_ms}",
+    "rate_count": "SELECT MIN(slot), SUM(sent_at) FROM {rate}"
+                  " WHERE name = :name AND slot >= :first AND sent_at > 0",
+    "rate_bump": "UPDATE {rate} SET sent_at = sent_at + :by WHERE name = :name AND slot = :slot",
+    "rate_prune": "DELETE FROM {rate} WHERE name = :name AND slot >= 0 AND slot < :first",
     "version": "SELECT version FROM dbqueue_migrations WHERE tbl = :tbl",
     "set_version": "INSERT INTO dbqueue_migrations (tbl, version) VALUES (:tbl, :version)"
                    " ON CONFLICT (tbl) DO UPDATE SET version = excluded.version",
@@ -1168,6 +1190,15 @@ _SQL = {
                  " ON CONFLICT (name) DO UPDATE SET value = excluded.value,"
                  " updated_at = excluded.updated_at",
     "state_clear": "DELETE FROM dbqueue_state WHERE name = :name",
+    # Compare-and-set of one row (Queue._swap_state): a write lands only
+    # where the row still holds what was read.
+    "state_read": "SELECT s.value, {now_ms} FROM (SELECT 1 AS one) AS o"
+                  " LEFT JOIN dbqueue_state s ON s.name = :name",
+    "state_add": "INSERT INTO dbqueue_state (name, value, updated_at) VALUES (:name, :value, {now})"
+                 " ON CONFLICT (name) DO NOTHING",
+    "state_swap": "UPDATE dbqueue_state SET value = :value, updated_at = {now}"
+                  " WHERE name = :name AND value = :old",
+    "state_drop": "DELETE FROM dbqueue_state WHERE name = :name AND value = :old",
     # Idle workers that cannot be told of a push (MySQL; PostgreSQL behind a
     # transaction-mode pooler) look for a ready job: one index probe.
     "ready": "SELECT 1 FROM {jobs} WHERE queue = :queue AND reserved_at IS NULL"
@@ -2167,6 +2198,8 @@ class _MySQL(_Dialect):
                    " ON DUPLICATE KEY UPDATE version = VALUES(version)")
     state_set = ("INSERT INTO dbqueue_state (name, value, updated_at) VALUES (:name, :value, {now})"
                  " ON DUPLICATE KEY UPDATE value = VALUES(value), updated_at = VALUES(updated_at)")
+    state_add = ("INSERT IGNORE INTO dbqueue_state (name, value, updated_at)"
+                 " VALUES (:name, :value, {now})")
     # The dashboard's search over recipients: json_extract fails on text that
     # is not JSON, so JSON_VALID first (MySQL 5.7.8+, MariaDB 10.2.3+).
     failed_recipient = ("CASE WHEN JSON_VALID(payload)"
@@ -3586,6 +3619,110 @@ class Queue:
                                              else until - int(now)}
         return found
 
+    # -- a mail server's throttling (dbqueue_state) -------------------------
+    # One row per jobs table, {queue: {"since": unix s, "wait": s, "next": ms
+    # by the database's clock, "error": the reply}}, read before every send
+    # and changed by compare-and-set, so that of all the workers on the
+    # database exactly one takes a throttled queue's next turn.
+
+    throttle_max = 300    # seconds: the wait between sends doubles from 1 up to this
+
+    def _throttle_key(self):
+        return "mail_throttle:" + self.config.table
+
+    def _swap_state(self, name, change, conn=None):
+        """Change one dbqueue_state row: change(value, now_ms) returns (the
+        new value, or the same object to write nothing; a result). Read, then
+        written only if no one changed it meanwhile, else again."""
+        while True:
+            old, now = self.statement("state_read", conn, name=name,
+                                      now_ms=self._now_ms()).fetchone()
+            try:
+                value = json.loads(_text(old)) if old is not None else {}
+            except ValueError:
+                value = {}
+            new, result = change(value if isinstance(value, dict) else {}, int(now))
+            if new is value:
+                return result
+            if old is None:
+                key, params = "state_add", {"value": _dumps(new)}
+            elif new:
+                key, params = "state_swap", {"value": _dumps(new), "old": old}
+            else:
+                key, params = "state_drop", {"old": old}
+            if self.statement(key, conn, name=name, **params).rowcount == 1:
+                return result
+
+    def throttle_take(self, queue, conn=None):
+        """Before a send on `queue`: None when the mail server is not
+        throttling it, 0 when this send is its next turn (the next after it
+        is a whole wait later), else the ms until that turn."""
+        def take(value, now):
+            entry = value.get(queue)
+            if not isinstance(entry, dict):
+                return value, None
+            if entry["next"] > now:
+                return value, entry["next"] - now
+            return dict(value, **{queue: dict(entry, next=now + entry["wait"] * 1000)}), 0
+        try:
+            return self._swap_state(self._throttle_key(), take, conn)
+        except DatabaseError as exc:
+            if exc.transient and not isinstance(exc, MissingTableError):
+                raise
+            return None   # no dbqueue_state (an older migrate), or not ours to read
+
+    def throttle(self, queue, error, turn, conn=None):
+        """The mail server throttled a send on `queue`: returns (seconds until
+        the queue's next turn, True when this began the throttling). The wait
+        doubles when the send was a turn after a wait (`turn`); a reply to a
+        send that left before the throttling was known changes nothing."""
+        def throttled(value, now):
+            entry = value.get(queue)
+            if isinstance(entry, dict) and not turn:
+                return value, (max(0, entry["next"] - now) / 1000.0, False)
+            wait = min(entry["wait"] * 2, self.throttle_max) if isinstance(entry, dict) else 1
+            since = entry["since"] if isinstance(entry, dict) else now // 1000
+            return (dict(value, **{queue: {"since": since, "wait": wait, "next": now + wait * 1000,
+                                           "error": error}}),
+                    (float(wait), not isinstance(entry, dict)))
+        return self._swap_state(self._throttle_key(), throttled, conn)
+
+    def throttle_clear(self, queue, conn=None):
+        """A message accepted on its turn: the queue sends at full speed again.
+        True when it was throttled."""
+        def clear(value, now):
+            if queue not in value:
+                return value, False
+            return {q: e for q, e in value.items() if q != queue}, True
+        return self._swap_state(self._throttle_key(), clear, conn)
+
+    def mail_throttle(self, conn=None):
+        """{queue: {since, seconds (throttled for), wait (seconds between
+        sends), next_send (seconds until the next may leave), error}} of the
+        queues the mail server throttles; {} when none (or no dbqueue_state)."""
+        try:
+            old, now = self.statement("state_read", conn, name=self._throttle_key(),
+                                      now_ms=self._now_ms()).fetchone()
+            value = json.loads(_text(old)) if old is not None else {}
+        except DatabaseError as exc:
+            if exc.transient and not isinstance(exc, MissingTableError):
+                raise
+            return {}
+        except ValueError:
+            return {}
+        found = {}
+        for queue, entry in (value.items() if isinstance(value, dict) else ()):
+            try:
+                found[str(queue)] = {
+                    "since": int(entry["since"]),
+                    "seconds": max(0, int(now) // 1000 - int(entry["since"])),
+                    "wait": int(entry["wait"]),
+                    "next_send": max(0, -(-(int(entry["next"]) - int(now)) // 1000)),
+                    "error": str(entry.get("error", ""))}
+            except (KeyError, TypeError, ValueError):
+                continue
+        return found
+
     # -- inspecting and operating -----------------------------------------
 
     def stats(self, conn=None, cap=_COUNT_CAP):
@@ -3820,59 +3957,136 @@ class Queue:
         digest = hashlib.blake2b(name.encode("utf-8"), digest_size=8).digest()
         return int.from_bytes(digest, "big", signed=True)
 
-    def rate_take(self, name, count, window_ms, hold_ms):
-        """Take a send slot of limit `name` (`count` messages per `window_ms`).
+    def _rate_now(self, cur):
+        now = self._now_ms()
+        return now if now is not None else int(self.execute(cur, "rate_now", now_ms=None)
+                                                .fetchone()[0])
 
-        Returns (slot, until, 0) when taken; the caller sends, then calls
-        rate_sent(name, slot, until). Returns (None, None, ms) when all
-        `count` slots were used within the last window: the oldest frees in
-        `ms`. A taken slot is held `hold_ms` ahead (a worker that dies while
-        sending blocks it no longer than that).
-
-        Why this holds for any window: a message takes a slot only when the
-        slot's previous message finished a whole window earlier, so two
-        messages inside one window never share a slot, and there are `count`.
-        """
-        with self.transaction() as cur:
-            if self.dialect.rate_lock:
+    def _rate_lock(self, cur, windows):
+        # Every taker locks its windows shortest first: two never wait on each other.
+        if self.dialect.rate_lock:
+            for name, _, _ in windows:
                 self.execute(cur, "rate_lock", lock_key=self._rate_lock_key(name), name=name)
-            now, slot, sent_at, last = self.execute(cur, "rate_oldest", name=name,
-                                                    now_ms=self._now_ms()).fetchone()
-            if slot is not None and sent_at + window_ms <= now:
-                until = now + hold_ms
-                self.execute(cur, "rate_take", name=name, slot=slot, until=until)
-            elif last is None or last + 1 < count:
-                # The ring grows one slot at a time up to `count`: a limit of
-                # 50000/d costs no rows before it is used.
-                slot, until = (0 if last is None else last + 1), now + hold_ms
-                self.execute(cur, "rate_add", name=name, slot=slot, until=until)
-            else:
-                return None, None, max(1, sent_at + window_ms - now)
-        return slot, until, 0
 
-    def rate_sent(self, name, slot, until):
-        """The message of a slot rate_take() gave has left (or failed): stamp it now."""
-        self.statement("rate_sent", name=name, slot=slot, until=until, now_ms=self._now_ms())
+    def _rate_count(self, cur, name, bucket, by=1):
+        """Add `by` to a window's counter `bucket`, made (and the buckets that
+        have left the window dropped) when it is the first of its bucket."""
+        if self.execute(cur, "rate_bump", name=name, slot=bucket, by=by).rowcount == 0 and by > 0:
+            self.execute(cur, "rate_add", name=name, slot=bucket, until=by)
+            self.execute(cur, "rate_prune", name=name, first=bucket - _RATE_BUCKETS)
+
+    def rate_take(self, windows, hold_ms):
+        """Make room for one message in every window of a limit, or in none.
+
+        `windows`: (name, messages, window_ms) of each, shortest first.
+        Returns (taken, 0) when each had room; the caller sends, then calls
+        rate_sent(taken). Returns (None, ms) when one is full: the first
+        message may try again in `ms`. All in one transaction, so no window
+        is ever taken without the others.
+
+        A window under a minute is a ring of `messages` send slots, taken by
+        when each message's send ended: a message takes a slot only when the
+        slot's previous message finished a whole window earlier, so two
+        messages inside one window never share a slot, and there are
+        `messages`. A taken slot is held `hold_ms` ahead (a worker that dies
+        while sending blocks it no longer than that).
+
+        A longer window is _RATE_BUCKETS counters, each a slice of it: a
+        message may leave when the counters of the slices that the last
+        window touches, its own slice's included, hold fewer than `messages`;
+        it is counted in its slice, and moved to a later one by rate_sent
+        when its send ends there. So no window holds more than `messages`
+        ends either, at the cost of holding the next one back by up to a
+        slice (1/30 of the window) longer than a ring would.
+        """
+        taken = {"ring": [], "counters": []}
+        writes, waits = [], []
+        with self.transaction() as cur:
+            self._rate_lock(cur, windows)
+            now = taken["now"] = self._rate_now(cur)
+            for name, count, window_ms in windows:
+                if window_ms < 60000:
+                    _, slot, sent_at, last = self.execute(cur, "rate_oldest", name=name,
+                                                          now_ms=now).fetchone()
+                    if slot is not None and sent_at + window_ms <= now:
+                        key = "rate_take"
+                    elif last is None or last + 1 < count:
+                        # The ring grows one slot at a time up to `count`.
+                        key, slot = "rate_add", 0 if last is None else last + 1
+                    else:
+                        waits.append(sent_at + window_ms - now)
+                        continue
+                    taken["ring"].append((name, slot, now + hold_ms))
+                    writes.append(lambda k=key, n=name, s=slot: self.execute(
+                        cur, k, name=n, slot=s, until=now + hold_ms))
+                else:
+                    size = window_ms // _RATE_BUCKETS
+                    bucket = now // size
+                    oldest, used = self.execute(cur, "rate_count", name=name,
+                                                first=bucket - _RATE_BUCKETS).fetchone()
+                    if int(used or 0) >= count:
+                        # Until the oldest counted slice leaves the window.
+                        waits.append((int(oldest) + _RATE_BUCKETS + 1) * size - now)
+                        continue
+                    taken["counters"].append((name, bucket, size))
+                    writes.append(lambda n=name, b=bucket: self._rate_count(cur, n, b))
+            if waits:
+                return None, max(1, max(waits))
+            for write in writes:
+                write()
+        return taken, 0
+
+    def rate_sent(self, taken, windows):
+        """The message rate_take() made room for has left (or failed): each
+        ring slot holds the moment it ended, and a counter whose slice ended
+        meanwhile counts the message in the slice it ended in."""
+        for name, slot, until in taken["ring"]:
+            self.statement("rate_sent", name=name, slot=slot, until=until, now_ms=self._now_ms())
+        if not taken["counters"]:
+            return
+        now = self._now_ms()
+        if now is None:
+            now = int(self.statement("rate_now", now_ms=None).fetchone()[0])
+        moved = [(name, bucket, now // size) for name, bucket, size in taken["counters"]
+                 if now // size != bucket]
+        if moved:
+            with self.transaction() as cur:
+                self._rate_lock(cur, windows)
+                for name, bucket, ended in moved:
+                    self.execute(cur, "rate_bump", name=name, slot=bucket, by=-1)
+                    self._rate_count(cur, name, ended)
 
     def rate_use(self, conn=None):
         """MAIL_RATE_LIMIT's use now, as a dict (None when no limit is set):
-        limit ("14/s"), messages, window_seconds, used (slots taken within
-        the last window, sends under way included)."""
-        limit = _rate_limit(self.config.mail_rate_limit)
-        if limit is None:
+        limit ("14/s,50000/d"), windows (for each: limit "14/s", messages,
+        window_seconds, used: messages sent or being sent within the last
+        window), and the messages, window_seconds and used of the window
+        nearest to full."""
+        limits = _rate_limit(self.config.mail_rate_limit)
+        if limits is None:
             return None
-        count, window = limit
+        windows = [{"limit": "%d/%s" % (count, _RATE_UNITS[seconds]), "messages": count,
+                    "window_seconds": seconds, "used": 0} for count, seconds in limits]
         with _Transaction(self, conn or self._conn(), write=False) as cur:
             try:
-                self.execute(cur, "rate_use", name=_rate_name(self.config), window_ms=window * 1000,
-                             now_ms=self._now_ms())
-                used = int(cur.fetchone()[0])
+                now = self._rate_now(cur)
+                for window in windows:
+                    name = _rate_name(self.config, window["limit"])
+                    if window["window_seconds"] < 60:
+                        self.execute(cur, "rate_use", name=name, now_ms=now,
+                                     window_ms=window["window_seconds"] * 1000)
+                        window["used"] = int(cur.fetchone()[0])
+                    else:
+                        size = window["window_seconds"] * 1000 // _RATE_BUCKETS
+                        self.execute(cur, "rate_count", name=name,
+                                     first=now // size - _RATE_BUCKETS)
+                        window["used"] = int(cur.fetchone()[1] or 0)
             except self._errors() as exc:
                 if not self.dialect.is_missing_table(exc):
                     raise
-                used = 0    # not migrated since: no worker has sent under the limit
-        return {"limit": self.config.mail_rate_limit, "messages": count,
-                "window_seconds": window, "used": used}
+                # Not migrated since: no worker has sent under the limit.
+        fullest = max(windows, key=lambda w: w["used"] / w["messages"])
+        return dict(fullest, limit=self.config.mail_rate_limit, windows=windows)
 
 
 def _no_jobs(queue):
@@ -4244,6 +4458,7 @@ class Worker:
         self._settings_cache = {}  # job name -> (registry entry, settings) for plain payloads
         self._main_thread = False
         self._mail_pause = None    # a mail outage: see "mail outages" below
+        self._throttle = {}        # queue -> time.monotonic() until which the mail server throttles it
         self._outage_row = True    # a dbqueue_state outage row may exist (cleared once mail flows)
         self._state_warned = False
         self._prune_warned = False
@@ -4542,6 +4757,9 @@ class Worker:
         wait = self.sleep if due is None else max(0.0, min(self.sleep, due))
         if self._mail_pause is not None:    # wake for the next probe of the mail server
             wait = min(wait, max(0.0, self._mail_pause["until"] - time.monotonic()))
+        turns = [until for until in list(self._throttle.values()) if until > time.monotonic()]
+        if turns:                           # and for a throttled queue's next turn
+            wait = min(wait, max(0.0, min(turns) - time.monotonic()))
         deadline = time.monotonic() + wait
         if max_time is not None:
             deadline = min(deadline, started + max_time)
@@ -4860,6 +5078,8 @@ class Worker:
             outcome = ("failed", exc)
         except _MailOutage as exc:
             outcome = ("outage", exc)
+        except _MailThrottle as exc:
+            outcome = ("throttle", exc)
         except JobTimeout as exc:
             outcome = ("retry", JobTimeout("job ran longer than its timeout (%ss)" % timeout))
             self._hard_deadline = None
@@ -4896,6 +5116,9 @@ class Worker:
         kind, exc = outcome
         if kind == "outage":
             self._mail_outage(job, exc)
+            return False
+        if kind == "throttle":
+            self._mail_throttle(job, exc)
             return False
         if kind == "wait":
             # MAIL_RATE_LIMIT: back until the next free slot, attempt unspent.
@@ -4994,8 +5217,20 @@ class Worker:
     def _active_queues(self):
         pause = self._mail_pause
         if pause is None or time.monotonic() >= pause["until"]:
-            return self.queues
-        return [q for q in self.queues if q not in pause["queues"]]
+            return self._unthrottled()
+        return [q for q in self._unthrottled() if q not in pause["queues"]]
+
+    def _give_back(self, job, queues):
+        """Release `job` and the held jobs of `queues`: attempts unspent,
+        available_at kept (their place in the queue, and the wait stats shows)."""
+        with self._lock:
+            back = [job] + [j for j in self._held if j.queue in queues]
+            self._held = [j for j in self._held if j.queue not in queues]
+        for j in back:
+            acks = list(self._acks)
+            _, lost = self._db(lambda c: self.queue.release(c, j.token, None, True, acks,
+                                                            j.next_payload))
+            self._acked(acks, lost)
 
     def _mail_outage(self, job, exc):
         now = time.monotonic()
@@ -5009,14 +5244,7 @@ class Worker:
         pause["queues"].add(job.queue)
         wait = self.mail_probe[min(pause["step"], len(self.mail_probe) - 1)]
         pause["until"] = max(pause["until"], now + wait)
-        with self._lock:
-            back = [job] + [j for j in self._held if j.queue in pause["queues"]]
-            self._held = [j for j in self._held if j.queue not in pause["queues"]]
-        for j in back:
-            acks = list(self._acks)
-            _, lost = self._db(lambda c: self.queue.release(c, j.token, None, True, acks,
-                                                            j.next_payload, j.sent))
-            self._acked(acks, lost)
+        self._give_back(job, pause["queues"])
         error = _first_line(exc)
         queues = ",".join(sorted(pause["queues"]))
         if self._stop_on_outage:
@@ -5043,6 +5271,41 @@ class Worker:
             self.log.info("mail server available again; mail resumes",
                           paused_s=int(time.time() - pause["since"]))
         self._write_outage(None)
+
+    # -- a mail server's throttling -------------------------------------------
+    # A reply that says we send too fast is not the mail's fault either: the
+    # job goes back as in an outage, and the queue's sends are spaced by a
+    # wait kept in the database for every worker (Queue.throttle, _RateSlot).
+    # Locally the queue is not claimed from until its next turn, looked at
+    # again at least every throttle_recheck seconds (a turn taken elsewhere
+    # may end the throttling sooner).
+
+    throttle_recheck = 10.0
+
+    def _unthrottled(self):
+        if not self._throttle:
+            return self.queues
+        now = time.monotonic()
+        return [q for q in self.queues if self._throttle.get(q, 0) <= now]
+
+    def _mail_throttle(self, job, exc):
+        wait = 1.0 if exc.wait is None else exc.wait     # None: not recorded in the database
+        self._throttle[job.queue] = time.monotonic() + min(wait, self.throttle_recheck)
+        self._give_back(job, {job.queue})
+        error = _first_line(exc)
+        if self._stop_on_outage:
+            self.log.error("mail server throttling: the job was given back unspent; stopping",
+                           error=error, job=job.id, queue=job.queue)
+            self.exit_code = 1
+            self._stop = True
+        elif exc.first:
+            self.log.warning("mail server throttling: sending on this queue slows down for every"
+                             " worker (the wait between sends doubles from 1s up to %ds); jobs go"
+                             " back unspent" % self.queue.throttle_max, error=error,
+                             queue=job.queue)
+        else:
+            self.log.debug("mail server throttling", error=error, queue=job.queue,
+                           next_send_s=round(wait, 1))
 
     def _write_outage(self, value):
         """Record (or with None remove) the outage row; never fatal."""
@@ -5441,6 +5704,7 @@ class _Slot(Worker):
     _stop = _Shared("_stop")
     exit_code = _Shared("exit_code")
     _mail_pause = _Shared("_mail_pause")
+    _throttle = _Shared("_throttle")
     _outage_row = _Shared("_outage_row")
     _state_warned = _Shared("_state_warned")
     _stop_on_outage = _Shared("_stop_on_outage")
@@ -5605,7 +5869,7 @@ class _Slot(Worker):
             # A probe is due: one slot probes (the first to ask, until the
             # probe ends the pause or extends it); the rest keep waiting.
             if pause.setdefault("prober", self) is self:
-                return self.queues
+                return self._unthrottled()
             return [q for q in self.queues if q not in pause["queues"]]
 
     def _mail_outage(self, job, exc):
@@ -6741,12 +7005,13 @@ def _deliver(fields, config):
     last = running is None or running.attempts >= tries
     if config.mail_mailer == "sendmail":
         try:
-            with _RateSlot(config, worker):
+            with _RateSlot(config, worker) as gate:
                 reply = _Sendmail(config).send(sender, everyone, data)
+                gate.accepted = True
         except _RateWait:
             raise
         except QueueError as exc:
-            outage = isinstance(exc, _MailOutage)
+            outage = isinstance(exc, (_MailOutage, _MailThrottle))
             _keep_mail_state(running, state, failing=not outage and (
                 isinstance(exc, PermanentError) or last))
             if worker is not None and not outage:
@@ -6769,17 +7034,18 @@ def _deliver(fields, config):
             if reuse:
                 worker.resources["smtp"] = mailer
         try:
-            with _RateSlot(config, worker):
+            with _RateSlot(config, worker) as gate:
                 # SMTP lines end in CRLF; smtplib fixes line ends only of str messages.
                 refused = mailer.send(sender, recipients, data, data_7bit)
+                gate.accepted = len(refused) < len(recipients)
         except _RateWait:
             raise      # nothing was sent: not a word about the server
         except QueueError as exc:
-            outage = isinstance(exc, _MailOutage)
+            outage = isinstance(exc, (_MailOutage, _MailThrottle))
             # The same Date on the next attempt (an outage gives the job back).
             _keep_mail_state(running, state, failing=not outage and (
                 isinstance(exc, PermanentError) or last))
-            if worker is not None and not outage:
+            if worker is not None and not isinstance(exc, _MailOutage):
                 worker._mail_flowing()            # the server answered: it is up
             raise
         finally:
@@ -6909,38 +7175,64 @@ class _RateWait(QueueError):
         self.delay = delay
 
 
-def _rate_name(config):
+def _rate_name(config, window):
     # Shared by every worker of this jobs table, on any host. The name holds
-    # the limit itself: workers that disagree on it (during a deploy that
-    # changes it) each keep their own ring, never a mix.
-    return "%s mail %s" % (config.table, config.mail_rate_limit)
+    # the window's limit itself ("14/s"): workers that disagree on it (during
+    # a deploy that changes it) each keep their own, never a mix.
+    return "%s mail %s" % (config.table, window)
+
+
+class _MailThrottle(QueueError):
+    """The mail server said we send too fast (a throttling reply), or another
+    worker learned so: the job goes back unspent and its queue waits
+    (_RateSlot records it, Worker._mail_throttle gives the job back)."""
+
+    def __init__(self, message, wait=None):
+        super().__init__(message)
+        self.wait = wait       # seconds until the queue's next send; None until recorded
+        self.first = False     # this reply began the throttling: the worker says so
 
 
 class _RateSlot:
-    """`with _RateSlot(config, worker):` around one send, under MAIL_RATE_LIMIT.
+    """`with _RateSlot(config, worker) as gate:` around one send: under
+    MAIL_RATE_LIMIT, and on a queue that the mail server throttles.
 
-    Takes a send slot in the database before the block, waiting in the
-    handler for up to `wait_inline` seconds (the next slot of 14/s is at most a
-    second away); a longer wait raises _RateWait. After the block the slot
-    holds the moment the send ended, so a slot's next message starts a whole
-    window after its last one arrived: the limit holds for what the server
-    receives, not only for when the workers started sending.
+    Makes room for the message in every window of the limit before the
+    block (Queue.rate_take), waiting in the handler for up to `wait_inline`
+    seconds (the next slot of 14/s is at most a second away); a longer wait
+    raises _RateWait. After the block each slot holds the moment the send
+    ended, so a slot's next message starts a whole window after its last one
+    arrived: the limit holds for what the server receives, not only for when
+    the workers started sending.
+
+    A worker's send also waits its turn on a throttled queue (Queue.
+    throttle_take), raising _MailThrottle for a longer wait. A throttling
+    reply in the block is recorded (the queue's wait doubles); the caller
+    sets `gate.accepted` when the server took the message, which ends the
+    throttling when this send was the turn after a wait.
     """
 
     wait_inline = 5.0
 
     def __init__(self, config, worker):
         self.config, self.worker = config, worker
-        self.queue = self.slot = None
+        self.queue = self.taken = None
+        self.windows = [(_rate_name(config, "%d/%s" % (count, _RATE_UNITS[seconds])), count,
+                         seconds * 1000) for count, seconds in _rate_limit(config.mail_rate_limit)
+                        or ()]
+        running = current_job() if worker is not None else None
+        self.throttle_queue = getattr(running, "queue", None)
+        # The throttle is read before every send: on the worker's own
+        # connection, idle while its handler runs, not on one more per thread.
+        self.conn = getattr(worker, "_conn", None)
+        self.paced = False       # this send is a throttled queue's turn (Queue.throttle_take)
+        self.accepted = False
 
     def __enter__(self):
-        limit = _rate_limit(self.config.mail_rate_limit)
-        if limit is None:
+        if not self.windows and self.throttle_queue is None:
             return self
-        count, window = limit
         own = self.worker is None     # _deliver() outside a worker: a queue for this send
         self.queue = Queue(config=self.config) if own else self.worker.queue
-        name = _rate_name(self.config)
         # A job's timeout keeps running while it waits here: wait less than what is left.
         inline = self.wait_inline
         deadline = getattr(self.worker, "_hard_deadline", None)
@@ -6950,15 +7242,20 @@ class _RateSlot:
         try:
             while True:
                 try:
-                    wait_ms = self._take(name, count, window)
+                    throttled, wait_ms = self._take()
                 except DatabaseError as exc:
                     if isinstance(exc, MissingTableError) or not exc.transient:
                         raise
                     # The database is away: not this message's fault.
                     raise _RateWait("MAIL_RATE_LIMIT: the database did not answer: %s"
                                     % _first_line(exc), 1)
-                if self.slot is not None:
+                if not wait_ms:
                     return self
+                if waited + wait_ms / 1000.0 > inline and throttled:
+                    raise _MailThrottle("the mail server is throttling queue %s: its next message"
+                                        " may leave in %.1fs" % (self.throttle_queue,
+                                                                 wait_ms / 1000.0),
+                                        wait=wait_ms / 1000.0)
                 if waited + wait_ms / 1000.0 > inline:
                     raise _RateWait("MAIL_RATE_LIMIT %s: the next message may leave in %.1fs"
                                     % (self.config.mail_rate_limit, wait_ms / 1000.0),
@@ -6966,50 +7263,70 @@ class _RateSlot:
                 time.sleep(wait_ms / 1000.0)
                 waited += wait_ms / 1000.0
         finally:
-            if own and self.slot is None:
+            if own and self.taken is None:
                 self.queue.close()
 
     # A worker's interruption of the handler (its timeout, a second SIGINT)
-    # waits while a slot is taken and while it is stamped (Worker._defer).
-    # One that lands in __exit__ before that leaves the slot in the worker's
-    # _rate_held, and the worker stamps it when the handler has ended.
+    # waits while slots are taken and while they are stamped (Worker._defer).
+    # One that lands in __exit__ before that leaves them in the worker's
+    # _rate_held, and the worker stamps them when the handler has ended.
 
-    def _take(self, name, count, window):
-        """One try: self.slot set when taken, else the milliseconds to wait."""
+    def _take(self):
+        """(throttled, ms to wait): 0 ms when the message may leave now."""
+        if self.throttle_queue is not None and not self.paced:
+            wait_ms = self.queue.throttle_take(self.throttle_queue, self.conn)
+            if wait_ms:
+                return True, wait_ms
+            self.paced = wait_ms == 0
+        if not self.windows:
+            return False, 0
         _hold_interrupts(True)
         try:
-            slot, until, wait_ms = self.queue.rate_take(
-                name, count, window * 1000, max(60, 4 * self.config.mail_timeout) * 1000)
-            if slot is not None:
-                self.slot = (name, slot, until)
-                if self.worker is not None:
-                    self.worker._rate_held.append(self)
-            return wait_ms
+            self.taken, wait_ms = self.queue.rate_take(
+                self.windows, max(60, 4 * self.config.mail_timeout) * 1000)
+            if self.taken is not None and self.worker is not None:
+                self.worker._rate_held.append(self)
+            return False, wait_ms
         finally:
             _hold_interrupts(False)
 
     def __exit__(self, kind, exc, tb):
-        if self.slot is not None:
+        if self.queue is None:
+            return False
+        if self.taken is not None:
             _hold_interrupts(True)
             try:
                 self.sent()
             finally:
                 _hold_interrupts(False)
+        try:
+            if self.throttle_queue is None:
+                pass
+            elif isinstance(exc, _MailThrottle) and exc.wait is None:
+                exc.wait, exc.first = self.queue.throttle(self.throttle_queue, _first_line(exc),
+                                                          self.paced, self.conn)
+            elif self.paced and self.accepted and self.queue.throttle_clear(self.throttle_queue,
+                                                                             self.conn):
+                self.worker.log.info("the mail server accepts mail again: queue %s sends at full"
+                                     " speed" % self.throttle_queue)
+        except QueueError:
+            pass   # not recorded: this worker still waits (Worker._mail_throttle)
+        finally:
+            if self.worker is None:
+                self.queue.close()
         return False
 
     def sent(self):
-        """Stamp the slot: its message has left (also after a failed send: it
+        """Stamp the slots: the message has left (also after a failed send: it
         may have reached the server)."""
         if self.worker is not None:
             self.worker._rate_held.remove(self)
         try:
-            self.queue.rate_sent(*self.slot)
+            self.queue.rate_sent(self.taken, self.windows)
         except QueueError:
-            pass   # the slot stays held until its hold lapses: later, never sooner
+            pass   # a slot stays held until its hold lapses: later, never sooner
         finally:
-            self.slot = None
-            if self.worker is None:
-                self.queue.close()
+            self.taken = None
 
 
 def _log_message(log, msg, sender, recipients):
@@ -7177,10 +7494,12 @@ class _Mailer:
 
         `data_7bit` gives the message for a server without 8BITMIME (when
         `data` is not ASCII): bytes, or a function that builds them, called
-        only for such a server. Failures leave as _MailOutage (no session: the
-        connection, greeting, TLS or AUTH failed or is not offered, or a 421),
-        PermanentError (a 5xx about this message) or
-        QueueError (retried), with any secret removed from the text.
+        only for such a server. Failures leave as _MailThrottle (a reply
+        that says we send too fast: one with 421 closes the session, as 421
+        says it does, and the next send opens another; a 454 keeps it, reset),
+        _MailOutage (no session: the connection, greeting, TLS or AUTH failed
+        or is not offered, or another 421), PermanentError (a 5xx about this
+        message) or QueueError (retried), with any secret removed from the text.
         """
         import smtplib
         stage = "session"
@@ -7205,7 +7524,9 @@ class _Mailer:
                 code, reply = smtp.rcpt(recipient)
                 if code not in (250, 251):
                     refused[recipient] = (code, reply)
-                if code == 421:
+                if code == 421 or _throttling(code, reply):
+                    # Not this recipient's answer but the session's: the
+                    # message goes to nobody now (no DATA), to all later.
                     raise smtplib.SMTPRecipientsRefused(refused)
             if len(refused) == len(recipients):
                 self._reset()       # no DATA: the transaction ends here, nobody got it
@@ -7455,13 +7776,31 @@ class _Sendmail:
         raise QueueError("%s exited %d: %s" % (where, code, detail))
 
 
-def _smtp_codes(exc):
-    codes = set()
+def _smtp_replies(exc):
+    """[(code, reply)] of the server's answers an smtplib exception carries."""
+    replies = list((getattr(exc, "recipients", None) or {}).values())
     if getattr(exc, "smtp_code", None) is not None:
-        codes.add(exc.smtp_code)
-    for code, _ in (getattr(exc, "recipients", None) or {}).values():
-        codes.add(code)
-    return codes
+        replies.append((exc.smtp_code, exc.smtp_error))
+    return replies
+
+
+def _smtp_codes(exc):
+    return {code for code, _ in _smtp_replies(exc)}
+
+
+# A reply that says the sender is going too fast: a 4xx with one of these
+# words ("too much" is Postfix's "450 4.7.1 Error: too much mail from ..."),
+# unless its enhanced status code is about an address or a mailbox (Gmail's
+# "450 4.2.1 ... receiving mail at a rate that prevents additional messages"
+# and "452 4.2.2 ... over quota" are that one recipient's) or the protocol
+# ("452 4.5.3 Too many recipients" is this message's): those stay deferrals.
+_THROTTLE = _Pattern(r"(?i)(?<![a-z])rate|too many|too much|throttl|limit exceeded|quota")
+_NOT_THROTTLE = _Pattern(r"^\s*4\.[125]\.[0-9]")
+
+
+def _throttling(code, reply):
+    text = reply.decode("utf-8", "replace") if isinstance(reply, bytes) else str(reply)
+    return 400 <= code < 500 and not _NOT_THROTTLE.match(text) and bool(_THROTTLE.search(text))
 
 
 def _timed_out(exc):
@@ -7479,9 +7818,11 @@ def _timed_out(exc):
 def _smtp_error(exc, config, stage="transaction"):
     """The exception a failed send raises.
 
-    No session (stage "session": connecting, greeting, STARTTLS, EHLO, AUTH,
-    for any reason, a missing extension included) or a 421 anywhere:
-    _MailOutage, which pauses the worker's mail without spending attempts.
+    A throttling reply anywhere (_throttling): _MailThrottle, which gives the
+    job back unspent and slows its queue down for every worker. No session
+    (stage "session": connecting, greeting, STARTTLS, EHLO, AUTH, for any
+    reason, a missing extension included) or a 421 anywhere: _MailOutage,
+    which pauses the worker's mail without spending attempts.
     Otherwise PermanentError for a 5xx about the message (503, a command out
     of sequence, is never one: it is about the session), else QueueError,
     retried with backoff.
@@ -7540,14 +7881,19 @@ def _smtp_error(exc, config, stage="transaction"):
     else:
         permanent = False
         what = "%s: %s" % (type(exc).__name__, exc)
-    outage = stage == "session" or 421 in codes
-    # Only "(permanent)" and "(outage)" are said: whether a temporary error is
-    # retried is the worker's to decide (the log says released or failed), and
-    # a job's last attempt that failed on one must not read "temporary" in failed_jobs.
-    text = "%s %s%s" % (where, what, " (outage)" if outage else " (permanent)" if permanent else "")
+    throttled = any(_throttling(code, reply) for code, reply in _smtp_replies(exc))
+    outage = not throttled and (stage == "session" or 421 in codes)
+    # Only "(permanent)", "(outage)" and "(throttled)" are said: whether a
+    # temporary error is retried is the worker's to decide (the log says
+    # released or failed), and a job's last attempt that failed on one must
+    # not read "temporary" in failed_jobs.
+    text = "%s %s%s" % (where, what, " (throttled)" if throttled else " (outage)" if outage
+                        else " (permanent)" if permanent else "")
     if detail:
         text += "\n" + detail
     text = _scrub(text, config)
+    if throttled:
+        return _MailThrottle(text)
     if outage:
         return _MailOutage(text)
     return PermanentError(text) if permanent else QueueError(text)
@@ -7714,6 +8060,14 @@ def _dashboard_alerts(queue, stats):
         rate = queue.rate_use()
     except QueueError:
         rate = None
+    try:
+        throttle = queue.mail_throttle()
+    except QueueError:
+        throttle = {}
+    for name in sorted(throttle):
+        alerts.append(("warn", "Q" + _mask_text(_throttle_text(name, throttle[name]),
+                                                queue.config)[1:]
+                       + ". No email fails because of it; every worker waits its turn."))
     if isinstance(outage, dict):
         since = outage.get("since")
         text = "The mail server has been unreachable for %s%s" % (
@@ -7730,14 +8084,12 @@ def _dashboard_alerts(queue, stats):
                      % _duration(outage.get("checked_ago", 0)))
         alerts.append(("warn", text))
     if isinstance(rate, dict) and rate.get("limit"):
-        used, most = rate.get("used", 0), rate.get("messages", 0)
-        window = rate.get("window_seconds", 0)
-        window = {1: "second", 60: "minute", 3600: "hour", 86400: "day"}.get(window) or \
-            _duration(window)
-        alerts.append(("warn" if most and used >= most else "info",
-                       "MAIL_RATE_LIMIT=%s: %s of %s sent in the last %s%s." % (
-                           rate["limit"], "{:,}".format(used), "{:,}".format(most), window,
-                           "; the next emails wait their turn" if most and used >= most else "")))
+        full = any(w["used"] >= w["messages"] for w in rate["windows"])
+        alerts.append(("warn" if full else "info", "MAIL_RATE_LIMIT=%s: %s%s." % (
+            rate["limit"], ", ".join("%s of %s sent in the last %s" % (
+                "{:,}".format(w["used"]), "{:,}".format(w["messages"]),
+                _WINDOW_WORDS[w["window_seconds"]]) for w in rate["windows"]),
+            "; the next emails wait their turn" if full else "")))
     for s in stats:
         if s.get("paused"):
             until = s["paused"]["until"]
@@ -9349,6 +9701,9 @@ _PROM_METRICS = (
      lambda s: [(None, (s.get("mail_outage") or {}).get("seconds", 0))]),
     ("dbqueue_queue_paused", "1 while the queue is paused (`pause`): no worker starts its jobs.",
      lambda s: [(None, 1 if s.get("paused") else 0)]),
+    ("dbqueue_mail_throttle_wait_seconds", "Seconds between sends on this queue while the mail"
+     " server throttles it, for every worker (0 when it does not).",
+     lambda s: [(None, (s.get("mail_throttle") or {}).get("wait", 0))]),
 )
 
 
@@ -9391,6 +9746,20 @@ def _with_mail_outage(stats, outage):
     return stats
 
 
+def _with_mail_throttle(stats, throttle):
+    """Add each throttled queue's state (Queue.mail_throttle) to its stats."""
+    for entry in stats:
+        if entry["queue"] in throttle:
+            entry["mail_throttle"] = throttle[entry["queue"]]
+    return stats
+
+
+def _throttle_text(queue, entry):
+    return ("queue %s is throttled by the mail server: next send in %s, %s between sends, for %s"
+            " now: %s" % (queue, _duration(entry["next_send"]), _duration(entry["wait"]),
+                          _duration(entry["seconds"]), entry["error"]))
+
+
 def _outage_line(outage):
     return ("mail server unavailable for %s (queue %s; %s): %s"
             % (_duration(outage["seconds"]), ",".join(outage["queues"]) or "-",
@@ -9414,14 +9783,14 @@ def _prometheus(stats, rate=None):
                     labels += ',state="%s"' % state
                 lines.append("%s{%s} %d" % (name, labels, value))
     if rate is not None:
-        labels = 'limit="%s"' % _prom_label(rate["limit"])
         for name, help_text, key in (
                 ("dbqueue_mail_rate_used", "Messages sent (or being sent) within the last"
-                 " MAIL_RATE_LIMIT window, by every worker on the database.", "used"),
+                 " window of MAIL_RATE_LIMIT, by every worker on the database.", "used"),
                 ("dbqueue_mail_rate_limit", "Messages MAIL_RATE_LIMIT lets leave in one window.",
                  "messages")):
-            lines += ["# HELP %s %s" % (name, help_text), "# TYPE %s gauge" % name,
-                      "%s{%s} %d" % (name, labels, rate[key])]
+            lines += ["# HELP %s %s" % (name, help_text), "# TYPE %s gauge" % name]
+            lines += ['%s{limit="%s"} %d' % (name, _prom_label(window["limit"]), window[key])
+                      for window in rate["windows"]]
     return "\n".join(lines) + "\n"
 
 
@@ -9464,9 +9833,11 @@ def _cmd_stats(args, config):
         rate = queue.rate_use()
         paused = queue.paused()
         sent = queue.sent_counts()
+        throttle = queue.mail_throttle()
     finally:
         queue.close()
     stats = _with_mail_outage(_with_sent(_with_pauses(stats, paused), sent), outage)
+    _with_mail_throttle(stats, throttle)
     if fmt == "json":
         if rate is not None:
             # The list stays a list of queues, as scripts read it; the limit
@@ -9488,10 +9859,12 @@ def _cmd_stats(args, config):
             print(_outage_line(outage))
         if paused:
             print(_paused_line(paused))
-        if rate is not None:
+        for name in sorted(throttle):
+            print(_throttle_text(name, throttle[name]))
+        for window in (rate or {}).get("windows", ()):
             print("MAIL_RATE_LIMIT %s: %d of %d messages used in the last %s"
-                  % (rate["limit"], rate["used"], rate["messages"],
-                     _WINDOW_WORDS[rate["window_seconds"]]))
+                  % (window["limit"], window["used"], window["messages"],
+                     _WINDOW_WORDS[window["window_seconds"]]))
     return 0
 
 

@@ -8939,15 +8939,17 @@ class RateLimitTests(EmailTestMixin):
             dbqueue.queue_email("ann@example.com", "n%d" % n, text="x", using=q)
         _, log = self.work(q)
         self.assertEqual(len(sink.messages), 1)
-        self.assertIn("MAIL_RATE_LIMIT 1/h: the next message may leave in 3600.0s", log)
+        # An hour is counted in 2-minute slices (the clock stands at the start
+        # of one): the message's slice leaves the window 31 slices on.
+        self.assertIn("MAIL_RATE_LIMIT 1/h: the next message may leave in 3720.0s", log)
         self.assertEqual(log.count("outcome=released"), 2, log)
         rows = self.db.raw("SELECT attempts, available_at FROM {jobs} ORDER BY id")
         # With no attempt spent, and back in whole seconds no later than the
-        # slot frees: a window after the send ended (stamped 1 ms after `now`).
-        self.assertEqual(rows, [(0, clock.now + 3600), (0, clock.now + 3600)])
-        self.assertEqual(q.rate_use(), {"limit": "1/h", "messages": 1, "window_seconds": 3600,
-                                        "used": 1})
-        clock.advance(3601)
+        # window has room again.
+        self.assertEqual(rows, [(0, clock.now + 3720), (0, clock.now + 3720)])
+        window = {"limit": "1/h", "messages": 1, "window_seconds": 3600, "used": 1}
+        self.assertEqual(q.rate_use(), dict(window, windows=[window]))
+        clock.advance(3721)
         self.assertEqual(q.rate_use()["used"], 0)
         self.work(q)
         self.assertEqual(len(sink.messages), 2)
@@ -8993,8 +8995,8 @@ class RateLimitTests(EmailTestMixin):
         stats = json.loads(run_main(["stats", "--json"], env)[1])
         # emails has no job left; the sent log lists it for its mail.
         self.assertEqual([s["queue"] for s in stats], ["default", "emails"])
-        self.assertEqual(stats[0]["mail_rate"], {"limit": "2/d", "messages": 2,
-                                                 "window_seconds": 86400, "used": 1})
+        window = {"limit": "2/d", "messages": 2, "window_seconds": 86400, "used": 1}
+        self.assertEqual(stats[0]["mail_rate"], dict(window, windows=[window]))
         prom = run_main(["stats", "--format", "prometheus"], env)[1]
         self.assertIn('dbqueue_mail_rate_used{limit="2/d"} 1\n', prom)
         self.assertIn('dbqueue_mail_rate_limit{limit="2/d"} 2\n', prom)
@@ -9003,6 +9005,101 @@ class RateLimitTests(EmailTestMixin):
 
 
 on_every_backend(RateLimitTests, PGBOUNCER_BACKENDS)
+
+
+class RateLimitWindowsTests(EmailTestMixin):
+    """MAIL_RATE_LIMIT with several windows: a message leaves only when every
+    one has room; a window of a minute or more is a few counters."""
+
+    def setUp(self):
+        self.addCleanup(RateLimitTests.forget_slots, self)
+
+    def rows(self, window):
+        return self.db.raw("SELECT slot, sent_at FROM dbqueue_rate WHERE name = %s AND slot >= 0"
+                           " ORDER BY slot" % self.db.param, (self.db.table + " mail " + window,))
+
+    def windows(self, q):
+        return [(dbqueue._rate_name(q.config, "%d/%s" % (count, dbqueue._RATE_UNITS[seconds])),
+                 count, seconds * 1000) for count, seconds in
+                dbqueue._rate_limit(q.config.mail_rate_limit)]
+
+    def used(self, q):
+        return {w["limit"]: w["used"] for w in q.rate_use()["windows"]}
+
+    def test_a_message_leaves_only_when_every_window_has_room(self):
+        sink = SMTPSink(self)
+        clock = Clock()          # at the start of a 2-second slice of the minute
+        q = self.mail_queue(sink, clock=clock, mail_rate_limit="100/s,3/m")
+        for n in range(5):
+            dbqueue.queue_email("ann@example.com", "n%d" % n, text="x", using=q)
+        _, log = self.work(q)
+        self.assertEqual(sink.subjects(), ["n0", "n1", "n2"])
+        self.assertIn("MAIL_RATE_LIMIT 100/s,3/m: the next message may leave in 62.0s", log)
+        self.assertEqual(self.db.raw("SELECT attempts, available_at FROM {jobs} ORDER BY id"),
+                         [(0, clock.now + 62)] * 2)
+        use = q.rate_use()
+        self.assertEqual(self.used(q), {"100/s": 3, "3/m": 3})
+        self.assertEqual((use["limit"], use["messages"], use["window_seconds"], use["used"]),
+                         ("100/s,3/m", 3, 60, 3))         # the window nearest to full
+        clock.advance(61)
+        self.assertEqual(self.used(q), {"100/s": 0, "3/m": 3})
+        clock.advance(1)
+        _, log = self.work(q)
+        self.assertEqual(len(sink.messages), 5, log)
+        self.assertEqual(self.used(q), {"100/s": 2, "3/m": 2})
+        self.assertEqual(q.failed(), [])
+
+    def test_windows_are_taken_together_or_not_at_all(self):
+        clock = Clock()
+        q = self.db.queue(clock=clock, mail_rate_limit="1/s,2/m")
+        windows = self.windows(q)
+        q.rate_sent(q.rate_take(windows, 60000)[0], windows)
+        taken, wait_ms = q.rate_take(windows, 60000)          # the second is full
+        self.assertIsNone(taken)
+        self.assertEqual(wait_ms, 1001)
+        self.assertEqual(self.used(q), {"1/s": 1, "2/m": 1})  # the minute was not counted
+        clock.advance(2)
+        q.rate_sent(q.rate_take(windows, 60000)[0], windows)
+        clock.advance(2)
+        taken, wait_ms = q.rate_take(windows, 60000)          # the minute is full
+        self.assertIsNone(taken)
+        self.assertEqual(wait_ms, 58000)
+        self.assertEqual(len(self.rows("1/s")), 1)             # no second slot of the ring
+        self.assertEqual(self.used(q), {"1/s": 0, "2/m": 2})
+
+    def test_a_day_is_thirty_counters_not_a_row_per_message(self):
+        clock = Clock()
+        q = self.db.queue(clock=clock, mail_rate_limit="50000/d")
+        windows = self.windows(q)
+        for n in range(200):
+            q.rate_sent(q.rate_take(windows, 60000)[0], windows)
+            clock.advance(600)        # 200 messages over 33 hours: 10 minutes apart
+        rows = self.rows("50000/d")
+        self.assertLessEqual(len(rows), 31)
+        # The last day's 143, and those of the 48-minute slice it began in.
+        self.assertGreaterEqual(self.used(q)["50000/d"], 143)
+        self.assertLessEqual(self.used(q)["50000/d"], 148)
+        clock.advance(86400 + 2880)
+        self.assertEqual(self.used(q)["50000/d"], 0)
+        q.rate_sent(q.rate_take(windows, 60000)[0], windows)
+        self.assertEqual(len(self.rows("50000/d")), 1)         # the old slices dropped
+
+    def test_a_send_counts_in_the_slice_where_it_ended(self):
+        clock = Clock()
+        q = self.db.queue(clock=clock, mail_rate_limit="10/m")
+        windows = self.windows(q)
+        taken, _ = q.rate_take(windows, 60000)
+        slice_ = clock.now * 1000 // 2000
+        self.assertEqual(self.rows("10/m"), [(slice_, 1)])
+        clock.advance(3)          # the send ended two slices later
+        q.rate_sent(taken, windows)
+        self.assertEqual(self.rows("10/m"), [(slice_, 0), (slice_ + 1, 1)])
+        clock.advance(59)         # 62 s after it began, 59 s after it ended: still counted
+        self.assertEqual(self.used(q), {"10/m": 1})
+
+
+on_every_backend(RateLimitWindowsTests)
+on_every_backend(RateLimitWindowsTests, PGBOUNCER_BACKENDS)
 
 
 class RateLimitSendmailTests(EmailTestMixin, unittest.TestCase):
@@ -9055,8 +9152,9 @@ class RateLimitSchemaTests(unittest.TestCase):
 class RateLimitSettingTests(unittest.TestCase):
 
     def test_values(self):
-        for value, expected in (("14/s", (14, 1)), ("600/m", (600, 60)), (" 10000 / h ", (10000, 3600)),
-                                ("50000/d", (50000, 86400)), ("", None)):
+        for value, expected in (("14/s", [(14, 1)]), ("600/m", [(600, 60)]),
+                                (" 10000 / h ", [(10000, 3600)]), ("50000/d", [(50000, 86400)]),
+                                ("", None)):
             config = dbqueue.Config.from_env({"MAIL_RATE_LIMIT": value}, os.devnull)
             self.assertEqual(dbqueue._rate_limit(config.mail_rate_limit), expected, value)
 
@@ -9072,6 +9170,35 @@ class RateLimitSettingTests(unittest.TestCase):
                 self.assertEqual(code, 2, (bad, argv, err))
                 one_line(self, err)
                 self.assertIn("MAIL_RATE_LIMIT", err)
+        self.assertFalse(os.path.exists(db))
+
+
+class RateLimitWindowsSettingTests(unittest.TestCase):
+
+    def test_several_windows_at_once(self):
+        for value, normal, expected in (
+                ("14/s,50000/d", "14/s,50000/d", [(14, 1), (50000, 86400)]),
+                (" 50000/d , 14 / s ", "50000/d,14/s", [(14, 1), (50000, 86400)]),
+                ("10000/h,600/m,50000/d,14/s", "10000/h,600/m,50000/d,14/s",
+                 [(14, 1), (600, 60), (10000, 3600), (50000, 86400)])):
+            config = dbqueue.Config.from_env({"MAIL_RATE_LIMIT": value}, os.devnull)
+            self.assertEqual(config.mail_rate_limit, normal)
+            self.assertEqual(dbqueue._rate_limit(config.mail_rate_limit), expected, value)
+
+    def test_a_bad_list_is_one_line_naming_the_variable_and_exit_2(self):
+        tmp = tempfile.mkdtemp(prefix="dbqueue-rate-")
+        self.addCleanup(shutil.rmtree, tmp, True)
+        db = os.path.join(tmp, "q.db")
+        for bad, says in (("14/s,20/s", "twice"), ("14/s, 1/m ,2/m", "twice"),
+                          ("14/s,0/m", "such as"), ("14/s,", "such as"), ("14/s,,1/m", "such as"),
+                          ("14/s;600/m", "such as"), ("14/s,abc", "such as")):
+            for argv in (["work", "--once"], ["stats"]):
+                code, out, err = run_main(argv, {"QUEUE_DATABASE_URL": "sqlite:///" + db,
+                                                 "MAIL_RATE_LIMIT": bad})
+                self.assertEqual(code, 2, (bad, argv, err))
+                one_line(self, err)
+                self.assertIn("MAIL_RATE_LIMIT=%s" % bad, err)
+                self.assertIn(says, err)
         self.assertFalse(os.path.exists(db))
 
 
@@ -9101,6 +9228,239 @@ class RateLimitProcessTests(_WorkerProcesses):
             self.assertGreater(log.count("outcome=done"), 0, "one worker sent nothing")
             self.assertNotIn("released", log)
         self.assertEqual(sum(log.count("attempt=1/3 outcome=done") for log in logs), 16)
+
+
+class RateLimitWindowsProcessTests(_WorkerProcesses):
+
+    def setUp(self):
+        self.process_setup()
+        self.addCleanup(RateLimitTests.forget_slots, self)
+
+    def test_every_window_holds_across_two_worker_processes(self):
+        sink = TimedSink(self)
+        q = self.db.queue()
+        subjects = ["n%02d" % n for n in range(15)]
+        for subject in subjects:
+            dbqueue.queue_email("ann@example.com", subject, text="x", using=q)
+        mail = dict(MAIL_HOST="127.0.0.1", MAIL_PORT=sink.port, MAIL_RATE_LIMIT="5/s,12/m",
+                    MAIL_FROM_ADDRESS="app@example.com")
+        workers = [self.start_worker("--queue", "emails", **mail) for _ in range(2)]
+        # Twelve leave at once (five a second), the rest a minute after the first.
+        wait_for(lambda: len(sink.messages) == 15, 180, message="every mail")
+        wait_for(lambda: self.db.raw("SELECT COUNT(*) FROM {jobs}")[0][0] == 0, 30,
+                 message="the jobs to be deleted")
+        for proc in workers:
+            proc.send_signal(signal.SIGTERM)
+            self.assertEqual(self.finish(proc), 0, self.stderr(proc)[-2000:])
+        self.assertEqual(sink.subjects(), subjects)
+        self.assertLessEqual(busiest_window(sink.times, 1.0), 5)
+        self.assertEqual(busiest_window(sink.times, 60.0), 12)
+        self.assertGreaterEqual(max(sink.times) - min(sink.times), 60.0)
+        logs = [self.stderr(proc) for proc in workers]
+        self.assertEqual(sum(log.count("attempt=1/3 outcome=done") for log in logs), 15, logs)
+        self.assertIn("MAIL_RATE_LIMIT 5/s,12/m: the next message may leave in", "".join(logs))
+
+
+on_every_backend(RateLimitWindowsProcessTests, [Backend, PsycopgBackend, MariaDBBackend])
+
+
+class ThrottleSink(PostfixSink):
+    """A PostfixSink that notes (time.time(), reply) of every DATA; a
+    provider's throttling replies go in `data_replies` or `rcpt_script`."""
+
+    SES = "454 4.7.0 Throttling failure: Maximum sending rate exceeded."
+    POSTFIX = "421 4.7.0 Too many messages"
+
+    def __init__(self, testcase, **kw):
+        self.answers = []
+        super().__init__(testcase, **kw)
+
+    async def handle_DATA(self, server, session, envelope):
+        reply = await super().handle_DATA(server, session, envelope)
+        self.answers.append((time.time(), reply))
+        return reply
+
+
+class MailThrottleTests(EmailTestMixin):
+    """A reply that says we send too fast: the job goes back unspent, and the
+    queue's sends are spaced by a wait that doubles until one is accepted."""
+
+    def setUp(self):
+        self.addCleanup(self.forget_throttle)
+
+    def forget_throttle(self):
+        try:
+            self.db.raw("DELETE FROM dbqueue_state WHERE name = %s" % self.db.param,
+                        ("mail_throttle:" + self.db.table,))
+        except Exception:
+            pass    # skipped before the tables were made
+
+    def jobs(self):
+        return self.db.raw("SELECT id, attempts, available_at, reserved_at FROM {jobs} ORDER BY id")
+
+    def test_ses_throttling_spends_nothing_and_the_wait_doubles_until_one_is_accepted(self):
+        sink = ThrottleSink(self)
+        sink.data_replies = [sink.SES, sink.SES]
+        q = self.mail_queue(sink)
+        for n in range(3):
+            dbqueue.queue_email("ann@example.com", "n%d" % n, text="x", using=q)
+        before = self.jobs()
+        worker, log = self.work(q)      # --stop-when-empty: a throttling ends the run, exit 1
+        self.assertEqual(worker.exit_code, 1)
+        self.assertEqual(log.count("mail server throttling: the job was given back unspent;"
+                                   " stopping"), 1, log)
+        self.assertEqual(self.jobs(), before)     # no attempt spent; order and age kept
+        self.assertEqual(q.failed(), [])
+        throttle = q.mail_throttle()
+        self.assertEqual(list(throttle), ["emails"])
+        self.assertEqual(throttle["emails"]["wait"], 1)
+        self.assertIn("454 4.7.0 Throttling failure: Maximum sending rate exceeded. (throttled)",
+                      throttle["emails"]["error"])
+        env = self.db.env()
+        out = run_main(["stats"], env)[1]
+        self.assertIn("queue emails is throttled by the mail server: next send in", out)
+        self.assertIn("1s between sends", out)
+        stats = {s["queue"]: s for s in json.loads(run_main(["stats", "--json"], env)[1])}
+        self.assertEqual(stats["emails"]["mail_throttle"]["wait"], 1)
+        self.assertIn('dbqueue_mail_throttle_wait_seconds{queue="emails"} 1\n',
+                      run_main(["stats", "--format", "prometheus"], env)[1])
+        page = DashboardClient(start_dashboard(self, q)).get("/").text
+        self.assertIn('<p class="note warn">Queue emails is throttled by the mail server: next'
+                      ' send in', page)
+        # The next run waits for the queue's turn, a second on, and is throttled again.
+        worker, log = self.work(q)
+        self.assertEqual(worker.exit_code, 1, log)
+        self.assertEqual(q.mail_throttle()["emails"]["wait"], 2)
+        self.assertGreaterEqual(sink.answers[1][0] - sink.answers[0][0], 1.0)
+        self.assertEqual(self.jobs(), before)
+        # Then two seconds; that one is accepted, and the rest go at full speed.
+        worker, log = self.work(q)
+        self.assertEqual(worker.exit_code, 0, log)
+        self.assertGreaterEqual(sink.answers[2][0] - sink.answers[1][0], 2.0)
+        self.assertEqual(sink.subjects(), ["n0", "n1", "n2"])
+        self.assertEqual(log.count("attempt=1/3 outcome=done"), 3, log)
+        self.assertEqual(log.count("the mail server accepts mail again"), 1, log)
+        self.assertEqual(q.mail_throttle(), {})
+        self.assertNotIn("throttled", run_main(["stats"], env)[1])
+
+    def run_worker(self, q, jobs):
+        """A worker that keeps going (no --stop-when-empty) until `jobs` are done."""
+        log = quiet_log()
+        worker = dbqueue.Worker(q, ["emails"], log=log, backoff="0")
+        worker.run(max_jobs=jobs, max_time=60)
+        return worker, log.stream.getvalue()
+
+    def test_a_421_throttle_closes_the_session_and_a_454_keeps_it(self):
+        for reply, sessions in ((ThrottleSink.POSTFIX, 2), (ThrottleSink.SES, 1)):
+            with self.subTest(reply=reply):
+                sink = ThrottleSink(self)
+                sink.data_replies = [reply]
+                q = self.mail_queue(sink)
+                for n in range(2):
+                    dbqueue.queue_email("ann@example.com", "n%d" % n, text="x", using=q)
+                worker, log = self.run_worker(q, 2)
+                self.assertEqual(sink.subjects(), ["n0", "n1"], log)
+                self.assertEqual([r[:3] for _, r in sink.answers], [reply[:3], "250", "250"])
+                self.assertEqual(sink.connections, sessions)
+                self.assertEqual(log.count("mail server throttling: sending on this queue slows"
+                                           " down for every worker"), 1, log)
+                self.assertEqual(log.count("attempt=1/3 outcome=done"), 2, log)
+                self.assertEqual(log.count("the mail server accepts mail again"), 1, log)
+                self.assertEqual(q.mail_throttle(), {})
+
+    def test_a_throttling_reply_to_rcpt_sends_the_message_to_nobody_yet(self):
+        sink = ThrottleSink(self)
+        sink.rcpt_script = {"bob@example.com": ["450 4.7.1 Error: too many recipients from"
+                                                " 127.0.0.1"]}
+        q = self.mail_queue(sink)
+        dbqueue.queue_email(["ann@example.com", "bob@example.com"], "n0", text="x", using=q)
+        worker, log = self.run_worker(q, 1)
+        self.assertEqual(len(sink.messages), 1, log)          # once, to both, after the wait
+        self.assertEqual(sink.messages[0][0][1], ["ann@example.com", "bob@example.com"])
+        self.assertEqual(log.count("attempt=1/3 outcome=done"), 1, log)
+
+    @sqlite_only
+    def test_which_replies_are_throttling(self):
+        import smtplib
+        config = dbqueue.Config(mail_host="mx", mail_port=25)
+        for exc, kind in (
+                (smtplib.SMTPDataError(454, b"4.7.0 Throttling failure: Maximum sending rate"
+                                            b" exceeded."), "_MailThrottle"),
+                (smtplib.SMTPSenderRefused(421, b"4.7.0 Too many messages", "a@x"),
+                 "_MailThrottle"),
+                (smtplib.SMTPSenderRefused(450, b"4.7.1 Error: too much mail from 10.0.0.1",
+                                           "a@x"), "_MailThrottle"),
+                (smtplib.SMTPDataError(421, b"4.7.28 Our system has detected an unusual rate of"
+                                            b" unsolicited mail"), "_MailThrottle"),
+                (smtplib.SMTPDataError(451, b"4.7.1 Daily sending QUOTA reached"),
+                 "_MailThrottle"),
+                (smtplib.SMTPDataError(450, b"Requested action aborted: limit exceeded"),
+                 "_MailThrottle"),
+                (smtplib.SMTPConnectError(421, b"4.7.0 mx Error: too many connections from"
+                                               b" 10.0.0.1"), "_MailThrottle"),
+                # Not ours: a mailbox's, this message's, or no word of rates.
+                (smtplib.SMTPDataError(452, b"4.2.2 The email account is over quota"),
+                 "QueueError"),
+                (smtplib.SMTPDataError(450, b"4.2.1 The user is receiving mail at a rate that"
+                                            b" prevents additional messages"), "QueueError"),
+                (smtplib.SMTPDataError(452, b"4.5.3 Too many recipients"), "QueueError"),
+                (smtplib.SMTPDataError(451, b"4.3.0 Could not generate a queue file"),
+                 "QueueError"),
+                (smtplib.SMTPDataError(421, b"4.3.2 Service not available"), "_MailOutage"),
+                (smtplib.SMTPDataError(554, b"5.7.1 Sending rate exceeded"), "PermanentError")):
+            with self.subTest(reply=exc.smtp_error):
+                stage = "session" if isinstance(exc, smtplib.SMTPConnectError) else "transaction"
+                self.assertEqual(type(dbqueue._smtp_error(exc, config, stage)).__name__, kind)
+
+
+on_every_backend(MailThrottleTests)
+on_every_backend(MailThrottleTests, PGBOUNCER_BACKENDS)
+
+
+class MailThrottleProcessTests(_WorkerProcesses, EmailTestMixin):
+
+    def setUp(self):
+        self.process_setup()
+        self.addCleanup(MailThrottleTests.forget_throttle, self)
+
+    def test_every_worker_waits_the_doubling_wait_and_every_mail_goes_once(self):
+        sink = ThrottleSink(self)
+        sink.data_replies = [sink.SES, sink.POSTFIX, sink.SES]
+        q = self.mail_queue(sink)
+        mail = dict(MAIL_HOST="127.0.0.1", MAIL_PORT=sink.port,
+                    MAIL_FROM_ADDRESS="app@example.com")
+        workers = [self.start_worker("--queue", "emails", "--concurrency", "2", **mail)
+                   for _ in range(2)]
+        subjects = ["m%d" % n for n in range(8)]
+        dbqueue.queue_email("ann@example.com", subjects[0], text="x", using=q)
+        wait_for(lambda: q.mail_throttle().get("emails"), 30, message="the throttling")
+        # Both workers' slots now take these, and wait for the queue's turns.
+        for subject in subjects[1:]:
+            dbqueue.queue_email("ann@example.com", subject, text="x", using=q)
+        self.assertIn("queue emails is throttled by the mail server",
+                      run_main(["stats"], self.db.env())[1])
+        wait_for(lambda: len(sink.messages) == 8, 90, message="every mail")
+        wait_for(lambda: self.jobs_left() == 0, 30, message="the jobs to be deleted")
+        for proc in workers:
+            proc.send_signal(signal.SIGTERM)
+            self.assertEqual(self.finish(proc), 0, self.stderr(proc)[-2000:])
+        self.assertEqual(sink.subjects(), subjects)
+        self.assertEqual([r[:3] for _, r in sink.answers], ["454", "421", "454"] + ["250"] * 8)
+        # Nothing was offered between the turns: 1, 2, then 4 seconds apart.
+        times = [t for t, _ in sink.answers]
+        for n, wait in enumerate((1.0, 2.0, 4.0)):
+            self.assertGreaterEqual(times[n + 1] - times[n], wait)
+        logs = "".join(self.stderr(proc) for proc in workers)
+        self.assertEqual(logs.count("attempt=1/3 outcome=done"), 8, logs)
+        self.assertNotIn("outcome=failed", logs)
+        self.assertEqual(logs.count("mail server throttling: sending on this queue slows down"), 1,
+                         logs)
+        self.assertEqual(logs.count("the mail server accepts mail again"), 1, logs)
+        self.assertEqual(q.mail_throttle(), {})
+        self.assertEqual(q.failed(), [])
+
+
+on_every_backend(MailThrottleProcessTests, [Backend, PsycopgBackend, MariaDBBackend])
 
 
 _LOCK_HOLDER = r"""
@@ -9817,13 +10177,11 @@ class DashboardTests:
     def test_the_rate_limit_in_use_is_a_banner(self):
         queue = self.db.queue(mail_rate_limit="2/m")
         client = DashboardClient(start_dashboard(self, queue))
-        name = dbqueue._rate_name(queue.config)
-        slot, until, _ = queue.rate_take(name, 2, 60000, 60000)
-        queue.rate_sent(name, slot, until)
+        windows = [(dbqueue._rate_name(queue.config, "2/m"), 2, 60000)]
+        queue.rate_sent(queue.rate_take(windows, 60000)[0], windows)
         self.assertIn('<p class="note info">MAIL_RATE_LIMIT=2/m: 1 of 2 sent in the last'
                       ' minute.</p>', client.get("/").text)
-        slot, until, _ = queue.rate_take(name, 2, 60000, 60000)
-        queue.rate_sent(name, slot, until)
+        queue.rate_sent(queue.rate_take(windows, 60000)[0], windows)
         self.assertIn('<p class="note warn">MAIL_RATE_LIMIT=2/m: 2 of 2 sent in the last'
                       ' minute; the next emails wait their turn.</p>', client.get("/failed").text)
 
