@@ -1091,6 +1091,8 @@ import os, sys, time
 import dbqueue
 
 dbqueue.Worker.timeout_grace = float(os.environ.get("T_GRACE", "10"))
+if os.environ.get("T_MAIL_PROBE"):     # the mail outage's probe schedule, shortened
+    dbqueue.Worker.mail_probe = tuple(float(s) for s in os.environ["T_MAIL_PROBE"].split(","))
 OUT = os.environ["T_OUT"]
 
 
@@ -2855,15 +2857,24 @@ class SpeedDefaultDatabaseTests(unittest.TestCase):
 # processes killed with SIGKILL, real lock contention, a real PostgreSQL
 # server restarted under running workers, hostile rows written by hand.
 # The heavy part (crash loop, contention, restart) runs only with
-# DBQUEUE_FAULTS=1; the rest is quick and always runs.
+# DBQUEUE_FAULTS=1; the rest is quick and always runs. DBQUEUE_FAULTS=only
+# runs the heavy part alone (CI gives it a job of its own).
 
 import atexit  # noqa: E402
 import random  # noqa: E402
 import socket  # noqa: E402
 
-FAULTS = os.environ.get("DBQUEUE_FAULTS") == "1"
-heavy = unittest.skipUnless(FAULTS, "fault suite: set DBQUEUE_FAULTS=1 to run the crash loop,"
-                                    " contention and database restart tests")
+FAULTS = os.environ.get("DBQUEUE_FAULTS") in ("1", "only")
+
+
+def heavy(test):
+    """Mark a test of the heavy fault suite: skipped unless DBQUEUE_FAULTS is set."""
+    test = unittest.skipUnless(FAULTS, "fault suite: set DBQUEUE_FAULTS=1 to run the crash loop,"
+                                       " contention and database restart tests")(test)
+    test.heavy = True
+    return test
+
+
 DBQUEUE_PY = os.path.join(HERE, "dbqueue.py")
 
 # A handler module for worker subprocesses (`work --import fault_jobs`).
@@ -4488,7 +4499,13 @@ class Core16MessageFuzzTests(unittest.TestCase):
         return data
 
     def test_generated_messages_build_or_fail_permanently(self):
-        count = 20000 if FAULTS else 1000
+        self.build_or_fail(1000)
+
+    @heavy
+    def test_twenty_thousand_generated_messages_build_or_fail_permanently(self):
+        self.build_or_fail(20000)
+
+    def build_or_fail(self, count):
         seed = int(os.environ.get("FAULT_SEED") or random.randrange(1 << 30))
         rng = random.Random(seed)
         config = dbqueue.Config(mail_from_address="app@example.com", mail_from_name="Äpp")
@@ -5283,8 +5300,21 @@ class _SummarySuite(unittest.TestSuite):
         return result
 
 
+def _only_heavy(suite):
+    """The tests of `suite` marked @heavy, in a suite of the same shape."""
+    kept = []
+    for test in suite:
+        if isinstance(test, unittest.TestSuite):
+            kept.append(_only_heavy(test))
+        elif getattr(getattr(test, getattr(test, "_testMethodName", ""), None), "heavy", False):
+            kept.append(test)
+    return type(suite)(kept)
+
+
 def load_tests(loader, tests, pattern):
     """unittest's hook when the whole module is loaded (`python -m unittest test_dbqueue`)."""
+    if os.environ.get("DBQUEUE_FAULTS") == "only":
+        tests = _only_heavy(tests)
     return _SummarySuite([tests])
 
 
@@ -6468,7 +6498,7 @@ class MailOutageTests(_WorkerProcesses, EmailTestMixin):
             dbqueue.queue_email("a@example.com", s, text="t", using=q)
         proc = self.start_worker("--queue", "emails,default", "-v", MAIL_HOST="127.0.0.1",
                                  MAIL_PORT=port, MAIL_FROM_ADDRESS="app@example.com",
-                                 QUEUE_MAX_ATTEMPTS=2, QUEUE_BACKOFF=1)
+                                 QUEUE_MAX_ATTEMPTS=2, QUEUE_BACKOFF=1, T_MAIL_PROBE="0.5,1")
         wait_for(lambda: "mail server unavailable" in self.stderr(proc), 30,
                  message="the outage to be noticed")
         # Other queues keep running while mail waits.
@@ -6487,7 +6517,7 @@ class MailOutageTests(_WorkerProcesses, EmailTestMixin):
         code, out, _ = run_main(["health"], env)
         self.assertEqual(code, 1)
         self.assertIn("mail server unavailable", out)
-        # Down for longer than the whole backoff (1 s) and several probes.
+        # Down for longer than the whole backoff (1 s) and several probes (0.5 s, then 1 s each).
         wait_for(lambda: self.stderr(proc).count("mail server still unavailable") >= 2, 30,
                  message="two failed probes")
         sink = PostfixSink(self, port=port)
@@ -7220,7 +7250,9 @@ def start_dashboard(testcase, queue, **options):
     """A real dashboard server on a free loopback port, in a thread; returns its port."""
     dashboard = dbqueue._Dashboard(queue, log=quiet_log(), **options)
     server = dbqueue._dashboard_server(dashboard, "127.0.0.1", 0)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    # shutdown() waits for serve_forever's next poll: 0.5 s by default, per test.
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02},
+                              daemon=True)
     thread.start()
 
     def stop():
