@@ -5867,6 +5867,109 @@ class TakeoverSendmailTests(EmailTestMixin, unittest.TestCase):
         self.assertIn("MAIL_SENDMAIL_PATH", err)
 
 
+# A private Postfix for one test: its own config, queue and data directories
+# in a temp folder, no listener of its own (master.cf has no `smtp inet`, so
+# it never takes port 25), relaying everything to a sink on loopback.
+POSTFIX_MAIN_CF = """\
+compatibility_level = 3.6
+queue_directory = {tmp}/queue
+data_directory = {tmp}/data
+maillog_file = {tmp}/maillog
+maillog_file_prefixes = {tmp}
+mail_owner = postfix
+setgid_group = postdrop
+inet_interfaces = loopback-only
+inet_protocols = ipv4
+myhostname = dbqueue-test.localdomain
+mydestination =
+alias_maps =
+local_recipient_maps =
+relayhost = [127.0.0.1]:{port}
+default_transport = smtp
+relay_transport = smtp
+smtp_tls_security_level = none
+"""
+# The services a sendmail → pickup → cleanup → qmgr → smtp delivery uses; none chrooted.
+POSTFIX_MASTER_CF = "".join(
+    "%-10s unix  %s  -  n  %s  %s  %s\n" % service for service in (
+        ("pickup", "n", "60", "1", "pickup"), ("cleanup", "n", "-", "0", "cleanup"),
+        ("qmgr", "n", "300", "1", "qmgr"), ("rewrite", "-", "-", "-", "trivial-rewrite"),
+        ("bounce", "-", "-", "0", "bounce"), ("defer", "-", "-", "0", "bounce"),
+        ("trace", "-", "-", "0", "bounce"), ("verify", "-", "-", "1", "verify"),
+        ("proxymap", "-", "-", "-", "proxymap"), ("smtp", "-", "-", "-", "smtp"),
+        ("relay", "-", "-", "-", "smtp"), ("showq", "n", "-", "-", "showq"),
+        ("error", "-", "-", "-", "error"), ("retry", "-", "-", "-", "error"),
+        ("discard", "-", "-", "-", "discard"), ("anvil", "-", "-", "1", "anvil"),
+        ("scache", "-", "-", "1", "scache"), ("flush", "n", "1000?", "0", "flush"))
+) + "postlog unix-dgram n  -  n  -  1  postlogd\n"     # writes maillog_file
+
+
+def start_postfix(testcase, relay_port):
+    """A private Postfix relaying to 127.0.0.1:relay_port; returns its config directory."""
+    sendmail = "/usr/sbin/sendmail"
+    try:
+        with open(sendmail, "rb") as fh:
+            postfixs = b"postdrop" in fh.read()
+    except OSError:
+        postfixs = False
+    need(postfixs and os.path.exists("/usr/sbin/postfix"),
+         "Postfix is not installed: /usr/sbin/sendmail is not Postfix's (apt-get install postfix)")
+    need(os.geteuid() == 0, "the real sendmail test starts a private Postfix, which needs root")
+    tmp = tempfile.mkdtemp(prefix="dbqueue-postfix-")
+    testcase.addCleanup(shutil.rmtree, tmp, True)
+    os.chmod(tmp, 0o755)        # its daemons run as the postfix user
+    conf = os.path.join(tmp, "conf")
+    for sub in ("conf", "queue", "data"):
+        os.mkdir(os.path.join(tmp, sub))
+    shutil.chown(os.path.join(tmp, "data"), "postfix")
+    with open(os.path.join(conf, "main.cf"), "w") as fh:
+        fh.write(POSTFIX_MAIN_CF.format(tmp=tmp, port=relay_port))
+    with open(os.path.join(conf, "master.cf"), "w") as fh:
+        fh.write(POSTFIX_MASTER_CF)
+
+    def postfix(command):
+        return subprocess.run(["/usr/sbin/postfix", "-c", conf, command], timeout=60,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              universal_newlines=True)
+
+    def stop():
+        postfix("stop")
+        # `postfix status` fails once master has let go of its lock: gone.
+        wait_for(lambda: postfix("status").returncode != 0, 30, 0.1, "Postfix to stop")
+    started = postfix("start")
+    testcase.assertEqual(started.returncode, 0, "postfix start failed: " + started.stdout)
+    testcase.addCleanup(stop)
+    return conf
+
+
+class SendmailPostfixTests(EmailTestMixin, unittest.TestCase):
+    """MAIL_MAILER=sendmail through Debian's real Postfix sendmail, relayed to a sink."""
+
+    def test_to_cc_and_bcc_each_get_the_message_once_without_a_bcc_header(self):
+        sink = SMTPSink(self)
+        conf = start_postfix(self, sink.port)
+        self.db = Backend(self)
+        q = self.mail_queue(None, mail_mailer="sendmail",
+                            mail_sendmail_path="/usr/sbin/sendmail -C %s -t -i" % conf)
+        dbqueue.queue_email("Ann <ann@example.com>", "Through Postfix", text="Hallo, Ann",
+                            cc="cc@example.com", bcc="hidden@example.com", using=q)
+        _, log = self.work(q, tries=1)
+        self.assertIn("outcome=done", log)
+        wait_for(lambda: sum(len(rcpts) for (_, rcpts), _, _ in sink.messages) >= 3, 60, 0.05,
+                 "Postfix to relay the message to every recipient")
+        time.sleep(0.2)         # room for a duplicate to show up
+        self.assertEqual(sorted(r for (_, rcpts), _, _ in sink.messages for r in rcpts),
+                         ["ann@example.com", "cc@example.com", "hidden@example.com"])
+        for (sender, _), msg, _ in sink.messages:
+            self.assertEqual(sender, "app@example.com")
+            self.assertEqual(msg["Subject"], "Through Postfix")
+            self.assertEqual((msg["To"], msg["Cc"]), ("Ann <ann@example.com>", "cc@example.com"))
+            self.assertIsNone(msg["Bcc"])
+            self.assertNotIn("hidden@example.com", msg.as_string())
+            self.assertIn("Hallo, Ann", msg.get_body(("plain",)).get_content())
+        self.assertEqual(self.jobs_left(), 0)
+
+
 
 class TakeoverEarlyMistakesTests(unittest.TestCase):
     """Mistakes a producer or an operator can see are found at once (issue 15, item 4)."""
