@@ -1244,6 +1244,8 @@ import os, sys, time
 import dbqueue
 
 dbqueue.Worker.timeout_grace = float(os.environ.get("T_GRACE", "10"))
+if os.environ.get("T_MAIL_PROBE"):     # the mail outage's probe schedule, shortened
+    dbqueue.Worker.mail_probe = tuple(float(s) for s in os.environ["T_MAIL_PROBE"].split(","))
 OUT = os.environ["T_OUT"]
 
 
@@ -3529,15 +3531,24 @@ class SpeedDefaultDatabaseTests(unittest.TestCase):
 # processes killed with SIGKILL, real lock contention, a real PostgreSQL
 # server restarted under running workers, hostile rows written by hand.
 # The heavy part (crash loop, contention, restart) runs only with
-# DBQUEUE_FAULTS=1; the rest is quick and always runs.
+# DBQUEUE_FAULTS=1; the rest is quick and always runs. DBQUEUE_FAULTS=only
+# runs the heavy part alone (CI gives it a job of its own).
 
 import atexit  # noqa: E402
 import random  # noqa: E402
 import socket  # noqa: E402
 
-FAULTS = os.environ.get("DBQUEUE_FAULTS") == "1"
-heavy = unittest.skipUnless(FAULTS, "fault suite: set DBQUEUE_FAULTS=1 to run the crash loop,"
-                                    " contention and database restart tests")
+FAULTS = os.environ.get("DBQUEUE_FAULTS") in ("1", "only")
+
+
+def heavy(test):
+    """Mark a test of the heavy fault suite: skipped unless DBQUEUE_FAULTS is set."""
+    test = unittest.skipUnless(FAULTS, "fault suite: set DBQUEUE_FAULTS=1 to run the crash loop,"
+                                       " contention and database restart tests")(test)
+    test.heavy = True
+    return test
+
+
 DBQUEUE_PY = os.path.join(HERE, "dbqueue.py")
 
 # A handler module for worker subprocesses (`work --import fault_jobs`).
@@ -5270,7 +5281,13 @@ class Core16MessageFuzzTests(unittest.TestCase):
         return data
 
     def test_generated_messages_build_or_fail_permanently(self):
-        count = 20000 if FAULTS else 1000
+        self.build_or_fail(1000)
+
+    @heavy
+    def test_twenty_thousand_generated_messages_build_or_fail_permanently(self):
+        self.build_or_fail(20000)
+
+    def build_or_fail(self, count):
         seed = int(os.environ.get("FAULT_SEED") or random.randrange(1 << 30))
         rng = random.Random(seed)
         config = dbqueue.Config(mail_from_address="app@example.com", mail_from_name="Äpp")
@@ -6155,8 +6172,21 @@ class _SummarySuite(unittest.TestSuite):
         return result
 
 
+def _only_heavy(suite):
+    """The tests of `suite` marked @heavy, in a suite of the same shape."""
+    kept = []
+    for test in suite:
+        if isinstance(test, unittest.TestSuite):
+            kept.append(_only_heavy(test))
+        elif getattr(getattr(test, getattr(test, "_testMethodName", ""), None), "heavy", False):
+            kept.append(test)
+    return type(suite)(kept)
+
+
 def load_tests(loader, tests, pattern):
     """unittest's hook when the whole module is loaded (`python -m unittest test_dbqueue`)."""
+    if os.environ.get("DBQUEUE_FAULTS") == "only":
+        tests = _only_heavy(tests)
     return _SummarySuite([tests])
 
 
@@ -6874,6 +6904,112 @@ class TakeoverSendmailTests(EmailTestMixin, unittest.TestCase):
                                             "MAIL_SENDMAIL_PATH": "/usr/sbin/sendmail 'oops"})
         self.assertEqual(code, 2)
         self.assertIn("MAIL_SENDMAIL_PATH", err)
+
+
+# A private Postfix for one test: its own config, queue and data directories
+# in a temp folder, no listener of its own (master.cf has no `smtp inet`, so
+# it never takes port 25), relaying everything to a sink on loopback.
+POSTFIX_MAIN_CF = """\
+compatibility_level = 3.6
+queue_directory = {tmp}/queue
+data_directory = {tmp}/data
+maillog_file = {tmp}/maillog
+maillog_file_prefixes = {tmp}
+mail_owner = postfix
+setgid_group = postdrop
+inet_interfaces = loopback-only
+inet_protocols = ipv4
+myhostname = dbqueue-test.localdomain
+mydestination =
+alias_maps =
+local_recipient_maps =
+relayhost = [127.0.0.1]:{port}
+default_transport = smtp
+relay_transport = smtp
+smtp_tls_security_level = none
+"""
+# The services a sendmail → pickup → cleanup → qmgr → smtp delivery uses; none chrooted.
+POSTFIX_MASTER_CF = "".join(
+    "%-10s unix  %s  -  n  %s  %s  %s\n" % service for service in (
+        ("pickup", "n", "60", "1", "pickup"), ("cleanup", "n", "-", "0", "cleanup"),
+        ("qmgr", "n", "300", "1", "qmgr"), ("rewrite", "-", "-", "-", "trivial-rewrite"),
+        ("bounce", "-", "-", "0", "bounce"), ("defer", "-", "-", "0", "bounce"),
+        ("trace", "-", "-", "0", "bounce"), ("verify", "-", "-", "1", "verify"),
+        ("proxymap", "-", "-", "-", "proxymap"), ("smtp", "-", "-", "-", "smtp"),
+        ("relay", "-", "-", "-", "smtp"), ("showq", "n", "-", "-", "showq"),
+        ("error", "-", "-", "-", "error"), ("retry", "-", "-", "-", "error"),
+        ("discard", "-", "-", "-", "discard"), ("anvil", "-", "-", "1", "anvil"),
+        ("scache", "-", "-", "1", "scache"), ("flush", "n", "1000?", "0", "flush"))
+) + "postlog unix-dgram n  -  n  -  1  postlogd\n"     # writes maillog_file
+
+
+def start_postfix(testcase, relay_port):
+    """A private Postfix relaying to 127.0.0.1:relay_port; returns its config directory."""
+    sendmail = "/usr/sbin/sendmail"
+    try:
+        with open(sendmail, "rb") as fh:
+            postfixs = b"postdrop" in fh.read()
+    except OSError:
+        postfixs = False
+    need(postfixs and os.path.exists("/usr/sbin/postfix"),
+         "Postfix is not installed: /usr/sbin/sendmail is not Postfix's (apt-get install postfix)")
+    need(os.geteuid() == 0, "the real sendmail test starts a private Postfix, which needs root")
+    tmp = tempfile.mkdtemp(prefix="dbqueue-postfix-")
+    testcase.addCleanup(shutil.rmtree, tmp, True)
+    os.chmod(tmp, 0o755)        # its daemons run as the postfix user
+    conf = os.path.join(tmp, "conf")
+    for sub in ("conf", "queue", "data"):
+        os.mkdir(os.path.join(tmp, sub))
+    shutil.chown(os.path.join(tmp, "data"), "postfix")
+    with open(os.path.join(conf, "main.cf"), "w") as fh:
+        fh.write(POSTFIX_MAIN_CF.format(tmp=tmp, port=relay_port))
+    with open(os.path.join(conf, "master.cf"), "w") as fh:
+        fh.write(POSTFIX_MASTER_CF)
+
+    def postfix(command):
+        return subprocess.run(["/usr/sbin/postfix", "-c", conf, command], timeout=60,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              universal_newlines=True)
+
+    def stop():
+        postfix("stop")
+        # `postfix status` fails once master has let go of its lock: gone.
+        wait_for(lambda: postfix("status").returncode != 0, 30, 0.1, "Postfix to stop")
+    started = postfix("start")
+    testcase.assertEqual(started.returncode, 0, "postfix start failed: " + started.stdout)
+    testcase.addCleanup(stop)
+    return conf
+
+
+class SendmailPostfixTests(EmailTestMixin, unittest.TestCase):
+    """MAIL_MAILER=sendmail through Debian's real Postfix sendmail, relayed to a sink."""
+
+    def test_to_cc_and_bcc_each_get_the_message_once_without_a_bcc_header(self):
+        sink = SMTPSink(self)
+        conf = start_postfix(self, sink.port)
+        self.db = Backend(self)
+        q = self.mail_queue(None, mail_mailer="sendmail",
+                            mail_sendmail_path="/usr/sbin/sendmail -C %s -t -i" % conf)
+        dbqueue.queue_email("Ann <ann@example.com>", "Through Postfix", text="Hallo, Ann",
+                            cc="cc@example.com", bcc="hidden@example.com", using=q)
+        _, log = self.work(q, tries=1)
+        self.assertIn("outcome=done", log)
+        maillog = os.path.join(os.path.dirname(conf), "maillog")
+
+        def removed():      # qmgr's last word on a message: every recipient done
+            with open(maillog) as fh:
+                return ": removed" in fh.read()
+        wait_for(removed, 60, 0.05, "Postfix to relay the message to every recipient")
+        self.assertEqual(sorted(r for (_, rcpts), _, _ in sink.messages for r in rcpts),
+                         ["ann@example.com", "cc@example.com", "hidden@example.com"])
+        for (sender, _), msg, _ in sink.messages:
+            self.assertEqual(sender, "app@example.com")
+            self.assertEqual(msg["Subject"], "Through Postfix")
+            self.assertEqual((msg["To"], msg["Cc"]), ("Ann <ann@example.com>", "cc@example.com"))
+            self.assertIsNone(msg["Bcc"])
+            self.assertNotIn("hidden@example.com", msg.as_string())
+            self.assertIn("Hallo, Ann", msg.get_body(("plain",)).get_content())
+        self.assertEqual(self.jobs_left(), 0)
 
 
 
@@ -7942,7 +8078,7 @@ class MailOutageTests(_WorkerProcesses, EmailTestMixin):
             dbqueue.queue_email("a@example.com", s, text="t", using=q)
         proc = self.start_worker("--queue", "emails,default", "-v", MAIL_HOST="127.0.0.1",
                                  MAIL_PORT=port, MAIL_FROM_ADDRESS="app@example.com",
-                                 QUEUE_MAX_ATTEMPTS=2, QUEUE_BACKOFF=1)
+                                 QUEUE_MAX_ATTEMPTS=2, QUEUE_BACKOFF=1, T_MAIL_PROBE="0.5,1")
         wait_for(lambda: "mail server unavailable" in self.stderr(proc), 30,
                  message="the outage to be noticed")
         # Other queues keep running while mail waits.
@@ -7961,7 +8097,7 @@ class MailOutageTests(_WorkerProcesses, EmailTestMixin):
         code, out, _ = run_main(["health"], env)
         self.assertEqual(code, 1)
         self.assertIn("mail server unavailable", out)
-        # Down for longer than the whole backoff (1 s) and several probes.
+        # Down for longer than the whole backoff (1 s) and several probes (0.5 s, then 1 s each).
         wait_for(lambda: self.stderr(proc).count("mail server still unavailable") >= 2, 30,
                  message="two failed probes")
         sink = PostfixSink(self, port=port)
@@ -9782,7 +9918,9 @@ def start_dashboard(testcase, queue, **options):
     """A real dashboard server on a free loopback port, in a thread; returns its port."""
     dashboard = dbqueue._Dashboard(queue, log=quiet_log(), **options)
     server = dbqueue._dashboard_server(dashboard, "127.0.0.1", 0)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    # shutdown() waits for serve_forever's next poll: 0.5 s by default, per test.
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02},
+                              daemon=True)
     thread.start()
 
     def stop():
