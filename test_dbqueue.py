@@ -8759,7 +8759,7 @@ class UniqueContentionTests(_WorkerProcesses):
         # must run again itself, never raise.
         q = self.db.queue()
         worker = self.start_worker("--import", "dbq_unique_handlers", "-q", "--concurrency", "4")
-        end = time.monotonic() + 8
+        end = time.monotonic() + 10
         pushed, most = [], [0]
 
         def produce():
