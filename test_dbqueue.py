@@ -8140,6 +8140,120 @@ class MailOutageTests(_WorkerProcesses, EmailTestMixin):
                 self.assertEqual(q.failed(), [])
 
 
+on_every_backend(MailOutageTests, [MariaDBBackend])    # stats and health on all three
+
+
+class MailOutageProbeTests(_WorkerProcesses, EmailTestMixin):
+    """While the mail server is down, a worker probes it on Worker.mail_probe's
+    schedule, one step further after each failed probe, the last step repeating."""
+
+    def setUp(self):
+        self.process_setup()
+
+    def test_the_default_schedule(self):
+        self.assertEqual(dbqueue.Worker.mail_probe, (1, 2, 5, 10, 30, 60))
+
+    def test_each_failed_probe_waits_the_next_step_and_the_last_repeats(self):
+        port = free_port()       # nothing listens: refused at every probe
+        q = self.mail_queue(None, mail_port=port)
+        dbqueue.queue_email("a@example.com", "s", text="t", using=q)
+        proc = self.start_worker("--queue", "emails", "-v", MAIL_HOST="127.0.0.1",
+                                 MAIL_PORT=port, T_MAIL_PROBE="0.1,0.2,0.3")
+        probes = lambda: [line for line in self.stderr(proc).splitlines()
+                          if "mail server still unavailable" in line]
+        wait_for(lambda: len(probes()) >= 4, 30, message="four failed probes")
+        proc.send_signal(signal.SIGTERM)
+        self.assertEqual(self.finish(proc), 0, self.stderr(proc))
+        waits = [line.split("next_probe_s=")[1].split()[0] for line in probes()]
+        self.assertEqual(waits[:4], ["0.2", "0.3", "0.3", "0.3"], waits)
+        self.assertEqual(set(waits[4:]) - {"0.3"}, set(), waits)
+        err = self.stderr(proc)
+        self.assertEqual(err.count("pausing mail"), 1, err)
+        self.assertLess(err.index("pausing mail"), err.index("mail server still unavailable"))
+        self.assertEqual(self.db.raw("SELECT attempts, reserved_at FROM {jobs}"), [(0, None)])
+        self.assertEqual(q.failed(), [])
+
+
+on_every_backend(MailOutageProbeTests, [Backend])
+
+
+class MailOutageUnspentTests(EmailTestMixin):
+    """A mail outage in the middle of a batch: the job that met it and every job
+    the worker had fetched with it go back unspent, on every database."""
+
+    def test_fetched_jobs_go_back_unspent_and_each_mail_goes_once(self):
+        sink = SMTPSink(self)
+        clock = Clock()
+        q = self.mail_queue(sink, clock=clock)
+
+        def back():
+            sink.start()
+            clock.advance(10)
+
+        ACTIONS.update(down=sink.stop, up=back)
+        self.addCleanup(ACTIONS.pop, "down", None)
+        self.addCleanup(ACTIONS.pop, "up", None)
+        subjects = ["e%d" % i for i in range(6)]
+        for s in subjects[:3]:
+            dbqueue.queue_email("a@example.com", s, text="t", using=q)
+        q.push("t_action", {"key": "down"}, queue="emails")
+        for s in subjects[3:]:
+            dbqueue.queue_email("a@example.com", s, text="t", using=q)
+        worker, log = self.work(q, tries=1, backoff="10")
+        self.assertEqual(worker.exit_code, 1, log)
+        self.assertEqual(sink.subjects(), subjects[:3])
+        self.assertEqual(self.db.raw("SELECT attempts, reserved_at FROM {jobs}"),
+                         [(0, None)] * 3)
+        back()
+        worker, log = self.work(q, tries=1, backoff="10")
+        self.assertEqual(worker.exit_code, 0, log)
+        self.assertEqual(sink.subjects(), subjects)
+        self.assertNotIn("outcome=released", log)
+        self.assertEqual(len({m["Message-ID"] for _, m, _ in sink.messages}), 6)
+        self.assertEqual(q.failed(), [])
+        self.assertEqual(self.jobs_left(), 0)
+
+
+on_every_backend(MailOutageUnspentTests, [Backend, PsycopgBackend, MariaDBBackend])
+
+
+class MailOutageStaleTests:
+    """A recorded outage no worker has probed for over 5 minutes (its worker
+    stopped during it) is shown as stale, and no longer makes `health` fail."""
+
+    def test_an_outage_record_older_than_five_minutes_is_stale(self):
+        q = self.db.queue()
+        key = q._mail_outage_key()
+        q.set_state(q.connect(), key, {"since": int(time.time()) - 900, "queues": ["emails"],
+                                        "error": "SMTP 127.0.0.1:25 unreachable"})
+        self.addCleanup(lambda: q.clear_state(q.connect(), key))
+        q.push("t_record", {}, queue="emails")
+        env = self.db.env()
+
+        def back(seconds):
+            p = self.db.param
+            self.db.raw("UPDATE dbqueue_state SET updated_at = updated_at - %s WHERE name = %s"
+                        % (p, p), (seconds, key))
+        back(240)          # probed 4 minutes ago: current
+        self.assertFalse(q.mail_outage()["stale"])
+        code, out, _ = run_main(["health"], env)
+        self.assertEqual(code, 1, out)
+        self.assertIn("mail server unavailable", out)
+        self.assertIn("last checked 4m", run_main(["stats"], env)[1])
+        back(120)          # 6 minutes ago: stale
+        outage = q.mail_outage()
+        self.assertTrue(outage["stale"], outage)
+        self.assertGreaterEqual(outage["checked_ago"], 360)
+        code, out, _ = run_main(["health"], env)
+        self.assertEqual(code, 0, out)
+        self.assertIn("stale: no worker has checked for 6m", run_main(["stats"], env)[1])
+        emails = {s["queue"]: s for s in json.loads(run_main(["stats", "--json"], env)[1])}
+        self.assertTrue(emails["emails"]["mail_outage"]["stale"])
+
+
+on_every_backend(MailOutageStaleTests, [Backend, PsycopgBackend, MariaDBBackend])
+
+
 class MailOutageOrderTests(_WorkerProcesses, EmailTestMixin):
     """An outage gives jobs back as they were: same order, same age, no attempt spent."""
 
