@@ -12365,5 +12365,38 @@ class ConcTests(_WorkerProcesses, EmailTestMixin):
             self.assertIn("--concurrency", err)
 
 
+
+class ConcDriverTests(_WorkerProcesses):
+    """work --concurrency 4 through the other drivers, psycopg2 and mysqlclient:
+    a drain of 50 jobs runs each job once."""
+
+    def setUp(self):
+        self.process_setup()
+        with open(os.path.join(self.ptmp, "dbq_conc_handlers.py"), "w") as fh:
+            fh.write(_CONC_HANDLERS)
+
+    def test_a_drain_with_four_slots_runs_each_job_once(self):
+        q = self.db.queue()
+        q.push_many("c_nap", [{"n": n, "s": 0.05} for n in range(50)])
+        proc = self.start_worker("--import", "dbq_conc_handlers", "--concurrency", "4",
+                                 "--stop-when-empty")
+        self.assertEqual(self.finish(proc, 120), 0, self.stderr(proc))
+        starts = sorted(int(line.split()[1]) for line in self.lines()
+                        if line.startswith("start "))
+        ends = sorted(int(line.split()[1]) for line in self.lines() if line.startswith("end "))
+        self.assertEqual(starts, list(range(50)))
+        self.assertEqual(ends, list(range(50)))
+        stamps = {}
+        for line in self.lines():
+            word, n, stamp = line.split()
+            stamps.setdefault(n, []).append(float(stamp))
+        self.assertGreaterEqual(_max_overlap(stamps.values()), 2)     # slots ran side by side
+        self.assertEqual(self.db.raw("SELECT COUNT(*) FROM {jobs}")[0][0], 0)
+        self.assertEqual(q.failed(), [])
+        self.assertNotIn("Traceback", self.stderr(proc))
+
+
+on_every_backend(ConcDriverTests, [Psycopg2Backend, MariaDBMySQLdbBackend])
+
 if __name__ == "__main__":
     unittest.main()
