@@ -1761,6 +1761,59 @@ class CoreTimeoutInCTests(_WorkerProcesses, unittest.TestCase):
         self.assertEqual((attempts, reserved_at), (1, None))
 
 
+_TX_HANDLERS = """
+import os, time
+import dbqueue
+
+
+@dbqueue.job("tx_held")
+def held(data):
+    q = dbqueue.current_job().worker.queue
+    with q.transaction() as cur:
+        q.execute(cur, "push", queue="elsewhere", payload=q.payload("p_append", {"n": 0}),
+                  delay=0, expires_at=None)
+        fd = os.open(os.environ["T_OUT"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        os.write(fd, b"inside\\n")
+        os.close(fd)
+        while True:
+            time.sleep(0.01)     # QUEUE_TIMEOUT lands here, the transaction open
+"""
+
+
+class CoreTransactionTimeoutTests(_WorkerProcesses):
+    """A handler's timeout that lands inside its `with q.transaction()`, in a real
+    worker: the transaction is rolled back, nothing half-written stays, and the
+    worker goes on with the next job."""
+
+    def setUp(self):
+        self.process_setup()
+        with open(os.path.join(self.ptmp, "dbq_tx_handlers.py"), "w") as fh:
+            fh.write(_TX_HANDLERS)
+
+    def test_the_transaction_is_rolled_back_and_the_worker_carries_on(self):
+        q = self.db.queue()
+        held = q.push("tx_held", {}, timeout=1)
+        q.push("p_append", {"n": 1})
+        proc = self.start_worker("--import", "dbq_tx_handlers", "--stop-when-empty",
+                                 QUEUE_MAX_ATTEMPTS=1)
+        self.assertEqual(self.finish(proc, 60), 0, self.stderr(proc))
+        self.assertEqual(self.lines(), ["inside", "done 1"])
+        failed = q.failed()
+        self.assertEqual(len(failed), 1, failed)
+        self.assertIn("timeout", failed[0]["exception"].lower())
+        self.assertIn("id=%d" % held, self.stderr(proc))
+        # The row the handler wrote inside its transaction was never committed.
+        self.assertEqual(self.db.raw("SELECT COUNT(*) FROM {jobs}")[0][0], 0)
+        self.assertEqual(self.db.raw("SELECT COUNT(*) FROM {jobs} WHERE queue = 'elsewhere'"),
+                         [(0,)])
+        # No lock left behind: a write goes through at once.
+        q.push("p_append", {"n": 2})
+        self.assertNotIn("Traceback", self.stderr(proc))
+
+
+on_every_backend(CoreTransactionTimeoutTests, [Backend, PsycopgBackend, MariaDBBackend])
+
+
 @on_every_backend
 class CoreStorableFailureTests:
     """What a failure records is storable whatever the handler raised or the row held."""
