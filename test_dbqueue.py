@@ -10089,7 +10089,8 @@ class DashboardClient:
 
 def start_dashboard(testcase, queue, **options):
     """A real dashboard server on a free loopback port, in a thread; returns its port."""
-    dashboard = dbqueue._Dashboard(queue, log=quiet_log(), **options)
+    options.setdefault("log", quiet_log())
+    dashboard = dbqueue._Dashboard(queue, **options)
     server = dbqueue._dashboard_server(dashboard, "127.0.0.1", 0)
     # shutdown() waits for serve_forever's next poll: 0.5 s by default, per test.
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02},
@@ -10523,6 +10524,59 @@ class DashboardTests:
 
 
 on_every_backend(DashboardTests, PGBOUNCER_BACKENDS)
+
+
+class DashboardFailedActionsTests:
+    """Forget asks first, each Retry and Forget is one line in the dashboard's
+    log (never its token), and the failed list shows 50 jobs a page."""
+
+    TOKEN = "Dash-Token-0123456789abcdef"
+
+    def setUp(self):
+        self.db.queue()       # the tables
+
+    def add_failed(self, n=1):
+        _fill_failed(self.db, n)
+        return [i for i, in self.db.raw("SELECT id FROM {failed} ORDER BY id")][-n:]
+
+    def test_forget_asks_first_and_each_action_is_logged_without_the_token(self):
+        retry, forget = self.add_failed(2)
+        log = quiet_log()
+        client = DashboardClient(start_dashboard(self, self.db.queue(), token=self.TOKEN,
+                                                 log=log))
+        self.assertEqual(client.get("/failed?token=" + self.TOKEN).status, 303)
+        resp = client.get("/failed")
+        self.assertEqual(resp.status, 200, resp.text)
+        self.assertIn('action="/failed/%d/forget" data-confirm="Delete failed job %d for good?"'
+                      % (forget, forget), resp.text)
+        self.assertIn('action="/failed/%d/retry">' % retry, resp.text)    # Retry asks nothing
+        self.assertIn("window.confirm", resp.text)
+        forms = resp.page.forms
+        self.assertEqual(client.post("/failed/%d/retry" % retry,
+                                     forms["/failed/%d/retry" % retry][0]).status, 303)
+        self.assertEqual(client.post("/failed/%d/forget" % forget,
+                                     forms["/failed/%d/forget" % forget][0]).status, 303)
+        self.assertEqual(self.db.raw("SELECT COUNT(*) FROM {failed}"), [(0,)])
+        new_id, = [i for i, in self.db.raw("SELECT id FROM {jobs}")]
+        text = log.stream.getvalue()
+        lines = [line for line in text.splitlines() if "dashboard" in line]
+        self.assertEqual(len(lines), 2, text)
+        self.assertIn("action=retry failed_id=%d job=%d" % (retry, new_id), lines[0])
+        self.assertIn("action=forget failed_id=%d" % forget, lines[1])
+        self.assertNotIn(self.TOKEN, text)
+        self.assertNotIn(client.cookies["dbqueue_auth"], text)
+
+    def test_the_failed_list_pages_by_fifty(self):
+        ids = self.add_failed(51)
+        client = DashboardClient(start_dashboard(self, self.db.queue()))
+        first = client.get("/failed").page
+        self.assertEqual([int(r["ID"]) for r in first.rows], ids[:0:-1])     # newest first
+        self.assertIn("/failed?page=2&before=%d" % ids[1], first.links)
+        second = client.get("/failed?page=2&before=%d" % ids[1]).page
+        self.assertEqual([int(r["ID"]) for r in second.rows], ids[:1])
+
+
+on_every_backend(DashboardFailedActionsTests, [Backend, PsycopgBackend, MariaDBBackend])
 
 class DashboardLongJobNameTests(unittest.TestCase):
     """A PHP class name wraps at its backslashes in the failed list; Retry all shows
