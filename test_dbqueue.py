@@ -4522,6 +4522,7 @@ class HostileInputTests:
         self.assertEqual(sorted(s["queue"] for s in json.loads(out)), sorted(hostile[:4]))
         code, out, err = run_main(["stats", "--format", "prometheus"], env)
         self.assertEqual(code, 0, err)
+        self.assertTrue(out.splitlines())
         for line in out.splitlines():    # escaped: no name can start a line of its own
             self.assertRegex(line, r"^(# (HELP|TYPE) )?dbqueue_")
 
@@ -6197,6 +6198,7 @@ class ConfigReadmeTests(unittest.TestCase):
                 checked += 1
         self.assertGreaterEqual(checked, 5)
         self.assertGreaterEqual(errors, 3)
+        self.assertTrue(readme_blocks("dotenv"))
         for block in readme_blocks("dotenv"):
             path = env_file(self, "\n".join(block) + "\n")
             values, warnings = dbqueue._read_env_file(path, True, environ={})
