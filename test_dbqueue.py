@@ -9234,7 +9234,9 @@ class RateLimitTests(EmailTestMixin):
         started = time.monotonic()
         _, log = self.work(q)
         self.assertEqual(len(sink.times), 9)
-        self.assertEqual(busiest_window(sink.times, 1.0), 3)
+        # Never more than 3 in a second (a slot is stamped when its send ended, so
+        # arrivals cannot bunch); fewer when a loaded machine sends slower.
+        self.assertLessEqual(busiest_window(sink.times, 1.0), 3)
         self.assertGreaterEqual(time.monotonic() - started, 2.0)
         # Each waited for its slot inside its first attempt: none given back, none retried.
         self.assertEqual(log.count("attempt=1/3 outcome=done"), 9, log)
@@ -9433,7 +9435,8 @@ class RateLimitSendmailTests(EmailTestMixin, unittest.TestCase):
         with open(stamps) as fh:
             times = [float(line) for line in fh.read().split()]
         self.assertEqual(len(times), 5, log)
-        self.assertEqual(busiest_window(times, 1.0), 2)
+        self.assertLessEqual(busiest_window(times, 1.0), 2)
+        self.assertGreaterEqual(max(times) - min(times), 2.0)     # the 5th waited for the 3rd
 
 
 class RateLimitSchemaTests(unittest.TestCase):
@@ -9532,7 +9535,7 @@ class RateLimitProcessTests(_WorkerProcesses):
         for proc in workers:
             self.assertEqual(self.finish(proc, 60), 0, self.stderr(proc)[-2000:])
         self.assertEqual(len(sink.times), 16)
-        self.assertEqual(busiest_window(sink.times, 1.0), 4)
+        self.assertLessEqual(busiest_window(sink.times, 1.0), 4)
         self.assertGreaterEqual(max(sink.times) - min(sink.times), 3.0)
         logs = [self.stderr(proc) for proc in workers]
         for log in logs:
