@@ -326,6 +326,12 @@ def mysql_available(driver):
     return reason
 
 
+# MySQL 8.0.3 removed tx_isolation for transaction_isolation; MariaDB
+# before 11.1 has only tx_isolation: ask for whichever the server has.
+_ISOLATION_VARIABLES = ("SHOW VARIABLES WHERE Variable_name IN"
+                        " ('tx_isolation', 'transaction_isolation')")
+
+
 def _mysql_connect(driver, url=None):
     """A raw autocommit connection (dbqueue's own session settings) to the test server."""
     target = dbqueue._MySQL.parse((url or MYSQL_URL).partition("://")[2])
@@ -978,7 +984,7 @@ class CoreTests:
         q.migrate()
         if self.db.name == "mysql":
             with q.transaction() as cur:
-                cur.execute("SHOW VARIABLES LIKE '%tx_isolation'")   # this session's value
+                cur.execute(_ISOLATION_VARIABLES)   # this session's value
                 self.assertEqual({value for _, value in cur.fetchall()}, {"READ-COMMITTED"})
         elif self.db.name != "sqlite" and not pooled:
             with q.transaction() as cur:
@@ -1753,6 +1759,59 @@ class CoreTimeoutInCTests(_WorkerProcesses, unittest.TestCase):
         (attempts, reserved_at), = self.db.raw("SELECT attempts, reserved_at FROM {jobs}"
                                                " WHERE id = %d" % job_id)
         self.assertEqual((attempts, reserved_at), (1, None))
+
+
+_TX_HANDLERS = """
+import os, time
+import dbqueue
+
+
+@dbqueue.job("tx_held")
+def held(data):
+    q = dbqueue.current_job().worker.queue
+    with q.transaction() as cur:
+        q.execute(cur, "push", queue="elsewhere", payload=q.payload("p_append", {"n": 0}),
+                  delay=0, expires_at=None)
+        fd = os.open(os.environ["T_OUT"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        os.write(fd, b"inside\\n")
+        os.close(fd)
+        while True:
+            time.sleep(0.01)     # QUEUE_TIMEOUT lands here, the transaction open
+"""
+
+
+class CoreTransactionTimeoutTests(_WorkerProcesses):
+    """A handler's timeout that lands inside its `with q.transaction()`, in a real
+    worker: the transaction is rolled back, nothing half-written stays, and the
+    worker goes on with the next job."""
+
+    def setUp(self):
+        self.process_setup()
+        with open(os.path.join(self.ptmp, "dbq_tx_handlers.py"), "w") as fh:
+            fh.write(_TX_HANDLERS)
+
+    def test_the_transaction_is_rolled_back_and_the_worker_carries_on(self):
+        q = self.db.queue()
+        held = q.push("tx_held", {}, timeout=1)
+        q.push("p_append", {"n": 1})
+        proc = self.start_worker("--import", "dbq_tx_handlers", "--stop-when-empty",
+                                 QUEUE_MAX_ATTEMPTS=1)
+        self.assertEqual(self.finish(proc, 60), 0, self.stderr(proc))
+        self.assertEqual(self.lines(), ["inside", "done 1"])
+        failed = q.failed()
+        self.assertEqual(len(failed), 1, failed)
+        self.assertIn("timeout", failed[0]["exception"].lower())
+        self.assertIn("id=%d" % held, self.stderr(proc))
+        # The row the handler wrote inside its transaction was never committed.
+        self.assertEqual(self.db.raw("SELECT COUNT(*) FROM {jobs}")[0][0], 0)
+        self.assertEqual(self.db.raw("SELECT COUNT(*) FROM {jobs} WHERE queue = 'elsewhere'"),
+                         [(0,)])
+        # No lock left behind: a write goes through at once.
+        q.push("p_append", {"n": 2})
+        self.assertNotIn("Traceback", self.stderr(proc))
+
+
+on_every_backend(CoreTransactionTimeoutTests, [Backend, PsycopgBackend, MariaDBBackend])
 
 
 @on_every_backend
@@ -4094,7 +4153,8 @@ class SecretsTests(unittest.TestCase):
                 for argv in (["migrate"], ["push", "t_record"], ["work", "--once"], ["stats"],
                              ["health"]):
                     code, out, err = run_main(argv, env)
-                    self.assertIn(code, (1, 2), (argv, out, err))
+                    # An unreachable database is a failure, not a usage error (2).
+                    self.assertEqual(code, 1, (argv, out, err))
                     self.assertNotIn(PG_PASSWORD, out + err, (url, argv))
                     # One clear reason, from main() or from `health`'s report.
                     self.assertIn("cannot connect to postgresql://app", out + err)
@@ -4462,6 +4522,7 @@ class HostileInputTests:
         self.assertEqual(sorted(s["queue"] for s in json.loads(out)), sorted(hostile[:4]))
         code, out, err = run_main(["stats", "--format", "prometheus"], env)
         self.assertEqual(code, 0, err)
+        self.assertTrue(out.splitlines())
         for line in out.splitlines():    # escaped: no name can start a line of its own
             self.assertRegex(line, r"^(# (HELP|TYPE) )?dbqueue_")
 
@@ -5047,7 +5108,7 @@ class Core16ProcessTests(_Core16Processes):
         slow = [s for s in self.records("end") if s[0] >= 1000]
         self.assertEqual(sorted(n for n, _, _ in slow), list(range(1000, 1020)))
         shares = [sum(1 for s in slow if s[2] == w.pid) for w in workers]
-        self.assertGreaterEqual(min(shares), 5, shares)
+        self.assertTrue(all(shares), shares)          # each worker took some of them
         self.assertEqual(_double_starts(self.records()), [])
         print("\n[core16 %s] 20 jobs of 0.5 s after a warm-up, two workers: drained in %.1fs"
               " (%d + %d jobs)" % (self.db.name, elapsed, shares[0], shares[1]), file=sys.stderr)
@@ -5840,17 +5901,6 @@ class ConfigUrlTypoRefusalTests(unittest.TestCase):
         self.assertIn("q.db", os.listdir(tmp))
 
 
-_cfg_started = threading.Event()
-
-
-@dbqueue.job("t_cfg_long")
-def _t_cfg_long(data):
-    _cfg_started.set()
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        time.sleep(0.01)
-
-
 class ConfigSmallFixesTests(EmailTestMixin, unittest.TestCase):
     """The small things a newcomer trips on (issue 15, item 5)."""
 
@@ -5871,24 +5921,34 @@ class ConfigSmallFixesTests(EmailTestMixin, unittest.TestCase):
         self.assertNotIn("temporary", failed[0]["exception"])
 
     def test_an_interrupted_job_logs_the_time_it_ran(self):
-        need(threading.current_thread() is threading.main_thread(), "signals need the main thread")
-        q = self.db.queue()
-        q.push("t_cfg_long", {})
-        _cfg_started.clear()
-        log = quiet_log()
-        worker = dbqueue.Worker(q, ["default"], log=log, timeout=0)
-
-        def interrupt():
-            _cfg_started.wait(10)
-            time.sleep(0.3)
-            os.kill(os.getpid(), signal.SIGINT)
-            time.sleep(0.05)
-            os.kill(os.getpid(), signal.SIGINT)
-        threading.Thread(target=interrupt, daemon=True).start()
-        worker.run(once=True)
-        line = [l for l in log.stream.getvalue().splitlines() if "reason=interrupted" in l][0]
-        ms = float(line.split("ms=")[1].split()[0])
-        self.assertGreaterEqual(ms, 250, line)
+        # A real worker process: a SIGINT sent to the test runner would reach
+        # whatever else runs in it.
+        with open(os.path.join(self.db.tmp, "dbq_sleeping_handlers.py"), "w") as fh:
+            fh.write(_SLEEPING_HANDLERS)
+        out = os.path.join(self.db.tmp, "out.txt")
+        env = {k: v for k, v in os.environ.items()
+               if not k.startswith(("QUEUE_", "MAIL_", "DATABASE_URL"))}
+        env.update(self.db.env(PYTHONPATH=self.db.tmp, T_OUT=out))
+        self.db.queue().push("s_sleep", {})
+        with open(os.path.join(self.db.tmp, "stderr.txt"), "w+") as err:
+            proc = subprocess.Popen(
+                [sys.executable, os.path.join(HERE, "dbqueue.py"), "work", "--once",
+                 "--import", "dbq_sleeping_handlers"], cwd=self.db.tmp, env=env,
+                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err)
+            self.addCleanup(lambda: proc.poll() is None and (proc.kill(), proc.wait(30)))
+            wait_for(lambda: os.path.exists(out), 30, message="the job to start")
+            time.sleep(0.3)     # a lower bound on how long it ran: load only lengthens it
+            proc.send_signal(signal.SIGINT)
+            wait_for(lambda: "stopping after the" in open(err.name).read(), 30,
+                     message="the worker to note the first SIGINT")
+            proc.send_signal(signal.SIGINT)
+            self.assertEqual(proc.wait(30), 130)
+            err.seek(0)
+            text = err.read()
+        lines = [l for l in text.splitlines() if "reason=interrupted" in l]
+        self.assertEqual(len(lines), 1, text)
+        ms = float(lines[0].split("ms=")[1].split()[0])
+        self.assertGreaterEqual(ms, 250, lines[0])
 
     def test_bad_flags_found_late_are_usage_errors(self):
         for argv, culprit in ((["work", "--max-jobs", "0"], "--max-jobs"),
@@ -6138,6 +6198,7 @@ class ConfigReadmeTests(unittest.TestCase):
                 checked += 1
         self.assertGreaterEqual(checked, 5)
         self.assertGreaterEqual(errors, 3)
+        self.assertTrue(readme_blocks("dotenv"))
         for block in readme_blocks("dotenv"):
             path = env_file(self, "\n".join(block) + "\n")
             values, warnings = dbqueue._read_env_file(path, True, environ={})
@@ -8134,6 +8195,120 @@ class MailOutageTests(_WorkerProcesses, EmailTestMixin):
                 self.assertEqual(q.failed(), [])
 
 
+on_every_backend(MailOutageTests, [MariaDBBackend])    # stats and health on all three
+
+
+class MailOutageProbeTests(_WorkerProcesses, EmailTestMixin):
+    """While the mail server is down, a worker probes it on Worker.mail_probe's
+    schedule, one step further after each failed probe, the last step repeating."""
+
+    def setUp(self):
+        self.process_setup()
+
+    def test_the_default_schedule(self):
+        self.assertEqual(dbqueue.Worker.mail_probe, (1, 2, 5, 10, 30, 60))
+
+    def test_each_failed_probe_waits_the_next_step_and_the_last_repeats(self):
+        port = free_port()       # nothing listens: refused at every probe
+        q = self.mail_queue(None, mail_port=port)
+        dbqueue.queue_email("a@example.com", "s", text="t", using=q)
+        proc = self.start_worker("--queue", "emails", "-v", MAIL_HOST="127.0.0.1",
+                                 MAIL_PORT=port, T_MAIL_PROBE="0.1,0.2,0.3")
+        probes = lambda: [line for line in self.stderr(proc).splitlines()
+                          if "mail server still unavailable" in line]
+        wait_for(lambda: len(probes()) >= 4, 30, message="four failed probes")
+        proc.send_signal(signal.SIGTERM)
+        self.assertEqual(self.finish(proc), 0, self.stderr(proc))
+        waits = [line.split("next_probe_s=")[1].split()[0] for line in probes()]
+        self.assertEqual(waits[:4], ["0.2", "0.3", "0.3", "0.3"], waits)
+        self.assertEqual(set(waits[4:]) - {"0.3"}, set(), waits)
+        err = self.stderr(proc)
+        self.assertEqual(err.count("pausing mail"), 1, err)
+        self.assertLess(err.index("pausing mail"), err.index("mail server still unavailable"))
+        self.assertEqual(self.db.raw("SELECT attempts, reserved_at FROM {jobs}"), [(0, None)])
+        self.assertEqual(q.failed(), [])
+
+
+on_every_backend(MailOutageProbeTests, [Backend])
+
+
+class MailOutageUnspentTests(EmailTestMixin):
+    """A mail outage in the middle of a batch: the job that met it and every job
+    the worker had fetched with it go back unspent, on every database."""
+
+    def test_fetched_jobs_go_back_unspent_and_each_mail_goes_once(self):
+        sink = SMTPSink(self)
+        clock = Clock()
+        q = self.mail_queue(sink, clock=clock)
+
+        def back():
+            sink.start()
+            clock.advance(10)
+
+        ACTIONS.update(down=sink.stop, up=back)
+        self.addCleanup(ACTIONS.pop, "down", None)
+        self.addCleanup(ACTIONS.pop, "up", None)
+        subjects = ["e%d" % i for i in range(6)]
+        for s in subjects[:3]:
+            dbqueue.queue_email("a@example.com", s, text="t", using=q)
+        q.push("t_action", {"key": "down"}, queue="emails")
+        for s in subjects[3:]:
+            dbqueue.queue_email("a@example.com", s, text="t", using=q)
+        worker, log = self.work(q, tries=1, backoff="10")
+        self.assertEqual(worker.exit_code, 1, log)
+        self.assertEqual(sink.subjects(), subjects[:3])
+        self.assertEqual(self.db.raw("SELECT attempts, reserved_at FROM {jobs}"),
+                         [(0, None)] * 3)
+        back()
+        worker, log = self.work(q, tries=1, backoff="10")
+        self.assertEqual(worker.exit_code, 0, log)
+        self.assertEqual(sink.subjects(), subjects)
+        self.assertNotIn("outcome=released", log)
+        self.assertEqual(len({m["Message-ID"] for _, m, _ in sink.messages}), 6)
+        self.assertEqual(q.failed(), [])
+        self.assertEqual(self.jobs_left(), 0)
+
+
+on_every_backend(MailOutageUnspentTests, [Backend, PsycopgBackend, MariaDBBackend])
+
+
+class MailOutageStaleTests:
+    """A recorded outage no worker has probed for over 5 minutes (its worker
+    stopped during it) is shown as stale, and no longer makes `health` fail."""
+
+    def test_an_outage_record_older_than_five_minutes_is_stale(self):
+        q = self.db.queue()
+        key = q._mail_outage_key()
+        q.set_state(q.connect(), key, {"since": int(time.time()) - 900, "queues": ["emails"],
+                                        "error": "SMTP 127.0.0.1:25 unreachable"})
+        self.addCleanup(lambda: q.clear_state(q.connect(), key))
+        q.push("t_record", {}, queue="emails")
+        env = self.db.env()
+
+        def back(seconds):
+            p = self.db.param
+            self.db.raw("UPDATE dbqueue_state SET updated_at = updated_at - %s WHERE name = %s"
+                        % (p, p), (seconds, key))
+        back(240)          # probed 4 minutes ago: current
+        self.assertFalse(q.mail_outage()["stale"])
+        code, out, _ = run_main(["health"], env)
+        self.assertEqual(code, 1, out)
+        self.assertIn("mail server unavailable", out)
+        self.assertIn("last checked 4m", run_main(["stats"], env)[1])
+        back(120)          # 6 minutes ago: stale
+        outage = q.mail_outage()
+        self.assertTrue(outage["stale"], outage)
+        self.assertGreaterEqual(outage["checked_ago"], 360)
+        code, out, _ = run_main(["health"], env)
+        self.assertEqual(code, 0, out)
+        self.assertIn("stale: no worker has checked for 6m", run_main(["stats"], env)[1])
+        emails = {s["queue"]: s for s in json.loads(run_main(["stats", "--json"], env)[1])}
+        self.assertTrue(emails["emails"]["mail_outage"]["stale"])
+
+
+on_every_backend(MailOutageStaleTests, [Backend, PsycopgBackend, MariaDBBackend])
+
+
 class MailOutageOrderTests(_WorkerProcesses, EmailTestMixin):
     """An outage gives jobs back as they were: same order, same age, no attempt spent."""
 
@@ -9059,7 +9234,9 @@ class RateLimitTests(EmailTestMixin):
         started = time.monotonic()
         _, log = self.work(q)
         self.assertEqual(len(sink.times), 9)
-        self.assertEqual(busiest_window(sink.times, 1.0), 3)
+        # Never more than 3 in a second (a slot is stamped when its send ended, so
+        # arrivals cannot bunch); fewer when a loaded machine sends slower.
+        self.assertLessEqual(busiest_window(sink.times, 1.0), 3)
         self.assertGreaterEqual(time.monotonic() - started, 2.0)
         # Each waited for its slot inside its first attempt: none given back, none retried.
         self.assertEqual(log.count("attempt=1/3 outcome=done"), 9, log)
@@ -9258,7 +9435,8 @@ class RateLimitSendmailTests(EmailTestMixin, unittest.TestCase):
         with open(stamps) as fh:
             times = [float(line) for line in fh.read().split()]
         self.assertEqual(len(times), 5, log)
-        self.assertEqual(busiest_window(times, 1.0), 2)
+        self.assertLessEqual(busiest_window(times, 1.0), 2)
+        self.assertGreaterEqual(max(times) - min(times), 2.0)     # the 5th waited for the 3rd
 
 
 class RateLimitSchemaTests(unittest.TestCase):
@@ -9357,7 +9535,7 @@ class RateLimitProcessTests(_WorkerProcesses):
         for proc in workers:
             self.assertEqual(self.finish(proc, 60), 0, self.stderr(proc)[-2000:])
         self.assertEqual(len(sink.times), 16)
-        self.assertEqual(busiest_window(sink.times, 1.0), 4)
+        self.assertLessEqual(busiest_window(sink.times, 1.0), 4)
         self.assertGreaterEqual(max(sink.times) - min(sink.times), 3.0)
         logs = [self.stderr(proc) for proc in workers]
         for log in logs:
@@ -9916,7 +10094,8 @@ class DashboardClient:
 
 def start_dashboard(testcase, queue, **options):
     """A real dashboard server on a free loopback port, in a thread; returns its port."""
-    dashboard = dbqueue._Dashboard(queue, log=quiet_log(), **options)
+    options.setdefault("log", quiet_log())
+    dashboard = dbqueue._Dashboard(queue, **options)
     server = dbqueue._dashboard_server(dashboard, "127.0.0.1", 0)
     # shutdown() waits for serve_forever's next poll: 0.5 s by default, per test.
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02},
@@ -9932,6 +10111,12 @@ def start_dashboard(testcase, queue, **options):
 
 
 HOSTILE = "<script>alert(1)</script>"
+
+
+def _minutes_seconds(text):
+    """Seconds in a duration the pages show as "2m05s"."""
+    minutes, seconds = text.rstrip("s").split("m")
+    return int(minutes) * 60 + int(seconds)
 
 
 @on_every_backend
@@ -9977,7 +10162,10 @@ class DashboardTests:
         emails = page.row(Queue="emails")
         self.assertEqual([emails[k].strip() for k in ("Ready", "Delayed", "Running", "Failed")],
                          ["3", "1", "0", "1"])
-        self.assertRegex(emails["Oldest ready"].strip(), r"^2m0[5-9]s\Z")
+        # 125 s when the page was drawn, plus however long the test took to get there.
+        age = emails["Oldest ready"].strip()
+        self.assertRegex(age, r"^\d+m\d\ds\Z")
+        self.assertGreaterEqual(_minutes_seconds(age), 125)
         default = page.row(Queue="default")
         self.assertEqual([default[k].strip() for k in ("Ready", "Running", "Failed")],
                          ["0", "1 (1 expired)", "0"])
@@ -10303,9 +10491,11 @@ class DashboardTests:
             "error": "SMTP smtp.example.net:587 %s unreachable" % HOSTILE})
         for path in ("/", "/failed"):
             text = client.get(path).text
-            self.assertRegex(text, r"The mail server has been unreachable for 12m0[5-9]s \(since"
+            self.assertRegex(text, r"The mail server has been unreachable for \d+m\d\ds \(since"
                              r" %s UTC\): SMTP smtp.example.net:587 &lt;script&gt;"
                              % time.strftime("%H:%M", time.gmtime(since)))
+            shown = text.split("unreachable for ", 1)[1].split(" ", 1)[0]
+            self.assertGreaterEqual(_minutes_seconds(shown), 725)    # and the test's own time
             self.assertIn("Sending is paused on emails and no email fails because of it", text)
             self.assertNotIn("<script>alert", text)
         q.clear_state(q.connect(), q._mail_outage_key())
@@ -10339,6 +10529,59 @@ class DashboardTests:
 
 
 on_every_backend(DashboardTests, PGBOUNCER_BACKENDS)
+
+
+class DashboardFailedActionsTests:
+    """Forget asks first, each Retry and Forget is one line in the dashboard's
+    log (never its token), and the failed list shows 50 jobs a page."""
+
+    TOKEN = "Dash-Token-0123456789abcdef"
+
+    def setUp(self):
+        self.db.queue()       # the tables
+
+    def add_failed(self, n=1):
+        _fill_failed(self.db, n)
+        return [i for i, in self.db.raw("SELECT id FROM {failed} ORDER BY id")][-n:]
+
+    def test_forget_asks_first_and_each_action_is_logged_without_the_token(self):
+        retry, forget = self.add_failed(2)
+        log = quiet_log()
+        client = DashboardClient(start_dashboard(self, self.db.queue(), token=self.TOKEN,
+                                                 log=log))
+        self.assertEqual(client.get("/failed?token=" + self.TOKEN).status, 303)
+        resp = client.get("/failed")
+        self.assertEqual(resp.status, 200, resp.text)
+        self.assertIn('action="/failed/%d/forget" data-confirm="Delete failed job %d for good?"'
+                      % (forget, forget), resp.text)
+        self.assertIn('action="/failed/%d/retry">' % retry, resp.text)    # Retry asks nothing
+        self.assertIn("window.confirm", resp.text)
+        forms = resp.page.forms
+        self.assertEqual(client.post("/failed/%d/retry" % retry,
+                                     forms["/failed/%d/retry" % retry][0]).status, 303)
+        self.assertEqual(client.post("/failed/%d/forget" % forget,
+                                     forms["/failed/%d/forget" % forget][0]).status, 303)
+        self.assertEqual(self.db.raw("SELECT COUNT(*) FROM {failed}"), [(0,)])
+        new_id, = [i for i, in self.db.raw("SELECT id FROM {jobs}")]
+        text = log.stream.getvalue()
+        lines = [line for line in text.splitlines() if "dashboard" in line]
+        self.assertEqual(len(lines), 2, text)
+        self.assertIn("action=retry failed_id=%d job=%d" % (retry, new_id), lines[0])
+        self.assertIn("action=forget failed_id=%d" % forget, lines[1])
+        self.assertNotIn(self.TOKEN, text)
+        self.assertNotIn(client.cookies["dbqueue_auth"], text)
+
+    def test_the_failed_list_pages_by_fifty(self):
+        ids = self.add_failed(51)
+        client = DashboardClient(start_dashboard(self, self.db.queue()))
+        first = client.get("/failed").page
+        self.assertEqual([int(r["ID"]) for r in first.rows], ids[:0:-1])     # newest first
+        self.assertIn("/failed?page=2&before=%d" % ids[1], first.links)
+        second = client.get("/failed?page=2&before=%d" % ids[1]).page
+        self.assertEqual([int(r["ID"]) for r in second.rows], ids[:1])
+
+
+on_every_backend(DashboardFailedActionsTests, [Backend, PsycopgBackend, MariaDBBackend])
 
 class DashboardLongJobNameTests(unittest.TestCase):
     """A PHP class name wraps at its backslashes in the failed list; Retry all shows
@@ -10821,7 +11064,7 @@ class FixqPushLockTests(unittest.TestCase):
         return found
 
     def test_producers_behind_a_long_write_all_fail_at_the_busy_timeout(self):
-        self.short_busy_timeout(1.0)
+        self.short_busy_timeout(2.0)
         q = self.db.queue()
         q.push("t_record", {})           # the schema and the lock file exist
         import sqlite3
@@ -10850,9 +11093,11 @@ class FixqPushLockTests(unittest.TestCase):
         for seconds, message in failed:
             self.assertIn("locked", message)
             self.assertNotIn("\n", message)
-        # One after another they would fail at 1, 2, 3 and 4 s.
-        self.assertLess(max(s for s, _ in failed), 2.5, failed)
-        self.assertGreater(min(s for s, _ in failed), 0.9, failed)
+        # Each waited out the busy timeout (load only makes that longer) ...
+        self.assertGreaterEqual(min(s for s, _ in failed), 2.0, failed)
+        # ... side by side: one after another they would fail 2 s apart, 6 s first to last.
+        seconds = sorted(s for s, _ in failed)
+        self.assertLess(seconds[-1] - seconds[0], 4.0, failed)
         self.assertEqual(self.db.raw("SELECT COUNT(*) FROM {jobs}")[0][0], 1)
         q.push("t_record", {})            # and the next push, the write done, goes through
 
@@ -11483,8 +11728,8 @@ class MySQLServerTests:
         cur = conn.cursor()
         cur.execute("SELECT @@session.autocommit, @@session.time_zone")
         self.assertEqual(tuple(cur.fetchone()), (1, "+00:00"))
-        cur.execute("SHOW VARIABLES LIKE 'tx_isolation'")
-        self.assertEqual(cur.fetchone()[1], "READ-COMMITTED")
+        cur.execute(_ISOLATION_VARIABLES)
+        self.assertEqual({value for _, value in cur.fetchall()}, {"READ-COMMITTED"})
         cur.execute("SELECT engine, table_collation FROM information_schema.tables"
                     " WHERE table_schema = DATABASE() AND table_name IN (%s, %s)",
                     (self.db.table, self.db.failed_table))
@@ -11511,7 +11756,16 @@ class MySQLServerTests:
     def test_push_many_over_several_statements_returns_the_right_ids(self):
         # 3 MB of payloads: more than one multi-row INSERT, ids still in order.
         q = self.db.queue()
+        cur = q._conn().cursor()          # the session push_many runs in, this thread's
+
+        def inserts():
+            cur.execute("SHOW SESSION STATUS LIKE 'Com_insert'")
+            return int(cur.fetchone()[1])
+        before = inserts()
         ids = q.push_many("t_record", [{"i": i, "pad": "x" * 30000} for i in range(100)])
+        statements = inserts() - before
+        self.assertGreater(statements, 1)             # split under the 1 MB cap ...
+        self.assertLess(statements, 10)               # ... each INSERT many rows
         rows = dict(self.db.raw("SELECT id, payload FROM {jobs}"))
         self.assertEqual([json.loads(rows[i])["data"]["i"] for i in ids], list(range(100)))
 
@@ -12117,8 +12371,9 @@ class ConcTests(_WorkerProcesses, EmailTestMixin):
         first = float(hangs[0][2])
         starts, ends = self.spans()
         self.assertEqual(len(ends), 6)
-        # The other slots ran their jobs while the first attempt hung.
-        self.assertLess(max(ends.values()), float(hangs[1][2]))
+        # The other slots ran jobs while the first attempt hung (all six only if
+        # the machine keeps up: an order, not a race against the 1 s timeout).
+        self.assertLess(min(ends.values()), float(hangs[1][2]))
         self.assertGreaterEqual(float(hangs[1][2]) - first, 0.9)    # its timeout, not sooner
         err = self.stderr(proc)
         self.assertRegex(err, r"id=%d .*outcome=released .*timeout" % hang)
@@ -12222,6 +12477,39 @@ class ConcTests(_WorkerProcesses, EmailTestMixin):
             self.assertEqual(code, 2, err)
             self.assertIn("--concurrency", err)
 
+
+
+class ConcDriverTests(_WorkerProcesses):
+    """work --concurrency 4 through the other drivers, psycopg2 and mysqlclient:
+    a drain of 50 jobs runs each job once."""
+
+    def setUp(self):
+        self.process_setup()
+        with open(os.path.join(self.ptmp, "dbq_conc_handlers.py"), "w") as fh:
+            fh.write(_CONC_HANDLERS)
+
+    def test_a_drain_with_four_slots_runs_each_job_once(self):
+        q = self.db.queue()
+        q.push_many("c_nap", [{"n": n, "s": 0.05} for n in range(50)])
+        proc = self.start_worker("--import", "dbq_conc_handlers", "--concurrency", "4",
+                                 "--stop-when-empty")
+        self.assertEqual(self.finish(proc, 120), 0, self.stderr(proc))
+        starts = sorted(int(line.split()[1]) for line in self.lines()
+                        if line.startswith("start "))
+        ends = sorted(int(line.split()[1]) for line in self.lines() if line.startswith("end "))
+        self.assertEqual(starts, list(range(50)))
+        self.assertEqual(ends, list(range(50)))
+        stamps = {}
+        for line in self.lines():
+            word, n, stamp = line.split()
+            stamps.setdefault(n, []).append(float(stamp))
+        self.assertGreaterEqual(_max_overlap(stamps.values()), 2)     # slots ran side by side
+        self.assertEqual(self.db.raw("SELECT COUNT(*) FROM {jobs}")[0][0], 0)
+        self.assertEqual(q.failed(), [])
+        self.assertNotIn("Traceback", self.stderr(proc))
+
+
+on_every_backend(ConcDriverTests, [Psycopg2Backend, MariaDBMySQLdbBackend])
 
 if __name__ == "__main__":
     unittest.main()
