@@ -401,10 +401,29 @@ def sqlite_only(test):
     return test
 
 
-def on_every_backend(mixin, backends=None):
-    """Make one TestCase per backend from a mixin of tests that use self.db."""
+# Named groups of backends a mixin of tests is made for (on_backends below).
+ALL = BACKENDS
+SQLITE = [Backend]
+SQLITE_PG = [Backend, PsycopgBackend]
+# One backend per database: psycopg2 adds little that psycopg does not show, nor
+# MySQLdb beside PyMySQL, so slow tests run on these; a new backend in BACKENDS
+# for a new database gets them too.
+SQLITE_PG_MARIADB = [b for b in BACKENDS if b.driver not in ("psycopg2", "MySQLdb")]
+PG = [PsycopgBackend, Psycopg2Backend]
+MARIADB = [MariaDBBackend, MariaDBMySQLdbBackend]
+PGBOUNCER = PGBOUNCER_BACKENDS
+
+
+def on_backends(mixin=None, *groups):
+    """Make one TestCase per backend in `groups` (default ALL) from a mixin of tests
+    that use self.db, named <Mixin without Tests><Backend suffix>Tests. Used as
+    `@on_backends`, `@on_backends(SQLITE_PG)` or `on_backends(Mixin, PGBOUNCER)`."""
+    if not isinstance(mixin, type):
+        groups = (mixin,) + groups if mixin is not None else groups
+        return lambda cls: on_backends(cls, *groups)
     module = sys.modules[mixin.__module__]
-    for backend in backends or BACKENDS:
+    backends = [b for group in groups or (ALL,) for b in group]
+    for backend in backends:
         suffix = getattr(backend, "suffix", None) or {
             "sqlite": "SQLite", "psycopg": "Psycopg", "psycopg2": "Psycopg2",
             "pymysql": "MariaDB", "MySQLdb": "MariaDBMySQLdb"}[backend.driver or "sqlite"]
@@ -488,7 +507,7 @@ def _t_permanent(data):
 # The queue and the worker (issue 2) ##########################################
 ###############################################################################
 
-@on_every_backend
+@on_backends
 class CoreTests:
 
     def setUp(self):
@@ -1067,7 +1086,7 @@ class CoreTests:
 
 
 # The core again, through PgBouncer in transaction mode (?pooler=transaction).
-on_every_backend(CoreTests, PGBOUNCER_BACKENDS)
+on_backends(CoreTests, PGBOUNCER)
 
 
 _BLOCK = {"started": threading.Event(), "release": threading.Event(), "runs": 0}
@@ -1351,12 +1370,7 @@ class _WorkerProcesses:
             raise AssertionError("worker still running after %ss:\n%s" % (timeout, self.stderr(proc)))
 
 
-def on_sqlite_and_postgres(mixin):
-    """Like on_every_backend, for slow subprocess tests: SQLite and psycopg only."""
-    return on_every_backend(mixin, [Backend, PsycopgBackend])
-
-
-@on_sqlite_and_postgres
+@on_backends(SQLITE_PG_MARIADB)
 class CoreProcessTests(_WorkerProcesses):
 
     def setUp(self):
@@ -1553,7 +1567,7 @@ class PoolerProcessTests(_WorkerProcesses):
                 self.assertNotIn("Traceback", self.stderr(proc))
 
 
-on_every_backend(PoolerProcessTests, PGBOUNCER_BACKENDS)
+on_backends(PoolerProcessTests, PGBOUNCER)
 
 # A handler that waits inside one C call, for SecondInterruptTests.
 _SLEEPING_HANDLERS = """
@@ -1570,7 +1584,7 @@ def sleep(data):
 """
 
 
-@on_sqlite_and_postgres
+@on_backends(SQLITE_PG)
 class SecondInterruptTests(_WorkerProcesses):
     """A second Ctrl-C gives every job in hand back unspent and exits 130, with one
     slot as with four, also while the handlers wait inside a C call."""
@@ -1651,7 +1665,7 @@ class ListenUrlRefusedTests(_WorkerProcesses):
         self.assertIn("postgresql://app:***@127.0.0.1:%d/db" % port, warnings[0])
 
 
-on_every_backend(ListenUrlRefusedTests, [PsycopgBackend, Psycopg2Backend])
+on_backends(ListenUrlRefusedTests, PG)
 
 
 class CoreLostConnectionTests(_WorkerProcesses, unittest.TestCase):
@@ -1701,7 +1715,7 @@ class CoreLostConnectionPsycopg2Tests(CoreLostConnectionTests):
     driver = "psycopg2"
 
 
-@on_sqlite_and_postgres
+@on_backends(SQLITE_PG_MARIADB)
 class CoreIsolationTests(_WorkerProcesses):
     """A job that kills its worker costs only itself, never the jobs claimed beside it."""
 
@@ -1755,7 +1769,7 @@ class CoreTimeoutInCTests(_WorkerProcesses, unittest.TestCase):
         self.assertEqual((attempts, reserved_at), (1, None))
 
 
-@on_every_backend
+@on_backends
 class CoreStorableFailureTests:
     """What a failure records is storable whatever the handler raised or the row held."""
 
@@ -2348,7 +2362,7 @@ class EmailTests(EmailTestMixin, unittest.TestCase):
         self.assertIn("outcome=done", work.stderr)
 
 
-@on_every_backend
+@on_backends
 class EmailSeedTests(EmailTestMixin):
 
     def test_seed_app_payload_rows_are_delivered(self):
@@ -2466,7 +2480,7 @@ def free_port():
     return port
 
 
-@on_every_backend
+@on_backends
 class OpsTests:
 
     def setUp(self):
@@ -2748,7 +2762,7 @@ class OpsTests:
         q.discard(conn)
 
 
-on_every_backend(OpsTests, PGBOUNCER_BACKENDS)   # stats and the other commands, through PgBouncer
+on_backends(OpsTests, PGBOUNCER)   # stats and the other commands, through PgBouncer
 
 class CancelTests(_WorkerProcesses):
     """`cancel`: waiting and delayed jobs go to failed_jobs (retry brings them
@@ -2823,7 +2837,7 @@ class CancelTests(_WorkerProcesses):
         self.assertEqual(self.finish(proc), 0)
 
 
-on_every_backend(CancelTests, [Backend, PsycopgBackend, MariaDBBackend])
+on_backends(CancelTests, SQLITE_PG_MARIADB)
 
 # Rows made by the database itself, fast: n numbered i = 1..n.
 _SERIES = {
@@ -2971,8 +2985,7 @@ class StatsAtScaleTests:
                 self.assertNotIn("'type': 'ALL'", plan, (key, plan))
 
 
-on_every_backend(StatsAtScaleTests,
-                 [b for b in BACKENDS if b.driver not in ("psycopg2", "MySQLdb")])
+on_backends(StatsAtScaleTests, SQLITE_PG_MARIADB)
 
 
 class OpsCommandLineTests(unittest.TestCase):
@@ -3371,7 +3384,7 @@ def _t_batch_record(data):
     RECORD.append(data)
 
 
-@on_every_backend
+@on_backends
 class SpeedTests:
 
     def setUp(self):
@@ -3650,26 +3663,6 @@ def _records(path):
         return [line.split() for line in fh.read().split("\n")[:-1] if line]
 
 
-def _on_backends(mixin, backends):
-    """Like on_every_backend, for a chosen subset of backends."""
-    module = sys.modules[mixin.__module__]
-    for backend in backends:
-        suffix = getattr(backend, "suffix", None) or {
-            "sqlite": "SQLite", "psycopg": "Psycopg", "psycopg2": "Psycopg2",
-            "pymysql": "MariaDB", "MySQLdb": "MariaDBMySQLdb"}[backend.driver or "sqlite"]
-        name = mixin.__name__.replace("Tests", "") + suffix + "Tests"
-
-        def setUp(self, _backend=backend, _mixin=mixin):
-            self.db = _backend(self)
-            if hasattr(_mixin, "setUp"):
-                _mixin.setUp(self)
-
-        cls = type(name, (mixin, unittest.TestCase), {"setUp": setUp, "backend": backend})
-        cls.__module__ = mixin.__module__
-        setattr(module, name, cls)
-    return mixin
-
-
 def _count_jobs(db):
     return db.raw("SELECT COUNT(*) FROM {jobs}")[0][0]
 
@@ -3760,7 +3753,7 @@ class CrashTests:
                  len(failed), died), file=sys.stderr)
 
 
-_on_backends(CrashTests, [Backend, PsycopgBackend])
+on_backends(CrashTests, SQLITE_PG_MARIADB)
 
 
 class ContentionTests:
@@ -3820,7 +3813,7 @@ class ContentionTests:
                  self.total / elapsed), file=sys.stderr)
 
 
-_on_backends(ContentionTests, [Backend, PsycopgBackend])
+on_backends(ContentionTests, SQLITE_PG_MARIADB)
 
 
 class PoolerContentionTests(ContentionTests):
@@ -3829,7 +3822,7 @@ class PoolerContentionTests(ContentionTests):
     workers = 4
 
 
-_on_backends(PoolerContentionTests, PGBOUNCER_BACKENDS)
+on_backends(PoolerContentionTests, PGBOUNCER)
 
 
 def _free_port():
@@ -4466,7 +4459,7 @@ class HostileInputTests:
             self.assertRegex(line, r"^(# (HELP|TYPE) )?dbqueue_")
 
 
-on_every_backend(HostileInputTests)
+on_backends(HostileInputTests)
 
 
 class SQLiteHostileBytesTests(unittest.TestCase):
@@ -4706,7 +4699,7 @@ class PropertyTests:
         check()
 
 
-_on_backends(PropertyTests, [Backend, PsycopgBackend])
+on_backends(PropertyTests, SQLITE_PG_MARIADB)
 
 
 # -- fault tests end here --
@@ -4782,12 +4775,6 @@ class _Core16Processes:
             self.assertNotIn("Traceback", self.procs.stderr(proc))
 
 
-# The backends the double-run cases run on: one per database (psycopg2 adds
-# nothing here that psycopg does not show, nor MySQLdb beside PyMySQL), so a
-# new backend in BACKENDS gets them too.
-_C16_BACKENDS = [b for b in BACKENDS if b.driver not in ("psycopg2", "MySQLdb")]
-
-
 class Core16LeaseTests:
     """(#16.2) A reservation lasts for its holder's lease, in its own queue."""
 
@@ -4844,7 +4831,7 @@ class Core16LeaseTests:
         self.assertEqual(holder.ack(holder.connect(), [held.token]), [held.token])
 
 
-_on_backends(Core16LeaseTests, _C16_BACKENDS)
+on_backends(Core16LeaseTests, SQLITE_PG_MARIADB)
 
 
 # A handler during which another worker takes its job over (the test's
@@ -4862,7 +4849,7 @@ def _c16_stolen(data):
         time.sleep(0.02)     # past ack_delay_seconds: acknowledged at once, not with the next claim
 
 
-@on_every_backend
+@on_backends
 class Core16HandWrittenTests:
 
     def setUp(self):
@@ -5053,7 +5040,7 @@ class Core16ProcessTests(_Core16Processes):
               " (%d + %d jobs)" % (self.db.name, elapsed, shares[0], shares[1]), file=sys.stderr)
 
 
-_on_backends(Core16ProcessTests, _C16_BACKENDS)
+on_backends(Core16ProcessTests, SQLITE_PG_MARIADB)
 
 
 class Core16FaultTests(_Core16Processes):
@@ -5134,7 +5121,7 @@ class Core16FaultTests(_Core16Processes):
               " drained in %.1fs, each started once" % (self.db.name, elapsed), file=sys.stderr)
 
 
-_on_backends(Core16FaultTests, _C16_BACKENDS)
+on_backends(Core16FaultTests, SQLITE_PG_MARIADB)
 
 
 class Core16IdleTests:
@@ -5170,7 +5157,7 @@ class Core16IdleTests:
         self.assertEqual(RECORD, [{"i": 1}])
 
 
-_on_backends(Core16IdleTests, [b for b in _C16_BACKENDS if b.name != "sqlite"])
+on_backends(Core16IdleTests, [b for b in SQLITE_PG_MARIADB if b.name != "sqlite"])
 
 
 
@@ -6278,7 +6265,7 @@ def utc_datetime(seconds_ago=0):
     return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(time.time() - seconds_ago))
 
 
-@on_every_backend
+@on_backends
 class TakeoverTablesTests:
     """The CodeIgniter app's own jobs and failed_jobs, used as they are (issue 12)."""
 
@@ -6450,8 +6437,7 @@ class TakeoverFlushTimeZoneTests:
         self.fail_and_flush_in_each_zone(app_tables=False)
 
 
-on_every_backend(TakeoverFlushTimeZoneTests,
-                 [Backend, PsycopgBackend, Psycopg2Backend, MariaDBBackend])
+on_backends(TakeoverFlushTimeZoneTests, SQLITE, PG, [MariaDBBackend])
 
 
 
@@ -6511,7 +6497,7 @@ class TakeoverPrintedMigrationTests:
         self.assertIn("nothing to do", again)
 
 
-on_every_backend(TakeoverPrintedMigrationTests, [Backend, PsycopgBackend, MariaDBBackend])
+on_backends(TakeoverPrintedMigrationTests, SQLITE_PG_MARIADB)
 
 
 class TakeoverOtherPHPJobTests:
@@ -6548,7 +6534,7 @@ class TakeoverOtherPHPJobTests:
         self.assertNotIn("\\\\", page.text)
 
 
-on_every_backend(TakeoverOtherPHPJobTests, [Backend, PsycopgBackend, MariaDBBackend])
+on_backends(TakeoverOtherPHPJobTests, SQLITE_PG_MARIADB)
 
 
 def app_connection(db):
@@ -6563,7 +6549,7 @@ def app_connection(db):
     return conn
 
 
-@on_every_backend
+@on_backends
 class TakeoverColdPushTests:
     """push(connection=app) while the app's transaction holds the write lock, from a
     Queue that has never connected in that thread (issue 12: a 5 s wait, then
@@ -7244,7 +7230,7 @@ class TakeoverEndToEndTests:
         self.assertEqual(self.db.raw("SELECT COUNT(*) FROM {jobs}")[0][0], 0)
 
 
-on_every_backend(TakeoverEndToEndTests, [b for b in BACKENDS if b is not Psycopg2Backend])
+on_backends(TakeoverEndToEndTests, [b for b in BACKENDS if b is not Psycopg2Backend])
 
 
 # ---- mail: issue 10, mail against servers that answer as Postfix does ----
@@ -7938,7 +7924,7 @@ class SentLogTests(EmailTestMixin):
         self.assertIn("nothing to do", out)
 
 
-on_every_backend(SentLogTests, [Backend, PsycopgBackend, MariaDBBackend])
+on_backends(SentLogTests, SQLITE_PG_MARIADB)
 
 
 class SentLogRightsTests(unittest.TestCase):
@@ -8000,7 +7986,7 @@ class SentLogProcessTests(_WorkerProcesses, EmailTestMixin):
                          sorted("250 2.0.0 Ok: queued as 4QwXk%d" % (i + 1) for i in range(count)))
 
 
-on_every_backend(SentLogProcessTests, [Backend, PsycopgBackend, MariaDBBackend])
+on_backends(SentLogProcessTests, SQLITE_PG_MARIADB)
 
 
 class MailMessageTests(unittest.TestCase):
@@ -8062,7 +8048,7 @@ class MailMessageTests(unittest.TestCase):
         self.assertFalse(dbqueue._message_bytes(dbqueue._build_message(fields)).isascii())
 
 
-@on_sqlite_and_postgres
+@on_backends(SQLITE_PG)
 class MailOutageTests(_WorkerProcesses, EmailTestMixin):
     """The mail server down for longer than the whole backoff: nothing is spent."""
 
@@ -8177,7 +8163,7 @@ class MailOutageOrderTests(_WorkerProcesses, EmailTestMixin):
         self.assertEqual(self.finish(proc), 0)
 
 
-on_every_backend(MailOutageOrderTests, [Backend, PsycopgBackend, MariaDBBackend])
+on_backends(MailOutageOrderTests, SQLITE_PG_MARIADB)
 
 
 class DeadlineTests(_WorkerProcesses, EmailTestMixin):
@@ -8306,7 +8292,7 @@ class DeadlineTests(_WorkerProcesses, EmailTestMixin):
                                                expires_in=0))["retryUntil"])
 
 
-on_every_backend(DeadlineTests, [Backend, PsycopgBackend, MariaDBBackend])
+on_backends(DeadlineTests, SQLITE_PG_MARIADB)
 
 
 class MailOutageRightsTests(unittest.TestCase):
@@ -8486,7 +8472,7 @@ class PauseTests(_WorkerProcesses):
             q.pause("emails", seconds=0)
 
 
-on_every_backend(PauseTests, [Backend, PsycopgBackend, MariaDBBackend])
+on_backends(PauseTests, SQLITE_PG_MARIADB)
 
 
 # ---- limits: unique jobs, MAIL_RATE_LIMIT, SQLite producer latency (issue 13) ----
@@ -8496,7 +8482,7 @@ def _key_text(value):
     return value.decode() if isinstance(value, (bytes, bytearray)) else value
 
 
-@on_every_backend
+@on_backends
 class UniqueTests:
 
     def setUp(self):
@@ -8649,7 +8635,7 @@ class UniqueTests:
         self.assertEqual(len(self.rows()), 1)
 
 
-on_every_backend(UniqueTests, PGBOUNCER_BACKENDS)
+on_backends(UniqueTests, PGBOUNCER)
 
 
 _UNIQUE_PRODUCER = r"""
@@ -8741,7 +8727,7 @@ class UniqueProcessTests(_WorkerProcesses):
 
 
 # Concurrent unique pushes meet InnoDB's own locking on MariaDB: run there too.
-_on_backends(UniqueProcessTests, [Backend, PsycopgBackend, MariaDBBackend])
+on_backends(UniqueProcessTests, SQLITE_PG_MARIADB)
 
 
 class UniqueContentionTests(_WorkerProcesses):
@@ -8798,7 +8784,7 @@ class UniqueContentionTests(_WorkerProcesses):
         self.assertEqual(q.failed(), [])
 
 
-_on_backends(UniqueContentionTests, [Backend, PsycopgBackend, MariaDBBackend])
+on_backends(UniqueContentionTests, SQLITE_PG_MARIADB)
 
 
 class UniqueKeyExactTests:
@@ -8815,7 +8801,7 @@ class UniqueKeyExactTests:
         self.assertEqual([(i, _key_text(k)) for i, k in rows], list(zip(ids, keys)))
 
 
-on_every_backend(UniqueKeyExactTests)
+on_backends(UniqueKeyExactTests)
 
 
 class UniqueKeyColumnUpgradeTests(unittest.TestCase):
@@ -8896,7 +8882,7 @@ class UniqueRepeatableReadTests(_AppSnapshot):
         self.assertEqual(sorted(self.db.raw("SELECT id FROM {jobs}")), [(second,), (other,)])
 
 
-on_every_backend(UniqueRepeatableReadTests, [MariaDBBackend, MariaDBMySQLdbBackend])
+on_backends(UniqueRepeatableReadTests, MARIADB)
 
 
 class UniqueSerializationTests(_AppSnapshot):
@@ -8919,7 +8905,7 @@ class UniqueSerializationTests(_AppSnapshot):
             q.clear("default")
 
 
-on_every_backend(UniqueSerializationTests, [PsycopgBackend, Psycopg2Backend])
+on_backends(UniqueSerializationTests, PG)
 
 
 class UniqueSerializationOtherDriverTests(UniqueSerializationTests):
@@ -8939,7 +8925,7 @@ class UniqueSerializationOtherDriverTests(UniqueSerializationTests):
         return app
 
 
-on_every_backend(UniqueSerializationOtherDriverTests, [PsycopgBackend, Psycopg2Backend])
+on_backends(UniqueSerializationOtherDriverTests, PG)
 
 
 class UniqueDeadlockTests:
@@ -9022,7 +9008,7 @@ class UniqueDeadlockTests:
         self.assertGreater(deadlocks, 0, "no deadlock in 100 rounds")
 
 
-on_every_backend(UniqueDeadlockTests, [MariaDBBackend, MariaDBMySQLdbBackend])
+on_backends(UniqueDeadlockTests, MARIADB)
 
 
 class TimedSink(SMTPSink):
@@ -9048,7 +9034,7 @@ def busiest_window(times, seconds):
     return most
 
 
-@on_every_backend
+@on_backends
 class RateLimitTests(EmailTestMixin):
 
     def test_waiting_in_the_handler_keeps_every_window_within_the_limit(self):
@@ -9140,7 +9126,7 @@ class RateLimitTests(EmailTestMixin):
         self.assertNotIn("MAIL_RATE_LIMIT", out)
 
 
-on_every_backend(RateLimitTests, PGBOUNCER_BACKENDS)
+on_backends(RateLimitTests, PGBOUNCER)
 
 
 class RateLimitWindowsTests(EmailTestMixin):
@@ -9234,8 +9220,8 @@ class RateLimitWindowsTests(EmailTestMixin):
         self.assertEqual(self.used(q), {"10/m": 1})
 
 
-on_every_backend(RateLimitWindowsTests)
-on_every_backend(RateLimitWindowsTests, PGBOUNCER_BACKENDS)
+on_backends(RateLimitWindowsTests)
+on_backends(RateLimitWindowsTests, PGBOUNCER)
 
 
 class RateLimitSendmailTests(EmailTestMixin, unittest.TestCase):
@@ -9338,7 +9324,7 @@ class RateLimitWindowsSettingTests(unittest.TestCase):
         self.assertFalse(os.path.exists(db))
 
 
-@on_sqlite_and_postgres
+@on_backends(SQLITE_PG)
 class RateLimitProcessTests(_WorkerProcesses):
 
     def setUp(self):
@@ -9397,7 +9383,7 @@ class RateLimitWindowsProcessTests(_WorkerProcesses):
         self.assertIn("MAIL_RATE_LIMIT 5/s,12/m: the next message may leave in", "".join(logs))
 
 
-on_every_backend(RateLimitWindowsProcessTests, [Backend, PsycopgBackend, MariaDBBackend])
+on_backends(RateLimitWindowsProcessTests, SQLITE_PG_MARIADB)
 
 
 class ThrottleSink(PostfixSink):
@@ -9549,8 +9535,8 @@ class MailThrottleTests(EmailTestMixin):
                 self.assertEqual(type(dbqueue._smtp_error(exc, config, stage)).__name__, kind)
 
 
-on_every_backend(MailThrottleTests)
-on_every_backend(MailThrottleTests, PGBOUNCER_BACKENDS)
+on_backends(MailThrottleTests)
+on_backends(MailThrottleTests, PGBOUNCER)
 
 
 class MailThrottleProcessTests(_WorkerProcesses, EmailTestMixin):
@@ -9596,7 +9582,7 @@ class MailThrottleProcessTests(_WorkerProcesses, EmailTestMixin):
         self.assertEqual(q.failed(), [])
 
 
-on_every_backend(MailThrottleProcessTests, [Backend, PsycopgBackend, MariaDBBackend])
+on_backends(MailThrottleProcessTests, SQLITE_PG_MARIADB)
 
 
 _LOCK_HOLDER = r"""
@@ -9934,7 +9920,7 @@ def start_dashboard(testcase, queue, **options):
 HOSTILE = "<script>alert(1)</script>"
 
 
-@on_every_backend
+@on_backends
 class DashboardTests:
 
     def add_failed(self, queue="emails", to="ann@example.com", exception="RuntimeError: x",
@@ -10338,7 +10324,7 @@ class DashboardTests:
         self.assertEqual(client.get("/").status, 200)
 
 
-on_every_backend(DashboardTests, PGBOUNCER_BACKENDS)
+on_backends(DashboardTests, PGBOUNCER)
 
 class DashboardLongJobNameTests(unittest.TestCase):
     """A PHP class name wraps at its backslashes in the failed list; Retry all shows
@@ -10409,7 +10395,7 @@ class DashboardPauseTests:
         self.assertEqual(list(self.q.paused()), ["sms"])
 
 
-on_every_backend(DashboardPauseTests, [Backend, PsycopgBackend, MariaDBBackend])
+on_backends(DashboardPauseTests, SQLITE_PG_MARIADB)
 
 
 class DashboardCommandTests(unittest.TestCase):
@@ -10677,7 +10663,7 @@ class FixqRetryRaceTests:
             self.db.raw("DELETE FROM {jobs}")
 
 
-on_every_backend(FixqRetryRaceTests)
+on_backends(FixqRetryRaceTests)
 
 
 
@@ -11159,7 +11145,7 @@ class FixmDashboardMaskTests:
         self.assertNotIn("SeCrEt-tOk3n", listing)
 
 
-on_every_backend(FixmDashboardMaskTests, [Backend])
+on_backends(FixmDashboardMaskTests, SQLITE)
 
 
 class FixmDashboardSearchTests:
@@ -11202,7 +11188,7 @@ class FixmDashboardSearchTests:
         self.assertEqual(found("example.com"), [listed, reset])
 
 
-on_every_backend(FixmDashboardSearchTests)
+on_backends(FixmDashboardSearchTests)
 
 
 @dbqueue.job("t_reset_expired")
@@ -11238,7 +11224,7 @@ class DashboardExceptionLinkTests:
             self.assertIn("https://app.example.com/***", out, argv)
 
 
-on_every_backend(DashboardExceptionLinkTests, [Backend, PsycopgBackend, MariaDBBackend])
+on_backends(DashboardExceptionLinkTests, SQLITE_PG_MARIADB)
 
 
 class FixmTemplateWordingTests(EmailTestMixin, unittest.TestCase):
@@ -11373,18 +11359,12 @@ class FixmOneLayoutTests(EmailTestMixin, unittest.TestCase):
                       .get_content())
 
 
-# ---- mysql: MySQL and MariaDB (issue 11) ----------------------------------
+# ---- MySQL and MariaDB ----------------------------------------------------
 #
 # The shared suite runs on MariaDB through BACKENDS (MariaDBBackend,
-# MariaDBMySQLdbBackend, above). Here: the worker-process and fault suites on
-# MariaDB too, then what only MySQL has: URLs, drivers, the server version,
+# MariaDBMySQLdbBackend, above), the worker-process and fault suites through
+# SQLITE_PG_MARIADB. Here, what only MySQL has: URLs, drivers, the server version,
 # session settings, lock conflicts, killed connections, a server restart.
-
-on_every_backend(CoreProcessTests, [MariaDBBackend])
-on_every_backend(CoreIsolationTests, [MariaDBBackend])
-_on_backends(CrashTests, [MariaDBBackend])
-_on_backends(ContentionTests, [MariaDBBackend])
-_on_backends(PropertyTests, [MariaDBBackend])
 
 
 class MySQLConfigTests(unittest.TestCase):
@@ -11590,7 +11570,7 @@ class MySQLServerTests:
         self.assertEqual(self.db.raw("SELECT COUNT(*) FROM {jobs}"), [(2,)])
 
 
-on_every_backend(MySQLServerTests, [MariaDBBackend, MariaDBMySQLdbBackend])
+on_backends(MySQLServerTests, MARIADB)
 
 
 def _tcp_ports(pid):
@@ -12025,12 +12005,7 @@ def _max_overlap(spans):
     return most
 
 
-def on_sqlite_postgres_and_mariadb(mixin):
-    """Slow subprocess tests on SQLite, psycopg and MariaDB (PyMySQL)."""
-    return on_every_backend(mixin, [Backend, PsycopgBackend, MariaDBBackend])
-
-
-@on_sqlite_postgres_and_mariadb
+@on_backends(SQLITE_PG_MARIADB)
 class ConcTests(_WorkerProcesses, EmailTestMixin):
     """work --concurrency N: real worker processes, threads inside, a real SMTP server."""
 
