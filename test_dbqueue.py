@@ -504,7 +504,7 @@ def _t_permanent(data):
 
 
 ###############################################################################
-# The queue and the worker (issue 2) ##########################################
+# The queue and the worker: push, claim, retry, heartbeats, migrations ########
 ###############################################################################
 
 @on_backends
@@ -1822,7 +1822,7 @@ class CoreStorableFailureTests:
 
 
 ###############################################################################
-# Email (issue 3) #############################################################
+# Email: messages, SMTP, TLS, the seed templates ##############################
 ###############################################################################
 
 # Email tests talk to a real SMTP server on loopback (aiosmtpd's Controller in
@@ -2438,7 +2438,7 @@ class EmailDataTests(unittest.TestCase):
 
 
 ###############################################################################
-# Operating: the command line (issue 4) #######################################
+# Operating: the command line, stats, cancel, logs ############################
 ###############################################################################
 
 # A handler that fails while FLAKY["fail"] is set: a failed job that a retry
@@ -3356,7 +3356,7 @@ class OpsOddInputTests(unittest.TestCase):
 
 
 ###############################################################################
-# Speed (issue 5) #############################################################
+# Speed #######################################################################
 ###############################################################################
 
 # The batching that makes the worker fast must not weaken a guarantee: a
@@ -3537,7 +3537,7 @@ class SpeedDefaultDatabaseTests(unittest.TestCase):
 
 
 ###############################################################################
-# Faults (issue 6) ############################################################
+# Faults: crashes, contention, private servers, secrets, hostile input ########
 ###############################################################################
 
 # The fault suite shows the guarantees under real failures: real worker
@@ -4705,23 +4705,23 @@ on_backends(PropertyTests, SQLITE_PG_MARIADB)
 # -- fault tests end here --
 
 
-# ---- core: issue 16, the core's promises under stress ----------------------
+# ---- Leases and double runs: a job never runs twice at once; input validation ----
 #
-# Each finding of #16 as a test: real worker processes paused with SIGSTOP,
+# Real worker processes paused with SIGSTOP,
 # workers with different settings side by side, a second database session
 # holding a row lock, rows written by hand. The double-run loops run with
-# DBQUEUE_FAULTS=1 (see Core16FaultTests).
+# DBQUEUE_FAULTS=1 (see DoubleRunFaultTests).
 
-# A handler module for worker subprocesses (`work --import c16_jobs`): every
+# A handler module for worker subprocesses (`work --import double_run_jobs`): every
 # start and end of a job is one O_APPEND line "start|end N ATTEMPT PID", so
 # the lines of several processes come in one order, the order they happened.
-C16_JOBS = """
+DOUBLE_RUN_JOBS = """
 import os, time
 import dbqueue
 
-if os.environ.get("C16_HOLD"):
-    dbqueue.Worker.hold_seconds = float(os.environ["C16_HOLD"])
-_fd = os.open(os.environ["C16_LOG"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+if os.environ.get("DOUBLE_RUN_HOLD"):
+    dbqueue.Worker.hold_seconds = float(os.environ["DOUBLE_RUN_HOLD"])
+_fd = os.open(os.environ["DOUBLE_RUN_LOG"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
 
 
 def _record(what, data):
@@ -4729,8 +4729,8 @@ def _record(what, data):
     os.write(_fd, line.encode())
 
 
-@dbqueue.job("c16_sleep")
-def c16_sleep(data):
+@dbqueue.job("run_sleep")
+def run_sleep(data):
     _record("start", data)
     time.sleep(data.get("s", 0))
     _record("end", data)
@@ -4749,18 +4749,18 @@ def _double_starts(starts):
     return bad
 
 
-class _Core16Processes:
-    """Worker subprocesses running c16_jobs, all logging into one file."""
+class _DoubleRunProcesses:
+    """Worker subprocesses running double_run_jobs, all logging into one file."""
 
-    def c16_setup(self):
-        self.log = os.path.join(self.db.tmp, "c16.log")
-        with open(os.path.join(self.db.tmp, "c16_jobs.py"), "w") as fh:
-            fh.write(C16_JOBS)
+    def double_run_setup(self):
+        self.log = os.path.join(self.db.tmp, "runs.log")
+        with open(os.path.join(self.db.tmp, "double_run_jobs.py"), "w") as fh:
+            fh.write(DOUBLE_RUN_JOBS)
         self.procs = _Procs(self, self.db.tmp, _fault_env(self.db.env(
-            FAULT_LOG=self.log, C16_LOG=self.log, QUEUE_BACKOFF=0, QUEUE_MAX_ATTEMPTS=50)))
+            FAULT_LOG=self.log, DOUBLE_RUN_LOG=self.log, QUEUE_BACKOFF=0, QUEUE_MAX_ATTEMPTS=50)))
 
     def worker(self, *args, **env):
-        return self.procs.start("--import", "c16_jobs", "--sleep", "0.2", *args,
+        return self.procs.start("--import", "double_run_jobs", "--sleep", "0.2", *args,
                                 **{k: str(v) for k, v in env.items()})
 
     def records(self, kind="start"):
@@ -4775,8 +4775,8 @@ class _Core16Processes:
             self.assertNotIn("Traceback", self.procs.stderr(proc))
 
 
-class Core16LeaseTests:
-    """(#16.2) A reservation lasts for its holder's lease, in its own queue."""
+class LeaseRescueTests:
+    """A reservation lasts for its holder's lease, in its own queue."""
 
     def test_rescue_keeps_the_holders_lease_and_stays_in_its_queues(self):
         clock = Clock()
@@ -4831,17 +4831,17 @@ class Core16LeaseTests:
         self.assertEqual(holder.ack(holder.connect(), [held.token]), [held.token])
 
 
-on_backends(Core16LeaseTests, SQLITE_PG_MARIADB)
+on_backends(LeaseRescueTests, SQLITE_PG_MARIADB)
 
 
 # A handler during which another worker takes its job over (the test's
 # clock jumps past the lease), as after a pause longer than retry_after.
-_C16_THIEF = {}
+_THIEF = {}
 
 
-@dbqueue.job("c16_stolen")
-def _c16_stolen(data):
-    thief = _C16_THIEF
+@dbqueue.job("stolen_job")
+def _stolen_job(data):
+    thief = _THIEF
     thief["clock"].advance(1000)
     jobs, _ = thief["queue"].reserve(thief["conn"], ["default"], 1, rescue_after=1)
     thief["jobs"].extend(jobs)
@@ -4850,13 +4850,13 @@ def _c16_stolen(data):
 
 
 @on_backends
-class Core16HandWrittenTests:
+class LeaseEdgeCaseTests:
 
     def setUp(self):
         del RECORD[:]
 
     def test_push_with_a_connection_of_any_row_factory(self):
-        # (#16.8) An app's connection that returns dicts (psycopg's dict_row,
+        # An app's connection that returns dicts (psycopg's dict_row,
         # psycopg2's RealDictCursor, a sqlite3 row_factory) got KeyError: 0.
         q = self.db.queue()
         if self.db.name == "sqlite":
@@ -4893,18 +4893,18 @@ class Core16HandWrittenTests:
         self.assertEqual(sorted(d["i"] for d in RECORD), [1, 2, 3, 4])
 
     def test_an_ack_refused_after_a_takeover_is_logged_as_lost(self):
-        # (#16.10) It said outcome=done, then "it will run again".
+        # It said outcome=done, then "it will run again".
         for slow in (False, True):
             with self.subTest(slow=slow):
                 clock = Clock()
                 q = self.db.queue(clock=clock, retry_after=10)
                 thief = self.db.queue(clock=clock, retry_after=10, migrate=False)
-                _C16_THIEF.update(clock=clock, queue=thief, conn=thief.connect(), jobs=[])
-                job_id = q.push("c16_stolen", {"slow": slow})
+                _THIEF.update(clock=clock, queue=thief, conn=thief.connect(), jobs=[])
+                job_id = q.push("stolen_job", {"slow": slow})
                 stream = io.StringIO()
                 w = dbqueue.Worker(q, ["default"], log=dbqueue._Log(stream=stream))
                 self.assertEqual(w.run(once=True), 1)
-                self.assertEqual([j.token for j in _C16_THIEF["jobs"]], [(job_id, 2)])
+                self.assertEqual([j.token for j in _THIEF["jobs"]], [(job_id, 2)])
                 lines = [line for line in stream.getvalue().splitlines() if " job " in line]
                 self.assertEqual(len(lines), 1, stream.getvalue())
                 self.assertIn("outcome=lost", lines[0])
@@ -4913,10 +4913,10 @@ class Core16HandWrittenTests:
                 self.assertNotIn("run again", stream.getvalue())
                 # The new holder's reservation is untouched.
                 self.assertEqual(self.db.raw("SELECT attempts FROM {jobs}"), [(2,)])
-                self.assertEqual(thief.ack(_C16_THIEF["conn"], [(job_id, 2)]), [])
+                self.assertEqual(thief.ack(_THIEF["conn"], [(job_id, 2)]), [])
 
     def test_held_jobs_are_confirmed_after_a_wall_clock_jump(self):
-        # (#16.1) A VM resumed after a freeze: the monotonic clock may not
+        # A VM resumed after a freeze: the monotonic clock may not
         # have moved, the wall clock has. A held batch is confirmed before
         # its next job starts; jobs taken over meanwhile are dropped.
         clock = Clock()
@@ -4942,7 +4942,7 @@ class Core16HandWrittenTests:
         self.assertEqual(self.db.raw("SELECT attempts FROM {jobs}"), [(2,)])
 
     def test_a_row_with_the_largest_attempts_fails_alone(self):
-        # (#16.3) On PostgreSQL the claim's attempts + 1 overflowed INTEGER
+        # On PostgreSQL the claim's attempts + 1 overflowed INTEGER
         # for the whole batch, and every worker exited 1 on every restart.
         # MySQL has no RETURNING: its claim is always the select, then the update.
         for returning in {"sqlite": (True, False), "mysql": (False,)}.get(self.db.name, (True,)):
@@ -4969,21 +4969,22 @@ class Core16HandWrittenTests:
         self.assertEqual(self.db.raw("SELECT COUNT(*) FROM {jobs}"), [(0,)])
 
 
-class Core16ProcessTests(_Core16Processes):
-    """The two double runs of #16, one round each, with real processes."""
+class DoubleRunProcessTests(_DoubleRunProcesses):
+    """The two double runs (a holder paused past its lease, workers with other
+    settings), one round each, with real processes."""
 
     def setUp(self):
-        self.c16_setup()
+        self.double_run_setup()
 
     def test_a_paused_worker_never_starts_a_held_job_that_was_taken_over(self):
-        # (#16.1) Worker A holds a batch and is stopped (SIGSTOP) past its
+        # Worker A holds a batch and is stopped (SIGSTOP) past its
         # lease; B takes the jobs over and runs them. A, continued, finishes
         # the job it was in, and starts none of those it held.
         q = self.db.queue()
-        a = self.worker(QUEUE_RETRY_AFTER=1, C16_HOLD=1000)
-        q.push("c16_sleep", {"n": 0})
+        a = self.worker(QUEUE_RETRY_AFTER=1, DOUBLE_RUN_HOLD=1000)
+        q.push("run_sleep", {"n": 0})
         wait_for(lambda: self.records("end"), 30, message="the warm-up job")
-        q.push_many("c16_sleep", [{"n": 1, "s": 1.5}] + [{"n": n} for n in range(2, 7)])
+        q.push_many("run_sleep", [{"n": 1, "s": 1.5}] + [{"n": n} for n in range(2, 7)])
         wait_for(lambda: self.records()[1:], 30, message="job 1 to start")
         os.kill(a.pid, signal.SIGSTOP)
         held = self.db.raw("SELECT attempts FROM {jobs} WHERE reserved_at IS NOT NULL")
@@ -5002,12 +5003,12 @@ class Core16ProcessTests(_Core16Processes):
         self.assertEqual(q.failed(), [])
 
     def test_workers_with_other_settings_never_take_a_running_job(self):
-        # (#16.2) The issue's setup: two `reports` workers with a long
+        # The issue's setup: two `reports` workers with a long
         # retry_after, an `emails` worker with a short one, plus a `reports`
         # worker with a short one. A 3 s report runs once.
         q = self.db.queue()
         first = self.worker("--queue", "reports", QUEUE_RETRY_AFTER=600)
-        q.push("c16_sleep", {"n": 1, "s": 3}, queue="reports")
+        q.push("run_sleep", {"n": 1, "s": 3}, queue="reports")
         wait_for(self.records, 30, message="the report to start")
         others = [self.worker("--queue", "reports", QUEUE_RETRY_AFTER=600),
                   self.worker("--queue", "emails", QUEUE_RETRY_AFTER=1),
@@ -5019,15 +5020,15 @@ class Core16ProcessTests(_Core16Processes):
         self.assertEqual(q.failed(), [])
 
     def test_jobs_that_turn_slow_are_shared_by_two_workers(self):
-        # (#16.6) After fast jobs warm the workers up (a large batch each),
+        # After fast jobs warm the workers up (a large batch each),
         # 20 jobs of 0.5 s arrive: the worker that claims them gives back
         # what it holds once its job runs long, and the other takes them.
         q = self.db.queue()
         workers = [self.worker(), self.worker()]
-        q.push_many("c16_sleep", [{"n": n} for n in range(300)])
+        q.push_many("run_sleep", [{"n": n} for n in range(300)])
         wait_for(lambda: _count_jobs(self.db) == 0, 60, message="the warm-up")
         started = time.monotonic()
-        q.push_many("c16_sleep", [{"n": n, "s": 0.5} for n in range(1000, 1020)])
+        q.push_many("run_sleep", [{"n": n, "s": 0.5} for n in range(1000, 1020)])
         wait_for(lambda: _count_jobs(self.db) == 0, 60, message="the slow jobs")
         elapsed = time.monotonic() - started
         self.stop_all(workers)
@@ -5040,14 +5041,14 @@ class Core16ProcessTests(_Core16Processes):
               " (%d + %d jobs)" % (self.db.name, elapsed, shares[0], shares[1]), file=sys.stderr)
 
 
-on_backends(Core16ProcessTests, SQLITE_PG_MARIADB)
+on_backends(DoubleRunProcessTests, SQLITE_PG_MARIADB)
 
 
-class Core16FaultTests(_Core16Processes):
-    """The double-run cases of #16 in loops of 20 rounds (heavy: DBQUEUE_FAULTS=1)."""
+class DoubleRunFaultTests(_DoubleRunProcesses):
+    """The double-run cases in loops of 20 rounds (heavy: DBQUEUE_FAULTS=1)."""
 
     def setUp(self):
-        self.c16_setup()
+        self.double_run_setup()
 
     @heavy
     def test_workers_paused_past_their_lease_never_start_a_job_taken_over(self):
@@ -5070,7 +5071,7 @@ class Core16FaultTests(_Core16Processes):
         # stopped inside a transaction holds the write lock, and the push
         # below waits for it.
         while len(timers) < 20:
-            q.push_many("c16_sleep", [{"n": i, "s": rng.uniform(0, 0.02)}
+            q.push_many("run_sleep", [{"n": i, "s": rng.uniform(0, 0.02)}
                                       for i in range(n, n + 120)])
             n += 120      # more than the running workers finish meanwhile: none is idle
             running = [w for w in workers if w not in stopped]
@@ -5108,8 +5109,8 @@ class Core16FaultTests(_Core16Processes):
                    self.worker("-q", "--queue", "reports", QUEUE_RETRY_AFTER=1),
                    self.worker("-q", "--queue", "emails", QUEUE_RETRY_AFTER=1)]
         started = time.monotonic()
-        q.push_many("c16_sleep", [{"n": i, "s": 2.2} for i in range(20)], queue="reports")
-        q.push_many("c16_sleep", [{"n": i} for i in range(100, 150)], queue="emails")
+        q.push_many("run_sleep", [{"n": i, "s": 2.2} for i in range(20)], queue="reports")
+        q.push_many("run_sleep", [{"n": i} for i in range(100, 150)], queue="emails")
         wait_for(lambda: _count_jobs(self.db) == 0, 60, 0.1, "the drain")
         elapsed = time.monotonic() - started
         self.stop_all(workers)
@@ -5121,11 +5122,11 @@ class Core16FaultTests(_Core16Processes):
               " drained in %.1fs, each started once" % (self.db.name, elapsed), file=sys.stderr)
 
 
-on_backends(Core16FaultTests, SQLITE_PG_MARIADB)
+on_backends(DoubleRunFaultTests, SQLITE_PG_MARIADB)
 
 
-class Core16IdleTests:
-    """(#16.5) A ready row that another session has locked leaves a worker idle."""
+class LockedRowIdleTests:
+    """A ready row that another session has locked leaves a worker idle."""
 
     def test_a_row_locked_by_another_session_does_not_make_the_worker_spin(self):
         q = self.db.queue()
@@ -5157,12 +5158,12 @@ class Core16IdleTests:
         self.assertEqual(RECORD, [{"i": 1}])
 
 
-on_backends(Core16IdleTests, [b for b in SQLITE_PG_MARIADB if b.name != "sqlite"])
+on_backends(LockedRowIdleTests, [b for b in SQLITE_PG_MARIADB if b.name != "sqlite"])
 
 
 
-class Core16ValidatorTests(unittest.TestCase):
-    """(#16.7) Every pattern that validates ends in \Z: "$" matches before a final newline."""
+class ValidatorNewlineTests(unittest.TestCase):
+    """Every pattern that validates ends in \Z: "$" matches before a final newline."""
 
     def test_every_validating_pattern_refuses_a_trailing_newline(self):
         patterns = {name: value for name, value in vars(dbqueue).items()
@@ -5191,8 +5192,8 @@ class Core16ValidatorTests(unittest.TestCase):
                                                None)["headers"], [("X-Campaign", "spring")])
 
 
-class Core16EmailTests(EmailTestMixin, unittest.TestCase):
-    """Findings of #16 about email, with the real SMTP test server."""
+class EmailTrailingNewlineTests(EmailTestMixin, unittest.TestCase):
+    """A trailing newline in a uuid or a header name, with the real SMTP test server."""
 
     def setUp(self):
         self.db = Backend(self)
@@ -5212,7 +5213,7 @@ class Core16EmailTests(EmailTestMixin, unittest.TestCase):
         self.assertEqual(msg.get_content().strip(), "t")
 
     def test_a_hand_written_uuid_ending_in_a_newline_gets_the_fallback_message_id(self):
-        # (#16.10) "$" let "…\n" into the Message-ID, and the job failed.
+        # "$" let "…\n" into the Message-ID, and the job failed.
         sink = SMTPSink(self)
         q = self.mail_queue(sink)
         payload = json.dumps({"uuid": "0c3e8b7a-1d2f-4e5a-9b6c-7d8e9f0a1b2c\n",
@@ -5229,8 +5230,8 @@ class Core16EmailTests(EmailTestMixin, unittest.TestCase):
 
 
 
-class Core16MessageFuzzTests(unittest.TestCase):
-    """(#16.9) Whatever a payload holds, building its message either works or
+class MessageFuzzTests(unittest.TestCase):
+    """Whatever a payload holds, building its message either works or
     is a PermanentError: never another exception, which would be retried."""
 
     # Pieces the generator combines: header names the email package parses
@@ -5315,7 +5316,7 @@ class Core16MessageFuzzTests(unittest.TestCase):
             self.assertIn("cannot be built", row["exception"])
 
 
-# ---- config: the .env file, settings and their sources, the newcomer's mistakes ----
+# ---- Configuration: the .env file, settings and their sources, the newcomer's mistakes ----
 
 def env_file(testcase, text, name=".env"):
     """A .env file with `text` in a temp folder of its own; returns its path."""
@@ -6177,7 +6178,7 @@ def load_tests(loader, tests, pattern):
     return _SummarySuite([tests])
 
 
-# ---- takeover: the CodeIgniter app's tables, templates and sendmail, taken over in place ----
+# ---- Takeover: the CodeIgniter app's tables, templates and sendmail, taken over in place ----
 
 # The tables as the CodeIgniter app's two migrations make them, per database:
 # what CodeIgniter 4's Forge writes for its addField() arrays (BIGINT unsigned
@@ -7233,7 +7234,7 @@ class TakeoverEndToEndTests:
 on_backends(TakeoverEndToEndTests, [b for b in BACKENDS if b is not Psycopg2Backend])
 
 
-# ---- mail: issue 10, mail against servers that answer as Postfix does ----
+# ---- Email against mail servers that answer as Postfix does: the sent log, outages, deadlines, pause ----
 
 class PostfixSink(SMTPSink):
     """SMTPSink with the replies a Postfix 3.7 with access maps gives.
@@ -8475,7 +8476,7 @@ class PauseTests(_WorkerProcesses):
 on_backends(PauseTests, SQLITE_PG_MARIADB)
 
 
-# ---- limits: unique jobs, MAIL_RATE_LIMIT, SQLite producer latency (issue 13) ----
+# ---- Unique jobs, rate limits (MAIL_RATE_LIMIT) and throttling, SQLite producer latency ----
 
 def _key_text(value):
     """jobs.unique_key as read back (bytes on MySQL, where the column is VARBINARY)."""
@@ -9781,7 +9782,7 @@ class SQLitePushInterruptTests(_WorkerProcesses, unittest.TestCase):
         self.rounds(20, 8)
 
 
-# ---- dashboard: the web page (issue 14) ----
+# ---- Dashboard: the web page ----
 
 class _PageParser:
     """What a test reads off a dashboard page: table rows (data-label -> text),
@@ -10625,17 +10626,17 @@ class DashboardBrowserTests(unittest.TestCase):
         self.assertEqual(q.paused(), {})
 
 
-# ---- fixq: review fixes (queue, config, push lock) ----
+# ---- Retry races, deep payloads, settings checked at start, the SQLite push lock, the dashboard token ----
 
 
-class FixqRetryRaceTests:
+class RetryRaceTests:
     """Two retries of one failed job at once (a double click on Retry) make one job."""
 
     def _failed_row(self, q, payload='{"job": "x", "data": {}}'):
         p = self.db.param
         self.db.raw("INSERT INTO {failed} (uuid, connection, queue, payload, exception, failed_at)"
                     " VALUES (%s, 'database', 'default', %s, 'boom', CURRENT_TIMESTAMP)" % (p, p),
-                    ("fixq-%d" % time.monotonic_ns(), payload))
+                    ("retry-race-%d" % time.monotonic_ns(), payload))
         return self.db.raw("SELECT MAX(id) FROM {failed}")[0][0]
 
     def test_concurrent_retries_of_one_failed_job_make_one_job(self):
@@ -10663,11 +10664,11 @@ class FixqRetryRaceTests:
             self.db.raw("DELETE FROM {jobs}")
 
 
-on_backends(FixqRetryRaceTests)
+on_backends(RetryRaceTests)
 
 
 
-class FixqDeepPayloadTests(unittest.TestCase):
+class DeepPayloadTests(unittest.TestCase):
     """A failed job whose payload is JSON nested too deeply to read breaks no listing."""
 
     DEEP = "[" * 100000 + "]" * 100000
@@ -10716,11 +10717,11 @@ class FixqDeepPayloadTests(unittest.TestCase):
 
 
 
-class FixqConfigTests(unittest.TestCase):
+class ConfigCheckedEarlyTests(unittest.TestCase):
     """Settings that could only fail later (every email, every table) fail at config time."""
 
     def setUp(self):
-        self.tmp = tempfile.mkdtemp(prefix="dbqueue-fixq-")
+        self.tmp = tempfile.mkdtemp(prefix="dbqueue-config-")
         self.addCleanup(shutil.rmtree, self.tmp, True)
         self.path = os.path.join(self.tmp, "q.db")
         self.env = {"QUEUE_DATABASE_URL": "sqlite:///" + self.path}
@@ -10783,7 +10784,7 @@ class FixqConfigTests(unittest.TestCase):
 
 
 
-class FixqPushLockTests(unittest.TestCase):
+class SQLitePushLockDescriptorTests(unittest.TestCase):
     """The SQLite push lock: one busy timeout in all, one descriptor, its own after a fork."""
 
     def setUp(self):
@@ -10897,10 +10898,10 @@ class FixqPushLockTests(unittest.TestCase):
 
 
 
-class FixqDashboardTokenTests(unittest.TestCase):
+class DashboardTokenSettingTests(unittest.TestCase):
     """DBQUEUE_DASHBOARD_TOKEN is a Config setting: `config` lists it masked, the dashboard uses it."""
 
-    TOKEN = "Fixq-Dash-Token-0123456789abcdef"
+    TOKEN = "Dash-Token-Setting-0123456789abcdef"
 
     def test_config_lists_the_token_masked_with_its_source(self):
         path = env_file(self, "QUEUE_TIMEOUT=30\nDBQUEUE_DASHBOARD_TOKEN=%s\n" % self.TOKEN)
@@ -10933,11 +10934,11 @@ class FixqDashboardTokenTests(unittest.TestCase):
                          200)
 
 
-# ---- fixm: review fixes in mail and the dashboard ----
+# ---- Email sessions (sendmail exit statuses, stalled servers), dashboard masking and search, templates ----
 
 # A stand-in sendmail that does what mode.txt says: an exit code, "kill"
 # (dies by SIGKILL) or "hang" (never finishes); it counts its calls.
-FIXM_SENDMAIL = r"""
+SYSEXITS_SENDMAIL = r"""
 import os, signal, sys, time
 here = os.path.dirname(os.path.abspath(__file__))
 sys.stdin.buffer.read()
@@ -10955,7 +10956,7 @@ sys.exit(int(mode))
 """
 
 
-class FixmSendmailTests(EmailTestMixin, unittest.TestCase):
+class SendmailExitStatusTests(EmailTestMixin, unittest.TestCase):
     """sendmail's exit status read as sysexits.h means it: the relay being
     down is an outage (no attempt spent), a bad message fails at once."""
 
@@ -10965,7 +10966,7 @@ class FixmSendmailTests(EmailTestMixin, unittest.TestCase):
         os.mkdir(self.bin)
         self.script = os.path.join(self.bin, "sendmail.py")
         with open(self.script, "w") as fh:
-            fh.write(FIXM_SENDMAIL)
+            fh.write(SYSEXITS_SENDMAIL)
 
     def run_mode(self, mode, tries=2):
         with open(os.path.join(self.bin, "mode.txt"), "w") as fh:
@@ -11014,7 +11015,7 @@ class FixmSendmailTests(EmailTestMixin, unittest.TestCase):
                 self.assertNotIn("outage", row["exception"])
 
 
-class FixmSessionOutageTests(EmailTestMixin, unittest.TestCase):
+class MailSessionOutageTests(EmailTestMixin, unittest.TestCase):
     """Whatever stops the session (STARTTLS or AUTH not offered, a stalled
     server) is an outage: no attempt spent, nothing in failed_jobs."""
 
@@ -11104,7 +11105,7 @@ class Tarpit:
         self.thread.join(5)
 
 
-class FixmSessionDeadlineTests(EmailTestMixin, unittest.TestCase):
+class MailSessionDeadlineTests(EmailTestMixin, unittest.TestCase):
     """A server too slow to open a session within the job's time is an outage."""
 
     def setUp(self):
@@ -11124,7 +11125,7 @@ class FixmSessionDeadlineTests(EmailTestMixin, unittest.TestCase):
         self.assertEqual(self.db.raw("SELECT attempts, reserved_at FROM {jobs}"), [(0, None)])
 
 
-class FixmDashboardMaskTests:
+class DashboardMaskTests:
     """The job page hides bearer and basic credentials, not the word before them."""
 
     add_failed, serve = DashboardTests.add_failed, DashboardTests.serve
@@ -11145,10 +11146,10 @@ class FixmDashboardMaskTests:
         self.assertNotIn("SeCrEt-tOk3n", listing)
 
 
-on_backends(FixmDashboardMaskTests, SQLITE)
+on_backends(DashboardMaskTests, SQLITE)
 
 
-class FixmDashboardSearchTests:
+class DashboardSearchTests:
     """?q= finds recipients and error texts, never what the pages mask."""
 
     add_failed, serve = DashboardTests.add_failed, DashboardTests.serve
@@ -11188,7 +11189,7 @@ class FixmDashboardSearchTests:
         self.assertEqual(found("example.com"), [listed, reset])
 
 
-on_backends(FixmDashboardSearchTests)
+on_backends(DashboardSearchTests)
 
 
 @dbqueue.job("t_reset_expired")
@@ -11227,7 +11228,7 @@ class DashboardExceptionLinkTests:
 on_backends(DashboardExceptionLinkTests, SQLITE_PG_MARIADB)
 
 
-class FixmTemplateWordingTests(EmailTestMixin, unittest.TestCase):
+class TemplateWordingTests(EmailTestMixin, unittest.TestCase):
     """With no app name known anywhere, every built-in sentence reads naturally."""
 
     CASES = [("verification", {"verification_link": "/v"}),
@@ -11286,7 +11287,7 @@ class FixmTemplateWordingTests(EmailTestMixin, unittest.TestCase):
         self.assertIn("-- \nAcme", text.replace("\r\n", "\n"))
 
 
-class FixmLazySevenBitTests(EmailTestMixin, unittest.TestCase):
+class MailSevenBitCopyTests(EmailTestMixin, unittest.TestCase):
     """The 7-bit copy of a non-ASCII message is built only for a server
     without 8BITMIME."""
 
@@ -11324,7 +11325,7 @@ class FixmLazySevenBitTests(EmailTestMixin, unittest.TestCase):
         self.assertIn("Schöne Grüße, Zoë", old.messages[-1][1].get_body(("plain",)).get_content())
 
 
-class FixmOneLayoutTests(EmailTestMixin, unittest.TestCase):
+class TemplateLayoutTests(EmailTestMixin, unittest.TestCase):
     """The three original templates are sent in the seed templates' layout."""
 
     def setUp(self):
@@ -11930,9 +11931,9 @@ class PrivateMariaDBTests(unittest.TestCase):
                 self.assertNotIn("wr0ng", out + err)
 
 
-# ---- conc: work --concurrency N ----
+# ---- Concurrency: work --concurrency N ----
 
-_CONC_HANDLERS = """
+_CONCURRENCY_HANDLERS = """
 import os, time
 import dbqueue
 
@@ -12006,13 +12007,13 @@ def _max_overlap(spans):
 
 
 @on_backends(SQLITE_PG_MARIADB)
-class ConcTests(_WorkerProcesses, EmailTestMixin):
+class ConcurrencyTests(_WorkerProcesses, EmailTestMixin):
     """work --concurrency N: real worker processes, threads inside, a real SMTP server."""
 
     def setUp(self):
         self.process_setup()
         with open(os.path.join(self.ptmp, "dbq_conc_handlers.py"), "w") as fh:
-            fh.write(_CONC_HANDLERS)
+            fh.write(_CONCURRENCY_HANDLERS)
 
     def start_conc(self, *args, **env):
         return self.start_worker("--import", "dbq_conc_handlers", *args, **env)
