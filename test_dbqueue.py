@@ -462,17 +462,30 @@ def quiet_log():
     return dbqueue._Log(stream=io.StringIO())
 
 
+# What a developer's shell may hold that dbqueue reads: its own settings, the
+# CodeIgniter app's (EMAIL_*, database.default.* and the underscore forms a shell
+# can export, app.*, APP_NAME) and the dashboard's token. None reaches a test.
+_SCRUBBED = ("QUEUE_", "MAIL_", "EMAIL_", "DATABASE_URL", "database.default.",
+             "database_default_", "DBQUEUE_DASHBOARD_TOKEN", "app.", "app_", "APP_")
+
+
+def clean_env(*also, **values):
+    """os.environ without anything dbqueue reads (nor names starting with any of
+    `also`), then `values` (as strings): the environment every test starts from."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(_SCRUBBED + also)}
+    env.update({k: str(v) for k, v in values.items()})
+    return env
+
+
 def run_main(argv, env=None):
     """main(argv) in-process with `env` as the environment: (code, stdout, stderr)."""
     out, err = io.StringIO(), io.StringIO()
-    saved = dict(os.environ)
+    saved, clean = dict(os.environ), clean_env(**(env or {}))
     cwd = os.getcwd()
     tmp = tempfile.mkdtemp(prefix="dbqueue-cwd-")
     try:
         os.environ.clear()
-        os.environ.update({k: v for k, v in saved.items()
-                           if not k.startswith(("QUEUE_", "MAIL_", "DATABASE_URL"))})
-        os.environ.update(env or {})
+        os.environ.update(clean)
         os.chdir(tmp)   # no stray .env is read, nothing is written to the repo
         with redirect_stdout(out), redirect_stderr(err):
             code = dbqueue.main(argv)
@@ -1328,8 +1341,7 @@ class _WorkerProcesses:
         self.out = os.path.join(self.ptmp, "out.txt")
 
     def start_worker(self, *args, **env_extra):
-        env = {k: v for k, v in os.environ.items()
-               if not k.startswith(("QUEUE_", "MAIL_", "DATABASE_URL"))}
+        env = clean_env()
         env.update(self.db.env())
         env.update({"PYTHONPATH": self.ptmp, "T_OUT": self.out})
         env.update({k: str(v) for k, v in env_extra.items()})
@@ -1840,13 +1852,10 @@ def _aiosmtpd():
 
 
 def free_port():
-    import socket
-    sock = socket.socket()
-    try:
+    """A loopback TCP port that was free a moment ago; nothing listens on it now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-    finally:
-        sock.close()
 
 
 def parse_mail(raw):
@@ -2343,8 +2352,7 @@ class EmailTests(EmailTestMixin, unittest.TestCase):
     def test_readme_quick_start_with_the_log_mailer(self):
         tmp = self.db.tmp
         shutil.copy(os.path.join(HERE, "dbqueue.py"), tmp)
-        env = {k: v for k, v in os.environ.items()
-               if not k.startswith(("QUEUE_", "MAIL_", "DATABASE_URL", "APP_"))}
+        env = clean_env()
         env["MAIL_MAILER"] = "log"
         data = json.dumps({"to": "ann@example.com", "template": "verify_email",
                            "vars": {"name": "Ann", "url": "https://example.com/verify/abc"}})
@@ -2469,15 +2477,6 @@ class _NoTerminal:
 
     def __exit__(self, *exc):
         sys.stdin = self.saved
-
-
-def free_port():
-    import socket
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    sock.close()   # nothing listens on it now
-    return port
 
 
 @on_backends
@@ -3168,7 +3167,7 @@ class OpsCommandLineTests(unittest.TestCase):
         self.addCleanup(q.close)
         q.push("t_record", {})
         q.push("t_record", {})
-        env = dict(os.environ, **self.env)
+        env = clean_env(**self.env)
         for answer, code, words, left in (("n\n", 1, "nothing deleted", 2),
                                           ("y\n", 0, "deleted 2 waiting job(s)", 0)):
             master, slave = pty.openpty()
@@ -3201,8 +3200,7 @@ class OpsWorkerLogMaskTests(unittest.TestCase):
         with open(os.path.join(tmp, "dbq_leaky.py"), "w") as fh:
             fh.write("import dbqueue\n\n@dbqueue.job('p_leaky')\ndef leaky(data):\n"
                      "    raise RuntimeError(%r)\n" % self.ERROR)
-        env = {k: v for k, v in os.environ.items()
-               if not k.startswith(("QUEUE_", "MAIL_", "DATABASE_URL"))}
+        env = clean_env()
         env.update(PYTHONPATH=tmp, QUEUE_DATABASE_URL="sqlite:///" + os.path.join(tmp, "q.db"))
         q = dbqueue.Queue(env["QUEUE_DATABASE_URL"])
         self.addCleanup(q.close)
@@ -3398,7 +3396,7 @@ class SpeedTests:
         q = self.db.queue()
         q.push_many("t_batch", [{"i": i} for i in range(20)])
         marker = os.path.join(self.db.tmp, "blocked")
-        env = dict(os.environ, **self.db.env())
+        env = clean_env(**self.db.env())
         proc = subprocess.Popen([sys.executable, "-c", _BATCH_WORKER, HERE, marker], env=env,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         self.addCleanup(lambda: proc.poll() is None and (proc.kill(), proc.wait()))
@@ -3604,8 +3602,7 @@ def fault_count(data):
 
 
 def _fault_env(extra):
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("QUEUE_", "MAIL_", "DATABASE_URL", "FAULT_"))}
+    env = clean_env("FAULT_")
     env.update(extra)
     return env
 
@@ -3825,12 +3822,6 @@ class PoolerContentionTests(ContentionTests):
 on_backends(PoolerContentionTests, PGBOUNCER)
 
 
-def _free_port():
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 PG_BIN = "/usr/lib/postgresql/15/bin"
 PG_PASSWORD = "Zq7-s3cr3t-w9Xk"      # the password role's password; must never be printed
 
@@ -3873,7 +3864,7 @@ class PrivateCluster:
         self.dir = tempfile.mkdtemp(prefix="dbqueue-pg-")
         os.chown(self.dir, user.pw_uid, user.pw_gid)
         self.data = os.path.join(self.dir, "data")
-        self.port = _free_port()
+        self.port = free_port()
         try:
             self._pg("initdb", "-D", self.data, "-U", "postgres", "-N",
                      "--auth-local=trust", "--auth-host=scram-sha-256")
@@ -4074,7 +4065,7 @@ class SecretsTests(unittest.TestCase):
     """A password in QUEUE_DATABASE_URL never reaches output, whichever error occurs."""
 
     def test_password_never_shown_when_connection_is_refused(self):
-        port = _free_port()   # nothing listens there now
+        port = free_port()   # nothing listens there now
         for driver in ("psycopg", "psycopg2"):
             need(pg_available(driver) is None, pg_available(driver) or "")
             for url in ("postgresql+%s://app:%s@127.0.0.1:%d/appdb?connect_timeout=5"
@@ -4141,7 +4132,7 @@ class SecretsUrlPasswordTests(unittest.TestCase):
                                  "Queue(%r) failed" % masked)
 
     def test_config_the_worker_and_errors_never_show_it(self):
-        port = _free_port()   # nothing listens there now
+        port = free_port()   # nothing listens there now
         for scheme in ("postgresql", "mysql"):
             need((pg_available("psycopg") if scheme == "postgresql"
                   else mysql_available("pymysql")) is None, "no driver for %s" % scheme)
@@ -4166,7 +4157,7 @@ class SecretsUrlPasswordTests(unittest.TestCase):
                 self.assert_hidden(password, out + err)
                 proc = subprocess.run(
                     [sys.executable, os.path.join(HERE, "dbqueue.py"), "work", "--once"],
-                    env=dict(os.environ, **env), cwd=tempfile.gettempdir(),
+                    env=clean_env(**env), cwd=tempfile.gettempdir(),
                     capture_output=True, text=True, timeout=60)
                 self.assertEqual(proc.returncode, 1, proc.stderr)
                 self.assertIn('worker starting database="%s?' % shown, proc.stderr)
@@ -5786,8 +5777,7 @@ class ConfigUrlTypoRefusalTests(unittest.TestCase):
     refuses in one line, exit 2, before it could make ./dbqueue.sqlite3."""
 
     def run_cli(self, argv, env, cwd):
-        clean = {k: v for k, v in os.environ.items()
-                 if not k.startswith(("QUEUE_", "MAIL_", "DATABASE_URL"))}
+        clean = clean_env()
         clean.update(env)
         proc = subprocess.run([sys.executable, os.path.join(HERE, "dbqueue.py")] + argv,
                               cwd=cwd, env=clean, capture_output=True, text=True, timeout=60)
@@ -6036,8 +6026,7 @@ class ConfigReadmeTests(unittest.TestCase):
             with open(path, "w") as fh:
                 fh.write('#!/bin/sh\nexec "%s" "$@"\n' % sys.executable)
             os.chmod(path, 0o755)
-        self.env = {k: v for k, v in os.environ.items()
-                    if not k.startswith(("QUEUE_", "MAIL_", "DATABASE_URL", "DBQUEUE_"))}
+        self.env = clean_env("DBQUEUE_")
         self.env["PATH"] = bin_dir + os.pathsep + self.env.get("PATH", "")
         self.env["PYTHONDONTWRITEBYTECODE"] = "1"
 
@@ -6392,7 +6381,7 @@ class TakeoverFlushTimeZoneTests:
         self.addCleanup(shutil.rmtree, tmp, True)
         proc = subprocess.run(
             [sys.executable, os.path.join(HERE, "dbqueue.py"), "flush", "--hours", "4"],
-            env=dict(os.environ, TZ="Asia/Tokyo", **self.db.env(QUEUE_DATABASE_URL=url)),
+            env=clean_env(TZ="Asia/Tokyo", **self.db.env(QUEUE_DATABASE_URL=url)),
             cwd=tmp, capture_output=True, text=True, timeout=60)
         self.assertEqual(proc.returncode, 0, proc.stderr)
         self.assertEqual(proc.stdout, "deleted 1 failed job(s) older than 4 hours\n")
@@ -7155,9 +7144,7 @@ class TakeoverEndToEndTests:
             fh.write("\n".join(lines) + "\n")
 
     def dbqueue(self, *args):
-        env = {k: v for k, v in os.environ.items()
-               if not k.startswith(("QUEUE_", "MAIL_", "DATABASE_URL", "APP_", "EMAIL_",
-                                    "database"))}
+        env = clean_env("database")
         if self.db.name != "sqlite":
             # The server's URL (a socket directory, the test's own database);
             # everything else comes from the app's .env.
@@ -8678,8 +8665,7 @@ class UniqueProcessTests(_WorkerProcesses):
         # job runs once.
         q = self.db.queue()
         workers = [self.start_worker("--import", "dbq_unique_handlers", "-q") for _ in range(2)]
-        env = {k: v for k, v in os.environ.items()
-               if not k.startswith(("QUEUE_", "MAIL_", "DATABASE_URL"))}
+        env = clean_env()
         env.update(self.db.env())
         producers = []
         for n in range(4):
@@ -8707,8 +8693,7 @@ class UniqueProcessTests(_WorkerProcesses):
 
     def test_concurrent_pushers_without_a_worker_make_one_job_per_key(self):
         self.db.queue()
-        env = {k: v for k, v in os.environ.items()
-               if not k.startswith(("QUEUE_", "MAIL_", "DATABASE_URL"))}
+        env = clean_env()
         env.update(self.db.env())
         procs = []
         for n in range(4):
@@ -9680,8 +9665,7 @@ class SQLitePushLockTests(unittest.TestCase):
 
     def test_eight_producer_processes_push_every_job_once(self):
         self.db.queue()
-        env = {k: v for k, v in os.environ.items()
-               if not k.startswith(("QUEUE_", "MAIL_", "DATABASE_URL"))}
+        env = clean_env()
         env.update(self.db.env())
         procs = [subprocess.Popen([sys.executable, "-c", _PLAIN_PRODUCER, HERE, "250", str(p)],
                                   env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -10448,8 +10432,7 @@ class DashboardCommandTests(unittest.TestCase):
         q = dbqueue.Queue("sqlite:///" + self.path)
         self.addCleanup(q.close)
         q.push("t_record", {}, queue="emails")
-        env = dict(os.environ, **self.env)
-        env.pop("DBQUEUE_DASHBOARD_TOKEN", None)
+        env = clean_env(**self.env)
         script = os.path.join(HERE, "dbqueue.py")
         unsafe = subprocess.run([sys.executable, script, "dashboard", "--host", "0.0.0.0"],
                                 env=env, cwd=self.tmp, capture_output=True, text=True, timeout=60)
@@ -11718,7 +11701,7 @@ class PrivateMariaDB:
         os.chown(self.dir, user.pw_uid, user.pw_gid)
         self.data = os.path.join(self.dir, "data")
         self.socket = os.path.join(self.dir, "mysqld.sock")
-        self.port = _free_port()
+        self.port = free_port()
         self.proc = None
         try:
             result = subprocess.run(
