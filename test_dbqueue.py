@@ -2469,6 +2469,19 @@ def one_line(testcase, text):
     return lines[0]
 
 
+def assert_refused(testcase, result, *paths, code=2, context=None):
+    """Assert a command `result` (code, out, err) was refused: exit `code`, nothing
+    on stdout, one line on stderr and no traceback, none of `paths` created.
+    Return the line."""
+    got, out, err = result
+    testcase.assertEqual(got, code, (context, out, err))
+    testcase.assertEqual(out, "", (context, out))
+    line = one_line(testcase, err.strip())
+    for path in paths:
+        testcase.assertFalse(os.path.exists(path), "%s was created: %s" % (path, context))
+    return line
+
+
 class _NoTerminal:
     """Runs main() with an stdin that is not a terminal (as under cron or CI)."""
 
@@ -3027,11 +3040,8 @@ class OpsCommandLineTests(unittest.TestCase):
         ]
         for argv in cases:
             with _NoTerminal():
-                code, out, err = run_main(argv, self.env)
-            self.assertEqual(code, 2, (argv, err))
-            self.assertEqual(out, "", argv)
-            self.assertNotIn("s3cret", err)
-            one_line(self, err)
+                line = assert_refused(self, run_main(argv, self.env), context=argv)
+            self.assertNotIn("s3cret", line)
         code, _, err = run_main(["stats"], dict(self.env, QUEUE_MAX_ATTEMPTS="many"))
         self.assertEqual(code, 2)
         self.assertIn("QUEUE_MAX_ATTEMPTS", one_line(self, err))
@@ -3343,11 +3353,8 @@ class OpsOddInputTests(unittest.TestCase):
             ["work", "--once", "--timeout", "99999999999999"],
         ]
         for argv in cases:
-            code, out, err = run_main(argv, env)
-            self.assertEqual(code, 2, (argv, err))
-            self.assertEqual(len(err.strip().splitlines()), 1, (argv, err))
-            self.assertNotIn("Traceback", err)
-        self.assertFalse(os.path.exists(os.path.join(self.db.tmp, "queue.db")))
+            assert_refused(self, run_main(argv, env), os.path.join(self.db.tmp, "queue.db"),
+                           context=argv)
 
 
 # -- operations tests end here --
@@ -4515,13 +4522,9 @@ class BadSettingsTests(unittest.TestCase):
         self.env = {"QUEUE_DATABASE_URL": "sqlite:///" + self.path}
 
     def check(self, argv, env, culprit):
-        code, out, err = run_main(argv, dict(self.env, **env))
-        self.assertEqual(code, 2, (argv, env, out, err))
-        self.assertEqual(out, "")
-        self.assertEqual(len(err.strip().splitlines()), 1, err)
-        self.assertIn(culprit, err)
-        self.assertFalse(os.path.exists(self.path), "the database was touched: %s %s"
-                         % (argv, env))
+        line = assert_refused(self, run_main(argv, dict(self.env, **env)), self.path,
+                              context=(argv, env))
+        self.assertIn(culprit, line)
 
     def test_bad_table_names_exit_2(self):
         for value in ("jobs; DROP TABLE users", 'jobs"', "1jobs", "jobs-x", "a b", "x" * 64,
@@ -5695,10 +5698,7 @@ class ConfigSilentFallbackTests(unittest.TestCase):
         self.path = os.path.join(self.tmp, "q.db")
 
     def one_line_error(self, argv, env, code=2):
-        got, out, err = run_main(argv, env)
-        self.assertEqual(got, code, (argv, env, out, err))
-        self.assertEqual(len(err.strip().splitlines()), 1, err)
-        return err
+        return assert_refused(self, run_main(argv, env), code=code, context=(argv, env))
 
     def test_a_name_one_edit_from_a_setting_is_a_warning_naming_both(self):
         path = env_file(self, '''
@@ -9273,12 +9273,10 @@ class RateLimitSettingTests(unittest.TestCase):
         for bad in ("14", "14/x", "0/s", "-1/s", "abc", "14/s/2", "1.5/s", "14/S", "14/sec",
                     "14\n/s"):
             for argv in (["work", "--once"], ["stats"], ["push", "t_record"]):
-                code, out, err = run_main(argv, {"QUEUE_DATABASE_URL": "sqlite:///" + db,
-                                                 "MAIL_RATE_LIMIT": bad})
-                self.assertEqual(code, 2, (bad, argv, err))
-                one_line(self, err)
-                self.assertIn("MAIL_RATE_LIMIT", err)
-        self.assertFalse(os.path.exists(db))
+                line = assert_refused(self, run_main(argv, {"QUEUE_DATABASE_URL": "sqlite:///" + db,
+                                                            "MAIL_RATE_LIMIT": bad}),
+                                      db, context=(bad, argv))
+                self.assertIn("MAIL_RATE_LIMIT", line)
 
 
 class RateLimitWindowsSettingTests(unittest.TestCase):
@@ -10402,21 +10400,9 @@ class DashboardCommandTests(unittest.TestCase):
             (["--host", "0.0.0.0"], {"DBQUEUE_DASHBOARD_TOKEN": "has a space in it, 16+"}),
         ]
         for argv, extra in cases:
-            env = dict(self.env, **extra)
-            saved = os.environ.get("DBQUEUE_DASHBOARD_TOKEN")
-            os.environ.pop("DBQUEUE_DASHBOARD_TOKEN", None)
-            try:
-                if extra:
-                    os.environ.update(extra)
-                code, out, err = run_main(["dashboard"] + argv, env)
-            finally:
-                os.environ.pop("DBQUEUE_DASHBOARD_TOKEN", None)
-                if saved is not None:
-                    os.environ["DBQUEUE_DASHBOARD_TOKEN"] = saved
-            self.assertEqual(code, 2, (argv, out, err))
-            self.assertEqual(out, "")
-            line = one_line(self, err)
-            self.assertFalse(os.path.exists(self.path), argv)
+            # run_main leaves out any DBQUEUE_DASHBOARD_TOKEN of the shell: only `extra`'s counts.
+            line = assert_refused(self, run_main(["dashboard"] + argv, dict(self.env, **extra)),
+                                  self.path, context=argv)
             for secret in extra.values():
                 self.assertNotIn(secret, line)
         self.assertIn("DBQUEUE_DASHBOARD_TOKEN", run_main(["dashboard", "--host", "0.0.0.0"],
