@@ -3833,7 +3833,84 @@ PG_BIN = "/usr/lib/postgresql/15/bin"
 PG_PASSWORD = "Zq7-s3cr3t-w9Xk"      # the password role's password; must never be printed
 
 
-class PrivateCluster:
+class _PrivateServer:
+    """A database server the suite starts itself: a temp dir owned by the
+    server's user, its own port and socket, so it can be stopped or killed
+    without touching the shared one. Started once per test run when first
+    needed (get()), stopped at the end; a watchdog stops it if the test
+    process dies without cleaning up. Subclasses: check(), __init__, halt()."""
+
+    _instance = None
+    _failure = None
+    what, user = "a private server", "root"
+
+    @classmethod
+    def get(cls):
+        need(hasattr(os, "geteuid") and os.geteuid() == 0,
+             "%s needs root (it runs as the %s user)" % (cls.what, cls.user))
+        cls.check()
+        if cls._instance is None and cls._failure is None:
+            try:
+                server = cls()
+            except Exception as exc:
+                cls._failure = "could not start %s: %s" % (cls.what, exc)
+            else:
+                cls._instance = server
+                unittest.addModuleCleanup(server.stop)
+                atexit.register(server.stop)    # also when run outside unittest's runner
+        if cls._failure:
+            raise AssertionError(cls._failure)
+        return cls._instance
+
+    def make_dir(self, prefix):
+        import pwd
+        user = pwd.getpwnam(self.user)
+        self.dir = tempfile.mkdtemp(prefix=prefix)
+        os.chown(self.dir, user.pw_uid, user.pw_gid)
+        self.data = os.path.join(self.dir, "data")
+        self.port = free_port()
+
+    _WATCHDOG = textwrap.dedent("""
+        import os, shutil, subprocess, sys, time
+        parent, tmp, stop = int(sys.argv[1]), sys.argv[2], sys.argv[3:]
+        while os.path.exists(tmp):
+            try:
+                os.kill(parent, 0)
+            except ProcessLookupError:
+                try:
+                    subprocess.run(stop, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                   timeout=60)
+                except Exception:
+                    pass
+                time.sleep(1)
+                shutil.rmtree(tmp, True)
+                break
+            time.sleep(0.5)
+        """)
+
+    def _watch(self, *stop):
+        # A test run killed from outside (a CI timeout, ^C twice) runs no
+        # cleanup: this watchdog, in a session of its own, runs `stop` and
+        # removes the dir once the test process is gone.
+        self.watchdog = subprocess.Popen(
+            [sys.executable, "-c", self._WATCHDOG, str(os.getpid()), self.dir] + list(stop),
+            start_new_session=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL)
+
+    def stop(self):
+        try:
+            self.halt()
+        except Exception:
+            pass
+        shutil.rmtree(self.dir, True)
+        watchdog = getattr(self, "watchdog", None)
+        if watchdog is not None:
+            watchdog.wait(10)    # it sees the dir gone within half a second
+        if type(self)._instance is self:
+            type(self)._instance = None
+
+
+class PrivateCluster(_PrivateServer):
     """A PostgreSQL server of the fault tests' own, in a temp dir, on its own
     port and socket dir: it can be restarted without touching the shared one.
 
@@ -3842,36 +3919,16 @@ class PrivateCluster:
     only with scram-sha-256; the socket trusts `postgres`.
     """
 
-    _instance = None
-    _failure = None
+    what, user = "a private PostgreSQL cluster", "postgres"
 
     @classmethod
-    def get(cls):
-        need(hasattr(os, "geteuid") and os.geteuid() == 0,
-             "a private PostgreSQL cluster needs root (initdb runs as the postgres user)")
+    def check(cls):
         need(os.path.exists(os.path.join(PG_BIN, "initdb")), "PostgreSQL 15 binaries are missing"
              " at %s" % PG_BIN)
         need(pg_available("psycopg") is None, pg_available("psycopg") or "")
-        if cls._instance is None and cls._failure is None:
-            try:
-                cluster = cls()
-            except Exception as exc:
-                cls._failure = "could not start a private PostgreSQL cluster: %s" % exc
-            else:
-                cls._instance = cluster
-                unittest.addModuleCleanup(cluster.stop)
-                atexit.register(cluster.stop)    # also when run outside unittest's runner
-        if cls._failure:
-            raise AssertionError(cls._failure)
-        return cls._instance
 
     def __init__(self):
-        import pwd
-        user = pwd.getpwnam("postgres")
-        self.dir = tempfile.mkdtemp(prefix="dbqueue-pg-")
-        os.chown(self.dir, user.pw_uid, user.pw_gid)
-        self.data = os.path.join(self.dir, "data")
-        self.port = free_port()
+        self.make_dir("dbqueue-pg-")
         try:
             self._pg("initdb", "-D", self.data, "-U", "postgres", "-N",
                      "--auth-local=trust", "--auth-host=scram-sha-256")
@@ -3879,7 +3936,8 @@ class PrivateCluster:
                        " -c fsync=off -c max_connections=40" % (self.port, self.dir))
             self._pg("pg_ctl", "-D", self.data, "-l", os.path.join(self.dir, "server.log"),
                      "-o", options, "-w", "-t", "60", "start")
-            self._watch()
+            self._watch("runuser", "-u", "postgres", "--", os.path.join(PG_BIN, "pg_ctl"),
+                        "-D", self.data, "-m", "immediate", "-w", "stop")
             conn = _pg_connect(__import__("psycopg"), self.url(database="postgres"))
             try:
                 cur = conn.cursor()
@@ -3890,30 +3948,6 @@ class PrivateCluster:
         except BaseException:
             self.stop()
             raise
-
-    _WATCHDOG = textwrap.dedent("""
-        import os, shutil, subprocess, sys, time
-        parent, data, tmp, pg_ctl = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
-        while os.path.exists(data):
-            try:
-                os.kill(parent, 0)
-            except ProcessLookupError:
-                subprocess.run(["runuser", "-u", "postgres", "--", pg_ctl, "-D", data, "-m",
-                                "immediate", "-w", "stop"], stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL, timeout=60)
-                shutil.rmtree(tmp, True)
-                break
-            time.sleep(0.5)
-        """)
-
-    def _watch(self):
-        # A test run killed from outside (a CI timeout, ^C twice) runs no
-        # cleanup: this watchdog, in a session of its own, stops the server
-        # and removes its dir once the test process is gone.
-        self.watchdog = subprocess.Popen(
-            [sys.executable, "-c", self._WATCHDOG, str(os.getpid()), self.data, self.dir,
-             os.path.join(PG_BIN, "pg_ctl")], start_new_session=True, stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     def _pg(self, program, *args):
         result = subprocess.run(["runuser", "-u", "postgres", "--", os.path.join(PG_BIN, program)]
@@ -3932,18 +3966,9 @@ class PrivateCluster:
         self._pg("pg_ctl", "-D", self.data, "-l", os.path.join(self.dir, "server.log"),
                  "-m", "fast", "-w", "-t", "60", "restart")
 
-    def stop(self):
+    def halt(self):
         if os.path.exists(os.path.join(self.data, "postmaster.pid")):
-            try:
-                self._pg("pg_ctl", "-D", self.data, "-m", "immediate", "-w", "stop")
-            except Exception:
-                pass
-        shutil.rmtree(self.dir, True)
-        watchdog = getattr(self, "watchdog", None)
-        if watchdog is not None:
-            watchdog.wait(10)    # it sees the dir gone within half a second
-        if PrivateCluster._instance is self:
-            PrivateCluster._instance = None
+            self._pg("pg_ctl", "-D", self.data, "-m", "immediate", "-w", "stop")
 
 
 class PrivateClusterTests(unittest.TestCase):
@@ -11648,7 +11673,11 @@ class MySQLReadmeTests(unittest.TestCase):
 MARIADB_PASSWORD = "Mq4-s3cr3t-v8Tz"
 
 
-class PrivateMariaDB:
+# The watchdog's way to stop mariadbd, as a crash would: SIGKILL the pid in its pid file.
+_KILL_PID_IN_FILE = "import os, sys; os.kill(int(open(sys.argv[1]).read()), 9)"
+
+
+class PrivateMariaDB(_PrivateServer):
     """A mariadbd of the fault tests' own: a data directory in a temp dir, its
     own port and socket, run as the mysql user. It can be killed and started
     again without touching the server DBQUEUE_TEST_MYSQL names.
@@ -11656,38 +11685,18 @@ class PrivateMariaDB:
     Started once per test run when first needed and stopped at the end.
     """
 
-    _instance = None
-    _failure = None
+    what, user = "a private MariaDB server", "mysql"
 
     @classmethod
-    def get(cls):
-        need(hasattr(os, "geteuid") and os.geteuid() == 0,
-             "a private MariaDB server needs root (mariadbd runs as the mysql user)")
+    def check(cls):
         need(shutil.which("mariadbd", path=os.environ.get("PATH", "") + ":/usr/sbin")
              and shutil.which("mariadb-install-db"),
              "MariaDB is not installed (mariadbd, mariadb-install-db: apt-get install mariadb-server)")
         need(mysql_available("pymysql") is None, mysql_available("pymysql") or "")
-        if cls._instance is None and cls._failure is None:
-            try:
-                server = cls()
-            except Exception as exc:
-                cls._failure = "could not start a private MariaDB server: %s" % exc
-            else:
-                cls._instance = server
-                unittest.addModuleCleanup(server.stop)
-                atexit.register(server.stop)
-        if cls._failure:
-            raise AssertionError(cls._failure)
-        return cls._instance
 
     def __init__(self):
-        import pwd
-        user = pwd.getpwnam("mysql")
-        self.dir = tempfile.mkdtemp(prefix="dbqueue-mariadb-")
-        os.chown(self.dir, user.pw_uid, user.pw_gid)
-        self.data = os.path.join(self.dir, "data")
+        self.make_dir("dbqueue-mariadb-")
         self.socket = os.path.join(self.dir, "mysqld.sock")
-        self.port = free_port()
         self.proc = None
         try:
             result = subprocess.run(
@@ -11706,36 +11715,10 @@ class PrivateMariaDB:
                 cur.execute("GRANT ALL ON dbq.* TO 'dbq'@'127.0.0.1'")
             finally:
                 conn.close()
-            self._watch()
+            self._watch(sys.executable, "-c", _KILL_PID_IN_FILE, os.path.join(self.dir, "mysqld.pid"))
         except BaseException:
             self.stop()
             raise
-
-    _WATCHDOG = textwrap.dedent("""
-        import os, shutil, signal, sys, time
-        parent, tmp = int(sys.argv[1]), sys.argv[2]
-        while os.path.exists(tmp):
-            try:
-                os.kill(parent, 0)
-            except ProcessLookupError:
-                try:
-                    with open(os.path.join(tmp, "mysqld.pid")) as fh:
-                        os.kill(int(fh.read()), signal.SIGKILL)
-                except (OSError, ValueError):
-                    pass
-                time.sleep(1)
-                shutil.rmtree(tmp, True)
-                break
-            time.sleep(0.5)
-        """)
-
-    def _watch(self):
-        # A test run killed from outside runs no cleanup: this watchdog, in a
-        # session of its own, kills the server and removes its dir then.
-        self.watchdog = subprocess.Popen(
-            [sys.executable, "-c", self._WATCHDOG, str(os.getpid()), self.dir],
-            start_new_session=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL)
 
     def start(self):
         log_path = os.path.join(self.dir, "server.log")
@@ -11776,18 +11759,12 @@ class PrivateMariaDB:
         self.proc.wait(30)
         wait_for(lambda: not os.path.exists("/proc/%d" % pid), 30, 0.05, "mariadbd to die")
 
-    def stop(self):
+    def halt(self):
         if self.proc is not None and self.proc.poll() is None:
             try:
                 self.kill()
             except Exception:
                 self.proc.kill()
-        shutil.rmtree(self.dir, True)
-        watchdog = getattr(self, "watchdog", None)
-        if watchdog is not None:
-            watchdog.wait(10)
-        if PrivateMariaDB._instance is self:
-            PrivateMariaDB._instance = None
 
 
 class PrivateMariaDBTests(unittest.TestCase):
