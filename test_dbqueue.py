@@ -1345,28 +1345,13 @@ class _WorkerProcesses:
         env.update(self.db.env())
         env.update({"PYTHONPATH": self.ptmp, "T_OUT": self.out})
         env.update({k: str(v) for k, v in env_extra.items()})
-        n = len(getattr(self, "_procs", []))
-        err = open(os.path.join(self.ptmp, "stderr%d.txt" % n), "w+")
-        self.addCleanup(err.close)
-        proc = subprocess.Popen(
-            [sys.executable, os.path.join(HERE, "dbqueue.py"), "work", "--sleep", "0.2",
-             "--import", "dbq_test_handlers"] + list(args),
-            cwd=self.ptmp, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-            stderr=err)
-        proc.errfile = err
-        self._procs = getattr(self, "_procs", []) + [proc]
-
-        def stop():
-            if proc.poll() is None:
-                proc.kill()
-            proc.wait(30)
-        self.addCleanup(stop)
-        return proc
+        self._procs = getattr(self, "_procs", 0) + 1
+        return launch_worker(self, ["--sleep", "0.2", "--import", "dbq_test_handlers"]
+                             + list(args), env, self.ptmp,
+                             os.path.join(self.ptmp, "stderr%d.txt" % self._procs))
 
     def stderr(self, proc):
-        proc.errfile.flush()
-        with open(proc.errfile.name) as fh:
-            return fh.read()
+        return worker_stderr(proc)
 
     def lines(self):
         try:
@@ -3624,38 +3609,46 @@ def _die_with_parent():
         pass
 
 
+def launch_worker(testcase, args, env, cwd, log):
+    """A real `python dbqueue.py work ARGS` in `cwd` with exactly `env`: stdin
+    closed, stdout dropped, stderr into the file `log` (proc.log, read with
+    worker_stderr). Killed in the test's cleanup, and by the kernel if the test
+    process dies first."""
+    with open(log, "wb") as err:
+        proc = subprocess.Popen(
+            [sys.executable, DBQUEUE_PY, "work"] + list(args), cwd=cwd, env=env,
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
+            preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None)
+    proc.log = log
+
+    def stop():
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(30)
+    testcase.addCleanup(stop)
+    return proc
+
+
+def worker_stderr(proc):
+    with open(proc.log, encoding="utf-8", errors="replace") as fh:
+        return fh.read()
+
+
 class _Procs:
-    """Worker subprocesses of one test: stdout and stderr in files, killed in cleanup."""
+    """Worker subprocesses of one test running fault_jobs, in one temp dir."""
 
     def __init__(self, testcase, tmp, env):
-        self.tmp, self.env, self.procs, self.count = tmp, env, [], 0
+        self.testcase, self.tmp, self.env, self.count = testcase, tmp, env, 0
         with open(os.path.join(tmp, "fault_jobs.py"), "w") as fh:
             fh.write(FAULT_JOBS)
-        testcase.addCleanup(self.kill_all)
 
     def start(self, *args, **env):
         self.count += 1
-        name = os.path.join(self.tmp, "worker%d" % self.count)
-        with open(name + ".out", "wb") as out, open(name + ".err", "wb") as err:
-            proc = subprocess.Popen(
-                [sys.executable, DBQUEUE_PY, "work", "--import", "fault_jobs"] + list(args),
-                cwd=self.tmp, env=dict(self.env, **env), stdout=out, stderr=err,
-                stdin=subprocess.DEVNULL,
-                preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None)
-        proc.log = name + ".err"
-        self.procs.append(proc)
-        return proc
+        return launch_worker(self.testcase, ["--import", "fault_jobs"] + list(args),
+                             dict(self.env, **env), self.tmp,
+                             os.path.join(self.tmp, "worker%d.err" % self.count))
 
-    @staticmethod
-    def stderr(proc):
-        with open(proc.log, encoding="utf-8", errors="replace") as fh:
-            return fh.read()
-
-    def kill_all(self):
-        for proc in self.procs:
-            if proc.poll() is None:
-                proc.kill()
-            proc.wait(10)
+    stderr = staticmethod(worker_stderr)
 
 
 def _records(path):
@@ -4772,7 +4765,7 @@ class _DoubleRunProcesses:
     """Worker subprocesses running double_run_jobs, all logging into one file."""
 
     def double_run_setup(self):
-        self.log = os.path.join(self.db.tmp, "runs.log")
+        self.log = os.path.join(self.db.tmp, "double_runs.log")
         with open(os.path.join(self.db.tmp, "double_run_jobs.py"), "w") as fh:
             fh.write(DOUBLE_RUN_JOBS)
         self.procs = _Procs(self, self.db.tmp, _fault_env(self.db.env(
@@ -5056,7 +5049,7 @@ class DoubleRunProcessTests(_DoubleRunProcesses):
         shares = [sum(1 for s in slow if s[2] == w.pid) for w in workers]
         self.assertGreaterEqual(min(shares), 5, shares)
         self.assertEqual(_double_starts(self.records()), [])
-        print("\n[core16 %s] 20 jobs of 0.5 s after a warm-up, two workers: drained in %.1fs"
+        print("\n[double run %s] 20 jobs of 0.5 s after a warm-up, two workers: drained in %.1fs"
               " (%d + %d jobs)" % (self.db.name, elapsed, shares[0], shares[1]), file=sys.stderr)
 
 
@@ -5114,7 +5107,7 @@ class DoubleRunFaultTests(_DoubleRunProcesses):
         taken = len({s[0] for s in starts if s[1] > 1})
         dropped = sum(self.procs.stderr(w).count("not started here") for w in workers)
         self.assertGreater(taken, 0, "no reservation was taken over: the pauses were too short")
-        print("\n[core16 pause %s] seed %d: %d pauses of 1.5-3.5 s past a 1 s lease, %d jobs in"
+        print("\n[double run pause %s] seed %d: %d pauses of 1.5-3.5 s past a 1 s lease, %d jobs in"
               " %.1fs: %d taken over, %d held jobs dropped unstarted, 0 double starts"
               % (self.db.name, seed, pauses, n, elapsed, taken, dropped), file=sys.stderr)
 
@@ -5137,7 +5130,7 @@ class DoubleRunFaultTests(_DoubleRunProcesses):
         self.assertEqual(sorted(s[0] for s in starts), list(range(20)) + list(range(100, 150)))
         self.assertEqual(_double_starts(starts), [])
         self.assertEqual(q.failed(), [])
-        print("\n[core16 settings %s] 20 reports of 2.2 s beside retry_after 1 s workers:"
+        print("\n[double run settings %s] 20 reports of 2.2 s beside retry_after 1 s workers:"
               " drained in %.1fs, each started once" % (self.db.name, elapsed), file=sys.stderr)
 
 
