@@ -7795,7 +7795,7 @@ def _smtp_codes(exc):
 # and "452 4.2.2 ... over quota" are that one recipient's) or the protocol
 # ("452 4.5.3 Too many recipients" is this message's): those stay deferrals.
 _THROTTLE = _Pattern(r"(?i)(?<![a-z])rate|too many|too much|throttl|limit exceeded|quota")
-_NOT_THROTTLE = _Pattern(r"^\s*4\.[125]\.[0-9]")
+_NOT_THROTTLE = _Pattern(r"\s*4\.[125]\.[0-9]")
 
 
 def _throttling(code, reply):

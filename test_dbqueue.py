@@ -407,10 +407,29 @@ def sqlite_only(test):
     return test
 
 
-def on_every_backend(mixin, backends=None):
-    """Make one TestCase per backend from a mixin of tests that use self.db."""
+# Named groups of backends a mixin of tests is made for (on_backends below).
+ALL = BACKENDS
+SQLITE = [Backend]
+SQLITE_PG = [Backend, PsycopgBackend]
+# One backend per database: psycopg2 adds little that psycopg does not show, nor
+# MySQLdb beside PyMySQL, so slow tests run on these; a new backend in BACKENDS
+# for a new database gets them too.
+SQLITE_PG_MARIADB = [b for b in BACKENDS if b.driver not in ("psycopg2", "MySQLdb")]
+PG = [PsycopgBackend, Psycopg2Backend]
+MARIADB = [MariaDBBackend, MariaDBMySQLdbBackend]
+PGBOUNCER = PGBOUNCER_BACKENDS
+
+
+def on_backends(mixin=None, *groups):
+    """Make one TestCase per backend in `groups` (default ALL) from a mixin of tests
+    that use self.db, named <Mixin without Tests><Backend suffix>Tests. Used as
+    `@on_backends`, `@on_backends(SQLITE_PG)` or `on_backends(Mixin, PGBOUNCER)`."""
+    if not isinstance(mixin, type):
+        groups = (mixin,) + groups if mixin is not None else groups
+        return lambda cls: on_backends(cls, *groups)
     module = sys.modules[mixin.__module__]
-    for backend in backends or BACKENDS:
+    backends = [b for group in groups or (ALL,) for b in group]
+    for backend in backends:
         suffix = getattr(backend, "suffix", None) or {
             "sqlite": "SQLite", "psycopg": "Psycopg", "psycopg2": "Psycopg2",
             "pymysql": "MariaDB", "MySQLdb": "MariaDBMySQLdb"}[backend.driver or "sqlite"]
@@ -449,17 +468,30 @@ def quiet_log():
     return dbqueue._Log(stream=io.StringIO())
 
 
+# What a developer's shell may hold that dbqueue reads: its own settings, the
+# CodeIgniter app's (EMAIL_*, database.default.* and the underscore forms a shell
+# can export, app.*, APP_NAME) and the dashboard's token. None reaches a test.
+_SCRUBBED = ("QUEUE_", "MAIL_", "EMAIL_", "DATABASE_URL", "database.default.",
+             "database_default_", "DBQUEUE_DASHBOARD_TOKEN", "app.", "app_", "APP_")
+
+
+def clean_env(*also, **values):
+    """os.environ without anything dbqueue reads (nor names starting with any of
+    `also`), then `values` (as strings): the environment every test starts from."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(_SCRUBBED + also)}
+    env.update({k: str(v) for k, v in values.items()})
+    return env
+
+
 def run_main(argv, env=None):
     """main(argv) in-process with `env` as the environment: (code, stdout, stderr)."""
     out, err = io.StringIO(), io.StringIO()
-    saved = dict(os.environ)
+    saved, clean = dict(os.environ), clean_env(**(env or {}))
     cwd = os.getcwd()
     tmp = tempfile.mkdtemp(prefix="dbqueue-cwd-")
     try:
         os.environ.clear()
-        os.environ.update({k: v for k, v in saved.items()
-                           if not k.startswith(("QUEUE_", "MAIL_", "DATABASE_URL"))})
-        os.environ.update(env or {})
+        os.environ.update(clean)
         os.chdir(tmp)   # no stray .env is read, nothing is written to the repo
         with redirect_stdout(out), redirect_stderr(err):
             code = dbqueue.main(argv)
@@ -491,10 +523,10 @@ def _t_permanent(data):
 
 
 ###############################################################################
-# The queue and the worker (issue 2) ##########################################
+# The queue and the worker: push, claim, retry, heartbeats, migrations ########
 ###############################################################################
 
-@on_every_backend
+@on_backends
 class CoreTests:
 
     def setUp(self):
@@ -1073,7 +1105,7 @@ class CoreTests:
 
 
 # The core again, through PgBouncer in transaction mode (?pooler=transaction).
-on_every_backend(CoreTests, PGBOUNCER_BACKENDS)
+on_backends(CoreTests, PGBOUNCER)
 
 
 _BLOCK = {"started": threading.Event(), "release": threading.Event(), "runs": 0}
@@ -1315,33 +1347,17 @@ class _WorkerProcesses:
         self.out = os.path.join(self.ptmp, "out.txt")
 
     def start_worker(self, *args, **env_extra):
-        env = {k: v for k, v in os.environ.items()
-               if not k.startswith(("QUEUE_", "MAIL_", "DATABASE_URL"))}
+        env = clean_env()
         env.update(self.db.env())
         env.update({"PYTHONPATH": self.ptmp, "T_OUT": self.out})
         env.update({k: str(v) for k, v in env_extra.items()})
-        n = len(getattr(self, "_procs", []))
-        err = open(os.path.join(self.ptmp, "stderr%d.txt" % n), "w+")
-        self.addCleanup(err.close)
-        proc = subprocess.Popen(
-            [sys.executable, os.path.join(HERE, "dbqueue.py"), "work", "--sleep", "0.2",
-             "--import", "dbq_test_handlers"] + list(args),
-            cwd=self.ptmp, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-            stderr=err)
-        proc.errfile = err
-        self._procs = getattr(self, "_procs", []) + [proc]
-
-        def stop():
-            if proc.poll() is None:
-                proc.kill()
-            proc.wait(30)
-        self.addCleanup(stop)
-        return proc
+        self._procs = getattr(self, "_procs", 0) + 1
+        return launch_worker(self, ["--sleep", "0.2", "--import", "dbq_test_handlers"]
+                             + list(args), env, self.ptmp,
+                             os.path.join(self.ptmp, "stderr%d.txt" % self._procs))
 
     def stderr(self, proc):
-        proc.errfile.flush()
-        with open(proc.errfile.name) as fh:
-            return fh.read()
+        return worker_stderr(proc)
 
     def lines(self):
         try:
@@ -1357,12 +1373,7 @@ class _WorkerProcesses:
             raise AssertionError("worker still running after %ss:\n%s" % (timeout, self.stderr(proc)))
 
 
-def on_sqlite_and_postgres(mixin):
-    """Like on_every_backend, for slow subprocess tests: SQLite and psycopg only."""
-    return on_every_backend(mixin, [Backend, PsycopgBackend])
-
-
-@on_sqlite_and_postgres
+@on_backends(SQLITE_PG_MARIADB)
 class CoreProcessTests(_WorkerProcesses):
 
     def setUp(self):
@@ -1559,7 +1570,7 @@ class PoolerProcessTests(_WorkerProcesses):
                 self.assertNotIn("Traceback", self.stderr(proc))
 
 
-on_every_backend(PoolerProcessTests, PGBOUNCER_BACKENDS)
+on_backends(PoolerProcessTests, PGBOUNCER)
 
 # A handler that waits inside one C call, for SecondInterruptTests.
 _SLEEPING_HANDLERS = """
@@ -1576,7 +1587,7 @@ def sleep(data):
 """
 
 
-@on_sqlite_and_postgres
+@on_backends(SQLITE_PG)
 class SecondInterruptTests(_WorkerProcesses):
     """A second Ctrl-C gives every job in hand back unspent and exits 130, with one
     slot as with four, also while the handlers wait inside a C call."""
@@ -1657,7 +1668,7 @@ class ListenUrlRefusedTests(_WorkerProcesses):
         self.assertIn("postgresql://app:***@127.0.0.1:%d/db" % port, warnings[0])
 
 
-on_every_backend(ListenUrlRefusedTests, [PsycopgBackend, Psycopg2Backend])
+on_backends(ListenUrlRefusedTests, PG)
 
 
 class CoreLostConnectionTests(_WorkerProcesses, unittest.TestCase):
@@ -1707,7 +1718,7 @@ class CoreLostConnectionPsycopg2Tests(CoreLostConnectionTests):
     driver = "psycopg2"
 
 
-@on_sqlite_and_postgres
+@on_backends(SQLITE_PG_MARIADB)
 class CoreIsolationTests(_WorkerProcesses):
     """A job that kills its worker costs only itself, never the jobs claimed beside it."""
 
@@ -1811,10 +1822,10 @@ class CoreTransactionTimeoutTests(_WorkerProcesses):
         self.assertNotIn("Traceback", self.stderr(proc))
 
 
-on_every_backend(CoreTransactionTimeoutTests, [Backend, PsycopgBackend, MariaDBBackend])
+on_backends(CoreTransactionTimeoutTests, SQLITE_PG_MARIADB)
 
 
-@on_every_backend
+@on_backends
 class CoreStorableFailureTests:
     """What a failure records is storable whatever the handler raised or the row held."""
 
@@ -1867,7 +1878,7 @@ class CoreStorableFailureTests:
 
 
 ###############################################################################
-# Email (issue 3) #############################################################
+# Email: messages, SMTP, TLS, the seed templates ##############################
 ###############################################################################
 
 # Email tests talk to a real SMTP server on loopback (aiosmtpd's Controller in
@@ -1885,13 +1896,10 @@ def _aiosmtpd():
 
 
 def free_port():
-    import socket
-    sock = socket.socket()
-    try:
+    """A loopback TCP port that was free a moment ago; nothing listens on it now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-    finally:
-        sock.close()
 
 
 def parse_mail(raw):
@@ -2356,8 +2364,7 @@ class EmailTests(EmailTestMixin, unittest.TestCase):
     def test_readme_quick_start_with_the_log_mailer(self):
         tmp = self.db.tmp
         shutil.copy(os.path.join(HERE, "dbqueue.py"), tmp)
-        env = {k: v for k, v in os.environ.items()
-               if not k.startswith(("QUEUE_", "MAIL_", "DATABASE_URL", "APP_"))}
+        env = clean_env()
         env["MAIL_MAILER"] = "log"
         data = json.dumps({"to": "ann@example.com", "template": "verify_email",
                            "vars": {"name": "Ann", "url": "https://example.com/verify/abc"}})
@@ -2375,7 +2382,7 @@ class EmailTests(EmailTestMixin, unittest.TestCase):
         self.assertIn("outcome=done", work.stderr)
 
 
-@on_every_backend
+@on_backends
 class EmailSeedTests(EmailTestMixin):
 
     def test_seed_app_payload_rows_are_delivered(self):
@@ -2451,7 +2458,7 @@ class EmailDataTests(unittest.TestCase):
 
 
 ###############################################################################
-# Operating: the command line (issue 4) #######################################
+# Operating: the command line, stats, cancel, logs ############################
 ###############################################################################
 
 # A handler that fails while FLAKY["fail"] is set: a failed job that a retry
@@ -2474,6 +2481,19 @@ def one_line(testcase, text):
     return lines[0]
 
 
+def assert_refused(testcase, result, *paths, code=2, context=None):
+    """Assert a command `result` (code, out, err) was refused: exit `code`, nothing
+    on stdout, one line on stderr and no traceback, none of `paths` created.
+    Return the line."""
+    got, out, err = result
+    testcase.assertEqual(got, code, (context, out, err))
+    testcase.assertEqual(out, "", (context, out))
+    line = one_line(testcase, err.strip())
+    for path in paths:
+        testcase.assertFalse(os.path.exists(path), "%s was created: %s" % (path, context))
+    return line
+
+
 class _NoTerminal:
     """Runs main() with an stdin that is not a terminal (as under cron or CI)."""
 
@@ -2484,16 +2504,7 @@ class _NoTerminal:
         sys.stdin = self.saved
 
 
-def free_port():
-    import socket
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    sock.close()   # nothing listens on it now
-    return port
-
-
-@on_every_backend
+@on_backends
 class OpsTests:
 
     def setUp(self):
@@ -2775,7 +2786,7 @@ class OpsTests:
         q.discard(conn)
 
 
-on_every_backend(OpsTests, PGBOUNCER_BACKENDS)   # stats and the other commands, through PgBouncer
+on_backends(OpsTests, PGBOUNCER)   # stats and the other commands, through PgBouncer
 
 class CancelTests(_WorkerProcesses):
     """`cancel`: waiting and delayed jobs go to failed_jobs (retry brings them
@@ -2850,7 +2861,7 @@ class CancelTests(_WorkerProcesses):
         self.assertEqual(self.finish(proc), 0)
 
 
-on_every_backend(CancelTests, [Backend, PsycopgBackend, MariaDBBackend])
+on_backends(CancelTests, SQLITE_PG_MARIADB)
 
 # Rows made by the database itself, fast: n numbered i = 1..n.
 _SERIES = {
@@ -2998,8 +3009,7 @@ class StatsAtScaleTests:
                 self.assertNotIn("'type': 'ALL'", plan, (key, plan))
 
 
-on_every_backend(StatsAtScaleTests,
-                 [b for b in BACKENDS if b.driver not in ("psycopg2", "MySQLdb")])
+on_backends(StatsAtScaleTests, SQLITE_PG_MARIADB)
 
 
 class OpsCommandLineTests(unittest.TestCase):
@@ -3042,11 +3052,8 @@ class OpsCommandLineTests(unittest.TestCase):
         ]
         for argv in cases:
             with _NoTerminal():
-                code, out, err = run_main(argv, self.env)
-            self.assertEqual(code, 2, (argv, err))
-            self.assertEqual(out, "", argv)
-            self.assertNotIn("s3cret", err)
-            one_line(self, err)
+                line = assert_refused(self, run_main(argv, self.env), context=argv)
+            self.assertNotIn("s3cret", line)
         code, _, err = run_main(["stats"], dict(self.env, QUEUE_MAX_ATTEMPTS="many"))
         self.assertEqual(code, 2)
         self.assertIn("QUEUE_MAX_ATTEMPTS", one_line(self, err))
@@ -3182,7 +3189,7 @@ class OpsCommandLineTests(unittest.TestCase):
         self.addCleanup(q.close)
         q.push("t_record", {})
         q.push("t_record", {})
-        env = dict(os.environ, **self.env)
+        env = clean_env(**self.env)
         for answer, code, words, left in (("n\n", 1, "nothing deleted", 2),
                                           ("y\n", 0, "deleted 2 waiting job(s)", 0)):
             master, slave = pty.openpty()
@@ -3215,8 +3222,7 @@ class OpsWorkerLogMaskTests(unittest.TestCase):
         with open(os.path.join(tmp, "dbq_leaky.py"), "w") as fh:
             fh.write("import dbqueue\n\n@dbqueue.job('p_leaky')\ndef leaky(data):\n"
                      "    raise RuntimeError(%r)\n" % self.ERROR)
-        env = {k: v for k, v in os.environ.items()
-               if not k.startswith(("QUEUE_", "MAIL_", "DATABASE_URL"))}
+        env = clean_env()
         env.update(PYTHONPATH=tmp, QUEUE_DATABASE_URL="sqlite:///" + os.path.join(tmp, "q.db"))
         q = dbqueue.Queue(env["QUEUE_DATABASE_URL"])
         self.addCleanup(q.close)
@@ -3359,18 +3365,15 @@ class OpsOddInputTests(unittest.TestCase):
             ["work", "--once", "--timeout", "99999999999999"],
         ]
         for argv in cases:
-            code, out, err = run_main(argv, env)
-            self.assertEqual(code, 2, (argv, err))
-            self.assertEqual(len(err.strip().splitlines()), 1, (argv, err))
-            self.assertNotIn("Traceback", err)
-        self.assertFalse(os.path.exists(os.path.join(self.db.tmp, "queue.db")))
+            assert_refused(self, run_main(argv, env), os.path.join(self.db.tmp, "queue.db"),
+                           context=argv)
 
 
 # -- operations tests end here --
 
 
 ###############################################################################
-# Speed (issue 5) #############################################################
+# Speed #######################################################################
 ###############################################################################
 
 # The batching that makes the worker fast must not weaken a guarantee: a
@@ -3398,7 +3401,7 @@ def _t_batch_record(data):
     RECORD.append(data)
 
 
-@on_every_backend
+@on_backends
 class SpeedTests:
 
     def setUp(self):
@@ -3412,7 +3415,7 @@ class SpeedTests:
         q = self.db.queue()
         q.push_many("t_batch", [{"i": i} for i in range(20)])
         marker = os.path.join(self.db.tmp, "blocked")
-        env = dict(os.environ, **self.db.env())
+        env = clean_env(**self.db.env())
         proc = subprocess.Popen([sys.executable, "-c", _BATCH_WORKER, HERE, marker], env=env,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         self.addCleanup(lambda: proc.poll() is None and (proc.kill(), proc.wait()))
@@ -3551,7 +3554,7 @@ class SpeedDefaultDatabaseTests(unittest.TestCase):
 
 
 ###############################################################################
-# Faults (issue 6) ############################################################
+# Faults: crashes, contention, private servers, secrets, hostile input ########
 ###############################################################################
 
 # The fault suite shows the guarantees under real failures: real worker
@@ -3618,8 +3621,7 @@ def fault_count(data):
 
 
 def _fault_env(extra):
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("QUEUE_", "MAIL_", "DATABASE_URL", "FAULT_"))}
+    env = clean_env("FAULT_")
     env.update(extra)
     return env
 
@@ -3634,38 +3636,46 @@ def _die_with_parent():
         pass
 
 
+def launch_worker(testcase, args, env, cwd, log):
+    """A real `python dbqueue.py work ARGS` in `cwd` with exactly `env`: stdin
+    closed, stdout dropped, stderr into the file `log` (proc.log, read with
+    worker_stderr). Killed in the test's cleanup, and by the kernel if the test
+    process dies first."""
+    with open(log, "wb") as err:
+        proc = subprocess.Popen(
+            [sys.executable, DBQUEUE_PY, "work"] + list(args), cwd=cwd, env=env,
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
+            preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None)
+    proc.log = log
+
+    def stop():
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(30)
+    testcase.addCleanup(stop)
+    return proc
+
+
+def worker_stderr(proc):
+    with open(proc.log, encoding="utf-8", errors="replace") as fh:
+        return fh.read()
+
+
 class _Procs:
-    """Worker subprocesses of one test: stdout and stderr in files, killed in cleanup."""
+    """Worker subprocesses of one test running fault_jobs, in one temp dir."""
 
     def __init__(self, testcase, tmp, env):
-        self.tmp, self.env, self.procs, self.count = tmp, env, [], 0
+        self.testcase, self.tmp, self.env, self.count = testcase, tmp, env, 0
         with open(os.path.join(tmp, "fault_jobs.py"), "w") as fh:
             fh.write(FAULT_JOBS)
-        testcase.addCleanup(self.kill_all)
 
     def start(self, *args, **env):
         self.count += 1
-        name = os.path.join(self.tmp, "worker%d" % self.count)
-        with open(name + ".out", "wb") as out, open(name + ".err", "wb") as err:
-            proc = subprocess.Popen(
-                [sys.executable, DBQUEUE_PY, "work", "--import", "fault_jobs"] + list(args),
-                cwd=self.tmp, env=dict(self.env, **env), stdout=out, stderr=err,
-                stdin=subprocess.DEVNULL,
-                preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None)
-        proc.log = name + ".err"
-        self.procs.append(proc)
-        return proc
+        return launch_worker(self.testcase, ["--import", "fault_jobs"] + list(args),
+                             dict(self.env, **env), self.tmp,
+                             os.path.join(self.tmp, "worker%d.err" % self.count))
 
-    @staticmethod
-    def stderr(proc):
-        with open(proc.log, encoding="utf-8", errors="replace") as fh:
-            return fh.read()
-
-    def kill_all(self):
-        for proc in self.procs:
-            if proc.poll() is None:
-                proc.kill()
-            proc.wait(10)
+    stderr = staticmethod(worker_stderr)
 
 
 def _records(path):
@@ -3675,26 +3685,6 @@ def _records(path):
     with open(path) as fh:
         # The last line may be cut by a SIGKILL mid-write: keep whole lines only.
         return [line.split() for line in fh.read().split("\n")[:-1] if line]
-
-
-def _on_backends(mixin, backends):
-    """Like on_every_backend, for a chosen subset of backends."""
-    module = sys.modules[mixin.__module__]
-    for backend in backends:
-        suffix = getattr(backend, "suffix", None) or {
-            "sqlite": "SQLite", "psycopg": "Psycopg", "psycopg2": "Psycopg2",
-            "pymysql": "MariaDB", "MySQLdb": "MariaDBMySQLdb"}[backend.driver or "sqlite"]
-        name = mixin.__name__.replace("Tests", "") + suffix + "Tests"
-
-        def setUp(self, _backend=backend, _mixin=mixin):
-            self.db = _backend(self)
-            if hasattr(_mixin, "setUp"):
-                _mixin.setUp(self)
-
-        cls = type(name, (mixin, unittest.TestCase), {"setUp": setUp, "backend": backend})
-        cls.__module__ = mixin.__module__
-        setattr(module, name, cls)
-    return mixin
 
 
 def _count_jobs(db):
@@ -3787,7 +3777,7 @@ class CrashTests:
                  len(failed), died), file=sys.stderr)
 
 
-_on_backends(CrashTests, [Backend, PsycopgBackend])
+on_backends(CrashTests, SQLITE_PG_MARIADB)
 
 
 class ContentionTests:
@@ -3847,7 +3837,7 @@ class ContentionTests:
                  self.total / elapsed), file=sys.stderr)
 
 
-_on_backends(ContentionTests, [Backend, PsycopgBackend])
+on_backends(ContentionTests, SQLITE_PG_MARIADB)
 
 
 class PoolerContentionTests(ContentionTests):
@@ -3856,20 +3846,91 @@ class PoolerContentionTests(ContentionTests):
     workers = 4
 
 
-_on_backends(PoolerContentionTests, PGBOUNCER_BACKENDS)
-
-
-def _free_port():
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+on_backends(PoolerContentionTests, PGBOUNCER)
 
 
 PG_BIN = "/usr/lib/postgresql/15/bin"
 PG_PASSWORD = "Zq7-s3cr3t-w9Xk"      # the password role's password; must never be printed
 
 
-class PrivateCluster:
+class _PrivateServer:
+    """A database server the suite starts itself: a temp dir owned by the
+    server's user, its own port and socket, so it can be stopped or killed
+    without touching the shared one. Started once per test run when first
+    needed (get()), stopped at the end; a watchdog stops it if the test
+    process dies without cleaning up. Subclasses: check(), __init__, halt()."""
+
+    _instance = None
+    _failure = None
+    what, user = "a private server", "root"
+
+    @classmethod
+    def get(cls):
+        need(hasattr(os, "geteuid") and os.geteuid() == 0,
+             "%s needs root (it runs as the %s user)" % (cls.what, cls.user))
+        cls.check()
+        if cls._instance is None and cls._failure is None:
+            try:
+                server = cls()
+            except Exception as exc:
+                cls._failure = "could not start %s: %s" % (cls.what, exc)
+            else:
+                cls._instance = server
+                unittest.addModuleCleanup(server.stop)
+                atexit.register(server.stop)    # also when run outside unittest's runner
+        if cls._failure:
+            raise AssertionError(cls._failure)
+        return cls._instance
+
+    def make_dir(self, prefix):
+        import pwd
+        user = pwd.getpwnam(self.user)
+        self.dir = tempfile.mkdtemp(prefix=prefix)
+        os.chown(self.dir, user.pw_uid, user.pw_gid)
+        self.data = os.path.join(self.dir, "data")
+        self.port = free_port()
+
+    _WATCHDOG = textwrap.dedent("""
+        import os, shutil, subprocess, sys, time
+        parent, tmp, stop = int(sys.argv[1]), sys.argv[2], sys.argv[3:]
+        while os.path.exists(tmp):
+            try:
+                os.kill(parent, 0)
+            except ProcessLookupError:
+                try:
+                    subprocess.run(stop, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                   timeout=60)
+                except Exception:
+                    pass
+                time.sleep(1)
+                shutil.rmtree(tmp, True)
+                break
+            time.sleep(0.5)
+        """)
+
+    def _watch(self, *stop):
+        # A test run killed from outside (a CI timeout, ^C twice) runs no
+        # cleanup: this watchdog, in a session of its own, runs `stop` and
+        # removes the dir once the test process is gone.
+        self.watchdog = subprocess.Popen(
+            [sys.executable, "-c", self._WATCHDOG, str(os.getpid()), self.dir] + list(stop),
+            start_new_session=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL)
+
+    def stop(self):
+        try:
+            self.halt()
+        except Exception:
+            pass
+        shutil.rmtree(self.dir, True)
+        watchdog = getattr(self, "watchdog", None)
+        if watchdog is not None:
+            watchdog.wait(10)    # it sees the dir gone within half a second
+        if type(self)._instance is self:
+            type(self)._instance = None
+
+
+class PrivateCluster(_PrivateServer):
     """A PostgreSQL server of the fault tests' own, in a temp dir, on its own
     port and socket dir: it can be restarted without touching the shared one.
 
@@ -3878,36 +3939,16 @@ class PrivateCluster:
     only with scram-sha-256; the socket trusts `postgres`.
     """
 
-    _instance = None
-    _failure = None
+    what, user = "a private PostgreSQL cluster", "postgres"
 
     @classmethod
-    def get(cls):
-        need(hasattr(os, "geteuid") and os.geteuid() == 0,
-             "a private PostgreSQL cluster needs root (initdb runs as the postgres user)")
+    def check(cls):
         need(os.path.exists(os.path.join(PG_BIN, "initdb")), "PostgreSQL 15 binaries are missing"
              " at %s" % PG_BIN)
         need(pg_available("psycopg") is None, pg_available("psycopg") or "")
-        if cls._instance is None and cls._failure is None:
-            try:
-                cluster = cls()
-            except Exception as exc:
-                cls._failure = "could not start a private PostgreSQL cluster: %s" % exc
-            else:
-                cls._instance = cluster
-                unittest.addModuleCleanup(cluster.stop)
-                atexit.register(cluster.stop)    # also when run outside unittest's runner
-        if cls._failure:
-            raise AssertionError(cls._failure)
-        return cls._instance
 
     def __init__(self):
-        import pwd
-        user = pwd.getpwnam("postgres")
-        self.dir = tempfile.mkdtemp(prefix="dbqueue-pg-")
-        os.chown(self.dir, user.pw_uid, user.pw_gid)
-        self.data = os.path.join(self.dir, "data")
-        self.port = _free_port()
+        self.make_dir("dbqueue-pg-")
         try:
             self._pg("initdb", "-D", self.data, "-U", "postgres", "-N",
                      "--auth-local=trust", "--auth-host=scram-sha-256")
@@ -3915,7 +3956,8 @@ class PrivateCluster:
                        " -c fsync=off -c max_connections=40" % (self.port, self.dir))
             self._pg("pg_ctl", "-D", self.data, "-l", os.path.join(self.dir, "server.log"),
                      "-o", options, "-w", "-t", "60", "start")
-            self._watch()
+            self._watch("runuser", "-u", "postgres", "--", os.path.join(PG_BIN, "pg_ctl"),
+                        "-D", self.data, "-m", "immediate", "-w", "stop")
             conn = _pg_connect(__import__("psycopg"), self.url(database="postgres"))
             try:
                 cur = conn.cursor()
@@ -3926,30 +3968,6 @@ class PrivateCluster:
         except BaseException:
             self.stop()
             raise
-
-    _WATCHDOG = textwrap.dedent("""
-        import os, shutil, subprocess, sys, time
-        parent, data, tmp, pg_ctl = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
-        while os.path.exists(data):
-            try:
-                os.kill(parent, 0)
-            except ProcessLookupError:
-                subprocess.run(["runuser", "-u", "postgres", "--", pg_ctl, "-D", data, "-m",
-                                "immediate", "-w", "stop"], stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL, timeout=60)
-                shutil.rmtree(tmp, True)
-                break
-            time.sleep(0.5)
-        """)
-
-    def _watch(self):
-        # A test run killed from outside (a CI timeout, ^C twice) runs no
-        # cleanup: this watchdog, in a session of its own, stops the server
-        # and removes its dir once the test process is gone.
-        self.watchdog = subprocess.Popen(
-            [sys.executable, "-c", self._WATCHDOG, str(os.getpid()), self.data, self.dir,
-             os.path.join(PG_BIN, "pg_ctl")], start_new_session=True, stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     def _pg(self, program, *args):
         result = subprocess.run(["runuser", "-u", "postgres", "--", os.path.join(PG_BIN, program)]
@@ -3968,18 +3986,9 @@ class PrivateCluster:
         self._pg("pg_ctl", "-D", self.data, "-l", os.path.join(self.dir, "server.log"),
                  "-m", "fast", "-w", "-t", "60", "restart")
 
-    def stop(self):
+    def halt(self):
         if os.path.exists(os.path.join(self.data, "postmaster.pid")):
-            try:
-                self._pg("pg_ctl", "-D", self.data, "-m", "immediate", "-w", "stop")
-            except Exception:
-                pass
-        shutil.rmtree(self.dir, True)
-        watchdog = getattr(self, "watchdog", None)
-        if watchdog is not None:
-            watchdog.wait(10)    # it sees the dir gone within half a second
-        if PrivateCluster._instance is self:
-            PrivateCluster._instance = None
+            self._pg("pg_ctl", "-D", self.data, "-m", "immediate", "-w", "stop")
 
 
 class PrivateClusterTests(unittest.TestCase):
@@ -4108,7 +4117,7 @@ class SecretsTests(unittest.TestCase):
     """A password in QUEUE_DATABASE_URL never reaches output, whichever error occurs."""
 
     def test_password_never_shown_when_connection_is_refused(self):
-        port = _free_port()   # nothing listens there now
+        port = free_port()   # nothing listens there now
         for driver in ("psycopg", "psycopg2"):
             need(pg_available(driver) is None, pg_available(driver) or "")
             for url in ("postgresql+%s://app:%s@127.0.0.1:%d/appdb?connect_timeout=5"
@@ -4176,7 +4185,7 @@ class SecretsUrlPasswordTests(unittest.TestCase):
                                  "Queue(%r) failed" % masked)
 
     def test_config_the_worker_and_errors_never_show_it(self):
-        port = _free_port()   # nothing listens there now
+        port = free_port()   # nothing listens there now
         for scheme in ("postgresql", "mysql"):
             need((pg_available("psycopg") if scheme == "postgresql"
                   else mysql_available("pymysql")) is None, "no driver for %s" % scheme)
@@ -4201,7 +4210,7 @@ class SecretsUrlPasswordTests(unittest.TestCase):
                 self.assert_hidden(password, out + err)
                 proc = subprocess.run(
                     [sys.executable, os.path.join(HERE, "dbqueue.py"), "work", "--once"],
-                    env=dict(os.environ, **env), cwd=tempfile.gettempdir(),
+                    env=clean_env(**env), cwd=tempfile.gettempdir(),
                     capture_output=True, text=True, timeout=60)
                 self.assertEqual(proc.returncode, 1, proc.stderr)
                 self.assertIn('worker starting database="%s?' % shown, proc.stderr)
@@ -4495,7 +4504,7 @@ class HostileInputTests:
             self.assertRegex(line, r"^(# (HELP|TYPE) )?dbqueue_")
 
 
-on_every_backend(HostileInputTests)
+on_backends(HostileInputTests)
 
 
 class SQLiteHostileBytesTests(unittest.TestCase):
@@ -4560,13 +4569,9 @@ class BadSettingsTests(unittest.TestCase):
         self.env = {"QUEUE_DATABASE_URL": "sqlite:///" + self.path}
 
     def check(self, argv, env, culprit):
-        code, out, err = run_main(argv, dict(self.env, **env))
-        self.assertEqual(code, 2, (argv, env, out, err))
-        self.assertEqual(out, "")
-        self.assertEqual(len(err.strip().splitlines()), 1, err)
-        self.assertIn(culprit, err)
-        self.assertFalse(os.path.exists(self.path), "the database was touched: %s %s"
-                         % (argv, env))
+        line = assert_refused(self, run_main(argv, dict(self.env, **env)), self.path,
+                              context=(argv, env))
+        self.assertIn(culprit, line)
 
     def test_bad_table_names_exit_2(self):
         for value in ("jobs; DROP TABLE users", 'jobs"', "1jobs", "jobs-x", "a b", "x" * 64,
@@ -4735,29 +4740,29 @@ class PropertyTests:
         check()
 
 
-_on_backends(PropertyTests, [Backend, PsycopgBackend])
+on_backends(PropertyTests, SQLITE_PG_MARIADB)
 
 
 # -- fault tests end here --
 
 
-# ---- core: issue 16, the core's promises under stress ----------------------
+# ---- Leases and double runs: a job never runs twice at once; input validation ----
 #
-# Each finding of #16 as a test: real worker processes paused with SIGSTOP,
+# Real worker processes paused with SIGSTOP,
 # workers with different settings side by side, a second database session
 # holding a row lock, rows written by hand. The double-run loops run with
-# DBQUEUE_FAULTS=1 (see Core16FaultTests).
+# DBQUEUE_FAULTS=1 (see DoubleRunFaultTests).
 
-# A handler module for worker subprocesses (`work --import c16_jobs`): every
+# A handler module for worker subprocesses (`work --import double_run_jobs`): every
 # start and end of a job is one O_APPEND line "start|end N ATTEMPT PID", so
 # the lines of several processes come in one order, the order they happened.
-C16_JOBS = """
+DOUBLE_RUN_JOBS = """
 import os, time
 import dbqueue
 
-if os.environ.get("C16_HOLD"):
-    dbqueue.Worker.hold_seconds = float(os.environ["C16_HOLD"])
-_fd = os.open(os.environ["C16_LOG"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+if os.environ.get("DOUBLE_RUN_HOLD"):
+    dbqueue.Worker.hold_seconds = float(os.environ["DOUBLE_RUN_HOLD"])
+_fd = os.open(os.environ["DOUBLE_RUN_LOG"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
 
 
 def _record(what, data):
@@ -4765,8 +4770,8 @@ def _record(what, data):
     os.write(_fd, line.encode())
 
 
-@dbqueue.job("c16_sleep")
-def c16_sleep(data):
+@dbqueue.job("run_sleep")
+def run_sleep(data):
     _record("start", data)
     time.sleep(data.get("s", 0))
     _record("end", data)
@@ -4785,18 +4790,18 @@ def _double_starts(starts):
     return bad
 
 
-class _Core16Processes:
-    """Worker subprocesses running c16_jobs, all logging into one file."""
+class _DoubleRunProcesses:
+    """Worker subprocesses running double_run_jobs, all logging into one file."""
 
-    def c16_setup(self):
-        self.log = os.path.join(self.db.tmp, "c16.log")
-        with open(os.path.join(self.db.tmp, "c16_jobs.py"), "w") as fh:
-            fh.write(C16_JOBS)
+    def double_run_setup(self):
+        self.log = os.path.join(self.db.tmp, "double_runs.log")
+        with open(os.path.join(self.db.tmp, "double_run_jobs.py"), "w") as fh:
+            fh.write(DOUBLE_RUN_JOBS)
         self.procs = _Procs(self, self.db.tmp, _fault_env(self.db.env(
-            FAULT_LOG=self.log, C16_LOG=self.log, QUEUE_BACKOFF=0, QUEUE_MAX_ATTEMPTS=50)))
+            FAULT_LOG=self.log, DOUBLE_RUN_LOG=self.log, QUEUE_BACKOFF=0, QUEUE_MAX_ATTEMPTS=50)))
 
     def worker(self, *args, **env):
-        return self.procs.start("--import", "c16_jobs", "--sleep", "0.2", *args,
+        return self.procs.start("--import", "double_run_jobs", "--sleep", "0.2", *args,
                                 **{k: str(v) for k, v in env.items()})
 
     def records(self, kind="start"):
@@ -4811,14 +4816,8 @@ class _Core16Processes:
             self.assertNotIn("Traceback", self.procs.stderr(proc))
 
 
-# The backends the double-run cases run on: one per database (psycopg2 adds
-# nothing here that psycopg does not show, nor MySQLdb beside PyMySQL), so a
-# new backend in BACKENDS gets them too.
-_C16_BACKENDS = [b for b in BACKENDS if b.driver not in ("psycopg2", "MySQLdb")]
-
-
-class Core16LeaseTests:
-    """(#16.2) A reservation lasts for its holder's lease, in its own queue."""
+class LeaseRescueTests:
+    """A reservation lasts for its holder's lease, in its own queue."""
 
     def test_rescue_keeps_the_holders_lease_and_stays_in_its_queues(self):
         clock = Clock()
@@ -4873,17 +4872,17 @@ class Core16LeaseTests:
         self.assertEqual(holder.ack(holder.connect(), [held.token]), [held.token])
 
 
-_on_backends(Core16LeaseTests, _C16_BACKENDS)
+on_backends(LeaseRescueTests, SQLITE_PG_MARIADB)
 
 
 # A handler during which another worker takes its job over (the test's
 # clock jumps past the lease), as after a pause longer than retry_after.
-_C16_THIEF = {}
+_THIEF = {}
 
 
-@dbqueue.job("c16_stolen")
-def _c16_stolen(data):
-    thief = _C16_THIEF
+@dbqueue.job("stolen_job")
+def _stolen_job(data):
+    thief = _THIEF
     thief["clock"].advance(1000)
     jobs, _ = thief["queue"].reserve(thief["conn"], ["default"], 1, rescue_after=1)
     thief["jobs"].extend(jobs)
@@ -4891,14 +4890,14 @@ def _c16_stolen(data):
         time.sleep(0.02)     # past ack_delay_seconds: acknowledged at once, not with the next claim
 
 
-@on_every_backend
-class Core16HandWrittenTests:
+@on_backends
+class LeaseEdgeCaseTests:
 
     def setUp(self):
         del RECORD[:]
 
     def test_push_with_a_connection_of_any_row_factory(self):
-        # (#16.8) An app's connection that returns dicts (psycopg's dict_row,
+        # An app's connection that returns dicts (psycopg's dict_row,
         # psycopg2's RealDictCursor, a sqlite3 row_factory) got KeyError: 0.
         q = self.db.queue()
         if self.db.name == "sqlite":
@@ -4935,18 +4934,18 @@ class Core16HandWrittenTests:
         self.assertEqual(sorted(d["i"] for d in RECORD), [1, 2, 3, 4])
 
     def test_an_ack_refused_after_a_takeover_is_logged_as_lost(self):
-        # (#16.10) It said outcome=done, then "it will run again".
+        # It said outcome=done, then "it will run again".
         for slow in (False, True):
             with self.subTest(slow=slow):
                 clock = Clock()
                 q = self.db.queue(clock=clock, retry_after=10)
                 thief = self.db.queue(clock=clock, retry_after=10, migrate=False)
-                _C16_THIEF.update(clock=clock, queue=thief, conn=thief.connect(), jobs=[])
-                job_id = q.push("c16_stolen", {"slow": slow})
+                _THIEF.update(clock=clock, queue=thief, conn=thief.connect(), jobs=[])
+                job_id = q.push("stolen_job", {"slow": slow})
                 stream = io.StringIO()
                 w = dbqueue.Worker(q, ["default"], log=dbqueue._Log(stream=stream))
                 self.assertEqual(w.run(once=True), 1)
-                self.assertEqual([j.token for j in _C16_THIEF["jobs"]], [(job_id, 2)])
+                self.assertEqual([j.token for j in _THIEF["jobs"]], [(job_id, 2)])
                 lines = [line for line in stream.getvalue().splitlines() if " job " in line]
                 self.assertEqual(len(lines), 1, stream.getvalue())
                 self.assertIn("outcome=lost", lines[0])
@@ -4955,10 +4954,10 @@ class Core16HandWrittenTests:
                 self.assertNotIn("run again", stream.getvalue())
                 # The new holder's reservation is untouched.
                 self.assertEqual(self.db.raw("SELECT attempts FROM {jobs}"), [(2,)])
-                self.assertEqual(thief.ack(_C16_THIEF["conn"], [(job_id, 2)]), [])
+                self.assertEqual(thief.ack(_THIEF["conn"], [(job_id, 2)]), [])
 
     def test_held_jobs_are_confirmed_after_a_wall_clock_jump(self):
-        # (#16.1) A VM resumed after a freeze: the monotonic clock may not
+        # A VM resumed after a freeze: the monotonic clock may not
         # have moved, the wall clock has. A held batch is confirmed before
         # its next job starts; jobs taken over meanwhile are dropped.
         clock = Clock()
@@ -4984,7 +4983,7 @@ class Core16HandWrittenTests:
         self.assertEqual(self.db.raw("SELECT attempts FROM {jobs}"), [(2,)])
 
     def test_a_row_with_the_largest_attempts_fails_alone(self):
-        # (#16.3) On PostgreSQL the claim's attempts + 1 overflowed INTEGER
+        # On PostgreSQL the claim's attempts + 1 overflowed INTEGER
         # for the whole batch, and every worker exited 1 on every restart.
         # MySQL has no RETURNING: its claim is always the select, then the update.
         for returning in {"sqlite": (True, False), "mysql": (False,)}.get(self.db.name, (True,)):
@@ -5011,21 +5010,22 @@ class Core16HandWrittenTests:
         self.assertEqual(self.db.raw("SELECT COUNT(*) FROM {jobs}"), [(0,)])
 
 
-class Core16ProcessTests(_Core16Processes):
-    """The two double runs of #16, one round each, with real processes."""
+class DoubleRunProcessTests(_DoubleRunProcesses):
+    """The two double runs (a holder paused past its lease, workers with other
+    settings), one round each, with real processes."""
 
     def setUp(self):
-        self.c16_setup()
+        self.double_run_setup()
 
     def test_a_paused_worker_never_starts_a_held_job_that_was_taken_over(self):
-        # (#16.1) Worker A holds a batch and is stopped (SIGSTOP) past its
+        # Worker A holds a batch and is stopped (SIGSTOP) past its
         # lease; B takes the jobs over and runs them. A, continued, finishes
         # the job it was in, and starts none of those it held.
         q = self.db.queue()
-        a = self.worker(QUEUE_RETRY_AFTER=1, C16_HOLD=1000)
-        q.push("c16_sleep", {"n": 0})
+        a = self.worker(QUEUE_RETRY_AFTER=1, DOUBLE_RUN_HOLD=1000)
+        q.push("run_sleep", {"n": 0})
         wait_for(lambda: self.records("end"), 30, message="the warm-up job")
-        q.push_many("c16_sleep", [{"n": 1, "s": 1.5}] + [{"n": n} for n in range(2, 7)])
+        q.push_many("run_sleep", [{"n": 1, "s": 1.5}] + [{"n": n} for n in range(2, 7)])
         wait_for(lambda: self.records()[1:], 30, message="job 1 to start")
         os.kill(a.pid, signal.SIGSTOP)
         held = self.db.raw("SELECT attempts FROM {jobs} WHERE reserved_at IS NOT NULL")
@@ -5044,12 +5044,12 @@ class Core16ProcessTests(_Core16Processes):
         self.assertEqual(q.failed(), [])
 
     def test_workers_with_other_settings_never_take_a_running_job(self):
-        # (#16.2) The issue's setup: two `reports` workers with a long
+        # The issue's setup: two `reports` workers with a long
         # retry_after, an `emails` worker with a short one, plus a `reports`
         # worker with a short one. A 3 s report runs once.
         q = self.db.queue()
         first = self.worker("--queue", "reports", QUEUE_RETRY_AFTER=600)
-        q.push("c16_sleep", {"n": 1, "s": 3}, queue="reports")
+        q.push("run_sleep", {"n": 1, "s": 3}, queue="reports")
         wait_for(self.records, 30, message="the report to start")
         others = [self.worker("--queue", "reports", QUEUE_RETRY_AFTER=600),
                   self.worker("--queue", "emails", QUEUE_RETRY_AFTER=1),
@@ -5061,15 +5061,15 @@ class Core16ProcessTests(_Core16Processes):
         self.assertEqual(q.failed(), [])
 
     def test_jobs_that_turn_slow_are_shared_by_two_workers(self):
-        # (#16.6) After fast jobs warm the workers up (a large batch each),
+        # After fast jobs warm the workers up (a large batch each),
         # 20 jobs of 0.5 s arrive: the worker that claims them gives back
         # what it holds once its job runs long, and the other takes them.
         q = self.db.queue()
         workers = [self.worker(), self.worker()]
-        q.push_many("c16_sleep", [{"n": n} for n in range(300)])
+        q.push_many("run_sleep", [{"n": n} for n in range(300)])
         wait_for(lambda: _count_jobs(self.db) == 0, 60, message="the warm-up")
         started = time.monotonic()
-        q.push_many("c16_sleep", [{"n": n, "s": 0.5} for n in range(1000, 1020)])
+        q.push_many("run_sleep", [{"n": n, "s": 0.5} for n in range(1000, 1020)])
         wait_for(lambda: _count_jobs(self.db) == 0, 60, message="the slow jobs")
         elapsed = time.monotonic() - started
         self.stop_all(workers)
@@ -5078,18 +5078,18 @@ class Core16ProcessTests(_Core16Processes):
         shares = [sum(1 for s in slow if s[2] == w.pid) for w in workers]
         self.assertTrue(all(shares), shares)          # each worker took some of them
         self.assertEqual(_double_starts(self.records()), [])
-        print("\n[core16 %s] 20 jobs of 0.5 s after a warm-up, two workers: drained in %.1fs"
+        print("\n[double run %s] 20 jobs of 0.5 s after a warm-up, two workers: drained in %.1fs"
               " (%d + %d jobs)" % (self.db.name, elapsed, shares[0], shares[1]), file=sys.stderr)
 
 
-_on_backends(Core16ProcessTests, _C16_BACKENDS)
+on_backends(DoubleRunProcessTests, SQLITE_PG_MARIADB)
 
 
-class Core16FaultTests(_Core16Processes):
-    """The double-run cases of #16 in loops of 20 rounds (heavy: DBQUEUE_FAULTS=1)."""
+class DoubleRunFaultTests(_DoubleRunProcesses):
+    """The double-run cases in loops of 20 rounds (heavy: DBQUEUE_FAULTS=1)."""
 
     def setUp(self):
-        self.c16_setup()
+        self.double_run_setup()
 
     @heavy
     def test_workers_paused_past_their_lease_never_start_a_job_taken_over(self):
@@ -5112,7 +5112,7 @@ class Core16FaultTests(_Core16Processes):
         # stopped inside a transaction holds the write lock, and the push
         # below waits for it.
         while len(timers) < 20:
-            q.push_many("c16_sleep", [{"n": i, "s": rng.uniform(0, 0.02)}
+            q.push_many("run_sleep", [{"n": i, "s": rng.uniform(0, 0.02)}
                                       for i in range(n, n + 120)])
             n += 120      # more than the running workers finish meanwhile: none is idle
             running = [w for w in workers if w not in stopped]
@@ -5136,7 +5136,7 @@ class Core16FaultTests(_Core16Processes):
         taken = len({s[0] for s in starts if s[1] > 1})
         dropped = sum(self.procs.stderr(w).count("not started here") for w in workers)
         self.assertGreater(taken, 0, "no reservation was taken over: the pauses were too short")
-        print("\n[core16 pause %s] seed %d: %d pauses of 1.5-3.5 s past a 1 s lease, %d jobs in"
+        print("\n[double run pause %s] seed %d: %d pauses of 1.5-3.5 s past a 1 s lease, %d jobs in"
               " %.1fs: %d taken over, %d held jobs dropped unstarted, 0 double starts"
               % (self.db.name, seed, pauses, n, elapsed, taken, dropped), file=sys.stderr)
 
@@ -5150,8 +5150,8 @@ class Core16FaultTests(_Core16Processes):
                    self.worker("-q", "--queue", "reports", QUEUE_RETRY_AFTER=1),
                    self.worker("-q", "--queue", "emails", QUEUE_RETRY_AFTER=1)]
         started = time.monotonic()
-        q.push_many("c16_sleep", [{"n": i, "s": 2.2} for i in range(20)], queue="reports")
-        q.push_many("c16_sleep", [{"n": i} for i in range(100, 150)], queue="emails")
+        q.push_many("run_sleep", [{"n": i, "s": 2.2} for i in range(20)], queue="reports")
+        q.push_many("run_sleep", [{"n": i} for i in range(100, 150)], queue="emails")
         wait_for(lambda: _count_jobs(self.db) == 0, 60, 0.1, "the drain")
         elapsed = time.monotonic() - started
         self.stop_all(workers)
@@ -5159,15 +5159,15 @@ class Core16FaultTests(_Core16Processes):
         self.assertEqual(sorted(s[0] for s in starts), list(range(20)) + list(range(100, 150)))
         self.assertEqual(_double_starts(starts), [])
         self.assertEqual(q.failed(), [])
-        print("\n[core16 settings %s] 20 reports of 2.2 s beside retry_after 1 s workers:"
+        print("\n[double run settings %s] 20 reports of 2.2 s beside retry_after 1 s workers:"
               " drained in %.1fs, each started once" % (self.db.name, elapsed), file=sys.stderr)
 
 
-_on_backends(Core16FaultTests, _C16_BACKENDS)
+on_backends(DoubleRunFaultTests, SQLITE_PG_MARIADB)
 
 
-class Core16IdleTests:
-    """(#16.5) A ready row that another session has locked leaves a worker idle."""
+class LockedRowIdleTests:
+    """A ready row that another session has locked leaves a worker idle."""
 
     def test_a_row_locked_by_another_session_does_not_make_the_worker_spin(self):
         q = self.db.queue()
@@ -5199,12 +5199,12 @@ class Core16IdleTests:
         self.assertEqual(RECORD, [{"i": 1}])
 
 
-_on_backends(Core16IdleTests, [b for b in _C16_BACKENDS if b.name != "sqlite"])
+on_backends(LockedRowIdleTests, [b for b in SQLITE_PG_MARIADB if b.name != "sqlite"])
 
 
 
-class Core16ValidatorTests(unittest.TestCase):
-    """(#16.7) Every pattern that validates ends in \Z: "$" matches before a final newline."""
+class ValidatorNewlineTests(unittest.TestCase):
+    """Every pattern that validates ends in \Z: "$" matches before a final newline."""
 
     def test_every_validating_pattern_refuses_a_trailing_newline(self):
         patterns = {name: value for name, value in vars(dbqueue).items()
@@ -5233,8 +5233,8 @@ class Core16ValidatorTests(unittest.TestCase):
                                                None)["headers"], [("X-Campaign", "spring")])
 
 
-class Core16EmailTests(EmailTestMixin, unittest.TestCase):
-    """Findings of #16 about email, with the real SMTP test server."""
+class EmailTrailingNewlineTests(EmailTestMixin, unittest.TestCase):
+    """A trailing newline in a uuid or a header name, with the real SMTP test server."""
 
     def setUp(self):
         self.db = Backend(self)
@@ -5254,7 +5254,7 @@ class Core16EmailTests(EmailTestMixin, unittest.TestCase):
         self.assertEqual(msg.get_content().strip(), "t")
 
     def test_a_hand_written_uuid_ending_in_a_newline_gets_the_fallback_message_id(self):
-        # (#16.10) "$" let "…\n" into the Message-ID, and the job failed.
+        # "$" let "…\n" into the Message-ID, and the job failed.
         sink = SMTPSink(self)
         q = self.mail_queue(sink)
         payload = json.dumps({"uuid": "0c3e8b7a-1d2f-4e5a-9b6c-7d8e9f0a1b2c\n",
@@ -5271,8 +5271,8 @@ class Core16EmailTests(EmailTestMixin, unittest.TestCase):
 
 
 
-class Core16MessageFuzzTests(unittest.TestCase):
-    """(#16.9) Whatever a payload holds, building its message either works or
+class MessageFuzzTests(unittest.TestCase):
+    """Whatever a payload holds, building its message either works or
     is a PermanentError: never another exception, which would be retried."""
 
     # Pieces the generator combines: header names the email package parses
@@ -5357,7 +5357,7 @@ class Core16MessageFuzzTests(unittest.TestCase):
             self.assertIn("cannot be built", row["exception"])
 
 
-# ---- config: the .env file, settings and their sources, the newcomer's mistakes ----
+# ---- Configuration: the .env file, settings and their sources, the newcomer's mistakes ----
 
 def env_file(testcase, text, name=".env"):
     """A .env file with `text` in a temp folder of its own; returns its path."""
@@ -5745,10 +5745,7 @@ class ConfigSilentFallbackTests(unittest.TestCase):
         self.path = os.path.join(self.tmp, "q.db")
 
     def one_line_error(self, argv, env, code=2):
-        got, out, err = run_main(argv, env)
-        self.assertEqual(got, code, (argv, env, out, err))
-        self.assertEqual(len(err.strip().splitlines()), 1, err)
-        return err
+        return assert_refused(self, run_main(argv, env), code=code, context=(argv, env))
 
     def test_a_name_one_edit_from_a_setting_is_a_warning_naming_both(self):
         path = env_file(self, '''
@@ -5827,8 +5824,7 @@ class ConfigUrlTypoRefusalTests(unittest.TestCase):
     refuses in one line, exit 2, before it could make ./dbqueue.sqlite3."""
 
     def run_cli(self, argv, env, cwd):
-        clean = {k: v for k, v in os.environ.items()
-                 if not k.startswith(("QUEUE_", "MAIL_", "DATABASE_URL"))}
+        clean = clean_env()
         clean.update(env)
         proc = subprocess.run([sys.executable, os.path.join(HERE, "dbqueue.py")] + argv,
                               cwd=cwd, env=clean, capture_output=True, text=True, timeout=60)
@@ -6076,8 +6072,7 @@ class ConfigReadmeTests(unittest.TestCase):
             with open(path, "w") as fh:
                 fh.write('#!/bin/sh\nexec "%s" "$@"\n' % sys.executable)
             os.chmod(path, 0o755)
-        self.env = {k: v for k, v in os.environ.items()
-                    if not k.startswith(("QUEUE_", "MAIL_", "DATABASE_URL", "DBQUEUE_"))}
+        self.env = clean_env("DBQUEUE_")
         self.env["PATH"] = bin_dir + os.pathsep + self.env.get("PATH", "")
         self.env["PYTHONDONTWRITEBYTECODE"] = "1"
 
@@ -6219,7 +6214,7 @@ def load_tests(loader, tests, pattern):
     return _SummarySuite([tests])
 
 
-# ---- takeover: the CodeIgniter app's tables, templates and sendmail, taken over in place ----
+# ---- Takeover: the CodeIgniter app's tables, templates and sendmail, taken over in place ----
 
 # The tables as the CodeIgniter app's two migrations make them, per database:
 # what CodeIgniter 4's Forge writes for its addField() arrays (BIGINT unsigned
@@ -6307,7 +6302,7 @@ def utc_datetime(seconds_ago=0):
     return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(time.time() - seconds_ago))
 
 
-@on_every_backend
+@on_backends
 class TakeoverTablesTests:
     """The CodeIgniter app's own jobs and failed_jobs, used as they are (issue 12)."""
 
@@ -6433,7 +6428,7 @@ class TakeoverFlushTimeZoneTests:
         self.addCleanup(shutil.rmtree, tmp, True)
         proc = subprocess.run(
             [sys.executable, os.path.join(HERE, "dbqueue.py"), "flush", "--hours", "4"],
-            env=dict(os.environ, TZ="Asia/Tokyo", **self.db.env(QUEUE_DATABASE_URL=url)),
+            env=clean_env(TZ="Asia/Tokyo", **self.db.env(QUEUE_DATABASE_URL=url)),
             cwd=tmp, capture_output=True, text=True, timeout=60)
         self.assertEqual(proc.returncode, 0, proc.stderr)
         self.assertEqual(proc.stdout, "deleted 1 failed job(s) older than 4 hours\n")
@@ -6479,8 +6474,7 @@ class TakeoverFlushTimeZoneTests:
         self.fail_and_flush_in_each_zone(app_tables=False)
 
 
-on_every_backend(TakeoverFlushTimeZoneTests,
-                 [Backend, PsycopgBackend, Psycopg2Backend, MariaDBBackend])
+on_backends(TakeoverFlushTimeZoneTests, SQLITE, PG, [MariaDBBackend])
 
 
 
@@ -6540,7 +6534,7 @@ class TakeoverPrintedMigrationTests:
         self.assertIn("nothing to do", again)
 
 
-on_every_backend(TakeoverPrintedMigrationTests, [Backend, PsycopgBackend, MariaDBBackend])
+on_backends(TakeoverPrintedMigrationTests, SQLITE_PG_MARIADB)
 
 
 class TakeoverOtherPHPJobTests:
@@ -6577,7 +6571,7 @@ class TakeoverOtherPHPJobTests:
         self.assertNotIn("\\\\", page.text)
 
 
-on_every_backend(TakeoverOtherPHPJobTests, [Backend, PsycopgBackend, MariaDBBackend])
+on_backends(TakeoverOtherPHPJobTests, SQLITE_PG_MARIADB)
 
 
 def app_connection(db):
@@ -6592,7 +6586,7 @@ def app_connection(db):
     return conn
 
 
-@on_every_backend
+@on_backends
 class TakeoverColdPushTests:
     """push(connection=app) while the app's transaction holds the write lock, from a
     Queue that has never connected in that thread (issue 12: a 5 s wait, then
@@ -7197,9 +7191,7 @@ class TakeoverEndToEndTests:
             fh.write("\n".join(lines) + "\n")
 
     def dbqueue(self, *args):
-        env = {k: v for k, v in os.environ.items()
-               if not k.startswith(("QUEUE_", "MAIL_", "DATABASE_URL", "APP_", "EMAIL_",
-                                    "database"))}
+        env = clean_env("database")
         if self.db.name != "sqlite":
             # The server's URL (a socket directory, the test's own database);
             # everything else comes from the app's .env.
@@ -7273,10 +7265,10 @@ class TakeoverEndToEndTests:
         self.assertEqual(self.db.raw("SELECT COUNT(*) FROM {jobs}")[0][0], 0)
 
 
-on_every_backend(TakeoverEndToEndTests, [b for b in BACKENDS if b is not Psycopg2Backend])
+on_backends(TakeoverEndToEndTests, [b for b in BACKENDS if b is not Psycopg2Backend])
 
 
-# ---- mail: issue 10, mail against servers that answer as Postfix does ----
+# ---- Email against mail servers that answer as Postfix does: the sent log, outages, deadlines, pause ----
 
 class PostfixSink(SMTPSink):
     """SMTPSink with the replies a Postfix 3.7 with access maps gives.
@@ -7967,7 +7959,7 @@ class SentLogTests(EmailTestMixin):
         self.assertIn("nothing to do", out)
 
 
-on_every_backend(SentLogTests, [Backend, PsycopgBackend, MariaDBBackend])
+on_backends(SentLogTests, SQLITE_PG_MARIADB)
 
 
 class SentLogRightsTests(unittest.TestCase):
@@ -8029,7 +8021,7 @@ class SentLogProcessTests(_WorkerProcesses, EmailTestMixin):
                          sorted("250 2.0.0 Ok: queued as 4QwXk%d" % (i + 1) for i in range(count)))
 
 
-on_every_backend(SentLogProcessTests, [Backend, PsycopgBackend, MariaDBBackend])
+on_backends(SentLogProcessTests, SQLITE_PG_MARIADB)
 
 
 class MailMessageTests(unittest.TestCase):
@@ -8091,7 +8083,7 @@ class MailMessageTests(unittest.TestCase):
         self.assertFalse(dbqueue._message_bytes(dbqueue._build_message(fields)).isascii())
 
 
-@on_sqlite_and_postgres
+@on_backends(SQLITE_PG)
 class MailOutageTests(_WorkerProcesses, EmailTestMixin):
     """The mail server down for longer than the whole backoff: nothing is spent."""
 
@@ -8163,7 +8155,7 @@ class MailOutageTests(_WorkerProcesses, EmailTestMixin):
                 self.assertEqual(q.failed(), [])
 
 
-on_every_backend(MailOutageTests, [MariaDBBackend])    # stats and health on all three
+on_backends(MailOutageTests, [MariaDBBackend])    # stats and health on all three
 
 
 class MailOutageProbeTests(_WorkerProcesses, EmailTestMixin):
@@ -8197,7 +8189,7 @@ class MailOutageProbeTests(_WorkerProcesses, EmailTestMixin):
         self.assertEqual(q.failed(), [])
 
 
-on_every_backend(MailOutageProbeTests, [Backend])
+on_backends(MailOutageProbeTests, SQLITE)
 
 
 class MailOutageUnspentTests(EmailTestMixin):
@@ -8237,7 +8229,7 @@ class MailOutageUnspentTests(EmailTestMixin):
         self.assertEqual(self.jobs_left(), 0)
 
 
-on_every_backend(MailOutageUnspentTests, [Backend, PsycopgBackend, MariaDBBackend])
+on_backends(MailOutageUnspentTests, SQLITE_PG_MARIADB)
 
 
 class MailOutageStaleTests:
@@ -8274,7 +8266,7 @@ class MailOutageStaleTests:
         self.assertTrue(emails["emails"]["mail_outage"]["stale"])
 
 
-on_every_backend(MailOutageStaleTests, [Backend, PsycopgBackend, MariaDBBackend])
+on_backends(MailOutageStaleTests, SQLITE_PG_MARIADB)
 
 
 class MailOutageOrderTests(_WorkerProcesses, EmailTestMixin):
@@ -8320,7 +8312,7 @@ class MailOutageOrderTests(_WorkerProcesses, EmailTestMixin):
         self.assertEqual(self.finish(proc), 0)
 
 
-on_every_backend(MailOutageOrderTests, [Backend, PsycopgBackend, MariaDBBackend])
+on_backends(MailOutageOrderTests, SQLITE_PG_MARIADB)
 
 
 class DeadlineTests(_WorkerProcesses, EmailTestMixin):
@@ -8449,7 +8441,7 @@ class DeadlineTests(_WorkerProcesses, EmailTestMixin):
                                                expires_in=0))["retryUntil"])
 
 
-on_every_backend(DeadlineTests, [Backend, PsycopgBackend, MariaDBBackend])
+on_backends(DeadlineTests, SQLITE_PG_MARIADB)
 
 
 class MailOutageRightsTests(unittest.TestCase):
@@ -8629,17 +8621,17 @@ class PauseTests(_WorkerProcesses):
             q.pause("emails", seconds=0)
 
 
-on_every_backend(PauseTests, [Backend, PsycopgBackend, MariaDBBackend])
+on_backends(PauseTests, SQLITE_PG_MARIADB)
 
 
-# ---- limits: unique jobs, MAIL_RATE_LIMIT, SQLite producer latency (issue 13) ----
+# ---- Unique jobs, rate limits (MAIL_RATE_LIMIT) and throttling, SQLite producer latency ----
 
 def _key_text(value):
     """jobs.unique_key as read back (bytes on MySQL, where the column is VARBINARY)."""
     return value.decode() if isinstance(value, (bytes, bytearray)) else value
 
 
-@on_every_backend
+@on_backends
 class UniqueTests:
 
     def setUp(self):
@@ -8792,7 +8784,7 @@ class UniqueTests:
         self.assertEqual(len(self.rows()), 1)
 
 
-on_every_backend(UniqueTests, PGBOUNCER_BACKENDS)
+on_backends(UniqueTests, PGBOUNCER)
 
 
 _UNIQUE_PRODUCER = r"""
@@ -8834,8 +8826,7 @@ class UniqueProcessTests(_WorkerProcesses):
         # job runs once.
         q = self.db.queue()
         workers = [self.start_worker("--import", "dbq_unique_handlers", "-q") for _ in range(2)]
-        env = {k: v for k, v in os.environ.items()
-               if not k.startswith(("QUEUE_", "MAIL_", "DATABASE_URL"))}
+        env = clean_env()
         env.update(self.db.env())
         producers = []
         for n in range(4):
@@ -8863,8 +8854,7 @@ class UniqueProcessTests(_WorkerProcesses):
 
     def test_concurrent_pushers_without_a_worker_make_one_job_per_key(self):
         self.db.queue()
-        env = {k: v for k, v in os.environ.items()
-               if not k.startswith(("QUEUE_", "MAIL_", "DATABASE_URL"))}
+        env = clean_env()
         env.update(self.db.env())
         procs = []
         for n in range(4):
@@ -8884,7 +8874,7 @@ class UniqueProcessTests(_WorkerProcesses):
 
 
 # Concurrent unique pushes meet InnoDB's own locking on MariaDB: run there too.
-_on_backends(UniqueProcessTests, [Backend, PsycopgBackend, MariaDBBackend])
+on_backends(UniqueProcessTests, SQLITE_PG_MARIADB)
 
 
 class UniqueContentionTests(_WorkerProcesses):
@@ -8941,7 +8931,7 @@ class UniqueContentionTests(_WorkerProcesses):
         self.assertEqual(q.failed(), [])
 
 
-_on_backends(UniqueContentionTests, [Backend, PsycopgBackend, MariaDBBackend])
+on_backends(UniqueContentionTests, SQLITE_PG_MARIADB)
 
 
 class UniqueKeyExactTests:
@@ -8958,7 +8948,7 @@ class UniqueKeyExactTests:
         self.assertEqual([(i, _key_text(k)) for i, k in rows], list(zip(ids, keys)))
 
 
-on_every_backend(UniqueKeyExactTests)
+on_backends(UniqueKeyExactTests)
 
 
 class UniqueKeyColumnUpgradeTests(unittest.TestCase):
@@ -9039,7 +9029,7 @@ class UniqueRepeatableReadTests(_AppSnapshot):
         self.assertEqual(sorted(self.db.raw("SELECT id FROM {jobs}")), [(second,), (other,)])
 
 
-on_every_backend(UniqueRepeatableReadTests, [MariaDBBackend, MariaDBMySQLdbBackend])
+on_backends(UniqueRepeatableReadTests, MARIADB)
 
 
 class UniqueSerializationTests(_AppSnapshot):
@@ -9062,7 +9052,7 @@ class UniqueSerializationTests(_AppSnapshot):
             q.clear("default")
 
 
-on_every_backend(UniqueSerializationTests, [PsycopgBackend, Psycopg2Backend])
+on_backends(UniqueSerializationTests, PG)
 
 
 class UniqueSerializationOtherDriverTests(UniqueSerializationTests):
@@ -9082,7 +9072,7 @@ class UniqueSerializationOtherDriverTests(UniqueSerializationTests):
         return app
 
 
-on_every_backend(UniqueSerializationOtherDriverTests, [PsycopgBackend, Psycopg2Backend])
+on_backends(UniqueSerializationOtherDriverTests, PG)
 
 
 class UniqueDeadlockTests:
@@ -9165,7 +9155,7 @@ class UniqueDeadlockTests:
         self.assertGreater(deadlocks, 0, "no deadlock in 100 rounds")
 
 
-on_every_backend(UniqueDeadlockTests, [MariaDBBackend, MariaDBMySQLdbBackend])
+on_backends(UniqueDeadlockTests, MARIADB)
 
 
 class TimedSink(SMTPSink):
@@ -9191,7 +9181,7 @@ def busiest_window(times, seconds):
     return most
 
 
-@on_every_backend
+@on_backends
 class RateLimitTests(EmailTestMixin):
 
     def test_waiting_in_the_handler_keeps_every_window_within_the_limit(self):
@@ -9285,7 +9275,7 @@ class RateLimitTests(EmailTestMixin):
         self.assertNotIn("MAIL_RATE_LIMIT", out)
 
 
-on_every_backend(RateLimitTests, PGBOUNCER_BACKENDS)
+on_backends(RateLimitTests, PGBOUNCER)
 
 
 class RateLimitWindowsTests(EmailTestMixin):
@@ -9379,8 +9369,8 @@ class RateLimitWindowsTests(EmailTestMixin):
         self.assertEqual(self.used(q), {"10/m": 1})
 
 
-on_every_backend(RateLimitWindowsTests)
-on_every_backend(RateLimitWindowsTests, PGBOUNCER_BACKENDS)
+on_backends(RateLimitWindowsTests)
+on_backends(RateLimitWindowsTests, PGBOUNCER)
 
 
 class RateLimitSendmailTests(EmailTestMixin, unittest.TestCase):
@@ -9447,12 +9437,10 @@ class RateLimitSettingTests(unittest.TestCase):
         for bad in ("14", "14/x", "0/s", "-1/s", "abc", "14/s/2", "1.5/s", "14/S", "14/sec",
                     "14\n/s"):
             for argv in (["work", "--once"], ["stats"], ["push", "t_record"]):
-                code, out, err = run_main(argv, {"QUEUE_DATABASE_URL": "sqlite:///" + db,
-                                                 "MAIL_RATE_LIMIT": bad})
-                self.assertEqual(code, 2, (bad, argv, err))
-                one_line(self, err)
-                self.assertIn("MAIL_RATE_LIMIT", err)
-        self.assertFalse(os.path.exists(db))
+                line = assert_refused(self, run_main(argv, {"QUEUE_DATABASE_URL": "sqlite:///" + db,
+                                                            "MAIL_RATE_LIMIT": bad}),
+                                      db, context=(bad, argv))
+                self.assertIn("MAIL_RATE_LIMIT", line)
 
 
 class RateLimitWindowsSettingTests(unittest.TestCase):
@@ -9484,7 +9472,7 @@ class RateLimitWindowsSettingTests(unittest.TestCase):
         self.assertFalse(os.path.exists(db))
 
 
-@on_sqlite_and_postgres
+@on_backends(SQLITE_PG)
 class RateLimitProcessTests(_WorkerProcesses):
 
     def setUp(self):
@@ -9543,7 +9531,7 @@ class RateLimitWindowsProcessTests(_WorkerProcesses):
         self.assertIn("MAIL_RATE_LIMIT 5/s,12/m: the next message may leave in", "".join(logs))
 
 
-on_every_backend(RateLimitWindowsProcessTests, [Backend, PsycopgBackend, MariaDBBackend])
+on_backends(RateLimitWindowsProcessTests, SQLITE_PG_MARIADB)
 
 
 class ThrottleSink(PostfixSink):
@@ -9695,8 +9683,8 @@ class MailThrottleTests(EmailTestMixin):
                 self.assertEqual(type(dbqueue._smtp_error(exc, config, stage)).__name__, kind)
 
 
-on_every_backend(MailThrottleTests)
-on_every_backend(MailThrottleTests, PGBOUNCER_BACKENDS)
+on_backends(MailThrottleTests)
+on_backends(MailThrottleTests, PGBOUNCER)
 
 
 class MailThrottleProcessTests(_WorkerProcesses, EmailTestMixin):
@@ -9742,7 +9730,7 @@ class MailThrottleProcessTests(_WorkerProcesses, EmailTestMixin):
         self.assertEqual(q.failed(), [])
 
 
-on_every_backend(MailThrottleProcessTests, [Backend, PsycopgBackend, MariaDBBackend])
+on_backends(MailThrottleProcessTests, SQLITE_PG_MARIADB)
 
 
 _LOCK_HOLDER = r"""
@@ -9839,8 +9827,7 @@ class SQLitePushLockTests(unittest.TestCase):
 
     def test_eight_producer_processes_push_every_job_once(self):
         self.db.queue()
-        env = {k: v for k, v in os.environ.items()
-               if not k.startswith(("QUEUE_", "MAIL_", "DATABASE_URL"))}
+        env = clean_env()
         env.update(self.db.env())
         procs = [subprocess.Popen([sys.executable, "-c", _PLAIN_PRODUCER, HERE, "250", str(p)],
                                   env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -9941,7 +9928,7 @@ class SQLitePushInterruptTests(_WorkerProcesses, unittest.TestCase):
         self.rounds(20, 8)
 
 
-# ---- dashboard: the web page (issue 14) ----
+# ---- Dashboard: the web page ----
 
 class _PageParser:
     """What a test reads off a dashboard page: table rows (data-label -> text),
@@ -10087,7 +10074,7 @@ def _minutes_seconds(text):
     return int(minutes) * 60 + int(seconds)
 
 
-@on_every_backend
+@on_backends
 class DashboardTests:
 
     def add_failed(self, queue="emails", to="ann@example.com", exception="RuntimeError: x",
@@ -10496,7 +10483,7 @@ class DashboardTests:
         self.assertEqual(client.get("/").status, 200)
 
 
-on_every_backend(DashboardTests, PGBOUNCER_BACKENDS)
+on_backends(DashboardTests, PGBOUNCER)
 
 
 class DashboardFailedActionsTests:
@@ -10549,7 +10536,7 @@ class DashboardFailedActionsTests:
         self.assertEqual([int(r["ID"]) for r in second.rows], ids[:1])
 
 
-on_every_backend(DashboardFailedActionsTests, [Backend, PsycopgBackend, MariaDBBackend])
+on_backends(DashboardFailedActionsTests, SQLITE_PG_MARIADB)
 
 class DashboardLongJobNameTests(unittest.TestCase):
     """A PHP class name wraps at its backslashes in the failed list; Retry all shows
@@ -10620,7 +10607,7 @@ class DashboardPauseTests:
         self.assertEqual(list(self.q.paused()), ["sms"])
 
 
-on_every_backend(DashboardPauseTests, [Backend, PsycopgBackend, MariaDBBackend])
+on_backends(DashboardPauseTests, SQLITE_PG_MARIADB)
 
 
 class DashboardCommandTests(unittest.TestCase):
@@ -10642,21 +10629,9 @@ class DashboardCommandTests(unittest.TestCase):
             (["--host", "0.0.0.0"], {"DBQUEUE_DASHBOARD_TOKEN": "has a space in it, 16+"}),
         ]
         for argv, extra in cases:
-            env = dict(self.env, **extra)
-            saved = os.environ.get("DBQUEUE_DASHBOARD_TOKEN")
-            os.environ.pop("DBQUEUE_DASHBOARD_TOKEN", None)
-            try:
-                if extra:
-                    os.environ.update(extra)
-                code, out, err = run_main(["dashboard"] + argv, env)
-            finally:
-                os.environ.pop("DBQUEUE_DASHBOARD_TOKEN", None)
-                if saved is not None:
-                    os.environ["DBQUEUE_DASHBOARD_TOKEN"] = saved
-            self.assertEqual(code, 2, (argv, out, err))
-            self.assertEqual(out, "")
-            line = one_line(self, err)
-            self.assertFalse(os.path.exists(self.path), argv)
+            # run_main leaves out any DBQUEUE_DASHBOARD_TOKEN of the shell: only `extra`'s counts.
+            line = assert_refused(self, run_main(["dashboard"] + argv, dict(self.env, **extra)),
+                                  self.path, context=argv)
             for secret in extra.values():
                 self.assertNotIn(secret, line)
         self.assertIn("DBQUEUE_DASHBOARD_TOKEN", run_main(["dashboard", "--host", "0.0.0.0"],
@@ -10672,8 +10647,7 @@ class DashboardCommandTests(unittest.TestCase):
         q = dbqueue.Queue("sqlite:///" + self.path)
         self.addCleanup(q.close)
         q.push("t_record", {}, queue="emails")
-        env = dict(os.environ, **self.env)
-        env.pop("DBQUEUE_DASHBOARD_TOKEN", None)
+        env = clean_env(**self.env)
         script = os.path.join(HERE, "dbqueue.py")
         unsafe = subprocess.run([sys.executable, script, "dashboard", "--host", "0.0.0.0"],
                                 env=env, cwd=self.tmp, capture_output=True, text=True, timeout=60)
@@ -10850,17 +10824,17 @@ class DashboardBrowserTests(unittest.TestCase):
         self.assertEqual(q.paused(), {})
 
 
-# ---- fixq: review fixes (queue, config, push lock) ----
+# ---- Retry races, deep payloads, settings checked at start, the SQLite push lock, the dashboard token ----
 
 
-class FixqRetryRaceTests:
+class RetryRaceTests:
     """Two retries of one failed job at once (a double click on Retry) make one job."""
 
     def _failed_row(self, q, payload='{"job": "x", "data": {}}'):
         p = self.db.param
         self.db.raw("INSERT INTO {failed} (uuid, connection, queue, payload, exception, failed_at)"
                     " VALUES (%s, 'database', 'default', %s, 'boom', CURRENT_TIMESTAMP)" % (p, p),
-                    ("fixq-%d" % time.monotonic_ns(), payload))
+                    ("retry-race-%d" % time.monotonic_ns(), payload))
         return self.db.raw("SELECT MAX(id) FROM {failed}")[0][0]
 
     def test_concurrent_retries_of_one_failed_job_make_one_job(self):
@@ -10888,11 +10862,11 @@ class FixqRetryRaceTests:
             self.db.raw("DELETE FROM {jobs}")
 
 
-on_every_backend(FixqRetryRaceTests)
+on_backends(RetryRaceTests)
 
 
 
-class FixqDeepPayloadTests(unittest.TestCase):
+class DeepPayloadTests(unittest.TestCase):
     """A failed job whose payload is JSON nested too deeply to read breaks no listing."""
 
     DEEP = "[" * 100000 + "]" * 100000
@@ -10941,11 +10915,11 @@ class FixqDeepPayloadTests(unittest.TestCase):
 
 
 
-class FixqConfigTests(unittest.TestCase):
+class ConfigCheckedEarlyTests(unittest.TestCase):
     """Settings that could only fail later (every email, every table) fail at config time."""
 
     def setUp(self):
-        self.tmp = tempfile.mkdtemp(prefix="dbqueue-fixq-")
+        self.tmp = tempfile.mkdtemp(prefix="dbqueue-config-")
         self.addCleanup(shutil.rmtree, self.tmp, True)
         self.path = os.path.join(self.tmp, "q.db")
         self.env = {"QUEUE_DATABASE_URL": "sqlite:///" + self.path}
@@ -11008,7 +10982,7 @@ class FixqConfigTests(unittest.TestCase):
 
 
 
-class FixqPushLockTests(unittest.TestCase):
+class SQLitePushLockDescriptorTests(unittest.TestCase):
     """The SQLite push lock: one busy timeout in all, one descriptor, its own after a fork."""
 
     def setUp(self):
@@ -11124,10 +11098,10 @@ class FixqPushLockTests(unittest.TestCase):
 
 
 
-class FixqDashboardTokenTests(unittest.TestCase):
+class DashboardTokenSettingTests(unittest.TestCase):
     """DBQUEUE_DASHBOARD_TOKEN is a Config setting: `config` lists it masked, the dashboard uses it."""
 
-    TOKEN = "Fixq-Dash-Token-0123456789abcdef"
+    TOKEN = "Dash-Token-Setting-0123456789abcdef"
 
     def test_config_lists_the_token_masked_with_its_source(self):
         path = env_file(self, "QUEUE_TIMEOUT=30\nDBQUEUE_DASHBOARD_TOKEN=%s\n" % self.TOKEN)
@@ -11160,11 +11134,11 @@ class FixqDashboardTokenTests(unittest.TestCase):
                          200)
 
 
-# ---- fixm: review fixes in mail and the dashboard ----
+# ---- Email sessions (sendmail exit statuses, stalled servers), dashboard masking and search, templates ----
 
 # A stand-in sendmail that does what mode.txt says: an exit code, "kill"
 # (dies by SIGKILL) or "hang" (never finishes); it counts its calls.
-FIXM_SENDMAIL = r"""
+SYSEXITS_SENDMAIL = r"""
 import os, signal, sys, time
 here = os.path.dirname(os.path.abspath(__file__))
 sys.stdin.buffer.read()
@@ -11182,7 +11156,7 @@ sys.exit(int(mode))
 """
 
 
-class FixmSendmailTests(EmailTestMixin, unittest.TestCase):
+class SendmailExitStatusTests(EmailTestMixin, unittest.TestCase):
     """sendmail's exit status read as sysexits.h means it: the relay being
     down is an outage (no attempt spent), a bad message fails at once."""
 
@@ -11192,7 +11166,7 @@ class FixmSendmailTests(EmailTestMixin, unittest.TestCase):
         os.mkdir(self.bin)
         self.script = os.path.join(self.bin, "sendmail.py")
         with open(self.script, "w") as fh:
-            fh.write(FIXM_SENDMAIL)
+            fh.write(SYSEXITS_SENDMAIL)
 
     def run_mode(self, mode, tries=2):
         with open(os.path.join(self.bin, "mode.txt"), "w") as fh:
@@ -11241,7 +11215,7 @@ class FixmSendmailTests(EmailTestMixin, unittest.TestCase):
                 self.assertNotIn("outage", row["exception"])
 
 
-class FixmSessionOutageTests(EmailTestMixin, unittest.TestCase):
+class MailSessionOutageTests(EmailTestMixin, unittest.TestCase):
     """Whatever stops the session (STARTTLS or AUTH not offered, a stalled
     server) is an outage: no attempt spent, nothing in failed_jobs."""
 
@@ -11331,7 +11305,7 @@ class Tarpit:
         self.thread.join(5)
 
 
-class FixmSessionDeadlineTests(EmailTestMixin, unittest.TestCase):
+class MailSessionDeadlineTests(EmailTestMixin, unittest.TestCase):
     """A server too slow to open a session within the job's time is an outage."""
 
     def setUp(self):
@@ -11351,7 +11325,7 @@ class FixmSessionDeadlineTests(EmailTestMixin, unittest.TestCase):
         self.assertEqual(self.db.raw("SELECT attempts, reserved_at FROM {jobs}"), [(0, None)])
 
 
-class FixmDashboardMaskTests:
+class DashboardMaskTests:
     """The job page hides bearer and basic credentials, not the word before them."""
 
     add_failed, serve = DashboardTests.add_failed, DashboardTests.serve
@@ -11372,10 +11346,10 @@ class FixmDashboardMaskTests:
         self.assertNotIn("SeCrEt-tOk3n", listing)
 
 
-on_every_backend(FixmDashboardMaskTests, [Backend])
+on_backends(DashboardMaskTests, SQLITE)
 
 
-class FixmDashboardSearchTests:
+class DashboardSearchTests:
     """?q= finds recipients and error texts, never what the pages mask."""
 
     add_failed, serve = DashboardTests.add_failed, DashboardTests.serve
@@ -11415,7 +11389,7 @@ class FixmDashboardSearchTests:
         self.assertEqual(found("example.com"), [listed, reset])
 
 
-on_every_backend(FixmDashboardSearchTests)
+on_backends(DashboardSearchTests)
 
 
 @dbqueue.job("t_reset_expired")
@@ -11451,10 +11425,10 @@ class DashboardExceptionLinkTests:
             self.assertIn("https://app.example.com/***", out, argv)
 
 
-on_every_backend(DashboardExceptionLinkTests, [Backend, PsycopgBackend, MariaDBBackend])
+on_backends(DashboardExceptionLinkTests, SQLITE_PG_MARIADB)
 
 
-class FixmTemplateWordingTests(EmailTestMixin, unittest.TestCase):
+class TemplateWordingTests(EmailTestMixin, unittest.TestCase):
     """With no app name known anywhere, every built-in sentence reads naturally."""
 
     CASES = [("verification", {"verification_link": "/v"}),
@@ -11513,7 +11487,7 @@ class FixmTemplateWordingTests(EmailTestMixin, unittest.TestCase):
         self.assertIn("-- \nAcme", text.replace("\r\n", "\n"))
 
 
-class FixmLazySevenBitTests(EmailTestMixin, unittest.TestCase):
+class MailSevenBitCopyTests(EmailTestMixin, unittest.TestCase):
     """The 7-bit copy of a non-ASCII message is built only for a server
     without 8BITMIME."""
 
@@ -11551,7 +11525,7 @@ class FixmLazySevenBitTests(EmailTestMixin, unittest.TestCase):
         self.assertIn("Schöne Grüße, Zoë", old.messages[-1][1].get_body(("plain",)).get_content())
 
 
-class FixmOneLayoutTests(EmailTestMixin, unittest.TestCase):
+class TemplateLayoutTests(EmailTestMixin, unittest.TestCase):
     """The three original templates are sent in the seed templates' layout."""
 
     def setUp(self):
@@ -11586,18 +11560,12 @@ class FixmOneLayoutTests(EmailTestMixin, unittest.TestCase):
                       .get_content())
 
 
-# ---- mysql: MySQL and MariaDB (issue 11) ----------------------------------
+# ---- MySQL and MariaDB ----------------------------------------------------
 #
 # The shared suite runs on MariaDB through BACKENDS (MariaDBBackend,
-# MariaDBMySQLdbBackend, above). Here: the worker-process and fault suites on
-# MariaDB too, then what only MySQL has: URLs, drivers, the server version,
+# MariaDBMySQLdbBackend, above), the worker-process and fault suites through
+# SQLITE_PG_MARIADB. Here, what only MySQL has: URLs, drivers, the server version,
 # session settings, lock conflicts, killed connections, a server restart.
-
-on_every_backend(CoreProcessTests, [MariaDBBackend])
-on_every_backend(CoreIsolationTests, [MariaDBBackend])
-_on_backends(CrashTests, [MariaDBBackend])
-_on_backends(ContentionTests, [MariaDBBackend])
-_on_backends(PropertyTests, [MariaDBBackend])
 
 
 class MySQLConfigTests(unittest.TestCase):
@@ -11812,7 +11780,7 @@ class MySQLServerTests:
         self.assertEqual(self.db.raw("SELECT COUNT(*) FROM {jobs}"), [(2,)])
 
 
-on_every_backend(MySQLServerTests, [MariaDBBackend, MariaDBMySQLdbBackend])
+on_backends(MySQLServerTests, MARIADB)
 
 
 def _tcp_ports(pid):
@@ -11920,7 +11888,11 @@ class MySQLReadmeTests(unittest.TestCase):
 MARIADB_PASSWORD = "Mq4-s3cr3t-v8Tz"
 
 
-class PrivateMariaDB:
+# The watchdog's way to stop mariadbd, as a crash would: SIGKILL the pid in its pid file.
+_KILL_PID_IN_FILE = "import os, sys; os.kill(int(open(sys.argv[1]).read()), 9)"
+
+
+class PrivateMariaDB(_PrivateServer):
     """A mariadbd of the fault tests' own: a data directory in a temp dir, its
     own port and socket, run as the mysql user. It can be killed and started
     again without touching the server DBQUEUE_TEST_MYSQL names.
@@ -11928,38 +11900,18 @@ class PrivateMariaDB:
     Started once per test run when first needed and stopped at the end.
     """
 
-    _instance = None
-    _failure = None
+    what, user = "a private MariaDB server", "mysql"
 
     @classmethod
-    def get(cls):
-        need(hasattr(os, "geteuid") and os.geteuid() == 0,
-             "a private MariaDB server needs root (mariadbd runs as the mysql user)")
+    def check(cls):
         need(shutil.which("mariadbd", path=os.environ.get("PATH", "") + ":/usr/sbin")
              and shutil.which("mariadb-install-db"),
              "MariaDB is not installed (mariadbd, mariadb-install-db: apt-get install mariadb-server)")
         need(mysql_available("pymysql") is None, mysql_available("pymysql") or "")
-        if cls._instance is None and cls._failure is None:
-            try:
-                server = cls()
-            except Exception as exc:
-                cls._failure = "could not start a private MariaDB server: %s" % exc
-            else:
-                cls._instance = server
-                unittest.addModuleCleanup(server.stop)
-                atexit.register(server.stop)
-        if cls._failure:
-            raise AssertionError(cls._failure)
-        return cls._instance
 
     def __init__(self):
-        import pwd
-        user = pwd.getpwnam("mysql")
-        self.dir = tempfile.mkdtemp(prefix="dbqueue-mariadb-")
-        os.chown(self.dir, user.pw_uid, user.pw_gid)
-        self.data = os.path.join(self.dir, "data")
+        self.make_dir("dbqueue-mariadb-")
         self.socket = os.path.join(self.dir, "mysqld.sock")
-        self.port = _free_port()
         self.proc = None
         try:
             result = subprocess.run(
@@ -11978,36 +11930,10 @@ class PrivateMariaDB:
                 cur.execute("GRANT ALL ON dbq.* TO 'dbq'@'127.0.0.1'")
             finally:
                 conn.close()
-            self._watch()
+            self._watch(sys.executable, "-c", _KILL_PID_IN_FILE, os.path.join(self.dir, "mysqld.pid"))
         except BaseException:
             self.stop()
             raise
-
-    _WATCHDOG = textwrap.dedent("""
-        import os, shutil, signal, sys, time
-        parent, tmp = int(sys.argv[1]), sys.argv[2]
-        while os.path.exists(tmp):
-            try:
-                os.kill(parent, 0)
-            except ProcessLookupError:
-                try:
-                    with open(os.path.join(tmp, "mysqld.pid")) as fh:
-                        os.kill(int(fh.read()), signal.SIGKILL)
-                except (OSError, ValueError):
-                    pass
-                time.sleep(1)
-                shutil.rmtree(tmp, True)
-                break
-            time.sleep(0.5)
-        """)
-
-    def _watch(self):
-        # A test run killed from outside runs no cleanup: this watchdog, in a
-        # session of its own, kills the server and removes its dir then.
-        self.watchdog = subprocess.Popen(
-            [sys.executable, "-c", self._WATCHDOG, str(os.getpid()), self.dir],
-            start_new_session=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL)
 
     def start(self):
         log_path = os.path.join(self.dir, "server.log")
@@ -12048,18 +11974,12 @@ class PrivateMariaDB:
         self.proc.wait(30)
         wait_for(lambda: not os.path.exists("/proc/%d" % pid), 30, 0.05, "mariadbd to die")
 
-    def stop(self):
+    def halt(self):
         if self.proc is not None and self.proc.poll() is None:
             try:
                 self.kill()
             except Exception:
                 self.proc.kill()
-        shutil.rmtree(self.dir, True)
-        watchdog = getattr(self, "watchdog", None)
-        if watchdog is not None:
-            watchdog.wait(10)
-        if PrivateMariaDB._instance is self:
-            PrivateMariaDB._instance = None
 
 
 class PrivateMariaDBTests(unittest.TestCase):
@@ -12172,9 +12092,9 @@ class PrivateMariaDBTests(unittest.TestCase):
                 self.assertNotIn("wr0ng", out + err)
 
 
-# ---- conc: work --concurrency N ----
+# ---- Concurrency: work --concurrency N ----
 
-_CONC_HANDLERS = """
+_CONCURRENCY_HANDLERS = """
 import os, time
 import dbqueue
 
@@ -12247,19 +12167,14 @@ def _max_overlap(spans):
     return most
 
 
-def on_sqlite_postgres_and_mariadb(mixin):
-    """Slow subprocess tests on SQLite, psycopg and MariaDB (PyMySQL)."""
-    return on_every_backend(mixin, [Backend, PsycopgBackend, MariaDBBackend])
-
-
-@on_sqlite_postgres_and_mariadb
-class ConcTests(_WorkerProcesses, EmailTestMixin):
+@on_backends(SQLITE_PG_MARIADB)
+class ConcurrencyTests(_WorkerProcesses, EmailTestMixin):
     """work --concurrency N: real worker processes, threads inside, a real SMTP server."""
 
     def setUp(self):
         self.process_setup()
         with open(os.path.join(self.ptmp, "dbq_conc_handlers.py"), "w") as fh:
-            fh.write(_CONC_HANDLERS)
+            fh.write(_CONCURRENCY_HANDLERS)
 
     def start_conc(self, *args, **env):
         return self.start_worker("--import", "dbq_conc_handlers", *args, **env)
@@ -12454,7 +12369,7 @@ class ConcDriverTests(_WorkerProcesses):
     def setUp(self):
         self.process_setup()
         with open(os.path.join(self.ptmp, "dbq_conc_handlers.py"), "w") as fh:
-            fh.write(_CONC_HANDLERS)
+            fh.write(_CONCURRENCY_HANDLERS)
 
     def test_a_drain_with_four_slots_runs_each_job_once(self):
         q = self.db.queue()
@@ -12477,7 +12392,7 @@ class ConcDriverTests(_WorkerProcesses):
         self.assertNotIn("Traceback", self.stderr(proc))
 
 
-on_every_backend(ConcDriverTests, [Psycopg2Backend, MariaDBMySQLdbBackend])
+on_backends(ConcDriverTests, [Psycopg2Backend, MariaDBMySQLdbBackend])
 
 if __name__ == "__main__":
     unittest.main()
