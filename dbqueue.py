@@ -1001,25 +1001,36 @@ _NO_LIMIT = 2 ** 62
 # `stats` counts a queue's ready and delayed jobs up to this many; more show as "100,000+".
 _COUNT_CAP = 100000
 
+# Every row that enters {jobs} is written by this one INSERT (_Dialect.insert_job),
+# given per statement the columns after created_at and where its rows come from.
+_JOB_INSERT = ("INSERT{ignore} INTO {jobs} (queue, payload, attempts, reserved_at, available_at,"
+               " created_at%s) %s")
+_JOB_ROWS = {
+    # expires_at: the payload's retryUntil (a deadline), where the worker's
+    # sweep finds it through an index (Worker._expire).
+    "push": (", expires_at",
+             "VALUES (:queue, :payload, 0, NULL, {now} + :delay, {now}, :expires_at)"),
+    # Unique jobs: the unique index "<jobs>_unique" decides, never a read
+    # before the insert, so two producers racing with one key insert one row
+    # (the dialect's unique_ignore and unique_conflict). Inserted nothing
+    # (rowcount 0, or no row RETURNING): read the holder's id with unique_holder.
+    "push_unique": (", unique_key, expires_at",
+                    "VALUES (:queue, :payload, 0, NULL, {now} + :delay, {now}, :unique_key,"
+                    " :expires_at)"),
+    # :payload (else the failed row's own) is the job without its deadline.
+    "retry": ("", "SELECT queue, COALESCE(:payload, payload), 0, NULL, {now}, {now} FROM {failed}"
+                  " WHERE id = :id"),
+    "retry_unique": (", unique_key",
+                     "SELECT queue, COALESCE(:payload, payload), 0, NULL, {now}, {now},"
+                     " :unique_key FROM {failed} WHERE id = :id"),
+}
+# push(): the dialect's insert_wrap adds the wakeup of waiting workers.
+_JOB_ROWS["push_notify"] = _JOB_ROWS["push"]
+
 # SQL is written once with :name parameters; each dialect turns it into its
 # driver's placeholder style. {jobs} and {failed} are the validated table names,
 # {now} is the clock expression (see _Dialect.now).
 _SQL = {
-    # expires_at: the payload's retryUntil (a deadline), where the worker's
-    # sweep finds it through an index (Worker._expire).
-    "push": "INSERT INTO {jobs} (queue, payload, attempts, reserved_at, available_at, created_at,"
-            " expires_at) VALUES (:queue, :payload, 0, NULL, {now} + :delay, {now}, :expires_at)",
-    # Unique jobs: the unique index "<jobs>_unique" decides, never a read
-    # before the insert, so two producers racing with one key insert one row.
-    # DO NOTHING, not a caught unique violation: inside the caller's own
-    # transaction (connection=) a violation would abort it on PostgreSQL.
-    # Inserted nothing (rowcount 0, or no row RETURNING): read the holder's id
-    # with unique_holder. MySQL has neither the partial index nor ON CONFLICT:
-    # its dialect writes these two as INSERT IGNORE over a plain unique index.
-    "push_unique": "INSERT INTO {jobs} (queue, payload, attempts, reserved_at, available_at,"
-                   " created_at, unique_key, expires_at) VALUES (:queue, :payload, 0, NULL,"
-                   " {now} + :delay, {now}, :unique_key, :expires_at)"
-                   " ON CONFLICT (queue, unique_key) WHERE unique_key IS NOT NULL DO NOTHING",
     "unique_holder": "SELECT id FROM {jobs} WHERE queue = :queue AND unique_key = :unique_key",
     # A reservation lapses at reserved_until, which its holder sets from its
     # own retry_after (the lease) at the claim and at every heartbeat: no
@@ -1103,19 +1114,11 @@ _SQL = {
     "failed_one": "SELECT " + _FAILED_COLUMNS + " FROM {failed} WHERE id = :id",
     "failed_ids": "SELECT id FROM {failed} WHERE (CAST(:queue AS {text_type}) IS NULL OR queue = :queue)"
                   " ORDER BY id",
-    # :payload (else the failed row's own) is the job without its deadline.
-    "retry": "INSERT INTO {jobs} (queue, payload, attempts, reserved_at, available_at, created_at)"
-             " SELECT queue, COALESCE(:payload, payload), 0, NULL, {now}, {now} FROM {failed}"
-             " WHERE id = :id",
     # A failed unique job gets its key back from its payload ("uniqueKey").
     # {for_update} locks the row until the retry commits: a second retry of
     # the same job at once (a double click on Retry) waits, then finds it
     # gone, instead of copying it too under READ COMMITTED.
     "retry_source": "SELECT {queue_text}, {payload_text} FROM {failed} WHERE id = :id{for_update}",
-    "retry_unique": "INSERT INTO {jobs} (queue, payload, attempts, reserved_at, available_at,"
-                    " created_at, unique_key) SELECT queue, COALESCE(:payload, payload), 0, NULL,"
-                    " {now}, {now}, :unique_key FROM {failed} WHERE id = :id"
-                    " ON CONFLICT (queue, unique_key) WHERE unique_key IS NOT NULL DO NOTHING",
     "forget": "DELETE FROM {failed} WHERE id = :id",
     "flush": "DELETE FROM {failed} WHERE failed_at < {failed_cutoff}",
     "clear": "DELETE FROM {jobs} WHERE queue = :queue AND reserved_at IS NULL",
@@ -1274,6 +1277,13 @@ class _Dialect:
     text_type = "TEXT"             # what CAST(... AS ...) calls a string
     wakeup = "data_version"        # how an idle worker learns of new jobs: see Worker._idle
     fail_alias = ""                # the jobs table's alias in _FAIL
+    # A unique job's insert: DO NOTHING, not a caught unique violation: inside
+    # the caller's own transaction (connection=) a violation would abort it on
+    # PostgreSQL.
+    unique_ignore = ""
+    unique_conflict = " ON CONFLICT (queue, unique_key) WHERE unique_key IS NOT NULL DO NOTHING"
+    job_rows = {}                  # the dialect's own statements of _JOB_ROWS's kind
+    insert_wrap = {}               # statement: the text around its {insert}
     autoinc_settings = ""
 
     @classmethod
@@ -1313,6 +1323,17 @@ class _Dialect:
         if cls.placeholder == "%s":
             text = text.replace("%", "%%")
         return _PARAM.sub(cls.placeholder, text), tuple(names)
+
+    @classmethod
+    def insert_job(cls, key):
+        """The template of the _JOB_INSERT that statement `key` names."""
+        columns, rows = cls.job_rows.get(key) or _JOB_ROWS[key]
+        unique = "unique_key" in columns
+        text = (_JOB_INSERT % (columns, rows)).replace(
+            "{ignore}", cls.unique_ignore if unique else "", 1)
+        if unique:
+            text += cls.unique_conflict
+        return cls.insert_wrap.get(key, "{insert}").replace("{insert}", text)
 
     @classmethod
     def start(cls, cur, write):
@@ -1978,30 +1999,26 @@ class _Postgres(_Dialect):
              " WHERE j.id = c.id RETURNING j.id, j.queue, j.payload, j.attempts, j.available_at,"
              " j.created_at")
     notify = "SELECT pg_notify(:channel, :queue)"
-    push_notify = ("WITH j AS (INSERT INTO {jobs} (queue, payload, attempts, reserved_at,"
-                   " available_at, created_at, expires_at) VALUES (:queue, :payload, 0, NULL,"
-                   " {now} + :delay, {now}, :expires_at) RETURNING id)"
-                   " SELECT id, pg_notify(:channel, :queue) FROM j")
-    push_unique = ("WITH j AS (INSERT INTO {jobs} (queue, payload, attempts, reserved_at,"
-                   " available_at, created_at, unique_key, expires_at) VALUES (:queue, :payload,"
-                   " 0, NULL, {now} + :delay, {now}, :unique_key, :expires_at)"
-                   " ON CONFLICT (queue, unique_key)"
-                   " WHERE unique_key IS NOT NULL DO NOTHING RETURNING id)"
-                   " SELECT id, pg_notify(:channel, :queue) FROM j")
-    retry_unique = _SQL["retry_unique"] + " RETURNING id"
-
     # The payloads travel as one JSON array of the payload objects, joined
     # as text: `json` (unlike jsonb) hands each element back as the exact text
     # it was given, and one string parameter costs the driver nothing, where a
-    # text[] parameter is escaped element by element in Python. The insert
-    # and its notification are one statement: atomic in autocommit, one round trip.
+    # text[] parameter is escaped element by element in Python.
     # expires_at is each payload's retryUntil (a number, or JSON null).
-    push_many = ("WITH j AS (INSERT INTO {jobs} (queue, payload, attempts, reserved_at,"
-                 " available_at, created_at, expires_at) SELECT :queue, p::text, 0, NULL,"
-                 " {now} + :delay, {now}, CAST(p->>'retryUntil' AS bigint)"
-                 " FROM json_array_elements(CAST(:payloads AS json)) WITH ORDINALITY"
-                 " AS t(p, n) ORDER BY n RETURNING id)"
-                 " SELECT j.id FROM j, (SELECT pg_notify(:channel, :queue)) AS n ORDER BY j.id")
+    job_rows = {"push_many": (", expires_at",
+                              "SELECT :queue, p::text, 0, NULL, {now} + :delay, {now},"
+                              " CAST(p->>'retryUntil' AS bigint)"
+                              " FROM json_array_elements(CAST(:payloads AS json)) WITH ORDINALITY"
+                              " AS t(p, n) ORDER BY n")}
+    # An insert and its notification are one statement: atomic in
+    # autocommit, one round trip. A unique push that inserted nothing
+    # returns no row and wakes no one.
+    insert_wrap = {
+        "push_notify": "WITH j AS ({insert} RETURNING id) SELECT id, pg_notify(:channel, :queue) FROM j",
+        "push_unique": "WITH j AS ({insert} RETURNING id) SELECT id, pg_notify(:channel, :queue) FROM j",
+        "retry_unique": "{insert} RETURNING id",
+        "push_many": ("WITH j AS ({insert} RETURNING id)"
+                      " SELECT j.id FROM j, (SELECT pg_notify(:channel, :queue)) AS n ORDER BY j.id"),
+    }
     # Batches of tokens travel as two arrays: one round trip for any number.
     ack_many = ("DELETE FROM {jobs} WHERE reserved_at IS NOT NULL AND (id, attempts) IN"
                 " (SELECT * FROM unnest(:ids::bigint[], :attempts::int[])) RETURNING id")
@@ -2166,13 +2183,8 @@ class _MySQL(_Dialect):
     # key (rowcount 0, which the default inserted_id reads as "held"). Not ON
     # DUPLICATE KEY UPDATE id = id: with CLIENT_FOUND_ROWS (set at connect)
     # its no-op update reports 1 row, as an insert does.
-    push_unique = ("INSERT IGNORE INTO {jobs} (queue, payload, attempts, reserved_at, available_at,"
-                   " created_at, unique_key, expires_at) VALUES (:queue, :payload, 0, NULL,"
-                   " {now} + :delay, {now}, :unique_key, :expires_at)")
-    retry_unique = ("INSERT IGNORE INTO {jobs} (queue, payload, attempts, reserved_at,"
-                    " available_at, created_at, unique_key) SELECT queue,"
-                    " COALESCE(:payload, payload), 0, NULL, {now}, {now}, :unique_key FROM {failed}"
-                    " WHERE id = :id")
+    unique_ignore = " IGNORE"
+    unique_conflict = ""
     # A locking read sees the latest committed holder, where a plain one in
     # an app's REPEATABLE READ transaction (push with connection=) would see
     # its snapshot: a holder finished since, or none. INSERT IGNORE took this
@@ -2643,7 +2655,8 @@ class Queue:
         """(text, parameter names) of one statement, prepared once per queue."""
         prepared = self._sql.get(key)
         if prepared is None:
-            template = getattr(self.dialect, key, None) or _SQL[key]
+            template = (getattr(self.dialect, key, None) or _SQL.get(key)
+                        or self.dialect.insert_job(key))
             prepared = self._sql[key] = self.dialect.prepare(
                 template, self.config.table, self.config.failed_table)
         return prepared
@@ -3005,15 +3018,14 @@ class Queue:
             _queue_name(queue)
             if len(self._queues_seen) < 1000:
                 self._queues_seen.add(queue)
-        key = "push_notify" if self.dialect is _Postgres else "push"
         params = dict(queue=queue, payload=payload, delay=delay, channel=self.channel,
                       expires_at=until)
         if connection is not None:
             cur = self._foreign_cursor(connection)
-            self.execute(cur, key, **params)
+            self.execute(cur, "push_notify", **params)
             return self._new_id(cur)
         # The hot path of a web app: one autocommit statement, no kwargs copies.
-        text, names = self.sql(key)
+        text, names = self.sql("push_notify")
         params["now"] = self.now()
         try:
             cur = self._conn().cursor()
@@ -9047,9 +9059,7 @@ def _bench(args, config):
         # floor and W1, interleaved in blocks so that a noisy disk hits both alike
         datas = [_bench_data(i) for i in range(n)]
         texts = [queue.payload(_BENCH_JOB, d) for d in datas]
-        floor_sql = dialect.prepare(
-            "INSERT INTO {jobs} (queue, payload, attempts, reserved_at, available_at,"
-            " created_at) VALUES ('bench', :payload, 0, NULL, :now, :now)", floor_table)[0]
+        floor_sql, names = dialect.prepare(dialect.insert_job("push"), floor_table)
         floor_s = push_s = 0.0
         stamp = int(time.time())
         for start in range(0, n, 100):
@@ -9057,7 +9067,8 @@ def _bench(args, config):
             fcur = floor_conn.cursor()
             t0 = time.perf_counter()
             for text in texts[start:start + 100]:
-                fcur.execute(floor_sql, (text, stamp, stamp))
+                fcur.execute(floor_sql, [dict(queue="bench", payload=text, now=stamp, delay=0,
+                                              expires_at=None)[n] for n in names])
             t1 = time.perf_counter()
             for data in datas[start:start + 100]:
                 queue.push(_BENCH_JOB, data, queue="bench")
