@@ -1283,6 +1283,11 @@ class _Dialect:
     unique_ignore = ""
     unique_conflict = " ON CONFLICT (queue, unique_key) WHERE unique_key IS NOT NULL DO NOTHING"
     job_rows = {}                  # the dialect's own statements of _JOB_ROWS's kind
+    push_many_statement = False    # push_many is one statement: no transaction around it
+    token_arrays = False           # ack_many/touch_many take the tokens as two bound arrays
+    # A file this process opens itself (SQLite): no server, so the process's
+    # clock, tables made on first use, and a path to name in errors.
+    embedded = False
     insert_wrap = {}               # statement: the text around its {insert}
     autoinc_settings = ""
 
@@ -1323,6 +1328,26 @@ class _Dialect:
         if cls.placeholder == "%s":
             text = text.replace("%", "%%")
         return _PARAM.sub(cls.placeholder, text), tuple(names)
+
+    @staticmethod
+    def new_id(cur):
+        """The id of the row a push just wrote."""
+        return cur.lastrowid
+
+    @staticmethod
+    def retried_id(cur):
+        """The id of the row a retry (INSERT ... SELECT) just wrote."""
+        return cur.lastrowid
+
+    @staticmethod
+    def driver_errors(driver):
+        """The errors that `driver` (the imported module) raises."""
+        return (driver.Error,)
+
+    @staticmethod
+    def is_transient(exc, driver):
+        """True for an error that waiting may cure (a lost server, a lock)."""
+        return isinstance(exc, (driver.OperationalError, driver.InterfaceError))
 
     @classmethod
     def insert_job(cls, key):
@@ -1576,6 +1601,7 @@ class _SQLite(_Dialect):
     now = ":now"
     begin = "BEGIN IMMEDIATE"
     one_writer = True
+    embedded = True
     # No SELECT ... FOR UPDATE: BEGIN IMMEDIATE already holds the write lock.
     for_update = ""
     # A payload is read as bytes so that a row holding invalid UTF-8 (written
@@ -1743,6 +1769,25 @@ class _SQLite(_Dialect):
     def errors():
         import sqlite3
         return (sqlite3.Error,)
+
+    @classmethod
+    def driver_errors(cls, driver):
+        return cls.errors()
+
+    @staticmethod
+    def is_transient(exc, driver):
+        import sqlite3
+        return isinstance(exc, sqlite3.OperationalError)   # locked, busy, I/O
+
+    @staticmethod
+    def bench_settings(cur):
+        """The settings that decide what a commit costs, for `bench`."""
+        import sqlite3
+        sync = cur.execute("PRAGMA synchronous").fetchone()[0]
+        mode = cur.execute("PRAGMA journal_mode").fetchone()[0]
+        return "SQLite %s, journal_mode=%s, synchronous=%s" % (
+            sqlite3.sqlite_version, mode, {0: "OFF", 1: "NORMAL", 2: "FULL", 3: "EXTRA"}.get(
+                sync, sync))
 
     @classmethod
     def columns(cls, cur, table):
@@ -2027,6 +2072,9 @@ class _Postgres(_Dialect):
                   " AND (id, attempts) IN (SELECT * FROM unnest(:ids::bigint[], :attempts::int[]))"
                   " RETURNING id")
 
+    push_many_statement = True
+    token_arrays = True
+
     @staticmethod
     def has_returning():
         return True
@@ -2035,6 +2083,22 @@ class _Postgres(_Dialect):
     def inserted_id(cur):
         row = cur.fetchone()   # RETURNING id: no row when nothing was inserted
         return row[0] if row else None
+
+    @staticmethod
+    def new_id(cur):
+        return cur.fetchone()[0]     # RETURNING id
+
+    @staticmethod
+    def retried_id(cur):
+        cur.execute("SELECT lastval()")
+        return cur.fetchone()[0]
+
+    @staticmethod
+    def bench_settings(cur):
+        cur.execute("SELECT current_setting('server_version'),"
+                    " current_setting('synchronous_commit')")
+        version, sync = cur.fetchone()
+        return "PostgreSQL %s, synchronous_commit=%s" % (version.split()[0], sync)
 
     @staticmethod
     def parse(url, origin="QUEUE_DATABASE_URL"):
@@ -2244,6 +2308,15 @@ class _MySQL(_Dialect):
                    " WHERE table_schema = DATABASE() AND table_name = %s")
     index_names_sql = ("SELECT DISTINCT index_name FROM information_schema.statistics"
                        " WHERE table_schema = DATABASE() AND table_name = %s")
+
+    @staticmethod
+    def bench_settings(cur):
+        cur.execute("SELECT VERSION(), @@innodb_flush_log_at_trx_commit, @@sync_binlog,"
+                    " @@log_bin")
+        version, flush, binlog_sync, binlog = cur.fetchone()
+        return "%s %s, innodb_flush_log_at_trx_commit=%s, binary log %s" % (
+            "MariaDB" if "mariadb" in version.lower() else "MySQL", version.split("-")[0],
+            flush, "on (sync_binlog=%s)" % binlog_sync if binlog else "off")
 
     @classmethod
     def table_ddl(cls, jobs, failed):
@@ -2615,7 +2688,7 @@ class Queue:
         # How idle workers learn of a push (see Worker._idle), and where.
         self.wakeup = self.dialect.wakeup
         self._listen_target = _listen_target(self.config.listen_url, self.dialect)
-        if self.dialect is _Postgres and self._target["pooled"] and not self._listen_target:
+        if self.wakeup == "notify" and self._target["pooled"] and not self._listen_target:
             self.wakeup = "poll"
         self._clock = clock
         self.channel = "dbqueue_" + self.config.table
@@ -2649,7 +2722,7 @@ class Queue:
         """The queue's clock in whole seconds, or None where the server's clock decides."""
         if self._clock is not None:
             return int(self._clock())
-        return int(time.time()) if self.dialect is _SQLite else None
+        return int(time.time()) if self.dialect.embedded else None
 
     def sql(self, key):
         """(text, parameter names) of one statement, prepared once per queue."""
@@ -2683,7 +2756,7 @@ class Queue:
                                                         _first_line(exc)))
         with self._conns_lock:
             self._conns.append(conn)
-        if create and not self._schema_ready and self.dialect is _SQLite:
+        if create and not self._schema_ready and self.dialect.embedded:
             # SQLite creates its tables on first use; a server database is
             # migrated on purpose (`python3 dbqueue.py migrate`). Tables that
             # are up to date are only read: no write lock at every start.
@@ -2744,9 +2817,7 @@ class Queue:
             pass
 
     def _errors(self):
-        if self.dialect is _SQLite:
-            return _SQLite.errors()
-        return (self._driver.Error,)
+        return self.dialect.driver_errors(self._driver)
 
     def statement(self, key, conn=None, **params):
         """Run one statement on its own: in autocommit it is its own transaction,
@@ -2775,17 +2846,12 @@ class Queue:
                                                     _first_line(exc),
                                                     _command(self.config, "migrate")))
         if self.dialect.is_denied(exc):
-            where = (os.path.abspath(self._target) if self.dialect is _SQLite
+            where = (os.path.abspath(self._target) if self.dialect.embedded
                      else _mask_url(self.config.database_url))
             return DatabaseError("cannot write to %s (%s): %s" % (
                 where, _without_password(_first_line(exc), self.config.database_url),
                 self.dialect.denied_fix), transient=False)
-        if self.dialect is _SQLite:
-            import sqlite3
-            transient = isinstance(exc, sqlite3.OperationalError)   # locked, busy, I/O
-        else:
-            transient = isinstance(exc, (self._driver.OperationalError,
-                                         self._driver.InterfaceError))
+        transient = self.dialect.is_transient(exc, self._driver)
         if self.dialect.is_lost(exc):
             # mysqlclient still calls such a connection open: this thread's
             # next statement opens a new one (see _conn).
@@ -3023,7 +3089,7 @@ class Queue:
         if connection is not None:
             cur = self._foreign_cursor(connection)
             self.execute(cur, "push_notify", **params)
-            return self._new_id(cur)
+            return self.dialect.new_id(cur)
         # The hot path of a web app: one autocommit statement, no kwargs copies.
         text, names = self.sql("push_notify")
         params["now"] = self.now()
@@ -3038,7 +3104,7 @@ class Queue:
                     cur.execute(text, [params[n] for n in names])
                 finally:
                     lock.release(cur)
-            return self._new_id(cur)
+            return self.dialect.new_id(cur)
         except self._errors() as exc:
             raise self.translate(exc) from exc
 
@@ -3117,7 +3183,7 @@ class Queue:
             return []
         if connection is not None:
             return self._insert_many(self._foreign_cursor(connection), queue, payloads, delay)
-        if self.dialect is _Postgres:
+        if self.dialect.push_many_statement:
             try:
                 return self._insert_many(self._conn().cursor(), queue, payloads, delay)
             except self._errors() as exc:
@@ -3126,7 +3192,7 @@ class Queue:
             return self._insert_many(cur, queue, payloads, delay)
 
     def _insert_many(self, cur, queue, payloads, delay):
-        if self.dialect is _Postgres:
+        if self.dialect.push_many_statement:
             self.execute(cur, "push_many", queue=queue, delay=delay, channel=self.channel,
                          payloads="[%s]" % ",".join(p for p, _ in payloads))
             return [row[0] for row in cur.fetchall()]
@@ -3182,11 +3248,6 @@ class Queue:
             ids.extend(range(first, first + step * len(chunk), step))
         return ids
 
-    def _new_id(self, cur):
-        if self.dialect is _Postgres:
-            return cur.fetchone()[0]
-        return cur.lastrowid
-
     def _foreign_cursor(self, connection):
         """A cursor on the app's connection that returns plain tuples, whatever
         row factory the app chose (psycopg's dict_row, sqlite3.Row, ...)."""
@@ -3200,7 +3261,7 @@ class Queue:
         if kind is not None and kind is not self.dialect:
             raise TypeError("connection= is a %s connection but this queue is %s"
                             % (module, self.dialect.name))
-        if self.dialect is _SQLite and not self._schema_ready:
+        if self.dialect.embedded and not self._schema_ready:
             self._ready_through(connection)
 
     def _ready_through(self, connection):
@@ -3300,7 +3361,7 @@ class Queue:
             self.execute(cur, "sent_add", tbl=self.config.table, **row)
 
     def _by_token(self, cur, key, tokens, **params):
-        if self.dialect is _Postgres:
+        if self.dialect.token_arrays:
             self.execute(cur, key + "_many", ids=[t[0] for t in tokens],
                          attempts=[t[1] for t in tokens], **params)
             done = {row[0] for row in cur.fetchall()}
@@ -3893,7 +3954,7 @@ class Queue:
                     payload = self._undated(_text(row[1]))
                     if key is None:
                         self.execute(cur, "retry", id=failed_id, payload=payload)
-                        new_id = self._retried_id(cur)
+                        new_id = self.dialect.retried_id(cur)
                     else:
                         # The job gets its unique key back. When a live job holds
                         # it meanwhile (pushed again after this one failed), the
@@ -3912,9 +3973,9 @@ class Queue:
             new_ids.append(new_id)
             if payload is not None and undated is not None:
                 undated.append(new_id)
-            if self.dialect is _Postgres:
+            if self.dialect.notify:
                 with self.transaction() as cur:
-                    cur.execute("SELECT pg_notify(%s, '')", (self.channel,))
+                    self.execute(cur, "notify", channel=self.channel, queue="")
         return new_ids
 
     def _undated(self, payload):
@@ -3924,12 +3985,6 @@ class Queue:
         if job.payload is None or _job_deadline(job, self.config)[0] is None:
             return None
         return _dumps(dict(job.payload, retryUntil=None))
-
-    def _retried_id(self, cur):
-        if self.dialect is _Postgres:
-            cur.execute("SELECT lastval()")
-            return cur.fetchone()[0]
-        return cur.lastrowid
 
     def forget(self, ids):
         """Delete failed jobs by id; returns how many were deleted."""
@@ -3961,7 +4016,7 @@ class Queue:
     def _now_ms(self):
         if self._clock is not None:
             return int(self._clock() * 1000)
-        return int(time.time() * 1000) if self.dialect is _SQLite else None
+        return int(time.time() * 1000) if self.dialect.embedded else None
 
     @staticmethod
     def _rate_lock_key(name):
@@ -8991,7 +9046,7 @@ def _bench(args, config):
     config = copy.copy(config)
     dialect, target, _ = _parse_url(config.database_url)
     workdir = None
-    if dialect is _SQLite and config.database_url == _DEFAULT_URL:
+    if config.database_url == _DEFAULT_URL:    # a SQLite file
         # Never the app's own database: a temporary file, on the same disk as
         # the default database would be (the working directory) when possible.
         try:
@@ -9020,25 +9075,7 @@ def _bench(args, config):
         cur = floor_conn.cursor()
         for statement in dialect.ddl(floor_table, floor_table + "_failed"):
             cur.execute(statement)
-        if dialect is _SQLite:
-            import sqlite3
-            sync = cur.execute("PRAGMA synchronous").fetchone()[0]
-            mode = cur.execute("PRAGMA journal_mode").fetchone()[0]
-            settings = "SQLite %s, journal_mode=%s, synchronous=%s" % (
-                sqlite3.sqlite_version, mode, {0: "OFF", 1: "NORMAL", 2: "FULL", 3: "EXTRA"}.get(
-                    sync, sync))
-        elif dialect is _MySQL:
-            cur.execute("SELECT VERSION(), @@innodb_flush_log_at_trx_commit, @@sync_binlog,"
-                        " @@log_bin")
-            version, flush, binlog_sync, binlog = cur.fetchone()
-            settings = "%s %s, innodb_flush_log_at_trx_commit=%s, binary log %s" % (
-                "MariaDB" if "mariadb" in version.lower() else "MySQL", version.split("-")[0],
-                flush, "on (sync_binlog=%s)" % binlog_sync if binlog else "off")
-        else:
-            cur.execute("SELECT current_setting('server_version'),"
-                        " current_setting('synchronous_commit')")
-            version, sync = cur.fetchone()
-            settings = "PostgreSQL %s, synchronous_commit=%s" % (version.split()[0], sync)
+        settings = dialect.bench_settings(cur)
         cur.close()
         # Is any job left? One index probe from the top, where the drain
         # finishes last (COUNT(*) would read the whole backlog every 5 ms).
@@ -9547,7 +9584,7 @@ def _migrate_plan(config):
     (a SQLite file that does not exist yet: the plan for an empty one)."""
     import sqlite3
     dialect, target, _ = _parse_url(config.database_url)
-    if dialect is _SQLite and not os.path.exists(target):
+    if dialect.embedded and not os.path.exists(target):
         conn = sqlite3.connect(":memory:")
         try:
             return Queue(config=config)._migrate_plan(conn.cursor())
@@ -9595,14 +9632,14 @@ def _cmd_work(args, config):
              concurrency=args.concurrency if args.concurrency > 1 else None, pid=os.getpid(), version=__version__)
     log.debug("handlers registered", jobs=",".join(sorted(_registry)) or "(none)")
     try:
-        if queue.dialect is _SQLite:
+        if queue.dialect.embedded:
             # A path SQLite cannot open (a missing folder, a directory) does not
             # heal by waiting: fail now. A lock held by another connection is
             # waited out by the worker.
             try:
-                _SQLite.connect(queue._target).close()
-            except _SQLite.errors() as exc:
-                if not _SQLite.is_locked(exc):
+                queue.dialect.connect(queue._target).close()
+            except queue.dialect.errors() as exc:
+                if not queue.dialect.is_locked(exc):
                     raise DatabaseError("cannot open %s: %s" % (_mask_url(config.database_url),
                                                                  _first_line(exc)))
         worker.run(once=args.once, max_jobs=args.max_jobs, max_time=args.max_time,
