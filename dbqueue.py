@@ -9260,154 +9260,17 @@ def _parser():
                               formatter_class=argparse.RawDescriptionHelpFormatter,
                               epilog="example:\n  " + example)
 
-    p = command("migrate", "create or upgrade the queue tables (idempotent)",
-                "python3 dbqueue.py migrate --database-url postgresql://app@/appdb")
-    p.add_argument("--print", action="store_true",
-                   help="show the SQL migrate would run on this database now, without running it")
-    p.add_argument("--all", action="store_true", help="with --print: every supported database")
-
-    p = command("work", "process jobs until stopped",
-                "python3 dbqueue.py work --queue=emails,default --import myapp.jobs --max-time 3600")
-    p.add_argument("--queue", default="default", help="queues in priority order, comma separated"
-                   " (default: default)")
-    p.add_argument("--once", action="store_true", help="handle at most one job, then exit")
-    p.add_argument("--max-jobs", type=_pos_int, metavar="N", help="exit after N jobs (N >= 1)")
-    p.add_argument("--max-time", type=_nonneg_float, metavar="S", help="exit after S seconds")
-    p.add_argument("--sleep", type=_nonneg_float, default=3.0, metavar="S",
-                   help="longest wait between looks at an idle queue (default 3)")
-    p.add_argument("--stop-when-empty", action="store_true", help="exit when no job is ready")
-    p.add_argument("--concurrency", type=_concurrency, default=1, metavar="N",
-                   help="run up to N jobs at once, each on its own thread, database connection"
-                        " and SMTP session (default 1)")
-    p.add_argument("--timeout", type=_seconds, metavar="S",
-                   help="seconds one job may run, 0 for no limit (default QUEUE_TIMEOUT)")
-    p.add_argument("--tries", type=_tries, metavar="N",
-                   help="attempts before a job fails (default QUEUE_MAX_ATTEMPTS)")
-    p.add_argument("--backoff", metavar="S,S", help="seconds before retries, e.g. 10,60")
-    p.add_argument("--memory", type=_pos_int, metavar="MB",
-                   help="exit after the current job when RSS passes MB")
-    p.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
-                   help="import MODULE to register its handlers (repeatable)")
-    p.add_argument("--log-format", choices=("text", "json"), default="text",
-                   help="text (key=value, the default) or json: one object per line")
-    p.add_argument("-v", "--verbose", action="store_true", help="also log debug lines")
-    p.add_argument("-q", "--quiet", action="store_true", help="log warnings and errors only")
-
-    p = command("push", "enqueue a job from a shell or cron; prints its id",
-                "python3 dbqueue.py push send_email --queue emails --data"
-                " '{\"to\": \"a@example.com\", \"subject\": \"Hi\", \"text\": \"Hello\"}'")
-    p.add_argument("job", help="the registered job name")
-    p.add_argument("--data", default="{}", metavar="JSON",
-                   help="the job's data as a JSON object (default {})")
-    p.add_argument("--queue", type=_queue_arg, default="default", help="default: default")
-    p.add_argument("--delay", type=_seconds, default=0, metavar="S",
-                   help="seconds before the job may run (default 0)")
-    p.add_argument("--unique-key", type=_unique_arg, metavar="KEY",
-                   help="while a job with this key waits or runs on the queue, add nothing"
-                        " and print that job's id")
-    p.add_argument("--expires-in", type=_seconds, metavar="S",
-                   help="never start the job more than S seconds from now: it moves to the"
-                        " failed jobs as expired (0: no deadline, also for a template email)")
-
-    p = command("stats", "ready, delayed, reserved, expired and failed jobs per queue",
-                "python3 dbqueue.py stats\n"
-                "  python3 dbqueue.py stats --format prometheus > /var/lib/node_exporter/dbqueue.prom.$$"
-                " \\\n    && mv /var/lib/node_exporter/dbqueue.prom.$$"
-                " /var/lib/node_exporter/dbqueue.prom")
-    group = p.add_mutually_exclusive_group()
-    group.add_argument("--json", action="store_true", help="same as --format json")
-    group.add_argument("--format", choices=("table", "json", "prometheus"), default="table",
-                       help="table (default), json, or the Prometheus text format")
-
-    p = command("health", "exit 0 when the queue is healthy, else 1 with one line per reason",
-                "python3 dbqueue.py health --max-ready 1000 --max-age 300 --max-failed 0")
-    p.add_argument("--max-ready", type=_nonneg_int, metavar="N",
-                   help="unhealthy when a queue has more than N ready jobs")
-    p.add_argument("--max-age", type=_nonneg_int, metavar="S",
-                   help="unhealthy when a queue's oldest ready job has waited more than S seconds")
-    p.add_argument("--max-failed", type=_nonneg_int, metavar="N",
-                   help="unhealthy when a queue has more than N failed jobs")
-
-    p = command("pause", "stop workers starting jobs of queues (running ones finish), on every"
-                " host within a second", "python3 dbqueue.py pause emails --for 30m")
-    p.add_argument("queues", nargs="+", type=_queue_arg, metavar="QUEUE", help="the queues to pause")
-    p.add_argument("--for", dest="seconds", type=_duration_arg, metavar="DURATION",
-                   help="resume by itself after DURATION: 90s, 30m, 2h or 1d"
-                        " (default: until `resume`)")
-
-    p = command("resume", "let workers start jobs of paused queues again",
-                "python3 dbqueue.py resume emails")
-    p.add_argument("queues", nargs="+", type=_queue_arg, metavar="QUEUE", help="the queues to resume")
-
-    p = command("failed", "list failed jobs (id, uuid, queue, job, failed at, error)",
-                "python3 dbqueue.py failed --queue emails")
-    p.add_argument("--queue", type=_queue_arg, help="only this queue")
-    p.add_argument("--json", action="store_true", help="JSON, with each full traceback")
-
-    p = command("sent", "list the mail that servers took, newest first (the sent log,"
-                " kept MAIL_LOG_DAYS days)",
-                "python3 dbqueue.py sent --to ann@example.com --since 2h")
-    p.add_argument("--to", metavar="ADDRESS", help="only mail whose recipients contain ADDRESS")
-    p.add_argument("--since", type=_duration_arg, metavar="DURATION",
-                   help="only mail sent within the last DURATION: 90s, 30m, 2h, 7d")
-    p.add_argument("--queue", type=_queue_arg, help="only this queue")
-    p.add_argument("--limit", type=_pos_int, default=50, metavar="N",
-                   help="at most N messages (default 50)")
-    p.add_argument("--json", action="store_true", help="JSON, with the uuid, job and template")
-
-    p = command("retry", "move failed jobs back to the queue with attempts reset",
-                "python3 dbqueue.py retry 12 13\n  python3 dbqueue.py retry all --queue emails")
-    p.add_argument("ids", nargs="+", type=_retry_id, metavar="ID|all",
-                   help="failed job ids (see `failed`), or all")
-    p.add_argument("--queue", type=_queue_arg, help="with all: only this queue")
-
-    p = command("cancel", "move waiting or delayed jobs to the failed jobs as cancelled (`retry`"
-                " brings them back); a running job is left to finish",
-                "python3 dbqueue.py cancel 41 42\n"
-                "  python3 dbqueue.py cancel --queue emails --job send_template_email")
-    p.add_argument("ids", nargs="*", type=_row_id, metavar="ID", help="job ids")
-    p.add_argument("--queue", type=_queue_arg, help="every waiting job of this queue")
-    p.add_argument("--job", metavar="NAME", help="with --queue: only the jobs of this name")
-
-    p = command("forget", "delete failed jobs by id", "python3 dbqueue.py forget 12 13")
-    p.add_argument("ids", nargs="+", type=_row_id, metavar="ID", help="failed job ids (see `failed`)")
-
-    p = command("flush", "delete every failed job, or those older than H hours",
-                "python3 dbqueue.py flush --hours 168")
-    p.add_argument("--hours", type=_nonneg_float, metavar="H",
-                   help="only failed jobs older than H hours")
-
-    p = command("clear", "delete the waiting (ready and delayed) jobs of a queue",
-                "python3 dbqueue.py clear --queue default --force")
-    p.add_argument("--queue", type=_queue_arg, required=True, help="the queue to empty")
-    p.add_argument("--force", action="store_true",
-                   help="do not ask (required when stdin is not a terminal)")
-
-    p = command("config", "show every effective setting, its value (secrets masked) and where"
-                " it came from: the first thing to run when jobs never process",
-                "python3 dbqueue.py config --env-file /srv/app/.env")
-    p.add_argument("--json", action="store_true", help="JSON: settings and warnings")
-
-    p = command("bench", "measure enqueue, drain and latency on the configured database",
-                "python3 dbqueue.py bench --jobs 5000 --workers 2")
-    p.add_argument("--jobs", type=_pos_int, default=5000, metavar="N",
-                   help="jobs to enqueue and drain (default 5000)")
-    p.add_argument("--workers", type=_pos_int, default=2, metavar="K",
-                   help="worker processes that drain them (default 2)")
-
-    p = command("dashboard", "a web page of the queue: counts, failed jobs, Retry and Forget",
-                "python3 dbqueue.py dashboard --port 8765\n"
-                "  ssh -L 8765:127.0.0.1:8765 server   # from your laptop; then open"
-                " http://127.0.0.1:8765/\n"
-                "  DBQUEUE_DASHBOARD_TOKEN=... python3 dbqueue.py dashboard --host 0.0.0.0"
-                " --read-only")
-    p.add_argument("--host", type=_host_arg, default="127.0.0.1",
-                   help="address to listen on (default 127.0.0.1); any address but a loopback"
-                   " one needs DBQUEUE_DASHBOARD_TOKEN")
-    p.add_argument("--port", type=_port_arg, default=8765, metavar="PORT",
-                   help="default 8765; 0 picks a free one")
-    p.add_argument("--read-only", action="store_true",
-                   help="show everything, change nothing: no buttons, and every POST is refused")
+    for name, help, example, arguments in _SUBCOMMANDS:
+        p = command(name, help, example)
+        group = None
+        for flags, kwargs in arguments:
+            if kwargs.get("exclusive"):
+                kwargs = dict(kwargs)
+                del kwargs["exclusive"]
+                group = group or p.add_mutually_exclusive_group()
+                group.add_argument(*flags, **kwargs)
+            else:
+                p.add_argument(*flags, **kwargs)
     return top
 
 
@@ -9518,6 +9381,149 @@ def _port_arg(value):
 
 def _err(message, stream=None):
     (stream or sys.stderr).write("dbqueue: %s\n" % message)
+
+
+def _arg(*flags, **kwargs):
+    """One argument of a command in _SUBCOMMANDS, as add_argument takes it."""
+    return flags, kwargs
+
+
+# The commands: (name, help, example, arguments); _parser makes them, and
+# main runs _cmd_<name>. An argument marked exclusive=True excludes the
+# command's other such arguments.
+_SUBCOMMANDS = (
+    ("migrate", "create or upgrade the queue tables (idempotent)",
+     "python3 dbqueue.py migrate --database-url postgresql://app@/appdb",
+     [_arg("--print", action="store_true",
+           help="show the SQL migrate would run on this database now, without running it"),
+      _arg("--all", action="store_true", help="with --print: every supported database")]),
+    ("work", "process jobs until stopped",
+     "python3 dbqueue.py work --queue=emails,default --import myapp.jobs --max-time 3600",
+     [_arg("--queue", default="default", help="queues in priority order, comma separated"
+           " (default: default)"),
+      _arg("--once", action="store_true", help="handle at most one job, then exit"),
+      _arg("--max-jobs", type=_pos_int, metavar="N", help="exit after N jobs (N >= 1)"),
+      _arg("--max-time", type=_nonneg_float, metavar="S", help="exit after S seconds"),
+      _arg("--sleep", type=_nonneg_float, default=3.0, metavar="S",
+           help="longest wait between looks at an idle queue (default 3)"),
+      _arg("--stop-when-empty", action="store_true", help="exit when no job is ready"),
+      _arg("--concurrency", type=_concurrency, default=1, metavar="N",
+           help="run up to N jobs at once, each on its own thread, database connection"
+                " and SMTP session (default 1)"),
+      _arg("--timeout", type=_seconds, metavar="S",
+           help="seconds one job may run, 0 for no limit (default QUEUE_TIMEOUT)"),
+      _arg("--tries", type=_tries, metavar="N",
+           help="attempts before a job fails (default QUEUE_MAX_ATTEMPTS)"),
+      _arg("--backoff", metavar="S,S", help="seconds before retries, e.g. 10,60"),
+      _arg("--memory", type=_pos_int, metavar="MB",
+           help="exit after the current job when RSS passes MB"),
+      _arg("--import", dest="imports", action="append", default=[], metavar="MODULE",
+           help="import MODULE to register its handlers (repeatable)"),
+      _arg("--log-format", choices=("text", "json"), default="text",
+           help="text (key=value, the default) or json: one object per line"),
+      _arg("-v", "--verbose", action="store_true", help="also log debug lines"),
+      _arg("-q", "--quiet", action="store_true", help="log warnings and errors only")]),
+    ("push", "enqueue a job from a shell or cron; prints its id",
+     "python3 dbqueue.py push send_email --queue emails --data"
+     " '{\"to\": \"a@example.com\", \"subject\": \"Hi\", \"text\": \"Hello\"}'",
+     [_arg("job", help="the registered job name"),
+      _arg("--data", default="{}", metavar="JSON",
+           help="the job's data as a JSON object (default {})"),
+      _arg("--queue", type=_queue_arg, default="default", help="default: default"),
+      _arg("--delay", type=_seconds, default=0, metavar="S",
+           help="seconds before the job may run (default 0)"),
+      _arg("--unique-key", type=_unique_arg, metavar="KEY",
+           help="while a job with this key waits or runs on the queue, add nothing"
+                " and print that job's id"),
+      _arg("--expires-in", type=_seconds, metavar="S",
+           help="never start the job more than S seconds from now: it moves to the"
+                " failed jobs as expired (0: no deadline, also for a template email)")]),
+    ("stats", "ready, delayed, reserved, expired and failed jobs per queue",
+     "python3 dbqueue.py stats\n"
+     "  python3 dbqueue.py stats --format prometheus > /var/lib/node_exporter/dbqueue.prom.$$"
+     " \\\n    && mv /var/lib/node_exporter/dbqueue.prom.$$"
+     " /var/lib/node_exporter/dbqueue.prom",
+     [_arg("--json", action="store_true", help="same as --format json", exclusive=True),
+      _arg("--format", choices=("table", "json", "prometheus"), default="table",
+           help="table (default), json, or the Prometheus text format", exclusive=True)]),
+    ("health", "exit 0 when the queue is healthy, else 1 with one line per reason",
+     "python3 dbqueue.py health --max-ready 1000 --max-age 300 --max-failed 0",
+     [_arg("--max-ready", type=_nonneg_int, metavar="N",
+           help="unhealthy when a queue has more than N ready jobs"),
+      _arg("--max-age", type=_nonneg_int, metavar="S",
+           help="unhealthy when a queue's oldest ready job has waited more than S seconds"),
+      _arg("--max-failed", type=_nonneg_int, metavar="N",
+           help="unhealthy when a queue has more than N failed jobs")]),
+    ("pause", "stop workers starting jobs of queues (running ones finish), on every"
+     " host within a second", "python3 dbqueue.py pause emails --for 30m",
+     [_arg("queues", nargs="+", type=_queue_arg, metavar="QUEUE", help="the queues to pause"),
+      _arg("--for", dest="seconds", type=_duration_arg, metavar="DURATION",
+           help="resume by itself after DURATION: 90s, 30m, 2h or 1d"
+                " (default: until `resume`)")]),
+    ("resume", "let workers start jobs of paused queues again",
+     "python3 dbqueue.py resume emails",
+     [_arg("queues", nargs="+", type=_queue_arg, metavar="QUEUE", help="the queues to resume")]),
+    ("failed", "list failed jobs (id, uuid, queue, job, failed at, error)",
+     "python3 dbqueue.py failed --queue emails",
+     [_arg("--queue", type=_queue_arg, help="only this queue"),
+      _arg("--json", action="store_true", help="JSON, with each full traceback")]),
+    ("sent", "list the mail that servers took, newest first (the sent log,"
+     " kept MAIL_LOG_DAYS days)",
+     "python3 dbqueue.py sent --to ann@example.com --since 2h",
+     [_arg("--to", metavar="ADDRESS", help="only mail whose recipients contain ADDRESS"),
+      _arg("--since", type=_duration_arg, metavar="DURATION",
+           help="only mail sent within the last DURATION: 90s, 30m, 2h, 7d"),
+      _arg("--queue", type=_queue_arg, help="only this queue"),
+      _arg("--limit", type=_pos_int, default=50, metavar="N",
+           help="at most N messages (default 50)"),
+      _arg("--json", action="store_true", help="JSON, with the uuid, job and template")]),
+    ("retry", "move failed jobs back to the queue with attempts reset",
+     "python3 dbqueue.py retry 12 13\n  python3 dbqueue.py retry all --queue emails",
+     [_arg("ids", nargs="+", type=_retry_id, metavar="ID|all",
+           help="failed job ids (see `failed`), or all"),
+      _arg("--queue", type=_queue_arg, help="with all: only this queue")]),
+    ("cancel", "move waiting or delayed jobs to the failed jobs as cancelled (`retry`"
+     " brings them back); a running job is left to finish",
+     "python3 dbqueue.py cancel 41 42\n"
+     "  python3 dbqueue.py cancel --queue emails --job send_template_email",
+     [_arg("ids", nargs="*", type=_row_id, metavar="ID", help="job ids"),
+      _arg("--queue", type=_queue_arg, help="every waiting job of this queue"),
+      _arg("--job", metavar="NAME", help="with --queue: only the jobs of this name")]),
+    ("forget", "delete failed jobs by id", "python3 dbqueue.py forget 12 13",
+     [_arg("ids", nargs="+", type=_row_id, metavar="ID", help="failed job ids (see `failed`)")]),
+    ("flush", "delete every failed job, or those older than H hours",
+     "python3 dbqueue.py flush --hours 168",
+     [_arg("--hours", type=_nonneg_float, metavar="H",
+           help="only failed jobs older than H hours")]),
+    ("clear", "delete the waiting (ready and delayed) jobs of a queue",
+     "python3 dbqueue.py clear --queue default --force",
+     [_arg("--queue", type=_queue_arg, required=True, help="the queue to empty"),
+      _arg("--force", action="store_true",
+           help="do not ask (required when stdin is not a terminal)")]),
+    ("config", "show every effective setting, its value (secrets masked) and where"
+     " it came from: the first thing to run when jobs never process",
+     "python3 dbqueue.py config --env-file /srv/app/.env",
+     [_arg("--json", action="store_true", help="JSON: settings and warnings")]),
+    ("bench", "measure enqueue, drain and latency on the configured database",
+     "python3 dbqueue.py bench --jobs 5000 --workers 2",
+     [_arg("--jobs", type=_pos_int, default=5000, metavar="N",
+           help="jobs to enqueue and drain (default 5000)"),
+      _arg("--workers", type=_pos_int, default=2, metavar="K",
+           help="worker processes that drain them (default 2)")]),
+    ("dashboard", "a web page of the queue: counts, failed jobs, Retry and Forget",
+     "python3 dbqueue.py dashboard --port 8765\n"
+     "  ssh -L 8765:127.0.0.1:8765 server   # from your laptop; then open"
+     " http://127.0.0.1:8765/\n"
+     "  DBQUEUE_DASHBOARD_TOKEN=... python3 dbqueue.py dashboard --host 0.0.0.0"
+     " --read-only",
+     [_arg("--host", type=_host_arg, default="127.0.0.1",
+           help="address to listen on (default 127.0.0.1); any address but a loopback"
+           " one needs DBQUEUE_DASHBOARD_TOKEN"),
+      _arg("--port", type=_port_arg, default=8765, metavar="PORT",
+           help="default 8765; 0 picks a free one"),
+      _arg("--read-only", action="store_true",
+           help="show everything, change nothing: no buttons, and every POST is refused")]),
+)
 
 
 def main(argv=None):
