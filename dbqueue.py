@@ -407,130 +407,11 @@ class Config:
         file_values, warnings = _read_env_file(path, required=bool(env_file), environ=environ)
         c = cls()
         c.warnings = warnings
-
-        def find(name):
-            """(value, source) of one variable as set, or (None, None)."""
-            # A shell cannot export a dotted name: CodeIgniter also reads
-            # database_default_hostname for database.default.hostname.
-            for key in (name, name.replace(".", "_")) if "." in name else (name,):
-                if key in environ:
-                    return environ[key], "environment" if key == name else "environment (%s)" % key
-                if key in file_values:
-                    value, line = file_values[key]
-                    return value, "%s:%d" % (path, line)
-            return None, None
-
-        def lookup(name):
-            """(value, source, variable): dbqueue's name, else CodeIgniter's."""
-            ours = [(name, {})]
-            if name in _CODEIGNITER_NAMES:
-                ours.append(_CODEIGNITER_NAMES[name])
-            for key, meaning in ours:
-                value, source = find(key)
-                if value is not None and value.strip():
-                    if key != name:
-                        value = meaning.get(value.strip().lower(), value)
-                        source = "%s (%s)" % (source, key)
-                    return value, source, key
-            return None, "default", name
-
-        def name(setting):
-            """The variable a setting's value came from, for error messages."""
-            return lookup(setting)[2]
-
-        def get(setting, default=""):
-            value, source, _ = lookup(setting)
-            c.sources[setting] = source
-            return default if value is None else value.strip()
-
-        driver = get("QUEUE_DRIVER", "database").lower()
-        if driver != "database":
-            raise ConfigError(
-                "QUEUE_DRIVER=%s is not supported: dbqueue only has the 'database' driver"
-                " (set QUEUE_DRIVER=database or remove it)" % driver)
-        c.database_url, c.sources["QUEUE_DATABASE_URL"] = _database_url(find, path, database_url)
-        c.listen_url = get("QUEUE_LISTEN_URL")
-        _listen_target(c.listen_url, _parse_url(c.database_url)[0])
-        c.max_attempts = _int_setting("QUEUE_MAX_ATTEMPTS", get("QUEUE_MAX_ATTEMPTS", "3"), 1,
-                                      _MAX_TRIES)
-        c.retry_after = _int_setting("QUEUE_RETRY_AFTER", get("QUEUE_RETRY_AFTER", "90"), 1,
-                                     _MAX_SECONDS)
-        c.backoff = _backoff_setting("QUEUE_BACKOFF", get("QUEUE_BACKOFF", "10,60,300"))
-        c.timeout = _int_setting("QUEUE_TIMEOUT", get("QUEUE_TIMEOUT", "60"), 0, _MAX_SECONDS)
-        prefix, prefix_source = find("database.default.DBPrefix")
-        prefix = (prefix or "").strip()
-        for setting, table in (("QUEUE_TABLE", "jobs"), ("QUEUE_FAILED_TABLE", "failed_jobs")):
-            value = get(setting, table)
-            label = setting
-            if prefix and c.sources[setting] == "default":
-                # CodeIgniter puts DBPrefix before every table name. The prefix
-                # is checked first, so an error names what was written.
-                if not re.match(r"[A-Za-z_][A-Za-z0-9_]*\Z", prefix):
-                    raise ConfigError("database.default.DBPrefix=%s (%s) is not a plain table"
-                                      " name prefix (letters, digits and _, not starting with a"
-                                      " digit)" % (prefix, prefix_source))
-                if not _IDENT.match(prefix + table):
-                    raise ConfigError("database.default.DBPrefix=%s (%s) makes the table name %s%s"
-                                      " longer than 63 characters" % (prefix, prefix_source,
-                                                                      prefix, table))
-                value, label = prefix + table, "database.default.DBPrefix"
-                c.sources[setting] = "derived from database.default.DBPrefix (%s)" % prefix_source
-            setattr(c, "table" if table == "jobs" else "failed_table", _ident_setting(label, value))
-        c.mail_mailer = _choice_setting(name("MAIL_MAILER"), get("MAIL_MAILER", "smtp").lower(),
-                                        ("smtp", "sendmail", "log"))
-        c.mail_host = get("MAIL_HOST", "localhost")
-        c.mail_port = _int_setting(name("MAIL_PORT"), get("MAIL_PORT", "25"), 1, 65535)
-        c.mail_username = get("MAIL_USERNAME")
-        password, c.sources["MAIL_PASSWORD"], _ = lookup("MAIL_PASSWORD")
-        c.mail_password = password or ""      # as written: a password may end in a space
-        if c.mail_mailer == "smtp":
-            # smtplib writes AUTH in ASCII: found at the first send, this would
-            # be every email failing. The password itself is never shown.
-            if not c.mail_username.isascii():
-                raise ConfigError("%s=%s holds characters that are not ASCII: SMTP AUTH in"
-                                  " smtplib cannot send them" % (name("MAIL_USERNAME"),
-                                                                 c.mail_username))
-            if not c.mail_password.isascii():
-                raise ConfigError("%s holds characters that are not ASCII: SMTP AUTH in smtplib"
-                                  " cannot send them (the value is not shown)"
-                                  % name("MAIL_PASSWORD"))
-        encryption = get("MAIL_ENCRYPTION", "none").lower()
-        encryption = {"tls": "starttls", "": "none", "null": "none"}.get(encryption, encryption)
-        c.mail_encryption = _choice_setting(name("MAIL_ENCRYPTION"), encryption,
-                                            ("none", "starttls", "ssl"))
-        c.mail_from_address = get("MAIL_FROM_ADDRESS", "no-reply@localhost")
-        try:
-            # The mail code's own check: found there, it would fail every email.
-            _addresses(name("MAIL_FROM_ADDRESS"), c.mail_from_address, required=True)
-        except PermanentError:
-            shown = c.mail_from_address
-            raise ConfigError("%s=%s is not one email address dbqueue can send from (such as"
-                              " app@example.com or Acme <app@example.com>)"
-                              % (name("MAIL_FROM_ADDRESS"),
-                                 shown if shown.isprintable() else repr(shown)))
-        c.mail_from_name = get("MAIL_FROM_NAME")
-        c.mail_timeout = _int_setting("MAIL_TIMEOUT", get("MAIL_TIMEOUT", "30"), 1)
-        c.mail_verify_peer = _bool_setting("MAIL_VERIFY_PEER", get("MAIL_VERIFY_PEER", "true"))
-        c.mail_template_dir = get("MAIL_TEMPLATE_DIR")
-        c.mail_ehlo_domain = _ehlo_setting("MAIL_EHLO_DOMAIN", get("MAIL_EHLO_DOMAIN"))
-        if c.mail_template_dir and not os.path.isdir(c.mail_template_dir):
-            # Found late, this would be every templated email failing as unknown.
-            raise ConfigError("%s=%s is not a folder (no such directory)"
-                              % (name("MAIL_TEMPLATE_DIR"), c.mail_template_dir))
-        c.mail_sendmail_path = get("MAIL_SENDMAIL_PATH", "/usr/sbin/sendmail -t -i")
-        try:
-            if c.mail_mailer == "sendmail" and not _split_command(c.mail_sendmail_path):
-                raise ValueError("no program")
-        except ValueError as exc:
-            raise ConfigError("%s=%s cannot be read as a command: %s"
-                              % (name("MAIL_SENDMAIL_PATH"), c.mail_sendmail_path, exc))
-        c.mail_rate_limit = _rate_setting("MAIL_RATE_LIMIT", get("MAIL_RATE_LIMIT"))
-        c.mail_template_validity = _validity_setting("MAIL_TEMPLATE_VALIDITY",
-                                                     get("MAIL_TEMPLATE_VALIDITY"))
-        c.mail_log_days = _int_setting("MAIL_LOG_DAYS", get("MAIL_LOG_DAYS", "14"), 0,
-                                       _MAX_LOG_DAYS)
-        c.app_name = get("APP_NAME")
-        c.dashboard_token = get("DBQUEUE_DASHBOARD_TOKEN")
+        env = _Env(environ, file_values, path, c.sources)
+        c._read_queue(env, database_url)
+        c._read_mail(env)
+        c.app_name = env.get("APP_NAME")
+        c.dashboard_token = env.get("DBQUEUE_DASHBOARD_TOKEN")
         typos = _typos(environ, file_values, path, c.sources)
         for var, where, meant in typos:
             if (meant in ("QUEUE_DATABASE_URL", "DATABASE_URL")
@@ -543,6 +424,151 @@ class Config:
         c.warnings += ["%s is set (%s) but dbqueue does not read it: did you mean %s?" % typo
                        for typo in typos]
         return c
+
+    def _read_queue(self, env, database_url):
+        """The database, the tables and the worker's defaults."""
+        driver = env.get("QUEUE_DRIVER", "database").lower()
+        if driver != "database":
+            raise ConfigError(
+                "QUEUE_DRIVER=%s is not supported: dbqueue only has the 'database' driver"
+                " (set QUEUE_DRIVER=database or remove it)" % driver)
+        self.database_url, self.sources["QUEUE_DATABASE_URL"] = _database_url(
+            env.find, env.path, database_url)
+        self.listen_url = env.get("QUEUE_LISTEN_URL")
+        _listen_target(self.listen_url, _parse_url(self.database_url)[0])
+        self.max_attempts = _int_setting("QUEUE_MAX_ATTEMPTS", env.get("QUEUE_MAX_ATTEMPTS", "3"),
+                                         1, _MAX_TRIES)
+        self.retry_after = _int_setting("QUEUE_RETRY_AFTER", env.get("QUEUE_RETRY_AFTER", "90"),
+                                        1, _MAX_SECONDS)
+        self.backoff = _backoff_setting("QUEUE_BACKOFF", env.get("QUEUE_BACKOFF", "10,60,300"))
+        self.timeout = _int_setting("QUEUE_TIMEOUT", env.get("QUEUE_TIMEOUT", "60"), 0,
+                                    _MAX_SECONDS)
+        prefix, prefix_source = env.find("database.default.DBPrefix")
+        prefix = (prefix or "").strip()
+        for setting, table in (("QUEUE_TABLE", "jobs"), ("QUEUE_FAILED_TABLE", "failed_jobs")):
+            value = env.get(setting, table)
+            label = setting
+            if prefix and self.sources[setting] == "default":
+                # CodeIgniter puts DBPrefix before every table name. The prefix
+                # is checked first, so an error names what was written.
+                if not re.match(r"[A-Za-z_][A-Za-z0-9_]*\Z", prefix):
+                    raise ConfigError("database.default.DBPrefix=%s (%s) is not a plain table"
+                                      " name prefix (letters, digits and _, not starting with a"
+                                      " digit)" % (prefix, prefix_source))
+                if not _IDENT.match(prefix + table):
+                    raise ConfigError("database.default.DBPrefix=%s (%s) makes the table name %s%s"
+                                      " longer than 63 characters" % (prefix, prefix_source,
+                                                                      prefix, table))
+                value, label = prefix + table, "database.default.DBPrefix"
+                self.sources[setting] = ("derived from database.default.DBPrefix (%s)"
+                                         % prefix_source)
+            setattr(self, "table" if table == "jobs" else "failed_table",
+                    _ident_setting(label, value))
+
+    def _read_mail(self, env):
+        """How email leaves: the mailer, its server, the sender, the limits."""
+        self.mail_mailer = _choice_setting(env.name("MAIL_MAILER"),
+                                           env.get("MAIL_MAILER", "smtp").lower(),
+                                           ("smtp", "sendmail", "log"))
+        self.mail_host = env.get("MAIL_HOST", "localhost")
+        self.mail_port = _int_setting(env.name("MAIL_PORT"), env.get("MAIL_PORT", "25"), 1, 65535)
+        self.mail_username = env.get("MAIL_USERNAME")
+        password, self.sources["MAIL_PASSWORD"], _ = env.lookup("MAIL_PASSWORD")
+        self.mail_password = password or ""      # as written: a password may end in a space
+        if self.mail_mailer == "smtp":
+            # smtplib writes AUTH in ASCII: found at the first send, this would
+            # be every email failing. The password itself is never shown.
+            if not self.mail_username.isascii():
+                raise ConfigError("%s=%s holds characters that are not ASCII: SMTP AUTH in"
+                                  " smtplib cannot send them" % (env.name("MAIL_USERNAME"),
+                                                                 self.mail_username))
+            if not self.mail_password.isascii():
+                raise ConfigError("%s holds characters that are not ASCII: SMTP AUTH in smtplib"
+                                  " cannot send them (the value is not shown)"
+                                  % env.name("MAIL_PASSWORD"))
+        encryption = env.get("MAIL_ENCRYPTION", "none").lower()
+        encryption = {"tls": "starttls", "": "none", "null": "none"}.get(encryption, encryption)
+        self.mail_encryption = _choice_setting(env.name("MAIL_ENCRYPTION"), encryption,
+                                               ("none", "starttls", "ssl"))
+        self.mail_from_address = env.get("MAIL_FROM_ADDRESS", "no-reply@localhost")
+        try:
+            # The mail code's own check: found there, it would fail every email.
+            _addresses(env.name("MAIL_FROM_ADDRESS"), self.mail_from_address, required=True)
+        except PermanentError:
+            shown = self.mail_from_address
+            raise ConfigError("%s=%s is not one email address dbqueue can send from (such as"
+                              " app@example.com or Acme <app@example.com>)"
+                              % (env.name("MAIL_FROM_ADDRESS"),
+                                 shown if shown.isprintable() else repr(shown)))
+        self.mail_from_name = env.get("MAIL_FROM_NAME")
+        self.mail_timeout = _int_setting("MAIL_TIMEOUT", env.get("MAIL_TIMEOUT", "30"), 1)
+        self.mail_verify_peer = _bool_setting("MAIL_VERIFY_PEER",
+                                              env.get("MAIL_VERIFY_PEER", "true"))
+        self.mail_template_dir = env.get("MAIL_TEMPLATE_DIR")
+        self.mail_ehlo_domain = _ehlo_setting("MAIL_EHLO_DOMAIN", env.get("MAIL_EHLO_DOMAIN"))
+        if self.mail_template_dir and not os.path.isdir(self.mail_template_dir):
+            # Found late, this would be every templated email failing as unknown.
+            raise ConfigError("%s=%s is not a folder (no such directory)"
+                              % (env.name("MAIL_TEMPLATE_DIR"), self.mail_template_dir))
+        self.mail_sendmail_path = env.get("MAIL_SENDMAIL_PATH", "/usr/sbin/sendmail -t -i")
+        try:
+            if self.mail_mailer == "sendmail" and not _split_command(self.mail_sendmail_path):
+                raise ValueError("no program")
+        except ValueError as exc:
+            raise ConfigError("%s=%s cannot be read as a command: %s"
+                              % (env.name("MAIL_SENDMAIL_PATH"), self.mail_sendmail_path, exc))
+        self.mail_rate_limit = _rate_setting("MAIL_RATE_LIMIT", env.get("MAIL_RATE_LIMIT"))
+        self.mail_template_validity = _validity_setting("MAIL_TEMPLATE_VALIDITY",
+                                                        env.get("MAIL_TEMPLATE_VALIDITY"))
+        self.mail_log_days = _int_setting("MAIL_LOG_DAYS", env.get("MAIL_LOG_DAYS", "14"), 0,
+                                          _MAX_LOG_DAYS)
+
+
+class _Env:
+    """The variables Config.from_env reads: the environment over the .env
+    file at `path`, dbqueue's names over the CodeIgniter app's. Each setting
+    read records where its value came from in `sources`."""
+
+    def __init__(self, environ, file_values, path, sources):
+        self.environ, self.file_values, self.path = environ, file_values, path
+        self.sources = sources
+
+    def find(self, name):
+        """(value, source) of one variable as set, or (None, None)."""
+        # A shell cannot export a dotted name: CodeIgniter also reads
+        # database_default_hostname for database.default.hostname.
+        for key in (name, name.replace(".", "_")) if "." in name else (name,):
+            if key in self.environ:
+                return self.environ[key], "environment" if key == name else "environment (%s)" % key
+            if key in self.file_values:
+                value, line = self.file_values[key]
+                return value, "%s:%d" % (self.path, line)
+        return None, None
+
+    def lookup(self, name):
+        """(value, source, variable): dbqueue's name, else CodeIgniter's."""
+        ours = [(name, {})]
+        if name in _CODEIGNITER_NAMES:
+            ours.append(_CODEIGNITER_NAMES[name])
+        for key, meaning in ours:
+            value, source = self.find(key)
+            if value is not None and value.strip():
+                if key != name:
+                    value = meaning.get(value.strip().lower(), value)
+                    source = "%s (%s)" % (source, key)
+                return value, source, key
+        return None, "default", name
+
+    def name(self, setting):
+        """The variable a setting's value came from, for error messages."""
+        return self.lookup(setting)[2]
+
+    def get(self, setting, default=""):
+        value, source, _ = self.lookup(setting)
+        self.sources[setting] = source
+        return default if value is None else value.strip()
+
+
 
 
 def _database_url(find, env_path, flag):
@@ -2058,8 +2084,10 @@ class _Postgres(_Dialect):
     # autocommit, one round trip. A unique push that inserted nothing
     # returns no row and wakes no one.
     insert_wrap = {
-        "push_notify": "WITH j AS ({insert} RETURNING id) SELECT id, pg_notify(:channel, :queue) FROM j",
-        "push_unique": "WITH j AS ({insert} RETURNING id) SELECT id, pg_notify(:channel, :queue) FROM j",
+        "push_notify": ("WITH j AS ({insert} RETURNING id)"
+                        " SELECT id, pg_notify(:channel, :queue) FROM j"),
+        "push_unique": ("WITH j AS ({insert} RETURNING id)"
+                        " SELECT id, pg_notify(:channel, :queue) FROM j"),
         "retry_unique": "{insert} RETURNING id",
         "push_many": ("WITH j AS ({insert} RETURNING id)"
                       " SELECT j.id FROM j, (SELECT pg_notify(:channel, :queue)) AS n ORDER BY j.id"),
