@@ -7149,6 +7149,15 @@ def _deliver(fields, config):
         if worker is not None:
             worker._mail_flowing()
         _sent_row(running, msg, fields, [a for a in recipients if a not in refused], mailer.reply)
+    _refusals(config, running, state, msg, everyone, recipients, pending, refused, rejected,
+              tries, last)
+
+
+def _refusals(config, running, state, msg, everyone, recipients, pending, refused, rejected,
+              tries, last):
+    """After _deliver's SMTP send: return when nobody refused the message;
+    else keep the deferred recipients for the next attempt (QueueError), or,
+    on the last one or for refusals only, fail naming everyone who has not had it."""
     # A 503 says the session was out of step (the transaction is reset),
     # never that the address is bad: retried like a 4xx.
     deferred = {a: _reply_text(*r) for a, r in refused.items()
