@@ -9074,36 +9074,17 @@ def _percentile(values, p):
 
 
 def _bench(args, config):
-    import copy
-    import random
-    import select
     import shutil
     import tempfile
     n, k = args.jobs, args.workers
-    config = copy.copy(config)
-    dialect, target, _ = _parse_url(config.database_url)
-    workdir = None
-    if config.database_url == _DEFAULT_URL:    # a SQLite file
-        # Never the app's own database: a temporary file, on the same disk as
-        # the default database would be (the working directory) when possible.
-        try:
-            workdir = tempfile.mkdtemp(prefix=".dbqueue-bench-", dir=os.getcwd())
-        except OSError:
-            workdir = tempfile.mkdtemp(prefix="dbqueue-bench-")
-        config.database_url = "sqlite:///" + os.path.join(workdir, "bench.sqlite3")
-        where = "a temporary file %s (not your database; deleted afterwards)" % (
-            os.path.join(workdir, "bench.sqlite3"))
-    else:
-        where = "%s (tables of its own, dropped afterwards)" % _mask_url(config.database_url)
+    config, workdir, where = _bench_config(config)
+    dialect = _parse_url(config.database_url)[0]
     logdir = tempfile.mkdtemp(prefix="dbqueue-bench-logs-")
-    config.table = "dbqueue_bench_%d" % os.getpid()
-    config.failed_table = config.table + "_failed"
     floor_table = config.table + "_floor"
     env = dict(os.environ, QUEUE_DATABASE_URL=config.database_url, QUEUE_TABLE=config.table,
                QUEUE_FAILED_TABLE=config.failed_table)
     queue = Queue(config=config)
     floor_conn = None
-    rows = []
     try:
         _bench_progress("creating tables %s" % config.table)
         queue.migrate()
@@ -9114,108 +9095,9 @@ def _bench(args, config):
             cur.execute(statement)
         settings = dialect.bench_settings(cur)
         cur.close()
-        # Is any job left? One index probe from the top, where the drain
-        # finishes last (COUNT(*) would read the whole backlog every 5 ms).
-        left_sql = "SELECT id FROM %s ORDER BY id DESC LIMIT 1" % dialect.ident(config.table)
-
-        def any_left():
-            c = conn.cursor()
-            c.execute(left_sql)
-            value = c.fetchone() is not None
-            c.close()
-            return value
-
-        def empty_table():
-            c = conn.cursor()
-            c.execute("DELETE FROM %s" % dialect.ident(config.table))
-            c.close()
-
-        # floor and W1, interleaved in blocks so that a noisy disk hits both alike
-        datas = [_bench_data(i) for i in range(n)]
-        texts = [queue.payload(_BENCH_JOB, d) for d in datas]
-        floor_sql, names = dialect.prepare(dialect.insert_job("push"), floor_table)
-        floor_s = push_s = 0.0
-        stamp = int(time.time())
-        for start in range(0, n, 100):
-            _bench_progress("W1 push, one commit each: %d/%d" % (start, n))
-            fcur = floor_conn.cursor()
-            t0 = time.perf_counter()
-            for text in texts[start:start + 100]:
-                fcur.execute(floor_sql, [dict(queue="bench", payload=text, now=stamp, delay=0,
-                                              expires_at=None)[n] for n in names])
-            t1 = time.perf_counter()
-            for data in datas[start:start + 100]:
-                queue.push(_BENCH_JOB, data, queue="bench")
-            t2 = time.perf_counter()
-            fcur.close()
-            floor_s += t1 - t0
-            push_s += t2 - t1
-        rows.append(("floor", "bare INSERT + COMMIT loop, same connection settings", n, floor_s, ""))
-        rows.append(("W1", "push(), one commit each", n, push_s,
-                     "%.0f%% of the floor" % (100.0 * floor_s / push_s)))
-        empty_table()
-
-        bulk = 4 * n
-        payload_data = [_bench_data(i) for i in range(min(bulk, 1000))]
-        t0 = time.perf_counter()
-        for start in range(0, bulk, 1000):
-            _bench_progress("W2 push_many, 1000 per call: %d/%d" % (start, bulk))
-            queue.push_many(_BENCH_JOB, payload_data[:min(1000, bulk - start)], queue="bench")
-        rows.append(("W2", "push_many(), 1000 per call", bulk, time.perf_counter() - t0, ""))
-        empty_table()
-
-        for label, workers in (("W3", 1), ("W4", k)):
-            for start in range(0, n, 1000):
-                queue.push_many(_BENCH_JOB, datas[start:start + 1000], queue="bench")
-            _bench_progress("%s drain with %d worker(s): starting" % (label, workers))
-            procs = _BenchWorkers(env, workers, logdir)
-            try:
-                deadline = time.monotonic() + 60 + n / 100.0
-                procs.go()
-                t0 = time.perf_counter()
-                while any_left():
-                    time.sleep(0.005)
-                    if not procs.alive() or time.monotonic() > deadline:
-                        raise QueueError("bench: %s did not finish: %s"
-                                         % (label, procs.log_tail()))
-                elapsed = time.perf_counter() - t0
-            finally:
-                procs.stop()
-            rows.append((label, "drain, %d worker%s" % (workers, "" if workers == 1 else "s"),
-                         n, elapsed, ""))
-
-        samples = max(5, min(100, n // 50))
-        latencies = []
-        idle_cpu = None
-        procs = _BenchWorkers(env, 1, logdir)
-        try:
-            procs.go()
-            reader = procs.procs[0].stdout
-            rng = random.Random(1)
-            time.sleep(0.3)              # let the worker settle into its idle wait
-            for i in range(samples):
-                _bench_progress("latency: %d/%d" % (i, samples))
-                time.sleep(rng.uniform(0.02, 0.06))
-                sent = time.time()
-                queue.push(_BENCH_JOB, {"probe": i}, queue="bench")
-                if not select.select([reader], [], [], 30)[0]:
-                    raise QueueError("bench: no job started within 30 s of its push: %s"
-                                     % procs.log_tail())
-                line = reader.readline()
-                if not line:
-                    raise QueueError("bench: the latency worker stopped: %s" % procs.log_tail())
-                latencies.append(float(line.split()[1]) - sent)
-            window = 3.0 if n >= 1000 else 0.5      # tiny runs are smoke tests
-            _bench_progress("idle worker CPU: %g s" % window)
-            time.sleep(0.5)
-            before = _cpu_seconds(procs.procs[0].pid)
-            t0 = time.monotonic()
-            time.sleep(window)
-            after = _cpu_seconds(procs.procs[0].pid)
-            if before is not None and after is not None:
-                idle_cpu = 100.0 * (after - before) / (time.monotonic() - t0)
-        finally:
-            procs.stop()
+        rows = _bench_push(queue, conn, floor_conn, floor_table, n)
+        rows += _bench_drain(queue, conn, env, logdir, n, k)
+        latencies, window, idle_cpu = _bench_latency(queue, env, logdir, n)
     finally:
         _bench_progress("cleaning up")
         try:
@@ -9251,6 +9133,153 @@ def _bench(args, config):
                                                   if idle_cpu is not None else "n/a (no /proc)"))
     print("\n".join(out).rstrip())
     return 0
+
+
+def _bench_config(config):
+    """(config, temporary folder or None, where): bench's copy of the
+    settings, with tables of its own."""
+    import copy
+    import tempfile
+    config = copy.copy(config)
+    workdir = None
+    if config.database_url == _DEFAULT_URL:    # a SQLite file
+        # Never the app's own database: a temporary file, on the same disk as
+        # the default database would be (the working directory) when possible.
+        try:
+            workdir = tempfile.mkdtemp(prefix=".dbqueue-bench-", dir=os.getcwd())
+        except OSError:
+            workdir = tempfile.mkdtemp(prefix="dbqueue-bench-")
+        config.database_url = "sqlite:///" + os.path.join(workdir, "bench.sqlite3")
+        where = "a temporary file %s (not your database; deleted afterwards)" % (
+            os.path.join(workdir, "bench.sqlite3"))
+    else:
+        where = "%s (tables of its own, dropped afterwards)" % _mask_url(config.database_url)
+    config.table = "dbqueue_bench_%d" % os.getpid()
+    config.failed_table = config.table + "_failed"
+    return config, workdir, where
+
+
+def _bench_empty(queue, conn):
+    c = conn.cursor()
+    c.execute("DELETE FROM %s" % queue.dialect.ident(queue.config.table))
+    c.close()
+
+
+def _bench_push(queue, conn, floor_conn, floor_table, n):
+    """The rows of floor, W1 and W2: push's INSERT alone, push(), push_many()."""
+    rows = []
+    # floor and W1, interleaved in blocks so that a noisy disk hits both alike
+    datas = [_bench_data(i) for i in range(n)]
+    texts = [queue.payload(_BENCH_JOB, d) for d in datas]
+    floor_sql, names = queue.dialect.prepare(queue.dialect.insert_job("push"), floor_table)
+    floor_s = push_s = 0.0
+    stamp = int(time.time())
+    for start in range(0, n, 100):
+        _bench_progress("W1 push, one commit each: %d/%d" % (start, n))
+        fcur = floor_conn.cursor()
+        t0 = time.perf_counter()
+        for text in texts[start:start + 100]:
+            fcur.execute(floor_sql, [dict(queue="bench", payload=text, now=stamp, delay=0,
+                                          expires_at=None)[name] for name in names])
+        t1 = time.perf_counter()
+        for data in datas[start:start + 100]:
+            queue.push(_BENCH_JOB, data, queue="bench")
+        t2 = time.perf_counter()
+        fcur.close()
+        floor_s += t1 - t0
+        push_s += t2 - t1
+    rows.append(("floor", "bare INSERT + COMMIT loop, same connection settings", n, floor_s, ""))
+    rows.append(("W1", "push(), one commit each", n, push_s,
+                 "%.0f%% of the floor" % (100.0 * floor_s / push_s)))
+    _bench_empty(queue, conn)
+
+    bulk = 4 * n
+    payload_data = [_bench_data(i) for i in range(min(bulk, 1000))]
+    t0 = time.perf_counter()
+    for start in range(0, bulk, 1000):
+        _bench_progress("W2 push_many, 1000 per call: %d/%d" % (start, bulk))
+        queue.push_many(_BENCH_JOB, payload_data[:min(1000, bulk - start)], queue="bench")
+    rows.append(("W2", "push_many(), 1000 per call", bulk, time.perf_counter() - t0, ""))
+    _bench_empty(queue, conn)
+    return rows
+
+
+def _bench_drain(queue, conn, env, logdir, n, k):
+    """The rows of W3 and W4: n jobs drained by one worker process, then by k."""
+    # Is any job left? One index probe from the top, where the drain
+    # finishes last (COUNT(*) would read the whole backlog every 5 ms).
+    left_sql = "SELECT id FROM %s ORDER BY id DESC LIMIT 1" % queue.dialect.ident(
+        queue.config.table)
+
+    def any_left():
+        c = conn.cursor()
+        c.execute(left_sql)
+        value = c.fetchone() is not None
+        c.close()
+        return value
+
+    datas = [_bench_data(i) for i in range(n)]
+    rows = []
+    for label, workers in (("W3", 1), ("W4", k)):
+        for start in range(0, n, 1000):
+            queue.push_many(_BENCH_JOB, datas[start:start + 1000], queue="bench")
+        _bench_progress("%s drain with %d worker(s): starting" % (label, workers))
+        procs = _BenchWorkers(env, workers, logdir)
+        try:
+            deadline = time.monotonic() + 60 + n / 100.0
+            procs.go()
+            t0 = time.perf_counter()
+            while any_left():
+                time.sleep(0.005)
+                if not procs.alive() or time.monotonic() > deadline:
+                    raise QueueError("bench: %s did not finish: %s"
+                                     % (label, procs.log_tail()))
+            elapsed = time.perf_counter() - t0
+        finally:
+            procs.stop()
+        rows.append((label, "drain, %d worker%s" % (workers, "" if workers == 1 else "s"),
+                     n, elapsed, ""))
+    return rows
+
+
+def _bench_latency(queue, env, logdir, n):
+    """(latencies, window, idle CPU % or None): push() to handler start on an
+    idle worker, then that worker's CPU use over `window` seconds of idling."""
+    import random
+    import select
+    samples = max(5, min(100, n // 50))
+    latencies = []
+    idle_cpu = None
+    procs = _BenchWorkers(env, 1, logdir)
+    try:
+        procs.go()
+        reader = procs.procs[0].stdout
+        rng = random.Random(1)
+        time.sleep(0.3)              # let the worker settle into its idle wait
+        for i in range(samples):
+            _bench_progress("latency: %d/%d" % (i, samples))
+            time.sleep(rng.uniform(0.02, 0.06))
+            sent = time.time()
+            queue.push(_BENCH_JOB, {"probe": i}, queue="bench")
+            if not select.select([reader], [], [], 30)[0]:
+                raise QueueError("bench: no job started within 30 s of its push: %s"
+                                 % procs.log_tail())
+            line = reader.readline()
+            if not line:
+                raise QueueError("bench: the latency worker stopped: %s" % procs.log_tail())
+            latencies.append(float(line.split()[1]) - sent)
+        window = 3.0 if n >= 1000 else 0.5      # tiny runs are smoke tests
+        _bench_progress("idle worker CPU: %g s" % window)
+        time.sleep(0.5)
+        before = _cpu_seconds(procs.procs[0].pid)
+        t0 = time.monotonic()
+        time.sleep(window)
+        after = _cpu_seconds(procs.procs[0].pid)
+        if before is not None and after is not None:
+            idle_cpu = 100.0 * (after - before) / (time.monotonic() - t0)
+    finally:
+        procs.stop()
+    return latencies, window, idle_cpu
 
 
 ###############################################################################
