@@ -1003,7 +1003,7 @@ class _MailOutage(QueueError):
 
 
 ###############################################################################
-# Dialects and SQL ############################################################
+# SQL #########################################################################
 ###############################################################################
 
 _FAILED_COLUMNS = "id, uuid, {queue_text}, {payload_text}, exception, failed_at"
@@ -1256,6 +1256,10 @@ _PARAM = _Pattern(r"(?<![:\w]):([a-z_]+)\b")
 # The name of each index a DDL statement makes (MySQL's inside its SET @dbqueue_ddl).
 _INDEX_NAME = _Pattern(r"INDEX (?:IF NOT EXISTS )?[`\"](\w+)[`\"] ON ")
 
+
+###############################################################################
+# Dialects: the common part and SQLite ########################################
+###############################################################################
 
 class _Dialect:
     """What differs between databases, as data. One subclass per database."""
@@ -2009,6 +2013,10 @@ class _PushLock:
                     pass
             self.fd = None
 
+
+###############################################################################
+# Dialects: PostgreSQL and MySQL ##############################################
+###############################################################################
 
 class _Postgres(_Dialect):
     name = "postgresql"
@@ -4263,7 +4271,7 @@ class _Transaction:
 
 
 ###############################################################################
-# The worker ##################################################################
+# Jobs ########################################################################
 ###############################################################################
 
 _registry = {}
@@ -4369,6 +4377,10 @@ class Job:
         return "Job(id=%r, name=%r, queue=%r, attempts=%r)" % (self.id, self.name, self.queue,
                                                                 self.attempts)
 
+
+###############################################################################
+# The worker ##################################################################
+###############################################################################
 
 class _Ack(tuple):
     """A finished job's (id, attempts) token that carries `sent`, the sent-log
@@ -5613,6 +5625,10 @@ def _expired_text(job, deadline, now, basis=None):
         "sent" if job.name in _EMAIL_JOBS else "run")
 
 
+###############################################################################
+# Heartbeats and concurrency ##################################################
+###############################################################################
+
 class _Heartbeat(threading.Thread):
     """Keeps the worker's reservations alive and enforces hard timeouts.
 
@@ -6072,7 +6088,7 @@ class _SlotHeartbeat(_Heartbeat):
 
 
 ###############################################################################
-# Jobs and email ##############################################################
+# Email #######################################################################
 ###############################################################################
 
 # Two built-in jobs send email: `send_email` (a ready message) and
@@ -6561,7 +6577,9 @@ def _plain_header(name, value):
     return header
 
 
-# -- templates -------------------------------------------------------------------
+###############################################################################
+# Email templates #############################################################
+###############################################################################
 
 # The original built-in templates, in English. Each needs only `name` (which
 # may be empty) and `url`; `app_name` defaults to APP_NAME, then
@@ -7037,7 +7055,9 @@ def _template_dir_names(config):
         return []
 
 
-# -- sending ---------------------------------------------------------------------
+###############################################################################
+# Email delivery ##############################################################
+###############################################################################
 
 def _message_parts(fields):
     """(message, its bytes, None or a function returning its bytes for a
@@ -7270,6 +7290,10 @@ def _keep_mail_state(running, state, failing=False):
     running.next_payload = _dumps(dict(running.payload, mail=state))
 
 
+###############################################################################
+# Rate limits and throttling ##################################################
+###############################################################################
+
 class _RateWait(QueueError):
     """MAIL_RATE_LIMIT's next free slot is further off than a handler should
     wait: the worker gives the job back, its attempt unspent, until then."""
@@ -7432,6 +7456,10 @@ class _RateSlot:
         finally:
             self.taken = None
 
+
+###############################################################################
+# SMTP and sendmail ###########################################################
+###############################################################################
 
 def _log_message(log, msg, sender, recipients):
     """MAIL_MAILER=log: the whole message in the worker's log, nothing sent.
