@@ -407,130 +407,11 @@ class Config:
         file_values, warnings = _read_env_file(path, required=bool(env_file), environ=environ)
         c = cls()
         c.warnings = warnings
-
-        def find(name):
-            """(value, source) of one variable as set, or (None, None)."""
-            # A shell cannot export a dotted name: CodeIgniter also reads
-            # database_default_hostname for database.default.hostname.
-            for key in (name, name.replace(".", "_")) if "." in name else (name,):
-                if key in environ:
-                    return environ[key], "environment" if key == name else "environment (%s)" % key
-                if key in file_values:
-                    value, line = file_values[key]
-                    return value, "%s:%d" % (path, line)
-            return None, None
-
-        def lookup(name):
-            """(value, source, variable): dbqueue's name, else CodeIgniter's."""
-            ours = [(name, {})]
-            if name in _CODEIGNITER_NAMES:
-                ours.append(_CODEIGNITER_NAMES[name])
-            for key, meaning in ours:
-                value, source = find(key)
-                if value is not None and value.strip():
-                    if key != name:
-                        value = meaning.get(value.strip().lower(), value)
-                        source = "%s (%s)" % (source, key)
-                    return value, source, key
-            return None, "default", name
-
-        def name(setting):
-            """The variable a setting's value came from, for error messages."""
-            return lookup(setting)[2]
-
-        def get(setting, default=""):
-            value, source, _ = lookup(setting)
-            c.sources[setting] = source
-            return default if value is None else value.strip()
-
-        driver = get("QUEUE_DRIVER", "database").lower()
-        if driver != "database":
-            raise ConfigError(
-                "QUEUE_DRIVER=%s is not supported: dbqueue only has the 'database' driver"
-                " (set QUEUE_DRIVER=database or remove it)" % driver)
-        c.database_url, c.sources["QUEUE_DATABASE_URL"] = _database_url(find, path, database_url)
-        c.listen_url = get("QUEUE_LISTEN_URL")
-        _listen_target(c.listen_url, _parse_url(c.database_url)[0])
-        c.max_attempts = _int_setting("QUEUE_MAX_ATTEMPTS", get("QUEUE_MAX_ATTEMPTS", "3"), 1,
-                                      _MAX_TRIES)
-        c.retry_after = _int_setting("QUEUE_RETRY_AFTER", get("QUEUE_RETRY_AFTER", "90"), 1,
-                                     _MAX_SECONDS)
-        c.backoff = _backoff_setting("QUEUE_BACKOFF", get("QUEUE_BACKOFF", "10,60,300"))
-        c.timeout = _int_setting("QUEUE_TIMEOUT", get("QUEUE_TIMEOUT", "60"), 0, _MAX_SECONDS)
-        prefix, prefix_source = find("database.default.DBPrefix")
-        prefix = (prefix or "").strip()
-        for setting, table in (("QUEUE_TABLE", "jobs"), ("QUEUE_FAILED_TABLE", "failed_jobs")):
-            value = get(setting, table)
-            label = setting
-            if prefix and c.sources[setting] == "default":
-                # CodeIgniter puts DBPrefix before every table name. The prefix
-                # is checked first, so an error names what was written.
-                if not re.match(r"[A-Za-z_][A-Za-z0-9_]*\Z", prefix):
-                    raise ConfigError("database.default.DBPrefix=%s (%s) is not a plain table"
-                                      " name prefix (letters, digits and _, not starting with a"
-                                      " digit)" % (prefix, prefix_source))
-                if not _IDENT.match(prefix + table):
-                    raise ConfigError("database.default.DBPrefix=%s (%s) makes the table name %s%s"
-                                      " longer than 63 characters" % (prefix, prefix_source,
-                                                                      prefix, table))
-                value, label = prefix + table, "database.default.DBPrefix"
-                c.sources[setting] = "derived from database.default.DBPrefix (%s)" % prefix_source
-            setattr(c, "table" if table == "jobs" else "failed_table", _ident_setting(label, value))
-        c.mail_mailer = _choice_setting(name("MAIL_MAILER"), get("MAIL_MAILER", "smtp").lower(),
-                                        ("smtp", "sendmail", "log"))
-        c.mail_host = get("MAIL_HOST", "localhost")
-        c.mail_port = _int_setting(name("MAIL_PORT"), get("MAIL_PORT", "25"), 1, 65535)
-        c.mail_username = get("MAIL_USERNAME")
-        password, c.sources["MAIL_PASSWORD"], _ = lookup("MAIL_PASSWORD")
-        c.mail_password = password or ""      # as written: a password may end in a space
-        if c.mail_mailer == "smtp":
-            # smtplib writes AUTH in ASCII: found at the first send, this would
-            # be every email failing. The password itself is never shown.
-            if not c.mail_username.isascii():
-                raise ConfigError("%s=%s holds characters that are not ASCII: SMTP AUTH in"
-                                  " smtplib cannot send them" % (name("MAIL_USERNAME"),
-                                                                 c.mail_username))
-            if not c.mail_password.isascii():
-                raise ConfigError("%s holds characters that are not ASCII: SMTP AUTH in smtplib"
-                                  " cannot send them (the value is not shown)"
-                                  % name("MAIL_PASSWORD"))
-        encryption = get("MAIL_ENCRYPTION", "none").lower()
-        encryption = {"tls": "starttls", "": "none", "null": "none"}.get(encryption, encryption)
-        c.mail_encryption = _choice_setting(name("MAIL_ENCRYPTION"), encryption,
-                                            ("none", "starttls", "ssl"))
-        c.mail_from_address = get("MAIL_FROM_ADDRESS", "no-reply@localhost")
-        try:
-            # The mail code's own check: found there, it would fail every email.
-            _addresses(name("MAIL_FROM_ADDRESS"), c.mail_from_address, required=True)
-        except PermanentError:
-            shown = c.mail_from_address
-            raise ConfigError("%s=%s is not one email address dbqueue can send from (such as"
-                              " app@example.com or Acme <app@example.com>)"
-                              % (name("MAIL_FROM_ADDRESS"),
-                                 shown if shown.isprintable() else repr(shown)))
-        c.mail_from_name = get("MAIL_FROM_NAME")
-        c.mail_timeout = _int_setting("MAIL_TIMEOUT", get("MAIL_TIMEOUT", "30"), 1)
-        c.mail_verify_peer = _bool_setting("MAIL_VERIFY_PEER", get("MAIL_VERIFY_PEER", "true"))
-        c.mail_template_dir = get("MAIL_TEMPLATE_DIR")
-        c.mail_ehlo_domain = _ehlo_setting("MAIL_EHLO_DOMAIN", get("MAIL_EHLO_DOMAIN"))
-        if c.mail_template_dir and not os.path.isdir(c.mail_template_dir):
-            # Found late, this would be every templated email failing as unknown.
-            raise ConfigError("%s=%s is not a folder (no such directory)"
-                              % (name("MAIL_TEMPLATE_DIR"), c.mail_template_dir))
-        c.mail_sendmail_path = get("MAIL_SENDMAIL_PATH", "/usr/sbin/sendmail -t -i")
-        try:
-            if c.mail_mailer == "sendmail" and not _split_command(c.mail_sendmail_path):
-                raise ValueError("no program")
-        except ValueError as exc:
-            raise ConfigError("%s=%s cannot be read as a command: %s"
-                              % (name("MAIL_SENDMAIL_PATH"), c.mail_sendmail_path, exc))
-        c.mail_rate_limit = _rate_setting("MAIL_RATE_LIMIT", get("MAIL_RATE_LIMIT"))
-        c.mail_template_validity = _validity_setting("MAIL_TEMPLATE_VALIDITY",
-                                                     get("MAIL_TEMPLATE_VALIDITY"))
-        c.mail_log_days = _int_setting("MAIL_LOG_DAYS", get("MAIL_LOG_DAYS", "14"), 0,
-                                       _MAX_LOG_DAYS)
-        c.app_name = get("APP_NAME")
-        c.dashboard_token = get("DBQUEUE_DASHBOARD_TOKEN")
+        env = _Env(environ, file_values, path, c.sources)
+        c._read_queue(env, database_url)
+        c._read_mail(env)
+        c.app_name = env.get("APP_NAME")
+        c.dashboard_token = env.get("DBQUEUE_DASHBOARD_TOKEN")
         typos = _typos(environ, file_values, path, c.sources)
         for var, where, meant in typos:
             if (meant in ("QUEUE_DATABASE_URL", "DATABASE_URL")
@@ -543,6 +424,151 @@ class Config:
         c.warnings += ["%s is set (%s) but dbqueue does not read it: did you mean %s?" % typo
                        for typo in typos]
         return c
+
+    def _read_queue(self, env, database_url):
+        """The database, the tables and the worker's defaults."""
+        driver = env.get("QUEUE_DRIVER", "database").lower()
+        if driver != "database":
+            raise ConfigError(
+                "QUEUE_DRIVER=%s is not supported: dbqueue only has the 'database' driver"
+                " (set QUEUE_DRIVER=database or remove it)" % driver)
+        self.database_url, self.sources["QUEUE_DATABASE_URL"] = _database_url(
+            env.find, env.path, database_url)
+        self.listen_url = env.get("QUEUE_LISTEN_URL")
+        _listen_target(self.listen_url, _parse_url(self.database_url)[0])
+        self.max_attempts = _int_setting("QUEUE_MAX_ATTEMPTS", env.get("QUEUE_MAX_ATTEMPTS", "3"),
+                                         1, _MAX_TRIES)
+        self.retry_after = _int_setting("QUEUE_RETRY_AFTER", env.get("QUEUE_RETRY_AFTER", "90"),
+                                        1, _MAX_SECONDS)
+        self.backoff = _backoff_setting("QUEUE_BACKOFF", env.get("QUEUE_BACKOFF", "10,60,300"))
+        self.timeout = _int_setting("QUEUE_TIMEOUT", env.get("QUEUE_TIMEOUT", "60"), 0,
+                                    _MAX_SECONDS)
+        prefix, prefix_source = env.find("database.default.DBPrefix")
+        prefix = (prefix or "").strip()
+        for setting, table in (("QUEUE_TABLE", "jobs"), ("QUEUE_FAILED_TABLE", "failed_jobs")):
+            value = env.get(setting, table)
+            label = setting
+            if prefix and self.sources[setting] == "default":
+                # CodeIgniter puts DBPrefix before every table name. The prefix
+                # is checked first, so an error names what was written.
+                if not re.match(r"[A-Za-z_][A-Za-z0-9_]*\Z", prefix):
+                    raise ConfigError("database.default.DBPrefix=%s (%s) is not a plain table"
+                                      " name prefix (letters, digits and _, not starting with a"
+                                      " digit)" % (prefix, prefix_source))
+                if not _IDENT.match(prefix + table):
+                    raise ConfigError("database.default.DBPrefix=%s (%s) makes the table name %s%s"
+                                      " longer than 63 characters" % (prefix, prefix_source,
+                                                                      prefix, table))
+                value, label = prefix + table, "database.default.DBPrefix"
+                self.sources[setting] = ("derived from database.default.DBPrefix (%s)"
+                                         % prefix_source)
+            setattr(self, "table" if table == "jobs" else "failed_table",
+                    _ident_setting(label, value))
+
+    def _read_mail(self, env):
+        """How email leaves: the mailer, its server, the sender, the limits."""
+        self.mail_mailer = _choice_setting(env.name("MAIL_MAILER"),
+                                           env.get("MAIL_MAILER", "smtp").lower(),
+                                           ("smtp", "sendmail", "log"))
+        self.mail_host = env.get("MAIL_HOST", "localhost")
+        self.mail_port = _int_setting(env.name("MAIL_PORT"), env.get("MAIL_PORT", "25"), 1, 65535)
+        self.mail_username = env.get("MAIL_USERNAME")
+        password, self.sources["MAIL_PASSWORD"], _ = env.lookup("MAIL_PASSWORD")
+        self.mail_password = password or ""      # as written: a password may end in a space
+        if self.mail_mailer == "smtp":
+            # smtplib writes AUTH in ASCII: found at the first send, this would
+            # be every email failing. The password itself is never shown.
+            if not self.mail_username.isascii():
+                raise ConfigError("%s=%s holds characters that are not ASCII: SMTP AUTH in"
+                                  " smtplib cannot send them" % (env.name("MAIL_USERNAME"),
+                                                                 self.mail_username))
+            if not self.mail_password.isascii():
+                raise ConfigError("%s holds characters that are not ASCII: SMTP AUTH in smtplib"
+                                  " cannot send them (the value is not shown)"
+                                  % env.name("MAIL_PASSWORD"))
+        encryption = env.get("MAIL_ENCRYPTION", "none").lower()
+        encryption = {"tls": "starttls", "": "none", "null": "none"}.get(encryption, encryption)
+        self.mail_encryption = _choice_setting(env.name("MAIL_ENCRYPTION"), encryption,
+                                               ("none", "starttls", "ssl"))
+        self.mail_from_address = env.get("MAIL_FROM_ADDRESS", "no-reply@localhost")
+        try:
+            # The mail code's own check: found there, it would fail every email.
+            _addresses(env.name("MAIL_FROM_ADDRESS"), self.mail_from_address, required=True)
+        except PermanentError:
+            shown = self.mail_from_address
+            raise ConfigError("%s=%s is not one email address dbqueue can send from (such as"
+                              " app@example.com or Acme <app@example.com>)"
+                              % (env.name("MAIL_FROM_ADDRESS"),
+                                 shown if shown.isprintable() else repr(shown)))
+        self.mail_from_name = env.get("MAIL_FROM_NAME")
+        self.mail_timeout = _int_setting("MAIL_TIMEOUT", env.get("MAIL_TIMEOUT", "30"), 1)
+        self.mail_verify_peer = _bool_setting("MAIL_VERIFY_PEER",
+                                              env.get("MAIL_VERIFY_PEER", "true"))
+        self.mail_template_dir = env.get("MAIL_TEMPLATE_DIR")
+        self.mail_ehlo_domain = _ehlo_setting("MAIL_EHLO_DOMAIN", env.get("MAIL_EHLO_DOMAIN"))
+        if self.mail_template_dir and not os.path.isdir(self.mail_template_dir):
+            # Found late, this would be every templated email failing as unknown.
+            raise ConfigError("%s=%s is not a folder (no such directory)"
+                              % (env.name("MAIL_TEMPLATE_DIR"), self.mail_template_dir))
+        self.mail_sendmail_path = env.get("MAIL_SENDMAIL_PATH", "/usr/sbin/sendmail -t -i")
+        try:
+            if self.mail_mailer == "sendmail" and not _split_command(self.mail_sendmail_path):
+                raise ValueError("no program")
+        except ValueError as exc:
+            raise ConfigError("%s=%s cannot be read as a command: %s"
+                              % (env.name("MAIL_SENDMAIL_PATH"), self.mail_sendmail_path, exc))
+        self.mail_rate_limit = _rate_setting("MAIL_RATE_LIMIT", env.get("MAIL_RATE_LIMIT"))
+        self.mail_template_validity = _validity_setting("MAIL_TEMPLATE_VALIDITY",
+                                                        env.get("MAIL_TEMPLATE_VALIDITY"))
+        self.mail_log_days = _int_setting("MAIL_LOG_DAYS", env.get("MAIL_LOG_DAYS", "14"), 0,
+                                          _MAX_LOG_DAYS)
+
+
+class _Env:
+    """The variables Config.from_env reads: the environment over the .env
+    file at `path`, dbqueue's names over the CodeIgniter app's. Each setting
+    read records where its value came from in `sources`."""
+
+    def __init__(self, environ, file_values, path, sources):
+        self.environ, self.file_values, self.path = environ, file_values, path
+        self.sources = sources
+
+    def find(self, name):
+        """(value, source) of one variable as set, or (None, None)."""
+        # A shell cannot export a dotted name: CodeIgniter also reads
+        # database_default_hostname for database.default.hostname.
+        for key in (name, name.replace(".", "_")) if "." in name else (name,):
+            if key in self.environ:
+                return self.environ[key], "environment" if key == name else "environment (%s)" % key
+            if key in self.file_values:
+                value, line = self.file_values[key]
+                return value, "%s:%d" % (self.path, line)
+        return None, None
+
+    def lookup(self, name):
+        """(value, source, variable): dbqueue's name, else CodeIgniter's."""
+        ours = [(name, {})]
+        if name in _CODEIGNITER_NAMES:
+            ours.append(_CODEIGNITER_NAMES[name])
+        for key, meaning in ours:
+            value, source = self.find(key)
+            if value is not None and value.strip():
+                if key != name:
+                    value = meaning.get(value.strip().lower(), value)
+                    source = "%s (%s)" % (source, key)
+                return value, source, key
+        return None, "default", name
+
+    def name(self, setting):
+        """The variable a setting's value came from, for error messages."""
+        return self.lookup(setting)[2]
+
+    def get(self, setting, default=""):
+        value, source, _ = self.lookup(setting)
+        self.sources[setting] = source
+        return default if value is None else value.strip()
+
+
 
 
 def _database_url(find, env_path, flag):
@@ -977,7 +1003,7 @@ class _MailOutage(QueueError):
 
 
 ###############################################################################
-# Dialects and SQL ############################################################
+# SQL #########################################################################
 ###############################################################################
 
 _FAILED_COLUMNS = "id, uuid, {queue_text}, {payload_text}, exception, failed_at"
@@ -1001,25 +1027,36 @@ _NO_LIMIT = 2 ** 62
 # `stats` counts a queue's ready and delayed jobs up to this many; more show as "100,000+".
 _COUNT_CAP = 100000
 
+# Every row that enters {jobs} is written by this one INSERT (_Dialect.insert_job),
+# given per statement the columns after created_at and where its rows come from.
+_JOB_INSERT = ("INSERT{ignore} INTO {jobs} (queue, payload, attempts, reserved_at, available_at,"
+               " created_at%s) %s")
+_JOB_ROWS = {
+    # expires_at: the payload's retryUntil (a deadline), where the worker's
+    # sweep finds it through an index (Worker._expire).
+    "push": (", expires_at",
+             "VALUES (:queue, :payload, 0, NULL, {now} + :delay, {now}, :expires_at)"),
+    # Unique jobs: the unique index "<jobs>_unique" decides, never a read
+    # before the insert, so two producers racing with one key insert one row
+    # (the dialect's unique_ignore and unique_conflict). Inserted nothing
+    # (rowcount 0, or no row RETURNING): read the holder's id with unique_holder.
+    "push_unique": (", unique_key, expires_at",
+                    "VALUES (:queue, :payload, 0, NULL, {now} + :delay, {now}, :unique_key,"
+                    " :expires_at)"),
+    # :payload (else the failed row's own) is the job without its deadline.
+    "retry": ("", "SELECT queue, COALESCE(:payload, payload), 0, NULL, {now}, {now} FROM {failed}"
+                  " WHERE id = :id"),
+    "retry_unique": (", unique_key",
+                     "SELECT queue, COALESCE(:payload, payload), 0, NULL, {now}, {now},"
+                     " :unique_key FROM {failed} WHERE id = :id"),
+}
+# push(): the dialect's insert_wrap adds the wakeup of waiting workers.
+_JOB_ROWS["push_notify"] = _JOB_ROWS["push"]
+
 # SQL is written once with :name parameters; each dialect turns it into its
 # driver's placeholder style. {jobs} and {failed} are the validated table names,
 # {now} is the clock expression (see _Dialect.now).
 _SQL = {
-    # expires_at: the payload's retryUntil (a deadline), where the worker's
-    # sweep finds it through an index (Worker._expire).
-    "push": "INSERT INTO {jobs} (queue, payload, attempts, reserved_at, available_at, created_at,"
-            " expires_at) VALUES (:queue, :payload, 0, NULL, {now} + :delay, {now}, :expires_at)",
-    # Unique jobs: the unique index "<jobs>_unique" decides, never a read
-    # before the insert, so two producers racing with one key insert one row.
-    # DO NOTHING, not a caught unique violation: inside the caller's own
-    # transaction (connection=) a violation would abort it on PostgreSQL.
-    # Inserted nothing (rowcount 0, or no row RETURNING): read the holder's id
-    # with unique_holder. MySQL has neither the partial index nor ON CONFLICT:
-    # its dialect writes these two as INSERT IGNORE over a plain unique index.
-    "push_unique": "INSERT INTO {jobs} (queue, payload, attempts, reserved_at, available_at,"
-                   " created_at, unique_key, expires_at) VALUES (:queue, :payload, 0, NULL,"
-                   " {now} + :delay, {now}, :unique_key, :expires_at)"
-                   " ON CONFLICT (queue, unique_key) WHERE unique_key IS NOT NULL DO NOTHING",
     "unique_holder": "SELECT id FROM {jobs} WHERE queue = :queue AND unique_key = :unique_key",
     # A reservation lapses at reserved_until, which its holder sets from its
     # own retry_after (the lease) at the claim and at every heartbeat: no
@@ -1103,19 +1140,11 @@ _SQL = {
     "failed_one": "SELECT " + _FAILED_COLUMNS + " FROM {failed} WHERE id = :id",
     "failed_ids": "SELECT id FROM {failed} WHERE (CAST(:queue AS {text_type}) IS NULL OR queue = :queue)"
                   " ORDER BY id",
-    # :payload (else the failed row's own) is the job without its deadline.
-    "retry": "INSERT INTO {jobs} (queue, payload, attempts, reserved_at, available_at, created_at)"
-             " SELECT queue, COALESCE(:payload, payload), 0, NULL, {now}, {now} FROM {failed}"
-             " WHERE id = :id",
     # A failed unique job gets its key back from its payload ("uniqueKey").
     # {for_update} locks the row until the retry commits: a second retry of
     # the same job at once (a double click on Retry) waits, then finds it
     # gone, instead of copying it too under READ COMMITTED.
     "retry_source": "SELECT {queue_text}, {payload_text} FROM {failed} WHERE id = :id{for_update}",
-    "retry_unique": "INSERT INTO {jobs} (queue, payload, attempts, reserved_at, available_at,"
-                    " created_at, unique_key) SELECT queue, COALESCE(:payload, payload), 0, NULL,"
-                    " {now}, {now}, :unique_key FROM {failed} WHERE id = :id"
-                    " ON CONFLICT (queue, unique_key) WHERE unique_key IS NOT NULL DO NOTHING",
     "forget": "DELETE FROM {failed} WHERE id = :id",
     "flush": "DELETE FROM {failed} WHERE failed_at < {failed_cutoff}",
     "clear": "DELETE FROM {jobs} WHERE queue = :queue AND reserved_at IS NULL",
@@ -1228,6 +1257,10 @@ _PARAM = _Pattern(r"(?<![:\w]):([a-z_]+)\b")
 _INDEX_NAME = _Pattern(r"INDEX (?:IF NOT EXISTS )?[`\"](\w+)[`\"] ON ")
 
 
+###############################################################################
+# Dialects: the common part and SQLite ########################################
+###############################################################################
+
 class _Dialect:
     """What differs between databases, as data. One subclass per database."""
 
@@ -1274,6 +1307,18 @@ class _Dialect:
     text_type = "TEXT"             # what CAST(... AS ...) calls a string
     wakeup = "data_version"        # how an idle worker learns of new jobs: see Worker._idle
     fail_alias = ""                # the jobs table's alias in _FAIL
+    # A unique job's insert: DO NOTHING, not a caught unique violation: inside
+    # the caller's own transaction (connection=) a violation would abort it on
+    # PostgreSQL.
+    unique_ignore = ""
+    unique_conflict = " ON CONFLICT (queue, unique_key) WHERE unique_key IS NOT NULL DO NOTHING"
+    job_rows = {}                  # the dialect's own statements of _JOB_ROWS's kind
+    push_many_statement = False    # push_many is one statement: no transaction around it
+    token_arrays = False           # ack_many/touch_many take the tokens as two bound arrays
+    # A file this process opens itself (SQLite): no server, so the process's
+    # clock, tables made on first use, and a path to name in errors.
+    embedded = False
+    insert_wrap = {}               # statement: the text around its {insert}
     autoinc_settings = ""
 
     @classmethod
@@ -1313,6 +1358,37 @@ class _Dialect:
         if cls.placeholder == "%s":
             text = text.replace("%", "%%")
         return _PARAM.sub(cls.placeholder, text), tuple(names)
+
+    @staticmethod
+    def new_id(cur):
+        """The id of the row a push just wrote."""
+        return cur.lastrowid
+
+    @staticmethod
+    def retried_id(cur):
+        """The id of the row a retry (INSERT ... SELECT) just wrote."""
+        return cur.lastrowid
+
+    @staticmethod
+    def driver_errors(driver):
+        """The errors that `driver` (the imported module) raises."""
+        return (driver.Error,)
+
+    @staticmethod
+    def is_transient(exc, driver):
+        """True for an error that waiting may cure (a lost server, a lock)."""
+        return isinstance(exc, (driver.OperationalError, driver.InterfaceError))
+
+    @classmethod
+    def insert_job(cls, key):
+        """The template of the _JOB_INSERT that statement `key` names."""
+        columns, rows = cls.job_rows.get(key) or _JOB_ROWS[key]
+        unique = "unique_key" in columns
+        text = (_JOB_INSERT % (columns, rows)).replace(
+            "{ignore}", cls.unique_ignore if unique else "", 1)
+        if unique:
+            text += cls.unique_conflict
+        return cls.insert_wrap.get(key, "{insert}").replace("{insert}", text)
 
     @classmethod
     def start(cls, cur, write):
@@ -1555,6 +1631,7 @@ class _SQLite(_Dialect):
     now = ":now"
     begin = "BEGIN IMMEDIATE"
     one_writer = True
+    embedded = True
     # No SELECT ... FOR UPDATE: BEGIN IMMEDIATE already holds the write lock.
     for_update = ""
     # A payload is read as bytes so that a row holding invalid UTF-8 (written
@@ -1722,6 +1799,25 @@ class _SQLite(_Dialect):
     def errors():
         import sqlite3
         return (sqlite3.Error,)
+
+    @classmethod
+    def driver_errors(cls, driver):
+        return cls.errors()
+
+    @staticmethod
+    def is_transient(exc, driver):
+        import sqlite3
+        return isinstance(exc, sqlite3.OperationalError)   # locked, busy, I/O
+
+    @staticmethod
+    def bench_settings(cur):
+        """The settings that decide what a commit costs, for `bench`."""
+        import sqlite3
+        sync = cur.execute("PRAGMA synchronous").fetchone()[0]
+        mode = cur.execute("PRAGMA journal_mode").fetchone()[0]
+        return "SQLite %s, journal_mode=%s, synchronous=%s" % (
+            sqlite3.sqlite_version, mode, {0: "OFF", 1: "NORMAL", 2: "FULL", 3: "EXTRA"}.get(
+                sync, sync))
 
     @classmethod
     def columns(cls, cur, table):
@@ -1918,6 +2014,10 @@ class _PushLock:
             self.fd = None
 
 
+###############################################################################
+# Dialects: PostgreSQL and MySQL ##############################################
+###############################################################################
+
 class _Postgres(_Dialect):
     name = "postgresql"
     label = "PostgreSQL"
@@ -1978,30 +2078,28 @@ class _Postgres(_Dialect):
              " WHERE j.id = c.id RETURNING j.id, j.queue, j.payload, j.attempts, j.available_at,"
              " j.created_at")
     notify = "SELECT pg_notify(:channel, :queue)"
-    push_notify = ("WITH j AS (INSERT INTO {jobs} (queue, payload, attempts, reserved_at,"
-                   " available_at, created_at, expires_at) VALUES (:queue, :payload, 0, NULL,"
-                   " {now} + :delay, {now}, :expires_at) RETURNING id)"
-                   " SELECT id, pg_notify(:channel, :queue) FROM j")
-    push_unique = ("WITH j AS (INSERT INTO {jobs} (queue, payload, attempts, reserved_at,"
-                   " available_at, created_at, unique_key, expires_at) VALUES (:queue, :payload,"
-                   " 0, NULL, {now} + :delay, {now}, :unique_key, :expires_at)"
-                   " ON CONFLICT (queue, unique_key)"
-                   " WHERE unique_key IS NOT NULL DO NOTHING RETURNING id)"
-                   " SELECT id, pg_notify(:channel, :queue) FROM j")
-    retry_unique = _SQL["retry_unique"] + " RETURNING id"
-
     # The payloads travel as one JSON array of the payload objects, joined
     # as text: `json` (unlike jsonb) hands each element back as the exact text
     # it was given, and one string parameter costs the driver nothing, where a
-    # text[] parameter is escaped element by element in Python. The insert
-    # and its notification are one statement: atomic in autocommit, one round trip.
+    # text[] parameter is escaped element by element in Python.
     # expires_at is each payload's retryUntil (a number, or JSON null).
-    push_many = ("WITH j AS (INSERT INTO {jobs} (queue, payload, attempts, reserved_at,"
-                 " available_at, created_at, expires_at) SELECT :queue, p::text, 0, NULL,"
-                 " {now} + :delay, {now}, CAST(p->>'retryUntil' AS bigint)"
-                 " FROM json_array_elements(CAST(:payloads AS json)) WITH ORDINALITY"
-                 " AS t(p, n) ORDER BY n RETURNING id)"
-                 " SELECT j.id FROM j, (SELECT pg_notify(:channel, :queue)) AS n ORDER BY j.id")
+    job_rows = {"push_many": (", expires_at",
+                              "SELECT :queue, p::text, 0, NULL, {now} + :delay, {now},"
+                              " CAST(p->>'retryUntil' AS bigint)"
+                              " FROM json_array_elements(CAST(:payloads AS json)) WITH ORDINALITY"
+                              " AS t(p, n) ORDER BY n")}
+    # An insert and its notification are one statement: atomic in
+    # autocommit, one round trip. A unique push that inserted nothing
+    # returns no row and wakes no one.
+    insert_wrap = {
+        "push_notify": ("WITH j AS ({insert} RETURNING id)"
+                        " SELECT id, pg_notify(:channel, :queue) FROM j"),
+        "push_unique": ("WITH j AS ({insert} RETURNING id)"
+                        " SELECT id, pg_notify(:channel, :queue) FROM j"),
+        "retry_unique": "{insert} RETURNING id",
+        "push_many": ("WITH j AS ({insert} RETURNING id)"
+                      " SELECT j.id FROM j, (SELECT pg_notify(:channel, :queue)) AS n ORDER BY j.id"),
+    }
     # Batches of tokens travel as two arrays: one round trip for any number.
     ack_many = ("DELETE FROM {jobs} WHERE reserved_at IS NOT NULL AND (id, attempts) IN"
                 " (SELECT * FROM unnest(:ids::bigint[], :attempts::int[])) RETURNING id")
@@ -2009,6 +2107,9 @@ class _Postgres(_Dialect):
                   " WHERE reserved_at IS NOT NULL"
                   " AND (id, attempts) IN (SELECT * FROM unnest(:ids::bigint[], :attempts::int[]))"
                   " RETURNING id")
+
+    push_many_statement = True
+    token_arrays = True
 
     @staticmethod
     def has_returning():
@@ -2018,6 +2119,22 @@ class _Postgres(_Dialect):
     def inserted_id(cur):
         row = cur.fetchone()   # RETURNING id: no row when nothing was inserted
         return row[0] if row else None
+
+    @staticmethod
+    def new_id(cur):
+        return cur.fetchone()[0]     # RETURNING id
+
+    @staticmethod
+    def retried_id(cur):
+        cur.execute("SELECT lastval()")
+        return cur.fetchone()[0]
+
+    @staticmethod
+    def bench_settings(cur):
+        cur.execute("SELECT current_setting('server_version'),"
+                    " current_setting('synchronous_commit')")
+        version, sync = cur.fetchone()
+        return "PostgreSQL %s, synchronous_commit=%s" % (version.split()[0], sync)
 
     @staticmethod
     def parse(url, origin="QUEUE_DATABASE_URL"):
@@ -2166,13 +2283,8 @@ class _MySQL(_Dialect):
     # key (rowcount 0, which the default inserted_id reads as "held"). Not ON
     # DUPLICATE KEY UPDATE id = id: with CLIENT_FOUND_ROWS (set at connect)
     # its no-op update reports 1 row, as an insert does.
-    push_unique = ("INSERT IGNORE INTO {jobs} (queue, payload, attempts, reserved_at, available_at,"
-                   " created_at, unique_key, expires_at) VALUES (:queue, :payload, 0, NULL,"
-                   " {now} + :delay, {now}, :unique_key, :expires_at)")
-    retry_unique = ("INSERT IGNORE INTO {jobs} (queue, payload, attempts, reserved_at,"
-                    " available_at, created_at, unique_key) SELECT queue,"
-                    " COALESCE(:payload, payload), 0, NULL, {now}, {now}, :unique_key FROM {failed}"
-                    " WHERE id = :id")
+    unique_ignore = " IGNORE"
+    unique_conflict = ""
     # A locking read sees the latest committed holder, where a plain one in
     # an app's REPEATABLE READ transaction (push with connection=) would see
     # its snapshot: a holder finished since, or none. INSERT IGNORE took this
@@ -2232,6 +2344,15 @@ class _MySQL(_Dialect):
                    " WHERE table_schema = DATABASE() AND table_name = %s")
     index_names_sql = ("SELECT DISTINCT index_name FROM information_schema.statistics"
                        " WHERE table_schema = DATABASE() AND table_name = %s")
+
+    @staticmethod
+    def bench_settings(cur):
+        cur.execute("SELECT VERSION(), @@innodb_flush_log_at_trx_commit, @@sync_binlog,"
+                    " @@log_bin")
+        version, flush, binlog_sync, binlog = cur.fetchone()
+        return "%s %s, innodb_flush_log_at_trx_commit=%s, binary log %s" % (
+            "MariaDB" if "mariadb" in version.lower() else "MySQL", version.split("-")[0],
+            flush, "on (sync_binlog=%s)" % binlog_sync if binlog else "off")
 
     @classmethod
     def table_ddl(cls, jobs, failed):
@@ -2603,7 +2724,7 @@ class Queue:
         # How idle workers learn of a push (see Worker._idle), and where.
         self.wakeup = self.dialect.wakeup
         self._listen_target = _listen_target(self.config.listen_url, self.dialect)
-        if self.dialect is _Postgres and self._target["pooled"] and not self._listen_target:
+        if self.wakeup == "notify" and self._target["pooled"] and not self._listen_target:
             self.wakeup = "poll"
         self._clock = clock
         self.channel = "dbqueue_" + self.config.table
@@ -2637,13 +2758,14 @@ class Queue:
         """The queue's clock in whole seconds, or None where the server's clock decides."""
         if self._clock is not None:
             return int(self._clock())
-        return int(time.time()) if self.dialect is _SQLite else None
+        return int(time.time()) if self.dialect.embedded else None
 
     def sql(self, key):
         """(text, parameter names) of one statement, prepared once per queue."""
         prepared = self._sql.get(key)
         if prepared is None:
-            template = getattr(self.dialect, key, None) or _SQL[key]
+            template = (getattr(self.dialect, key, None) or _SQL.get(key)
+                        or self.dialect.insert_job(key))
             prepared = self._sql[key] = self.dialect.prepare(
                 template, self.config.table, self.config.failed_table)
         return prepared
@@ -2670,7 +2792,7 @@ class Queue:
                                                         _first_line(exc)))
         with self._conns_lock:
             self._conns.append(conn)
-        if create and not self._schema_ready and self.dialect is _SQLite:
+        if create and not self._schema_ready and self.dialect.embedded:
             # SQLite creates its tables on first use; a server database is
             # migrated on purpose (`python3 dbqueue.py migrate`). Tables that
             # are up to date are only read: no write lock at every start.
@@ -2731,9 +2853,7 @@ class Queue:
             pass
 
     def _errors(self):
-        if self.dialect is _SQLite:
-            return _SQLite.errors()
-        return (self._driver.Error,)
+        return self.dialect.driver_errors(self._driver)
 
     def statement(self, key, conn=None, **params):
         """Run one statement on its own: in autocommit it is its own transaction,
@@ -2762,17 +2882,12 @@ class Queue:
                                                     _first_line(exc),
                                                     _command(self.config, "migrate")))
         if self.dialect.is_denied(exc):
-            where = (os.path.abspath(self._target) if self.dialect is _SQLite
+            where = (os.path.abspath(self._target) if self.dialect.embedded
                      else _mask_url(self.config.database_url))
             return DatabaseError("cannot write to %s (%s): %s" % (
                 where, _without_password(_first_line(exc), self.config.database_url),
                 self.dialect.denied_fix), transient=False)
-        if self.dialect is _SQLite:
-            import sqlite3
-            transient = isinstance(exc, sqlite3.OperationalError)   # locked, busy, I/O
-        else:
-            transient = isinstance(exc, (self._driver.OperationalError,
-                                         self._driver.InterfaceError))
+        transient = self.dialect.is_transient(exc, self._driver)
         if self.dialect.is_lost(exc):
             # mysqlclient still calls such a connection open: this thread's
             # next statement opens a new one (see _conn).
@@ -3005,15 +3120,14 @@ class Queue:
             _queue_name(queue)
             if len(self._queues_seen) < 1000:
                 self._queues_seen.add(queue)
-        key = "push_notify" if self.dialect is _Postgres else "push"
         params = dict(queue=queue, payload=payload, delay=delay, channel=self.channel,
                       expires_at=until)
         if connection is not None:
             cur = self._foreign_cursor(connection)
-            self.execute(cur, key, **params)
-            return self._new_id(cur)
+            self.execute(cur, "push_notify", **params)
+            return self.dialect.new_id(cur)
         # The hot path of a web app: one autocommit statement, no kwargs copies.
-        text, names = self.sql(key)
+        text, names = self.sql("push_notify")
         params["now"] = self.now()
         try:
             cur = self._conn().cursor()
@@ -3026,7 +3140,7 @@ class Queue:
                     cur.execute(text, [params[n] for n in names])
                 finally:
                     lock.release(cur)
-            return self._new_id(cur)
+            return self.dialect.new_id(cur)
         except self._errors() as exc:
             raise self.translate(exc) from exc
 
@@ -3105,7 +3219,7 @@ class Queue:
             return []
         if connection is not None:
             return self._insert_many(self._foreign_cursor(connection), queue, payloads, delay)
-        if self.dialect is _Postgres:
+        if self.dialect.push_many_statement:
             try:
                 return self._insert_many(self._conn().cursor(), queue, payloads, delay)
             except self._errors() as exc:
@@ -3114,7 +3228,7 @@ class Queue:
             return self._insert_many(cur, queue, payloads, delay)
 
     def _insert_many(self, cur, queue, payloads, delay):
-        if self.dialect is _Postgres:
+        if self.dialect.push_many_statement:
             self.execute(cur, "push_many", queue=queue, delay=delay, channel=self.channel,
                          payloads="[%s]" % ",".join(p for p, _ in payloads))
             return [row[0] for row in cur.fetchall()]
@@ -3170,11 +3284,6 @@ class Queue:
             ids.extend(range(first, first + step * len(chunk), step))
         return ids
 
-    def _new_id(self, cur):
-        if self.dialect is _Postgres:
-            return cur.fetchone()[0]
-        return cur.lastrowid
-
     def _foreign_cursor(self, connection):
         """A cursor on the app's connection that returns plain tuples, whatever
         row factory the app chose (psycopg's dict_row, sqlite3.Row, ...)."""
@@ -3188,7 +3297,7 @@ class Queue:
         if kind is not None and kind is not self.dialect:
             raise TypeError("connection= is a %s connection but this queue is %s"
                             % (module, self.dialect.name))
-        if self.dialect is _SQLite and not self._schema_ready:
+        if self.dialect.embedded and not self._schema_ready:
             self._ready_through(connection)
 
     def _ready_through(self, connection):
@@ -3288,7 +3397,7 @@ class Queue:
             self.execute(cur, "sent_add", tbl=self.config.table, **row)
 
     def _by_token(self, cur, key, tokens, **params):
-        if self.dialect is _Postgres:
+        if self.dialect.token_arrays:
             self.execute(cur, key + "_many", ids=[t[0] for t in tokens],
                          attempts=[t[1] for t in tokens], **params)
             done = {row[0] for row in cur.fetchall()}
@@ -3881,7 +3990,7 @@ class Queue:
                     payload = self._undated(_text(row[1]))
                     if key is None:
                         self.execute(cur, "retry", id=failed_id, payload=payload)
-                        new_id = self._retried_id(cur)
+                        new_id = self.dialect.retried_id(cur)
                     else:
                         # The job gets its unique key back. When a live job holds
                         # it meanwhile (pushed again after this one failed), the
@@ -3900,9 +4009,9 @@ class Queue:
             new_ids.append(new_id)
             if payload is not None and undated is not None:
                 undated.append(new_id)
-            if self.dialect is _Postgres:
+            if self.dialect.notify:
                 with self.transaction() as cur:
-                    cur.execute("SELECT pg_notify(%s, '')", (self.channel,))
+                    self.execute(cur, "notify", channel=self.channel, queue="")
         return new_ids
 
     def _undated(self, payload):
@@ -3912,12 +4021,6 @@ class Queue:
         if job.payload is None or _job_deadline(job, self.config)[0] is None:
             return None
         return _dumps(dict(job.payload, retryUntil=None))
-
-    def _retried_id(self, cur):
-        if self.dialect is _Postgres:
-            cur.execute("SELECT lastval()")
-            return cur.fetchone()[0]
-        return cur.lastrowid
 
     def forget(self, ids):
         """Delete failed jobs by id; returns how many were deleted."""
@@ -3949,7 +4052,7 @@ class Queue:
     def _now_ms(self):
         if self._clock is not None:
             return int(self._clock() * 1000)
-        return int(time.time() * 1000) if self.dialect is _SQLite else None
+        return int(time.time() * 1000) if self.dialect.embedded else None
 
     @staticmethod
     def _rate_lock_key(name):
@@ -4168,7 +4271,7 @@ class _Transaction:
 
 
 ###############################################################################
-# The worker ##################################################################
+# Jobs ########################################################################
 ###############################################################################
 
 _registry = {}
@@ -4274,6 +4377,10 @@ class Job:
         return "Job(id=%r, name=%r, queue=%r, attempts=%r)" % (self.id, self.name, self.queue,
                                                                 self.attempts)
 
+
+###############################################################################
+# The worker ##################################################################
+###############################################################################
 
 class _Ack(tuple):
     """A finished job's (id, attempts) token that carries `sent`, the sent-log
@@ -5518,6 +5625,10 @@ def _expired_text(job, deadline, now, basis=None):
         "sent" if job.name in _EMAIL_JOBS else "run")
 
 
+###############################################################################
+# Heartbeats and concurrency ##################################################
+###############################################################################
+
 class _Heartbeat(threading.Thread):
     """Keeps the worker's reservations alive and enforces hard timeouts.
 
@@ -5977,7 +6088,7 @@ class _SlotHeartbeat(_Heartbeat):
 
 
 ###############################################################################
-# Jobs and email ##############################################################
+# Email #######################################################################
 ###############################################################################
 
 # Two built-in jobs send email: `send_email` (a ready message) and
@@ -6466,7 +6577,9 @@ def _plain_header(name, value):
     return header
 
 
-# -- templates -------------------------------------------------------------------
+###############################################################################
+# Email templates #############################################################
+###############################################################################
 
 # The original built-in templates, in English. Each needs only `name` (which
 # may be empty) and `url`; `app_name` defaults to APP_NAME, then
@@ -6942,7 +7055,9 @@ def _template_dir_names(config):
         return []
 
 
-# -- sending ---------------------------------------------------------------------
+###############################################################################
+# Email delivery ##############################################################
+###############################################################################
 
 def _message_parts(fields):
     """(message, its bytes, None or a function returning its bytes for a
@@ -7054,6 +7169,15 @@ def _deliver(fields, config):
         if worker is not None:
             worker._mail_flowing()
         _sent_row(running, msg, fields, [a for a in recipients if a not in refused], mailer.reply)
+    _refusals(config, running, state, msg, everyone, recipients, pending, refused, rejected,
+              tries, last)
+
+
+def _refusals(config, running, state, msg, everyone, recipients, pending, refused, rejected,
+              tries, last):
+    """After _deliver's SMTP send: return when nobody refused the message;
+    else keep the deferred recipients for the next attempt (QueueError), or,
+    on the last one or for refusals only, fail naming everyone who has not had it."""
     # A 503 says the session was out of step (the transaction is reset),
     # never that the address is bad: retried like a 4xx.
     deferred = {a: _reply_text(*r) for a, r in refused.items()
@@ -7165,6 +7289,10 @@ def _keep_mail_state(running, state, failing=False):
         return
     running.next_payload = _dumps(dict(running.payload, mail=state))
 
+
+###############################################################################
+# Rate limits and throttling ##################################################
+###############################################################################
 
 class _RateWait(QueueError):
     """MAIL_RATE_LIMIT's next free slot is further off than a handler should
@@ -7328,6 +7456,10 @@ class _RateSlot:
         finally:
             self.taken = None
 
+
+###############################################################################
+# SMTP and sendmail ###########################################################
+###############################################################################
 
 def _log_message(log, msg, sender, recipients):
     """MAIL_MAILER=log: the whole message in the worker's log, nothing sent.
@@ -8970,36 +9102,17 @@ def _percentile(values, p):
 
 
 def _bench(args, config):
-    import copy
-    import random
-    import select
     import shutil
     import tempfile
     n, k = args.jobs, args.workers
-    config = copy.copy(config)
-    dialect, target, _ = _parse_url(config.database_url)
-    workdir = None
-    if dialect is _SQLite and config.database_url == _DEFAULT_URL:
-        # Never the app's own database: a temporary file, on the same disk as
-        # the default database would be (the working directory) when possible.
-        try:
-            workdir = tempfile.mkdtemp(prefix=".dbqueue-bench-", dir=os.getcwd())
-        except OSError:
-            workdir = tempfile.mkdtemp(prefix="dbqueue-bench-")
-        config.database_url = "sqlite:///" + os.path.join(workdir, "bench.sqlite3")
-        where = "a temporary file %s (not your database; deleted afterwards)" % (
-            os.path.join(workdir, "bench.sqlite3"))
-    else:
-        where = "%s (tables of its own, dropped afterwards)" % _mask_url(config.database_url)
+    config, workdir, where = _bench_config(config)
+    dialect = _parse_url(config.database_url)[0]
     logdir = tempfile.mkdtemp(prefix="dbqueue-bench-logs-")
-    config.table = "dbqueue_bench_%d" % os.getpid()
-    config.failed_table = config.table + "_failed"
     floor_table = config.table + "_floor"
     env = dict(os.environ, QUEUE_DATABASE_URL=config.database_url, QUEUE_TABLE=config.table,
                QUEUE_FAILED_TABLE=config.failed_table)
     queue = Queue(config=config)
     floor_conn = None
-    rows = []
     try:
         _bench_progress("creating tables %s" % config.table)
         queue.migrate()
@@ -9008,129 +9121,11 @@ def _bench(args, config):
         cur = floor_conn.cursor()
         for statement in dialect.ddl(floor_table, floor_table + "_failed"):
             cur.execute(statement)
-        if dialect is _SQLite:
-            import sqlite3
-            sync = cur.execute("PRAGMA synchronous").fetchone()[0]
-            mode = cur.execute("PRAGMA journal_mode").fetchone()[0]
-            settings = "SQLite %s, journal_mode=%s, synchronous=%s" % (
-                sqlite3.sqlite_version, mode, {0: "OFF", 1: "NORMAL", 2: "FULL", 3: "EXTRA"}.get(
-                    sync, sync))
-        elif dialect is _MySQL:
-            cur.execute("SELECT VERSION(), @@innodb_flush_log_at_trx_commit, @@sync_binlog,"
-                        " @@log_bin")
-            version, flush, binlog_sync, binlog = cur.fetchone()
-            settings = "%s %s, innodb_flush_log_at_trx_commit=%s, binary log %s" % (
-                "MariaDB" if "mariadb" in version.lower() else "MySQL", version.split("-")[0],
-                flush, "on (sync_binlog=%s)" % binlog_sync if binlog else "off")
-        else:
-            cur.execute("SELECT current_setting('server_version'),"
-                        " current_setting('synchronous_commit')")
-            version, sync = cur.fetchone()
-            settings = "PostgreSQL %s, synchronous_commit=%s" % (version.split()[0], sync)
+        settings = dialect.bench_settings(cur)
         cur.close()
-        # Is any job left? One index probe from the top, where the drain
-        # finishes last (COUNT(*) would read the whole backlog every 5 ms).
-        left_sql = "SELECT id FROM %s ORDER BY id DESC LIMIT 1" % dialect.ident(config.table)
-
-        def any_left():
-            c = conn.cursor()
-            c.execute(left_sql)
-            value = c.fetchone() is not None
-            c.close()
-            return value
-
-        def empty_table():
-            c = conn.cursor()
-            c.execute("DELETE FROM %s" % dialect.ident(config.table))
-            c.close()
-
-        # floor and W1, interleaved in blocks so that a noisy disk hits both alike
-        datas = [_bench_data(i) for i in range(n)]
-        texts = [queue.payload(_BENCH_JOB, d) for d in datas]
-        floor_sql = dialect.prepare(
-            "INSERT INTO {jobs} (queue, payload, attempts, reserved_at, available_at,"
-            " created_at) VALUES ('bench', :payload, 0, NULL, :now, :now)", floor_table)[0]
-        floor_s = push_s = 0.0
-        stamp = int(time.time())
-        for start in range(0, n, 100):
-            _bench_progress("W1 push, one commit each: %d/%d" % (start, n))
-            fcur = floor_conn.cursor()
-            t0 = time.perf_counter()
-            for text in texts[start:start + 100]:
-                fcur.execute(floor_sql, (text, stamp, stamp))
-            t1 = time.perf_counter()
-            for data in datas[start:start + 100]:
-                queue.push(_BENCH_JOB, data, queue="bench")
-            t2 = time.perf_counter()
-            fcur.close()
-            floor_s += t1 - t0
-            push_s += t2 - t1
-        rows.append(("floor", "bare INSERT + COMMIT loop, same connection settings", n, floor_s, ""))
-        rows.append(("W1", "push(), one commit each", n, push_s,
-                     "%.0f%% of the floor" % (100.0 * floor_s / push_s)))
-        empty_table()
-
-        bulk = 4 * n
-        payload_data = [_bench_data(i) for i in range(min(bulk, 1000))]
-        t0 = time.perf_counter()
-        for start in range(0, bulk, 1000):
-            _bench_progress("W2 push_many, 1000 per call: %d/%d" % (start, bulk))
-            queue.push_many(_BENCH_JOB, payload_data[:min(1000, bulk - start)], queue="bench")
-        rows.append(("W2", "push_many(), 1000 per call", bulk, time.perf_counter() - t0, ""))
-        empty_table()
-
-        for label, workers in (("W3", 1), ("W4", k)):
-            for start in range(0, n, 1000):
-                queue.push_many(_BENCH_JOB, datas[start:start + 1000], queue="bench")
-            _bench_progress("%s drain with %d worker(s): starting" % (label, workers))
-            procs = _BenchWorkers(env, workers, logdir)
-            try:
-                deadline = time.monotonic() + 60 + n / 100.0
-                procs.go()
-                t0 = time.perf_counter()
-                while any_left():
-                    time.sleep(0.005)
-                    if not procs.alive() or time.monotonic() > deadline:
-                        raise QueueError("bench: %s did not finish: %s"
-                                         % (label, procs.log_tail()))
-                elapsed = time.perf_counter() - t0
-            finally:
-                procs.stop()
-            rows.append((label, "drain, %d worker%s" % (workers, "" if workers == 1 else "s"),
-                         n, elapsed, ""))
-
-        samples = max(5, min(100, n // 50))
-        latencies = []
-        idle_cpu = None
-        procs = _BenchWorkers(env, 1, logdir)
-        try:
-            procs.go()
-            reader = procs.procs[0].stdout
-            rng = random.Random(1)
-            time.sleep(0.3)              # let the worker settle into its idle wait
-            for i in range(samples):
-                _bench_progress("latency: %d/%d" % (i, samples))
-                time.sleep(rng.uniform(0.02, 0.06))
-                sent = time.time()
-                queue.push(_BENCH_JOB, {"probe": i}, queue="bench")
-                if not select.select([reader], [], [], 30)[0]:
-                    raise QueueError("bench: no job started within 30 s of its push: %s"
-                                     % procs.log_tail())
-                line = reader.readline()
-                if not line:
-                    raise QueueError("bench: the latency worker stopped: %s" % procs.log_tail())
-                latencies.append(float(line.split()[1]) - sent)
-            window = 3.0 if n >= 1000 else 0.5      # tiny runs are smoke tests
-            _bench_progress("idle worker CPU: %g s" % window)
-            time.sleep(0.5)
-            before = _cpu_seconds(procs.procs[0].pid)
-            t0 = time.monotonic()
-            time.sleep(window)
-            after = _cpu_seconds(procs.procs[0].pid)
-            if before is not None and after is not None:
-                idle_cpu = 100.0 * (after - before) / (time.monotonic() - t0)
-        finally:
-            procs.stop()
+        rows = _bench_push(queue, conn, floor_conn, floor_table, n)
+        rows += _bench_drain(queue, conn, env, logdir, n, k)
+        latencies, window, idle_cpu = _bench_latency(queue, env, logdir, n)
     finally:
         _bench_progress("cleaning up")
         try:
@@ -9166,6 +9161,153 @@ def _bench(args, config):
                                                   if idle_cpu is not None else "n/a (no /proc)"))
     print("\n".join(out).rstrip())
     return 0
+
+
+def _bench_config(config):
+    """(config, temporary folder or None, where): bench's copy of the
+    settings, with tables of its own."""
+    import copy
+    import tempfile
+    config = copy.copy(config)
+    workdir = None
+    if config.database_url == _DEFAULT_URL:    # a SQLite file
+        # Never the app's own database: a temporary file, on the same disk as
+        # the default database would be (the working directory) when possible.
+        try:
+            workdir = tempfile.mkdtemp(prefix=".dbqueue-bench-", dir=os.getcwd())
+        except OSError:
+            workdir = tempfile.mkdtemp(prefix="dbqueue-bench-")
+        config.database_url = "sqlite:///" + os.path.join(workdir, "bench.sqlite3")
+        where = "a temporary file %s (not your database; deleted afterwards)" % (
+            os.path.join(workdir, "bench.sqlite3"))
+    else:
+        where = "%s (tables of its own, dropped afterwards)" % _mask_url(config.database_url)
+    config.table = "dbqueue_bench_%d" % os.getpid()
+    config.failed_table = config.table + "_failed"
+    return config, workdir, where
+
+
+def _bench_empty(queue, conn):
+    c = conn.cursor()
+    c.execute("DELETE FROM %s" % queue.dialect.ident(queue.config.table))
+    c.close()
+
+
+def _bench_push(queue, conn, floor_conn, floor_table, n):
+    """The rows of floor, W1 and W2: push's INSERT alone, push(), push_many()."""
+    rows = []
+    # floor and W1, interleaved in blocks so that a noisy disk hits both alike
+    datas = [_bench_data(i) for i in range(n)]
+    texts = [queue.payload(_BENCH_JOB, d) for d in datas]
+    floor_sql, names = queue.dialect.prepare(queue.dialect.insert_job("push"), floor_table)
+    floor_s = push_s = 0.0
+    stamp = int(time.time())
+    for start in range(0, n, 100):
+        _bench_progress("W1 push, one commit each: %d/%d" % (start, n))
+        fcur = floor_conn.cursor()
+        t0 = time.perf_counter()
+        for text in texts[start:start + 100]:
+            fcur.execute(floor_sql, [dict(queue="bench", payload=text, now=stamp, delay=0,
+                                          expires_at=None)[name] for name in names])
+        t1 = time.perf_counter()
+        for data in datas[start:start + 100]:
+            queue.push(_BENCH_JOB, data, queue="bench")
+        t2 = time.perf_counter()
+        fcur.close()
+        floor_s += t1 - t0
+        push_s += t2 - t1
+    rows.append(("floor", "bare INSERT + COMMIT loop, same connection settings", n, floor_s, ""))
+    rows.append(("W1", "push(), one commit each", n, push_s,
+                 "%.0f%% of the floor" % (100.0 * floor_s / push_s)))
+    _bench_empty(queue, conn)
+
+    bulk = 4 * n
+    payload_data = [_bench_data(i) for i in range(min(bulk, 1000))]
+    t0 = time.perf_counter()
+    for start in range(0, bulk, 1000):
+        _bench_progress("W2 push_many, 1000 per call: %d/%d" % (start, bulk))
+        queue.push_many(_BENCH_JOB, payload_data[:min(1000, bulk - start)], queue="bench")
+    rows.append(("W2", "push_many(), 1000 per call", bulk, time.perf_counter() - t0, ""))
+    _bench_empty(queue, conn)
+    return rows
+
+
+def _bench_drain(queue, conn, env, logdir, n, k):
+    """The rows of W3 and W4: n jobs drained by one worker process, then by k."""
+    # Is any job left? One index probe from the top, where the drain
+    # finishes last (COUNT(*) would read the whole backlog every 5 ms).
+    left_sql = "SELECT id FROM %s ORDER BY id DESC LIMIT 1" % queue.dialect.ident(
+        queue.config.table)
+
+    def any_left():
+        c = conn.cursor()
+        c.execute(left_sql)
+        value = c.fetchone() is not None
+        c.close()
+        return value
+
+    datas = [_bench_data(i) for i in range(n)]
+    rows = []
+    for label, workers in (("W3", 1), ("W4", k)):
+        for start in range(0, n, 1000):
+            queue.push_many(_BENCH_JOB, datas[start:start + 1000], queue="bench")
+        _bench_progress("%s drain with %d worker(s): starting" % (label, workers))
+        procs = _BenchWorkers(env, workers, logdir)
+        try:
+            deadline = time.monotonic() + 60 + n / 100.0
+            procs.go()
+            t0 = time.perf_counter()
+            while any_left():
+                time.sleep(0.005)
+                if not procs.alive() or time.monotonic() > deadline:
+                    raise QueueError("bench: %s did not finish: %s"
+                                     % (label, procs.log_tail()))
+            elapsed = time.perf_counter() - t0
+        finally:
+            procs.stop()
+        rows.append((label, "drain, %d worker%s" % (workers, "" if workers == 1 else "s"),
+                     n, elapsed, ""))
+    return rows
+
+
+def _bench_latency(queue, env, logdir, n):
+    """(latencies, window, idle CPU % or None): push() to handler start on an
+    idle worker, then that worker's CPU use over `window` seconds of idling."""
+    import random
+    import select
+    samples = max(5, min(100, n // 50))
+    latencies = []
+    idle_cpu = None
+    procs = _BenchWorkers(env, 1, logdir)
+    try:
+        procs.go()
+        reader = procs.procs[0].stdout
+        rng = random.Random(1)
+        time.sleep(0.3)              # let the worker settle into its idle wait
+        for i in range(samples):
+            _bench_progress("latency: %d/%d" % (i, samples))
+            time.sleep(rng.uniform(0.02, 0.06))
+            sent = time.time()
+            queue.push(_BENCH_JOB, {"probe": i}, queue="bench")
+            if not select.select([reader], [], [], 30)[0]:
+                raise QueueError("bench: no job started within 30 s of its push: %s"
+                                 % procs.log_tail())
+            line = reader.readline()
+            if not line:
+                raise QueueError("bench: the latency worker stopped: %s" % procs.log_tail())
+            latencies.append(float(line.split()[1]) - sent)
+        window = 3.0 if n >= 1000 else 0.5      # tiny runs are smoke tests
+        _bench_progress("idle worker CPU: %g s" % window)
+        time.sleep(0.5)
+        before = _cpu_seconds(procs.procs[0].pid)
+        t0 = time.monotonic()
+        time.sleep(window)
+        after = _cpu_seconds(procs.procs[0].pid)
+        if before is not None and after is not None:
+            idle_cpu = 100.0 * (after - before) / (time.monotonic() - t0)
+    finally:
+        procs.stop()
+    return latencies, window, idle_cpu
 
 
 ###############################################################################
@@ -9212,154 +9354,17 @@ def _parser():
                               formatter_class=argparse.RawDescriptionHelpFormatter,
                               epilog="example:\n  " + example)
 
-    p = command("migrate", "create or upgrade the queue tables (idempotent)",
-                "python3 dbqueue.py migrate --database-url postgresql://app@/appdb")
-    p.add_argument("--print", action="store_true",
-                   help="show the SQL migrate would run on this database now, without running it")
-    p.add_argument("--all", action="store_true", help="with --print: every supported database")
-
-    p = command("work", "process jobs until stopped",
-                "python3 dbqueue.py work --queue=emails,default --import myapp.jobs --max-time 3600")
-    p.add_argument("--queue", default="default", help="queues in priority order, comma separated"
-                   " (default: default)")
-    p.add_argument("--once", action="store_true", help="handle at most one job, then exit")
-    p.add_argument("--max-jobs", type=_pos_int, metavar="N", help="exit after N jobs (N >= 1)")
-    p.add_argument("--max-time", type=_nonneg_float, metavar="S", help="exit after S seconds")
-    p.add_argument("--sleep", type=_nonneg_float, default=3.0, metavar="S",
-                   help="longest wait between looks at an idle queue (default 3)")
-    p.add_argument("--stop-when-empty", action="store_true", help="exit when no job is ready")
-    p.add_argument("--concurrency", type=_concurrency, default=1, metavar="N",
-                   help="run up to N jobs at once, each on its own thread, database connection"
-                        " and SMTP session (default 1)")
-    p.add_argument("--timeout", type=_seconds, metavar="S",
-                   help="seconds one job may run, 0 for no limit (default QUEUE_TIMEOUT)")
-    p.add_argument("--tries", type=_tries, metavar="N",
-                   help="attempts before a job fails (default QUEUE_MAX_ATTEMPTS)")
-    p.add_argument("--backoff", metavar="S,S", help="seconds before retries, e.g. 10,60")
-    p.add_argument("--memory", type=_pos_int, metavar="MB",
-                   help="exit after the current job when RSS passes MB")
-    p.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
-                   help="import MODULE to register its handlers (repeatable)")
-    p.add_argument("--log-format", choices=("text", "json"), default="text",
-                   help="text (key=value, the default) or json: one object per line")
-    p.add_argument("-v", "--verbose", action="store_true", help="also log debug lines")
-    p.add_argument("-q", "--quiet", action="store_true", help="log warnings and errors only")
-
-    p = command("push", "enqueue a job from a shell or cron; prints its id",
-                "python3 dbqueue.py push send_email --queue emails --data"
-                " '{\"to\": \"a@example.com\", \"subject\": \"Hi\", \"text\": \"Hello\"}'")
-    p.add_argument("job", help="the registered job name")
-    p.add_argument("--data", default="{}", metavar="JSON",
-                   help="the job's data as a JSON object (default {})")
-    p.add_argument("--queue", type=_queue_arg, default="default", help="default: default")
-    p.add_argument("--delay", type=_seconds, default=0, metavar="S",
-                   help="seconds before the job may run (default 0)")
-    p.add_argument("--unique-key", type=_unique_arg, metavar="KEY",
-                   help="while a job with this key waits or runs on the queue, add nothing"
-                        " and print that job's id")
-    p.add_argument("--expires-in", type=_seconds, metavar="S",
-                   help="never start the job more than S seconds from now: it moves to the"
-                        " failed jobs as expired (0: no deadline, also for a template email)")
-
-    p = command("stats", "ready, delayed, reserved, expired and failed jobs per queue",
-                "python3 dbqueue.py stats\n"
-                "  python3 dbqueue.py stats --format prometheus > /var/lib/node_exporter/dbqueue.prom.$$"
-                " \\\n    && mv /var/lib/node_exporter/dbqueue.prom.$$"
-                " /var/lib/node_exporter/dbqueue.prom")
-    group = p.add_mutually_exclusive_group()
-    group.add_argument("--json", action="store_true", help="same as --format json")
-    group.add_argument("--format", choices=("table", "json", "prometheus"), default="table",
-                       help="table (default), json, or the Prometheus text format")
-
-    p = command("health", "exit 0 when the queue is healthy, else 1 with one line per reason",
-                "python3 dbqueue.py health --max-ready 1000 --max-age 300 --max-failed 0")
-    p.add_argument("--max-ready", type=_nonneg_int, metavar="N",
-                   help="unhealthy when a queue has more than N ready jobs")
-    p.add_argument("--max-age", type=_nonneg_int, metavar="S",
-                   help="unhealthy when a queue's oldest ready job has waited more than S seconds")
-    p.add_argument("--max-failed", type=_nonneg_int, metavar="N",
-                   help="unhealthy when a queue has more than N failed jobs")
-
-    p = command("pause", "stop workers starting jobs of queues (running ones finish), on every"
-                " host within a second", "python3 dbqueue.py pause emails --for 30m")
-    p.add_argument("queues", nargs="+", type=_queue_arg, metavar="QUEUE", help="the queues to pause")
-    p.add_argument("--for", dest="seconds", type=_duration_arg, metavar="DURATION",
-                   help="resume by itself after DURATION: 90s, 30m, 2h or 1d"
-                        " (default: until `resume`)")
-
-    p = command("resume", "let workers start jobs of paused queues again",
-                "python3 dbqueue.py resume emails")
-    p.add_argument("queues", nargs="+", type=_queue_arg, metavar="QUEUE", help="the queues to resume")
-
-    p = command("failed", "list failed jobs (id, uuid, queue, job, failed at, error)",
-                "python3 dbqueue.py failed --queue emails")
-    p.add_argument("--queue", type=_queue_arg, help="only this queue")
-    p.add_argument("--json", action="store_true", help="JSON, with each full traceback")
-
-    p = command("sent", "list the mail that servers took, newest first (the sent log,"
-                " kept MAIL_LOG_DAYS days)",
-                "python3 dbqueue.py sent --to ann@example.com --since 2h")
-    p.add_argument("--to", metavar="ADDRESS", help="only mail whose recipients contain ADDRESS")
-    p.add_argument("--since", type=_duration_arg, metavar="DURATION",
-                   help="only mail sent within the last DURATION: 90s, 30m, 2h, 7d")
-    p.add_argument("--queue", type=_queue_arg, help="only this queue")
-    p.add_argument("--limit", type=_pos_int, default=50, metavar="N",
-                   help="at most N messages (default 50)")
-    p.add_argument("--json", action="store_true", help="JSON, with the uuid, job and template")
-
-    p = command("retry", "move failed jobs back to the queue with attempts reset",
-                "python3 dbqueue.py retry 12 13\n  python3 dbqueue.py retry all --queue emails")
-    p.add_argument("ids", nargs="+", type=_retry_id, metavar="ID|all",
-                   help="failed job ids (see `failed`), or all")
-    p.add_argument("--queue", type=_queue_arg, help="with all: only this queue")
-
-    p = command("cancel", "move waiting or delayed jobs to the failed jobs as cancelled (`retry`"
-                " brings them back); a running job is left to finish",
-                "python3 dbqueue.py cancel 41 42\n"
-                "  python3 dbqueue.py cancel --queue emails --job send_template_email")
-    p.add_argument("ids", nargs="*", type=_row_id, metavar="ID", help="job ids")
-    p.add_argument("--queue", type=_queue_arg, help="every waiting job of this queue")
-    p.add_argument("--job", metavar="NAME", help="with --queue: only the jobs of this name")
-
-    p = command("forget", "delete failed jobs by id", "python3 dbqueue.py forget 12 13")
-    p.add_argument("ids", nargs="+", type=_row_id, metavar="ID", help="failed job ids (see `failed`)")
-
-    p = command("flush", "delete every failed job, or those older than H hours",
-                "python3 dbqueue.py flush --hours 168")
-    p.add_argument("--hours", type=_nonneg_float, metavar="H",
-                   help="only failed jobs older than H hours")
-
-    p = command("clear", "delete the waiting (ready and delayed) jobs of a queue",
-                "python3 dbqueue.py clear --queue default --force")
-    p.add_argument("--queue", type=_queue_arg, required=True, help="the queue to empty")
-    p.add_argument("--force", action="store_true",
-                   help="do not ask (required when stdin is not a terminal)")
-
-    p = command("config", "show every effective setting, its value (secrets masked) and where"
-                " it came from: the first thing to run when jobs never process",
-                "python3 dbqueue.py config --env-file /srv/app/.env")
-    p.add_argument("--json", action="store_true", help="JSON: settings and warnings")
-
-    p = command("bench", "measure enqueue, drain and latency on the configured database",
-                "python3 dbqueue.py bench --jobs 5000 --workers 2")
-    p.add_argument("--jobs", type=_pos_int, default=5000, metavar="N",
-                   help="jobs to enqueue and drain (default 5000)")
-    p.add_argument("--workers", type=_pos_int, default=2, metavar="K",
-                   help="worker processes that drain them (default 2)")
-
-    p = command("dashboard", "a web page of the queue: counts, failed jobs, Retry and Forget",
-                "python3 dbqueue.py dashboard --port 8765\n"
-                "  ssh -L 8765:127.0.0.1:8765 server   # from your laptop; then open"
-                " http://127.0.0.1:8765/\n"
-                "  DBQUEUE_DASHBOARD_TOKEN=... python3 dbqueue.py dashboard --host 0.0.0.0"
-                " --read-only")
-    p.add_argument("--host", type=_host_arg, default="127.0.0.1",
-                   help="address to listen on (default 127.0.0.1); any address but a loopback"
-                   " one needs DBQUEUE_DASHBOARD_TOKEN")
-    p.add_argument("--port", type=_port_arg, default=8765, metavar="PORT",
-                   help="default 8765; 0 picks a free one")
-    p.add_argument("--read-only", action="store_true",
-                   help="show everything, change nothing: no buttons, and every POST is refused")
+    for name, help, example, arguments in _SUBCOMMANDS:
+        p = command(name, help, example)
+        group = None
+        for flags, kwargs in arguments:
+            if kwargs.get("exclusive"):
+                kwargs = dict(kwargs)
+                del kwargs["exclusive"]
+                group = group or p.add_mutually_exclusive_group()
+                group.add_argument(*flags, **kwargs)
+            else:
+                p.add_argument(*flags, **kwargs)
     return top
 
 
@@ -9472,6 +9477,149 @@ def _err(message, stream=None):
     (stream or sys.stderr).write("dbqueue: %s\n" % message)
 
 
+def _arg(*flags, **kwargs):
+    """One argument of a command in _SUBCOMMANDS, as add_argument takes it."""
+    return flags, kwargs
+
+
+# The commands: (name, help, example, arguments); _parser makes them, and
+# main runs _cmd_<name>. An argument marked exclusive=True excludes the
+# command's other such arguments.
+_SUBCOMMANDS = (
+    ("migrate", "create or upgrade the queue tables (idempotent)",
+     "python3 dbqueue.py migrate --database-url postgresql://app@/appdb",
+     [_arg("--print", action="store_true",
+           help="show the SQL migrate would run on this database now, without running it"),
+      _arg("--all", action="store_true", help="with --print: every supported database")]),
+    ("work", "process jobs until stopped",
+     "python3 dbqueue.py work --queue=emails,default --import myapp.jobs --max-time 3600",
+     [_arg("--queue", default="default", help="queues in priority order, comma separated"
+           " (default: default)"),
+      _arg("--once", action="store_true", help="handle at most one job, then exit"),
+      _arg("--max-jobs", type=_pos_int, metavar="N", help="exit after N jobs (N >= 1)"),
+      _arg("--max-time", type=_nonneg_float, metavar="S", help="exit after S seconds"),
+      _arg("--sleep", type=_nonneg_float, default=3.0, metavar="S",
+           help="longest wait between looks at an idle queue (default 3)"),
+      _arg("--stop-when-empty", action="store_true", help="exit when no job is ready"),
+      _arg("--concurrency", type=_concurrency, default=1, metavar="N",
+           help="run up to N jobs at once, each on its own thread, database connection"
+                " and SMTP session (default 1)"),
+      _arg("--timeout", type=_seconds, metavar="S",
+           help="seconds one job may run, 0 for no limit (default QUEUE_TIMEOUT)"),
+      _arg("--tries", type=_tries, metavar="N",
+           help="attempts before a job fails (default QUEUE_MAX_ATTEMPTS)"),
+      _arg("--backoff", metavar="S,S", help="seconds before retries, e.g. 10,60"),
+      _arg("--memory", type=_pos_int, metavar="MB",
+           help="exit after the current job when RSS passes MB"),
+      _arg("--import", dest="imports", action="append", default=[], metavar="MODULE",
+           help="import MODULE to register its handlers (repeatable)"),
+      _arg("--log-format", choices=("text", "json"), default="text",
+           help="text (key=value, the default) or json: one object per line"),
+      _arg("-v", "--verbose", action="store_true", help="also log debug lines"),
+      _arg("-q", "--quiet", action="store_true", help="log warnings and errors only")]),
+    ("push", "enqueue a job from a shell or cron; prints its id",
+     "python3 dbqueue.py push send_email --queue emails --data"
+     " '{\"to\": \"a@example.com\", \"subject\": \"Hi\", \"text\": \"Hello\"}'",
+     [_arg("job", help="the registered job name"),
+      _arg("--data", default="{}", metavar="JSON",
+           help="the job's data as a JSON object (default {})"),
+      _arg("--queue", type=_queue_arg, default="default", help="default: default"),
+      _arg("--delay", type=_seconds, default=0, metavar="S",
+           help="seconds before the job may run (default 0)"),
+      _arg("--unique-key", type=_unique_arg, metavar="KEY",
+           help="while a job with this key waits or runs on the queue, add nothing"
+                " and print that job's id"),
+      _arg("--expires-in", type=_seconds, metavar="S",
+           help="never start the job more than S seconds from now: it moves to the"
+                " failed jobs as expired (0: no deadline, also for a template email)")]),
+    ("stats", "ready, delayed, reserved, expired and failed jobs per queue",
+     "python3 dbqueue.py stats\n"
+     "  python3 dbqueue.py stats --format prometheus > /var/lib/node_exporter/dbqueue.prom.$$"
+     " \\\n    && mv /var/lib/node_exporter/dbqueue.prom.$$"
+     " /var/lib/node_exporter/dbqueue.prom",
+     [_arg("--json", action="store_true", help="same as --format json", exclusive=True),
+      _arg("--format", choices=("table", "json", "prometheus"), default="table",
+           help="table (default), json, or the Prometheus text format", exclusive=True)]),
+    ("health", "exit 0 when the queue is healthy, else 1 with one line per reason",
+     "python3 dbqueue.py health --max-ready 1000 --max-age 300 --max-failed 0",
+     [_arg("--max-ready", type=_nonneg_int, metavar="N",
+           help="unhealthy when a queue has more than N ready jobs"),
+      _arg("--max-age", type=_nonneg_int, metavar="S",
+           help="unhealthy when a queue's oldest ready job has waited more than S seconds"),
+      _arg("--max-failed", type=_nonneg_int, metavar="N",
+           help="unhealthy when a queue has more than N failed jobs")]),
+    ("pause", "stop workers starting jobs of queues (running ones finish), on every"
+     " host within a second", "python3 dbqueue.py pause emails --for 30m",
+     [_arg("queues", nargs="+", type=_queue_arg, metavar="QUEUE", help="the queues to pause"),
+      _arg("--for", dest="seconds", type=_duration_arg, metavar="DURATION",
+           help="resume by itself after DURATION: 90s, 30m, 2h or 1d"
+                " (default: until `resume`)")]),
+    ("resume", "let workers start jobs of paused queues again",
+     "python3 dbqueue.py resume emails",
+     [_arg("queues", nargs="+", type=_queue_arg, metavar="QUEUE", help="the queues to resume")]),
+    ("failed", "list failed jobs (id, uuid, queue, job, failed at, error)",
+     "python3 dbqueue.py failed --queue emails",
+     [_arg("--queue", type=_queue_arg, help="only this queue"),
+      _arg("--json", action="store_true", help="JSON, with each full traceback")]),
+    ("sent", "list the mail that servers took, newest first (the sent log,"
+     " kept MAIL_LOG_DAYS days)",
+     "python3 dbqueue.py sent --to ann@example.com --since 2h",
+     [_arg("--to", metavar="ADDRESS", help="only mail whose recipients contain ADDRESS"),
+      _arg("--since", type=_duration_arg, metavar="DURATION",
+           help="only mail sent within the last DURATION: 90s, 30m, 2h, 7d"),
+      _arg("--queue", type=_queue_arg, help="only this queue"),
+      _arg("--limit", type=_pos_int, default=50, metavar="N",
+           help="at most N messages (default 50)"),
+      _arg("--json", action="store_true", help="JSON, with the uuid, job and template")]),
+    ("retry", "move failed jobs back to the queue with attempts reset",
+     "python3 dbqueue.py retry 12 13\n  python3 dbqueue.py retry all --queue emails",
+     [_arg("ids", nargs="+", type=_retry_id, metavar="ID|all",
+           help="failed job ids (see `failed`), or all"),
+      _arg("--queue", type=_queue_arg, help="with all: only this queue")]),
+    ("cancel", "move waiting or delayed jobs to the failed jobs as cancelled (`retry`"
+     " brings them back); a running job is left to finish",
+     "python3 dbqueue.py cancel 41 42\n"
+     "  python3 dbqueue.py cancel --queue emails --job send_template_email",
+     [_arg("ids", nargs="*", type=_row_id, metavar="ID", help="job ids"),
+      _arg("--queue", type=_queue_arg, help="every waiting job of this queue"),
+      _arg("--job", metavar="NAME", help="with --queue: only the jobs of this name")]),
+    ("forget", "delete failed jobs by id", "python3 dbqueue.py forget 12 13",
+     [_arg("ids", nargs="+", type=_row_id, metavar="ID", help="failed job ids (see `failed`)")]),
+    ("flush", "delete every failed job, or those older than H hours",
+     "python3 dbqueue.py flush --hours 168",
+     [_arg("--hours", type=_nonneg_float, metavar="H",
+           help="only failed jobs older than H hours")]),
+    ("clear", "delete the waiting (ready and delayed) jobs of a queue",
+     "python3 dbqueue.py clear --queue default --force",
+     [_arg("--queue", type=_queue_arg, required=True, help="the queue to empty"),
+      _arg("--force", action="store_true",
+           help="do not ask (required when stdin is not a terminal)")]),
+    ("config", "show every effective setting, its value (secrets masked) and where"
+     " it came from: the first thing to run when jobs never process",
+     "python3 dbqueue.py config --env-file /srv/app/.env",
+     [_arg("--json", action="store_true", help="JSON: settings and warnings")]),
+    ("bench", "measure enqueue, drain and latency on the configured database",
+     "python3 dbqueue.py bench --jobs 5000 --workers 2",
+     [_arg("--jobs", type=_pos_int, default=5000, metavar="N",
+           help="jobs to enqueue and drain (default 5000)"),
+      _arg("--workers", type=_pos_int, default=2, metavar="K",
+           help="worker processes that drain them (default 2)")]),
+    ("dashboard", "a web page of the queue: counts, failed jobs, Retry and Forget",
+     "python3 dbqueue.py dashboard --port 8765\n"
+     "  ssh -L 8765:127.0.0.1:8765 server   # from your laptop; then open"
+     " http://127.0.0.1:8765/\n"
+     "  DBQUEUE_DASHBOARD_TOKEN=... python3 dbqueue.py dashboard --host 0.0.0.0"
+     " --read-only",
+     [_arg("--host", type=_host_arg, default="127.0.0.1",
+           help="address to listen on (default 127.0.0.1); any address but a loopback"
+           " one needs DBQUEUE_DASHBOARD_TOKEN"),
+      _arg("--port", type=_port_arg, default=8765, metavar="PORT",
+           help="default 8765; 0 picks a free one"),
+      _arg("--read-only", action="store_true",
+           help="show everything, change nothing: no buttons, and every POST is refused")]),
+)
+
+
 def main(argv=None):
     """The command line; returns the exit code (0 ok, 1 failure, 2 usage or configuration).
 
@@ -9536,7 +9684,7 @@ def _migrate_plan(config):
     (a SQLite file that does not exist yet: the plan for an empty one)."""
     import sqlite3
     dialect, target, _ = _parse_url(config.database_url)
-    if dialect is _SQLite and not os.path.exists(target):
+    if dialect.embedded and not os.path.exists(target):
         conn = sqlite3.connect(":memory:")
         try:
             return Queue(config=config)._migrate_plan(conn.cursor())
@@ -9584,14 +9732,14 @@ def _cmd_work(args, config):
              concurrency=args.concurrency if args.concurrency > 1 else None, pid=os.getpid(), version=__version__)
     log.debug("handlers registered", jobs=",".join(sorted(_registry)) or "(none)")
     try:
-        if queue.dialect is _SQLite:
+        if queue.dialect.embedded:
             # A path SQLite cannot open (a missing folder, a directory) does not
             # heal by waiting: fail now. A lock held by another connection is
             # waited out by the worker.
             try:
-                _SQLite.connect(queue._target).close()
-            except _SQLite.errors() as exc:
-                if not _SQLite.is_locked(exc):
+                queue.dialect.connect(queue._target).close()
+            except queue.dialect.errors() as exc:
+                if not queue.dialect.is_locked(exc):
                     raise DatabaseError("cannot open %s: %s" % (_mask_url(config.database_url),
                                                                  _first_line(exc)))
         worker.run(once=args.once, max_jobs=args.max_jobs, max_time=args.max_time,
