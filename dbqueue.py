@@ -10133,10 +10133,6 @@ def _cmd_failed(args, config):
     return 0
 
 
-def _utc(seconds):
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(seconds))
-
-
 def _cmd_sent(args, config):
     queue = _reader(config)
     try:
