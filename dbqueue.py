@@ -664,16 +664,6 @@ def _int_setting(name, value, minimum, maximum=None):
     return number
 
 
-def _float_setting(name, value, minimum):
-    try:
-        number = float(str(value).strip())
-    except ValueError:
-        raise ConfigError("%s=%s is not a number" % (name, value))
-    if not number >= minimum or number == float("inf"):
-        raise ConfigError("%s=%s must be a number >= %s" % (name, value, minimum))
-    return number
-
-
 # Upper bounds for seconds and attempts: a value past them is a mistake, and
 # would overflow the database's integers after the job had already run.
 _MAX_SECONDS = 10 * 365 * 24 * 3600
@@ -1676,7 +1666,6 @@ class _SQLite(_Dialect):
     touch_many = ("UPDATE {jobs} SET reserved_at = :now, reserved_until = :now + :lease"
                   " WHERE id IN ({ids})"
                   " AND reserved_at IS NOT NULL AND (id, attempts) IN (VALUES {pairs}) RETURNING id")
-    driver_errors = ()
     # Seconds a write waits for another connection's write lock before
     # "database is locked"; the worker then logs once and keeps waiting.
     busy_timeout = 5.0
@@ -5336,7 +5325,7 @@ class Worker:
         for j in back:
             acks = list(self._acks)
             _, lost = self._db(lambda c: self.queue.release(c, j.token, None, True, acks,
-                                                            j.next_payload))
+                                                            j.next_payload, j.sent))
             self._acked(acks, lost)
 
     def _mail_outage(self, job, exc):
@@ -5754,17 +5743,21 @@ class _Heartbeat(threading.Thread):
         """The attempt of a handler that ignored its interruption, as the
         graceful path would record it, and the acks its owner still owes."""
         queue = owner.queue
+        # What the handler had done counts: the recipients that took its mail
+        # (the sent log, and no second copy for them) stay recorded.
+        done = {"payload": getattr(running, "next_payload", None),
+                "sent": getattr(running, "sent", None) or ()}
         if running is not None and owner._aborting:
             # A second SIGINT: give the job back as the graceful path does.
-            queue.release(conn, running.token, 0, True)
+            queue.release(conn, running.token, 0, True, **done)
         elif running is not None:
             tries, backoff, _ = owner._settings(running)
             if running.attempts >= tries:
                 queue.fail(conn, running.token, running.uuid or _uuid4(),
-                           "JobTimeout: the handler did not stop after its timeout")
+                           "JobTimeout: the handler did not stop after its timeout", **done)
             else:
                 delay = backoff[min(running.attempts - 1, len(backoff) - 1)]
-                queue.release(conn, running.token, delay)
+                queue.release(conn, running.token, delay, **done)
         if owner._acks:
             acks = list(owner._acks)
             owner._acked(acks, queue.ack(conn, acks))
@@ -5981,7 +5974,7 @@ class _Slot(Worker):
             # probe ends the pause or extends it); the rest keep waiting.
             if pause.setdefault("prober", self) is self:
                 return self._unthrottled()
-            return [q for q in self.queues if q not in pause["queues"]]
+            return [q for q in self._unthrottled() if q not in pause["queues"]]
 
     def _mail_outage(self, job, exc):
         with self.pool._pool_lock:
@@ -9857,9 +9850,7 @@ _PROM_METRICS = (
 
 def _with_pauses(stats, paused):
     """Mark the paused queues in `stats` (Queue.paused()); one without jobs gets a row."""
-    have = {s["queue"] for s in stats}
-    stats += [_no_jobs(name) for name in paused if name not in have]
-    stats.sort(key=lambda s: s["queue"])
+    _with_rows(stats, paused)
     for entry in stats:
         if entry["queue"] in paused:
             entry["paused"] = paused[entry["queue"]]
@@ -9876,11 +9867,10 @@ def _paused_line(paused):
 def _with_sent(stats, counts):
     """Add each queue's mail sent in the last hour (the sent log) to its stats;
     a queue that has no jobs left but sent mail is listed too."""
-    known = {entry["queue"] for entry in stats}
-    stats = stats + [_no_jobs(queue) for queue in counts if queue not in known]
+    _with_rows(stats, counts)
     for entry in stats:
         entry["sent_last_hour"] = counts.get(entry["queue"], 0)
-    return sorted(stats, key=lambda entry: entry["queue"])
+    return stats
 
 
 def _with_mail_outage(stats, outage):
@@ -9888,14 +9878,24 @@ def _with_mail_outage(stats, outage):
     if outage is None:
         return stats
     shown = {k: outage[k] for k in ("since", "seconds", "error", "checked_ago", "stale")}
+    _with_rows(stats, outage["queues"])
     for entry in stats:
         if entry["queue"] in outage["queues"]:
             entry["mail_outage"] = shown
     return stats
 
 
+def _with_rows(stats, queues):
+    """Give each of `queues` a row of `stats` (in place, in order) if it has none:
+    a paused, throttled or mail-less queue is shown even with no jobs left."""
+    have = {s["queue"] for s in stats}
+    stats += [_no_jobs(name) for name in sorted(queues) if name not in have]
+    stats.sort(key=lambda s: s["queue"])
+
+
 def _with_mail_throttle(stats, throttle):
     """Add each throttled queue's state (Queue.mail_throttle) to its stats."""
+    _with_rows(stats, throttle)
     for entry in stats:
         if entry["queue"] in throttle:
             entry["mail_throttle"] = throttle[entry["queue"]]
@@ -9984,8 +9984,9 @@ def _cmd_stats(args, config):
         throttle = queue.mail_throttle()
     finally:
         queue.close()
-    stats = _with_mail_outage(_with_sent(_with_pauses(stats, paused), sent), outage)
-    _with_mail_throttle(stats, throttle)
+    for add, found in ((_with_pauses, paused), (_with_mail_outage, outage),
+                       (_with_mail_throttle, throttle), (_with_sent, sent)):
+        add(stats, found)       # in place; the sent counts last, on every row
     if fmt == "json":
         if rate is not None:
             # The list stays a list of queues, as scripts read it; the limit

@@ -7700,6 +7700,16 @@ def _sent_log_row(**fields):
     return row
 
 
+@dbqueue.job("t_sent_then_outage")
+def _t_sent_then_outage(data):
+    running = dbqueue.current_job()
+    running.sent.append({"queue": running.queue, "uuid": running.uuid, "job": running.name,
+                         "template": None, "subject": "one", "sender": "a@example.com",
+                         "recipients": "b@example.com", "message_id": "<first@example.com>",
+                         "reply": "250 2.0.0 Ok"})
+    raise dbqueue._MailOutage("SMTP 127.0.0.1:1 unreachable (outage)")
+
+
 class SentLogTests(EmailTestMixin):
     """The sent log (dbqueue_sent): what a mail server took, written with the job's ack."""
 
@@ -7717,6 +7727,16 @@ class SentLogTests(EmailTestMixin):
         p = self.db.param
         self.db.raw("UPDATE dbqueue_sent SET sent_at = sent_at - %d WHERE tbl = %s AND subject = %s"
                     % (seconds, p, p), (self.db.table, subject))
+
+    def test_mail_taken_before_an_outage_stays_in_the_log_when_the_job_goes_back(self):
+        # The first message of a job was taken, the second met the outage: the
+        # job goes back unspent, and the log keeps the one that left.
+        q = self.db.queue()
+        q.push("t_sent_then_outage", {}, queue="emails")
+        worker = dbqueue.Worker(q, ["emails"], log=quiet_log())
+        worker.run(once=True)
+        self.assertEqual(self.db.raw("SELECT attempts, reserved_at FROM {jobs}"), [(0, None)])
+        self.assertEqual([r["message_id"] for r in q.sent()], ["<first@example.com>"])
 
     def test_a_sent_mail_is_logged_with_the_servers_reply_and_who_took_it(self):
         sink = QueuedAsSink(self)
