@@ -8892,19 +8892,6 @@ class UniqueProcessTests(_WorkerProcesses):
         self.assertEqual(len(rows), 20)
         self.assertEqual(pushed, {(_key_text(k), str(i)) for k, i in rows})
 
-
-# Concurrent unique pushes meet InnoDB's own locking on MariaDB: run there too.
-on_backends(UniqueProcessTests, SQLITE_PG_MARIADB)
-
-
-class UniqueContentionTests(_WorkerProcesses):
-    """Many producers push one key while a worker keeps finishing its holder."""
-
-    def setUp(self):
-        self.process_setup()
-        with open(os.path.join(self.ptmp, "dbq_unique_handlers.py"), "w") as fh:
-            fh.write(_UNIQUE_HANDLERS)
-
     def test_eight_producers_on_one_key_while_a_worker_finishes_its_holders(self):
         # Each holder's key is freed over and over while 8 producers, each
         # with its own connection, push that key: on InnoDB their INSERT
@@ -8951,7 +8938,8 @@ class UniqueContentionTests(_WorkerProcesses):
         self.assertEqual(q.failed(), [])
 
 
-on_backends(UniqueContentionTests, SQLITE_PG_MARIADB)
+# Concurrent unique pushes meet InnoDB's own locking on MariaDB: run there too.
+on_backends(UniqueProcessTests, SQLITE_PG_MARIADB)
 
 
 class UniqueKeyExactTests:
