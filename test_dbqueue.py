@@ -1504,16 +1504,17 @@ class PoolerProcessTests(_WorkerProcesses):
 
     def push_one_at_a_time(self, q, proc, count=5):
         """Push jobs one by one, each when the last has run: every one must start
-        long before the worker's --sleep 30 is over."""
+        long before the worker's --sleep 90 is over (a loaded machine may take
+        seconds; a worker that did not poll would take 90)."""
         for n in range(count):
             q.push("p_append", {"n": n})
-            wait_for(lambda: "done %d" % n in self.lines(), 15, 0.01,
-                     "job %d to start before --sleep 30 ended" % n)
+            wait_for(lambda: "done %d" % n in self.lines(), 45, 0.01,
+                     "job %d to start before --sleep 90 ended" % n)
         self.assertIsNone(proc.poll(), self.stderr(proc))
 
     def test_idle_workers_poll_behind_the_pooler(self):
         q = self.db.queue()
-        proc = self.start_worker("--sleep", "30", "--concurrency", "2")
+        proc = self.start_worker("--sleep", "90", "--concurrency", "2")
         self.push_one_at_a_time(q, proc)
         proc.terminate()
         self.assertEqual(self.finish(proc), 0, self.stderr(proc))
@@ -1524,7 +1525,7 @@ class PoolerProcessTests(_WorkerProcesses):
                          " the PgBouncer, reached directly (postgresql://user:pass@host:5432/db)")
         q = self.db.queue()
         name = "dbq-listen-%d" % os.getpid()
-        proc = self.start_worker("--sleep", "30",
+        proc = self.start_worker("--sleep", "90",
                                  QUEUE_LISTEN_URL=url_with(PG_TCP_URL, "application_name=" + name))
         listening = 'LISTEN "dbqueue_%s"' % self.db.table
         wait_for(lambda: self.db.raw("SELECT COUNT(*) FROM pg_stat_activity WHERE"
