@@ -8411,8 +8411,9 @@ class DeadlineTests(_WorkerProcesses, EmailTestMixin):
                  message="the outage to be noticed")
         # Never claimed (each probe takes the oldest job): the sweep expires it.
         wait_for(lambda: len(q.failed()) == 1, 30, message="the late job to expire")
+        # The worker logs the expiry after its transaction commits: wait for the line.
+        wait_for(lambda: "outcome=expired" in self.stderr(proc), 30, message="the expiry logged")
         err = self.stderr(proc)
-        self.assertIn("outcome=expired", err)
         self.assertNotIn("mail server available again", err)
         self.assertTrue(q.failed()[0]["exception"].startswith("expired: its deadline passed "))
         self.assertEqual(self.db.raw("SELECT COUNT(*), MAX(attempts) FROM {jobs}"), [(2, 0)])
