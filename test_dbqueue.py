@@ -7983,6 +7983,20 @@ class SentLogTests(EmailTestMixin):
 on_backends(SentLogTests, SQLITE_PG_MARIADB)
 
 
+def limited_role(testcase, db, more=""):
+    """A PostgreSQL role granted the queue tables (and `more`, e.g. ", dbqueue_state")
+    only, dropped after the test; returns it and the URL that acts as it."""
+    role = "dbq_role_" + db.table
+    db.raw('CREATE ROLE "%s" NOLOGIN' % role)
+    testcase.addCleanup(db.raw, 'DROP ROLE IF EXISTS "%s"' % role)
+    testcase.addCleanup(db.raw, 'REVOKE ALL ON "%s", "%s", "%s_id_seq"%s FROM "%s"'
+                        % (db.table, db.failed_table, db.table, more, role))
+    db.raw('GRANT SELECT, INSERT, UPDATE, DELETE ON "%s", "%s"%s TO "%s"'
+           % (db.table, db.failed_table, more, role))
+    db.raw('GRANT USAGE ON SEQUENCE "%s_id_seq" TO "%s"' % (db.table, role))
+    return role, url_with(db.url, "options=-crole%%3D%s" % role)
+
+
 class SentLogRightsTests(unittest.TestCase):
     """A PostgreSQL role granted the queue tables only: mail goes out, unrecorded, and the
     worker says once what to grant."""
@@ -7992,17 +8006,9 @@ class SentLogRightsTests(unittest.TestCase):
         self.sink = QueuedAsSink(self)
         self.q = self.db.queue(mail_host="127.0.0.1", mail_port=self.sink.port)
         dbqueue.queue_email("a@example.com", "s", text="t", using=self.q)
-        self.role = "dbq_role_" + self.db.table
-        self.db.raw('CREATE ROLE "%s" NOLOGIN' % self.role)
-        self.addCleanup(self.db.raw, 'DROP ROLE IF EXISTS "%s"' % self.role)
-        self.addCleanup(self.db.raw, 'REVOKE ALL ON "%s", "%s", "%s_id_seq", dbqueue_state FROM "%s"'
-                        % (self.db.table, self.db.failed_table, self.db.table, self.role))
-        self.db.raw('GRANT SELECT, INSERT, UPDATE, DELETE ON "%s", "%s", dbqueue_state TO "%s"'
-                    % (self.db.table, self.db.failed_table, self.role))
-        self.db.raw('GRANT USAGE ON SEQUENCE "%s_id_seq" TO "%s"' % (self.db.table, self.role))
-        self.env = self.db.env(QUEUE_DATABASE_URL=url_with(
-            self.db.url, "options=-crole%%3D%s" % self.role), MAIL_HOST="127.0.0.1",
-            MAIL_PORT=str(self.sink.port))
+        self.role, url = limited_role(self, self.db, ", dbqueue_state")
+        self.env = self.db.env(QUEUE_DATABASE_URL=url, MAIL_HOST="127.0.0.1",
+                               MAIL_PORT=str(self.sink.port))
 
     def test_mail_is_sent_and_the_worker_says_what_to_grant(self):
         code, _, err = run_main(["work", "--queue", "emails", "--stop-when-empty"], self.env)
@@ -8473,16 +8479,8 @@ class MailOutageRightsTests(unittest.TestCase):
         self.db = PsycopgBackend(self)
         q = self.db.queue()
         dbqueue.queue_email("a@example.com", "s", text="t", using=q)
-        self.role = "dbq_role_" + self.db.table
-        self.db.raw('CREATE ROLE "%s" NOLOGIN' % self.role)
-        self.addCleanup(self.db.raw, 'DROP ROLE IF EXISTS "%s"' % self.role)
-        self.addCleanup(self.db.raw, 'REVOKE ALL ON "%s", "%s", "%s_id_seq" FROM "%s"'
-                        % (self.db.table, self.db.failed_table, self.db.table, self.role))
-        self.db.raw('GRANT SELECT, INSERT, UPDATE, DELETE ON "%s", "%s" TO "%s"'
-                    % (self.db.table, self.db.failed_table, self.role))
-        self.db.raw('GRANT USAGE ON SEQUENCE "%s_id_seq" TO "%s"' % (self.db.table, self.role))
-        self.env = self.db.env(QUEUE_DATABASE_URL=url_with(
-            self.db.url, "options=-crole%%3D%s" % self.role))
+        self.role, url = limited_role(self, self.db)
+        self.env = self.db.env(QUEUE_DATABASE_URL=url)
 
     def test_mail_still_pauses_and_the_worker_says_what_to_grant(self):
         env = dict(self.env, MAIL_HOST="127.0.0.1", MAIL_PORT=str(free_port()))
